@@ -12,13 +12,7 @@ use std::time::Duration;
 #[error("{0}")]
 pub struct DurationError(String);
 
-const UNITS: &[(&str, u64)] = &[
-    ("d", 86_400_000),
-    ("h", 3_600_000),
-    ("m", 60_000),
-    ("s", 1_000),
-    ("ms", 1),
-];
+const UNITS: &[(&str, u64)] = &[("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)];
 
 /// Parses a human duration such as `1h30m`.
 pub fn parse(text: &str) -> Result<Duration, DurationError> {
@@ -55,9 +49,8 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
             )));
         }
         last_unit_ms = unit_ms;
-        let value: u64 = number
-            .parse()
-            .map_err(|_| DurationError(format!("invalid duration {text:?}: {number} is too large")))?;
+        let value: u64 =
+            number.parse().map_err(|_| DurationError(format!("invalid duration {text:?}: {number} is too large")))?;
         total_ms = value
             .checked_mul(unit_ms)
             .and_then(|ms| total_ms.checked_add(ms))

@@ -66,19 +66,21 @@ pub enum ScheduleError {
     )]
     FieldCount { found: usize },
     #[error("{field} field {text:?}: {reason}")]
-    Field {
-        field: Field,
-        text: String,
-        reason: String,
-    },
-    #[error("@reboot is not supported: backupnizza reads its task file once at start; run the task with `backupnizza trigger` from your login or boot scripts instead")]
+    Field { field: Field, text: String, reason: String },
+    #[error(
+        "@reboot is not supported: backupnizza reads its task file once at start; run the task with `backupnizza trigger` from your login or boot scripts instead"
+    )]
     Reboot,
-    #[error("unknown macro {0:?}: use @hourly, @daily (@midnight), @weekly, @monthly, @yearly (@annually) or @every <duration>")]
+    #[error(
+        "unknown macro {0:?}: use @hourly, @daily (@midnight), @weekly, @monthly, @yearly (@annually) or @every <duration>"
+    )]
     UnknownMacro(String),
     #[error("@every: {0}")]
     Every(String),
-    #[error("can never fire: the day-of-month field ({days}) never occurs in the month field ({months})")]
-    NeverFires { days: String, months: String },
+    #[error(
+        "can never fire: the day-of-month field ({days}) never occurs in the month field ({months}), whose longest month has {longest} days"
+    )]
+    NeverFires { days: String, months: String, longest: u32 },
 }
 
 /// One of the five cron fields, for error messages.
@@ -117,9 +119,7 @@ impl Field {
 
     fn names(self) -> &'static [&'static str] {
         match self {
-            Field::Month => &[
-                "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
-            ],
+            Field::Month => &["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"],
             Field::DayOfWeek => &["sun", "mon", "tue", "wed", "thu", "fri", "sat"],
             _ => &[],
         }
@@ -131,17 +131,14 @@ impl Field {
     }
 }
 
-const FIELDS: [Field; 5] = [
-    Field::Minute,
-    Field::Hour,
-    Field::DayOfMonth,
-    Field::Month,
-    Field::DayOfWeek,
-];
+const FIELDS: [Field; 5] = [Field::Minute, Field::Hour, Field::DayOfMonth, Field::Month, Field::DayOfWeek];
 
 /// Longest span [`Schedule::next_after`] searches: a full Gregorian weekday cycle plus a
 /// margin, so `0 0 29 2 */7` (29 February when it is a Sunday) is still found.
 const SEARCH_YEARS: i16 = 30;
+
+/// Days in each month (1-based) in the longest year.
+const LONGEST_MONTH: [u32; 13] = [0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
 
 impl Schedule {
     /// Parses a schedule expression.
@@ -173,10 +170,7 @@ impl Schedule {
         } else {
             Kind::Cron(Cron::parse(source)?)
         };
-        Ok(Schedule {
-            source: source.to_string(),
-            kind,
-        })
+        Ok(Schedule { source: source.to_string(), kind })
     }
 
     /// The expression as written (trimmed).
@@ -214,20 +208,13 @@ impl fmt::Display for Schedule {
 
 fn parse_every(source: &str, arg: &str) -> Result<Schedule, ScheduleError> {
     if arg.is_empty() {
-        return Err(ScheduleError::Every(
-            "missing interval: write e.g. \"@every 90s\" or \"@every 1h30m\"".into(),
-        ));
+        return Err(ScheduleError::Every("missing interval: write e.g. \"@every 90s\" or \"@every 1h30m\"".into()));
     }
     let interval = crate::duration::parse(arg).map_err(|e| ScheduleError::Every(e.to_string()))?;
     if interval < Duration::from_secs(1) {
-        return Err(ScheduleError::Every(format!(
-            "interval {arg:?} is shorter than the minimum of 1s"
-        )));
+        return Err(ScheduleError::Every(format!("interval {arg:?} is shorter than the minimum of 1s")));
     }
-    Ok(Schedule {
-        source: source.to_string(),
-        kind: Kind::Every(interval),
-    })
+    Ok(Schedule { source: source.to_string(), kind: Kind::Every(interval) })
 }
 
 impl Cron {
@@ -256,6 +243,7 @@ impl Cron {
             return Err(ScheduleError::NeverFires {
                 days: parts[2].to_string(),
                 months: parts[3].to_string(),
+                longest: (1..=12).filter(|m| cron.months & (1 << m) != 0).map(|m| LONGEST_MONTH[m]).max().unwrap_or(0),
             });
         }
         Ok(cron)
@@ -266,9 +254,8 @@ impl Cron {
     /// day-of-week also matches some year, since every date falls on every weekday within
     /// a 28-year cycle.
     fn some_day_exists(&self) -> bool {
-        const LONGEST: [u32; 13] = [0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
         (1..=12).any(|month| {
-            self.months & (1 << month) != 0 && self.days & (((1u64 << (LONGEST[month] + 1)) - 2) as u32) != 0
+            self.months & (1 << month) != 0 && self.days & (((1u64 << (LONGEST_MONTH[month] + 1)) - 2) as u32) != 0
         })
     }
 
@@ -306,14 +293,7 @@ impl Cron {
     fn next_after(&self, after: Timestamp, tz: &TimeZone) -> Option<Timestamp> {
         let local = tz.to_datetime(after);
         let limit = local.date().checked_add(SEARCH_YEARS.years()).ok()?;
-        let mut start = local
-            .with()
-            .second(0)
-            .subsec_nanosecond(0)
-            .build()
-            .ok()?
-            .checked_add(1.minute())
-            .ok()?;
+        let mut start = local.with().second(0).subsec_nanosecond(0).build().ok()?.checked_add(1.minute()).ok()?;
 
         // In the first pass of a fall-back overlap, civil order is not instant order: the
         // rest of the first pass comes first, then (for wildcard jobs) the whole second pass,
@@ -381,11 +361,7 @@ fn first_bit_from(bits: u64, from: u32) -> Option<u32> {
 }
 
 fn parse_field(field: Field, text: &str) -> Result<u64, ScheduleError> {
-    let fail = |reason: String| ScheduleError::Field {
-        field,
-        text: text.to_string(),
-        reason,
-    };
+    let fail = |reason: String| ScheduleError::Field { field, text: text.to_string(), reason };
     let (min, max) = field.bounds();
     let mut set = 0u64;
     for item in text.split(',') {
@@ -394,9 +370,7 @@ fn parse_field(field: Field, text: &str) -> Result<u64, ScheduleError> {
         }
         let (range, step) = match item.split_once('/') {
             Some((range, step)) => {
-                let step: u32 = step
-                    .parse()
-                    .map_err(|_| fail(format!("step {step:?} is not a number")))?;
+                let step: u32 = step.parse().map_err(|_| fail(format!("step {step:?} is not a number")))?;
                 if step == 0 {
                     return Err(fail("step must be at least 1".into()));
                 }
@@ -438,11 +412,7 @@ fn value(field: Field, text: &str) -> Result<u32, String> {
         return Err("missing number in range".into());
     }
     if let Ok(n) = text.parse::<u32>() {
-        return if (min..=max).contains(&n) {
-            Ok(n)
-        } else {
-            Err(format!("{n} is out of range {min}-{max}"))
-        };
+        return if (min..=max).contains(&n) { Ok(n) } else { Err(format!("{n} is out of range {min}-{max}")) };
     }
     let lower = text.to_ascii_lowercase();
     if let Some(i) = field.names().iter().position(|name| *name == lower) {

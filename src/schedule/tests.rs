@@ -66,18 +66,9 @@ fn parse_errors_name_the_field_and_the_reason() {
 #[test]
 fn names_macros_and_sunday_seven() {
     let after = "2026-01-01T00:00:00Z";
-    assert_eq!(
-        next_n("0 12 * * SUN", "UTC", after, 2),
-        next_n("0 12 * * 7", "UTC", after, 2)
-    );
-    assert_eq!(
-        next_n("0 12 * * 0", "UTC", after, 2),
-        ["2026-01-04T12:00:00+00:00", "2026-01-11T12:00:00+00:00"]
-    );
-    assert_eq!(next_n("0 0 1 Feb-mar *", "UTC", after, 2), [
-        "2026-02-01T00:00:00+00:00",
-        "2026-03-01T00:00:00+00:00"
-    ]);
+    assert_eq!(next_n("0 12 * * SUN", "UTC", after, 2), next_n("0 12 * * 7", "UTC", after, 2));
+    assert_eq!(next_n("0 12 * * 0", "UTC", after, 2), ["2026-01-04T12:00:00+00:00", "2026-01-11T12:00:00+00:00"]);
+    assert_eq!(next_n("0 0 1 Feb-mar *", "UTC", after, 2), ["2026-02-01T00:00:00+00:00", "2026-03-01T00:00:00+00:00"]);
     assert_eq!(next_n("@daily", "UTC", after, 1), ["2026-01-02T00:00:00+00:00"]);
     assert_eq!(next_n("@midnight", "UTC", after, 1), next_n("@daily", "UTC", after, 1));
     assert_eq!(next_n("@hourly", "UTC", after, 1), ["2026-01-01T01:00:00+00:00"]);
@@ -86,59 +77,57 @@ fn names_macros_and_sunday_seven() {
     assert_eq!(next_n("@annually", "UTC", after, 1), ["2027-01-01T00:00:00+00:00"]);
     assert_eq!(next_n("@yearly", "UTC", after, 1), next_n("@annually", "UTC", after, 1));
     // Steps over ranges and `a/n` (from a to the end of the field).
-    assert_eq!(next_n("10-20/5 0 * * *", "UTC", after, 3), [
-        "2026-01-01T00:10:00+00:00",
-        "2026-01-01T00:15:00+00:00",
-        "2026-01-01T00:20:00+00:00"
-    ]);
-    assert_eq!(next_n("50/5 0 * * *", "UTC", after, 3), [
-        "2026-01-01T00:50:00+00:00",
-        "2026-01-01T00:55:00+00:00",
-        "2026-01-02T00:50:00+00:00"
-    ]);
+    assert_eq!(
+        next_n("10-20/5 0 * * *", "UTC", after, 3),
+        ["2026-01-01T00:10:00+00:00", "2026-01-01T00:15:00+00:00", "2026-01-01T00:20:00+00:00"]
+    );
+    assert_eq!(
+        next_n("50/5 0 * * *", "UTC", after, 3),
+        ["2026-01-01T00:50:00+00:00", "2026-01-01T00:55:00+00:00", "2026-01-02T00:50:00+00:00"]
+    );
 }
 
 #[test]
 fn day_of_month_or_day_of_week_when_both_restricted() {
     // `30 4 1,15 * 5`: the 1st, the 15th and every Friday. January 2026: Fri 2, 9, 16...
-    assert_eq!(next_n("30 4 1,15 * 5", "UTC", "2026-01-01T05:00:00Z", 4), [
-        "2026-01-02T04:30:00+00:00",
-        "2026-01-09T04:30:00+00:00",
-        "2026-01-15T04:30:00+00:00",
-        "2026-01-16T04:30:00+00:00"
-    ]);
+    assert_eq!(
+        next_n("30 4 1,15 * 5", "UTC", "2026-01-01T05:00:00Z", 4),
+        [
+            "2026-01-02T04:30:00+00:00",
+            "2026-01-09T04:30:00+00:00",
+            "2026-01-15T04:30:00+00:00",
+            "2026-01-16T04:30:00+00:00"
+        ]
+    );
     // Both restricted (no leading `*`): days 1-7 OR any Sunday.
-    assert_eq!(next_n("0 0 1-7 * 0", "UTC", "2026-01-07T12:00:00Z", 2), [
-        "2026-01-11T00:00:00+00:00",
-        "2026-01-18T00:00:00+00:00"
-    ]);
+    assert_eq!(
+        next_n("0 0 1-7 * 0", "UTC", "2026-01-07T12:00:00Z", 2),
+        ["2026-01-11T00:00:00+00:00", "2026-01-18T00:00:00+00:00"]
+    );
 }
 
 #[test]
 fn star_step_weekday_counts_as_unrestricted_so_day_fields_are_anded() {
     // `*/7` starts with `*`: days 1-7 AND Sunday = the first Sunday of the month.
-    assert_eq!(next_n("0 0 1-7 * */7", "UTC", "2026-01-01T00:00:00Z", 3), [
-        "2026-01-04T00:00:00+00:00",
-        "2026-02-01T00:00:00+00:00",
-        "2026-03-01T00:00:00+00:00"
-    ]);
+    assert_eq!(
+        next_n("0 0 1-7 * */7", "UTC", "2026-01-01T00:00:00Z", 3),
+        ["2026-01-04T00:00:00+00:00", "2026-02-01T00:00:00+00:00", "2026-03-01T00:00:00+00:00"]
+    );
     // A `*`-prefixed day-of-month ANDs too: odd days that are Mondays.
-    assert_eq!(next_n("0 0 */2 * mon", "UTC", "2026-01-01T00:00:00Z", 2), [
-        "2026-01-05T00:00:00+00:00",
-        "2026-01-19T00:00:00+00:00"
-    ]);
+    assert_eq!(
+        next_n("0 0 */2 * mon", "UTC", "2026-01-01T00:00:00Z", 2),
+        ["2026-01-05T00:00:00+00:00", "2026-01-19T00:00:00+00:00"]
+    );
 }
 
 #[test]
 fn rare_but_possible_schedules_are_found() {
     // 29 February that is also a Sunday (ANDed by the `*/7`): 2032.
-    assert_eq!(next_n("0 0 29 2 */7", "UTC", "2026-01-01T00:00:00Z", 1), [
-        "2032-02-29T00:00:00+00:00"
-    ]);
-    assert_eq!(next_n("0 0 29 2 *", "UTC", "2026-01-01T00:00:00Z", 2), [
-        "2028-02-29T00:00:00+00:00",
-        "2032-02-29T00:00:00+00:00"
-    ]);
+    assert_eq!(next_n("0 0 29 2 */7", "UTC", "2026-01-01T00:00:00Z", 1), ["2032-02-29T00:00:00+00:00"]);
+    assert_eq!(
+        next_n("0 0 29 2 *", "UTC", "2026-01-01T00:00:00Z", 2),
+        ["2028-02-29T00:00:00+00:00", "2032-02-29T00:00:00+00:00"]
+    );
 }
 
 #[test]
@@ -196,10 +185,7 @@ fn dst_fixed_time_in_fall_back_overlap_runs_once_at_the_first_pass() {
         ["2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"]
     );
     // Asked from inside the second pass, it does not fire again that night.
-    assert_eq!(
-        next_n("30 1 * * *", "America/New_York", "2026-11-01T01:10:00-05:00", 1),
-        ["2026-11-02T01:30:00-05:00"]
-    );
+    assert_eq!(next_n("30 1 * * *", "America/New_York", "2026-11-01T01:10:00-05:00", 1), ["2026-11-02T01:30:00-05:00"]);
     // Berlin 2026-10-25 03:00 CEST -> 02:00 CET.
     assert_eq!(
         next_n("30 2 * * *", "Europe/Berlin", "2026-10-24T12:00:00+02:00", 2),
@@ -217,28 +203,16 @@ fn dst_wildcard_jobs_follow_the_wall_clock() {
     // Nothing in the gap: 01:00 EST, then 03:00 EDT.
     assert_eq!(
         next_n("0 * * * *", "America/New_York", "2026-03-08T00:30:00-05:00", 3),
-        [
-            "2026-03-08T01:00:00-05:00",
-            "2026-03-08T03:00:00-04:00",
-            "2026-03-08T04:00:00-04:00"
-        ]
+        ["2026-03-08T01:00:00-05:00", "2026-03-08T03:00:00-04:00", "2026-03-08T04:00:00-04:00"]
     );
     // Both passes of the overlap.
     assert_eq!(
         next_n("0 * * * *", "America/New_York", "2026-11-01T00:30:00-04:00", 3),
-        [
-            "2026-11-01T01:00:00-04:00",
-            "2026-11-01T01:00:00-05:00",
-            "2026-11-01T02:00:00-05:00"
-        ]
+        ["2026-11-01T01:00:00-04:00", "2026-11-01T01:00:00-05:00", "2026-11-01T02:00:00-05:00"]
     );
     assert_eq!(
         next_n("30 * * * *", "Europe/Berlin", "2026-10-25T01:45:00+02:00", 3),
-        [
-            "2026-10-25T02:30:00+02:00",
-            "2026-10-25T02:30:00+01:00",
-            "2026-10-25T03:30:00+01:00"
-        ]
+        ["2026-10-25T02:30:00+02:00", "2026-10-25T02:30:00+01:00", "2026-10-25T03:30:00+01:00"]
     );
     assert_eq!(
         next_n("30 * * * *", "Europe/Berlin", "2026-03-29T01:45:00+01:00", 2),
@@ -247,11 +221,7 @@ fn dst_wildcard_jobs_follow_the_wall_clock() {
     // Lord Howe: the half-hour gap and the half-hour overlap.
     assert_eq!(
         next_n("*/15 2 * * *", "Australia/Lord_Howe", "2026-10-04T01:50:00+10:30", 3),
-        [
-            "2026-10-04T02:30:00+11:00",
-            "2026-10-04T02:45:00+11:00",
-            "2026-10-05T02:00:00+11:00"
-        ]
+        ["2026-10-04T02:30:00+11:00", "2026-10-04T02:45:00+11:00", "2026-10-05T02:00:00+11:00"]
     );
     assert_eq!(
         next_n("*/15 1 * * *", "Australia/Lord_Howe", "2026-04-05T01:20:00+11:00", 6),
@@ -313,7 +283,14 @@ impl Intended {
 }
 
 /// Generates one field: its text and the set it denotes. `lo..=hi` are the written bounds.
-fn gen_field(rng: &mut StdRng, lo: u32, hi: u32, star_weight: f64, names: &[&str], name_base: u32) -> (String, Vec<bool>) {
+fn gen_field(
+    rng: &mut StdRng,
+    lo: u32,
+    hi: u32,
+    star_weight: f64,
+    names: &[&str],
+    name_base: u32,
+) -> (String, Vec<bool>) {
     let mut set = vec![false; hi as usize + 1];
     let render = |rng: &mut StdRng, v: u32| -> String {
         if !names.is_empty() && v >= name_base && ((v - name_base) as usize) < names.len() && rng.random_bool(0.3) {
@@ -408,11 +385,7 @@ fn oracle_fires(e: &Intended, zone: &TimeZone, walk_from: Timestamp, until: Time
         }
         // A repeated wall-clock minute (the second pass of an overlap): fixed-time jobs skip it.
         let repeated = civil <= latest_seen;
-        let fires_now = if e.fixed_time {
-            skipped_match || (e.matches(civil) && !repeated)
-        } else {
-            e.matches(civil)
-        };
+        let fires_now = if e.fixed_time { skipped_match || (e.matches(civil) && !repeated) } else { e.matches(civil) };
         if fires_now {
             fires.push(t);
         }

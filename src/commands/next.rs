@@ -1,0 +1,76 @@
+//! `backupnizza next`: upcoming fire times of a task file's tasks or of one expression.
+
+use anyhow::Context;
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+
+use super::{config_path, rfc3339};
+use crate::cli::NextArgs;
+use crate::config::{self, Environment};
+use crate::exit::Exit;
+use crate::schedule::Schedule;
+
+pub fn run(args: &NextArgs, env: &Environment) -> anyhow::Result<()> {
+    let after = match &args.after {
+        Some(text) => text.parse::<Timestamp>().map_err(|e| {
+            Exit::usage(format!(
+                "invalid --after {text:?}: {e} (write RFC 3339 with an offset, e.g. 2026-03-07T12:00:00-05:00)"
+            ))
+        })?,
+        None => Timestamp::now(),
+    };
+    let count = args.count as usize;
+    if let Some(expr) = &args.schedule {
+        let schedule = Schedule::parse(expr).map_err(|e| Exit::usage(format!("invalid schedule {expr:?}: {e}")))?;
+        let tz = match &args.timezone {
+            Some(name) => TimeZone::get(name).map_err(|_| {
+                Exit::usage(format!("unknown time zone {name:?}: use an IANA name such as Europe/Berlin or UTC"))
+            })?,
+            None => TimeZone::system(),
+        };
+        for at in upcoming(&schedule, &tz, after, count) {
+            println!("{}", rfc3339(at, &tz));
+        }
+        return Ok(());
+    }
+
+    let path = config_path(&args.config, env)?;
+    let config = config::load(&path, env).map_err(|e| Exit::usage(e.to_string()))?;
+    for name in &args.tasks {
+        if config.task(name).is_none() {
+            let names = config.tasks.iter().map(|t| t.name.as_str());
+            let hint = config::did_you_mean(name, names).map(|n| format!(" (did you mean {n:?}?)")).unwrap_or_default();
+            return Err(Exit::usage(format!("no task named {name:?} in {}{hint}", path.display())).into());
+        }
+    }
+    let mut lines = Vec::new();
+    for task in config.tasks.iter().filter(|t| args.tasks.is_empty() || args.tasks.contains(&t.name)) {
+        for at in upcoming(&task.schedule, &task.zone.tz, after, count) {
+            lines.push((at, rfc3339(at, &task.zone.tz), task.name.as_str()));
+        }
+    }
+    lines.sort();
+    let mut out = String::new();
+    for (_, time, name) in lines {
+        out.push_str(&format!("{time}\t{name}\n"));
+    }
+    use std::io::Write;
+    std::io::stdout().write_all(out.as_bytes()).context("cannot write to standard output")?;
+    Ok(())
+}
+
+/// The next `count` fire times after `after` (an `@every` schedule is anchored at `after`).
+fn upcoming(schedule: &Schedule, tz: &TimeZone, after: Timestamp, count: usize) -> Vec<Timestamp> {
+    let mut out = Vec::with_capacity(count);
+    let mut t = after;
+    while out.len() < count {
+        match schedule.next_after(t, tz) {
+            Some(next) => {
+                out.push(next);
+                t = next;
+            }
+            None => break,
+        }
+    }
+    out
+}

@@ -1,0 +1,6 @@
+//! Integration tests: the real `backupnizza` and `secretbox` binaries, run in temporary
+//! directories, against real peers. One test binary (compiled once), one module per area.
+
+mod harness;
+mod next;
+mod validate;

@@ -1,0 +1,374 @@
+//! `backupnizza validate`: the example stays valid, and invalid files are reported fully,
+//! with positions, names and exit code 2.
+
+use crate::harness::Scratch;
+
+const MINIMAL_TASK: &str = "tasks:\n  docs:\n    schedule: \"0 3 * * *\"\n    command: [restic, backup, ~/Documents]\n";
+
+#[test]
+fn backup_yaml_example_is_valid() {
+    let scratch = Scratch::new();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/backup.yaml.example");
+    let run = scratch.backupnizza(["validate", "-c", example]).run();
+    run.expect_code(0);
+    let out = run.stdout();
+    assert!(out.contains("valid: 5 tasks") || out.contains("valid: 4 tasks"), "{run}");
+    for task in ["documents", "offsite", "photos", "prune-offsite"] {
+        assert!(
+            out.lines().any(|l| l.trim_start().starts_with(task) && l.contains("next 20")),
+            "{task} missing\n{run}"
+        );
+    }
+    assert!(!run.stderr().contains("error"), "{run}");
+}
+
+#[test]
+fn validate_does_not_read_secrets() {
+    let scratch = Scratch::new();
+    let file = scratch.write(
+        "b.yaml",
+        "secrets:\n  a: {file: /nonexistent/secret}\n  b: {command: [/bin/false]}\n  c: {env: UNSET_VARIABLE_FOR_TEST}\n  d: {keyring: {service: s, account: a, store: keyutils}}\ntasks:\n  t:\n    schedule: '@daily'\n    command: [restic, snapshots]\n    secrets: [a, b, c, d]\n",
+    );
+    scratch.backupnizza(["validate", "-c"]).run_with(&file).expect_code(0);
+}
+
+#[test]
+fn json_task_files_are_read_the_same_way() {
+    let scratch = Scratch::new();
+    let ok = scratch.write("b.json", r#"{"tasks": {"docs": {"schedule": "@hourly", "command": ["true"]}}}"#);
+    scratch.backupnizza(["validate", "-c"]).run_with(&ok).expect_code(0);
+    let bad = scratch.write(
+        "bad.json",
+        "{\n  \"tasks\": {\n    \"docs\": {\"schedule\": \"@hourly\", \"comand\": [\"true\"]}\n  }\n}\n",
+    );
+    let run = scratch.backupnizza(["validate", "-c"]).run_with(&bad);
+    run.expect_code(2);
+    let err = run.stderr();
+    assert!(err.contains(&format!("{}:3:", bad.display())) && err.contains("did you mean `command`"), "{run}");
+}
+
+#[test]
+fn the_default_path_comes_from_the_environment() {
+    let scratch = Scratch::new();
+    let file = scratch.write("elsewhere.yaml", MINIMAL_TASK);
+    scratch.backupnizza(["validate"]).env("BACKUPNIZZA_CONFIG", &file).run().expect_code(0);
+    scratch.write(".config/backupnizza/backup.yaml", MINIMAL_TASK);
+    scratch.backupnizza(["validate"]).run().expect_code(0);
+    let missing = scratch.backupnizza(["validate"]).env("XDG_CONFIG_HOME", scratch.path().join("nowhere")).run();
+    missing.expect_code(2);
+    assert!(missing.stderr().contains("nowhere/backupnizza/backup.yaml"), "{missing}");
+}
+
+struct Case {
+    name: &'static str,
+    yaml: String,
+    /// The line the problem must be reported on, if the file has one for it.
+    line: Option<usize>,
+    /// Text that must appear in that problem's message (the key, task or secret, the value).
+    expect: &'static [&'static str],
+}
+
+fn case(name: &'static str, yaml: &str, line: Option<usize>, expect: &'static [&'static str]) -> Case {
+    Case { name, yaml: yaml.to_string(), line, expect }
+}
+
+fn invalid_cases() -> Vec<Case> {
+    let long_socket = format!("socket: /tmp/{}/s.sock\n{MINIMAL_TASK}", "d".repeat(120));
+    vec![
+        case("yaml syntax", "tasks:\n  docs: [1, 2\n", None, &["YAML syntax"]),
+        case("tasks is not a mapping", "tasks: 5\n", Some(1), &["tasks", "expected a mapping", "5"]),
+        case(
+            "unknown top-level key",
+            &format!("taks: {{}}\n{MINIMAL_TASK}"),
+            Some(1),
+            &["unknown key \"taks\"", "did you mean `tasks`"],
+        ),
+        case(
+            "unknown task key",
+            &format!("{MINIMAL_TASK}    schedual: x\n"),
+            Some(5),
+            &["tasks.docs.schedual", "did you mean `schedule`"],
+        ),
+        case(
+            "bad task name",
+            "tasks:\n  \"bad name!\":\n    schedule: '@daily'\n    command: [x]\n",
+            Some(2),
+            &["invalid task name \"bad name!\""],
+        ),
+        case(
+            "duplicate task names",
+            &format!("{MINIMAL_TASK}  docs:\n    schedule: '@daily'\n    command: [x]\n"),
+            Some(5),
+            &["duplicate key \"docs\"", "line 2"],
+        ),
+        case(
+            "secret without source",
+            &format!("secrets:\n  repo: {{}}\n{MINIMAL_TASK}"),
+            Some(2),
+            &["secrets.repo", "no source"],
+        ),
+        case(
+            "secret with two sources",
+            &format!("secrets:\n  repo:\n    file: /x\n    env: X\n{MINIMAL_TASK}"),
+            Some(3),
+            &["secrets.repo", "2 sources (file, env)"],
+        ),
+        case(
+            "bad duration",
+            &format!("token_ttl: 5 minutes\n{MINIMAL_TASK}"),
+            Some(1),
+            &["token_ttl", "\"5 minutes\""],
+        ),
+        case(
+            "duration without unit",
+            &format!("{MINIMAL_TASK}    timeout: 30\n"),
+            Some(5),
+            &["tasks.docs.timeout", "30s"],
+        ),
+        case(
+            "unknown time zone",
+            &format!("timezone: Europe/Berln\n{MINIMAL_TASK}"),
+            Some(1),
+            &["\"Europe/Berln\"", "did you mean `Europe/Berlin`"],
+        ),
+        case(
+            "unknown task time zone",
+            &format!("{MINIMAL_TASK}    timezone: America/New_Yrok\n"),
+            Some(5),
+            &["tasks.docs.timezone", "America/New_Yrok"],
+        ),
+        case(
+            "cron minute out of range",
+            "tasks:\n  docs:\n    schedule: '61 3 * * *'\n    command: [x]\n",
+            Some(3),
+            &["tasks.docs.schedule", "minute field \"61\"", "0-59"],
+        ),
+        case(
+            "cron weekday name",
+            "tasks:\n  docs:\n    schedule: '0 3 * * funday'\n    command: [x]\n",
+            Some(3),
+            &["day-of-week field \"funday\""],
+        ),
+        case(
+            "cron field count",
+            "tasks:\n  docs:\n    schedule: '0 0 3 * * *'\n    command: [x]\n",
+            Some(3),
+            &["expected 5 fields", "found 6"],
+        ),
+        case(
+            "schedule that never fires",
+            "tasks:\n  docs:\n    schedule: '0 0 30 2 *'\n    command: [x]\n",
+            Some(3),
+            &["tasks.docs.schedule", "can never fire"],
+        ),
+        case(
+            "@reboot",
+            "tasks:\n  docs:\n    schedule: '@reboot'\n    command: [x]\n",
+            Some(3),
+            &["@reboot is not supported"],
+        ),
+        case(
+            "empty command",
+            "tasks:\n  docs:\n    schedule: '@daily'\n    command: []\n",
+            Some(4),
+            &["tasks.docs.command", "empty command"],
+        ),
+        case(
+            "command as a string",
+            "tasks:\n  docs:\n    schedule: '@daily'\n    command: restic backup ~/x\n",
+            Some(4),
+            &["tasks.docs.command", "[\"restic\", \"backup\", \"~/x\"]"],
+        ),
+        case(
+            "missing command",
+            "tasks:\n  docs:\n    schedule: '@daily'\n",
+            Some(3),
+            &["tasks.docs", "missing `command`"],
+        ),
+        case(
+            "command and steps",
+            "tasks:\n  docs:\n    schedule: '@daily'\n    command: [x]\n    steps:\n      - command: [y]\n",
+            Some(6),
+            &["tasks.docs", "both `command` and `steps`"],
+        ),
+        case(
+            "missing schedule",
+            "tasks:\n  docs:\n    command: [x]\n",
+            Some(3),
+            &["tasks.docs", "missing required key `schedule`"],
+        ),
+        case(
+            "undeclared secret in secrets list",
+            &format!("secrets:\n  repo: {{env: REPO_PW}}\n{MINIMAL_TASK}    secrets: [repo, offsite]\n"),
+            Some(7),
+            &["tasks.docs.secrets[1]", "\"offsite\"", "not declared"],
+        ),
+        case(
+            "undeclared secret in env",
+            &format!("{MINIMAL_TASK}    env:\n      RESTIC_PASSWORD: {{secret: repo}}\n"),
+            Some(6),
+            &["tasks.docs.env.RESTIC_PASSWORD.secret", "repo", "\"docs\""],
+        ),
+        case(
+            "secretbox get outside the task's scope",
+            &format!(
+                "secrets:\n  repo: {{env: REPO_PW}}\n{MINIMAL_TASK}    env:\n      RESTIC_PASSWORD_COMMAND: secretbox get repo\n"
+            ),
+            Some(8),
+            &["secretbox get repo", "add \"repo\" to tasks.docs.secrets"],
+        ),
+        case("socket path too long", &long_socket, Some(1), &["socket", "bytes", "at most"]),
+        case(
+            "bad on_overlap",
+            &format!("{MINIMAL_TASK}    on_overlap: skipp\n"),
+            Some(5),
+            &["tasks.docs.on_overlap", "\"skipp\"", "did you mean `skip`"],
+        ),
+        case(
+            "bad log level",
+            &format!("log: {{level: verbose}}\n{MINIMAL_TASK}"),
+            Some(1),
+            &["log.level", "\"verbose\""],
+        ),
+        case(
+            "unknown log key",
+            &format!("log:\n  formt: json\n{MINIMAL_TASK}"),
+            Some(2),
+            &["log.formt", "did you mean `format`"],
+        ),
+        case(
+            "keyring without account",
+            &format!("secrets:\n  repo:\n    keyring: {{service: s}}\n{MINIMAL_TASK}    secrets: [repo]\n"),
+            Some(3),
+            &["secrets.repo.keyring", "missing required key `account`"],
+        ),
+        case(
+            "bad keyring store",
+            &format!(
+                "secrets:\n  repo:\n    keyring: {{service: s, account: a, store: gnome}}\n{MINIMAL_TASK}    secrets: [repo]\n"
+            ),
+            Some(3),
+            &["secrets.repo.keyring.store", "\"gnome\""],
+        ),
+        case(
+            "bad secret name",
+            &format!("secrets:\n  -repo: {{env: X}}\n{MINIMAL_TASK}"),
+            Some(2),
+            &["invalid secret name \"-repo\""],
+        ),
+        case(
+            "bad env var name",
+            &format!("{MINIMAL_TASK}    env:\n      1FOO: bar\n"),
+            Some(6),
+            &["tasks.docs.env.1FOO", "invalid environment variable name"],
+        ),
+        case(
+            "reserved env var",
+            &format!("{MINIMAL_TASK}    env:\n      SECRETBOX_TOKEN: abc\n"),
+            Some(6),
+            &["SECRETBOX_TOKEN", "set by backupnizza"],
+        ),
+        case(
+            "redeem_limit out of range",
+            &format!("{MINIMAL_TASK}    redeem_limit: 0\n"),
+            Some(5),
+            &["tasks.docs.redeem_limit", "0 is out of range"],
+        ),
+        case(
+            "empty steps",
+            "tasks:\n  docs:\n    schedule: '@daily'\n    steps: []\n",
+            Some(4),
+            &["tasks.docs.steps", "empty list of steps"],
+        ),
+        case(
+            "unknown step key",
+            "tasks:\n  docs:\n    schedule: '@daily'\n    steps:\n      - comand: [x]\n",
+            Some(5),
+            &["tasks.docs.steps[0].comand", "did you mean `command`"],
+        ),
+        case(
+            "bool as string",
+            "tasks:\n  docs:\n    schedule: '@daily'\n    steps:\n      - command: [x]\n        continue_on_error: 'yes'\n",
+            Some(6),
+            &["continue_on_error", "expected true or false", "\"yes\""],
+        ),
+        case(
+            "relative working_dir",
+            &format!("{MINIMAL_TASK}    working_dir: backups\n"),
+            Some(5),
+            &["tasks.docs.working_dir", "relative path"],
+        ),
+        case("empty file", "", None, &["empty"]),
+        case("no tasks", "secrets: {}\n", None, &["tasks", "no `tasks:`"]),
+        case("yaml tag", "tasks: !custom {}\n", None, &["tags"]),
+        case(
+            "@every without unit",
+            "tasks:\n  docs:\n    schedule: '@every 90'\n    command: [x]\n",
+            Some(3),
+            &["tasks.docs.schedule", "no unit"],
+        ),
+    ]
+}
+
+#[test]
+fn each_invalid_file_exits_2_naming_line_and_key() {
+    let scratch = Scratch::new();
+    let cases = invalid_cases();
+    assert!(cases.len() >= 25);
+    for (i, case) in cases.iter().enumerate() {
+        let file = scratch.write(&format!("case{i}.yaml"), &case.yaml);
+        let run = scratch.backupnizza(["validate", "-c"]).run_with(&file);
+        assert_eq!(run.code(), Some(2), "case {:?}\n{run}", case.name);
+        assert!(run.stdout().is_empty(), "case {:?} printed to stdout\n{run}", case.name);
+        let stderr = run.stderr();
+        let prefix = match case.line {
+            Some(line) => format!("{}:{line}:", file.display()),
+            None => format!("{}", file.display()),
+        };
+        let found = stderr
+            .lines()
+            .any(|l| l.starts_with(&prefix) && l.contains("error:") && case.expect.iter().all(|e| l.contains(e)));
+        assert!(found, "case {:?}: no line starting {prefix:?} containing {:?}\n{run}", case.name, case.expect);
+        assert!(!stderr.contains("panicked"), "case {:?}\n{run}", case.name);
+    }
+}
+
+#[test]
+fn a_file_with_many_problems_reports_all_of_them() {
+    let scratch = Scratch::new();
+    let file = scratch.write(
+        "many.yaml",
+        "token_ttl: 30\ntimezone: Mars/Olympus\nsecrets:\n  repo:\n    keyring: {service: s}\ntasks:\n  docs:\n    schedule: '61 * * * *'\n    command: []\n    secrets: [repo, nope]\n    on_overlap: never\n  docs:\n    schedule: '@daily'\n    command: [x]\n",
+    );
+    let run = scratch.backupnizza(["validate", "-c"]).run_with(&file);
+    run.expect_code(2);
+    let stderr = run.stderr();
+    let expected = [
+        (1, "token_ttl"),
+        (2, "Mars/Olympus"),
+        (5, "missing required key `account`"),
+        (8, "minute field \"61\""),
+        (9, "empty command"),
+        (10, "\"nope\""),
+        (11, "\"never\""),
+        (12, "duplicate key \"docs\""),
+    ];
+    for (line, text) in expected {
+        let prefix = format!("{}:{line}:", file.display());
+        assert!(stderr.lines().any(|l| l.starts_with(&prefix) && l.contains(text)), "line {line} {text:?}\n{run}");
+    }
+    assert!(stderr.contains(&format!("{}: 8 errors found", file.display())), "{run}");
+}
+
+#[test]
+fn warnings_do_not_fail_validation() {
+    let scratch = Scratch::new();
+    let file = scratch.write(
+        "warn.yaml",
+        "secrets:\n  unused: {env: X}\ntasks:\n  docs:\n    schedule: '@daily'\n    command: [restic, backup, /x]\n    env:\n      RESTIC_PASSWORD: hunter2\n",
+    );
+    let run = scratch.backupnizza(["validate", "-c"]).run_with(&file);
+    run.expect_code(0);
+    assert!(run.stderr().contains(&format!("{}:2:3: warning: secrets.unused", file.display())), "{run}");
+    assert!(run.stderr().contains("RESTIC_PASSWORD_COMMAND"), "{run}");
+}
