@@ -43,6 +43,86 @@ pub enum Command {
     /// With a task file, prints `RFC3339<TAB>TASK` lines sorted by time. With --schedule,
     /// prints one RFC3339 time per line. --after is exclusive.
     Next(NextArgs),
+    /// Run the daemon in the foreground (as systemd or launchd does).
+    ///
+    /// Validates the task file, hardens the process, loads every secret into locked memory,
+    /// listens on the socket, and runs each task on its schedule until SIGTERM or SIGINT.
+    Run(RunArgs),
+    /// Show each task's last run, its result and its next fire time (asks the daemon).
+    Status(StatusArgs),
+    /// Run a task now, through the running daemon (so its secrets are available).
+    Trigger(TriggerArgs),
+    /// List past runs from the run history (works without the daemon).
+    History(HistoryArgs),
+    /// Store or check secrets.
+    #[command(subcommand)]
+    Secret(SecretCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Print the daemon's answer as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TriggerArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The task to run
+    #[arg(value_name = "TASK")]
+    pub task: String,
+    /// Wait for the run to end and exit with its result (0 success or warning, 1 otherwise)
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Only this task
+    #[arg(value_name = "TASK")]
+    pub task: Option<String>,
+    /// How many entries to show (the most recent)
+    #[arg(short = 'n', long = "count", default_value_t = 20)]
+    pub count: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Store a value in the keychain entry that secret NAME's `keyring` source names.
+    ///
+    /// The value is read from stdin, or prompted for without echo on a terminal.
+    Set(SecretSetArgs),
+    /// Load every secret as the daemon would and print each name with ok or the error.
+    ///
+    /// Values are never printed. Exit 1 if any secret cannot be loaded.
+    Check(SecretCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SecretSetArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The secret, as declared under `secrets:`
+    #[arg(value_name = "NAME")]
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SecretCheckArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
 }
 
 #[derive(Debug, Args)]
@@ -70,4 +150,56 @@ pub struct NextArgs {
     /// IANA time zone for --schedule (default: the system's local zone)
     #[arg(long, value_name = "TZ", requires = "schedule")]
     pub timezone: Option<String>,
+}
+
+const SECRETBOX_AFTER_HELP: &str = "\
+secretbox only works inside processes that backupnizza starts: it trades the one-time
+token the daemon put in SECRETBOX_TOKEN for a secret named in the task's `secrets:`.
+
+Use it as restic's password command:
+    env:
+      RESTIC_PASSWORD_COMMAND: secretbox get repo
+or as rclone's (rclone --password-command, or RCLONE_PASSWORD_COMMAND):
+    env:
+      RCLONE_PASSWORD_COMMAND: secretbox get rclone-config
+
+Environment: SECRETBOX_TOKEN (the token), SECRETBOX_SOCKET (the daemon's socket).
+Exit codes: 0 ok, 1 internal error, 2 usage, 3 no token in the environment,
+4 daemon unreachable, 5 token expired, 6 token already used for NAME,
+7 token not valid for NAME, 8 token's process has exited, 9 unknown token,
+10 caller not allowed, 11 too many failures (slow down).
+On any failure nothing is written to stdout.";
+
+/// secretbox: fetch a secret from the backupnizza daemon with a one-time token.
+#[derive(Debug, Parser)]
+#[command(name = "secretbox", version, after_help = SECRETBOX_AFTER_HELP, max_term_width = 100)]
+pub struct Secretbox {
+    #[command(subcommand)]
+    pub command: SecretboxCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretboxCommand {
+    /// Print secret NAME, followed by a newline, on stdout.
+    Get(GetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The secret's name, as declared in the task file
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Do not print a newline after the secret
+    #[arg(short = 'n', long)]
+    pub no_newline: bool,
+    /// The daemon's socket (default: $SECRETBOX_SOCKET)
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Give up if the daemon has not answered within this long
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    crate::duration::parse(text).map_err(|e| e.to_string())
 }

@@ -1,7 +1,10 @@
 //! The `backupnizza` subcommands. Each takes its parsed arguments and returns an
 //! `anyhow::Result`; the binary maps errors to exit codes (see `exit`).
 
+pub mod control;
+pub mod history;
 pub mod next;
+pub mod secret;
 pub mod validate;
 
 use std::path::PathBuf;

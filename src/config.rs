@@ -5,7 +5,7 @@
 //! Every key, its type and its default is documented in `docs/configuration.md`.
 
 mod check;
-pub use check::did_you_mean;
+pub use check::{did_you_mean, valid_name};
 mod tree;
 
 use std::collections::BTreeMap;

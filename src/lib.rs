@@ -1,7 +1,21 @@
 //! backupnizza: an ssh-agent for backup jobs.
 pub mod cli;
+pub mod client;
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod duration;
 pub mod exit;
+pub mod hardening;
+pub mod history;
+pub mod logging;
+pub mod notify;
+pub mod peer;
+pub mod protocol;
+pub mod redact;
+pub mod runner;
 pub mod schedule;
+pub mod scheduler;
+pub mod secrets;
+pub mod server;
+pub mod vault;

@@ -2,17 +2,29 @@
 
 use clap::Parser;
 
-use backupnizza::cli::{Backupnizza, Command};
+use backupnizza::cli::{Backupnizza, Command, SecretCommand};
 use backupnizza::commands;
 use backupnizza::config::Environment;
 use backupnizza::exit;
 
 fn main() {
+    // Before any thread exists: kernel keyutils needs a session keyring of our own (see
+    // hardening::join_session_keyring), and the daemon wipes `env` secrets from the
+    // environment, which is only sound while single-threaded.
+    backupnizza::hardening::join_session_keyring();
     let cli = Backupnizza::parse();
     let env = Environment::from_process();
     let result = match &cli.command {
         Command::Validate(args) => commands::validate::run(args, &env),
         Command::Next(args) => commands::next::run(args, &env),
+        Command::Run(args) => {
+            commands::config_path(&args.config, &env).and_then(|path| backupnizza::daemon::main(path, env))
+        }
+        Command::Status(args) => commands::control::status(args, &env),
+        Command::Trigger(args) => commands::control::trigger(args, &env),
+        Command::History(args) => commands::history::run(args, &env),
+        Command::Secret(SecretCommand::Set(args)) => commands::secret::set(args, &env),
+        Command::Secret(SecretCommand::Check(args)) => commands::secret::check(args, &env),
     };
     if let Err(err) = result {
         let message = format!("{err:#}");

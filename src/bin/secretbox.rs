@@ -1,6 +1,86 @@
-//! `secretbox`: trades the one-time token in its environment for a secret (see docs/protocol.md).
+//! `secretbox get NAME`: trades the one-time token in `SECRETBOX_TOKEN` for a secret over the
+//! daemon's socket and prints it. On any failure it prints nothing on stdout and exits with
+//! the code for the cause (see `secretbox --help` and docs/protocol.md).
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::Parser;
+use zeroize::Zeroizing;
+
+use backupnizza::cli::{Secretbox, SecretboxCommand};
+use backupnizza::client::{Client, ClientError};
+use backupnizza::protocol::{self, exit};
 
 fn main() {
-    eprintln!("secretbox: error: not implemented yet (the secret broker is the next milestone)");
-    std::process::exit(1);
+    // The secret passes through this process too: no core dumps, no same-user ptrace.
+    let _ = backupnizza::hardening::protect_process();
+    let cli = Secretbox::parse();
+    let SecretboxCommand::Get(args) = cli.command;
+    let code = match get(&args.name, args.socket, args.timeout, !args.no_newline) {
+        Ok(()) => exit::OK,
+        Err((code, message)) => {
+            eprintln!("secretbox: error: {message}");
+            code
+        }
+    };
+    std::process::exit(code);
+}
+
+fn get(name: &str, socket: Option<std::path::PathBuf>, timeout: Duration, newline: bool) -> Result<(), (i32, String)> {
+    if !backupnizza::config::valid_name(name) {
+        return Err((exit::USAGE, format!("{name:?} is not a valid secret name")));
+    }
+    let not_from_daemon =
+        "secretbox works only in processes started by backupnizza (e.g. as RESTIC_PASSWORD_COMMAND in a task's env)";
+    let token = match std::env::var("SECRETBOX_TOKEN") {
+        Ok(t) if !t.is_empty() => Zeroizing::new(t),
+        _ => return Err((exit::NO_TOKEN, format!("SECRETBOX_TOKEN is not set: {not_from_daemon}"))),
+    };
+    let socket = match socket.or_else(|| std::env::var_os("SECRETBOX_SOCKET").filter(|s| !s.is_empty()).map(Into::into))
+    {
+        Some(s) => s,
+        None => {
+            return Err((
+                exit::NO_TOKEN,
+                format!("SECRETBOX_SOCKET is not set and --socket was not given: {not_from_daemon}"),
+            ));
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| (exit::INTERNAL, format!("cannot start: {e}")))?;
+    let client = Client::new(&socket, timeout);
+    let path = format!("{}{name}", protocol::ROUTE_SECRETS);
+    let response = runtime.block_on(client.request(hyper::Method::POST, &path, Some(&token), Vec::new())).map_err(
+        |e| match e {
+            ClientError::Unreachable { .. } | ClientError::Timeout { .. } => {
+                (exit::UNREACHABLE, format!("{e} (is `backupnizza run` running?)"))
+            }
+            ClientError::Protocol(_) => (exit::INTERNAL, e.to_string()),
+        },
+    )?;
+    if !response.status.is_success() {
+        let body = response.error();
+        let code = body.as_ref().map(|b| b.error.as_str()).unwrap_or("");
+        let exit_code = match protocol::rejection_from_code(code) {
+            Some(r) => protocol::exit_code(r),
+            None if code == protocol::errors::SLOW_DOWN => exit::SLOW_DOWN,
+            None => exit::INTERNAL,
+        };
+        let message = body.map(|b| b.message).unwrap_or_else(|| format!("the daemon answered {}", response.status));
+        return Err((exit_code, format!("cannot get secret {name:?}: {message}")));
+    }
+    let mut out = Zeroizing::new(Vec::with_capacity(response.body.len() + 1));
+    out.extend_from_slice(&response.body);
+    if newline {
+        out.push(b'\n');
+    }
+    // One write, so a reader never sees part of the secret followed by an error.
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(&out)
+        .and_then(|()| stdout.flush())
+        .map_err(|e| (exit::INTERNAL, format!("cannot write to stdout: {e}")))
 }

@@ -114,7 +114,7 @@ fn suggestion<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> 
 }
 
 /// Names of tasks and secrets: `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`.
-pub(crate) fn valid_name(name: &str) -> bool {
+pub fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
         && name.len() <= 64
@@ -992,7 +992,14 @@ impl Checker {
                 continue;
             }
             let Some(name) = words[i + 2..].iter().find(|w| !w.starts_with('-')) else { continue };
-            let name = name.trim_matches(|c| c == '"' || c == '\'');
+            // In a shell snippet the name may be followed by `;`, `)` or a quote.
+            let name = name.trim_start_matches(['"', '\'']);
+            let end =
+                name.find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))).unwrap_or(name.len());
+            let name = &name[..end];
+            if name.is_empty() {
+                continue;
+            }
             if !declared.contains(name) {
                 self.error(
                     path,

@@ -1,0 +1,130 @@
+//! `backupnizza status` and `backupnizza trigger`: ask the running daemon over its socket.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use hyper::Method;
+
+use super::config_path;
+use crate::cli::{StatusArgs, TriggerArgs};
+use crate::client::{Client, ClientError, Response};
+use crate::config::{self, Environment};
+use crate::exit::{Exit, USAGE};
+use crate::protocol::{self, RunBody, RunRef, StatusBody};
+
+fn client_for(config: &config::Config) -> Client {
+    Client::new(&config.socket, Duration::from_secs(protocol::MAX_WAIT_SECS + 10))
+}
+
+fn load(arg: &crate::cli::ConfigArg, env: &Environment) -> anyhow::Result<config::Config> {
+    let path = config_path(arg, env)?;
+    config::load(&path, env).map_err(|e| Exit::usage(e.to_string()).into())
+}
+
+async fn call(client: &Client, method: Method, path: &str) -> anyhow::Result<Response> {
+    let response = client.request(method, path, None, Vec::new()).await.map_err(|e| match e {
+        ClientError::Unreachable { .. } => {
+            anyhow::anyhow!("{e}; is the daemon running (`backupnizza run`, or its service)?")
+        }
+        other => anyhow::Error::new(other),
+    })?;
+    if !response.status.is_success() {
+        let message =
+            response.error().map(|b| b.message).unwrap_or_else(|| format!("the daemon answered {}", response.status));
+        let code = if response.status == hyper::StatusCode::NOT_FOUND { USAGE } else { crate::exit::FAILURE };
+        return Err(Exit { code, message }.into());
+    }
+    Ok(response)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+pub fn status(args: &StatusArgs, env: &Environment) -> anyhow::Result<()> {
+    let config = load(&args.config, env)?;
+    let client = client_for(&config);
+    let response = runtime()?.block_on(call(&client, Method::GET, protocol::ROUTE_STATUS))?;
+    if args.json {
+        println!("{}", String::from_utf8_lossy(&response.body));
+        return Ok(());
+    }
+    let status: StatusBody = serde_json::from_slice(&response.body).context("unexpected status answer")?;
+    println!(
+        "daemon: running (pid {}, version {}, since {}), socket {}",
+        status.pid,
+        status.daemon,
+        status.started,
+        config.socket.display()
+    );
+    let rejected: u64 = status.tokens.rejected.values().sum();
+    let reasons: Vec<String> =
+        status.tokens.rejected.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r} {n}")).collect();
+    println!(
+        "tokens: {} minted, {} redeemed, {} live, {rejected} rejected{}",
+        status.tokens.minted,
+        status.tokens.redeemed,
+        status.tokens.live,
+        if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) }
+    );
+    let width = status.tasks.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
+    println!("{:width$}  {:25}  {:32}  NEXT", "TASK", "LAST RUN", "RESULT");
+    for task in &status.tasks {
+        let (when, result) = match (&task.last, task.running) {
+            (_, true) => ("now".to_string(), "running".to_string()),
+            (Some(last), false) => (last.ended.clone().unwrap_or_default(), describe(last)),
+            (None, false) => ("never".to_string(), "-".to_string()),
+        };
+        println!("{:width$}  {when:25}  {result:32}  {}", task.name, task.next.as_deref().unwrap_or("-"));
+    }
+    Ok(())
+}
+
+/// "success (exit 0, 12s)".
+pub fn describe(run: &RunBody) -> String {
+    let mut parts = Vec::new();
+    if let Some(code) = run.exit_code {
+        parts.push(format!("exit {code}"));
+    }
+    if let Some(ms) = run.duration_ms {
+        parts.push(crate::duration::Human(Duration::from_millis(ms / 1000 * 1000)).to_string());
+    }
+    if parts.is_empty() { run.status.clone() } else { format!("{} ({})", run.status, parts.join(", ")) }
+}
+
+pub fn trigger(args: &TriggerArgs, env: &Environment) -> anyhow::Result<()> {
+    let config = load(&args.config, env)?;
+    if config.task(&args.task).is_none() {
+        let hint = config::did_you_mean(&args.task, config.tasks.iter().map(|t| t.name.as_str()))
+            .map(|n| format!(" (did you mean {n:?}?)"))
+            .unwrap_or_default();
+        return Err(Exit::usage(format!("no task named {:?} in {}{hint}", args.task, config.path.display())).into());
+    }
+    let client = client_for(&config);
+    let rt = runtime()?;
+    let path = format!("{}{}/trigger", protocol::ROUTE_TASKS, args.task);
+    let response = rt.block_on(call(&client, Method::POST, &path))?;
+    let run: RunRef = serde_json::from_slice(&response.body).context("unexpected trigger answer")?;
+    println!("triggered {}: run {}", run.task, run.run_id);
+    if !args.wait {
+        return Ok(());
+    }
+    loop {
+        let path = format!("{}{}?wait={}", protocol::ROUTE_RUNS, run.run_id, protocol::MAX_WAIT_SECS);
+        let response = rt.block_on(call(&client, Method::GET, &path))?;
+        let body: RunBody = serde_json::from_slice(&response.body).context("unexpected run answer")?;
+        if body.status == "running" || body.status == "queued" {
+            continue;
+        }
+        println!(
+            "run {}: {}{}",
+            body.run_id,
+            describe(&body),
+            if body.reason.is_empty() { String::new() } else { format!(": {}", body.reason) }
+        );
+        return match body.status.as_str() {
+            "success" | "warning" => Ok(()),
+            _ => Err(Exit::silent(crate::exit::FAILURE).into()),
+        };
+    }
+}

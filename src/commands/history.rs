@@ -1,0 +1,48 @@
+//! `backupnizza history [TASK]`: past runs and skipped occurrences, from the history file.
+
+use std::time::Duration;
+
+use super::config_path;
+use crate::cli::HistoryArgs;
+use crate::config::{self, Environment};
+use crate::exit::Exit;
+use crate::history::{self, Record};
+
+pub fn run(args: &HistoryArgs, env: &Environment) -> anyhow::Result<()> {
+    let path = config_path(&args.config, env)?;
+    let config = config::load(&path, env).map_err(|e| Exit::usage(e.to_string()))?;
+    if let Some(task) = &args.task {
+        if config.task(task).is_none() {
+            return Err(Exit::usage(format!("no task named {task:?} in {}", path.display())).into());
+        }
+    }
+    let records = history::read_all(&config.state_dir)?;
+    let mut lines = Vec::new();
+    for record in &records {
+        if args.task.as_deref().is_some_and(|t| record.task() != Some(t)) {
+            continue;
+        }
+        let line = match record {
+            Record::End { run_id, task, at, status, exit_code, duration_ms, reason, .. } => {
+                let code = exit_code.map(|c| format!("exit {c}")).unwrap_or_else(|| "-".into());
+                let took = crate::duration::Human(Duration::from_secs(duration_ms / 1000));
+                format!("{at}  {task}  {status}  {code}  {took}  {run_id}  {reason}")
+            }
+            Record::Skip { task, scheduled, count, reason, detail, .. } => {
+                let times = if *count == 1 { String::new() } else { format!(" x{count}") };
+                format!("{scheduled}  {task}  skipped{times}  {reason}  {detail}")
+            }
+            Record::Daemon { event, at, pid } if args.task.is_none() => format!("{at}  daemon {event} (pid {pid})"),
+            _ => continue,
+        };
+        lines.push(line);
+    }
+    if lines.is_empty() {
+        println!("no runs recorded in {}", config.state_dir.join(history::FILE_NAME).display());
+    }
+    let skip = lines.len().saturating_sub(args.count);
+    for line in &lines[skip..] {
+        println!("{line}");
+    }
+    Ok(())
+}

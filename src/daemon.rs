@@ -1,0 +1,694 @@
+//! `backupnizza run`: the daemon. Wiring, in start-up order: validate the task file → harden
+//! the process → load secrets → bind the socket → schedule; and the way back down on SIGTERM:
+//! stop firing, SIGTERM running tasks, SIGKILL what remains after `shutdown_grace`, remove the
+//! socket, wipe the secrets, exit 0.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hyper::StatusCode;
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{Instrument, error, info, warn};
+use zeroize::Zeroizing;
+
+use crate::config::{self, Config, Environment, Overlap};
+use crate::exit::{Exit, FAILURE};
+use crate::hardening::Weakness;
+use crate::history::{self, History, Record};
+use crate::protocol::{RunBody, RunRef, StatusBody, TaskStatus, TokenCounts};
+use crate::runner::{Outcome, RunStatus, Runner};
+use crate::scheduler::{self, ClockWatch, Decision, Timetable, Trigger};
+use crate::secrets::{self, Secrets};
+use crate::server::{self, Broker, Control, Limits};
+use crate::vault::{Rejection, Vault};
+
+/// Grace between SIGINT, SIGTERM and SIGKILL when a task times out.
+const KILL_GRACE: Duration = Duration::from_secs(10);
+/// How often the daemon checks that its socket path still names its socket.
+const SOCKET_CHECK: Duration = Duration::from_secs(5);
+/// Finished runs kept in memory for `trigger --wait`.
+const KEEP_RUNS: usize = 256;
+
+/// Runs the daemon in the foreground until SIGTERM or SIGINT. Must be called before any
+/// thread exists: it reads `env` secret sources and wipes them from the environment first.
+pub fn main(config_path: PathBuf, env: Environment) -> anyhow::Result<()> {
+    let checked = config::check_file(&config_path, &env).map_err(|e| Exit::usage(e.to_string()))?;
+    let Some(config) = checked.config else {
+        for p in &checked.problems {
+            eprintln!("{}", p.display(&config_path));
+        }
+        return Err(Exit::usage(format!("{} is invalid; nothing was started", config_path.display())).into());
+    };
+    crate::logging::init(config.log);
+    for p in &checked.problems {
+        warn!("{}", p.display(&config_path));
+    }
+    info!(config = %config_path.display(), version = env!("CARGO_PKG_VERSION"), pid = std::process::id(), "starting");
+
+    // Before any secret is read: no core dumps, no same-user ptrace.
+    report_weaknesses(&crate::hardening::protect_process(), config.strict_memory)?;
+    raise_fd_limit();
+    // SAFETY: no other thread exists yet; the runtime starts below.
+    let env_values = unsafe { secrets::take_env_sources(&config) };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(run(config, env, env_values));
+    // Runner tasks have finished or been killed; do not wait for stray blocking threads.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+fn report_weaknesses(weak: &[Weakness], strict: bool) -> anyhow::Result<()> {
+    let mut seen = HashSet::new();
+    for w in weak.iter().filter(|w| seen.insert(w.what)) {
+        if strict {
+            return Err(Exit {
+                code: FAILURE,
+                message: format!("cannot {}: {} (strict_memory: true refuses to start without it)", w.what, w.why),
+            }
+            .into());
+        }
+        warn!("cannot {}: {}; continuing (set strict_memory: true to refuse instead)", w.what, w.why);
+    }
+    Ok(())
+}
+
+/// Many idle connections must not starve a legitimate one of file descriptors.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let want = hard.min(65_536);
+        if soft < want {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, want, hard);
+        }
+    }
+}
+
+/// Loads every secret into locked memory and makes the values known to the redactor.
+async fn load_secrets(
+    config: &Config,
+    env: &Environment,
+    mut env_values: HashMap<String, Zeroizing<Vec<u8>>>,
+) -> anyhow::Result<Arc<Secrets>> {
+    let mut store = Secrets::empty();
+    let mut weak = Vec::new();
+    let mut stderr = Vec::new();
+    for spec in &config.secrets {
+        let loaded = secrets::load_one(spec, env, &mut env_values)
+            .await
+            .map_err(|e| Exit { code: FAILURE, message: e.to_string() })?;
+        weak.extend(store.insert(&spec.name, &loaded.value).context("cannot allocate memory for secrets")?);
+        info!(secret = %spec.name, source = %secrets::describe(&spec.source), "loaded secret");
+        stderr.extend(loaded.stderr.into_iter().map(|line| (spec.name.clone(), line)));
+    }
+    report_weaknesses(&weak, config.strict_memory)?;
+    let store = Arc::new(store);
+    crate::redact::register(store.clone());
+    // Logged only now, so the redactor masks any value a command echoed on stderr.
+    for (name, line) in stderr {
+        info!(secret = %name, "secret command said: {line}");
+    }
+    Ok(store)
+}
+
+async fn run(config: Config, env: Environment, env_values: HashMap<String, Zeroizing<Vec<u8>>>) -> anyhow::Result<()> {
+    let secrets = load_secrets(&config, &env, env_values).await?;
+
+    let bound = server::bind(&config.socket).map_err(|e| Exit { code: FAILURE, message: e.to_string() })?;
+    let history = History::open(&config.state_dir)
+        .with_context(|| format!("cannot open the run history in {}", config.state_dir.display()))?;
+    let past = history::read_all(&config.state_dir).unwrap_or_default();
+
+    let broker = Arc::new(Broker {
+        vault: Mutex::new(Vault::new(config.token_ttl)),
+        secrets: secrets.clone(),
+        uid: nix::unistd::getuid().as_raw(),
+        limits: Limits::default(),
+        control: OnceLock::new(),
+    });
+    drop(secrets);
+    let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.to_path_buf()));
+    let secretbox_dir = exe_dir.filter(|d| d.join("secretbox").exists());
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    let runner = Runner {
+        broker: broker.clone(),
+        socket: config.socket.clone(),
+        base_env: crate::runner::allowed_env(std::env::vars_os(), secretbox_dir.as_deref()),
+        home: env.var("HOME").map(PathBuf::from),
+        active: Arc::default(),
+        kill_grace: KILL_GRACE,
+        shutdown_grace: config.shutdown_grace,
+    };
+    let started = Timestamp::now();
+    let daemon = Arc::new(Daemon::new(config, runner, history, started, cancel_tx, cancel_rx, &past));
+    let _ = broker.control.set(daemon.clone() as Arc<dyn Control>);
+
+    let listener = tokio::net::UnixListener::from_std(bound.listener.try_clone().context("cannot use the socket")?)
+        .context("cannot use the socket")?;
+    let (stop_server, server_stopped) = watch::channel(false);
+    let server = tokio::spawn(server::serve(listener, broker.clone(), server_stopped));
+    info!(socket = %bound.path.display(), "listening");
+
+    let outcome = daemon.clone().schedule(&bound, &past).await;
+
+    // Shutting down.
+    crate::notify::notify("STOPPING=1");
+    daemon.stop_runs().await;
+    let _ = stop_server.send(true);
+    let _ = server.await;
+    let _ = daemon.history.append(&Record::Daemon {
+        event: "stop".into(),
+        at: daemon.rfc3339(Timestamp::now()),
+        pid: std::process::id(),
+    });
+    drop(bound);
+    crate::redact::unregister();
+    drop(daemon);
+    drop(broker);
+    match outcome {
+        Stop::Signal(name) => {
+            info!("stopped on {name}; socket removed, secrets wiped");
+            Ok(())
+        }
+        Stop::SocketStolen => Err(Exit {
+            code: FAILURE,
+            message: "the socket path no longer names this daemon's socket (replaced or removed by another process); stopped to be safe, as gpg-agent does".into(),
+        }
+        .into()),
+    }
+}
+
+enum Stop {
+    Signal(&'static str),
+    SocketStolen,
+}
+
+/// Per-task state.
+#[derive(Default)]
+struct TaskState {
+    running: bool,
+    /// A firing waiting for the current run (`on_overlap: queue`): run id, trigger, occurrence.
+    queued: Option<(String, Trigger, Option<Timestamp>)>,
+    last: Option<RunBody>,
+    next: Option<Timestamp>,
+}
+
+/// The daemon's shared state: tasks, their runs, history.
+pub struct Daemon {
+    config: Config,
+    runner: Runner,
+    history: History,
+    started: Timestamp,
+    zone: TimeZone,
+    tasks: Mutex<Vec<TaskState>>,
+    runs: Mutex<Runs>,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+    cancel: watch::Sender<bool>,
+    cancel_rx: watch::Receiver<bool>,
+}
+
+#[derive(Default)]
+struct Runs {
+    by_id: HashMap<String, watch::Sender<RunBody>>,
+    finished: VecDeque<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn new_run_id(now: Timestamp) -> String {
+    let mut suffix = [0u8; 2];
+    let _ = rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut suffix);
+    format!("{}-{:02x}{:02x}", now.strftime("%Y%m%dT%H%M%SZ"), suffix[0], suffix[1])
+}
+
+impl Daemon {
+    fn new(
+        config: Config,
+        runner: Runner,
+        history: History,
+        started: Timestamp,
+        cancel: watch::Sender<bool>,
+        cancel_rx: watch::Receiver<bool>,
+        past: &[Record],
+    ) -> Daemon {
+        let mut tasks: Vec<TaskState> = config.tasks.iter().map(|_| TaskState::default()).collect();
+        // Last known result of each task, from history.
+        for record in past {
+            if let Record::End { run_id, task, at, status, exit_code, duration_ms, reason, .. } = record {
+                if let Some(i) = config.tasks.iter().position(|t| &t.name == task) {
+                    tasks[i].last = Some(RunBody {
+                        run_id: run_id.clone(),
+                        task: task.clone(),
+                        status: status.clone(),
+                        started: String::new(),
+                        ended: Some(at.clone()),
+                        exit_code: *exit_code,
+                        duration_ms: Some(*duration_ms),
+                        reason: reason.clone(),
+                    });
+                }
+            }
+        }
+        let zone = config.timezone.tz.clone();
+        Daemon {
+            config,
+            runner,
+            history,
+            started,
+            zone,
+            tasks: Mutex::new(tasks),
+            runs: Mutex::default(),
+            handles: Mutex::default(),
+            cancel,
+            cancel_rx,
+        }
+    }
+
+    fn rfc3339(&self, at: Timestamp) -> String {
+        crate::commands::rfc3339(at, &self.zone)
+    }
+
+    fn record(&self, record: Record) {
+        if let Err(e) = self.history.append(&record) {
+            error!(file = %self.history.path().display(), error = %e, "cannot write run history");
+        }
+    }
+
+    fn skip(&self, task: &str, scheduled: Timestamp, count: u64, reason: &str, detail: String) {
+        self.record(Record::Skip {
+            task: task.to_string(),
+            at: self.rfc3339(Timestamp::now()),
+            scheduled: self.rfc3339(scheduled),
+            count,
+            reason: reason.to_string(),
+            detail,
+        });
+    }
+
+    /// Fires task `idx` now (or queues it, or skips it, per `on_overlap`).
+    fn fire(
+        self: &Arc<Self>,
+        idx: usize,
+        trigger: Trigger,
+        occurrence: Option<Timestamp>,
+    ) -> Result<RunRef, (StatusCode, String)> {
+        let task = &self.config.tasks[idx];
+        if *self.cancel_rx.borrow() {
+            return Err((StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping".into()));
+        }
+        let now = Timestamp::now();
+        let run_id = new_run_id(now);
+        let mut tasks = lock(&self.tasks);
+        let state = &mut tasks[idx];
+        if state.running {
+            let skipped = |why: &str| {
+                let at = occurrence.unwrap_or(now);
+                warn!(task = %task.name, occurrence = %self.rfc3339(at), "not running: {why}");
+                self.skip(&task.name, at, 1, "overlap", why.to_string());
+                Err((StatusCode::CONFLICT, format!("task {:?} is running and {why}", task.name)))
+            };
+            return match (task.on_overlap, &state.queued) {
+                (Overlap::Skip, _) => skipped("the previous run is still going (on_overlap: skip)"),
+                (Overlap::Queue, Some(_)) => {
+                    skipped("one run is already queued behind the current one (on_overlap: queue)")
+                }
+                (Overlap::Queue, None) => {
+                    info!(task = %task.name, run_id, "queued behind the running run (on_overlap: queue)");
+                    state.queued = Some((run_id.clone(), trigger, occurrence));
+                    drop(tasks);
+                    self.register_run(&run_id, &task.name, "queued", now);
+                    Ok(RunRef { run_id, task: task.name.clone() })
+                }
+            };
+        }
+        state.running = true;
+        drop(tasks);
+        self.register_run(&run_id, &task.name, "running", now);
+        self.spawn_run(idx, run_id.clone(), trigger, occurrence);
+        Ok(RunRef { run_id, task: task.name.clone() })
+    }
+
+    fn register_run(&self, run_id: &str, task: &str, status: &str, now: Timestamp) {
+        let body = RunBody {
+            run_id: run_id.to_string(),
+            task: task.to_string(),
+            status: status.to_string(),
+            started: self.rfc3339(now),
+            ended: None,
+            exit_code: None,
+            duration_ms: None,
+            reason: String::new(),
+        };
+        lock(&self.runs).by_id.insert(run_id.to_string(), watch::channel(body).0);
+    }
+
+    fn spawn_run(self: &Arc<Self>, idx: usize, run_id: String, trigger: Trigger, occurrence: Option<Timestamp>) {
+        let me = self.clone();
+        let span = tracing::info_span!("run", task = %self.config.tasks[idx].name, run_id = %run_id);
+        let handle = tokio::spawn(async move { me.execute(idx, run_id, trigger, occurrence).await }.instrument(span));
+        let mut handles = lock(&self.handles);
+        handles.retain(|h| !h.is_finished());
+        handles.push(handle);
+    }
+
+    async fn execute(self: Arc<Self>, idx: usize, run_id: String, trigger: Trigger, occurrence: Option<Timestamp>) {
+        let task = &self.config.tasks[idx];
+        let mut cancel = self.cancel_rx.clone();
+        let outcome = 'run: {
+            if let (Some(max), Trigger::Schedule | Trigger::CatchUp) = (task.random_delay, trigger) {
+                let delay = Duration::from_millis(rand::random_range(0..=max.as_millis().min(u64::MAX as u128) as u64));
+                info!("waiting {} before starting (random_delay)", crate::duration::Human(delay));
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = async { let _ = cancel.wait_for(|c| *c).await; } => break 'run Outcome {
+                        status: RunStatus::Cancelled, exit_code: None, reason: "daemon stopped during random_delay".into(),
+                        stderr_tail: Vec::new(), duration: Duration::ZERO,
+                    },
+                }
+            }
+            let started = Timestamp::now();
+            info!(trigger = trigger.as_str(), "run started");
+            self.record(Record::Start {
+                run_id: run_id.clone(),
+                task: task.name.clone(),
+                at: self.rfc3339(started),
+                scheduled: occurrence.map(|o| self.rfc3339(o)),
+                trigger: trigger.as_str().into(),
+            });
+            let deadline = task.timeout.map(|t| Instant::now() + t);
+            self.runner.run(task, &run_id, deadline, cancel).await
+        };
+        let ended = Timestamp::now();
+        let duration_ms = outcome.duration.as_millis() as u64;
+        let message = format!(
+            "run ended: {} ({}) after {}",
+            outcome.status.as_str(),
+            outcome.reason,
+            crate::duration::Human(Duration::from_millis(duration_ms))
+        );
+        match outcome.status {
+            RunStatus::Success => info!("{message}"),
+            RunStatus::Warning | RunStatus::Cancelled => warn!("{message}"),
+            _ => error!("{message}"),
+        }
+        self.record(Record::End {
+            run_id: run_id.clone(),
+            task: task.name.clone(),
+            at: self.rfc3339(ended),
+            status: outcome.status.as_str().into(),
+            exit_code: outcome.exit_code,
+            duration_ms,
+            reason: outcome.reason.clone(),
+            stderr_tail: outcome.stderr_tail.clone(),
+        });
+        let body = {
+            let runs = lock(&self.runs);
+            let mut body = runs.by_id.get(&run_id).map(|s| s.borrow().clone()).unwrap_or_else(|| RunBody {
+                run_id: run_id.clone(),
+                task: task.name.clone(),
+                status: String::new(),
+                started: String::new(),
+                ended: None,
+                exit_code: None,
+                duration_ms: None,
+                reason: String::new(),
+            });
+            body.status = outcome.status.as_str().into();
+            body.ended = Some(self.rfc3339(ended));
+            body.exit_code = outcome.exit_code;
+            body.duration_ms = Some(duration_ms);
+            body.reason = outcome.reason;
+            body
+        };
+        self.finish_run(&run_id, body.clone());
+        let next = {
+            let mut tasks = lock(&self.tasks);
+            let state = &mut tasks[idx];
+            state.last = Some(body);
+            match state.queued.take() {
+                Some(queued) if !*self.cancel_rx.borrow() => Some(queued),
+                Some((queued_id, _, _)) => {
+                    state.running = false;
+                    drop(tasks);
+                    self.finish_cancelled(&queued_id, &self.config.tasks[idx].name);
+                    None
+                }
+                None => {
+                    state.running = false;
+                    None
+                }
+            }
+        };
+        if let Some((queued_id, trigger, occurrence)) = next {
+            if let Some(sender) = lock(&self.runs).by_id.get(&queued_id) {
+                sender.send_modify(|b| b.status = "running".into());
+            }
+            let trigger = if trigger == Trigger::Manual { Trigger::Manual } else { Trigger::Queued };
+            self.spawn_run(idx, queued_id, trigger, occurrence);
+        }
+    }
+
+    fn finish_cancelled(&self, run_id: &str, task: &str) {
+        let now = Timestamp::now();
+        self.finish_run(
+            run_id,
+            RunBody {
+                run_id: run_id.to_string(),
+                task: task.to_string(),
+                status: RunStatus::Cancelled.as_str().into(),
+                started: self.rfc3339(now),
+                ended: Some(self.rfc3339(now)),
+                exit_code: None,
+                duration_ms: Some(0),
+                reason: "the daemon stopped before the queued run started".into(),
+            },
+        );
+    }
+
+    fn finish_run(&self, run_id: &str, body: RunBody) {
+        let mut runs = lock(&self.runs);
+        if let Some(sender) = runs.by_id.get(run_id) {
+            sender.send_replace(body);
+        }
+        runs.finished.push_back(run_id.to_string());
+        while runs.finished.len() > KEEP_RUNS {
+            if let Some(old) = runs.finished.pop_front() {
+                runs.by_id.remove(&old);
+            }
+        }
+    }
+
+    /// The scheduler loop; returns why it stopped.
+    async fn schedule(self: Arc<Self>, bound: &server::BoundSocket, past: &[Record]) -> Stop {
+        let now = Timestamp::now();
+        let mut table = Timetable::default();
+        self.catch_up_downtime(past, now);
+        self.record(Record::Daemon { event: "start".into(), at: self.rfc3339(now), pid: std::process::id() });
+        for (i, task) in self.config.tasks.iter().enumerate() {
+            match scheduler::next_fire(&task.schedule, &task.zone.tz, self.started, now) {
+                Some(next) => {
+                    info!(task = %task.name, schedule = %task.schedule, timezone = %task.zone.name, next = %crate::commands::rfc3339(next, &task.zone.tz), "scheduled");
+                    lock(&self.tasks)[i].next = Some(next);
+                    table.push(next, i);
+                }
+                None => warn!(task = %task.name, schedule = %task.schedule, "will not fire in the next 30 years"),
+            }
+        }
+        let (mut term, mut int, mut hup) =
+            match (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup())) {
+                (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+                _ => {
+                    error!("cannot install signal handlers");
+                    return Stop::Signal("a signal-handler failure");
+                }
+            };
+        crate::notify::notify("READY=1");
+        let mut watchdog = crate::notify::watchdog_interval().map(|d| tokio::time::interval(d / 2));
+        let mut socket_check = tokio::time::interval(SOCKET_CHECK);
+        let mut clock = ClockWatch::new(now, Instant::now());
+        loop {
+            let pause = table.sleep_for(Timestamp::now());
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = term.recv() => return Stop::Signal("SIGTERM"),
+                _ = int.recv() => return Stop::Signal("SIGINT"),
+                _ = hup.recv() => {
+                    info!("SIGHUP received: the task file is read once at start; restart the daemon to apply changes");
+                    continue;
+                }
+                _ = socket_check.tick() => {
+                    if !bound.still_ours() {
+                        error!(socket = %bound.path.display(), "the socket path no longer names this daemon's socket; stopping");
+                        return Stop::SocketStolen;
+                    }
+                }
+                _ = async { match watchdog.as_mut() { Some(w) => { w.tick().await; } None => std::future::pending().await } } => {
+                    crate::notify::notify("WATCHDOG=1");
+                    continue;
+                }
+            }
+            let now = Timestamp::now();
+            if let Some(jump) = clock.observe(now, Instant::now()) {
+                let direction = if jump.is_negative() { "back" } else { "forward" };
+                warn!(
+                    "the wall clock moved {direction} by {} more than the monotonic clock (suspend and resume, or a clock change); checking for missed runs",
+                    crate::duration::Human(Duration::try_from(jump.abs()).unwrap_or_default())
+                );
+            }
+            while let Some((due, idx)) = table.pop_due(now) {
+                self.handle_due(idx, due, now);
+                let task = &self.config.tasks[idx];
+                let next = scheduler::next_fire(&task.schedule, &task.zone.tz, self.started, now.max(due));
+                lock(&self.tasks)[idx].next = next;
+                if let Some(next) = next {
+                    table.push(next, idx);
+                }
+            }
+        }
+    }
+
+    /// An occurrence came due: run it (on time or caught up) or log why not.
+    fn handle_due(self: &Arc<Self>, idx: usize, due: Timestamp, now: Timestamp) {
+        let task = &self.config.tasks[idx];
+        match scheduler::decide(&task.schedule, &task.zone.tz, due, now, task.max_lateness) {
+            Decision::Run { trigger, occurrence, superseded, first_missed } => {
+                if trigger == Trigger::CatchUp {
+                    let late = Duration::try_from(now.duration_since(occurrence)).unwrap_or_default();
+                    warn!(
+                        task = %task.name,
+                        "missed {} occurrence{} from {} (machine asleep or daemon stopped); running once now, {} late",
+                        superseded + 1,
+                        if superseded == 0 { "" } else { "s" },
+                        self.rfc3339(first_missed),
+                        crate::duration::Human(Duration::from_secs(late.as_secs()))
+                    );
+                    if superseded > 0 {
+                        self.skip(
+                            &task.name,
+                            first_missed,
+                            superseded,
+                            "superseded",
+                            format!("folded into the catch-up run of {}", self.rfc3339(occurrence)),
+                        );
+                    }
+                }
+                let _ = self.fire(idx, trigger, Some(occurrence));
+            }
+            Decision::TooLate { count, first, last } => {
+                warn!(
+                    task = %task.name,
+                    "skipping {count} missed occurrence{} from {} to {}: the latest is more than max_lateness ({}) late",
+                    if count == 1 { "" } else { "s" },
+                    self.rfc3339(first),
+                    self.rfc3339(last),
+                    crate::duration::Human(task.max_lateness)
+                );
+                self.skip(
+                    &task.name,
+                    first,
+                    count,
+                    "too_late",
+                    format!("more than max_lateness ({}) late", crate::duration::Human(task.max_lateness)),
+                );
+            }
+        }
+    }
+
+    /// Occurrences that fell while the daemon was not running (after the last history
+    /// record) are handled like those missed during a suspend.
+    fn catch_up_downtime(self: &Arc<Self>, past: &[Record], now: Timestamp) {
+        let Some(last_alive) = past.iter().filter_map(|r| r.at().parse::<Timestamp>().ok()).max() else { return };
+        for (idx, task) in self.config.tasks.iter().enumerate() {
+            if task.schedule.interval().is_some() {
+                continue; // `@every` counts from the daemon's start.
+            }
+            if let Some(first) = task.schedule.next_after(last_alive, &task.zone.tz).filter(|o| *o <= now) {
+                self.handle_due(idx, first, now);
+            }
+        }
+    }
+
+    /// Cancels running tasks and waits for them (they SIGTERM, then SIGKILL, their groups).
+    async fn stop_runs(&self) {
+        let _ = self.cancel.send(true);
+        let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&self.handles));
+        let running = handles.iter().filter(|h| !h.is_finished()).count();
+        if running > 0 {
+            info!(running, grace = %crate::duration::Human(self.config.shutdown_grace), "stopping running tasks");
+        }
+        let all = async {
+            for h in handles {
+                let _ = h.await;
+            }
+        };
+        if tokio::time::timeout(self.config.shutdown_grace + KILL_GRACE + Duration::from_secs(5), all).await.is_err() {
+            error!("some tasks did not stop in time");
+        }
+    }
+}
+
+impl Control for Daemon {
+    fn is_task_process(&self, pid: u32) -> bool {
+        let active = lock(&self.runner.active).clone();
+        active.iter().any(|a| crate::peer::descends_from(pid, *a))
+    }
+
+    fn status(&self) -> StatusBody {
+        let tasks = lock(&self.tasks);
+        let vault = lock(&self.runner.broker.vault);
+        let stats = vault.stats();
+        let rejected = Rejection::ALL.iter().zip(stats.rejected).map(|(r, n)| (r.as_str().to_string(), n)).collect();
+        StatusBody {
+            daemon: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            started: self.rfc3339(self.started),
+            tasks: self
+                .config
+                .tasks
+                .iter()
+                .zip(tasks.iter())
+                .map(|(task, state)| TaskStatus {
+                    name: task.name.clone(),
+                    schedule: task.schedule.to_string(),
+                    timezone: task.zone.name.clone(),
+                    next: state.next.map(|n| crate::commands::rfc3339(n, &task.zone.tz)),
+                    running: state.running,
+                    last: state.last.clone(),
+                })
+                .collect(),
+            tokens: TokenCounts { minted: stats.minted, redeemed: stats.redeemed, live: vault.live() as u64, rejected },
+        }
+    }
+
+    fn trigger(self: Arc<Self>, task: &str) -> Result<RunRef, (StatusCode, String)> {
+        let Some(idx) = self.config.tasks.iter().position(|t| t.name == task) else {
+            return Err((StatusCode::NOT_FOUND, format!("no task named {task:?}")));
+        };
+        self.fire(idx, Trigger::Manual, None)
+    }
+
+    fn run(&self, id: &str, wait: Duration) -> server::BoxFuture<Option<RunBody>> {
+        let receiver = lock(&self.runs).by_id.get(id).map(|s| s.subscribe());
+        Box::pin(async move {
+            let mut receiver = receiver?;
+            let done = |b: &RunBody| b.status != "running" && b.status != "queued";
+            let _ = tokio::time::timeout(wait, receiver.wait_for(done)).await;
+            let body = receiver.borrow().clone();
+            Some(body)
+        })
+    }
+}

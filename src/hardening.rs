@@ -1,0 +1,224 @@
+//! Process and memory protections for the processes that hold secrets — the one module with
+//! `unsafe`, each block justified by a `SAFETY:` comment.
+//!
+//! - [`protect_process`]: no core dumps (`RLIMIT_CORE` 0) and no same-user ptrace or
+//!   `/proc/PID/mem` / `environ` reads (`PR_SET_DUMPABLE` 0 on Linux, `PT_DENY_ATTACH` on
+//!   macOS). Done before any secret is read.
+//! - [`LockedBytes`]: secret bytes on their own anonymous pages, `mlock`ed (never swapped) and
+//!   `MADV_DONTDUMP` (left out of core dumps), wiped and unmapped on drop. We lock only the
+//!   pages that hold secrets, not the whole process (`mlockall` under the default
+//!   `RLIMIT_MEMLOCK` makes a threaded daemon fail allocations later).
+//! - [`take_env_var`]: reads a variable and wipes it from the process's environment block.
+//!
+//! When a protection cannot be applied we report it (the caller warns once, or refuses to
+//! start under `strict_memory: true`) instead of failing: a backup that runs is usually worth
+//! more than a protection the kernel does not offer.
+
+use std::ffi::{CStr, CString};
+use std::ptr::NonNull;
+
+use zeroize::Zeroize;
+
+/// A protection that could not be applied, for a warning or a strict-mode refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Weakness {
+    pub what: &'static str,
+    pub why: String,
+}
+
+/// Disables core dumps and ptrace attachment by processes of the same user.
+pub fn protect_process() -> Vec<Weakness> {
+    let mut weak = Vec::new();
+    use nix::sys::resource::{Resource, setrlimit};
+    if let Err(e) = setrlimit(Resource::RLIMIT_CORE, 0, 0) {
+        weak.push(Weakness { what: "disable core dumps (RLIMIT_CORE 0)", why: e.to_string() });
+    }
+    #[cfg(target_os = "linux")]
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        weak.push(Weakness { what: "forbid ptrace and /proc memory access (PR_SET_DUMPABLE 0)", why: e.to_string() });
+    }
+    #[cfg(target_os = "macos")]
+    {
+        const PT_DENY_ATTACH: libc::c_int = 31;
+        // SAFETY: PT_DENY_ATTACH takes no address or data; it only flags this process.
+        let rc = unsafe { libc::ptrace(PT_DENY_ATTACH, 0, std::ptr::null_mut(), 0) };
+        if rc != 0 {
+            weak.push(Weakness {
+                what: "forbid debugger attachment (PT_DENY_ATTACH)",
+                why: std::io::Error::last_os_error().to_string(),
+            });
+        }
+    }
+    weak
+}
+
+/// Whether this process is protected from same-user ptrace (Linux: not dumpable).
+pub fn is_dumpable() -> Option<bool> {
+    #[cfg(target_os = "linux")]
+    {
+        nix::sys::prctl::get_dumpable().ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
+/// Secret bytes on private, locked, never-dumped pages. Immutable after creation.
+pub struct LockedBytes {
+    ptr: NonNull<u8>,
+    len: usize,
+    mapped: usize,
+    locked: bool,
+}
+
+// SAFETY: the mapping is owned exclusively by this value and never mutated after `new`
+// (except by `zeroize`/`drop`, which take `&mut self`), so sharing `&LockedBytes` across
+// threads is sharing an immutable byte slice.
+unsafe impl Send for LockedBytes {}
+// SAFETY: see `Send`.
+unsafe impl Sync for LockedBytes {}
+
+impl LockedBytes {
+    /// Copies `bytes` onto fresh locked pages. Returns the value and the protections that
+    /// could not be applied (locking, or excluding from core dumps).
+    pub fn new(bytes: &[u8]) -> std::io::Result<(LockedBytes, Vec<Weakness>)> {
+        let page = page_size();
+        let mapped = bytes.len().max(1).div_ceil(page) * page;
+        let size = std::num::NonZeroUsize::new(mapped).expect("mapped is at least one page");
+        use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous};
+        // SAFETY: an anonymous private mapping aliases no existing memory.
+        let raw =
+            unsafe { mmap_anonymous(None, size, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_PRIVATE) }
+                .map_err(std::io::Error::from)?;
+        let ptr = raw.cast::<u8>();
+        let mut weak = Vec::new();
+        #[cfg(target_os = "linux")]
+        {
+            use nix::sys::mman::{MmapAdvise, madvise};
+            // SAFETY: `raw` is the start of our own mapping of `mapped` bytes.
+            if let Err(e) = unsafe { madvise(raw, mapped, MmapAdvise::MADV_DONTDUMP) } {
+                weak.push(Weakness {
+                    what: "exclude secret pages from core dumps (MADV_DONTDUMP)",
+                    why: e.to_string(),
+                });
+            }
+        }
+        // SAFETY: as above; locking pages we own has no effect on other memory.
+        let locked = match unsafe { nix::sys::mman::mlock(raw, mapped) } {
+            Ok(()) => true,
+            Err(e) => {
+                weak.push(Weakness {
+                    what: "lock secret pages in memory (mlock)",
+                    why: format!("{e} (RLIMIT_MEMLOCK may be too low: see `ulimit -l`)"),
+                });
+                false
+            }
+        };
+        // SAFETY: the mapping is `mapped >= bytes.len()` bytes, writable, and not shared.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), ptr.as_ptr(), bytes.len()) };
+        Ok((LockedBytes { ptr, len: bytes.len(), mapped, locked }, weak))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` points at `mapped >= len` initialised bytes that live as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub fn is_locked(&self) -> bool {
+        self.locked
+    }
+}
+
+impl Zeroize for LockedBytes {
+    fn zeroize(&mut self) {
+        // SAFETY: we own the `mapped` writable bytes at `ptr`; `&mut self` rules out readers.
+        let all = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.mapped) };
+        all.zeroize();
+    }
+}
+
+impl Drop for LockedBytes {
+    fn drop(&mut self) {
+        self.zeroize();
+        let raw = self.ptr.cast();
+        if self.locked {
+            // SAFETY: unlocking our own mapping.
+            let _ = unsafe { nix::sys::mman::munlock(raw, self.mapped) };
+        }
+        // SAFETY: the mapping was created in `new` with this size and is not used after this.
+        let _ = unsafe { nix::sys::mman::munmap(raw, self.mapped) };
+    }
+}
+
+fn page_size() -> usize {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(4096)
+}
+
+/// Reads environment variable `name`, overwrites its value in the process's environment
+/// block (which `/proc/PID/environ` shows for the life of the process), and removes it.
+///
+/// # Safety
+/// No other thread may exist: the environment is not thread-safe to modify. The daemon calls
+/// this from `main` before it starts its runtime.
+pub unsafe fn take_env_var(name: &str) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+    let cname = CString::new(name).ok()?;
+    // SAFETY: single-threaded (the caller's contract); getenv returns a pointer into the
+    // environment that stays valid until the environment is modified, which we do below.
+    let value = unsafe { libc::getenv(cname.as_ptr()) };
+    if value.is_null() {
+        return None;
+    }
+    // SAFETY: getenv returned a NUL-terminated string.
+    let bytes = unsafe { CStr::from_ptr(value) }.to_bytes();
+    let copy = zeroize::Zeroizing::new(bytes.to_vec());
+    let len = bytes.len();
+    for i in 0..len {
+        // SAFETY: the `len` bytes before the NUL belong to the environment block; writing them
+        // does not change the string's length, and nothing else reads them concurrently.
+        unsafe { std::ptr::write_volatile(value.add(i), b'*' as libc::c_char) };
+    }
+    // SAFETY: single-threaded (the caller's contract).
+    unsafe { std::env::remove_var(name) };
+    Some(copy)
+}
+
+/// Joins a fresh kernel session keyring when this process has none of its own.
+///
+/// Outside a PAM login session (containers, CI, some service managers) a process's session
+/// keyring is the shared per-user one, where the keyutils store fails (see
+/// docs/operations.md). Session keyrings are per thread, so this must run at the top of
+/// `main`, before any thread exists.
+#[cfg(target_os = "linux")]
+pub fn join_session_keyring() {
+    use linux_keyutils::{KeyRing, KeyRingIdentifier};
+    let _ = KeyRing::from_special_id(KeyRingIdentifier::Session, true);
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn join_session_keyring() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locked_bytes_round_trip_and_report_locking() {
+        let (locked, weak) = LockedBytes::new(b"canary-bytes").unwrap();
+        assert_eq!(locked.as_bytes(), b"canary-bytes");
+        assert_eq!(locked.is_locked(), !weak.iter().any(|w| w.what.contains("mlock")));
+        let (empty, _) = LockedBytes::new(b"").unwrap();
+        assert!(empty.as_bytes().is_empty());
+    }
+
+    #[test]
+    fn zeroize_wipes_the_pages() {
+        let (mut locked, _) = LockedBytes::new(&[0xAA; 100]).unwrap();
+        locked.zeroize();
+        assert!(locked.as_bytes().iter().all(|b| *b == 0));
+    }
+}

@@ -1,0 +1,154 @@
+//! The wire protocol between the daemon and its clients (`secretbox`, `backupnizza status`,
+//! `trigger`), and the exit codes of `secretbox`. Documented in `docs/protocol.md`.
+//!
+//! HTTP/1.1 over the daemon's Unix socket. Every response carries
+//! `Backupnizza-Protocol: 1`; routes live under `/v1/` and change only with the version.
+
+use serde::{Deserialize, Serialize};
+
+use crate::vault::Rejection;
+
+/// Bumped on any incompatible change to routes or bodies.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Response header naming the protocol version.
+pub const PROTOCOL_HEADER: &str = "backupnizza-protocol";
+
+/// `GET` — the daemon's version. Open to every caller of the daemon's uid.
+pub const ROUTE_VERSION: &str = "/v1/version";
+/// `POST /v1/secrets/{name}` with `Authorization: Bearer <token>` — redeem a token for a
+/// secret. 200 with the secret as `application/octet-stream`, or an [`ErrorBody`].
+pub const ROUTE_SECRETS: &str = "/v1/secrets/";
+/// `GET` — the daemon's tasks, their last runs and next fire times ([`StatusBody`]).
+/// Control routes refuse callers inside a task's process tree.
+pub const ROUTE_STATUS: &str = "/v1/status";
+/// `POST /v1/tasks/{name}/trigger` — run a task now; 202 with a [`RunRef`].
+pub const ROUTE_TASKS: &str = "/v1/tasks/";
+/// `GET /v1/runs/{id}?wait=SECONDS` — a run's state, waiting up to SECONDS (max 30) for it to
+/// finish ([`RunBody`]).
+pub const ROUTE_RUNS: &str = "/v1/runs/";
+
+/// Largest request body the server reads.
+pub const MAX_REQUEST_BODY: usize = 4096;
+/// Longest a client waits for a run in one request; clients poll again after it.
+pub const MAX_WAIT_SECS: u64 = 30;
+
+/// Error responses: a machine-readable code and a sentence for humans.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub message: String,
+}
+
+/// Error codes beyond the token rejections (which use [`Rejection::as_str`]).
+pub mod errors {
+    pub const BAD_REQUEST: &str = "bad_request";
+    pub const NOT_FOUND: &str = "not_found";
+    pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
+    pub const TOO_LARGE: &str = "too_large";
+    pub const TIMEOUT: &str = "timeout";
+    pub const SLOW_DOWN: &str = "slow_down";
+    pub const UNAVAILABLE: &str = "unavailable";
+    pub const CONFLICT: &str = "conflict";
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionBody {
+    pub protocol: u32,
+    pub daemon: String,
+    pub pid: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusBody {
+    pub daemon: String,
+    pub pid: u32,
+    pub started: String,
+    pub tasks: Vec<TaskStatus>,
+    pub tokens: TokenCounts,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskStatus {
+    pub name: String,
+    pub schedule: String,
+    pub timezone: String,
+    /// RFC 3339 with offset, or null when nothing is scheduled.
+    pub next: Option<String>,
+    pub running: bool,
+    pub last: Option<RunBody>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TokenCounts {
+    pub minted: u64,
+    pub redeemed: u64,
+    pub live: u64,
+    /// Rejections by reason (`unknown`, `expired`, `used`, `revoked`, `not_in_scope`, `forbidden`).
+    pub rejected: std::collections::BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRef {
+    pub run_id: String,
+    pub task: String,
+}
+
+/// A run as the daemon reports it (also the shape of history records' summaries).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunBody {
+    pub run_id: String,
+    pub task: String,
+    /// `running`, `success`, `warning`, `failed`, `timeout`, `cancelled`, `refused`.
+    pub status: String,
+    pub started: String,
+    pub ended: Option<String>,
+    pub exit_code: Option<i32>,
+    pub duration_ms: Option<u64>,
+    pub reason: String,
+}
+
+/// Exit codes of `secretbox`, one per cause, so scripts (and people reading restic's
+/// "password command failed") can tell what went wrong.
+pub mod exit {
+    /// The secret was written to stdout.
+    pub const OK: i32 = 0;
+    /// Anything unexpected: a protocol error, a write error on stdout.
+    pub const INTERNAL: i32 = 1;
+    /// Bad arguments.
+    pub const USAGE: i32 = 2;
+    /// `SECRETBOX_TOKEN` (or the socket) is not in the environment: not run by the daemon.
+    pub const NO_TOKEN: i32 = 3;
+    /// The daemon did not answer: no socket, nothing listening, or the timeout passed.
+    pub const UNREACHABLE: i32 = 4;
+    /// The token's time to live has passed.
+    pub const EXPIRED: i32 = 5;
+    /// The token was already used for this secret.
+    pub const USED: i32 = 6;
+    /// The token is not valid for this secret (not in the task's `secrets:`).
+    pub const NOT_IN_SCOPE: i32 = 7;
+    /// The process the token was issued to has exited.
+    pub const REVOKED: i32 = 8;
+    /// Not a token the daemon issued (garbage, or from another daemon).
+    pub const UNKNOWN: i32 = 9;
+    /// The caller may not redeem it: another user, or a process outside the task.
+    pub const FORBIDDEN: i32 = 10;
+    /// The daemon asked the caller to slow down after repeated failures.
+    pub const SLOW_DOWN: i32 = 11;
+}
+
+/// The `secretbox` exit code for a rejection.
+pub fn exit_code(rejection: Rejection) -> i32 {
+    match rejection {
+        Rejection::Unknown => exit::UNKNOWN,
+        Rejection::Expired => exit::EXPIRED,
+        Rejection::Used => exit::USED,
+        Rejection::Revoked => exit::REVOKED,
+        Rejection::NotInScope => exit::NOT_IN_SCOPE,
+        Rejection::Forbidden => exit::FORBIDDEN,
+    }
+}
+
+/// The rejection named by an error code on the wire.
+pub fn rejection_from_code(code: &str) -> Option<Rejection> {
+    Rejection::ALL.into_iter().find(|r| r.as_str() == code)
+}

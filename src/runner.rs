@@ -1,0 +1,438 @@
+//! Running one task: a clean environment with a fresh token per process, a process group per
+//! step, output into the log line by line (redacted), and timeouts and shutdown that stop the
+//! whole group.
+//!
+//! Each step's process gets: an allowlist of the daemon's environment (`PATH HOME USER
+//! LOGNAME LANG LC_* TZ TMPDIR XDG_*`), then the task's `env`, then the step's, then
+//! `SECRETBOX_SOCKET` and a freshly minted `SECRETBOX_TOKEN`. stdin is `/dev/null`; no shell
+//! is involved; a leading `~/` in an argument is expanded and nothing else. The token is
+//! revoked as soon as its process is reaped. A timeout sends SIGINT (restic removes its lock
+//! on SIGINT), then SIGTERM, then SIGKILL, to the whole process group, with a grace period
+//! between each; shutdown sends SIGTERM, then SIGKILL after `shutdown_grace`.
+
+use std::collections::{HashSet, VecDeque};
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use secrecy::ExposeSecret;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::watch;
+use tracing::{Instrument, info, warn};
+
+use crate::config::{EnvValue, Step, Task};
+use crate::server::Broker;
+
+/// How many stderr lines a run keeps for its history record.
+pub const STDERR_TAIL: usize = 20;
+/// Longest line we log from a child; longer lines are cut (restic's progress can be long).
+const MAX_LINE: usize = 8 * 1024;
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    Success,
+    /// Every step ended 0 or with one of the task's `warning_exit_codes`, at least one not 0.
+    Warning,
+    Failed,
+    Timeout,
+    /// Stopped by daemon shutdown.
+    Cancelled,
+    /// Never started (a program that cannot be started, a refused pin).
+    Refused,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Success => "success",
+            RunStatus::Warning => "warning",
+            RunStatus::Failed => "failed",
+            RunStatus::Timeout => "timeout",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::Refused => "refused",
+        }
+    }
+
+    pub fn is_ok(self) -> bool {
+        matches!(self, RunStatus::Success | RunStatus::Warning)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: RunStatus,
+    /// The exit code of the step that decided the outcome (the last one run).
+    pub exit_code: Option<i32>,
+    pub reason: String,
+    pub stderr_tail: Vec<String>,
+    pub duration: Duration,
+}
+
+/// What runs share: the broker (for tokens and `{secret:}` values), the socket to advertise,
+/// the environment allowlist, and the set of live task processes.
+pub struct Runner {
+    pub broker: Arc<Broker>,
+    pub socket: PathBuf,
+    pub base_env: Vec<(OsString, OsString)>,
+    pub home: Option<PathBuf>,
+    /// Pids of running step processes (the control routes refuse their descendants).
+    pub active: Arc<Mutex<HashSet<u32>>>,
+    /// Grace between SIGINT, SIGTERM and SIGKILL when a task times out.
+    pub kill_grace: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// The daemon's variables a task inherits; everything else is dropped.
+pub fn allowed_env(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+    secretbox_dir: Option<&Path>,
+) -> Vec<(OsString, OsString)> {
+    const EXACT: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR"];
+    let mut out: Vec<(OsString, OsString)> = vars
+        .into_iter()
+        .filter(|(k, _)| {
+            let k = k.as_bytes();
+            EXACT.iter().any(|e| e.as_bytes() == k) || k.starts_with(b"LC_") || k.starts_with(b"XDG_")
+        })
+        .collect();
+    // Let tasks find the `secretbox` installed beside `backupnizza`, ahead of any other.
+    if let Some(dir) = secretbox_dir {
+        let path = out.iter_mut().find(|(k, _)| k == "PATH");
+        let current = path.as_ref().map(|(_, v)| v.clone()).unwrap_or_default();
+        if !std::env::split_paths(&current).any(|p| p == dir) {
+            let joined =
+                std::env::join_paths(std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&current)))
+                    .unwrap_or(current);
+            match path {
+                Some((_, v)) => *v = joined,
+                None => out.push(("PATH".into(), joined)),
+            }
+        }
+    }
+    out
+}
+
+/// Expands a leading `~/` (or a lone `~`).
+pub fn expand_tilde(arg: &str, home: Option<&Path>) -> OsString {
+    match (arg.strip_prefix('~'), home) {
+        (Some(rest), Some(home)) if rest.is_empty() || rest.starts_with('/') => {
+            let mut out = home.as_os_str().to_os_string();
+            out.push(rest);
+            out
+        }
+        _ => arg.into(),
+    }
+}
+
+enum StepEnd {
+    Exited(ExitStatus),
+    TimedOut(String),
+    Cancelled,
+    NotStarted(String),
+}
+
+impl Runner {
+    /// Runs every step of `task` in order. `deadline` is the task's timeout; `cancel` turns
+    /// true at daemon shutdown.
+    pub async fn run(
+        &self,
+        task: &Task,
+        run_id: &str,
+        deadline: Option<Instant>,
+        mut cancel: watch::Receiver<bool>,
+    ) -> Outcome {
+        let started = Instant::now();
+        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+        let mut status = RunStatus::Success;
+        let mut exit_code = None;
+        let mut reason = String::from("all steps succeeded");
+        let steps = task.steps.len();
+        for (i, step) in task.steps.iter().enumerate() {
+            let label = if steps == 1 { String::new() } else { format!(" (step {} of {steps})", i + 1) };
+            let end = self.run_step(task, step, run_id, i, deadline, &mut cancel, &tail).await;
+            match end {
+                StepEnd::Exited(st) => {
+                    exit_code = st.code();
+                    let code_text = describe_exit(st);
+                    match st.code() {
+                        Some(0) => {}
+                        Some(code) if task.warning_exit_codes.contains(&code) => {
+                            warn!("{code_text}{label}: counted as a warning (warning_exit_codes)");
+                            if status == RunStatus::Success {
+                                status = RunStatus::Warning;
+                                reason = format!("{code_text}{label}, a warning");
+                            }
+                        }
+                        _ if step.continue_on_error => {
+                            warn!("{code_text}{label}; continuing (continue_on_error)");
+                            status = RunStatus::Failed;
+                            reason = format!("{code_text}{label}");
+                        }
+                        _ => {
+                            status = RunStatus::Failed;
+                            reason = format!("{code_text}{label}");
+                            if i + 1 < steps {
+                                reason.push_str("; later steps skipped");
+                            }
+                            break;
+                        }
+                    }
+                }
+                StepEnd::TimedOut(how) => {
+                    status = RunStatus::Timeout;
+                    reason = format!("timed out{label}; {how}");
+                    exit_code = None;
+                    break;
+                }
+                StepEnd::Cancelled => {
+                    status = RunStatus::Cancelled;
+                    reason = format!("stopped by daemon shutdown{label}");
+                    exit_code = None;
+                    break;
+                }
+                StepEnd::NotStarted(why) => {
+                    status = if i == 0 { RunStatus::Refused } else { RunStatus::Failed };
+                    reason = format!("{why}{label}");
+                    exit_code = None;
+                    if !step.continue_on_error {
+                        break;
+                    }
+                }
+            }
+        }
+        let stderr_tail = tail.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+        Outcome { status, exit_code, reason, stderr_tail, duration: started.elapsed() }
+    }
+
+    fn env_for(&self, task: &Task, step: &Step) -> Result<Vec<(OsString, OsString)>, String> {
+        let mut env = self.base_env.clone();
+        for var in task.env.iter().chain(&step.env) {
+            let value: OsString = match &var.value {
+                EnvValue::Text(text) => text.into(),
+                EnvValue::Secret(name) => match self.broker.secrets.get(name) {
+                    Some(secret) => OsStr::from_bytes(secret.expose_secret().as_bytes()).to_os_string(),
+                    None => return Err(format!("secret {name:?} for {} is not loaded", var.name)),
+                },
+            };
+            env.retain(|(k, _)| k != var.name.as_str());
+            env.push((var.name.clone().into(), value));
+        }
+        Ok(env)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_step(
+        &self,
+        task: &Task,
+        step: &Step,
+        run_id: &str,
+        index: usize,
+        deadline: Option<Instant>,
+        cancel: &mut watch::Receiver<bool>,
+        tail: &Arc<Mutex<VecDeque<String>>>,
+    ) -> StepEnd {
+        let env = match self.env_for(task, step) {
+            Ok(env) => env,
+            Err(why) => return StepEnd::NotStarted(why),
+        };
+        let home = self.home.as_deref();
+        let program = expand_tilde(&step.command[0], home);
+        let mut cmd = tokio::process::Command::new(&program);
+        cmd.args(step.command[1..].iter().map(|a| expand_tilde(a, home)))
+            .env_clear()
+            .envs(env)
+            .env("SECRETBOX_SOCKET", &self.socket)
+            .env("BACKUPNIZZA_TASK", &task.name)
+            .env("BACKUPNIZZA_RUN_ID", run_id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(dir) = &task.working_dir {
+            cmd.current_dir(dir);
+        }
+        let scope: Vec<Arc<str>> = task.secrets.iter().map(|s| Arc::from(s.as_str())).collect();
+        let task_name: Arc<str> = Arc::from(task.name.as_str());
+        let minted = self.broker.vault.lock().unwrap_or_else(|e| e.into_inner()).mint(
+            &task_name,
+            &scope,
+            task.redeem_limit,
+            Instant::now(),
+        );
+        let (token, handle) = match minted {
+            Ok(pair) => pair,
+            Err(e) => return StepEnd::NotStarted(format!("cannot mint a token: {e}")),
+        };
+        cmd.env("SECRETBOX_TOKEN", token.expose());
+        let spawned = cmd.spawn();
+        drop(cmd);
+        drop(token);
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                self.broker.vault.lock().unwrap_or_else(|e| e.into_inner()).revoke(handle, Instant::now());
+                let hint =
+                    if e.kind() == std::io::ErrorKind::NotFound { " (not found in the task's PATH)" } else { "" };
+                let why = format!("cannot start {}: {e}{hint}", program.to_string_lossy());
+                warn!("{why}");
+                return StepEnd::NotStarted(why);
+            }
+        };
+        let pid = child.id().unwrap_or_default();
+        self.broker.vault.lock().unwrap_or_else(|e| e.into_inner()).bind(handle, pid);
+        self.active.lock().unwrap_or_else(|e| e.into_inner()).insert(pid);
+        info!(step = index + 1, pid, token = %handle.fingerprint(), program = %program.to_string_lossy(), "started process with a one-time token");
+
+        let out = child.stdout.take().map(|s| tokio::spawn(pump(s, "stdout", None).in_current_span()));
+        let err = child.stderr.take().map(|s| tokio::spawn(pump(s, "stderr", Some(tail.clone())).in_current_span()));
+
+        let pgid = Pid::from_raw(pid as i32);
+        let end = tokio::select! {
+            status = child.wait() => match status {
+                Ok(st) => StepEnd::Exited(st),
+                Err(e) => StepEnd::NotStarted(format!("waiting for the process failed: {e}")),
+            },
+            _ = sleep_until(deadline) => {
+                warn!(pid, "timeout reached; stopping the process group (SIGINT, then SIGTERM, then SIGKILL)");
+                let how = stop_group(&mut child, pgid, &[(Signal::SIGINT, self.kill_grace), (Signal::SIGTERM, self.kill_grace), (Signal::SIGKILL, self.kill_grace)]).await;
+                StepEnd::TimedOut(how)
+            },
+            _ = async { let _ = cancel.wait_for(|c| *c).await; } => {
+                info!(pid, "daemon stopping; sending SIGTERM to the task's process group");
+                stop_group(&mut child, pgid, &[(Signal::SIGTERM, self.shutdown_grace), (Signal::SIGKILL, self.kill_grace)]).await;
+                StepEnd::Cancelled
+            },
+        };
+        // The process is reaped: its pid may be reused from now on, so its token dies now.
+        self.broker.vault.lock().unwrap_or_else(|e| e.into_inner()).revoke(handle, Instant::now());
+        self.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
+        // A background process may keep the pipes open; do not wait for it forever.
+        for pump in [out, err].into_iter().flatten() {
+            let abort = pump.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), pump).await.is_err() {
+                abort.abort();
+            }
+        }
+        if let StepEnd::Exited(st) = &end {
+            info!(step = index + 1, pid, "process ended: {}", describe_exit(*st));
+        }
+        end
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends each signal to the group in turn, waiting up to its grace for the group to empty.
+/// Returns which signals were needed.
+async fn stop_group(child: &mut tokio::process::Child, pgid: Pid, plan: &[(Signal, Duration)]) -> String {
+    let mut sent = Vec::new();
+    for (signal, grace) in plan {
+        if group_gone(child, pgid) {
+            break;
+        }
+        let _ = killpg(pgid, *signal);
+        sent.push(signal.as_str());
+        let until = Instant::now() + *grace;
+        while Instant::now() < until && !group_gone(child, pgid) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let _ = child.wait().await;
+    if sent.is_empty() { "the process had already ended".into() } else { format!("sent {}", sent.join(", then ")) }
+}
+
+/// Whether the leader is reaped and no process is left in its group.
+fn group_gone(child: &mut tokio::process::Child, pgid: Pid) -> bool {
+    let _ = child.try_wait();
+    matches!(killpg(pgid, None), Err(nix::errno::Errno::ESRCH))
+}
+
+/// "exit code 3", "killed by SIGTERM".
+pub fn describe_exit(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => {
+            let name = Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("an unknown signal");
+            format!("killed by {name}")
+        }
+        _ => "ended".into(),
+    }
+}
+
+/// Copies a child's output into the log, one redacted line per event; stderr lines also go
+/// to the run's tail.
+async fn pump<R: AsyncRead + Unpin>(stream: R, which: &'static str, tail: Option<Arc<Mutex<VecDeque<String>>>>) {
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::with_capacity(256);
+    loop {
+        buf.clear();
+        match (&mut reader).take(MAX_LINE as u64).read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let text = String::from_utf8_lossy(&buf);
+        let line = text.trim_end_matches(['\n', '\r']);
+        if line.trim().is_empty() {
+            continue;
+        }
+        let clean = crate::redact::redact(line);
+        info!(stream = which, "{clean}");
+        if let Some(tail) = &tail {
+            let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+            if tail.len() == STDERR_TAIL {
+                tail.pop_front();
+            }
+            tail.push_back(clean.into_owned());
+        }
+    }
+}
+
+use tokio::io::AsyncReadExt as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowlist_keeps_only_the_documented_variables() {
+        let vars = [
+            ("PATH", "/usr/bin"),
+            ("HOME", "/h"),
+            ("LC_ALL", "C"),
+            ("XDG_RUNTIME_DIR", "/run/u"),
+            ("AWS_SECRET_ACCESS_KEY", "x"),
+            ("LD_PRELOAD", "evil.so"),
+            ("SSH_AUTH_SOCK", "/s"),
+        ]
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let env = allowed_env(vars, Some(Path::new("/opt/bnz/bin")));
+        let names: Vec<_> = env.iter().map(|(k, _)| k.to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["PATH", "HOME", "LC_ALL", "XDG_RUNTIME_DIR"]);
+        assert_eq!(env[0].1, OsString::from("/opt/bnz/bin:/usr/bin"));
+        let again = allowed_env(env.clone(), Some(Path::new("/opt/bnz/bin")));
+        assert_eq!(again[0].1, OsString::from("/opt/bnz/bin:/usr/bin"));
+    }
+
+    #[test]
+    fn tilde_expands_only_at_the_start() {
+        let home = Some(Path::new("/home/u"));
+        assert_eq!(expand_tilde("~/Documents", home), OsString::from("/home/u/Documents"));
+        assert_eq!(expand_tilde("~", home), OsString::from("/home/u"));
+        assert_eq!(expand_tilde("~other/x", home), OsString::from("~other/x"));
+        assert_eq!(expand_tilde("a~/b", home), OsString::from("a~/b"));
+        assert_eq!(expand_tilde("$HOME/x", home), OsString::from("$HOME/x"));
+    }
+}

@@ -1,0 +1,415 @@
+//! Secret sources (keychain, command, file, environment) and the locked, in-memory store the
+//! daemon serves from.
+//!
+//! Each secret is read once, at start. Bytes go from the source straight into
+//! [`LockedBytes`](crate::hardening::LockedBytes) wrapped in `secrecy::SecretBox` (no `Debug`,
+//! `Clone` or `Serialize`); transient copies are `Zeroizing`. Errors name the secret and the
+//! source, say what went wrong and how to fix it, and never contain a value.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretBox};
+use tokio::io::AsyncReadExt;
+use zeroize::Zeroizing;
+
+use crate::config::{Config, Environment, SecretSpec, Source, Store};
+use crate::hardening::{LockedBytes, Weakness};
+
+/// Largest secret we accept from any source; a password or key is far smaller, and a bound
+/// keeps a misbehaving command from filling memory.
+pub const MAX_SECRET_LEN: usize = 64 * 1024;
+
+/// The loaded secrets, immutable once loaded.
+pub struct Secrets {
+    by_name: HashMap<String, SecretBox<LockedBytes>>,
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<&String> = self.by_name.keys().collect();
+        names.sort();
+        f.debug_struct("Secrets").field("names", &names).finish_non_exhaustive()
+    }
+}
+
+impl Secrets {
+    pub fn empty() -> Secrets {
+        Secrets { by_name: HashMap::new() }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&SecretBox<LockedBytes>> {
+        self.by_name.get(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// Every value, for the redactor. Callers must not log or copy what they get.
+    pub fn values(&self) -> impl Iterator<Item = &[u8]> {
+        self.by_name.values().map(|s| s.expose_secret().as_bytes())
+    }
+
+    /// Adds a value, copying it onto locked pages.
+    pub fn insert(&mut self, name: &str, value: &[u8]) -> std::io::Result<Vec<Weakness>> {
+        let (locked, weak) = LockedBytes::new(value)?;
+        self.by_name.insert(name.to_string(), SecretBox::new(Box::new(locked)));
+        Ok(weak)
+    }
+}
+
+/// A secret that could not be loaded: which, from where, what went wrong, how to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot load secret {name:?} from {source_desc}: {problem}{}", fix.as_ref().map(|f| format!("; {f}")).unwrap_or_default())]
+pub struct SecretError {
+    pub name: String,
+    pub source_desc: String,
+    pub problem: String,
+    pub fix: Option<String>,
+}
+
+impl SecretError {
+    fn new(spec: &SecretSpec, problem: impl Into<String>, fix: Option<String>) -> SecretError {
+        SecretError { name: spec.name.clone(), source_desc: describe(&spec.source), problem: problem.into(), fix }
+    }
+}
+
+/// A human description of a source, without anything secret (sources name where a secret
+/// lives, never the secret).
+pub fn describe(source: &Source) -> String {
+    match source {
+        Source::Keyring { service, account, store } => {
+            format!("keyring (service {service:?}, account {account:?}, store {})", store_name(resolve_store(*store)))
+        }
+        Source::Command { argv, .. } => format!("command {:?}", argv[0]),
+        Source::File { path } => format!("file {path:?}"),
+        Source::Env { var } => format!("environment variable {var}"),
+    }
+}
+
+/// `auto` resolved for this platform.
+pub fn resolve_store(store: Store) -> Store {
+    match store {
+        Store::Auto if cfg!(target_os = "macos") => Store::Keychain,
+        Store::Auto => Store::SecretService,
+        other => other,
+    }
+}
+
+fn store_name(store: Store) -> &'static str {
+    match store {
+        Store::SecretService => "Secret Service",
+        Store::Keyutils => "kernel keyutils",
+        Store::Keychain => "macOS Keychain",
+        Store::Auto => "auto",
+    }
+}
+
+/// Reads the `env` sources and wipes them from the daemon's environment.
+///
+/// # Safety
+/// No other thread may exist (see [`crate::hardening::take_env_var`]).
+pub unsafe fn take_env_sources(config: &Config) -> HashMap<String, Zeroizing<Vec<u8>>> {
+    let mut out = HashMap::new();
+    for spec in &config.secrets {
+        if let Source::Env { var } = &spec.source {
+            // SAFETY: forwarded from this function's contract.
+            if let Some(value) = unsafe { crate::hardening::take_env_var(var) } {
+                out.insert(spec.name.clone(), value);
+            }
+        }
+    }
+    out
+}
+
+/// A loaded value and what to log about it.
+pub struct Loaded {
+    pub value: Zeroizing<Vec<u8>>,
+    /// Lines the source printed on stderr (command sources), to be logged once the value is
+    /// known to the redactor.
+    pub stderr: Vec<String>,
+}
+
+/// Loads one secret. `env_values` holds what [`take_env_sources`] took.
+pub async fn load_one(
+    spec: &SecretSpec,
+    env: &Environment,
+    env_values: &mut HashMap<String, Zeroizing<Vec<u8>>>,
+) -> Result<Loaded, SecretError> {
+    let loaded = match &spec.source {
+        Source::Keyring { service, account, store } => {
+            let (service, account, store) = (service.clone(), account.clone(), resolve_store(*store));
+            let got = tokio::task::spawn_blocking(move || keyring_get(store, &service, &account))
+                .await
+                .map_err(|e| SecretError::new(spec, format!("the keychain lookup panicked: {e}"), None))?;
+            Loaded { value: got.map_err(|(problem, fix)| SecretError::new(spec, problem, fix))?, stderr: Vec::new() }
+        }
+        Source::Command { argv, timeout } => run_command(spec, argv, *timeout).await?,
+        Source::File { path } => {
+            let expanded = env.expand_path(path).map_err(|e| {
+                SecretError::new(
+                    spec,
+                    e,
+                    Some(
+                        "run the daemon where the variable is set (e.g. under systemd for $CREDENTIALS_DIRECTORY)"
+                            .into(),
+                    ),
+                )
+            })?;
+            let got = tokio::task::spawn_blocking(move || read_private_file(expanded))
+                .await
+                .map_err(|e| SecretError::new(spec, format!("reading the file panicked: {e}"), None))?;
+            Loaded { value: got.map_err(|(problem, fix)| SecretError::new(spec, problem, fix))?, stderr: Vec::new() }
+        }
+        Source::Env { var } => match env_values.remove(&spec.name) {
+            Some(value) => Loaded { value, stderr: Vec::new() },
+            None => {
+                return Err(SecretError::new(
+                    spec,
+                    format!("{var} is not set in the daemon's environment"),
+                    Some(format!("set {var} where the daemon is started (e.g. Environment= in the service unit)")),
+                ));
+            }
+        },
+    };
+    if loaded.value.is_empty() {
+        return Err(SecretError::new(spec, "the secret is empty", Some("store a non-empty value".into())));
+    }
+    if loaded.value.len() > MAX_SECRET_LEN {
+        return Err(SecretError::new(spec, format!("the secret is longer than {MAX_SECRET_LEN} bytes"), None));
+    }
+    Ok(loaded)
+}
+
+/// Strips one trailing newline (`\n` or `\r\n`), as restic does for its password file.
+fn trim_newline(value: &mut Zeroizing<Vec<u8>>) {
+    if value.last() == Some(&b'\n') {
+        value.pop();
+        if value.last() == Some(&b'\r') {
+            value.pop();
+        }
+    }
+}
+
+async fn run_command(spec: &SecretSpec, argv: &[String], timeout: Duration) -> Result<Loaded, SecretError> {
+    let mut child = tokio::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            let fix = (e.kind() == std::io::ErrorKind::NotFound)
+                .then(|| format!("install {:?} or give its full path (the daemon's PATH is searched)", argv[0]));
+            SecretError::new(spec, format!("cannot start it: {e}"), fix)
+        })?;
+    let pid = child.id();
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let work = async {
+        let mut out = Zeroizing::new(Vec::new());
+        let mut err = Vec::new();
+        let read_out = async {
+            let mut limited = (&mut stdout).take(MAX_SECRET_LEN as u64 + 1);
+            limited.read_to_end(&mut out).await
+        };
+        let read_err = async {
+            let mut limited = (&mut stderr).take(64 * 1024);
+            limited.read_to_end(&mut err).await
+        };
+        let (r1, r2) = tokio::join!(read_out, read_err);
+        r1?;
+        r2?;
+        let status = child.wait().await?;
+        Ok::<_, std::io::Error>((out, err, status))
+    };
+    let (mut value, err, status) = match tokio::time::timeout(timeout, work).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => return Err(SecretError::new(spec, format!("reading its output failed: {e}"), None)),
+        Err(_) => {
+            if let Some(pid) = pid {
+                let _ =
+                    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            }
+            return Err(SecretError::new(
+                spec,
+                format!("it did not finish within {}", crate::duration::Human(timeout)),
+                Some(
+                    "check that it does not wait for input (stdin is /dev/null), or raise the secret's `timeout`"
+                        .into(),
+                ),
+            ));
+        }
+    };
+    let stderr_lines: Vec<String> =
+        String::from_utf8_lossy(&err).lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+    if !status.success() {
+        // The command's stderr usually says why ("gpg: decryption failed", "not signed in").
+        let hint = stderr_lines.last().map(|l| format!(" (its last stderr line: {l})")).unwrap_or_default();
+        return Err(SecretError::new(
+            spec,
+            format!("it exited with {status}{hint}"),
+            Some("run the command by hand as the daemon's user to see what it needs".into()),
+        ));
+    }
+    if value.len() > MAX_SECRET_LEN {
+        return Err(SecretError::new(spec, format!("it printed more than {MAX_SECRET_LEN} bytes"), None));
+    }
+    trim_newline(&mut value);
+    Ok(Loaded { value, stderr: stderr_lines })
+}
+
+type SourceResult = Result<Zeroizing<Vec<u8>>, (String, Option<String>)>;
+
+fn read_private_file(path: PathBuf) -> SourceResult {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let shown = path.display().to_string();
+    let mut file = std::fs::File::open(&path).map_err(|e| (format!("cannot open {shown}: {e}"), None))?;
+    let meta = file.metadata().map_err(|e| (format!("cannot stat {shown}: {e}"), None))?;
+    if !meta.is_file() {
+        return Err((format!("{shown} is not a regular file"), None));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err((
+            format!("{shown} has mode {mode:03o}, so other users can read it"),
+            Some(format!("run `chmod 600 {shown}`")),
+        ));
+    }
+    let uid = nix::unistd::getuid().as_raw();
+    if meta.uid() != uid && meta.uid() != 0 {
+        return Err((
+            format!("{shown} is owned by uid {}, not by the daemon's user (uid {uid})", meta.uid()),
+            Some(format!("run `chown {uid} {shown}`")),
+        ));
+    }
+    let mut value = Zeroizing::new(Vec::new());
+    (&mut file)
+        .take(MAX_SECRET_LEN as u64 + 1)
+        .read_to_end(&mut value)
+        .map_err(|e| (format!("cannot read {shown}: {e}"), None))?;
+    trim_newline(&mut value);
+    Ok(value)
+}
+
+#[cfg(target_os = "linux")]
+fn keyring_store(store: Store) -> Result<std::sync::Arc<keyring_core::CredentialStore>, (String, Option<String>)> {
+    match store {
+        Store::SecretService | Store::Auto => zbus_secret_service_keyring_store::Store::new()
+            .map(|s| s as std::sync::Arc<keyring_core::CredentialStore>)
+            .map_err(|e| keyring_problem(store, e)),
+        Store::Keyutils => linux_keyutils_keyring_store::Store::new()
+            .map(|s| s as std::sync::Arc<keyring_core::CredentialStore>)
+            .map_err(|e| keyring_problem(store, e)),
+        Store::Keychain => Err((
+            "the macOS Keychain is not available on Linux".into(),
+            Some("use store: secret-service or keyutils, or a command/file source".into()),
+        )),
+    }
+}
+
+#[cfg(target_os = "macos")]
+fn keyring_store(store: Store) -> Result<std::sync::Arc<keyring_core::CredentialStore>, (String, Option<String>)> {
+    match store {
+        Store::Keychain | Store::Auto => apple_native_keyring_store::keychain::Store::new()
+            .map(|s| s as std::sync::Arc<keyring_core::CredentialStore>)
+            .map_err(|e| keyring_problem(store, e)),
+        Store::SecretService | Store::Keyutils => Err((
+            format!("the {} store is only available on Linux", store_name(store)),
+            Some("use store: keychain (or auto), or a command/file source".into()),
+        )),
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+fn keyring_store(store: Store) -> Result<std::sync::Arc<keyring_core::CredentialStore>, (String, Option<String>)> {
+    Err((format!("the {} store is not available on this platform", store_name(store)), None))
+}
+
+/// Reads a keychain entry (blocking: call from `spawn_blocking`).
+pub fn keyring_get(store: Store, service: &str, account: &str) -> SourceResult {
+    let entry = keyring_store(store)?.build(service, account, None).map_err(|e| keyring_problem(store, e))?;
+    match entry.get_secret() {
+        Ok(bytes) => Ok(Zeroizing::new(bytes)),
+        Err(keyring_core::Error::NoEntry) => Err((
+            format!("no entry for service {service:?} and account {account:?} in the {}", store_name(store)),
+            Some("store it with `backupnizza secret set NAME`".into()),
+        )),
+        Err(e) => Err(keyring_problem(store, e)),
+    }
+}
+
+/// Writes a keychain entry (blocking: call from `spawn_blocking`).
+pub fn keyring_set(store: Store, service: &str, account: &str, value: &[u8]) -> Result<(), (String, Option<String>)> {
+    let entry = keyring_store(store)?.build(service, account, None).map_err(|e| keyring_problem(store, e))?;
+    entry.set_secret(value).map_err(|e| keyring_problem(store, e))
+}
+
+/// Turns a keyring error into what went wrong and how to fix it.
+fn keyring_problem(store: Store, e: keyring_core::Error) -> (String, Option<String>) {
+    use keyring_core::Error as E;
+    let headless = "or use a `command` or `file` source on headless servers (see docs/operations.md)";
+    match (&e, store) {
+        (E::NoStorageAccess(detail), Store::SecretService | Store::Auto) => (
+            format!("the Secret Service collection is locked or refused access ({detail})"),
+            Some(format!("unlock your keyring (log in to the desktop session), {headless}")),
+        ),
+        (E::PlatformFailure(detail), Store::SecretService | Store::Auto) => (
+            format!("cannot reach the Secret Service over D-Bus ({detail})"),
+            Some(format!(
+                "start the daemon inside your login session so DBUS_SESSION_BUS_ADDRESS is set and a keyring (gnome-keyring, KeePassXC) runs, {headless}"
+            )),
+        ),
+        (E::NoStorageAccess(detail), Store::Keyutils) => (
+            format!("the kernel keyring refused access ({detail})"),
+            Some("run the daemon in a login session, or start it under `keyctl session -`".into()),
+        ),
+        (E::NoStorageAccess(detail), Store::Keychain) => (
+            format!("the Keychain refused access ({detail})"),
+            Some("unlock the login keychain and allow backupnizza when macOS asks".into()),
+        ),
+        (E::Ambiguous(entries), _) => (
+            format!("{} entries match", entries.len()),
+            Some("remove the duplicates (e.g. with seahorse, or `secret-tool clear`) and store it once".into()),
+        ),
+        // Never echo the bytes some variants carry.
+        (E::BadEncoding(_) | E::BadDataFormat(..), _) => {
+            ("the stored entry is not in the expected format".into(), None)
+        }
+        _ => (e.to_string(), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trims_exactly_one_newline() {
+        for (input, want) in [(&b"pw\n"[..], &b"pw"[..]), (b"pw\r\n", b"pw"), (b"pw\n\n", b"pw\n"), (b"pw", b"pw")] {
+            let mut v = Zeroizing::new(input.to_vec());
+            trim_newline(&mut v);
+            assert_eq!(&v[..], want);
+        }
+    }
+
+    #[test]
+    fn secrets_debug_shows_names_only() {
+        let mut s = Secrets::empty();
+        s.insert("repo", b"value-that-must-not-print").unwrap();
+        let shown = format!("{s:?}");
+        assert!(shown.contains("repo") && !shown.contains("value-that"), "{shown}");
+        assert_eq!(s.get("repo").unwrap().expose_secret().as_bytes(), b"value-that-must-not-print");
+    }
+}

@@ -1,0 +1,451 @@
+//! One-time tokens: mint, redeem, expire, revoke. Pure logic; the caller supplies the clock
+//! and does the IO (the process-ancestry check happens between [`Vault::check`] and
+//! [`Vault::consume`], outside the lock).
+//!
+//! A token is 256 bits from the OS random generator, handed to exactly one process in its
+//! environment, and stored here only as its SHA-256 hash. It is scoped to its task's
+//! `secrets:` list; each secret in scope can be redeemed `redeem_limit` times (default once).
+//! It dies at the first of: its TTL, its process exiting ([`Vault::revoke`]), every secret in
+//! scope used up. Expired tokens leave the table through a heap ordered by expiry, so
+//! collection never scans the whole table; a bounded set of tombstones remembers why recent
+//! tokens died, so `secretbox` can say "expired" rather than "unknown".
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+/// Prefix of every token, so secret scanners and humans can recognise one.
+pub const TOKEN_PREFIX: &str = "bnz1_";
+const TOKEN_BYTES: usize = 32;
+/// How many dead tokens we remember, and for how long.
+const MAX_TOMBSTONES: usize = 10_000;
+const TOMBSTONE_AGE: Duration = Duration::from_secs(3600);
+
+type Hash = [u8; 32];
+
+/// A token as handed to a child process. Never logged; wiped on drop.
+pub struct Token(Zeroizing<String>);
+
+impl Token {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
+
+/// Identifies a minted token without revealing it (its hash). Safe to keep and log.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Handle(Hash);
+
+impl Handle {
+    /// A short, non-reversible name for logs: the first 8 hex digits of the token's hash.
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint(u32::from_be_bytes([self.0[0], self.0[1], self.0[2], self.0[3]]))
+    }
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Handle({})", self.fingerprint())
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint(u32);
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tok:{:08x}", self.0)
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Why a redemption was refused. The wire codes and `secretbox` exit codes follow from it
+/// (see `protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Not a token at all, or one we never issued (or forgot long after it died).
+    Unknown,
+    Expired,
+    /// This secret was already redeemed as many times as the task allows.
+    Used,
+    /// The process it was minted for has exited.
+    Revoked,
+    /// The token's task may not fetch this secret.
+    NotInScope,
+    /// The caller is not the token's process or one of its descendants, or another user.
+    Forbidden,
+}
+
+impl Rejection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Unknown => "unknown",
+            Rejection::Expired => "expired",
+            Rejection::Used => "used",
+            Rejection::Revoked => "revoked",
+            Rejection::NotInScope => "not_in_scope",
+            Rejection::Forbidden => "forbidden",
+        }
+    }
+
+    pub const ALL: [Rejection; 6] = [
+        Rejection::Unknown,
+        Rejection::Expired,
+        Rejection::Used,
+        Rejection::Revoked,
+        Rejection::NotInScope,
+        Rejection::Forbidden,
+    ];
+}
+
+struct Entry {
+    task: Arc<str>,
+    /// Secrets in scope and how many redemptions each has left.
+    scope: Vec<(Arc<str>, u32)>,
+    /// The process the token was handed to, once spawned.
+    pid: Option<u32>,
+    expires: Instant,
+}
+
+/// What a successful [`Vault::check`] found: enough for the caller's ancestry check.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub handle: Handle,
+    pub task: Arc<str>,
+    pub pid: u32,
+}
+
+/// Counters for `status` and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub minted: u64,
+    pub redeemed: u64,
+    pub rejected: [u64; 6],
+}
+
+impl Stats {
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.iter().sum()
+    }
+}
+
+pub struct Vault {
+    ttl: Duration,
+    live: HashMap<Hash, Entry>,
+    expiries: BinaryHeap<Reverse<(Instant, Hash)>>,
+    tombstones: HashMap<Hash, (Rejection, Instant)>,
+    tomb_order: VecDeque<(Instant, Hash)>,
+    stats: Stats,
+}
+
+fn hash(token: &str) -> Hash {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// The log fingerprint of whatever a caller presented as a token (one-way, like [`Handle`]).
+pub fn fingerprint_of(token: &str) -> Fingerprint {
+    Handle(hash(token)).fingerprint()
+}
+
+/// Whether `text` has the shape of a token; anything else is refused before hashing.
+fn well_formed(text: &str) -> bool {
+    text.strip_prefix(TOKEN_PREFIX)
+        .is_some_and(|hex| hex.len() == TOKEN_BYTES * 2 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+impl Vault {
+    pub fn new(ttl: Duration) -> Vault {
+        Vault {
+            ttl,
+            live: HashMap::new(),
+            expiries: BinaryHeap::new(),
+            tombstones: HashMap::new(),
+            tomb_order: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Live (unexpired, unrevoked, not used up) tokens.
+    pub fn live(&self) -> usize {
+        self.live.len()
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Mints a token for one process of `task`, valid for `scope`, each secret `limit` times.
+    pub fn mint(
+        &mut self,
+        task: &Arc<str>,
+        scope: &[Arc<str>],
+        limit: u32,
+        now: Instant,
+    ) -> std::io::Result<(Token, Handle)> {
+        self.collect(now);
+        let mut raw = Zeroizing::new([0u8; TOKEN_BYTES]);
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut raw[..])
+            .map_err(|e| std::io::Error::other(format!("the OS random generator failed: {e}")))?;
+        let mut text = Zeroizing::new(String::with_capacity(TOKEN_PREFIX.len() + TOKEN_BYTES * 2));
+        text.push_str(TOKEN_PREFIX);
+        for b in raw.iter() {
+            text.push(char::from_digit(u32::from(b >> 4), 16).expect("nibble"));
+            text.push(char::from_digit(u32::from(b & 15), 16).expect("nibble"));
+        }
+        let h = hash(&text);
+        let expires = now + self.ttl;
+        self.live.insert(
+            h,
+            Entry { task: task.clone(), scope: scope.iter().map(|s| (s.clone(), limit)).collect(), pid: None, expires },
+        );
+        self.expiries.push(Reverse((expires, h)));
+        self.stats.minted += 1;
+        Ok((Token(text), Handle(h)))
+    }
+
+    /// Records the process a token was handed to. Until then the token cannot be redeemed.
+    pub fn bind(&mut self, handle: Handle, pid: u32) {
+        if let Some(entry) = self.live.get_mut(&handle.0) {
+            entry.pid = Some(pid);
+        }
+    }
+
+    /// Kills a token because its process exited (or was never started).
+    pub fn revoke(&mut self, handle: Handle, now: Instant) {
+        if self.live.remove(&handle.0).is_some() {
+            self.bury(handle.0, Rejection::Revoked, now);
+        }
+    }
+
+    /// Phase one of a redemption: is this token alive and may it fetch `secret`?
+    pub fn check(&mut self, token: &str, secret: &str, now: Instant) -> Result<Pending, Rejection> {
+        self.collect(now);
+        let result = self.check_inner(token, secret, now);
+        if let Err(r) = result {
+            self.count_rejection(r);
+        }
+        result
+    }
+
+    fn check_inner(&mut self, token: &str, secret: &str, now: Instant) -> Result<Pending, Rejection> {
+        if !well_formed(token) {
+            return Err(Rejection::Unknown);
+        }
+        let h = hash(token);
+        let Some(entry) = self.live.get(&h) else {
+            return Err(self.tombstones.get(&h).map_or(Rejection::Unknown, |(why, _)| *why));
+        };
+        if entry.expires <= now {
+            return Err(Rejection::Expired);
+        }
+        match entry.scope.iter().find(|(name, _)| &**name == secret) {
+            None => return Err(Rejection::NotInScope),
+            Some((_, 0)) => return Err(Rejection::Used),
+            Some(_) => {}
+        }
+        // A token whose process has not been recorded yet cannot have been read from it.
+        let pid = entry.pid.ok_or(Rejection::Forbidden)?;
+        Ok(Pending { handle: Handle(h), task: entry.task.clone(), pid })
+    }
+
+    /// Phase two: atomically takes one redemption of `secret`, re-checking everything that
+    /// may have changed since [`Vault::check`] (another caller may have won the race).
+    pub fn consume(&mut self, pending: &Pending, secret: &str, now: Instant) -> Result<(), Rejection> {
+        let h = pending.handle.0;
+        let result = match self.live.get_mut(&h) {
+            None => Err(self.tombstones.get(&h).map_or(Rejection::Unknown, |(why, _)| *why)),
+            Some(entry) if entry.expires <= now => Err(Rejection::Expired),
+            Some(entry) => match entry.scope.iter_mut().find(|(name, _)| &**name == secret) {
+                None => Err(Rejection::NotInScope),
+                Some((_, 0)) => Err(Rejection::Used),
+                Some((_, left)) => {
+                    *left -= 1;
+                    if entry.scope.iter().all(|(_, left)| *left == 0) {
+                        self.live.remove(&h);
+                        self.bury(h, Rejection::Used, now);
+                    }
+                    Ok(())
+                }
+            },
+        };
+        match result {
+            Ok(()) => self.stats.redeemed += 1,
+            Err(r) => self.count_rejection(r),
+        }
+        result
+    }
+
+    /// Counts a rejection decided outside the vault (peer checks).
+    pub fn count_rejection(&mut self, why: Rejection) {
+        let i = Rejection::ALL.iter().position(|r| *r == why).expect("listed");
+        self.stats.rejected[i] += 1;
+    }
+
+    /// Drops tokens whose TTL has passed, oldest first; stops at the first live one.
+    pub fn collect(&mut self, now: Instant) {
+        while let Some(Reverse((expires, h))) = self.expiries.peek().copied() {
+            if expires > now {
+                break;
+            }
+            self.expiries.pop();
+            // The entry may be gone already (used up, revoked); only bury it if it is still
+            // the one this heap record was pushed for.
+            if self.live.get(&h).is_some_and(|e| e.expires == expires) {
+                self.live.remove(&h);
+                self.bury(h, Rejection::Expired, now);
+            }
+        }
+        while let Some((at, h)) = self.tomb_order.front().copied() {
+            if self.tomb_order.len() <= MAX_TOMBSTONES && now.duration_since(at) < TOMBSTONE_AGE {
+                break;
+            }
+            self.tomb_order.pop_front();
+            if self.tombstones.get(&h).is_some_and(|(_, t)| *t == at) {
+                self.tombstones.remove(&h);
+            }
+        }
+    }
+
+    fn bury(&mut self, h: Hash, why: Rejection, now: Instant) {
+        self.tombstones.insert(h, (why, now));
+        self.tomb_order.push_back((now, h));
+    }
+
+    /// How many heap records are waiting; bounded by the tokens minted within one TTL
+    /// (plus those used up or revoked early, which leave with the next collection).
+    pub fn pending_expiries(&self) -> usize {
+        self.expiries.len()
+    }
+}
+
+use rand::TryRngCore as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vault() -> (Vault, Instant, Arc<str>) {
+        (Vault::new(Duration::from_secs(30)), Instant::now(), Arc::from("docs"))
+    }
+
+    fn scope(names: &[&str]) -> Vec<Arc<str>> {
+        names.iter().map(|n| Arc::from(*n)).collect()
+    }
+
+    #[test]
+    fn tokens_are_random_well_formed_and_stored_hashed() {
+        let (mut v, now, task) = vault();
+        let (a, ha) = v.mint(&task, &scope(&["repo"]), 1, now).unwrap();
+        let (b, _) = v.mint(&task, &scope(&["repo"]), 1, now).unwrap();
+        assert_ne!(a.expose(), b.expose());
+        assert!(well_formed(a.expose()), "{}", a.expose());
+        assert_eq!(a.expose().len(), TOKEN_PREFIX.len() + 64);
+        assert!(v.live.contains_key(&hash(a.expose())));
+        assert!(!format!("{a:?}{ha:?}").contains(&a.expose()[5..]));
+    }
+
+    #[test]
+    fn a_token_redeems_each_secret_in_scope_once() {
+        let (mut v, now, task) = vault();
+        let (t, h) = v.mint(&task, &scope(&["repo", "cloud"]), 1, now).unwrap();
+        v.bind(h, 42);
+        let p = v.check(t.expose(), "repo", now).unwrap();
+        assert_eq!(p.pid, 42);
+        v.consume(&p, "repo", now).unwrap();
+        assert_eq!(v.check(t.expose(), "repo", now).unwrap_err(), Rejection::Used);
+        assert_eq!(v.check(t.expose(), "other", now).unwrap_err(), Rejection::NotInScope);
+        let p = v.check(t.expose(), "cloud", now).unwrap();
+        v.consume(&p, "cloud", now).unwrap();
+        // Used up entirely: gone from the table, remembered as used.
+        assert_eq!(v.live(), 0);
+        assert_eq!(v.check(t.expose(), "cloud", now).unwrap_err(), Rejection::Used);
+        assert_eq!(v.stats().redeemed, 2);
+    }
+
+    #[test]
+    fn redeem_limit_allows_several_uses() {
+        let (mut v, now, task) = vault();
+        let (t, h) = v.mint(&task, &scope(&["repo"]), 3, now).unwrap();
+        v.bind(h, 1);
+        for _ in 0..3 {
+            let p = v.check(t.expose(), "repo", now).unwrap();
+            v.consume(&p, "repo", now).unwrap();
+        }
+        assert_eq!(v.check(t.expose(), "repo", now).unwrap_err(), Rejection::Used);
+    }
+
+    #[test]
+    fn consume_is_atomic_after_a_shared_check() {
+        let (mut v, now, task) = vault();
+        let (t, h) = v.mint(&task, &scope(&["repo"]), 1, now).unwrap();
+        v.bind(h, 1);
+        let p1 = v.check(t.expose(), "repo", now).unwrap();
+        let p2 = v.check(t.expose(), "repo", now).unwrap();
+        assert!(v.consume(&p1, "repo", now).is_ok());
+        assert_eq!(v.consume(&p2, "repo", now).unwrap_err(), Rejection::Used);
+    }
+
+    #[test]
+    fn expiry_revocation_and_garbage_are_distinguished() {
+        let (mut v, now, task) = vault();
+        let (t, h) = v.mint(&task, &scope(&["repo"]), 1, now).unwrap();
+        v.bind(h, 1);
+        let later = now + Duration::from_secs(31);
+        assert_eq!(v.check(t.expose(), "repo", later).unwrap_err(), Rejection::Expired);
+        assert_eq!(v.live(), 0, "collected on the way");
+        let (t2, h2) = v.mint(&task, &scope(&["repo"]), 1, later).unwrap();
+        v.bind(h2, 1);
+        v.revoke(h2, later);
+        assert_eq!(v.check(t2.expose(), "repo", later).unwrap_err(), Rejection::Revoked);
+        for garbage in ["", "x", "bnz1_zz", &format!("{TOKEN_PREFIX}{}", "0".repeat(64))] {
+            assert_eq!(v.check(garbage, "repo", later).unwrap_err(), Rejection::Unknown);
+        }
+        assert_eq!(v.stats().rejected_total(), 6);
+    }
+
+    #[test]
+    fn unbound_tokens_cannot_be_redeemed() {
+        let (mut v, now, task) = vault();
+        let (t, _) = v.mint(&task, &scope(&["repo"]), 1, now).unwrap();
+        assert_eq!(v.check(t.expose(), "repo", now).unwrap_err(), Rejection::Forbidden);
+    }
+
+    #[test]
+    fn collection_leaves_no_unbounded_state() {
+        let (mut v, now, task) = vault();
+        for i in 0..20_000u64 {
+            let at = now + Duration::from_millis(i);
+            let (_, h) = v.mint(&task, &scope(&["repo"]), 1, at).unwrap();
+            if i % 2 == 0 {
+                v.revoke(h, at);
+            }
+        }
+        let end = now + Duration::from_secs(3600 * 2);
+        v.collect(end);
+        assert_eq!(v.live(), 0);
+        assert_eq!(v.pending_expiries(), 0);
+        assert!(v.tombstones.len() <= MAX_TOMBSTONES);
+        assert_eq!(v.tombstones.len(), v.tomb_order.len().min(v.tombstones.len()));
+    }
+}
