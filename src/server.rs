@@ -22,7 +22,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use secrecy::ExposeSecret;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
@@ -274,7 +274,22 @@ async fn serve_connection(mut stream: tokio::net::UnixStream, broker: Arc<Broker
             "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{PROTOCOL_HEADER}: {PROTOCOL_VERSION}\r\nconnection: close\r\n\r\n{body}",
             body.len()
         );
-        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(response.as_bytes())).await;
+        // Answer, then drain what the client sent (unparsed) before closing: closing a Unix
+        // socket with unread data resets it, and the client would see an error instead.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            stream.write_all(response.as_bytes()).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 4096];
+            let mut total = 0;
+            while total < 64 * 1024 {
+                match stream.read(&mut sink).await? {
+                    0 => break,
+                    n => total += n,
+                }
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
         return;
     }
     let limits = broker.limits.clone();

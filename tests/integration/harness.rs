@@ -40,18 +40,26 @@ impl Scratch {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut cmd = Command::new(BACKUPNIZZA);
-        cmd.args(args).current_dir(self.path()).env_clear();
-        for var in ["PATH", "LANG"] {
+        let mut cmd = self.command(BACKUPNIZZA);
+        cmd.args(args);
+        Cmd { cmd }
+    }
+
+    /// Any program, with the environment the harness gives the binaries: the caller's PATH,
+    /// LANG and D-Bus session, HOME and XDG directories in this scratch directory, TZ=UTC.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.current_dir(self.path()).env_clear();
+        for var in ["PATH", "LANG", "DBUS_SESSION_BUS_ADDRESS"] {
             if let Some(v) = std::env::var_os(var) {
                 cmd.env(var, v);
             }
         }
         cmd.env("HOME", self.path())
-            .env("XDG_RUNTIME_DIR", self.path().join("run"))
+            .env("XDG_RUNTIME_DIR", self.path().join("xdg-run"))
             .env("XDG_STATE_HOME", self.path().join("state"))
             .env("TZ", "UTC");
-        Cmd { cmd }
+        cmd
     }
 }
 
@@ -117,4 +125,195 @@ impl Cmd {
         self.cmd.arg(path).args(more);
         self.run()
     }
+}
+
+/// A running `backupnizza run`, its log captured to a file. Stopped (SIGTERM) on drop.
+pub struct Daemon {
+    pub child: Option<std::process::Child>,
+    pub log: PathBuf,
+    pub socket: PathBuf,
+    pub state: PathBuf,
+    pub config: PathBuf,
+}
+
+/// How long any single wait in a test may take before the test fails. Generous: tests
+/// assert behaviour, not speed.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Scratch {
+    pub fn socket(&self) -> PathBuf {
+        self.path().join("run/s.sock")
+    }
+
+    /// Writes a task file whose socket and state live in this directory.
+    pub fn config(&self, body: &str) -> PathBuf {
+        let text =
+            format!("socket: {}\nstate_dir: {}\n{body}", self.socket().display(), self.path().join("state").display());
+        self.write("backup.yaml", text)
+    }
+
+    /// `backupnizza run -c CONFIG`, not yet started, with its stderr going to `log`.
+    pub fn daemon_command(&self, config: &Path, log: &Path) -> Command {
+        self.daemon_command_as(config, log, None)
+    }
+
+    /// The same, run as another user through `setpriv` when `uid` is given.
+    pub fn daemon_command_as(&self, config: &Path, log: &Path, uid: Option<u32>) -> Command {
+        let mut cmd = match uid {
+            Some(uid) => {
+                let mut cmd = self.command("setpriv");
+                cmd.arg(format!("--reuid={uid}")).arg(format!("--regid={uid}")).args([
+                    "--clear-groups",
+                    "--",
+                    BACKUPNIZZA,
+                ]);
+                cmd
+            }
+            None => self.command(BACKUPNIZZA),
+        };
+        cmd.args(["run", "-c"]).arg(config);
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).expect("create log"));
+        cmd
+    }
+
+    /// Starts the daemon and waits until it says READY=1 on a notify socket, as systemd does.
+    pub fn start_daemon(&self, config: &Path) -> Daemon {
+        self.start_daemon_with(config, |_| {})
+    }
+
+    pub fn start_daemon_with(&self, config: &Path, adjust: impl FnOnce(&mut Command)) -> Daemon {
+        self.start_daemon_full(config, None, adjust)
+    }
+
+    /// Starts the daemon (as `uid` if given) and waits for READY=1.
+    pub fn start_daemon_full(&self, config: &Path, uid: Option<u32>, adjust: impl FnOnce(&mut Command)) -> Daemon {
+        use std::os::unix::net::UnixDatagram;
+        let log = self.path().join(format!("daemon-{}.log", unique()));
+        let notify_path = self.path().join(format!("notify-{}.sock", unique()));
+        let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+        notify.set_read_timeout(Some(std::time::Duration::from_millis(200))).unwrap();
+        if let Some(uid) = uid {
+            // The daemon (another user) must be able to write to the notify socket.
+            nix::unistd::chown(&notify_path, Some(nix::unistd::Uid::from_raw(uid)), None).unwrap();
+        }
+        let mut cmd = self.daemon_command_as(config, &log, uid);
+        cmd.env("NOTIFY_SOCKET", &notify_path);
+        adjust(&mut cmd);
+        let child = cmd.spawn().expect("spawn daemon");
+        let mut daemon = Daemon {
+            child: Some(child),
+            log,
+            socket: self.socket(),
+            state: self.path().join("state"),
+            config: config.to_path_buf(),
+        };
+        let deadline = std::time::Instant::now() + PATIENCE;
+        let mut buf = [0u8; 256];
+        loop {
+            if let Ok(n) = notify.recv(&mut buf) {
+                if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
+                    return daemon;
+                }
+            }
+            if let Some(status) = daemon.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("daemon exited before it was ready: {status}\n{}", daemon.log_text());
+            }
+            assert!(std::time::Instant::now() < deadline, "daemon not ready in time\n{}", daemon.log_text());
+        }
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `cond(log)` holds; panics with the log after `PATIENCE`.
+    #[track_caller]
+    pub fn wait_for(&self, what: &str, cond: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let log = self.log_text();
+            if cond(&log) {
+                return log;
+            }
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}\n{log}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the log contains `needle` `times` times.
+    #[track_caller]
+    pub fn wait_for_count(&self, needle: &str, times: usize) -> String {
+        self.wait_for(&format!("{times} x {needle:?}"), |log| log.matches(needle).count() >= times)
+    }
+
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), signal).unwrap();
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.wait_exit()
+    }
+
+    /// Waits for the daemon to exit on its own.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "daemon did not exit\n{}", self.log_text());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A secret generated at run time, so finding it anywhere means something leaked.
+pub fn canary() -> String {
+    use rand::Rng;
+    let n: u128 = rand::rng().random();
+    format!("canary-{n:032x}")
+}
+
+/// sha256 hex of bytes (tasks prove they got a secret by printing only its digest).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes a 0600 file.
+pub fn write_private(path: &Path, contents: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, contents).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }

@@ -1,0 +1,250 @@
+//! The secret broker through its real parts: the library's socket server on a tempdir
+//! socket, tokens minted for real child processes, and the real `secretbox` binary run by
+//! those children.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use backupnizza::protocol::exit;
+use backupnizza::secrets::Secrets;
+use backupnizza::server::{self, BoundSocket, Broker, Limits};
+use backupnizza::vault::{Handle, Token, Vault};
+
+use crate::harness::{SECRETBOX, Scratch, canary};
+
+/// A broker served on a runtime of its own, as the daemon serves it.
+pub struct InProcess {
+    pub broker: Arc<Broker>,
+    pub scratch: Scratch,
+    pub _bound: BoundSocket,
+    runtime: tokio::runtime::Runtime,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl InProcess {
+    pub fn start(secrets: &[(&str, &[u8])], ttl: Duration) -> InProcess {
+        let scratch = Scratch::new();
+        let mut store = Secrets::empty();
+        for (name, value) in secrets {
+            store.insert(name, value).unwrap();
+        }
+        let broker = Arc::new(Broker {
+            vault: Mutex::new(Vault::new(ttl)),
+            secrets: Arc::new(store),
+            uid: nix::unistd::getuid().as_raw(),
+            limits: Limits::default(),
+            control: OnceLock::new(),
+        });
+        // Bound before the server runs: clients never race its start.
+        let bound = server::bind(&scratch.socket()).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let listener = {
+            let _guard = runtime.enter();
+            tokio::net::UnixListener::from_std(bound.listener.try_clone().unwrap()).unwrap()
+        };
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        runtime.spawn(server::serve(listener, broker.clone(), stopped));
+        InProcess { broker, scratch, _bound: bound, runtime, stop }
+    }
+
+    pub fn mint(&self, scope: &[&str], limit: u32) -> (Token, Handle) {
+        let scope: Vec<Arc<str>> = scope.iter().map(|s| Arc::from(*s)).collect();
+        self.broker.vault.lock().unwrap().mint(&Arc::from("test-task"), &scope, limit, Instant::now()).unwrap()
+    }
+
+    /// Starts `sh -c script` holding `token`, records it as the token's process, and lets it
+    /// go (the script's first `read` waits for that, so it never races the binding).
+    pub fn spawn(&self, token: &Token, handle: Handle, script: &str) -> Child {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("read _go; {script}"))
+            .current_dir(self.scratch.path())
+            .env("SECRETBOX_TOKEN", token.expose())
+            .env("SECRETBOX_SOCKET", self.scratch.socket())
+            .env("PATH", path_with_secretbox())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        self.broker.vault.lock().unwrap().bind(handle, child.id());
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        child
+    }
+
+    /// The real process exit, as the runner reports it: the token dies.
+    pub fn reaped(&self, handle: Handle) {
+        self.broker.vault.lock().unwrap().revoke(handle, Instant::now());
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        let _ = &self.runtime;
+    }
+}
+
+pub fn path_with_secretbox() -> String {
+    let dir = Path::new(SECRETBOX).parent().unwrap().display().to_string();
+    format!("{dir}:{}", std::env::var("PATH").unwrap_or_default())
+}
+
+/// `secretbox get NAME` run directly by the test (not a descendant of any task process).
+fn secretbox(token: Option<&str>, socket: &Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(SECRETBOX);
+    cmd.arg("get").args(args).env_remove("SECRETBOX_TOKEN").env("SECRETBOX_SOCKET", socket);
+    if let Some(t) = token {
+        cmd.env("SECRETBOX_TOKEN", t);
+    }
+    cmd.output().unwrap()
+}
+
+fn output_of(child: Child) -> (Option<i32>, Vec<u8>, String) {
+    let out = child.wait_with_output().unwrap();
+    (out.status.code(), out.stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn a_child_gets_its_secret_through_the_real_secretbox() {
+    let secret = canary();
+    let b = InProcess::start(&[("repo", secret.as_bytes())], Duration::from_secs(30));
+    let (token, handle) = b.mint(&["repo"], 1);
+    let child = b.spawn(&token, handle, "secretbox get repo");
+    let (code, stdout, stderr) = output_of(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, format!("{secret}\n").into_bytes());
+
+    let (token, handle) = b.mint(&["repo"], 1);
+    let (code, stdout, stderr) = output_of(b.spawn(&token, handle, "secretbox get --no-newline repo"));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, secret.as_bytes());
+}
+
+#[test]
+fn single_use_under_a_race_of_64_redemptions() {
+    let b = InProcess::start(&[("repo", canary().as_bytes())], Duration::from_secs(60));
+    let (token, handle) = b.mint(&["repo"], 1);
+    let script = "for i in $(seq 1 64); do (secretbox get repo >/dev/null 2>&1; echo $? > rc.$i) & done; wait";
+    let (code, _, stderr) = output_of(b.spawn(&token, handle, script));
+    assert_eq!(code, Some(0), "{stderr}");
+    let codes: Vec<String> = (1..=64)
+        .map(|i| std::fs::read_to_string(b.scratch.path().join(format!("rc.{i}"))).unwrap().trim().to_string())
+        .collect();
+    assert_eq!(codes.iter().filter(|c| *c == "0").count(), 1, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == exit::USED.to_string()).count(), 63, "{codes:?}");
+    assert_eq!(b.broker.vault.lock().unwrap().stats().redeemed, 1);
+}
+
+#[test]
+fn rejections_have_their_documented_exit_codes_and_print_nothing() {
+    let b = InProcess::start(&[("repo", canary().as_bytes()), ("other", canary().as_bytes())], Duration::from_secs(60));
+    // Used: the second redemption of the same secret.
+    let (token, handle) = b.mint(&["repo"], 1);
+    let script = "secretbox get repo >/dev/null; secretbox get repo > second; echo $? > rc";
+    let (code, _, stderr) = output_of(b.spawn(&token, handle, script));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(std::fs::read_to_string(b.scratch.path().join("rc")).unwrap().trim(), exit::USED.to_string());
+    assert!(std::fs::read(b.scratch.path().join("second")).unwrap().is_empty());
+    assert!(stderr.contains("already used"), "{stderr}");
+
+    // Not in scope: `other` is loaded, but not in this token's task's `secrets:`.
+    let (token, handle) = b.mint(&["repo"], 1);
+    let (code, stdout, stderr) = output_of(b.spawn(&token, handle, "secretbox get other"));
+    assert_eq!(code, Some(exit::NOT_IN_SCOPE), "{stderr}");
+    assert!(stdout.is_empty());
+
+    // Revoked: the token's process has exited (and been reaped) before anyone redeems it.
+    let (token, handle) = b.mint(&["repo"], 1);
+    let (code, _, _) = output_of(b.spawn(&token, handle, "exit 0"));
+    assert_eq!(code, Some(0));
+    b.reaped(handle);
+    let out = secretbox(Some(token.expose()), &b.scratch.socket(), &["repo"]);
+    assert_eq!(out.status.code(), Some(exit::REVOKED), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.is_empty());
+
+    // Garbage, a well-formed token nobody issued, no token, no daemon.
+    for garbage in ["garbage", "bnz1_0000000000000000000000000000000000000000000000000000000000000000"] {
+        let out = secretbox(Some(garbage), &b.scratch.socket(), &["repo"]);
+        assert_eq!(out.status.code(), Some(exit::UNKNOWN), "{garbage}");
+        assert!(out.stdout.is_empty());
+    }
+    let out = secretbox(None, &b.scratch.socket(), &["repo"]);
+    assert_eq!(out.status.code(), Some(exit::NO_TOKEN));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SECRETBOX_TOKEN is not set"));
+    let out = secretbox(Some("x"), &b.scratch.path().join("nowhere.sock"), &["repo"]);
+    assert_eq!(out.status.code(), Some(exit::UNREACHABLE));
+    assert!(out.stdout.is_empty());
+    let out = secretbox(Some("x"), &b.scratch.socket(), &["not a name"]);
+    assert_eq!(out.status.code(), Some(exit::USAGE));
+}
+
+#[test]
+fn expired_tokens_are_refused() {
+    let b = InProcess::start(&[("repo", canary().as_bytes())], Duration::from_millis(300));
+    let (token, handle) = b.mint(&["repo"], 1);
+    // Waiting longer than the TTL: a slower machine only makes the token older.
+    let (code, stdout, stderr) = output_of(b.spawn(&token, handle, "sleep 1; secretbox get repo"));
+    assert_eq!(code, Some(exit::EXPIRED), "{stderr}");
+    assert!(stdout.is_empty());
+    assert!(stderr.contains("expired"), "{stderr}");
+}
+
+#[test]
+fn a_same_uid_process_outside_the_task_is_refused() {
+    let b = InProcess::start(&[("repo", canary().as_bytes())], Duration::from_secs(60));
+    let (token, handle) = b.mint(&["repo"], 1);
+    // The token's process is alive; the test process (its parent, not a descendant) tries.
+    let mut child = b.spawn(&token, handle, "sleep 60");
+    let out = secretbox(Some(token.expose()), &b.scratch.socket(), &["repo"]);
+    assert_eq!(out.status.code(), Some(exit::FORBIDDEN), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.is_empty());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The failed attempt did not consume the token for its rightful owner.
+    let (token2, handle2) = b.mint(&["repo"], 1);
+    let (code, _, stderr) = output_of(b.spawn(&token2, handle2, "secretbox get repo >/dev/null"));
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn another_uid_is_refused_even_when_the_socket_is_world_writable() {
+    if !nix::unistd::getuid().is_root() {
+        eprintln!("SKIPPED: needs root to run a client as another user (CI runs as root)");
+        return;
+    }
+    let b = InProcess::start(&[("repo", canary().as_bytes())], Duration::from_secs(60));
+    let (token, handle) = b.mint(&["repo"], 1);
+    let mut child = b.spawn(&token, handle, "sleep 60");
+    // Loosen everything on the way to the socket, so only the peer check stands.
+    for (path, mode) in
+        [(b.scratch.path().to_path_buf(), 0o755), (b.scratch.path().join("run"), 0o777), (b.scratch.socket(), 0o777)]
+    {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(SECRETBOX)
+        .args(["get", "repo"])
+        .env("SECRETBOX_TOKEN", token.expose())
+        .env("SECRETBOX_SOCKET", b.scratch.socket())
+        .output()
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(out.status.code(), Some(exit::FORBIDDEN), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only its own user"));
+    let stats = b.broker.vault.lock().unwrap().stats().clone();
+    assert_eq!(stats.redeemed, 0);
+    assert!(stats.rejected_total() >= 1);
+}
+
+#[allow(dead_code)]
+pub fn scratch_file(b: &InProcess, name: &str) -> PathBuf {
+    b.scratch.path().join(name)
+}

@@ -1,0 +1,425 @@
+//! The real daemon (`backupnizza run`) as a process: its socket, its protections, its
+//! secret sources and what never leaks out of it.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use backupnizza::protocol::exit;
+
+use crate::harness::{SECRETBOX, Scratch, canary, sha256_hex, write_private};
+
+const TRIGGERED: &str = "schedule: '0 0 1 1 *'";
+
+fn is_root() -> bool {
+    nix::unistd::getuid().is_root()
+}
+
+/// The pid of the first process the daemon started for `task` (from its log).
+fn started_pid(log: &str) -> u32 {
+    let line = log.lines().find(|l| l.contains("started process with a one-time token")).expect("a started process");
+    let at = line.find(" pid=").unwrap() + 5;
+    line[at..].split_whitespace().next().unwrap().parse().unwrap()
+}
+
+fn trigger(scratch: &Scratch, config: &Path, task: &str, wait: bool) -> crate::harness::Run {
+    let mut args = vec!["trigger", task, "-c"];
+    if wait {
+        args.insert(2, "--wait");
+    }
+    scratch.backupnizza(args).run_with(config)
+}
+
+#[test]
+fn socket_dir_is_0700_socket_is_0600_and_both_go_away_on_stop() {
+    let scratch = Scratch::new();
+    let config = scratch.config(&format!("tasks:\n  t:\n    {TRIGGERED}\n    command: [true]\n"));
+    let daemon = scratch.start_daemon(&config);
+    let dir = std::fs::symlink_metadata(scratch.path().join("run")).unwrap();
+    assert_eq!(dir.mode() & 0o7777, 0o700);
+    assert_eq!(dir.uid(), nix::unistd::getuid().as_raw());
+    let sock = std::fs::symlink_metadata(&daemon.socket).unwrap();
+    assert!(sock.file_type().is_socket());
+    assert_eq!(sock.mode() & 0o777, 0o600);
+    let status = daemon.stop();
+    assert_eq!(status.code(), Some(0));
+    assert!(!scratch.socket().exists(), "socket left behind");
+}
+
+#[test]
+fn unsafe_socket_directories_are_refused() {
+    let scratch = Scratch::new();
+    let config = scratch.config(&format!("tasks:\n  t:\n    {TRIGGERED}\n    command: [true]\n"));
+    let run_dir = scratch.path().join("run");
+    let start = |what: &str| {
+        let log = scratch.path().join(format!("{what}.log"));
+        let status = scratch.daemon_command(&config, &log).status().unwrap();
+        (status.code(), std::fs::read_to_string(log).unwrap())
+    };
+
+    std::fs::create_dir(&run_dir).unwrap();
+    std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (code, log) = start("loose");
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("has mode 777") && log.contains("chmod 700"), "{log}");
+
+    std::fs::remove_dir(&run_dir).unwrap();
+    let elsewhere = scratch.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &run_dir).unwrap();
+    let (code, log) = start("symlink");
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("symbolic link"), "{log}");
+
+    if is_root() {
+        std::fs::remove_file(&run_dir).unwrap();
+        std::fs::create_dir(&run_dir).unwrap();
+        std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        nix::unistd::chown(&run_dir, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        let (code, log) = start("foreign");
+        assert_eq!(code, Some(1), "{log}");
+        assert!(log.contains("owned by uid 65534"), "{log}");
+    } else {
+        eprintln!("SKIPPED part: a foreign-owned directory needs root to create");
+    }
+}
+
+#[test]
+fn a_stale_socket_is_replaced_and_a_second_daemon_refuses() {
+    let scratch = Scratch::new();
+    let config = scratch.config(&format!("tasks:\n  t:\n    {TRIGGERED}\n    command: [true]\n"));
+    // A socket nobody listens on any more, as a crashed daemon leaves it.
+    let run_dir = scratch.path().join("run");
+    std::fs::create_dir(&run_dir).unwrap();
+    std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(scratch.socket()).unwrap());
+    assert!(scratch.socket().exists());
+
+    let daemon = scratch.start_daemon(&config);
+    assert!(daemon.log_text().contains("removed a stale socket"), "{}", daemon.log_text());
+
+    let log = scratch.path().join("second.log");
+    let status = scratch.daemon_command(&config, &log).status().unwrap();
+    let second = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{second}");
+    assert!(second.contains("another backupnizza daemon is running"), "{second}");
+    // The first one is unharmed.
+    assert!(scratch.socket().exists());
+    assert_eq!(daemon.stop().code(), Some(0));
+
+    // Something that is not a socket is never removed.
+    std::fs::write(scratch.socket(), "precious").unwrap();
+    let log = scratch.path().join("third.log");
+    let status = scratch.daemon_command(&config, &log).status().unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert!(std::fs::read_to_string(&log).unwrap().contains("is not a socket"));
+    assert_eq!(std::fs::read_to_string(scratch.socket()).unwrap(), "precious");
+}
+
+fn proc_status_field(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn the_daemon_is_not_dumpable_has_no_core_limit_and_locks_secret_pages() {
+    let scratch = Scratch::new();
+    let secret = scratch.path().join("secret");
+    write_private(&secret, canary().as_bytes());
+    let config = scratch.config(&format!(
+        "secrets:\n  repo: {{file: {}}}\ntasks:\n  t:\n    {TRIGGERED}\n    command: [true]\n    secrets: [repo]\n",
+        secret.display()
+    ));
+    // Root may ptrace anything, so the check needs the daemon to run as an ordinary user.
+    let as_nobody = is_root();
+    if as_nobody {
+        for entry in walk(scratch.path()) {
+            nix::unistd::chown(
+                &entry,
+                Some(nix::unistd::Uid::from_raw(65534)),
+                Some(nix::unistd::Gid::from_raw(65534)),
+            )
+            .unwrap();
+        }
+    }
+    let daemon = scratch.start_daemon_full(&config, as_nobody.then_some(65534), |_| {});
+    let pid = daemon.pid();
+    // Not dumpable: the kernel hands its /proc files to root and refuses its own user.
+    let environ = format!("/proc/{pid}/environ");
+    assert_eq!(std::fs::metadata(&environ).unwrap().uid(), 0, "/proc/{pid} of a non-dumpable process is owned by root");
+    let reader = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat", &environ])
+        .output()
+        .unwrap();
+    if as_nobody {
+        assert!(!reader.status.success(), "same-user read of environ succeeded");
+        assert!(String::from_utf8_lossy(&reader.stderr).contains("Permission denied"));
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
+    assert_eq!(core.split_whitespace().collect::<Vec<_>>()[4..6], ["0", "0"], "{core}");
+    // READY comes after the secrets are loaded, so their pages are locked by now.
+    let locked = proc_status_field(pid, "VmLck:").unwrap();
+    assert!(locked > 0, "VmLck is {locked} kB");
+    drop(daemon);
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() && !path.is_symlink() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_canary_secret_never_leaks() {
+    let scratch = Scratch::new();
+    let secret = canary();
+    // The task prints the secret on purpose (the log must mask it), proves it got it by a
+    // digest, and stays alive so we can look at its environment and argument list.
+    let script = "v=$(secretbox get repo); echo \"secret is $v\"; echo \"to stderr: $v\" >&2; printf %s \"$v\" | sha256sum | cut -c1-64 > digest; printf %s \"$SECRETBOX_TOKEN\" > token; sleep 30 & echo $! > sleeper; wait";
+    let config = scratch.config(&format!(
+        "secrets:\n  repo: {{env: BNZ_TEST_CANARY}}\ntasks:\n  leak:\n    {TRIGGERED}\n    command: [sh, -c, '{script}']\n    secrets: [repo]\n    timeout: 20s\n"
+    ));
+    let daemon = scratch.start_daemon_with(&config, |cmd| {
+        cmd.env("BNZ_TEST_CANARY", &secret);
+    });
+    trigger(&scratch, &config, "leak", false).expect_code(0);
+    let log = daemon.wait_for("the task's sleeper", |_| {
+        scratch.path().join("sleeper").exists()
+            && std::fs::read_to_string(scratch.path().join("sleeper")).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let task_pid = started_pid(&log);
+    let sleeper: u32 = std::fs::read_to_string(scratch.path().join("sleeper")).unwrap().trim().parse().unwrap();
+    assert_eq!(std::fs::read_to_string(scratch.path().join("digest")).unwrap().trim(), sha256_hex(secret.as_bytes()));
+
+    // The processes of the task: environment and argument lists.
+    let token = std::fs::read_to_string(scratch.path().join("token")).unwrap();
+    for pid in [task_pid, sleeper] {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        assert!(!contains(&environ, secret.as_bytes()), "canary in environ of {pid}");
+        assert!(!contains(&cmdline, secret.as_bytes()), "canary in cmdline of {pid}");
+        assert!(!contains(&cmdline, token.as_bytes()), "token in cmdline of {pid}");
+        assert!(contains(&environ, b"SECRETBOX_TOKEN="), "the environment was readable");
+    }
+    // The daemon's own environment block was wiped when it read the `env` source.
+    if let Ok(environ) = std::fs::read(format!("/proc/{}/environ", daemon.pid())) {
+        assert!(!contains(&environ, secret.as_bytes()), "canary left in the daemon's environment block");
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(sleeper as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    daemon.wait_for("the run's end", |log| log.contains("run ended"));
+    let log = daemon.log_text();
+    assert!(log.contains("secret is ***") && log.contains("to stderr: ***"), "{log}");
+    assert_eq!(daemon.stop().code(), Some(0));
+
+    // Every file the daemon wrote (log, history, lock), and everything else in the scratch dir.
+    for file in walk(scratch.path()).into_iter().filter(|p| p.is_file()) {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(!contains(&bytes, secret.as_bytes()), "canary found in {}", file.display());
+    }
+    let history = std::fs::read_to_string(scratch.path().join("state/history.jsonl")).unwrap();
+    assert!(history.contains("to stderr: ***"), "{history}");
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn a_token_dies_with_its_process() {
+    let scratch = Scratch::new();
+    let secret_file = scratch.path().join("pw");
+    write_private(&secret_file, canary().as_bytes());
+    let config = scratch.config(&format!(
+        "secrets:\n  repo: {{file: {}}}\ntasks:\n  t:\n    {TRIGGERED}\n    command: [sh, -c, 'printf %s \"$SECRETBOX_TOKEN\" > token']\n    secrets: [repo]\n",
+        secret_file.display()
+    ));
+    let daemon = scratch.start_daemon(&config);
+    trigger(&scratch, &config, "t", true).expect_code(0);
+    let token = std::fs::read_to_string(scratch.path().join("token")).unwrap();
+    assert!(token.starts_with("bnz1_"));
+    let out = Command::new(SECRETBOX)
+        .args(["get", "repo"])
+        .env("SECRETBOX_TOKEN", &token)
+        .env("SECRETBOX_SOCKET", &daemon.socket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(exit::REVOKED), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.is_empty());
+    let log = daemon.wait_for("the rejection in the log", |l| l.contains("reason=\"revoked\""));
+    let line = log.lines().find(|l| l.contains("reason=\"revoked\"")).unwrap();
+    // Logged with a fingerprint, the secret's name and the peer; never the token.
+    assert!(
+        line.contains("token=tok:")
+            && line.contains("secret=\"repo\"")
+            && line.contains("peer_pid=")
+            && line.contains("exe="),
+        "{line}"
+    );
+    assert!(!log.contains(&token), "token in the log");
+    assert!(log.contains("WARN"));
+}
+
+/// The secret sources, each from its real backend.
+#[test]
+fn secrets_load_from_every_source() {
+    let scratch = Scratch::new();
+    let unique = canary();
+    let values: Vec<(&str, String)> = ["keyutils", "keyutils-cli", "secret-service", "command", "file", "env"]
+        .iter()
+        .map(|n| (*n, canary()))
+        .collect();
+    let value = |name: &str| values.iter().find(|(n, _)| *n == name).unwrap().1.clone();
+    require_secret_service();
+
+    // Kernel keyutils, seeded through `backupnizza secret set` (below) and with keyctl.
+    let keyctl = Command::new("keyctl")
+        .args(["padd", "user", &format!("keyring:cli@{unique}"), "@s"])
+        .stdin_bytes(value("keyutils-cli").as_bytes());
+    assert!(keyctl.status.success(), "keyctl: {}", String::from_utf8_lossy(&keyctl.stderr));
+    // The Secret Service (gnome-keyring on the private bus that .ci/test starts).
+    let tool = Command::new("secret-tool")
+        .args(["store", "--label=backupnizza test", "service", &unique, "username", "ss"])
+        .stdin_bytes(value("secret-service").as_bytes());
+    assert!(tool.status.success(), "secret-tool: {}", String::from_utf8_lossy(&tool.stderr));
+    let cmd_file = scratch.path().join("from-command");
+    std::fs::write(&cmd_file, format!("{}\n", value("command"))).unwrap();
+    let file = scratch.path().join("from-file");
+    write_private(&file, format!("{}\n", value("file")).as_bytes());
+
+    let names = ["keyutils", "keyutils-cli", "secret-service", "command", "file", "env"];
+    let script: String =
+        names.iter().map(|n| format!("secretbox get --no-newline {n} | sha256sum | cut -c1-64 >> digests; ")).collect();
+    let config = scratch.config(&format!(
+        "secrets:
+  keyutils: {{keyring: {{service: {unique}, account: set, store: keyutils}}}}
+  keyutils-cli: {{keyring: {{service: {unique}, account: cli, store: keyutils}}}}
+  secret-service: {{keyring: {{service: {unique}, account: ss, store: secret-service}}}}
+  command: {{command: [cat, {}]}}
+  file: {{file: {}}}
+  env: {{env: BNZ_TEST_ENV_SECRET}}
+tasks:
+  all:
+    {TRIGGERED}
+    command: [sh, -c, '{script}']
+    secrets: [{}]
+",
+        cmd_file.display(),
+        file.display(),
+        names.join(", ")
+    ));
+    let set = scratch.backupnizza(["secret", "set", "keyutils", "-c"]);
+    let mut set = set.cmd;
+    set.arg(&config);
+    let out = set.stdin_bytes(format!("{}\n", value("keyutils")).as_bytes());
+    assert!(out.status.success(), "secret set: {}", String::from_utf8_lossy(&out.stderr));
+
+    let check =
+        scratch.backupnizza(["secret", "check", "-c"]).env("BNZ_TEST_ENV_SECRET", value("env")).run_with(&config);
+    check.expect_code(0);
+    for name in names {
+        assert!(check.stdout().lines().any(|l| l.starts_with(name) && l.contains(" ok ")), "{name}\n{check}");
+    }
+    for (_, v) in &values {
+        assert!(
+            !check.stdout().contains(v.as_str()) && !check.stderr().contains(v.as_str()),
+            "secret check printed a value"
+        );
+    }
+
+    let daemon = scratch.start_daemon_with(&config, |cmd| {
+        cmd.env("BNZ_TEST_ENV_SECRET", value("env"));
+    });
+    trigger(&scratch, &config, "all", true).expect_code(0);
+    let digests = std::fs::read_to_string(scratch.path().join("digests")).unwrap();
+    let expected: Vec<String> = names.iter().map(|n| sha256_hex(value(n).as_bytes())).collect();
+    assert_eq!(digests.lines().collect::<Vec<_>>(), expected, "one digest per source, in order\n{}", daemon.log_text());
+    drop(daemon);
+    let _ = Command::new("secret-tool").args(["clear", "service", &unique, "username", "ss"]).status();
+}
+
+#[test]
+fn a_secret_that_cannot_be_loaded_stops_start_up_with_a_fix() {
+    let scratch = Scratch::new();
+    let loose = scratch.path().join("loose");
+    std::fs::write(&loose, "x").unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let unique = canary();
+    let cases: Vec<(String, &[&str])> = vec![
+        (format!("{{file: {}}}", loose.display()), &["secret \"s\"", "mode 644", "chmod 600"]),
+        (
+            "{command: [sh, -c, 'echo locked vault >&2; exit 3']}".into(),
+            &["secret \"s\"", "exit status: 3", "locked vault"],
+        ),
+        ("{command: [sh, -c, 'sleep 30'], timeout: 300ms}".into(), &["did not finish within 300ms"]),
+        ("{command: [true]}".into(), &["secret \"s\"", "empty"]),
+        ("{command: [/nonexistent/pass]}".into(), &["cannot start it", "install"]),
+        ("{env: BNZ_TEST_UNSET_VARIABLE}".into(), &["BNZ_TEST_UNSET_VARIABLE is not set"]),
+        (
+            format!("{{keyring: {{service: {unique}, account: none, store: keyutils}}}}"),
+            &["no entry", "backupnizza secret set"],
+        ),
+        (
+            format!("{{keyring: {{service: {unique}, account: none, store: secret-service}}}}"),
+            &["Secret Service", "D-Bus"],
+        ),
+    ];
+    for (i, (source, expect)) in cases.iter().enumerate() {
+        let config = scratch.write(
+            &format!("c{i}.yaml"),
+            format!(
+                "socket: {}\nstate_dir: {}\nsecrets:\n  s: {source}\ntasks:\n  t:\n    {TRIGGERED}\n    command: [true]\n    secrets: [s]\n",
+                scratch.socket().display(),
+                scratch.path().join("state").display()
+            ),
+        );
+        let log = scratch.path().join(format!("c{i}.log"));
+        let mut cmd = scratch.daemon_command(&config, &log);
+        // No session bus at all (a headless server): the error must say what to do.
+        cmd.env_remove("DBUS_SESSION_BUS_ADDRESS");
+        let status = cmd.status().unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(status.code(), Some(1), "case {i} {source}\n{text}");
+        for e in *expect {
+            assert!(text.contains(e), "case {i} {source}: missing {e:?}\n{text}");
+        }
+        assert!(!scratch.socket().exists(), "case {i}: socket bound before secrets loaded");
+    }
+}
+
+/// The Secret Service runs only inside `.ci/test`'s private D-Bus session.
+fn require_secret_service() {
+    assert!(
+        std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some() && std::env::var_os("BNZ_TEST_SECRET_SERVICE").is_some(),
+        "this test needs the private D-Bus session with gnome-keyring that .ci/test starts: run the tests with .ci/test"
+    );
+}
+
+trait StdinBytes {
+    fn stdin_bytes(&mut self, bytes: &[u8]) -> std::process::Output;
+}
+
+impl StdinBytes for Command {
+    fn stdin_bytes(&mut self, bytes: &[u8]) -> std::process::Output {
+        use std::io::Write;
+        let mut child = self
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(bytes).unwrap();
+        child.wait_with_output().unwrap()
+    }
+}
