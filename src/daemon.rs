@@ -589,12 +589,14 @@ impl Daemon {
                 let _ = self.fire(idx, trigger, Some(occurrence));
             }
             Decision::TooLate { count, first, last } => {
+                let which = if count == 1 {
+                    format!("the missed occurrence of {}", self.rfc3339(first))
+                } else {
+                    format!("{count} missed occurrences from {} to {}", self.rfc3339(first), self.rfc3339(last))
+                };
                 warn!(
                     task = %task.name,
-                    "skipping {count} missed occurrence{} from {} to {}: the latest is more than max_lateness ({}) late",
-                    if count == 1 { "" } else { "s" },
-                    self.rfc3339(first),
-                    self.rfc3339(last),
+                    "skipping {which}: the latest is more than max_lateness ({}) late",
                     crate::duration::Human(task.max_lateness)
                 );
                 self.skip(

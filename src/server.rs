@@ -132,6 +132,9 @@ impl Drop for BoundSocket {
 
 /// Creates or checks the private directory, takes the single-instance lock, clears a stale
 /// socket, and binds.
+///
+/// The process umask is 0177 for the duration of bind(2) (umask is process-wide): call this
+/// while no other thread creates files, as the daemon does at start.
 pub fn bind(path: &Path) -> Result<BoundSocket, SocketError> {
     let uid = nix::unistd::getuid().as_raw();
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -274,19 +277,21 @@ async fn serve_connection(mut stream: tokio::net::UnixStream, broker: Arc<Broker
             "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{PROTOCOL_HEADER}: {PROTOCOL_VERSION}\r\nconnection: close\r\n\r\n{body}",
             body.len()
         );
-        // Answer, then drain what the client sent (unparsed) before closing: closing a Unix
-        // socket with unread data resets it, and the client would see an error instead.
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            stream.write_all(response.as_bytes()).await?;
-            stream.shutdown().await?;
-            let mut sink = [0u8; 4096];
-            let mut total = 0;
-            while total < 64 * 1024 {
-                match stream.read(&mut sink).await? {
+        // Wait for the end of the request head (unparsed: we only look for the blank line),
+        // answer, and close. A response sent before the request arrives confuses clients, and
+        // closing with unread data resets the connection, so the client would see an error.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut seen = Vec::with_capacity(1024);
+            let mut chunk = [0u8; 1024];
+            while seen.len() < 16 * 1024 && !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut chunk).await? {
                     0 => break,
-                    n => total += n,
+                    n => seen.extend_from_slice(&chunk[..n]),
                 }
             }
+            stream.write_all(response.as_bytes()).await?;
+            stream.shutdown().await?;
+            while stream.read(&mut chunk).await? > 0 {}
             Ok::<_, std::io::Error>(())
         })
         .await;

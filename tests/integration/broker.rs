@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use backupnizza::protocol::exit;
 use backupnizza::secrets::Secrets;
-use backupnizza::server::{self, BoundSocket, Broker, Limits};
+use backupnizza::server::{self, Broker, Limits};
 use backupnizza::vault::{Handle, Token, Vault};
 
 use crate::harness::{SECRETBOX, Scratch, canary};
@@ -20,7 +20,6 @@ use crate::harness::{SECRETBOX, Scratch, canary};
 pub struct InProcess {
     pub broker: Arc<Broker>,
     pub scratch: Scratch,
-    pub _bound: BoundSocket,
     runtime: tokio::runtime::Runtime,
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -39,16 +38,22 @@ impl InProcess {
             limits: Limits::default(),
             control: OnceLock::new(),
         });
-        // Bound before the server runs: clients never race its start.
-        let bound = server::bind(&scratch.socket()).unwrap();
+        // Bound before the server runs, so clients never race its start. Not with
+        // `server::bind`: it sets the process umask around bind(2), which would race with
+        // the other tests of this process creating files (the daemon tests cover it).
+        let dir = scratch.socket().parent().unwrap().to_path_buf();
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let std_listener = std::os::unix::net::UnixListener::bind(scratch.socket()).unwrap();
+        std_listener.set_nonblocking(true).unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let listener = {
             let _guard = runtime.enter();
-            tokio::net::UnixListener::from_std(bound.listener.try_clone().unwrap()).unwrap()
+            tokio::net::UnixListener::from_std(std_listener).unwrap()
         };
         let (stop, stopped) = tokio::sync::watch::channel(false);
         runtime.spawn(server::serve(listener, broker.clone(), stopped));
-        InProcess { broker, scratch, _bound: bound, runtime, stop }
+        InProcess { broker, scratch, runtime, stop }
     }
 
     pub fn mint(&self, scope: &[&str], limit: u32) -> (Token, Handle) {

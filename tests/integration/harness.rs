@@ -132,8 +132,6 @@ pub struct Daemon {
     pub child: Option<std::process::Child>,
     pub log: PathBuf,
     pub socket: PathBuf,
-    pub state: PathBuf,
-    pub config: PathBuf,
 }
 
 /// How long any single wait in a test may take before the test fails. Generous: tests
@@ -202,13 +200,7 @@ impl Scratch {
         cmd.env("NOTIFY_SOCKET", &notify_path);
         adjust(&mut cmd);
         let child = cmd.spawn().expect("spawn daemon");
-        let mut daemon = Daemon {
-            child: Some(child),
-            log,
-            socket: self.socket(),
-            state: self.path().join("state"),
-            config: config.to_path_buf(),
-        };
+        let mut daemon = Daemon { child: Some(child), log, socket: self.socket() };
         let deadline = std::time::Instant::now() + PATIENCE;
         let mut buf = [0u8; 256];
         loop {

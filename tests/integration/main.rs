@@ -2,7 +2,10 @@
 //! directories, against real peers. One test binary (compiled once), one module per area.
 
 mod broker;
+mod clock;
 mod daemon;
 mod harness;
 mod next;
+mod restic;
+mod runs;
 mod validate;

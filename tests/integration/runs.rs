@@ -1,0 +1,255 @@
+//! How the daemon runs tasks: timeouts that stop whole process groups, overlap policies,
+//! steps, shutdown, the control commands, and redaction of what tasks print.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::harness::{Scratch, canary};
+
+const TRIGGERED: &str = "schedule: '0 0 1 1 *'";
+
+fn history(scratch: &Scratch) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(scratch.path().join("state/history.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn records<'a>(all: &'a [serde_json::Value], kind: &str, task: &str) -> Vec<&'a serde_json::Value> {
+    all.iter().filter(|r| r["type"] == kind && r["task"] == task).collect()
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // A zombie is as good as gone: it runs nothing and holds nothing.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+fn trigger(scratch: &Scratch, config: &Path, task: &str, wait: bool) -> crate::harness::Run {
+    let mut args = vec!["trigger", task];
+    if wait {
+        args.push("--wait");
+    }
+    args.push("-c");
+    scratch.backupnizza(args).run_with(config)
+}
+
+#[test]
+fn a_timeout_stops_the_whole_process_group_even_a_grandchild_ignoring_sigint() {
+    let scratch = Scratch::new();
+    // The grandchild ignores SIGINT (restic's polite stop) so SIGTERM must follow.
+    let script = "(trap \"\" INT; exec sleep 300) & echo $! > grandchild; wait";
+    let config = scratch
+        .config(&format!("tasks:\n  slow:\n    {TRIGGERED}\n    command: [sh, -c, '{script}']\n    timeout: 1s\n"));
+    let daemon = scratch.start_daemon(&config);
+    let run = trigger(&scratch, &config, "slow", true);
+    run.expect_code(1);
+    assert!(run.stdout().contains("timeout"), "{run}");
+    let grandchild: i32 = std::fs::read_to_string(scratch.path().join("grandchild")).unwrap().trim().parse().unwrap();
+    assert!(!pid_alive(grandchild), "grandchild {grandchild} survived the timeout\n{}", daemon.log_text());
+    let log = daemon.log_text();
+    assert!(log.contains("sent SIGINT, then SIGTERM"), "{log}");
+    let h = history(&scratch);
+    let end = records(&h, "end", "slow");
+    assert_eq!(end.len(), 1);
+    assert_eq!(end[0]["status"], "timeout");
+}
+
+#[test]
+fn overlap_skip_drops_firings_while_a_run_is_going() {
+    let scratch = Scratch::new();
+    let config = scratch
+        .config("tasks:\n  busy:\n    schedule: '@every 1s'\n    command: [sleep, '2.5']\n    on_overlap: skip\n");
+    let daemon = scratch.start_daemon(&config);
+    daemon.wait_for("a skipped firing", |log| log.contains("the previous run is still going (on_overlap: skip)"));
+    daemon.wait_for_count("run ended: success", 1);
+    drop(daemon);
+    let h = history(&scratch);
+    let skips = records(&h, "skip", "busy");
+    assert!(!skips.is_empty() && skips.iter().all(|s| s["reason"] == "overlap"), "{h:?}");
+    // Never two runs at once: every start follows the previous end.
+    let mut running = false;
+    for r in h.iter().filter(|r| r["task"] == "busy") {
+        match r["type"].as_str() {
+            Some("start") => {
+                assert!(!running, "overlapping runs: {h:?}");
+                running = true;
+            }
+            Some("end") => running = false,
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn overlap_queue_runs_one_firing_after_the_current_run() {
+    let scratch = Scratch::new();
+    let config = scratch
+        .config("tasks:\n  busy:\n    schedule: '@every 1s'\n    command: [sleep, '2.5']\n    on_overlap: queue\n");
+    let daemon = scratch.start_daemon(&config);
+    daemon.wait_for("a queued run to start", |_| {
+        history(&scratch).iter().any(|r| r["type"] == "start" && r["trigger"] == "queued")
+    });
+    daemon.wait_for("a firing skipped because one is already queued", |log| log.contains("one run is already queued"));
+    drop(daemon);
+    let h = history(&scratch);
+    let starts = records(&h, "start", "busy");
+    let queued = starts.iter().position(|s| s["trigger"] == "queued").unwrap();
+    // The queued run started only after the run before it ended.
+    let queued_id = &starts[queued]["run_id"];
+    let at = h.iter().position(|r| r["type"] == "start" && &r["run_id"] == queued_id).unwrap();
+    assert_eq!(
+        h[..at].iter().filter(|r| r["type"] == "start").count(),
+        h[..at].iter().filter(|r| r["type"] == "end").count(),
+        "{h:?}"
+    );
+}
+
+#[test]
+fn a_failing_step_stops_later_steps_unless_it_may_continue() {
+    let scratch = Scratch::new();
+    let config = scratch.config(&format!(
+        "tasks:
+  stop:
+    {TRIGGERED}
+    steps:
+      - command: [touch, first]
+      - command: [sh, -c, 'echo step two failed >&2; exit 4']
+      - command: [touch, never]
+  carry-on:
+    {TRIGGERED}
+    steps:
+      - command: ['false']
+        continue_on_error: true
+      - command: [touch, after]
+  warn:
+    {TRIGGERED}
+    command: [sh, -c, 'exit 3']
+    warning_exit_codes: [3]
+"
+    ));
+    let _daemon = scratch.start_daemon(&config);
+    let run = trigger(&scratch, &config, "stop", true);
+    run.expect_code(1);
+    assert!(
+        run.stdout().contains("exit code 4 (step 2 of 3)") && run.stdout().contains("later steps skipped"),
+        "{run}"
+    );
+    assert!(scratch.path().join("first").exists());
+    assert!(!scratch.path().join("never").exists());
+    let h = history(&scratch);
+    let end = records(&h, "end", "stop");
+    assert_eq!(end[0]["exit_code"], 4);
+    assert_eq!(end[0]["stderr_tail"], serde_json::json!(["step two failed"]));
+
+    let run = trigger(&scratch, &config, "carry-on", true);
+    run.expect_code(1);
+    assert!(scratch.path().join("after").exists(), "{run}");
+
+    let run = trigger(&scratch, &config, "warn", true);
+    run.expect_code(0);
+    assert!(run.stdout().contains("warning (exit 3"), "{run}");
+}
+
+#[test]
+fn sigterm_stops_running_tasks_and_the_daemon_exits_cleanly() {
+    let scratch = Scratch::new();
+    let script = "trap \"echo task got SIGTERM; exit 0\" TERM; touch trapped; sleep 300 & wait";
+    let config = scratch
+        .config(&format!("shutdown_grace: 20s\ntasks:\n  long:\n    {TRIGGERED}\n    command: [sh, -c, '{script}']\n"));
+    let daemon = scratch.start_daemon(&config);
+    trigger(&scratch, &config, "long", false).expect_code(0);
+    daemon.wait_for("the task to set its trap", |_| scratch.path().join("trapped").exists());
+    let started = std::time::Instant::now();
+    let log_path = daemon.log.clone();
+    let status = daemon.stop();
+    assert_eq!(status.code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(20), "took longer than shutdown_grace");
+    assert!(!scratch.socket().exists(), "socket left behind");
+    let log = std::fs::read_to_string(log_path).unwrap();
+    assert!(log.contains("task got SIGTERM"), "{log}");
+    let h = history(&scratch);
+    assert_eq!(records(&h, "end", "long")[0]["status"], "cancelled");
+    assert!(h.iter().any(|r| r["type"] == "daemon" && r["event"] == "stop"));
+}
+
+#[test]
+fn status_trigger_and_history_talk_to_the_daemon() {
+    let scratch = Scratch::new();
+    let config = scratch.config(&format!(
+        "tasks:\n  hello:\n    {TRIGGERED}\n    command: [echo, hello]\n  fails:\n    {TRIGGERED}\n    command: ['false']\n"
+    ));
+    let daemon = scratch.start_daemon(&config);
+    let run = trigger(&scratch, &config, "hello", true);
+    run.expect_code(0);
+    assert!(run.stdout().contains("success (exit 0"), "{run}");
+    trigger(&scratch, &config, "fails", true).expect_code(1);
+    let unknown = trigger(&scratch, &config, "helo", false);
+    unknown.expect_code(2);
+    assert!(unknown.stderr().contains("did you mean \"hello\""), "{unknown}");
+
+    let status = scratch.backupnizza(["status", "-c"]).run_with(&config);
+    status.expect_code(0);
+    let out = status.stdout();
+    assert!(out.contains("daemon: running"), "{status}");
+    assert!(
+        out.lines().any(|l| l.starts_with("hello") && l.contains("success") && l.contains("2027-01-01T00:00:00+00:00")),
+        "{status}"
+    );
+    assert!(out.lines().any(|l| l.starts_with("fails") && l.contains("failed")), "{status}");
+    let json = scratch.backupnizza(["status", "--json", "-c"]).run_with(&config);
+    let body: serde_json::Value = serde_json::from_str(&json.stdout()).unwrap();
+    assert_eq!(body["tokens"]["minted"], 2);
+
+    let history = scratch.backupnizza(["history", "-c"]).run_with(&config);
+    history.expect_code(0);
+    assert!(history.stdout().lines().any(|l| l.contains("  hello  success  exit 0")), "{history}");
+    assert!(history.stdout().lines().any(|l| l.contains("  fails  failed  exit 1")), "{history}");
+    let only = scratch.backupnizza(["history", "fails", "-c"]).run_with(&config);
+    assert!(!only.stdout().contains("hello"), "{only}");
+    drop(daemon);
+
+    // Without the daemon: a clear error, and history still works.
+    let down = scratch.backupnizza(["status", "-c"]).run_with(&config);
+    down.expect_code(1);
+    assert!(down.stderr().contains("is the daemon running"), "{down}");
+    scratch.backupnizza(["history", "-c"]).run_with(&config).expect_code(0);
+}
+
+#[test]
+fn tasks_cannot_control_the_daemon() {
+    let scratch = Scratch::new();
+    let config_path = scratch.path().join("backup.yaml");
+    let config = scratch.config(&format!(
+        "tasks:\n  sneaky:\n    {TRIGGERED}\n    command: [sh, -c, 'backupnizza trigger other -c {0}; echo rc=$?; backupnizza status -c {0}; echo rc=$?']\n  other:\n    {TRIGGERED}\n    command: [touch, triggered]\n",
+        config_path.display()
+    ));
+    let daemon = scratch.start_daemon(&config);
+    trigger(&scratch, &config, "sneaky", true).expect_code(0);
+    let log = daemon.log_text();
+    assert_eq!(log.matches("rc=1").count(), 2, "{log}");
+    assert!(log.contains("tasks may not control the daemon"), "{log}");
+    assert!(!scratch.path().join("triggered").exists());
+}
+
+#[test]
+fn secrets_tokens_and_url_passwords_are_redacted_from_task_output() {
+    let scratch = Scratch::new();
+    let secret = canary();
+    let pw = scratch.path().join("pw");
+    crate::harness::write_private(&pw, secret.as_bytes());
+    let config = scratch.config(&format!(
+        "secrets:\n  repo: {{file: {}}}\ntasks:\n  chatty:\n    {TRIGGERED}\n    command: [sh, -c, 'echo \"token $SECRETBOX_TOKEN\"; echo \"repo rest:https://me:hunter2@example.net:8000/x/\"; echo \"pw $(secretbox get repo)\" >&2; exit 1']\n    secrets: [repo]\n",
+        pw.display()
+    ));
+    let daemon = scratch.start_daemon(&config);
+    trigger(&scratch, &config, "chatty", true).expect_code(1);
+    let log = daemon.wait_for("the output", |l| l.contains("pw ***"));
+    assert!(log.contains("token bnz1_***") && log.contains("rest:https://me:***@example.net:8000/x/"), "{log}");
+    assert!(!log.contains("hunter2") && !log.contains(&secret));
+    let h = std::fs::read_to_string(scratch.path().join("state/history.jsonl")).unwrap();
+    assert!(h.contains("pw ***") && !h.contains(&secret), "{h}");
+}
