@@ -43,6 +43,8 @@ pub struct Config {
     pub log: LogSettings,
     pub strict_memory: bool,
     pub shutdown_grace: Duration,
+    /// Record each task program's digest at start and refuse to run a changed program.
+    pub pin_binaries: bool,
     /// In file order.
     pub secrets: Vec<SecretSpec>,
     /// In file order.
@@ -193,6 +195,8 @@ pub struct Step {
     pub command: Vec<String>,
     pub env: Vec<EnvVar>,
     pub continue_on_error: bool,
+    /// The program's expected SHA-256 (`sha256:`), checked before every run.
+    pub sha256: Option<[u8; 32]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,6 +21,7 @@ use zeroize::Zeroizing;
 use crate::config::{self, Config, Environment, Overlap};
 use crate::exit::{Exit, FAILURE};
 use crate::hardening::Weakness;
+use crate::programs::Pinned;
 use crate::history::{self, History, Record};
 use crate::protocol::{RunBody, RunRef, StatusBody, TaskStatus, TokenCounts};
 use crate::runner::{Outcome, RunStatus, Runner};
@@ -52,6 +53,29 @@ pub fn main(config_path: PathBuf, env: Environment) -> anyhow::Result<()> {
     }
     info!(config = %config_path.display(), version = env!("CARGO_PKG_VERSION"), pid = std::process::id(), "starting");
 
+    // Like OpenSSH's StrictModes: the task file and every program must be ours (or root's)
+    // and not writable by others, and pinned programs must match their digests.
+    let uid = nix::unistd::getuid().as_raw();
+    crate::programs::check_trusted(&config_path, "task file", uid).map_err(Exit::usage)?;
+    let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.to_path_buf()));
+    let secretbox_dir = exe_dir.filter(|d| d.join("secretbox").exists());
+    let base_env = crate::runner::allowed_env(std::env::vars_os(), secretbox_dir.as_deref());
+    let home = env.var("HOME").map(PathBuf::from);
+    let pins = match crate::programs::prepare(&config, &base_env, home.as_deref(), uid) {
+        Ok((pins, warnings)) => {
+            for w in warnings {
+                warn!("{w}");
+            }
+            pins
+        }
+        Err(problems) => {
+            for p in &problems {
+                error!("{p}");
+            }
+            return Err(Exit::usage(format!("{} program problem{}; nothing was started", problems.len(), if problems.len() == 1 { "" } else { "s" })).into());
+        }
+    };
+
     // Before any secret is read: no core dumps, no same-user ptrace.
     report_weaknesses(&crate::hardening::protect_process(), config.strict_memory)?;
     raise_fd_limit();
@@ -64,7 +88,7 @@ pub fn main(config_path: PathBuf, env: Environment) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(run(config, env, env_values));
+    let result = runtime.block_on(run(config, env, env_values, base_env, pins));
     // Runner tasks have finished or been killed; do not wait for stray blocking threads.
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
@@ -123,7 +147,13 @@ async fn load_secrets(
     Ok(store)
 }
 
-async fn run(config: Config, env: Environment, env_values: HashMap<String, Zeroizing<Vec<u8>>>) -> anyhow::Result<()> {
+async fn run(
+    config: Config,
+    env: Environment,
+    env_values: HashMap<String, Zeroizing<Vec<u8>>>,
+    base_env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    pins: Vec<Vec<Option<Pinned>>>,
+) -> anyhow::Result<()> {
     let secrets = load_secrets(&config, &env, env_values).await?;
 
     let bound = server::bind(&config.socket).map_err(|e| Exit { code: FAILURE, message: e.to_string() })?;
@@ -133,26 +163,25 @@ async fn run(config: Config, env: Environment, env_values: HashMap<String, Zeroi
 
     let broker = Arc::new(Broker {
         vault: Mutex::new(Vault::new(config.token_ttl)),
+        failures: Mutex::default(),
         secrets: secrets.clone(),
         uid: nix::unistd::getuid().as_raw(),
         limits: Limits::default(),
         control: OnceLock::new(),
     });
     drop(secrets);
-    let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.to_path_buf()));
-    let secretbox_dir = exe_dir.filter(|d| d.join("secretbox").exists());
     let (cancel_tx, cancel_rx) = watch::channel(false);
     let runner = Runner {
         broker: broker.clone(),
         socket: config.socket.clone(),
-        base_env: crate::runner::allowed_env(std::env::vars_os(), secretbox_dir.as_deref()),
+        base_env,
         home: env.var("HOME").map(PathBuf::from),
         active: Arc::default(),
         kill_grace: KILL_GRACE,
         shutdown_grace: config.shutdown_grace,
     };
     let started = Timestamp::now();
-    let daemon = Arc::new(Daemon::new(config, runner, history, started, cancel_tx, cancel_rx, &past));
+    let daemon = Arc::new(Daemon::new(config, runner, pins, history, started, cancel_tx, cancel_rx, &past));
     let _ = broker.control.set(daemon.clone() as Arc<dyn Control>);
 
     let listener = tokio::net::UnixListener::from_std(bound.listener.try_clone().context("cannot use the socket")?)
@@ -209,6 +238,8 @@ struct TaskState {
 pub struct Daemon {
     config: Config,
     runner: Runner,
+    /// For each task, each step's pinned program (if pinned).
+    pins: Vec<Vec<Option<Pinned>>>,
     history: History,
     started: Timestamp,
     zone: TimeZone,
@@ -236,9 +267,11 @@ fn new_run_id(now: Timestamp) -> String {
 }
 
 impl Daemon {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         config: Config,
         runner: Runner,
+        pins: Vec<Vec<Option<Pinned>>>,
         history: History,
         started: Timestamp,
         cancel: watch::Sender<bool>,
@@ -267,6 +300,7 @@ impl Daemon {
         Daemon {
             config,
             runner,
+            pins,
             history,
             started,
             zone,
@@ -390,7 +424,7 @@ impl Daemon {
                 trigger: trigger.as_str().into(),
             });
             let deadline = task.timeout.map(|t| Instant::now() + t);
-            self.runner.run(task, &run_id, deadline, cancel).await
+            self.runner.run(task, &self.pins[idx], &run_id, deadline, cancel).await
         };
         let ended = Timestamp::now();
         let duration_ms = outcome.duration.as_millis() as u64;

@@ -11,6 +11,7 @@ pub mod history;
 pub mod logging;
 pub mod notify;
 pub mod peer;
+pub mod programs;
 pub mod protocol;
 pub mod redact;
 pub mod runner;

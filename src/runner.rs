@@ -23,9 +23,10 @@ use nix::unistd::Pid;
 use secrecy::ExposeSecret;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::watch;
-use tracing::{Instrument, info, warn};
+use tracing::{Instrument, error, info, warn};
 
 use crate::config::{EnvValue, Step, Task};
+use crate::programs::Pinned;
 use crate::server::Broker;
 
 /// How many stderr lines a run keeps for its history record.
@@ -135,6 +136,8 @@ enum StepEnd {
     TimedOut(String),
     Cancelled,
     NotStarted(String),
+    /// A pinned program failed its check: nothing ran, no token was minted.
+    Refused(String),
 }
 
 impl Runner {
@@ -143,6 +146,7 @@ impl Runner {
     pub async fn run(
         &self,
         task: &Task,
+        pins: &[Option<Pinned>],
         run_id: &str,
         deadline: Option<Instant>,
         mut cancel: watch::Receiver<bool>,
@@ -155,7 +159,8 @@ impl Runner {
         let steps = task.steps.len();
         for (i, step) in task.steps.iter().enumerate() {
             let label = if steps == 1 { String::new() } else { format!(" (step {} of {steps})", i + 1) };
-            let end = self.run_step(task, step, run_id, i, deadline, &mut cancel, &tail).await;
+            let pin = pins.get(i).and_then(Option::as_ref);
+            let end = self.run_step(task, step, pin, run_id, i, deadline, &mut cancel, &tail).await;
             match end {
                 StepEnd::Exited(st) => {
                     exit_code = st.code();
@@ -196,6 +201,12 @@ impl Runner {
                     exit_code = None;
                     break;
                 }
+                StepEnd::Refused(why) => {
+                    status = RunStatus::Refused;
+                    reason = format!("{why}{label}");
+                    exit_code = None;
+                    break;
+                }
                 StepEnd::NotStarted(why) => {
                     status = if i == 0 { RunStatus::Refused } else { RunStatus::Failed };
                     reason = format!("{why}{label}");
@@ -231,6 +242,7 @@ impl Runner {
         &self,
         task: &Task,
         step: &Step,
+        pin: Option<&Pinned>,
         run_id: &str,
         index: usize,
         deadline: Option<Instant>,
@@ -241,9 +253,29 @@ impl Runner {
             Ok(env) => env,
             Err(why) => return StepEnd::NotStarted(why),
         };
+        // A pinned program is checked before anything else, and run from the checked file.
+        let pinned_file = match pin.map(crate::programs::open_verified) {
+            Some(Ok(file)) => Some(file),
+            Some(Err(why)) => {
+                error!("{why}");
+                return StepEnd::Refused(why);
+            }
+            None => None,
+        };
         let home = self.home.as_deref();
         let program = expand_tilde(&step.command[0], home);
-        let mut cmd = tokio::process::Command::new(&program);
+        let mut cmd = match &pinned_file {
+            #[cfg(target_os = "linux")]
+            Some(file) => {
+                use std::os::fd::AsRawFd;
+                // The child inherits the descriptor across fork and execs it before
+                // close-on-exec closes it: the kernel runs the very file we hashed.
+                let mut cmd = tokio::process::Command::new(format!("/proc/self/fd/{}", file.as_raw_fd()));
+                cmd.arg0(&step.command[0]);
+                cmd
+            }
+            _ => tokio::process::Command::new(&program),
+        };
         cmd.args(step.command[1..].iter().map(|a| expand_tilde(a, home)))
             .env_clear()
             .envs(env)
@@ -274,6 +306,7 @@ impl Runner {
         let spawned = cmd.spawn();
         drop(cmd);
         drop(token);
+        drop(pinned_file);
         let mut child = match spawned {
             Ok(child) => child,
             Err(e) => {

@@ -75,9 +75,55 @@ pub trait Control: Send + Sync + 'static {
 /// A boxed, sendable future (what [`Control::run`] returns).
 pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
+/// Consecutive failed redemptions per peer process, for a progressive delay: a legitimate
+/// task fails once and gives up; something probing tokens is slowed down.
+#[derive(Debug, Default)]
+pub struct Failures {
+    by_pid: std::collections::HashMap<u32, (u32, Instant)>,
+}
+
+/// Failures before the first delay, and after which the answer is `429 slow_down`.
+const FREE_FAILURES: u32 = 3;
+const SLOW_DOWN_AFTER: u32 = 8;
+const MAX_PENALTY: Duration = Duration::from_secs(5);
+const FORGET_FAILURES: Duration = Duration::from_secs(600);
+
+impl Failures {
+    /// Records a failure; returns the peer's consecutive failure count.
+    fn record(&mut self, pid: u32, now: Instant) -> u32 {
+        if self.by_pid.len() >= 4096 {
+            self.by_pid.retain(|_, (_, at)| now.duration_since(*at) < FORGET_FAILURES);
+            if self.by_pid.len() >= 4096 {
+                self.by_pid.clear();
+            }
+        }
+        let entry = self.by_pid.entry(pid).or_insert((0, now));
+        if now.duration_since(entry.1) >= FORGET_FAILURES {
+            entry.0 = 0;
+        }
+        entry.0 += 1;
+        entry.1 = now;
+        entry.0
+    }
+
+    fn clear(&mut self, pid: u32) {
+        self.by_pid.remove(&pid);
+    }
+}
+
+/// How long to hold back the answer to a peer's `count`-th consecutive failure.
+pub fn penalty(count: u32) -> Duration {
+    if count <= FREE_FAILURES {
+        return Duration::ZERO;
+    }
+    let doublings = (count - FREE_FAILURES - 1).min(16);
+    (Duration::from_millis(100) * (1 << doublings)).min(MAX_PENALTY)
+}
+
 /// Everything a request handler needs.
 pub struct Broker {
     pub vault: Mutex<Vault>,
+    pub failures: Mutex<Failures>,
     pub secrets: Arc<Secrets>,
     pub uid: u32,
     pub limits: Limits,
@@ -315,7 +361,7 @@ async fn serve_connection(mut stream: tokio::net::UnixStream, broker: Arc<Broker
     }
 }
 
-fn lock(vault: &Mutex<Vault>) -> std::sync::MutexGuard<'_, Vault> {
+fn lock<T>(vault: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding the lock leaves the vault consistent (every mutation is a single
     // insert/remove); keep serving rather than poisoning every later request.
     vault.lock().unwrap_or_else(|e| e.into_inner())
@@ -389,7 +435,7 @@ async fn route(req: Request<Incoming>, broker: &Broker, peer: Peer) -> Resp {
         if method != Method::POST {
             return not_allowed("POST");
         }
-        return redeem(name, body.auth.as_deref().map(String::as_str), broker, peer);
+        return redeem(name, body.auth.as_deref().map(String::as_str), broker, peer).await;
     }
     let is_control = path == protocol::ROUTE_STATUS
         || path.starts_with(protocol::ROUTE_TASKS)
@@ -495,39 +541,63 @@ async fn read_body(req: Request<Incoming>, timeout: Duration) -> Result<Parts, R
     }
 }
 
-fn redeem(name: &str, token: Option<&str>, broker: &Broker, peer: Peer) -> Resp {
+async fn redeem(name: &str, token: Option<&str>, broker: &Broker, peer: Peer) -> Resp {
     if !crate::config::valid_name(name) {
         return error(StatusCode::BAD_REQUEST, protocol::errors::BAD_REQUEST, "invalid secret name");
     }
     let token = token.unwrap_or("");
     let fingerprint = crate::vault::fingerprint_of(token);
     let now = Instant::now();
-    let reject = |r: Rejection, task: Option<&str>| {
-        warn!(
-            token = %fingerprint, secret = name, task = task.unwrap_or("?"), peer_pid = peer.pid.unwrap_or_default(), peer_uid = peer.uid,
-            exe = %peer.exe(), reason = r.as_str(), "refused a secret redemption"
-        );
-        rejection(r)
+    let outcome = (|| {
+        let pending = lock(&broker.vault).check(token, name, now).map_err(|r| (r, None))?;
+        // Outside the lock: the caller must be the token's process or one of its descendants.
+        if !peer.pid.is_some_and(|pid| peer::descends_from(pid, pending.pid)) {
+            lock(&broker.vault).count_rejection(Rejection::Forbidden);
+            return Err((Rejection::Forbidden, Some(pending.task)));
+        }
+        match lock(&broker.vault).consume(&pending, name, now) {
+            Ok(()) => Ok(pending.task),
+            Err(r) => Err((r, Some(pending.task))),
+        }
+    })();
+    let pid = peer.pid.unwrap_or_default();
+    let task = match outcome {
+        Ok(task) => {
+            lock(&broker.failures).clear(pid);
+            task
+        }
+        Err((r, task)) => {
+            // Counted for the process and for its parent, so a loop that starts a new
+            // `secretbox` for every attempt is slowed down too.
+            let parent = peer::parent_of(pid).filter(|p| *p > 1);
+            let count = {
+                let mut failures = lock(&broker.failures);
+                let own = failures.record(pid, now);
+                parent.map_or(own, |p| own.max(failures.record(p, now)))
+            };
+            let delay = penalty(count);
+            warn!(
+                token = %fingerprint, secret = name, task = task.as_deref().unwrap_or("?"), peer_pid = pid, peer_uid = peer.uid,
+                exe = %peer.exe(), reason = r.as_str(), failures = count, delay_ms = delay.as_millis() as u64,
+                "refused a secret redemption"
+            );
+            tokio::time::sleep(delay).await;
+            if count >= SLOW_DOWN_AFTER {
+                return error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    protocol::errors::SLOW_DOWN,
+                    format!("{count} failed redemptions in a row from this process; slow down"),
+                );
+            }
+            return rejection(r);
+        }
     };
-    let pending = match lock(&broker.vault).check(token, name, now) {
-        Ok(p) => p,
-        Err(r) => return reject(r, None),
-    };
-    // Outside the lock: the caller must be the token's process or one of its descendants.
-    let allowed = peer.pid.is_some_and(|pid| peer::descends_from(pid, pending.pid));
-    if !allowed {
-        lock(&broker.vault).count_rejection(Rejection::Forbidden);
-        return reject(Rejection::Forbidden, Some(&pending.task));
-    }
-    if let Err(r) = lock(&broker.vault).consume(&pending, name, now) {
-        return reject(r, Some(&pending.task));
-    }
     let Some(secret) = broker.secrets.get(name) else {
         // validate guarantees scoped secrets are declared, and all declared ones are loaded.
         return error(StatusCode::INTERNAL_SERVER_ERROR, protocol::errors::UNAVAILABLE, "secret not loaded");
     };
     info!(
-        token = %fingerprint, secret = name, task = %pending.task, peer_pid = peer.pid.unwrap_or_default(), peer_uid = peer.uid,
+        token = %fingerprint, secret = name, task = %task, peer_pid = pid, peer_uid = peer.uid,
         exe = %peer.exe(), "secret redeemed"
     );
     // The response owns a zeroizing copy, wiped when hyper drops the body after writing it.

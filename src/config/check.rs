@@ -15,8 +15,18 @@ use super::tree::{self, Node, Pos, Value};
 use super::*;
 use crate::schedule::Schedule;
 
-const TOP_KEYS: &[&str] =
-    &["socket", "state_dir", "token_ttl", "timezone", "log", "strict_memory", "shutdown_grace", "secrets", "tasks"];
+const TOP_KEYS: &[&str] = &[
+    "socket",
+    "state_dir",
+    "token_ttl",
+    "timezone",
+    "log",
+    "strict_memory",
+    "shutdown_grace",
+    "pin_binaries",
+    "secrets",
+    "tasks",
+];
 const LOG_KEYS: &[&str] = &["level", "format"];
 const SECRET_SOURCES: &[&str] = &["keyring", "command", "file", "env"];
 const SECRET_KEYS: &[&str] = &["keyring", "command", "file", "env", "timeout"];
@@ -35,8 +45,9 @@ const TASK_KEYS: &[&str] = &[
     "max_lateness",
     "random_delay",
     "warning_exit_codes",
+    "sha256",
 ];
-const STEP_KEYS: &[&str] = &["command", "env", "continue_on_error"];
+const STEP_KEYS: &[&str] = &["command", "env", "continue_on_error", "sha256"];
 /// Variables the daemon sets itself in every child.
 const RESERVED_ENV: &[&str] = &["SECRETBOX_TOKEN", "SECRETBOX_SOCKET"];
 /// Variables that hold a secret in plain text; writing one literally in the file defeats the
@@ -418,6 +429,10 @@ impl Checker {
             Some(node) => self.boolean(node, "strict_memory"),
             None => Some(false),
         };
+        let pin_binaries = match top.get("pin_binaries") {
+            Some(node) => self.boolean(node, "pin_binaries"),
+            None => Some(false),
+        };
         let shutdown_grace = match top.get("shutdown_grace") {
             Some(node) => self.duration(node, "shutdown_grace"),
             None => Some(DEFAULT_SHUTDOWN_GRACE),
@@ -445,6 +460,7 @@ impl Checker {
             log: log?,
             strict_memory: strict_memory?,
             shutdown_grace: shutdown_grace?,
+            pin_binaries: pin_binaries?,
             secrets: secrets?,
             tasks: tasks?,
         })
@@ -683,10 +699,21 @@ impl Checker {
                 self.error(path, pos, "missing `command` (or `steps`): what should this task run?");
                 None
             }
-            (Some(c), None) => self
-                .argv(c, &join(path, "command"))
-                .map(|command| vec![Step { command, env: Vec::new(), continue_on_error: false }]),
-            (None, Some(s)) => self.steps(s, &join(path, "steps")),
+            (Some(c), None) => {
+                let sha256 = match f.get("sha256") {
+                    Some(n) => self.sha256(n, &join(path, "sha256")).map(Some),
+                    None => Some(None),
+                };
+                self.argv(c, &join(path, "command"))
+                    .zip(sha256)
+                    .map(|(command, sha256)| vec![Step { command, env: Vec::new(), continue_on_error: false, sha256 }])
+            }
+            (None, Some(s)) => {
+                if let Some(n) = f.get("sha256") {
+                    self.error(&join(path, "sha256"), n.pos, "with `steps:`, pin each step's program with its own `sha256`");
+                }
+                self.steps(s, &join(path, "steps"))
+            }
         };
         let env_vars = match f.get("env") {
             Some(n) => self.env(n, &join(path, "env")),
@@ -781,9 +808,13 @@ impl Checker {
                 Some(n) => self.boolean(n, &join(&p, "continue_on_error")),
                 None => Some(false),
             };
-            match (command, env, continue_on_error) {
-                (Some(command), Some(env), Some(continue_on_error)) => {
-                    out.push(Step { command, env, continue_on_error })
+            let sha256 = match f.get("sha256") {
+                Some(n) => self.sha256(n, &join(&p, "sha256")).map(Some),
+                None => Some(None),
+            };
+            match (command, env, continue_on_error, sha256) {
+                (Some(command), Some(env), Some(continue_on_error), Some(sha256)) => {
+                    out.push(Step { command, env, continue_on_error, sha256 })
                 }
                 _ => ok = false,
             }
@@ -864,6 +895,22 @@ impl Checker {
             }
         }
         ok.then_some(out)
+    }
+
+    /// A SHA-256 digest as 64 hex digits (as `sha256sum` prints it).
+    fn sha256(&mut self, node: &Node, path: &str) -> Option<[u8; 32]> {
+        let text = self.string(node, path)?;
+        let hex = text.trim().to_ascii_lowercase();
+        let digest = (hex.len() == 64)
+            .then(|| (0..32).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect::<Option<Vec<u8>>>())
+            .flatten();
+        match digest {
+            Some(bytes) => bytes.try_into().ok(),
+            None => {
+                self.error(path, node.pos, format!("invalid sha256 {text:?}: write the 64 hex digits that `sha256sum PROGRAM` prints"));
+                None
+            }
+        }
     }
 
     fn exit_codes(&mut self, node: &Node, path: &str) -> Option<Vec<i32>> {

@@ -26,6 +26,10 @@ pub struct InProcess {
 
 impl InProcess {
     pub fn start(secrets: &[(&str, &[u8])], ttl: Duration) -> InProcess {
+        InProcess::start_with(secrets, ttl, Limits::default())
+    }
+
+    pub fn start_with(secrets: &[(&str, &[u8])], ttl: Duration, limits: Limits) -> InProcess {
         let scratch = Scratch::new();
         let mut store = Secrets::empty();
         for (name, value) in secrets {
@@ -33,9 +37,10 @@ impl InProcess {
         }
         let broker = Arc::new(Broker {
             vault: Mutex::new(Vault::new(ttl)),
+            failures: Mutex::default(),
             secrets: Arc::new(store),
             uid: nix::unistd::getuid().as_raw(),
-            limits: Limits::default(),
+            limits,
             control: OnceLock::new(),
         });
         // Bound before the server runs, so clients never race its start. Not with

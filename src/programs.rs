@@ -1,0 +1,233 @@
+//! The programs tasks run, and the files the daemon trusts: where a program is, whether its
+//! file is safe to trust (OpenSSH's StrictModes: not writable by group or others, owned by
+//! the daemon's user or root), and pinning.
+//!
+//! A pinned program (`sha256:` on a task or step, or every program under `pin_binaries:
+//! true`, which records each digest at start) is opened, hashed and, on Linux, executed from
+//! that very descriptor (`/proc/self/fd/N`, which is what `fexecve` does), so the bytes that
+//! were checked are the bytes that run: a program swapped on disk after the check is not
+//! the one executed, and one swapped before it is refused — without minting a token.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, EnvValue, Step, Task};
+
+/// A program whose digest is checked before every run.
+#[derive(Debug, Clone)]
+pub struct Pinned {
+    pub path: PathBuf,
+    pub digest: [u8; 32],
+}
+
+/// Hex of a digest, as `sha256sum` prints it.
+pub fn hex(digest: &[u8; 32]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Finds a program the way `execvp` would: a name with a `/` is a path (a leading `~/` is
+/// expanded, a relative one is taken from `working_dir`); otherwise the first executable
+/// file of that name on `path`.
+pub fn resolve(program: &str, path: Option<&OsStr>, home: Option<&Path>, working_dir: Option<&Path>) -> Option<PathBuf> {
+    let expanded = PathBuf::from(crate::runner::expand_tilde(program, home));
+    if program.contains('/') {
+        let full = match (expanded.is_relative(), working_dir) {
+            (true, Some(dir)) => dir.join(&expanded),
+            _ => expanded,
+        };
+        return is_executable(&full).then_some(full);
+    }
+    std::env::split_paths(path?).map(|dir| dir.join(program)).find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// StrictModes for a file the daemon trusts (the task file, a program): not writable by
+/// group or others, owned by `uid` or root; and its directory not writable by others
+/// unless sticky (as `/tmp` is). The message names the file and the fix.
+pub fn check_trusted(path: &Path, what: &str, uid: u32) -> Result<(), String> {
+    let real = std::fs::canonicalize(path).map_err(|e| format!("cannot resolve {what} {}: {e}", path.display()))?;
+    let meta = std::fs::metadata(&real).map_err(|e| format!("cannot stat {what} {}: {e}", real.display()))?;
+    let shown = real.display();
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "{what} {shown} is writable by group or others (mode {:03o}), so another user could change it: run `chmod go-w {shown}`",
+            mode & 0o777
+        ));
+    }
+    if meta.uid() != uid && meta.uid() != 0 {
+        return Err(format!(
+            "{what} {shown} is owned by uid {}, not by the daemon's user (uid {uid}) or root: run `chown {uid} {shown}` or use a copy you own",
+            meta.uid()
+        ));
+    }
+    if let Some(dir) = real.parent() {
+        let dmeta = std::fs::metadata(dir).map_err(|e| format!("cannot stat {}: {e}", dir.display()))?;
+        let dmode = dmeta.mode() & 0o7777;
+        let sticky = dmode & 0o1000 != 0;
+        if dmode & 0o002 != 0 && !sticky {
+            return Err(format!(
+                "the directory of {what} {shown} ({}) is writable by others, so the file could be replaced: run `chmod o-w {}`",
+                dir.display(),
+                dir.display()
+            ));
+        }
+        if dmeta.uid() != uid && dmeta.uid() != 0 && !sticky {
+            return Err(format!(
+                "the directory of {what} {shown} ({}) is owned by uid {}, who could replace the file",
+                dir.display(),
+                dmeta.uid()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// SHA-256 of everything readable from `file`.
+pub fn digest(file: &mut File) -> std::io::Result<[u8; 32]> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match file.read(&mut buf)? {
+            0 => return Ok(hasher.finalize().into()),
+            n => hasher.update(&buf[..n]),
+        }
+    }
+}
+
+/// The `PATH` a step's process will see: the task's or step's `env` wins over the daemon's.
+pub fn step_path(base: &[(OsString, OsString)], task: &Task, step: &Step) -> Option<OsString> {
+    let mut path = base.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone());
+    for var in task.env.iter().chain(&step.env) {
+        if let (true, EnvValue::Text(text)) = (var.name == "PATH", &var.value) {
+            path = Some(text.into());
+        }
+    }
+    path
+}
+
+/// Checks every task program at start: StrictModes, and the pins. Returns, for each task,
+/// the pin of each step (if pinned), plus warnings; or every problem found.
+pub fn prepare(
+    config: &Config,
+    base_env: &[(OsString, OsString)],
+    home: Option<&Path>,
+    uid: u32,
+) -> Result<(Vec<Vec<Option<Pinned>>>, Vec<String>), Vec<String>> {
+    let mut pins = Vec::new();
+    let mut warnings = Vec::new();
+    let mut errors = Vec::new();
+    for task in &config.tasks {
+        let mut task_pins = Vec::new();
+        for (i, step) in task.steps.iter().enumerate() {
+            let label = if task.steps.len() == 1 { format!("task {:?}", task.name) } else { format!("task {:?} step {}", task.name, i + 1) };
+            let path = step_path(base_env, task, step);
+            let wants_pin = step.sha256.is_some() || config.pin_binaries;
+            let Some(program) = resolve(&step.command[0], path.as_deref(), home, task.working_dir.as_deref()) else {
+                let problem = format!("{label}: program {:?} not found (searched the task's PATH)", step.command[0]);
+                if wants_pin {
+                    errors.push(format!("{problem}; a pinned program must exist when the daemon starts"));
+                } else {
+                    warnings.push(format!("{problem}; its runs will fail until it is installed"));
+                }
+                task_pins.push(None);
+                continue;
+            };
+            if let Err(e) = check_trusted(&program, "program", uid) {
+                errors.push(format!("{label}: {e}"));
+                task_pins.push(None);
+                continue;
+            }
+            if !wants_pin {
+                task_pins.push(None);
+                continue;
+            }
+            match pin(&program) {
+                Ok(actual) => match step.sha256 {
+                    Some(expected) if expected != actual => {
+                        errors.push(format!(
+                            "{label}: program {} has sha256 {}, but the task file pins {}: update `sha256:` if the program was upgraded on purpose",
+                            program.display(),
+                            hex(&actual),
+                            hex(&expected)
+                        ));
+                        task_pins.push(None);
+                    }
+                    _ => task_pins.push(Some(Pinned { path: program, digest: actual })),
+                },
+                Err(e) => {
+                    errors.push(format!("{label}: {e}"));
+                    task_pins.push(None);
+                }
+            }
+        }
+        pins.push(task_pins);
+    }
+    if errors.is_empty() { Ok((pins, warnings)) } else { Err(errors) }
+}
+
+/// Hashes a program for pinning; scripts are refused (executing from a descriptor cannot
+/// pass the script to its interpreter, and pinning a script would not pin the interpreter).
+fn pin(program: &Path) -> Result<[u8; 32], String> {
+    let mut file = File::open(program).map_err(|e| format!("cannot open {}: {e}", program.display()))?;
+    let mut head = [0u8; 2];
+    if file.read_exact(&mut head).is_ok() && &head == b"#!" {
+        return Err(format!("{} is a script: pin its interpreter's binary instead, or do not pin it", program.display()));
+    }
+    let mut file = File::open(program).map_err(|e| format!("cannot open {}: {e}", program.display()))?;
+    digest(&mut file).map_err(|e| format!("cannot read {}: {e}", program.display()))
+}
+
+/// Opens a pinned program and checks its digest; the open file is what the runner executes.
+pub fn open_verified(pinned: &Pinned) -> Result<File, String> {
+    let mut file = File::open(&pinned.path).map_err(|e| format!("cannot open pinned program {}: {e}", pinned.path.display()))?;
+    let actual = digest(&mut file).map_err(|e| format!("cannot read pinned program {}: {e}", pinned.path.display()))?;
+    if actual != pinned.digest {
+        return Err(format!(
+            "pinned program {} changed: its sha256 is now {}, expected {}; refusing to run it (no token was issued)",
+            pinned.path.display(),
+            hex(&actual),
+            hex(&pinned.digest)
+        ));
+    }
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_like_execvp() {
+        let path = OsString::from("/nonexistent:/bin:/usr/bin");
+        assert!(resolve("sh", Some(&path), None, None).is_some_and(|p| p.ends_with("sh")));
+        assert_eq!(resolve("no-such-program-anywhere", Some(&path), None, None), None);
+        assert_eq!(resolve("/bin/sh", None, None, None), Some(PathBuf::from("/bin/sh")));
+        assert_eq!(resolve("sh", None, None, None), None);
+    }
+
+    #[test]
+    fn strict_modes_name_the_file_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("prog");
+        std::fs::write(&file, "x").unwrap();
+        let uid = nix::unistd::getuid().as_raw();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(check_trusted(&file, "program", uid), Ok(()));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o775)).unwrap();
+        let err = check_trusted(&file, "program", uid).unwrap_err();
+        assert!(err.contains("mode 775") && err.contains("chmod go-w"), "{err}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = check_trusted(&file, "program", uid).unwrap_err();
+        assert!(err.contains("chmod o-w"), "{err}");
+    }
+}

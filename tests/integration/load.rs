@@ -1,0 +1,161 @@
+//! Load and faults against the real daemon: idle connections, many redemptions, clients that
+//! die mid-request, a stolen socket, and repeated failures.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::Command;
+
+use backupnizza::protocol::exit;
+
+use crate::harness::{PATIENCE, Scratch, canary, write_private};
+
+const TRIGGERED: &str = "schedule: '0 0 1 1 *'";
+
+fn loadgen() -> PathBuf {
+    // Examples are built by `cargo test`, beside the binaries.
+    let path = std::path::Path::new(crate::harness::BACKUPNIZZA).parent().unwrap().join("examples/loadgen");
+    assert!(path.exists(), "{} is missing: `cargo test` builds it (examples/loadgen.rs)", path.display());
+    path
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A task file with `n` secrets s0..s{n-1} from 0600 files and a `load` task running loadgen.
+fn load_config(scratch: &Scratch, n: usize, total: usize, concurrency: usize) -> PathBuf {
+    let mut secrets = String::from("secrets:\n");
+    for i in 0..n {
+        let file = scratch.path().join(format!("s{i}"));
+        write_private(&file, canary().as_bytes());
+        secrets.push_str(&format!("  s{i}: {{file: {}}}\n", file.display()));
+    }
+    let names: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
+    scratch.config(&format!(
+        "{secrets}tasks:\n  load:\n    {TRIGGERED}\n    command: [{}, '{n}', '{total}', '{concurrency}']\n    secrets: [{}]\n    redeem_limit: 1000\n  one:\n    {TRIGGERED}\n    command: [sh, -c, 'secretbox get s0 >/dev/null']\n    secrets: [s0]\n",
+        loadgen().display(),
+        names.join(", ")
+    ))
+}
+
+fn trigger_wait(scratch: &Scratch, config: &std::path::Path, task: &str) -> crate::harness::Run {
+    scratch.backupnizza(["trigger", "--wait", task, "-c"]).run_with(config)
+}
+
+#[test]
+fn a_thousand_idle_connections_do_not_block_a_redemption() {
+    let scratch = Scratch::new();
+    let config = load_config(&scratch, 1, 1, 1);
+    let daemon = scratch.start_daemon(&config);
+    // Our own descriptor limit must allow the 1000 connections.
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard.min(8192), hard).unwrap();
+    let idle: Vec<UnixStream> = (0..1000).map(|_| UnixStream::connect(&daemon.socket).unwrap()).collect();
+    let run = trigger_wait(&scratch, &config, "one");
+    run.expect_code(0);
+    assert!(daemon.log_text().contains("secret redeemed"));
+    drop(idle);
+}
+
+#[test]
+fn a_hundred_thousand_redemptions_leave_fds_and_memory_at_baseline() {
+    let scratch = Scratch::new();
+    let config = load_config(&scratch, 100, 10_000, 8);
+    let daemon = scratch.start_daemon(&config);
+    let pid = daemon.pid();
+    // Warm up (allocator, runtime), then measure the baseline.
+    trigger_wait(&scratch, &config, "load").expect_code(0);
+    let (fds, rss) = (open_fds(pid), rss_kib(pid));
+    // 100,000 more, with a config whose tokens allow it: ten runs of 10,000.
+    for _ in 0..10 {
+        trigger_wait(&scratch, &config, "load").expect_code(0);
+    }
+    let log = daemon.log_text();
+    assert_eq!(log.matches("ok=10000 failed=0").count(), 11, "{}", log.lines().filter(|l| l.contains("ok=")).collect::<Vec<_>>().join("\n"));
+    assert_eq!(log.matches("secret redeemed").count(), 110_000);
+    // Connections close when loadgen exits; give the daemon a moment to notice, by polling.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while open_fds(pid) > fds && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(open_fds(pid), fds, "descriptors leaked");
+    let grown = rss_kib(pid).saturating_sub(rss);
+    assert!(grown < 2048, "RSS grew by {grown} KiB over 100,000 redemptions (baseline {rss} KiB)");
+}
+
+#[test]
+fn a_client_killed_mid_request_leaks_nothing() {
+    let scratch = Scratch::new();
+    let config = load_config(&scratch, 1, 1, 1);
+    let daemon = scratch.start_daemon(&config);
+    let pid = daemon.pid();
+    let baseline = open_fds(pid);
+    // A client that writes half a request and is then killed.
+    let mut client = Command::new(loadgen())
+        .arg("hang")
+        .env("SECRETBOX_SOCKET", &daemon.socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(client.stdout.take().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "sent");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while open_fds(pid) == baseline {
+        assert!(std::time::Instant::now() < deadline, "the daemon never accepted the connection");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while open_fds(pid) > baseline && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(open_fds(pid), baseline, "the dead client's connection leaked");
+    trigger_wait(&scratch, &config, "one").expect_code(0);
+}
+
+#[test]
+fn a_replaced_socket_stops_the_daemon() {
+    let scratch = Scratch::new();
+    let config = scratch.config(&format!("tasks:\n  t:\n    {TRIGGERED}\n    command: ['true']\n"));
+    let mut daemon = scratch.start_daemon(&config);
+    // Someone takes over the path: our socket is renamed away and another listens there.
+    std::fs::rename(&daemon.socket, scratch.path().join("run/moved.sock")).unwrap();
+    let _impostor = std::os::unix::net::UnixListener::bind(&daemon.socket).unwrap();
+    let status = daemon.wait_exit();
+    assert_eq!(status.code(), Some(1));
+    let log = daemon.log_text();
+    assert!(log.contains("no longer names this daemon's socket"), "{log}");
+    // The impostor's socket was left alone.
+    assert!(daemon.socket.exists());
+}
+
+#[test]
+fn repeated_failures_are_slowed_down_and_counted() {
+    let scratch = Scratch::new();
+    let secret = scratch.path().join("pw");
+    write_private(&secret, canary().as_bytes());
+    // One process tries eight garbage tokens in a row.
+    let script = "for i in 1 2 3 4 5 6 7 8; do SECRETBOX_TOKEN=garbage$i secretbox get repo >/dev/null 2>>errors; echo $? >> codes; done";
+    let config = scratch.config(&format!(
+        "secrets:\n  repo: {{file: {}}}\ntasks:\n  probe:\n    {TRIGGERED}\n    command: [sh, -c, '{script}']\n    secrets: [repo]\n",
+        secret.display()
+    ));
+    let daemon = scratch.start_daemon(&config);
+    trigger_wait(&scratch, &config, "probe").expect_code(0);
+    let codes: Vec<i32> = std::fs::read_to_string(scratch.path().join("codes")).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(codes[..7], [exit::UNKNOWN; 7], "{codes:?}");
+    assert_eq!(codes[7], exit::SLOW_DOWN, "{codes:?}");
+    let log = daemon.log_text();
+    assert!(log.contains("failures=4 delay_ms=100") && log.contains("failures=7 delay_ms=800"), "{log}");
+    let status = scratch.backupnizza(["status", "-c"]).run_with(&config);
+    assert!(status.stdout().contains("8 rejected (unknown 8)"), "{status}");
+    let _ = std::io::stderr().flush();
+}

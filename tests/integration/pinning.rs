@@ -1,0 +1,117 @@
+//! Pinned programs and StrictModes: a program swapped after the daemon checked it is refused
+//! (and no token is minted for it); task files and programs others could write are refused.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::harness::{Scratch, sha256_hex, write_private};
+
+const TRIGGERED: &str = "schedule: '0 0 1 1 *'";
+
+/// Copies a system program into the scratch directory (mode 0755) and returns its path.
+fn install(scratch: &Scratch, from: &str, name: &str) -> PathBuf {
+    let dir = scratch.path().join("bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let to = dir.join(name);
+    let tmp = dir.join(format!(".{name}.new"));
+    std::fs::copy(from, &tmp).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Atomically, as a package manager (or an attacker) replaces a binary.
+    std::fs::rename(&tmp, &to).unwrap();
+    to
+}
+
+fn minted(scratch: &Scratch, config: &Path) -> u64 {
+    let run = scratch.backupnizza(["status", "--json", "-c"]).run_with(config);
+    let body: serde_json::Value = serde_json::from_str(&run.stdout()).unwrap_or_else(|e| panic!("{e}\n{run}"));
+    body["tokens"]["minted"].as_u64().unwrap()
+}
+
+fn secret_config(scratch: &Scratch) -> String {
+    let pw = scratch.path().join("pw");
+    write_private(&pw, b"pinned-test-secret");
+    format!("secrets:\n  repo: {{file: {}}}\n", pw.display())
+}
+
+#[test]
+fn a_swapped_pinned_binary_is_refused_and_gets_no_token() {
+    let scratch = Scratch::new();
+    let prog = install(&scratch, "/bin/echo", "prog");
+    let digest = sha256_hex(&std::fs::read(&prog).unwrap());
+    let config = scratch.config(&format!(
+        "{}tasks:\n  pinned:\n    {TRIGGERED}\n    command: [{}, pinned-run-ok]\n    sha256: {digest}\n    secrets: [repo]\n",
+        secret_config(&scratch),
+        prog.display()
+    ));
+    let daemon = scratch.start_daemon(&config);
+    scratch.backupnizza(["trigger", "--wait", "pinned", "-c"]).run_with(&config).expect_code(0);
+    daemon.wait_for("the pinned program's output", |l| l.contains("pinned-run-ok"));
+    let before = minted(&scratch, &config);
+    assert_eq!(before, 1);
+
+    install(&scratch, "/bin/false", "prog");
+    let run = scratch.backupnizza(["trigger", "--wait", "pinned", "-c"]).run_with(&config);
+    run.expect_code(1);
+    assert!(run.stdout().contains("refused"), "{run}");
+    let log = daemon.log_text();
+    let line = log.lines().find(|l| l.contains("pinned program") && l.contains("changed")).expect(&log);
+    assert!(line.contains("ERROR") && line.contains(&digest), "{line}");
+    assert_eq!(minted(&scratch, &config), before, "a token was minted for a refused program");
+}
+
+#[test]
+fn pin_binaries_records_digests_at_start() {
+    let scratch = Scratch::new();
+    let prog = install(&scratch, "/bin/true", "tool");
+    let config = scratch.config(&format!("pin_binaries: true\ntasks:\n  t:\n    {TRIGGERED}\n    command: [{}]\n", prog.display()));
+    let _daemon = scratch.start_daemon(&config);
+    scratch.backupnizza(["trigger", "--wait", "t", "-c"]).run_with(&config).expect_code(0);
+    install(&scratch, "/bin/echo", "tool");
+    let run = scratch.backupnizza(["trigger", "--wait", "t", "-c"]).run_with(&config);
+    run.expect_code(1);
+    assert!(run.stdout().contains("changed"), "{run}");
+}
+
+#[test]
+fn a_wrong_pin_or_a_pinned_script_stops_start_up() {
+    let scratch = Scratch::new();
+    let prog = install(&scratch, "/bin/true", "tool");
+    let script = scratch.path().join("bin/script.sh");
+    std::fs::write(&script, "#!/bin/sh\ntrue\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cases = [
+        (format!("command: [{}]\n    sha256: {}", prog.display(), "0".repeat(64)), "but the task file pins"),
+        (format!("command: [{}]\n    sha256: {}", script.display(), "0".repeat(64)), "is a script"),
+        (format!("command: [no-such-program-xyz]\n    sha256: {}", "0".repeat(64)), "not found"),
+    ];
+    for (i, (command, expect)) in cases.iter().enumerate() {
+        let config = scratch.config(&format!("tasks:\n  t:\n    {TRIGGERED}\n    {command}\n"));
+        let log = scratch.path().join(format!("case{i}.log"));
+        let status = scratch.daemon_command(&config, &log).status().unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(status.code(), Some(2), "{text}");
+        assert!(text.contains(expect), "case {i}: {expect:?}\n{text}");
+    }
+}
+
+#[test]
+fn writable_task_files_and_programs_are_refused() {
+    let scratch = Scratch::new();
+    let prog = install(&scratch, "/bin/true", "tool");
+    let config = scratch.config(&format!("tasks:\n  t:\n    {TRIGGERED}\n    command: [{}]\n", prog.display()));
+    let start = |name: &str| {
+        let log = scratch.path().join(format!("{name}.log"));
+        let status = scratch.daemon_command(&config, &log).status().unwrap();
+        (status.code(), std::fs::read_to_string(&log).unwrap())
+    };
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o664)).unwrap();
+    let (code, log) = start("file");
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains(&format!("task file {}", config.display())) && log.contains("chmod go-w"), "{log}");
+
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o775)).unwrap();
+    let (code, log) = start("program");
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains(&format!("program {}", prog.display())) && log.contains("mode 775"), "{log}");
+}
