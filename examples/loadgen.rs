@@ -45,7 +45,9 @@ fn main() {
         for worker in 0..concurrency {
             let (token, socket) = (token.clone(), socket.clone());
             let count = total / concurrency + usize::from(worker < total % concurrency);
-            handles.push(tokio::spawn(async move { run_worker(worker, count, secrets, concurrency, &token, &socket).await }));
+            handles.push(tokio::spawn(async move {
+                run_worker(worker, count, secrets, concurrency, &token, &socket).await
+            }));
         }
         let mut all = Vec::new();
         for h in handles {
@@ -58,7 +60,12 @@ fn main() {
     let ok: usize = results.iter().map(|(_, ok, _)| ok).sum();
     let failed: usize = results.iter().map(|(_, _, f)| f).sum();
     latencies.sort();
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
     println!(
         "ok={ok} failed={failed} seconds={:.3} rate={:.0} p50_us={} p99_us={} max_us={}",
         elapsed.as_secs_f64(),
@@ -73,7 +80,14 @@ fn main() {
 }
 
 /// One keep-alive connection doing `count` redemptions; reconnects if the server closes it.
-async fn run_worker(worker: usize, count: usize, secrets: usize, stride: usize, token: &str, socket: &str) -> (Vec<Duration>, usize, usize) {
+async fn run_worker(
+    worker: usize,
+    count: usize,
+    secrets: usize,
+    stride: usize,
+    token: &str,
+    socket: &str,
+) -> (Vec<Duration>, usize, usize) {
     let mut latencies = Vec::with_capacity(count);
     let (mut ok, mut failed) = (0, 0);
     let mut sender = None;

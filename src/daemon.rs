@@ -21,8 +21,8 @@ use zeroize::Zeroizing;
 use crate::config::{self, Config, Environment, Overlap};
 use crate::exit::{Exit, FAILURE};
 use crate::hardening::Weakness;
-use crate::programs::Pinned;
 use crate::history::{self, History, Record};
+use crate::programs::Pinned;
 use crate::protocol::{RunBody, RunRef, StatusBody, TaskStatus, TokenCounts};
 use crate::runner::{Outcome, RunStatus, Runner};
 use crate::scheduler::{self, ClockWatch, Decision, Timetable, Trigger};
@@ -72,12 +72,25 @@ pub fn main(config_path: PathBuf, env: Environment) -> anyhow::Result<()> {
             for p in &problems {
                 error!("{p}");
             }
-            return Err(Exit::usage(format!("{} program problem{}; nothing was started", problems.len(), if problems.len() == 1 { "" } else { "s" })).into());
+            return Err(Exit::usage(format!(
+                "{} program problem{}; nothing was started",
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" }
+            ))
+            .into());
         }
     };
 
     // Before any secret is read: no core dumps, no same-user ptrace.
     report_weaknesses(&crate::hardening::protect_process(), config.strict_memory)?;
+    // Orphans of task processes are re-parented to us rather than to init, so "descends from
+    // the daemon" keeps meaning "is part of a task" (see `is_task_process`).
+    #[cfg(target_os = "linux")]
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        warn!(
+            "cannot become the child subreaper of task processes: {e}; orphaned task processes may reach the control routes"
+        );
+    }
     raise_fd_limit();
     // SAFETY: no other thread exists yet; the runtime starts below.
     let env_values = unsafe { secrets::take_env_sources(&config) };
@@ -260,10 +273,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A run id: the UTC start time and 32 random bits (`20261122T053704Z-0dd8a1f3`).
 fn new_run_id(now: Timestamp) -> String {
-    let mut suffix = [0u8; 2];
+    let mut suffix = [0u8; 4];
     let _ = rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut suffix);
-    format!("{}-{:02x}{:02x}", now.strftime("%Y%m%dT%H%M%SZ"), suffix[0], suffix[1])
+    format!("{}-{:08x}", now.strftime("%Y%m%dT%H%M%SZ"), u32::from_be_bytes(suffix))
 }
 
 impl Daemon {
@@ -345,7 +359,12 @@ impl Daemon {
             return Err((StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping".into()));
         }
         let now = Timestamp::now();
-        let run_id = new_run_id(now);
+        let run_id = loop {
+            let id = new_run_id(now);
+            if !lock(&self.runs).by_id.contains_key(&id) {
+                break id;
+            }
+        };
         let mut tasks = lock(&self.tasks);
         let state = &mut tasks[idx];
         if state.running {
@@ -554,6 +573,7 @@ impl Daemon {
         let mut watchdog = crate::notify::watchdog_interval().map(|d| tokio::time::interval(d / 2));
         let mut socket_check = tokio::time::interval(SOCKET_CHECK);
         let mut clock = ClockWatch::new(now, Instant::now());
+        let mut zombies = HashSet::new();
         loop {
             let pause = table.sleep_for(Timestamp::now());
             tokio::select! {
@@ -569,6 +589,9 @@ impl Daemon {
                         error!(socket = %bound.path.display(), "the socket path no longer names this daemon's socket; stopping");
                         return Stop::SocketStolen;
                     }
+                    let active = lock(&self.runner.active).clone();
+                    reap_orphans(&active, &mut zombies);
+                    continue;
                 }
                 _ = async { match watchdog.as_mut() { Some(w) => { w.tick().await; } None => std::future::pending().await } } => {
                     crate::notify::notify("WATCHDOG=1");
@@ -677,10 +700,46 @@ impl Daemon {
     }
 }
 
+/// Reaps orphaned task processes the daemon adopted as child subreaper. A zombie child that
+/// is not a step process the runner waits for, seen on two checks in a row, is an orphan
+/// (the runner's own children are reaped by tokio within milliseconds).
+#[cfg(target_os = "linux")]
+fn reap_orphans(active: &HashSet<u32>, previous: &mut HashSet<u32>) {
+    let mut zombies = HashSet::new();
+    let Ok(threads) = std::fs::read_dir("/proc/self/task") else { return };
+    for thread in threads.flatten() {
+        let Ok(children) = std::fs::read_to_string(thread.path().join("children")) else { continue };
+        for pid in children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')));
+            if zombie && !active.contains(&pid) {
+                zombies.insert(pid);
+            }
+        }
+    }
+    for pid in zombies.intersection(previous) {
+        let _ = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+    }
+    *previous = zombies;
+}
+
+#[cfg(not(target_os = "linux"))]
+fn reap_orphans(_active: &HashSet<u32>, _previous: &mut HashSet<u32>) {}
+
 impl Control for Daemon {
     fn is_task_process(&self, pid: u32) -> bool {
+        use crate::peer::{Ancestry, ancestry};
+        // As child subreaper (Linux), everything a task starts stays below the daemon, even
+        // after its parent exits; a broken chain counts as "maybe" and is refused.
+        let me = std::process::id();
+        if cfg!(target_os = "linux") {
+            return pid == me || ancestry(pid, me) != Ancestry::Unrelated;
+        }
         let active = lock(&self.runner.active).clone();
-        active.iter().any(|a| crate::peer::descends_from(pid, *a))
+        active.iter().any(|a| ancestry(pid, *a) != Ancestry::Unrelated)
     }
 
     fn status(&self) -> StatusBody {

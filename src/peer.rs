@@ -16,12 +16,25 @@ pub struct Peer {
     pub pid: Option<u32>,
     pub uid: u32,
     pub gid: u32,
+    /// When the process with that pid started, read at accept: a connection outlives its
+    /// process, and a pid can be reused, so later checks make sure it is still the same one.
+    pub started: Option<u64>,
 }
 
 impl Peer {
     pub fn of(stream: &tokio::net::UnixStream) -> std::io::Result<Peer> {
         let cred = stream.peer_cred()?;
-        Ok(Peer { pid: cred.pid().and_then(|p| u32::try_from(p).ok()), uid: cred.uid(), gid: cred.gid() })
+        let pid = cred.pid().and_then(|p| u32::try_from(p).ok()).filter(|p| *p > 0);
+        Ok(Peer { pid, uid: cred.uid(), gid: cred.gid(), started: pid.and_then(start_time) })
+    }
+
+    /// Whether the process that connected still runs under its pid (not exited, pid not
+    /// reused). False when we cannot tell.
+    pub fn still_running(&self) -> bool {
+        match (self.pid, self.started) {
+            (Some(pid), Some(started)) => start_time(pid) == Some(started),
+            _ => false,
+        }
     }
 
     /// The peer's executable, for logs ("?" when it cannot be read).
@@ -45,19 +58,38 @@ impl fmt::Display for Exe {
 /// How far up the process tree we look before giving up (real trees are a handful deep).
 const MAX_DEPTH: usize = 64;
 
+/// How a process relates to a would-be ancestor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ancestry {
+    Descends,
+    Unrelated,
+    /// The chain broke (a process exited under us, or we may not look): callers that guard
+    /// something must treat this as "maybe", not as "no".
+    Unknown,
+}
+
 /// Whether `pid` is `ancestor` or one of its descendants.
-pub fn descends_from(pid: u32, ancestor: u32) -> bool {
+pub fn ancestry(pid: u32, ancestor: u32) -> Ancestry {
     let mut current = pid;
     for _ in 0..MAX_DEPTH {
         if current == ancestor {
-            return true;
+            return Ancestry::Descends;
+        }
+        if current <= 1 {
+            return Ancestry::Unrelated;
         }
         match parent_of(current) {
-            Some(parent) if parent != current && parent != 0 => current = parent,
-            _ => return false,
+            Some(0) => return Ancestry::Unrelated,
+            Some(parent) if parent != current => current = parent,
+            _ => return Ancestry::Unknown,
         }
     }
-    false
+    Ancestry::Unknown
+}
+
+/// Whether `pid` certainly is `ancestor` or one of its descendants.
+pub fn descends_from(pid: u32, ancestor: u32) -> bool {
+    ancestry(pid, ancestor) == Ancestry::Descends
 }
 
 /// The parent of a process, if it exists and we may look.
@@ -71,8 +103,32 @@ pub fn parent_of(pid: u32) -> Option<u32> {
 /// split after the last `)`.
 #[cfg(any(target_os = "linux", test))]
 fn parse_stat_ppid(stat: &str) -> Option<u32> {
+    stat_field(stat, 4)
+}
+
+/// Field `n` (1-based, as in proc(5)) of a `/proc/PID/stat` line, for fields after `comm`.
+#[cfg(any(target_os = "linux", test))]
+fn stat_field<T: std::str::FromStr>(stat: &str, n: usize) -> Option<T> {
     let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(1)?.parse().ok()
+    after.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
+}
+
+/// When a process started (clock ticks since boot, field 22 of `/proc/PID/stat`).
+#[cfg(target_os = "linux")]
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_field(&stat, 22)
+}
+
+#[cfg(target_os = "macos")]
+pub fn start_time(pid: u32) -> Option<u64> {
+    let info = bsdinfo(pid)?;
+    Some(info.pbi_start_tvsec * 1_000_000 + info.pbi_start_tvusec)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+pub fn start_time(_pid: u32) -> Option<u64> {
+    None
 }
 
 #[cfg(target_os = "macos")]
@@ -130,6 +186,34 @@ pub fn executable(_pid: u32) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stat_fields_by_number() {
+        let stat = "7 (a b) S 1 7 7 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 12345 1000 50";
+        assert_eq!(stat_field::<u64>(stat, 22), Some(12345));
+        assert_eq!(stat_field::<u32>(stat, 4), Some(1));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_reaped_process_no_longer_has_its_start_time() {
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let pid = child.id();
+        let started = start_time(pid).unwrap();
+        let peer = Peer { pid: Some(pid), uid: 0, gid: 0, started: Some(started) };
+        assert!(peer.still_running());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!peer.still_running());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn ancestry_is_unknown_when_the_chain_breaks() {
+        assert_eq!(ancestry(u32::MAX - 1, 1), Ancestry::Unknown);
+        assert_eq!(ancestry(std::process::id(), 999_999_999), Ancestry::Unrelated);
+        assert!(start_time(std::process::id()).is_some());
+    }
 
     #[test]
     fn stat_parsing_survives_odd_command_names() {

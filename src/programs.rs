@@ -3,10 +3,14 @@
 //! the daemon's user or root), and pinning.
 //!
 //! A pinned program (`sha256:` on a task or step, or every program under `pin_binaries:
-//! true`, which records each digest at start) is opened, hashed and, on Linux, executed from
-//! that very descriptor (`/proc/self/fd/N`, which is what `fexecve` does), so the bytes that
-//! were checked are the bytes that run: a program swapped on disk after the check is not
-//! the one executed, and one swapped before it is refused — without minting a token.
+//! true`, which records each digest at start) is, before every run, copied into a sealed
+//! memory file (`memfd`, sealed against any write), hashed there, and executed from that
+//! descriptor (`/proc/self/fd/N`, which is what `fexecve` does) on Linux. So the bytes that
+//! were checked are exactly the bytes that run: neither swapping the file on disk nor
+//! writing into it in place between the check and the exec changes what runs, and a changed
+//! program is refused without a token being minted. (In `ps` such a process shows the
+//! descriptor number as its name and `/proc/PID/exe` shows `/memfd:NAME`; its argv is normal.)
+//! Elsewhere the file is hashed and then executed by path, which leaves a small window.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -33,7 +37,12 @@ pub fn hex(digest: &[u8; 32]) -> String {
 /// Finds a program the way `execvp` would: a name with a `/` is a path (a leading `~/` is
 /// expanded, a relative one is taken from `working_dir`); otherwise the first executable
 /// file of that name on `path`.
-pub fn resolve(program: &str, path: Option<&OsStr>, home: Option<&Path>, working_dir: Option<&Path>) -> Option<PathBuf> {
+pub fn resolve(
+    program: &str,
+    path: Option<&OsStr>,
+    home: Option<&Path>,
+    working_dir: Option<&Path>,
+) -> Option<PathBuf> {
     let expanded = PathBuf::from(crate::runner::expand_tilde(program, home));
     if program.contains('/') {
         let full = match (expanded.is_relative(), working_dir) {
@@ -114,6 +123,9 @@ pub fn step_path(base: &[(OsString, OsString)], task: &Task, step: &Step) -> Opt
     path
 }
 
+/// For each task, for each step, the pinned program (if pinned).
+pub type Pins = Vec<Vec<Option<Pinned>>>;
+
 /// Checks every task program at start: StrictModes, and the pins. Returns, for each task,
 /// the pin of each step (if pinned), plus warnings; or every problem found.
 pub fn prepare(
@@ -121,14 +133,18 @@ pub fn prepare(
     base_env: &[(OsString, OsString)],
     home: Option<&Path>,
     uid: u32,
-) -> Result<(Vec<Vec<Option<Pinned>>>, Vec<String>), Vec<String>> {
+) -> Result<(Pins, Vec<String>), Vec<String>> {
     let mut pins = Vec::new();
     let mut warnings = Vec::new();
     let mut errors = Vec::new();
     for task in &config.tasks {
         let mut task_pins = Vec::new();
         for (i, step) in task.steps.iter().enumerate() {
-            let label = if task.steps.len() == 1 { format!("task {:?}", task.name) } else { format!("task {:?} step {}", task.name, i + 1) };
+            let label = if task.steps.len() == 1 {
+                format!("task {:?}", task.name)
+            } else {
+                format!("task {:?} step {}", task.name, i + 1)
+            };
             let path = step_path(base_env, task, step);
             let wants_pin = step.sha256.is_some() || config.pin_binaries;
             let Some(program) = resolve(&step.command[0], path.as_deref(), home, task.working_dir.as_deref()) else {
@@ -180,25 +196,60 @@ fn pin(program: &Path) -> Result<[u8; 32], String> {
     let mut file = File::open(program).map_err(|e| format!("cannot open {}: {e}", program.display()))?;
     let mut head = [0u8; 2];
     if file.read_exact(&mut head).is_ok() && &head == b"#!" {
-        return Err(format!("{} is a script: pin its interpreter's binary instead, or do not pin it", program.display()));
+        return Err(format!(
+            "{} is a script: pin its interpreter's binary instead, or do not pin it",
+            program.display()
+        ));
     }
     let mut file = File::open(program).map_err(|e| format!("cannot open {}: {e}", program.display()))?;
     digest(&mut file).map_err(|e| format!("cannot read {}: {e}", program.display()))
 }
 
-/// Opens a pinned program and checks its digest; the open file is what the runner executes.
+/// Checks a pinned program and returns the file to execute: on Linux a sealed in-memory copy
+/// whose digest was verified, elsewhere the program file itself. Blocking (it reads the whole
+/// program): call it from `spawn_blocking`.
 pub fn open_verified(pinned: &Pinned) -> Result<File, String> {
-    let mut file = File::open(&pinned.path).map_err(|e| format!("cannot open pinned program {}: {e}", pinned.path.display()))?;
-    let actual = digest(&mut file).map_err(|e| format!("cannot read pinned program {}: {e}", pinned.path.display()))?;
+    let shown = pinned.path.display();
+    let mut original = File::open(&pinned.path).map_err(|e| format!("cannot open pinned program {shown}: {e}"))?;
+    #[cfg(target_os = "linux")]
+    let mut checked = {
+        let name = pinned.path.file_name().and_then(|n| n.to_str()).unwrap_or("pinned");
+        sealed_copy(&mut original, name)
+            .map_err(|e| format!("cannot copy pinned program {shown} into sealed memory: {e}"))?
+    };
+    #[cfg(not(target_os = "linux"))]
+    let mut checked = original;
+    let actual = digest(&mut checked).map_err(|e| format!("cannot read pinned program {shown}: {e}"))?;
     if actual != pinned.digest {
         return Err(format!(
-            "pinned program {} changed: its sha256 is now {}, expected {}; refusing to run it (no token was issued)",
-            pinned.path.display(),
+            "pinned program {shown} changed: its sha256 is now {}, expected {}; refusing to run it (no token was issued)",
             hex(&actual),
             hex(&pinned.digest)
         ));
     }
-    Ok(file)
+    use std::io::Seek;
+    checked.rewind().map_err(|e| format!("cannot rewind pinned program {shown}: {e}"))?;
+    Ok(checked)
+}
+
+/// Copies `source` into a memfd that can no longer be written, grown or shrunk.
+#[cfg(target_os = "linux")]
+fn sealed_copy(source: &mut File, name: &str) -> std::io::Result<File> {
+    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    let flags = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
+    // Kernels since 6.3 want executable memfds asked for explicitly; older ones reject the flag.
+    let fd = match memfd_create(name, flags | MFdFlags::from_bits_retain(libc::MFD_EXEC)) {
+        Err(nix::errno::Errno::EINVAL) => memfd_create(name, flags)?,
+        other => other?,
+    };
+    let mut copy = File::from(fd);
+    std::io::copy(source, &mut copy)?;
+    let seals = SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_SEAL;
+    fcntl(&copy, FcntlArg::F_ADD_SEALS(seals))?;
+    use std::io::Seek;
+    copy.rewind()?;
+    Ok(copy)
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ pub fn redact(text: &str) -> Cow<'_, str> {
 pub fn redact_with<'a>(text: &'a str, secrets: Option<&Secrets>) -> Cow<'a, str> {
     let mut out: Cow<'a, str> = Cow::Borrowed(text);
     if let Some(secrets) = secrets {
-        for value in secrets.values() {
+        for value in secrets.needles() {
             if value.is_empty() || memchr::memmem::find(out.as_bytes(), value).is_none() {
                 continue;
             }
@@ -139,6 +139,16 @@ mod tests {
         assert!(got.contains(&format!("{TOKEN_PREFIX}***")), "{got}");
         assert!(got.contains("rest:https://u:***@host:8000/x"), "{got}");
         assert!(got.contains("s3://k@h/") && got.contains("sftp://me@h"), "{got}");
+    }
+
+    #[test]
+    fn longer_secrets_win_and_multi_line_secrets_are_masked_line_by_line() {
+        let mut s = Secrets::empty();
+        s.insert("short", b"abc").unwrap();
+        s.insert("long", b"xabcyz").unwrap();
+        s.insert("pem", b"-----BEGIN KEY-----\nMIIEvQIBADANBgkq\n-----END KEY-----\n").unwrap();
+        let got = redact_with("a xabcyz b abc c MIIEvQIBADANBgkq d", Some(&s));
+        assert_eq!(got, "a *** b *** c *** d");
     }
 
     #[test]

@@ -33,6 +33,8 @@ use crate::server::Broker;
 pub const STDERR_TAIL: usize = 20;
 /// Longest line we log from a child; longer lines are cut (restic's progress can be long).
 const MAX_LINE: usize = 8 * 1024;
+/// Longest line we read whole for redaction; the rest of a longer line is dropped.
+const MAX_REDACTED_LINE: usize = 1024 * 1024;
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,12 +256,15 @@ impl Runner {
             Err(why) => return StepEnd::NotStarted(why),
         };
         // A pinned program is checked before anything else, and run from the checked file.
-        let pinned_file = match pin.map(crate::programs::open_verified) {
-            Some(Ok(file)) => Some(file),
-            Some(Err(why)) => {
-                error!("{why}");
-                return StepEnd::Refused(why);
-            }
+        let pinned_file = match pin.cloned() {
+            Some(pin) => match tokio::task::spawn_blocking(move || crate::programs::open_verified(&pin)).await {
+                Ok(Ok(file)) => Some(file),
+                Ok(Err(why)) => {
+                    error!("{why}");
+                    return StepEnd::Refused(why);
+                }
+                Err(e) => return StepEnd::Refused(format!("checking the pinned program failed: {e}")),
+            },
             None => None,
         };
         let home = self.home.as_deref();
@@ -269,7 +274,7 @@ impl Runner {
             Some(file) => {
                 use std::os::fd::AsRawFd;
                 // The child inherits the descriptor across fork and execs it before
-                // close-on-exec closes it: the kernel runs the very file we hashed.
+                // close-on-exec closes it: the kernel runs the sealed copy we hashed.
                 let mut cmd = tokio::process::Command::new(format!("/proc/self/fd/{}", file.as_raw_fd()));
                 cmd.arg0(&step.command[0]);
                 cmd
@@ -389,6 +394,14 @@ async fn stop_group(child: &mut tokio::process::Child, pgid: Pid, plan: &[(Signa
 /// Whether the leader is reaped and no process is left in its group.
 fn group_gone(child: &mut tokio::process::Child, pgid: Pid) -> bool {
     let _ = child.try_wait();
+    // Members whose parent died were re-parented to the daemon (child subreaper): reap the
+    // ones that have ended, or their zombies would keep the group "alive" forever.
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    while let Ok(status) = waitpid(Pid::from_raw(-pgid.as_raw()), Some(WaitPidFlag::WNOHANG)) {
+        if status == WaitStatus::StillAlive {
+            break;
+        }
+    }
     matches!(killpg(pgid, None), Err(nix::errno::Errno::ESRCH))
 }
 
@@ -406,15 +419,28 @@ pub fn describe_exit(status: ExitStatus) -> String {
 }
 
 /// Copies a child's output into the log, one redacted line per event; stderr lines also go
-/// to the run's tail.
+/// to the run's tail. A line is redacted whole (up to [`MAX_REDACTED_LINE`]) before it is cut
+/// to [`MAX_LINE`] for the log, so a secret never straddles a cut.
 async fn pump<R: AsyncRead + Unpin>(stream: R, which: &'static str, tail: Option<Arc<Mutex<VecDeque<String>>>>) {
     let mut reader = BufReader::new(stream);
     let mut buf = Vec::with_capacity(256);
+    let mut skip = Vec::new();
     loop {
         buf.clear();
-        match (&mut reader).take(MAX_LINE as u64).read_until(b'\n', &mut buf).await {
+        match (&mut reader).take(MAX_REDACTED_LINE as u64).read_until(b'\n', &mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
+        }
+        if buf.last() != Some(&b'\n') && buf.len() >= MAX_REDACTED_LINE {
+            // Absurdly long: drop the rest of the line rather than splitting it.
+            loop {
+                skip.clear();
+                match (&mut reader).take(MAX_REDACTED_LINE as u64).read_until(b'\n', &mut skip).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) if skip.last() == Some(&b'\n') => break,
+                    Ok(_) => {}
+                }
+            }
         }
         let text = String::from_utf8_lossy(&buf);
         let line = text.trim_end_matches(['\n', '\r']);
@@ -422,15 +448,28 @@ async fn pump<R: AsyncRead + Unpin>(stream: R, which: &'static str, tail: Option
             continue;
         }
         let clean = crate::redact::redact(line);
-        info!(stream = which, "{clean}");
+        let shown = cut(&clean, MAX_LINE);
+        info!(stream = which, "{shown}");
         if let Some(tail) = &tail {
             let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
             if tail.len() == STDERR_TAIL {
                 tail.pop_front();
             }
-            tail.push_back(clean.into_owned());
+            tail.push_back(shown.into_owned());
         }
     }
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary and marked.
+fn cut(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} [cut at {max} bytes]", &text[..end]).into()
 }
 
 use tokio::io::AsyncReadExt as _;

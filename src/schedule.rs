@@ -400,7 +400,10 @@ fn parse_field(field: Field, text: &str) -> Result<u64, ScheduleError> {
         let mut v = start;
         while v <= end {
             set |= 1 << v;
-            v += step;
+            match v.checked_add(step) {
+                Some(next) => v = next,
+                None => break,
+            }
         }
     }
     Ok(set)

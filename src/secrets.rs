@@ -26,6 +26,10 @@ pub const MAX_SECRET_LEN: usize = 64 * 1024;
 /// The loaded secrets, immutable once loaded.
 pub struct Secrets {
     by_name: HashMap<String, SecretBox<LockedBytes>>,
+    /// What the redactor looks for, longest first (so a secret containing another is masked
+    /// whole): each value, and each line of a multi-line value (PEM keys, JSON credentials),
+    /// as (name, start, end) ranges into the locked values.
+    needles: Vec<(String, usize, usize)>,
 }
 
 impl fmt::Debug for Secrets {
@@ -38,7 +42,7 @@ impl fmt::Debug for Secrets {
 
 impl Secrets {
     pub fn empty() -> Secrets {
-        Secrets { by_name: HashMap::new() }
+        Secrets { by_name: HashMap::new(), needles: Vec::new() }
     }
 
     pub fn get(&self, name: &str) -> Option<&SecretBox<LockedBytes>> {
@@ -53,15 +57,31 @@ impl Secrets {
         self.by_name.is_empty()
     }
 
-    /// Every value, for the redactor. Callers must not log or copy what they get.
-    pub fn values(&self) -> impl Iterator<Item = &[u8]> {
-        self.by_name.values().map(|s| s.expose_secret().as_bytes())
+    /// What the redactor masks, longest first: every value, and every line (8 bytes or more)
+    /// of multi-line values. Callers must not log or copy what they get.
+    pub fn needles(&self) -> impl Iterator<Item = &[u8]> {
+        self.needles
+            .iter()
+            .filter_map(|(name, start, end)| Some(&self.by_name.get(name)?.expose_secret().as_bytes()[*start..*end]))
     }
 
     /// Adds a value, copying it onto locked pages.
     pub fn insert(&mut self, name: &str, value: &[u8]) -> std::io::Result<Vec<Weakness>> {
         let (locked, weak) = LockedBytes::new(value)?;
         self.by_name.insert(name.to_string(), SecretBox::new(Box::new(locked)));
+        self.needles.retain(|(n, _, _)| n != name);
+        self.needles.push((name.to_string(), 0, value.len()));
+        if value.contains(&b'\n') {
+            let mut start = 0;
+            for line in value.split(|b| *b == b'\n') {
+                let trimmed = line.strip_suffix(b"\r").unwrap_or(line);
+                if trimmed.len() >= 8 && trimmed.len() < value.len() {
+                    self.needles.push((name.to_string(), start, start + trimmed.len()));
+                }
+                start += line.len() + 1;
+            }
+        }
+        self.needles.sort_by_key(|(_, start, end)| std::cmp::Reverse(end - start));
         Ok(weak)
     }
 }

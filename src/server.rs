@@ -87,6 +87,8 @@ const FREE_FAILURES: u32 = 3;
 const SLOW_DOWN_AFTER: u32 = 8;
 const MAX_PENALTY: Duration = Duration::from_secs(5);
 const FORGET_FAILURES: Duration = Duration::from_secs(600);
+/// Longest a redemption waits for its token's process to be recorded.
+const UNBOUND_WAIT: Duration = Duration::from_secs(2);
 
 impl Failures {
     /// Records a failure; returns the peer's consecutive failure count.
@@ -548,18 +550,31 @@ async fn redeem(name: &str, token: Option<&str>, broker: &Broker, peer: Peer) ->
     let token = token.unwrap_or("");
     let fingerprint = crate::vault::fingerprint_of(token);
     let now = Instant::now();
-    let outcome = (|| {
-        let pending = lock(&broker.vault).check(token, name, now).map_err(|r| (r, None))?;
-        // Outside the lock: the caller must be the token's process or one of its descendants.
-        if !peer.pid.is_some_and(|pid| peer::descends_from(pid, pending.pid)) {
+    let outcome = async {
+        let mut pending = lock(&broker.vault).check(token, name, now).map_err(|r| (r, None))?;
+        // The daemon records a token's process right after spawning it; a very quick first
+        // redemption may arrive in between.
+        let wait_until = now + UNBOUND_WAIT;
+        while pending.pid.is_none() && Instant::now() < wait_until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            pending = lock(&broker.vault).check(token, name, Instant::now()).map_err(|r| (r, None))?;
+        }
+        // Outside the lock: the caller must be the token's process or one of its
+        // descendants, and still the process that connected (pids are reused).
+        let allowed = match (pending.pid, peer.pid) {
+            (Some(owner), Some(caller)) => peer.still_running() && peer::descends_from(caller, owner),
+            _ => false,
+        };
+        if !allowed {
             lock(&broker.vault).count_rejection(Rejection::Forbidden);
             return Err((Rejection::Forbidden, Some(pending.task)));
         }
-        match lock(&broker.vault).consume(&pending, name, now) {
+        match lock(&broker.vault).consume(&pending, name, Instant::now()) {
             Ok(()) => Ok(pending.task),
             Err(r) => Err((r, Some(pending.task))),
         }
-    })();
+    }
+    .await;
     let pid = peer.pid.unwrap_or_default();
     let task = match outcome {
         Ok(task) => {

@@ -128,7 +128,8 @@ struct Entry {
 pub struct Pending {
     pub handle: Handle,
     pub task: Arc<str>,
-    pub pid: u32,
+    /// The token's process; `None` for the instant between spawning it and recording it.
+    pub pid: Option<u32>,
 }
 
 /// Counters for `status` and metrics.
@@ -264,9 +265,7 @@ impl Vault {
             Some((_, 0)) => return Err(Rejection::Used),
             Some(_) => {}
         }
-        // A token whose process has not been recorded yet cannot have been read from it.
-        let pid = entry.pid.ok_or(Rejection::Forbidden)?;
-        Ok(Pending { handle: Handle(h), task: entry.task.clone(), pid })
+        Ok(Pending { handle: Handle(h), task: entry.task.clone(), pid: entry.pid })
     }
 
     /// Phase two: atomically takes one redemption of `secret`, re-checking everything that
@@ -371,7 +370,7 @@ mod tests {
         let (t, h) = v.mint(&task, &scope(&["repo", "cloud"]), 1, now).unwrap();
         v.bind(h, 42);
         let p = v.check(t.expose(), "repo", now).unwrap();
-        assert_eq!(p.pid, 42);
+        assert_eq!(p.pid, Some(42));
         v.consume(&p, "repo", now).unwrap();
         assert_eq!(v.check(t.expose(), "repo", now).unwrap_err(), Rejection::Used);
         assert_eq!(v.check(t.expose(), "other", now).unwrap_err(), Rejection::NotInScope);
@@ -425,10 +424,12 @@ mod tests {
     }
 
     #[test]
-    fn unbound_tokens_cannot_be_redeemed() {
+    fn unbound_tokens_have_no_process_yet() {
         let (mut v, now, task) = vault();
-        let (t, _) = v.mint(&task, &scope(&["repo"]), 1, now).unwrap();
-        assert_eq!(v.check(t.expose(), "repo", now).unwrap_err(), Rejection::Forbidden);
+        let (t, h) = v.mint(&task, &scope(&["repo"]), 1, now).unwrap();
+        assert_eq!(v.check(t.expose(), "repo", now).unwrap().pid, None);
+        v.bind(h, 7);
+        assert_eq!(v.check(t.expose(), "repo", now).unwrap().pid, Some(7));
     }
 
     #[test]

@@ -710,7 +710,11 @@ impl Checker {
             }
             (None, Some(s)) => {
                 if let Some(n) = f.get("sha256") {
-                    self.error(&join(path, "sha256"), n.pos, "with `steps:`, pin each step's program with its own `sha256`");
+                    self.error(
+                        &join(path, "sha256"),
+                        n.pos,
+                        "with `steps:`, pin each step's program with its own `sha256`",
+                    );
                 }
                 self.steps(s, &join(path, "steps"))
             }
@@ -900,14 +904,22 @@ impl Checker {
     /// A SHA-256 digest as 64 hex digits (as `sha256sum` prints it).
     fn sha256(&mut self, node: &Node, path: &str) -> Option<[u8; 32]> {
         let text = self.string(node, path)?;
-        let hex = text.trim().to_ascii_lowercase();
-        let digest = (hex.len() == 64)
-            .then(|| (0..32).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect::<Option<Vec<u8>>>())
+        let hex = text.trim().as_bytes();
+        // Only ASCII hex digits: slicing multi-byte text, or `+` (which from_str_radix takes), must not pass.
+        let nibble = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+        let digest = (hex.len() == 64 && hex.iter().all(u8::is_ascii_hexdigit))
+            .then(|| {
+                hex.chunks(2).map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?)).collect::<Option<Vec<u8>>>()
+            })
             .flatten();
         match digest {
             Some(bytes) => bytes.try_into().ok(),
             None => {
-                self.error(path, node.pos, format!("invalid sha256 {text:?}: write the 64 hex digits that `sha256sum PROGRAM` prints"));
+                self.error(
+                    path,
+                    node.pos,
+                    format!("invalid sha256 {text:?}: write the 64 hex digits that `sha256sum PROGRAM` prints"),
+                );
                 None
             }
         }

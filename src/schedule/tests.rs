@@ -43,6 +43,7 @@ fn parse_errors_name_the_field_and_the_reason() {
         ("0 0 * foo *", "month field \"foo\": \"foo\" is neither a number 1-12 nor a month name"),
         ("0 0 * * funday", "day-of-week field \"funday\""),
         ("*/0 * * * *", "minute field \"*/0\": step must be at least 1"),
+        ("1/99999999999 * * * *", "step \"99999999999\" is not a number"),
         ("5-3 * * * *", "range \"5-3\" starts after it ends"),
         ("0 0 * * sat-sun", "cannot wrap past Saturday"),
         ("1,,2 * * * *", "empty list item"),
@@ -61,6 +62,15 @@ fn parse_errors_name_the_field_and_the_reason() {
         let err = Schedule::parse(expr).expect_err(expr).to_string();
         assert!(err.contains(want), "{expr:?}: got {err:?}, want {want:?}");
     }
+}
+
+#[test]
+fn huge_steps_do_not_overflow() {
+    // Regression: `v += step` overflowed for steps near u32::MAX.
+    assert_eq!(
+        next_n("1/4294967295 * * * *", "UTC", "2026-01-01T00:00:00Z", 2),
+        ["2026-01-01T00:01:00+00:00", "2026-01-01T01:01:00+00:00"]
+    );
 }
 
 #[test]

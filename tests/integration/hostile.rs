@@ -25,11 +25,16 @@ fn raw(socket: &std::path::Path, bytes: &[u8]) -> Option<u16> {
 
 #[test]
 fn bad_requests_get_a_4xx_or_a_closed_connection() {
-    let limits = Limits { header_timeout: Duration::from_millis(500), request_timeout: Duration::from_secs(2), ..Limits::default() };
+    let limits = Limits {
+        header_timeout: Duration::from_millis(500),
+        request_timeout: Duration::from_secs(2),
+        ..Limits::default()
+    };
     let b = InProcess::start_with(&[("repo", canary().as_bytes())], Duration::from_secs(60), limits);
     let socket = b.scratch.socket();
     let big_header = format!("GET /v1/version HTTP/1.1\r\nhost: x\r\nx-filler: {}\r\n\r\n", "a".repeat(64 * 1024));
-    let big_body = format!("POST /v1/secrets/repo HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n{}", "b".repeat(100_000));
+    let big_body =
+        format!("POST /v1/secrets/repo HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n{}", "b".repeat(100_000));
     let chunked = format!(
         "POST /v1/secrets/repo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n{}",
         "1000\r\n".to_string() + &"c".repeat(4096) + "\r\n1000\r\n" + &"c".repeat(4096) + "\r\n0\r\n\r\n"
@@ -45,14 +50,35 @@ fn bad_requests_get_a_4xx_or_a_closed_connection() {
         ("unknown method", b"DELETE /v1/version HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(), &[405]),
         ("wrong method on secrets", b"GET /v1/secrets/repo HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(), &[405]),
         ("no token", b"POST /v1/secrets/repo HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n".to_vec(), &[401]),
-        ("garbage token", b"POST /v1/secrets/repo HTTP/1.1\r\nhost: x\r\nauthorization: Bearer \xff\xfe\r\ncontent-length: 0\r\n\r\n".to_vec(), &[401, 400]),
-        ("non-UTF-8 name (escaped)", b"POST /v1/secrets/%FF%FE HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n".to_vec(), &[400]),
-        ("non-UTF-8 name (raw)", b"POST /v1/secrets/\xff\xfe HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n".to_vec(), &[400]),
+        (
+            "garbage token",
+            b"POST /v1/secrets/repo HTTP/1.1\r\nhost: x\r\nauthorization: Bearer \xff\xfe\r\ncontent-length: 0\r\n\r\n"
+                .to_vec(),
+            &[401, 400],
+        ),
+        (
+            "non-UTF-8 name (escaped)",
+            b"POST /v1/secrets/%FF%FE HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n".to_vec(),
+            &[400],
+        ),
+        (
+            "non-UTF-8 name (raw)",
+            b"POST /v1/secrets/\xff\xfe HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n".to_vec(),
+            &[400],
+        ),
         ("overlong name", long_name.into_bytes(), &[400]),
-        ("path traversal", b"POST /v1/secrets/../status HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n".to_vec(), &[400]),
+        (
+            "path traversal",
+            b"POST /v1/secrets/../status HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n".to_vec(),
+            &[400],
+        ),
         ("control route without a daemon", b"GET /v1/status HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(), &[503]),
         ("truncated request head", b"POST /v1/secrets/repo HTTP/1.1\r\nhost: x\r\ncontent-le".to_vec(), &[]),
-        ("truncated body", b"POST /v1/secrets/repo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nabc".to_vec(), &[408, 400]),
+        (
+            "truncated body",
+            b"POST /v1/secrets/repo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nabc".to_vec(),
+            &[408, 400],
+        ),
         ("pipelined garbage", b"GET /v1/version HTTP/1.1\r\nhost: x\r\n\r\nGARBAGE\r\n\r\n".to_vec(), &[200]),
         ("http/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(), &[400, 505]),
     ];
@@ -60,7 +86,9 @@ fn bad_requests_get_a_4xx_or_a_closed_connection() {
         let status = raw(&socket, bytes);
         match status {
             // A closed connection is an acceptable answer to anything malformed.
-            None => assert!(allowed.is_empty() || allowed.iter().all(|s| *s >= 400), "{name}: closed without an answer"),
+            None => {
+                assert!(allowed.is_empty() || allowed.iter().all(|s| *s >= 400), "{name}: closed without an answer")
+            }
             Some(code) => assert!(allowed.contains(&code), "{name}: got {code}, expected one of {allowed:?}"),
         }
     }

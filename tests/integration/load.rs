@@ -77,7 +77,12 @@ fn a_hundred_thousand_redemptions_leave_fds_and_memory_at_baseline() {
         trigger_wait(&scratch, &config, "load").expect_code(0);
     }
     let log = daemon.log_text();
-    assert_eq!(log.matches("ok=10000 failed=0").count(), 11, "{}", log.lines().filter(|l| l.contains("ok=")).collect::<Vec<_>>().join("\n"));
+    assert_eq!(
+        log.matches("ok=10000 failed=0").count(),
+        11,
+        "{}",
+        log.lines().filter(|l| l.contains("ok=")).collect::<Vec<_>>().join("\n")
+    );
     assert_eq!(log.matches("secret redeemed").count(), 110_000);
     // Connections close when loadgen exits; give the daemon a moment to notice, by polling.
     let deadline = std::time::Instant::now() + PATIENCE;
@@ -150,7 +155,8 @@ fn repeated_failures_are_slowed_down_and_counted() {
     ));
     let daemon = scratch.start_daemon(&config);
     trigger_wait(&scratch, &config, "probe").expect_code(0);
-    let codes: Vec<i32> = std::fs::read_to_string(scratch.path().join("codes")).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+    let codes: Vec<i32> =
+        std::fs::read_to_string(scratch.path().join("codes")).unwrap().lines().map(|l| l.parse().unwrap()).collect();
     assert_eq!(codes[..7], [exit::UNKNOWN; 7], "{codes:?}");
     assert_eq!(codes[7], exit::SLOW_DOWN, "{codes:?}");
     let log = daemon.log_text();

@@ -63,7 +63,8 @@ fn a_swapped_pinned_binary_is_refused_and_gets_no_token() {
 fn pin_binaries_records_digests_at_start() {
     let scratch = Scratch::new();
     let prog = install(&scratch, "/bin/true", "tool");
-    let config = scratch.config(&format!("pin_binaries: true\ntasks:\n  t:\n    {TRIGGERED}\n    command: [{}]\n", prog.display()));
+    let config = scratch
+        .config(&format!("pin_binaries: true\ntasks:\n  t:\n    {TRIGGERED}\n    command: [{}]\n", prog.display()));
     let _daemon = scratch.start_daemon(&config);
     scratch.backupnizza(["trigger", "--wait", "t", "-c"]).run_with(&config).expect_code(0);
     install(&scratch, "/bin/echo", "tool");

@@ -235,6 +235,30 @@ fn tasks_cannot_control_the_daemon() {
     assert!(!scratch.path().join("triggered").exists());
 }
 
+/// Regression: an orphan left behind by a task (re-parented when the task exits) is still
+/// part of the task, thanks to the daemon being the child subreaper.
+#[test]
+fn orphans_of_tasks_cannot_control_the_daemon_either() {
+    let scratch = Scratch::new();
+    let config_path = scratch.path().join("backup.yaml");
+    let config = scratch.config(&format!(
+        "tasks:\n  orphaner:\n    {TRIGGERED}\n    command: [sh, -c, '(sleep 0.5; backupnizza trigger other -c {0} 2>orphan.err; echo $? > orphan.rc) & exit 0']\n  other:\n    {TRIGGERED}\n    command: [touch, triggered]\n",
+        config_path.display()
+    ));
+    let daemon = scratch.start_daemon(&config);
+    trigger(&scratch, &config, "orphaner", true).expect_code(0);
+    daemon.wait_for("the orphan's attempt", |_| {
+        std::fs::read_to_string(scratch.path().join("orphan.rc")).is_ok_and(|s| s.ends_with('\n'))
+    });
+    assert_eq!(std::fs::read_to_string(scratch.path().join("orphan.rc")).unwrap().trim(), "1");
+    assert!(
+        std::fs::read_to_string(scratch.path().join("orphan.err"))
+            .unwrap()
+            .contains("tasks may not control the daemon")
+    );
+    assert!(!scratch.path().join("triggered").exists());
+}
+
 #[test]
 fn secrets_tokens_and_url_passwords_are_redacted_from_task_output() {
     let scratch = Scratch::new();
@@ -242,14 +266,21 @@ fn secrets_tokens_and_url_passwords_are_redacted_from_task_output() {
     let pw = scratch.path().join("pw");
     crate::harness::write_private(&pw, secret.as_bytes());
     let config = scratch.config(&format!(
-        "secrets:\n  repo: {{file: {}}}\ntasks:\n  chatty:\n    {TRIGGERED}\n    command: [sh, -c, 'echo \"token $SECRETBOX_TOKEN\"; echo \"repo rest:https://me:hunter2@example.net:8000/x/\"; echo \"pw $(secretbox get repo)\" >&2; exit 1']\n    secrets: [repo]\n",
+        "secrets:\n  repo: {{file: {}}}\ntasks:\n  chatty:\n    {TRIGGERED}\n    command: [sh, -c, 'echo \"token $SECRETBOX_TOKEN\"; echo \"repo rest:https://me:hunter2@example.net:8000/x/\"; echo \"pw $(secretbox get repo)\" >&2; exit 1']\n    secrets: [repo]\n  long:\n    {TRIGGERED}\n    command: [cat, long]\n",
         pw.display()
     ));
     let daemon = scratch.start_daemon(&config);
     trigger(&scratch, &config, "chatty", true).expect_code(1);
     let log = daemon.wait_for("the output", |l| l.contains("pw ***"));
+    // Regression: a secret in a line longer than the log's line limit, right across the cut.
+    let long = format!("{}{secret}{}", "x".repeat(8 * 1024 - 30), "y".repeat(100));
+    let long_file = scratch.path().join("long");
+    std::fs::write(&long_file, format!("{long}\n")).unwrap();
     assert!(log.contains("token bnz1_***") && log.contains("rest:https://me:***@example.net:8000/x/"), "{log}");
     assert!(!log.contains("hunter2") && !log.contains(&secret));
     let h = std::fs::read_to_string(scratch.path().join("state/history.jsonl")).unwrap();
     assert!(h.contains("pw ***") && !h.contains(&secret), "{h}");
+    trigger(&scratch, &config, "long", true).expect_code(0);
+    let log = daemon.wait_for("the long line", |l| l.contains("[cut at 8192 bytes]"));
+    assert!(!log.contains(&secret[..25]), "part of the secret leaked at the cut");
 }
