@@ -57,6 +57,70 @@ pub enum Command {
     /// Store or check secrets.
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// What happened to each occurrence of a task: ran, failed, caught up, skipped (and why).
+    ///
+    /// Reads the run history; answers "did my backup run while the laptop slept?".
+    Explain(ExplainArgs),
+    /// Print a service definition for the current user, or install it with --install.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Print shell completions for backupnizza (or secretbox) to stdout.
+    Completions(CompletionsArgs),
+    /// Print the man page of backupnizza (or secretbox) to stdout.
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The task to explain
+    #[arg(value_name = "TASK")]
+    pub task: String,
+    /// How far back to look (a duration such as 7d, 36h)
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
+    pub since: std::time::Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// A systemd user unit (Type=notify, sandboxed)
+    Systemd(ServiceArgs),
+    /// A launchd LaunchAgent (runs in the Aqua session, where the Keychain is reachable)
+    Launchd(ServiceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Write it to ~/.config/systemd/user/ (or ~/Library/LaunchAgents/) and say how to enable it
+    #[arg(long)]
+    pub install: bool,
+}
+
+/// Which program a completion script or man page is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Program {
+    Backupnizza,
+    Secretbox,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell
+    #[arg(value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+    /// The program to complete
+    #[arg(long = "for", value_enum, default_value = "backupnizza")]
+    pub program: Program,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The program to document
+    #[arg(long = "for", value_enum, default_value = "backupnizza")]
+    pub program: Program,
 }
 
 #[derive(Debug, Args)]

@@ -2,9 +2,12 @@
 //! `anyhow::Result`; the binary maps errors to exit codes (see `exit`).
 
 pub mod control;
+pub mod explain;
+pub mod generate;
 pub mod history;
 pub mod next;
 pub mod secret;
+pub mod service;
 pub mod validate;
 
 use std::path::PathBuf;

@@ -27,6 +27,10 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_LATENESS: Duration = Duration::from_secs(24 * 3600);
 /// Default for a `command` secret source's `timeout`.
 pub const DEFAULT_SECRET_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for `hooks.timeout`.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default for `notify.timeout`.
+pub const DEFAULT_NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default for a task's `redeem_limit`: each secret once per token.
 pub const DEFAULT_REDEEM_LIMIT: u32 = 1;
 
@@ -45,6 +49,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Record each task program's digest at start and refuse to run a changed program.
     pub pin_binaries: bool,
+    /// Notifications for every task that has none of its own.
+    pub notify: Option<Notify>,
+    /// Prometheus text file written after every run (node_exporter's textfile collector).
+    pub metrics_textfile: Option<PathBuf>,
     /// In file order.
     pub secrets: Vec<SecretSpec>,
     /// In file order.
@@ -188,6 +196,42 @@ pub struct Task {
     pub random_delay: Option<Duration>,
     /// Exit codes that count as success with a warning (restic's 3 by default).
     pub warning_exit_codes: Vec<i32>,
+    pub hooks: Hooks,
+    /// Overrides the top-level `notify`.
+    pub notify: Option<Notify>,
+}
+
+/// Commands run around a task's steps (argv, no shell), with the run's facts in their
+/// environment.
+#[derive(Debug, Clone, Default)]
+pub struct Hooks {
+    /// Before the steps; exit 75 skips the run (not a failure), any other failure fails it.
+    pub before: Option<Vec<String>>,
+    pub on_success: Option<Vec<String>>,
+    pub on_failure: Option<Vec<String>>,
+    /// After everything, whatever the result.
+    pub after: Option<Vec<String>>,
+    pub timeout: Duration,
+}
+
+/// Where to report runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notify {
+    /// A healthchecks.io-style ping URL: `/start`, the bare URL on success, `/fail` or
+    /// `/<exit code>` on failure.
+    pub ping: Option<UrlValue>,
+    /// POSTed a JSON document with the run's facts at start and end.
+    pub webhook: Option<UrlValue>,
+    /// Include the last stderr lines (pings: as the request body; webhooks: in the JSON).
+    pub send_logs: bool,
+    pub timeout: Duration,
+}
+
+/// A URL written in the file, or one kept as a secret (ping URLs are credentials).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UrlValue {
+    Text(String),
+    Secret(String),
 }
 
 #[derive(Debug, Clone)]

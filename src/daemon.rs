@@ -22,6 +22,8 @@ use crate::config::{self, Config, Environment, Overlap};
 use crate::exit::{Exit, FAILURE};
 use crate::hardening::Weakness;
 use crate::history::{self, History, Record};
+use crate::metrics::{TaskMetrics, TokenMetrics};
+use crate::notifications::RunFacts;
 use crate::programs::Pinned;
 use crate::protocol::{RunBody, RunRef, StatusBody, TaskStatus, TokenCounts};
 use crate::runner::{Outcome, RunStatus, Runner};
@@ -245,7 +247,11 @@ struct TaskState {
     queued: Option<(String, Trigger, Option<Timestamp>)>,
     last: Option<RunBody>,
     next: Option<Timestamp>,
+    metrics: TaskMetrics,
 }
+
+/// A `before` hook exiting with this (EX_TEMPFAIL) skips the run, as in borgmatic.
+const SKIP_EXIT_CODE: i32 = 75;
 
 /// The daemon's shared state: tasks, their runs, history.
 pub struct Daemon {
@@ -297,6 +303,16 @@ impl Daemon {
         for record in past {
             if let Record::End { run_id, task, at, status, exit_code, duration_ms, reason, .. } = record {
                 if let Some(i) = config.tasks.iter().position(|t| &t.name == task) {
+                    if let Ok(end) = at.parse::<Timestamp>() {
+                        let m = &mut tasks[i].metrics;
+                        m.last_end = Some(end);
+                        m.last_start = end.checked_sub(jiff::SignedDuration::from_millis(*duration_ms as i64)).ok();
+                        m.last_exit_code = *exit_code;
+                        m.last_duration_seconds = Some(*duration_ms as f64 / 1000.0);
+                        if matches!(status.as_str(), "success" | "warning") {
+                            m.last_success = Some(end);
+                        }
+                    }
                     tasks[i].last = Some(RunBody {
                         run_id: run_id.clone(),
                         task: task.clone(),
@@ -337,6 +353,9 @@ impl Daemon {
     }
 
     fn skip(&self, task: &str, scheduled: Timestamp, count: u64, reason: &str, detail: String) {
+        if let Some(i) = self.config.tasks.iter().position(|t| t.name == task) {
+            lock(&self.tasks)[i].metrics.skips += count;
+        }
         self.record(Record::Skip {
             task: task.to_string(),
             at: self.rfc3339(Timestamp::now()),
@@ -395,6 +414,81 @@ impl Daemon {
         Ok(RunRef { run_id, task: task.name.clone() })
     }
 
+    fn facts(
+        &self,
+        event: &'static str,
+        task: &config::Task,
+        run_id: &str,
+        rid: &str,
+        at: Timestamp,
+        outcome: Option<&Outcome>,
+    ) -> RunFacts {
+        RunFacts {
+            event,
+            task: task.name.clone(),
+            run_id: run_id.to_string(),
+            status: outcome.map_or("running", |o| o.status.as_str()).to_string(),
+            exit_code: outcome.and_then(|o| o.exit_code),
+            duration_ms: None,
+            started: if outcome.is_none() { self.rfc3339(at) } else { String::new() },
+            ended: outcome.map(|_| self.rfc3339(at)),
+            reason: outcome.map(|o| o.reason.clone()).unwrap_or_default(),
+            stderr_tail: outcome.map(|o| o.stderr_tail.clone()),
+            host: nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default(),
+            rid: rid.to_string(),
+        }
+    }
+
+    /// The run's facts for a hook's environment.
+    fn hook_facts(&self, hook: &str, started: Timestamp, outcome: Option<&Outcome>) -> Vec<(String, String)> {
+        let mut facts = vec![
+            ("BACKUPNIZZA_HOOK".to_string(), hook.to_string()),
+            ("BACKUPNIZZA_STARTED".to_string(), self.rfc3339(started)),
+        ];
+        if let Some(o) = outcome {
+            facts.push(("BACKUPNIZZA_STATUS".into(), o.status.as_str().into()));
+            facts.push(("BACKUPNIZZA_EXIT_CODE".into(), o.exit_code.map(|c| c.to_string()).unwrap_or_default()));
+            facts.push(("BACKUPNIZZA_DURATION_MS".into(), o.duration.as_millis().to_string()));
+            facts.push(("BACKUPNIZZA_REASON".into(), o.reason.clone()));
+            facts.push(("BACKUPNIZZA_STDERR_TAIL".into(), o.stderr_tail.join("\n")));
+        }
+        facts
+    }
+
+    fn notify(&self, idx: usize, facts: RunFacts) {
+        let task = &self.config.tasks[idx];
+        if let Some(notify) = task.notify.as_ref().or(self.config.notify.as_ref()) {
+            crate::notifications::send(notify, &self.runner.broker.secrets, facts);
+        }
+    }
+
+    fn write_metrics(&self) {
+        let Some(path) = &self.config.metrics_textfile else { return };
+        let tasks = lock(&self.tasks);
+        let named: Vec<(&str, TaskMetrics)> = self
+            .config
+            .tasks
+            .iter()
+            .zip(tasks.iter())
+            .map(|(t, s)| (t.name.as_str(), TaskMetrics { next: s.next, ..s.metrics.clone() }))
+            .collect();
+        drop(tasks);
+        let tokens = {
+            let vault = lock(&self.runner.broker.vault);
+            let stats = vault.stats();
+            TokenMetrics {
+                minted: stats.minted,
+                redeemed: stats.redeemed,
+                rejected: Rejection::ALL.iter().zip(stats.rejected).map(|(r, n)| (r.as_str(), n)).collect(),
+            }
+        };
+        let refs: Vec<(&str, &TaskMetrics)> = named.iter().map(|(n, m)| (*n, m)).collect();
+        let text = crate::metrics::render(&refs, &tokens, self.started);
+        if let Err(e) = crate::metrics::write_atomic(path, &text) {
+            warn!(file = %path.display(), error = %e, "cannot write the metrics file");
+        }
+    }
+
     fn register_run(&self, run_id: &str, task: &str, status: &str, now: Timestamp) {
         let body = RunBody {
             run_id: run_id.to_string(),
@@ -421,6 +515,7 @@ impl Daemon {
     async fn execute(self: Arc<Self>, idx: usize, run_id: String, trigger: Trigger, occurrence: Option<Timestamp>) {
         let task = &self.config.tasks[idx];
         let mut cancel = self.cancel_rx.clone();
+        let rid = crate::notifications::new_rid();
         let outcome = 'run: {
             if let (Some(max), Trigger::Schedule | Trigger::CatchUp) = (task.random_delay, trigger) {
                 let delay = Duration::from_millis(rand::random_range(0..=max.as_millis().min(u64::MAX as u128) as u64));
@@ -442,8 +537,65 @@ impl Daemon {
                 scheduled: occurrence.map(|o| self.rfc3339(o)),
                 trigger: trigger.as_str().into(),
             });
+            {
+                let mut tasks = lock(&self.tasks);
+                tasks[idx].metrics.last_start = Some(started);
+            }
+            self.notify(idx, self.facts("start", task, &run_id, &rid, started, None));
+            if let Some(before) = &task.hooks.before {
+                let facts = self.hook_facts("before", started, None);
+                match self.runner.run_hook(task, before, &run_id, facts, &mut cancel).await {
+                    Ok(0) => {}
+                    Ok(SKIP_EXIT_CODE) => {
+                        info!("the before hook exited 75: skipping this run");
+                        break 'run Outcome {
+                            status: RunStatus::Skipped,
+                            exit_code: None,
+                            reason: "the before hook exited 75 (skip)".into(),
+                            stderr_tail: Vec::new(),
+                            duration: Duration::ZERO,
+                        };
+                    }
+                    Ok(code) => {
+                        break 'run Outcome {
+                            status: RunStatus::Failed,
+                            exit_code: Some(code),
+                            reason: format!("the before hook failed with exit code {code}; the steps did not run"),
+                            stderr_tail: Vec::new(),
+                            duration: Duration::ZERO,
+                        };
+                    }
+                    Err(why) => {
+                        break 'run Outcome {
+                            status: RunStatus::Failed,
+                            exit_code: None,
+                            reason: format!("the before hook failed: {why}; the steps did not run"),
+                            stderr_tail: Vec::new(),
+                            duration: Duration::ZERO,
+                        };
+                    }
+                }
+            }
             let deadline = task.timeout.map(|t| Instant::now() + t);
-            self.runner.run(task, &self.pins[idx], &run_id, deadline, cancel).await
+            let outcome = self.runner.run(task, &self.pins[idx], &run_id, deadline, cancel.clone()).await;
+            // Result hooks, then `after`; none once the daemon is stopping.
+            if outcome.status != RunStatus::Cancelled {
+                let which = if outcome.status.is_ok() {
+                    ("on_success", &task.hooks.on_success)
+                } else {
+                    ("on_failure", &task.hooks.on_failure)
+                };
+                for (name, hook) in [which, ("after", &task.hooks.after)] {
+                    let Some(argv) = hook else { continue };
+                    let facts = self.hook_facts(name, started, Some(&outcome));
+                    match self.runner.run_hook(task, argv, &run_id, facts, &mut cancel).await {
+                        Ok(0) => {}
+                        Ok(code) => warn!("the {name} hook exited {code}; the run's result is unchanged"),
+                        Err(why) => warn!("the {name} hook failed: {why}; the run's result is unchanged"),
+                    }
+                }
+            }
+            outcome
         };
         let ended = Timestamp::now();
         let duration_ms = outcome.duration.as_millis() as u64;
@@ -454,7 +606,7 @@ impl Daemon {
             crate::duration::Human(Duration::from_millis(duration_ms))
         );
         match outcome.status {
-            RunStatus::Success => info!("{message}"),
+            RunStatus::Success | RunStatus::Skipped => info!("{message}"),
             RunStatus::Warning | RunStatus::Cancelled => warn!("{message}"),
             _ => error!("{message}"),
         }
@@ -468,6 +620,30 @@ impl Daemon {
             reason: outcome.reason.clone(),
             stderr_tail: outcome.stderr_tail.clone(),
         });
+        {
+            let mut tasks = lock(&self.tasks);
+            let m = &mut tasks[idx].metrics;
+            m.last_end = Some(ended);
+            m.last_exit_code = outcome.exit_code;
+            m.last_duration_seconds = Some(outcome.duration.as_secs_f64());
+            match outcome.status {
+                RunStatus::Skipped => m.skips += 1,
+                status => {
+                    m.runs += 1;
+                    if status.is_ok() {
+                        m.last_success = Some(ended);
+                    } else if status != RunStatus::Cancelled {
+                        m.failures += 1;
+                    }
+                }
+            }
+        }
+        if outcome.status != RunStatus::Cancelled {
+            let mut facts = self.facts("end", task, &run_id, &rid, ended, Some(&outcome));
+            facts.duration_ms = Some(duration_ms);
+            self.notify(idx, facts);
+        }
+        self.write_metrics();
         let body = {
             let runs = lock(&self.runs);
             let mut body = runs.by_id.get(&run_id).map(|s| s.borrow().clone()).unwrap_or_else(|| RunBody {
@@ -569,6 +745,7 @@ impl Daemon {
                     return Stop::Signal("a signal-handler failure");
                 }
             };
+        self.write_metrics();
         crate::notify::notify("READY=1");
         let mut watchdog = crate::notify::watchdog_interval().map(|d| tokio::time::interval(d / 2));
         let mut socket_check = tokio::time::interval(SOCKET_CHECK);

@@ -25,7 +25,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::watch;
 use tracing::{Instrument, error, info, warn};
 
-use crate::config::{EnvValue, Step, Task};
+use crate::config::{EnvValue, EnvVar, Step, Task};
 use crate::programs::Pinned;
 use crate::server::Broker;
 
@@ -48,6 +48,8 @@ pub enum RunStatus {
     Cancelled,
     /// Never started (a program that cannot be started, a refused pin).
     Refused,
+    /// The `before` hook exited 75: the run was skipped on purpose (not a failure).
+    Skipped,
 }
 
 impl RunStatus {
@@ -59,11 +61,13 @@ impl RunStatus {
             RunStatus::Timeout => "timeout",
             RunStatus::Cancelled => "cancelled",
             RunStatus::Refused => "refused",
+            RunStatus::Skipped => "skipped",
         }
     }
 
+    /// Success, warning, or deliberately skipped: nothing to alert about.
     pub fn is_ok(self) -> bool {
-        matches!(self, RunStatus::Success | RunStatus::Warning)
+        matches!(self, RunStatus::Success | RunStatus::Warning | RunStatus::Skipped)
     }
 }
 
@@ -221,6 +225,34 @@ impl Runner {
         }
         let stderr_tail = tail.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
         Outcome { status, exit_code, reason, stderr_tail, duration: started.elapsed() }
+    }
+
+    /// Runs a hook (argv) with `facts` added to its environment, bounded by the task's hook
+    /// timeout. Returns its exit code, or why it has none.
+    pub async fn run_hook(
+        &self,
+        task: &Task,
+        argv: &[String],
+        run_id: &str,
+        facts: Vec<(String, String)>,
+        cancel: &mut watch::Receiver<bool>,
+    ) -> Result<i32, String> {
+        let step = Step {
+            command: argv.to_vec(),
+            env: facts.into_iter().map(|(name, value)| EnvVar { name, value: EnvValue::Text(value) }).collect(),
+            continue_on_error: false,
+            sha256: None,
+        };
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let deadline = Some(Instant::now() + task.hooks.timeout);
+        match self.run_step(task, &step, None, run_id, 0, deadline, cancel, &tail).await {
+            StepEnd::Exited(status) => status.code().ok_or_else(|| describe_exit(status)),
+            StepEnd::TimedOut(how) => {
+                Err(format!("timed out after {}; {how}", crate::duration::Human(task.hooks.timeout)))
+            }
+            StepEnd::Cancelled => Err("stopped by daemon shutdown".into()),
+            StepEnd::NotStarted(why) | StepEnd::Refused(why) => Err(why),
+        }
     }
 
     fn env_for(&self, task: &Task, step: &Step) -> Result<Vec<(OsString, OsString)>, String> {

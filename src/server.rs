@@ -345,6 +345,16 @@ async fn serve_connection(mut stream: tokio::net::UnixStream, broker: Arc<Broker
         .await;
         return;
     }
+    serve_http(stream, broker, peer).await;
+}
+
+/// Serves HTTP on one connection of an already-checked peer. Generic over the transport so
+/// the fuzz target can drive it through an in-memory pipe.
+#[doc(hidden)]
+pub async fn serve_http<I>(io: I, broker: Arc<Broker>, peer: Peer)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let limits = broker.limits.clone();
     let service = hyper::service::service_fn(move |req| {
         let broker = broker.clone();
@@ -355,7 +365,7 @@ async fn serve_connection(mut stream: tokio::net::UnixStream, broker: Arc<Broker
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_head_bytes.max(8192))
         .writev(true)
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(TokioIo::new(io), service);
     match tokio::time::timeout(limits.connection_lifetime, connection).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => debug!(error = %e, peer_pid = peer.pid.unwrap_or_default(), "connection ended with an error"),

@@ -25,6 +25,10 @@ fn main() {
         Command::History(args) => commands::history::run(args, &env),
         Command::Secret(SecretCommand::Set(args)) => commands::secret::set(args, &env),
         Command::Secret(SecretCommand::Check(args)) => commands::secret::check(args, &env),
+        Command::Explain(args) => commands::explain::run(args, &env),
+        Command::Service(command) => commands::service::run(command, &env),
+        Command::Completions(args) => commands::generate::completions(args),
+        Command::Man(args) => commands::generate::man(args),
     };
     if let Err(err) = result {
         let message = format!("{err:#}");

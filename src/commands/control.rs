@@ -123,7 +123,7 @@ pub fn trigger(args: &TriggerArgs, env: &Environment) -> anyhow::Result<()> {
             if body.reason.is_empty() { String::new() } else { format!(": {}", body.reason) }
         );
         return match body.status.as_str() {
-            "success" | "warning" => Ok(()),
+            "success" | "warning" | "skipped" => Ok(()),
             _ => Err(Exit::silent(crate::exit::FAILURE).into()),
         };
     }

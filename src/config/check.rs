@@ -24,6 +24,8 @@ const TOP_KEYS: &[&str] = &[
     "strict_memory",
     "shutdown_grace",
     "pin_binaries",
+    "notify",
+    "metrics_textfile",
     "secrets",
     "tasks",
 ];
@@ -46,7 +48,11 @@ const TASK_KEYS: &[&str] = &[
     "random_delay",
     "warning_exit_codes",
     "sha256",
+    "hooks",
+    "notify",
 ];
+const HOOK_KEYS: &[&str] = &["before", "on_success", "on_failure", "after", "timeout"];
+const NOTIFY_KEYS: &[&str] = &["ping", "webhook", "send_logs", "timeout"];
 const STEP_KEYS: &[&str] = &["command", "env", "continue_on_error", "sha256"];
 /// Variables the daemon sets itself in every child.
 const RESERVED_ENV: &[&str] = &["SECRETBOX_TOKEN", "SECRETBOX_SOCKET"];
@@ -433,6 +439,14 @@ impl Checker {
             Some(node) => self.boolean(node, "pin_binaries"),
             None => Some(false),
         };
+        let notify = match top.get("notify") {
+            Some(node) => self.notify(node, "notify").map(Some),
+            None => Some(None),
+        };
+        let metrics_textfile = match top.get("metrics_textfile") {
+            Some(node) => self.path_value(node, "metrics_textfile", env).map(Some),
+            None => Some(None),
+        };
         let shutdown_grace = match top.get("shutdown_grace") {
             Some(node) => self.duration(node, "shutdown_grace"),
             None => Some(DEFAULT_SHUTDOWN_GRACE),
@@ -461,6 +475,8 @@ impl Checker {
             strict_memory: strict_memory?,
             shutdown_grace: shutdown_grace?,
             pin_binaries: pin_binaries?,
+            notify: notify?,
+            metrics_textfile: metrics_textfile?,
             secrets: secrets?,
             tasks: tasks?,
         })
@@ -761,6 +777,14 @@ impl Checker {
             Some(n) => self.duration(n, &join(path, "random_delay")).map(Some),
             None => Some(None),
         };
+        let hooks = match f.get("hooks") {
+            Some(n) => self.hooks(n, &join(path, "hooks")),
+            None => Some(Hooks::default()),
+        };
+        let task_notify = match f.get("notify") {
+            Some(n) => self.notify(n, &join(path, "notify")).map(Some),
+            None => Some(None),
+        };
         let warning_exit_codes = match f.get("warning_exit_codes") {
             Some(n) => self.exit_codes(n, &join(path, "warning_exit_codes")),
             // restic exits 3 when some files could not be read: the snapshot exists.
@@ -783,6 +807,8 @@ impl Checker {
             max_lateness: max_lateness?,
             random_delay: random_delay?,
             warning_exit_codes: warning_exit_codes?,
+            hooks: hooks?,
+            notify: task_notify?,
         })
     }
 
@@ -899,6 +925,72 @@ impl Checker {
             }
         }
         ok.then_some(out)
+    }
+
+    fn hooks(&mut self, node: &Node, path: &str) -> Option<Hooks> {
+        let f = self.fields(
+            node,
+            path,
+            "a mapping {before: [...], on_success: [...], on_failure: [...], after: [...]}",
+            Some(HOOK_KEYS),
+        )?;
+        let mut argv = |key: &str| match f.get(key) {
+            Some(n) => self.argv(n, &join(path, key)).map(Some),
+            None => Some(None),
+        };
+        let (before, on_success, on_failure, after) =
+            (argv("before"), argv("on_success"), argv("on_failure"), argv("after"));
+        let timeout = match f.get("timeout") {
+            Some(n) => self.positive_duration(n, &join(path, "timeout")),
+            None => Some(DEFAULT_HOOK_TIMEOUT),
+        };
+        Some(Hooks {
+            before: before?,
+            on_success: on_success?,
+            on_failure: on_failure?,
+            after: after?,
+            timeout: timeout?,
+        })
+    }
+
+    fn notify(&mut self, node: &Node, path: &str) -> Option<Notify> {
+        let f = self.fields(node, path, "a mapping {ping: URL, webhook: URL}", Some(NOTIFY_KEYS))?;
+        let mut url = |key: &str| -> Option<Option<UrlValue>> {
+            let Some(n) = f.get(key) else { return Some(None) };
+            let p = join(path, key);
+            match &n.value {
+                Value::Map(_) => {
+                    let inner = self.fields(n, &p, "{secret: NAME}", Some(&["secret"]))?;
+                    match inner.get("secret") {
+                        Some(name) => {
+                            self.non_empty_string(name, &join(&p, "secret")).map(|s| Some(UrlValue::Secret(s)))
+                        }
+                        None => {
+                            self.error(&p, n.pos, "expected a URL or {secret: NAME}");
+                            None
+                        }
+                    }
+                }
+                _ => {
+                    let text = self.non_empty_string(n, &p)?;
+                    if !(text.starts_with("https://") || text.starts_with("http://")) {
+                        self.error(&p, n.pos, "expected an http:// or https:// URL (or {secret: NAME})");
+                        return None;
+                    }
+                    Some(Some(UrlValue::Text(text)))
+                }
+            }
+        };
+        let (ping, webhook) = (url("ping"), url("webhook"));
+        let send_logs = match f.get("send_logs") {
+            Some(n) => self.boolean(n, &join(path, "send_logs")),
+            None => Some(false),
+        };
+        let timeout = match f.get("timeout") {
+            Some(n) => self.positive_duration(n, &join(path, "timeout")),
+            None => Some(DEFAULT_NOTIFY_TIMEOUT),
+        };
+        Some(Notify { ping: ping?, webhook: webhook?, send_logs: send_logs?, timeout: timeout? })
     }
 
     /// A SHA-256 digest as 64 hex digits (as `sha256sum` prints it).
@@ -1018,6 +1110,33 @@ impl Checker {
                             self.check_secretbox_use(text, &task, &scope, &apath, arg.pos, &declared);
                         }
                     }
+                }
+            }
+        }
+        // `{secret: NAME}` URLs of notifications, top level and per task.
+        let mut notify_nodes: Vec<(String, &Node)> = Vec::new();
+        if let Some((_, n)) = lookup(root, "notify") {
+            notify_nodes.push(("notify".into(), n));
+        }
+        for (task, _, node) in lookup(root, "tasks").map(|(_, n)| string_keys(n)).unwrap_or_default() {
+            if let Some((_, n)) = lookup(node, "notify") {
+                notify_nodes.push((join(&join("tasks", &task), "notify"), n));
+            }
+        }
+        for (path, node) in notify_nodes {
+            for key in ["ping", "webhook"] {
+                let Some((_, value)) = lookup(node, key) else { continue };
+                let Some((_, Node { value: Value::Str(name), pos })) = lookup(value, "secret") else { continue };
+                used.insert(name.clone());
+                if !declared.contains(name.as_str()) {
+                    self.error(
+                        &join(&join(&path, key), "secret"),
+                        *pos,
+                        format!(
+                            "{{secret: {name}}} names a secret that is not declared under `secrets:`{}",
+                            suggestion(name, declared.iter().copied())
+                        ),
+                    );
                 }
             }
         }

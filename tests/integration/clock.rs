@@ -65,6 +65,23 @@ tasks:
     assert!(!scratch.path().join("should-not-run").exists());
     drop(daemon);
 
+    // `explain` reads the same story back (under the same fake clock).
+    let explain = |task: &str| {
+        let mut cmd = scratch.backupnizza(["explain", task, "--since", "2h", "-c"]).cmd;
+        cmd.arg(&config)
+            .env("LD_PRELOAD", libfaketime())
+            .env("FAKETIME_TIMESTAMP_FILE", &clock)
+            .env("FAKETIME_NO_CACHE", "1");
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let every = explain("every-ten");
+    assert!(every.contains("2030-06-01T03:20:00+00:00  caught up after suspend or downtime"), "{every}");
+    assert!(every.contains("2030-06-01T02:10:00+00:00  skipped (folded into a later catch-up run)"), "{every}");
+    let nightly = explain("nightly");
+    assert!(nightly.contains("2030-06-01T03:00:00+00:00  skipped (too late)"), "{nightly}");
+
     let history: Vec<serde_json::Value> = std::fs::read_to_string(scratch.path().join("state/history.jsonl"))
         .unwrap()
         .lines()

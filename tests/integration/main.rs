@@ -5,6 +5,7 @@ mod broker;
 mod clock;
 mod daemon;
 mod harness;
+mod home;
 mod hostile;
 mod load;
 mod next;

@@ -1,0 +1,187 @@
+//! `backupnizza explain TASK [--since 7d]`: every occurrence of a task in a window and what
+//! became of it — ran, failed, caught up after a suspend, skipped (overlap, too late, folded
+//! into a catch-up), or missed because the daemon was not running — from the run history.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+use super::{config_path, rfc3339};
+use crate::cli::ExplainArgs;
+use crate::config::{self, Environment};
+use crate::exit::Exit;
+use crate::history::{self, Record};
+
+/// Most occurrences listed (a minutely task over a week has ten thousand).
+const MAX_LINES: usize = 500;
+
+struct Run {
+    id: String,
+    at: Timestamp,
+    trigger: String,
+    end: Option<(String, Option<i32>, u64, String)>,
+}
+
+pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
+    let path = config_path(&args.config, env)?;
+    let config = config::load(&path, env).map_err(|e| Exit::usage(e.to_string()))?;
+    let Some(task) = config.task(&args.task) else {
+        let hint = config::did_you_mean(&args.task, config.tasks.iter().map(|t| t.name.as_str()))
+            .map(|n| format!(" (did you mean {n:?}?)"))
+            .unwrap_or_default();
+        return Err(Exit::usage(format!("no task named {:?} in {}{hint}", args.task, path.display())).into());
+    };
+    let tz = &task.zone.tz;
+    let records = history::read_all(&config.state_dir)?;
+    let now = Timestamp::now();
+    let since = now - SignedDuration::try_from(args.since).unwrap_or(SignedDuration::from_hours(24 * 7));
+    let time = |s: &str| s.parse::<Timestamp>().ok();
+
+    // Runs by the occurrence they belong to, and manual ones; skips expanded per occurrence;
+    // the daemon's starts and stops.
+    let mut by_occurrence: BTreeMap<Timestamp, Run> = BTreeMap::new();
+    let mut manual: Vec<Run> = Vec::new();
+    let mut skipped: BTreeMap<Timestamp, (String, String)> = BTreeMap::new();
+    let mut daemon: Vec<(Timestamp, bool)> = Vec::new();
+    let mut ends: BTreeMap<String, (String, Option<i32>, u64, String)> = BTreeMap::new();
+    for record in &records {
+        match record {
+            Record::End { run_id, task: t, status, exit_code, duration_ms, reason, .. } if t == &task.name => {
+                ends.insert(run_id.clone(), (status.clone(), *exit_code, *duration_ms, reason.clone()));
+            }
+            Record::Daemon { event, at, .. } => {
+                if let Some(at) = time(at) {
+                    daemon.push((at, event == "start"));
+                }
+            }
+            _ => {}
+        }
+    }
+    for record in &records {
+        match record {
+            Record::Start { run_id, task: t, at, scheduled, trigger } if t == &task.name => {
+                let Some(at) = time(at) else { continue };
+                let run = Run { id: run_id.clone(), at, trigger: trigger.clone(), end: ends.get(run_id).cloned() };
+                match scheduled.as_deref().and_then(time) {
+                    Some(occurrence) if trigger != "trigger" => {
+                        by_occurrence.insert(occurrence, run);
+                    }
+                    _ => manual.push(run),
+                }
+            }
+            Record::Skip { task: t, scheduled, count, reason, detail, .. } if t == &task.name => {
+                let Some(mut occurrence) = time(scheduled) else { continue };
+                for _ in 0..(*count).min(100_000) {
+                    skipped.entry(occurrence).or_insert_with(|| (reason.clone(), detail.clone()));
+                    match task.schedule.next_after(occurrence, tz) {
+                        Some(next) => occurrence = next,
+                        None => break,
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let daemon_up =
+        |at: Timestamp| daemon.iter().filter(|(t, _)| *t <= at).max_by_key(|(t, _)| *t).is_some_and(|(_, up)| *up);
+
+    // The occurrences in the window: from the schedule (cron), or as recorded (`@every`
+    // counts from each daemon start, so only the history knows its instants).
+    let mut occurrences: Vec<Timestamp> = Vec::new();
+    if task.schedule.interval().is_some() {
+        occurrences.extend(by_occurrence.keys().chain(skipped.keys()).copied().filter(|o| *o > since && *o <= now));
+        occurrences.sort();
+        occurrences.dedup();
+    } else {
+        let mut t = since;
+        while let Some(next) = task.schedule.next_after(t, tz).filter(|n| *n <= now) {
+            occurrences.push(next);
+            t = next;
+            if occurrences.len() > 100_000 {
+                break;
+            }
+        }
+    }
+
+    println!(
+        "{} ({}, {}): occurrences from {} to {}",
+        task.name,
+        task.schedule,
+        task.zone.name,
+        rfc3339(since, tz),
+        rfc3339(now, tz)
+    );
+    if task.schedule.interval().is_some() {
+        println!("(an @every schedule counts from each daemon start: only recorded occurrences are listed)");
+    }
+    let shown = occurrences.len().saturating_sub(MAX_LINES);
+    if shown > 0 {
+        println!("({} earlier occurrences not shown)", shown);
+    }
+    let (mut ran, mut failed, mut caught_up, mut skips, mut missed) = (0, 0, 0, 0, 0);
+    let mut lines = Vec::new();
+    for occurrence in &occurrences {
+        let fate = if let Some(run) = by_occurrence.get(occurrence) {
+            let result = describe_end(run);
+            let ok = run.end.as_ref().is_some_and(|(s, ..)| matches!(s.as_str(), "success" | "warning" | "skipped"));
+            if run.trigger == "catch_up" {
+                caught_up += 1;
+                let late = Duration::try_from(run.at.duration_since(*occurrence)).unwrap_or_default();
+                format!(
+                    "caught up after suspend or downtime at {} ({} late): {result}",
+                    rfc3339(run.at, tz),
+                    crate::duration::Human(Duration::from_secs(late.as_secs()))
+                )
+            } else {
+                if ok {
+                    ran += 1
+                } else {
+                    failed += 1
+                }
+                let verb = if ok { "ran" } else { "failed" };
+                format!("{verb} at {}: {result}", rfc3339(run.at, tz))
+            }
+        } else if let Some((reason, detail)) = skipped.get(occurrence) {
+            skips += 1;
+            let why = match reason.as_str() {
+                "overlap" => "the previous run was still going",
+                "too_late" => "too late",
+                "superseded" => "folded into a later catch-up run",
+                other => other,
+            };
+            format!("skipped ({why}): {detail}")
+        } else if !daemon_up(*occurrence) {
+            missed += 1;
+            "missed: the daemon was not running".to_string()
+        } else {
+            "no record (the history was rotated, or the daemon stopped unexpectedly)".to_string()
+        };
+        lines.push(format!("{}  {fate}", rfc3339(*occurrence, tz)));
+    }
+    for line in &lines[shown..] {
+        println!("{line}");
+    }
+    for run in manual.iter().filter(|r| r.at > since) {
+        println!("{}  manual run (backupnizza trigger): {}", rfc3339(run.at, tz), describe_end(run));
+    }
+    println!(
+        "summary: {} occurrences; {ran} ran, {failed} failed, {caught_up} caught up, {skips} skipped, {missed} missed while the daemon was down",
+        occurrences.len()
+    );
+    Ok(())
+}
+
+fn describe_end(run: &Run) -> String {
+    match &run.end {
+        Some((status, code, ms, reason)) => {
+            let code = code.map(|c| format!("exit {c}, ")).unwrap_or_default();
+            format!(
+                "{status} ({code}{}) {reason}, run {}",
+                crate::duration::Human(Duration::from_secs(ms / 1000)),
+                run.id
+            )
+        }
+        None => format!("no end recorded (still running, or the daemon stopped), run {}", run.id),
+    }
+}
