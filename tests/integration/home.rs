@@ -10,17 +10,20 @@ use crate::harness::{Scratch, canary, write_private};
 
 const TRIGGERED: &str = "schedule: '0 0 1 1 *'";
 
+/// A recorded request: method, path with query, body.
+type Request = (String, String, Vec<u8>);
+
 /// A plain HTTP server on 127.0.0.1 that records every request and answers 200.
 struct HttpSink {
     url: String,
-    requests: Arc<Mutex<Vec<(String, String, Vec<u8>)>>>,
+    requests: Arc<Mutex<Vec<Request>>>,
 }
 
 impl HttpSink {
     fn start() -> HttpSink {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let requests: Arc<Mutex<Vec<(String, String, Vec<u8>)>>> = Arc::default();
+        let requests: Arc<Mutex<Vec<Request>>> = Arc::default();
         let seen = requests.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
@@ -51,7 +54,7 @@ impl HttpSink {
         HttpSink { url, requests }
     }
 
-    fn wait_for(&self, count: usize) -> Vec<(String, String, Vec<u8>)> {
+    fn wait_for(&self, count: usize) -> Vec<Request> {
         let deadline = std::time::Instant::now() + crate::harness::PATIENCE;
         loop {
             let got = self.requests.lock().unwrap().clone();
@@ -89,8 +92,8 @@ fn pings_and_webhooks_report_start_success_and_failure() {
         sink.wait_for(8)
     };
 
-    let pings: Vec<&(String, String, Vec<u8>)> = requests.iter().filter(|(_, p, _)| p.starts_with("/ping/")).collect();
-    let hooks: Vec<&(String, String, Vec<u8>)> = requests.iter().filter(|(_, p, _)| p == "/hook").collect();
+    let pings: Vec<&Request> = requests.iter().filter(|(_, p, _)| p.starts_with("/ping/")).collect();
+    let hooks: Vec<&Request> = requests.iter().filter(|(_, p, _)| p == "/hook").collect();
     assert_eq!((pings.len(), hooks.len()), (4, 4), "{requests:?}");
     let base = format!("/ping/{check_uuid}");
     let find = |suffix: &str| {
