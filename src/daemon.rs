@@ -387,25 +387,23 @@ impl Daemon {
         let mut tasks = lock(&self.tasks);
         let state = &mut tasks[idx];
         if state.running {
-            let skipped = |why: &str| {
-                let at = occurrence.unwrap_or(now);
-                warn!(task = %task.name, occurrence = %self.rfc3339(at), "not running: {why}");
-                self.skip(&task.name, at, 1, "overlap", why.to_string());
-                Err((StatusCode::CONFLICT, format!("task {:?} is running and {why}", task.name)))
-            };
-            return match (task.on_overlap, &state.queued) {
-                (Overlap::Skip, _) => skipped("the previous run is still going (on_overlap: skip)"),
-                (Overlap::Queue, Some(_)) => {
-                    skipped("one run is already queued behind the current one (on_overlap: queue)")
-                }
+            let why = match (task.on_overlap, &state.queued) {
+                (Overlap::Skip, _) => "the previous run is still going (on_overlap: skip)",
+                (Overlap::Queue, Some(_)) => "one run is already queued behind the current one (on_overlap: queue)",
                 (Overlap::Queue, None) => {
                     info!(task = %task.name, run_id, "queued behind the running run (on_overlap: queue)");
                     state.queued = Some((run_id.clone(), trigger, occurrence));
                     drop(tasks);
                     self.register_run(&run_id, &task.name, "queued", now);
-                    Ok(RunRef { run_id, task: task.name.clone() })
+                    return Ok(RunRef { run_id, task: task.name.clone() });
                 }
             };
+            // `skip` takes the tasks lock itself.
+            drop(tasks);
+            let at = occurrence.unwrap_or(now);
+            warn!(task = %task.name, occurrence = %self.rfc3339(at), "not running: {why}");
+            self.skip(&task.name, at, 1, "overlap", why.to_string());
+            return Err((StatusCode::CONFLICT, format!("task {:?} is running and {why}", task.name)));
         }
         state.running = true;
         drop(tasks);
@@ -577,7 +575,16 @@ impl Daemon {
                 }
             }
             let deadline = task.timeout.map(|t| Instant::now() + t);
-            let outcome = self.runner.run(task, &self.pins[idx], &run_id, deadline, cancel.clone()).await;
+            // The occurrence a run belongs to, with milliseconds, for scripts (and for the
+            // benchmark that measures how punctually runs start).
+            let mut facts = Vec::new();
+            if let Some(o) = occurrence {
+                facts.push((
+                    "BACKUPNIZZA_SCHEDULED".to_string(),
+                    o.to_zoned(self.zone.clone()).strftime("%Y-%m-%dT%H:%M:%S%.3f%:z").to_string(),
+                ));
+            }
+            let outcome = self.runner.run(task, &self.pins[idx], &run_id, &facts, deadline, cancel.clone()).await;
             // Result hooks, then `after`; none once the daemon is stopping.
             if outcome.status != RunStatus::Cancelled {
                 let which = if outcome.status.is_ok() {

@@ -149,11 +149,13 @@ enum StepEnd {
 impl Runner {
     /// Runs every step of `task` in order. `deadline` is the task's timeout; `cancel` turns
     /// true at daemon shutdown.
+    /// `facts` are extra variables for every step (e.g. `BACKUPNIZZA_SCHEDULED`).
     pub async fn run(
         &self,
         task: &Task,
         pins: &[Option<Pinned>],
         run_id: &str,
+        facts: &[(String, String)],
         deadline: Option<Instant>,
         mut cancel: watch::Receiver<bool>,
     ) -> Outcome {
@@ -166,7 +168,7 @@ impl Runner {
         for (i, step) in task.steps.iter().enumerate() {
             let label = if steps == 1 { String::new() } else { format!(" (step {} of {steps})", i + 1) };
             let pin = pins.get(i).and_then(Option::as_ref);
-            let end = self.run_step(task, step, pin, run_id, i, deadline, &mut cancel, &tail).await;
+            let end = self.run_step(task, step, pin, run_id, facts, i, deadline, &mut cancel, &tail).await;
             match end {
                 StepEnd::Exited(st) => {
                     exit_code = st.code();
@@ -245,7 +247,7 @@ impl Runner {
         };
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         let deadline = Some(Instant::now() + task.hooks.timeout);
-        match self.run_step(task, &step, None, run_id, 0, deadline, cancel, &tail).await {
+        match self.run_step(task, &step, None, run_id, &[], 0, deadline, cancel, &tail).await {
             StepEnd::Exited(status) => status.code().ok_or_else(|| describe_exit(status)),
             StepEnd::TimedOut(how) => {
                 Err(format!("timed out after {}; {how}", crate::duration::Human(task.hooks.timeout)))
@@ -278,6 +280,7 @@ impl Runner {
         step: &Step,
         pin: Option<&Pinned>,
         run_id: &str,
+        facts: &[(String, String)],
         index: usize,
         deadline: Option<Instant>,
         cancel: &mut watch::Receiver<bool>,
@@ -319,6 +322,7 @@ impl Runner {
             .env("SECRETBOX_SOCKET", &self.socket)
             .env("BACKUPNIZZA_TASK", &task.name)
             .env("BACKUPNIZZA_RUN_ID", run_id)
+            .envs(facts.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

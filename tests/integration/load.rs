@@ -89,7 +89,7 @@ fn a_hundred_thousand_redemptions_leave_fds_and_memory_at_baseline() {
     while open_fds(pid) > fds && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    assert_eq!(open_fds(pid), fds, "descriptors leaked");
+    assert!(open_fds(pid) <= fds, "descriptors leaked: {} now, {fds} at baseline", open_fds(pid));
     let grown = rss_kib(pid).saturating_sub(rss);
     assert!(grown < 2048, "RSS grew by {grown} KiB over 100,000 redemptions (baseline {rss} KiB)");
 }
@@ -122,7 +122,11 @@ fn a_client_killed_mid_request_leaks_nothing() {
     while open_fds(pid) > baseline && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert_eq!(open_fds(pid), baseline, "the dead client's connection leaked");
+    assert!(
+        open_fds(pid) <= baseline,
+        "the dead client's connection leaked ({} descriptors, baseline {baseline})",
+        open_fds(pid)
+    );
     trigger_wait(&scratch, &config, "one").expect_code(0);
 }
 

@@ -1,0 +1,417 @@
+//! The benchmark suite (`.ci/bench`, which runs `cargo bench --bench suite` inside a private
+//! D-Bus session with gnome-keyring): the real daemon and `secretbox`, built in release mode,
+//! measured against the alternatives side by side. Every figure is a median over repeated
+//! runs; comparisons are ratios of medians measured interleaved in one run, because absolute
+//! times drift on shared machines. Results: a markdown table on stdout and in
+//! `target/bench-results.md` (copied into docs/benchmarks.md).
+//!
+//! Some measurements must run *inside* a task (only a task's processes may redeem its
+//! token), so this binary is also the task: `suite --inside MODE ...`.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BACKUPNIZZA: &str = env!("CARGO_BIN_EXE_backupnizza");
+const SECRETBOX: &str = env!("CARGO_BIN_EXE_secretbox");
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--inside") {
+        inside(&args[i + 1..]);
+        return;
+    }
+    // `cargo bench` passes `--bench`; anything else is ignored.
+    let scratch = tempfile::Builder::new().prefix("bnz-bench-").tempdir().unwrap();
+    let dir = scratch.path();
+    let mut rows: Vec<(String, String, String, String)> = Vec::new();
+    let mut row = |what: &str, figure: String, target: &str, met: Option<bool>| {
+        let verdict = match met {
+            Some(true) => "met".to_string(),
+            Some(false) => "**missed**".to_string(),
+            None => "-".to_string(),
+        };
+        println!("{what}: {figure} (target {target}: {verdict})");
+        rows.push((what.to_string(), figure, target.to_string(), verdict));
+    };
+
+    // Validate first: its peak memory is read from the children's high-water mark.
+    let (validate_ms, validate_kib) = bench_validate(dir);
+    row("`validate`, 10,000 tasks: time", format!("{validate_ms:.0} ms"), "≤ 1 s", Some(validate_ms <= 1000.0));
+    row("`validate`, 10,000 tasks: peak memory", format!("{:.1} MiB", validate_kib as f64 / 1024.0), "-", None);
+
+    let ready = bench_ready(dir);
+    row("start-up to READY, 1,000 tasks (file secrets)", format!("{ready:.1} ms"), "≤ 50 ms", Some(ready <= 50.0));
+
+    let e2e = bench_secretbox(dir);
+    row("`secretbox get` end to end", format!("{:.2} ms", e2e.secretbox), "-", None);
+    row("`cat` of a 0600 file", format!("{:.2} ms", e2e.cat), "-", None);
+    row("`secret-tool lookup` (headless gnome-keyring)", format!("{:.2} ms", e2e.secret_tool), "-", None);
+    let vs_cat = e2e.secretbox / e2e.cat;
+    let vs_tool = e2e.secretbox / e2e.secret_tool;
+    row("`secretbox get` / `cat`", format!("{vs_cat:.2}×"), "≤ 2×", Some(vs_cat <= 2.0));
+    row("`secretbox get` / `secret-tool lookup`", format!("{vs_tool:.2}×"), "≤ 0.5×", Some(vs_tool <= 0.5));
+
+    for clients in [1, 8, 64] {
+        let load = bench_redemptions(dir, clients);
+        let target_met = (clients == 64).then_some(load.rate >= 20_000.0 && load.p99_us <= 2000);
+        row(
+            &format!("redemptions, {clients} concurrent client{}", if clients == 1 { "" } else { "s" }),
+            format!("{:.0}/s, p50 {} µs, p99 {} µs", load.rate, load.p50_us, load.p99_us),
+            if clients == 64 { "≥ 20,000/s, p99 ≤ 2 ms" } else { "-" },
+            target_met,
+        );
+    }
+
+    let cron_kib = cron_rss();
+    for tasks in [10, 1000] {
+        let (rss, cpu_ms) = bench_idle(dir, tasks);
+        let rss_target = if tasks == 10 { 10.0 } else { 20.0 };
+        row(
+            &format!("idle RSS, {tasks} tasks"),
+            format!("{:.1} MiB", rss as f64 / 1024.0),
+            &format!("≤ {rss_target} MiB"),
+            Some((rss as f64 / 1024.0) <= rss_target),
+        );
+        row(&format!("idle CPU, {tasks} tasks"), format!("{cpu_ms} ms per minute"), "≤ 60 ms/min", Some(cpu_ms <= 60));
+    }
+    match cron_kib {
+        Some(kib) => row("Debian `cron` idle RSS (same run)", format!("{:.1} MiB", kib as f64 / 1024.0), "-", None),
+        None => row("Debian `cron` idle RSS (same run)", "cron not installed".into(), "-", None),
+    }
+
+    let (median, max) = bench_precision(dir);
+    row("fire offset, 100 firings: median", format!("{median:.1} ms"), "≤ 20 ms", Some(median <= 20.0));
+    row("fire offset, 100 firings: max", format!("{max:.1} ms"), "≤ 100 ms", Some(max <= 100.0));
+
+    let mut table = String::from("| measure | result | target | |\n|---|---|---|---|\n");
+    for (what, figure, target, verdict) in &rows {
+        table.push_str(&format!("| {what} | {figure} | {target} | {verdict} |\n"));
+    }
+    println!("\n{table}");
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-results.md");
+    std::fs::write(&out, &table).unwrap();
+    println!("written to {}", out.display());
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// A task file with `tasks` tasks (nightly, never firing during the run) and `secrets` file
+/// secrets s0..; extra YAML is appended under `tasks:`.
+fn config(dir: &Path, name: &str, tasks: usize, secrets: usize, extra_tasks: &str) -> PathBuf {
+    let mut text = format!(
+        "socket: {}\nstate_dir: {}\nlog: {{level: warn}}\nsecrets:\n",
+        dir.join(format!("{name}.run/s.sock")).display(),
+        dir.join(format!("{name}.state")).display()
+    );
+    for i in 0..secrets {
+        let file = dir.join(format!("secret{i}"));
+        if !file.exists() {
+            write_private(&file, format!("bench-secret-value-{i}").as_bytes());
+        }
+        text.push_str(&format!("  s{i}: {{file: {}}}\n", file.display()));
+    }
+    text.push_str("tasks:\n");
+    let all: Vec<String> = (0..secrets).map(|i| format!("s{i}")).collect();
+    for i in 0..tasks {
+        text.push_str(&format!(
+            "  t{i}:\n    schedule: '{} {} * * *'\n    command: [restic, backup, /srv]\n    secrets: [{}]\n",
+            i % 60,
+            (i / 60) % 24,
+            if secrets > 0 { "s0" } else { "" }
+        ));
+    }
+    text.push_str(extra_tasks.replace("SECRETS", &all.join(", ")).as_str());
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Starts the daemon and waits for READY=1; returns it (the caller stops it) and how long
+/// that took.
+#[allow(clippy::zombie_processes)]
+fn start_daemon(dir: &Path, config: &Path, log: &str) -> (std::process::Child, Duration) {
+    use std::os::unix::net::UnixDatagram;
+    let notify_path = dir.join(format!("{log}.notify"));
+    let _ = std::fs::remove_file(&notify_path);
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let started = Instant::now();
+    let child = Command::new(BACKUPNIZZA)
+        .args(["run", "-c"])
+        .arg(config)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{log}.log"))).unwrap())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    loop {
+        let n = notify.recv(&mut buf).expect("daemon did not become ready");
+        if &buf[..n] == b"READY=1" {
+            return (child, started.elapsed());
+        }
+    }
+}
+
+fn stop(mut child: std::process::Child) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = child.wait();
+}
+
+fn trigger(config: &Path, task: &str) {
+    let out = Command::new(BACKUPNIZZA).args(["trigger", "--wait", task, "-c"]).arg(config).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{task}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn bench_validate(dir: &Path) -> (f64, i64) {
+    let path = config(dir, "validate", 10_000, 1, "");
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let start = Instant::now();
+        let out = Command::new(BACKUPNIZZA).args(["validate", "-c"]).arg(&path).output().unwrap();
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).unwrap();
+    (median(times), usage.max_rss())
+}
+
+fn bench_ready(dir: &Path) -> f64 {
+    let path = config(dir, "ready", 1000, 1, "");
+    let mut times = Vec::new();
+    for i in 0..10 {
+        let (child, took) = start_daemon(dir, &path, &format!("ready{i}"));
+        times.push(took.as_secs_f64() * 1000.0);
+        stop(child);
+    }
+    median(times)
+}
+
+struct EndToEnd {
+    secretbox: f64,
+    cat: f64,
+    secret_tool: f64,
+}
+
+fn bench_secretbox(dir: &Path) -> EndToEnd {
+    let value = "bench-secret-value-0";
+    // The same value in the Secret Service, for `secret-tool lookup`.
+    let mut store = Command::new("secret-tool")
+        .args(["store", "--label=backupnizza bench", "service", "backupnizza-bench", "username", "bench"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("secret-tool (run the benchmarks with .ci/bench)");
+    store.stdin.take().unwrap().write_all(value.as_bytes()).unwrap();
+    assert!(store.wait().unwrap().success());
+    let results = dir.join("e2e.txt");
+    let bus = std::env::var("DBUS_SESSION_BUS_ADDRESS").expect("a D-Bus session (run the benchmarks with .ci/bench)");
+    let extra = format!(
+        "  e2e:\n    schedule: '0 0 1 1 *'\n    command: [{}, --inside, e2e, {}, {}, '300']\n    env: {{DBUS_SESSION_BUS_ADDRESS: '{bus}'}}\n    secrets: [s0]\n    redeem_limit: 1000\n",
+        std::env::current_exe().unwrap().display(),
+        dir.join("secret0").display(),
+        results.display()
+    );
+    let path = config(dir, "e2e", 0, 1, &extra);
+    let (child, _) = start_daemon(dir, &path, "e2e");
+    trigger(&path, "e2e");
+    stop(child);
+    let text = std::fs::read_to_string(results).unwrap();
+    let v: Vec<f64> = text.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    EndToEnd { secretbox: v[0], cat: v[1], secret_tool: v[2] }
+}
+
+struct Load {
+    rate: f64,
+    p50_us: u128,
+    p99_us: u128,
+}
+
+fn bench_redemptions(dir: &Path, clients: usize) -> Load {
+    let results = dir.join(format!("load{clients}.txt"));
+    let extra = format!(
+        "  load:\n    schedule: '0 0 1 1 *'\n    command: [{}, --inside, load, '100', '20000', '{clients}', {}]\n    secrets: [SECRETS]\n    redeem_limit: 1000\n",
+        std::env::current_exe().unwrap().display(),
+        results.display()
+    );
+    let path = config(dir, &format!("load{clients}"), 0, 100, &extra);
+    let (child, _) = start_daemon(dir, &path, &format!("load{clients}"));
+    trigger(&path, "load");
+    stop(child);
+    let text = std::fs::read_to_string(results).unwrap();
+    let v: Vec<f64> = text.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    Load { rate: v[0], p50_us: v[1] as u128, p99_us: v[2] as u128 }
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find(|l| l.starts_with(field)).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// CPU time (user + system) of a process, in milliseconds.
+fn cpu_ms(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap() as u64;
+    ticks * 1000 / hz
+}
+
+fn bench_idle(dir: &Path, tasks: usize) -> (u64, u64) {
+    let path = config(dir, &format!("idle{tasks}"), tasks, 1, "");
+    let (child, _) = start_daemon(dir, &path, &format!("idle{tasks}"));
+    let pid = child.id();
+    std::thread::sleep(Duration::from_secs(2));
+    let before = cpu_ms(pid);
+    std::thread::sleep(Duration::from_secs(60));
+    let used = cpu_ms(pid) - before;
+    let rss = status_kib(pid, "VmRSS:");
+    stop(child);
+    (rss, used)
+}
+
+/// Debian's cron daemon idle RSS, started here for the comparison.
+fn cron_rss() -> Option<u64> {
+    let cron = ["/usr/sbin/cron", "/usr/sbin/crond"].into_iter().find(|p| Path::new(p).exists())?;
+    let mut child = Command::new(cron).arg("-f").stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
+    std::thread::sleep(Duration::from_secs(3));
+    let rss = status_kib(child.id(), "VmRSS:");
+    let _ = child.kill();
+    let _ = child.wait();
+    Some(rss)
+}
+
+fn bench_precision(dir: &Path) -> (f64, f64) {
+    let results = dir.join("precision.txt");
+    let extra = format!(
+        "  tick:\n    schedule: '@every 1s'\n    command: [{}, --inside, stamp, {}]\n",
+        std::env::current_exe().unwrap().display(),
+        results.display()
+    );
+    let path = config(dir, "precision", 0, 1, &extra);
+    let (child, _) = start_daemon(dir, &path, "precision");
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let n = std::fs::read_to_string(&results).map(|t| t.lines().count()).unwrap_or(0);
+        if n >= 100 {
+            break;
+        }
+    }
+    stop(child);
+    let offsets: Vec<f64> =
+        std::fs::read_to_string(&results).unwrap().lines().take(100).map(|l| l.parse().unwrap()).collect();
+    let max = offsets.iter().copied().fold(0.0, f64::max);
+    (median(offsets), max)
+}
+
+/// The parts that run as a task of the daemon.
+fn inside(args: &[String]) {
+    match args[0].as_str() {
+        // Interleaved: secretbox, cat, secret-tool, N times each; medians in ms.
+        "e2e" => {
+            let (file, out, n): (&str, &str, usize) = (&args[1], &args[2], args[3].parse().unwrap());
+            let time = |cmd: &mut Command| {
+                let start = Instant::now();
+                let o = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap();
+                let took = start.elapsed().as_secs_f64() * 1000.0;
+                assert!(o.status.success() && !o.stdout.is_empty(), "{cmd:?}: {}", String::from_utf8_lossy(&o.stderr));
+                took
+            };
+            let (mut sb, mut cat, mut tool) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..n {
+                sb.push(time(Command::new(SECRETBOX).args(["get", "s0"])));
+                cat.push(time(Command::new("cat").arg(file)));
+                tool.push(time(Command::new("secret-tool").args([
+                    "lookup",
+                    "service",
+                    "backupnizza-bench",
+                    "username",
+                    "bench",
+                ])));
+            }
+            std::fs::write(out, format!("{} {} {}", median(sb), median(cat), median(tool))).unwrap();
+        }
+        // Redemptions over `clients` keep-alive connections: rate, p50 and p99 in µs.
+        "load" => {
+            let secrets: usize = args[1].parse().unwrap();
+            let total: usize = args[2].parse().unwrap();
+            let clients: usize = args[3].parse().unwrap();
+            let out = &args[4];
+            let (rate, p50, p99) = load(secrets, total, clients);
+            std::fs::write(out, format!("{rate} {p50} {p99}")).unwrap();
+        }
+        // How late this process started relative to the occurrence it belongs to, in ms.
+        "stamp" => {
+            let now = jiff::Timestamp::now();
+            let scheduled: jiff::Timestamp = std::env::var("BACKUPNIZZA_SCHEDULED").unwrap().parse().unwrap();
+            let late = now.duration_since(scheduled).as_secs_f64() * 1000.0;
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&args[1]).unwrap();
+            writeln!(f, "{late:.3}").unwrap();
+        }
+        other => panic!("unknown mode {other}"),
+    }
+}
+
+fn load(secrets: usize, total: usize, clients: usize) -> (f64, u128, u128) {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::TokioIo;
+    let token = std::env::var("SECRETBOX_TOKEN").unwrap();
+    let socket = std::env::var("SECRETBOX_SOCKET").unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let started = Instant::now();
+    let mut latencies: Vec<Duration> = runtime.block_on(async {
+        let mut handles = Vec::new();
+        for worker in 0..clients {
+            let (token, socket) = (token.clone(), socket.clone());
+            let count = total / clients + usize::from(worker < total % clients);
+            handles.push(tokio::spawn(async move {
+                let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+                let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+                tokio::spawn(conn);
+                let auth = format!("Bearer {token}");
+                let mut lat = Vec::with_capacity(count);
+                for i in 0..count {
+                    let name = format!("s{}", (worker + i * clients) % secrets);
+                    let req = hyper::Request::post(format!("/v1/secrets/{name}"))
+                        .header("authorization", &auth)
+                        .header("host", "localhost")
+                        .body(Empty::<Bytes>::new())
+                        .unwrap();
+                    let start = Instant::now();
+                    let resp = sender.send_request(req).await.unwrap();
+                    assert!(resp.status().is_success(), "{}", resp.status());
+                    let _ = resp.into_body().collect().await;
+                    lat.push(start.elapsed());
+                }
+                lat
+            }));
+        }
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(h.await.unwrap());
+        }
+        all
+    });
+    let rate = total as f64 / started.elapsed().as_secs_f64();
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_micros();
+    (rate, pct(0.5), pct(0.99))
+}
