@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub const BACKUPNIZZA: &str = env!("CARGO_BIN_EXE_backupnizza");
-#[allow(dead_code)]
 pub const SECRETBOX: &str = env!("CARGO_BIN_EXE_secretbox");
 
 /// A per-test scratch directory, removed when dropped.
@@ -159,12 +158,29 @@ impl Scratch {
     pub fn daemon_command_as(&self, config: &Path, log: &Path, uid: Option<u32>) -> Command {
         let mut cmd = match uid {
             Some(uid) => {
+                // Copies of the binaries the other user can execute, wherever the repository
+                // lives (a clone under /root is not reachable for them).
+                let bin = self.path().join("bin-as-user");
+                std::fs::create_dir_all(&bin).unwrap();
+                for program in [BACKUPNIZZA, SECRETBOX] {
+                    let to = bin.join(Path::new(program).file_name().unwrap());
+                    if !to.exists() {
+                        std::fs::copy(program, &to).unwrap();
+                    }
+                    nix::unistd::chown(
+                        &to,
+                        Some(nix::unistd::Uid::from_raw(uid)),
+                        Some(nix::unistd::Gid::from_raw(uid)),
+                    )
+                    .unwrap();
+                }
+                nix::unistd::chown(&bin, Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(uid)))
+                    .unwrap();
                 let mut cmd = self.command("setpriv");
-                cmd.arg(format!("--reuid={uid}")).arg(format!("--regid={uid}")).args([
-                    "--clear-groups",
-                    "--",
-                    BACKUPNIZZA,
-                ]);
+                cmd.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={uid}"))
+                    .args(["--clear-groups", "--"])
+                    .arg(bin.join("backupnizza"));
                 cmd
             }
             None => self.command(BACKUPNIZZA),
