@@ -2,7 +2,7 @@
 //! daemon serves from.
 //!
 //! Each secret is read once, at start. Bytes go from the source straight into
-//! [`LockedBytes`](crate::hardening::LockedBytes) wrapped in `secrecy::SecretBox` (no `Debug`,
+//! [`LockedBytes`] wrapped in `secrecy::SecretBox` (no `Debug`,
 //! `Clone` or `Serialize`); transient copies are `Zeroizing`. Errors name the secret and the
 //! source, say what went wrong and how to fix it, and never contain a value.
 
