@@ -145,7 +145,7 @@ pub struct TriggerArgs {
     /// The task to run
     #[arg(value_name = "TASK")]
     pub task: String,
-    /// Wait for the run to end and exit with its result (0 success or warning, 1 otherwise)
+    /// Wait for the run to end and exit with its result (0 success, warning or skipped; 1 otherwise)
     #[arg(long)]
     pub wait: bool,
 }

@@ -584,26 +584,27 @@ impl Daemon {
                     o.to_zoned(self.zone.clone()).strftime("%Y-%m-%dT%H:%M:%S%.3f%:z").to_string(),
                 ));
             }
-            let outcome = self.runner.run(task, &self.pins[idx], &run_id, &facts, deadline, cancel.clone()).await;
-            // Result hooks, then `after`; none once the daemon is stopping.
-            if outcome.status != RunStatus::Cancelled {
-                let which = if outcome.status.is_ok() {
-                    ("on_success", &task.hooks.on_success)
-                } else {
-                    ("on_failure", &task.hooks.on_failure)
-                };
-                for (name, hook) in [which, ("after", &task.hooks.after)] {
-                    let Some(argv) = hook else { continue };
-                    let facts = self.hook_facts(name, started, Some(&outcome));
-                    match self.runner.run_hook(task, argv, &run_id, facts, &mut cancel).await {
-                        Ok(0) => {}
-                        Ok(code) => warn!("the {name} hook exited {code}; the run's result is unchanged"),
-                        Err(why) => warn!("the {name} hook failed: {why}; the run's result is unchanged"),
-                    }
+            self.runner.run(task, &self.pins[idx], &run_id, &facts, deadline, cancel.clone()).await
+        };
+        // Result hooks, then `after` — also when the `before` hook failed; none for a run the
+        // `before` hook skipped, or once the daemon is stopping.
+        if !matches!(outcome.status, RunStatus::Cancelled | RunStatus::Skipped) {
+            let which = if outcome.status.is_ok() {
+                ("on_success", &task.hooks.on_success)
+            } else {
+                ("on_failure", &task.hooks.on_failure)
+            };
+            let started = Timestamp::now() - jiff::SignedDuration::try_from(outcome.duration).unwrap_or_default();
+            for (name, hook) in [which, ("after", &task.hooks.after)] {
+                let Some(argv) = hook else { continue };
+                let facts = self.hook_facts(name, started, Some(&outcome));
+                match self.runner.run_hook(task, argv, &run_id, facts, &mut cancel).await {
+                    Ok(0) => {}
+                    Ok(code) => warn!("the {name} hook exited {code}; the run's result is unchanged"),
+                    Err(why) => warn!("the {name} hook failed: {why}; the run's result is unchanged"),
                 }
             }
-            outcome
-        };
+        }
         let ended = Timestamp::now();
         let duration_ms = outcome.duration.as_millis() as u64;
         let message = format!(

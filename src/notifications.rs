@@ -76,7 +76,8 @@ pub fn ping_url(base: &str, facts: &RunFacts) -> String {
     let base = base.trim_end_matches('/');
     let suffix = match (facts.event, facts.status.as_str(), facts.exit_code) {
         ("start", _, _) => "/start".to_string(),
-        (_, "success" | "warning", _) => String::new(),
+        // A run skipped on purpose (a `before` hook's 75) is not an alarm.
+        (_, "success" | "warning" | "skipped", _) => String::new(),
         (_, _, Some(code)) if code > 0 => format!("/{}", code.min(255)),
         _ => "/fail".to_string(),
     };

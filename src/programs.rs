@@ -72,7 +72,7 @@ pub fn check_trusted(path: &Path, what: &str, uid: u32) -> Result<(), String> {
             mode & 0o777
         ));
     }
-    if meta.uid() != uid && meta.uid() != 0 {
+    if !trusted_owner(meta.uid(), uid) {
         return Err(format!(
             "{what} {shown} is owned by uid {}, not by the daemon's user (uid {uid}) or root: run `chown {uid} {shown}` or use a copy you own",
             meta.uid()
@@ -89,7 +89,7 @@ pub fn check_trusted(path: &Path, what: &str, uid: u32) -> Result<(), String> {
                 dir.display()
             ));
         }
-        if dmeta.uid() != uid && dmeta.uid() != 0 && !sticky {
+        if !trusted_owner(dmeta.uid(), uid) && !sticky {
             return Err(format!(
                 "the directory of {what} {shown} ({}) is owned by uid {}, who could replace the file",
                 dir.display(),
@@ -98,6 +98,28 @@ pub fn check_trusted(path: &Path, what: &str, uid: u32) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Whether files owned by `owner` may be trusted by the daemon running as `uid`: its own, and
+/// root's. In a user namespace that does not map root (a sandboxed systemd user service:
+/// `PrivateTmp=` and friends imply `PrivateUsers=`), root's files show up as the kernel's
+/// overflow uid (65534); there, and only there, that uid stands for root.
+fn trusted_owner(owner: u32, uid: u32) -> bool {
+    owner == uid || owner == 0 || (owner == overflow_uid() && root_unmapped())
+}
+
+fn overflow_uid() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/overflowuid").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(65534)
+}
+
+/// Whether this process lives in a user namespace where uid 0 of the host is not mapped.
+fn root_unmapped() -> bool {
+    let Ok(map) = std::fs::read_to_string("/proc/self/uid_map") else { return false };
+    // Each line: inside-start outside-start count. The initial namespace maps everything.
+    !map.lines().any(|line| {
+        let f: Vec<u64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        f.len() == 3 && f[1] == 0 && f[2] > 0
+    })
 }
 
 /// SHA-256 of everything readable from `file`.

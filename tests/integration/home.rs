@@ -161,6 +161,10 @@ fn hooks_get_the_run_facts_and_before_75_skips() {
     {TRIGGERED}
     command: [touch, should-not-exist]
     hooks: {{before: [sh, -c, 'exit 75'], after: [touch, after-ran]}}
+  gate:
+    {TRIGGERED}
+    command: [touch, gate-steps-ran]
+    hooks: {{before: ['false'], on_success: [touch, gate-success], on_failure: [touch, gate-failure], after: [touch, gate-after]}}
 "
     ));
     let daemon = scratch.start_daemon(&config);
@@ -195,6 +199,13 @@ fn hooks_get_the_run_facts_and_before_75_skips() {
     assert!(!scratch.path().join("should-not-exist").exists());
     assert!(!scratch.path().join("after-ran").exists(), "a skipped run runs no further hooks");
     assert!(daemon.log_text().contains("the before hook exited 75: skipping this run"));
+
+    // A failing `before` hook fails the run: no steps, but on_failure and after run.
+    let run = scratch.backupnizza(["trigger", "--wait", "gate", "-c"]).run_with(&config);
+    run.expect_code(1);
+    assert!(run.stdout().contains("the before hook failed"), "{run}");
+    assert!(!scratch.path().join("gate-steps-ran").exists() && !scratch.path().join("gate-success").exists());
+    assert!(scratch.path().join("gate-failure").exists() && scratch.path().join("gate-after").exists());
 }
 
 fn prometheus_parse(path: &Path) -> Vec<(String, String, f64)> {

@@ -116,3 +116,37 @@ fn writable_task_files_and_programs_are_refused() {
     assert_eq!(code, Some(2), "{log}");
     assert!(log.contains(&format!("program {}", prog.display())) && log.contains("mode 775"), "{log}");
 }
+
+/// Regression: a sandboxed systemd user service runs in a user namespace where root is not
+/// mapped, so root's programs appear owned by the overflow uid; they are still root's.
+#[test]
+fn root_programs_are_trusted_inside_a_user_namespace_without_root() {
+    if !nix::unistd::getuid().is_root() {
+        eprintln!("SKIPPED: needs root to run the daemon as another user");
+        return;
+    }
+    let scratch = Scratch::new();
+    // A secret that cannot load: start-up gets past the program checks, then stops there.
+    let config = scratch.config(&format!(
+        "secrets:\n  s: {{env: BNZ_UNSET_FOR_THIS_TEST}}\ntasks:\n  t:\n    {TRIGGERED}\n    command: [/bin/true]\n    secrets: [s]\n"
+    ));
+    let bin = scratch.path().join("bin-1000");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::copy(crate::harness::BACKUPNIZZA, bin.join("backupnizza")).unwrap();
+    for entry in [scratch.path().to_path_buf(), bin.clone(), bin.join("backupnizza"), config.clone()] {
+        nix::unistd::chown(&entry, Some(nix::unistd::Uid::from_raw(1000)), Some(nix::unistd::Gid::from_raw(1000)))
+            .unwrap();
+    }
+    let out = scratch
+        .command("setpriv")
+        .args(["--reuid=1000", "--regid=1000", "--clear-groups", "--", "unshare", "--user", "--map-current-user"])
+        .arg(bin.join("backupnizza"))
+        .args(["run", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!log.contains("owned by uid 65534"), "{log}");
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("BNZ_UNSET_FOR_THIS_TEST is not set"), "{log}");
+}
