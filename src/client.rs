@@ -1,5 +1,6 @@
 //! The socket client used by `secretbox` and by `backupnizza status` / `trigger`: one HTTP
-//! request over the daemon's Unix socket (hyper + hyperlocal), bounded by a timeout.
+//! request over one connection to the daemon's Unix socket (hyper's HTTP/1 client
+//! connection, no pool: `secretbox` makes exactly one request), bounded by a timeout.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -7,9 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::rt::TokioExecutor;
-use hyperlocal::{UnixConnector, Uri};
+use hyper_util::rt::TokioIo;
 use zeroize::Zeroizing;
 
 use crate::protocol::ErrorBody;
@@ -72,32 +71,30 @@ impl Client {
         token: Option<&str>,
         body: Vec<u8>,
     ) -> Result<Response, ClientError> {
-        // Connect errors from hyper's pool are opaque; a plain connect first says exactly why.
-        if let Err(e) = tokio::net::UnixStream::connect(&self.socket).await {
-            return Err(ClientError::Unreachable { socket: self.socket.clone(), reason: e.to_string() });
-        }
-        let client: HyperClient<UnixConnector, Full<Bytes>> =
-            HyperClient::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(UnixConnector);
-        let mut builder = Request::builder().method(method).uri(Uri::new(&self.socket, path));
+        // One connection per request, handshaken directly: no pool to set up, and a connect
+        // error that says exactly why (no socket, refused, permission denied).
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| ClientError::Unreachable { socket: self.socket.clone(), reason: e.to_string() })?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Protocol(format!("handshake failed: {e}")))?;
+        let connection = tokio::spawn(connection);
+        let mut builder = Request::builder().method(method).uri(path).header(hyper::header::HOST, "backupnizza");
         let auth;
         if let Some(token) = token {
             auth = Zeroizing::new(format!("Bearer {token}"));
             builder = builder.header(hyper::header::AUTHORIZATION, auth.as_str());
         }
         let request = builder.body(Full::new(Bytes::from(body))).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let response = client.request(request).await.map_err(|e| {
-            if e.is_connect() {
-                ClientError::Unreachable { socket: self.socket.clone(), reason: e.to_string() }
-            } else {
-                ClientError::Protocol(format!("{e}"))
-            }
-        })?;
+        let response = sender.send_request(request).await.map_err(|e| ClientError::Protocol(format!("{e}")))?;
         let status = response.status();
         let collected = Limited::new(response.into_body(), MAX_RESPONSE)
             .collect()
             .await
             .map_err(|e| ClientError::Protocol(format!("reading the response failed: {e}")))?;
         let bytes = collected.to_bytes();
+        connection.abort();
         Ok(Response { status, body: Zeroizing::new(bytes.to_vec()) })
     }
 }
