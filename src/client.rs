@@ -79,7 +79,8 @@ impl Client {
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ClientError::Protocol(format!("handshake failed: {e}")))?;
-        let connection = tokio::spawn(connection);
+        // Drive the connection on this task while the request is in flight (no spawn).
+        let mut connection = std::pin::pin!(connection);
         let mut builder = Request::builder().method(method).uri(path).header(hyper::header::HOST, "backupnizza");
         let auth;
         if let Some(token) = token {
@@ -87,14 +88,25 @@ impl Client {
             builder = builder.header(hyper::header::AUTHORIZATION, auth.as_str());
         }
         let request = builder.body(Full::new(Bytes::from(body))).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let response = sender.send_request(request).await.map_err(|e| ClientError::Protocol(format!("{e}")))?;
-        let status = response.status();
-        let collected = Limited::new(response.into_body(), MAX_RESPONSE)
-            .collect()
-            .await
-            .map_err(|e| ClientError::Protocol(format!("reading the response failed: {e}")))?;
-        let bytes = collected.to_bytes();
-        connection.abort();
-        Ok(Response { status, body: Zeroizing::new(bytes.to_vec()) })
+        let exchange = async {
+            let response = sender.send_request(request).await.map_err(|e| ClientError::Protocol(format!("{e}")))?;
+            let status = response.status();
+            let collected = Limited::new(response.into_body(), MAX_RESPONSE)
+                .collect()
+                .await
+                .map_err(|e| ClientError::Protocol(format!("reading the response failed: {e}")))?;
+            Ok::<_, ClientError>(Response { status, body: Zeroizing::new(collected.to_bytes().to_vec()) })
+        };
+        let mut exchange = std::pin::pin!(exchange);
+        tokio::select! {
+            biased;
+            response = &mut exchange => response,
+            ended = &mut connection => match ended {
+                // The daemon may close right after answering (it does for other users):
+                // the answer is already in the body channel.
+                Ok(()) => exchange.await,
+                Err(e) => Err(ClientError::Protocol(format!("{e}"))),
+            },
+        }
     }
 }

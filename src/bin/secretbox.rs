@@ -48,7 +48,8 @@ fn get(name: &str, socket: Option<std::path::PathBuf>, timeout: Duration, newlin
         }
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
+        .enable_io()
+        .enable_time()
         .build()
         .map_err(|e| (exit::INTERNAL, format!("cannot start: {e}")))?;
     let client = Client::new(&socket, timeout);
