@@ -363,16 +363,25 @@ fn inside(args: &[String]) {
                 took
             };
             let (mut sb, mut cat, mut tool) = (Vec::new(), Vec::new(), Vec::new());
+            // Each round runs the three in a random order, so whatever one leaves behind
+            // (gnome-keyring keeps working after answering) does not always fall on the same.
+            use rand::seq::SliceRandom;
+            let mut order = [0, 1, 2];
             for _ in 0..n {
-                sb.push(time(Command::new(SECRETBOX).args(["get", "s0"])));
-                cat.push(time(Command::new("cat").arg(file)));
-                tool.push(time(Command::new("secret-tool").args([
-                    "lookup",
-                    "service",
-                    "backupnizza-bench",
-                    "username",
-                    "bench",
-                ])));
+                order.shuffle(&mut rand::rng());
+                for which in order {
+                    match which {
+                        0 => sb.push(time(Command::new(SECRETBOX).args(["get", "s0"]))),
+                        1 => cat.push(time(Command::new("cat").arg(file))),
+                        _ => tool.push(time(Command::new("secret-tool").args([
+                            "lookup",
+                            "service",
+                            "backupnizza-bench",
+                            "username",
+                            "bench",
+                        ]))),
+                    }
+                }
             }
             std::fs::write(out, format!("{} {} {}", median(sb), median(cat), median(tool))).unwrap();
         }

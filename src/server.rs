@@ -415,6 +415,12 @@ fn rejection(r: Rejection) -> Resp {
 }
 
 async fn handle(req: Request<Incoming>, broker: &Broker, peer: Peer) -> Resp {
+    // Redemptions are bounded by construction (a body read with its own timeout, a wait for
+    // a just-spawned process of at most 2 s, a penalty of at most 5 s) and are the hot path:
+    // no per-request timer for them. Everything else gets an overall deadline.
+    if req.uri().path().starts_with(protocol::ROUTE_SECRETS) {
+        return route(req, broker, peer).await;
+    }
     let deadline = broker.limits.request_timeout;
     match tokio::time::timeout(deadline + Duration::from_secs(protocol::MAX_WAIT_SECS), route(req, broker, peer)).await
     {
@@ -544,6 +550,11 @@ async fn read_body(req: Request<Incoming>, timeout: Duration) -> Result<Parts, R
         if len > protocol::MAX_REQUEST_BODY as u64 {
             return Err(too_large());
         }
+    }
+    // Most requests have no body at all: skip the timer then (redemptions are the hot path).
+    use hyper::body::Body as _;
+    if req.body().is_end_stream() {
+        return Ok(Parts { auth, query });
     }
     match tokio::time::timeout(timeout, Limited::new(req.into_body(), protocol::MAX_REQUEST_BODY).collect()).await {
         Ok(Ok(_)) => Ok(Parts { auth, query }),
