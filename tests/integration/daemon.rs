@@ -7,9 +7,7 @@ use std::process::Command;
 
 use backupnizza::protocol::exit;
 
-use crate::harness::{SECRETBOX, Scratch, canary, sha256_hex, write_private};
-
-const TRIGGERED: &str = "schedule: '0 0 1 1 *'";
+use crate::harness::{SECRETBOX, Scratch, TRIGGERED, canary, sha256_hex, trigger, write_private};
 
 fn is_root() -> bool {
     nix::unistd::getuid().is_root()
@@ -20,14 +18,6 @@ fn started_pid(log: &str) -> u32 {
     let line = log.lines().find(|l| l.contains("started process with a one-time token")).expect("a started process");
     let at = line.find(" pid=").unwrap() + 5;
     line[at..].split_whitespace().next().unwrap().parse().unwrap()
-}
-
-fn trigger(scratch: &Scratch, config: &Path, task: &str, wait: bool) -> crate::harness::Run {
-    let mut args = vec!["trigger", task, "-c"];
-    if wait {
-        args.insert(2, "--wait");
-    }
-    scratch.backupnizza(args).run_with(config)
 }
 
 #[test]

@@ -133,6 +133,28 @@ pub struct Daemon {
     pub socket: PathBuf,
 }
 
+/// A schedule that never fires during a test (1 January): tasks run by `trigger` only.
+pub const TRIGGERED: &str = "schedule: '0 0 1 1 *'";
+
+/// `backupnizza trigger TASK [--wait] -c CONFIG`.
+pub fn trigger(scratch: &Scratch, config: &Path, task: &str, wait: bool) -> Run {
+    let mut args = vec!["trigger", task];
+    if wait {
+        args.push("--wait");
+    }
+    args.push("-c");
+    scratch.backupnizza(args).run_with(config)
+}
+
+/// The run history the daemon wrote in `scratch/state`, record by record.
+pub fn history(scratch: &Scratch) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(scratch.path().join("state/history.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
 /// How long any single wait in a test may take before the test fails. Generous: tests
 /// assert behaviour, not speed.
 pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);

@@ -6,9 +6,7 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use crate::harness::{Scratch, canary, write_private};
-
-const TRIGGERED: &str = "schedule: '0 0 1 1 *'";
+use crate::harness::{Scratch, TRIGGERED, canary, write_private};
 
 /// A recorded request: method, path with query, body.
 type Request = (String, String, Vec<u8>);

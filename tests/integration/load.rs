@@ -8,9 +8,7 @@ use std::process::Command;
 
 use backupnizza::protocol::exit;
 
-use crate::harness::{PATIENCE, Scratch, canary, write_private};
-
-const TRIGGERED: &str = "schedule: '0 0 1 1 *'";
+use crate::harness::{PATIENCE, Scratch, TRIGGERED, canary, trigger, write_private};
 
 fn loadgen() -> PathBuf {
     // Examples are built by `cargo test`, beside the binaries.
@@ -44,10 +42,6 @@ fn load_config(scratch: &Scratch, n: usize, total: usize, concurrency: usize) ->
     ))
 }
 
-fn trigger_wait(scratch: &Scratch, config: &std::path::Path, task: &str) -> crate::harness::Run {
-    scratch.backupnizza(["trigger", "--wait", task, "-c"]).run_with(config)
-}
-
 #[test]
 fn a_thousand_idle_connections_do_not_block_a_redemption() {
     let scratch = Scratch::new();
@@ -57,7 +51,7 @@ fn a_thousand_idle_connections_do_not_block_a_redemption() {
     let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
     nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard.min(8192), hard).unwrap();
     let idle: Vec<UnixStream> = (0..1000).map(|_| UnixStream::connect(&daemon.socket).unwrap()).collect();
-    let run = trigger_wait(&scratch, &config, "one");
+    let run = trigger(&scratch, &config, "one", true);
     run.expect_code(0);
     assert!(daemon.log_text().contains("secret redeemed"));
     drop(idle);
@@ -70,11 +64,11 @@ fn a_hundred_thousand_redemptions_leave_fds_and_memory_at_baseline() {
     let daemon = scratch.start_daemon(&config);
     let pid = daemon.pid();
     // Warm up (allocator, runtime), then measure the baseline.
-    trigger_wait(&scratch, &config, "load").expect_code(0);
+    trigger(&scratch, &config, "load", true).expect_code(0);
     let (fds, rss) = (open_fds(pid), rss_kib(pid));
     // 100,000 more, with a config whose tokens allow it: ten runs of 10,000.
     for _ in 0..10 {
-        trigger_wait(&scratch, &config, "load").expect_code(0);
+        trigger(&scratch, &config, "load", true).expect_code(0);
     }
     let log = daemon.log_text();
     assert_eq!(
@@ -127,7 +121,7 @@ fn a_client_killed_mid_request_leaks_nothing() {
         "the dead client's connection leaked ({} descriptors, baseline {baseline})",
         open_fds(pid)
     );
-    trigger_wait(&scratch, &config, "one").expect_code(0);
+    trigger(&scratch, &config, "one", true).expect_code(0);
 }
 
 #[test]
@@ -158,7 +152,7 @@ fn repeated_failures_are_slowed_down_and_counted() {
         secret.display()
     ));
     let daemon = scratch.start_daemon(&config);
-    trigger_wait(&scratch, &config, "probe").expect_code(0);
+    trigger(&scratch, &config, "probe", true).expect_code(0);
     let codes: Vec<i32> =
         std::fs::read_to_string(scratch.path().join("codes")).unwrap().lines().map(|l| l.parse().unwrap()).collect();
     assert_eq!(codes[..7], [exit::UNKNOWN; 7], "{codes:?}");

@@ -4,9 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::harness::{Scratch, sha256_hex, write_private};
-
-const TRIGGERED: &str = "schedule: '0 0 1 1 *'";
+use crate::harness::{Scratch, TRIGGERED, sha256_hex, write_private};
 
 /// Copies a system program into the scratch directory (mode 0755) and returns its path.
 fn install(scratch: &Scratch, from: &str, name: &str) -> PathBuf {

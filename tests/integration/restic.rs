@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::harness::{Scratch, canary};
+use crate::harness::{Scratch, canary, history};
 
 /// `rclone serve restic --append-only` on 127.0.0.1, port chosen by the kernel.
 pub struct RestServer {
@@ -196,12 +196,4 @@ tasks:
         }
     }
     let _ = Command::new("keyctl").args(["purge", "user", &format!("keyring:repo@{service}")]).status();
-}
-
-fn history(scratch: &Scratch) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(scratch.path().join("state/history.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
 }

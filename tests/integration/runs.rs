@@ -1,20 +1,9 @@
 //! How the daemon runs tasks: timeouts that stop whole process groups, overlap policies,
 //! steps, shutdown, the control commands, and redaction of what tasks print.
 
-use std::path::Path;
 use std::time::Duration;
 
-use crate::harness::{Scratch, canary};
-
-const TRIGGERED: &str = "schedule: '0 0 1 1 *'";
-
-fn history(scratch: &Scratch) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(scratch.path().join("state/history.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
+use crate::harness::{Scratch, TRIGGERED, canary, history, trigger};
 
 fn records<'a>(all: &'a [serde_json::Value], kind: &str, task: &str) -> Vec<&'a serde_json::Value> {
     all.iter().filter(|r| r["type"] == kind && r["task"] == task).collect()
@@ -26,15 +15,6 @@ fn pid_alive(pid: i32) -> bool {
         Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
         Err(_) => false,
     }
-}
-
-fn trigger(scratch: &Scratch, config: &Path, task: &str, wait: bool) -> crate::harness::Run {
-    let mut args = vec!["trigger", task];
-    if wait {
-        args.push("--wait");
-    }
-    args.push("-c");
-    scratch.backupnizza(args).run_with(config)
 }
 
 #[test]
