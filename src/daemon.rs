@@ -23,10 +23,10 @@ use crate::exit::{Exit, FAILURE};
 use crate::hardening::Weakness;
 use crate::history::{self, History, Record};
 use crate::metrics::{TaskMetrics, TokenMetrics};
-use crate::notifications::RunFacts;
+use crate::notifications::{RunFacts, Sent};
 use crate::programs::Pinned;
 use crate::protocol::{RunBody, RunRef, StatusBody, TaskStatus, TokenCounts};
-use crate::runner::{Outcome, RunStatus, Runner};
+use crate::runner::{HookFailure, Outcome, RunStatus, Runner};
 use crate::scheduler::{self, ClockWatch, Decision, Timetable, Trigger};
 use crate::secrets::{self, Secrets};
 use crate::server::{self, Broker, Control, Limits};
@@ -250,6 +250,9 @@ struct TaskState {
     metrics: TaskMetrics,
 }
 
+/// Most of the stderr tail a hook gets in `BACKUPNIZZA_STDERR_TAIL`.
+const MAX_TAIL_ENV: usize = 32 * 1024;
+
 /// A `before` hook exiting with this (EX_TEMPFAIL) skips the run, as in borgmatic.
 const SKIP_EXIT_CODE: i32 = 75;
 
@@ -265,6 +268,8 @@ pub struct Daemon {
     tasks: Mutex<Vec<TaskState>>,
     runs: Mutex<Runs>,
     handles: Mutex<Vec<JoinHandle<()>>>,
+    /// Serialises metrics-file writes (see `write_metrics`).
+    metrics_writer: Mutex<()>,
     cancel: watch::Sender<bool>,
     cancel_rx: watch::Receiver<bool>,
 }
@@ -337,6 +342,7 @@ impl Daemon {
             tasks: Mutex::new(tasks),
             runs: Mutex::default(),
             handles: Mutex::default(),
+            metrics_writer: Mutex::default(),
             cancel,
             cancel_rx,
         }
@@ -400,9 +406,16 @@ impl Daemon {
             };
             // `skip` takes the tasks lock itself.
             drop(tasks);
-            let at = occurrence.unwrap_or(now);
-            warn!(task = %task.name, occurrence = %self.rfc3339(at), "not running: {why}");
-            self.skip(&task.name, at, 1, "overlap", why.to_string());
+            match occurrence {
+                // An occurrence that will not run is recorded; a refused manual trigger is
+                // only answered (it is not an occurrence of the schedule).
+                Some(at) => {
+                    warn!(task = %task.name, occurrence = %self.rfc3339(at), "not running: {why}");
+                    self.skip(&task.name, at, 1, "overlap", why.to_string());
+                    self.write_metrics();
+                }
+                None => info!(task = %task.name, "manual trigger refused: {why}"),
+            }
             return Err((StatusCode::CONFLICT, format!("task {:?} is running and {why}", task.name)));
         }
         state.running = true;
@@ -416,9 +429,9 @@ impl Daemon {
         &self,
         event: &'static str,
         task: &config::Task,
-        run_id: &str,
-        rid: &str,
-        at: Timestamp,
+        (run_id, rid): (&str, &str),
+        started: Timestamp,
+        ended: Option<Timestamp>,
         outcome: Option<&Outcome>,
     ) -> RunFacts {
         RunFacts {
@@ -428,8 +441,8 @@ impl Daemon {
             status: outcome.map_or("running", |o| o.status.as_str()).to_string(),
             exit_code: outcome.and_then(|o| o.exit_code),
             duration_ms: None,
-            started: if outcome.is_none() { self.rfc3339(at) } else { String::new() },
-            ended: outcome.map(|_| self.rfc3339(at)),
+            started: self.rfc3339(started),
+            ended: ended.map(|t| self.rfc3339(t)),
             reason: outcome.map(|o| o.reason.clone()).unwrap_or_default(),
             stderr_tail: outcome.map(|o| o.stderr_tail.clone()),
             host: nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default(),
@@ -448,19 +461,43 @@ impl Daemon {
             facts.push(("BACKUPNIZZA_EXIT_CODE".into(), o.exit_code.map(|c| c.to_string()).unwrap_or_default()));
             facts.push(("BACKUPNIZZA_DURATION_MS".into(), o.duration.as_millis().to_string()));
             facts.push(("BACKUPNIZZA_REASON".into(), o.reason.clone()));
-            facts.push(("BACKUPNIZZA_STDERR_TAIL".into(), o.stderr_tail.join("\n")));
+            // Bounded (an environment string over 128 KiB makes exec fail with E2BIG) and
+            // without NULs (which no environment string can hold): keep the end.
+            let mut tail = o.stderr_tail.join("\n").replace('\0', "");
+            if tail.len() > MAX_TAIL_ENV {
+                let mut cut = tail.len() - MAX_TAIL_ENV;
+                while !tail.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                tail = tail[cut..].to_string();
+            }
+            facts.push(("BACKUPNIZZA_STDERR_TAIL".into(), tail));
         }
         facts
     }
 
-    fn notify(&self, idx: usize, facts: RunFacts) {
+    /// Sends a run's notifications; `after` orders them behind an earlier event's.
+    fn notify(&self, idx: usize, facts: RunFacts, after: Option<Sent>) -> Option<Sent> {
         let task = &self.config.tasks[idx];
-        if let Some(notify) = task.notify.as_ref().or(self.config.notify.as_ref()) {
-            crate::notifications::send(notify, &self.runner.broker.secrets, facts);
-        }
+        let notify = task.notify.as_ref().or(self.config.notify.as_ref())?;
+        crate::notifications::send(notify, &self.runner.broker.secrets, facts, after)
     }
 
-    fn write_metrics(&self) {
+    /// Rewrites the metrics file in the background. Writers take turns, and each snapshots
+    /// the state only once it holds its turn, so a later state is never overwritten by an
+    /// earlier one.
+    fn write_metrics(self: &Arc<Self>) {
+        if self.config.metrics_textfile.is_none() {
+            return;
+        }
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _turn = lock(&me.metrics_writer);
+            me.write_metrics_now();
+        });
+    }
+
+    fn write_metrics_now(&self) {
         let Some(path) = &self.config.metrics_textfile else { return };
         let tasks = lock(&self.tasks);
         let named: Vec<(&str, TaskMetrics)> = self
@@ -514,6 +551,8 @@ impl Daemon {
         let task = &self.config.tasks[idx];
         let mut cancel = self.cancel_rx.clone();
         let rid = crate::notifications::new_rid();
+        let mut run_started = Timestamp::now();
+        let mut start_sent: Option<Sent> = None;
         let outcome = 'run: {
             if let (Some(max), Trigger::Schedule | Trigger::CatchUp) = (task.random_delay, trigger) {
                 let delay = Duration::from_millis(rand::random_range(0..=max.as_millis().min(u64::MAX as u128) as u64));
@@ -539,7 +578,8 @@ impl Daemon {
                 let mut tasks = lock(&self.tasks);
                 tasks[idx].metrics.last_start = Some(started);
             }
-            self.notify(idx, self.facts("start", task, &run_id, &rid, started, None));
+            run_started = started;
+            start_sent = self.notify(idx, self.facts("start", task, (&run_id, &rid), started, None, None), None);
             if let Some(before) = &task.hooks.before {
                 let facts = self.hook_facts("before", started, None);
                 match self.runner.run_hook(task, before, &run_id, facts, &mut cancel).await {
@@ -563,7 +603,16 @@ impl Daemon {
                             duration: Duration::ZERO,
                         };
                     }
-                    Err(why) => {
+                    Err(HookFailure::Cancelled) => {
+                        break 'run Outcome {
+                            status: RunStatus::Cancelled,
+                            exit_code: None,
+                            reason: "stopped by daemon shutdown during the before hook".into(),
+                            stderr_tail: Vec::new(),
+                            duration: Duration::ZERO,
+                        };
+                    }
+                    Err(HookFailure::Failed(why)) => {
                         break 'run Outcome {
                             status: RunStatus::Failed,
                             exit_code: None,
@@ -597,11 +646,17 @@ impl Daemon {
             let started = Timestamp::now() - jiff::SignedDuration::try_from(outcome.duration).unwrap_or_default();
             for (name, hook) in [which, ("after", &task.hooks.after)] {
                 let Some(argv) = hook else { continue };
+                if *cancel.borrow() {
+                    break;
+                }
                 let facts = self.hook_facts(name, started, Some(&outcome));
                 match self.runner.run_hook(task, argv, &run_id, facts, &mut cancel).await {
                     Ok(0) => {}
                     Ok(code) => warn!("the {name} hook exited {code}; the run's result is unchanged"),
-                    Err(why) => warn!("the {name} hook failed: {why}; the run's result is unchanged"),
+                    Err(HookFailure::Cancelled) => break,
+                    Err(HookFailure::Failed(why)) => {
+                        warn!("the {name} hook failed: {why}; the run's result is unchanged")
+                    }
                 }
             }
         }
@@ -647,9 +702,9 @@ impl Daemon {
             }
         }
         if outcome.status != RunStatus::Cancelled {
-            let mut facts = self.facts("end", task, &run_id, &rid, ended, Some(&outcome));
+            let mut facts = self.facts("end", task, (&run_id, &rid), run_started, Some(ended), Some(&outcome));
             facts.duration_ms = Some(duration_ms);
-            self.notify(idx, facts);
+            self.notify(idx, facts, start_sent);
         }
         self.write_metrics();
         let body = {
@@ -753,7 +808,8 @@ impl Daemon {
                     return Stop::Signal("a signal-handler failure");
                 }
             };
-        self.write_metrics();
+        // Synchronously: READY means the metrics file exists.
+        self.write_metrics_now();
         crate::notify::notify("READY=1");
         let mut watchdog = crate::notify::watchdog_interval().map(|d| tokio::time::interval(d / 2));
         let mut socket_check = tokio::time::interval(SOCKET_CHECK);
@@ -848,6 +904,7 @@ impl Daemon {
                     "too_late",
                     format!("more than max_lateness ({}) late", crate::duration::Human(task.max_lateness)),
                 );
+                self.write_metrics();
             }
         }
     }

@@ -73,6 +73,11 @@ fn resolve(url: &UrlValue, secrets: &Secrets) -> Option<String> {
 
 /// The ping URL for an event: `start`, success (bare), or failure (`fail` / exit code).
 pub fn ping_url(base: &str, facts: &RunFacts) -> String {
+    // The suffix belongs on the path, before any query (`.../slug?create=1`).
+    let (base, query) = match base.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (base, None),
+    };
     let base = base.trim_end_matches('/');
     let suffix = match (facts.event, facts.status.as_str(), facts.exit_code) {
         ("start", _, _) => "/start".to_string(),
@@ -81,19 +86,23 @@ pub fn ping_url(base: &str, facts: &RunFacts) -> String {
         (_, _, Some(code)) if code > 0 => format!("/{}", code.min(255)),
         _ => "/fail".to_string(),
     };
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{suffix}{sep}rid={}", facts.rid)
+    match query {
+        Some(query) => format!("{base}{suffix}?{query}&rid={}", facts.rid),
+        None => format!("{base}{suffix}?rid={}", facts.rid),
+    }
 }
 
-/// Sends the notifications for one event, in the background; returns at once.
-pub fn send(notify: &Notify, secrets: &Secrets, facts: RunFacts) {
+/// Sends the notifications for one event in the background and returns at once. With
+/// `after`, they wait until that earlier event's notifications are out, so an end never
+/// overtakes its start (healthchecks would then wait for a completion that already came).
+pub fn send(notify: &Notify, secrets: &Secrets, facts: RunFacts, after: Option<Sent>) -> Option<Sent> {
     let ping = notify.ping.as_ref().and_then(|u| resolve(u, secrets));
     let webhook = notify.webhook.as_ref().and_then(|u| resolve(u, secrets));
     let (send_logs, timeout) = (notify.send_logs, notify.timeout);
     if ping.is_none() && webhook.is_none() {
-        return;
+        return None;
     }
-    tokio::task::spawn_blocking(move || {
+    let deliver_all = move || {
         let agent = ureq::AgentBuilder::new().timeout(timeout).build();
         if let Some(base) = ping {
             let url = ping_url(&base, &facts);
@@ -117,8 +126,17 @@ pub fn send(notify: &Notify, secrets: &Secrets, facts: RunFacts) {
             }
             deliver("webhook", &url, &facts, || agent.post(&url).send_json(&facts).map(drop).map_err(|e| describe(&e)));
         }
-    });
+    };
+    Some(tokio::spawn(async move {
+        if let Some(earlier) = after {
+            let _ = earlier.await;
+        }
+        let _ = tokio::task::spawn_blocking(deliver_all).await;
+    }))
 }
+
+/// The notifications of one event, in flight.
+pub type Sent = tokio::task::JoinHandle<()>;
 
 /// Sends with one retry after a second; logs the outcome with the URL reduced to its host.
 fn deliver(kind: &str, url: &str, facts: &RunFacts, attempt: impl Fn() -> Result<(), String>) {
@@ -187,6 +205,25 @@ mod tests {
         assert_eq!(
             ping_url(base, &facts("end", "timeout", None)),
             "https://hc-ping.com/abc/fail?rid=00000000-0000-4000-8000-000000000000"
+        );
+    }
+
+    #[test]
+    fn a_query_string_stays_after_the_suffix() {
+        // Regression: healthchecks' slug URLs (`.../KEY/db?create=1`) put /fail in the query.
+        let slug = "https://hc-ping.com/KEY/db?create=1";
+        let rid = "00000000-0000-4000-8000-000000000000";
+        assert_eq!(
+            ping_url(slug, &facts("end", "failed", None)),
+            format!("https://hc-ping.com/KEY/db/fail?create=1&rid={rid}")
+        );
+        assert_eq!(
+            ping_url(slug, &facts("start", "running", None)),
+            format!("https://hc-ping.com/KEY/db/start?create=1&rid={rid}")
+        );
+        assert_eq!(
+            ping_url(slug, &facts("end", "success", Some(0))),
+            format!("https://hc-ping.com/KEY/db?create=1&rid={rid}")
         );
     }
 

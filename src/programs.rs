@@ -72,7 +72,7 @@ pub fn check_trusted(path: &Path, what: &str, uid: u32) -> Result<(), String> {
             mode & 0o777
         ));
     }
-    if !trusted_owner(meta.uid(), uid) {
+    if !trusted_owner(&real, meta.uid(), uid) {
         return Err(format!(
             "{what} {shown} is owned by uid {}, not by the daemon's user (uid {uid}) or root: run `chown {uid} {shown}` or use a copy you own",
             meta.uid()
@@ -89,7 +89,7 @@ pub fn check_trusted(path: &Path, what: &str, uid: u32) -> Result<(), String> {
                 dir.display()
             ));
         }
-        if !trusted_owner(dmeta.uid(), uid) && !sticky {
+        if !trusted_owner(dir, dmeta.uid(), uid) && !sticky {
             return Err(format!(
                 "the directory of {what} {shown} ({}) is owned by uid {}, who could replace the file",
                 dir.display(),
@@ -104,8 +104,16 @@ pub fn check_trusted(path: &Path, what: &str, uid: u32) -> Result<(), String> {
 /// root's. In a user namespace that does not map root (a sandboxed systemd user service:
 /// `PrivateTmp=` and friends imply `PrivateUsers=`), root's files show up as the kernel's
 /// overflow uid (65534); there, and only there, that uid stands for root.
-fn trusted_owner(owner: u32, uid: u32) -> bool {
-    owner == uid || owner == 0 || (owner == overflow_uid() && root_unmapped())
+fn trusted_owner(path: &Path, owner: u32, uid: u32) -> bool {
+    owner == uid || owner == 0 || (owner == overflow_uid() && root_unmapped() && is_system_path(path))
+}
+
+/// Every unmapped owner shows as the overflow uid, not only root; so that reading is trusted
+/// only where files belong to root on any sane system.
+fn is_system_path(path: &Path) -> bool {
+    ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/nix/store", "/etc", "/"]
+        .iter()
+        .any(|prefix| path == Path::new(prefix) || (*prefix != "/" && path.starts_with(prefix)))
 }
 
 fn overflow_uid() -> u32 {
@@ -208,6 +216,32 @@ pub fn prepare(
             }
         }
         pins.push(task_pins);
+        // Hooks run with the task's environment and a token too: the same trust rules.
+        let hooks = [
+            ("before", &task.hooks.before),
+            ("on_success", &task.hooks.on_success),
+            ("on_failure", &task.hooks.on_failure),
+            ("after", &task.hooks.after),
+        ];
+        for (name, argv) in hooks {
+            let Some(argv) = argv else { continue };
+            let path = step_path(
+                base_env,
+                task,
+                &Step { command: argv.clone(), env: Vec::new(), continue_on_error: false, sha256: None },
+            );
+            match resolve(&argv[0], path.as_deref(), home, task.working_dir.as_deref()) {
+                Some(program) => {
+                    if let Err(e) = check_trusted(&program, "program", uid) {
+                        errors.push(format!("task {:?} {name} hook: {e}", task.name));
+                    }
+                }
+                None => warnings.push(format!(
+                    "task {:?} {name} hook: program {:?} not found; the hook will fail",
+                    task.name, argv[0]
+                )),
+            }
+        }
     }
     if errors.is_empty() { Ok((pins, warnings)) } else { Err(errors) }
 }

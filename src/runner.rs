@@ -137,6 +137,14 @@ pub fn expand_tilde(arg: &str, home: Option<&Path>) -> OsString {
     }
 }
 
+/// Why a hook has no exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookFailure {
+    /// The daemon is stopping: not the hook's fault, and not the run's.
+    Cancelled,
+    Failed(String),
+}
+
 enum StepEnd {
     Exited(ExitStatus),
     TimedOut(String),
@@ -238,7 +246,7 @@ impl Runner {
         run_id: &str,
         facts: Vec<(String, String)>,
         cancel: &mut watch::Receiver<bool>,
-    ) -> Result<i32, String> {
+    ) -> Result<i32, HookFailure> {
         let step = Step {
             command: argv.to_vec(),
             env: facts.into_iter().map(|(name, value)| EnvVar { name, value: EnvValue::Text(value) }).collect(),
@@ -248,12 +256,13 @@ impl Runner {
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         let deadline = Some(Instant::now() + task.hooks.timeout);
         match self.run_step(task, &step, None, run_id, &[], 0, deadline, cancel, &tail).await {
-            StepEnd::Exited(status) => status.code().ok_or_else(|| describe_exit(status)),
-            StepEnd::TimedOut(how) => {
-                Err(format!("timed out after {}; {how}", crate::duration::Human(task.hooks.timeout)))
-            }
-            StepEnd::Cancelled => Err("stopped by daemon shutdown".into()),
-            StepEnd::NotStarted(why) | StepEnd::Refused(why) => Err(why),
+            StepEnd::Exited(status) => status.code().ok_or_else(|| HookFailure::Failed(describe_exit(status))),
+            StepEnd::TimedOut(how) => Err(HookFailure::Failed(format!(
+                "timed out after {}; {how}",
+                crate::duration::Human(task.hooks.timeout)
+            ))),
+            StepEnd::Cancelled => Err(HookFailure::Cancelled),
+            StepEnd::NotStarted(why) | StepEnd::Refused(why) => Err(HookFailure::Failed(why)),
         }
     }
 

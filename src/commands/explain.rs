@@ -124,7 +124,7 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
     for occurrence in &occurrences {
         let fate = if let Some(run) = by_occurrence.get(occurrence) {
             let result = describe_end(run);
-            let ok = run.end.as_ref().is_some_and(|(s, ..)| matches!(s.as_str(), "success" | "warning" | "skipped"));
+            let end = run.end.as_ref().map(|(s, ..)| s.as_str());
             if run.trigger == "catch_up" {
                 caught_up += 1;
                 let late = Duration::try_from(run.at.duration_since(*occurrence)).unwrap_or_default();
@@ -134,13 +134,21 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
                     crate::duration::Human(Duration::from_secs(late.as_secs()))
                 )
             } else {
-                if ok {
-                    ran += 1
-                } else {
-                    failed += 1
+                match end {
+                    Some("success" | "warning") => {
+                        ran += 1;
+                        format!("ran at {}: {result}", rfc3339(run.at, tz))
+                    }
+                    Some("skipped") => {
+                        skips += 1;
+                        format!("skipped by the before hook (exit 75) at {}: {result}", rfc3339(run.at, tz))
+                    }
+                    Some(_) => {
+                        failed += 1;
+                        format!("failed at {}: {result}", rfc3339(run.at, tz))
+                    }
+                    None => format!("started at {}: {result}", rfc3339(run.at, tz)),
                 }
-                let verb = if ok { "ran" } else { "failed" };
-                format!("{verb} at {}: {result}", rfc3339(run.at, tz))
             }
         } else if let Some((reason, detail)) = skipped.get(occurrence) {
             skips += 1;

@@ -251,13 +251,24 @@ fn the_metrics_file_parses_and_updates_after_each_run() {
     let first = prometheus_parse(&metrics);
     assert_eq!(value(&first, "backupnizza_task_runs_total", "docs"), Some(0.0));
     assert!(value(&first, "backupnizza_task_next_fire_timestamp_seconds", "docs").is_some());
+    // The file is rewritten in the background right after each run: poll for it.
+    let after = |name: &str, label: &str, want: f64| {
+        let deadline = std::time::Instant::now() + crate::harness::PATIENCE;
+        loop {
+            let samples = prometheus_parse(&metrics);
+            if value(&samples, name, label) == Some(want) {
+                return samples;
+            }
+            assert!(std::time::Instant::now() < deadline, "{name}{{{label}}} never became {want}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
     scratch.backupnizza(["trigger", "--wait", "docs", "-c"]).run_with(&config).expect_code(0);
-    let second = prometheus_parse(&metrics);
-    assert_eq!(value(&second, "backupnizza_task_runs_total", "docs"), Some(1.0));
+    let second = after("backupnizza_task_runs_total", "docs", 1.0);
     assert_eq!(value(&second, "backupnizza_task_last_exit_code", "docs"), Some(0.0));
     assert!(value(&second, "backupnizza_task_last_success_timestamp_seconds", "docs").unwrap() > 1.7e9);
     scratch.backupnizza(["trigger", "--wait", "broken", "-c"]).run_with(&config).expect_code(1);
-    let third = prometheus_parse(&metrics);
+    let third = after("backupnizza_task_failures_total", "broken", 1.0);
     assert_eq!(value(&third, "backupnizza_task_failures_total", "broken"), Some(1.0));
     assert_eq!(value(&third, "backupnizza_task_last_exit_code", "broken"), Some(1.0));
     assert_eq!(value(&third, "backupnizza_tokens_minted_total", ""), Some(2.0));
