@@ -13,8 +13,25 @@ pub mod validate;
 use std::path::PathBuf;
 
 use crate::cli::ConfigArg;
-use crate::config::Environment;
+use crate::config::{self, Config, Environment, Task};
 use crate::exit::Exit;
+
+/// Loads and checks the task file named by `-c` (or the default one); an unreadable or
+/// invalid file is a usage error (exit 2) listing every problem.
+pub fn load_config(arg: &ConfigArg, env: &Environment) -> anyhow::Result<Config> {
+    let path = config_path(arg, env)?;
+    config::load(&path, env).map_err(|e| Exit::usage(e.to_string()).into())
+}
+
+/// The task called `name`, or a usage error that suggests the closest name.
+pub fn require_task<'c>(config: &'c Config, name: &str) -> anyhow::Result<&'c Task> {
+    config.task(name).ok_or_else(|| {
+        let hint = config::did_you_mean(name, config.tasks.iter().map(|t| t.name.as_str()))
+            .map(|n| format!(" (did you mean {n:?}?)"))
+            .unwrap_or_default();
+        Exit::usage(format!("no task named {name:?} in {}{hint}", config.path.display())).into()
+    })
+}
 
 /// The task file named by `-c`, else the default location.
 pub fn config_path(arg: &ConfigArg, env: &Environment) -> anyhow::Result<PathBuf> {

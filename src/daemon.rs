@@ -29,7 +29,7 @@ use crate::protocol::{RunBody, RunRef, StatusBody, TaskStatus, TokenCounts};
 use crate::runner::{HookFailure, Outcome, RunStatus, Runner};
 use crate::scheduler::{self, ClockWatch, Decision, Timetable, Trigger};
 use crate::secrets::{self, Secrets};
-use crate::server::{self, Broker, Control, Limits};
+use crate::server::{self, Broker, Control, Limits, lock};
 use crate::vault::{Rejection, Vault};
 
 /// Grace between SIGINT, SIGTERM and SIGKILL when a task times out.
@@ -278,10 +278,6 @@ pub struct Daemon {
 struct Runs {
     by_id: HashMap<String, watch::Sender<RunBody>>,
     finished: VecDeque<String>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A run id: the UTC start time and 32 random bits (`20261122T053704Z-0dd8a1f3`).

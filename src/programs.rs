@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::config::{Config, EnvValue, Step, Task};
+use crate::config::{Config, EnvValue, EnvVar, Task};
 
 /// A program whose digest is checked before every run.
 #[derive(Debug, Clone)]
@@ -143,9 +143,9 @@ pub fn digest(file: &mut File) -> std::io::Result<[u8; 32]> {
 }
 
 /// The `PATH` a step's process will see: the task's or step's `env` wins over the daemon's.
-pub fn step_path(base: &[(OsString, OsString)], task: &Task, step: &Step) -> Option<OsString> {
+pub fn step_path(base: &[(OsString, OsString)], task: &Task, step_env: &[EnvVar]) -> Option<OsString> {
     let mut path = base.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone());
-    for var in task.env.iter().chain(&step.env) {
+    for var in task.env.iter().chain(step_env) {
         if let (true, EnvValue::Text(text)) = (var.name == "PATH", &var.value) {
             path = Some(text.into());
         }
@@ -175,7 +175,7 @@ pub fn prepare(
             } else {
                 format!("task {:?} step {}", task.name, i + 1)
             };
-            let path = step_path(base_env, task, step);
+            let path = step_path(base_env, task, &step.env);
             let wants_pin = step.sha256.is_some() || config.pin_binaries;
             let Some(program) = resolve(&step.command[0], path.as_deref(), home, task.working_dir.as_deref()) else {
                 let problem = format!("{label}: program {:?} not found (searched the task's PATH)", step.command[0]);
@@ -225,11 +225,7 @@ pub fn prepare(
         ];
         for (name, argv) in hooks {
             let Some(argv) = argv else { continue };
-            let path = step_path(
-                base_env,
-                task,
-                &Step { command: argv.clone(), env: Vec::new(), continue_on_error: false, sha256: None },
-            );
+            let path = step_path(base_env, task, &[]);
             match resolve(&argv[0], path.as_deref(), home, task.working_dir.as_deref()) {
                 Some(program) => {
                     if let Err(e) = check_trusted(&program, "program", uid) {

@@ -210,7 +210,7 @@ pub async fn load_one(
 }
 
 /// Strips one trailing newline (`\n` or `\r\n`), as restic does for its password file.
-fn trim_newline(value: &mut Zeroizing<Vec<u8>>) {
+pub fn trim_newline(value: &mut Zeroizing<Vec<u8>>) {
     if value.last() == Some(&b'\n') {
         value.pop();
         if value.last() == Some(&b'\r') {

@@ -373,10 +373,11 @@ where
     }
 }
 
-fn lock<T>(vault: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding the lock leaves the vault consistent (every mutation is a single
-    // insert/remove); keep serving rather than poisoning every later request.
-    vault.lock().unwrap_or_else(|e| e.into_inner())
+/// Locks, ignoring poisoning: every mutation under these locks is a single insert, remove or
+/// counter update, so a panic elsewhere leaves the state consistent; keep serving rather than
+/// failing every later request.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 type Resp = Response<Full<Bytes>>;

@@ -5,20 +5,15 @@ use std::time::Duration;
 use anyhow::Context;
 use hyper::Method;
 
-use super::config_path;
+use super::{load_config, require_task};
 use crate::cli::{StatusArgs, TriggerArgs};
 use crate::client::{Client, ClientError, Response};
-use crate::config::{self, Environment};
+use crate::config::{Config, Environment};
 use crate::exit::{Exit, USAGE};
 use crate::protocol::{self, RunBody, RunRef, StatusBody};
 
-fn client_for(config: &config::Config) -> Client {
+fn client_for(config: &Config) -> Client {
     Client::new(&config.socket, Duration::from_secs(protocol::MAX_WAIT_SECS + 10))
-}
-
-fn load(arg: &crate::cli::ConfigArg, env: &Environment) -> anyhow::Result<config::Config> {
-    let path = config_path(arg, env)?;
-    config::load(&path, env).map_err(|e| Exit::usage(e.to_string()).into())
 }
 
 async fn call(client: &Client, method: Method, path: &str) -> anyhow::Result<Response> {
@@ -42,7 +37,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 pub fn status(args: &StatusArgs, env: &Environment) -> anyhow::Result<()> {
-    let config = load(&args.config, env)?;
+    let config = load_config(&args.config, env)?;
     let client = client_for(&config);
     let response = runtime()?.block_on(call(&client, Method::GET, protocol::ROUTE_STATUS))?;
     if args.json {
@@ -93,13 +88,8 @@ pub fn describe(run: &RunBody) -> String {
 }
 
 pub fn trigger(args: &TriggerArgs, env: &Environment) -> anyhow::Result<()> {
-    let config = load(&args.config, env)?;
-    if config.task(&args.task).is_none() {
-        let hint = config::did_you_mean(&args.task, config.tasks.iter().map(|t| t.name.as_str()))
-            .map(|n| format!(" (did you mean {n:?}?)"))
-            .unwrap_or_default();
-        return Err(Exit::usage(format!("no task named {:?} in {}{hint}", args.task, config.path.display())).into());
-    }
+    let config = load_config(&args.config, env)?;
+    require_task(&config, &args.task)?;
     let client = client_for(&config);
     let rt = runtime()?;
     let path = format!("{}{}/trigger", protocol::ROUTE_TASKS, args.task);

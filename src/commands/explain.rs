@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::{config_path, rfc3339};
+use super::{load_config, require_task, rfc3339};
 use crate::cli::ExplainArgs;
-use crate::config::{self, Environment};
-use crate::exit::Exit;
+use crate::config::Environment;
 use crate::history::{self, Record};
 
 /// Most occurrences listed (a minutely task over a week has ten thousand).
@@ -24,14 +23,8 @@ struct Run {
 }
 
 pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
-    let path = config_path(&args.config, env)?;
-    let config = config::load(&path, env).map_err(|e| Exit::usage(e.to_string()))?;
-    let Some(task) = config.task(&args.task) else {
-        let hint = config::did_you_mean(&args.task, config.tasks.iter().map(|t| t.name.as_str()))
-            .map(|n| format!(" (did you mean {n:?}?)"))
-            .unwrap_or_default();
-        return Err(Exit::usage(format!("no task named {:?} in {}{hint}", args.task, path.display())).into());
-    };
+    let config = load_config(&args.config, env)?;
+    let task = require_task(&config, &args.task)?;
     let tz = &task.zone.tz;
     let records = history::read_all(&config.state_dir)?;
     let now = Timestamp::now();

@@ -2,19 +2,15 @@
 
 use std::time::Duration;
 
-use super::config_path;
+use super::{load_config, require_task};
 use crate::cli::HistoryArgs;
-use crate::config::{self, Environment};
-use crate::exit::Exit;
+use crate::config::Environment;
 use crate::history::{self, Record};
 
 pub fn run(args: &HistoryArgs, env: &Environment) -> anyhow::Result<()> {
-    let path = config_path(&args.config, env)?;
-    let config = config::load(&path, env).map_err(|e| Exit::usage(e.to_string()))?;
+    let config = load_config(&args.config, env)?;
     if let Some(task) = &args.task {
-        if config.task(task).is_none() {
-            return Err(Exit::usage(format!("no task named {task:?} in {}", path.display())).into());
-        }
+        require_task(&config, task)?;
     }
     let records = history::read_all(&config.state_dir)?;
     let mut lines = Vec::new();

@@ -4,9 +4,9 @@ use anyhow::Context;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
-use super::{config_path, rfc3339};
+use super::{load_config, require_task, rfc3339};
 use crate::cli::NextArgs;
-use crate::config::{self, Environment};
+use crate::config::Environment;
 use crate::exit::Exit;
 use crate::schedule::Schedule;
 
@@ -34,14 +34,9 @@ pub fn run(args: &NextArgs, env: &Environment) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let path = config_path(&args.config, env)?;
-    let config = config::load(&path, env).map_err(|e| Exit::usage(e.to_string()))?;
+    let config = load_config(&args.config, env)?;
     for name in &args.tasks {
-        if config.task(name).is_none() {
-            let names = config.tasks.iter().map(|t| t.name.as_str());
-            let hint = config::did_you_mean(name, names).map(|n| format!(" (did you mean {n:?}?)")).unwrap_or_default();
-            return Err(Exit::usage(format!("no task named {name:?} in {}{hint}", path.display())).into());
-        }
+        require_task(&config, name)?;
     }
     let mut lines = Vec::new();
     for task in config.tasks.iter().filter(|t| args.tasks.is_empty() || args.tasks.contains(&t.name)) {

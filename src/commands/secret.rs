@@ -59,12 +59,7 @@ fn read_value(name: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
         if value.len() > secrets::MAX_SECRET_LEN {
             return Err(Exit::usage(format!("the value is longer than {} bytes", secrets::MAX_SECRET_LEN)).into());
         }
-        if value.last() == Some(&b'\n') {
-            value.pop();
-            if value.last() == Some(&b'\r') {
-                value.pop();
-            }
-        }
+        secrets::trim_newline(&mut value);
         return Ok(value);
     }
     let first = prompt(&format!("Value for secret {name:?}: "))?;
