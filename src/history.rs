@@ -12,9 +12,11 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
+
+use crate::protocol::RunStatus;
+use crate::schedule::timetable::Trigger;
 
 pub const FILE_NAME: &str = "history.jsonl";
 const ROTATE_AT: u64 = 16 * 1024 * 1024;
@@ -30,16 +32,14 @@ pub enum Record {
         at: String,
         /// The occurrence it belongs to (RFC 3339), or none for a manual trigger.
         scheduled: Option<String>,
-        /// `schedule`, `catch_up`, `trigger` or `queued`.
-        trigger: String,
+        trigger: Trigger,
     },
     /// A run ended.
     End {
         run_id: String,
         task: String,
         at: String,
-        /// `success`, `warning`, `failed`, `timeout`, `cancelled` or `refused`.
-        status: String,
+        status: RunStatus,
         exit_code: Option<i32>,
         duration_ms: u64,
         /// A sentence on what happened ("exit code 1 in step 2", "timed out after 1h").
@@ -55,12 +55,56 @@ pub enum Record {
         scheduled: String,
         /// How many occurrences this record covers.
         count: u64,
-        /// `overlap`, `too_late` or `superseded` (older occurrences folded into one catch-up).
-        reason: String,
+        reason: SkipReason,
         detail: String,
     },
     /// The daemon started or stopped.
-    Daemon { event: String, at: String, pid: u32 },
+    Daemon { event: DaemonEvent, at: String, pid: u32 },
+}
+
+/// Why occurrences did not run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// The previous run was still going (`on_overlap: skip`, or a full queue).
+    Overlap,
+    /// More than `max_lateness` late.
+    TooLate,
+    /// Older missed occurrences folded into one catch-up run.
+    Superseded,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::Overlap => "overlap",
+            SkipReason::TooLate => "too_late",
+            SkipReason::Superseded => "superseded",
+        }
+    }
+}
+
+impl std::fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The daemon's own life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DaemonEvent {
+    Start,
+    Stop,
+}
+
+impl std::fmt::Display for DaemonEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DaemonEvent::Start => "start",
+            DaemonEvent::Stop => "stop",
+        })
+    }
 }
 
 impl Record {
@@ -83,7 +127,7 @@ impl Record {
 /// The writer; one per daemon.
 pub struct History {
     path: PathBuf,
-    file: Mutex<File>,
+    file: File,
 }
 
 impl History {
@@ -105,7 +149,7 @@ impl History {
                 file.write_all(b"\n")?;
             }
         }
-        Ok(History { path, file: Mutex::new(file) })
+        Ok(History { path, file })
     }
 
     pub fn path(&self) -> &Path {
@@ -114,16 +158,15 @@ impl History {
 
     /// Appends a record durably. Failures are returned for the caller to log; history is
     /// never a reason to fail a backup.
-    pub fn append(&self, record: &Record) -> std::io::Result<()> {
+    pub fn append(&mut self, record: &Record) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
         line.push(b'\n');
-        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        file.write_all(&line)?;
-        file.sync_data()?;
-        if file.metadata()?.len() > ROTATE_AT {
+        self.file.write_all(&line)?;
+        self.file.sync_data()?;
+        if self.file.metadata()?.len() > ROTATE_AT {
             let rotated = self.path.with_extension("jsonl.1");
             std::fs::rename(&self.path, rotated)?;
-            *file = open_append(&self.path)?;
+            self.file = open_append(&self.path)?;
         }
         Ok(())
     }
@@ -164,20 +207,20 @@ mod tests {
             task: "t".into(),
             at: "2026-01-01T00:00:00Z".into(),
             scheduled: None,
-            trigger: "trigger".into(),
+            trigger: Trigger::Manual,
         }
     }
 
     #[test]
     fn appends_survive_a_torn_line() {
         let dir = tempfile::tempdir().unwrap();
-        let h = History::open(dir.path()).unwrap();
+        let mut h = History::open(dir.path()).unwrap();
         h.append(&start("a")).unwrap();
         drop(h);
         // A crash in the middle of a write.
         let mut f = OpenOptions::new().append(true).open(dir.path().join(FILE_NAME)).unwrap();
         f.write_all(b"{\"type\":\"start\",\"run_id\":\"tor").unwrap();
-        let h = History::open(dir.path()).unwrap();
+        let mut h = History::open(dir.path()).unwrap();
         h.append(&start("b")).unwrap();
         let records = read_all(dir.path()).unwrap();
         assert_eq!(records, vec![start("a"), start("b")]);

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::vault::Rejection;
+use crate::broker::vault::Rejection;
 
 /// Bumped on any incompatible change to routes or bodies.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -93,13 +93,65 @@ pub struct RunRef {
     pub task: String,
 }
 
+/// Where a run is, or how it ended. The names on the wire and in the history file are the
+/// snake_case variant names (`catch_up` style): `queued`, `running`, `success`, ...
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Waiting behind the task's current run (`on_overlap: queue`).
+    Queued,
+    Running,
+    Success,
+    /// Every step ended 0 or with one of the task's `warning_exit_codes`, at least one not 0.
+    Warning,
+    Failed,
+    Timeout,
+    /// Stopped by daemon shutdown.
+    Cancelled,
+    /// Never started (a program that cannot be started, a refused pin).
+    Refused,
+    /// The `before` hook exited 75: the run was skipped on purpose (not a failure).
+    Skipped,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Success => "success",
+            RunStatus::Warning => "warning",
+            RunStatus::Failed => "failed",
+            RunStatus::Timeout => "timeout",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::Refused => "refused",
+            RunStatus::Skipped => "skipped",
+        }
+    }
+
+    /// Success, warning, or deliberately skipped: nothing to alert about.
+    pub fn is_ok(self) -> bool {
+        matches!(self, RunStatus::Success | RunStatus::Warning | RunStatus::Skipped)
+    }
+
+    /// The run has ended (it is neither queued nor running).
+    pub fn is_done(self) -> bool {
+        !matches!(self, RunStatus::Queued | RunStatus::Running)
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A run as the daemon reports it (also the shape of history records' summaries).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunBody {
     pub run_id: String,
     pub task: String,
-    /// `running`, `success`, `warning`, `failed`, `timeout`, `cancelled`, `refused`.
-    pub status: String,
+    pub status: RunStatus,
     pub started: String,
     pub ended: Option<String>,
     pub exit_code: Option<i32>,

@@ -7,8 +7,8 @@
 use std::borrow::Cow;
 use std::sync::{Arc, RwLock};
 
-use crate::secrets::Secrets;
-use crate::vault::TOKEN_PREFIX;
+use crate::broker::Secrets;
+use crate::broker::vault::TOKEN_PREFIX;
 
 pub const MASK: &str = "***";
 

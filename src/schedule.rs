@@ -15,6 +15,11 @@
 //! We do not use the `cron` crate (Quartz numbering, 6-7 fields, ANDed day fields, wrong DST
 //! behaviour) nor `croner` (ORs `*/n` weekday fields): matching is simple, and owning it lets
 //! the tests prove it against a brute-force oracle.
+//!
+//! [`timetable`] holds the daemon's side: the heap of next fire instants, and what to do
+//! with an occurrence that comes due (on time, caught up once, or too late).
+
+pub(crate) mod timetable;
 
 use std::fmt;
 use std::time::Duration;

@@ -3,13 +3,10 @@
 //! ends in a response or a closed connection, never a panic or a hang.
 #![no_main]
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use backupnizza::peer::Peer;
-use backupnizza::secrets::Secrets;
-use backupnizza::server::{Broker, Limits};
-use backupnizza::vault::Vault;
+use backupnizza::broker::{Broker, Limits, Peer, Secrets};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -19,19 +16,13 @@ fn broker() -> Arc<Broker> {
         .get_or_init(|| {
             let mut secrets = Secrets::empty();
             secrets.insert("repo", b"fuzz-secret").unwrap();
-            Arc::new(Broker {
-                vault: Mutex::new(Vault::new(Duration::from_secs(30))),
-                failures: Mutex::default(),
-                secrets: Arc::new(secrets),
-                uid: 0,
-                limits: Limits {
-                    header_timeout: Duration::from_millis(50),
-                    request_timeout: Duration::from_millis(100),
-                    connection_lifetime: Duration::from_secs(1),
-                    ..Limits::default()
-                },
-                control: OnceLock::new(),
-            })
+            let limits = Limits {
+                header_timeout: Duration::from_millis(50),
+                request_timeout: Duration::from_millis(100),
+                connection_lifetime: Duration::from_secs(1),
+                ..Limits::default()
+            };
+            Arc::new(Broker::new(Arc::new(secrets), Duration::from_secs(30), limits))
         })
         .clone()
 }
@@ -41,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
     runtime.block_on(async {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let peer = Peer { pid: None, uid: 0, gid: 0, started: None };
-        let serving = tokio::spawn(backupnizza::server::serve_http(server, broker(), peer));
+        let serving = tokio::spawn(backupnizza::broker::serve_http(server, broker(), peer));
         let _ = client.write_all(data).await;
         let _ = client.shutdown().await;
         let mut response = Vec::new();

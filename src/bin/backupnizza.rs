@@ -18,7 +18,10 @@ fn main() {
         Command::Validate(args) => commands::validate::run(args, &env),
         Command::Next(args) => commands::next::run(args, &env),
         Command::Run(args) => {
-            commands::config_path(&args.config, &env).and_then(|path| backupnizza::daemon::main(path, env))
+            commands::config_path(&args.config, &env).and_then(|path| {
+            // SAFETY: no thread exists yet (nothing above starts one; the daemon checks too).
+            unsafe { backupnizza::daemon::main(path, env) }
+        })
         }
         Command::Status(args) => commands::control::status(args, &env),
         Command::Trigger(args) => commands::control::trigger(args, &env),

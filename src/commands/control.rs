@@ -84,7 +84,7 @@ pub fn describe(run: &RunBody) -> String {
     if let Some(ms) = run.duration_ms {
         parts.push(crate::duration::Human(Duration::from_millis(ms / 1000 * 1000)).to_string());
     }
-    if parts.is_empty() { run.status.clone() } else { format!("{} ({})", run.status, parts.join(", ")) }
+    if parts.is_empty() { run.status.to_string() } else { format!("{} ({})", run.status, parts.join(", ")) }
 }
 
 pub fn trigger(args: &TriggerArgs, env: &Environment) -> anyhow::Result<()> {
@@ -103,7 +103,7 @@ pub fn trigger(args: &TriggerArgs, env: &Environment) -> anyhow::Result<()> {
         let path = format!("{}{}?wait={}", protocol::ROUTE_RUNS, run.run_id, protocol::MAX_WAIT_SECS);
         let response = rt.block_on(call(&client, Method::GET, &path))?;
         let body: RunBody = serde_json::from_slice(&response.body).context("unexpected run answer")?;
-        if body.status == "running" || body.status == "queued" {
+        if !body.status.is_done() {
             continue;
         }
         println!(

@@ -41,11 +41,11 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
     for record in &records {
         match record {
             Record::End { run_id, task: t, status, exit_code, duration_ms, reason, .. } if t == &task.name => {
-                ends.insert(run_id.clone(), (status.clone(), *exit_code, *duration_ms, reason.clone()));
+                ends.insert(run_id.clone(), (status.as_str().to_string(), *exit_code, *duration_ms, reason.clone()));
             }
             Record::Daemon { event, at, .. } => {
                 if let Some(at) = time(at) {
-                    daemon.push((at, event == "start"));
+                    daemon.push((at, *event == crate::history::DaemonEvent::Start));
                 }
             }
             _ => {}
@@ -55,9 +55,9 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
         match record {
             Record::Start { run_id, task: t, at, scheduled, trigger } if t == &task.name => {
                 let Some(at) = time(at) else { continue };
-                let run = Run { id: run_id.clone(), at, trigger: trigger.clone(), end: ends.get(run_id).cloned() };
+                let run = Run { id: run_id.clone(), at, trigger: trigger.as_str().to_string(), end: ends.get(run_id).cloned() };
                 match scheduled.as_deref().and_then(time) {
-                    Some(occurrence) if trigger != "trigger" => {
+                    Some(occurrence) if *trigger != crate::schedule::timetable::Trigger::Manual => {
                         by_occurrence.insert(occurrence, run);
                     }
                     _ => manual.push(run),
@@ -66,7 +66,7 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
             Record::Skip { task: t, scheduled, count, reason, detail, .. } if t == &task.name => {
                 let Some(mut occurrence) = time(scheduled) else { continue };
                 for _ in 0..(*count).min(100_000) {
-                    skipped.entry(occurrence).or_insert_with(|| (reason.clone(), detail.clone()));
+                    skipped.entry(occurrence).or_insert_with(|| (reason.as_str().to_string(), detail.clone()));
                     match task.schedule.next_after(occurrence, tz) {
                         Some(next) => occurrence = next,
                         None => break,

@@ -11,7 +11,7 @@ use super::config_path;
 use crate::cli::{SecretCheckArgs, SecretSetArgs};
 use crate::config::{self, Environment, Source};
 use crate::exit::{Exit, FAILURE};
-use crate::secrets;
+use crate::broker::secrets;
 
 pub fn set(args: &SecretSetArgs, env: &Environment) -> anyhow::Result<()> {
     let _ = crate::hardening::protect_process();

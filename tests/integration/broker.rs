@@ -6,13 +6,12 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
+use backupnizza::broker::{self, Broker, Handle, Limits, Secrets, Token};
 use backupnizza::protocol::exit;
-use backupnizza::secrets::Secrets;
-use backupnizza::server::{self, Broker, Limits};
-use backupnizza::vault::{Handle, Token, Vault};
+use tokio_util::sync::CancellationToken;
 
 use crate::harness::{SECRETBOX, Scratch, canary};
 
@@ -21,7 +20,7 @@ pub struct InProcess {
     pub broker: Arc<Broker>,
     pub scratch: Scratch,
     runtime: tokio::runtime::Runtime,
-    stop: tokio::sync::watch::Sender<bool>,
+    stop: CancellationToken,
 }
 
 impl InProcess {
@@ -35,14 +34,7 @@ impl InProcess {
         for (name, value) in secrets {
             store.insert(name, value).unwrap();
         }
-        let broker = Arc::new(Broker {
-            vault: Mutex::new(Vault::new(ttl)),
-            failures: Mutex::default(),
-            secrets: Arc::new(store),
-            uid: nix::unistd::getuid().as_raw(),
-            limits,
-            control: OnceLock::new(),
-        });
+        let broker = Arc::new(Broker::new(Arc::new(store), ttl, limits));
         // Bound before the server runs, so clients never race its start. Not with
         // `server::bind`: it sets the process umask around bind(2), which would race with
         // the other tests of this process creating files (the daemon tests cover it).
@@ -56,14 +48,14 @@ impl InProcess {
             let _guard = runtime.enter();
             tokio::net::UnixListener::from_std(std_listener).unwrap()
         };
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        runtime.spawn(server::serve(listener, broker.clone(), stopped));
+        let stop = CancellationToken::new();
+        runtime.spawn(broker::serve(listener, broker.clone(), stop.clone()));
         InProcess { broker, scratch, runtime, stop }
     }
 
     pub fn mint(&self, scope: &[&str], limit: u32) -> (Token, Handle) {
         let scope: Vec<Arc<str>> = scope.iter().map(|s| Arc::from(*s)).collect();
-        self.broker.vault.lock().unwrap().mint(&Arc::from("test-task"), &scope, limit, Instant::now()).unwrap()
+        self.broker.mint(&Arc::from("test-task"), &scope, limit).unwrap()
     }
 
     /// Starts `sh -c script` holding `token`, records it as the token's process, and lets it
@@ -81,20 +73,20 @@ impl InProcess {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        self.broker.vault.lock().unwrap().bind(handle, child.id());
+        self.broker.started(handle, child.id());
         child.stdin.take().unwrap().write_all(b"go\n").unwrap();
         child
     }
 
     /// The real process exit, as the runner reports it: the token dies.
     pub fn reaped(&self, handle: Handle) {
-        self.broker.vault.lock().unwrap().revoke(handle, Instant::now());
+        self.broker.reaped(handle, None);
     }
 }
 
 impl Drop for InProcess {
     fn drop(&mut self) {
-        let _ = self.stop.send(true);
+        self.stop.cancel();
         let _ = &self.runtime;
     }
 }
@@ -147,7 +139,7 @@ fn single_use_under_a_race_of_64_redemptions() {
         .collect();
     assert_eq!(codes.iter().filter(|c| *c == "0").count(), 1, "{codes:?}");
     assert_eq!(codes.iter().filter(|c| **c == exit::USED.to_string()).count(), 63, "{codes:?}");
-    assert_eq!(b.broker.vault.lock().unwrap().stats().redeemed, 1);
+    assert_eq!(b.broker.stats().redeemed, 1);
 }
 
 #[test]
@@ -253,7 +245,7 @@ fn another_uid_is_refused_even_when_the_socket_is_world_writable() {
     assert_eq!(out.status.code(), Some(exit::FORBIDDEN), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).contains("only its own user"));
-    let stats = b.broker.vault.lock().unwrap().stats().clone();
+    let stats = b.broker.stats();
     assert_eq!(stats.redeemed, 0);
     assert!(stats.rejected_total() >= 1);
 }

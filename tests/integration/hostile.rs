@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use backupnizza::server::Limits;
+use backupnizza::broker::Limits;
 
 use crate::broker::InProcess;
 use crate::harness::canary;

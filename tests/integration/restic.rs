@@ -101,7 +101,7 @@ fn descendants(root: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return out };
     for entry in entries.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        if pid != root && backupnizza::peer::descends_from(pid, root) {
+        if pid != root && backupnizza::broker::peer::descends_from(pid, root) {
             out.push(pid);
         }
     }

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tracing::{debug, warn};
 
 use crate::config::{Notify, UrlValue};
-use crate::secrets::Secrets;
+use crate::broker::Secrets;
 
 /// The facts of a run, as webhooks receive them.
 #[derive(Debug, Clone, Serialize)]
@@ -95,7 +95,13 @@ pub fn ping_url(base: &str, facts: &RunFacts) -> String {
 /// Sends the notifications for one event in the background and returns at once. With
 /// `after`, they wait until that earlier event's notifications are out, so an end never
 /// overtakes its start (healthchecks would then wait for a completion that already came).
-pub fn send(notify: &Notify, secrets: &Secrets, facts: RunFacts, after: Option<Sent>) -> Option<Sent> {
+pub(crate) fn send(
+    notify: &Notify,
+    secrets: &Secrets,
+    facts: RunFacts,
+    after: Option<Sent>,
+    tracker: &tokio_util::task::TaskTracker,
+) -> Option<Sent> {
     let ping = notify.ping.as_ref().and_then(|u| resolve(u, secrets));
     let webhook = notify.webhook.as_ref().and_then(|u| resolve(u, secrets));
     let (send_logs, timeout) = (notify.send_logs, notify.timeout);
@@ -127,7 +133,7 @@ pub fn send(notify: &Notify, secrets: &Secrets, facts: RunFacts, after: Option<S
             deliver("webhook", &url, &facts, || agent.post(&url).send_json(&facts).map(drop).map_err(|e| describe(&e)));
         }
     };
-    Some(tokio::spawn(async move {
+    Some(tracker.spawn(async move {
         if let Some(earlier) = after {
             let _ = earlier.await;
         }

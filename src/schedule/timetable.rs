@@ -1,4 +1,4 @@
-//! The scheduler: one timer over all tasks, and what to do with an occurrence that comes due.
+//! The timetable: one timer over all tasks, and what to do with an occurrence that comes due.
 //!
 //! Next fire instants sit in one min-heap. The loop never sleeps longer than [`MAX_SLEEP`]:
 //! monotonic sleeps stop while a machine is suspended, so it wakes in bounded steps, re-reads
@@ -14,7 +14,7 @@ use std::time::Duration;
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 
-use crate::schedule::Schedule;
+use super::Schedule;
 
 /// Longest single sleep of the loop.
 pub const MAX_SLEEP: Duration = Duration::from_secs(60);
@@ -23,13 +23,16 @@ pub const ON_TIME: Duration = Duration::from_secs(30);
 /// A difference between wall and monotonic time above this is reported as a jump.
 pub const JUMP_THRESHOLD: Duration = Duration::from_secs(5);
 
-/// Why a run starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a run starts. The history file names them `schedule`, `catch_up`, `trigger` and
+/// `queued`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Trigger {
     Schedule,
     /// A missed occurrence (suspend, downtime) run once, late.
     CatchUp,
     /// `backupnizza trigger`.
+    #[serde(rename = "trigger")]
     Manual,
     /// A firing that waited for the previous run (`on_overlap: queue`).
     Queued,
@@ -140,10 +143,6 @@ impl Timetable {
             }
             None => MAX_SLEEP,
         }
-    }
-
-    pub fn entries(&self) -> impl Iterator<Item = (Timestamp, usize)> + '_ {
-        self.heap.iter().map(|Reverse(x)| *x)
     }
 }
 

@@ -43,7 +43,7 @@ pub fn resolve(
     home: Option<&Path>,
     working_dir: Option<&Path>,
 ) -> Option<PathBuf> {
-    let expanded = PathBuf::from(crate::runner::expand_tilde(program, home));
+    let expanded = PathBuf::from(super::runner::expand_tilde(program, home));
     if program.contains('/') {
         let full = match (expanded.is_relative(), working_dir) {
             (true, Some(dir)) => dir.join(&expanded),

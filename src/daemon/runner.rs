@@ -10,93 +10,82 @@
 //! on SIGINT), then SIGTERM, then SIGKILL, to the whole process group, with a grace period
 //! between each; shutdown sends SIGTERM, then SIGKILL after `shutdown_grace`.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use secrecy::ExposeSecret;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::sync::watch;
-use tracing::{Instrument, error, info, warn};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
 
+use super::programs::Pinned;
+use crate::broker::Broker;
 use crate::config::{EnvValue, EnvVar, Step, Task};
-use crate::programs::Pinned;
-use crate::server::Broker;
+use crate::protocol::RunStatus;
 
 /// How many stderr lines a run keeps for its history record.
-pub const STDERR_TAIL: usize = 20;
+pub(crate) const STDERR_TAIL: usize = 20;
 /// Longest line we log from a child; longer lines are cut (restic's progress can be long).
 const MAX_LINE: usize = 8 * 1024;
 /// Longest line we read whole for redaction; the rest of a longer line is dropped.
 const MAX_REDACTED_LINE: usize = 1024 * 1024;
 
 /// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunStatus {
-    Success,
-    /// Every step ended 0 or with one of the task's `warning_exit_codes`, at least one not 0.
-    Warning,
-    Failed,
-    Timeout,
-    /// Stopped by daemon shutdown.
-    Cancelled,
-    /// Never started (a program that cannot be started, a refused pin).
-    Refused,
-    /// The `before` hook exited 75: the run was skipped on purpose (not a failure).
-    Skipped,
-}
-
-impl RunStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Success => "success",
-            RunStatus::Warning => "warning",
-            RunStatus::Failed => "failed",
-            RunStatus::Timeout => "timeout",
-            RunStatus::Cancelled => "cancelled",
-            RunStatus::Refused => "refused",
-            RunStatus::Skipped => "skipped",
-        }
-    }
-
-    /// Success, warning, or deliberately skipped: nothing to alert about.
-    pub fn is_ok(self) -> bool {
-        matches!(self, RunStatus::Success | RunStatus::Warning | RunStatus::Skipped)
-    }
-}
-
 #[derive(Debug, Clone)]
-pub struct Outcome {
-    pub status: RunStatus,
+pub(crate) struct Outcome {
+    pub(crate) status: RunStatus,
     /// The exit code of the step that decided the outcome (the last one run).
-    pub exit_code: Option<i32>,
-    pub reason: String,
-    pub stderr_tail: Vec<String>,
-    pub duration: Duration,
+    pub(crate) exit_code: Option<i32>,
+    pub(crate) reason: String,
+    pub(crate) stderr_tail: Vec<String>,
+    pub(crate) duration: Duration,
 }
 
-/// What runs share: the broker (for tokens and `{secret:}` values), the socket to advertise,
-/// the environment allowlist, and the set of live task processes.
-pub struct Runner {
-    pub broker: Arc<Broker>,
-    pub socket: PathBuf,
-    pub base_env: Vec<(OsString, OsString)>,
-    pub home: Option<PathBuf>,
-    /// Pids of running step processes (the control routes refuse their descendants).
-    pub active: Arc<Mutex<HashSet<u32>>>,
+impl Outcome {
+    /// A run that ended before its steps ran (skipped, cancelled, a failed `before` hook).
+    pub(crate) fn early(status: RunStatus, exit_code: Option<i32>, reason: impl Into<String>) -> Outcome {
+        Outcome { status, exit_code, reason: reason.into(), stderr_tail: Vec::new(), duration: Duration::ZERO }
+    }
+}
+
+/// The last stderr lines of a run, for its history record and hooks.
+type Tail = VecDeque<String>;
+
+/// What runs share: the broker (for tokens, `{secret:}` values and the set of live task
+/// processes), the socket to advertise and the environment allowlist.
+pub(crate) struct Runner {
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) socket: PathBuf,
+    pub(crate) base_env: Vec<(OsString, OsString)>,
+    pub(crate) home: Option<PathBuf>,
     /// Grace between SIGINT, SIGTERM and SIGKILL when a task times out.
-    pub kill_grace: Duration,
-    pub shutdown_grace: Duration,
+    pub(crate) kill_grace: Duration,
+    pub(crate) shutdown_grace: Duration,
+}
+
+/// One process to run: a step, or a hook written as a step.
+struct StepCall<'a> {
+    task: &'a Task,
+    step: &'a Step,
+    pin: Option<&'a Pinned>,
+    run_id: &'a str,
+    /// Extra variables for the process (e.g. `BACKUPNIZZA_SCHEDULED`).
+    facts: &'a [(String, String)],
+    /// The step's number, from 0 (for the log).
+    index: usize,
+    deadline: Option<Instant>,
+    cancel: &'a CancellationToken,
 }
 
 /// The daemon's variables a task inherits; everything else is dropped.
-pub fn allowed_env(
+pub(crate) fn allowed_env(
     vars: impl IntoIterator<Item = (OsString, OsString)>,
     secretbox_dir: Option<&Path>,
 ) -> Vec<(OsString, OsString)> {
@@ -126,7 +115,7 @@ pub fn allowed_env(
 }
 
 /// Expands a leading `~/` (or a lone `~`).
-pub fn expand_tilde(arg: &str, home: Option<&Path>) -> OsString {
+pub(crate) fn expand_tilde(arg: &str, home: Option<&Path>) -> OsString {
     match (arg.strip_prefix('~'), home) {
         (Some(rest), Some(home)) if rest.is_empty() || rest.starts_with('/') => {
             let mut out = home.as_os_str().to_os_string();
@@ -139,7 +128,7 @@ pub fn expand_tilde(arg: &str, home: Option<&Path>) -> OsString {
 
 /// Why a hook has no exit code.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HookFailure {
+pub(crate) enum HookFailure {
     /// The daemon is stopping: not the hook's fault, and not the run's.
     Cancelled,
     Failed(String),
@@ -155,20 +144,20 @@ enum StepEnd {
 }
 
 impl Runner {
-    /// Runs every step of `task` in order. `deadline` is the task's timeout; `cancel` turns
-    /// true at daemon shutdown.
-    /// `facts` are extra variables for every step (e.g. `BACKUPNIZZA_SCHEDULED`).
-    pub async fn run(
+    /// Runs every step of `task` in order. `deadline` is the task's timeout; `cancel` is
+    /// cancelled at daemon shutdown. `facts` are extra variables for every step (e.g.
+    /// `BACKUPNIZZA_SCHEDULED`).
+    pub(crate) async fn run(
         &self,
         task: &Task,
         pins: &[Option<Pinned>],
         run_id: &str,
         facts: &[(String, String)],
         deadline: Option<Instant>,
-        mut cancel: watch::Receiver<bool>,
+        cancel: &CancellationToken,
     ) -> Outcome {
         let started = Instant::now();
-        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+        let mut tail = Tail::with_capacity(STDERR_TAIL);
         let mut status = RunStatus::Success;
         let mut exit_code = None;
         let mut reason = String::from("all steps succeeded");
@@ -176,8 +165,8 @@ impl Runner {
         for (i, step) in task.steps.iter().enumerate() {
             let label = if steps == 1 { String::new() } else { format!(" (step {} of {steps})", i + 1) };
             let pin = pins.get(i).and_then(Option::as_ref);
-            let end = self.run_step(task, step, pin, run_id, facts, i, deadline, &mut cancel, &tail).await;
-            match end {
+            let call = StepCall { task, step, pin, run_id, facts, index: i, deadline, cancel };
+            match self.run_step(call, &mut tail).await {
                 StepEnd::Exited(st) => {
                     exit_code = st.code();
                     let code_text = describe_exit(st);
@@ -233,19 +222,18 @@ impl Runner {
                 }
             }
         }
-        let stderr_tail = tail.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
-        Outcome { status, exit_code, reason, stderr_tail, duration: started.elapsed() }
+        Outcome { status, exit_code, reason, stderr_tail: tail.into(), duration: started.elapsed() }
     }
 
     /// Runs a hook (argv) with `facts` added to its environment, bounded by the task's hook
     /// timeout. Returns its exit code, or why it has none.
-    pub async fn run_hook(
+    pub(crate) async fn run_hook(
         &self,
         task: &Task,
         argv: &[String],
         run_id: &str,
         facts: Vec<(String, String)>,
-        cancel: &mut watch::Receiver<bool>,
+        cancel: &CancellationToken,
     ) -> Result<i32, HookFailure> {
         let step = Step {
             command: argv.to_vec(),
@@ -253,9 +241,10 @@ impl Runner {
             continue_on_error: false,
             sha256: None,
         };
-        let tail = Arc::new(Mutex::new(VecDeque::new()));
         let deadline = Some(Instant::now() + task.hooks.timeout);
-        match self.run_step(task, &step, None, run_id, &[], 0, deadline, cancel, &tail).await {
+        let call = StepCall { task, step: &step, pin: None, run_id, facts: &[], index: 0, deadline, cancel };
+        // A hook's output is logged like a step's, but its stderr is not the run's tail.
+        match self.run_step(call, &mut Tail::new()).await {
             StepEnd::Exited(status) => status.code().ok_or_else(|| HookFailure::Failed(describe_exit(status))),
             StepEnd::TimedOut(how) => Err(HookFailure::Failed(format!(
                 "timed out after {}; {how}",
@@ -271,7 +260,7 @@ impl Runner {
         for var in task.env.iter().chain(&step.env) {
             let value: OsString = match &var.value {
                 EnvValue::Text(text) => text.into(),
-                EnvValue::Secret(name) => match self.broker.secrets.get(name) {
+                EnvValue::Secret(name) => match self.broker.secrets().get(name) {
                     Some(secret) => OsStr::from_bytes(secret.expose_secret().as_bytes()).to_os_string(),
                     None => return Err(format!("secret {name:?} for {} is not loaded", var.name)),
                 },
@@ -282,37 +271,22 @@ impl Runner {
         Ok(env)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn run_step(
-        &self,
-        task: &Task,
-        step: &Step,
-        pin: Option<&Pinned>,
-        run_id: &str,
-        facts: &[(String, String)],
-        index: usize,
-        deadline: Option<Instant>,
-        cancel: &mut watch::Receiver<bool>,
-        tail: &Arc<Mutex<VecDeque<String>>>,
-    ) -> StepEnd {
-        let env = match self.env_for(task, step) {
-            Ok(env) => env,
-            Err(why) => return StepEnd::NotStarted(why),
-        };
+    /// The command for a step: the pinned, verified copy when the step is pinned.
+    async fn command(&self, call: &StepCall<'_>) -> Result<(tokio::process::Command, Option<std::fs::File>), StepEnd> {
         // A pinned program is checked before anything else, and run from the checked file.
-        let pinned_file = match pin.cloned() {
-            Some(pin) => match tokio::task::spawn_blocking(move || crate::programs::open_verified(&pin)).await {
+        let pinned_file = match call.pin.cloned() {
+            Some(pin) => match tokio::task::spawn_blocking(move || super::programs::open_verified(&pin)).await {
                 Ok(Ok(file)) => Some(file),
                 Ok(Err(why)) => {
                     error!("{why}");
-                    return StepEnd::Refused(why);
+                    return Err(StepEnd::Refused(why));
                 }
-                Err(e) => return StepEnd::Refused(format!("checking the pinned program failed: {e}")),
+                Err(e) => return Err(StepEnd::Refused(format!("checking the pinned program failed: {e}"))),
             },
             None => None,
         };
         let home = self.home.as_deref();
-        let program = expand_tilde(&step.command[0], home);
+        let program = &call.step.command[0];
         let mut cmd = match &pinned_file {
             #[cfg(target_os = "linux")]
             Some(file) => {
@@ -320,13 +294,27 @@ impl Runner {
                 // The child inherits the descriptor across fork and execs it before
                 // close-on-exec closes it: the kernel runs the sealed copy we hashed.
                 let mut cmd = tokio::process::Command::new(format!("/proc/self/fd/{}", file.as_raw_fd()));
-                cmd.arg0(&step.command[0]);
+                cmd.arg0(program);
                 cmd
             }
-            _ => tokio::process::Command::new(&program),
+            _ => tokio::process::Command::new(expand_tilde(program, home)),
         };
-        cmd.args(step.command[1..].iter().map(|a| expand_tilde(a, home)))
-            .env_clear()
+        cmd.args(call.step.command[1..].iter().map(|a| expand_tilde(a, home)));
+        Ok((cmd, pinned_file))
+    }
+
+    async fn run_step(&self, call: StepCall<'_>, tail: &mut Tail) -> StepEnd {
+        let StepCall { task, step, run_id, facts, index, deadline, cancel, .. } = call;
+        let env = match self.env_for(task, step) {
+            Ok(env) => env,
+            Err(why) => return StepEnd::NotStarted(why),
+        };
+        let (mut cmd, pinned_file) = match self.command(&call).await {
+            Ok(pair) => pair,
+            Err(end) => return end,
+        };
+        let program = expand_tilde(&step.command[0], self.home.as_deref());
+        cmd.env_clear()
             .envs(env)
             .env("SECRETBOX_SOCKET", &self.socket)
             .env("BACKUPNIZZA_TASK", &task.name)
@@ -342,13 +330,7 @@ impl Runner {
         }
         let scope: Vec<Arc<str>> = task.secrets.iter().map(|s| Arc::from(s.as_str())).collect();
         let task_name: Arc<str> = Arc::from(task.name.as_str());
-        let minted = self.broker.vault.lock().unwrap_or_else(|e| e.into_inner()).mint(
-            &task_name,
-            &scope,
-            task.redeem_limit,
-            Instant::now(),
-        );
-        let (token, handle) = match minted {
+        let (token, handle) = match self.broker.mint(&task_name, &scope, task.redeem_limit) {
             Ok(pair) => pair,
             Err(e) => return StepEnd::NotStarted(format!("cannot mint a token: {e}")),
         };
@@ -360,7 +342,7 @@ impl Runner {
         let mut child = match spawned {
             Ok(child) => child,
             Err(e) => {
-                self.broker.vault.lock().unwrap_or_else(|e| e.into_inner()).revoke(handle, Instant::now());
+                self.broker.reaped(handle, None);
                 let hint =
                     if e.kind() == std::io::ErrorKind::NotFound { " (not found in the task's PATH)" } else { "" };
                 let why = format!("cannot start {}: {e}{hint}", program.to_string_lossy());
@@ -369,40 +351,55 @@ impl Runner {
             }
         };
         let pid = child.id().unwrap_or_default();
-        self.broker.vault.lock().unwrap_or_else(|e| e.into_inner()).bind(handle, pid);
-        self.active.lock().unwrap_or_else(|e| e.into_inner()).insert(pid);
+        self.broker.started(handle, pid);
         info!(step = index + 1, pid, token = %handle.fingerprint(), program = %program.to_string_lossy(), "started process with a one-time token");
 
-        let out = child.stdout.take().map(|s| tokio::spawn(pump(s, "stdout", None).in_current_span()));
-        let err = child.stderr.take().map(|s| tokio::spawn(pump(s, "stderr", Some(tail.clone())).in_current_span()));
-
-        let pgid = Pid::from_raw(pid as i32);
-        let end = tokio::select! {
-            status = child.wait() => match status {
-                Ok(st) => StepEnd::Exited(st),
-                Err(e) => StepEnd::NotStarted(format!("waiting for the process failed: {e}")),
-            },
-            _ = sleep_until(deadline) => {
-                warn!(pid, "timeout reached; stopping the process group (SIGINT, then SIGTERM, then SIGKILL)");
-                let how = stop_group(&mut child, pgid, &[(Signal::SIGINT, self.kill_grace), (Signal::SIGTERM, self.kill_grace), (Signal::SIGKILL, self.kill_grace)]).await;
-                StepEnd::TimedOut(how)
-            },
-            _ = async { let _ = cancel.wait_for(|c| *c).await; } => {
-                info!(pid, "daemon stopping; sending SIGTERM to the task's process group");
-                stop_group(&mut child, pgid, &[(Signal::SIGTERM, self.shutdown_grace), (Signal::SIGKILL, self.kill_grace)]).await;
-                StepEnd::Cancelled
-            },
-        };
-        // The process is reaped: its pid may be reused from now on, so its token dies now.
-        self.broker.vault.lock().unwrap_or_else(|e| e.into_inner()).revoke(handle, Instant::now());
-        self.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
-        // A background process may keep the pipes open; do not wait for it forever.
-        for pump in [out, err].into_iter().flatten() {
-            let abort = pump.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(2), pump).await.is_err() {
-                abort.abort();
+        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        // The output is read on this task, beside the wait: the tail stays a plain value.
+        let pumps = async {
+            let out = async {
+                if let Some(s) = stdout {
+                    pump(s, "stdout", None).await;
+                }
+            };
+            let err = async {
+                if let Some(s) = stderr {
+                    pump(s, "stderr", Some(&mut *tail)).await;
+                }
+            };
+            // A background process may keep the pipes open; stop reading 2 s after the
+            // process itself ended.
+            tokio::select! {
+                _ = async { tokio::join!(out, err) } => {}
+                () = async { let _ = ended_rx.await; tokio::time::sleep(Duration::from_secs(2)).await } => {}
             }
-        }
+        };
+        let pgid = Pid::from_raw(pid as i32);
+        let waiting = async {
+            let end = tokio::select! {
+                status = child.wait() => match status {
+                    Ok(st) => StepEnd::Exited(st),
+                    Err(e) => StepEnd::NotStarted(format!("waiting for the process failed: {e}")),
+                },
+                () = sleep_until(deadline) => {
+                    warn!(pid, "timeout reached; stopping the process group (SIGINT, then SIGTERM, then SIGKILL)");
+                    let how = stop_group(&mut child, pgid, &[(Signal::SIGINT, self.kill_grace), (Signal::SIGTERM, self.kill_grace), (Signal::SIGKILL, self.kill_grace)]).await;
+                    StepEnd::TimedOut(how)
+                },
+                () = cancel.cancelled() => {
+                    info!(pid, "daemon stopping; sending SIGTERM to the task's process group");
+                    stop_group(&mut child, pgid, &[(Signal::SIGTERM, self.shutdown_grace), (Signal::SIGKILL, self.kill_grace)]).await;
+                    StepEnd::Cancelled
+                },
+            };
+            // The process is reaped: its pid may be reused from now on, so its token dies now.
+            self.broker.reaped(handle, Some(pid));
+            let _ = ended_tx.send(());
+            end
+        };
+        let (end, ()) = tokio::join!(waiting, pumps);
         if let StepEnd::Exited(st) = &end {
             info!(step = index + 1, pid, "process ended: {}", describe_exit(*st));
         }
@@ -438,10 +435,10 @@ async fn stop_group(child: &mut tokio::process::Child, pgid: Pid, plan: &[(Signa
 
 /// Whether the leader is reaped and no process is left in its group.
 fn group_gone(child: &mut tokio::process::Child, pgid: Pid) -> bool {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
     let _ = child.try_wait();
     // Members whose parent died were re-parented to the daemon (child subreaper): reap the
     // ones that have ended, or their zombies would keep the group "alive" forever.
-    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
     while let Ok(status) = waitpid(Pid::from_raw(-pgid.as_raw()), Some(WaitPidFlag::WNOHANG)) {
         if status == WaitStatus::StillAlive {
             break;
@@ -451,7 +448,7 @@ fn group_gone(child: &mut tokio::process::Child, pgid: Pid) -> bool {
 }
 
 /// "exit code 3", "killed by SIGTERM".
-pub fn describe_exit(status: ExitStatus) -> String {
+pub(crate) fn describe_exit(status: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exit code {code}"),
@@ -466,7 +463,8 @@ pub fn describe_exit(status: ExitStatus) -> String {
 /// Copies a child's output into the log, one redacted line per event; stderr lines also go
 /// to the run's tail. A line is redacted whole (up to [`MAX_REDACTED_LINE`]) before it is cut
 /// to [`MAX_LINE`] for the log, so a secret never straddles a cut.
-async fn pump<R: AsyncRead + Unpin>(stream: R, which: &'static str, tail: Option<Arc<Mutex<VecDeque<String>>>>) {
+async fn pump<R: AsyncRead + Unpin>(stream: R, which: &'static str, mut tail: Option<&mut Tail>) {
+    use tokio::io::AsyncReadExt as _;
     let mut reader = BufReader::new(stream);
     let mut buf = Vec::with_capacity(256);
     let mut skip = Vec::new();
@@ -495,8 +493,7 @@ async fn pump<R: AsyncRead + Unpin>(stream: R, which: &'static str, tail: Option
         let clean = crate::redact::redact(line);
         let shown = cut(&clean, MAX_LINE);
         info!(stream = which, "{shown}");
-        if let Some(tail) = &tail {
-            let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tail) = tail.as_deref_mut() {
             if tail.len() == STDERR_TAIL {
                 tail.pop_front();
             }
@@ -516,8 +513,6 @@ fn cut(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     }
     format!("{} [cut at {max} bytes]", &text[..end]).into()
 }
-
-use tokio::io::AsyncReadExt as _;
 
 #[cfg(test)]
 mod tests {

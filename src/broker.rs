@@ -1,0 +1,151 @@
+//! The secret broker: the loaded secrets, the one-time tokens that unlock them, and the Unix
+//! socket that serves both to task processes and the user's control commands.
+//!
+//! [`Broker`] is what the socket server and the task runner share: the locked secret store
+//! ([`secrets`]), the token table ([`vault`]) with the failure counts that slow down token
+//! guessing, and the pids of running task processes. Its submodules: [`socket`] prepares
+//! and binds the socket, [`server`] speaks HTTP on it, [`redeem`] trades a token for a
+//! secret after [`peer`] has checked who is asking, and [`control`] is the message
+//! contract through which the server asks the daemon's state owner for status and
+//! triggers (the broker never holds the daemon, so nothing refers back in a cycle).
+
+pub(crate) mod control;
+pub mod peer;
+mod redeem;
+pub mod secrets;
+pub mod server;
+pub(crate) mod socket;
+pub mod vault;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+pub use peer::Peer;
+pub use secrets::Secrets;
+pub use server::{Limits, serve, serve_http};
+pub use vault::{Handle, Token};
+
+use vault::{Rejection, Stats, Vault};
+
+/// Everything a request handler and the task runner share.
+///
+/// The mutable part sits behind one `Mutex` on purpose: a redemption is the hot path
+/// (thousands a second in the benchmark), each critical section is a few hash-map operations
+/// with no IO and no await, and a message round trip to an owning task would cost more than
+/// the lock. The process-ancestry check, which reads `/proc`, happens between two short
+/// sections, never under the lock.
+pub struct Broker {
+    tokens: Mutex<Tokens>,
+    secrets: Arc<Secrets>,
+    uid: u32,
+    limits: Limits,
+}
+
+/// The broker's mutable state.
+struct Tokens {
+    vault: Vault,
+    failures: redeem::Failures,
+    /// Pids of running task processes (steps and hooks), between spawn and reap.
+    active: HashSet<u32>,
+}
+
+/// Token counters and the number of live tokens, for `status` and the metrics file.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TokenStats {
+    pub(crate) stats: Stats,
+    pub(crate) live: usize,
+}
+
+impl TokenStats {
+    /// Rejections by reason, in [`Rejection::ALL`] order.
+    pub(crate) fn rejected(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Rejection::ALL.iter().zip(self.stats.rejected).map(|(r, n)| (r.as_str(), n))
+    }
+}
+
+impl Broker {
+    /// A broker serving `secrets` to the daemon's own user, with tokens that live `token_ttl`.
+    pub fn new(secrets: Arc<Secrets>, token_ttl: Duration, limits: Limits) -> Broker {
+        Broker {
+            tokens: Mutex::new(Tokens {
+                vault: Vault::new(token_ttl),
+                failures: redeem::Failures::default(),
+                active: HashSet::new(),
+            }),
+            secrets,
+            uid: nix::unistd::getuid().as_raw(),
+            limits,
+        }
+    }
+
+    /// Locks, ignoring poisoning: every mutation under this lock is a single insert, remove
+    /// or counter update, so a panic elsewhere leaves the state consistent; keep serving
+    /// rather than failing every later request.
+    fn lock(&self) -> MutexGuard<'_, Tokens> {
+        self.tokens.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn secrets(&self) -> &Secrets {
+        &self.secrets
+    }
+
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Mints a token for one process of `task`, valid for `scope`, each secret `limit` times.
+    pub fn mint(&self, task: &Arc<str>, scope: &[Arc<str>], limit: u32) -> std::io::Result<(Token, Handle)> {
+        self.lock().vault.mint(task, scope, limit, Instant::now())
+    }
+
+    /// Records that the token's process started as `pid`: from now on it may redeem, and it
+    /// counts as a task process for the control routes.
+    pub fn started(&self, handle: Handle, pid: u32) {
+        let mut tokens = self.lock();
+        tokens.vault.bind(handle, pid);
+        tokens.active.insert(pid);
+    }
+
+    /// Records that the token's process was reaped (or never started): its token dies now,
+    /// before the pid can be reused.
+    pub fn reaped(&self, handle: Handle, pid: Option<u32>) {
+        let mut tokens = self.lock();
+        tokens.vault.revoke(handle, Instant::now());
+        if let Some(pid) = pid {
+            tokens.active.remove(&pid);
+        }
+    }
+
+    /// Pids of running task processes.
+    pub(crate) fn active(&self) -> HashSet<u32> {
+        self.lock().active.clone()
+    }
+
+    /// The token counters (minted, redeemed, rejected by reason).
+    pub fn stats(&self) -> Stats {
+        self.lock().vault.stats().clone()
+    }
+
+    pub(crate) fn token_stats(&self) -> TokenStats {
+        let tokens = self.lock();
+        TokenStats { stats: tokens.vault.stats().clone(), live: tokens.vault.live() }
+    }
+
+    pub(crate) fn count_rejection(&self, rejection: Rejection) {
+        self.lock().vault.count_rejection(rejection);
+    }
+
+    /// Whether `pid` is a task process or descends from one (the control routes refuse them,
+    /// so a backup job cannot trigger other tasks).
+    pub(crate) fn is_task_process(&self, pid: u32) -> bool {
+        use peer::{Ancestry, ancestry};
+        // As child subreaper (Linux), everything a task starts stays below the daemon, even
+        // after its parent exits; a broken chain counts as "maybe" and is refused.
+        let me = std::process::id();
+        if cfg!(target_os = "linux") {
+            return pid == me || ancestry(pid, me) != Ancestry::Unrelated;
+        }
+        self.active().iter().any(|a| ancestry(pid, *a) != Ancestry::Unrelated)
+    }
+}

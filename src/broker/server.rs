@@ -1,0 +1,388 @@
+//! The daemon's socket server: HTTP/1.1 (hyper) over the Unix socket [`super::socket`]
+//! prepared.
+//!
+//! [`serve`] accepts connections: the peer's uid must be ours (checked by the kernel's
+//! credentials, before any byte is parsed); redemptions go to [`super::redeem`], and control
+//! requests (status, trigger, runs) become messages to the daemon's state owner through a
+//! [`Control`] handle. Limits bound connections, header size and time, body size and request
+//! time. On shutdown the listener closes, open connections finish their current response
+//! (briefly), and every connection task has ended before `serve` returns, so nothing it held
+//! (the broker, and through it the secrets) outlives the server.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use zeroize::Zeroizing;
+
+use super::Broker;
+use super::control::{Control, FireError};
+use super::peer::Peer;
+use super::vault::Rejection;
+use crate::protocol::{self, ErrorBody, PROTOCOL_HEADER, PROTOCOL_VERSION};
+
+/// Bounds on what one client may cost the daemon.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections served at once; more are closed at accept.
+    pub max_connections: usize,
+    /// Time to receive a request's headers (also the keep-alive idle time).
+    pub header_timeout: Duration,
+    /// Time to handle one request once its headers are in.
+    pub request_timeout: Duration,
+    /// Longest a connection may live, however busy.
+    pub connection_lifetime: Duration,
+    /// Bytes of buffered request head (request line plus headers).
+    pub max_head_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 2048,
+            header_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            connection_lifetime: Duration::from_secs(120),
+            max_head_bytes: 8192,
+        }
+    }
+}
+
+/// How long open connections get to finish their current response at shutdown.
+const DRAIN: Duration = Duration::from_secs(1);
+
+/// What a connection's handlers share: the broker, and the daemon's control handle (absent
+/// when the broker is served alone, as in the broker tests and the fuzz target).
+struct Shared {
+    broker: Arc<Broker>,
+    control: Option<Control>,
+}
+
+/// Serves the broker alone (no task control: the control routes answer 503) until
+/// `shutdown` is cancelled; returns once the listener is closed and every connection task
+/// has ended.
+pub async fn serve(listener: tokio::net::UnixListener, broker: Arc<Broker>, shutdown: CancellationToken) {
+    serve_with(listener, broker, None, shutdown).await;
+}
+
+/// [`serve`], with control requests passed to the daemon through `control`.
+pub(crate) async fn serve_with(
+    listener: tokio::net::UnixListener,
+    broker: Arc<Broker>,
+    control: Option<Control>,
+    shutdown: CancellationToken,
+) {
+    let max = broker.limits().max_connections;
+    let shared = Arc::new(Shared { broker, control });
+    let mut connections = JoinSet::new();
+    loop {
+        // Finished connections leave the set here, so it holds only live ones.
+        while connections.try_join_next().is_some() {}
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = shutdown.cancelled() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if connections.len() >= max {
+            warn!(limit = max, "too many connections; closing a new one");
+            continue;
+        }
+        connections.spawn(serve_connection(stream, shared.clone(), shutdown.clone()));
+    }
+    drop(listener);
+    // Each connection saw the cancellation and is finishing its response; whatever is
+    // still there after the drain time is aborted, and awaited either way.
+    let drained = tokio::time::timeout(DRAIN + Duration::from_millis(500), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        connections.shutdown().await;
+    }
+}
+
+async fn serve_connection(mut stream: tokio::net::UnixStream, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let peer = match Peer::of(&stream) {
+        Ok(peer) => peer,
+        Err(e) => {
+            warn!(error = %e, "cannot read the credentials of a connecting peer; closing");
+            return;
+        }
+    };
+    if peer.uid != shared.broker.uid {
+        // Another user (the socket must have been loosened): answer without parsing a byte.
+        warn!(peer_pid = peer.pid.unwrap_or_default(), peer_uid = peer.uid, exe = %peer.exe(), "refused a connection from another user");
+        shared.broker.count_rejection(Rejection::Forbidden);
+        refuse_foreign(&mut stream).await;
+        return;
+    }
+    serve_peer(stream, shared, peer, shutdown).await;
+}
+
+/// Answers 403 to a connection from another user, reading no more than the request head.
+async fn refuse_foreign(stream: &mut tokio::net::UnixStream) {
+    let body = serde_json::to_string(&ErrorBody {
+        error: Rejection::Forbidden.as_str().into(),
+        message: "this daemon serves only its own user".into(),
+    })
+    .unwrap_or_default();
+    let response = format!(
+        "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{PROTOCOL_HEADER}: {PROTOCOL_VERSION}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    // Wait for the end of the request head (unparsed: we only look for the blank line),
+    // answer, and close. A response sent before the request arrives confuses clients, and
+    // closing with unread data resets the connection, so the client would see an error.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut seen = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 1024];
+        while seen.len() < 16 * 1024 && !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut chunk).await? {
+                0 => break,
+                n => seen.extend_from_slice(&chunk[..n]),
+            }
+        }
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await?;
+        while stream.read(&mut chunk).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+}
+
+/// Serves HTTP on one connection of an already-checked peer, with no task control (the
+/// control routes answer 503). Generic over the transport so the fuzz target can drive it
+/// through an in-memory pipe.
+#[doc(hidden)]
+pub async fn serve_http<I>(io: I, broker: Arc<Broker>, peer: Peer)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    serve_peer(io, Arc::new(Shared { broker, control: None }), peer, CancellationToken::new()).await;
+}
+
+async fn serve_peer<I>(io: I, shared: Arc<Shared>, peer: Peer, shutdown: CancellationToken)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = shared.broker.limits().clone();
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(handle(req, &shared, peer).await) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_head_bytes.max(8192))
+        .writev(true)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let pid = peer.pid.unwrap_or_default();
+    tokio::select! {
+        ended = connection.as_mut() => {
+            if let Err(e) = ended {
+                debug!(error = %e, peer_pid = pid, "connection ended with an error");
+            }
+        }
+        () = tokio::time::sleep(limits.connection_lifetime) => {
+            debug!(peer_pid = pid, "connection closed after its maximum lifetime");
+        }
+        () = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(DRAIN, connection).await;
+        }
+    }
+}
+
+pub(super) type Resp = Response<Full<Bytes>>;
+
+pub(super) fn respond(status: StatusCode, body: Bytes, content_type: &'static str) -> Resp {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(PROTOCOL_HEADER, HeaderValue::from(PROTOCOL_VERSION));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Resp {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    respond(status, Bytes::from(bytes), "application/json")
+}
+
+pub(super) fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Resp {
+    json(status, &ErrorBody { error: code.to_string(), message: message.into() })
+}
+
+async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Resp {
+    // Redemptions are bounded by construction (a body read with its own timeout, a wait for
+    // a just-spawned process of at most 2 s, a penalty of at most 5 s) and are the hot path:
+    // no per-request timer for them. Everything else gets an overall deadline.
+    if req.uri().path().starts_with(protocol::ROUTE_SECRETS) {
+        return route(req, shared, peer).await;
+    }
+    let deadline = shared.broker.limits().request_timeout + Duration::from_secs(protocol::MAX_WAIT_SECS);
+    match tokio::time::timeout(deadline, route(req, shared, peer)).await {
+        Ok(resp) => resp,
+        Err(_) => error(StatusCode::REQUEST_TIMEOUT, protocol::errors::TIMEOUT, "the request took too long"),
+    }
+}
+
+async fn route(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Resp {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let body = match read_body(req, shared.broker.limits().request_timeout).await {
+        Ok(body) => body,
+        Err(resp) => return resp,
+    };
+    if path == protocol::ROUTE_VERSION {
+        if method != Method::GET {
+            return not_allowed("GET");
+        }
+        return json(
+            StatusCode::OK,
+            &protocol::VersionBody {
+                protocol: PROTOCOL_VERSION,
+                daemon: env!("CARGO_PKG_VERSION").into(),
+                pid: std::process::id(),
+            },
+        );
+    }
+    if let Some(name) = path.strip_prefix(protocol::ROUTE_SECRETS) {
+        if method != Method::POST {
+            return not_allowed("POST");
+        }
+        return super::redeem::redeem(name, body.auth.as_deref().map(String::as_str), &shared.broker, peer).await;
+    }
+    let is_control = path == protocol::ROUTE_STATUS
+        || path.starts_with(protocol::ROUTE_TASKS)
+        || path.starts_with(protocol::ROUTE_RUNS);
+    if !is_control {
+        return error(
+            StatusCode::NOT_FOUND,
+            protocol::errors::NOT_FOUND,
+            format!("no route {path:?} (protocol v{PROTOCOL_VERSION})"),
+        );
+    }
+    let Some(control) = &shared.control else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, protocol::errors::UNAVAILABLE, "this server has no task control");
+    };
+    if peer.pid.is_none_or(|pid| shared.broker.is_task_process(pid)) {
+        warn!(peer_pid = peer.pid.unwrap_or_default(), exe = %peer.exe(), route = %path, "refused a control request from inside a task");
+        return error(StatusCode::FORBIDDEN, Rejection::Forbidden.as_str(), "tasks may not control the daemon");
+    }
+    control_route(&path, &method, body.query.as_deref(), control, peer).await
+}
+
+async fn control_route(path: &str, method: &Method, query: Option<&str>, control: &Control, peer: Peer) -> Resp {
+    if path == protocol::ROUTE_STATUS {
+        if method != Method::GET {
+            return not_allowed("GET");
+        }
+        return match control.status().await {
+            Ok(status) => json(StatusCode::OK, &status),
+            Err(e) => fire_error(&e),
+        };
+    }
+    if let Some(rest) = path.strip_prefix(protocol::ROUTE_TASKS) {
+        let Some(task) = rest.strip_suffix("/trigger") else {
+            return error(StatusCode::NOT_FOUND, protocol::errors::NOT_FOUND, format!("no route {path:?}"));
+        };
+        if method != Method::POST {
+            return not_allowed("POST");
+        }
+        return match control.trigger(task).await {
+            Ok(run) => {
+                info!(task, run_id = %run.run_id, peer_pid = peer.pid.unwrap_or_default(), exe = %peer.exe(), "run triggered through the socket");
+                json(StatusCode::ACCEPTED, &run)
+            }
+            Err(e) => fire_error(&e),
+        };
+    }
+    if let Some(id) = path.strip_prefix(protocol::ROUTE_RUNS) {
+        if method != Method::GET {
+            return not_allowed("GET");
+        }
+        let wait = query
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("wait=")))
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0)
+            .min(protocol::MAX_WAIT_SECS);
+        return match control.run(id, Duration::from_secs(wait)).await {
+            Ok(Some(run)) => json(StatusCode::OK, &run),
+            Ok(None) => error(StatusCode::NOT_FOUND, protocol::errors::NOT_FOUND, format!("no run {id:?}")),
+            Err(e) => fire_error(&e),
+        };
+    }
+    error(StatusCode::NOT_FOUND, protocol::errors::NOT_FOUND, format!("no route {path:?}"))
+}
+
+/// The HTTP answer for a control request the daemon could not carry out.
+fn fire_error(e: &FireError) -> Resp {
+    let (status, code) = match e {
+        FireError::NoSuchTask { .. } => (StatusCode::NOT_FOUND, protocol::errors::NOT_FOUND),
+        FireError::Busy { .. } => (StatusCode::CONFLICT, protocol::errors::CONFLICT),
+        FireError::Stopping => (StatusCode::SERVICE_UNAVAILABLE, protocol::errors::UNAVAILABLE),
+    };
+    error(status, code, e.to_string())
+}
+
+fn not_allowed(allow: &'static str) -> Resp {
+    let mut r = error(StatusCode::METHOD_NOT_ALLOWED, protocol::errors::METHOD_NOT_ALLOWED, format!("use {allow}"));
+    r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+/// The parts of a request the routes use, with the body read (and bounded).
+struct Parts {
+    auth: Option<Zeroizing<String>>,
+    query: Option<String>,
+}
+
+async fn read_body(req: Request<Incoming>, timeout: Duration) -> Result<Parts, Resp> {
+    use hyper::body::Body as _;
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| Zeroizing::new(t.trim().to_string()));
+    let query = req.uri().query().map(str::to_string);
+    let too_large = || error(StatusCode::PAYLOAD_TOO_LARGE, protocol::errors::TOO_LARGE, "request body too large");
+    if let Some(len) =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > protocol::MAX_REQUEST_BODY as u64 {
+            return Err(too_large());
+        }
+    }
+    // Most requests have no body at all: skip the timer then (redemptions are the hot path).
+    if req.body().is_end_stream() {
+        return Ok(Parts { auth, query });
+    }
+    match tokio::time::timeout(timeout, Limited::new(req.into_body(), protocol::MAX_REQUEST_BODY).collect()).await {
+        Ok(Ok(_)) => Ok(Parts { auth, query }),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(_)) => Err(error(StatusCode::BAD_REQUEST, protocol::errors::BAD_REQUEST, "malformed request body")),
+        Err(_) => Err(error(StatusCode::REQUEST_TIMEOUT, protocol::errors::TIMEOUT, "the request body took too long")),
+    }
+}

@@ -1,0 +1,152 @@
+//! Preparing the daemon's socket the way ssh-agent and gpg-agent do: a directory of mode 0700
+//! that we own (refused if it is a symlink, someone else's, or looser), a lock so a second
+//! daemon refuses to start, a stale socket removed only if nothing answers on it, and a bind
+//! under `umask 0177` so the socket is 0600 from its first instant.
+
+use std::fs::File;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use tracing::info;
+
+/// Why the socket could not be prepared. Each message names the path and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error("socket directory {}: {problem}; {fix}", dir.display())]
+    UnsafeDir { dir: PathBuf, problem: String, fix: String },
+    #[error("another backupnizza daemon is running on {} (it holds {}); stop it first, or give this one another `socket:`", socket.display(), lock.display())]
+    AlreadyRunning { socket: PathBuf, lock: PathBuf },
+    #[error("{} exists and is not a socket; remove it or choose another `socket:`", path.display())]
+    NotASocket { path: PathBuf },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SocketError + '_ {
+    move |source| SocketError::Io { path: path.to_path_buf(), source }
+}
+
+/// The bound socket; removes the socket file when dropped (if it is still ours).
+pub struct BoundSocket {
+    pub listener: std::os::unix::net::UnixListener,
+    pub path: PathBuf,
+    /// Device and inode of the socket we bound, to notice if the path is taken over.
+    pub identity: (u64, u64),
+    _lock: nix::fcntl::Flock<File>,
+}
+
+impl BoundSocket {
+    /// Whether the path still names the socket we bound (gpg-agent's check for a stolen socket).
+    pub fn still_ours(&self) -> bool {
+        std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.identity)
+    }
+}
+
+impl Drop for BoundSocket {
+    fn drop(&mut self) {
+        if self.still_ours() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Creates or checks the private directory, takes the single-instance lock, clears a stale
+/// socket, and binds.
+///
+/// The process umask is 0177 for the duration of bind(2) (umask is process-wide): call this
+/// while no other thread creates files, as the daemon does at start.
+pub fn bind(path: &Path) -> Result<BoundSocket, SocketError> {
+    let uid = nix::unistd::getuid().as_raw();
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    prepare_dir(dir, uid)?;
+
+    let lock_path = lock_path(path);
+    let lock_file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&lock_path)
+        .map_err(io_err(&lock_path))?;
+    let lock =
+        nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+            if errno == nix::errno::Errno::EWOULDBLOCK {
+                SocketError::AlreadyRunning { socket: path.to_path_buf(), lock: lock_path.clone() }
+            } else {
+                SocketError::Io { path: lock_path.clone(), source: errno.into() }
+            }
+        })?;
+
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            // Remove it only if nothing answers: a daemon without our lock (an older
+            // version, another host's mount) may still be serving on it.
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(SocketError::AlreadyRunning { socket: path.to_path_buf(), lock: lock_path });
+            }
+            std::fs::remove_file(path).map_err(io_err(path))?;
+            info!(socket = %path.display(), "removed a stale socket left by a previous daemon");
+        }
+        Ok(_) => return Err(SocketError::NotASocket { path: path.to_path_buf() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(path)(e)),
+    }
+
+    // Bind under umask 0177 so the socket is 0600 from its first instant (no chmod window).
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = bound.map_err(io_err(path))?;
+    let meta = std::fs::symlink_metadata(path).map_err(io_err(path))?;
+    listener.set_nonblocking(true).map_err(io_err(path))?;
+    Ok(BoundSocket { listener, path: path.to_path_buf(), identity: (meta.dev(), meta.ino()), _lock: lock })
+}
+
+/// `secretbox.sock` → `secretbox.sock.lock` beside it.
+pub fn lock_path(socket: &Path) -> PathBuf {
+    let mut name = socket.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    socket.with_file_name(name)
+}
+
+fn prepare_dir(dir: &Path, uid: u32) -> Result<(), SocketError> {
+    let unsafe_dir = |problem: String, fix: String| SocketError::UnsafeDir { dir: dir.to_path_buf(), problem, fix };
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = dir.parent() {
+                std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+            }
+            match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+                Ok(()) => {}
+                // Someone else created it in between: check it like any existing directory.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return prepare_dir(dir, uid),
+                Err(e) => return Err(io_err(dir)(e)),
+            }
+            // The umask may have taken bits away, never added any; make sure it is exactly 0700.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+            Ok(())
+        }
+        Err(e) => Err(io_err(dir)(e)),
+        Ok(meta) if meta.file_type().is_symlink() => Err(unsafe_dir(
+            "is a symbolic link, which another user could redirect".into(),
+            "use a real directory for `socket:`".into(),
+        )),
+        Ok(meta) if !meta.is_dir() => Err(unsafe_dir("is not a directory".into(), "choose another `socket:`".into())),
+        Ok(meta) if meta.uid() != uid => Err(unsafe_dir(
+            format!("is owned by uid {}, not by this user (uid {uid})", meta.uid()),
+            "use a directory you own for `socket:`".into(),
+        )),
+        Ok(meta) if meta.mode() & 0o077 != 0 => Err(unsafe_dir(
+            format!("has mode {:03o}, so other users can reach the socket", meta.mode() & 0o777),
+            format!("run `chmod 700 {}` or choose another `socket:`", dir.display()),
+        )),
+        Ok(_) => Ok(()),
+    }
+}
+

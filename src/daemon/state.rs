@@ -1,0 +1,552 @@
+//! The state owner: one task (the daemon's event loop) holds the task and run tables and the
+//! timetable as plain values. Nothing else touches them; everything else sends messages:
+//!
+//! - the socket server sends control [`Request`]s (trigger, status, subscribe to a run),
+//!   each with a `oneshot` for the answer;
+//! - runs send [`Event`]s (started, ended);
+//! - the timetable wakes the loop when an occurrence is due, and the stop channel when a
+//!   signal arrives.
+//!
+//! Runs are spawned on a [`TaskTracker`]: at shutdown the loop cancels them, refuses new
+//! triggers, keeps answering until every run has sent its end (each has written its End
+//! record by then), and only then returns. No run handle is ever dropped unawaited.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use tokio::sync::{mpsc, watch};
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, error, info, warn};
+
+use super::execute::{self, Event, Job, RunContext};
+use super::metrics::{TaskMetrics, TokenMetrics};
+use super::runner::Outcome;
+use super::writers::MetricsWriter;
+use super::{Stop, systemd};
+use crate::broker::control::{FireError, Request};
+use crate::broker::socket::BoundSocket;
+use crate::config::Overlap;
+use crate::history::{DaemonEvent, Record, SkipReason};
+use crate::protocol::{RunBody, RunRef, RunStatus, StatusBody, TaskStatus, TokenCounts};
+use crate::schedule::timetable::{self, ClockWatch, Decision, Timetable, Trigger};
+
+/// How often the daemon checks that its socket path still names its socket.
+const SOCKET_CHECK: Duration = Duration::from_secs(5);
+/// Finished runs kept in memory for `trigger --wait`.
+const KEEP_RUNS: usize = 256;
+/// Time beyond `shutdown_grace` and the kill grace that shutdown waits for runs to end.
+const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
+
+/// Per-task state.
+#[derive(Default)]
+struct TaskState {
+    running: bool,
+    /// A firing waiting for the current run (`on_overlap: queue`).
+    queued: Option<Job>,
+    last: Option<RunBody>,
+    next: Option<Timestamp>,
+    metrics: TaskMetrics,
+}
+
+/// Runs the daemon knows by id: live ones, and the last [`KEEP_RUNS`] finished ones.
+#[derive(Default)]
+struct Runs {
+    by_id: HashMap<String, watch::Sender<RunBody>>,
+    finished: VecDeque<String>,
+}
+
+/// The loop's inputs besides the timetable.
+pub(super) struct Inbox {
+    pub(super) requests: mpsc::Receiver<Request>,
+    pub(super) events: mpsc::UnboundedReceiver<Event>,
+    pub(super) stop: mpsc::Receiver<Stop>,
+}
+
+/// The daemon's mutable state, owned by its event loop.
+pub(super) struct State {
+    ctx: Arc<RunContext>,
+    started: Timestamp,
+    tasks: Vec<TaskState>,
+    runs: Runs,
+    table: Timetable,
+    tracker: TaskTracker,
+    metrics: Option<MetricsWriter>,
+}
+
+/// A run id: the UTC start time and 32 random bits (`20261122T053704Z-0dd8a1f3`).
+fn new_run_id(now: Timestamp) -> String {
+    let mut suffix = [0u8; 4];
+    let _ = rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut suffix);
+    format!("{}-{:08x}", now.strftime("%Y%m%dT%H%M%SZ"), u32::from_be_bytes(suffix))
+}
+
+impl State {
+    /// The state at start: each task's last result, from the history.
+    pub(super) fn new(ctx: Arc<RunContext>, started: Timestamp, past: &[Record], metrics: Option<MetricsWriter>) -> State {
+        let mut tasks: Vec<TaskState> = ctx.config.tasks.iter().map(|_| TaskState::default()).collect();
+        for record in past {
+            let Record::End { run_id, task, at, status, exit_code, duration_ms, reason, .. } = record else { continue };
+            let Some(i) = ctx.config.tasks.iter().position(|t| &t.name == task) else { continue };
+            let Ok(end) = at.parse::<Timestamp>() else { continue };
+            let m = &mut tasks[i].metrics;
+            m.last_end = Some(end);
+            m.last_start = end.checked_sub(jiff::SignedDuration::from_millis(*duration_ms as i64)).ok();
+            m.last_exit_code = *exit_code;
+            m.last_duration_seconds = Some(*duration_ms as f64 / 1000.0);
+            if matches!(status, RunStatus::Success | RunStatus::Warning) {
+                m.last_success = Some(end);
+            }
+            tasks[i].last = Some(RunBody {
+                run_id: run_id.clone(),
+                task: task.clone(),
+                status: *status,
+                started: String::new(),
+                ended: Some(at.clone()),
+                exit_code: *exit_code,
+                duration_ms: Some(*duration_ms),
+                reason: reason.clone(),
+            });
+        }
+        State {
+            ctx,
+            started,
+            tasks,
+            runs: Runs::default(),
+            table: Timetable::default(),
+            tracker: TaskTracker::new(),
+            metrics,
+        }
+    }
+
+    fn rfc3339(&self, at: Timestamp) -> String {
+        self.ctx.rfc3339(at)
+    }
+
+    /// The event loop, until a stop request or a stolen socket; then the drain of running
+    /// tasks. Returns why it stopped.
+    pub(super) async fn run(mut self, bound: &BoundSocket, mut inbox: Inbox, past: &[Record]) -> Stop {
+        let stop = self.serve(bound, &mut inbox, past).await;
+        self.drain(&mut inbox).await;
+        stop
+    }
+
+    async fn serve(&mut self, bound: &BoundSocket, inbox: &mut Inbox, past: &[Record]) -> Stop {
+        let now = Timestamp::now();
+        self.catch_up_downtime(past, now);
+        self.ctx.history.append(Record::Daemon {
+            event: DaemonEvent::Start,
+            at: self.rfc3339(now),
+            pid: std::process::id(),
+        });
+        for (i, task) in self.ctx.config.tasks.iter().enumerate() {
+            match timetable::next_fire(&task.schedule, &task.zone.tz, self.started, now) {
+                Some(next) => {
+                    info!(task = %task.name, schedule = %task.schedule, timezone = %task.zone.name, next = %crate::commands::rfc3339(next, &task.zone.tz), "scheduled");
+                    self.tasks[i].next = Some(next);
+                    self.table.push(next, i);
+                }
+                None => warn!(task = %task.name, schedule = %task.schedule, "will not fire in the next 30 years"),
+            }
+        }
+        // READY means the metrics file exists.
+        let text = self.metrics_text();
+        if let (Some(writer), Some(text)) = (self.metrics.as_mut(), text) {
+            writer.write_and_wait(text).await;
+        }
+        systemd::notify("READY=1");
+        let mut watchdog = systemd::watchdog_interval().map(|d| tokio::time::interval(d / 2));
+        let mut socket_check = tokio::time::interval(SOCKET_CHECK);
+        let mut clock = ClockWatch::new(now, Instant::now());
+        let mut zombies = HashSet::new();
+        loop {
+            let pause = self.table.sleep_for(Timestamp::now());
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                stop = inbox.stop.recv() => return stop.unwrap_or(Stop::Signal("a closed stop channel")),
+                Some(request) = inbox.requests.recv() => {
+                    self.answer(request);
+                    continue;
+                }
+                Some(event) = inbox.events.recv() => {
+                    self.on_event(event);
+                    continue;
+                }
+                _ = socket_check.tick() => {
+                    if !bound.still_ours() {
+                        error!(socket = %bound.path.display(), "the socket path no longer names this daemon's socket; stopping");
+                        return Stop::SocketStolen;
+                    }
+                    super::reap_orphans(&self.ctx.runner.broker.active(), &mut zombies);
+                    continue;
+                }
+                () = async { match watchdog.as_mut() { Some(w) => { w.tick().await; } None => std::future::pending().await } } => {
+                    systemd::notify("WATCHDOG=1");
+                    continue;
+                }
+            }
+            let now = Timestamp::now();
+            if let Some(jump) = clock.observe(now, Instant::now()) {
+                let direction = if jump.is_negative() { "back" } else { "forward" };
+                warn!(
+                    "the wall clock moved {direction} by {} more than the monotonic clock (suspend and resume, or a clock change); checking for missed runs",
+                    crate::duration::Human(Duration::try_from(jump.abs()).unwrap_or_default())
+                );
+            }
+            while let Some((due, idx)) = self.table.pop_due(now) {
+                self.handle_due(idx, due, now);
+                let task = &self.ctx.config.tasks[idx];
+                let next = timetable::next_fire(&task.schedule, &task.zone.tz, self.started, now.max(due));
+                self.tasks[idx].next = next;
+                if let Some(next) = next {
+                    self.table.push(next, idx);
+                }
+            }
+        }
+    }
+
+    /// Cancels running tasks (they SIGTERM, then SIGKILL, their groups) and keeps answering
+    /// until every one has ended.
+    async fn drain(&mut self, inbox: &mut Inbox) {
+        systemd::notify("STOPPING=1");
+        self.ctx.cancel.cancel();
+        self.tracker.close();
+        if !self.tracker.is_empty() {
+            info!(running = self.tracker.len(), grace = %crate::duration::Human(self.ctx.config.shutdown_grace), "stopping running tasks");
+        }
+        let limit = self.ctx.config.shutdown_grace + self.ctx.runner.kill_grace + SHUTDOWN_SLACK;
+        let deadline = tokio::time::sleep(limit);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                () = self.tracker.wait() => break,
+                Some(event) = inbox.events.recv() => self.on_event(event),
+                Some(request) = inbox.requests.recv() => self.answer(request),
+                () = &mut deadline => {
+                    error!("some tasks did not stop in time");
+                    break;
+                }
+            }
+        }
+        // Runs send their end before they finish: take the last ones.
+        while let Ok(event) = inbox.events.try_recv() {
+            self.on_event(event);
+        }
+        self.write_metrics();
+    }
+
+    fn answer(&mut self, request: Request) {
+        match request {
+            Request::Trigger { task, reply } => {
+                let result = match self.ctx.config.tasks.iter().position(|t| t.name == task) {
+                    Some(idx) => self.fire(idx, Trigger::Manual, None),
+                    None => Err(FireError::NoSuchTask {
+                        hint: crate::config::did_you_mean(&task, self.ctx.config.tasks.iter().map(|t| t.name.as_str()))
+                            .map(str::to_string),
+                        name: task,
+                    }),
+                };
+                let _ = reply.send(result);
+            }
+            Request::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Request::Subscribe { run_id, reply } => {
+                let _ = reply.send(self.runs.by_id.get(&run_id).map(watch::Sender::subscribe));
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Started { idx, at } => self.tasks[idx].metrics.last_start = Some(at),
+            Event::Ended { idx, run_id, outcome, ended } => self.run_ended(idx, &run_id, &outcome, ended),
+        }
+    }
+
+    fn skip(&mut self, idx: usize, scheduled: Timestamp, count: u64, reason: SkipReason, detail: String) {
+        self.tasks[idx].metrics.skips += count;
+        self.ctx.history.append(Record::Skip {
+            task: self.ctx.config.tasks[idx].name.clone(),
+            at: self.rfc3339(Timestamp::now()),
+            scheduled: self.rfc3339(scheduled),
+            count,
+            reason,
+            detail,
+        });
+    }
+
+    /// Fires task `idx` now (or queues it, or skips it, per `on_overlap`).
+    fn fire(&mut self, idx: usize, trigger: Trigger, occurrence: Option<Timestamp>) -> Result<RunRef, FireError> {
+        let ctx = self.ctx.clone();
+        let task = &ctx.config.tasks[idx];
+        if ctx.cancel.is_cancelled() {
+            return Err(FireError::Stopping);
+        }
+        let now = Timestamp::now();
+        let run_id = loop {
+            let id = new_run_id(now);
+            if !self.runs.by_id.contains_key(&id) {
+                break id;
+            }
+        };
+        let job = Job { idx, run_id: run_id.clone(), trigger, occurrence };
+        let state = &mut self.tasks[idx];
+        if state.running {
+            let why = match (task.on_overlap, &state.queued) {
+                (Overlap::Skip, _) => "the previous run is still going (on_overlap: skip)",
+                (Overlap::Queue, Some(_)) => "one run is already queued behind the current one (on_overlap: queue)",
+                (Overlap::Queue, None) => {
+                    info!(task = %task.name, run_id, "queued behind the running run (on_overlap: queue)");
+                    state.queued = Some(job);
+                    self.register_run(&run_id, &task.name, RunStatus::Queued, now);
+                    return Ok(RunRef { run_id, task: task.name.clone() });
+                }
+            };
+            match occurrence {
+                // An occurrence that will not run is recorded; a refused manual trigger is
+                // only answered (it is not an occurrence of the schedule).
+                Some(at) => {
+                    warn!(task = %task.name, occurrence = %self.rfc3339(at), "not running: {why}");
+                    self.skip(idx, at, 1, SkipReason::Overlap, why.to_string());
+                    self.write_metrics();
+                }
+                None => info!(task = %task.name, "manual trigger refused: {why}"),
+            }
+            return Err(FireError::Busy { task: task.name.clone(), why });
+        }
+        state.running = true;
+        self.register_run(&run_id, &task.name, RunStatus::Running, now);
+        self.spawn_run(job);
+        Ok(RunRef { run_id, task: task.name.clone() })
+    }
+
+    fn spawn_run(&mut self, job: Job) {
+        let span = tracing::info_span!("run", task = %self.ctx.config.tasks[job.idx].name, run_id = %job.run_id);
+        self.tracker.spawn(execute::execute(self.ctx.clone(), job).instrument(span));
+    }
+
+    fn register_run(&mut self, run_id: &str, task: &str, status: RunStatus, now: Timestamp) {
+        let body = RunBody {
+            run_id: run_id.to_string(),
+            task: task.to_string(),
+            status,
+            started: self.rfc3339(now),
+            ended: None,
+            exit_code: None,
+            duration_ms: None,
+            reason: String::new(),
+        };
+        self.runs.by_id.insert(run_id.to_string(), watch::channel(body).0);
+    }
+
+    /// A run ended: its metrics and state, then the queued run (if any) starts, or is
+    /// cancelled when the daemon is stopping.
+    fn run_ended(&mut self, idx: usize, run_id: &str, outcome: &Outcome, ended: Timestamp) {
+        let m = &mut self.tasks[idx].metrics;
+        m.last_end = Some(ended);
+        m.last_exit_code = outcome.exit_code;
+        m.last_duration_seconds = Some(outcome.duration.as_secs_f64());
+        match outcome.status {
+            RunStatus::Skipped => m.skips += 1,
+            status => {
+                m.runs += 1;
+                if status.is_ok() {
+                    m.last_success = Some(ended);
+                } else if status != RunStatus::Cancelled {
+                    m.failures += 1;
+                }
+            }
+        }
+        let mut body = match self.runs.by_id.get(run_id) {
+            Some(sender) => sender.borrow().clone(),
+            None => RunBody {
+                run_id: run_id.to_string(),
+                task: self.ctx.config.tasks[idx].name.clone(),
+                status: outcome.status,
+                started: String::new(),
+                ended: None,
+                exit_code: None,
+                duration_ms: None,
+                reason: String::new(),
+            },
+        };
+        body.status = outcome.status;
+        body.ended = Some(self.rfc3339(ended));
+        body.exit_code = outcome.exit_code;
+        body.duration_ms = Some(outcome.duration.as_millis() as u64);
+        body.reason.clone_from(&outcome.reason);
+        self.tasks[idx].last = Some(body.clone());
+        self.finish_run(run_id, body);
+        match self.tasks[idx].queued.take() {
+            Some(queued) if !self.ctx.cancel.is_cancelled() => {
+                if let Some(sender) = self.runs.by_id.get(&queued.run_id) {
+                    sender.send_modify(|b| b.status = RunStatus::Running);
+                }
+                let trigger = if queued.trigger == Trigger::Manual { Trigger::Manual } else { Trigger::Queued };
+                self.spawn_run(Job { trigger, ..queued });
+            }
+            Some(queued) => {
+                self.tasks[idx].running = false;
+                self.cancel_queued(&queued);
+            }
+            None => self.tasks[idx].running = false,
+        }
+        self.write_metrics();
+    }
+
+    /// A queued run the daemon stopped before it started: it ends as cancelled, with an
+    /// End record saying so.
+    fn cancel_queued(&mut self, job: &Job) {
+        let now = Timestamp::now();
+        let task = self.ctx.config.tasks[job.idx].name.clone();
+        let reason = "the daemon stopped before the queued run started".to_string();
+        self.ctx.history.append(Record::End {
+            run_id: job.run_id.clone(),
+            task: task.clone(),
+            at: self.rfc3339(now),
+            status: RunStatus::Cancelled,
+            exit_code: None,
+            duration_ms: 0,
+            reason: reason.clone(),
+            stderr_tail: Vec::new(),
+        });
+        let body = RunBody {
+            run_id: job.run_id.clone(),
+            task,
+            status: RunStatus::Cancelled,
+            started: self.rfc3339(now),
+            ended: Some(self.rfc3339(now)),
+            exit_code: None,
+            duration_ms: Some(0),
+            reason,
+        };
+        self.finish_run(&job.run_id, body);
+    }
+
+    fn finish_run(&mut self, run_id: &str, body: RunBody) {
+        if let Some(sender) = self.runs.by_id.get(run_id) {
+            sender.send_replace(body);
+        }
+        self.runs.finished.push_back(run_id.to_string());
+        while self.runs.finished.len() > KEEP_RUNS {
+            if let Some(old) = self.runs.finished.pop_front() {
+                self.runs.by_id.remove(&old);
+            }
+        }
+    }
+
+    /// An occurrence came due: run it (on time or caught up) or log why not.
+    fn handle_due(&mut self, idx: usize, due: Timestamp, now: Timestamp) {
+        let ctx = self.ctx.clone();
+        let task = &ctx.config.tasks[idx];
+        let human = crate::duration::Human;
+        match timetable::decide(&task.schedule, &task.zone.tz, due, now, task.max_lateness) {
+            Decision::Run { trigger, occurrence, superseded, first_missed } => {
+                if trigger == Trigger::CatchUp {
+                    let late = Duration::try_from(now.duration_since(occurrence)).unwrap_or_default();
+                    warn!(
+                        task = %task.name,
+                        "missed {} occurrence{} from {} (machine asleep or daemon stopped); running once now, {} late",
+                        superseded + 1,
+                        if superseded == 0 { "" } else { "s" },
+                        self.rfc3339(first_missed),
+                        human(Duration::from_secs(late.as_secs()))
+                    );
+                    if superseded > 0 {
+                        let detail = format!("folded into the catch-up run of {}", self.rfc3339(occurrence));
+                        self.skip(idx, first_missed, superseded, SkipReason::Superseded, detail);
+                    }
+                }
+                let _ = self.fire(idx, trigger, Some(occurrence));
+            }
+            Decision::TooLate { count, first, last } => {
+                let which = if count == 1 {
+                    format!("the missed occurrence of {}", self.rfc3339(first))
+                } else {
+                    format!("{count} missed occurrences from {} to {}", self.rfc3339(first), self.rfc3339(last))
+                };
+                let limit = human(task.max_lateness);
+                warn!(task = %task.name, "skipping {which}: the latest is more than max_lateness ({limit}) late");
+                self.skip(idx, first, count, SkipReason::TooLate, format!("more than max_lateness ({limit}) late"));
+                self.write_metrics();
+            }
+        }
+    }
+
+    /// Occurrences that fell while the daemon was not running (after the last history
+    /// record) are handled like those missed during a suspend.
+    fn catch_up_downtime(&mut self, past: &[Record], now: Timestamp) {
+        let Some(last_alive) = past.iter().filter_map(|r| r.at().parse::<Timestamp>().ok()).max() else { return };
+        let ctx = self.ctx.clone();
+        for (idx, task) in ctx.config.tasks.iter().enumerate() {
+            if task.schedule.interval().is_some() {
+                continue; // `@every` counts from the daemon's start.
+            }
+            if let Some(first) = task.schedule.next_after(last_alive, &task.zone.tz).filter(|o| *o <= now) {
+                self.handle_due(idx, first, now);
+            }
+        }
+    }
+
+    fn status(&self) -> StatusBody {
+        let tokens = self.ctx.runner.broker.token_stats();
+        StatusBody {
+            daemon: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            started: self.rfc3339(self.started),
+            tasks: self
+                .ctx
+                .config
+                .tasks
+                .iter()
+                .zip(&self.tasks)
+                .map(|(task, state)| TaskStatus {
+                    name: task.name.clone(),
+                    schedule: task.schedule.to_string(),
+                    timezone: task.zone.name.clone(),
+                    next: state.next.map(|n| crate::commands::rfc3339(n, &task.zone.tz)),
+                    running: state.running,
+                    last: state.last.clone(),
+                })
+                .collect(),
+            tokens: TokenCounts {
+                minted: tokens.stats.minted,
+                redeemed: tokens.stats.redeemed,
+                live: tokens.live as u64,
+                rejected: tokens.rejected().map(|(r, n)| (r.to_string(), n)).collect(),
+            },
+        }
+    }
+
+    /// The metrics file's text, if the task file asks for one.
+    fn metrics_text(&self) -> Option<String> {
+        self.ctx.config.metrics_textfile.as_ref()?;
+        let named: Vec<(&str, TaskMetrics)> = self
+            .ctx
+            .config
+            .tasks
+            .iter()
+            .zip(&self.tasks)
+            .map(|(t, s)| (t.name.as_str(), TaskMetrics { next: s.next, ..s.metrics.clone() }))
+            .collect();
+        let stats = self.ctx.runner.broker.token_stats();
+        let tokens = TokenMetrics {
+            minted: stats.stats.minted,
+            redeemed: stats.stats.redeemed,
+            rejected: stats.rejected().collect(),
+        };
+        let refs: Vec<(&str, &TaskMetrics)> = named.iter().map(|(n, m)| (*n, m)).collect();
+        Some(super::metrics::render(&refs, &tokens, self.started))
+    }
+
+    /// Hands the current metrics to the writer thread (the latest text wins).
+    fn write_metrics(&mut self) {
+        if let Some(text) = self.metrics_text() {
+            if let Some(writer) = self.metrics.as_mut() {
+                writer.write(text);
+            }
+        }
+    }
+}
