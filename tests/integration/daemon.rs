@@ -413,3 +413,50 @@ impl StdinBytes for Command {
         child.wait_with_output().unwrap()
     }
 }
+
+/// The run ids a `trigger` printed ("triggered t: run ID").
+fn triggered_run_id(run: &crate::harness::Run) -> Option<String> {
+    run.stdout().lines().find_map(|l| l.split(": run ").nth(1)).map(|id| id.trim().to_string())
+}
+
+/// Regression guard for shutdown: a trigger that races SIGTERM is either refused, or its run
+/// is tracked to the end and gets an End record (none is dropped with its task handle), and
+/// a run queued behind it is ended as cancelled, also with a record.
+#[test]
+fn a_trigger_that_races_sigterm_is_refused_or_gets_its_end_record() {
+    let scratch = Scratch::new();
+    let config = scratch.config(&format!(
+        "tasks:\n  t:\n    {TRIGGERED}\n    command: [sleep, '0.3']\n    on_overlap: queue\n"
+    ));
+    let mut accepted = 0;
+    for round in 0..10u64 {
+        let mut daemon = scratch.start_daemon(&config);
+        let (first, second) = std::thread::scope(|s| {
+            let first = s.spawn(|| trigger(&scratch, &config, "t", false));
+            let second = s.spawn(|| trigger(&scratch, &config, "t", false));
+            // From "before the triggers arrive" to "after both were answered".
+            std::thread::sleep(std::time::Duration::from_millis(round * 4));
+            daemon.signal(nix::sys::signal::Signal::SIGTERM);
+            (first.join().unwrap(), second.join().unwrap())
+        });
+        let status = daemon.wait_exit();
+        assert!(status.success(), "round {round}: {status}\n{}", daemon.log_text());
+        let records = crate::harness::history(&scratch);
+        let ends: Vec<&str> =
+            records.iter().filter(|r| r["type"] == "end").filter_map(|r| r["run_id"].as_str()).collect();
+        for run in [&first, &second] {
+            match triggered_run_id(run) {
+                Some(id) => {
+                    accepted += 1;
+                    assert!(ends.contains(&id.as_str()), "round {round}: run {id} has no End record\n{run}\n{records:?}");
+                }
+                None => assert_ne!(run.code(), Some(0), "round {round}: a refused trigger must say so\n{run}"),
+            }
+        }
+        for start in records.iter().filter(|r| r["type"] == "start") {
+            let id = start["run_id"].as_str().unwrap();
+            assert!(ends.contains(&id), "round {round}: run {id} started and never ended\n{records:?}");
+        }
+    }
+    assert!(accepted > 0, "no trigger was ever accepted: the race was not exercised");
+}
