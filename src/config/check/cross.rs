@@ -1,0 +1,199 @@
+//! References between sections, checked on the raw tree once the sections themselves are
+//! done: every secret a task names (in `secrets:`, `{secret: NAME}` values, notification
+//! URLs and `secretbox get NAME` in its commands) must be declared, a `secretbox get` must be
+//! within the task's scope, and every declared secret should be used by some task.
+
+use std::collections::BTreeSet;
+
+use super::walk::{Checker, index, join, program_name, suggestion};
+use crate::config::tree::{Node, Pos, Value};
+
+impl Checker {
+    /// References between sections: every secret a task names must be declared. This walks
+    /// the tree rather than the checked values, so it still runs when a task has other
+    /// problems (and reports everything in one go).
+    pub(super) fn cross_check(&mut self, root: &Node) {
+        let declared: Vec<String> = match lookup(root, "secrets") {
+            Some((_, node)) => string_keys(node).into_iter().map(|(k, _, _)| k).collect(),
+            None => Vec::new(),
+        };
+        let declared: BTreeSet<&str> = declared.iter().map(String::as_str).collect();
+        let mut used: BTreeSet<String> = BTreeSet::new();
+        let tasks = lookup(root, "tasks").map(|(_, n)| string_keys(n)).unwrap_or_default();
+        for (task, _, node) in tasks {
+            let tpath = join("tasks", &task);
+            let scope: Vec<&str> = match lookup(node, "secrets") {
+                Some((_, Node { value: Value::Seq(items), .. })) => {
+                    let mut scope = Vec::new();
+                    for (i, item) in items.iter().enumerate() {
+                        let Value::Str(name) = &item.value else { continue };
+                        scope.push(name.as_str());
+                        used.insert(name.clone());
+                        if !declared.contains(name.as_str()) {
+                            self.error(
+                                &index(&join(&tpath, "secrets"), i),
+                                item.pos,
+                                format!(
+                                    "task {task:?} names secret {name:?}, which is not declared under `secrets:`{}",
+                                    suggestion(name, declared.iter().copied())
+                                ),
+                            );
+                        }
+                    }
+                    scope
+                }
+                _ => Vec::new(),
+            };
+            // The task's own env and command, then each step's.
+            let mut places: Vec<(String, &Node)> = vec![(tpath.clone(), node)];
+            if let Some((_, Node { value: Value::Seq(steps), .. })) = lookup(node, "steps") {
+                places.extend(steps.iter().enumerate().map(|(i, s)| (index(&join(&tpath, "steps"), i), s)));
+            }
+            for (path, place) in places {
+                if let Some((_, env)) = lookup(place, "env") {
+                    for (var, _, value) in string_keys(env) {
+                        let vpath = join(&join(&path, "env"), &var);
+                        match &value.value {
+                            Value::Str(text) => {
+                                self.check_secretbox_use(text, &task, &scope, &vpath, value.pos, &declared)
+                            }
+                            Value::Map(_) => {
+                                let Some((_, Node { value: Value::Str(name), pos })) = lookup(value, "secret") else {
+                                    continue;
+                                };
+                                used.insert(name.clone());
+                                if !declared.contains(name.as_str()) {
+                                    self.error(
+                                        &join(&vpath, "secret"),
+                                        *pos,
+                                        format!(
+                                            "{{secret: {name}}} in task {task:?} names a secret that is not declared under `secrets:`{}",
+                                            suggestion(name, declared.iter().copied())
+                                        ),
+                                    );
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                if let Some((_, Node { value: Value::Seq(args), .. })) = lookup(place, "command") {
+                    for (i, arg) in args.iter().enumerate() {
+                        if let Value::Str(text) = &arg.value {
+                            let apath = index(&join(&path, "command"), i);
+                            self.check_secretbox_use(text, &task, &scope, &apath, arg.pos, &declared);
+                        }
+                    }
+                }
+            }
+        }
+        // `{secret: NAME}` URLs of notifications, top level and per task.
+        let mut notify_nodes: Vec<(String, &Node)> = Vec::new();
+        if let Some((_, n)) = lookup(root, "notify") {
+            notify_nodes.push(("notify".into(), n));
+        }
+        for (task, _, node) in lookup(root, "tasks").map(|(_, n)| string_keys(n)).unwrap_or_default() {
+            if let Some((_, n)) = lookup(node, "notify") {
+                notify_nodes.push((join(&join("tasks", &task), "notify"), n));
+            }
+        }
+        for (path, node) in notify_nodes {
+            for key in ["ping", "webhook"] {
+                let Some((_, value)) = lookup(node, key) else { continue };
+                let Some((_, Node { value: Value::Str(name), pos })) = lookup(value, "secret") else { continue };
+                used.insert(name.clone());
+                if !declared.contains(name.as_str()) {
+                    self.error(
+                        &join(&join(&path, key), "secret"),
+                        *pos,
+                        format!(
+                            "{{secret: {name}}} names a secret that is not declared under `secrets:`{}",
+                            suggestion(name, declared.iter().copied())
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some((_, secrets)) = lookup(root, "secrets") {
+            for (name, key, _) in string_keys(secrets) {
+                if !used.contains(&name) {
+                    self.warn(
+                        &join("secrets", &name),
+                        key.pos,
+                        format!("secret {name:?} is not used by any task (add it to a task's `secrets:`)"),
+                    );
+                }
+            }
+        }
+    }
+
+    /// `RESTIC_PASSWORD_COMMAND: secretbox get repo` only works if `repo` is in the task's
+    /// `secrets:`; catching it here saves a failed 3 a.m. backup.
+    fn check_secretbox_use(
+        &mut self,
+        text: &str,
+        task: &str,
+        scope: &[&str],
+        path: &str,
+        pos: Option<Pos>,
+        declared: &BTreeSet<&str>,
+    ) {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        for (i, pair) in words.windows(2).enumerate() {
+            if program_name(pair[0]) != "secretbox" || pair[1] != "get" {
+                continue;
+            }
+            let Some(name) = words[i + 2..].iter().find(|w| !w.starts_with('-')) else { continue };
+            // In a shell snippet the name may be followed by `;`, `)` or a quote.
+            let name = name.trim_start_matches(['"', '\'']);
+            let end =
+                name.find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))).unwrap_or(name.len());
+            let name = &name[..end];
+            if name.is_empty() {
+                continue;
+            }
+            if !declared.contains(name) {
+                self.error(
+                    path,
+                    pos,
+                    format!(
+                        "`secretbox get {name}`: secret {name:?} is not declared under `secrets:`{}",
+                        suggestion(name, declared.iter().copied())
+                    ),
+                );
+            } else if !scope.contains(&name) {
+                self.error(
+                    path,
+                    pos,
+                    format!("`secretbox get {name}` will be refused: add {name:?} to tasks.{task}.secrets"),
+                );
+            }
+        }
+    }
+}
+
+/// `key`'s key and value nodes in a mapping; problems with the mapping itself were already
+/// reported by the sections, so anything else is simply not found.
+fn lookup<'n>(node: &'n Node, key: &str) -> Option<(&'n Node, &'n Node)> {
+    match &node.value {
+        Value::Map(entries) => {
+            entries.iter().find(|(k, _)| matches!(&k.value, Value::Str(s) if s == key)).map(|(k, v)| (k, v))
+        }
+        _ => None,
+    }
+}
+
+/// A mapping's entries with string keys, first occurrence of each.
+fn string_keys(node: &Node) -> Vec<(String, &Node, &Node)> {
+    let mut out: Vec<(String, &Node, &Node)> = Vec::new();
+    if let Value::Map(entries) = &node.value {
+        for (k, v) in entries {
+            if let Value::Str(name) = &k.value {
+                if !out.iter().any(|(n, _, _)| n == name) {
+                    out.push((name.clone(), k, v));
+                }
+            }
+        }
+    }
+    out
+}

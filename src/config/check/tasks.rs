@@ -1,0 +1,375 @@
+//! The `tasks:` section: each task's schedule and zone, what it runs (one `command` or a list
+//! of `steps`, each optionally pinned by `sha256`), its environment, the secrets it may
+//! fetch, its limits and defaults, its hooks and its notifications (the same `notify` shape
+//! serves the top level). Whether the secrets it names exist is [`super::cross`]'s job.
+
+use super::walk::{Checker, index, join, program_name, valid_env_name};
+use crate::config::tree::{Node, Pos, Value};
+use crate::config::{
+    DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_LATENESS, DEFAULT_NOTIFY_TIMEOUT, DEFAULT_REDEEM_LIMIT, EnvValue, EnvVar,
+    Environment, Hooks, Notify, Overlap, Step, Task, UrlValue, Zone,
+};
+use crate::schedule::Schedule;
+
+const TASK_KEYS: &[&str] = &[
+    "schedule",
+    "timezone",
+    "command",
+    "steps",
+    "env",
+    "secrets",
+    "timeout",
+    "on_overlap",
+    "working_dir",
+    "redeem_limit",
+    "max_lateness",
+    "random_delay",
+    "warning_exit_codes",
+    "sha256",
+    "hooks",
+    "notify",
+];
+const HOOK_KEYS: &[&str] = &["before", "on_success", "on_failure", "after", "timeout"];
+const NOTIFY_KEYS: &[&str] = &["ping", "webhook", "send_logs", "timeout"];
+const STEP_KEYS: &[&str] = &["command", "env", "continue_on_error", "sha256"];
+/// Variables the daemon sets itself in every child.
+const RESERVED_ENV: &[&str] = &["SECRETBOX_TOKEN", "SECRETBOX_SOCKET"];
+/// Variables that hold a secret in plain text; writing one literally in the file defeats the
+/// purpose of the daemon, so we warn and point at the alternative.
+const PLAINTEXT_SECRET_ENV: &[(&str, &str)] = &[
+    ("RESTIC_PASSWORD", "RESTIC_PASSWORD_COMMAND: secretbox get NAME"),
+    ("RCLONE_CONFIG_PASS", "RCLONE_PASSWORD_COMMAND: secretbox get NAME"),
+    ("AWS_SECRET_ACCESS_KEY", "{secret: NAME}"),
+    ("B2_ACCOUNT_KEY", "{secret: NAME}"),
+    ("AZURE_ACCOUNT_KEY", "{secret: NAME}"),
+];
+
+impl Checker {
+    pub(super) fn tasks(&mut self, node: &Node, default_zone: &Zone, env: &Environment) -> Option<Vec<Task>> {
+        let fields = self.fields(node, "tasks", "a mapping of task names to tasks", None)?;
+        if fields.entries.is_empty() {
+            self.error("tasks", node.pos, "no tasks defined: add at least one task");
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (name, key, value) in &fields.entries {
+            let path = join("tasks", name);
+            if !self.name_key(name, key, &path, "task") {
+                ok = false;
+                continue;
+            }
+            match self.task(name, value, &path, key.pos, default_zone, env) {
+                Some(task) => out.push(task),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn task(
+        &mut self,
+        name: &str,
+        node: &Node,
+        path: &str,
+        key_pos: Option<Pos>,
+        default_zone: &Zone,
+        env: &Environment,
+    ) -> Option<Task> {
+        let f = self.fields(node, path, "a mapping with at least `schedule` and `command`", Some(TASK_KEYS))?;
+        let pos = f.pos.or(key_pos);
+        let schedule = self.required(&f, path, "schedule", pos).and_then(|n| {
+            let p = join(path, "schedule");
+            let text = self.string(n, &p)?;
+            match Schedule::parse(&text) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    self.error(&p, n.pos, format!("invalid schedule {text:?}: {e}"));
+                    None
+                }
+            }
+        });
+        let zone = self.with_default(&f, path, "timezone", default_zone.clone(), Checker::zone);
+        let steps = match (f.get("command"), f.get("steps")) {
+            (Some(_), Some(s)) => {
+                self.error(
+                    path,
+                    s.pos.or(pos),
+                    "both `command` and `steps`: give one (a single command, or a list of steps)",
+                );
+                None
+            }
+            (None, None) => {
+                self.error(path, pos, "missing `command` (or `steps`): what should this task run?");
+                None
+            }
+            (Some(c), None) => {
+                let sha256 = self.optional(&f, path, "sha256", Checker::sha256);
+                self.argv(c, &join(path, "command"))
+                    .zip(sha256)
+                    .map(|(command, sha256)| vec![Step { command, env: Vec::new(), continue_on_error: false, sha256 }])
+            }
+            (None, Some(s)) => {
+                if let Some(n) = f.get("sha256") {
+                    self.error(
+                        &join(path, "sha256"),
+                        n.pos,
+                        "with `steps:`, pin each step's program with its own `sha256`",
+                    );
+                }
+                self.steps(s, &join(path, "steps"))
+            }
+        };
+        let env_vars = self.with_default(&f, path, "env", Vec::new(), Checker::env);
+        let secrets = self.with_default(&f, path, "secrets", Vec::new(), Checker::secret_list);
+        let timeout = self.optional(&f, path, "timeout", Checker::positive_duration);
+        let on_overlap = self.with_default(&f, path, "on_overlap", Overlap::Skip, |c, n, p| {
+            c.choice(n, p, &[("skip", Overlap::Skip), ("queue", Overlap::Queue)])
+        });
+        let working_dir = self.optional(&f, path, "working_dir", |c, n, p| c.path_value(n, p, env));
+        let redeem_limit = self.with_default(&f, path, "redeem_limit", DEFAULT_REDEEM_LIMIT, Checker::redeem_limit);
+        let max_lateness = self.with_default(&f, path, "max_lateness", DEFAULT_MAX_LATENESS, Checker::duration);
+        let random_delay = self.optional(&f, path, "random_delay", Checker::duration);
+        let hooks = self.with_default(&f, path, "hooks", Hooks::default(), Checker::hooks);
+        let task_notify = self.optional(&f, path, "notify", Checker::notify);
+        // restic exits 3 when some files could not be read: the snapshot exists.
+        let runs_restic =
+            matches!(&steps, Some(steps) if steps.iter().any(|s| program_name(&s.command[0]) == "restic"));
+        let warning_codes = if runs_restic { vec![3] } else { Vec::new() };
+        let warning_exit_codes = self.with_default(&f, path, "warning_exit_codes", warning_codes, Checker::exit_codes);
+        Some(Task {
+            name: name.to_string(),
+            schedule: schedule?,
+            zone: zone?,
+            steps: steps?,
+            env: env_vars?,
+            secrets: secrets?,
+            timeout: timeout?,
+            on_overlap: on_overlap?,
+            working_dir: working_dir?,
+            redeem_limit: redeem_limit?,
+            max_lateness: max_lateness?,
+            random_delay: random_delay?,
+            warning_exit_codes: warning_exit_codes?,
+            hooks: hooks?,
+            notify: task_notify?,
+        })
+    }
+
+    fn redeem_limit(&mut self, node: &Node, path: &str) -> Option<u32> {
+        match node.value {
+            Value::Int(i) if (1..=1000).contains(&i) => Some(i as u32),
+            Value::Int(i) => {
+                self.error(path, node.pos, format!("{i} is out of range 1-1000"));
+                None
+            }
+            _ => {
+                self.type_error(path, node, "a whole number from 1 to 1000");
+                None
+            }
+        }
+    }
+
+    fn steps(&mut self, node: &Node, path: &str) -> Option<Vec<Step>> {
+        let Value::Seq(items) = &node.value else {
+            self.type_error(path, node, "a list of steps, each {command: [...]}");
+            return None;
+        };
+        if items.is_empty() {
+            self.error(path, node.pos, "empty list of steps: give at least one step");
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let p = index(path, i);
+            let Some(f) = self.fields(item, &p, "a step mapping {command: [...]}", Some(STEP_KEYS)) else {
+                ok = false;
+                continue;
+            };
+            let command = self.required(&f, &p, "command", item.pos).and_then(|n| self.argv(n, &join(&p, "command")));
+            let env = self.with_default(&f, &p, "env", Vec::new(), Checker::env);
+            let continue_on_error = self.with_default(&f, &p, "continue_on_error", false, Checker::boolean);
+            let sha256 = self.optional(&f, &p, "sha256", Checker::sha256);
+            match (command, env, continue_on_error, sha256) {
+                (Some(command), Some(env), Some(continue_on_error), Some(sha256)) => {
+                    out.push(Step { command, env, continue_on_error, sha256 })
+                }
+                _ => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn env(&mut self, node: &Node, path: &str) -> Option<Vec<EnvVar>> {
+        let fields = self.fields(node, path, "a mapping of variable names to values", None)?;
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (name, key, value) in &fields.entries {
+            let p = join(path, name);
+            if !valid_env_name(name) {
+                self.error(&p, key.pos, format!("invalid environment variable name {name:?}: use letters, digits and `_`, not starting with a digit"));
+                ok = false;
+                continue;
+            }
+            if RESERVED_ENV.contains(&name.as_str()) {
+                self.error(&p, key.pos, format!("{name} is set by backupnizza for every process it starts; remove it"));
+                ok = false;
+                continue;
+            }
+            let v = match &value.value {
+                Value::Str(s) => Some(EnvValue::Text(s.clone())),
+                Value::Int(_) | Value::Float(_) | Value::Bool(_) => value.scalar_text().map(EnvValue::Text),
+                Value::Map(_) => {
+                    let f = self.fields(value, &p, "{secret: NAME}", Some(&["secret"]));
+                    match f.as_ref().and_then(|f| f.get("secret")) {
+                        Some(n) => self.non_empty_string(n, &join(&p, "secret")).map(EnvValue::Secret),
+                        None => {
+                            if f.is_some() {
+                                self.error(&p, value.pos, "expected {secret: NAME}");
+                            }
+                            None
+                        }
+                    }
+                }
+                Value::Null => {
+                    self.error(&p, value.pos.or(key.pos), "no value: write '' for an empty string");
+                    None
+                }
+                Value::Seq(_) => {
+                    self.type_error(&p, value, "a string or {secret: NAME}");
+                    None
+                }
+            };
+            if let Some(EnvValue::Text(text)) = &v {
+                if let Some((_, instead)) = PLAINTEXT_SECRET_ENV.iter().find(|(n, _)| n == name) {
+                    if !text.is_empty() {
+                        self.warn(&p, value.pos, format!("{name} is written in plain text in the task file; use {instead} so the secret stays in the keychain"));
+                    }
+                }
+            }
+            match v {
+                Some(value) => out.push(EnvVar { name: name.clone(), value }),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn secret_list(&mut self, node: &Node, path: &str) -> Option<Vec<String>> {
+        let Value::Seq(items) = &node.value else {
+            self.type_error(path, node, "a list of secret names such as [repo]");
+            return None;
+        };
+        let mut out: Vec<String> = Vec::new();
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let p = index(path, i);
+            match self.non_empty_string(item, &p) {
+                Some(name) if out.contains(&name) => {
+                    self.warn(&p, item.pos, format!("secret {name:?} is listed twice"))
+                }
+                Some(name) => out.push(name),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn hooks(&mut self, node: &Node, path: &str) -> Option<Hooks> {
+        let f = self.fields(
+            node,
+            path,
+            "a mapping {before: [...], on_success: [...], on_failure: [...], after: [...]}",
+            Some(HOOK_KEYS),
+        )?;
+        let before = self.optional(&f, path, "before", Checker::argv);
+        let on_success = self.optional(&f, path, "on_success", Checker::argv);
+        let on_failure = self.optional(&f, path, "on_failure", Checker::argv);
+        let after = self.optional(&f, path, "after", Checker::argv);
+        let timeout = self.with_default(&f, path, "timeout", DEFAULT_HOOK_TIMEOUT, Checker::positive_duration);
+        Some(Hooks {
+            before: before?,
+            on_success: on_success?,
+            on_failure: on_failure?,
+            after: after?,
+            timeout: timeout?,
+        })
+    }
+
+    /// A task's `notify`, or the top-level one.
+    pub(super) fn notify(&mut self, node: &Node, path: &str) -> Option<Notify> {
+        let f = self.fields(node, path, "a mapping {ping: URL, webhook: URL}", Some(NOTIFY_KEYS))?;
+        let ping = self.optional(&f, path, "ping", Checker::url);
+        let webhook = self.optional(&f, path, "webhook", Checker::url);
+        let send_logs = self.with_default(&f, path, "send_logs", false, Checker::boolean);
+        let timeout = self.with_default(&f, path, "timeout", DEFAULT_NOTIFY_TIMEOUT, Checker::positive_duration);
+        Some(Notify { ping: ping?, webhook: webhook?, send_logs: send_logs?, timeout: timeout? })
+    }
+
+    /// A notification URL: written out (http or https), or `{secret: NAME}`.
+    fn url(&mut self, node: &Node, path: &str) -> Option<UrlValue> {
+        match &node.value {
+            Value::Map(_) => {
+                let inner = self.fields(node, path, "{secret: NAME}", Some(&["secret"]))?;
+                match inner.get("secret") {
+                    Some(name) => self.non_empty_string(name, &join(path, "secret")).map(UrlValue::Secret),
+                    None => {
+                        self.error(path, node.pos, "expected a URL or {secret: NAME}");
+                        None
+                    }
+                }
+            }
+            _ => {
+                let text = self.non_empty_string(node, path)?;
+                if !(text.starts_with("https://") || text.starts_with("http://")) {
+                    self.error(path, node.pos, "expected an http:// or https:// URL (or {secret: NAME})");
+                    return None;
+                }
+                Some(UrlValue::Text(text))
+            }
+        }
+    }
+
+    /// A SHA-256 digest as 64 hex digits (as `sha256sum` prints it).
+    fn sha256(&mut self, node: &Node, path: &str) -> Option<[u8; 32]> {
+        let text = self.string(node, path)?;
+        let hex = text.trim().as_bytes();
+        // Only ASCII hex digits: slicing multi-byte text, or `+` (which from_str_radix takes), must not pass.
+        let nibble = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+        let digest = (hex.len() == 64 && hex.iter().all(u8::is_ascii_hexdigit))
+            .then(|| {
+                hex.chunks(2).map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?)).collect::<Option<Vec<u8>>>()
+            })
+            .flatten();
+        match digest {
+            Some(bytes) => bytes.try_into().ok(),
+            None => {
+                self.error(
+                    path,
+                    node.pos,
+                    format!("invalid sha256 {text:?}: write the 64 hex digits that `sha256sum PROGRAM` prints"),
+                );
+                None
+            }
+        }
+    }
+
+    fn exit_codes(&mut self, node: &Node, path: &str) -> Option<Vec<i32>> {
+        let Value::Seq(items) = &node.value else {
+            self.type_error(path, node, "a list of exit codes such as [3]");
+            return None;
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match item.value {
+                Value::Int(code) if (1..=255).contains(&code) => out.push(code as i32),
+                _ => {
+                    self.type_error(&index(path, i), item, "an exit code from 1 to 255");
+                    return None;
+                }
+            }
+        }
+        Some(out)
+    }
+}
