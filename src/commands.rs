@@ -10,11 +10,20 @@ pub mod secret;
 pub mod service;
 pub mod validate;
 
+use std::io::{self, Write};
 use std::path::PathBuf;
 
 use crate::cli::ConfigArg;
 use crate::config::{self, Config, Environment, Task};
-use crate::exit::Exit;
+use crate::exit::{self, Exit};
+
+/// Writes a command's output with `writeln!` through one locked, buffered standard output,
+/// flushed before returning. Write errors go through [`exit::stdout_error`]: a closed pipe
+/// ends the command with exit 0 and no message, anything else is a failure.
+pub fn print(write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> anyhow::Result<()> {
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    write(&mut out).and_then(|()| out.flush()).map_err(exit::stdout_error)
+}
 
 /// Loads and checks the task file named by `-c` (or the default one); an unreadable or
 /// invalid file is a usage error (exit 2) listing every problem.

@@ -2,7 +2,7 @@
 //!
 //! | code | meaning |
 //! |---|---|
-//! | 0 | success |
+//! | 0 | success; also when the reader of standard output goes away (a pipe into `head -1`): the command stops there, quietly, as `yes` does |
 //! | 1 | a runtime failure (a secret could not be loaded, the daemon is unreachable, a triggered run failed, ...) |
 //! | 2 | usage error or an invalid task file (nothing was started) |
 
@@ -30,6 +30,18 @@ impl Exit {
     /// Ends with `code` after the command already printed what it had to say.
     pub fn silent(code: i32) -> Exit {
         Exit { code, message: String::new() }
+    }
+}
+
+/// The error for a failed write to standard output. A reader that went away (`| head -1`)
+/// is not a failure: the command stops there and exits 0 with no message. Rust ignores
+/// SIGPIPE, so a closed pipe arrives here as `BrokenPipe`; restoring SIGPIPE's default instead
+/// would let a closed pipe kill the daemon and keep `secretbox` from reporting write errors.
+pub fn stdout_error(err: std::io::Error) -> anyhow::Error {
+    if err.kind() == std::io::ErrorKind::BrokenPipe {
+        Exit::silent(OK).into()
+    } else {
+        anyhow::Error::new(err).context("cannot write to standard output")
     }
 }
 

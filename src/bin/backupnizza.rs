@@ -1,5 +1,7 @@
 //! The `backupnizza` command: parses arguments, runs the subcommand, maps errors to exit codes.
 
+use std::io::Write;
+
 use clap::Parser;
 
 use backupnizza::cli::{Backupnizza, Command, SecretCommand};
@@ -36,7 +38,8 @@ fn main() {
     if let Err(err) = result {
         let message = format!("{err:#}");
         if !message.is_empty() {
-            eprintln!("backupnizza: error: {message}");
+            // Not `eprintln!`: a closed stderr must not turn the exit code into a panic.
+            let _ = writeln!(std::io::stderr(), "backupnizza: error: {message}");
         }
         std::process::exit(exit::code_of(&err));
     }

@@ -20,7 +20,8 @@ fn main() {
     let code = match get(&args.name, args.socket, args.timeout, !args.no_newline) {
         Ok(()) => exit::OK,
         Err((code, message)) => {
-            eprintln!("secretbox: error: {message}");
+            // Not `eprintln!`: a closed stderr must not turn the documented code into a panic.
+            let _ = writeln!(std::io::stderr(), "secretbox: error: {message}");
             code
         }
     };

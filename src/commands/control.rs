@@ -5,10 +5,10 @@ use std::time::Duration;
 use anyhow::Context;
 use hyper::Method;
 
-use super::{load_config, require_task};
+use super::{load_config, print};
 use crate::cli::{StatusArgs, TriggerArgs};
 use crate::client::{Client, ClientError, Response};
-use crate::config::{Config, Environment};
+use crate::config::{self, Config, Environment};
 use crate::exit::{Exit, USAGE};
 use crate::protocol::{self, RunBody, RunRef, StatusBody};
 
@@ -41,38 +41,41 @@ pub fn status(args: &StatusArgs, env: &Environment) -> anyhow::Result<()> {
     let client = client_for(&config);
     let response = runtime()?.block_on(call(&client, Method::GET, protocol::ROUTE_STATUS))?;
     if args.json {
-        println!("{}", String::from_utf8_lossy(&response.body));
-        return Ok(());
+        return print(|out| writeln!(out, "{}", String::from_utf8_lossy(&response.body)));
     }
     let status: StatusBody = serde_json::from_slice(&response.body).context("unexpected status answer")?;
-    println!(
-        "daemon: running (pid {}, version {}, since {}), socket {}",
-        status.pid,
-        status.daemon,
-        status.started,
-        config.socket.display()
-    );
     let rejected: u64 = status.tokens.rejected.values().sum();
     let reasons: Vec<String> =
         status.tokens.rejected.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r} {n}")).collect();
-    println!(
-        "tokens: {} minted, {} redeemed, {} live, {rejected} rejected{}",
-        status.tokens.minted,
-        status.tokens.redeemed,
-        status.tokens.live,
-        if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) }
-    );
     let width = status.tasks.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
-    println!("{:width$}  {:25}  {:32}  NEXT", "TASK", "LAST RUN", "RESULT");
-    for task in &status.tasks {
-        let (when, result) = match (&task.last, task.running) {
-            (_, true) => ("now".to_string(), "running".to_string()),
-            (Some(last), false) => (last.ended.clone().unwrap_or_default(), describe(last)),
-            (None, false) => ("never".to_string(), "-".to_string()),
-        };
-        println!("{:width$}  {when:25}  {result:32}  {}", task.name, task.next.as_deref().unwrap_or("-"));
-    }
-    Ok(())
+    print(|out| {
+        writeln!(
+            out,
+            "daemon: running (pid {}, version {}, since {}), socket {}",
+            status.pid,
+            status.daemon,
+            status.started,
+            config.socket.display()
+        )?;
+        writeln!(
+            out,
+            "tokens: {} minted, {} redeemed, {} live, {rejected} rejected{}",
+            status.tokens.minted,
+            status.tokens.redeemed,
+            status.tokens.live,
+            if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) }
+        )?;
+        writeln!(out, "{:width$}  {:25}  {:32}  NEXT", "TASK", "LAST RUN", "RESULT")?;
+        for task in &status.tasks {
+            let (when, result) = match (&task.last, task.running) {
+                (_, true) => ("now".to_string(), "running".to_string()),
+                (Some(last), false) => (last.ended.clone().unwrap_or_default(), describe(last)),
+                (None, false) => ("never".to_string(), "-".to_string()),
+            };
+            writeln!(out, "{:width$}  {when:25}  {result:32}  {}", task.name, task.next.as_deref().unwrap_or("-"))?;
+        }
+        Ok(())
+    })
 }
 
 /// "success (exit 0, 12s)".
@@ -88,14 +91,26 @@ pub fn describe(run: &RunBody) -> String {
 }
 
 pub fn trigger(args: &TriggerArgs, env: &Environment) -> anyhow::Result<()> {
+    // The task file gives the socket; whether the task exists is the daemon's answer, since
+    // the file may have changed since the daemon read it. Only a name that cannot be a task
+    // is refused here, so it never becomes part of a request path.
     let config = load_config(&args.config, env)?;
-    require_task(&config, &args.task)?;
+    if !config::valid_name(&args.task) {
+        return Err(Exit::usage(format!(
+            "{:?} is not a valid task name (letters, digits, '.', '_' and '-', at most 64)",
+            args.task
+        ))
+        .into());
+    }
     let client = client_for(&config);
     let rt = runtime()?;
     let path = format!("{}{}/trigger", protocol::ROUTE_TASKS, args.task);
-    let response = rt.block_on(call(&client, Method::POST, &path))?;
+    let response = match rt.block_on(call(&client, Method::POST, &path)) {
+        Ok(response) => response,
+        Err(err) => return Err(suggest_task(err, &rt, &client, &args.task)),
+    };
     let run: RunRef = serde_json::from_slice(&response.body).context("unexpected trigger answer")?;
-    println!("triggered {}: run {}", run.task, run.run_id);
+    print(|out| writeln!(out, "triggered {}: run {}", run.task, run.run_id))?;
     if !args.wait {
         return Ok(());
     }
@@ -106,15 +121,37 @@ pub fn trigger(args: &TriggerArgs, env: &Environment) -> anyhow::Result<()> {
         if !body.status.is_done() {
             continue;
         }
-        println!(
-            "run {}: {}{}",
-            body.run_id,
-            describe(&body),
-            if body.reason.is_empty() { String::new() } else { format!(": {}", body.reason) }
-        );
+        print(|out| {
+            writeln!(
+                out,
+                "run {}: {}{}",
+                body.run_id,
+                describe(&body),
+                if body.reason.is_empty() { String::new() } else { format!(": {}", body.reason) }
+            )
+        })?;
         return match body.status.as_str() {
             "success" | "warning" | "skipped" => Ok(()),
             _ => Err(Exit::silent(crate::exit::FAILURE).into()),
         };
     }
+}
+
+/// The daemon's "no task named ..." (a 404, exit 2) with the closest name in the daemon's own
+/// task list, from its status; any other error, or no status, leaves `err` as it is.
+fn suggest_task(err: anyhow::Error, rt: &tokio::runtime::Runtime, client: &Client, task: &str) -> anyhow::Error {
+    let mut exit = match err.downcast::<Exit>() {
+        Ok(exit) if exit.code == USAGE => exit,
+        Ok(exit) => return exit.into(),
+        Err(err) => return err,
+    };
+    let status = rt
+        .block_on(call(client, Method::GET, protocol::ROUTE_STATUS))
+        .ok()
+        .and_then(|r| serde_json::from_slice::<StatusBody>(&r.body).ok());
+    let names = status.iter().flat_map(|s| s.tasks.iter().map(|t| t.name.as_str()));
+    if let Some(name) = config::did_you_mean(task, names) {
+        exit.message.push_str(&format!(" (did you mean {name:?}?)"));
+    }
+    exit.into()
 }

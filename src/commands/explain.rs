@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::{load_config, require_task, rfc3339};
+use super::{load_config, print, require_task, rfc3339};
 use crate::cli::ExplainArgs;
 use crate::config::Environment;
 use crate::history::{self, Record};
@@ -97,21 +97,7 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
         }
     }
 
-    println!(
-        "{} ({}, {}): occurrences from {} to {}",
-        task.name,
-        task.schedule,
-        task.zone.name,
-        rfc3339(since, tz),
-        rfc3339(now, tz)
-    );
-    if task.schedule.interval().is_some() {
-        println!("(an @every schedule counts from each daemon start: only recorded occurrences are listed)");
-    }
     let shown = occurrences.len().saturating_sub(MAX_LINES);
-    if shown > 0 {
-        println!("({} earlier occurrences not shown)", shown);
-    }
     let (mut ran, mut failed, mut caught_up, mut skips, mut missed) = (0, 0, 0, 0, 0);
     let mut lines = Vec::new();
     for occurrence in &occurrences {
@@ -160,17 +146,34 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
         };
         lines.push(format!("{}  {fate}", rfc3339(*occurrence, tz)));
     }
-    for line in &lines[shown..] {
-        println!("{line}");
-    }
-    for run in manual.iter().filter(|r| r.at > since) {
-        println!("{}  manual run (backupnizza trigger): {}", rfc3339(run.at, tz), describe_end(run));
-    }
-    println!(
-        "summary: {} occurrences; {ran} ran, {failed} failed, {caught_up} caught up, {skips} skipped, {missed} missed while the daemon was down",
-        occurrences.len()
-    );
-    Ok(())
+    print(|out| {
+        writeln!(
+            out,
+            "{} ({}, {}): occurrences from {} to {}",
+            task.name,
+            task.schedule,
+            task.zone.name,
+            rfc3339(since, tz),
+            rfc3339(now, tz)
+        )?;
+        if task.schedule.interval().is_some() {
+            writeln!(out, "(an @every schedule counts from each daemon start: only recorded occurrences are listed)")?;
+        }
+        if shown > 0 {
+            writeln!(out, "({} earlier occurrences not shown)", shown)?;
+        }
+        for line in &lines[shown..] {
+            writeln!(out, "{line}")?;
+        }
+        for run in manual.iter().filter(|r| r.at > since) {
+            writeln!(out, "{}  manual run (backupnizza trigger): {}", rfc3339(run.at, tz), describe_end(run))?;
+        }
+        writeln!(
+            out,
+            "summary: {} occurrences; {ran} ran, {failed} failed, {caught_up} caught up, {skips} skipped, {missed} missed while the daemon was down",
+            occurrences.len()
+        )
+    })
 }
 
 fn describe_end(run: &Run) -> String {

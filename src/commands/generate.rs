@@ -1,10 +1,9 @@
 //! `backupnizza completions SHELL` and `backupnizza man`: generated from the clap
 //! definitions of both binaries, so they never drift from the real options.
 
-use std::io::Write;
-
 use clap::CommandFactory;
 
+use super::print;
 use crate::cli::{Backupnizza, CompletionsArgs, ManArgs, Program, Secretbox};
 
 fn command(program: Program) -> clap::Command {
@@ -19,13 +18,11 @@ pub fn completions(args: &CompletionsArgs) -> anyhow::Result<()> {
     let name = cmd.get_name().to_string();
     let mut out = Vec::new();
     clap_complete::generate(args.shell, &mut cmd, name, &mut out);
-    std::io::stdout().write_all(&out)?;
-    Ok(())
+    print(|stdout| stdout.write_all(&out))
 }
 
 pub fn man(args: &ManArgs) -> anyhow::Result<()> {
     let mut out = Vec::new();
     clap_mangen::Man::new(command(args.program)).render(&mut out)?;
-    std::io::stdout().write_all(&out)?;
-    Ok(())
+    print(|stdout| stdout.write_all(&out))
 }

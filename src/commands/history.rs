@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{load_config, require_task};
+use super::{load_config, print, require_task};
 use crate::cli::HistoryArgs;
 use crate::config::Environment;
 use crate::history::{self, Record};
@@ -33,12 +33,14 @@ pub fn run(args: &HistoryArgs, env: &Environment) -> anyhow::Result<()> {
         };
         lines.push(line);
     }
-    if lines.is_empty() {
-        println!("no runs recorded in {}", config.state_dir.join(history::FILE_NAME).display());
-    }
-    let skip = lines.len().saturating_sub(args.count);
-    for line in &lines[skip..] {
-        println!("{line}");
-    }
-    Ok(())
+    print(|out| {
+        if lines.is_empty() {
+            writeln!(out, "no runs recorded in {}", config.state_dir.join(history::FILE_NAME).display())?;
+        }
+        let skip = lines.len().saturating_sub(args.count);
+        for line in &lines[skip..] {
+            writeln!(out, "{line}")?;
+        }
+        Ok(())
+    })
 }

@@ -1,10 +1,9 @@
 //! `backupnizza next`: upcoming fire times of a task file's tasks or of one expression.
 
-use anyhow::Context;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
-use super::{load_config, require_task, rfc3339};
+use super::{load_config, print, require_task, rfc3339};
 use crate::cli::NextArgs;
 use crate::config::Environment;
 use crate::exit::Exit;
@@ -28,10 +27,12 @@ pub fn run(args: &NextArgs, env: &Environment) -> anyhow::Result<()> {
             })?,
             None => TimeZone::system(),
         };
-        for at in upcoming(&schedule, &tz, after, count) {
-            println!("{}", rfc3339(at, &tz));
-        }
-        return Ok(());
+        return print(|out| {
+            for at in upcoming(&schedule, &tz, after, count) {
+                writeln!(out, "{}", rfc3339(at, &tz))?;
+            }
+            Ok(())
+        });
     }
 
     let config = load_config(&args.config, env)?;
@@ -45,13 +46,12 @@ pub fn run(args: &NextArgs, env: &Environment) -> anyhow::Result<()> {
         }
     }
     lines.sort();
-    let mut out = String::new();
-    for (_, time, name) in lines {
-        out.push_str(&format!("{time}\t{name}\n"));
-    }
-    use std::io::Write;
-    std::io::stdout().write_all(out.as_bytes()).context("cannot write to standard output")?;
-    Ok(())
+    print(|out| {
+        for (_, time, name) in lines {
+            writeln!(out, "{time}\t{name}")?;
+        }
+        Ok(())
+    })
 }
 
 /// The next `count` fire times after `after` (an `@every` schedule is anchored at `after`).

@@ -7,7 +7,7 @@ use std::io::{IsTerminal, Read, Write};
 use anyhow::Context;
 use zeroize::Zeroizing;
 
-use super::config_path;
+use super::{config_path, print};
 use crate::cli::{SecretCheckArgs, SecretSetArgs};
 use crate::config::{self, Environment, Source};
 use crate::exit::{Exit, FAILURE};
@@ -108,13 +108,15 @@ pub fn check(args: &SecretCheckArgs, env: &Environment) -> anyhow::Result<()> {
     let width = config.secrets.iter().map(|s| s.name.len()).max().unwrap_or(0);
     let mut failed = 0;
     for spec in &config.secrets {
-        match runtime.block_on(secrets::load_one(spec, env, &mut env_values)) {
-            Ok(_) => println!("{:width$}  ok     {}", spec.name, secrets::describe(&spec.source)),
+        // One line per secret as it is loaded: a slow keychain shows where it is.
+        let line = match runtime.block_on(secrets::load_one(spec, env, &mut env_values)) {
+            Ok(_) => format!("{:width$}  ok     {}", spec.name, secrets::describe(&spec.source)),
             Err(e) => {
                 failed += 1;
-                println!("{:width$}  error  {e}", spec.name);
+                format!("{:width$}  error  {e}", spec.name)
             }
-        }
+        };
+        print(|out| writeln!(out, "{line}"))?;
     }
     if failed > 0 {
         return Err(Exit {

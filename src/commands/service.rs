@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use super::config_path;
+use super::{config_path, print};
 use crate::cli::ServiceCommand;
 use crate::config::{self, Environment};
 use crate::exit::Exit;
@@ -40,8 +40,7 @@ pub fn run(command: &ServiceCommand, env: &Environment) -> anyhow::Result<()> {
         (service::launchd_plist(&exe, &config, &log), target, enable)
     };
     if !args.install {
-        print!("{text}");
-        return Ok(());
+        return print(|out| out.write_all(text.as_bytes()));
     }
     write(&target, &text)?;
     eprintln!("wrote {}", target.display());

@@ -2,7 +2,7 @@
 
 use jiff::Timestamp;
 
-use super::{config_path, rfc3339};
+use super::{config_path, print, rfc3339};
 use crate::cli::ValidateArgs;
 use crate::config::{self, Environment, Severity};
 use crate::exit::{Exit, USAGE};
@@ -19,25 +19,34 @@ pub fn run(args: &ValidateArgs, env: &Environment) -> anyhow::Result<()> {
         return Err(Exit::silent(USAGE).into());
     };
     let now = Timestamp::now();
-    println!(
-        "{}: valid: {} task{}, {} secret{}",
-        path.display(),
-        config.tasks.len(),
-        if config.tasks.len() == 1 { "" } else { "s" },
-        config.secrets.len(),
-        if config.secrets.len() == 1 { "" } else { "s" },
-    );
     let name_width = config.tasks.iter().map(|t| t.name.len()).max().unwrap_or(0);
     let sched_width = config.tasks.iter().map(|t| t.schedule.as_str().len()).max().unwrap_or(0);
-    for task in &config.tasks {
-        let next = match task.schedule.interval() {
-            Some(_) => "counted from daemon start".to_string(),
-            None => match task.schedule.next_after(now, &task.zone.tz) {
-                Some(at) => format!("next {}", rfc3339(at, &task.zone.tz)),
-                None => "never fires in the next 30 years".to_string(),
-            },
-        };
-        println!("  {:name_width$}  {:sched_width$}  {}  {next}", task.name, task.schedule.as_str(), task.zone.name,);
-    }
-    Ok(())
+    print(|out| {
+        writeln!(
+            out,
+            "{}: valid: {} task{}, {} secret{}",
+            path.display(),
+            config.tasks.len(),
+            if config.tasks.len() == 1 { "" } else { "s" },
+            config.secrets.len(),
+            if config.secrets.len() == 1 { "" } else { "s" },
+        )?;
+        for task in &config.tasks {
+            let next = match task.schedule.interval() {
+                Some(_) => "counted from daemon start".to_string(),
+                None => match task.schedule.next_after(now, &task.zone.tz) {
+                    Some(at) => format!("next {}", rfc3339(at, &task.zone.tz)),
+                    None => "never fires in the next 30 years".to_string(),
+                },
+            };
+            writeln!(
+                out,
+                "  {:name_width$}  {:sched_width$}  {}  {next}",
+                task.name,
+                task.schedule.as_str(),
+                task.zone.name,
+            )?;
+        }
+        Ok(())
+    })
 }

@@ -10,6 +10,7 @@ mod hostile;
 mod load;
 mod next;
 mod pinning;
+mod pipes;
 mod restic;
 mod runs;
 mod validate;
