@@ -25,7 +25,8 @@ fn main() {
     }
     // `cargo bench` passes `--bench`; other arguments select sections (validate, ready, e2e,
     // redemptions, idle, precision); none runs them all.
-    let only: Vec<&str> = args[1..].iter().map(String::as_str).filter(|a| !a.starts_with("--")).collect();
+    let only: Vec<&str> =
+        args[1..].iter().map(String::as_str).filter(|a| !a.starts_with("--")).collect();
     let want = |section: &str| only.is_empty() || only.contains(&section);
     let scratch = tempfile::Builder::new().prefix("bnz-bench-").tempdir().unwrap();
     let dir = scratch.path();
@@ -43,24 +44,49 @@ fn main() {
     // Validate first: its peak memory is read from the children's high-water mark.
     if want("validate") {
         let (validate_ms, validate_kib) = bench_validate(dir);
-        row("`validate`, 10,000 tasks: time", format!("{validate_ms:.0} ms"), "≤ 1 s", Some(validate_ms <= 1000.0));
-        row("`validate`, 10,000 tasks: peak memory", format!("{:.1} MiB", validate_kib as f64 / 1024.0), "-", None);
+        row(
+            "`validate`, 10,000 tasks: time",
+            format!("{validate_ms:.0} ms"),
+            "≤ 1 s",
+            Some(validate_ms <= 1000.0),
+        );
+        row(
+            "`validate`, 10,000 tasks: peak memory",
+            format!("{:.1} MiB", validate_kib as f64 / 1024.0),
+            "-",
+            None,
+        );
     }
 
     if want("ready") {
         let ready = bench_ready(dir);
-        row("start-up to READY, 1,000 tasks (file secrets)", format!("{ready:.1} ms"), "≤ 50 ms", Some(ready <= 50.0));
+        row(
+            "start-up to READY, 1,000 tasks (file secrets)",
+            format!("{ready:.1} ms"),
+            "≤ 50 ms",
+            Some(ready <= 50.0),
+        );
     }
 
     if want("e2e") {
         let e2e = bench_secretbox(dir);
         row("`secretbox get` end to end", format!("{:.2} ms", e2e.secretbox), "-", None);
         row("`cat` of a 0600 file", format!("{:.2} ms", e2e.cat), "-", None);
-        row("`secret-tool lookup` (headless gnome-keyring)", format!("{:.2} ms", e2e.secret_tool), "-", None);
+        row(
+            "`secret-tool lookup` (headless gnome-keyring)",
+            format!("{:.2} ms", e2e.secret_tool),
+            "-",
+            None,
+        );
         let vs_cat = e2e.secretbox / e2e.cat;
         let vs_tool = e2e.secretbox / e2e.secret_tool;
         row("`secretbox get` / `cat`", format!("{vs_cat:.2}×"), "≤ 2×", Some(vs_cat <= 2.0));
-        row("`secretbox get` / `secret-tool lookup`", format!("{vs_tool:.2}×"), "≤ 0.5×", Some(vs_tool <= 0.5));
+        row(
+            "`secretbox get` / `secret-tool lookup`",
+            format!("{vs_tool:.2}×"),
+            "≤ 0.5×",
+            Some(vs_tool <= 0.5),
+        );
     }
 
     if want("crowded") {
@@ -83,7 +109,10 @@ fn main() {
         };
         let target_met = (clients == 64).then_some(load.rate >= 20_000.0 && load.p99_us <= 2000);
         row(
-            &format!("redemptions, {clients} concurrent client{}", if clients == 1 { "" } else { "s" }),
+            &format!(
+                "redemptions, {clients} concurrent client{}",
+                if clients == 1 { "" } else { "s" }
+            ),
             format!("{:.0}/s, p50 {} µs, p99 {} µs", load.rate, load.p50_us, load.p99_us),
             if clients == 64 { "≥ 20,000/s, p99 ≤ 2 ms" } else { "-" },
             target_met,
@@ -109,15 +138,32 @@ fn main() {
             );
         }
         match cron_kib {
-            Some(kib) => row("Debian `cron` idle RSS (same run)", format!("{:.1} MiB", kib as f64 / 1024.0), "-", None),
-            None => row("Debian `cron` idle RSS (same run)", "cron not installed".into(), "-", None),
+            Some(kib) => row(
+                "Debian `cron` idle RSS (same run)",
+                format!("{:.1} MiB", kib as f64 / 1024.0),
+                "-",
+                None,
+            ),
+            None => {
+                row("Debian `cron` idle RSS (same run)", "cron not installed".into(), "-", None);
+            }
         }
     }
 
     if want("precision") {
         let (median, max) = bench_precision(dir);
-        row("fire offset, 100 firings: median", format!("{median:.1} ms"), "≤ 20 ms", Some(median <= 20.0));
-        row("fire offset, 100 firings: max", format!("{max:.1} ms"), "≤ 100 ms", Some(max <= 100.0));
+        row(
+            "fire offset, 100 firings: median",
+            format!("{median:.1} ms"),
+            "≤ 20 ms",
+            Some(median <= 20.0),
+        );
+        row(
+            "fire offset, 100 firings: max",
+            format!("{max:.1} ms"),
+            "≤ 100 ms",
+            Some(max <= 100.0),
+        );
     }
 
     let mut table = String::from("| measure | result | target | |\n|---|---|---|---|\n");
@@ -133,7 +179,7 @@ fn main() {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 { v[n / 2] } else { f64::midpoint(v[n / 2 - 1], v[n / 2]) }
 }
 
 fn write_private(path: &Path, bytes: &[u8]) {
@@ -201,12 +247,19 @@ fn start_daemon(dir: &Path, config: &Path, log: &str) -> (std::process::Child, D
 }
 
 fn stop(mut child: std::process::Child) {
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     let _ = child.wait();
 }
 
 fn trigger(config: &Path, task: &str) {
-    let out = Command::new(BACKUPNIZZA).args(["trigger", "--wait", task, "-c"]).arg(config).output().unwrap();
+    let out = Command::new(BACKUPNIZZA)
+        .args(["trigger", "--wait", task, "-c"])
+        .arg(config)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{task}: {}{}",
@@ -224,7 +277,8 @@ fn bench_validate(dir: &Path) -> (f64, i64) {
         times.push(start.elapsed().as_secs_f64() * 1000.0);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
-    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).unwrap();
+    let usage =
+        nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).unwrap();
     (median(times), usage.max_rss())
 }
 
@@ -249,14 +303,22 @@ fn bench_secretbox(dir: &Path) -> EndToEnd {
     let value = "bench-secret-value-0";
     // The same value in the Secret Service, for `secret-tool lookup`.
     let mut store = Command::new("secret-tool")
-        .args(["store", "--label=backupnizza bench", "service", "backupnizza-bench", "username", "bench"])
+        .args([
+            "store",
+            "--label=backupnizza bench",
+            "service",
+            "backupnizza-bench",
+            "username",
+            "bench",
+        ])
         .stdin(Stdio::piped())
         .spawn()
         .expect("secret-tool (run the benchmarks with .ci/bench)");
     store.stdin.take().unwrap().write_all(value.as_bytes()).unwrap();
     assert!(store.wait().unwrap().success());
     let results = dir.join("e2e.txt");
-    let bus = std::env::var("DBUS_SESSION_BUS_ADDRESS").expect("a D-Bus session (run the benchmarks with .ci/bench)");
+    let bus = std::env::var("DBUS_SESSION_BUS_ADDRESS")
+        .expect("a D-Bus session (run the benchmarks with .ci/bench)");
     let extra = format!(
         "  e2e:\n    schedule: '0 0 1 1 *'\n    command: [{}, --inside, e2e, {}, {}, '300']\n    env: {{DBUS_SESSION_BUS_ADDRESS: '{bus}'}}\n    secrets: [s0]\n    redeem_limit: 1000\n",
         std::env::current_exe().unwrap().display(),
@@ -282,16 +344,25 @@ fn bench_crowded(dir: &Path) -> (f64, f64) {
     );
     let path = config(dir, "crowded", 0, 1, &extra);
     let (child, _) = start_daemon(dir, &path, "crowded");
-    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
-    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard.min(8192), hard).unwrap();
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    nix::sys::resource::setrlimit(
+        nix::sys::resource::Resource::RLIMIT_NOFILE,
+        hard.min(8192),
+        hard,
+    )
+    .unwrap();
     let socket = dir.join("crowded.run/s.sock");
     let idle: Vec<std::os::unix::net::UnixStream> =
         (0..1000).map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap()).collect();
     trigger(&path, "crowded");
     drop(idle);
     stop(child);
-    let v: Vec<f64> =
-        std::fs::read_to_string(results).unwrap().split_whitespace().map(|x| x.parse().unwrap()).collect();
+    let v: Vec<f64> = std::fs::read_to_string(results)
+        .unwrap()
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
     (v[0], v[1])
 }
 
@@ -319,7 +390,15 @@ fn bench_redemptions(dir: &Path, clients: usize) -> Load {
 
 fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find(|l| l.starts_with(field)).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// CPU time (user + system) of a process, in milliseconds.
@@ -351,7 +430,8 @@ fn bench_idle(dir: &Path, tasks: usize) -> (u64, u64) {
 /// Debian's cron daemon idle RSS, started here for the comparison.
 fn cron_rss() -> Option<u64> {
     let cron = ["/usr/sbin/cron", "/usr/sbin/crond"].into_iter().find(|p| Path::new(p).exists())?;
-    let mut child = Command::new(cron).arg("-f").stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
+    let mut child =
+        Command::new(cron).arg("-f").stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
     std::thread::sleep(Duration::from_secs(3));
     let rss = status_kib(child.id(), "VmRSS:");
     let _ = child.kill();
@@ -370,14 +450,18 @@ fn bench_precision(dir: &Path) -> (f64, f64) {
     let (child, _) = start_daemon(dir, &path, "precision");
     loop {
         std::thread::sleep(Duration::from_millis(500));
-        let n = std::fs::read_to_string(&results).map(|t| t.lines().count()).unwrap_or(0);
+        let n = std::fs::read_to_string(&results).map_or(0, |t| t.lines().count());
         if n >= 100 {
             break;
         }
     }
     stop(child);
-    let offsets: Vec<f64> =
-        std::fs::read_to_string(&results).unwrap().lines().take(100).map(|l| l.parse().unwrap()).collect();
+    let offsets: Vec<f64> = std::fs::read_to_string(&results)
+        .unwrap()
+        .lines()
+        .take(100)
+        .map(|l| l.parse().unwrap())
+        .collect();
     let max = offsets.iter().copied().fold(0.0, f64::max);
     (median(offsets), max)
 }
@@ -387,12 +471,17 @@ fn inside(args: &[String]) {
     match args[0].as_str() {
         // Interleaved: secretbox, cat, secret-tool, N times each; medians in ms.
         "e2e" => {
-            let (file, out, n): (&str, &str, usize) = (&args[1], &args[2], args[3].parse().unwrap());
+            let (file, out, n): (&str, &str, usize) =
+                (&args[1], &args[2], args[3].parse().unwrap());
             let time = |cmd: &mut Command| {
                 let start = Instant::now();
                 let o = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap();
                 let took = start.elapsed().as_secs_f64() * 1000.0;
-                assert!(o.status.success() && !o.stdout.is_empty(), "{cmd:?}: {}", String::from_utf8_lossy(&o.stderr));
+                assert!(
+                    o.status.success() && !o.stdout.is_empty(),
+                    "{cmd:?}: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
                 took
             };
             let (mut sb, mut cat, mut tool) = (Vec::new(), Vec::new(), Vec::new());
@@ -416,7 +505,8 @@ fn inside(args: &[String]) {
                     }
                 }
             }
-            std::fs::write(out, format!("{} {} {}", median(sb), median(cat), median(tool))).unwrap();
+            std::fs::write(out, format!("{} {} {}", median(sb), median(cat), median(tool)))
+                .unwrap();
         }
         // `secretbox get` N times: median and max in ms.
         "timed" => {
@@ -443,9 +533,11 @@ fn inside(args: &[String]) {
         // How late this process started relative to the occurrence it belongs to, in ms.
         "stamp" => {
             let now = jiff::Timestamp::now();
-            let scheduled: jiff::Timestamp = std::env::var("BACKUPNIZZA_SCHEDULED").unwrap().parse().unwrap();
+            let scheduled: jiff::Timestamp =
+                std::env::var("BACKUPNIZZA_SCHEDULED").unwrap().parse().unwrap();
             let late = now.duration_since(scheduled).as_secs_f64() * 1000.0;
-            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&args[1]).unwrap();
+            let mut f =
+                std::fs::OpenOptions::new().create(true).append(true).open(&args[1]).unwrap();
             writeln!(f, "{late:.3}").unwrap();
         }
         other => panic!("unknown mode {other}"),
@@ -469,7 +561,8 @@ fn load(secrets: usize, total: usize, clients: usize) -> (f64, u128, u128) {
             let count = total / clients + usize::from(worker < total % clients);
             handles.push(tokio::spawn(async move {
                 let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
-                let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
                 tokio::spawn(conn);
                 let auth = format!("Bearer {token}");
                 let mut lat = Vec::with_capacity(count);
@@ -497,6 +590,8 @@ fn load(secrets: usize, total: usize, clients: usize) -> (f64, u128, u128) {
     });
     let rate = total as f64 / started.elapsed().as_secs_f64();
     latencies.sort();
-    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_micros();
+    let pct = |p: f64| {
+        latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_micros()
+    };
     (rate, pct(0.5), pct(0.99))
 }

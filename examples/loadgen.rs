@@ -25,7 +25,9 @@ fn main() {
         use std::io::Write;
         let socket = std::env::var("SECRETBOX_SOCKET").expect("SECRETBOX_SOCKET");
         let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("connect");
-        stream.write_all(b"POST /v1/secrets/s0 HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nabc").unwrap();
+        stream
+            .write_all(b"POST /v1/secrets/s0 HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nabc")
+            .unwrap();
         println!("sent");
         loop {
             std::thread::park();
@@ -38,7 +40,8 @@ fn main() {
     };
     let token = std::env::var("SECRETBOX_TOKEN").expect("SECRETBOX_TOKEN (run loadgen as a task)");
     let socket = std::env::var("SECRETBOX_SOCKET").expect("SECRETBOX_SOCKET");
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let started = Instant::now();
     let results = runtime.block_on(async {
         let mut handles = Vec::new();
@@ -56,7 +59,8 @@ fn main() {
         all
     });
     let elapsed = started.elapsed();
-    let mut latencies: Vec<Duration> = results.iter().flat_map(|(l, _, _)| l.iter().copied()).collect();
+    let mut latencies: Vec<Duration> =
+        results.iter().flat_map(|(l, _, _)| l.iter().copied()).collect();
     let ok: usize = results.iter().map(|(_, ok, _)| ok).sum();
     let failed: usize = results.iter().map(|(_, _, f)| f).sum();
     latencies.sort();
@@ -93,9 +97,14 @@ async fn run_worker(
     let mut sender = None;
     let auth = format!("Bearer {token}");
     for i in 0..count {
-        if sender.as_ref().is_none_or(|s: &hyper::client::conn::http1::SendRequest<Empty<Bytes>>| s.is_closed()) {
+        if sender
+            .as_ref()
+            .is_none_or(|s: &hyper::client::conn::http1::SendRequest<Empty<Bytes>>| s.is_closed())
+        {
             let stream = tokio::net::UnixStream::connect(socket).await.expect("connect");
-            let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+            let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .expect("handshake");
             tokio::spawn(conn);
             sender = Some(s);
         }
@@ -107,17 +116,14 @@ async fn run_worker(
             .body(Empty::<Bytes>::new())
             .unwrap();
         let start = Instant::now();
-        match s.send_request(request).await {
-            Ok(response) => {
-                let good = response.status().is_success();
-                let _ = response.into_body().collect().await;
-                latencies.push(start.elapsed());
-                if good { ok += 1 } else { failed += 1 }
-            }
-            Err(_) => {
-                failed += 1;
-                sender = None;
-            }
+        if let Ok(response) = s.send_request(request).await {
+            let good = response.status().is_success();
+            let _ = response.into_body().collect().await;
+            latencies.push(start.elapsed());
+            if good { ok += 1 } else { failed += 1 }
+        } else {
+            failed += 1;
+            sender = None;
         }
     }
     (latencies, ok, failed)

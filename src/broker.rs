@@ -83,7 +83,7 @@ impl Broker {
     /// or counter update, so a panic elsewhere leaves the state consistent; keep serving
     /// rather than failing every later request.
     fn lock(&self) -> MutexGuard<'_, Tokens> {
-        self.tokens.lock().unwrap_or_else(|e| e.into_inner())
+        self.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn secrets(&self) -> &Secrets {
@@ -95,7 +95,12 @@ impl Broker {
     }
 
     /// Mints a token for one process of `task`, valid for `scope`, each secret `limit` times.
-    pub fn mint(&self, task: &Arc<str>, scope: &[Arc<str>], limit: u32) -> std::io::Result<(Token, Handle)> {
+    pub fn mint(
+        &self,
+        task: &Arc<str>,
+        scope: &[Arc<str>],
+        limit: u32,
+    ) -> std::io::Result<(Token, Handle)> {
         self.lock().vault.mint(task, scope, limit, Instant::now())
     }
 

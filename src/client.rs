@@ -58,9 +58,13 @@ impl Client {
         token: Option<&str>,
         body: Vec<u8>,
     ) -> Result<Response, ClientError> {
-        match tokio::time::timeout(self.timeout, self.request_inner(method, path, token, body)).await {
+        match tokio::time::timeout(self.timeout, self.request_inner(method, path, token, body))
+            .await
+        {
             Ok(result) => result,
-            Err(_) => Err(ClientError::Timeout { socket: self.socket.clone(), timeout: self.timeout }),
+            Err(_) => {
+                Err(ClientError::Timeout { socket: self.socket.clone(), timeout: self.timeout })
+            }
         }
     }
 
@@ -73,29 +77,38 @@ impl Client {
     ) -> Result<Response, ClientError> {
         // One connection per request, handshaken directly: no pool to set up, and a connect
         // error that says exactly why (no socket, refused, permission denied).
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|e| ClientError::Unreachable { socket: self.socket.clone(), reason: e.to_string() })?;
+        let stream = tokio::net::UnixStream::connect(&self.socket).await.map_err(|e| {
+            ClientError::Unreachable { socket: self.socket.clone(), reason: e.to_string() }
+        })?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ClientError::Protocol(format!("handshake failed: {e}")))?;
         // Drive the connection on this task while the request is in flight (no spawn).
         let mut connection = std::pin::pin!(connection);
-        let mut builder = Request::builder().method(method).uri(path).header(hyper::header::HOST, "backupnizza");
+        let mut builder =
+            Request::builder().method(method).uri(path).header(hyper::header::HOST, "backupnizza");
         let auth;
         if let Some(token) = token {
             auth = Zeroizing::new(format!("Bearer {token}"));
             builder = builder.header(hyper::header::AUTHORIZATION, auth.as_str());
         }
-        let request = builder.body(Full::new(Bytes::from(body))).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let request = builder
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let exchange = async {
-            let response = sender.send_request(request).await.map_err(|e| ClientError::Protocol(format!("{e}")))?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| ClientError::Protocol(format!("{e}")))?;
             let status = response.status();
             let collected = Limited::new(response.into_body(), MAX_RESPONSE)
                 .collect()
                 .await
                 .map_err(|e| ClientError::Protocol(format!("reading the response failed: {e}")))?;
-            Ok::<_, ClientError>(Response { status, body: Zeroizing::new(collected.to_bytes().to_vec()) })
+            Ok::<_, ClientError>(Response {
+                status,
+                body: Zeroizing::new(collected.to_bytes().to_vec()),
+            })
         };
         let mut exchange = std::pin::pin!(exchange);
         tokio::select! {

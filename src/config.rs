@@ -325,7 +325,11 @@ fn render_problems(path: &Path, problems: &[Problem]) -> String {
         out.push_str(&p.display(path).to_string());
         out.push('\n');
     }
-    out.push_str(&format!("{}: {errors} error{} found", path.display(), if errors == 1 { "" } else { "s" }));
+    out.push_str(&format!(
+        "{}: {errors} error{} found",
+        path.display(),
+        if errors == 1 { "" } else { "s" }
+    ));
     out
 }
 
@@ -379,12 +383,11 @@ impl Environment {
     /// `$XDG_RUNTIME_DIR/backupnizza/secretbox.sock`, else
     /// `$TMPDIR/backupnizza-$UID/secretbox.sock` (`/tmp` when `TMPDIR` is unset).
     pub fn default_socket(&self) -> PathBuf {
-        match self.var("XDG_RUNTIME_DIR") {
-            Some(dir) => Path::new(dir).join("backupnizza").join("secretbox.sock"),
-            None => {
-                let tmp = self.var("TMPDIR").unwrap_or("/tmp");
-                Path::new(tmp).join(format!("backupnizza-{}", self.uid)).join("secretbox.sock")
-            }
+        if let Some(dir) = self.var("XDG_RUNTIME_DIR") {
+            Path::new(dir).join("backupnizza").join("secretbox.sock")
+        } else {
+            let tmp = self.var("TMPDIR").unwrap_or("/tmp");
+            Path::new(tmp).join(format!("backupnizza-{}", self.uid)).join("secretbox.sock")
         }
     }
 
@@ -413,13 +416,16 @@ impl Environment {
                 let end = braced.find('}').ok_or_else(|| format!("unclosed `${{` in {raw:?}"))?;
                 (&braced[..end], &braced[end + 1..])
             } else {
-                let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+                let end = after
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(after.len());
                 (&after[..end], &after[end..])
             };
             if name.is_empty() {
                 return Err(format!("a `$` in {raw:?} is not followed by a variable name"));
             }
-            let value = self.var(name).ok_or_else(|| format!("{raw:?} uses ${name}, which is not set"))?;
+            let value =
+                self.var(name).ok_or_else(|| format!("{raw:?} uses ${name}, which is not set"))?;
             out.push_str(value);
             rest = tail;
         }
@@ -430,7 +436,11 @@ impl Environment {
 
 /// Longest socket path the platform accepts, in bytes (`sun_path` minus its NUL).
 pub const MAX_SOCKET_PATH: usize =
-    if cfg!(any(target_os = "macos", target_os = "freebsd", target_os = "openbsd")) { 103 } else { 107 };
+    if cfg!(any(target_os = "macos", target_os = "freebsd", target_os = "openbsd")) {
+        103
+    } else {
+        107
+    };
 
 /// Reads and checks a task file.
 pub fn load(path: &Path, env: &Environment) -> Result<Config, LoadError> {
@@ -443,13 +453,14 @@ pub fn load(path: &Path, env: &Environment) -> Result<Config, LoadError> {
 
 /// Reads and checks a task file, returning warnings alongside the config.
 pub fn check_file(path: &Path, env: &Environment) -> Result<Checked, LoadError> {
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path)
+        .map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
     let text = match String::from_utf8(bytes) {
         Ok(text) => text,
         Err(e) => {
             let offset = e.utf8_error().valid_up_to();
             let before = &e.as_bytes()[..offset];
-            let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+            let line = memchr::memchr_iter(b'\n', before).count() + 1;
             let column = offset - before.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1) + 1;
             return Ok(Checked {
                 config: None,
@@ -486,7 +497,10 @@ mod tests {
         let mut e = env();
         assert_eq!(e.default_socket(), PathBuf::from("/tmp/backupnizza-1000/secretbox.sock"));
         assert_eq!(e.default_state_dir(), Some(PathBuf::from("/home/u/.local/state/backupnizza")));
-        assert_eq!(e.default_config_path(), Some(PathBuf::from("/home/u/.config/backupnizza/backup.yaml")));
+        assert_eq!(
+            e.default_config_path(),
+            Some(PathBuf::from("/home/u/.config/backupnizza/backup.yaml"))
+        );
         e.vars.insert("XDG_RUNTIME_DIR".into(), "/run/user/1000".into());
         e.vars.insert("XDG_STATE_HOME".into(), "/s".into());
         e.vars.insert("XDG_CONFIG_HOME".into(), "/c".into());
@@ -544,7 +558,8 @@ mod tests {
         }
         let lines: Vec<&str> = text.lines().collect();
         for skip in 0..lines.len() {
-            let mangled: Vec<&str> = lines.iter().enumerate().filter(|(i, _)| *i != skip).map(|(_, l)| *l).collect();
+            let mangled: Vec<&str> =
+                lines.iter().enumerate().filter(|(i, _)| *i != skip).map(|(_, l)| *l).collect();
             let _ = parse(&mangled.join("\n"), Path::new("x"), &e);
             // Indentation damage too.
             let shifted: Vec<String> = lines

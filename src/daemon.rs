@@ -12,6 +12,7 @@
 pub(crate) mod execute;
 pub(crate) mod metrics;
 pub(crate) mod notifications;
+mod output;
 pub(crate) mod programs;
 pub(crate) mod runner;
 mod state;
@@ -62,7 +63,11 @@ pub unsafe fn main(config_path: PathBuf, env: Environment) -> anyhow::Result<()>
         for p in &checked.problems {
             eprintln!("{}", p.display(&config_path));
         }
-        return Err(Exit::usage(format!("{} is invalid; nothing was started", config_path.display())).into());
+        return Err(Exit::usage(format!(
+            "{} is invalid; nothing was started",
+            config_path.display()
+        ))
+        .into());
     };
     crate::logging::init(config.log);
     for p in &checked.problems {
@@ -74,7 +79,8 @@ pub unsafe fn main(config_path: PathBuf, env: Environment) -> anyhow::Result<()>
     // and not writable by others, and pinned programs must match their digests.
     let uid = nix::unistd::getuid().as_raw();
     programs::check_trusted(&config_path, "task file", uid).map_err(Exit::usage)?;
-    let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(std::path::Path::to_path_buf));
+    let exe_dir =
+        std::env::current_exe().ok().and_then(|p| p.parent().map(std::path::Path::to_path_buf));
     let secretbox_dir = exe_dir.filter(|d| d.join("secretbox").exists());
     let base_env = runner::allowed_env(std::env::vars_os(), secretbox_dir.as_deref());
     let home = env.var("HOME").map(PathBuf::from);
@@ -154,7 +160,8 @@ fn prepare_programs(
                 error!("{p}");
             }
             let s = if problems.len() == 1 { "" } else { "s" };
-            Err(Exit::usage(format!("{} program problem{s}; nothing was started", problems.len())).into())
+            Err(Exit::usage(format!("{} program problem{s}; nothing was started", problems.len()))
+                .into())
         }
     }
 }
@@ -165,11 +172,17 @@ fn report_weaknesses(weak: &[Weakness], strict: bool) -> anyhow::Result<()> {
         if strict {
             return Err(Exit {
                 code: FAILURE,
-                message: format!("cannot {}: {} (strict_memory: true refuses to start without it)", w.what, w.why),
+                message: format!(
+                    "cannot {}: {} (strict_memory: true refuses to start without it)",
+                    w.what, w.why
+                ),
             }
             .into());
         }
-        warn!("cannot {}: {}; continuing (set strict_memory: true to refuse instead)", w.what, w.why);
+        warn!(
+            "cannot {}: {}; continuing (set strict_memory: true to refuse instead)",
+            w.what, w.why
+        );
     }
     Ok(())
 }
@@ -198,7 +211,11 @@ async fn load_secrets(
         let loaded = secrets::load_one(spec, env, &mut env_values)
             .await
             .map_err(|e| Exit { code: FAILURE, message: e.to_string() })?;
-        weak.extend(store.insert(&spec.name, &loaded.value).context("cannot allocate memory for secrets")?);
+        weak.extend(
+            store
+                .insert(&spec.name, &loaded.value)
+                .context("cannot allocate memory for secrets")?,
+        );
         info!(secret = %spec.name, source = %secrets::describe(&spec.source), "loaded secret");
         stderr.extend(loaded.stderr.into_iter().map(|line| (spec.name.clone(), line)));
     }
@@ -240,9 +257,11 @@ struct Finished {
 
 /// Turns SIGTERM and SIGINT into a stop request; SIGHUP is only logged.
 async fn watch_signals(stop: mpsc::Sender<Stop>) {
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
-    else {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
         error!("cannot install signal handlers");
         let _ = stop.send(Stop::Signal("a signal-handler failure")).await;
         return;
@@ -266,13 +285,18 @@ async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::Result<Finis
     let secrets = load_secrets(&config, &env, env_values).await?;
     let weak_secrets = Arc::downgrade(&secrets);
 
-    let bound = socket::bind(&config.socket).map_err(|e| Exit { code: FAILURE, message: e.to_string() })?;
-    let history = History::open(&config.state_dir)
-        .with_context(|| format!("cannot open the run history in {}", config.state_dir.display()))?;
+    let bound =
+        socket::bind(&config.socket).map_err(|e| Exit { code: FAILURE, message: e.to_string() })?;
+    let history = History::open(&config.state_dir).with_context(|| {
+        format!("cannot open the run history in {}", config.state_dir.display())
+    })?;
     let past = history::read_all(&config.state_dir).unwrap_or_default();
-    let (history, history_closed) = HistoryWriter::start(history).context("cannot start the history writer")?;
+    let (history, history_closed) =
+        HistoryWriter::start(history).context("cannot start the history writer")?;
     let metrics = match &config.metrics_textfile {
-        Some(path) => Some(MetricsWriter::start(path.clone()).context("cannot start the metrics writer")?),
+        Some(path) => {
+            Some(MetricsWriter::start(path.clone()).context("cannot start the metrics writer")?)
+        }
         None => None,
     };
 
@@ -300,8 +324,10 @@ async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::Result<Finis
         notifications: notifications.clone(),
     });
 
-    let listener = tokio::net::UnixListener::from_std(bound.listener.try_clone().context("cannot use the socket")?)
-        .context("cannot use the socket")?;
+    let listener = tokio::net::UnixListener::from_std(
+        bound.listener.try_clone().context("cannot use the socket")?,
+    )
+    .context("cannot use the socket")?;
     let server_stop = CancellationToken::new();
     let server = tokio::spawn(crate::broker::server::serve_with(
         listener,
@@ -324,7 +350,11 @@ async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::Result<Finis
     if tokio::time::timeout(FLUSH_WAIT, notifications.wait()).await.is_err() {
         warn!("some notifications were still in flight at shutdown and were abandoned");
     }
-    history.append(Record::Daemon { event: DaemonEvent::Stop, at: ctx.rfc3339(Timestamp::now()), pid: std::process::id() });
+    history.append(Record::Daemon {
+        event: DaemonEvent::Stop,
+        at: ctx.rfc3339(Timestamp::now()),
+        pid: std::process::id(),
+    });
     drop(history);
     drop(ctx);
     if tokio::time::timeout(FLUSH_WAIT, history_closed.wait()).await.is_err() {
@@ -340,7 +370,9 @@ async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::Result<Finis
     if weak_secrets.strong_count() == 0 {
         info!("stopped on {name}; socket removed, secrets wiped");
     } else {
-        warn!("stopped on {name}; socket removed; a task that did not stop still holds the secrets, which are wiped when the process exits");
+        warn!(
+            "stopped on {name}; socket removed; a task that did not stop still holds the secrets, which are wiped when the process exits"
+        );
     }
     Ok(Finished { stop, secrets: weak_secrets })
 }
@@ -353,10 +385,13 @@ fn reap_orphans(active: &HashSet<u32>, previous: &mut HashSet<u32>) {
     let mut zombies = HashSet::new();
     let Ok(threads) = std::fs::read_dir("/proc/self/task") else { return };
     for thread in threads.flatten() {
-        let Ok(children) = std::fs::read_to_string(thread.path().join("children")) else { continue };
+        let Ok(children) = std::fs::read_to_string(thread.path().join("children")) else {
+            continue;
+        };
         for pid in children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
-            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')));
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'))
+            });
             if zombie && !active.contains(&pid) {
                 zombies.insert(pid);
             }
@@ -392,7 +427,12 @@ mod tests {
     fn the_secret_store_is_dropped_when_the_daemon_stops() {
         let exe = std::env::current_exe().unwrap();
         let out = std::process::Command::new(exe)
-            .args(["--exact", "daemon::tests::lifecycle_in_a_process_of_its_own", "--ignored", "--nocapture"])
+            .args([
+                "--exact",
+                "daemon::tests::lifecycle_in_a_process_of_its_own",
+                "--ignored",
+                "--nocapture",
+            ])
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -426,13 +466,21 @@ mod tests {
             base_env: runner::allowed_env(std::env::vars_os(), None),
             pins: vec![vec![None]],
         };
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         let finished = runtime.block_on(async {
             let (stop, stop_rx) = mpsc::channel(1);
             let daemon = tokio::spawn(serve(start, stop_rx));
             // A run (which mints tokens from the broker) has ended ...
             let deadline = Instant::now() + Duration::from_secs(60);
-            while !history::read_all(&state_dir).unwrap_or_default().iter().any(|r| matches!(r, Record::End { .. })) {
+            while !history::read_all(&state_dir)
+                .unwrap_or_default()
+                .iter()
+                .any(|r| matches!(r, Record::End { .. }))
+            {
                 assert!(Instant::now() < deadline, "no run ended");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -447,7 +495,10 @@ mod tests {
         assert!(finished.secrets.upgrade().is_none(), "something still holds the secret store");
         assert!(!socket.exists(), "the socket was not removed");
         let records = history::read_all(&state_dir).unwrap();
-        assert!(matches!(records.last(), Some(Record::Daemon { event: DaemonEvent::Stop, .. })), "{records:?}");
+        assert!(
+            matches!(records.last(), Some(Record::Daemon { event: DaemonEvent::Stop, .. })),
+            "{records:?}"
+        );
         println!("{VERDICT}");
     }
 }

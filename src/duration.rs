@@ -10,12 +10,13 @@ use std::time::Duration;
 /// Why a duration could not be parsed; the message is shown to the user as is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct DurationError(String);
+pub(crate) struct DurationError(String);
 
-const UNITS: &[(&str, u64)] = &[("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)];
+const UNITS: &[(&str, u64)] =
+    &[("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)];
 
 /// Parses a human duration such as `1h30m`.
-pub fn parse(text: &str) -> Result<Duration, DurationError> {
+pub(crate) fn parse(text: &str) -> Result<Duration, DurationError> {
     let text = text.trim();
     if text.is_empty() {
         return Err(DurationError("empty duration: write e.g. 30s, 2m or 1h30m".into()));
@@ -49,13 +50,16 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
             )));
         }
         last_unit_ms = unit_ms;
-        let value: u64 =
-            number.parse().map_err(|_| DurationError(format!("invalid duration {text:?}: {number} is too large")))?;
+        let value: u64 = number.parse().map_err(|_| {
+            DurationError(format!("invalid duration {text:?}: {number} is too large"))
+        })?;
         total_ms = value
             .checked_mul(unit_ms)
             .and_then(|ms| total_ms.checked_add(ms))
             .filter(|ms| *ms <= MAX_MS)
-            .ok_or_else(|| DurationError(format!("invalid duration {text:?}: longer than 100 years")))?;
+            .ok_or_else(|| {
+                DurationError(format!("invalid duration {text:?}: longer than 100 years"))
+            })?;
         rest = after;
     }
     Ok(Duration::from_millis(total_ms))
@@ -65,7 +69,7 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
 const MAX_MS: u64 = 100 * 365 * 86_400_000;
 
 /// Displays a duration the way the task file writes it (`1h30m`, `250ms`, `0s`).
-pub struct Human(pub Duration);
+pub(crate) struct Human(pub Duration);
 
 impl fmt::Display for Human {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -99,7 +103,9 @@ mod tests {
 
     #[test]
     fn refuses_what_is_ambiguous_or_malformed() {
-        for bad in ["", "30", "1x", "h", "1m1h", "1h1h", "-5s", "1.5h", "1h 30m", "99999999999999999999s"] {
+        for bad in
+            ["", "30", "1x", "h", "1m1h", "1h1h", "-5s", "1.5h", "1h 30m", "99999999999999999999s"]
+        {
             let err = parse(bad).unwrap_err().to_string();
             assert!(err.contains("duration"), "{bad:?} gave {err}");
         }

@@ -35,7 +35,10 @@ pub fn protect_process() -> Vec<Weakness> {
     }
     #[cfg(target_os = "linux")]
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
-        weak.push(Weakness { what: "forbid ptrace and /proc memory access (PR_SET_DUMPABLE 0)", why: e.to_string() });
+        weak.push(Weakness {
+            what: "forbid ptrace and /proc memory access (PR_SET_DUMPABLE 0)",
+            why: e.to_string(),
+        });
     }
     #[cfg(target_os = "macos")]
     {
@@ -88,9 +91,15 @@ impl LockedBytes {
         let size = std::num::NonZeroUsize::new(mapped).expect("mapped is at least one page");
         use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous};
         // SAFETY: an anonymous private mapping aliases no existing memory.
-        let raw =
-            unsafe { mmap_anonymous(None, size, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_PRIVATE) }
-                .map_err(std::io::Error::from)?;
+        let raw = unsafe {
+            mmap_anonymous(
+                None,
+                size,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_PRIVATE,
+            )
+        }
+        .map_err(std::io::Error::from)?;
         let ptr = raw.cast::<u8>();
         let mut weak = Vec::new();
         #[cfg(target_os = "linux")]

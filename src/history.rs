@@ -18,13 +18,13 @@ use serde::{Deserialize, Serialize};
 use crate::protocol::RunStatus;
 use crate::schedule::timetable::Trigger;
 
-pub const FILE_NAME: &str = "history.jsonl";
+pub(crate) const FILE_NAME: &str = "history.jsonl";
 const ROTATE_AT: u64 = 16 * 1024 * 1024;
 
 /// One line of the history file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum Record {
+pub(crate) enum Record {
     /// A run started.
     Start {
         run_id: String,
@@ -65,7 +65,7 @@ pub enum Record {
 /// Why occurrences did not run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum SkipReason {
+pub(crate) enum SkipReason {
     /// The previous run was still going (`on_overlap: skip`, or a full queue).
     Overlap,
     /// More than `max_lateness` late.
@@ -75,7 +75,7 @@ pub enum SkipReason {
 }
 
 impl SkipReason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SkipReason::Overlap => "overlap",
             SkipReason::TooLate => "too_late",
@@ -93,7 +93,7 @@ impl std::fmt::Display for SkipReason {
 /// The daemon's own life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum DaemonEvent {
+pub(crate) enum DaemonEvent {
     Start,
     Stop,
 }
@@ -108,31 +108,34 @@ impl std::fmt::Display for DaemonEvent {
 }
 
 impl Record {
-    pub fn task(&self) -> Option<&str> {
+    pub(crate) fn task(&self) -> Option<&str> {
         match self {
-            Record::Start { task, .. } | Record::End { task, .. } | Record::Skip { task, .. } => Some(task),
+            Record::Start { task, .. } | Record::End { task, .. } | Record::Skip { task, .. } => {
+                Some(task)
+            }
             Record::Daemon { .. } => None,
         }
     }
 
-    pub fn at(&self) -> &str {
+    pub(crate) fn at(&self) -> &str {
         match self {
-            Record::Start { at, .. } | Record::End { at, .. } | Record::Skip { at, .. } | Record::Daemon { at, .. } => {
-                at
-            }
+            Record::Start { at, .. }
+            | Record::End { at, .. }
+            | Record::Skip { at, .. }
+            | Record::Daemon { at, .. } => at,
         }
     }
 }
 
 /// The writer; one per daemon.
-pub struct History {
+pub(crate) struct History {
     path: PathBuf,
     file: File,
 }
 
 impl History {
     /// Opens (creating `state_dir` with mode 0700 and the file with 0600) for appending.
-    pub fn open(state_dir: &Path) -> std::io::Result<History> {
+    pub(crate) fn open(state_dir: &Path) -> std::io::Result<History> {
         if !state_dir.exists() {
             std::fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir)?;
         }
@@ -152,13 +155,13 @@ impl History {
         Ok(History { path, file })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Appends a record durably. Failures are returned for the caller to log; history is
     /// never a reason to fail a backup.
-    pub fn append(&mut self, record: &Record) -> std::io::Result<()> {
+    pub(crate) fn append(&mut self, record: &Record) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
         line.push(b'\n');
         self.file.write_all(&line)?;
@@ -173,12 +176,17 @@ impl History {
 }
 
 fn open_append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().create(true).append(true).mode(0o600).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(path)
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
 }
 
 /// Reads every record (the rotated file first), skipping lines that do not parse (a torn
 /// last line, or a record from a newer version).
-pub fn read_all(state_dir: &Path) -> std::io::Result<Vec<Record>> {
+pub(crate) fn read_all(state_dir: &Path) -> std::io::Result<Vec<Record>> {
     let mut out = Vec::new();
     for name in [format!("{FILE_NAME}.1"), FILE_NAME.to_string()] {
         let path = state_dir.join(name);

@@ -11,8 +11,11 @@ use tracing_subscriber::fmt::MakeWriter;
 use crate::config::{LogFormat, LogLevel, LogSettings};
 
 /// Installs the global subscriber. Later calls do nothing (tests start several daemons).
-pub fn init(settings: LogSettings) {
-    let level = std::env::var("BACKUPNIZZA_LOG").ok().and_then(|l| LogLevel::from_name(&l)).unwrap_or(settings.level);
+pub(crate) fn init(settings: LogSettings) {
+    let level = std::env::var("BACKUPNIZZA_LOG")
+        .ok()
+        .and_then(|l| LogLevel::from_name(&l))
+        .unwrap_or(settings.level);
     let filter = match level {
         LogLevel::Error => LevelFilter::ERROR,
         LogLevel::Warn => LevelFilter::WARN,

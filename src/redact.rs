@@ -10,28 +10,28 @@ use std::sync::{Arc, RwLock};
 use crate::broker::Secrets;
 use crate::broker::vault::TOKEN_PREFIX;
 
-pub const MASK: &str = "***";
+pub(crate) const MASK: &str = "***";
 
 static SECRETS: RwLock<Option<Arc<Secrets>>> = RwLock::new(None);
 
 /// Makes `secrets` known to the redactor (replacing any earlier set).
-pub fn register(secrets: Arc<Secrets>) {
-    *SECRETS.write().unwrap_or_else(|e| e.into_inner()) = Some(secrets);
+pub(crate) fn register(secrets: Arc<Secrets>) {
+    *SECRETS.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(secrets);
 }
 
 /// Forgets the secrets (at shutdown, before they are wiped).
-pub fn unregister() {
-    *SECRETS.write().unwrap_or_else(|e| e.into_inner()) = None;
+pub(crate) fn unregister() {
+    *SECRETS.write().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
 }
 
 /// Redacts a line of text with the registered secrets.
-pub fn redact(text: &str) -> Cow<'_, str> {
-    let guard = SECRETS.read().unwrap_or_else(|e| e.into_inner());
+pub(crate) fn redact(text: &str) -> Cow<'_, str> {
+    let guard = SECRETS.read().unwrap_or_else(std::sync::PoisonError::into_inner);
     redact_with(text, guard.as_deref())
 }
 
 /// Redacts with an explicit set of secrets (for tests and for the loader).
-pub fn redact_with<'a>(text: &'a str, secrets: Option<&Secrets>) -> Cow<'a, str> {
+pub(crate) fn redact_with<'a>(text: &'a str, secrets: Option<&Secrets>) -> Cow<'a, str> {
     let mut out: Cow<'a, str> = Cow::Borrowed(text);
     if let Some(secrets) = secrets {
         for value in secrets.needles() {
@@ -88,7 +88,7 @@ fn mask_tokens(text: &str) -> String {
 
 /// `scheme://user:password@host` becomes `scheme://user:***@host` (also inside
 /// `rest:https://...`). Userinfo without a password is left alone.
-pub fn mask_url_passwords(text: &str) -> Cow<'_, str> {
+pub(crate) fn mask_url_passwords(text: &str) -> Cow<'_, str> {
     let mut out = String::new();
     let mut rest = text;
     let mut changed = false;
@@ -97,7 +97,9 @@ pub fn mask_url_passwords(text: &str) -> Cow<'_, str> {
         out.push_str(&rest[..start]);
         let tail = &rest[start..];
         // The authority ends at the first '/', '?', '#' or whitespace.
-        let end = tail.find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace()).unwrap_or(tail.len());
+        let end = tail
+            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace())
+            .unwrap_or(tail.len());
         let authority = &tail[..end];
         match authority.rfind('@') {
             Some(at) => match authority[..at].find(':') {
@@ -134,7 +136,10 @@ mod tests {
             "ab".repeat(32)
         );
         let got = redact_with(&line, Some(&s));
-        assert!(!got.contains("hunter2") && !got.contains("pässwörd") && !got.contains("p%40ss"), "{got}");
+        assert!(
+            !got.contains("hunter2") && !got.contains("pässwörd") && !got.contains("p%40ss"),
+            "{got}"
+        );
         assert!(got.contains("pw=*** again ****** ü ***"), "{got}");
         assert!(got.contains(&format!("{TOKEN_PREFIX}***")), "{got}");
         assert!(got.contains("rest:https://u:***@host:8000/x"), "{got}");

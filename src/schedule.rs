@@ -63,7 +63,9 @@ struct Cron {
 /// Why a schedule expression was refused. Messages name the field and say why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScheduleError {
-    #[error("empty schedule: write a cron expression such as \"0 3 * * *\", a macro such as @daily, or \"@every 90s\"")]
+    #[error(
+        "empty schedule: write a cron expression such as \"0 3 * * *\", a macro such as @daily, or \"@every 90s\""
+    )]
     Empty,
     #[error(
         "expected 5 fields (minute hour day-of-month month day-of-week), found {found}{}",
@@ -124,7 +126,9 @@ impl Field {
 
     fn names(self) -> &'static [&'static str] {
         match self {
-            Field::Month => &["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"],
+            Field::Month => &[
+                "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+            ],
             Field::DayOfWeek => &["sun", "mon", "tue", "wed", "thu", "fri", "sat"],
             _ => &[],
         }
@@ -132,11 +136,12 @@ impl Field {
 
     /// The value of the first name in `names()`.
     fn first_name_value(self) -> u32 {
-        if self == Field::Month { 1 } else { 0 }
+        u32::from(self == Field::Month)
     }
 }
 
-const FIELDS: [Field; 5] = [Field::Minute, Field::Hour, Field::DayOfMonth, Field::Month, Field::DayOfWeek];
+const FIELDS: [Field; 5] =
+    [Field::Minute, Field::Hour, Field::DayOfMonth, Field::Month, Field::DayOfWeek];
 
 /// Longest span [`Schedule::next_after`] searches: a full Gregorian weekday cycle plus a
 /// margin, so `0 0 29 2 */7` (29 February when it is a Sunday) is still found.
@@ -213,11 +218,15 @@ impl fmt::Display for Schedule {
 
 fn parse_every(source: &str, arg: &str) -> Result<Schedule, ScheduleError> {
     if arg.is_empty() {
-        return Err(ScheduleError::Every("missing interval: write e.g. \"@every 90s\" or \"@every 1h30m\"".into()));
+        return Err(ScheduleError::Every(
+            "missing interval: write e.g. \"@every 90s\" or \"@every 1h30m\"".into(),
+        ));
     }
     let interval = crate::duration::parse(arg).map_err(|e| ScheduleError::Every(e.to_string()))?;
     if interval < Duration::from_secs(1) {
-        return Err(ScheduleError::Every(format!("interval {arg:?} is shorter than the minimum of 1s")));
+        return Err(ScheduleError::Every(format!(
+            "interval {arg:?} is shorter than the minimum of 1s"
+        )));
     }
     Ok(Schedule { source: source.to_string(), kind: Kind::Every(interval) })
 }
@@ -248,7 +257,11 @@ impl Cron {
             return Err(ScheduleError::NeverFires {
                 days: parts[2].to_string(),
                 months: parts[3].to_string(),
-                longest: (1..=12).filter(|m| cron.months & (1 << m) != 0).map(|m| LONGEST_MONTH[m]).max().unwrap_or(0),
+                longest: (1..=12)
+                    .filter(|m| cron.months & (1 << m) != 0)
+                    .map(|m| LONGEST_MONTH[m])
+                    .max()
+                    .unwrap_or(0),
             });
         }
         Ok(cron)
@@ -260,7 +273,8 @@ impl Cron {
     /// a 28-year cycle.
     fn some_day_exists(&self) -> bool {
         (1..=12).any(|month| {
-            self.months & (1 << month) != 0 && self.days & (((1u64 << (LONGEST_MONTH[month] + 1)) - 2) as u32) != 0
+            self.months & (1 << month) != 0
+                && self.days & (((1u64 << (LONGEST_MONTH[month] + 1)) - 2) as u32) != 0
         })
     }
 
@@ -298,12 +312,21 @@ impl Cron {
     fn next_after(&self, after: Timestamp, tz: &TimeZone) -> Option<Timestamp> {
         let local = tz.to_datetime(after);
         let limit = local.date().checked_add(SEARCH_YEARS.years()).ok()?;
-        let mut start = local.with().second(0).subsec_nanosecond(0).build().ok()?.checked_add(1.minute()).ok()?;
+        let mut start = local
+            .with()
+            .second(0)
+            .subsec_nanosecond(0)
+            .build()
+            .ok()?
+            .checked_add(1.minute())
+            .ok()?;
 
         // In the first pass of a fall-back overlap, civil order is not instant order: the
         // rest of the first pass comes first, then (for wildcard jobs) the whole second pass,
         // whose civil times may be earlier than `local`.
-        if let AmbiguousOffset::Fold { before, after: later } = tz.to_ambiguous_timestamp(local).offset() {
+        if let AmbiguousOffset::Fold { before, after: later } =
+            tz.to_ambiguous_timestamp(local).offset()
+        {
             if tz.to_offset(after) == before {
                 let transition = tz.following(after).next()?.timestamp();
                 let fold_start = later.to_datetime(transition);
@@ -312,7 +335,9 @@ impl Cron {
                     return before.to_timestamp(civil).ok();
                 }
                 if !self.fixed_time {
-                    if let Some(civil) = self.next_civil(fold_start, limit).filter(|c| *c < fold_end) {
+                    if let Some(civil) =
+                        self.next_civil(fold_start, limit).filter(|c| *c < fold_end)
+                    {
                         return later.to_timestamp(civil).ok();
                     }
                 }
@@ -375,7 +400,8 @@ fn parse_field(field: Field, text: &str) -> Result<u64, ScheduleError> {
         }
         let (range, step) = match item.split_once('/') {
             Some((range, step)) => {
-                let step: u32 = step.parse().map_err(|_| fail(format!("step {step:?} is not a number")))?;
+                let step: u32 =
+                    step.parse().map_err(|_| fail(format!("step {step:?} is not a number")))?;
                 if step == 0 {
                     return Err(fail("step must be at least 1".into()));
                 }
@@ -420,7 +446,11 @@ fn value(field: Field, text: &str) -> Result<u32, String> {
         return Err("missing number in range".into());
     }
     if let Ok(n) = text.parse::<u32>() {
-        return if (min..=max).contains(&n) { Ok(n) } else { Err(format!("{n} is out of range {min}-{max}")) };
+        return if (min..=max).contains(&n) {
+            Ok(n)
+        } else {
+            Err(format!("{n} is out of range {min}-{max}"))
+        };
     }
     let lower = text.to_ascii_lowercase();
     if let Some(i) = field.names().iter().position(|name| *name == lower) {

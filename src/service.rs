@@ -14,14 +14,14 @@ use std::path::{Path, PathBuf};
 use crate::config::{Config, EnvValue};
 
 /// The unit's file name.
-pub const SYSTEMD_UNIT: &str = "backupnizza.service";
+pub(crate) const SYSTEMD_UNIT: &str = "backupnizza.service";
 /// The LaunchAgent's label (and file name, with `.plist`).
-pub const LAUNCHD_LABEL: &str = "org.backupnizza.daemon";
+pub(crate) const LAUNCHD_LABEL: &str = "org.backupnizza.daemon";
 
 /// Local directories the tasks write to: `RESTIC_REPOSITORY` values that are plain
 /// absolute paths (not `rest:`, `s3:`, `sftp:`...), which `ProtectSystem=strict` would
 /// otherwise make read-only.
-pub fn local_repositories(config: &Config) -> Vec<PathBuf> {
+pub(crate) fn local_repositories(config: &Config) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = Vec::new();
     for task in &config.tasks {
         let vars = task.env.iter().chain(task.steps.iter().flat_map(|s| s.env.iter()));
@@ -44,7 +44,7 @@ fn systemd_quote(text: &str) -> String {
 }
 
 /// The systemd user unit.
-pub fn systemd_unit(exe: &Path, config: &Config) -> String {
+pub(crate) fn systemd_unit(exe: &Path, config: &Config) -> String {
     let mut rw: Vec<String> = vec!["-%h/.cache".into(), "-%h/.local/state".into(), "-%t".into()];
     for dir in [config.state_dir.as_path(), config.socket.parent().unwrap_or(Path::new("/"))] {
         rw.push(format!("-{}", systemd_quote(&dir.display().to_string())));
@@ -108,9 +108,11 @@ fn xml_escape(text: &str) -> String {
 }
 
 /// The launchd LaunchAgent (a property list).
-pub fn launchd_plist(exe: &Path, config: &Config, log: &Path) -> String {
-    let args = [exe.display().to_string(), "run".into(), "-c".into(), config.path.display().to_string()];
-    let args: String = args.iter().map(|a| format!("\n\t\t<string>{}</string>", xml_escape(a))).collect();
+pub(crate) fn launchd_plist(exe: &Path, config: &Config, log: &Path) -> String {
+    let args =
+        [exe.display().to_string(), "run".into(), "-c".into(), config.path.display().to_string()];
+    let args: String =
+        args.iter().map(|a| format!("\n\t\t<string>{}</string>", xml_escape(a))).collect();
     let exit_timeout = config.shutdown_grace.as_secs() + 30;
     format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>

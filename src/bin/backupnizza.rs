@@ -21,9 +21,9 @@ fn main() {
         Command::Next(args) => commands::next::run(args, &env),
         Command::Run(args) => {
             commands::config_path(&args.config, &env).and_then(|path| {
-            // SAFETY: no thread exists yet (nothing above starts one; the daemon checks too).
-            unsafe { backupnizza::daemon::main(path, env) }
-        })
+                // SAFETY: no thread exists yet (nothing above starts one; the daemon checks too).
+                unsafe { backupnizza::daemon::main(path, env) }
+            })
         }
         Command::Status(args) => commands::control::status(args, &env),
         Command::Trigger(args) => commands::control::trigger(args, &env),

@@ -28,25 +28,29 @@ fn main() {
     std::process::exit(code);
 }
 
-fn get(name: &str, socket: Option<std::path::PathBuf>, timeout: Duration, newline: bool) -> Result<(), (i32, String)> {
+fn get(
+    name: &str,
+    socket: Option<std::path::PathBuf>,
+    timeout: Duration,
+    newline: bool,
+) -> Result<(), (i32, String)> {
     if !backupnizza::config::valid_name(name) {
         return Err((exit::USAGE, format!("{name:?} is not a valid secret name")));
     }
-    let not_from_daemon =
-        "secretbox works only in processes started by backupnizza (e.g. as RESTIC_PASSWORD_COMMAND in a task's env)";
+    let not_from_daemon = "secretbox works only in processes started by backupnizza (e.g. as RESTIC_PASSWORD_COMMAND in a task's env)";
     let token = match std::env::var("SECRETBOX_TOKEN") {
         Ok(t) if !t.is_empty() => Zeroizing::new(t),
-        _ => return Err((exit::NO_TOKEN, format!("SECRETBOX_TOKEN is not set: {not_from_daemon}"))),
-    };
-    let socket = match socket.or_else(|| std::env::var_os("SECRETBOX_SOCKET").filter(|s| !s.is_empty()).map(Into::into))
-    {
-        Some(s) => s,
-        None => {
-            return Err((
-                exit::NO_TOKEN,
-                format!("SECRETBOX_SOCKET is not set and --socket was not given: {not_from_daemon}"),
-            ));
+        _ => {
+            return Err((exit::NO_TOKEN, format!("SECRETBOX_TOKEN is not set: {not_from_daemon}")));
         }
+    };
+    let Some(socket) = socket
+        .or_else(|| std::env::var_os("SECRETBOX_SOCKET").filter(|s| !s.is_empty()).map(Into::into))
+    else {
+        return Err((
+            exit::NO_TOKEN,
+            format!("SECRETBOX_SOCKET is not set and --socket was not given: {not_from_daemon}"),
+        ));
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -55,23 +59,24 @@ fn get(name: &str, socket: Option<std::path::PathBuf>, timeout: Duration, newlin
         .map_err(|e| (exit::INTERNAL, format!("cannot start: {e}")))?;
     let client = Client::new(&socket, timeout);
     let path = format!("{}{name}", protocol::ROUTE_SECRETS);
-    let response = runtime.block_on(client.request(hyper::Method::POST, &path, Some(&token), Vec::new())).map_err(
-        |e| match e {
+    let response = runtime
+        .block_on(client.request(hyper::Method::POST, &path, Some(&token), Vec::new()))
+        .map_err(|e| match e {
             ClientError::Unreachable { .. } | ClientError::Timeout { .. } => {
                 (exit::UNREACHABLE, format!("{e} (is `backupnizza run` running?)"))
             }
             ClientError::Protocol(_) => (exit::INTERNAL, e.to_string()),
-        },
-    )?;
+        })?;
     if !response.status.is_success() {
         let body = response.error();
-        let code = body.as_ref().map(|b| b.error.as_str()).unwrap_or("");
+        let code = body.as_ref().map_or("", |b| b.error.as_str());
         let exit_code = match protocol::rejection_from_code(code) {
             Some(r) => protocol::exit_code(r),
             None if code == protocol::errors::SLOW_DOWN => exit::SLOW_DOWN,
             None => exit::INTERNAL,
         };
-        let message = body.map(|b| b.message).unwrap_or_else(|| format!("the daemon answered {}", response.status));
+        let message =
+            body.map_or_else(|| format!("the daemon answered {}", response.status), |b| b.message);
         return Err((exit_code, format!("cannot get secret {name:?}: {message}")));
     }
     let mut out = Zeroizing::new(Vec::with_capacity(response.body.len() + 1));

@@ -47,7 +47,10 @@ impl Control {
         (Control(tx), rx)
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T, FireError> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Request,
+    ) -> Result<T, FireError> {
         let (reply, answer) = oneshot::channel();
         self.0.send(make(reply)).await.map_err(|_| FireError::Stopping)?;
         answer.await.map_err(|_| FireError::Stopping)
@@ -62,8 +65,13 @@ impl Control {
     }
 
     /// A run's state, waiting up to `wait` for it to end; `None` for an unknown run.
-    pub(crate) async fn run(&self, run_id: &str, wait: Duration) -> Result<Option<RunBody>, FireError> {
-        let Some(mut receiver) = self.ask(|reply| Request::Subscribe { run_id: run_id.to_string(), reply }).await?
+    pub(crate) async fn run(
+        &self,
+        run_id: &str,
+        wait: Duration,
+    ) -> Result<Option<RunBody>, FireError> {
+        let Some(mut receiver) =
+            self.ask(|reply| Request::Subscribe { run_id: run_id.to_string(), reply }).await?
         else {
             return Ok(None);
         };

@@ -169,7 +169,9 @@ pub fn executable(pid: u32) -> Option<PathBuf> {
 pub fn executable(pid: u32) -> Option<PathBuf> {
     let mut buf = vec![0u8; libc::PROC_PIDPATHINFO_MAXSIZE as usize];
     // SAFETY: `buf` is writable for the size we pass.
-    let n = unsafe { libc::proc_pidpath(pid as libc::c_int, buf.as_mut_ptr().cast(), buf.len() as u32) };
+    let n = unsafe {
+        libc::proc_pidpath(pid as libc::c_int, buf.as_mut_ptr().cast(), buf.len() as u32)
+    };
     if n <= 0 {
         return None;
     }

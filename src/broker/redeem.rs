@@ -11,10 +11,10 @@ use secrecy::ExposeSecret;
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
+use super::Broker;
 use super::peer::{self, Peer};
 use super::server::{Resp, error, respond};
 use super::vault::Rejection;
-use super::Broker;
 use crate::protocol;
 
 /// Consecutive failed redemptions per peer process, for a progressive delay: a legitimate
@@ -68,19 +68,31 @@ fn rejection(r: Rejection) -> Resp {
     let (status, message) = match r {
         Rejection::Unknown => (StatusCode::UNAUTHORIZED, "this is not a token this daemon issued"),
         Rejection::Expired => (StatusCode::UNAUTHORIZED, "the token has expired (see token_ttl)"),
-        Rejection::Used => (StatusCode::UNAUTHORIZED, "the token was already used for this secret (see redeem_limit)"),
-        Rejection::Revoked => (StatusCode::UNAUTHORIZED, "the process the token was issued to has exited"),
-        Rejection::NotInScope => {
-            (StatusCode::FORBIDDEN, "the token's task may not fetch this secret (see the task's secrets:)")
+        Rejection::Used => (
+            StatusCode::UNAUTHORIZED,
+            "the token was already used for this secret (see redeem_limit)",
+        ),
+        Rejection::Revoked => {
+            (StatusCode::UNAUTHORIZED, "the process the token was issued to has exited")
         }
-        Rejection::Forbidden => (StatusCode::FORBIDDEN, "only the task's own processes may redeem its token"),
+        Rejection::NotInScope => (
+            StatusCode::FORBIDDEN,
+            "the token's task may not fetch this secret (see the task's secrets:)",
+        ),
+        Rejection::Forbidden => {
+            (StatusCode::FORBIDDEN, "only the task's own processes may redeem its token")
+        }
     };
     error(status, r.as_str(), message)
 }
 
 pub(super) async fn redeem(name: &str, token: Option<&str>, broker: &Broker, peer: Peer) -> Resp {
     if !crate::config::valid_name(name) {
-        return error(StatusCode::BAD_REQUEST, protocol::errors::BAD_REQUEST, "invalid secret name");
+        return error(
+            StatusCode::BAD_REQUEST,
+            protocol::errors::BAD_REQUEST,
+            "invalid secret name",
+        );
     }
     let token = token.unwrap_or("");
     let fingerprint = super::vault::fingerprint_of(token);
@@ -92,12 +104,15 @@ pub(super) async fn redeem(name: &str, token: Option<&str>, broker: &Broker, pee
         let wait_until = now + UNBOUND_WAIT;
         while pending.pid.is_none() && Instant::now() < wait_until {
             tokio::time::sleep(Duration::from_millis(5)).await;
-            pending = broker.lock().vault.check(token, name, Instant::now()).map_err(|r| (r, None))?;
+            pending =
+                broker.lock().vault.check(token, name, Instant::now()).map_err(|r| (r, None))?;
         }
         // Outside the lock: the caller must be the token's process or one of its
         // descendants, and still the process that connected (pids are reused).
         let allowed = match (pending.pid, peer.pid) {
-            (Some(owner), Some(caller)) => peer.still_running() && peer::descends_from(caller, owner),
+            (Some(owner), Some(caller)) => {
+                peer.still_running() && peer::descends_from(caller, owner)
+            }
             _ => false,
         };
         if !allowed {
@@ -145,7 +160,11 @@ pub(super) async fn redeem(name: &str, token: Option<&str>, broker: &Broker, pee
     };
     let Some(secret) = broker.secrets().get(name) else {
         // validate guarantees scoped secrets are declared, and all declared ones are loaded.
-        return error(StatusCode::INTERNAL_SERVER_ERROR, protocol::errors::UNAVAILABLE, "secret not loaded");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            protocol::errors::UNAVAILABLE,
+            "secret not loaded",
+        );
     };
     info!(
         token = %fingerprint, secret = name, task = %task, peer_pid = pid, peer_uid = peer.uid,

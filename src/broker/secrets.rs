@@ -60,9 +60,9 @@ impl Secrets {
     /// What the redactor masks, longest first: every value, and every line (8 bytes or more)
     /// of multi-line values. Callers must not log or copy what they get.
     pub fn needles(&self) -> impl Iterator<Item = &[u8]> {
-        self.needles
-            .iter()
-            .filter_map(|(name, start, end)| Some(&self.by_name.get(name)?.expose_secret().as_bytes()[*start..*end]))
+        self.needles.iter().filter_map(|(name, start, end)| {
+            Some(&self.by_name.get(name)?.expose_secret().as_bytes()[*start..*end])
+        })
     }
 
     /// Adds a value, copying it onto locked pages.
@@ -98,7 +98,12 @@ pub struct SecretError {
 
 impl SecretError {
     fn new(spec: &SecretSpec, problem: impl Into<String>, fix: Option<String>) -> SecretError {
-        SecretError { name: spec.name.clone(), source_desc: describe(&spec.source), problem: problem.into(), fix }
+        SecretError {
+            name: spec.name.clone(),
+            source_desc: describe(&spec.source),
+            problem: problem.into(),
+            fix,
+        }
     }
 }
 
@@ -107,7 +112,10 @@ impl SecretError {
 pub fn describe(source: &Source) -> String {
     match source {
         Source::Keyring { service, account, store } => {
-            format!("keyring (service {service:?}, account {account:?}, store {})", store_name(resolve_store(*store)))
+            format!(
+                "keyring (service {service:?}, account {account:?}, store {})",
+                store_name(resolve_store(*store))
+            )
         }
         Source::Command { argv, .. } => format!("command {:?}", argv[0]),
         Source::File { path } => format!("file {path:?}"),
@@ -158,7 +166,8 @@ pub struct Loaded {
     pub stderr: Vec<String>,
 }
 
-/// Loads one secret. `env_values` holds what [`take_env_sources`] took.
+/// Loads one secret.
+#[allow(clippy::implicit_hasher)] // one caller, with the map `take_env_sources` returns `env_values` holds what [`take_env_sources`] took.
 pub async fn load_one(
     spec: &SecretSpec,
     env: &Environment,
@@ -166,11 +175,17 @@ pub async fn load_one(
 ) -> Result<Loaded, SecretError> {
     let loaded = match &spec.source {
         Source::Keyring { service, account, store } => {
-            let (service, account, store) = (service.clone(), account.clone(), resolve_store(*store));
+            let (service, account, store) =
+                (service.clone(), account.clone(), resolve_store(*store));
             let got = tokio::task::spawn_blocking(move || keyring_get(store, &service, &account))
                 .await
-                .map_err(|e| SecretError::new(spec, format!("the keychain lookup panicked: {e}"), None))?;
-            Loaded { value: got.map_err(|(problem, fix)| SecretError::new(spec, problem, fix))?, stderr: Vec::new() }
+                .map_err(|e| {
+                    SecretError::new(spec, format!("the keychain lookup panicked: {e}"), None)
+                })?;
+            Loaded {
+                value: got.map_err(|(problem, fix)| SecretError::new(spec, problem, fix))?,
+                stderr: Vec::new(),
+            }
         }
         Source::Command { argv, timeout } => run_command(spec, argv, *timeout).await?,
         Source::File { path } => {
@@ -184,10 +199,14 @@ pub async fn load_one(
                     ),
                 )
             })?;
-            let got = tokio::task::spawn_blocking(move || read_private_file(expanded))
-                .await
-                .map_err(|e| SecretError::new(spec, format!("reading the file panicked: {e}"), None))?;
-            Loaded { value: got.map_err(|(problem, fix)| SecretError::new(spec, problem, fix))?, stderr: Vec::new() }
+            let got =
+                tokio::task::spawn_blocking(move || read_private_file(expanded)).await.map_err(
+                    |e| SecretError::new(spec, format!("reading the file panicked: {e}"), None),
+                )?;
+            Loaded {
+                value: got.map_err(|(problem, fix)| SecretError::new(spec, problem, fix))?,
+                stderr: Vec::new(),
+            }
         }
         Source::Env { var } => match env_values.remove(&spec.name) {
             Some(value) => Loaded { value, stderr: Vec::new() },
@@ -195,16 +214,26 @@ pub async fn load_one(
                 return Err(SecretError::new(
                     spec,
                     format!("{var} is not set in the daemon's environment"),
-                    Some(format!("set {var} where the daemon is started (e.g. Environment= in the service unit)")),
+                    Some(format!(
+                        "set {var} where the daemon is started (e.g. Environment= in the service unit)"
+                    )),
                 ));
             }
         },
     };
     if loaded.value.is_empty() {
-        return Err(SecretError::new(spec, "the secret is empty", Some("store a non-empty value".into())));
+        return Err(SecretError::new(
+            spec,
+            "the secret is empty",
+            Some("store a non-empty value".into()),
+        ));
     }
     if loaded.value.len() > MAX_SECRET_LEN {
-        return Err(SecretError::new(spec, format!("the secret is longer than {MAX_SECRET_LEN} bytes"), None));
+        return Err(SecretError::new(
+            spec,
+            format!("the secret is longer than {MAX_SECRET_LEN} bytes"),
+            None,
+        ));
     }
     Ok(loaded)
 }
@@ -219,7 +248,11 @@ pub fn trim_newline(value: &mut Zeroizing<Vec<u8>>) {
     }
 }
 
-async fn run_command(spec: &SecretSpec, argv: &[String], timeout: Duration) -> Result<Loaded, SecretError> {
+async fn run_command(
+    spec: &SecretSpec,
+    argv: &[String],
+    timeout: Duration,
+) -> Result<Loaded, SecretError> {
     let mut child = tokio::process::Command::new(&argv[0])
         .args(&argv[1..])
         .stdin(Stdio::null())
@@ -229,8 +262,12 @@ async fn run_command(spec: &SecretSpec, argv: &[String], timeout: Duration) -> R
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| {
-            let fix = (e.kind() == std::io::ErrorKind::NotFound)
-                .then(|| format!("install {:?} or give its full path (the daemon's PATH is searched)", argv[0]));
+            let fix = (e.kind() == std::io::ErrorKind::NotFound).then(|| {
+                format!(
+                    "install {:?} or give its full path (the daemon's PATH is searched)",
+                    argv[0]
+                )
+            });
             SecretError::new(spec, format!("cannot start it: {e}"), fix)
         })?;
     let pid = child.id();
@@ -255,11 +292,15 @@ async fn run_command(spec: &SecretSpec, argv: &[String], timeout: Duration) -> R
     };
     let (mut value, err, status) = match tokio::time::timeout(timeout, work).await {
         Ok(Ok(done)) => done,
-        Ok(Err(e)) => return Err(SecretError::new(spec, format!("reading its output failed: {e}"), None)),
+        Ok(Err(e)) => {
+            return Err(SecretError::new(spec, format!("reading its output failed: {e}"), None));
+        }
         Err(_) => {
             if let Some(pid) = pid {
-                let _ =
-                    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
             return Err(SecretError::new(
                 spec,
@@ -271,11 +312,17 @@ async fn run_command(spec: &SecretSpec, argv: &[String], timeout: Duration) -> R
             ));
         }
     };
-    let stderr_lines: Vec<String> =
-        String::from_utf8_lossy(&err).lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+    let stderr_lines: Vec<String> = String::from_utf8_lossy(&err)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect();
     if !status.success() {
         // The command's stderr usually says why ("gpg: decryption failed", "not signed in").
-        let hint = stderr_lines.last().map(|l| format!(" (its last stderr line: {l})")).unwrap_or_default();
+        let hint = stderr_lines
+            .last()
+            .map(|l| format!(" (its last stderr line: {l})"))
+            .unwrap_or_default();
         return Err(SecretError::new(
             spec,
             format!("it exited with {status}{hint}"),
@@ -283,7 +330,11 @@ async fn run_command(spec: &SecretSpec, argv: &[String], timeout: Duration) -> R
         ));
     }
     if value.len() > MAX_SECRET_LEN {
-        return Err(SecretError::new(spec, format!("it printed more than {MAX_SECRET_LEN} bytes"), None));
+        return Err(SecretError::new(
+            spec,
+            format!("it printed more than {MAX_SECRET_LEN} bytes"),
+            None,
+        ));
     }
     trim_newline(&mut value);
     Ok(Loaded { value, stderr: stderr_lines })
@@ -295,7 +346,8 @@ fn read_private_file(path: PathBuf) -> SourceResult {
     use std::io::Read;
     use std::os::unix::fs::MetadataExt;
     let shown = path.display().to_string();
-    let mut file = std::fs::File::open(&path).map_err(|e| (format!("cannot open {shown}: {e}"), None))?;
+    let mut file =
+        std::fs::File::open(&path).map_err(|e| (format!("cannot open {shown}: {e}"), None))?;
     let meta = file.metadata().map_err(|e| (format!("cannot stat {shown}: {e}"), None))?;
     if !meta.is_file() {
         return Err((format!("{shown} is not a regular file"), None));
@@ -324,7 +376,9 @@ fn read_private_file(path: PathBuf) -> SourceResult {
 }
 
 #[cfg(target_os = "linux")]
-fn keyring_store(store: Store) -> Result<std::sync::Arc<keyring_core::CredentialStore>, (String, Option<String>)> {
+fn keyring_store(
+    store: Store,
+) -> Result<std::sync::Arc<keyring_core::CredentialStore>, (String, Option<String>)> {
     match store {
         Store::SecretService | Store::Auto => zbus_secret_service_keyring_store::Store::new()
             .map(|s| s as std::sync::Arc<keyring_core::CredentialStore>)
@@ -340,7 +394,9 @@ fn keyring_store(store: Store) -> Result<std::sync::Arc<keyring_core::Credential
 }
 
 #[cfg(target_os = "macos")]
-fn keyring_store(store: Store) -> Result<std::sync::Arc<keyring_core::CredentialStore>, (String, Option<String>)> {
+fn keyring_store(
+    store: Store,
+) -> Result<std::sync::Arc<keyring_core::CredentialStore>, (String, Option<String>)> {
     match store {
         Store::Keychain | Store::Auto => apple_native_keyring_store::keychain::Store::new()
             .map(|s| s as std::sync::Arc<keyring_core::CredentialStore>)
@@ -353,17 +409,24 @@ fn keyring_store(store: Store) -> Result<std::sync::Arc<keyring_core::Credential
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "macos")))]
-fn keyring_store(store: Store) -> Result<std::sync::Arc<keyring_core::CredentialStore>, (String, Option<String>)> {
+fn keyring_store(
+    store: Store,
+) -> Result<std::sync::Arc<keyring_core::CredentialStore>, (String, Option<String>)> {
     Err((format!("the {} store is not available on this platform", store_name(store)), None))
 }
 
 /// Reads a keychain entry (blocking: call from `spawn_blocking`).
 pub fn keyring_get(store: Store, service: &str, account: &str) -> SourceResult {
-    let entry = keyring_store(store)?.build(service, account, None).map_err(|e| keyring_problem(store, e))?;
+    let entry = keyring_store(store)?
+        .build(service, account, None)
+        .map_err(|e| keyring_problem(store, e))?;
     match entry.get_secret() {
         Ok(bytes) => Ok(Zeroizing::new(bytes)),
         Err(keyring_core::Error::NoEntry) => Err((
-            format!("no entry for service {service:?} and account {account:?} in the {}", store_name(store)),
+            format!(
+                "no entry for service {service:?} and account {account:?} in the {}",
+                store_name(store)
+            ),
             Some("store it with `backupnizza secret set NAME`".into()),
         )),
         Err(e) => Err(keyring_problem(store, e)),
@@ -371,15 +434,23 @@ pub fn keyring_get(store: Store, service: &str, account: &str) -> SourceResult {
 }
 
 /// Writes a keychain entry (blocking: call from `spawn_blocking`).
-pub fn keyring_set(store: Store, service: &str, account: &str, value: &[u8]) -> Result<(), (String, Option<String>)> {
-    let entry = keyring_store(store)?.build(service, account, None).map_err(|e| keyring_problem(store, e))?;
+pub fn keyring_set(
+    store: Store,
+    service: &str,
+    account: &str,
+    value: &[u8],
+) -> Result<(), (String, Option<String>)> {
+    let entry = keyring_store(store)?
+        .build(service, account, None)
+        .map_err(|e| keyring_problem(store, e))?;
     entry.set_secret(value).map_err(|e| keyring_problem(store, e))
 }
 
 /// Turns a keyring error into what went wrong and how to fix it.
 fn keyring_problem(store: Store, e: keyring_core::Error) -> (String, Option<String>) {
     use keyring_core::Error as E;
-    let headless = "or use a `command` or `file` source on headless servers (see docs/operations.md)";
+    let headless =
+        "or use a `command` or `file` source on headless servers (see docs/operations.md)";
     match (&e, store) {
         (E::NoStorageAccess(detail), Store::SecretService | Store::Auto) => (
             format!("the Secret Service collection is locked or refused access ({detail})"),
@@ -417,7 +488,9 @@ mod tests {
 
     #[test]
     fn trims_exactly_one_newline() {
-        for (input, want) in [(&b"pw\n"[..], &b"pw"[..]), (b"pw\r\n", b"pw"), (b"pw\n\n", b"pw\n"), (b"pw", b"pw")] {
+        for (input, want) in
+            [(&b"pw\n"[..], &b"pw"[..]), (b"pw\r\n", b"pw"), (b"pw\n\n", b"pw\n"), (b"pw", b"pw")]
+        {
             let mut v = Zeroizing::new(input.to_vec());
             trim_newline(&mut v);
             assert_eq!(&v[..], want);

@@ -71,7 +71,11 @@ struct Shared {
 /// Serves the broker alone (no task control: the control routes answer 503) until
 /// `shutdown` is cancelled; returns once the listener is closed and every connection task
 /// has ended.
-pub async fn serve(listener: tokio::net::UnixListener, broker: Arc<Broker>, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    broker: Arc<Broker>,
+    shutdown: CancellationToken,
+) {
     serve_with(listener, broker, None, shutdown).await;
 }
 
@@ -119,7 +123,11 @@ pub(crate) async fn serve_with(
     }
 }
 
-async fn serve_connection(mut stream: tokio::net::UnixStream, shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn serve_connection(
+    mut stream: tokio::net::UnixStream,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
     let peer = match Peer::of(&stream) {
         Ok(peer) => peer,
         Err(e) => {
@@ -176,7 +184,8 @@ pub async fn serve_http<I>(io: I, broker: Arc<Broker>, peer: Peer)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    serve_peer(io, Arc::new(Shared { broker, control: None }), peer, CancellationToken::new()).await;
+    serve_peer(io, Arc::new(Shared { broker, control: None }), peer, CancellationToken::new())
+        .await;
 }
 
 async fn serve_peer<I>(io: I, shared: Arc<Shared>, peer: Peer, shutdown: CancellationToken)
@@ -240,10 +249,15 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Resp {
     if req.uri().path().starts_with(protocol::ROUTE_SECRETS) {
         return route(req, shared, peer).await;
     }
-    let deadline = shared.broker.limits().request_timeout + Duration::from_secs(protocol::MAX_WAIT_SECS);
+    let deadline =
+        shared.broker.limits().request_timeout + Duration::from_secs(protocol::MAX_WAIT_SECS);
     match tokio::time::timeout(deadline, route(req, shared, peer)).await {
         Ok(resp) => resp,
-        Err(_) => error(StatusCode::REQUEST_TIMEOUT, protocol::errors::TIMEOUT, "the request took too long"),
+        Err(_) => error(
+            StatusCode::REQUEST_TIMEOUT,
+            protocol::errors::TIMEOUT,
+            "the request took too long",
+        ),
     }
 }
 
@@ -271,7 +285,13 @@ async fn route(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Resp {
         if method != Method::POST {
             return not_allowed("POST");
         }
-        return super::redeem::redeem(name, body.auth.as_deref().map(String::as_str), &shared.broker, peer).await;
+        return super::redeem::redeem(
+            name,
+            body.auth.as_deref().map(String::as_str),
+            &shared.broker,
+            peer,
+        )
+        .await;
     }
     let is_control = path == protocol::ROUTE_STATUS
         || path.starts_with(protocol::ROUTE_TASKS)
@@ -284,16 +304,30 @@ async fn route(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Resp {
         );
     }
     let Some(control) = &shared.control else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, protocol::errors::UNAVAILABLE, "this server has no task control");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            protocol::errors::UNAVAILABLE,
+            "this server has no task control",
+        );
     };
     if peer.pid.is_none_or(|pid| shared.broker.is_task_process(pid)) {
         warn!(peer_pid = peer.pid.unwrap_or_default(), exe = %peer.exe(), route = %path, "refused a control request from inside a task");
-        return error(StatusCode::FORBIDDEN, Rejection::Forbidden.as_str(), "tasks may not control the daemon");
+        return error(
+            StatusCode::FORBIDDEN,
+            Rejection::Forbidden.as_str(),
+            "tasks may not control the daemon",
+        );
     }
     control_route(&path, &method, body.query.as_deref(), control, peer).await
 }
 
-async fn control_route(path: &str, method: &Method, query: Option<&str>, control: &Control, peer: Peer) -> Resp {
+async fn control_route(
+    path: &str,
+    method: &Method,
+    query: Option<&str>,
+    control: &Control,
+    peer: Peer,
+) -> Resp {
     if path == protocol::ROUTE_STATUS {
         if method != Method::GET {
             return not_allowed("GET");
@@ -305,7 +339,11 @@ async fn control_route(path: &str, method: &Method, query: Option<&str>, control
     }
     if let Some(rest) = path.strip_prefix(protocol::ROUTE_TASKS) {
         let Some(task) = rest.strip_suffix("/trigger") else {
-            return error(StatusCode::NOT_FOUND, protocol::errors::NOT_FOUND, format!("no route {path:?}"));
+            return error(
+                StatusCode::NOT_FOUND,
+                protocol::errors::NOT_FOUND,
+                format!("no route {path:?}"),
+            );
         };
         if method != Method::POST {
             return not_allowed("POST");
@@ -329,7 +367,9 @@ async fn control_route(path: &str, method: &Method, query: Option<&str>, control
             .min(protocol::MAX_WAIT_SECS);
         return match control.run(id, Duration::from_secs(wait)).await {
             Ok(Some(run)) => json(StatusCode::OK, &run),
-            Ok(None) => error(StatusCode::NOT_FOUND, protocol::errors::NOT_FOUND, format!("no run {id:?}")),
+            Ok(None) => {
+                error(StatusCode::NOT_FOUND, protocol::errors::NOT_FOUND, format!("no run {id:?}"))
+            }
             Err(e) => fire_error(&e),
         };
     }
@@ -347,7 +387,11 @@ fn fire_error(e: &FireError) -> Resp {
 }
 
 fn not_allowed(allow: &'static str) -> Resp {
-    let mut r = error(StatusCode::METHOD_NOT_ALLOWED, protocol::errors::METHOD_NOT_ALLOWED, format!("use {allow}"));
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        protocol::errors::METHOD_NOT_ALLOWED,
+        format!("use {allow}"),
+    );
     r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
     r
 }
@@ -367,9 +411,14 @@ async fn read_body(req: Request<Incoming>, timeout: Duration) -> Result<Parts, R
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| Zeroizing::new(t.trim().to_string()));
     let query = req.uri().query().map(str::to_string);
-    let too_large = || error(StatusCode::PAYLOAD_TOO_LARGE, protocol::errors::TOO_LARGE, "request body too large");
-    if let Some(len) =
-        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+    let too_large = || {
+        error(StatusCode::PAYLOAD_TOO_LARGE, protocol::errors::TOO_LARGE, "request body too large")
+    };
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
     {
         if len > protocol::MAX_REQUEST_BODY as u64 {
             return Err(too_large());
@@ -379,10 +428,23 @@ async fn read_body(req: Request<Incoming>, timeout: Duration) -> Result<Parts, R
     if req.body().is_end_stream() {
         return Ok(Parts { auth, query });
     }
-    match tokio::time::timeout(timeout, Limited::new(req.into_body(), protocol::MAX_REQUEST_BODY).collect()).await {
+    match tokio::time::timeout(
+        timeout,
+        Limited::new(req.into_body(), protocol::MAX_REQUEST_BODY).collect(),
+    )
+    .await
+    {
         Ok(Ok(_)) => Ok(Parts { auth, query }),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Ok(Err(_)) => Err(error(StatusCode::BAD_REQUEST, protocol::errors::BAD_REQUEST, "malformed request body")),
-        Err(_) => Err(error(StatusCode::REQUEST_TIMEOUT, protocol::errors::TIMEOUT, "the request body took too long")),
+        Ok(Err(_)) => Err(error(
+            StatusCode::BAD_REQUEST,
+            protocol::errors::BAD_REQUEST,
+            "malformed request body",
+        )),
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            protocol::errors::TIMEOUT,
+            "the request body took too long",
+        )),
     }
 }

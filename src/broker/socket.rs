@@ -11,7 +11,7 @@ use tracing::info;
 
 /// Why the socket could not be prepared. Each message names the path and the fix.
 #[derive(Debug, thiserror::Error)]
-pub enum SocketError {
+pub(crate) enum SocketError {
     #[error("socket directory {}: {problem}; {fix}", dir.display())]
     UnsafeDir { dir: PathBuf, problem: String, fix: String },
     #[error("another backupnizza daemon is running on {} (it holds {}); stop it first, or give this one another `socket:`", socket.display(), lock.display())]
@@ -31,7 +31,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SocketError + '_ {
 }
 
 /// The bound socket; removes the socket file when dropped (if it is still ours).
-pub struct BoundSocket {
+pub(crate) struct BoundSocket {
     pub listener: std::os::unix::net::UnixListener,
     pub path: PathBuf,
     /// Device and inode of the socket we bound, to notice if the path is taken over.
@@ -41,7 +41,7 @@ pub struct BoundSocket {
 
 impl BoundSocket {
     /// Whether the path still names the socket we bound (gpg-agent's check for a stolen socket).
-    pub fn still_ours(&self) -> bool {
+    pub(crate) fn still_ours(&self) -> bool {
         std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.identity)
     }
 }
@@ -59,7 +59,7 @@ impl Drop for BoundSocket {
 ///
 /// The process umask is 0177 for the duration of bind(2) (umask is process-wide): call this
 /// while no other thread creates files, as the daemon does at start.
-pub fn bind(path: &Path) -> Result<BoundSocket, SocketError> {
+pub(crate) fn bind(path: &Path) -> Result<BoundSocket, SocketError> {
     let uid = nix::unistd::getuid().as_raw();
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     prepare_dir(dir, uid)?;
@@ -74,8 +74,8 @@ pub fn bind(path: &Path) -> Result<BoundSocket, SocketError> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&lock_path)
         .map_err(io_err(&lock_path))?;
-    let lock =
-        nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+    let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, errno)| {
             if errno == nix::errno::Errno::EWOULDBLOCK {
                 SocketError::AlreadyRunning { socket: path.to_path_buf(), lock: lock_path.clone() }
             } else {
@@ -88,7 +88,10 @@ pub fn bind(path: &Path) -> Result<BoundSocket, SocketError> {
             // Remove it only if nothing answers: a daemon without our lock (an older
             // version, another host's mount) may still be serving on it.
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(SocketError::AlreadyRunning { socket: path.to_path_buf(), lock: lock_path });
+                return Err(SocketError::AlreadyRunning {
+                    socket: path.to_path_buf(),
+                    lock: lock_path,
+                });
             }
             std::fs::remove_file(path).map_err(io_err(path))?;
             info!(socket = %path.display(), "removed a stale socket left by a previous daemon");
@@ -105,18 +108,27 @@ pub fn bind(path: &Path) -> Result<BoundSocket, SocketError> {
     let listener = bound.map_err(io_err(path))?;
     let meta = std::fs::symlink_metadata(path).map_err(io_err(path))?;
     listener.set_nonblocking(true).map_err(io_err(path))?;
-    Ok(BoundSocket { listener, path: path.to_path_buf(), identity: (meta.dev(), meta.ino()), _lock: lock })
+    Ok(BoundSocket {
+        listener,
+        path: path.to_path_buf(),
+        identity: (meta.dev(), meta.ino()),
+        _lock: lock,
+    })
 }
 
 /// `secretbox.sock` → `secretbox.sock.lock` beside it.
-pub fn lock_path(socket: &Path) -> PathBuf {
+pub(crate) fn lock_path(socket: &Path) -> PathBuf {
     let mut name = socket.file_name().unwrap_or_default().to_os_string();
     name.push(".lock");
     socket.with_file_name(name)
 }
 
 fn prepare_dir(dir: &Path, uid: u32) -> Result<(), SocketError> {
-    let unsafe_dir = |problem: String, fix: String| SocketError::UnsafeDir { dir: dir.to_path_buf(), problem, fix };
+    let unsafe_dir = |problem: String, fix: String| SocketError::UnsafeDir {
+        dir: dir.to_path_buf(),
+        problem,
+        fix,
+    };
     match std::fs::symlink_metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(parent) = dir.parent() {
@@ -125,11 +137,14 @@ fn prepare_dir(dir: &Path, uid: u32) -> Result<(), SocketError> {
             match std::fs::DirBuilder::new().mode(0o700).create(dir) {
                 Ok(()) => {}
                 // Someone else created it in between: check it like any existing directory.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return prepare_dir(dir, uid),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return prepare_dir(dir, uid);
+                }
                 Err(e) => return Err(io_err(dir)(e)),
             }
             // The umask may have taken bits away, never added any; make sure it is exactly 0700.
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io_err(dir))?;
             Ok(())
         }
         Err(e) => Err(io_err(dir)(e)),
@@ -137,7 +152,9 @@ fn prepare_dir(dir: &Path, uid: u32) -> Result<(), SocketError> {
             "is a symbolic link, which another user could redirect".into(),
             "use a real directory for `socket:`".into(),
         )),
-        Ok(meta) if !meta.is_dir() => Err(unsafe_dir("is not a directory".into(), "choose another `socket:`".into())),
+        Ok(meta) if !meta.is_dir() => {
+            Err(unsafe_dir("is not a directory".into(), "choose another `socket:`".into()))
+        }
         Ok(meta) if meta.uid() != uid => Err(unsafe_dir(
             format!("is owned by uid {}, not by this user (uid {uid})", meta.uid()),
             "use a directory you own for `socket:`".into(),
@@ -149,4 +166,3 @@ fn prepare_dir(dir: &Path, uid: u32) -> Result<(), SocketError> {
         Ok(_) => Ok(()),
     }
 }
-

@@ -166,8 +166,9 @@ pub fn fingerprint_of(token: &str) -> Fingerprint {
 
 /// Whether `text` has the shape of a token; anything else is refused before hashing.
 fn well_formed(text: &str) -> bool {
-    text.strip_prefix(TOKEN_PREFIX)
-        .is_some_and(|hex| hex.len() == TOKEN_BYTES * 2 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+    text.strip_prefix(TOKEN_PREFIX).is_some_and(|hex| {
+        hex.len() == TOKEN_BYTES * 2 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    })
 }
 
 impl Vault {
@@ -218,7 +219,12 @@ impl Vault {
         let expires = now + self.ttl;
         self.live.insert(
             h,
-            Entry { task: task.clone(), scope: scope.iter().map(|s| (s.clone(), limit)).collect(), pid: None, expires },
+            Entry {
+                task: task.clone(),
+                scope: scope.iter().map(|s| (s.clone(), limit)).collect(),
+                pid: None,
+                expires,
+            },
         );
         self.expiries.push(Reverse((expires, h)));
         self.stats.minted += 1;
@@ -249,7 +255,12 @@ impl Vault {
         result
     }
 
-    fn check_inner(&mut self, token: &str, secret: &str, now: Instant) -> Result<Pending, Rejection> {
+    fn check_inner(
+        &mut self,
+        token: &str,
+        secret: &str,
+        now: Instant,
+    ) -> Result<Pending, Rejection> {
         if !well_formed(token) {
             return Err(Rejection::Unknown);
         }
@@ -270,7 +281,12 @@ impl Vault {
 
     /// Phase two: atomically takes one redemption of `secret`, re-checking everything that
     /// may have changed since [`Vault::check`] (another caller may have won the race).
-    pub fn consume(&mut self, pending: &Pending, secret: &str, now: Instant) -> Result<(), Rejection> {
+    pub fn consume(
+        &mut self,
+        pending: &Pending,
+        secret: &str,
+        now: Instant,
+    ) -> Result<(), Rejection> {
         let h = pending.handle.0;
         let result = match self.live.get_mut(&h) {
             None => Err(self.tombstones.get(&h).map_or(Rejection::Unknown, |(why, _)| *why)),

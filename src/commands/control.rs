@@ -24,16 +24,24 @@ async fn call(client: &Client, method: Method, path: &str) -> anyhow::Result<Res
         other => anyhow::Error::new(other),
     })?;
     if !response.status.is_success() {
-        let message =
-            response.error().map(|b| b.message).unwrap_or_else(|| format!("the daemon answered {}", response.status));
-        let code = if response.status == hyper::StatusCode::NOT_FOUND { USAGE } else { crate::exit::FAILURE };
+        let message = response
+            .error()
+            .map_or_else(|| format!("the daemon answered {}", response.status), |b| b.message);
+        let code = if response.status == hyper::StatusCode::NOT_FOUND {
+            USAGE
+        } else {
+            crate::exit::FAILURE
+        };
         return Err(Exit { code, message }.into());
     }
     Ok(response)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 pub fn status(args: &StatusArgs, env: &Environment) -> anyhow::Result<()> {
@@ -43,10 +51,16 @@ pub fn status(args: &StatusArgs, env: &Environment) -> anyhow::Result<()> {
     if args.json {
         return print(|out| writeln!(out, "{}", String::from_utf8_lossy(&response.body)));
     }
-    let status: StatusBody = serde_json::from_slice(&response.body).context("unexpected status answer")?;
+    let status: StatusBody =
+        serde_json::from_slice(&response.body).context("unexpected status answer")?;
     let rejected: u64 = status.tokens.rejected.values().sum();
-    let reasons: Vec<String> =
-        status.tokens.rejected.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r} {n}")).collect();
+    let reasons: Vec<String> = status
+        .tokens
+        .rejected
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
     let width = status.tasks.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
     print(|out| {
         writeln!(
@@ -72,7 +86,12 @@ pub fn status(args: &StatusArgs, env: &Environment) -> anyhow::Result<()> {
                 (Some(last), false) => (last.ended.clone().unwrap_or_default(), describe(last)),
                 (None, false) => ("never".to_string(), "-".to_string()),
             };
-            writeln!(out, "{:width$}  {when:25}  {result:32}  {}", task.name, task.next.as_deref().unwrap_or("-"))?;
+            writeln!(
+                out,
+                "{:width$}  {when:25}  {result:32}  {}",
+                task.name,
+                task.next.as_deref().unwrap_or("-")
+            )?;
         }
         Ok(())
     })
@@ -87,7 +106,11 @@ pub fn describe(run: &RunBody) -> String {
     if let Some(ms) = run.duration_ms {
         parts.push(crate::duration::Human(Duration::from_millis(ms / 1000 * 1000)).to_string());
     }
-    if parts.is_empty() { run.status.to_string() } else { format!("{} ({})", run.status, parts.join(", ")) }
+    if parts.is_empty() {
+        run.status.to_string()
+    } else {
+        format!("{} ({})", run.status, parts.join(", "))
+    }
 }
 
 pub fn trigger(args: &TriggerArgs, env: &Environment) -> anyhow::Result<()> {
@@ -107,15 +130,18 @@ pub fn trigger(args: &TriggerArgs, env: &Environment) -> anyhow::Result<()> {
     let path = format!("{}{}/trigger", protocol::ROUTE_TASKS, args.task);
     // An unknown task is a 404 whose message names the closest task the daemon knows.
     let response = rt.block_on(call(&client, Method::POST, &path))?;
-    let run: RunRef = serde_json::from_slice(&response.body).context("unexpected trigger answer")?;
+    let run: RunRef =
+        serde_json::from_slice(&response.body).context("unexpected trigger answer")?;
     print(|out| writeln!(out, "triggered {}: run {}", run.task, run.run_id))?;
     if !args.wait {
         return Ok(());
     }
     loop {
-        let path = format!("{}{}?wait={}", protocol::ROUTE_RUNS, run.run_id, protocol::MAX_WAIT_SECS);
+        let path =
+            format!("{}{}?wait={}", protocol::ROUTE_RUNS, run.run_id, protocol::MAX_WAIT_SECS);
         let response = rt.block_on(call(&client, Method::GET, &path))?;
-        let body: RunBody = serde_json::from_slice(&response.body).context("unexpected run answer")?;
+        let body: RunBody =
+            serde_json::from_slice(&response.body).context("unexpected run answer")?;
         if !body.status.is_done() {
             continue;
         }
@@ -128,7 +154,10 @@ pub fn trigger(args: &TriggerArgs, env: &Environment) -> anyhow::Result<()> {
                 if body.reason.is_empty() { String::new() } else { format!(": {}", body.reason) }
             )
         })?;
-        return if body.status.is_ok() { Ok(()) } else { Err(Exit::silent(crate::exit::FAILURE).into()) };
+        return if body.status.is_ok() {
+            Ok(())
+        } else {
+            Err(Exit::silent(crate::exit::FAILURE).into())
+        };
     }
 }
-

@@ -28,7 +28,8 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
     let tz = &task.zone.tz;
     let records = history::read_all(&config.state_dir)?;
     let now = Timestamp::now();
-    let since = now - SignedDuration::try_from(args.since).unwrap_or(SignedDuration::from_hours(24 * 7));
+    let since =
+        now - SignedDuration::try_from(args.since).unwrap_or(SignedDuration::from_hours(24 * 7));
     let time = |s: &str| s.parse::<Timestamp>().ok();
 
     // Runs by the occurrence they belong to, and manual ones; skips expanded per occurrence;
@@ -40,8 +41,13 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
     let mut ends: BTreeMap<String, (String, Option<i32>, u64, String)> = BTreeMap::new();
     for record in &records {
         match record {
-            Record::End { run_id, task: t, status, exit_code, duration_ms, reason, .. } if t == &task.name => {
-                ends.insert(run_id.clone(), (status.as_str().to_string(), *exit_code, *duration_ms, reason.clone()));
+            Record::End { run_id, task: t, status, exit_code, duration_ms, reason, .. }
+                if t == &task.name =>
+            {
+                ends.insert(
+                    run_id.clone(),
+                    (status.as_str().to_string(), *exit_code, *duration_ms, reason.clone()),
+                );
             }
             Record::Daemon { event, at, .. } => {
                 if let Some(at) = time(at) {
@@ -55,7 +61,12 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
         match record {
             Record::Start { run_id, task: t, at, scheduled, trigger } if t == &task.name => {
                 let Some(at) = time(at) else { continue };
-                let run = Run { id: run_id.clone(), at, trigger: trigger.as_str().to_string(), end: ends.get(run_id).cloned() };
+                let run = Run {
+                    id: run_id.clone(),
+                    at,
+                    trigger: trigger.as_str().to_string(),
+                    end: ends.get(run_id).cloned(),
+                };
                 match scheduled.as_deref().and_then(time) {
                     Some(occurrence) if *trigger != crate::schedule::timetable::Trigger::Manual => {
                         by_occurrence.insert(occurrence, run);
@@ -66,7 +77,9 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
             Record::Skip { task: t, scheduled, count, reason, detail, .. } if t == &task.name => {
                 let Some(mut occurrence) = time(scheduled) else { continue };
                 for _ in 0..(*count).min(100_000) {
-                    skipped.entry(occurrence).or_insert_with(|| (reason.as_str().to_string(), detail.clone()));
+                    skipped
+                        .entry(occurrence)
+                        .or_insert_with(|| (reason.as_str().to_string(), detail.clone()));
                     match task.schedule.next_after(occurrence, tz) {
                         Some(next) => occurrence = next,
                         None => break,
@@ -76,14 +89,17 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
             _ => {}
         }
     }
-    let daemon_up =
-        |at: Timestamp| daemon.iter().filter(|(t, _)| *t <= at).max_by_key(|(t, _)| *t).is_some_and(|(_, up)| *up);
+    let daemon_up = |at: Timestamp| {
+        daemon.iter().filter(|(t, _)| *t <= at).max_by_key(|(t, _)| *t).is_some_and(|(_, up)| *up)
+    };
 
     // The occurrences in the window: from the schedule (cron), or as recorded (`@every`
     // counts from each daemon start, so only the history knows its instants).
     let mut occurrences: Vec<Timestamp> = Vec::new();
     if task.schedule.interval().is_some() {
-        occurrences.extend(by_occurrence.keys().chain(skipped.keys()).copied().filter(|o| *o > since && *o <= now));
+        occurrences.extend(
+            by_occurrence.keys().chain(skipped.keys()).copied().filter(|o| *o > since && *o <= now),
+        );
         occurrences.sort();
         occurrences.dedup();
     } else {
@@ -106,7 +122,8 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
             let end = run.end.as_ref().map(|(s, ..)| s.as_str());
             if run.trigger == "catch_up" {
                 caught_up += 1;
-                let late = Duration::try_from(run.at.duration_since(*occurrence)).unwrap_or_default();
+                let late =
+                    Duration::try_from(run.at.duration_since(*occurrence)).unwrap_or_default();
                 format!(
                     "caught up after suspend or downtime at {} ({} late): {result}",
                     rfc3339(run.at, tz),
@@ -120,7 +137,10 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
                     }
                     Some("skipped") => {
                         skips += 1;
-                        format!("skipped by the before hook (exit 75) at {}: {result}", rfc3339(run.at, tz))
+                        format!(
+                            "skipped by the before hook (exit 75) at {}: {result}",
+                            rfc3339(run.at, tz)
+                        )
                     }
                     Some(_) => {
                         failed += 1;
@@ -157,16 +177,24 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
             rfc3339(now, tz)
         )?;
         if task.schedule.interval().is_some() {
-            writeln!(out, "(an @every schedule counts from each daemon start: only recorded occurrences are listed)")?;
+            writeln!(
+                out,
+                "(an @every schedule counts from each daemon start: only recorded occurrences are listed)"
+            )?;
         }
         if shown > 0 {
-            writeln!(out, "({} earlier occurrences not shown)", shown)?;
+            writeln!(out, "({shown} earlier occurrences not shown)")?;
         }
         for line in &lines[shown..] {
             writeln!(out, "{line}")?;
         }
         for run in manual.iter().filter(|r| r.at > since) {
-            writeln!(out, "{}  manual run (backupnizza trigger): {}", rfc3339(run.at, tz), describe_end(run))?;
+            writeln!(
+                out,
+                "{}  manual run (backupnizza trigger): {}",
+                rfc3339(run.at, tz),
+                describe_end(run)
+            )?;
         }
         writeln!(
             out,

@@ -20,7 +20,7 @@ pub fn run(args: &HistoryArgs, env: &Environment) -> anyhow::Result<()> {
         }
         let line = match record {
             Record::End { run_id, task, at, status, exit_code, duration_ms, reason, .. } => {
-                let code = exit_code.map(|c| format!("exit {c}")).unwrap_or_else(|| "-".into());
+                let code = exit_code.map_or_else(|| "-".into(), |c| format!("exit {c}"));
                 let took = crate::duration::Human(Duration::from_secs(duration_ms / 1000));
                 format!("{at}  {task}  {status}  {code}  {took}  {run_id}  {reason}")
             }
@@ -28,14 +28,20 @@ pub fn run(args: &HistoryArgs, env: &Environment) -> anyhow::Result<()> {
                 let times = if *count == 1 { String::new() } else { format!(" x{count}") };
                 format!("{scheduled}  {task}  skipped{times}  {reason}  {detail}")
             }
-            Record::Daemon { event, at, pid } if args.task.is_none() => format!("{at}  daemon {event} (pid {pid})"),
+            Record::Daemon { event, at, pid } if args.task.is_none() => {
+                format!("{at}  daemon {event} (pid {pid})")
+            }
             _ => continue,
         };
         lines.push(line);
     }
     print(|out| {
         if lines.is_empty() {
-            writeln!(out, "no runs recorded in {}", config.state_dir.join(history::FILE_NAME).display())?;
+            writeln!(
+                out,
+                "no runs recorded in {}",
+                config.state_dir.join(history::FILE_NAME).display()
+            )?;
         }
         let skip = lines.len().saturating_sub(args.count);
         for line in &lines[skip..] {

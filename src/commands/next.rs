@@ -20,10 +20,13 @@ pub fn run(args: &NextArgs, env: &Environment) -> anyhow::Result<()> {
     };
     let count = args.count as usize;
     if let Some(expr) = &args.schedule {
-        let schedule = Schedule::parse(expr).map_err(|e| Exit::usage(format!("invalid schedule {expr:?}: {e}")))?;
+        let schedule = Schedule::parse(expr)
+            .map_err(|e| Exit::usage(format!("invalid schedule {expr:?}: {e}")))?;
         let tz = match &args.timezone {
             Some(name) => TimeZone::get(name).map_err(|_| {
-                Exit::usage(format!("unknown time zone {name:?}: use an IANA name such as Europe/Berlin or UTC"))
+                Exit::usage(format!(
+                    "unknown time zone {name:?}: use an IANA name such as Europe/Berlin or UTC"
+                ))
             })?,
             None => TimeZone::system(),
         };
@@ -40,7 +43,9 @@ pub fn run(args: &NextArgs, env: &Environment) -> anyhow::Result<()> {
         require_task(&config, name)?;
     }
     let mut lines = Vec::new();
-    for task in config.tasks.iter().filter(|t| args.tasks.is_empty() || args.tasks.contains(&t.name)) {
+    for task in
+        config.tasks.iter().filter(|t| args.tasks.is_empty() || args.tasks.contains(&t.name))
+    {
         for at in upcoming(&task.schedule, &task.zone.tz, after, count) {
             lines.push((at, rfc3339(at, &task.zone.tz), task.name.as_str()));
         }

@@ -8,10 +8,10 @@ use anyhow::Context;
 use zeroize::Zeroizing;
 
 use super::{config_path, print};
+use crate::broker::secrets;
 use crate::cli::{SecretCheckArgs, SecretSetArgs};
 use crate::config::{self, Environment, Source};
 use crate::exit::{Exit, FAILURE};
-use crate::broker::secrets;
 
 pub fn set(args: &SecretSetArgs, env: &Environment) -> anyhow::Result<()> {
     let _ = crate::hardening::protect_process();
@@ -21,7 +21,12 @@ pub fn set(args: &SecretSetArgs, env: &Environment) -> anyhow::Result<()> {
         let hint = config::did_you_mean(&args.name, config.secrets.iter().map(|s| s.name.as_str()))
             .map(|n| format!(" (did you mean {n:?}?)"))
             .unwrap_or_default();
-        return Err(Exit::usage(format!("no secret named {:?} in {}{hint}", args.name, path.display())).into());
+        return Err(Exit::usage(format!(
+            "no secret named {:?} in {}{hint}",
+            args.name,
+            path.display()
+        ))
+        .into());
     };
     let Source::Keyring { service, account, store } = &spec.source else {
         return Err(Exit::usage(format!(
@@ -55,9 +60,17 @@ fn read_value(name: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
         let mut value = Zeroizing::new(Vec::new());
-        stdin.lock().take(secrets::MAX_SECRET_LEN as u64 + 1).read_to_end(&mut value).context("cannot read stdin")?;
+        stdin
+            .lock()
+            .take(secrets::MAX_SECRET_LEN as u64 + 1)
+            .read_to_end(&mut value)
+            .context("cannot read stdin")?;
         if value.len() > secrets::MAX_SECRET_LEN {
-            return Err(Exit::usage(format!("the value is longer than {} bytes", secrets::MAX_SECRET_LEN)).into());
+            return Err(Exit::usage(format!(
+                "the value is longer than {} bytes",
+                secrets::MAX_SECRET_LEN
+            ))
+            .into());
         }
         secrets::trim_newline(&mut value);
         return Ok(value);
@@ -97,14 +110,15 @@ pub fn check(args: &SecretCheckArgs, env: &Environment) -> anyhow::Result<()> {
         .secrets
         .iter()
         .filter_map(|s| match &s.source {
-            Source::Env { var } => {
-                std::env::var_os(var).map(|v| (s.name.clone(), Zeroizing::new(v.into_encoded_bytes())))
-            }
+            Source::Env { var } => std::env::var_os(var)
+                .map(|v| (s.name.clone(), Zeroizing::new(v.into_encoded_bytes()))),
             _ => None,
         })
         .collect();
-    let runtime =
-        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     let width = config.secrets.iter().map(|s| s.name.len()).max().unwrap_or(0);
     let mut failed = 0;
     for spec in &config.secrets {

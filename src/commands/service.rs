@@ -31,11 +31,15 @@ pub fn run(command: &ServiceCommand, env: &Environment) -> anyhow::Result<()> {
         (
             service::systemd_unit(&exe, &config),
             dir.join("systemd/user").join(service::SYSTEMD_UNIT),
-            format!("systemctl --user daemon-reload && systemctl --user enable --now {}", service::SYSTEMD_UNIT),
+            format!(
+                "systemctl --user daemon-reload && systemctl --user enable --now {}",
+                service::SYSTEMD_UNIT
+            ),
         )
     } else {
         let log = home.join("Library/Logs/backupnizza.log");
-        let target = home.join("Library/LaunchAgents").join(format!("{}.plist", service::LAUNCHD_LABEL));
+        let target =
+            home.join("Library/LaunchAgents").join(format!("{}.plist", service::LAUNCHD_LABEL));
         let enable = format!("launchctl bootstrap gui/$(id -u) {}", target.display());
         (service::launchd_plist(&exe, &config, &log), target, enable)
     };

@@ -40,7 +40,8 @@ pub(super) fn check(text: &str, path: &Path, env: &Environment) -> Checked {
         }
     };
     // File order reads best; problems without a position go last, in the order found.
-    c.problems.sort_by_key(|p| p.pos.map_or((usize::MAX, usize::MAX), |pos| (pos.line, pos.column)));
+    c.problems
+        .sort_by_key(|p| p.pos.map_or((usize::MAX, usize::MAX), |pos| (pos.line, pos.column)));
     let has_errors = c.problems.iter().any(|p| p.severity == Severity::Error);
     Checked { config: if has_errors { None } else { config }, problems: c.problems }
 }

@@ -138,7 +138,9 @@ impl<'de> Visitor<'de> for NodeVisitor {
         Ok(Node::new(Value::Int(v)))
     }
     fn visit_u128<E: de::Error>(self, v: u128) -> Result<Node, E> {
-        i128::try_from(v).map(|v| Node::new(Value::Int(v))).map_err(|_| E::custom("number is too large"))
+        i128::try_from(v)
+            .map(|v| Node::new(Value::Int(v)))
+            .map_err(|_| E::custom("number is too large"))
     }
     fn visit_f64<E>(self, v: f64) -> Result<Node, E> {
         Ok(Node::new(Value::Float(v)))
@@ -267,16 +269,19 @@ fn merge_keys(node: &mut Node) {
                     match source.value {
                         Value::Map(extra) => {
                             for (k, v) in extra {
-                                let exists = own
-                                    .iter()
-                                    .any(|(ok, _)| ok.scalar_text().is_some() && ok.scalar_text() == k.scalar_text());
+                                let exists = own.iter().any(|(ok, _)| {
+                                    ok.scalar_text().is_some()
+                                        && ok.scalar_text() == k.scalar_text()
+                                });
                                 if !exists {
                                     own.push((k, v));
                                 }
                             }
                         }
                         // Not a mapping: keep the `<<` entry so the checker reports it.
-                        other => own.push((merge_key.clone(), Node { value: other, pos: source.pos })),
+                        other => {
+                            own.push((merge_key.clone(), Node { value: other, pos: source.pos }));
+                        }
                     }
                 }
             }

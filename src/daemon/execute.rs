@@ -88,8 +88,14 @@ struct Run<'a> {
 /// Runs `job` to its end. Every path ends with an End record and [`Event::Ended`].
 pub(crate) async fn execute(ctx: Arc<RunContext>, job: Job) {
     let task = &ctx.config.tasks[job.idx];
-    let mut run =
-        Run { ctx: &ctx, task, job, rid: notifications::new_rid(), started: Timestamp::now(), start_sent: None };
+    let mut run = Run {
+        ctx: &ctx,
+        task,
+        job,
+        rid: notifications::new_rid(),
+        started: Timestamp::now(),
+        start_sent: None,
+    };
     let outcome = run.phases().await;
     run.result_hooks(&outcome).await;
     run.finish(outcome).await;
@@ -109,10 +115,14 @@ impl Run<'_> {
 
     /// `random_delay` spreads scheduled runs; manual triggers start at once.
     async fn random_delay(&self) -> Result<(), Outcome> {
-        let (Some(max), Trigger::Schedule | Trigger::CatchUp) = (self.task.random_delay, self.job.trigger) else {
+        let (Some(max), Trigger::Schedule | Trigger::CatchUp) =
+            (self.task.random_delay, self.job.trigger)
+        else {
             return Ok(());
         };
-        let delay = Duration::from_millis(rand::random_range(0..=max.as_millis().min(u128::from(u64::MAX)) as u64));
+        let delay = Duration::from_millis(rand::random_range(
+            0..=max.as_millis().min(u128::from(u64::MAX)) as u64,
+        ));
         info!("waiting {} before starting (random_delay)", crate::duration::Human(delay));
         tokio::select! {
             () = tokio::time::sleep(delay) => Ok(()),
@@ -140,7 +150,11 @@ impl Run<'_> {
     async fn before_hook(&self) -> Result<(), Outcome> {
         let Some(before) = &self.task.hooks.before else { return Ok(()) };
         let facts = self.hook_facts("before", self.started, None);
-        let ran = self.ctx.runner.run_hook(self.task, before, &self.job.run_id, facts, &self.ctx.cancel).await;
+        let ran = self
+            .ctx
+            .runner
+            .run_hook(self.task, before, &self.job.run_id, facts, &self.ctx.cancel)
+            .await;
         match ran {
             Ok(0) => Ok(()),
             Ok(SKIP_EXIT_CODE) => {
@@ -177,7 +191,10 @@ impl Run<'_> {
             ));
         }
         let pins = &self.ctx.pins[self.job.idx];
-        self.ctx.runner.run(self.task, pins, &self.job.run_id, &facts, deadline, &self.ctx.cancel).await
+        self.ctx
+            .runner
+            .run(self.task, pins, &self.job.run_id, &facts, deadline, &self.ctx.cancel)
+            .await
     }
 
     /// Result hooks, then `after` — also when the `before` hook failed; none for a run the
@@ -187,20 +204,31 @@ impl Run<'_> {
             return;
         }
         let hooks = &self.task.hooks;
-        let which =
-            if outcome.status.is_ok() { ("on_success", &hooks.on_success) } else { ("on_failure", &hooks.on_failure) };
-        let started = Timestamp::now() - jiff::SignedDuration::try_from(outcome.duration).unwrap_or_default();
+        let which = if outcome.status.is_ok() {
+            ("on_success", &hooks.on_success)
+        } else {
+            ("on_failure", &hooks.on_failure)
+        };
+        let started =
+            Timestamp::now() - jiff::SignedDuration::try_from(outcome.duration).unwrap_or_default();
         for (name, hook) in [which, ("after", &hooks.after)] {
             let Some(argv) = hook else { continue };
             if self.ctx.cancel.is_cancelled() {
                 break;
             }
             let facts = self.hook_facts(name, started, Some(outcome));
-            match self.ctx.runner.run_hook(self.task, argv, &self.job.run_id, facts, &self.ctx.cancel).await {
+            match self
+                .ctx
+                .runner
+                .run_hook(self.task, argv, &self.job.run_id, facts, &self.ctx.cancel)
+                .await
+            {
                 Ok(0) => {}
                 Ok(code) => warn!("the {name} hook exited {code}; the run's result is unchanged"),
                 Err(HookFailure::Cancelled) => break,
-                Err(HookFailure::Failed(why)) => warn!("the {name} hook failed: {why}; the run's result is unchanged"),
+                Err(HookFailure::Failed(why)) => {
+                    warn!("the {name} hook failed: {why}; the run's result is unchanged");
+                }
             }
         }
     }
@@ -239,10 +267,20 @@ impl Run<'_> {
             facts.duration_ms = Some(duration_ms);
             ctx.notify(self.task, facts, self.start_sent);
         }
-        let _ = ctx.events.send(Event::Ended { idx: self.job.idx, run_id: self.job.run_id, outcome, ended });
+        let _ = ctx.events.send(Event::Ended {
+            idx: self.job.idx,
+            run_id: self.job.run_id,
+            outcome,
+            ended,
+        });
     }
 
-    fn facts(&self, event: &'static str, ended: Option<Timestamp>, outcome: Option<&Outcome>) -> RunFacts {
+    fn facts(
+        &self,
+        event: &'static str,
+        ended: Option<Timestamp>,
+        outcome: Option<&Outcome>,
+    ) -> RunFacts {
         RunFacts {
             event,
             task: self.task.name.clone(),
@@ -254,20 +292,31 @@ impl Run<'_> {
             ended: ended.map(|t| self.ctx.rfc3339(t)),
             reason: outcome.map(|o| o.reason.clone()).unwrap_or_default(),
             stderr_tail: outcome.map(|o| o.stderr_tail.clone()),
-            host: nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default(),
+            host: nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_default(),
             rid: self.rid.clone(),
         }
     }
 
     /// The run's facts for a hook's environment.
-    fn hook_facts(&self, hook: &str, started: Timestamp, outcome: Option<&Outcome>) -> Vec<(String, String)> {
+    fn hook_facts(
+        &self,
+        hook: &str,
+        started: Timestamp,
+        outcome: Option<&Outcome>,
+    ) -> Vec<(String, String)> {
         let mut facts = vec![
             ("BACKUPNIZZA_HOOK".to_string(), hook.to_string()),
             ("BACKUPNIZZA_STARTED".to_string(), self.ctx.rfc3339(started)),
         ];
         if let Some(o) = outcome {
             facts.push(("BACKUPNIZZA_STATUS".into(), o.status.as_str().into()));
-            facts.push(("BACKUPNIZZA_EXIT_CODE".into(), o.exit_code.map(|c| c.to_string()).unwrap_or_default()));
+            facts.push((
+                "BACKUPNIZZA_EXIT_CODE".into(),
+                o.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+            ));
             facts.push(("BACKUPNIZZA_DURATION_MS".into(), o.duration.as_millis().to_string()));
             facts.push(("BACKUPNIZZA_REASON".into(), o.reason.clone()));
             facts.push(("BACKUPNIZZA_STDERR_TAIL".into(), env_tail(&o.stderr_tail)));

@@ -11,7 +11,7 @@ use jiff::Timestamp;
 
 /// What the daemon knows about one task, for the metrics.
 #[derive(Debug, Clone, Default)]
-pub struct TaskMetrics {
+pub(crate) struct TaskMetrics {
     pub last_start: Option<Timestamp>,
     pub last_end: Option<Timestamp>,
     pub last_success: Option<Timestamp>,
@@ -27,7 +27,7 @@ pub struct TaskMetrics {
 
 /// Token counters.
 #[derive(Debug, Clone, Default)]
-pub struct TokenMetrics {
+pub(crate) struct TokenMetrics {
     pub minted: u64,
     pub redeemed: u64,
     pub rejected: Vec<(&'static str, u64)>,
@@ -38,16 +38,22 @@ fn seconds(t: Timestamp) -> f64 {
 }
 
 /// Renders the exposition text.
-pub fn render(tasks: &[(&str, &TaskMetrics)], tokens: &TokenMetrics, started: Timestamp) -> String {
+pub(crate) fn render(
+    tasks: &[(&str, &TaskMetrics)],
+    tokens: &TokenMetrics,
+    started: Timestamp,
+) -> String {
     let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, samples: &mut dyn Iterator<Item = (String, f64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
-    let label = |task: &str| format!("{{task=\"{}\"}}", task.replace('\\', "\\\\").replace('"', "\\\""));
+    let mut family =
+        |name: &str, kind: &str, help: &str, samples: &mut dyn Iterator<Item = (String, f64)>| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+    let label =
+        |task: &str| format!("{{task=\"{}\"}}", task.replace('\\', "\\\\").replace('"', "\\\""));
     let per_task = |f: &dyn Fn(&TaskMetrics) -> Option<f64>| -> Vec<(String, f64)> {
         tasks.iter().filter_map(|(name, m)| f(m).map(|v| (label(name), v))).collect()
     };
@@ -79,7 +85,8 @@ pub fn render(tasks: &[(&str, &TaskMetrics)], tokens: &TokenMetrics, started: Ti
         "backupnizza_task_last_exit_code",
         "gauge",
         "Exit code of the last run's deciding step (-1 when it had none: timeout, refused).",
-        &mut per_task(&|m| m.last_end.map(|_| f64::from(m.last_exit_code.unwrap_or(-1)))).into_iter(),
+        &mut per_task(&|m| m.last_end.map(|_| f64::from(m.last_exit_code.unwrap_or(-1))))
+            .into_iter(),
     );
     family(
         "backupnizza_task_last_duration_seconds",
@@ -133,7 +140,7 @@ pub fn render(tasks: &[(&str, &TaskMetrics)], tokens: &TokenMetrics, started: Ti
 }
 
 /// Writes `text` to `path` atomically: a temporary file beside it, then a rename.
-pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new().prefix(".backupnizza-metrics").tempfile_in(dir)?;
     tmp.write_all(text.as_bytes())?;
@@ -166,8 +173,14 @@ mod tests {
             text.contains("# TYPE backupnizza_task_runs_total counter\nbackupnizza_task_runs_total{task=\"docs\"} 2\n"),
             "{text}"
         );
-        assert!(text.contains("backupnizza_task_last_end_timestamp_seconds{task=\"docs\"} 100\n"), "{text}");
+        assert!(
+            text.contains("backupnizza_task_last_end_timestamp_seconds{task=\"docs\"} 100\n"),
+            "{text}"
+        );
         assert!(text.contains("backupnizza_tokens_rejected_total{reason=\"used\"} 1\n"), "{text}");
-        assert!(!text.contains("last_start_timestamp_seconds{"), "absent values are not invented: {text}");
+        assert!(
+            !text.contains("last_start_timestamp_seconds{"),
+            "absent values are not invented: {text}"
+        );
     }
 }

@@ -14,12 +14,12 @@ use secrecy::ExposeSecret;
 use serde::Serialize;
 use tracing::{debug, warn};
 
-use crate::config::{Notify, UrlValue};
 use crate::broker::Secrets;
+use crate::config::{Notify, UrlValue};
 
 /// The facts of a run, as webhooks receive them.
 #[derive(Debug, Clone, Serialize)]
-pub struct RunFacts {
+pub(crate) struct RunFacts {
     /// `start` or `end`.
     pub event: &'static str,
     pub task: String,
@@ -40,7 +40,7 @@ pub struct RunFacts {
 }
 
 /// A fresh UUIDv4 for pairing pings.
-pub fn new_rid() -> String {
+pub(crate) fn new_rid() -> String {
     let mut b = [0u8; 16];
     let _ = rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut b);
     b[6] = (b[6] & 0x0f) | 0x40;
@@ -50,7 +50,7 @@ pub fn new_rid() -> String {
 }
 
 /// `https://hc-ping.com/<uuid>` → `https://hc-ping.com/…`: what logs may show of a URL.
-pub fn shown(url: &str) -> String {
+pub(crate) fn shown(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => {
             let host = rest.split(['/', '?', '#']).next().unwrap_or("");
@@ -72,7 +72,7 @@ fn resolve(url: &UrlValue, secrets: &Secrets) -> Option<String> {
 }
 
 /// The ping URL for an event: `start`, success (bare), or failure (`fail` / exit code).
-pub fn ping_url(base: &str, facts: &RunFacts) -> String {
+pub(crate) fn ping_url(base: &str, facts: &RunFacts) -> String {
     // The suffix belongs on the path, before any query (`.../slug?create=1`).
     let (base, query) = match base.split_once('?') {
         Some((path, query)) => (path, Some(query)),
@@ -130,7 +130,9 @@ pub(crate) fn send(
             if !send_logs {
                 facts.stderr_tail = None;
             }
-            deliver("webhook", &url, &facts, || agent.post(&url).send_json(&facts).map(drop).map_err(|e| describe(&e)));
+            deliver("webhook", &url, &facts, || {
+                agent.post(&url).send_json(&facts).map(drop).map_err(|e| describe(&e))
+            });
         }
     };
     Some(tracker.spawn(async move {
@@ -142,13 +144,13 @@ pub(crate) fn send(
 }
 
 /// The notifications of one event, in flight.
-pub type Sent = tokio::task::JoinHandle<()>;
+pub(crate) type Sent = tokio::task::JoinHandle<()>;
 
 /// Sends with one retry after a second; logs the outcome with the URL reduced to its host.
 fn deliver(kind: &str, url: &str, facts: &RunFacts, attempt: impl Fn() -> Result<(), String>) {
     for retry in 0..2 {
         match attempt() {
-            Ok(_) => {
+            Ok(()) => {
                 debug!(task = %facts.task, run_id = %facts.run_id, url = %shown(url), event = facts.event, "{kind} sent");
                 return;
             }
@@ -168,7 +170,9 @@ fn deliver(kind: &str, url: &str, facts: &RunFacts, attempt: impl Fn() -> Result
 fn describe(e: &ureq::Error) -> String {
     match e {
         ureq::Error::Status(code, _) => format!("HTTP status {code}"),
-        ureq::Error::Transport(t) => format!("{:?}: {}", t.kind(), t.message().unwrap_or("transport error")),
+        ureq::Error::Transport(t) => {
+            format!("{:?}: {}", t.kind(), t.message().unwrap_or("transport error"))
+        }
     }
 }
 

@@ -24,20 +24,20 @@ use crate::config::{Config, EnvValue, EnvVar, Task};
 
 /// A program whose digest is checked before every run.
 #[derive(Debug, Clone)]
-pub struct Pinned {
+pub(crate) struct Pinned {
     pub path: PathBuf,
     pub digest: [u8; 32],
 }
 
 /// Hex of a digest, as `sha256sum` prints it.
-pub fn hex(digest: &[u8; 32]) -> String {
+pub(crate) fn hex(digest: &[u8; 32]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Finds a program the way `execvp` would: a name with a `/` is a path (a leading `~/` is
 /// expanded, a relative one is taken from `working_dir`); otherwise the first executable
 /// file of that name on `path`.
-pub fn resolve(
+pub(crate) fn resolve(
     program: &str,
     path: Option<&OsStr>,
     home: Option<&Path>,
@@ -51,7 +51,9 @@ pub fn resolve(
         };
         return is_executable(&full).then_some(full);
     }
-    std::env::split_paths(path?).map(|dir| dir.join(program)).find(|candidate| is_executable(candidate))
+    std::env::split_paths(path?)
+        .map(|dir| dir.join(program))
+        .find(|candidate| is_executable(candidate))
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -61,9 +63,11 @@ fn is_executable(path: &Path) -> bool {
 /// StrictModes for a file the daemon trusts (the task file, a program): not writable by
 /// group or others, owned by `uid` or root; and its directory not writable by others
 /// unless sticky (as `/tmp` is). The message names the file and the fix.
-pub fn check_trusted(path: &Path, what: &str, uid: u32) -> Result<(), String> {
-    let real = std::fs::canonicalize(path).map_err(|e| format!("cannot resolve {what} {}: {e}", path.display()))?;
-    let meta = std::fs::metadata(&real).map_err(|e| format!("cannot stat {what} {}: {e}", real.display()))?;
+pub(crate) fn check_trusted(path: &Path, what: &str, uid: u32) -> Result<(), String> {
+    let real = std::fs::canonicalize(path)
+        .map_err(|e| format!("cannot resolve {what} {}: {e}", path.display()))?;
+    let meta = std::fs::metadata(&real)
+        .map_err(|e| format!("cannot stat {what} {}: {e}", real.display()))?;
     let shown = real.display();
     let mode = meta.mode() & 0o7777;
     if mode & 0o022 != 0 {
@@ -79,7 +83,8 @@ pub fn check_trusted(path: &Path, what: &str, uid: u32) -> Result<(), String> {
         ));
     }
     if let Some(dir) = real.parent() {
-        let dmeta = std::fs::metadata(dir).map_err(|e| format!("cannot stat {}: {e}", dir.display()))?;
+        let dmeta =
+            std::fs::metadata(dir).map_err(|e| format!("cannot stat {}: {e}", dir.display()))?;
         let dmode = dmeta.mode() & 0o7777;
         let sticky = dmode & 0o1000 != 0;
         if dmode & 0o002 != 0 && !sticky {
@@ -105,7 +110,9 @@ pub fn check_trusted(path: &Path, what: &str, uid: u32) -> Result<(), String> {
 /// `PrivateTmp=` and friends imply `PrivateUsers=`), root's files show up as the kernel's
 /// overflow uid (65534); there, and only there, that uid stands for root.
 fn trusted_owner(path: &Path, owner: u32, uid: u32) -> bool {
-    owner == uid || owner == 0 || (owner == overflow_uid() && root_unmapped() && is_system_path(path))
+    owner == uid
+        || owner == 0
+        || (owner == overflow_uid() && root_unmapped() && is_system_path(path))
 }
 
 /// Every unmapped owner shows as the overflow uid, not only root; so that reading is trusted
@@ -117,7 +124,10 @@ fn is_system_path(path: &Path) -> bool {
 }
 
 fn overflow_uid() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/overflowuid").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(65534)
+    std::fs::read_to_string("/proc/sys/kernel/overflowuid")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(65534)
 }
 
 /// Whether this process lives in a user namespace where uid 0 of the host is not mapped.
@@ -131,7 +141,7 @@ fn root_unmapped() -> bool {
 }
 
 /// SHA-256 of everything readable from `file`.
-pub fn digest(file: &mut File) -> std::io::Result<[u8; 32]> {
+pub(crate) fn digest(file: &mut File) -> std::io::Result<[u8; 32]> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -143,7 +153,11 @@ pub fn digest(file: &mut File) -> std::io::Result<[u8; 32]> {
 }
 
 /// The `PATH` a step's process will see: the task's or step's `env` wins over the daemon's.
-pub fn step_path(base: &[(OsString, OsString)], task: &Task, step_env: &[EnvVar]) -> Option<OsString> {
+pub(crate) fn step_path(
+    base: &[(OsString, OsString)],
+    task: &Task,
+    step_env: &[EnvVar],
+) -> Option<OsString> {
     let mut path = base.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone());
     for var in task.env.iter().chain(step_env) {
         if let (true, EnvValue::Text(text)) = (var.name == "PATH", &var.value) {
@@ -154,11 +168,11 @@ pub fn step_path(base: &[(OsString, OsString)], task: &Task, step_env: &[EnvVar]
 }
 
 /// For each task, for each step, the pinned program (if pinned).
-pub type Pins = Vec<Vec<Option<Pinned>>>;
+pub(crate) type Pins = Vec<Vec<Option<Pinned>>>;
 
 /// Checks every task program at start: StrictModes, and the pins. Returns, for each task,
 /// the pin of each step (if pinned), plus warnings; or every problem found.
-pub fn prepare(
+pub(crate) fn prepare(
     config: &Config,
     base_env: &[(OsString, OsString)],
     home: Option<&Path>,
@@ -177,10 +191,17 @@ pub fn prepare(
             };
             let path = step_path(base_env, task, &step.env);
             let wants_pin = step.sha256.is_some() || config.pin_binaries;
-            let Some(program) = resolve(&step.command[0], path.as_deref(), home, task.working_dir.as_deref()) else {
-                let problem = format!("{label}: program {:?} not found (searched the task's PATH)", step.command[0]);
+            let Some(program) =
+                resolve(&step.command[0], path.as_deref(), home, task.working_dir.as_deref())
+            else {
+                let problem = format!(
+                    "{label}: program {:?} not found (searched the task's PATH)",
+                    step.command[0]
+                );
                 if wants_pin {
-                    errors.push(format!("{problem}; a pinned program must exist when the daemon starts"));
+                    errors.push(format!(
+                        "{problem}; a pinned program must exist when the daemon starts"
+                    ));
                 } else {
                     warnings.push(format!("{problem}; its runs will fail until it is installed"));
                 }
@@ -245,7 +266,8 @@ pub fn prepare(
 /// Hashes a program for pinning; scripts are refused (executing from a descriptor cannot
 /// pass the script to its interpreter, and pinning a script would not pin the interpreter).
 fn pin(program: &Path) -> Result<[u8; 32], String> {
-    let mut file = File::open(program).map_err(|e| format!("cannot open {}: {e}", program.display()))?;
+    let mut file =
+        File::open(program).map_err(|e| format!("cannot open {}: {e}", program.display()))?;
     let mut head = [0u8; 2];
     if file.read_exact(&mut head).is_ok() && &head == b"#!" {
         return Err(format!(
@@ -253,16 +275,18 @@ fn pin(program: &Path) -> Result<[u8; 32], String> {
             program.display()
         ));
     }
-    let mut file = File::open(program).map_err(|e| format!("cannot open {}: {e}", program.display()))?;
+    let mut file =
+        File::open(program).map_err(|e| format!("cannot open {}: {e}", program.display()))?;
     digest(&mut file).map_err(|e| format!("cannot read {}: {e}", program.display()))
 }
 
 /// Checks a pinned program and returns the file to execute: on Linux a sealed in-memory copy
 /// whose digest was verified, elsewhere the program file itself. Blocking (it reads the whole
 /// program): call it from `spawn_blocking`.
-pub fn open_verified(pinned: &Pinned) -> Result<File, String> {
+pub(crate) fn open_verified(pinned: &Pinned) -> Result<File, String> {
     let shown = pinned.path.display();
-    let mut original = File::open(&pinned.path).map_err(|e| format!("cannot open pinned program {shown}: {e}"))?;
+    let mut original =
+        File::open(&pinned.path).map_err(|e| format!("cannot open pinned program {shown}: {e}"))?;
     #[cfg(target_os = "linux")]
     let mut checked = {
         let name = pinned.path.file_name().and_then(|n| n.to_str()).unwrap_or("pinned");
@@ -271,7 +295,8 @@ pub fn open_verified(pinned: &Pinned) -> Result<File, String> {
     };
     #[cfg(not(target_os = "linux"))]
     let mut checked = original;
-    let actual = digest(&mut checked).map_err(|e| format!("cannot read pinned program {shown}: {e}"))?;
+    let actual =
+        digest(&mut checked).map_err(|e| format!("cannot read pinned program {shown}: {e}"))?;
     if actual != pinned.digest {
         return Err(format!(
             "pinned program {shown} changed: its sha256 is now {}, expected {}; refusing to run it (no token was issued)",
@@ -297,7 +322,10 @@ fn sealed_copy(source: &mut File, name: &str) -> std::io::Result<File> {
     };
     let mut copy = File::from(fd);
     std::io::copy(source, &mut copy)?;
-    let seals = SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_SEAL;
+    let seals = SealFlag::F_SEAL_WRITE
+        | SealFlag::F_SEAL_GROW
+        | SealFlag::F_SEAL_SHRINK
+        | SealFlag::F_SEAL_SEAL;
     fcntl(&copy, FcntlArg::F_ADD_SEALS(seals))?;
     use std::io::Seek;
     copy.rewind()?;

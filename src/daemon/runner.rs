@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use secrecy::ExposeSecret;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -32,10 +31,6 @@ use crate::protocol::RunStatus;
 
 /// How many stderr lines a run keeps for its history record.
 pub(crate) const STDERR_TAIL: usize = 20;
-/// Longest line we log from a child; longer lines are cut (restic's progress can be long).
-const MAX_LINE: usize = 8 * 1024;
-/// Longest line we read whole for redaction; the rest of a longer line is dropped.
-const MAX_REDACTED_LINE: usize = 1024 * 1024;
 
 /// How a run ended.
 #[derive(Debug, Clone)]
@@ -50,13 +45,23 @@ pub(crate) struct Outcome {
 
 impl Outcome {
     /// A run that ended before its steps ran (skipped, cancelled, a failed `before` hook).
-    pub(crate) fn early(status: RunStatus, exit_code: Option<i32>, reason: impl Into<String>) -> Outcome {
-        Outcome { status, exit_code, reason: reason.into(), stderr_tail: Vec::new(), duration: Duration::ZERO }
+    pub(crate) fn early(
+        status: RunStatus,
+        exit_code: Option<i32>,
+        reason: impl Into<String>,
+    ) -> Outcome {
+        Outcome {
+            status,
+            exit_code,
+            reason: reason.into(),
+            stderr_tail: Vec::new(),
+            duration: Duration::ZERO,
+        }
     }
 }
 
 /// The last stderr lines of a run, for its history record and hooks.
-type Tail = VecDeque<String>;
+pub(super) type Tail = VecDeque<String>;
 
 /// What runs share: the broker (for tokens, `{secret:}` values and the set of live task
 /// processes), the socket to advertise and the environment allowlist.
@@ -94,7 +99,9 @@ pub(crate) fn allowed_env(
         .into_iter()
         .filter(|(k, _)| {
             let k = k.as_bytes();
-            EXACT.iter().any(|e| e.as_bytes() == k) || k.starts_with(b"LC_") || k.starts_with(b"XDG_")
+            EXACT.iter().any(|e| e.as_bytes() == k)
+                || k.starts_with(b"LC_")
+                || k.starts_with(b"XDG_")
         })
         .collect();
     // Let tasks find the `secretbox` installed beside `backupnizza`, ahead of any other.
@@ -102,9 +109,10 @@ pub(crate) fn allowed_env(
         let path = out.iter_mut().find(|(k, _)| k == "PATH");
         let current = path.as_ref().map(|(_, v)| v.clone()).unwrap_or_default();
         if !std::env::split_paths(&current).any(|p| p == dir) {
-            let joined =
-                std::env::join_paths(std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&current)))
-                    .unwrap_or(current);
+            let joined = std::env::join_paths(
+                std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&current)),
+            )
+            .unwrap_or(current);
             match path {
                 Some((_, v)) => *v = joined,
                 None => out.push(("PATH".into(), joined)),
@@ -163,7 +171,8 @@ impl Runner {
         let mut reason = String::from("all steps succeeded");
         let steps = task.steps.len();
         for (i, step) in task.steps.iter().enumerate() {
-            let label = if steps == 1 { String::new() } else { format!(" (step {} of {steps})", i + 1) };
+            let label =
+                if steps == 1 { String::new() } else { format!(" (step {} of {steps})", i + 1) };
             let pin = pins.get(i).and_then(Option::as_ref);
             let call = StepCall { task, step, pin, run_id, facts, index: i, deadline, cancel };
             match self.run_step(call, &mut tail).await {
@@ -237,15 +246,29 @@ impl Runner {
     ) -> Result<i32, HookFailure> {
         let step = Step {
             command: argv.to_vec(),
-            env: facts.into_iter().map(|(name, value)| EnvVar { name, value: EnvValue::Text(value) }).collect(),
+            env: facts
+                .into_iter()
+                .map(|(name, value)| EnvVar { name, value: EnvValue::Text(value) })
+                .collect(),
             continue_on_error: false,
             sha256: None,
         };
         let deadline = Some(Instant::now() + task.hooks.timeout);
-        let call = StepCall { task, step: &step, pin: None, run_id, facts: &[], index: 0, deadline, cancel };
+        let call = StepCall {
+            task,
+            step: &step,
+            pin: None,
+            run_id,
+            facts: &[],
+            index: 0,
+            deadline,
+            cancel,
+        };
         // A hook's output is logged like a step's, but its stderr is not the run's tail.
         match self.run_step(call, &mut Tail::new()).await {
-            StepEnd::Exited(status) => status.code().ok_or_else(|| HookFailure::Failed(describe_exit(status))),
+            StepEnd::Exited(status) => {
+                status.code().ok_or_else(|| HookFailure::Failed(describe_exit(status)))
+            }
             StepEnd::TimedOut(how) => Err(HookFailure::Failed(format!(
                 "timed out after {}; {how}",
                 crate::duration::Human(task.hooks.timeout)
@@ -261,7 +284,9 @@ impl Runner {
             let value: OsString = match &var.value {
                 EnvValue::Text(text) => text.into(),
                 EnvValue::Secret(name) => match self.broker.secrets().get(name) {
-                    Some(secret) => OsStr::from_bytes(secret.expose_secret().as_bytes()).to_os_string(),
+                    Some(secret) => {
+                        OsStr::from_bytes(secret.expose_secret().as_bytes()).to_os_string()
+                    }
                     None => return Err(format!("secret {name:?} for {} is not loaded", var.name)),
                 },
             };
@@ -272,17 +297,28 @@ impl Runner {
     }
 
     /// The command for a step: the pinned, verified copy when the step is pinned.
-    async fn command(&self, call: &StepCall<'_>) -> Result<(tokio::process::Command, Option<std::fs::File>), StepEnd> {
+    async fn command(
+        &self,
+        call: &StepCall<'_>,
+    ) -> Result<(tokio::process::Command, Option<std::fs::File>), StepEnd> {
         // A pinned program is checked before anything else, and run from the checked file.
         let pinned_file = match call.pin.cloned() {
-            Some(pin) => match tokio::task::spawn_blocking(move || super::programs::open_verified(&pin)).await {
-                Ok(Ok(file)) => Some(file),
-                Ok(Err(why)) => {
-                    error!("{why}");
-                    return Err(StepEnd::Refused(why));
+            Some(pin) => {
+                match tokio::task::spawn_blocking(move || super::programs::open_verified(&pin))
+                    .await
+                {
+                    Ok(Ok(file)) => Some(file),
+                    Ok(Err(why)) => {
+                        error!("{why}");
+                        return Err(StepEnd::Refused(why));
+                    }
+                    Err(e) => {
+                        return Err(StepEnd::Refused(format!(
+                            "checking the pinned program failed: {e}"
+                        )));
+                    }
                 }
-                Err(e) => return Err(StepEnd::Refused(format!("checking the pinned program failed: {e}"))),
-            },
+            }
             None => None,
         };
         let home = self.home.as_deref();
@@ -293,7 +329,8 @@ impl Runner {
                 use std::os::fd::AsRawFd;
                 // The child inherits the descriptor across fork and execs it before
                 // close-on-exec closes it: the kernel runs the sealed copy we hashed.
-                let mut cmd = tokio::process::Command::new(format!("/proc/self/fd/{}", file.as_raw_fd()));
+                let mut cmd =
+                    tokio::process::Command::new(format!("/proc/self/fd/{}", file.as_raw_fd()));
                 cmd.arg0(program);
                 cmd
             }
@@ -343,8 +380,11 @@ impl Runner {
             Ok(child) => child,
             Err(e) => {
                 self.broker.reaped(handle, None);
-                let hint =
-                    if e.kind() == std::io::ErrorKind::NotFound { " (not found in the task's PATH)" } else { "" };
+                let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                    " (not found in the task's PATH)"
+                } else {
+                    ""
+                };
                 let why = format!("cannot start {}: {e}{hint}", program.to_string_lossy());
                 warn!("{why}");
                 return StepEnd::NotStarted(why);
@@ -361,12 +401,12 @@ impl Runner {
         let pumps = async {
             let out = async {
                 if let Some(s) = stdout {
-                    pump(s, "stdout", None).await;
+                    super::output::pump(s, "stdout", None).await;
                 }
             };
             let err = async {
                 if let Some(s) = stderr {
-                    pump(s, "stderr", Some(&mut *tail)).await;
+                    super::output::pump(s, "stderr", Some(&mut *tail)).await;
                 }
             };
             // A background process may keep the pipes open; stop reading 2 s after the
@@ -416,7 +456,11 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 /// Sends each signal to the group in turn, waiting up to its grace for the group to empty.
 /// Returns which signals were needed.
-async fn stop_group(child: &mut tokio::process::Child, pgid: Pid, plan: &[(Signal, Duration)]) -> String {
+async fn stop_group(
+    child: &mut tokio::process::Child,
+    pgid: Pid,
+    plan: &[(Signal, Duration)],
+) -> String {
     let mut sent = Vec::new();
     for (signal, grace) in plan {
         if group_gone(child, pgid) {
@@ -430,7 +474,11 @@ async fn stop_group(child: &mut tokio::process::Child, pgid: Pid, plan: &[(Signa
         }
     }
     let _ = child.wait().await;
-    if sent.is_empty() { "the process had already ended".into() } else { format!("sent {}", sent.join(", then ")) }
+    if sent.is_empty() {
+        "the process had already ended".into()
+    } else {
+        format!("sent {}", sent.join(", then "))
+    }
 }
 
 /// Whether the leader is reaped and no process is left in its group.
@@ -453,65 +501,12 @@ pub(crate) fn describe_exit(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exit code {code}"),
         (None, Some(sig)) => {
-            let name = Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("an unknown signal");
+            let name =
+                Signal::try_from(sig).map_or("an unknown signal", nix::sys::signal::Signal::as_str);
             format!("killed by {name}")
         }
         _ => "ended".into(),
     }
-}
-
-/// Copies a child's output into the log, one redacted line per event; stderr lines also go
-/// to the run's tail. A line is redacted whole (up to [`MAX_REDACTED_LINE`]) before it is cut
-/// to [`MAX_LINE`] for the log, so a secret never straddles a cut.
-async fn pump<R: AsyncRead + Unpin>(stream: R, which: &'static str, mut tail: Option<&mut Tail>) {
-    use tokio::io::AsyncReadExt as _;
-    let mut reader = BufReader::new(stream);
-    let mut buf = Vec::with_capacity(256);
-    let mut skip = Vec::new();
-    loop {
-        buf.clear();
-        match (&mut reader).take(MAX_REDACTED_LINE as u64).read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        if buf.last() != Some(&b'\n') && buf.len() >= MAX_REDACTED_LINE {
-            // Absurdly long: drop the rest of the line rather than splitting it.
-            loop {
-                skip.clear();
-                match (&mut reader).take(MAX_REDACTED_LINE as u64).read_until(b'\n', &mut skip).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) if skip.last() == Some(&b'\n') => break,
-                    Ok(_) => {}
-                }
-            }
-        }
-        let text = String::from_utf8_lossy(&buf);
-        let line = text.trim_end_matches(['\n', '\r']);
-        if line.trim().is_empty() {
-            continue;
-        }
-        let clean = crate::redact::redact(line);
-        let shown = cut(&clean, MAX_LINE);
-        info!(stream = which, "{shown}");
-        if let Some(tail) = tail.as_deref_mut() {
-            if tail.len() == STDERR_TAIL {
-                tail.pop_front();
-            }
-            tail.push_back(shown.into_owned());
-        }
-    }
-}
-
-/// At most `max` bytes of `text`, cut at a character boundary and marked.
-fn cut(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    if text.len() <= max {
-        return text.into();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{} [cut at {max} bytes]", &text[..end]).into()
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, warn};
 
 use super::execute::{self, Event, Job, RunContext};
-use super::metrics::{TaskMetrics, TokenMetrics};
+use super::metrics::TaskMetrics;
 use super::runner::Outcome;
 use super::writers::MetricsWriter;
 use super::{Stop, systemd};
@@ -29,8 +29,10 @@ use crate::broker::control::{FireError, Request};
 use crate::broker::socket::BoundSocket;
 use crate::config::Overlap;
 use crate::history::{DaemonEvent, Record, SkipReason};
-use crate::protocol::{RunBody, RunRef, RunStatus, StatusBody, TaskStatus, TokenCounts};
+use crate::protocol::{RunBody, RunRef, RunStatus};
 use crate::schedule::timetable::{self, ClockWatch, Decision, Timetable, Trigger};
+
+mod report;
 
 /// How often the daemon checks that its socket path still names its socket.
 const SOCKET_CHECK: Duration = Duration::from_secs(5);
@@ -84,15 +86,26 @@ fn new_run_id(now: Timestamp) -> String {
 
 impl State {
     /// The state at start: each task's last result, from the history.
-    pub(super) fn new(ctx: Arc<RunContext>, started: Timestamp, past: &[Record], metrics: Option<MetricsWriter>) -> State {
-        let mut tasks: Vec<TaskState> = ctx.config.tasks.iter().map(|_| TaskState::default()).collect();
+    pub(super) fn new(
+        ctx: Arc<RunContext>,
+        started: Timestamp,
+        past: &[Record],
+        metrics: Option<MetricsWriter>,
+    ) -> State {
+        let mut tasks: Vec<TaskState> =
+            ctx.config.tasks.iter().map(|_| TaskState::default()).collect();
         for record in past {
-            let Record::End { run_id, task, at, status, exit_code, duration_ms, reason, .. } = record else { continue };
+            let Record::End { run_id, task, at, status, exit_code, duration_ms, reason, .. } =
+                record
+            else {
+                continue;
+            };
             let Some(i) = ctx.config.tasks.iter().position(|t| &t.name == task) else { continue };
             let Ok(end) = at.parse::<Timestamp>() else { continue };
             let m = &mut tasks[i].metrics;
             m.last_end = Some(end);
-            m.last_start = end.checked_sub(jiff::SignedDuration::from_millis(*duration_ms as i64)).ok();
+            m.last_start =
+                end.checked_sub(jiff::SignedDuration::from_millis(*duration_ms as i64)).ok();
             m.last_exit_code = *exit_code;
             m.last_duration_seconds = Some(*duration_ms as f64 / 1000.0);
             if matches!(status, RunStatus::Success | RunStatus::Warning) {
@@ -126,7 +139,12 @@ impl State {
 
     /// The event loop, until a stop request or a stolen socket; then the drain of running
     /// tasks. Returns why it stopped.
-    pub(super) async fn run(mut self, bound: &BoundSocket, mut inbox: Inbox, past: &[Record]) -> Stop {
+    pub(super) async fn run(
+        mut self,
+        bound: &BoundSocket,
+        mut inbox: Inbox,
+        past: &[Record],
+    ) -> Stop {
         let stop = self.serve(bound, &mut inbox, past).await;
         self.drain(&mut inbox).await;
         stop
@@ -141,13 +159,14 @@ impl State {
             pid: std::process::id(),
         });
         for (i, task) in self.ctx.config.tasks.iter().enumerate() {
-            match timetable::next_fire(&task.schedule, &task.zone.tz, self.started, now) {
-                Some(next) => {
-                    info!(task = %task.name, schedule = %task.schedule, timezone = %task.zone.name, next = %crate::commands::rfc3339(next, &task.zone.tz), "scheduled");
-                    self.tasks[i].next = Some(next);
-                    self.table.push(next, i);
-                }
-                None => warn!(task = %task.name, schedule = %task.schedule, "will not fire in the next 30 years"),
+            if let Some(next) =
+                timetable::next_fire(&task.schedule, &task.zone.tz, self.started, now)
+            {
+                info!(task = %task.name, schedule = %task.schedule, timezone = %task.zone.name, next = %crate::commands::rfc3339(next, &task.zone.tz), "scheduled");
+                self.tasks[i].next = Some(next);
+                self.table.push(next, i);
+            } else {
+                warn!(task = %task.name, schedule = %task.schedule, "will not fire in the next 30 years");
             }
         }
         // READY means the metrics file exists.
@@ -197,7 +216,8 @@ impl State {
             while let Some((due, idx)) = self.table.pop_due(now) {
                 self.handle_due(idx, due, now);
                 let task = &self.ctx.config.tasks[idx];
-                let next = timetable::next_fire(&task.schedule, &task.zone.tz, self.started, now.max(due));
+                let next =
+                    timetable::next_fire(&task.schedule, &task.zone.tz, self.started, now.max(due));
                 self.tasks[idx].next = next;
                 if let Some(next) = next {
                     self.table.push(next, idx);
@@ -242,8 +262,11 @@ impl State {
                 let result = match self.ctx.config.tasks.iter().position(|t| t.name == task) {
                     Some(idx) => self.fire(idx, Trigger::Manual, None),
                     None => Err(FireError::NoSuchTask {
-                        hint: crate::config::did_you_mean(&task, self.ctx.config.tasks.iter().map(|t| t.name.as_str()))
-                            .map(str::to_string),
+                        hint: crate::config::did_you_mean(
+                            &task,
+                            self.ctx.config.tasks.iter().map(|t| t.name.as_str()),
+                        )
+                        .map(str::to_string),
                         name: task,
                     }),
                 };
@@ -261,11 +284,20 @@ impl State {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Started { idx, at } => self.tasks[idx].metrics.last_start = Some(at),
-            Event::Ended { idx, run_id, outcome, ended } => self.run_ended(idx, &run_id, &outcome, ended),
+            Event::Ended { idx, run_id, outcome, ended } => {
+                self.run_ended(idx, &run_id, &outcome, ended);
+            }
         }
     }
 
-    fn skip(&mut self, idx: usize, scheduled: Timestamp, count: u64, reason: SkipReason, detail: String) {
+    fn skip(
+        &mut self,
+        idx: usize,
+        scheduled: Timestamp,
+        count: u64,
+        reason: SkipReason,
+        detail: String,
+    ) {
         self.tasks[idx].metrics.skips += count;
         self.ctx.history.append(Record::Skip {
             task: self.ctx.config.tasks[idx].name.clone(),
@@ -278,7 +310,12 @@ impl State {
     }
 
     /// Fires task `idx` now (or queues it, or skips it, per `on_overlap`).
-    fn fire(&mut self, idx: usize, trigger: Trigger, occurrence: Option<Timestamp>) -> Result<RunRef, FireError> {
+    fn fire(
+        &mut self,
+        idx: usize,
+        trigger: Trigger,
+        occurrence: Option<Timestamp>,
+    ) -> Result<RunRef, FireError> {
         let ctx = self.ctx.clone();
         let task = &ctx.config.tasks[idx];
         if ctx.cancel.is_cancelled() {
@@ -296,7 +333,9 @@ impl State {
         if state.running {
             let why = match (task.on_overlap, &state.queued) {
                 (Overlap::Skip, _) => "the previous run is still going (on_overlap: skip)",
-                (Overlap::Queue, Some(_)) => "one run is already queued behind the current one (on_overlap: queue)",
+                (Overlap::Queue, Some(_)) => {
+                    "one run is already queued behind the current one (on_overlap: queue)"
+                }
                 (Overlap::Queue, None) => {
                     info!(task = %task.name, run_id, "queued behind the running run (on_overlap: queue)");
                     state.queued = Some(job);
@@ -304,15 +343,14 @@ impl State {
                     return Ok(RunRef { run_id, task: task.name.clone() });
                 }
             };
-            match occurrence {
-                // An occurrence that will not run is recorded; a refused manual trigger is
-                // only answered (it is not an occurrence of the schedule).
-                Some(at) => {
-                    warn!(task = %task.name, occurrence = %self.rfc3339(at), "not running: {why}");
-                    self.skip(idx, at, 1, SkipReason::Overlap, why.to_string());
-                    self.write_metrics();
-                }
-                None => info!(task = %task.name, "manual trigger refused: {why}"),
+            // An occurrence that will not run is recorded; a refused manual trigger is only
+            // answered (it is not an occurrence of the schedule).
+            if let Some(at) = occurrence {
+                warn!(task = %task.name, occurrence = %self.rfc3339(at), "not running: {why}");
+                self.skip(idx, at, 1, SkipReason::Overlap, why.to_string());
+                self.write_metrics();
+            } else {
+                info!(task = %task.name, "manual trigger refused: {why}");
             }
             return Err(FireError::Busy { task: task.name.clone(), why });
         }
@@ -384,7 +422,11 @@ impl State {
                 if let Some(sender) = self.runs.by_id.get(&queued.run_id) {
                     sender.send_modify(|b| b.status = RunStatus::Running);
                 }
-                let trigger = if queued.trigger == Trigger::Manual { Trigger::Manual } else { Trigger::Queued };
+                let trigger = if queued.trigger == Trigger::Manual {
+                    Trigger::Manual
+                } else {
+                    Trigger::Queued
+                };
                 self.spawn_run(Job { trigger, ..queued });
             }
             Some(queued) => {
@@ -445,7 +487,8 @@ impl State {
         match timetable::decide(&task.schedule, &task.zone.tz, due, now, task.max_lateness) {
             Decision::Run { trigger, occurrence, superseded, first_missed } => {
                 if trigger == Trigger::CatchUp {
-                    let late = Duration::try_from(now.duration_since(occurrence)).unwrap_or_default();
+                    let late =
+                        Duration::try_from(now.duration_since(occurrence)).unwrap_or_default();
                     warn!(
                         task = %task.name,
                         "missed {} occurrence{} from {} (machine asleep or daemon stopped); running once now, {} late",
@@ -455,7 +498,8 @@ impl State {
                         human(Duration::from_secs(late.as_secs()))
                     );
                     if superseded > 0 {
-                        let detail = format!("folded into the catch-up run of {}", self.rfc3339(occurrence));
+                        let detail =
+                            format!("folded into the catch-up run of {}", self.rfc3339(occurrence));
                         self.skip(idx, first_missed, superseded, SkipReason::Superseded, detail);
                     }
                 }
@@ -465,11 +509,21 @@ impl State {
                 let which = if count == 1 {
                     format!("the missed occurrence of {}", self.rfc3339(first))
                 } else {
-                    format!("{count} missed occurrences from {} to {}", self.rfc3339(first), self.rfc3339(last))
+                    format!(
+                        "{count} missed occurrences from {} to {}",
+                        self.rfc3339(first),
+                        self.rfc3339(last)
+                    )
                 };
                 let limit = human(task.max_lateness);
                 warn!(task = %task.name, "skipping {which}: the latest is more than max_lateness ({limit}) late");
-                self.skip(idx, first, count, SkipReason::TooLate, format!("more than max_lateness ({limit}) late"));
+                self.skip(
+                    idx,
+                    first,
+                    count,
+                    SkipReason::TooLate,
+                    format!("more than max_lateness ({limit}) late"),
+                );
                 self.write_metrics();
             }
         }
@@ -478,74 +532,19 @@ impl State {
     /// Occurrences that fell while the daemon was not running (after the last history
     /// record) are handled like those missed during a suspend.
     fn catch_up_downtime(&mut self, past: &[Record], now: Timestamp) {
-        let Some(last_alive) = past.iter().filter_map(|r| r.at().parse::<Timestamp>().ok()).max() else { return };
+        let Some(last_alive) = past.iter().filter_map(|r| r.at().parse::<Timestamp>().ok()).max()
+        else {
+            return;
+        };
         let ctx = self.ctx.clone();
         for (idx, task) in ctx.config.tasks.iter().enumerate() {
             if task.schedule.interval().is_some() {
                 continue; // `@every` counts from the daemon's start.
             }
-            if let Some(first) = task.schedule.next_after(last_alive, &task.zone.tz).filter(|o| *o <= now) {
+            if let Some(first) =
+                task.schedule.next_after(last_alive, &task.zone.tz).filter(|o| *o <= now)
+            {
                 self.handle_due(idx, first, now);
-            }
-        }
-    }
-
-    fn status(&self) -> StatusBody {
-        let tokens = self.ctx.runner.broker.token_stats();
-        StatusBody {
-            daemon: env!("CARGO_PKG_VERSION").into(),
-            pid: std::process::id(),
-            started: self.rfc3339(self.started),
-            tasks: self
-                .ctx
-                .config
-                .tasks
-                .iter()
-                .zip(&self.tasks)
-                .map(|(task, state)| TaskStatus {
-                    name: task.name.clone(),
-                    schedule: task.schedule.to_string(),
-                    timezone: task.zone.name.clone(),
-                    next: state.next.map(|n| crate::commands::rfc3339(n, &task.zone.tz)),
-                    running: state.running,
-                    last: state.last.clone(),
-                })
-                .collect(),
-            tokens: TokenCounts {
-                minted: tokens.stats.minted,
-                redeemed: tokens.stats.redeemed,
-                live: tokens.live as u64,
-                rejected: tokens.rejected().map(|(r, n)| (r.to_string(), n)).collect(),
-            },
-        }
-    }
-
-    /// The metrics file's text, if the task file asks for one.
-    fn metrics_text(&self) -> Option<String> {
-        self.ctx.config.metrics_textfile.as_ref()?;
-        let named: Vec<(&str, TaskMetrics)> = self
-            .ctx
-            .config
-            .tasks
-            .iter()
-            .zip(&self.tasks)
-            .map(|(t, s)| (t.name.as_str(), TaskMetrics { next: s.next, ..s.metrics.clone() }))
-            .collect();
-        let stats = self.ctx.runner.broker.token_stats();
-        let tokens = TokenMetrics {
-            minted: stats.stats.minted,
-            redeemed: stats.stats.redeemed,
-            rejected: stats.rejected().collect(),
-        };
-        let refs: Vec<(&str, &TaskMetrics)> = named.iter().map(|(n, m)| (*n, m)).collect();
-        Some(super::metrics::render(&refs, &tokens, self.started))
-    }
-
-    /// Hands the current metrics to the writer thread (the latest text wins).
-    fn write_metrics(&mut self) {
-        if let Some(text) = self.metrics_text() {
-            if let Some(writer) = self.metrics.as_mut() {
-                writer.write(text);
             }
         }
     }

@@ -26,7 +26,8 @@ pub(crate) struct HistoryClosed(oneshot::Receiver<()>);
 impl HistoryWriter {
     /// Starts the thread that owns `history`.
     pub(crate) fn start(mut history: History) -> std::io::Result<(HistoryWriter, HistoryClosed)> {
-        let (records, mut queue) = mpsc::unbounded_channel::<(Record, Option<oneshot::Sender<()>>)>();
+        let (records, mut queue) =
+            mpsc::unbounded_channel::<(Record, Option<oneshot::Sender<()>>)>();
         let (done, closed) = oneshot::channel();
         std::thread::Builder::new().name("history".into()).spawn(move || {
             while let Some((record, written)) = queue.blocking_recv() {

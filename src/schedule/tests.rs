@@ -77,8 +77,14 @@ fn huge_steps_do_not_overflow() {
 fn names_macros_and_sunday_seven() {
     let after = "2026-01-01T00:00:00Z";
     assert_eq!(next_n("0 12 * * SUN", "UTC", after, 2), next_n("0 12 * * 7", "UTC", after, 2));
-    assert_eq!(next_n("0 12 * * 0", "UTC", after, 2), ["2026-01-04T12:00:00+00:00", "2026-01-11T12:00:00+00:00"]);
-    assert_eq!(next_n("0 0 1 Feb-mar *", "UTC", after, 2), ["2026-02-01T00:00:00+00:00", "2026-03-01T00:00:00+00:00"]);
+    assert_eq!(
+        next_n("0 12 * * 0", "UTC", after, 2),
+        ["2026-01-04T12:00:00+00:00", "2026-01-11T12:00:00+00:00"]
+    );
+    assert_eq!(
+        next_n("0 0 1 Feb-mar *", "UTC", after, 2),
+        ["2026-02-01T00:00:00+00:00", "2026-03-01T00:00:00+00:00"]
+    );
     assert_eq!(next_n("@daily", "UTC", after, 1), ["2026-01-02T00:00:00+00:00"]);
     assert_eq!(next_n("@midnight", "UTC", after, 1), next_n("@daily", "UTC", after, 1));
     assert_eq!(next_n("@hourly", "UTC", after, 1), ["2026-01-01T01:00:00+00:00"]);
@@ -133,7 +139,10 @@ fn star_step_weekday_counts_as_unrestricted_so_day_fields_are_anded() {
 #[test]
 fn rare_but_possible_schedules_are_found() {
     // 29 February that is also a Sunday (ANDed by the `*/7`): 2032.
-    assert_eq!(next_n("0 0 29 2 */7", "UTC", "2026-01-01T00:00:00Z", 1), ["2032-02-29T00:00:00+00:00"]);
+    assert_eq!(
+        next_n("0 0 29 2 */7", "UTC", "2026-01-01T00:00:00Z", 1),
+        ["2032-02-29T00:00:00+00:00"]
+    );
     assert_eq!(
         next_n("0 0 29 2 *", "UTC", "2026-01-01T00:00:00Z", 2),
         ["2028-02-29T00:00:00+00:00", "2032-02-29T00:00:00+00:00"]
@@ -195,7 +204,10 @@ fn dst_fixed_time_in_fall_back_overlap_runs_once_at_the_first_pass() {
         ["2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"]
     );
     // Asked from inside the second pass, it does not fire again that night.
-    assert_eq!(next_n("30 1 * * *", "America/New_York", "2026-11-01T01:10:00-05:00", 1), ["2026-11-02T01:30:00-05:00"]);
+    assert_eq!(
+        next_n("30 1 * * *", "America/New_York", "2026-11-01T01:10:00-05:00", 1),
+        ["2026-11-02T01:30:00-05:00"]
+    );
     // Berlin 2026-10-25 03:00 CEST -> 02:00 CET.
     assert_eq!(
         next_n("30 2 * * *", "Europe/Berlin", "2026-10-24T12:00:00+02:00", 2),
@@ -303,7 +315,11 @@ fn gen_field(
 ) -> (String, Vec<bool>) {
     let mut set = vec![false; hi as usize + 1];
     let render = |rng: &mut StdRng, v: u32| -> String {
-        if !names.is_empty() && v >= name_base && ((v - name_base) as usize) < names.len() && rng.random_bool(0.3) {
+        if !names.is_empty()
+            && v >= name_base
+            && ((v - name_base) as usize) < names.len()
+            && rng.random_bool(0.3)
+        {
             let name = names[(v - name_base) as usize];
             if rng.random_bool(0.5) { name.to_uppercase() } else { name.to_string() }
         } else {
@@ -350,7 +366,8 @@ fn gen_field(
 }
 
 fn gen_expression(rng: &mut StdRng) -> Intended {
-    const MONTHS: &[&str] = &["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+    const MONTHS: &[&str] =
+        &["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
     const DAYS: &[&str] = &["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
     let (min_t, min_s) = gen_field(rng, 0, 59, 0.3, &[], 0);
     let (hour_t, hour_s) = gen_field(rng, 0, 23, 0.4, &[], 0);
@@ -372,7 +389,12 @@ fn gen_expression(rng: &mut StdRng) -> Intended {
 /// The oracle: walks every UTC minute from `walk_from` to `until` and applies cronie's rules
 /// directly to the wall clock it sees. It shares no code with the engine except jiff's
 /// instant-to-civil conversion.
-fn oracle_fires(e: &Intended, zone: &TimeZone, walk_from: Timestamp, until: Timestamp) -> Vec<Timestamp> {
+fn oracle_fires(
+    e: &Intended,
+    zone: &TimeZone,
+    walk_from: Timestamp,
+    until: Timestamp,
+) -> Vec<Timestamp> {
     let mut fires = Vec::new();
     let mut t = walk_from;
     let mut prev = zone.to_datetime(t);
@@ -395,7 +417,11 @@ fn oracle_fires(e: &Intended, zone: &TimeZone, walk_from: Timestamp, until: Time
         }
         // A repeated wall-clock minute (the second pass of an overlap): fixed-time jobs skip it.
         let repeated = civil <= latest_seen;
-        let fires_now = if e.fixed_time { skipped_match || (e.matches(civil) && !repeated) } else { e.matches(civil) };
+        let fires_now = if e.fixed_time {
+            skipped_match || (e.matches(civil) && !repeated)
+        } else {
+            e.matches(civil)
+        };
         if fires_now {
             fires.push(t);
         }
@@ -414,13 +440,16 @@ fn transitions(zone: &TimeZone) -> Vec<Timestamp> {
 
 #[test]
 fn property_engine_agrees_with_brute_force_oracle() {
-    let seed: u64 = std::env::var("SCHEDULE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_c0de);
-    let cases: usize = std::env::var("SCHEDULE_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(2000);
+    let seed: u64 =
+        std::env::var("SCHEDULE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_c0de);
+    let cases: usize =
+        std::env::var("SCHEDULE_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(2000);
     let mut rng = StdRng::seed_from_u64(seed);
-    let zones: Vec<(String, TimeZone)> = ["UTC", "America/New_York", "Europe/Berlin", "Australia/Lord_Howe"]
-        .iter()
-        .map(|n| (n.to_string(), tz(n)))
-        .collect();
+    let zones: Vec<(String, TimeZone)> =
+        ["UTC", "America/New_York", "Europe/Berlin", "Australia/Lord_Howe"]
+            .iter()
+            .map(|n| (n.to_string(), tz(n)))
+            .collect();
     let zone_transitions: Vec<Vec<Timestamp>> = zones.iter().map(|(_, z)| transitions(z)).collect();
     let window = SignedDuration::from_hours(4 * 24);
     let (mut checked_instants, mut fired, mut crossed_dst) = (0usize, 0usize, 0usize);
@@ -435,7 +464,8 @@ fn property_engine_agrees_with_brute_force_oracle() {
             );
             continue;
         }
-        let schedule = parsed.unwrap_or_else(|e| panic!("seed {seed} case {case}: {:?} refused: {e}", expr.text));
+        let schedule = parsed
+            .unwrap_or_else(|e| panic!("seed {seed} case {case}: {:?} refused: {e}", expr.text));
         let zi = case % zones.len();
         let (zone_name, zone) = &zones[zi];
         // Half the windows start a little before a DST transition, half anywhere in 2026-2030.
@@ -443,7 +473,8 @@ fn property_engine_agrees_with_brute_force_oracle() {
             let tr = zone_transitions[zi][rng.random_range(0..zone_transitions[zi].len())];
             tr - SignedDuration::from_secs(rng.random_range(0..3 * 86_400))
         } else {
-            at("2026-01-01T00:00:00Z") + SignedDuration::from_secs(rng.random_range(0..5 * 365 * 86_400))
+            at("2026-01-01T00:00:00Z")
+                + SignedDuration::from_secs(rng.random_range(0..5 * 365 * 86_400))
         };
         let start = Timestamp::from_second(start.as_second() / 60 * 60).unwrap();
         let end = start + window;
@@ -452,12 +483,14 @@ fn property_engine_agrees_with_brute_force_oracle() {
             crossed_dst += 1;
         }
         // The oracle walks from a day earlier so it has seen the wall clock before `start`.
-        let fires: Vec<Timestamp> = oracle_fires(&expr, zone, start - SignedDuration::from_hours(24), end)
-            .into_iter()
-            .filter(|t| *t > start)
-            .collect();
+        let fires: Vec<Timestamp> =
+            oracle_fires(&expr, zone, start - SignedDuration::from_hours(24), end)
+                .into_iter()
+                .filter(|t| *t > start)
+                .collect();
         fired += fires.len();
-        let ctx = || format!("seed {seed} case {case}: {:?} in {zone_name} from {start}", expr.text);
+        let ctx =
+            || format!("seed {seed} case {case}: {:?} in {zone_name} from {start}", expr.text);
 
         // The chain of next_after from the window start reproduces the oracle exactly.
         let mut t = start;
@@ -468,13 +501,19 @@ fn property_engine_agrees_with_brute_force_oracle() {
             checked_instants += 1;
         }
         let beyond = schedule.next_after(t, zone);
-        assert!(beyond.is_none_or(|b| b > end), "{}: engine fired at {beyond:?}, oracle did not", ctx());
+        assert!(
+            beyond.is_none_or(|b| b > end),
+            "{}: engine fired at {beyond:?}, oracle did not",
+            ctx()
+        );
 
         // Arbitrary instants (with seconds) inside the window agree too.
         // Half of them near the DST change, where civil order and instant order differ.
         for i in 0..8 {
             let q = match crossing {
-                Some(tr) if i % 2 == 0 => tr + SignedDuration::from_secs(rng.random_range(-5400..5400)),
+                Some(tr) if i % 2 == 0 => {
+                    tr + SignedDuration::from_secs(rng.random_range(-5400..5400))
+                }
                 _ => start + SignedDuration::from_secs(rng.random_range(0..window.as_secs())),
             };
             if q <= start || q > end {

@@ -17,17 +17,17 @@ use jiff::{SignedDuration, Timestamp};
 use super::Schedule;
 
 /// Longest single sleep of the loop.
-pub const MAX_SLEEP: Duration = Duration::from_secs(60);
+pub(crate) const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// An occurrence handled within this long of its instant is on time, not "caught up".
-pub const ON_TIME: Duration = Duration::from_secs(30);
+pub(crate) const ON_TIME: Duration = Duration::from_secs(30);
 /// A difference between wall and monotonic time above this is reported as a jump.
-pub const JUMP_THRESHOLD: Duration = Duration::from_secs(5);
+pub(crate) const JUMP_THRESHOLD: Duration = Duration::from_secs(5);
 
 /// Why a run starts. The history file names them `schedule`, `catch_up`, `trigger` and
 /// `queued`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Trigger {
+pub(crate) enum Trigger {
     Schedule,
     /// A missed occurrence (suspend, downtime) run once, late.
     CatchUp,
@@ -39,7 +39,7 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Trigger::Schedule => "schedule",
             Trigger::CatchUp => "catch_up",
@@ -51,7 +51,7 @@ impl Trigger {
 
 /// What to do with a due occurrence.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Run now. `occurrence` is the one that runs; `superseded` older missed occurrences are
     /// folded into it (each missed occurrence runs once at most, and only the latest).
     Run { trigger: Trigger, occurrence: Timestamp, superseded: u64, first_missed: Timestamp },
@@ -61,7 +61,12 @@ pub enum Decision {
 
 /// The latest occurrence at or before `now`, starting from the due occurrence `due`, and how
 /// many occurrences that covers (at least 1).
-pub fn latest_due(schedule: &Schedule, tz: &TimeZone, due: Timestamp, now: Timestamp) -> (Timestamp, u64) {
+pub(crate) fn latest_due(
+    schedule: &Schedule,
+    tz: &TimeZone,
+    due: Timestamp,
+    now: Timestamp,
+) -> (Timestamp, u64) {
     if let Some(interval) = schedule.interval() {
         let step = interval.as_nanos().max(1);
         let behind = now.duration_since(due).as_nanos().max(0) as u128;
@@ -85,15 +90,31 @@ pub fn latest_due(schedule: &Schedule, tz: &TimeZone, due: Timestamp, now: Times
 }
 
 /// Decides what happens to the occurrence `due` when it is handled at `now`.
-pub fn decide(schedule: &Schedule, tz: &TimeZone, due: Timestamp, now: Timestamp, max_lateness: Duration) -> Decision {
+pub(crate) fn decide(
+    schedule: &Schedule,
+    tz: &TimeZone,
+    due: Timestamp,
+    now: Timestamp,
+    max_lateness: Duration,
+) -> Decision {
     let late = now.duration_since(due);
     if late <= SignedDuration::try_from(ON_TIME).unwrap_or(SignedDuration::MAX) {
-        return Decision::Run { trigger: Trigger::Schedule, occurrence: due, superseded: 0, first_missed: due };
+        return Decision::Run {
+            trigger: Trigger::Schedule,
+            occurrence: due,
+            superseded: 0,
+            first_missed: due,
+        };
     }
     let (latest, count) = latest_due(schedule, tz, due, now);
     let lateness = now.duration_since(latest);
     if lateness <= SignedDuration::try_from(max_lateness).unwrap_or(SignedDuration::MAX) {
-        Decision::Run { trigger: Trigger::CatchUp, occurrence: latest, superseded: count - 1, first_missed: due }
+        Decision::Run {
+            trigger: Trigger::CatchUp,
+            occurrence: latest,
+            superseded: count - 1,
+            first_missed: due,
+        }
     } else {
         Decision::TooLate { count, first: due, last: latest }
     }
@@ -101,33 +122,40 @@ pub fn decide(schedule: &Schedule, tz: &TimeZone, due: Timestamp, now: Timestamp
 
 /// The next instant a task fires after `now`, anchoring `@every` schedules at `anchor` (the
 /// daemon's start) so they keep their rhythm.
-pub fn next_fire(schedule: &Schedule, tz: &TimeZone, anchor: Timestamp, now: Timestamp) -> Option<Timestamp> {
+pub(crate) fn next_fire(
+    schedule: &Schedule,
+    tz: &TimeZone,
+    anchor: Timestamp,
+    now: Timestamp,
+) -> Option<Timestamp> {
     if let Some(interval) = schedule.interval() {
         let step = interval.as_nanos().max(1);
         let since = now.duration_since(anchor).as_nanos().max(0) as u128;
         let k = since / step + 1;
-        return anchor.checked_add(SignedDuration::from_nanos((k * step).min(i64::MAX as u128) as i64)).ok();
+        return anchor
+            .checked_add(SignedDuration::from_nanos((k * step).min(i64::MAX as u128) as i64))
+            .ok();
     }
     schedule.next_after(now, tz)
 }
 
 /// The heap of next fire instants: `(when, task index)`, earliest first.
 #[derive(Debug, Default)]
-pub struct Timetable {
+pub(crate) struct Timetable {
     heap: BinaryHeap<Reverse<(Timestamp, usize)>>,
 }
 
 impl Timetable {
-    pub fn push(&mut self, at: Timestamp, task: usize) {
+    pub(crate) fn push(&mut self, at: Timestamp, task: usize) {
         self.heap.push(Reverse((at, task)));
     }
 
-    pub fn peek(&self) -> Option<(Timestamp, usize)> {
+    pub(crate) fn peek(&self) -> Option<(Timestamp, usize)> {
         self.heap.peek().map(|Reverse(x)| *x)
     }
 
     /// Removes and returns the earliest entry if it is due at `now`.
-    pub fn pop_due(&mut self, now: Timestamp) -> Option<(Timestamp, usize)> {
+    pub(crate) fn pop_due(&mut self, now: Timestamp) -> Option<(Timestamp, usize)> {
         match self.peek() {
             Some((at, _)) if at <= now => self.heap.pop().map(|Reverse(x)| x),
             _ => None,
@@ -135,11 +163,15 @@ impl Timetable {
     }
 
     /// How long to sleep before the next entry is due, never more than [`MAX_SLEEP`].
-    pub fn sleep_for(&self, now: Timestamp) -> Duration {
+    pub(crate) fn sleep_for(&self, now: Timestamp) -> Duration {
         match self.peek() {
             Some((at, _)) => {
                 let d = at.duration_since(now);
-                if d.is_negative() { Duration::ZERO } else { Duration::try_from(d).unwrap_or(MAX_SLEEP).min(MAX_SLEEP) }
+                if d.is_negative() {
+                    Duration::ZERO
+                } else {
+                    Duration::try_from(d).unwrap_or(MAX_SLEEP).min(MAX_SLEEP)
+                }
             }
             None => MAX_SLEEP,
         }
@@ -148,21 +180,26 @@ impl Timetable {
 
 /// Notices wall-clock jumps between two readings of both clocks.
 #[derive(Debug, Clone, Copy)]
-pub struct ClockWatch {
+pub(crate) struct ClockWatch {
     wall: Timestamp,
     mono: std::time::Instant,
 }
 
 impl ClockWatch {
-    pub fn new(wall: Timestamp, mono: std::time::Instant) -> ClockWatch {
+    pub(crate) fn new(wall: Timestamp, mono: std::time::Instant) -> ClockWatch {
         ClockWatch { wall, mono }
     }
 
     /// The wall-clock change not explained by monotonic time since the last reading
     /// (positive after a suspend or a forward clock change), if it exceeds the threshold.
-    pub fn observe(&mut self, wall: Timestamp, mono: std::time::Instant) -> Option<SignedDuration> {
+    pub(crate) fn observe(
+        &mut self,
+        wall: Timestamp,
+        mono: std::time::Instant,
+    ) -> Option<SignedDuration> {
         let wall_elapsed = wall.duration_since(self.wall);
-        let mono_elapsed = SignedDuration::try_from(mono.duration_since(self.mono)).unwrap_or(SignedDuration::MAX);
+        let mono_elapsed =
+            SignedDuration::try_from(mono.duration_since(self.mono)).unwrap_or(SignedDuration::MAX);
         let jump = wall_elapsed - mono_elapsed;
         self.wall = wall;
         self.mono = mono;
@@ -211,7 +248,8 @@ mod tests {
                 first_missed: ts("2026-01-01T01:00:00Z")
             }
         );
-        let next = next_fire(&s, &TimeZone::UTC, ts("2026-01-01T00:00:00Z"), ts("2026-01-01T05:30:00Z"));
+        let next =
+            next_fire(&s, &TimeZone::UTC, ts("2026-01-01T00:00:00Z"), ts("2026-01-01T05:30:00Z"));
         assert_eq!(next, Some(ts("2026-01-01T06:00:00Z")));
     }
 
@@ -227,7 +265,11 @@ mod tests {
         );
         assert_eq!(
             d,
-            Decision::TooLate { count: 3, first: ts("2026-01-01T03:00:00Z"), last: ts("2026-01-03T03:00:00Z") }
+            Decision::TooLate {
+                count: 3,
+                first: ts("2026-01-01T03:00:00Z"),
+                last: ts("2026-01-03T03:00:00Z")
+            }
         );
     }
 
@@ -236,8 +278,12 @@ mod tests {
         let s = Schedule::parse("@every 90s").unwrap();
         let anchor = ts("2026-01-01T00:00:00Z");
         assert_eq!(next_fire(&s, &TimeZone::UTC, anchor, anchor), Some(ts("2026-01-01T00:01:30Z")));
-        assert_eq!(next_fire(&s, &TimeZone::UTC, anchor, ts("2026-01-01T00:01:30Z")), Some(ts("2026-01-01T00:03:00Z")));
-        let (latest, count) = latest_due(&s, &TimeZone::UTC, ts("2026-01-01T00:01:30Z"), ts("2026-01-01T01:00:00Z"));
+        assert_eq!(
+            next_fire(&s, &TimeZone::UTC, anchor, ts("2026-01-01T00:01:30Z")),
+            Some(ts("2026-01-01T00:03:00Z"))
+        );
+        let (latest, count) =
+            latest_due(&s, &TimeZone::UTC, ts("2026-01-01T00:01:30Z"), ts("2026-01-01T01:00:00Z"));
         assert_eq!((latest, count), (ts("2026-01-01T01:00:00Z"), 40));
     }
 
@@ -260,7 +306,11 @@ mod tests {
         let mut w = ClockWatch::new(ts("2026-01-01T00:00:00Z"), mono);
         assert_eq!(w.observe(ts("2026-01-01T00:01:00Z"), mono + Duration::from_secs(60)), None);
         let jump = w.observe(ts("2026-01-01T03:01:00Z"), mono + Duration::from_secs(120)).unwrap();
-        assert_eq!(jump, SignedDuration::from_mins(179), "3h of wall time in 1min of monotonic time");
+        assert_eq!(
+            jump,
+            SignedDuration::from_mins(179),
+            "3h of wall time in 1min of monotonic time"
+        );
         let back = w.observe(ts("2026-01-01T02:01:00Z"), mono + Duration::from_secs(120)).unwrap();
         assert_eq!(back, SignedDuration::from_hours(-1));
     }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::harness::{SECRETBOX, Scratch, canary};
 
 /// A broker served on a runtime of its own, as the daemon serves it.
-pub struct InProcess {
+pub(crate) struct InProcess {
     pub broker: Arc<Broker>,
     pub scratch: Scratch,
     runtime: tokio::runtime::Runtime,
@@ -24,11 +24,15 @@ pub struct InProcess {
 }
 
 impl InProcess {
-    pub fn start(secrets: &[(&str, &[u8])], ttl: Duration) -> InProcess {
+    pub(crate) fn start(secrets: &[(&str, &[u8])], ttl: Duration) -> InProcess {
         InProcess::start_with(secrets, ttl, Limits::default())
     }
 
-    pub fn start_with(secrets: &[(&str, &[u8])], ttl: Duration, limits: Limits) -> InProcess {
+    pub(crate) fn start_with(
+        secrets: &[(&str, &[u8])],
+        ttl: Duration,
+        limits: Limits,
+    ) -> InProcess {
         let scratch = Scratch::new();
         let mut store = Secrets::empty();
         for (name, value) in secrets {
@@ -43,7 +47,11 @@ impl InProcess {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
         let std_listener = std::os::unix::net::UnixListener::bind(scratch.socket()).unwrap();
         std_listener.set_nonblocking(true).unwrap();
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         let listener = {
             let _guard = runtime.enter();
             tokio::net::UnixListener::from_std(std_listener).unwrap()
@@ -53,14 +61,14 @@ impl InProcess {
         InProcess { broker, scratch, runtime, stop }
     }
 
-    pub fn mint(&self, scope: &[&str], limit: u32) -> (Token, Handle) {
+    pub(crate) fn mint(&self, scope: &[&str], limit: u32) -> (Token, Handle) {
         let scope: Vec<Arc<str>> = scope.iter().map(|s| Arc::from(*s)).collect();
         self.broker.mint(&Arc::from("test-task"), &scope, limit).unwrap()
     }
 
     /// Starts `sh -c script` holding `token`, records it as the token's process, and lets it
     /// go (the script's first `read` waits for that, so it never races the binding).
-    pub fn spawn(&self, token: &Token, handle: Handle, script: &str) -> Child {
+    pub(crate) fn spawn(&self, token: &Token, handle: Handle, script: &str) -> Child {
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(format!("read _go; {script}"))
@@ -79,7 +87,7 @@ impl InProcess {
     }
 
     /// The real process exit, as the runner reports it: the token dies.
-    pub fn reaped(&self, handle: Handle) {
+    pub(crate) fn reaped(&self, handle: Handle) {
         self.broker.reaped(handle, None);
     }
 }
@@ -91,7 +99,7 @@ impl Drop for InProcess {
     }
 }
 
-pub fn path_with_secretbox() -> String {
+pub(crate) fn path_with_secretbox() -> String {
     let dir = Path::new(SECRETBOX).parent().unwrap().display().to_string();
     format!("{dir}:{}", std::env::var("PATH").unwrap_or_default())
 }
@@ -122,7 +130,8 @@ fn a_child_gets_its_secret_through_the_real_secretbox() {
     assert_eq!(stdout, format!("{secret}\n").into_bytes());
 
     let (token, handle) = b.mint(&["repo"], 1);
-    let (code, stdout, stderr) = output_of(b.spawn(&token, handle, "secretbox get --no-newline repo"));
+    let (code, stdout, stderr) =
+        output_of(b.spawn(&token, handle, "secretbox get --no-newline repo"));
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(stdout, secret.as_bytes());
 }
@@ -135,7 +144,12 @@ fn single_use_under_a_race_of_64_redemptions() {
     let (code, _, stderr) = output_of(b.spawn(&token, handle, script));
     assert_eq!(code, Some(0), "{stderr}");
     let codes: Vec<String> = (1..=64)
-        .map(|i| std::fs::read_to_string(b.scratch.path().join(format!("rc.{i}"))).unwrap().trim().to_string())
+        .map(|i| {
+            std::fs::read_to_string(b.scratch.path().join(format!("rc.{i}")))
+                .unwrap()
+                .trim()
+                .to_string()
+        })
         .collect();
     assert_eq!(codes.iter().filter(|c| *c == "0").count(), 1, "{codes:?}");
     assert_eq!(codes.iter().filter(|c| **c == exit::USED.to_string()).count(), 63, "{codes:?}");
@@ -144,13 +158,19 @@ fn single_use_under_a_race_of_64_redemptions() {
 
 #[test]
 fn rejections_have_their_documented_exit_codes_and_print_nothing() {
-    let b = InProcess::start(&[("repo", canary().as_bytes()), ("other", canary().as_bytes())], Duration::from_secs(60));
+    let b = InProcess::start(
+        &[("repo", canary().as_bytes()), ("other", canary().as_bytes())],
+        Duration::from_secs(60),
+    );
     // Used: the second redemption of the same secret.
     let (token, handle) = b.mint(&["repo"], 1);
     let script = "secretbox get repo >/dev/null; secretbox get repo > second; echo $? > rc";
     let (code, _, stderr) = output_of(b.spawn(&token, handle, script));
     assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(std::fs::read_to_string(b.scratch.path().join("rc")).unwrap().trim(), exit::USED.to_string());
+    assert_eq!(
+        std::fs::read_to_string(b.scratch.path().join("rc")).unwrap().trim(),
+        exit::USED.to_string()
+    );
     assert!(std::fs::read(b.scratch.path().join("second")).unwrap().is_empty());
     assert!(stderr.contains("already used"), "{stderr}");
 
@@ -170,7 +190,9 @@ fn rejections_have_their_documented_exit_codes_and_print_nothing() {
     assert!(out.stdout.is_empty());
 
     // Garbage, a well-formed token nobody issued, no token, no daemon.
-    for garbage in ["garbage", "bnz1_0000000000000000000000000000000000000000000000000000000000000000"] {
+    for garbage in
+        ["garbage", "bnz1_0000000000000000000000000000000000000000000000000000000000000000"]
+    {
         let out = secretbox(Some(garbage), &b.scratch.socket(), &["repo"]);
         assert_eq!(out.status.code(), Some(exit::UNKNOWN), "{garbage}");
         assert!(out.stdout.is_empty());
@@ -203,7 +225,12 @@ fn a_same_uid_process_outside_the_task_is_refused() {
     // The token's process is alive; the test process (its parent, not a descendant) tries.
     let mut child = b.spawn(&token, handle, "sleep 60");
     let out = secretbox(Some(token.expose()), &b.scratch.socket(), &["repo"]);
-    assert_eq!(out.status.code(), Some(exit::FORBIDDEN), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(exit::FORBIDDEN),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.stdout.is_empty());
     child.kill().unwrap();
     child.wait().unwrap();
@@ -223,9 +250,11 @@ fn another_uid_is_refused_even_when_the_socket_is_world_writable() {
     let (token, handle) = b.mint(&["repo"], 1);
     let mut child = b.spawn(&token, handle, "sleep 60");
     // Loosen everything on the way to the socket, so only the peer check stands.
-    for (path, mode) in
-        [(b.scratch.path().to_path_buf(), 0o755), (b.scratch.path().join("run"), 0o777), (b.scratch.socket(), 0o777)]
-    {
+    for (path, mode) in [
+        (b.scratch.path().to_path_buf(), 0o755),
+        (b.scratch.path().join("run"), 0o777),
+        (b.scratch.socket(), 0o777),
+    ] {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
     }
     // A copy the other user can execute wherever the repository lives (e.g. under /root).
@@ -242,7 +271,12 @@ fn another_uid_is_refused_even_when_the_socket_is_world_writable() {
         .unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(out.status.code(), Some(exit::FORBIDDEN), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(exit::FORBIDDEN),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).contains("only its own user"));
     let stats = b.broker.stats();
@@ -251,6 +285,6 @@ fn another_uid_is_refused_even_when_the_socket_is_world_writable() {
 }
 
 #[allow(dead_code)]
-pub fn scratch_file(b: &InProcess, name: &str) -> PathBuf {
+pub(crate) fn scratch_file(b: &InProcess, name: &str) -> PathBuf {
     b.scratch.path().join(name)
 }

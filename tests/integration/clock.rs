@@ -50,7 +50,10 @@ tasks:
             .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
     });
     let log = daemon.log_text();
-    assert!(log.contains("next=2030-06-01T02:10:00+00:00"), "the fake clock is not in effect\n{log}");
+    assert!(
+        log.contains("next=2030-06-01T02:10:00+00:00"),
+        "the fake clock is not in effect\n{log}"
+    );
 
     // "Suspend" for 1h25m: the wall clock jumps; the monotonic clock barely moves.
     std::fs::write(&clock, offset_to("2030-06-01T03:25:00Z".parse().unwrap())).unwrap();
@@ -77,16 +80,23 @@ tasks:
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let every = explain("every-ten");
-    assert!(every.contains("2030-06-01T03:20:00+00:00  caught up after suspend or downtime"), "{every}");
-    assert!(every.contains("2030-06-01T02:10:00+00:00  skipped (folded into a later catch-up run)"), "{every}");
+    assert!(
+        every.contains("2030-06-01T03:20:00+00:00  caught up after suspend or downtime"),
+        "{every}"
+    );
+    assert!(
+        every.contains("2030-06-01T02:10:00+00:00  skipped (folded into a later catch-up run)"),
+        "{every}"
+    );
     let nightly = explain("nightly");
     assert!(nightly.contains("2030-06-01T03:00:00+00:00  skipped (too late)"), "{nightly}");
 
-    let history: Vec<serde_json::Value> = std::fs::read_to_string(scratch.path().join("state/history.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let history: Vec<serde_json::Value> =
+        std::fs::read_to_string(scratch.path().join("state/history.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
     let starts: Vec<_> = history.iter().filter(|r| r["type"] == "start").collect();
     assert_eq!(starts.len(), 1, "exactly one run: {history:?}");
     assert_eq!(starts[0]["task"], "every-ten");
@@ -94,8 +104,15 @@ tasks:
     assert_eq!(starts[0]["scheduled"], "2030-06-01T03:20:00+00:00");
     let skips: Vec<_> = history.iter().filter(|r| r["type"] == "skip").collect();
     assert!(
-        skips.iter().any(|s| s["task"] == "every-ten" && s["reason"] == "superseded" && s["count"] == 7),
+        skips
+            .iter()
+            .any(|s| s["task"] == "every-ten" && s["reason"] == "superseded" && s["count"] == 7),
         "{skips:?}"
     );
-    assert!(skips.iter().any(|s| s["task"] == "nightly" && s["reason"] == "too_late" && s["count"] == 1), "{skips:?}");
+    assert!(
+        skips
+            .iter()
+            .any(|s| s["task"] == "nightly" && s["reason"] == "too_late" && s["count"] == 1),
+        "{skips:?}"
+    );
 }

@@ -15,7 +15,10 @@ fn is_root() -> bool {
 
 /// The pid of the first process the daemon started for `task` (from its log).
 fn started_pid(log: &str) -> u32 {
-    let line = log.lines().find(|l| l.contains("started process with a one-time token")).expect("a started process");
+    let line = log
+        .lines()
+        .find(|l| l.contains("started process with a one-time token"))
+        .expect("a started process");
     let at = line.find(" pid=").unwrap() + 5;
     line[at..].split_whitespace().next().unwrap().parse().unwrap()
 }
@@ -138,7 +141,11 @@ fn the_daemon_is_not_dumpable_has_no_core_limit_and_locks_secret_pages() {
     let pid = daemon.pid();
     // Not dumpable: the kernel hands its /proc files to root and refuses its own user.
     let environ = format!("/proc/{pid}/environ");
-    assert_eq!(std::fs::metadata(&environ).unwrap().uid(), 0, "/proc/{pid} of a non-dumpable process is owned by root");
+    assert_eq!(
+        std::fs::metadata(&environ).unwrap().uid(),
+        0,
+        "/proc/{pid} of a non-dumpable process is owned by root"
+    );
     let reader = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat", &environ])
         .output()
@@ -187,11 +194,16 @@ fn a_canary_secret_never_leaks() {
     trigger(&scratch, &config, "leak", false).expect_code(0);
     let log = daemon.wait_for("the task's sleeper", |_| {
         scratch.path().join("sleeper").exists()
-            && std::fs::read_to_string(scratch.path().join("sleeper")).is_ok_and(|s| s.ends_with('\n'))
+            && std::fs::read_to_string(scratch.path().join("sleeper"))
+                .is_ok_and(|s| s.ends_with('\n'))
     });
     let task_pid = started_pid(&log);
-    let sleeper: u32 = std::fs::read_to_string(scratch.path().join("sleeper")).unwrap().trim().parse().unwrap();
-    assert_eq!(std::fs::read_to_string(scratch.path().join("digest")).unwrap().trim(), sha256_hex(secret.as_bytes()));
+    let sleeper: u32 =
+        std::fs::read_to_string(scratch.path().join("sleeper")).unwrap().trim().parse().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(scratch.path().join("digest")).unwrap().trim(),
+        sha256_hex(secret.as_bytes())
+    );
 
     // The processes of the task: environment and argument lists.
     let token = std::fs::read_to_string(scratch.path().join("token")).unwrap();
@@ -205,9 +217,16 @@ fn a_canary_secret_never_leaks() {
     }
     // The daemon's own environment block was wiped when it read the `env` source.
     if let Ok(environ) = std::fs::read(format!("/proc/{}/environ", daemon.pid())) {
-        assert!(!contains(&environ, secret.as_bytes()), "canary left in the daemon's environment block");
+        assert!(
+            !contains(&environ, secret.as_bytes()),
+            "canary left in the daemon's environment block"
+        );
     }
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(sleeper as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sleeper as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     daemon.wait_for("the run's end", |log| log.contains("run ended"));
     let log = daemon.log_text();
     assert!(log.contains("secret is ***") && log.contains("to stderr: ***"), "{log}");
@@ -266,10 +285,11 @@ fn a_token_dies_with_its_process() {
 fn secrets_load_from_every_source() {
     let scratch = Scratch::new();
     let unique = canary();
-    let values: Vec<(&str, String)> = ["keyutils", "keyutils-cli", "secret-service", "command", "file", "env"]
-        .iter()
-        .map(|n| (*n, canary()))
-        .collect();
+    let values: Vec<(&str, String)> =
+        ["keyutils", "keyutils-cli", "secret-service", "command", "file", "env"]
+            .iter()
+            .map(|n| (*n, canary()))
+            .collect();
     let value = |name: &str| values.iter().find(|(n, _)| *n == name).unwrap().1.clone();
     require_secret_service();
 
@@ -289,8 +309,10 @@ fn secrets_load_from_every_source() {
     write_private(&file, format!("{}\n", value("file")).as_bytes());
 
     let names = ["keyutils", "keyutils-cli", "secret-service", "command", "file", "env"];
-    let script: String =
-        names.iter().map(|n| format!("secretbox get --no-newline {n} | sha256sum | cut -c1-64 >> digests; ")).collect();
+    let script: String = names
+        .iter()
+        .map(|n| format!("secretbox get --no-newline {n} | sha256sum | cut -c1-64 >> digests; "))
+        .collect();
     let config = scratch.config(&format!(
         "secrets:
   keyutils: {{keyring: {{service: {unique}, account: set, store: keyutils}}}}
@@ -315,11 +337,16 @@ tasks:
     let out = set.stdin_bytes(format!("{}\n", value("keyutils")).as_bytes());
     assert!(out.status.success(), "secret set: {}", String::from_utf8_lossy(&out.stderr));
 
-    let check =
-        scratch.backupnizza(["secret", "check", "-c"]).env("BNZ_TEST_ENV_SECRET", value("env")).run_with(&config);
+    let check = scratch
+        .backupnizza(["secret", "check", "-c"])
+        .env("BNZ_TEST_ENV_SECRET", value("env"))
+        .run_with(&config);
     check.expect_code(0);
     for name in names {
-        assert!(check.stdout().lines().any(|l| l.starts_with(name) && l.contains(" ok ")), "{name}\n{check}");
+        assert!(
+            check.stdout().lines().any(|l| l.starts_with(name) && l.contains(" ok ")),
+            "{name}\n{check}"
+        );
     }
     for (_, v) in &values {
         assert!(
@@ -334,9 +361,15 @@ tasks:
     trigger(&scratch, &config, "all", true).expect_code(0);
     let digests = std::fs::read_to_string(scratch.path().join("digests")).unwrap();
     let expected: Vec<String> = names.iter().map(|n| sha256_hex(value(n).as_bytes())).collect();
-    assert_eq!(digests.lines().collect::<Vec<_>>(), expected, "one digest per source, in order\n{}", daemon.log_text());
+    assert_eq!(
+        digests.lines().collect::<Vec<_>>(),
+        expected,
+        "one digest per source, in order\n{}",
+        daemon.log_text()
+    );
     drop(daemon);
-    let _ = Command::new("secret-tool").args(["clear", "service", &unique, "username", "ss"]).status();
+    let _ =
+        Command::new("secret-tool").args(["clear", "service", &unique, "username", "ss"]).status();
 }
 
 #[test]
@@ -352,7 +385,10 @@ fn a_secret_that_cannot_be_loaded_stops_start_up_with_a_fix() {
             "{command: [sh, -c, 'echo locked vault >&2; exit 3']}".into(),
             &["secret \"s\"", "exit status: 3", "locked vault"],
         ),
-        ("{command: [sh, -c, 'sleep 30'], timeout: 300ms}".into(), &["did not finish within 300ms"]),
+        (
+            "{command: [sh, -c, 'sleep 30'], timeout: 300ms}".into(),
+            &["did not finish within 300ms"],
+        ),
         ("{command: [true]}".into(), &["secret \"s\"", "empty"]),
         ("{command: [/nonexistent/pass]}".into(), &["cannot start it", "install"]),
         ("{env: BNZ_TEST_UNSET_VARIABLE}".into(), &["BNZ_TEST_UNSET_VARIABLE is not set"]),
@@ -391,7 +427,8 @@ fn a_secret_that_cannot_be_loaded_stops_start_up_with_a_fix() {
 /// The Secret Service runs only inside `.ci/test`'s private D-Bus session.
 fn require_secret_service() {
     assert!(
-        std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some() && std::env::var_os("BNZ_TEST_SECRET_SERVICE").is_some(),
+        std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some()
+            && std::env::var_os("BNZ_TEST_SECRET_SERVICE").is_some(),
         "this test needs the private D-Bus session with gnome-keyring that .ci/test starts: run the tests with .ci/test"
     );
 }
@@ -442,20 +479,33 @@ fn a_trigger_that_races_sigterm_is_refused_or_gets_its_end_record() {
         let status = daemon.wait_exit();
         assert!(status.success(), "round {round}: {status}\n{}", daemon.log_text());
         let records = crate::harness::history(&scratch);
-        let ends: Vec<&str> =
-            records.iter().filter(|r| r["type"] == "end").filter_map(|r| r["run_id"].as_str()).collect();
+        let ends: Vec<&str> = records
+            .iter()
+            .filter(|r| r["type"] == "end")
+            .filter_map(|r| r["run_id"].as_str())
+            .collect();
         for run in [&first, &second] {
             match triggered_run_id(run) {
                 Some(id) => {
                     accepted += 1;
-                    assert!(ends.contains(&id.as_str()), "round {round}: run {id} has no End record\n{run}\n{records:?}");
+                    assert!(
+                        ends.contains(&id.as_str()),
+                        "round {round}: run {id} has no End record\n{run}\n{records:?}"
+                    );
                 }
-                None => assert_ne!(run.code(), Some(0), "round {round}: a refused trigger must say so\n{run}"),
+                None => assert_ne!(
+                    run.code(),
+                    Some(0),
+                    "round {round}: a refused trigger must say so\n{run}"
+                ),
             }
         }
         for start in records.iter().filter(|r| r["type"] == "start") {
             let id = start["run_id"].as_str().unwrap();
-            assert!(ends.contains(&id), "round {round}: run {id} started and never ended\n{records:?}");
+            assert!(
+                ends.contains(&id),
+                "round {round}: run {id} started and never ended\n{records:?}"
+            );
         }
     }
     assert!(accepted > 0, "no trigger was ever accepted: the race was not exercised");

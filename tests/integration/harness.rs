@@ -6,25 +6,25 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-pub const BACKUPNIZZA: &str = env!("CARGO_BIN_EXE_backupnizza");
-pub const SECRETBOX: &str = env!("CARGO_BIN_EXE_secretbox");
+pub(crate) const BACKUPNIZZA: &str = env!("CARGO_BIN_EXE_backupnizza");
+pub(crate) const SECRETBOX: &str = env!("CARGO_BIN_EXE_secretbox");
 
 /// A per-test scratch directory, removed when dropped.
-pub struct Scratch {
+pub(crate) struct Scratch {
     dir: tempfile::TempDir,
 }
 
 impl Scratch {
-    pub fn new() -> Scratch {
+    pub(crate) fn new() -> Scratch {
         Scratch { dir: tempfile::Builder::new().prefix("bnz-").tempdir().expect("create temp dir") }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
     /// Writes a file (creating parent directories) and returns its path.
-    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+    pub(crate) fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
         let path = self.dir.path().join(name);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).unwrap();
@@ -34,7 +34,7 @@ impl Scratch {
     }
 
     /// A `backupnizza` command with a controlled environment rooted in this directory.
-    pub fn backupnizza<I, S>(&self, args: I) -> Cmd
+    pub(crate) fn backupnizza<I, S>(&self, args: I) -> Cmd
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -46,7 +46,7 @@ impl Scratch {
 
     /// Any program, with the environment the harness gives the binaries: the caller's PATH,
     /// LANG and D-Bus session, HOME and XDG directories in this scratch directory, TZ=UTC.
-    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+    pub(crate) fn command(&self, program: impl AsRef<OsStr>) -> Command {
         let mut cmd = Command::new(program);
         cmd.current_dir(self.path()).env_clear();
         for var in ["PATH", "LANG", "DBUS_SESSION_BUS_ADDRESS"] {
@@ -62,43 +62,43 @@ impl Scratch {
     }
 }
 
-pub struct Cmd {
+pub(crate) struct Cmd {
     pub cmd: Command,
 }
 
 impl Cmd {
-    pub fn env(mut self, key: &str, value: impl AsRef<OsStr>) -> Cmd {
+    pub(crate) fn env(mut self, key: &str, value: impl AsRef<OsStr>) -> Cmd {
         self.cmd.env(key, value);
         self
     }
 
-    pub fn run(mut self) -> Run {
+    pub(crate) fn run(mut self) -> Run {
         let output = self.cmd.output().expect("spawn binary");
         Run { command: format!("{:?}", self.cmd), output }
     }
 }
 
 /// A finished command, printable in full for assertion messages.
-pub struct Run {
+pub(crate) struct Run {
     pub command: String,
     pub output: Output,
 }
 
 impl Run {
-    pub fn code(&self) -> Option<i32> {
+    pub(crate) fn code(&self) -> Option<i32> {
         self.output.status.code()
     }
 
-    pub fn stdout(&self) -> String {
+    pub(crate) fn stdout(&self) -> String {
         String::from_utf8_lossy(&self.output.stdout).into_owned()
     }
 
-    pub fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.output.stderr).into_owned()
     }
 
     #[track_caller]
-    pub fn expect_code(&self, code: i32) -> &Run {
+    pub(crate) fn expect_code(&self, code: i32) -> &Run {
         assert_eq!(self.code(), Some(code), "unexpected exit status\n{self}");
         self
     }
@@ -115,29 +115,29 @@ impl fmt::Display for Run {
 
 impl Cmd {
     /// Runs with a path argument appended.
-    pub fn run_with(self, path: &Path) -> Run {
+    pub(crate) fn run_with(self, path: &Path) -> Run {
         self.run_with_args(path, &[])
     }
 
     /// Runs with a path argument and more arguments appended.
-    pub fn run_with_args(mut self, path: &Path, more: &[&str]) -> Run {
+    pub(crate) fn run_with_args(mut self, path: &Path, more: &[&str]) -> Run {
         self.cmd.arg(path).args(more);
         self.run()
     }
 }
 
 /// A running `backupnizza run`, its log captured to a file. Stopped (SIGTERM) on drop.
-pub struct Daemon {
+pub(crate) struct Daemon {
     pub child: Option<std::process::Child>,
     pub log: PathBuf,
     pub socket: PathBuf,
 }
 
 /// A schedule that never fires during a test (1 January): tasks run by `trigger` only.
-pub const TRIGGERED: &str = "schedule: '0 0 1 1 *'";
+pub(crate) const TRIGGERED: &str = "schedule: '0 0 1 1 *'";
 
 /// `backupnizza trigger TASK [--wait] -c CONFIG`.
-pub fn trigger(scratch: &Scratch, config: &Path, task: &str, wait: bool) -> Run {
+pub(crate) fn trigger(scratch: &Scratch, config: &Path, task: &str, wait: bool) -> Run {
     let mut args = vec!["trigger", task];
     if wait {
         args.push("--wait");
@@ -147,7 +147,7 @@ pub fn trigger(scratch: &Scratch, config: &Path, task: &str, wait: bool) -> Run 
 }
 
 /// The run history the daemon wrote in `scratch/state`, record by record.
-pub fn history(scratch: &Scratch) -> Vec<serde_json::Value> {
+pub(crate) fn history(scratch: &Scratch) -> Vec<serde_json::Value> {
     std::fs::read_to_string(scratch.path().join("state/history.jsonl"))
         .unwrap_or_default()
         .lines()
@@ -157,27 +157,30 @@ pub fn history(scratch: &Scratch) -> Vec<serde_json::Value> {
 
 /// How long any single wait in a test may take before the test fails. Generous: tests
 /// assert behaviour, not speed.
-pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+pub(crate) const PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Scratch {
-    pub fn socket(&self) -> PathBuf {
+    pub(crate) fn socket(&self) -> PathBuf {
         self.path().join("run/s.sock")
     }
 
     /// Writes a task file whose socket and state live in this directory.
-    pub fn config(&self, body: &str) -> PathBuf {
-        let text =
-            format!("socket: {}\nstate_dir: {}\n{body}", self.socket().display(), self.path().join("state").display());
+    pub(crate) fn config(&self, body: &str) -> PathBuf {
+        let text = format!(
+            "socket: {}\nstate_dir: {}\n{body}",
+            self.socket().display(),
+            self.path().join("state").display()
+        );
         self.write("backup.yaml", text)
     }
 
     /// `backupnizza run -c CONFIG`, not yet started, with its stderr going to `log`.
-    pub fn daemon_command(&self, config: &Path, log: &Path) -> Command {
+    pub(crate) fn daemon_command(&self, config: &Path, log: &Path) -> Command {
         self.daemon_command_as(config, log, None)
     }
 
     /// The same, run as another user through `setpriv` when `uid` is given.
-    pub fn daemon_command_as(&self, config: &Path, log: &Path, uid: Option<u32>) -> Command {
+    pub(crate) fn daemon_command_as(&self, config: &Path, log: &Path, uid: Option<u32>) -> Command {
         let mut cmd = match uid {
             Some(uid) => {
                 // Copies of the binaries the other user can execute, wherever the repository
@@ -196,8 +199,12 @@ impl Scratch {
                     )
                     .unwrap();
                 }
-                nix::unistd::chown(&bin, Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(uid)))
-                    .unwrap();
+                nix::unistd::chown(
+                    &bin,
+                    Some(nix::unistd::Uid::from_raw(uid)),
+                    Some(nix::unistd::Gid::from_raw(uid)),
+                )
+                .unwrap();
                 let mut cmd = self.command("setpriv");
                 cmd.arg(format!("--reuid={uid}"))
                     .arg(format!("--regid={uid}"))
@@ -215,16 +222,25 @@ impl Scratch {
     }
 
     /// Starts the daemon and waits until it says READY=1 on a notify socket, as systemd does.
-    pub fn start_daemon(&self, config: &Path) -> Daemon {
+    pub(crate) fn start_daemon(&self, config: &Path) -> Daemon {
         self.start_daemon_with(config, |_| {})
     }
 
-    pub fn start_daemon_with(&self, config: &Path, adjust: impl FnOnce(&mut Command)) -> Daemon {
+    pub(crate) fn start_daemon_with(
+        &self,
+        config: &Path,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Daemon {
         self.start_daemon_full(config, None, adjust)
     }
 
     /// Starts the daemon (as `uid` if given) and waits for READY=1.
-    pub fn start_daemon_full(&self, config: &Path, uid: Option<u32>, adjust: impl FnOnce(&mut Command)) -> Daemon {
+    pub(crate) fn start_daemon_full(
+        &self,
+        config: &Path,
+        uid: Option<u32>,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Daemon {
         use std::os::unix::net::UnixDatagram;
         let log = self.path().join(format!("daemon-{}.log", unique()));
         let notify_path = self.path().join(format!("notify-{}.sock", unique()));
@@ -250,7 +266,11 @@ impl Scratch {
             if let Some(status) = daemon.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("daemon exited before it was ready: {status}\n{}", daemon.log_text());
             }
-            assert!(std::time::Instant::now() < deadline, "daemon not ready in time\n{}", daemon.log_text());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "daemon not ready in time\n{}",
+                daemon.log_text()
+            );
         }
     }
 }
@@ -262,17 +282,17 @@ fn unique() -> u64 {
 }
 
 impl Daemon {
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
 
-    pub fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Waits until `cond(log)` holds; panics with the log after `PATIENCE`.
     #[track_caller]
-    pub fn wait_for(&self, what: &str, cond: impl Fn(&str) -> bool) -> String {
+    pub(crate) fn wait_for(&self, what: &str, cond: impl Fn(&str) -> bool) -> String {
         let deadline = std::time::Instant::now() + PATIENCE;
         loop {
             let log = self.log_text();
@@ -286,23 +306,23 @@ impl Daemon {
 
     /// Waits until the log contains `needle` `times` times.
     #[track_caller]
-    pub fn wait_for_count(&self, needle: &str, times: usize) -> String {
+    pub(crate) fn wait_for_count(&self, needle: &str, times: usize) -> String {
         self.wait_for(&format!("{times} x {needle:?}"), |log| log.matches(needle).count() >= times)
     }
 
     /// Sends a signal to the daemon.
-    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+    pub(crate) fn signal(&self, signal: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), signal).unwrap();
     }
 
     /// SIGTERM, then waits for the exit status.
-    pub fn stop(mut self) -> std::process::ExitStatus {
+    pub(crate) fn stop(mut self) -> std::process::ExitStatus {
         self.signal(nix::sys::signal::Signal::SIGTERM);
         self.wait_exit()
     }
 
     /// Waits for the daemon to exit on its own.
-    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+    pub(crate) fn wait_exit(&mut self) -> std::process::ExitStatus {
         let deadline = std::time::Instant::now() + PATIENCE;
         let child = self.child.as_mut().unwrap();
         loop {
@@ -310,7 +330,11 @@ impl Daemon {
                 self.child = None;
                 return status;
             }
-            assert!(std::time::Instant::now() < deadline, "daemon did not exit\n{}", self.log_text());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "daemon did not exit\n{}",
+                self.log_text()
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
@@ -329,20 +353,20 @@ impl Drop for Daemon {
 }
 
 /// A secret generated at run time, so finding it anywhere means something leaked.
-pub fn canary() -> String {
+pub(crate) fn canary() -> String {
     use rand::Rng;
     let n: u128 = rand::rng().random();
     format!("canary-{n:032x}")
 }
 
 /// sha256 hex of bytes (tasks prove they got a secret by printing only its digest).
-pub fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes a 0600 file.
-pub fn write_private(path: &Path, contents: &[u8]) {
+pub(crate) fn write_private(path: &Path, contents: &[u8]) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, contents).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();

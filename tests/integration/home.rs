@@ -43,10 +43,14 @@ impl HttpSink {
                 let mut body = vec![0u8; length];
                 let _ = reader.read_exact(&mut body);
                 let mut parts = request_line.split_whitespace();
-                let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+                let (method, path) = (
+                    parts.next().unwrap_or("").to_string(),
+                    parts.next().unwrap_or("").to_string(),
+                );
                 seen.lock().unwrap().push((method, path, body));
-                let _ =
-                    reader.get_mut().write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nOK");
+                let _ = reader.get_mut().write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nOK",
+                );
             }
         });
         HttpSink { url, requests }
@@ -59,7 +63,11 @@ impl HttpSink {
             if got.len() >= count {
                 return got;
             }
-            assert!(std::time::Instant::now() < deadline, "only {} of {count} requests arrived: {got:?}", got.len());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {} of {count} requests arrived: {got:?}",
+                got.len()
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
@@ -90,7 +98,8 @@ fn pings_and_webhooks_report_start_success_and_failure() {
         sink.wait_for(8)
     };
 
-    let pings: Vec<&Request> = requests.iter().filter(|(_, p, _)| p.starts_with("/ping/")).collect();
+    let pings: Vec<&Request> =
+        requests.iter().filter(|(_, p, _)| p.starts_with("/ping/")).collect();
     let hooks: Vec<&Request> = requests.iter().filter(|(_, p, _)| p == "/hook").collect();
     assert_eq!((pings.len(), hooks.len()), (4, 4), "{requests:?}");
     let base = format!("/ping/{check_uuid}");
@@ -138,7 +147,10 @@ fn send_logs_uploads_the_stderr_tail_and_dead_endpoints_do_not_fail_runs() {
     assert_eq!(String::from_utf8_lossy(&fail.2), "first problem\nsecond problem");
     scratch.backupnizza(["trigger", "--wait", "lonely", "-c"]).run_with(&config).expect_code(0);
     let log = daemon.wait_for("the failed notification", |l| l.contains("webhook failed"));
-    assert!(log.contains(&format!("http://{dead}/…")) && log.contains("the run's result is unaffected"), "{log}");
+    assert!(
+        log.contains(&format!("http://{dead}/…")) && log.contains("the run's result is unaffected"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -170,7 +182,11 @@ fn hooks_get_the_run_facts_and_before_75_skips() {
     let read = |name: &str| std::fs::read_to_string(scratch.path().join(name)).unwrap_or_default();
     assert!(read("hook-before-ok.env").contains("BACKUPNIZZA_HOOK=before"));
     let success = read("hook-on_success-ok.env");
-    assert!(success.contains("BACKUPNIZZA_STATUS=success") && success.contains("BACKUPNIZZA_EXIT_CODE=0"), "{success}");
+    assert!(
+        success.contains("BACKUPNIZZA_STATUS=success")
+            && success.contains("BACKUPNIZZA_EXIT_CODE=0"),
+        "{success}"
+    );
     assert!(
         success.contains("BACKUPNIZZA_RUN_ID=")
             && success.contains("BACKUPNIZZA_DURATION_MS=")
@@ -188,7 +204,10 @@ fn hooks_get_the_run_facts_and_before_75_skips() {
             && failure.contains("disk full"),
         "{failure}"
     );
-    assert!(!scratch.path().join("hook-on_success-fails.env").exists(), "on_success ran on failure");
+    assert!(
+        !scratch.path().join("hook-on_success-fails.env").exists(),
+        "on_success ran on failure"
+    );
     assert!(scratch.path().join("hook-after-fails.env").exists());
 
     let run = scratch.backupnizza(["trigger", "--wait", "unmounted", "-c"]).run_with(&config);
@@ -202,12 +221,18 @@ fn hooks_get_the_run_facts_and_before_75_skips() {
     let run = scratch.backupnizza(["trigger", "--wait", "gate", "-c"]).run_with(&config);
     run.expect_code(1);
     assert!(run.stdout().contains("the before hook failed"), "{run}");
-    assert!(!scratch.path().join("gate-steps-ran").exists() && !scratch.path().join("gate-success").exists());
-    assert!(scratch.path().join("gate-failure").exists() && scratch.path().join("gate-after").exists());
+    assert!(
+        !scratch.path().join("gate-steps-ran").exists()
+            && !scratch.path().join("gate-success").exists()
+    );
+    assert!(
+        scratch.path().join("gate-failure").exists() && scratch.path().join("gate-after").exists()
+    );
 }
 
 fn prometheus_parse(path: &Path) -> Vec<(String, String, f64)> {
-    let python = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+    let python =
+        if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
     let script = "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as parse\nfor f in parse(open(sys.argv[1]).read()):\n    for s in f.samples:\n        print(s.name, s.labels.get('task', s.labels.get('reason', '')), s.value)\n";
     let out = std::process::Command::new(python)
         .args(["-c", script])
@@ -266,7 +291,9 @@ fn the_metrics_file_parses_and_updates_after_each_run() {
     scratch.backupnizza(["trigger", "--wait", "docs", "-c"]).run_with(&config).expect_code(0);
     let second = after("backupnizza_task_runs_total", "docs", 1.0);
     assert_eq!(value(&second, "backupnizza_task_last_exit_code", "docs"), Some(0.0));
-    assert!(value(&second, "backupnizza_task_last_success_timestamp_seconds", "docs").unwrap() > 1.7e9);
+    assert!(
+        value(&second, "backupnizza_task_last_success_timestamp_seconds", "docs").unwrap() > 1.7e9
+    );
     scratch.backupnizza(["trigger", "--wait", "broken", "-c"]).run_with(&config).expect_code(1);
     let third = after("backupnizza_task_failures_total", "broken", 1.0);
     assert_eq!(value(&third, "backupnizza_task_failures_total", "broken"), Some(1.0));
@@ -286,9 +313,9 @@ fn the_systemd_unit_verifies_and_the_plist_is_well_formed() {
     let install = scratch.backupnizza(["service", "systemd", "--install", "-c"]).run_with(&config);
     install.expect_code(0);
     assert!(
-        install
-            .stderr()
-            .contains("systemctl --user daemon-reload && systemctl --user enable --now backupnizza.service"),
+        install.stderr().contains(
+            "systemctl --user daemon-reload && systemctl --user enable --now backupnizza.service"
+        ),
         "{install}"
     );
     let unit_path = scratch.path().join(".config/systemd/user/backupnizza.service");
@@ -304,11 +331,15 @@ fn the_systemd_unit_verifies_and_the_plist_is_well_formed() {
     ] {
         assert!(unit.lines().any(|l| l == line), "{line} missing:\n{unit}");
     }
-    assert!(unit.contains("-\"/srv/restic & co\""), "the local repository must stay writable:\n{unit}");
+    assert!(
+        unit.contains("-\"/srv/restic & co\""),
+        "the local repository must stay writable:\n{unit}"
+    );
     // systemd-analyze needs a user runtime directory; a private one will do.
     let runtime = scratch.path().join("xdg-runtime");
     std::fs::create_dir(&runtime).unwrap();
-    std::fs::set_permissions(&runtime, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(&runtime, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .unwrap();
     let verify = std::process::Command::new("systemd-analyze")
         .args(["verify", "--user"])
         .arg(&unit_path)
@@ -330,8 +361,7 @@ fn the_systemd_unit_verifies_and_the_plist_is_well_formed() {
         entries
             .iter()
             .find(|(key, _)| key == k)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_else(|| panic!("no {k} in {entries:?}"))
+            .map_or_else(|| panic!("no {k} in {entries:?}"), |(_, v)| v.clone())
     };
     assert_eq!(get("Label"), vec!["string:org.backupnizza.daemon"]);
     assert_eq!(
@@ -403,7 +433,8 @@ fn completions_and_man_pages_generate_for_both_binaries() {
             assert!(run.stdout().contains(program) && run.stdout().len() > 200, "{run}");
             if shell == "bash" {
                 let file = scratch.write(&format!("{program}.bash"), run.stdout());
-                let syntax = std::process::Command::new("bash").arg("-n").arg(&file).output().unwrap();
+                let syntax =
+                    std::process::Command::new("bash").arg("-n").arg(&file).output().unwrap();
                 assert!(syntax.status.success(), "{}", String::from_utf8_lossy(&syntax.stderr));
             }
         }
@@ -412,9 +443,18 @@ fn completions_and_man_pages_generate_for_both_binaries() {
         assert!(man.stdout().contains(&format!(".TH {program} 1")), "{man}");
     }
     let man = scratch.backupnizza(["man"]).run().stdout();
-    for sub in
-        ["validate", "next", "run", "status", "trigger", "history", "secret", "explain", "service", "completions"]
-    {
+    for sub in [
+        "validate",
+        "next",
+        "run",
+        "status",
+        "trigger",
+        "history",
+        "secret",
+        "explain",
+        "service",
+        "completions",
+    ] {
         assert!(man.contains(sub), "the man page does not mention {sub}");
     }
 }
@@ -431,7 +471,8 @@ fn explain_tells_what_happened_to_each_occurrence() {
         let t = now - jiff::SignedDuration::from_hours(back);
         jiff::Timestamp::from_second(t.as_second() / 3600 * 3600).unwrap()
     };
-    let at = |t: jiff::Timestamp| t.to_zoned(tz.clone()).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string();
+    let at =
+        |t: jiff::Timestamp| t.to_zoned(tz.clone()).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string();
     let plus = |t: jiff::Timestamp, s: i64| t + jiff::SignedDuration::from_secs(s);
     let records = [
         serde_json::json!({"type": "daemon", "event": "start", "at": at(plus(hour(9), 60)), "pid": 1}),
@@ -441,7 +482,7 @@ fn explain_tells_what_happened_to_each_occurrence() {
         serde_json::json!({"type": "end", "run_id": "r2", "task": "hourly", "at": at(plus(hour(7), 5)), "status": "failed", "exit_code": 1, "duration_ms": 5000, "reason": "exit code 1", "stderr_tail": ["Fatal: wrong password"]}),
         serde_json::json!({"type": "skip", "task": "hourly", "at": at(plus(hour(4), 600)), "scheduled": at(hour(6)), "count": 2, "reason": "superseded", "detail": format!("folded into the catch-up run of {}", at(hour(4)))}),
         serde_json::json!({"type": "start", "run_id": "r3", "task": "hourly", "at": at(plus(hour(4), 600)), "scheduled": at(hour(4)), "trigger": "catch_up"}),
-        serde_json::json!({"type": "end", "run_id": "r3", "task": "hourly", "at": at(plus(hour(4), 900)), "status": "success", "exit_code": 0, "duration_ms": 300000, "reason": "all steps succeeded", "stderr_tail": []}),
+        serde_json::json!({"type": "end", "run_id": "r3", "task": "hourly", "at": at(plus(hour(4), 900)), "status": "success", "exit_code": 0, "duration_ms": 300_000, "reason": "all steps succeeded", "stderr_tail": []}),
         serde_json::json!({"type": "skip", "task": "hourly", "at": at(hour(3)), "scheduled": at(hour(3)), "count": 1, "reason": "overlap", "detail": "the previous run is still going (on_overlap: skip)"}),
         serde_json::json!({"type": "skip", "task": "hourly", "at": at(plus(hour(2), 7200)), "scheduled": at(hour(2)), "count": 1, "reason": "too_late", "detail": "more than max_lateness (1h) late"}),
         serde_json::json!({"type": "daemon", "event": "stop", "at": at(plus(hour(2), 60)), "pid": 1}),
@@ -450,7 +491,9 @@ fn explain_tells_what_happened_to_each_occurrence() {
     std::fs::create_dir_all(&state).unwrap();
     let text: String = records.iter().map(|r| format!("{r}\n")).collect();
     std::fs::write(state.join("history.jsonl"), text).unwrap();
-    let config = scratch.config("timezone: UTC\ntasks:\n  hourly:\n    schedule: '0 * * * *'\n    command: ['true']\n");
+    let config = scratch.config(
+        "timezone: UTC\ntasks:\n  hourly:\n    schedule: '0 * * * *'\n    command: ['true']\n",
+    );
     let run = scratch.backupnizza(["explain", "hourly", "--since", "9h", "-c"]).run_with(&config);
     run.expect_code(0);
     let out = run.stdout();
@@ -465,7 +508,8 @@ fn explain_tells_what_happened_to_each_occurrence() {
     assert!(line(hour(6)).contains("skipped (folded into a later catch-up run)"), "{out}");
     assert!(line(hour(5)).contains("skipped (folded into a later catch-up run)"), "{out}");
     assert!(
-        line(hour(4)).contains("caught up after suspend or downtime") && line(hour(4)).contains("10m late"),
+        line(hour(4)).contains("caught up after suspend or downtime")
+            && line(hour(4)).contains("10m late"),
         "{out}"
     );
     assert!(line(hour(3)).contains("skipped (the previous run was still going)"), "{out}");

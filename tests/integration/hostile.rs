@@ -30,16 +30,29 @@ fn bad_requests_get_a_4xx_or_a_closed_connection() {
         request_timeout: Duration::from_secs(2),
         ..Limits::default()
     };
-    let b = InProcess::start_with(&[("repo", canary().as_bytes())], Duration::from_secs(60), limits);
+    let b =
+        InProcess::start_with(&[("repo", canary().as_bytes())], Duration::from_secs(60), limits);
     let socket = b.scratch.socket();
-    let big_header = format!("GET /v1/version HTTP/1.1\r\nhost: x\r\nx-filler: {}\r\n\r\n", "a".repeat(64 * 1024));
-    let big_body =
-        format!("POST /v1/secrets/repo HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n{}", "b".repeat(100_000));
+    let big_header = format!(
+        "GET /v1/version HTTP/1.1\r\nhost: x\r\nx-filler: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let big_body = format!(
+        "POST /v1/secrets/repo HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n{}",
+        "b".repeat(100_000)
+    );
     let chunked = format!(
         "POST /v1/secrets/repo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n{}",
-        "1000\r\n".to_string() + &"c".repeat(4096) + "\r\n1000\r\n" + &"c".repeat(4096) + "\r\n0\r\n\r\n"
+        "1000\r\n".to_string()
+            + &"c".repeat(4096)
+            + "\r\n1000\r\n"
+            + &"c".repeat(4096)
+            + "\r\n0\r\n\r\n"
     );
-    let long_name = format!("POST /v1/secrets/{} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n", "n".repeat(5000));
+    let long_name = format!(
+        "POST /v1/secrets/{} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n",
+        "n".repeat(5000)
+    );
     let cases: Vec<(&str, Vec<u8>, &[u16])> = vec![
         ("malformed request line", b"GARBAGE\r\n\r\n".to_vec(), &[400]),
         ("binary noise", vec![0u8, 159, 146, 150, 13, 10, 13, 10], &[400]),
@@ -87,9 +100,14 @@ fn bad_requests_get_a_4xx_or_a_closed_connection() {
         match status {
             // A closed connection is an acceptable answer to anything malformed.
             None => {
-                assert!(allowed.is_empty() || allowed.iter().all(|s| *s >= 400), "{name}: closed without an answer")
+                assert!(
+                    allowed.is_empty() || allowed.iter().all(|s| *s >= 400),
+                    "{name}: closed without an answer"
+                );
             }
-            Some(code) => assert!(allowed.contains(&code), "{name}: got {code}, expected one of {allowed:?}"),
+            Some(code) => {
+                assert!(allowed.contains(&code), "{name}: got {code}, expected one of {allowed:?}");
+            }
         }
     }
     // Pipelined garbage: the valid request is answered, then the connection closes.

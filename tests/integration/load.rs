@@ -12,8 +12,15 @@ use crate::harness::{PATIENCE, Scratch, TRIGGERED, canary, trigger, write_privat
 
 fn loadgen() -> PathBuf {
     // Examples are built by `cargo test`, beside the binaries.
-    let path = std::path::Path::new(crate::harness::BACKUPNIZZA).parent().unwrap().join("examples/loadgen");
-    assert!(path.exists(), "{} is missing: `cargo test` builds it (examples/loadgen.rs)", path.display());
+    let path = std::path::Path::new(crate::harness::BACKUPNIZZA)
+        .parent()
+        .unwrap()
+        .join("examples/loadgen");
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test` builds it (examples/loadgen.rs)",
+        path.display()
+    );
     path
 }
 
@@ -23,7 +30,15 @@ fn open_fds(pid: u32) -> usize {
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// A task file with `n` secrets s0..s{n-1} from 0600 files and a `load` task running loadgen.
@@ -48,9 +63,16 @@ fn a_thousand_idle_connections_do_not_block_a_redemption() {
     let config = load_config(&scratch, 1, 1, 1);
     let daemon = scratch.start_daemon(&config);
     // Our own descriptor limit must allow the 1000 connections.
-    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
-    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard.min(8192), hard).unwrap();
-    let idle: Vec<UnixStream> = (0..1000).map(|_| UnixStream::connect(&daemon.socket).unwrap()).collect();
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    nix::sys::resource::setrlimit(
+        nix::sys::resource::Resource::RLIMIT_NOFILE,
+        hard.min(8192),
+        hard,
+    )
+    .unwrap();
+    let idle: Vec<UnixStream> =
+        (0..1000).map(|_| UnixStream::connect(&daemon.socket).unwrap()).collect();
     let run = trigger(&scratch, &config, "one", true);
     run.expect_code(0);
     assert!(daemon.log_text().contains("secret redeemed"));
@@ -103,7 +125,11 @@ fn a_client_killed_mid_request_leaks_nothing() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(client.stdout.take().unwrap()), &mut line).unwrap();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(client.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
     assert_eq!(line.trim(), "sent");
     let deadline = std::time::Instant::now() + PATIENCE;
     while open_fds(pid) == baseline {
@@ -153,12 +179,18 @@ fn repeated_failures_are_slowed_down_and_counted() {
     ));
     let daemon = scratch.start_daemon(&config);
     trigger(&scratch, &config, "probe", true).expect_code(0);
-    let codes: Vec<i32> =
-        std::fs::read_to_string(scratch.path().join("codes")).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+    let codes: Vec<i32> = std::fs::read_to_string(scratch.path().join("codes"))
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
     assert_eq!(codes[..7], [exit::UNKNOWN; 7], "{codes:?}");
     assert_eq!(codes[7], exit::SLOW_DOWN, "{codes:?}");
     let log = daemon.log_text();
-    assert!(log.contains("failures=4 delay_ms=100") && log.contains("failures=7 delay_ms=800"), "{log}");
+    assert!(
+        log.contains("failures=4 delay_ms=100") && log.contains("failures=7 delay_ms=800"),
+        "{log}"
+    );
     let status = scratch.backupnizza(["status", "-c"]).run_with(&config);
     assert!(status.stdout().contains("8 rejected (unknown 8)"), "{status}");
     let _ = std::io::stderr().flush();

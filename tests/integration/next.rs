@@ -48,7 +48,10 @@ fn next_rejects_bad_expressions_zones_and_instants_with_exit_2() {
     let cases: [(&[&str], &str); 4] = [
         (&["--schedule", "0 0 30 2 *"], "can never fire"),
         (&["--schedule", "0 25 * * *"], "hour field \"25\""),
-        (&["--schedule", "@daily", "--timezone", "Mars/Olympus"], "unknown time zone \"Mars/Olympus\""),
+        (
+            &["--schedule", "@daily", "--timezone", "Mars/Olympus"],
+            "unknown time zone \"Mars/Olympus\"",
+        ),
         (&["--schedule", "@daily", "--after", "yesterday"], "invalid --after"),
     ];
     for (args, want) in cases {
@@ -66,7 +69,9 @@ fn next_for_a_task_file_prints_sorted_lines_with_task_names() {
         "b.yaml",
         "timezone: Europe/Berlin\ntasks:\n  nightly:\n    schedule: '0 3 * * *'\n    command: [x]\n  hourly:\n    schedule: '@hourly'\n    timezone: America/New_York\n    command: [x]\n",
     );
-    let run = scratch.backupnizza(["next", "-c"]).run_with_args(&file, &["-n", "2", "--after", "2026-03-28T23:30:00Z"]);
+    let run = scratch
+        .backupnizza(["next", "-c"])
+        .run_with_args(&file, &["-n", "2", "--after", "2026-03-28T23:30:00Z"]);
     run.expect_code(0);
     assert_eq!(
         run.stdout(),

@@ -21,7 +21,8 @@ fn install(scratch: &Scratch, from: &str, name: &str) -> PathBuf {
 
 fn minted(scratch: &Scratch, config: &Path) -> u64 {
     let run = scratch.backupnizza(["status", "--json", "-c"]).run_with(config);
-    let body: serde_json::Value = serde_json::from_str(&run.stdout()).unwrap_or_else(|e| panic!("{e}\n{run}"));
+    let body: serde_json::Value =
+        serde_json::from_str(&run.stdout()).unwrap_or_else(|e| panic!("{e}\n{run}"));
     body["tokens"]["minted"].as_u64().unwrap()
 }
 
@@ -52,7 +53,8 @@ fn a_swapped_pinned_binary_is_refused_and_gets_no_token() {
     run.expect_code(1);
     assert!(run.stdout().contains("refused"), "{run}");
     let log = daemon.log_text();
-    let line = log.lines().find(|l| l.contains("pinned program") && l.contains("changed")).expect(&log);
+    let line =
+        log.lines().find(|l| l.contains("pinned program") && l.contains("changed")).expect(&log);
     assert!(line.contains("ERROR") && line.contains(&digest), "{line}");
     assert_eq!(minted(&scratch, &config), before, "a token was minted for a refused program");
 }
@@ -61,8 +63,10 @@ fn a_swapped_pinned_binary_is_refused_and_gets_no_token() {
 fn pin_binaries_records_digests_at_start() {
     let scratch = Scratch::new();
     let prog = install(&scratch, "/bin/true", "tool");
-    let config = scratch
-        .config(&format!("pin_binaries: true\ntasks:\n  t:\n    {TRIGGERED}\n    command: [{}]\n", prog.display()));
+    let config = scratch.config(&format!(
+        "pin_binaries: true\ntasks:\n  t:\n    {TRIGGERED}\n    command: [{}]\n",
+        prog.display()
+    ));
     let _daemon = scratch.start_daemon(&config);
     scratch.backupnizza(["trigger", "--wait", "t", "-c"]).run_with(&config).expect_code(0);
     install(&scratch, "/bin/echo", "tool");
@@ -79,7 +83,10 @@ fn a_wrong_pin_or_a_pinned_script_stops_start_up() {
     std::fs::write(&script, "#!/bin/sh\ntrue\n").unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let cases = [
-        (format!("command: [{}]\n    sha256: {}", prog.display(), "0".repeat(64)), "but the task file pins"),
+        (
+            format!("command: [{}]\n    sha256: {}", prog.display(), "0".repeat(64)),
+            "but the task file pins",
+        ),
         (format!("command: [{}]\n    sha256: {}", script.display(), "0".repeat(64)), "is a script"),
         (format!("command: [no-such-program-xyz]\n    sha256: {}", "0".repeat(64)), "not found"),
     ];
@@ -97,7 +104,8 @@ fn a_wrong_pin_or_a_pinned_script_stops_start_up() {
 fn writable_task_files_and_programs_are_refused() {
     let scratch = Scratch::new();
     let prog = install(&scratch, "/bin/true", "tool");
-    let config = scratch.config(&format!("tasks:\n  t:\n    {TRIGGERED}\n    command: [{}]\n", prog.display()));
+    let config = scratch
+        .config(&format!("tasks:\n  t:\n    {TRIGGERED}\n    command: [{}]\n", prog.display()));
     let start = |name: &str| {
         let log = scratch.path().join(format!("{name}.log"));
         let status = scratch.daemon_command(&config, &log).status().unwrap();
@@ -106,13 +114,19 @@ fn writable_task_files_and_programs_are_refused() {
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o664)).unwrap();
     let (code, log) = start("file");
     assert_eq!(code, Some(2), "{log}");
-    assert!(log.contains(&format!("task file {}", config.display())) && log.contains("chmod go-w"), "{log}");
+    assert!(
+        log.contains(&format!("task file {}", config.display())) && log.contains("chmod go-w"),
+        "{log}"
+    );
 
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o775)).unwrap();
     let (code, log) = start("program");
     assert_eq!(code, Some(2), "{log}");
-    assert!(log.contains(&format!("program {}", prog.display())) && log.contains("mode 775"), "{log}");
+    assert!(
+        log.contains(&format!("program {}", prog.display())) && log.contains("mode 775"),
+        "{log}"
+    );
 }
 
 /// Regression: a sandboxed systemd user service runs in a user namespace where root is not
@@ -131,13 +145,27 @@ fn root_programs_are_trusted_inside_a_user_namespace_without_root() {
     let bin = scratch.path().join("bin-1000");
     std::fs::create_dir(&bin).unwrap();
     std::fs::copy(crate::harness::BACKUPNIZZA, bin.join("backupnizza")).unwrap();
-    for entry in [scratch.path().to_path_buf(), bin.clone(), bin.join("backupnizza"), config.clone()] {
-        nix::unistd::chown(&entry, Some(nix::unistd::Uid::from_raw(1000)), Some(nix::unistd::Gid::from_raw(1000)))
-            .unwrap();
+    for entry in
+        [scratch.path().to_path_buf(), bin.clone(), bin.join("backupnizza"), config.clone()]
+    {
+        nix::unistd::chown(
+            &entry,
+            Some(nix::unistd::Uid::from_raw(1000)),
+            Some(nix::unistd::Gid::from_raw(1000)),
+        )
+        .unwrap();
     }
     let out = scratch
         .command("setpriv")
-        .args(["--reuid=1000", "--regid=1000", "--clear-groups", "--", "unshare", "--user", "--map-current-user"])
+        .args([
+            "--reuid=1000",
+            "--regid=1000",
+            "--clear-groups",
+            "--",
+            "unshare",
+            "--user",
+            "--map-current-user",
+        ])
         .arg(bin.join("backupnizza"))
         .args(["run", "-c"])
         .arg(&config)

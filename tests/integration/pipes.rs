@@ -31,7 +31,10 @@ fn run_into_closed_pipe(mut cmd: Command) -> Run {
 #[track_caller]
 fn assert_closed_pipe_is_a_normal_exit(full: Run, closed: Run) {
     full.expect_code(0);
-    assert!(full.output.stdout.len() > MORE_THAN_A_PIPE_HOLDS, "too little output to fill a pipe\n{full}");
+    assert!(
+        full.output.stdout.len() > MORE_THAN_A_PIPE_HOLDS,
+        "too little output to fill a pipe\n{full}"
+    );
     closed.expect_code(0);
     assert!(!closed.stdout().is_empty(), "{closed}");
     let stderr = closed.stderr();
@@ -40,7 +43,8 @@ fn assert_closed_pipe_is_a_normal_exit(full: Run, closed: Run) {
 
 /// A task file with one task and a history of thousands of manual runs of it.
 fn task_with_a_long_history(scratch: &Scratch) -> std::path::PathBuf {
-    let config = scratch.config(&format!("tasks:\n  docs:\n    {TRIGGERED}\n    command: ['true']\n"));
+    let config =
+        scratch.config(&format!("tasks:\n  docs:\n    {TRIGGERED}\n    command: ['true']\n"));
     let now = Timestamp::now();
     let mut text = String::new();
     for i in 0..3000 {
@@ -93,7 +97,8 @@ fn explain_into_a_closed_pipe_exits_0_without_a_broken_pipe_panic() {
 #[test]
 fn trigger_asks_the_daemon_whether_the_task_exists_not_the_task_file() {
     let scratch = Scratch::new();
-    let config = scratch.config(&format!("tasks:\n  started:\n    {TRIGGERED}\n    command: ['true']\n"));
+    let config =
+        scratch.config(&format!("tasks:\n  started:\n    {TRIGGERED}\n    command: ['true']\n"));
     let _daemon = scratch.start_daemon(&config);
     // The file changes after the daemon read it: the daemon's tasks are the ones that count.
     scratch.config(&format!("tasks:\n  edited:\n    {TRIGGERED}\n    command: ['true']\n"));

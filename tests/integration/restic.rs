@@ -13,13 +13,13 @@ use std::sync::{Arc, Mutex};
 use crate::harness::{Scratch, canary, history};
 
 /// `rclone serve restic --append-only` on 127.0.0.1, port chosen by the kernel.
-pub struct RestServer {
+pub(crate) struct RestServer {
     child: Child,
     pub url: String,
 }
 
 impl RestServer {
-    pub fn start(dir: &Path) -> RestServer {
+    pub(crate) fn start(dir: &Path) -> RestServer {
         std::fs::create_dir_all(dir).unwrap();
         let mut child = Command::new("rclone")
             .args(["serve", "restic", "--append-only", "--addr", "127.0.0.1:0"])
@@ -52,7 +52,7 @@ impl Drop for RestServer {
 
 /// Samples every process under `root` (environment and argument list) until stopped,
 /// recording what it saw; short-lived children like restic and secretbox are caught too.
-pub struct ProcSampler {
+pub(crate) struct ProcSampler {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     pub seen: Arc<Mutex<Vec<(u32, String)>>>,
@@ -60,7 +60,7 @@ pub struct ProcSampler {
 }
 
 impl ProcSampler {
-    pub fn start(root: u32, needle: String) -> ProcSampler {
+    pub(crate) fn start(root: u32, needle: String) -> ProcSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let seen: Arc<Mutex<Vec<(u32, String)>>> = Arc::default();
         let leaks: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -68,8 +68,10 @@ impl ProcSampler {
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 for pid in descendants(root) {
-                    let comm =
-                        std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string();
+                    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string();
                     for file in ["environ", "cmdline"] {
                         if let Ok(bytes) = std::fs::read(format!("/proc/{pid}/{file}")) {
                             if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
@@ -88,7 +90,7 @@ impl ProcSampler {
         ProcSampler { stop, thread: Some(thread), seen, leaks }
     }
 
-    pub fn finish(mut self) -> (Vec<(u32, String)>, Vec<String>) {
+    pub(crate) fn finish(mut self) -> (Vec<(u32, String)>, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().unwrap().join().unwrap();
         (self.seen.lock().unwrap().clone(), self.leaks.lock().unwrap().clone())
@@ -100,7 +102,9 @@ fn descendants(root: u32) -> Vec<u32> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else { return out };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
         if pid != root && backupnizza::broker::peer::descends_from(pid, root) {
             out.push(pid);
         }
@@ -145,7 +149,8 @@ tasks:
     let mut set = scratch.backupnizza(["secret", "set", "repo", "-c"]).cmd;
     set.arg(&config).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = set.spawn().unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), format!("{password}\n").as_bytes()).unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), format!("{password}\n").as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
@@ -157,7 +162,9 @@ tasks:
 
     // By schedule: wait for a scheduled backup that succeeded.
     daemon.wait_for("a scheduled backup", |_| {
-        history(&scratch).iter().any(|r| r["type"] == "end" && r["task"] == "backup" && r["status"] == "success")
+        history(&scratch)
+            .iter()
+            .any(|r| r["type"] == "end" && r["task"] == "backup" && r["status"] == "success")
     });
     // By trigger (the scheduled one may be running: queue behind it by retrying).
     let manual = loop {
@@ -170,7 +177,8 @@ tasks:
 
     let snapshots = run("snapshots");
     snapshots.expect_code(0);
-    let log = daemon.wait_for("restic's snapshot list", |l| l.contains("\"hostname\":\"testhost\""));
+    let log =
+        daemon.wait_for("restic's snapshot list", |l| l.contains("\"hostname\":\"testhost\""));
     assert!(log.contains(&data.display().to_string()), "{log}");
 
     // The append-only server refuses deletion: the prune fails, in history and the log.
@@ -180,7 +188,10 @@ tasks:
     let prune_end = h.iter().find(|r| r["type"] == "end" && r["task"] == "prune").unwrap();
     assert_eq!(prune_end["status"], "failed", "{prune_end}");
     let log = daemon.log_text();
-    assert!(log.lines().any(|l| l.contains("task=prune") && l.contains("run ended: failed")), "{log}");
+    assert!(
+        log.lines().any(|l| l.contains("task=prune") && l.contains("run ended: failed")),
+        "{log}"
+    );
 
     drop(daemon);
     let (seen, leaks) = sampler.finish();
@@ -195,5 +206,6 @@ tasks:
             assert!(!text.contains(&password), "password in {name}");
         }
     }
-    let _ = Command::new("keyctl").args(["purge", "user", &format!("keyring:repo@{service}")]).status();
+    let _ =
+        Command::new("keyctl").args(["purge", "user", &format!("keyring:repo@{service}")]).status();
 }

@@ -22,14 +22,20 @@ fn a_timeout_stops_the_whole_process_group_even_a_grandchild_ignoring_sigint() {
     let scratch = Scratch::new();
     // The grandchild ignores SIGINT (restic's polite stop) so SIGTERM must follow.
     let script = "(trap \"\" INT; exec sleep 300) & echo $! > grandchild; wait";
-    let config = scratch
-        .config(&format!("tasks:\n  slow:\n    {TRIGGERED}\n    command: [sh, -c, '{script}']\n    timeout: 1s\n"));
+    let config = scratch.config(&format!(
+        "tasks:\n  slow:\n    {TRIGGERED}\n    command: [sh, -c, '{script}']\n    timeout: 1s\n"
+    ));
     let daemon = scratch.start_daemon(&config);
     let run = trigger(&scratch, &config, "slow", true);
     run.expect_code(1);
     assert!(run.stdout().contains("timeout"), "{run}");
-    let grandchild: i32 = std::fs::read_to_string(scratch.path().join("grandchild")).unwrap().trim().parse().unwrap();
-    assert!(!pid_alive(grandchild), "grandchild {grandchild} survived the timeout\n{}", daemon.log_text());
+    let grandchild: i32 =
+        std::fs::read_to_string(scratch.path().join("grandchild")).unwrap().trim().parse().unwrap();
+    assert!(
+        !pid_alive(grandchild),
+        "grandchild {grandchild} survived the timeout\n{}",
+        daemon.log_text()
+    );
     let log = daemon.log_text();
     assert!(log.contains("sent SIGINT, then SIGTERM"), "{log}");
     let h = history(&scratch);
@@ -44,7 +50,9 @@ fn overlap_skip_drops_firings_while_a_run_is_going() {
     let config = scratch
         .config("tasks:\n  busy:\n    schedule: '@every 1s'\n    command: [sleep, '2.5']\n    on_overlap: skip\n");
     let daemon = scratch.start_daemon(&config);
-    daemon.wait_for("a skipped firing", |log| log.contains("the previous run is still going (on_overlap: skip)"));
+    daemon.wait_for("a skipped firing", |log| {
+        log.contains("the previous run is still going (on_overlap: skip)")
+    });
     daemon.wait_for_count("run ended: success", 1);
     drop(daemon);
     let h = history(&scratch);
@@ -73,7 +81,9 @@ fn overlap_queue_runs_one_firing_after_the_current_run() {
     daemon.wait_for("a queued run to start", |_| {
         history(&scratch).iter().any(|r| r["type"] == "start" && r["trigger"] == "queued")
     });
-    daemon.wait_for("a firing skipped because one is already queued", |log| log.contains("one run is already queued"));
+    daemon.wait_for("a firing skipped because one is already queued", |log| {
+        log.contains("one run is already queued")
+    });
     drop(daemon);
     let h = history(&scratch);
     let starts = records(&h, "start", "busy");
@@ -115,7 +125,8 @@ fn a_failing_step_stops_later_steps_unless_it_may_continue() {
     let run = trigger(&scratch, &config, "stop", true);
     run.expect_code(1);
     assert!(
-        run.stdout().contains("exit code 4 (step 2 of 3)") && run.stdout().contains("later steps skipped"),
+        run.stdout().contains("exit code 4 (step 2 of 3)")
+            && run.stdout().contains("later steps skipped"),
         "{run}"
     );
     assert!(scratch.path().join("first").exists());
@@ -138,8 +149,9 @@ fn a_failing_step_stops_later_steps_unless_it_may_continue() {
 fn sigterm_stops_running_tasks_and_the_daemon_exits_cleanly() {
     let scratch = Scratch::new();
     let script = "trap \"echo task got SIGTERM; exit 0\" TERM; touch trapped; sleep 300 & wait";
-    let config = scratch
-        .config(&format!("shutdown_grace: 20s\ntasks:\n  long:\n    {TRIGGERED}\n    command: [sh, -c, '{script}']\n"));
+    let config = scratch.config(&format!(
+        "shutdown_grace: 20s\ntasks:\n  long:\n    {TRIGGERED}\n    command: [sh, -c, '{script}']\n"
+    ));
     let daemon = scratch.start_daemon(&config);
     trigger(&scratch, &config, "long", false).expect_code(0);
     daemon.wait_for("the task to set its trap", |_| scratch.path().join("trapped").exists());
@@ -176,7 +188,9 @@ fn status_trigger_and_history_talk_to_the_daemon() {
     let out = status.stdout();
     assert!(out.contains("daemon: running"), "{status}");
     assert!(
-        out.lines().any(|l| l.starts_with("hello") && l.contains("success") && l.contains("2027-01-01T00:00:00+00:00")),
+        out.lines().any(|l| l.starts_with("hello")
+            && l.contains("success")
+            && l.contains("2027-01-01T00:00:00+00:00")),
         "{status}"
     );
     assert!(out.lines().any(|l| l.starts_with("fails") && l.contains("failed")), "{status}");
@@ -256,7 +270,10 @@ fn secrets_tokens_and_url_passwords_are_redacted_from_task_output() {
     let long = format!("{}{secret}{}", "x".repeat(8 * 1024 - 30), "y".repeat(100));
     let long_file = scratch.path().join("long");
     std::fs::write(&long_file, format!("{long}\n")).unwrap();
-    assert!(log.contains("token bnz1_***") && log.contains("rest:https://me:***@example.net:8000/x/"), "{log}");
+    assert!(
+        log.contains("token bnz1_***") && log.contains("rest:https://me:***@example.net:8000/x/"),
+        "{log}"
+    );
     assert!(!log.contains("hunter2") && !log.contains(&secret));
     let h = std::fs::read_to_string(scratch.path().join("state/history.jsonl")).unwrap();
     assert!(h.contains("pw ***") && !h.contains(&secret), "{h}");

@@ -3,7 +3,8 @@
 
 use crate::harness::Scratch;
 
-const MINIMAL_TASK: &str = "tasks:\n  docs:\n    schedule: \"0 3 * * *\"\n    command: [restic, backup, ~/Documents]\n";
+const MINIMAL_TASK: &str =
+    "tasks:\n  docs:\n    schedule: \"0 3 * * *\"\n    command: [restic, backup, ~/Documents]\n";
 
 #[test]
 fn backup_yaml_example_is_valid() {
@@ -35,7 +36,8 @@ fn validate_does_not_read_secrets() {
 #[test]
 fn json_task_files_are_read_the_same_way() {
     let scratch = Scratch::new();
-    let ok = scratch.write("b.json", r#"{"tasks": {"docs": {"schedule": "@hourly", "command": ["true"]}}}"#);
+    let ok = scratch
+        .write("b.json", r#"{"tasks": {"docs": {"schedule": "@hourly", "command": ["true"]}}}"#);
     scratch.backupnizza(["validate", "-c"]).run_with(&ok).expect_code(0);
     let bad = scratch.write(
         "bad.json",
@@ -44,7 +46,10 @@ fn json_task_files_are_read_the_same_way() {
     let run = scratch.backupnizza(["validate", "-c"]).run_with(&bad);
     run.expect_code(2);
     let err = run.stderr();
-    assert!(err.contains(&format!("{}:3:", bad.display())) && err.contains("did you mean `command`"), "{run}");
+    assert!(
+        err.contains(&format!("{}:3:", bad.display())) && err.contains("did you mean `command`"),
+        "{run}"
+    );
 }
 
 #[test]
@@ -54,7 +59,10 @@ fn the_default_path_comes_from_the_environment() {
     scratch.backupnizza(["validate"]).env("BACKUPNIZZA_CONFIG", &file).run().expect_code(0);
     scratch.write(".config/backupnizza/backup.yaml", MINIMAL_TASK);
     scratch.backupnizza(["validate"]).run().expect_code(0);
-    let missing = scratch.backupnizza(["validate"]).env("XDG_CONFIG_HOME", scratch.path().join("nowhere")).run();
+    let missing = scratch
+        .backupnizza(["validate"])
+        .env("XDG_CONFIG_HOME", scratch.path().join("nowhere"))
+        .run();
     missing.expect_code(2);
     assert!(missing.stderr().contains("nowhere/backupnizza/backup.yaml"), "{missing}");
 }
@@ -68,7 +76,12 @@ struct Case {
     expect: &'static [&'static str],
 }
 
-fn case(name: &'static str, yaml: &str, line: Option<usize>, expect: &'static [&'static str]) -> Case {
+fn case(
+    name: &'static str,
+    yaml: &str,
+    line: Option<usize>,
+    expect: &'static [&'static str],
+) -> Case {
     Case { name, yaml: yaml.to_string(), line, expect }
 }
 
@@ -76,7 +89,12 @@ fn invalid_cases() -> Vec<Case> {
     let long_socket = format!("socket: /tmp/{}/s.sock\n{MINIMAL_TASK}", "d".repeat(120));
     vec![
         case("yaml syntax", "tasks:\n  docs: [1, 2\n", None, &["YAML syntax"]),
-        case("tasks is not a mapping", "tasks: 5\n", Some(1), &["tasks", "expected a mapping", "5"]),
+        case(
+            "tasks is not a mapping",
+            "tasks: 5\n",
+            Some(1),
+            &["tasks", "expected a mapping", "5"],
+        ),
         case(
             "unknown top-level key",
             &format!("taks: {{}}\n{MINIMAL_TASK}"),
@@ -199,7 +217,9 @@ fn invalid_cases() -> Vec<Case> {
         ),
         case(
             "undeclared secret in secrets list",
-            &format!("secrets:\n  repo: {{env: REPO_PW}}\n{MINIMAL_TASK}    secrets: [repo, offsite]\n"),
+            &format!(
+                "secrets:\n  repo: {{env: REPO_PW}}\n{MINIMAL_TASK}    secrets: [repo, offsite]\n"
+            ),
             Some(7),
             &["tasks.docs.secrets[1]", "\"offsite\"", "not declared"],
         ),
@@ -238,7 +258,9 @@ fn invalid_cases() -> Vec<Case> {
         ),
         case(
             "keyring without account",
-            &format!("secrets:\n  repo:\n    keyring: {{service: s}}\n{MINIMAL_TASK}    secrets: [repo]\n"),
+            &format!(
+                "secrets:\n  repo:\n    keyring: {{service: s}}\n{MINIMAL_TASK}    secrets: [repo]\n"
+            ),
             Some(3),
             &["secrets.repo.keyring", "missing required key `account`"],
         ),
@@ -325,10 +347,16 @@ fn each_invalid_file_exits_2_naming_line_and_key() {
             Some(line) => format!("{}:{line}:", file.display()),
             None => format!("{}", file.display()),
         };
-        let found = stderr
-            .lines()
-            .any(|l| l.starts_with(&prefix) && l.contains("error:") && case.expect.iter().all(|e| l.contains(e)));
-        assert!(found, "case {:?}: no line starting {prefix:?} containing {:?}\n{run}", case.name, case.expect);
+        let found = stderr.lines().any(|l| {
+            l.starts_with(&prefix)
+                && l.contains("error:")
+                && case.expect.iter().all(|e| l.contains(e))
+        });
+        assert!(
+            found,
+            "case {:?}: no line starting {prefix:?} containing {:?}\n{run}",
+            case.name, case.expect
+        );
         assert!(!stderr.contains("panicked"), "case {:?}\n{run}", case.name);
     }
 }
@@ -355,7 +383,10 @@ fn a_file_with_many_problems_reports_all_of_them() {
     ];
     for (line, text) in expected {
         let prefix = format!("{}:{line}:", file.display());
-        assert!(stderr.lines().any(|l| l.starts_with(&prefix) && l.contains(text)), "line {line} {text:?}\n{run}");
+        assert!(
+            stderr.lines().any(|l| l.starts_with(&prefix) && l.contains(text)),
+            "line {line} {text:?}\n{run}"
+        );
     }
     assert!(stderr.contains(&format!("{}: 8 errors found", file.display())), "{run}");
 }
@@ -369,6 +400,9 @@ fn warnings_do_not_fail_validation() {
     );
     let run = scratch.backupnizza(["validate", "-c"]).run_with(&file);
     run.expect_code(0);
-    assert!(run.stderr().contains(&format!("{}:2:3: warning: secrets.unused", file.display())), "{run}");
+    assert!(
+        run.stderr().contains(&format!("{}:2:3: warning: secrets.unused", file.display())),
+        "{run}"
+    );
     assert!(run.stderr().contains("RESTIC_PASSWORD_COMMAND"), "{run}");
 }

@@ -47,7 +47,9 @@ impl Checker {
             // The task's own env and command, then each step's.
             let mut places: Vec<(String, &Node)> = vec![(tpath.clone(), node)];
             if let Some((_, Node { value: Value::Seq(steps), .. })) = lookup(node, "steps") {
-                places.extend(steps.iter().enumerate().map(|(i, s)| (index(&join(&tpath, "steps"), i), s)));
+                places.extend(
+                    steps.iter().enumerate().map(|(i, s)| (index(&join(&tpath, "steps"), i), s)),
+                );
             }
             for (path, place) in places {
                 if let Some((_, env)) = lookup(place, "env") {
@@ -55,10 +57,14 @@ impl Checker {
                         let vpath = join(&join(&path, "env"), &var);
                         match &value.value {
                             Value::Str(text) => {
-                                self.check_secretbox_use(text, &task, &scope, &vpath, value.pos, &declared)
+                                self.check_secretbox_use(
+                                    text, &task, &scope, &vpath, value.pos, &declared,
+                                );
                             }
                             Value::Map(_) => {
-                                let Some((_, Node { value: Value::Str(name), pos })) = lookup(value, "secret") else {
+                                let Some((_, Node { value: Value::Str(name), pos })) =
+                                    lookup(value, "secret")
+                                else {
                                     continue;
                                 };
                                 used.insert(name.clone());
@@ -81,7 +87,9 @@ impl Checker {
                     for (i, arg) in args.iter().enumerate() {
                         if let Value::Str(text) = &arg.value {
                             let apath = index(&join(&path, "command"), i);
-                            self.check_secretbox_use(text, &task, &scope, &apath, arg.pos, &declared);
+                            self.check_secretbox_use(
+                                text, &task, &scope, &apath, arg.pos, &declared,
+                            );
                         }
                     }
                 }
@@ -92,7 +100,9 @@ impl Checker {
         if let Some((_, n)) = lookup(root, "notify") {
             notify_nodes.push(("notify".into(), n));
         }
-        for (task, _, node) in lookup(root, "tasks").map(|(_, n)| string_keys(n)).unwrap_or_default() {
+        for (task, _, node) in
+            lookup(root, "tasks").map(|(_, n)| string_keys(n)).unwrap_or_default()
+        {
             if let Some((_, n)) = lookup(node, "notify") {
                 notify_nodes.push((join(&join("tasks", &task), "notify"), n));
             }
@@ -100,7 +110,10 @@ impl Checker {
         for (path, node) in notify_nodes {
             for key in ["ping", "webhook"] {
                 let Some((_, value)) = lookup(node, key) else { continue };
-                let Some((_, Node { value: Value::Str(name), pos })) = lookup(value, "secret") else { continue };
+                let Some((_, Node { value: Value::Str(name), pos })) = lookup(value, "secret")
+                else {
+                    continue;
+                };
                 used.insert(name.clone());
                 if !declared.contains(name.as_str()) {
                     self.error(
@@ -146,8 +159,9 @@ impl Checker {
             let Some(name) = words[i + 2..].iter().find(|w| !w.starts_with('-')) else { continue };
             // In a shell snippet the name may be followed by `;`, `)` or a quote.
             let name = name.trim_start_matches(['"', '\'']);
-            let end =
-                name.find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))).unwrap_or(name.len());
+            let end = name
+                .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+                .unwrap_or(name.len());
             let name = &name[..end];
             if name.is_empty() {
                 continue;
@@ -176,9 +190,10 @@ impl Checker {
 /// reported by the sections, so anything else is simply not found.
 fn lookup<'n>(node: &'n Node, key: &str) -> Option<(&'n Node, &'n Node)> {
     match &node.value {
-        Value::Map(entries) => {
-            entries.iter().find(|(k, _)| matches!(&k.value, Value::Str(s) if s == key)).map(|(k, v)| (k, v))
-        }
+        Value::Map(entries) => entries
+            .iter()
+            .find(|(k, _)| matches!(&k.value, Value::Str(s) if s == key))
+            .map(|(k, v)| (k, v)),
         _ => None,
     }
 }

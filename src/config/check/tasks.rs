@@ -6,8 +6,8 @@
 use super::walk::{Checker, index, join, program_name, valid_env_name};
 use crate::config::tree::{Node, Pos, Value};
 use crate::config::{
-    DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_LATENESS, DEFAULT_NOTIFY_TIMEOUT, DEFAULT_REDEEM_LIMIT, EnvValue, EnvVar,
-    Environment, Hooks, Notify, Overlap, Step, Task, UrlValue, Zone,
+    DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_LATENESS, DEFAULT_NOTIFY_TIMEOUT, DEFAULT_REDEEM_LIMIT,
+    EnvValue, EnvVar, Environment, Hooks, Notify, Overlap, Step, Task, UrlValue, Zone,
 };
 use crate::schedule::Schedule;
 
@@ -45,7 +45,12 @@ const PLAINTEXT_SECRET_ENV: &[(&str, &str)] = &[
 ];
 
 impl Checker {
-    pub(super) fn tasks(&mut self, node: &Node, default_zone: &Zone, env: &Environment) -> Option<Vec<Task>> {
+    pub(super) fn tasks(
+        &mut self,
+        node: &Node,
+        default_zone: &Zone,
+        env: &Environment,
+    ) -> Option<Vec<Task>> {
         let fields = self.fields(node, "tasks", "a mapping of task names to tasks", None)?;
         if fields.entries.is_empty() {
             self.error("tasks", node.pos, "no tasks defined: add at least one task");
@@ -76,7 +81,12 @@ impl Checker {
         default_zone: &Zone,
         env: &Environment,
     ) -> Option<Task> {
-        let f = self.fields(node, path, "a mapping with at least `schedule` and `command`", Some(TASK_KEYS))?;
+        let f = self.fields(
+            node,
+            path,
+            "a mapping with at least `schedule` and `command`",
+            Some(TASK_KEYS),
+        )?;
         let pos = f.pos.or(key_pos);
         let schedule = self.required(&f, path, "schedule", pos).and_then(|n| {
             let p = join(path, "schedule");
@@ -105,9 +115,9 @@ impl Checker {
             }
             (Some(c), None) => {
                 let sha256 = self.optional(&f, path, "sha256", Checker::sha256);
-                self.argv(c, &join(path, "command"))
-                    .zip(sha256)
-                    .map(|(command, sha256)| vec![Step { command, env: Vec::new(), continue_on_error: false, sha256 }])
+                self.argv(c, &join(path, "command")).zip(sha256).map(|(command, sha256)| {
+                    vec![Step { command, env: Vec::new(), continue_on_error: false, sha256 }]
+                })
             }
             (None, Some(s)) => {
                 if let Some(n) = f.get("sha256") {
@@ -127,16 +137,23 @@ impl Checker {
             c.choice(n, p, &[("skip", Overlap::Skip), ("queue", Overlap::Queue)])
         });
         let working_dir = self.optional(&f, path, "working_dir", |c, n, p| c.path_value(n, p, env));
-        let redeem_limit = self.with_default(&f, path, "redeem_limit", DEFAULT_REDEEM_LIMIT, Checker::redeem_limit);
-        let max_lateness = self.with_default(&f, path, "max_lateness", DEFAULT_MAX_LATENESS, Checker::duration);
+        let redeem_limit = self.with_default(
+            &f,
+            path,
+            "redeem_limit",
+            DEFAULT_REDEEM_LIMIT,
+            Checker::redeem_limit,
+        );
+        let max_lateness =
+            self.with_default(&f, path, "max_lateness", DEFAULT_MAX_LATENESS, Checker::duration);
         let random_delay = self.optional(&f, path, "random_delay", Checker::duration);
         let hooks = self.with_default(&f, path, "hooks", Hooks::default(), Checker::hooks);
         let task_notify = self.optional(&f, path, "notify", Checker::notify);
         // restic exits 3 when some files could not be read: the snapshot exists.
-        let runs_restic =
-            matches!(&steps, Some(steps) if steps.iter().any(|s| program_name(&s.command[0]) == "restic"));
+        let runs_restic = matches!(&steps, Some(steps) if steps.iter().any(|s| program_name(&s.command[0]) == "restic"));
         let warning_codes = if runs_restic { vec![3] } else { Vec::new() };
-        let warning_exit_codes = self.with_default(&f, path, "warning_exit_codes", warning_codes, Checker::exit_codes);
+        let warning_exit_codes =
+            self.with_default(&f, path, "warning_exit_codes", warning_codes, Checker::exit_codes);
         Some(Task {
             name: name.to_string(),
             schedule: schedule?,
@@ -183,17 +200,21 @@ impl Checker {
         let mut ok = true;
         for (i, item) in items.iter().enumerate() {
             let p = index(path, i);
-            let Some(f) = self.fields(item, &p, "a step mapping {command: [...]}", Some(STEP_KEYS)) else {
+            let Some(f) = self.fields(item, &p, "a step mapping {command: [...]}", Some(STEP_KEYS))
+            else {
                 ok = false;
                 continue;
             };
-            let command = self.required(&f, &p, "command", item.pos).and_then(|n| self.argv(n, &join(&p, "command")));
+            let command = self
+                .required(&f, &p, "command", item.pos)
+                .and_then(|n| self.argv(n, &join(&p, "command")));
             let env = self.with_default(&f, &p, "env", Vec::new(), Checker::env);
-            let continue_on_error = self.with_default(&f, &p, "continue_on_error", false, Checker::boolean);
+            let continue_on_error =
+                self.with_default(&f, &p, "continue_on_error", false, Checker::boolean);
             let sha256 = self.optional(&f, &p, "sha256", Checker::sha256);
             match (command, env, continue_on_error, sha256) {
                 (Some(command), Some(env), Some(continue_on_error), Some(sha256)) => {
-                    out.push(Step { command, env, continue_on_error, sha256 })
+                    out.push(Step { command, env, continue_on_error, sha256 });
                 }
                 _ => ok = false,
             }
@@ -213,23 +234,28 @@ impl Checker {
                 continue;
             }
             if RESERVED_ENV.contains(&name.as_str()) {
-                self.error(&p, key.pos, format!("{name} is set by backupnizza for every process it starts; remove it"));
+                self.error(
+                    &p,
+                    key.pos,
+                    format!("{name} is set by backupnizza for every process it starts; remove it"),
+                );
                 ok = false;
                 continue;
             }
             let v = match &value.value {
                 Value::Str(s) => Some(EnvValue::Text(s.clone())),
-                Value::Int(_) | Value::Float(_) | Value::Bool(_) => value.scalar_text().map(EnvValue::Text),
+                Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
+                    value.scalar_text().map(EnvValue::Text)
+                }
                 Value::Map(_) => {
                     let f = self.fields(value, &p, "{secret: NAME}", Some(&["secret"]));
-                    match f.as_ref().and_then(|f| f.get("secret")) {
-                        Some(n) => self.non_empty_string(n, &join(&p, "secret")).map(EnvValue::Secret),
-                        None => {
-                            if f.is_some() {
-                                self.error(&p, value.pos, "expected {secret: NAME}");
-                            }
-                            None
+                    if let Some(n) = f.as_ref().and_then(|f| f.get("secret")) {
+                        self.non_empty_string(n, &join(&p, "secret")).map(EnvValue::Secret)
+                    } else {
+                        if f.is_some() {
+                            self.error(&p, value.pos, "expected {secret: NAME}");
                         }
+                        None
                     }
                 }
                 Value::Null => {
@@ -267,7 +293,7 @@ impl Checker {
             let p = index(path, i);
             match self.non_empty_string(item, &p) {
                 Some(name) if out.contains(&name) => {
-                    self.warn(&p, item.pos, format!("secret {name:?} is listed twice"))
+                    self.warn(&p, item.pos, format!("secret {name:?} is listed twice"));
                 }
                 Some(name) => out.push(name),
                 None => ok = false,
@@ -287,7 +313,13 @@ impl Checker {
         let on_success = self.optional(&f, path, "on_success", Checker::argv);
         let on_failure = self.optional(&f, path, "on_failure", Checker::argv);
         let after = self.optional(&f, path, "after", Checker::argv);
-        let timeout = self.with_default(&f, path, "timeout", DEFAULT_HOOK_TIMEOUT, Checker::positive_duration);
+        let timeout = self.with_default(
+            &f,
+            path,
+            "timeout",
+            DEFAULT_HOOK_TIMEOUT,
+            Checker::positive_duration,
+        );
         Some(Hooks {
             before: before?,
             on_success: on_success?,
@@ -299,35 +331,42 @@ impl Checker {
 
     /// A task's `notify`, or the top-level one.
     pub(super) fn notify(&mut self, node: &Node, path: &str) -> Option<Notify> {
-        let f = self.fields(node, path, "a mapping {ping: URL, webhook: URL}", Some(NOTIFY_KEYS))?;
+        let f =
+            self.fields(node, path, "a mapping {ping: URL, webhook: URL}", Some(NOTIFY_KEYS))?;
         let ping = self.optional(&f, path, "ping", Checker::url);
         let webhook = self.optional(&f, path, "webhook", Checker::url);
         let send_logs = self.with_default(&f, path, "send_logs", false, Checker::boolean);
-        let timeout = self.with_default(&f, path, "timeout", DEFAULT_NOTIFY_TIMEOUT, Checker::positive_duration);
+        let timeout = self.with_default(
+            &f,
+            path,
+            "timeout",
+            DEFAULT_NOTIFY_TIMEOUT,
+            Checker::positive_duration,
+        );
         Some(Notify { ping: ping?, webhook: webhook?, send_logs: send_logs?, timeout: timeout? })
     }
 
     /// A notification URL: written out (http or https), or `{secret: NAME}`.
     fn url(&mut self, node: &Node, path: &str) -> Option<UrlValue> {
-        match &node.value {
-            Value::Map(_) => {
-                let inner = self.fields(node, path, "{secret: NAME}", Some(&["secret"]))?;
-                match inner.get("secret") {
-                    Some(name) => self.non_empty_string(name, &join(path, "secret")).map(UrlValue::Secret),
-                    None => {
-                        self.error(path, node.pos, "expected a URL or {secret: NAME}");
-                        None
-                    }
-                }
+        if let Value::Map(_) = &node.value {
+            let inner = self.fields(node, path, "{secret: NAME}", Some(&["secret"]))?;
+            if let Some(name) = inner.get("secret") {
+                self.non_empty_string(name, &join(path, "secret")).map(UrlValue::Secret)
+            } else {
+                self.error(path, node.pos, "expected a URL or {secret: NAME}");
+                None
             }
-            _ => {
-                let text = self.non_empty_string(node, path)?;
-                if !(text.starts_with("https://") || text.starts_with("http://")) {
-                    self.error(path, node.pos, "expected an http:// or https:// URL (or {secret: NAME})");
-                    return None;
-                }
-                Some(UrlValue::Text(text))
+        } else {
+            let text = self.non_empty_string(node, path)?;
+            if !(text.starts_with("https://") || text.starts_with("http://")) {
+                self.error(
+                    path,
+                    node.pos,
+                    "expected an http:// or https:// URL (or {secret: NAME})",
+                );
+                return None;
             }
+            Some(UrlValue::Text(text))
         }
     }
 
@@ -339,19 +378,20 @@ impl Checker {
         let nibble = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
         let digest = (hex.len() == 64 && hex.iter().all(u8::is_ascii_hexdigit))
             .then(|| {
-                hex.chunks(2).map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?)).collect::<Option<Vec<u8>>>()
+                hex.chunks(2)
+                    .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
+                    .collect::<Option<Vec<u8>>>()
             })
             .flatten();
-        match digest {
-            Some(bytes) => bytes.try_into().ok(),
-            None => {
-                self.error(
-                    path,
-                    node.pos,
-                    format!("invalid sha256 {text:?}: write the 64 hex digits that `sha256sum PROGRAM` prints"),
-                );
-                None
-            }
+        if let Some(bytes) = digest {
+            bytes.try_into().ok()
+        } else {
+            self.error(
+                path,
+                node.pos,
+                format!("invalid sha256 {text:?}: write the 64 hex digits that `sha256sum PROGRAM` prints"),
+            );
+            None
         }
     }
 

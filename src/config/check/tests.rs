@@ -8,16 +8,20 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::config::{
-    Checked, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_LATENESS, DEFAULT_NOTIFY_TIMEOUT, DEFAULT_REDEEM_LIMIT,
-    DEFAULT_SHUTDOWN_GRACE, DEFAULT_TOKEN_TTL, Environment, LogFormat, LogLevel, Overlap, Pos, Problem, Severity,
-    Source, Store, parse,
+    Checked, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_LATENESS, DEFAULT_NOTIFY_TIMEOUT,
+    DEFAULT_REDEEM_LIMIT, DEFAULT_SHUTDOWN_GRACE, DEFAULT_TOKEN_TTL, Environment, LogFormat,
+    LogLevel, Overlap, Pos, Problem, Severity, Source, Store, parse,
 };
 
-const MINIMAL_TASK: &str = "tasks:\n  docs:\n    schedule: \"0 3 * * *\"\n    command: [restic, backup, ~/Documents]\n";
+const MINIMAL_TASK: &str =
+    "tasks:\n  docs:\n    schedule: \"0 3 * * *\"\n    command: [restic, backup, ~/Documents]\n";
 
 fn env() -> Environment {
     let vars = [("HOME", "/home/u"), ("XDG_RUNTIME_DIR", "/run/user/1000")];
-    Environment { vars: vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), uid: 1000 }
+    Environment {
+        vars: vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        uid: 1000,
+    }
 }
 
 fn check(text: &str) -> Checked {
@@ -37,7 +41,12 @@ fn problems(text: &str) -> Vec<(usize, usize, String, String)> {
         .collect()
 }
 
-fn problem(line: usize, column: usize, path: &str, message: &str) -> (usize, usize, String, String) {
+fn problem(
+    line: usize,
+    column: usize,
+    path: &str,
+    message: &str,
+) -> (usize, usize, String, String) {
     (line, column, path.to_string(), message.to_string())
 }
 
@@ -66,7 +75,9 @@ fn absent_keys_take_their_documented_defaults() {
     assert_eq!(config.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
     assert_eq!((config.log.level, config.log.format), (LogLevel::Info, LogFormat::Text));
     assert!(!config.strict_memory && !config.pin_binaries);
-    assert!(config.notify.is_none() && config.metrics_textfile.is_none() && config.secrets.is_empty());
+    assert!(
+        config.notify.is_none() && config.metrics_textfile.is_none() && config.secrets.is_empty()
+    );
     let task = config.task("docs").unwrap();
     assert_eq!(task.zone.name, config.timezone.name);
     assert_eq!(task.max_lateness, DEFAULT_MAX_LATENESS);
@@ -87,7 +98,10 @@ fn nested_defaults_apply_inside_a_given_section() {
     let config = check(text).config.expect("valid");
     assert_eq!((config.log.level, config.log.format), (LogLevel::Info, LogFormat::Json));
     let notify = config.notify.as_ref().unwrap();
-    assert_eq!((notify.send_logs, notify.timeout, notify.webhook.as_ref()), (false, DEFAULT_NOTIFY_TIMEOUT, None));
+    assert_eq!(
+        (notify.send_logs, notify.timeout, notify.webhook.as_ref()),
+        (false, DEFAULT_NOTIFY_TIMEOUT, None)
+    );
     assert_eq!(
         config.secret("repo").unwrap().source,
         Source::Command { argv: vec!["pw".into()], timeout: Duration::from_secs(30) }
@@ -97,7 +111,10 @@ fn nested_defaults_apply_inside_a_given_section() {
         Source::Keyring { service: "s".into(), account: "1000".into(), store: Store::Auto }
     );
     let hooks = &config.task("docs").unwrap().hooks;
-    assert_eq!((hooks.before.as_deref(), hooks.timeout), (Some(&["echo".to_string()][..]), DEFAULT_HOOK_TIMEOUT));
+    assert_eq!(
+        (hooks.before.as_deref(), hooks.timeout),
+        (Some(&["echo".to_string()][..]), DEFAULT_HOOK_TIMEOUT)
+    );
 }
 
 #[test]
@@ -106,8 +123,15 @@ fn restic_tasks_treat_exit_code_3_as_a_warning() {
     assert_eq!(codes(MINIMAL_TASK), [3]);
     let steps = "tasks:\n  t:\n    schedule: '@daily'\n    steps:\n      - command: [rclone, sync]\n      - command: [/usr/bin/restic, check]\n";
     assert_eq!(codes(steps), [3], "any step running restic, by file name");
-    assert_eq!(codes("tasks:\n  t:\n    schedule: '@daily'\n    command: [rclone, sync]\n"), [] as [i32; 0]);
-    assert_eq!(codes(&format!("{MINIMAL_TASK}    warning_exit_codes: []\n")), [] as [i32; 0], "explicit wins");
+    assert_eq!(
+        codes("tasks:\n  t:\n    schedule: '@daily'\n    command: [rclone, sync]\n"),
+        [] as [i32; 0]
+    );
+    assert_eq!(
+        codes(&format!("{MINIMAL_TASK}    warning_exit_codes: []\n")),
+        [] as [i32; 0],
+        "explicit wins"
+    );
     assert_eq!(codes(&format!("{MINIMAL_TASK}    warning_exit_codes: [1, 3]\n")), [1, 3]);
 }
 
@@ -119,18 +143,31 @@ fn unknown_keys_are_named_with_the_nearest_known_key() {
     );
     assert_eq!(
         problems(&format!("{MINIMAL_TASK}    schedual: x\n")),
-        [problem(5, 5, "tasks.docs.schedual", "unknown key \"schedual\" (did you mean `schedule`?)")]
+        [problem(
+            5,
+            5,
+            "tasks.docs.schedual",
+            "unknown key \"schedual\" (did you mean `schedule`?)"
+        )]
     );
     let step = "tasks:\n  docs:\n    schedule: '@daily'\n    steps:\n      - comand: [x]\n";
     assert_eq!(
         problems(step),
         [
-            problem(5, 9, "tasks.docs.steps[0].comand", "unknown key \"comand\" (did you mean `command`?)"),
+            problem(
+                5,
+                9,
+                "tasks.docs.steps[0].comand",
+                "unknown key \"comand\" (did you mean `command`?)"
+            ),
             problem(5, 15, "tasks.docs.steps[0]", "missing required key `command`"),
         ]
     );
     // Too far from anything known: no guess.
-    assert_eq!(only_error(&format!("{MINIMAL_TASK}    colour: red\n")).message, "unknown key \"colour\"");
+    assert_eq!(
+        only_error(&format!("{MINIMAL_TASK}    colour: red\n")).message,
+        "unknown key \"colour\""
+    );
 }
 
 #[test]
@@ -141,7 +178,8 @@ fn every_problem_is_reported_at_once_in_file_order() {
     assert!(checked.config.is_none());
     assert!(checked.problems.iter().all(|p| p.severity == Severity::Error));
     let found = problems(text);
-    let summary: Vec<(usize, &str)> = found.iter().map(|(line, _, path, _)| (*line, path.as_str())).collect();
+    let summary: Vec<(usize, &str)> =
+        found.iter().map(|(line, _, path, _)| (*line, path.as_str())).collect();
     assert_eq!(
         summary,
         [
@@ -158,11 +196,21 @@ fn every_problem_is_reported_at_once_in_file_order() {
     assert_eq!(found[0].3, "invalid duration 30: a number needs a unit (write 30s, 30m or 30h)");
     assert!(found[1].3.starts_with("unknown time zone \"Mars/Olympus\""), "{}", found[1].3);
     assert_eq!(found[2].3, "missing required key `account`");
-    assert!(found[3].3.starts_with("invalid schedule \"61 * * * *\": minute field \"61\""), "{}", found[3].3);
+    assert!(
+        found[3].3.starts_with("invalid schedule \"61 * * * *\": minute field \"61\""),
+        "{}",
+        found[3].3
+    );
     assert_eq!(found[4].3, "empty command: give at least the program to run");
-    assert_eq!(found[5].3, "task \"docs\" names secret \"nope\", which is not declared under `secrets:`");
+    assert_eq!(
+        found[5].3,
+        "task \"docs\" names secret \"nope\", which is not declared under `secrets:`"
+    );
     assert_eq!(found[6].3, "invalid value \"never\": expected one of skip, queue");
-    assert_eq!(found[7].3, "duplicate key \"docs\" (first defined at line 7): each key may appear once");
+    assert_eq!(
+        found[7].3,
+        "duplicate key \"docs\" (first defined at line 7): each key may appear once"
+    );
 }
 
 #[test]
@@ -175,13 +223,21 @@ fn problems_without_a_position_come_last() {
     assert_eq!(
         found,
         [
-            (Some(Pos { line: 5, column: 18 }), "tasks.docs.working_dir", "cannot expand `~`: HOME is not set"),
+            (
+                Some(Pos { line: 5, column: 18 }),
+                "tasks.docs.working_dir",
+                "cannot expand `~`: HOME is not set"
+            ),
             (
                 Some(Pos { line: 6, column: 17 }),
                 "tasks.docs.on_overlap",
                 "invalid value \"skipp\": expected one of skip, queue (did you mean `skip`?)"
             ),
-            (None, "state_dir", "no default: neither XDG_STATE_HOME nor HOME is set; set `state_dir:`"),
+            (
+                None,
+                "state_dir",
+                "no default: neither XDG_STATE_HOME nor HOME is set; set `state_dir:`"
+            ),
         ]
     );
 }
@@ -191,16 +247,31 @@ fn command_and_steps_exclude_each_other() {
     let both = "tasks:\n  docs:\n    schedule: '@daily'\n    command: [x]\n    steps:\n      - command: [y]\n";
     assert_eq!(
         problems(both),
-        [problem(6, 7, "tasks.docs", "both `command` and `steps`: give one (a single command, or a list of steps)")]
+        [problem(
+            6,
+            7,
+            "tasks.docs",
+            "both `command` and `steps`: give one (a single command, or a list of steps)"
+        )]
     );
     assert_eq!(
         problems("tasks:\n  docs:\n    schedule: '@daily'\n"),
-        [problem(3, 13, "tasks.docs", "missing `command` (or `steps`): what should this task run?")]
+        [problem(
+            3,
+            13,
+            "tasks.docs",
+            "missing `command` (or `steps`): what should this task run?"
+        )]
     );
     let pinned = "tasks:\n  docs:\n    schedule: '@daily'\n    sha256: abc\n    steps:\n      - command: [y]\n";
     assert_eq!(
         problems(pinned),
-        [problem(4, 13, "tasks.docs.sha256", "with `steps:`, pin each step's program with its own `sha256`")]
+        [problem(
+            4,
+            13,
+            "tasks.docs.sha256",
+            "with `steps:`, pin each step's program with its own `sha256`"
+        )]
     );
     assert_eq!(
         problems("tasks:\n  docs:\n    schedule: '@daily'\n    steps: []\n"),
@@ -247,7 +318,12 @@ fn secretbox_get_must_name_a_secret_in_the_tasks_scope() {
         problems(&text),
         [
             // `secretbox get` in a command does not count as using the secret.
-            problem(2, 3, "secrets.repo", "secret \"repo\" is not used by any task (add it to a task's `secrets:`)"),
+            problem(
+                2,
+                3,
+                "secrets.repo",
+                "secret \"repo\" is not used by any task (add it to a task's `secrets:`)"
+            ),
             problem(
                 8,
                 32,
@@ -291,8 +367,12 @@ fn warnings_leave_the_config_usable() {
 
 #[test]
 fn each_secret_has_exactly_one_source() {
-    let with = |secret: &str| format!("secrets:\n  repo: {secret}\n{MINIMAL_TASK}    secrets: [repo]\n");
-    assert_eq!(only_error(&with("{}")).message, "no source: give exactly one of keyring, command, file or env");
+    let with =
+        |secret: &str| format!("secrets:\n  repo: {secret}\n{MINIMAL_TASK}    secrets: [repo]\n");
+    assert_eq!(
+        only_error(&with("{}")).message,
+        "no source: give exactly one of keyring, command, file or env"
+    );
     assert_eq!(
         only_error(&with("{file: /x, env: X}")).message,
         "2 sources (file, env): give exactly one of keyring, command, file or env"
@@ -304,16 +384,28 @@ fn each_secret_has_exactly_one_source() {
     );
     let p = only_error(&with("{keyring: {service: s, account: a, store: gnome}}"));
     assert_eq!(p.path, "secrets.repo.keyring.store");
-    assert_eq!(p.message, "invalid value \"gnome\": expected one of auto, secret-service, keyutils, keychain");
+    assert_eq!(
+        p.message,
+        "invalid value \"gnome\": expected one of auto, secret-service, keyutils, keychain"
+    );
 }
 
 #[test]
 fn durations_need_a_unit_and_a_sensible_length() {
     let top = |line: &str| only_error(&format!("{line}\n{MINIMAL_TASK}")).message;
-    assert_eq!(top("token_ttl: 5 minutes"), "invalid duration \"5 minutes\": \"5\" has no unit (write 5s, 5m or 5h)");
+    assert_eq!(
+        top("token_ttl: 5 minutes"),
+        "invalid duration \"5 minutes\": \"5\" has no unit (write 5s, 5m or 5h)"
+    );
     assert_eq!(top("token_ttl: 0s"), "must be longer than 0s");
-    assert_eq!(top("token_ttl: 2h"), "must be at most 1h: a token is only needed while the task starts up");
-    assert_eq!(top("shutdown_grace: 1x"), "invalid duration \"1x\": unknown unit \"x\" (use ms, s, m, h or d)");
+    assert_eq!(
+        top("token_ttl: 2h"),
+        "must be at most 1h: a token is only needed while the task starts up"
+    );
+    assert_eq!(
+        top("shutdown_grace: 1x"),
+        "invalid duration \"1x\": unknown unit \"x\" (use ms, s, m, h or d)"
+    );
     let task = |line: &str| only_error(&format!("{MINIMAL_TASK}    {line}\n"));
     let p = task("timeout: 30");
     assert_eq!((p.pos, p.path.as_str()), (Some(Pos { line: 5, column: 14 }), "tasks.docs.timeout"));
@@ -334,16 +426,29 @@ fn durations_need_a_unit_and_a_sensible_length() {
 fn wrong_types_say_what_was_expected_and_found() {
     let task = |line: &str| only_error(&format!("{MINIMAL_TASK}    {line}\n")).message;
     assert_eq!(task("redeem_limit: 0"), "0 is out of range 1-1000");
-    assert_eq!(task("redeem_limit: lots"), "expected a whole number from 1 to 1000, found a string (\"lots\")");
-    assert_eq!(task("warning_exit_codes: 3"), "expected a list of exit codes such as [3], found a number (\"3\")");
+    assert_eq!(
+        task("redeem_limit: lots"),
+        "expected a whole number from 1 to 1000, found a string (\"lots\")"
+    );
+    assert_eq!(
+        task("warning_exit_codes: 3"),
+        "expected a list of exit codes such as [3], found a number (\"3\")"
+    );
     assert_eq!(
         task("working_dir: backups"),
         "backups is a relative path: write an absolute path (a leading ~/ is expanded)"
     );
-    assert_eq!(task("sha256: abc"), "invalid sha256 \"abc\": write the 64 hex digits that `sha256sum PROGRAM` prints");
-    assert_eq!(task("notify: {ping: ftp://x}"), "expected an http:// or https:// URL (or {secret: NAME})");
     assert_eq!(
-        only_error("tasks:\n  docs:\n    schedule: '@daily'\n    command: restic backup ~/x\n").message,
+        task("sha256: abc"),
+        "invalid sha256 \"abc\": write the 64 hex digits that `sha256sum PROGRAM` prints"
+    );
+    assert_eq!(
+        task("notify: {ping: ftp://x}"),
+        "expected an http:// or https:// URL (or {secret: NAME})"
+    );
+    assert_eq!(
+        only_error("tasks:\n  docs:\n    schedule: '@daily'\n    command: restic backup ~/x\n")
+            .message,
         "a command is a list of arguments, run without a shell: write [\"restic\", \"backup\", \"~/x\"] instead of \"restic backup ~/x\""
     );
 }
@@ -354,7 +459,10 @@ fn yaml_syntax_errors_and_empty_files_are_one_problem() {
     assert!(p.message.starts_with("YAML syntax: "), "{}", p.message);
     let p = only_error("");
     assert_eq!((p.pos, p.path.as_str()), (None, ""));
-    assert_eq!(p.message, "the task file is empty: it needs at least a `tasks:` mapping (see backup.yaml.example)");
+    assert_eq!(
+        p.message,
+        "the task file is empty: it needs at least a `tasks:` mapping (see backup.yaml.example)"
+    );
     assert_eq!(
         only_error("secrets: {}\n").message,
         "no `tasks:` mapping: define at least one task (see backup.yaml.example)"

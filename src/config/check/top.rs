@@ -9,8 +9,8 @@ use std::time::Duration;
 use super::walk::{Checker, join, valid_env_name};
 use crate::config::tree::{Node, Pos, Value};
 use crate::config::{
-    Config, DEFAULT_SECRET_COMMAND_TIMEOUT, DEFAULT_SHUTDOWN_GRACE, DEFAULT_TOKEN_TTL, Environment, LogFormat,
-    LogLevel, LogSettings, MAX_SOCKET_PATH, SecretSpec, Source, Store, Zone,
+    Config, DEFAULT_SECRET_COMMAND_TIMEOUT, DEFAULT_SHUTDOWN_GRACE, DEFAULT_TOKEN_TTL, Environment,
+    LogFormat, LogLevel, LogSettings, MAX_SOCKET_PATH, SecretSpec, Source, Store, Zone,
 };
 
 const TOP_KEYS: &[&str] = &[
@@ -45,9 +45,16 @@ impl Checker {
             );
             return None;
         }
-        let top = self.fields(root, ROOT, "a mapping of settings (socket, secrets, tasks, ...)", Some(TOP_KEYS))?;
+        let top = self.fields(
+            root,
+            ROOT,
+            "a mapping of settings (socket, secrets, tasks, ...)",
+            Some(TOP_KEYS),
+        )?;
 
-        let socket = self.with_default(&top, ROOT, "socket", env.default_socket(), |c, n, p| c.path_value(n, p, env));
+        let socket = self.with_default(&top, ROOT, "socket", env.default_socket(), |c, n, p| {
+            c.path_value(n, p, env)
+        });
         if let Some(socket) = &socket {
             let len = socket.as_os_str().len();
             if len > MAX_SOCKET_PATH {
@@ -64,21 +71,21 @@ impl Checker {
         }
         // Not `with_default`: without XDG_STATE_HOME or HOME there is no default, and its
         // absence is the problem.
-        let state_dir = match top.get("state_dir") {
-            Some(node) => self.path_value(node, "state_dir", env),
-            None => {
-                let dir = env.default_state_dir();
-                if dir.is_none() {
-                    self.error(
-                        "state_dir",
-                        None,
-                        "no default: neither XDG_STATE_HOME nor HOME is set; set `state_dir:`",
-                    );
-                }
-                dir
+        let state_dir = if let Some(node) = top.get("state_dir") {
+            self.path_value(node, "state_dir", env)
+        } else {
+            let dir = env.default_state_dir();
+            if dir.is_none() {
+                self.error(
+                    "state_dir",
+                    None,
+                    "no default: neither XDG_STATE_HOME nor HOME is set; set `state_dir:`",
+                );
             }
+            dir
         };
-        let token_ttl = self.with_default(&top, ROOT, "token_ttl", DEFAULT_TOKEN_TTL, Checker::token_ttl);
+        let token_ttl =
+            self.with_default(&top, ROOT, "token_ttl", DEFAULT_TOKEN_TTL, Checker::token_ttl);
         let timezone = self.with_default(&top, ROOT, "timezone", Zone::system(), Checker::zone);
         let log = self.with_default(
             &top,
@@ -90,18 +97,28 @@ impl Checker {
         let strict_memory = self.with_default(&top, ROOT, "strict_memory", false, Checker::boolean);
         let pin_binaries = self.with_default(&top, ROOT, "pin_binaries", false, Checker::boolean);
         let notify = self.optional(&top, ROOT, "notify", Checker::notify);
-        let metrics_textfile = self.optional(&top, ROOT, "metrics_textfile", |c, n, p| c.path_value(n, p, env));
-        let shutdown_grace = self.with_default(&top, ROOT, "shutdown_grace", DEFAULT_SHUTDOWN_GRACE, Checker::duration);
+        let metrics_textfile =
+            self.optional(&top, ROOT, "metrics_textfile", |c, n, p| c.path_value(n, p, env));
+        let shutdown_grace = self.with_default(
+            &top,
+            ROOT,
+            "shutdown_grace",
+            DEFAULT_SHUTDOWN_GRACE,
+            Checker::duration,
+        );
 
         let secrets = self.with_default(&top, ROOT, "secrets", Vec::new(), Checker::secrets);
         let default_zone = timezone.clone().unwrap_or_else(Zone::system);
         // Not `with_default` either: a file without tasks has nothing to run.
-        let tasks = match top.get("tasks") {
-            Some(node) => self.tasks(node, &default_zone, env),
-            None => {
-                self.error("tasks", top.pos, "no `tasks:` mapping: define at least one task (see backup.yaml.example)");
-                None
-            }
+        let tasks = if let Some(node) = top.get("tasks") {
+            self.tasks(node, &default_zone, env)
+        } else {
+            self.error(
+                "tasks",
+                top.pos,
+                "no `tasks:` mapping: define at least one task (see backup.yaml.example)",
+            );
+            None
         };
         self.cross_check(root);
         Some(Config {
@@ -124,14 +141,23 @@ impl Checker {
     fn token_ttl(&mut self, node: &Node, path: &str) -> Option<Duration> {
         let ttl = self.positive_duration(node, path)?;
         if ttl > Duration::from_secs(3600) {
-            self.error(path, node.pos, "must be at most 1h: a token is only needed while the task starts up");
+            self.error(
+                path,
+                node.pos,
+                "must be at most 1h: a token is only needed while the task starts up",
+            );
             return None;
         }
         Some(ttl)
     }
 
     fn log(&mut self, node: &Node, path: &str) -> Option<LogSettings> {
-        let fields = self.fields(node, path, "a mapping such as {level: info, format: text}", Some(LOG_KEYS))?;
+        let fields = self.fields(
+            node,
+            path,
+            "a mapping such as {level: info, format: text}",
+            Some(LOG_KEYS),
+        )?;
         let level = self.with_default(&fields, path, "level", LogLevel::Info, |c, n, p| {
             c.choice(
                 n,
@@ -170,13 +196,21 @@ impl Checker {
     }
 
     fn secret(&mut self, node: &Node, path: &str, key_pos: Option<Pos>) -> Option<Source> {
-        let fields =
-            self.fields(node, path, "a mapping with one source: keyring, command, file or env", Some(SECRET_KEYS))?;
+        let fields = self.fields(
+            node,
+            path,
+            "a mapping with one source: keyring, command, file or env",
+            Some(SECRET_KEYS),
+        )?;
         let sources: Vec<&str> = SECRET_SOURCES.iter().copied().filter(|s| fields.has(s)).collect();
         let pos = fields.pos.or(key_pos);
         match sources.as_slice() {
             [] => {
-                self.error(path, pos, "no source: give exactly one of keyring, command, file or env");
+                self.error(
+                    path,
+                    pos,
+                    "no source: give exactly one of keyring, command, file or env",
+                );
                 return None;
             }
             [_] => {}
@@ -195,17 +229,31 @@ impl Checker {
         }
         if let Some(n) = fields.get("timeout") {
             if sources[0] != "command" {
-                self.error(&join(path, "timeout"), n.pos, "`timeout` applies only to a `command` source");
+                self.error(
+                    &join(path, "timeout"),
+                    n.pos,
+                    "`timeout` applies only to a `command` source",
+                );
                 return None;
             }
         }
-        let timeout =
-            self.with_default(&fields, path, "timeout", DEFAULT_SECRET_COMMAND_TIMEOUT, Checker::positive_duration)?;
+        let timeout = self.with_default(
+            &fields,
+            path,
+            "timeout",
+            DEFAULT_SECRET_COMMAND_TIMEOUT,
+            Checker::positive_duration,
+        )?;
         let value = fields.get(sources[0])?;
         let vpath = join(path, sources[0]);
         match sources[0] {
             "keyring" => {
-                let kf = self.fields(value, &vpath, "a mapping {service: ..., account: ...}", Some(KEYRING_KEYS))?;
+                let kf = self.fields(
+                    value,
+                    &vpath,
+                    "a mapping {service: ..., account: ...}",
+                    Some(KEYRING_KEYS),
+                )?;
                 let service = self
                     .required(&kf, &vpath, "service", value.pos)
                     .and_then(|n| self.non_empty_string(n, &join(&vpath, "service")));
@@ -254,7 +302,11 @@ impl Checker {
             "env" => {
                 let var = self.non_empty_string(value, &vpath)?;
                 if !valid_env_name(&var) {
-                    self.error(&vpath, value.pos, format!("invalid environment variable name {var:?}"));
+                    self.error(
+                        &vpath,
+                        value.pos,
+                        format!("invalid environment variable name {var:?}"),
+                    );
                     return None;
                 }
                 Some(Source::Env { var })

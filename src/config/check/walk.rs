@@ -43,7 +43,10 @@ pub(super) fn index(path: &str, i: usize) -> String {
 }
 
 /// The closest candidate to `word`, if it is close enough to be what was meant.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let lower = word.to_ascii_lowercase();
     candidates
         .into_iter()
@@ -78,7 +81,12 @@ pub(super) fn program_name(program: &str) -> &str {
 
 impl Checker {
     pub(super) fn error(&mut self, path: &str, pos: Option<Pos>, message: impl Into<String>) {
-        self.problems.push(Problem { severity: Severity::Error, pos, path: path.to_string(), message: message.into() });
+        self.problems.push(Problem {
+            severity: Severity::Error,
+            pos,
+            path: path.to_string(),
+            message: message.into(),
+        });
     }
 
     pub(super) fn warn(&mut self, path: &str, pos: Option<Pos>, message: impl Into<String>) {
@@ -92,7 +100,9 @@ impl Checker {
 
     pub(super) fn type_error(&mut self, path: &str, node: &Node, expected: &str) {
         let found = match node.scalar_text() {
-            Some(text) if !matches!(node.value, Value::Null) => format!("{} ({text:?})", node.type_name()),
+            Some(text) if !matches!(node.value, Value::Null) => {
+                format!("{} ({text:?})", node.type_name())
+            }
             _ => node.type_name().to_string(),
         };
         self.error(path, node.pos, format!("expected {expected}, found {found}"));
@@ -122,14 +132,22 @@ impl Checker {
         for (key, value) in entries {
             let name = match &key.value {
                 Value::Str(s) => s.clone(),
-                Value::Int(_) | Value::Bool(_) | Value::Float(_) => key.scalar_text().unwrap_or_default(),
+                Value::Int(_) | Value::Bool(_) | Value::Float(_) => {
+                    key.scalar_text().unwrap_or_default()
+                }
                 _ => {
-                    self.error(path, key.pos, format!("keys must be strings, found {}", key.type_name()));
+                    self.error(
+                        path,
+                        key.pos,
+                        format!("keys must be strings, found {}", key.type_name()),
+                    );
                     continue;
                 }
             };
             if let Some(first) = first_seen.get(&name) {
-                let at = first.map(|p| format!(" (first defined at line {})", p.line)).unwrap_or_default();
+                let at = first
+                    .map(|p| format!(" (first defined at line {})", p.line))
+                    .unwrap_or_default();
                 self.error(
                     &join(path, &name),
                     key.pos,
@@ -187,7 +205,8 @@ impl Checker {
     }
 
     /// [`Checker::with_default`] for keys whose absence means "none": `Some(None)` when
-    /// absent.
+    /// absent. The outer `None` means "given but invalid, and reported".
+    #[allow(clippy::option_option)] // the two Nones mean different things, documented above
     pub(super) fn optional<T>(
         &mut self,
         fields: &Fields<'_>,
@@ -220,12 +239,11 @@ impl Checker {
     }
 
     pub(super) fn boolean(&mut self, node: &Node, path: &str) -> Option<bool> {
-        match node.value {
-            Value::Bool(b) => Some(b),
-            _ => {
-                self.type_error(path, node, "true or false");
-                None
-            }
+        if let Value::Bool(b) = node.value {
+            Some(b)
+        } else {
+            self.type_error(path, node, "true or false");
+            None
         }
     }
 
@@ -242,7 +260,9 @@ impl Checker {
                 self.error(
                     path,
                     node.pos,
-                    format!("invalid duration {i}: a number needs a unit (write {i}s, {i}m or {i}h)"),
+                    format!(
+                        "invalid duration {i}: a number needs a unit (write {i}s, {i}m or {i}h)"
+                    ),
                 );
                 None
             }
@@ -262,7 +282,12 @@ impl Checker {
         Some(d)
     }
 
-    pub(super) fn choice<T: Copy>(&mut self, node: &Node, path: &str, choices: &[(&str, T)]) -> Option<T> {
+    pub(super) fn choice<T: Copy>(
+        &mut self,
+        node: &Node,
+        path: &str,
+        choices: &[(&str, T)],
+    ) -> Option<T> {
         let text = self.string(node, path)?;
         if let Some((_, v)) = choices.iter().find(|(name, _)| *name == text) {
             return Some(*v);
@@ -282,18 +307,18 @@ impl Checker {
 
     pub(super) fn zone(&mut self, node: &Node, path: &str) -> Option<Zone> {
         let name = self.non_empty_string(node, path)?;
-        match TimeZone::get(&name) {
-            Ok(tz) => Some(Zone { name, tz }),
-            Err(_) => {
-                let names: Vec<String> = jiff::tz::db().available().map(|n| n.as_str().to_string()).collect();
-                let hint = suggestion(&name, names.iter().map(String::as_str));
-                self.error(
-                    path,
-                    node.pos,
-                    format!("unknown time zone {name:?}{hint}: use an IANA name such as Europe/Berlin or UTC"),
-                );
-                None
-            }
+        if let Ok(tz) = TimeZone::get(&name) {
+            Some(Zone { name, tz })
+        } else {
+            let names: Vec<String> =
+                jiff::tz::db().available().map(|n| n.as_str().to_string()).collect();
+            let hint = suggestion(&name, names.iter().map(String::as_str));
+            self.error(
+                path,
+                node.pos,
+                format!("unknown time zone {name:?}{hint}: use an IANA name such as Europe/Berlin or UTC"),
+            );
+            None
         }
     }
 
@@ -314,7 +339,11 @@ impl Checker {
                 return None;
             }
             _ => {
-                self.type_error(path, node, "a list of arguments such as [restic, backup, ~/Documents]");
+                self.type_error(
+                    path,
+                    node,
+                    "a list of arguments such as [restic, backup, ~/Documents]",
+                );
                 return None;
             }
         };
@@ -327,7 +356,9 @@ impl Checker {
         for (i, item) in items.iter().enumerate() {
             match &item.value {
                 Value::Str(s) => argv.push(s.clone()),
-                Value::Int(_) | Value::Float(_) | Value::Bool(_) => argv.push(item.scalar_text().unwrap_or_default()),
+                Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
+                    argv.push(item.scalar_text().unwrap_or_default());
+                }
                 _ => {
                     self.type_error(&index(path, i), item, "a string");
                     ok = false;
@@ -346,7 +377,12 @@ impl Checker {
     }
 
     /// An absolute path, after expanding `~/` and `$VARS` from `env`.
-    pub(super) fn path_value(&mut self, node: &Node, path: &str, env: &Environment) -> Option<PathBuf> {
+    pub(super) fn path_value(
+        &mut self,
+        node: &Node,
+        path: &str,
+        env: &Environment,
+    ) -> Option<PathBuf> {
         let raw = self.non_empty_string(node, path)?;
         match env.expand_path(&raw) {
             Ok(p) if p.is_absolute() => Some(p),
@@ -354,7 +390,10 @@ impl Checker {
                 self.error(
                     path,
                     node.pos,
-                    format!("{} is a relative path: write an absolute path (a leading ~/ is expanded)", p.display()),
+                    format!(
+                        "{} is a relative path: write an absolute path (a leading ~/ is expanded)",
+                        p.display()
+                    ),
                 );
                 None
             }

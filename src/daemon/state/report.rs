@@ -1,0 +1,67 @@
+//! What the state owner reports from its tables: the `status` answer and the metrics file.
+
+use super::State;
+use crate::daemon::metrics::{TaskMetrics, TokenMetrics};
+use crate::protocol::{StatusBody, TaskStatus, TokenCounts};
+
+impl State {
+    pub(super) fn status(&self) -> StatusBody {
+        let tokens = self.ctx.runner.broker.token_stats();
+        StatusBody {
+            daemon: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            started: self.rfc3339(self.started),
+            tasks: self
+                .ctx
+                .config
+                .tasks
+                .iter()
+                .zip(&self.tasks)
+                .map(|(task, state)| TaskStatus {
+                    name: task.name.clone(),
+                    schedule: task.schedule.to_string(),
+                    timezone: task.zone.name.clone(),
+                    next: state.next.map(|n| crate::commands::rfc3339(n, &task.zone.tz)),
+                    running: state.running,
+                    last: state.last.clone(),
+                })
+                .collect(),
+            tokens: TokenCounts {
+                minted: tokens.stats.minted,
+                redeemed: tokens.stats.redeemed,
+                live: tokens.live as u64,
+                rejected: tokens.rejected().map(|(r, n)| (r.to_string(), n)).collect(),
+            },
+        }
+    }
+
+    /// The metrics file's text, if the task file asks for one.
+    pub(super) fn metrics_text(&self) -> Option<String> {
+        self.ctx.config.metrics_textfile.as_ref()?;
+        let named: Vec<(&str, TaskMetrics)> = self
+            .ctx
+            .config
+            .tasks
+            .iter()
+            .zip(&self.tasks)
+            .map(|(t, s)| (t.name.as_str(), TaskMetrics { next: s.next, ..s.metrics.clone() }))
+            .collect();
+        let stats = self.ctx.runner.broker.token_stats();
+        let tokens = TokenMetrics {
+            minted: stats.stats.minted,
+            redeemed: stats.stats.redeemed,
+            rejected: stats.rejected().collect(),
+        };
+        let refs: Vec<(&str, &TaskMetrics)> = named.iter().map(|(n, m)| (*n, m)).collect();
+        Some(crate::daemon::metrics::render(&refs, &tokens, self.started))
+    }
+
+    /// Hands the current metrics to the writer thread (the latest text wins).
+    pub(super) fn write_metrics(&mut self) {
+        if let Some(text) = self.metrics_text() {
+            if let Some(writer) = self.metrics.as_mut() {
+                writer.write(text);
+            }
+        }
+    }
+}
