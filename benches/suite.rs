@@ -402,12 +402,17 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 }
 
 /// CPU time (user + system) of a process, in milliseconds.
+/// CPU time the process has run, in milliseconds: the sum over its threads of the
+/// scheduler's own run time (`/proc/PID/task/*/schedstat`, in nanoseconds). `utime+stime`
+/// in `/proc/PID/stat` count whole 10 ms clock ticks, charged to whoever runs when the tick
+/// lands, which is noise at an idle daemon's few milliseconds a minute.
 fn cpu_ms(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap() as u64;
-    ticks * 1000 / hz
+    let mut ns = 0u64;
+    for thread in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let stat = std::fs::read_to_string(thread.path().join("schedstat")).unwrap_or_default();
+        ns += stat.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+    }
+    ns / 1_000_000
 }
 
 fn bench_idle(dir: &Path, tasks: usize) -> (u64, u64) {

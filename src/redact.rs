@@ -44,10 +44,10 @@ pub(crate) fn redact_with<'a>(text: &'a str, secrets: Option<&Secrets>) -> Cow<'
     if out.contains(TOKEN_PREFIX) {
         out = Cow::Owned(mask_tokens(&out));
     }
-    if out.contains("://") {
-        if let Cow::Owned(s) = mask_url_passwords(&out) {
-            out = Cow::Owned(s);
-        }
+    if out.contains("://")
+        && let Cow::Owned(s) = mask_url_passwords(&out)
+    {
+        out = Cow::Owned(s);
     }
     out
 }

@@ -326,23 +326,20 @@ impl Cron {
         // whose civil times may be earlier than `local`.
         if let AmbiguousOffset::Fold { before, after: later } =
             tz.to_ambiguous_timestamp(local).offset()
+            && tz.to_offset(after) == before
         {
-            if tz.to_offset(after) == before {
-                let transition = tz.following(after).next()?.timestamp();
-                let fold_start = later.to_datetime(transition);
-                let fold_end = before.to_datetime(transition);
-                if let Some(civil) = self.next_civil(start, limit).filter(|c| *c < fold_end) {
-                    return before.to_timestamp(civil).ok();
-                }
-                if !self.fixed_time {
-                    if let Some(civil) =
-                        self.next_civil(fold_start, limit).filter(|c| *c < fold_end)
-                    {
-                        return later.to_timestamp(civil).ok();
-                    }
-                }
-                start = start.max(fold_end);
+            let transition = tz.following(after).next()?.timestamp();
+            let fold_start = later.to_datetime(transition);
+            let fold_end = before.to_datetime(transition);
+            if let Some(civil) = self.next_civil(start, limit).filter(|c| *c < fold_end) {
+                return before.to_timestamp(civil).ok();
             }
+            if !self.fixed_time
+                && let Some(civil) = self.next_civil(fold_start, limit).filter(|c| *c < fold_end)
+            {
+                return later.to_timestamp(civil).ok();
+            }
+            start = start.max(fold_end);
         }
 
         while let Some(civil) = self.next_civil(start, limit) {

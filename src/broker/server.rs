@@ -419,10 +419,9 @@ async fn read_body(req: Request<Incoming>, timeout: Duration) -> Result<Parts, R
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
+        && len > protocol::MAX_REQUEST_BODY as u64
     {
-        if len > protocol::MAX_REQUEST_BODY as u64 {
-            return Err(too_large());
-        }
+        return Err(too_large());
     }
     // Most requests have no body at all: skip the timer then (redemptions are the hot path).
     if req.body().is_end_stream() {

@@ -96,10 +96,10 @@ pub(crate) fn parse(text: &str) -> Result<Node, SyntaxError> {
         SyntaxError { message, pos }
     })?;
     let mut marks = MarkTree::default();
-    if Parser::new_from_str(text).load(&mut marks, false).is_ok() {
-        if let Some(marked) = marks.root.take() {
-            annotate(&mut root, &marked);
-        }
+    if Parser::new_from_str(text).load(&mut marks, false).is_ok()
+        && let Some(marked) = marks.root.take()
+    {
+        annotate(&mut root, &marked);
     }
     merge_keys(&mut root);
     Ok(root)

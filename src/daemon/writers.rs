@@ -4,8 +4,8 @@
 //! collapses to one write).
 //!
 //! Both are handles over channels. Sending never blocks and never fails the caller; the
-//! threads log their own errors. [`HistoryWriter::close`] waits until every record sent
-//! before it is on disk, which shutdown relies on for its End and stop records.
+//! threads log their own errors. Once every writer is dropped, [`HistoryClosed::wait`] waits
+//! until every record sent is on disk, which shutdown relies on for its End and stop records.
 
 use std::path::PathBuf;
 

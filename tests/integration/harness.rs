@@ -258,10 +258,10 @@ impl Scratch {
         let deadline = std::time::Instant::now() + PATIENCE;
         let mut buf = [0u8; 256];
         loop {
-            if let Ok(n) = notify.recv(&mut buf) {
-                if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
-                    return daemon;
-                }
+            if let Ok(n) = notify.recv(&mut buf)
+                && String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1")
+            {
+                return daemon;
             }
             if let Some(status) = daemon.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("daemon exited before it was ready: {status}\n{}", daemon.log_text());

@@ -73,10 +73,10 @@ impl ProcSampler {
                         .trim()
                         .to_string();
                     for file in ["environ", "cmdline"] {
-                        if let Ok(bytes) = std::fs::read(format!("/proc/{pid}/{file}")) {
-                            if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
-                                l.lock().unwrap().push(format!("{comm} ({pid}) {file}"));
-                            }
+                        if let Ok(bytes) = std::fs::read(format!("/proc/{pid}/{file}"))
+                            && bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+                        {
+                            l.lock().unwrap().push(format!("{comm} ({pid}) {file}"));
                         }
                     }
                     let mut seen = v.lock().unwrap();

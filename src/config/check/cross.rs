@@ -203,10 +203,10 @@ fn string_keys(node: &Node) -> Vec<(String, &Node, &Node)> {
     let mut out: Vec<(String, &Node, &Node)> = Vec::new();
     if let Value::Map(entries) = &node.value {
         for (k, v) in entries {
-            if let Value::Str(name) = &k.value {
-                if !out.iter().any(|(n, _, _)| n == name) {
-                    out.push((name.clone(), k, v));
-                }
+            if let Value::Str(name) = &k.value
+                && !out.iter().any(|(n, _, _)| n == name)
+            {
+                out.push((name.clone(), k, v));
             }
         }
     }

@@ -267,12 +267,11 @@ impl Checker {
                     None
                 }
             };
-            if let Some(EnvValue::Text(text)) = &v {
-                if let Some((_, instead)) = PLAINTEXT_SECRET_ENV.iter().find(|(n, _)| n == name) {
-                    if !text.is_empty() {
-                        self.warn(&p, value.pos, format!("{name} is written in plain text in the task file; use {instead} so the secret stays in the keychain"));
-                    }
-                }
+            if let Some(EnvValue::Text(text)) = &v
+                && let Some((_, instead)) = PLAINTEXT_SECRET_ENV.iter().find(|(n, _)| n == name)
+                && !text.is_empty()
+            {
+                self.warn(&p, value.pos, format!("{name} is written in plain text in the task file; use {instead} so the secret stays in the keychain"));
             }
             match v {
                 Some(value) => out.push(EnvVar { name: name.clone(), value }),

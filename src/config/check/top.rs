@@ -227,15 +227,15 @@ impl Checker {
                 return None;
             }
         }
-        if let Some(n) = fields.get("timeout") {
-            if sources[0] != "command" {
-                self.error(
-                    &join(path, "timeout"),
-                    n.pos,
-                    "`timeout` applies only to a `command` source",
-                );
-                return None;
-            }
+        if let Some(n) = fields.get("timeout")
+            && sources[0] != "command"
+        {
+            self.error(
+                &join(path, "timeout"),
+                n.pos,
+                "`timeout` applies only to a `command` source",
+            );
+            return None;
         }
         let timeout = self.with_default(
             &fields,

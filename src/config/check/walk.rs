@@ -156,15 +156,15 @@ impl Checker {
                 continue;
             }
             first_seen.insert(name.clone(), key.pos);
-            if let Some(known) = known {
-                if !known.contains(&name.as_str()) {
-                    self.error(
-                        &join(path, &name),
-                        key.pos,
-                        format!("unknown key {name:?}{}", suggestion(&name, known.iter().copied())),
-                    );
-                    continue;
-                }
+            if let Some(known) = known
+                && !known.contains(&name.as_str())
+            {
+                self.error(
+                    &join(path, &name),
+                    key.pos,
+                    format!("unknown key {name:?}{}", suggestion(&name, known.iter().copied())),
+                );
+                continue;
             }
             out.push((name, key, value));
         }

@@ -58,10 +58,10 @@ impl State {
 
     /// Hands the current metrics to the writer thread (the latest text wins).
     pub(super) fn write_metrics(&mut self) {
-        if let Some(text) = self.metrics_text() {
-            if let Some(writer) = self.metrics.as_mut() {
-                writer.write(text);
-            }
+        if let Some(text) = self.metrics_text()
+            && let Some(writer) = self.metrics.as_mut()
+        {
+            writer.write(text);
         }
     }
 }
