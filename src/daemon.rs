@@ -287,12 +287,27 @@ async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::Result<Finis
 
     let bound =
         socket::bind(&config.socket).map_err(|e| Exit { code: FAILURE, message: e.to_string() })?;
-    let history = History::open(&config.state_dir).with_context(|| {
-        format!("cannot open the run history in {}", config.state_dir.display())
-    })?;
-    let past = history::read_all(&config.state_dir).unwrap_or_default();
-    let (history, history_closed) =
-        HistoryWriter::start(history).context("cannot start the history writer")?;
+    // History trouble never stops backups: the writer holds records and retries, `status`
+    // shows the problem, and the past is what could be read.
+    let mut history = History::new(&config.state_dir);
+    if let Err(e) = history.open() {
+        error!(file = %history.path().display(), error = %e, "cannot open the run history; tasks run anyway, and records are held in memory and retried");
+    }
+    let past = match history::read_all(&config.state_dir) {
+        Ok(loaded) => {
+            if let Some(summary) = loaded.bad_lines_summary() {
+                warn!("run history: {summary}");
+            }
+            loaded.records
+        }
+        Err(e) => {
+            error!(dir = %config.state_dir.display(), error = %e, "cannot read the run history; starting without it (no catch-up of downtime, no last results)");
+            Vec::new()
+        }
+    };
+    let (history_problem, history_health) = tokio::sync::watch::channel(None);
+    let (history, history_closed) = HistoryWriter::start(history, history_problem)
+        .context("cannot start the history writer")?;
     let metrics = match &config.metrics_textfile {
         Some(path) => {
             Some(MetricsWriter::start(path.clone()).context("cannot start the metrics writer")?)
@@ -337,7 +352,7 @@ async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::Result<Finis
     ));
     info!(socket = %bound.path.display(), "listening");
 
-    let state = state::State::new(ctx.clone(), Timestamp::now(), &past, metrics);
+    let state = state::State::new(ctx.clone(), Timestamp::now(), &past, metrics, history_health);
     let stop = state.run(&bound, state::Inbox { requests, events, stop }, &past).await;
 
     // Every run has ended (or shutdown gave up on it, and said so). Close the socket's
@@ -477,6 +492,7 @@ mod tests {
             // A run (which mints tokens from the broker) has ended ...
             let deadline = Instant::now() + Duration::from_secs(60);
             while !history::read_all(&state_dir)
+                .map(|l| l.records)
                 .unwrap_or_default()
                 .iter()
                 .any(|r| matches!(r, Record::End { .. }))
@@ -494,7 +510,7 @@ mod tests {
         assert_eq!(finished.stop, Stop::Signal("test"));
         assert!(finished.secrets.upgrade().is_none(), "something still holds the secret store");
         assert!(!socket.exists(), "the socket was not removed");
-        let records = history::read_all(&state_dir).unwrap();
+        let records = history::read_all(&state_dir).unwrap().records;
         assert!(
             matches!(records.last(), Some(Record::Daemon { event: DaemonEvent::Stop, .. })),
             "{records:?}"

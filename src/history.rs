@@ -5,8 +5,11 @@
 //! start and stop, so `explain` can tell "the daemon was not running". Each record is one
 //! `write` of one line on an `O_APPEND` file followed by `fdatasync`, so a crash leaves at
 //! most one torn last line, which readers skip (and the next writer terminates). Text from
-//! child processes is redacted before it is written. Past 16 MiB the file is rotated once to
-//! `history.jsonl.1`.
+//! child processes is redacted before it is written. A write that fails part-way (a full
+//! disk) is cut back to the last complete record, and the daemon keeps the records it could
+//! not write and retries them (see `daemon::writers`). Past 16 MiB the file is rotated to
+//! `history.jsonl.1`, older generations moving up, five kept; readers read them all, oldest
+//! first, and report the lines they could not parse.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -127,52 +130,118 @@ impl Record {
     }
 }
 
-/// The writer; one per daemon.
+/// The appender; one per daemon, owned by its history thread.
+///
+/// It keeps the file ending on a record boundary whatever fails: a write or sync that fails
+/// part-way (a full disk) is cut back to the last good length, and a file that cannot even
+/// be cut is reopened later, which terminates the torn line first. The caller keeps what
+/// could not be written and tries again.
 pub(crate) struct History {
+    state_dir: PathBuf,
     path: PathBuf,
-    file: File,
+    /// `None` until opened, and again after a failure that left the file in doubt.
+    file: Option<File>,
+    /// The length of the file up to its last complete record.
+    good_len: u64,
+    /// Size past which the file is rotated ([`ROTATE_AT`]; smaller in tests).
+    rotate_at: u64,
 }
 
 impl History {
-    /// Opens (creating `state_dir` with mode 0700 and the file with 0600) for appending.
-    pub(crate) fn open(state_dir: &Path) -> std::io::Result<History> {
-        if !state_dir.exists() {
-            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir)?;
+    /// An appender for `state_dir`; nothing is opened until the first append (or [`open`]).
+    ///
+    /// [`open`]: History::open
+    pub(crate) fn new(state_dir: &Path) -> History {
+        History {
+            state_dir: state_dir.to_path_buf(),
+            path: state_dir.join(FILE_NAME),
+            file: None,
+            good_len: 0,
+            rotate_at: ROTATE_AT,
         }
-        let path = state_dir.join(FILE_NAME);
-        let mut file = open_append(&path)?;
+    }
+
+    /// Opens (creating `state_dir` with mode 0700 and the file with 0600) for appending.
+    pub(crate) fn open(&mut self) -> std::io::Result<()> {
+        if !self.state_dir.exists() {
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.state_dir)?;
+        }
+        let mut file = open_append(&self.path)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
         // Terminate a line torn by a crash, so the next record starts on its own line.
-        let len = file.metadata()?.len();
+        let mut len = meta.len();
         if len > 0 {
             let mut last = [0u8; 1];
-            let mut reader = File::open(&path)?;
+            let mut reader = File::open(&self.path)?;
             reader.seek(SeekFrom::Start(len - 1))?;
             reader.read_exact(&mut last)?;
             if last[0] != b'\n' {
                 file.write_all(b"\n")?;
+                file.sync_data()?;
+                len += 1;
             }
         }
-        Ok(History { path, file })
+        self.file = Some(file);
+        self.good_len = len;
+        Ok(())
     }
 
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Appends a record durably. Failures are returned for the caller to log; history is
-    /// never a reason to fail a backup.
+    /// Appends a record durably, or leaves the file as it was and says why. History is never
+    /// a reason to fail a backup: the caller logs and retries.
     pub(crate) fn append(&mut self, record: &Record) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
         line.push(b'\n');
-        self.file.write_all(&line)?;
-        self.file.sync_data()?;
-        if self.file.metadata()?.len() > ROTATE_AT {
-            let rotated = self.path.with_extension("jsonl.1");
-            std::fs::rename(&self.path, rotated)?;
-            self.file = open_append(&self.path)?;
+        if self.file.is_none() {
+            self.open()?;
+        }
+        let Some(file) = self.file.as_mut() else { return Err(std::io::Error::other("not open")) };
+        let written = file.write_all(&line).and_then(|()| file.sync_data());
+        if let Err(e) = written {
+            // Cut a partial line back off; if even that fails, reopen (and terminate the
+            // fragment) before the next record.
+            if file.set_len(self.good_len).and_then(|()| file.sync_data()).is_err() {
+                self.file = None;
+            }
+            return Err(e);
+        }
+        self.good_len += line.len() as u64;
+        if self.good_len > self.rotate_at {
+            self.rotate()?;
         }
         Ok(())
     }
+
+    /// Moves the full file to `history.jsonl.1` (older generations up by one, the oldest of
+    /// [`KEEP_GENERATIONS`] dropped) and starts a new one.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        for generation in (1..KEEP_GENERATIONS).rev() {
+            let from = generation_path(&self.state_dir, generation);
+            if from.exists() {
+                std::fs::rename(&from, generation_path(&self.state_dir, generation + 1))?;
+            }
+        }
+        std::fs::rename(&self.path, generation_path(&self.state_dir, 1))?;
+        // The renames are durable only once the directory is.
+        File::open(&self.state_dir)?.sync_all()?;
+        self.file = None;
+        self.open()?;
+        tracing::info!(file = %self.path.display(), keep = KEEP_GENERATIONS, "rotated the run history");
+        Ok(())
+    }
+}
+
+/// How many rotated files (`history.jsonl.1` ... `.N`) are kept.
+pub(crate) const KEEP_GENERATIONS: usize = 5;
+
+fn generation_path(state_dir: &Path, generation: usize) -> PathBuf {
+    state_dir.join(format!("{FILE_NAME}.{generation}"))
 }
 
 fn open_append(path: &Path) -> std::io::Result<File> {
@@ -184,21 +253,72 @@ fn open_append(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-/// Reads every record (the rotated file first), skipping lines that do not parse (a torn
-/// last line, or a record from a newer version).
-pub(crate) fn read_all(state_dir: &Path) -> std::io::Result<Vec<Record>> {
-    let mut out = Vec::new();
-    for name in [format!("{FILE_NAME}.1"), FILE_NAME.to_string()] {
-        let path = state_dir.join(name);
+/// What [`read_all`] found: the records, oldest first, and the lines it could not read.
+#[derive(Debug, Default)]
+pub(crate) struct Loaded {
+    pub(crate) records: Vec<Record>,
+    /// `(file, line number)` of each line that did not parse (a torn last line, or a record
+    /// from a newer version).
+    pub(crate) bad_lines: Vec<(PathBuf, usize)>,
+}
+
+impl Loaded {
+    /// "2 unreadable lines skipped (history.jsonl lines 5, 9)", or `None` when all were read.
+    pub(crate) fn bad_lines_summary(&self) -> Option<String> {
+        if self.bad_lines.is_empty() {
+            return None;
+        }
+        let mut by_file: Vec<(&Path, Vec<usize>)> = Vec::new();
+        for (file, line) in &self.bad_lines {
+            match by_file.iter_mut().find(|(f, _)| *f == file.as_path()) {
+                Some((_, lines)) => lines.push(*line),
+                None => by_file.push((file, vec![*line])),
+            }
+        }
+        let files: Vec<String> = by_file
+            .iter()
+            .map(|(file, lines)| {
+                let shown: Vec<String> = lines.iter().take(10).map(usize::to_string).collect();
+                let more = if lines.len() > 10 {
+                    format!(" and {} more", lines.len() - 10)
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{} line{} {}{more}",
+                    file.display(),
+                    if lines.len() == 1 { "" } else { "s" },
+                    shown.join(", ")
+                )
+            })
+            .collect();
+        let n = self.bad_lines.len();
+        Some(format!(
+            "{n} unreadable line{} skipped ({})",
+            if n == 1 { "" } else { "s" },
+            files.join("; ")
+        ))
+    }
+}
+
+/// Reads every record, oldest generation first, and notes the lines that do not parse.
+pub(crate) fn read_all(state_dir: &Path) -> std::io::Result<Loaded> {
+    let mut out = Loaded::default();
+    let names = (1..=KEEP_GENERATIONS).rev().map(|g| generation_path(state_dir, g));
+    for path in names.chain(std::iter::once(state_dir.join(FILE_NAME))) {
         let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
-        for line in BufReader::new(file).split(b'\n') {
+        for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
             let line = line?;
-            if let Ok(record) = serde_json::from_slice::<Record>(&line) {
-                out.push(record);
+            if line.is_empty() {
+                continue;
+            }
+            match serde_json::from_slice::<Record>(&line) {
+                Ok(record) => out.records.push(record),
+                Err(_) => out.bad_lines.push((path.clone(), i + 1)),
             }
         }
     }
@@ -222,18 +342,59 @@ mod tests {
     #[test]
     fn appends_survive_a_torn_line() {
         let dir = tempfile::tempdir().unwrap();
-        let mut h = History::open(dir.path()).unwrap();
+        let mut h = History::new(dir.path());
         h.append(&start("a")).unwrap();
         drop(h);
         // A crash in the middle of a write.
         let mut f = OpenOptions::new().append(true).open(dir.path().join(FILE_NAME)).unwrap();
         f.write_all(b"{\"type\":\"start\",\"run_id\":\"tor").unwrap();
-        let mut h = History::open(dir.path()).unwrap();
+        let mut h = History::new(dir.path());
         h.append(&start("b")).unwrap();
-        let records = read_all(dir.path()).unwrap();
-        assert_eq!(records, vec![start("a"), start("b")]);
+        let loaded = read_all(dir.path()).unwrap();
+        assert_eq!(loaded.records, vec![start("a"), start("b")]);
+        assert_eq!(
+            loaded.bad_lines,
+            vec![(dir.path().join(FILE_NAME), 2)],
+            "the torn line is reported"
+        );
+        let summary = loaded.bad_lines_summary().unwrap();
+        assert!(
+            summary.starts_with("1 unreadable line skipped (") && summary.ends_with("line 2)"),
+            "{summary}"
+        );
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    /// Regression: rotating to `history.jsonl.1` overwrote the previous `.1`.
+    #[test]
+    fn rotation_keeps_generations_and_readers_read_them_all_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut h = History::new(dir.path());
+        h.rotate_at = 300;
+        let ids: Vec<String> = (0..40).map(|i| format!("r{i:02}")).collect();
+        for id in &ids {
+            h.append(&start(id)).unwrap();
+        }
+        let generations: Vec<bool> =
+            (1..=KEEP_GENERATIONS + 1).map(|g| generation_path(dir.path(), g).exists()).collect();
+        assert_eq!(generations, [true, true, true, true, true, false], "five generations, no more");
+        let loaded = read_all(dir.path()).unwrap();
+        let read: Vec<&str> = loaded
+            .records
+            .iter()
+            .map(|r| match r {
+                Record::Start { run_id, .. } => run_id.as_str(),
+                _ => "?",
+            })
+            .collect();
+        // The oldest records went with the dropped generation; the rest are in order.
+        assert!(read.len() >= 10 && read.len() < ids.len(), "{read:?}");
+        assert_eq!(
+            read,
+            ids[ids.len() - read.len()..].iter().map(String::as_str).collect::<Vec<_>>()
+        );
+        assert!(loaded.bad_lines.is_empty());
     }
 }

@@ -65,6 +65,9 @@ pub struct StatusBody {
     pub started: String,
     pub tasks: Vec<TaskStatus>,
     pub tokens: TokenCounts,
+    /// What is wrong with the run history, when it cannot be written (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_problem: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

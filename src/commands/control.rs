@@ -79,6 +79,9 @@ pub fn status(args: &StatusArgs, env: &Environment) -> anyhow::Result<()> {
             status.tokens.live,
             if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) }
         )?;
+        if let Some(problem) = &status.history_problem {
+            writeln!(out, "history: PROBLEM: {problem}")?;
+        }
         writeln!(out, "{:width$}  {:25}  {:32}  NEXT", "TASK", "LAST RUN", "RESULT")?;
         for task in &status.tasks {
             let (when, result) = match (&task.last, task.running) {

@@ -26,7 +26,8 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
     let config = load_config(&args.config, env)?;
     let task = require_task(&config, &args.task)?;
     let tz = &task.zone.tz;
-    let records = history::read_all(&config.state_dir)?;
+    let loaded = history::read_all(&config.state_dir)?;
+    let records = &loaded.records;
     let now = Timestamp::now();
     let since =
         now - SignedDuration::try_from(args.since).unwrap_or(SignedDuration::from_hours(24 * 7));
@@ -39,7 +40,7 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
     let mut skipped: BTreeMap<Timestamp, (String, String)> = BTreeMap::new();
     let mut daemon: Vec<(Timestamp, bool)> = Vec::new();
     let mut ends: BTreeMap<String, (String, Option<i32>, u64, String)> = BTreeMap::new();
-    for record in &records {
+    for record in records {
         match record {
             Record::End { run_id, task: t, status, exit_code, duration_ms, reason, .. }
                 if t == &task.name =>
@@ -57,7 +58,7 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
             _ => {}
         }
     }
-    for record in &records {
+    for record in records {
         match record {
             Record::Start { run_id, task: t, at, scheduled, trigger } if t == &task.name => {
                 let Some(at) = time(at) else { continue };
@@ -115,39 +116,56 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
 
     let shown = occurrences.len().saturating_sub(MAX_LINES);
     let (mut ran, mut failed, mut caught_up, mut skips, mut missed) = (0, 0, 0, 0, 0);
+    let (mut cancelled, mut interrupted) = (0, 0);
     let mut lines = Vec::new();
     for occurrence in &occurrences {
         let fate = if let Some(run) = by_occurrence.get(occurrence) {
             let result = describe_end(run);
             let end = run.end.as_ref().map(|(s, ..)| s.as_str());
-            if run.trigger == "catch_up" {
-                caught_up += 1;
+            let when = rfc3339(run.at, tz);
+            let ran_how = if run.trigger == "catch_up" {
                 let late =
                     Duration::try_from(run.at.duration_since(*occurrence)).unwrap_or_default();
-                format!(
-                    "caught up after suspend or downtime at {} ({} late): {result}",
-                    rfc3339(run.at, tz),
-                    crate::duration::Human(Duration::from_secs(late.as_secs()))
-                )
+                let late = crate::duration::Human(Duration::from_secs(late.as_secs()));
+                format!("caught up after suspend or downtime at {when} ({late} late)")
             } else {
-                match end {
-                    Some("success" | "warning") => {
+                format!("ran at {when}")
+            };
+            match end {
+                Some("success" | "warning") => {
+                    if run.trigger == "catch_up" {
+                        caught_up += 1;
+                    } else {
                         ran += 1;
-                        format!("ran at {}: {result}", rfc3339(run.at, tz))
                     }
-                    Some("skipped") => {
-                        skips += 1;
-                        format!(
-                            "skipped by the before hook (exit 75) at {}: {result}",
-                            rfc3339(run.at, tz)
-                        )
-                    }
-                    Some(_) => {
-                        failed += 1;
-                        format!("failed at {}: {result}", rfc3339(run.at, tz))
-                    }
-                    None => format!("started at {}: {result}", rfc3339(run.at, tz)),
+                    format!("{ran_how}: {result}")
                 }
+                Some("skipped") => {
+                    skips += 1;
+                    format!("skipped by the before hook (exit 75) at {when}: {result}")
+                }
+                Some("cancelled") => {
+                    cancelled += 1;
+                    format!("cancelled at {when} (the daemon was stopping): {result}")
+                }
+                // A failed catch-up is a failure, not a catch-up.
+                Some(_) if run.trigger == "catch_up" => {
+                    failed += 1;
+                    format!("{ran_how}, and failed: {result}")
+                }
+                Some(_) => {
+                    failed += 1;
+                    format!("failed at {when}: {result}")
+                }
+                // The daemon started again after this run began, yet it never ended.
+                None if daemon.iter().any(|(t, up)| *up && *t > run.at) => {
+                    interrupted += 1;
+                    format!(
+                        "interrupted at {when}: no end recorded; the daemon stopped or crashed during the run, run {}",
+                        run.id
+                    )
+                }
+                None => format!("running since {when}: {result}"),
             }
         } else if let Some((reason, detail)) = skipped.get(occurrence) {
             skips += 1;
@@ -198,9 +216,13 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
         }
         writeln!(
             out,
-            "summary: {} occurrences; {ran} ran, {failed} failed, {caught_up} caught up, {skips} skipped, {missed} missed while the daemon was down",
+            "summary: {} occurrences; {ran} ran, {failed} failed, {caught_up} caught up, {skips} skipped, {missed} missed while the daemon was down, {cancelled} cancelled, {interrupted} interrupted",
             occurrences.len()
-        )
+        )?;
+        if let Some(bad) = loaded.bad_lines_summary() {
+            writeln!(out, "history: {bad}; what they held is not counted above")?;
+        }
+        Ok(())
     })
 }
 

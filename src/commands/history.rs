@@ -12,9 +12,10 @@ pub fn run(args: &HistoryArgs, env: &Environment) -> anyhow::Result<()> {
     if let Some(task) = &args.task {
         require_task(&config, task)?;
     }
-    let records = history::read_all(&config.state_dir)?;
+    let loaded = history::read_all(&config.state_dir)?;
+    let records = &loaded.records;
     let mut lines = Vec::new();
-    for record in &records {
+    for record in records {
         if args.task.as_deref().is_some_and(|t| record.task() != Some(t)) {
             continue;
         }
@@ -48,5 +49,10 @@ pub fn run(args: &HistoryArgs, env: &Environment) -> anyhow::Result<()> {
             writeln!(out, "{line}")?;
         }
         Ok(())
-    })
+    })?;
+    // On stderr, so scripts reading the lines above are not confused.
+    if let Some(bad) = loaded.bad_lines_summary() {
+        eprintln!("backupnizza: warning: run history: {bad}");
+    }
+    Ok(())
 }

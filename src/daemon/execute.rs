@@ -104,6 +104,10 @@ pub(crate) async fn execute(ctx: Arc<RunContext>, job: Job) {
 impl Run<'_> {
     async fn phases(&mut self) -> Outcome {
         if let Err(early) = self.random_delay().await {
+            // Still a Start record, so the occurrence and its cancelled End pair up in
+            // `history` and `explain`.
+            self.started = Timestamp::now();
+            self.write_start();
             return early;
         }
         self.record_start();
@@ -136,6 +140,13 @@ impl Run<'_> {
         let ctx = self.ctx;
         self.started = Timestamp::now();
         info!(trigger = self.job.trigger.as_str(), "run started");
+        self.write_start();
+        let _ = ctx.events.send(Event::Started { idx: self.job.idx, at: self.started });
+        self.start_sent = ctx.notify(self.task, self.facts("start", None, None), None);
+    }
+
+    fn write_start(&self) {
+        let ctx = self.ctx;
         ctx.history.append(Record::Start {
             run_id: self.job.run_id.clone(),
             task: self.task.name.clone(),
@@ -143,8 +154,6 @@ impl Run<'_> {
             scheduled: self.job.occurrence.map(|o| ctx.rfc3339(o)),
             trigger: self.job.trigger,
         });
-        let _ = ctx.events.send(Event::Started { idx: self.job.idx, at: self.started });
-        self.start_sent = ctx.notify(self.task, self.facts("start", None, None), None);
     }
 
     async fn before_hook(&self) -> Result<(), Outcome> {

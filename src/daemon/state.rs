@@ -75,6 +75,8 @@ pub(super) struct State {
     table: Timetable,
     tracker: TaskTracker,
     metrics: Option<MetricsWriter>,
+    /// What is wrong with the run history right now, from its writer thread.
+    history_health: watch::Receiver<Option<String>>,
 }
 
 /// A run id: the UTC start time and 32 random bits (`20261122T053704Z-0dd8a1f3`).
@@ -91,6 +93,7 @@ impl State {
         started: Timestamp,
         past: &[Record],
         metrics: Option<MetricsWriter>,
+        history_health: watch::Receiver<Option<String>>,
     ) -> State {
         let mut tasks: Vec<TaskState> =
             ctx.config.tasks.iter().map(|_| TaskState::default()).collect();
@@ -130,6 +133,7 @@ impl State {
             table: Timetable::default(),
             tracker: TaskTracker::new(),
             metrics,
+            history_health,
         }
     }
 
@@ -444,6 +448,14 @@ impl State {
         let now = Timestamp::now();
         let task = self.ctx.config.tasks[job.idx].name.clone();
         let reason = "the daemon stopped before the queued run started".to_string();
+        // A Start and an End, like every run, so `history` and `explain` show it.
+        self.ctx.history.append(Record::Start {
+            run_id: job.run_id.clone(),
+            task: task.clone(),
+            at: self.rfc3339(now),
+            scheduled: job.occurrence.map(|o| self.rfc3339(o)),
+            trigger: job.trigger,
+        });
         self.ctx.history.append(Record::End {
             run_id: job.run_id.clone(),
             task: task.clone(),

@@ -8,36 +8,39 @@
 //! until every record sent is on disk, which shutdown relies on for its End and stop records.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{error, warn};
+use tokio::sync::{oneshot, watch};
+use tracing::{error, info, warn};
 
 use crate::history::{History, Record};
 
 /// Sends records to the history thread. Cloned into every run.
 #[derive(Clone)]
 pub(crate) struct HistoryWriter {
-    records: mpsc::UnboundedSender<(Record, Option<oneshot::Sender<()>>)>,
+    records: std::sync::mpsc::Sender<(Record, Option<oneshot::Sender<()>>)>,
 }
 
 /// Resolves when the history thread has written everything and exited.
 pub(crate) struct HistoryClosed(oneshot::Receiver<()>);
 
+/// How often records held back by a failure are tried again.
+const RETRY: Duration = Duration::from_secs(2);
+/// Most records held in memory while the history cannot be written; past it the oldest are
+/// dropped (and counted, and said).
+const MAX_HELD: usize = 10_000;
+
 impl HistoryWriter {
-    /// Starts the thread that owns `history`.
-    pub(crate) fn start(mut history: History) -> std::io::Result<(HistoryWriter, HistoryClosed)> {
-        let (records, mut queue) =
-            mpsc::unbounded_channel::<(Record, Option<oneshot::Sender<()>>)>();
+    /// Starts the thread that owns `history`. `problem` carries what is wrong with the
+    /// history right now (for `status`), or `None` while it is written normally.
+    pub(crate) fn start(
+        history: History,
+        problem: watch::Sender<Option<String>>,
+    ) -> std::io::Result<(HistoryWriter, HistoryClosed)> {
+        let (records, queue) = std::sync::mpsc::channel();
         let (done, closed) = oneshot::channel();
         std::thread::Builder::new().name("history".into()).spawn(move || {
-            while let Some((record, written)) = queue.blocking_recv() {
-                if let Err(e) = history.append(&record) {
-                    error!(file = %history.path().display(), error = %e, "cannot write run history");
-                }
-                if let Some(written) = written {
-                    let _ = written.send(());
-                }
-            }
+            write_history(history, &queue, &problem);
             let _ = done.send(());
         })?;
         Ok((HistoryWriter { records }, HistoryClosed(closed)))
@@ -48,9 +51,9 @@ impl HistoryWriter {
         self.send(record, None);
     }
 
-    /// Queues a record and waits until the thread has written it (or failed to, and said
-    /// so): a run reports its end only once its End record is on disk, so a client that saw
-    /// the run end finds the record.
+    /// Queues a record and waits until the thread has tried to write it: a run reports its
+    /// end only once its End record is on disk (or the history is known to be failing, and
+    /// the record is held for a retry), so a client that saw the run end finds the record.
     pub(crate) async fn append_and_wait(&self, record: Record) {
         let (written, done) = oneshot::channel();
         self.send(record, Some(written));
@@ -69,6 +72,84 @@ impl HistoryClosed {
     /// Waits for the thread to drain its queue; it exits once every writer is dropped.
     pub(crate) async fn wait(self) {
         let _ = self.0.await;
+    }
+}
+
+/// The history thread: appends in order; on failure keeps the records (bounded) and tries
+/// again every [`RETRY`], saying so once at ERROR and once more when it recovers.
+fn write_history(
+    mut history: History,
+    queue: &std::sync::mpsc::Receiver<(Record, Option<oneshot::Sender<()>>)>,
+    problem: &watch::Sender<Option<String>>,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut held: std::collections::VecDeque<Record> = std::collections::VecDeque::new();
+    let mut failing: Option<String> = None;
+    let mut dropped = 0u64;
+    let mut open = true;
+    while open || !held.is_empty() {
+        let next = if held.is_empty() {
+            queue.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        } else {
+            queue.recv_timeout(RETRY)
+        };
+        let mut acks = Vec::new();
+        match next {
+            Ok((record, ack)) => {
+                held.push_back(record);
+                acks.extend(ack);
+                // Take whatever else is waiting, so a backlog is written in one pass.
+                while let Ok((record, ack)) = queue.try_recv() {
+                    held.push_back(record);
+                    acks.extend(ack);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => open = false,
+        }
+        let backlog = held.len();
+        while let Some(record) = held.front() {
+            match history.append(record) {
+                Ok(()) => {
+                    held.pop_front();
+                }
+                Err(e) => {
+                    let why =
+                        format!("cannot write the run history {}: {e}", history.path().display());
+                    if failing.is_none() {
+                        error!(
+                            "{why}; tasks keep running, and records are held in memory (up to {MAX_HELD}) and retried every {}s",
+                            RETRY.as_secs()
+                        );
+                        problem.send_replace(Some(format!(
+                            "{why}; records held in memory and retried"
+                        )));
+                    }
+                    failing = Some(why);
+                    break;
+                }
+            }
+        }
+        while held.len() > MAX_HELD {
+            held.pop_front();
+            dropped += 1;
+        }
+        if held.is_empty() && failing.take().is_some() {
+            info!(file = %history.path().display(), "the run history is writable again; wrote {backlog} held records");
+            if dropped > 0 {
+                error!(file = %history.path().display(), "{dropped} history records were lost while it could not be written");
+                dropped = 0;
+            }
+            problem.send_replace(None);
+        }
+        for ack in acks {
+            let _ = ack.send(());
+        }
+        if !open && failing.is_some() {
+            // Shutting down with a history that still fails: say what is lost, and stop.
+            error!(file = %history.path().display(), "{} history records could not be written before shutdown", held.len());
+            return;
+        }
     }
 }
 

@@ -11,6 +11,7 @@ mod load;
 mod next;
 mod pinning;
 mod pipes;
+mod records;
 mod restic;
 mod runs;
 mod validate;

@@ -26,6 +26,7 @@ impl State {
                     last: state.last.clone(),
                 })
                 .collect(),
+            history_problem: self.history_health.borrow().clone(),
             tokens: TokenCounts {
                 minted: tokens.stats.minted,
                 redeemed: tokens.stats.redeemed,
