@@ -24,6 +24,7 @@ use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::output::LogBudget;
 use super::programs::Pinned;
 use crate::broker::Broker;
 use crate::config::{EnvValue, EnvVar, Step, Task};
@@ -73,6 +74,20 @@ pub(crate) struct Runner {
     /// Grace between SIGINT, SIGTERM and SIGKILL when a task times out.
     pub(crate) kill_grace: Duration,
     pub(crate) shutdown_grace: Duration,
+}
+
+/// What a run's stdout and stderr may still send to the log.
+#[derive(Default)]
+struct Budgets {
+    stdout: LogBudget,
+    stderr: LogBudget,
+}
+
+impl Budgets {
+    fn finish(self) {
+        self.stdout.finish();
+        self.stderr.finish();
+    }
 }
 
 /// One process to run: a step, or a hook written as a step.
@@ -166,6 +181,7 @@ impl Runner {
     ) -> Outcome {
         let started = Instant::now();
         let mut tail = Tail::with_capacity(STDERR_TAIL);
+        let mut budgets = Budgets::default();
         let mut status = RunStatus::Success;
         let mut exit_code = None;
         let mut reason = String::from("all steps succeeded");
@@ -175,7 +191,7 @@ impl Runner {
                 if steps == 1 { String::new() } else { format!(" (step {} of {steps})", i + 1) };
             let pin = pins.get(i).and_then(Option::as_ref);
             let call = StepCall { task, step, pin, run_id, facts, index: i, deadline, cancel };
-            match self.run_step(call, &mut tail).await {
+            match self.run_step(call, &mut tail, &mut budgets).await {
                 StepEnd::Exited(st) => {
                     exit_code = st.code();
                     let code_text = describe_exit(st);
@@ -231,6 +247,7 @@ impl Runner {
                 }
             }
         }
+        budgets.finish();
         Outcome { status, exit_code, reason, stderr_tail: tail.into(), duration: started.elapsed() }
     }
 
@@ -264,8 +281,12 @@ impl Runner {
             deadline,
             cancel,
         };
-        // A hook's output is logged like a step's, but its stderr is not the run's tail.
-        match self.run_step(call, &mut Tail::new()).await {
+        // A hook's output is logged like a step's (with a budget of its own), but its stderr
+        // is not the run's tail.
+        let mut budgets = Budgets::default();
+        let end = self.run_step(call, &mut Tail::new(), &mut budgets).await;
+        budgets.finish();
+        match end {
             StepEnd::Exited(status) => {
                 status.code().ok_or_else(|| HookFailure::Failed(describe_exit(status)))
             }
@@ -340,7 +361,12 @@ impl Runner {
         Ok((cmd, pinned_file))
     }
 
-    async fn run_step(&self, call: StepCall<'_>, tail: &mut Tail) -> StepEnd {
+    async fn run_step(
+        &self,
+        call: StepCall<'_>,
+        tail: &mut Tail,
+        budgets: &mut Budgets,
+    ) -> StepEnd {
         let StepCall { task, step, run_id, facts, index, deadline, cancel, .. } = call;
         let env = match self.env_for(task, step) {
             Ok(env) => env,
@@ -401,12 +427,12 @@ impl Runner {
         let pumps = async {
             let out = async {
                 if let Some(s) = stdout {
-                    super::output::pump(s, "stdout", None).await;
+                    super::output::pump(s, "stdout", None, &mut budgets.stdout).await;
                 }
             };
             let err = async {
                 if let Some(s) = stderr {
-                    super::output::pump(s, "stderr", Some(&mut *tail)).await;
+                    super::output::pump(s, "stderr", Some(&mut *tail), &mut budgets.stderr).await;
                 }
             };
             // A background process may keep the pipes open; stop reading 2 s after the

@@ -200,3 +200,29 @@ fn explain_counts_each_odd_case_truly() {
     );
     assert!(out.contains("history: 1 unreadable line skipped"), "{out}");
 }
+
+/// Regression: 1 GB of task output became 748 MB of daemon log (a log line per output line).
+/// Now each stream of a run logs its first 1,000 lines (1 MiB at most), a count, and its last
+/// 100 lines: the log stays under a few MB however much a task prints.
+#[test]
+fn a_task_printing_a_gigabyte_leaves_a_bounded_log() {
+    let scratch = Scratch::new();
+    let config = scratch.config(&format!(
+        "tasks:\n  t:\n    {TRIGGERED}\n    timeout: 20s\n    command: [sh, -c, 'yes 0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789 | head -c 1000000000; echo last-line-marker']\n"
+    ));
+    let daemon = scratch.start_daemon(&config);
+    let run = trigger(&scratch, &config, "t", true);
+    let log = daemon.wait_for("the run's end", |l| l.contains("run ended"));
+    assert!(
+        log.contains("passed the log budget"),
+        "{run}\n{}",
+        &log[log.len().saturating_sub(2000)..]
+    );
+    assert!(log.contains("were not logged; the last"), "the summary line");
+    let size = std::fs::metadata(&daemon.log).unwrap().len();
+    assert!(size < 6 * 1024 * 1024, "the daemon log grew to {size} bytes");
+    if run.code() == Some(0) {
+        assert!(log.contains("last-line-marker"), "the last lines are logged at the end");
+    }
+    assert!(daemon.stop().success());
+}
