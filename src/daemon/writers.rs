@@ -155,7 +155,7 @@ fn write_history(
 
 /// Sends metrics texts to the metrics thread; only the latest is written.
 pub(crate) struct MetricsWriter {
-    latest: watch::Sender<Option<(u64, String)>>,
+    texts: std::sync::mpsc::Sender<(u64, String)>,
     written: watch::Receiver<u64>,
     generation: u64,
 }
@@ -163,26 +163,28 @@ pub(crate) struct MetricsWriter {
 impl MetricsWriter {
     /// Starts the thread that rewrites `path` atomically whenever a newer text arrives.
     pub(crate) fn start(path: PathBuf) -> std::io::Result<MetricsWriter> {
-        let (latest, mut texts) = watch::channel::<Option<(u64, String)>>(None);
+        let (texts, queue) = std::sync::mpsc::channel::<(u64, String)>();
         let (done, written) = watch::channel(0u64);
         std::thread::Builder::new().name("metrics".into()).spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().build();
-            let Ok(runtime) = runtime else { return };
-            while runtime.block_on(texts.changed()).is_ok() {
-                let Some((generation, text)) = texts.borrow_and_update().clone() else { continue };
+            while let Ok(mut latest) = queue.recv() {
+                // Only the newest text matters: skip the ones a backlog made stale.
+                while let Ok(newer) = queue.try_recv() {
+                    latest = newer;
+                }
+                let (generation, text) = latest;
                 if let Err(e) = super::metrics::write_atomic(&path, &text) {
                     warn!(file = %path.display(), error = %e, "cannot write the metrics file");
                 }
                 let _ = done.send(generation);
             }
         })?;
-        Ok(MetricsWriter { latest, written, generation: 0 })
+        Ok(MetricsWriter { texts, written, generation: 0 })
     }
 
     /// Queues a text, replacing any text not yet written.
     pub(crate) fn write(&mut self, text: String) {
         self.generation += 1;
-        let _ = self.latest.send(Some((self.generation, text)));
+        let _ = self.texts.send((self.generation, text));
     }
 
     /// Queues a text and waits until it (or a later one) is on disk.
