@@ -68,6 +68,9 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the man page of backupnizza (or secretbox) to stdout.
     Man(ManArgs),
+    /// The daemon's guardian process (started by `run`; not for use by hand).
+    #[command(hide = true)]
+    Guard,
 }
 
 #[derive(Debug, Args)]

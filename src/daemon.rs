@@ -9,7 +9,9 @@
 //! End records; then the server closes, the history is flushed, the socket is removed, and
 //! the secrets are dropped — and the log says they were wiped only once that is true.
 
+mod contain;
 pub(crate) mod execute;
+pub mod guardian;
 pub(crate) mod metrics;
 pub(crate) mod notifications;
 mod output;
@@ -97,6 +99,15 @@ pub unsafe fn main(config_path: PathBuf, env: Environment) -> anyhow::Result<()>
         );
     }
     raise_fd_limit();
+    // Before any secret is read, so the guardian (an exec, but started from here) never
+    // had one near it.
+    let guardian = match std::env::current_exe().and_then(|exe| guardian::Guardian::spawn(&exe)) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            warn!(error = %e, "cannot start the guardian process; if the daemon dies, task processes other than each step's main process may outlive it");
+            None
+        }
+    };
     check_single_threaded()?;
     // SAFETY: forwarded from this function's contract (and checked just above on Linux); the
     // runtime, the first thread besides this one, starts below.
@@ -108,7 +119,7 @@ pub unsafe fn main(config_path: PathBuf, env: Environment) -> anyhow::Result<()>
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let start = Start { config, env, env_values, base_env, pins };
+    let start = Start { config, env, env_values, base_env, pins, guardian };
     let result = runtime.block_on(async {
         let (stop_tx, stop_rx) = mpsc::channel(1);
         tokio::spawn(watch_signals(stop_tx));
@@ -243,6 +254,7 @@ struct Start {
     env_values: HashMap<String, Zeroizing<Vec<u8>>>,
     base_env: Vec<(OsString, OsString)>,
     pins: Vec<Vec<Option<Pinned>>>,
+    guardian: Option<guardian::Guardian>,
 }
 
 /// How `serve` ended: why, and a weak reference to the secrets it loaded, which is dead
@@ -281,7 +293,7 @@ async fn watch_signals(stop: mpsc::Sender<Stop>) {
 
 /// Serves until a stop request arrives on `stop`, then shuts down in order.
 async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::Result<Finished> {
-    let Start { config, env, env_values, base_env, pins } = start;
+    let Start { config, env, env_values, base_env, pins, guardian } = start;
     let secrets = load_secrets(&config, &env, env_values).await?;
     let weak_secrets = Arc::downgrade(&secrets);
 
@@ -315,6 +327,9 @@ async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::Result<Finis
         None => None,
     };
 
+    let (containment, how) =
+        contain::Containment::detect(env.var("BACKUPNIZZA_CGROUP") == Some("off"));
+    info!("{how}");
     let broker = Arc::new(Broker::new(secrets, config.token_ttl, Limits::default()));
     let (control, requests) = Control::channel();
     let (events_tx, events) = mpsc::unbounded_channel();
@@ -325,6 +340,8 @@ async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::Result<Finis
         home: env.var("HOME").map(PathBuf::from),
         kill_grace: KILL_GRACE,
         shutdown_grace: config.shutdown_grace,
+        containment,
+        guardian,
     };
     let notifications = TaskTracker::new();
     let zone = config.timezone.tz.clone();
@@ -480,6 +497,7 @@ mod tests {
             env_values: HashMap::new(),
             base_env: runner::allowed_env(std::env::vars_os(), None),
             pins: vec![vec![None]],
+            guardian: None,
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -36,6 +36,10 @@ pub(crate) enum Record {
         /// The occurrence it belongs to (RFC 3339), or none for a manual trigger.
         scheduled: Option<String>,
         trigger: Trigger,
+        /// The run's cgroup, if it has one: where a restarted daemon looks for leftovers of
+        /// a run the previous one did not end.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cgroup: Option<String>,
     },
     /// A run ended.
     End {
@@ -336,6 +340,7 @@ mod tests {
             at: "2026-01-01T00:00:00Z".into(),
             scheduled: None,
             trigger: Trigger::Manual,
+            cgroup: None,
         }
     }
 

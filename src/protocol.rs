@@ -115,6 +115,8 @@ pub enum RunStatus {
     Refused,
     /// The `before` hook exited 75: the run was skipped on purpose (not a failure).
     Skipped,
+    /// The daemon died (a crash, SIGKILL) during the run; the next start settled it.
+    Interrupted,
 }
 
 impl RunStatus {
@@ -129,6 +131,7 @@ impl RunStatus {
             RunStatus::Cancelled => "cancelled",
             RunStatus::Refused => "refused",
             RunStatus::Skipped => "skipped",
+            RunStatus::Interrupted => "interrupted",
         }
     }
 

@@ -36,6 +36,8 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
     // Runs by the occurrence they belong to, and manual ones; skips expanded per occurrence;
     // the daemon's starts and stops.
     let mut by_occurrence: BTreeMap<Timestamp, Run> = BTreeMap::new();
+    // Earlier runs of an occurrence that ran again (after an interrupted run).
+    let mut earlier: BTreeMap<Timestamp, Vec<Run>> = BTreeMap::new();
     let mut manual: Vec<Run> = Vec::new();
     let mut skipped: BTreeMap<Timestamp, (String, String)> = BTreeMap::new();
     let mut daemon: Vec<(Timestamp, bool)> = Vec::new();
@@ -60,7 +62,7 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
     }
     for record in records {
         match record {
-            Record::Start { run_id, task: t, at, scheduled, trigger } if t == &task.name => {
+            Record::Start { run_id, task: t, at, scheduled, trigger, .. } if t == &task.name => {
                 let Some(at) = time(at) else { continue };
                 let run = Run {
                     id: run_id.clone(),
@@ -70,7 +72,9 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
                 };
                 match scheduled.as_deref().and_then(time) {
                     Some(occurrence) if *trigger != crate::schedule::timetable::Trigger::Manual => {
-                        by_occurrence.insert(occurrence, run);
+                        if let Some(before) = by_occurrence.insert(occurrence, run) {
+                            earlier.entry(occurrence).or_default().push(before);
+                        }
                     }
                     _ => manual.push(run),
                 }
@@ -119,6 +123,17 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
     let (mut cancelled, mut interrupted) = (0, 0);
     let mut lines = Vec::new();
     for occurrence in &occurrences {
+        for run in earlier.get(occurrence).into_iter().flatten() {
+            let when = rfc3339(run.at, tz);
+            if run.end.as_ref().is_none_or(|(s, ..)| s == "interrupted") {
+                interrupted += 1;
+            }
+            lines.push(format!(
+                "{}  interrupted at {when}, and run again below: {}",
+                rfc3339(*occurrence, tz),
+                describe_end(run)
+            ));
+        }
         let fate = if let Some(run) = by_occurrence.get(occurrence) {
             let result = describe_end(run);
             let end = run.end.as_ref().map(|(s, ..)| s.as_str());
@@ -147,6 +162,10 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
                 Some("cancelled") => {
                     cancelled += 1;
                     format!("cancelled at {when} (the daemon was stopping): {result}")
+                }
+                Some("interrupted") => {
+                    interrupted += 1;
+                    format!("interrupted at {when}: the daemon died during the run: {result}")
                 }
                 // A failed catch-up is a failure, not a catch-up.
                 Some(_) if run.trigger == "catch_up" => {

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::contain::RunProcs;
 use super::notifications::{self, RunFacts, Sent};
 use super::programs::Pinned;
 use super::runner::{HookFailure, Outcome, Runner};
@@ -79,6 +80,8 @@ struct Run<'a> {
     ctx: &'a RunContext,
     task: &'a Task,
     job: Job,
+    /// Where the run's processes are.
+    procs: RunProcs,
     /// Pairs the start and end notifications.
     rid: String,
     started: Timestamp,
@@ -88,9 +91,11 @@ struct Run<'a> {
 /// Runs `job` to its end. Every path ends with an End record and [`Event::Ended`].
 pub(crate) async fn execute(ctx: Arc<RunContext>, job: Job) {
     let task = &ctx.config.tasks[job.idx];
+    let procs = ctx.runner.containment.for_run(&job.run_id);
     let mut run = Run {
         ctx: &ctx,
         task,
+        procs,
         job,
         rid: notifications::new_rid(),
         started: Timestamp::now(),
@@ -153,6 +158,7 @@ impl Run<'_> {
             at: ctx.rfc3339(self.started),
             scheduled: self.job.occurrence.map(|o| ctx.rfc3339(o)),
             trigger: self.job.trigger,
+            cgroup: self.procs.cgroup.as_ref().map(|c| c.display().to_string()),
         });
     }
 
@@ -162,7 +168,7 @@ impl Run<'_> {
         let ran = self
             .ctx
             .runner
-            .run_hook(self.task, before, &self.job.run_id, facts, &self.ctx.cancel)
+            .run_hook(self.task, before, &self.job.run_id, &self.procs, facts, &self.ctx.cancel)
             .await;
         match ran {
             Ok(0) => Ok(()),
@@ -202,7 +208,7 @@ impl Run<'_> {
         let pins = &self.ctx.pins[self.job.idx];
         self.ctx
             .runner
-            .run(self.task, pins, &self.job.run_id, &facts, deadline, &self.ctx.cancel)
+            .run(self.task, pins, &self.job.run_id, &self.procs, &facts, deadline, &self.ctx.cancel)
             .await
     }
 
@@ -229,7 +235,7 @@ impl Run<'_> {
             match self
                 .ctx
                 .runner
-                .run_hook(self.task, argv, &self.job.run_id, facts, &self.ctx.cancel)
+                .run_hook(self.task, argv, &self.job.run_id, &self.procs, facts, &self.ctx.cancel)
                 .await
             {
                 Ok(0) => {}
@@ -246,6 +252,7 @@ impl Run<'_> {
     /// notification, and the event for the state owner.
     async fn finish(self, outcome: Outcome) {
         let ctx = self.ctx;
+        self.procs.remove();
         let ended = Timestamp::now();
         let duration_ms = outcome.duration.as_millis() as u64;
         let message = format!(

@@ -1,14 +1,20 @@
 //! Running one task: a clean environment with a fresh token per process, a process group per
-//! step, output into the log line by line (redacted), and timeouts and shutdown that stop the
-//! whole group.
+//! step (and the run's cgroup, where there is one: see [`contain`](super::contain)), output
+//! into the log line by line (redacted), and timeouts and shutdown that stop every process of
+//! the run.
 //!
 //! Each step's process gets: an allowlist of the daemon's environment (`PATH HOME USER
 //! LOGNAME LANG LC_* TZ TMPDIR XDG_*`), then the task's `env`, then the step's, then
 //! `SECRETBOX_SOCKET` and a freshly minted `SECRETBOX_TOKEN`. stdin is `/dev/null`; no shell
 //! is involved; a leading `~/` in an argument is expanded and nothing else. The token is
-//! revoked as soon as its process is reaped. A timeout sends SIGINT (restic removes its lock
-//! on SIGINT), then SIGTERM, then SIGKILL, to the whole process group, with a grace period
-//! between each; shutdown sends SIGTERM, then SIGKILL after `shutdown_grace`.
+//! revoked as soon as its process is reaped. A step ends when every process of it is gone:
+//! a main process that exits while children it started keep running (`cmd &`, `setsid`) is
+//! waited for until they end, or until the timeout stops them, and the record says so. A
+//! timeout sends SIGINT (restic removes its lock on SIGINT, and restic 0.14 does not on
+//! SIGTERM), then SIGTERM, then SIGKILL, to every process of the run, with a grace period
+//! between each; shutdown sends SIGINT, then SIGTERM after `shutdown_grace`, then SIGKILL.
+//! Each step's leader also gets SIGINT if the daemon dies (Linux: `PR_SET_PDEATHSIG`), and
+//! the [`guardian`](super::guardian) stops the rest of the run then.
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
@@ -18,12 +24,14 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::contain::{Containment, RunProcs, Search};
+use super::guardian::Guardian;
 use super::output::LogBudget;
 use super::programs::Pinned;
 use crate::broker::Broker;
@@ -32,6 +40,8 @@ use crate::protocol::RunStatus;
 
 /// How many stderr lines a run keeps for its history record.
 pub(crate) const STDERR_TAIL: usize = 20;
+/// How often a step whose main process has ended checks whether the rest of it has.
+const LEFTOVER_POLL: Duration = Duration::from_millis(200);
 
 /// How a run ended.
 #[derive(Debug, Clone)]
@@ -74,6 +84,10 @@ pub(crate) struct Runner {
     /// Grace between SIGINT, SIGTERM and SIGKILL when a task times out.
     pub(crate) kill_grace: Duration,
     pub(crate) shutdown_grace: Duration,
+    /// Whether runs get a cgroup each.
+    pub(crate) containment: Containment,
+    /// Told about each live process group, to stop them if the daemon dies.
+    pub(crate) guardian: Option<Guardian>,
 }
 
 /// What a run's stdout and stderr may still send to the log.
@@ -96,6 +110,7 @@ struct StepCall<'a> {
     step: &'a Step,
     pin: Option<&'a Pinned>,
     run_id: &'a str,
+    procs: &'a RunProcs,
     /// Extra variables for the process (e.g. `BACKUPNIZZA_SCHEDULED`).
     facts: &'a [(String, String)],
     /// The step's number, from 0 (for the log).
@@ -158,7 +173,9 @@ pub(crate) enum HookFailure {
 }
 
 enum StepEnd {
-    Exited(ExitStatus),
+    /// The main process exited, and every process it left behind ended too (the note says
+    /// how many there were, if any).
+    Exited(ExitStatus, Option<String>),
     TimedOut(String),
     Cancelled,
     NotStarted(String),
@@ -170,11 +187,13 @@ impl Runner {
     /// Runs every step of `task` in order. `deadline` is the task's timeout; `cancel` is
     /// cancelled at daemon shutdown. `facts` are extra variables for every step (e.g.
     /// `BACKUPNIZZA_SCHEDULED`).
+    #[allow(clippy::too_many_arguments)] // each is a different fact of the run
     pub(crate) async fn run(
         &self,
         task: &Task,
         pins: &[Option<Pinned>],
         run_id: &str,
+        procs: &RunProcs,
         facts: &[(String, String)],
         deadline: Option<Instant>,
         cancel: &CancellationToken,
@@ -185,16 +204,23 @@ impl Runner {
         let mut status = RunStatus::Success;
         let mut exit_code = None;
         let mut reason = String::from("all steps succeeded");
+        // What steps that succeeded left behind, for the record of a successful run.
+        let mut notes = Vec::new();
         let steps = task.steps.len();
         for (i, step) in task.steps.iter().enumerate() {
             let label =
                 if steps == 1 { String::new() } else { format!(" (step {} of {steps})", i + 1) };
             let pin = pins.get(i).and_then(Option::as_ref);
-            let call = StepCall { task, step, pin, run_id, facts, index: i, deadline, cancel };
+            let call =
+                StepCall { task, step, pin, run_id, procs, facts, index: i, deadline, cancel };
             match self.run_step(call, &mut tail, &mut budgets).await {
-                StepEnd::Exited(st) => {
+                StepEnd::Exited(st, note) => {
                     exit_code = st.code();
-                    let code_text = describe_exit(st);
+                    let mut code_text = describe_exit(st);
+                    if let Some(note) = note {
+                        code_text = format!("{code_text} ({note})");
+                        notes.push(format!("{code_text}{label}"));
+                    }
                     match st.code() {
                         Some(0) => {}
                         Some(code) if task.warning_exit_codes.contains(&code) => {
@@ -248,6 +274,9 @@ impl Runner {
             }
         }
         budgets.finish();
+        if status == RunStatus::Success && !notes.is_empty() {
+            reason = format!("{reason}; {}", notes.join("; "));
+        }
         Outcome { status, exit_code, reason, stderr_tail: tail.into(), duration: started.elapsed() }
     }
 
@@ -258,6 +287,7 @@ impl Runner {
         task: &Task,
         argv: &[String],
         run_id: &str,
+        procs: &RunProcs,
         facts: Vec<(String, String)>,
         cancel: &CancellationToken,
     ) -> Result<i32, HookFailure> {
@@ -276,6 +306,7 @@ impl Runner {
             step: &step,
             pin: None,
             run_id,
+            procs,
             facts: &[],
             index: 0,
             deadline,
@@ -287,7 +318,7 @@ impl Runner {
         let end = self.run_step(call, &mut Tail::new(), &mut budgets).await;
         budgets.finish();
         match end {
-            StepEnd::Exited(status) => {
+            StepEnd::Exited(status, _) => {
                 status.code().ok_or_else(|| HookFailure::Failed(describe_exit(status)))
             }
             StepEnd::TimedOut(how) => Err(HookFailure::Failed(format!(
@@ -367,7 +398,7 @@ impl Runner {
         tail: &mut Tail,
         budgets: &mut Budgets,
     ) -> StepEnd {
-        let StepCall { task, step, run_id, facts, index, deadline, cancel, .. } = call;
+        let StepCall { task, step, run_id, procs, facts, index, deadline, cancel, .. } = call;
         let env = match self.env_for(task, step) {
             Ok(env) => env,
             Err(why) => return StepEnd::NotStarted(why),
@@ -391,6 +422,7 @@ impl Runner {
         if let Some(dir) = &task.working_dir {
             cmd.current_dir(dir);
         }
+        contain_child(&mut cmd, procs);
         let scope: Vec<Arc<str>> = task.secrets.iter().map(|s| Arc::from(s.as_str())).collect();
         let task_name: Arc<str> = Arc::from(task.name.as_str());
         let (token, handle) = match self.broker.mint(&task_name, &scope, task.redeem_limit) {
@@ -418,6 +450,9 @@ impl Runner {
         };
         let pid = child.id().unwrap_or_default();
         self.broker.started(handle, pid);
+        if let Some(guardian) = &self.guardian {
+            guardian.watch(pid, procs);
+        }
         info!(step = index + 1, pid, token = %handle.fingerprint(), program = %program.to_string_lossy(), "started process with a one-time token");
 
         let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
@@ -443,33 +478,135 @@ impl Runner {
             }
         };
         let pgid = Pid::from_raw(pid as i32);
+        let timeout_plan = [
+            (Signal::SIGINT, self.kill_grace),
+            (Signal::SIGTERM, self.kill_grace),
+            (Signal::SIGKILL, self.kill_grace),
+        ];
+        let shutdown_plan = [
+            (Signal::SIGINT, self.shutdown_grace),
+            (Signal::SIGTERM, self.kill_grace),
+            (Signal::SIGKILL, self.kill_grace),
+        ];
         let waiting = async {
-            let end = tokio::select! {
-                status = child.wait() => match status {
-                    Ok(st) => StepEnd::Exited(st),
-                    Err(e) => StepEnd::NotStarted(format!("waiting for the process failed: {e}")),
-                },
+            let first = tokio::select! {
+                status = child.wait() => status.map_err(|e| StepEnd::NotStarted(format!("waiting for the process failed: {e}"))),
                 () = sleep_until(deadline) => {
-                    warn!(pid, "timeout reached; stopping the process group (SIGINT, then SIGTERM, then SIGKILL)");
-                    let how = stop_group(&mut child, pgid, &[(Signal::SIGINT, self.kill_grace), (Signal::SIGTERM, self.kill_grace), (Signal::SIGKILL, self.kill_grace)]).await;
-                    StepEnd::TimedOut(how)
+                    warn!(pid, "timeout reached; stopping the step's processes (SIGINT, then SIGTERM, then SIGKILL)");
+                    let how = stop(procs, pgid, &timeout_plan).await;
+                    let _ = child.wait().await;
+                    Err(StepEnd::TimedOut(how))
                 },
                 () = cancel.cancelled() => {
-                    info!(pid, "daemon stopping; sending SIGTERM to the task's process group");
-                    stop_group(&mut child, pgid, &[(Signal::SIGTERM, self.shutdown_grace), (Signal::SIGKILL, self.kill_grace)]).await;
-                    StepEnd::Cancelled
+                    info!(pid, "daemon stopping; sending SIGINT to the step's processes");
+                    stop(procs, pgid, &shutdown_plan).await;
+                    let _ = child.wait().await;
+                    Err(StepEnd::Cancelled)
                 },
             };
             // The process is reaped: its pid may be reused from now on, so its token dies now.
             self.broker.reaped(handle, Some(pid));
+            let end = match first {
+                Ok(status) => {
+                    let plans = (&timeout_plan[..], &shutdown_plan[..]);
+                    self.leftovers(status, procs, pgid, deadline, cancel, plans).await
+                }
+                Err(end) => end,
+            };
+            if let Some(guardian) = &self.guardian {
+                guardian.release(pid);
+            }
             let _ = ended_tx.send(());
             end
         };
         let (end, ()) = tokio::join!(waiting, pumps);
-        if let StepEnd::Exited(st) = &end {
+        if let StepEnd::Exited(st, _) = &end {
             info!(step = index + 1, pid, "process ended: {}", describe_exit(*st));
         }
         end
+    }
+
+    /// After a step's main process exited: waits for the processes it left behind, until
+    /// they end, the deadline (which stops them) or shutdown.
+    async fn leftovers(
+        &self,
+        status: ExitStatus,
+        procs: &RunProcs,
+        pgid: Pid,
+        deadline: Option<Instant>,
+        cancel: &CancellationToken,
+        (timeout_plan, shutdown_plan): (&[(Signal, Duration)], &[(Signal, Duration)]),
+    ) -> StepEnd {
+        let active = self.broker.active();
+        if procs.all_gone(Some(pgid), &active) {
+            return StepEnd::Exited(status, None);
+        }
+        let count = procs.members(Some(pgid), Search::Adopted, &active).len().max(1);
+        let them = if count == 1 {
+            "1 process it left behind".to_string()
+        } else {
+            format!("{count} processes it left behind")
+        };
+        let main = format!("the main process ended ({})", describe_exit(status));
+        let until = if deadline.is_some() { ", or at the timeout" } else { "" };
+        info!(pgid = pgid.as_raw(), "{main}; waiting for the {them}: the step ends when they do{until}");
+        let began = Instant::now();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(LEFTOVER_POLL) => {
+                    if procs.all_gone(Some(pgid), &self.broker.active()) {
+                        let after = crate::duration::Human(Duration::from_secs(began.elapsed().as_secs()));
+                        return StepEnd::Exited(status, Some(format!("the {them} ended {after} later")));
+                    }
+                }
+                () = sleep_until(deadline) => {
+                    warn!(pgid = pgid.as_raw(), "timeout reached; stopping the {them} (SIGINT, then SIGTERM, then SIGKILL)");
+                    let how = stop(procs, pgid, timeout_plan).await;
+                    return StepEnd::TimedOut(format!("{main}, but the {them} had not; leftovers killed: {how}"));
+                }
+                () = cancel.cancelled() => {
+                    info!(pgid = pgid.as_raw(), "daemon stopping; sending SIGINT to the {them}");
+                    stop(procs, pgid, shutdown_plan).await;
+                    return StepEnd::Cancelled;
+                }
+            }
+        }
+    }
+}
+
+/// Makes the child part of the run before it execs: into the run's cgroup (if any), and on
+/// Linux a parent-death signal, so it does not outlive a daemon that died.
+fn contain_child(cmd: &mut tokio::process::Command, procs: &RunProcs) {
+    let join = procs.join_file();
+    #[cfg(target_os = "linux")]
+    let parent = std::process::id() as libc::pid_t;
+    let hook = move || {
+        #[cfg(target_os = "linux")]
+        // SAFETY: between fork and exec only async-signal-safe calls are made: prctl,
+        // getppid, open, write, close and _exit, on values prepared before the fork.
+        unsafe {
+            // SIGINT, not SIGTERM: restic removes its repository lock on SIGINT.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT);
+            // The daemon died between fork and prctl: the signal will never come.
+            if libc::getppid() != parent {
+                libc::_exit(125);
+            }
+        }
+        if let Some(file) = &join {
+            // SAFETY: as above; `file` is a NUL-terminated path made before the fork.
+            unsafe {
+                let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                }
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook makes only async-signal-safe calls (see above) and allocates nothing.
+    unsafe {
+        cmd.pre_exec(hook);
     }
 }
 
@@ -480,45 +617,12 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Sends each signal to the group in turn, waiting up to its grace for the group to empty.
-/// Returns which signals were needed.
-async fn stop_group(
-    child: &mut tokio::process::Child,
-    pgid: Pid,
-    plan: &[(Signal, Duration)],
-) -> String {
-    let mut sent = Vec::new();
-    for (signal, grace) in plan {
-        if group_gone(child, pgid) {
-            break;
-        }
-        let _ = killpg(pgid, *signal);
-        sent.push(signal.as_str());
-        let until = Instant::now() + *grace;
-        while Instant::now() < until && !group_gone(child, pgid) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+/// Stops every process of the step's run. Returns which signals were needed.
+async fn stop(procs: &RunProcs, pgid: Pid, plan: &[(Signal, Duration)]) -> String {
+    match procs.stop(Some(pgid), Search::Adopted, plan).await {
+        Some((how, _)) => how,
+        None => "the process had already ended".into(),
     }
-    let _ = child.wait().await;
-    if sent.is_empty() {
-        "the process had already ended".into()
-    } else {
-        format!("sent {}", sent.join(", then "))
-    }
-}
-
-/// Whether the leader is reaped and no process is left in its group.
-fn group_gone(child: &mut tokio::process::Child, pgid: Pid) -> bool {
-    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-    let _ = child.try_wait();
-    // Members whose parent died were re-parented to the daemon (child subreaper): reap the
-    // ones that have ended, or their zombies would keep the group "alive" forever.
-    while let Ok(status) = waitpid(Pid::from_raw(-pgid.as_raw()), Some(WaitPidFlag::WNOHANG)) {
-        if status == WaitStatus::StillAlive {
-            break;
-        }
-    }
-    matches!(killpg(pgid, None), Err(nix::errno::Errno::ESRCH))
 }
 
 /// "exit code 3", "killed by SIGTERM".

@@ -33,6 +33,7 @@ use crate::protocol::{RunBody, RunRef, RunStatus};
 use crate::schedule::timetable::{self, ClockWatch, Decision, Timetable, Trigger};
 
 mod report;
+mod settle;
 
 /// How often the daemon checks that its socket path still names its socket.
 const SOCKET_CHECK: Duration = Duration::from_secs(5);
@@ -155,13 +156,14 @@ impl State {
     }
 
     async fn serve(&mut self, bound: &BoundSocket, inbox: &mut Inbox, past: &[Record]) -> Stop {
-        let now = Timestamp::now();
-        self.catch_up_downtime(past, now);
         self.ctx.history.append(Record::Daemon {
             event: DaemonEvent::Start,
-            at: self.rfc3339(now),
+            at: self.rfc3339(Timestamp::now()),
             pid: std::process::id(),
         });
+        self.settle_unended(past).await;
+        let now = Timestamp::now();
+        self.catch_up_downtime(past, now);
         for (i, task) in self.ctx.config.tasks.iter().enumerate() {
             if let Some(next) =
                 timetable::next_fire(&task.schedule, &task.zone.tz, self.started, now)
@@ -455,6 +457,7 @@ impl State {
             at: self.rfc3339(now),
             scheduled: job.occurrence.map(|o| self.rfc3339(o)),
             trigger: job.trigger,
+            cgroup: None,
         });
         self.ctx.history.append(Record::End {
             run_id: job.run_id.clone(),

@@ -3,6 +3,7 @@
 
 mod broker;
 mod clock;
+mod crash;
 mod daemon;
 mod harness;
 mod home;

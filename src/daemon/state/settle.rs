@@ -1,0 +1,202 @@
+//! Settling, at start, the runs a previous daemon began and never ended (it was killed or
+//! crashed): their leftover processes are stopped, each gets an End record with status
+//! `interrupted`, and the state owner decides whether the occurrence runs once again.
+//!
+//! A run is unended when the history holds its Start record and no End record. Its
+//! processes are found by its cgroup (named in the Start record) and by its run id in the
+//! environment of every process of the daemon's uid ([`contain`](super::contain)); they
+//! are stopped as a timeout stops a run — SIGINT first, on which restic removes its
+//! repository lock.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use nix::sys::signal::Signal;
+
+use tracing::{info, warn};
+
+use super::State;
+use crate::daemon::contain::{RunProcs, Search};
+use crate::history::{DaemonEvent, Record};
+use crate::protocol::{RunBody, RunStatus};
+use crate::schedule::timetable::Trigger;
+
+/// A run with a Start record and no End record.
+#[derive(Debug, Clone)]
+struct Unended {
+    run_id: String,
+    task: String,
+    started: Option<Timestamp>,
+    occurrence: Option<Timestamp>,
+    trigger: Trigger,
+    cgroup: Option<PathBuf>,
+    /// The daemon that ran it (its last start record before the run), when known.
+    daemon_pid: Option<u32>,
+}
+
+/// The unended runs in `past`, oldest first.
+fn unended(past: &[Record]) -> Vec<Unended> {
+    let ended: HashSet<&str> = past
+        .iter()
+        .filter_map(|r| match r {
+            Record::End { run_id, .. } => Some(run_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut daemon_pid = None;
+    let mut out = Vec::new();
+    for record in past {
+        match record {
+            Record::Daemon { event: DaemonEvent::Start, pid, .. } => daemon_pid = Some(*pid),
+            Record::Start { run_id, task, at, scheduled, trigger, cgroup }
+                if !ended.contains(run_id.as_str()) =>
+            {
+                out.push(Unended {
+                    run_id: run_id.clone(),
+                    task: task.clone(),
+                    started: at.parse().ok(),
+                    occurrence: scheduled.as_deref().and_then(|s| s.parse().ok()),
+                    trigger: *trigger,
+                    cgroup: cgroup.as_ref().map(PathBuf::from),
+                    daemon_pid,
+                });
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Stops whatever is left of `run`. Returns how many processes were found and how they
+/// were stopped, or `None` when nothing was left.
+async fn stop_leftovers(run: &Unended, grace: Duration) -> Option<(String, usize)> {
+    let procs = RunProcs::known(&run.run_id, run.cgroup.clone());
+    let plan = [(Signal::SIGINT, grace), (Signal::SIGTERM, grace), (Signal::SIGKILL, grace)];
+    let stopped = procs.stop(None, Search::Everywhere, &plan).await;
+    procs.remove();
+    stopped
+}
+
+/// The reason an interrupted run's End record gives.
+fn reason(run: &Unended, leftovers: Option<&(String, usize)>) -> String {
+    let daemon = run.daemon_pid.map_or_else(|| "the daemon".to_string(), |p| format!("the daemon (pid {p})"));
+    let left = match leftovers {
+        None => "no process of it was left".to_string(),
+        Some((how, 1)) => format!("1 leftover process was stopped ({how})"),
+        Some((how, n)) => format!("{n} leftover processes were stopped ({how})"),
+    };
+    format!(
+        "interrupted: {daemon} stopped without ending this run (a crash or SIGKILL); settled when the daemon started again: {left}; its true end is unknown"
+    )
+}
+
+impl State {
+    /// Settles every unended run in `past`: stops its leftovers, records it as
+    /// `interrupted`, and runs its occurrence once again when that is still within the
+    /// task's `max_lateness` and no later occurrence is due (the downtime catch-up covers
+    /// that one). Awaited before the first run starts, so no two copies of a task run.
+    pub(super) async fn settle_unended(&mut self, past: &[Record]) {
+        let runs = unended(past);
+        if runs.is_empty() {
+            return;
+        }
+        warn!(runs = runs.len(), "the previous daemon stopped without ending some runs; settling them");
+        for run in runs {
+            let leftovers = stop_leftovers(&run, self.ctx.runner.kill_grace).await;
+            let now = Timestamp::now();
+            let reason = reason(&run, leftovers.as_ref());
+            warn!(task = %run.task, run_id = %run.run_id, "{reason}");
+            self.ctx.history.append(Record::End {
+                run_id: run.run_id.clone(),
+                task: run.task.clone(),
+                at: self.rfc3339(now),
+                status: RunStatus::Interrupted,
+                exit_code: None,
+                duration_ms: 0,
+                reason: reason.clone(),
+                stderr_tail: Vec::new(),
+            });
+            let Some(idx) = self.ctx.config.tasks.iter().position(|t| t.name == run.task) else {
+                continue;
+            };
+            let body = RunBody {
+                run_id: run.run_id.clone(),
+                task: run.task.clone(),
+                status: RunStatus::Interrupted,
+                started: run.started.map(|s| self.rfc3339(s)).unwrap_or_default(),
+                ended: Some(self.rfc3339(now)),
+                exit_code: None,
+                duration_ms: Some(0),
+                reason,
+            };
+            let state = &mut self.tasks[idx];
+            state.metrics.runs += 1;
+            state.metrics.failures += 1;
+            state.metrics.last_end = Some(now);
+            state.metrics.last_exit_code = None;
+            state.last = Some(body);
+            if let Some(occurrence) = self.rerun_of(idx, &run, now) {
+                info!(task = %run.task, occurrence = %self.rfc3339(occurrence), "running the interrupted occurrence once again (within max_lateness)");
+                let _ = self.fire(idx, Trigger::CatchUp, Some(occurrence));
+            }
+        }
+    }
+
+    /// The occurrence to run again for an interrupted run, if any.
+    fn rerun_of(&self, idx: usize, run: &Unended, now: Timestamp) -> Option<Timestamp> {
+        let task = &self.ctx.config.tasks[idx];
+        let occurrence = run.occurrence.filter(|_| run.trigger != Trigger::Manual)?;
+        let late = Duration::try_from(now.duration_since(occurrence)).ok()?;
+        if late > task.max_lateness {
+            return None;
+        }
+        let next = match task.schedule.interval() {
+            Some(interval) => occurrence.checked_add(interval).ok(),
+            None => task.schedule.next_after(occurrence, &task.zone.tz),
+        };
+        next.is_none_or(|next| next > now).then_some(occurrence)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(id: &str, task: &str) -> Record {
+        Record::Start {
+            run_id: id.into(),
+            task: task.into(),
+            at: "2026-01-01T03:00:01Z".into(),
+            scheduled: Some("2026-01-01T03:00:00Z".into()),
+            trigger: Trigger::Schedule,
+            cgroup: None,
+        }
+    }
+
+    #[test]
+    fn only_runs_without_an_end_are_unended() {
+        let past = vec![
+            Record::Daemon { event: DaemonEvent::Start, at: "2026-01-01T00:00:00Z".into(), pid: 41 },
+            start("a", "t"),
+            Record::End {
+                run_id: "a".into(),
+                task: "t".into(),
+                at: "2026-01-01T03:00:02Z".into(),
+                status: RunStatus::Success,
+                exit_code: Some(0),
+                duration_ms: 1000,
+                reason: String::new(),
+                stderr_tail: Vec::new(),
+            },
+            start("b", "t"),
+        ];
+        let found = unended(&past);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].run_id, "b");
+        assert_eq!(found[0].daemon_pid, Some(41));
+        assert_eq!(found[0].occurrence, Some("2026-01-01T03:00:00Z".parse().unwrap()));
+        assert!(reason(&found[0], None).contains("pid 41"));
+    }
+}

@@ -1,0 +1,291 @@
+//! Crashes and runaway processes (issue 15, points 3 and 5): after SIGKILL of the daemon no
+//! task process lives on, the restart records the run as `interrupted` and never runs two
+//! copies, and a run ends only when every process it started has ended.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use nix::sys::signal::Signal;
+
+use crate::harness::{Daemon, PATIENCE, Scratch, TRIGGERED, history, trigger};
+
+/// Pids of live processes whose argument list is exactly `argv`.
+fn running(argv: &[&str]) -> Vec<u32> {
+    let mut want = argv.join("\0").into_bytes();
+    want.push(0);
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| !r.trim_start().starts_with('Z')))
+        })
+        .collect()
+}
+
+/// The run id in a process's environment.
+fn run_id_of(pid: u32) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    env.split(|&b| b == 0).find_map(|v| {
+        std::str::from_utf8(v.strip_prefix(b"BACKUPNIZZA_RUN_ID=")?).ok().map(str::to_string)
+    })
+}
+
+#[track_caller]
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The daemon's guardian: its child running `backupnizza guard`.
+fn guardian_of(daemon: &Daemon) -> u32 {
+    let dir = format!("/proc/{}/task", daemon.pid());
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .flat_map(|t| {
+            std::fs::read_to_string(t.path().join("children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == b"guard"))
+        })
+        .expect("the daemon has a guardian process")
+}
+
+fn libfaketime() -> PathBuf {
+    std::fs::read_dir("/usr/lib")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.exists())
+        .expect("libfaketime.so.1 (Debian package faketime; .ci/run installs it)")
+}
+
+/// Starts the daemon with its wall clock at `clock` (a libfaketime timestamp file).
+fn start_at(scratch: &Scratch, config: &Path, clock: &Path) -> Daemon {
+    scratch.start_daemon_with(config, |cmd| {
+        cmd.env("LD_PRELOAD", libfaketime())
+            .env("FAKETIME_TIMESTAMP_FILE", clock)
+            .env("FAKETIME_NO_CACHE", "1")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    })
+}
+
+/// A libfaketime file that makes the clock read `target` now.
+fn clock_at(scratch: &Scratch, target: &str) -> PathBuf {
+    let target: Timestamp = target.parse().unwrap();
+    let seconds = target.as_second() - Timestamp::now().as_second();
+    scratch.write("faketime", format!("{seconds:+}"))
+}
+
+fn sigkill(mut daemon: Daemon) {
+    daemon.signal(Signal::SIGKILL);
+    daemon.wait_exit();
+}
+
+fn records_of<'a>(records: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
+    records.iter().filter(|r| r["type"] == kind).collect()
+}
+
+/// The hourly task, two seconds before it fires; its step is a shell with a child in the
+/// background and one in the foreground.
+fn hourly(scratch: &Scratch, sleep: &str) -> (PathBuf, PathBuf) {
+    let clock = clock_at(scratch, "2030-06-01T01:59:58Z");
+    let config = scratch.config(&format!(
+        "timezone: UTC
+tasks:
+  hourly:
+    schedule: '0 * * * *'
+    max_lateness: 1h
+    on_overlap: skip
+    command: [sh, -c, 'sleep {sleep} & sleep {sleep}; wait']
+"
+    ));
+    (config, clock)
+}
+
+#[test]
+fn after_sigkill_of_the_daemon_no_task_process_lives_on_and_the_restart_runs_it_once_again() {
+    let scratch = Scratch::new();
+    let sleep = "313.25";
+    let (config, clock) = hourly(&scratch, sleep);
+    let daemon = start_at(&scratch, &config, &clock);
+    wait_until("the run's two sleeps", || running(&["sleep", sleep]).len() == 2);
+    let first_run = run_id_of(running(&["sleep", sleep])[0]).unwrap();
+    sigkill(daemon);
+    // The leader got SIGINT as its parent died; the guardian stops the rest of the group (a
+    // background job of a shell ignores SIGINT, so it takes the SIGTERM after 10 s).
+    wait_until("no task process left", || running(&["sleep", sleep]).is_empty());
+
+    let daemon = start_at(&scratch, &config, &clock);
+    let log = daemon.wait_for("the rerun", |l| l.contains("running the interrupted occurrence once again"));
+    assert!(log.contains("no process of it was left"), "{log}");
+    wait_until("the rerun's sleeps", || running(&["sleep", sleep]).len() == 2);
+    let pids = running(&["sleep", sleep]);
+    assert!(pids.iter().all(|p| run_id_of(*p).as_deref() != Some(first_run.as_str())));
+
+    // Records are written by the history thread, which may lag behind the processes.
+    wait_until("the rerun's start record", || records_of(&history(&scratch), "start").len() >= 2);
+    let records = history(&scratch);
+    let ends = records_of(&records, "end");
+    let interrupted: Vec<_> = ends.iter().filter(|e| e["run_id"] == first_run.as_str()).collect();
+    assert_eq!(interrupted.len(), 1, "{records:#?}");
+    assert_eq!(interrupted[0]["status"], "interrupted");
+    let starts = records_of(&records, "start");
+    assert_eq!(starts.len(), 2, "one start per run, no second copy\n{records:#?}");
+    assert_eq!(starts[1]["trigger"], "catch_up");
+    assert_eq!(starts[1]["scheduled"], "2030-06-01T02:00:00+00:00");
+
+    // `history` and `explain` tell it.
+    let out = scratch.backupnizza(["history", "-c"]).run_with(&config);
+    out.expect_code(0);
+    assert!(out.stdout().contains("interrupted"), "{out}");
+    let mut explain = scratch.backupnizza(["explain", "hourly", "--since", "1h", "-c"]).cmd;
+    explain
+        .arg(&config)
+        .env("LD_PRELOAD", libfaketime())
+        .env("FAKETIME_TIMESTAMP_FILE", &clock)
+        .env("FAKETIME_NO_CACHE", "1");
+    let out = explain.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("1 interrupted"), "{text}");
+
+    // A trigger while the rerun goes on is refused (on_overlap: skip): never two copies.
+    let refused = trigger(&scratch, &config, "hourly", false);
+    assert_ne!(refused.code(), Some(0), "{refused}");
+    assert!(refused.stderr().contains("still going"), "{refused}");
+    assert_eq!(running(&["sleep", sleep]).len(), 2);
+    daemon.stop();
+    assert!(running(&["sleep", sleep]).is_empty());
+}
+
+#[test]
+fn leftovers_that_outlived_the_daemon_and_its_guardian_are_stopped_at_restart() {
+    for cgroups in ["on", "off"] {
+        let scratch = Scratch::new();
+        let sleep = if cgroups == "on" { "313.5" } else { "313.75" };
+        let (config, clock) = hourly(&scratch, sleep);
+        let start = |scratch: &Scratch| {
+            scratch.start_daemon_with(&config, |cmd| {
+                cmd.env("LD_PRELOAD", libfaketime())
+                    .env("FAKETIME_TIMESTAMP_FILE", &clock)
+                    .env("FAKETIME_NO_CACHE", "1")
+                    .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+                    .env("BACKUPNIZZA_CGROUP", cgroups);
+            })
+        };
+        let daemon = start(&scratch);
+        wait_until("the run's two sleeps", || running(&["sleep", sleep]).len() == 2);
+        let first_run = run_id_of(running(&["sleep", sleep])[0]).unwrap();
+        // Both die at once: nothing is left to stop the shell's children.
+        let guardian = guardian_of(&daemon);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(guardian as i32), Signal::SIGKILL)
+            .unwrap();
+        sigkill(daemon);
+        std::thread::sleep(Duration::from_millis(500));
+        let survivors = running(&["sleep", sleep]);
+        assert!(!survivors.is_empty(), "the scenario needs a survivor (cgroups {cgroups})");
+
+        let daemon = start(&scratch);
+        let log = daemon.wait_for("the settlement", |l| l.contains("leftover process"));
+        assert!(log.contains("stopped without ending this run"), "{log}");
+        for pid in survivors {
+            wait_until("the old run's processes to go", || {
+                !Path::new(&format!("/proc/{pid}")).exists()
+                    || run_id_of(pid).as_deref() != Some(first_run.as_str())
+            });
+        }
+        let records = history(&scratch);
+        let end = records_of(&records, "end")
+            .into_iter()
+            .find(|e| e["run_id"] == first_run.as_str())
+            .cloned()
+            .unwrap_or_else(|| panic!("{records:#?}"));
+        assert_eq!(end["status"], "interrupted");
+        assert!(end["reason"].as_str().unwrap().contains("leftover process"), "{end}");
+        daemon.stop();
+        assert!(running(&["sleep", sleep]).is_empty(), "cgroups {cgroups}");
+    }
+}
+
+#[test]
+fn a_run_ends_when_the_500_children_its_main_process_left_have_ended() {
+    let scratch = Scratch::new();
+    let config = scratch.config(&format!(
+        "tasks:
+  many:
+    {TRIGGERED}
+    command: [sh, -c, 'for i in $(seq 500); do sleep 2.71 & done']
+  runaway:
+    {TRIGGERED}
+    timeout: 3s
+    command: [sh, -c, 'for i in $(seq 500); do sleep 271.5 & done']
+"
+    ));
+    let _daemon = scratch.start_daemon(&config);
+    trigger(&scratch, &config, "many", true).expect_code(0);
+    assert!(running(&["sleep", "2.71"]).is_empty(), "the run ended before its children");
+    let records = history(&scratch);
+    let end = records_of(&records, "end")[0];
+    assert_eq!(end["status"], "success");
+    let reason = end["reason"].as_str().unwrap();
+    assert!(reason.contains("500 processes it left behind ended"), "{reason}");
+    assert!(end["duration_ms"].as_u64().unwrap() >= 2700, "{end}");
+
+    let run = trigger(&scratch, &config, "runaway", true);
+    assert_ne!(run.code(), Some(0), "{run}");
+    assert!(running(&["sleep", "271.5"]).is_empty(), "leftovers outlived the timeout");
+    let records = history(&scratch);
+    let end = records_of(&records, "end")[1];
+    assert_eq!(end["status"], "timeout");
+    let reason = end["reason"].as_str().unwrap();
+    assert!(reason.contains("but the 500 processes it left behind had not; leftovers killed"), "{reason}");
+}
+
+#[test]
+fn a_setsid_grandchild_is_part_of_its_run_with_or_without_cgroups() {
+    for cgroups in ["on", "off"] {
+        let scratch = Scratch::new();
+        let (short, long) =
+            if cgroups == "on" { ("2.25", "272.25") } else { ("2.5", "272.5") };
+        let config = scratch.config(&format!(
+            "tasks:
+  escape:
+    {TRIGGERED}
+    command: [sh, -c, 'setsid sleep {short} &']
+  runaway:
+    {TRIGGERED}
+    timeout: 3s
+    command: [sh, -c, 'setsid sleep {long} &']
+"
+        ));
+        let _daemon = scratch
+            .start_daemon_with(&config, |cmd| {
+                cmd.env("BACKUPNIZZA_CGROUP", cgroups);
+            });
+        trigger(&scratch, &config, "escape", true).expect_code(0);
+        assert!(running(&["sleep", short]).is_empty(), "cgroups {cgroups}");
+        let records = history(&scratch);
+        let end = records_of(&records, "end")[0];
+        assert!(
+            end["reason"].as_str().unwrap().contains("1 process it left behind ended"),
+            "cgroups {cgroups}: {end}"
+        );
+        let run = trigger(&scratch, &config, "runaway", true);
+        assert_ne!(run.code(), Some(0), "{run}");
+        assert!(running(&["sleep", long]).is_empty(), "cgroups {cgroups}");
+        let records = history(&scratch);
+        assert_eq!(records_of(&records, "end")[1]["status"], "timeout");
+    }
+}
