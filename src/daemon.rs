@@ -5,7 +5,7 @@
 //! ([`writers`]) → serve the socket → hand the task and run state to its owner ([`state`]),
 //! which fires runs ([`execute`], processes by [`runner`]; [`notifications`], [`metrics`]
 //! and [`systemd`] report them). Shutdown, on SIGTERM or SIGINT: the state owner stops
-//! firing, cancels runs (SIGTERM, then SIGKILL after `shutdown_grace`) and waits for their
+//! firing, cancels runs (SIGINT, SIGTERM, then SIGKILL within `shutdown_grace`) and waits for their
 //! End records; then the server closes, the history is flushed, the socket is removed, and
 //! the secrets are dropped — and the log says they were wiped only once that is true.
 

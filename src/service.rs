@@ -75,8 +75,10 @@ Type=notify
 ExecStart={exe} run -c {config}
 Restart=on-failure
 RestartSec=30s
-# The daemon stops its tasks itself (SIGTERM, then SIGKILL after shutdown_grace).
+# The daemon stops its tasks itself (SIGINT, SIGTERM, then SIGKILL within shutdown_grace).
 KillMode=mixed
+# Lets the daemon give each run a cgroup of its own, so every process of a run is found.
+Delegate=yes
 TimeoutStopSec={stop_timeout}s
 WatchdogSec=5min
 UMask=0077

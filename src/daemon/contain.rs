@@ -165,7 +165,12 @@ impl RunProcs {
     }
 
     /// The live processes of the run (for counting and signalling).
-    pub(crate) fn members(&self, pgid: Option<Pid>, search: Search, skip: &HashSet<u32>) -> Vec<Pid> {
+    pub(crate) fn members(
+        &self,
+        pgid: Option<Pid>,
+        search: Search,
+        skip: &HashSet<u32>,
+    ) -> Vec<Pid> {
         let mut found = BTreeSet::new();
         if let Some(cg) = &self.cgroup {
             found.extend(cgroup_members(cg));
@@ -183,7 +188,13 @@ impl RunProcs {
     }
 
     /// Sends `signal` to the group and every member.
-    pub(crate) fn signal(&self, pgid: Option<Pid>, search: Search, signal: Signal, skip: &HashSet<u32>) {
+    pub(crate) fn signal(
+        &self,
+        pgid: Option<Pid>,
+        search: Search,
+        signal: Signal,
+        skip: &HashSet<u32>,
+    ) {
         if let Some(pgid) = pgid {
             let _ = killpg(pgid, signal);
         }
@@ -254,7 +265,9 @@ fn cgroup_populated(cg: &Path) -> bool {
 
 fn cgroup_members(cg: &Path) -> Vec<Pid> {
     std::fs::read_to_string(cg.join("cgroup.procs"))
-        .map(|procs| procs.lines().filter_map(|l| l.trim().parse().ok()).map(Pid::from_raw).collect())
+        .map(|procs| {
+            procs.lines().filter_map(|l| l.trim().parse().ok()).map(Pid::from_raw).collect()
+        })
         .unwrap_or_default()
 }
 

@@ -2,15 +2,21 @@
 //! task processes if the daemon dies without stopping them (SIGKILL, a crash, the OOM
 //! killer), so no task process outlives it.
 //!
-//! The daemon keeps the write end of a pipe to the guardian's stdin and tells it, one line
-//! per change, which step process groups are live: `+ PGID RUN_ID CGROUP` (`-` for no
-//! cgroup) and `- PGID`. Lines are shorter than `PIPE_BUF`, so each write is atomic and
-//! needs no lock; the pipe is non-blocking, so a stuck guardian can never stall a run (a
-//! line that does not fit is dropped and logged). End of file on the pipe means the daemon
-//! is gone, however it ended (the kernel closes its descriptors): with nothing live the
-//! guardian just exits; otherwise it stops every listed run as a timeout does — SIGINT (on
-//! which restic removes its repository lock), SIGTERM, then SIGKILL, 10 s apart — finding
-//! their processes by group, cgroup and run id ([`contain`](super::contain)), and exits.
+//! The guardian's stdin is a Unix socket pair (sequenced packets) with the daemon, which
+//! tells it, one message per change, which step process groups are live:
+//! `+ PGID RUN_ID CGROUP` (`-` for no cgroup), carrying copies of the step's stdout and
+//! stderr pipes (`SCM_RIGHTS`), and `- PGID`. Each message is one `sendmsg`, so it needs no
+//! lock; sends never block, so a stuck guardian can never stall a run (a message that does
+//! not fit is dropped and logged). End of file means the daemon is gone, however it ended
+//! (the kernel closes its descriptors): with nothing live the guardian just exits;
+//! otherwise it stops every listed run as a timeout does — SIGINT (on which restic removes
+//! its repository lock), SIGTERM, then SIGKILL, 10 s apart — finding their processes by
+//! group, cgroup and run id ([`contain`](super::contain)), and exits.
+//!
+//! It holds the pipes so that the task processes' output still has a reader once the
+//! daemon is gone: without one, restic's "cleaning up" line on stderr raises SIGPIPE, and
+//! restic dies before it removes its lock. The guardian reads and discards that output (it
+//! has no redactor; nothing of it reaches a log).
 //!
 //! It is an exec of the daemon's own binary (`backupnizza guard`) with an empty environment,
 //! started before any secret is read, so it holds no copy of the daemon's memory. It
@@ -20,68 +26,102 @@
 //! no cgroup): process groups and run ids are what it can find.
 
 use std::collections::HashMap;
-use std::io::{BufRead, Write};
-use std::os::fd::AsRawFd;
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
+};
 use nix::unistd::Pid;
 
 use super::contain::{RunProcs, Search};
 
 /// Grace between the signals the guardian sends.
 const GRACE: Duration = Duration::from_secs(10);
+/// Longest message: `+ PGID RUN_ID CGROUP`.
+const MAX_MESSAGE: usize = 4096;
+/// How long the guardian goes on draining output once the processes are stopped.
+const DRAIN_AFTER: Duration = Duration::from_secs(2);
 
-/// The daemon's end of the pipe.
+/// The daemon's end of the socket pair.
 #[derive(Debug)]
 pub(crate) struct Guardian {
-    pipe: std::process::ChildStdin,
+    socket: OwnedFd,
 }
 
 impl Guardian {
     /// Starts `exe guard`. Must run before the async runtime (the child is an exec, so
     /// threads would not matter, but before any secret is loaded).
     pub(crate) fn spawn(exe: &Path) -> std::io::Result<Guardian> {
-        let mut child = Command::new(exe)
+        let (ours, theirs) =
+            socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
+        let child = Command::new(exe)
             .arg("guard")
             .env_clear()
-            .stdin(Stdio::piped())
+            .stdin(Stdio::from(theirs))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()?;
-        let pipe = child.stdin.take().ok_or_else(|| std::io::Error::other("no pipe"))?;
-        let fd = pipe.as_raw_fd();
-        // SAFETY: `fd` is the open pipe we own; F_GETFL/F_SETFL change only its flags.
-        let set = unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFL);
-            flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
-        };
-        if !set {
-            return Err(std::io::Error::last_os_error());
-        }
         // The child is reaped by the daemon's orphan reaper once it exits (it is not a step
         // leader), so its handle is not kept.
         drop(child);
-        Ok(Guardian { pipe })
+        Ok(Guardian { socket: ours })
     }
 
-    /// A step's process group is live.
-    pub(crate) fn watch(&self, pgid: u32, procs: &RunProcs) {
+    /// A step's process group is live; `pipes` are its stdout and stderr.
+    pub(crate) fn watch(&self, pgid: u32, procs: &RunProcs, pipes: &[RawFd]) {
         let cgroup = procs.cgroup.as_ref().and_then(|c| c.to_str()).unwrap_or("-");
-        self.send(&format!("+ {pgid} {} {cgroup}\n", procs.run_id));
+        self.send(&format!("+ {pgid} {} {cgroup}", procs.run_id), pipes);
     }
 
     /// A step's process group is gone.
     pub(crate) fn release(&self, pgid: u32) {
-        self.send(&format!("- {pgid}\n"));
+        self.send(&format!("- {pgid}"), &[]);
     }
 
-    fn send(&self, line: &str) {
-        // Short lines on a pipe are written whole or not at all.
-        if let Err(e) = (&self.pipe).write_all(line.as_bytes()) {
+    fn send(&self, message: &str, fds: &[RawFd]) {
+        let iov = [IoSlice::new(message.as_bytes())];
+        let rights = [ControlMessage::ScmRights(fds)];
+        let cmsgs = if fds.is_empty() { &[][..] } else { &rights[..] };
+        if let Err(e) =
+            sendmsg::<()>(self.socket.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_DONTWAIT, None)
+        {
             tracing::warn!(error = %e, "cannot tell the guardian process about a task process group; if the daemon dies now, that group may outlive it");
+        }
+    }
+}
+
+/// One message from the daemon, with the descriptors it carried; `None` at end of file.
+fn receive(socket: RawFd) -> Option<(String, Vec<OwnedFd>)> {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut space = nix::cmsg_space!([RawFd; 4]);
+    loop {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        match recvmsg::<()>(socket, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Ok(msg) => {
+                let mut fds = Vec::new();
+                for cmsg in msg.cmsgs().into_iter().flatten() {
+                    if let ControlMessageOwned::ScmRights(received) = cmsg {
+                        // SAFETY: the kernel just installed these descriptors for us; nothing
+                        // else owns them.
+                        fds.extend(
+                            received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                        );
+                    }
+                }
+                let bytes = msg.bytes;
+                if bytes == 0 {
+                    return None;
+                }
+                return Some((String::from_utf8_lossy(&buf[..bytes]).into_owned(), fds));
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return None,
         }
     }
 }
@@ -96,16 +136,14 @@ pub fn main() -> anyhow::Result<()> {
             let _ = nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigIgn);
         }
     }
-    let mut live: HashMap<i32, (String, Option<PathBuf>)> = HashMap::new();
-    let stdin = std::io::stdin();
-    for line in stdin.lock().lines() {
-        let Ok(line) = line else { break };
-        let mut words = line.split(' ');
+    let mut live: HashMap<i32, (String, Option<PathBuf>, Vec<OwnedFd>)> = HashMap::new();
+    while let Some((message, fds)) = receive(0) {
+        let mut words = message.split(' ');
         match (words.next(), words.next().and_then(|p| p.parse::<i32>().ok())) {
             (Some("+"), Some(pgid)) => {
                 let run_id = words.next().unwrap_or_default().to_string();
                 let cgroup = words.next().filter(|c| *c != "-").map(PathBuf::from);
-                live.insert(pgid, (run_id, cgroup));
+                live.insert(pgid, (run_id, cgroup, fds));
             }
             (Some("-"), Some(pgid)) => {
                 live.remove(&pgid);
@@ -120,11 +158,17 @@ pub fn main() -> anyhow::Result<()> {
         "backupnizza guard: the daemon ended without stopping {} task process group(s); stopping them (SIGINT, SIGTERM, then SIGKILL)",
         live.len()
     );
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let plan = [(Signal::SIGINT, GRACE), (Signal::SIGTERM, GRACE), (Signal::SIGKILL, GRACE)];
+        let mut drains = tokio::task::JoinSet::new();
         let mut stops = tokio::task::JoinSet::new();
-        for (pgid, (run_id, cgroup)) in live {
+        for (pgid, (run_id, cgroup, fds)) in live {
+            for fd in fds {
+                if let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+                    drains.spawn(drain(pipe));
+                }
+            }
             stops.spawn(async move {
                 let procs = RunProcs::known(&run_id, cgroup);
                 procs.stop(Some(Pid::from_raw(pgid)), Search::Everywhere, &plan).await;
@@ -132,6 +176,19 @@ pub fn main() -> anyhow::Result<()> {
             });
         }
         while stops.join_next().await.is_some() {}
+        // Once the processes are gone their pipes end; a pipe that some escaped process still
+        // holds is not waited for long.
+        let _ = tokio::time::timeout(DRAIN_AFTER, async {
+            while drains.join_next().await.is_some() {}
+        })
+        .await;
     });
     Ok(())
+}
+
+/// Reads a task pipe to its end, discarding what it says.
+async fn drain(mut pipe: tokio::net::unix::pipe::Receiver) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 64 * 1024];
+    while matches!(pipe.read(&mut buf).await, Ok(n) if n > 0) {}
 }

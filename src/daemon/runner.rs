@@ -12,7 +12,8 @@
 //! waited for until they end, or until the timeout stops them, and the record says so. A
 //! timeout sends SIGINT (restic removes its lock on SIGINT, and restic 0.14 does not on
 //! SIGTERM), then SIGTERM, then SIGKILL, to every process of the run, with a grace period
-//! between each; shutdown sends SIGINT, then SIGTERM after `shutdown_grace`, then SIGKILL.
+//! between each; shutdown sends SIGINT, then SIGTERM after half of `shutdown_grace`, then
+//! SIGKILL at its end.
 //! Each step's leader also gets SIGINT if the daemon dies (Linux: `PR_SET_PDEATHSIG`), and
 //! the [`guardian`](super::guardian) stops the rest of the run then.
 
@@ -451,7 +452,15 @@ impl Runner {
         let pid = child.id().unwrap_or_default();
         self.broker.started(handle, pid);
         if let Some(guardian) = &self.guardian {
-            guardian.watch(pid, procs);
+            use std::os::fd::AsRawFd;
+            let pipes: Vec<_> = [
+                child.stdout.as_ref().map(AsRawFd::as_raw_fd),
+                child.stderr.as_ref().map(AsRawFd::as_raw_fd),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            guardian.watch(pid, procs, &pipes);
         }
         info!(step = index + 1, pid, token = %handle.fingerprint(), program = %program.to_string_lossy(), "started process with a one-time token");
 
@@ -483,9 +492,10 @@ impl Runner {
             (Signal::SIGTERM, self.kill_grace),
             (Signal::SIGKILL, self.kill_grace),
         ];
+        // Shutdown stays within `shutdown_grace`: half of it after SIGINT, half after SIGTERM.
         let shutdown_plan = [
-            (Signal::SIGINT, self.shutdown_grace),
-            (Signal::SIGTERM, self.kill_grace),
+            (Signal::SIGINT, self.shutdown_grace / 2),
+            (Signal::SIGTERM, self.shutdown_grace / 2),
             (Signal::SIGKILL, self.kill_grace),
         ];
         let waiting = async {
@@ -549,7 +559,10 @@ impl Runner {
         };
         let main = format!("the main process ended ({})", describe_exit(status));
         let until = if deadline.is_some() { ", or at the timeout" } else { "" };
-        info!(pgid = pgid.as_raw(), "{main}; waiting for the {them}: the step ends when they do{until}");
+        info!(
+            pgid = pgid.as_raw(),
+            "{main}; waiting for the {them}: the step ends when they do{until}"
+        );
         let began = Instant::now();
         loop {
             tokio::select! {

@@ -232,7 +232,7 @@ impl State {
         }
     }
 
-    /// Cancels running tasks (they SIGTERM, then SIGKILL, their groups) and keeps answering
+    /// Cancels running tasks (they SIGINT, SIGTERM, then SIGKILL their processes) and keeps answering
     /// until every one has ended.
     async fn drain(&mut self, inbox: &mut Inbox) {
         systemd::notify("STOPPING=1");

@@ -20,8 +20,9 @@ fn running(argv: &[&str]) -> Vec<u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want))
         .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| !r.trim_start().starts_with('Z')))
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit(')').next().is_some_and(|r| !r.trim_start().starts_with('Z'))
+            })
         })
         .collect()
 }
@@ -129,7 +130,8 @@ fn after_sigkill_of_the_daemon_no_task_process_lives_on_and_the_restart_runs_it_
     wait_until("no task process left", || running(&["sleep", sleep]).is_empty());
 
     let daemon = start_at(&scratch, &config, &clock);
-    let log = daemon.wait_for("the rerun", |l| l.contains("running the interrupted occurrence once again"));
+    let log = daemon
+        .wait_for("the rerun", |l| l.contains("running the interrupted occurrence once again"));
     assert!(log.contains("no process of it was left"), "{log}");
     wait_until("the rerun's sleeps", || running(&["sleep", sleep]).len() == 2);
     let pids = running(&["sleep", sleep]);
@@ -250,15 +252,17 @@ fn a_run_ends_when_the_500_children_its_main_process_left_have_ended() {
     let end = records_of(&records, "end")[1];
     assert_eq!(end["status"], "timeout");
     let reason = end["reason"].as_str().unwrap();
-    assert!(reason.contains("but the 500 processes it left behind had not; leftovers killed"), "{reason}");
+    assert!(
+        reason.contains("but the 500 processes it left behind had not; leftovers killed"),
+        "{reason}"
+    );
 }
 
 #[test]
 fn a_setsid_grandchild_is_part_of_its_run_with_or_without_cgroups() {
     for cgroups in ["on", "off"] {
         let scratch = Scratch::new();
-        let (short, long) =
-            if cgroups == "on" { ("2.25", "272.25") } else { ("2.5", "272.5") };
+        let (short, long) = if cgroups == "on" { ("2.25", "272.25") } else { ("2.5", "272.5") };
         let config = scratch.config(&format!(
             "tasks:
   escape:
@@ -270,10 +274,9 @@ fn a_setsid_grandchild_is_part_of_its_run_with_or_without_cgroups() {
     command: [sh, -c, 'setsid sleep {long} &']
 "
         ));
-        let _daemon = scratch
-            .start_daemon_with(&config, |cmd| {
-                cmd.env("BACKUPNIZZA_CGROUP", cgroups);
-            });
+        let _daemon = scratch.start_daemon_with(&config, |cmd| {
+            cmd.env("BACKUPNIZZA_CGROUP", cgroups);
+        });
         trigger(&scratch, &config, "escape", true).expect_code(0);
         assert!(running(&["sleep", short]).is_empty(), "cgroups {cgroups}");
         let records = history(&scratch);
@@ -288,4 +291,87 @@ fn a_setsid_grandchild_is_part_of_its_run_with_or_without_cgroups() {
         let records = history(&scratch);
         assert_eq!(records_of(&records, "end")[1]["status"], "timeout");
     }
+}
+
+/// `restic list locks` on the local repository, as the test (not through the daemon).
+fn locks(repo: &Path, password: &str) -> Vec<String> {
+    let out = std::process::Command::new("restic")
+        .args(["--no-cache", "-r"])
+        .arg(repo)
+        .args(["list", "locks", "--no-lock"])
+        .env("RESTIC_PASSWORD", password)
+        .output()
+        .expect("restic is installed (.ci/run installs it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+#[test]
+fn sigkill_during_a_real_restic_backup_leaves_no_restic_and_no_lock() {
+    let scratch = Scratch::new();
+    let password = crate::harness::canary();
+    let repo = scratch.path().join("repo");
+    let init = std::process::Command::new("restic")
+        .args(["--no-cache", "-r"])
+        .arg(&repo)
+        .args(["init", "-q"])
+        .env("RESTIC_PASSWORD", &password)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let secret = scratch.path().join("repo-password");
+    crate::harness::write_private(&secret, password.as_bytes());
+    // Random data, uploaded at 512 KiB/s: the backup takes about a minute unless stopped.
+    let data = scratch.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut bytes = vec![0u8; 32 * 1024 * 1024];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+    std::fs::write(data.join("big"), bytes).unwrap();
+    let config = scratch.config(&format!(
+        "secrets:
+  repo: {{file: {}}}
+tasks:
+  backup:
+    {TRIGGERED}
+    secrets: [repo]
+    env:
+      RESTIC_PASSWORD_COMMAND: secretbox get repo
+    command: [restic, --no-cache, -r, {}, backup, --limit-upload, '512', {}]
+",
+        secret.display(),
+        repo.display(),
+        data.display()
+    ));
+    let daemon = scratch.start_daemon(&config);
+    trigger(&scratch, &config, "backup", false).expect_code(0);
+    wait_until("restic to hold its lock", || !locks(&repo, &password).is_empty());
+    let restic = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                    c.starts_with(b"restic\0")
+                        && c.windows(4).any(|w| w == b"big\0" || w == b"data")
+                })
+            })
+            .count()
+    };
+    assert!(restic() > 0);
+    sigkill(daemon);
+    wait_until("no restic left", || restic() == 0);
+    assert!(locks(&repo, &password).is_empty(), "restic died holding its lock");
+
+    let daemon = scratch.start_daemon(&config);
+    daemon.wait_for("the settlement", |l| l.contains("stopped without ending this run"));
+    wait_until("the interrupted record", || {
+        records_of(&history(&scratch), "end").iter().any(|e| e["status"] == "interrupted")
+    });
+    assert!(locks(&repo, &password).is_empty());
+    let status = scratch.backupnizza(["status", "-c"]).run_with(&config);
+    assert!(status.stdout().contains("interrupted"), "{status}");
+    // A manual run is not run again by itself: one start only.
+    assert_eq!(records_of(&history(&scratch), "start").len(), 1);
+    assert_eq!(restic(), 0);
+    daemon.stop();
 }

@@ -81,7 +81,9 @@ async fn stop_leftovers(run: &Unended, grace: Duration) -> Option<(String, usize
 
 /// The reason an interrupted run's End record gives.
 fn reason(run: &Unended, leftovers: Option<&(String, usize)>) -> String {
-    let daemon = run.daemon_pid.map_or_else(|| "the daemon".to_string(), |p| format!("the daemon (pid {p})"));
+    let daemon = run
+        .daemon_pid
+        .map_or_else(|| "the daemon".to_string(), |p| format!("the daemon (pid {p})"));
     let left = match leftovers {
         None => "no process of it was left".to_string(),
         Some((how, 1)) => format!("1 leftover process was stopped ({how})"),
@@ -102,7 +104,10 @@ impl State {
         if runs.is_empty() {
             return;
         }
-        warn!(runs = runs.len(), "the previous daemon stopped without ending some runs; settling them");
+        warn!(
+            runs = runs.len(),
+            "the previous daemon stopped without ending some runs; settling them"
+        );
         for run in runs {
             let leftovers = stop_leftovers(&run, self.ctx.runner.kill_grace).await;
             let now = Timestamp::now();
@@ -178,7 +183,11 @@ mod tests {
     #[test]
     fn only_runs_without_an_end_are_unended() {
         let past = vec![
-            Record::Daemon { event: DaemonEvent::Start, at: "2026-01-01T00:00:00Z".into(), pid: 41 },
+            Record::Daemon {
+                event: DaemonEvent::Start,
+                at: "2026-01-01T00:00:00Z".into(),
+                pid: 41,
+            },
             start("a", "t"),
             Record::End {
                 run_id: "a".into(),
