@@ -226,3 +226,79 @@ fn a_task_printing_a_gigabyte_leaves_a_bounded_log() {
     }
     assert!(daemon.stop().success());
 }
+
+/// What a JSON log line says: its message, and its stream for a task's output.
+fn events(log: &str) -> Vec<(String, Option<String>)> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| {
+            (
+                v["message"].as_str().unwrap_or_default().to_string(),
+                v["stream"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+/// The number a summary line starts with ("900 lines (...) over the rate limit ...").
+fn leading_count(message: &str) -> u64 {
+    message.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// Regression (issue 15): a burst went to the log as fast as the task printed it. Now a
+/// stream logs at most 100 lines a second; the rest of a burst is counted in a summary line,
+/// and the end of the output is still logged when the run ends. Asserted by accounting, not
+/// timing: every line is either logged in order or counted by a summary, exactly once.
+#[test]
+fn a_burst_of_output_is_rate_limited_and_every_line_is_accounted_for() {
+    const LINES: u64 = 5000;
+    let scratch = Scratch::new();
+    let config = scratch.config(&format!(
+        "log: {{format: json}}\ntasks:\n  t:\n    {TRIGGERED}\n    command: [seq, -f, 'line-%g', '{LINES}']\n"
+    ));
+    let daemon = scratch.start_daemon(&config);
+    trigger(&scratch, &config, "t", true).expect_code(0);
+    let log = daemon.wait_for("the run's end", |l| l.contains("run ended"));
+    assert!(daemon.stop().success());
+    let events = events(&log);
+    let tail_at = events
+        .iter()
+        .position(|(m, _)| {
+            m.contains("not logged follow") || m.contains("over the rate limit follow")
+        })
+        .unwrap_or_else(|| panic!("no tail announced\n{log}"));
+    let (before, after) = events.split_at(tail_at);
+    let in_order: Vec<u64> = before
+        .iter()
+        .filter(|(_, s)| s.as_deref() == Some("stdout"))
+        .map(|(m, _)| m.trim_start_matches("line-").parse().unwrap())
+        .collect();
+    assert!(in_order.windows(2).all(|w| w[0] < w[1]), "logged out of order: {in_order:?}");
+    assert!(in_order.len() <= 1000, "{} lines logged as they came", in_order.len());
+    let rated: Vec<u64> = before
+        .iter()
+        .filter(|(m, _)| {
+            m.contains("over the rate limit (100 lines or 32 KiB a second) were not logged")
+        })
+        .map(|(m, _)| leading_count(m))
+        .collect();
+    assert!(!rated.is_empty(), "the burst was not summarized\n{log}");
+    let past_budget: u64 = events
+        .iter()
+        .filter(|(m, _)| m.contains("past the log budget were not logged"))
+        .map(|(m, _)| leading_count(m))
+        .sum();
+    assert_eq!(
+        in_order.len() as u64 + rated.iter().sum::<u64>() + past_budget,
+        LINES,
+        "logged {} in order, {rated:?} over the rate, {past_budget} past the budget",
+        in_order.len()
+    );
+    let tail: Vec<&str> = after[1..]
+        .iter()
+        .filter(|(_, s)| s.as_deref() == Some("stdout"))
+        .map(|(m, _)| m.as_str())
+        .collect();
+    assert!(!tail.is_empty() && tail.len() <= 100, "{} tail lines", tail.len());
+    assert_eq!(tail.last(), Some(&"line-5000"), "the end of the output is logged");
+}
