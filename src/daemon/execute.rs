@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::notifications::{self, RunFacts, Sent};
+use super::output_file::{OutputWriter, RunOutput};
 use super::programs::Pinned;
 use super::runner::{HookFailure, Outcome, Runner};
 use super::writers::HistoryWriter;
@@ -36,6 +37,8 @@ pub(crate) struct RunContext {
     pub(crate) pins: Vec<Vec<Option<Pinned>>>,
     pub(crate) runner: Runner,
     pub(crate) history: HistoryWriter,
+    /// Writes tasks' `output_file`s; `None` when no task has one.
+    pub(crate) outputs: Option<OutputWriter>,
     /// The daemon's zone, for timestamps in records.
     pub(crate) zone: TimeZone,
     /// Cancelled when the daemon begins to stop.
@@ -83,11 +86,17 @@ struct Run<'a> {
     rid: String,
     started: Timestamp,
     start_sent: Option<Sent>,
+    /// The task's output file for this run (steps and hooks alike).
+    output: Option<RunOutput>,
 }
 
 /// Runs `job` to its end. Every path ends with an End record and [`Event::Ended`].
 pub(crate) async fn execute(ctx: Arc<RunContext>, job: Job) {
     let task = &ctx.config.tasks[job.idx];
+    let output = match (&ctx.outputs, &task.output_file) {
+        (Some(writer), Some(file)) => Some(writer.run(file, &task.name, &job.run_id)),
+        _ => None,
+    };
     let mut run = Run {
         ctx: &ctx,
         task,
@@ -95,6 +104,7 @@ pub(crate) async fn execute(ctx: Arc<RunContext>, job: Job) {
         rid: notifications::new_rid(),
         started: Timestamp::now(),
         start_sent: None,
+        output,
     };
     let outcome = run.phases().await;
     run.result_hooks(&outcome).await;
@@ -162,7 +172,15 @@ impl Run<'_> {
         let ran = self
             .ctx
             .runner
-            .run_hook(self.task, before, &self.job.run_id, facts, &self.ctx.cancel)
+            .run_hook(
+                self.task,
+                "before",
+                before,
+                &self.job.run_id,
+                facts,
+                &self.ctx.cancel,
+                self.output.as_ref(),
+            )
             .await;
         match ran {
             Ok(0) => Ok(()),
@@ -202,7 +220,15 @@ impl Run<'_> {
         let pins = &self.ctx.pins[self.job.idx];
         self.ctx
             .runner
-            .run(self.task, pins, &self.job.run_id, &facts, deadline, &self.ctx.cancel)
+            .run(
+                self.task,
+                pins,
+                &self.job.run_id,
+                &facts,
+                deadline,
+                &self.ctx.cancel,
+                self.output.as_ref(),
+            )
             .await
     }
 
@@ -229,7 +255,15 @@ impl Run<'_> {
             match self
                 .ctx
                 .runner
-                .run_hook(self.task, argv, &self.job.run_id, facts, &self.ctx.cancel)
+                .run_hook(
+                    self.task,
+                    name,
+                    argv,
+                    &self.job.run_id,
+                    facts,
+                    &self.ctx.cancel,
+                    self.output.as_ref(),
+                )
                 .await
             {
                 Ok(0) => {}
@@ -244,8 +278,11 @@ impl Run<'_> {
 
     /// The log line, the End record (on disk before anyone hears of the end), the end
     /// notification, and the event for the state owner.
-    async fn finish(self, outcome: Outcome) {
+    async fn finish(mut self, outcome: Outcome) {
         let ctx = self.ctx;
+        if let Some(output) = self.output.take() {
+            output.finish();
+        }
         let ended = Timestamp::now();
         let duration_ms = outcome.duration.as_millis() as u64;
         let message = format!(

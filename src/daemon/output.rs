@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tracing::{info, warn};
 
+use super::output_file::RunOutput;
 use super::runner::{STDERR_TAIL, Tail};
 
 /// Longest line we log from a child; longer lines are cut (restic's progress can be long).
@@ -151,14 +152,15 @@ impl LogBudget {
     }
 }
 
-/// Copies a child's output into the log, one redacted line per event; stderr lines also go
-/// to the run's tail. A line is redacted whole (up to [`MAX_REDACTED_LINE`]) before it is cut
+/// Copies a child's output into the log, one redacted line per event, and into the run's
+/// output file (as `label`) when it has one; stderr lines also go to the run's tail. A line is redacted whole (up to [`MAX_REDACTED_LINE`]) before it is cut
 /// to [`MAX_LINE`] for the log, so a secret never straddles a cut.
 pub(super) async fn pump<R: AsyncRead + Unpin>(
     stream: R,
     which: &'static str,
     mut tail: Option<&mut Tail>,
     budget: &mut LogBudget,
+    file: Option<(&RunOutput, &str)>,
 ) {
     use tokio::io::AsyncReadExt as _;
     let mut reader = BufReader::new(stream);
@@ -187,10 +189,14 @@ pub(super) async fn pump<R: AsyncRead + Unpin>(
         }
         let text = String::from_utf8_lossy(&buf);
         let line = text.trim_end_matches(['\n', '\r']);
+        // The file gets every line, blank ones too, redacted by the same call as the log's.
+        let clean = crate::redact::redact(line);
+        if let Some((file, label)) = file {
+            file.line(label, &clean).await;
+        }
         if line.trim().is_empty() {
             continue;
         }
-        let clean = crate::redact::redact(line);
         let shown = cut(&clean, MAX_LINE);
         budget.line(which, &shown);
         if let Some(tail) = tail.as_deref_mut() {
@@ -203,7 +209,7 @@ pub(super) async fn pump<R: AsyncRead + Unpin>(
 }
 
 /// At most `max` bytes of `text`, cut at a character boundary and marked.
-fn cut(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+pub(super) fn cut(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     if text.len() <= max {
         return text.into();
     }

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::output::LogBudget;
+use super::output_file::RunOutput;
 use super::programs::Pinned;
 use crate::broker::Broker;
 use crate::config::{EnvValue, EnvVar, Step, Task};
@@ -102,6 +103,10 @@ struct StepCall<'a> {
     index: usize,
     deadline: Option<Instant>,
     cancel: &'a CancellationToken,
+    /// The run's output file, if the task has one.
+    output: Option<&'a RunOutput>,
+    /// The hook's name when this is a hook (its lines in the output file say so).
+    hook: Option<&'a str>,
 }
 
 /// The daemon's variables a task inherits; everything else is dropped.
@@ -169,7 +174,8 @@ enum StepEnd {
 impl Runner {
     /// Runs every step of `task` in order. `deadline` is the task's timeout; `cancel` is
     /// cancelled at daemon shutdown. `facts` are extra variables for every step (e.g.
-    /// `BACKUPNIZZA_SCHEDULED`).
+    /// `BACKUPNIZZA_SCHEDULED`); `output` is the run's output file, if any.
+    #[allow(clippy::too_many_arguments)] // one call site, each argument a distinct fact of the run
     pub(crate) async fn run(
         &self,
         task: &Task,
@@ -178,6 +184,7 @@ impl Runner {
         facts: &[(String, String)],
         deadline: Option<Instant>,
         cancel: &CancellationToken,
+        output: Option<&RunOutput>,
     ) -> Outcome {
         let started = Instant::now();
         let mut tail = Tail::with_capacity(STDERR_TAIL);
@@ -190,7 +197,18 @@ impl Runner {
             let label =
                 if steps == 1 { String::new() } else { format!(" (step {} of {steps})", i + 1) };
             let pin = pins.get(i).and_then(Option::as_ref);
-            let call = StepCall { task, step, pin, run_id, facts, index: i, deadline, cancel };
+            let call = StepCall {
+                task,
+                step,
+                pin,
+                run_id,
+                facts,
+                index: i,
+                deadline,
+                cancel,
+                output,
+                hook: None,
+            };
             match self.run_step(call, &mut tail, &mut budgets).await {
                 StepEnd::Exited(st) => {
                     exit_code = st.code();
@@ -251,15 +269,19 @@ impl Runner {
         Outcome { status, exit_code, reason, stderr_tail: tail.into(), duration: started.elapsed() }
     }
 
-    /// Runs a hook (argv) with `facts` added to its environment, bounded by the task's hook
-    /// timeout. Returns its exit code, or why it has none.
+    /// Runs the hook `name` (argv) with `facts` added to its environment, bounded by the
+    /// task's hook timeout; its output goes to the log and to `output` like a step's. Returns
+    /// its exit code, or why it has none.
+    #[allow(clippy::too_many_arguments)] // each argument a distinct fact of the hook's run
     pub(crate) async fn run_hook(
         &self,
         task: &Task,
+        name: &str,
         argv: &[String],
         run_id: &str,
         facts: Vec<(String, String)>,
         cancel: &CancellationToken,
+        output: Option<&RunOutput>,
     ) -> Result<i32, HookFailure> {
         let step = Step {
             command: argv.to_vec(),
@@ -280,6 +302,8 @@ impl Runner {
             index: 0,
             deadline,
             cancel,
+            output,
+            hook: Some(name),
         };
         // A hook's output is logged like a step's (with a budget of its own), but its stderr
         // is not the run's tail.
@@ -367,7 +391,8 @@ impl Runner {
         tail: &mut Tail,
         budgets: &mut Budgets,
     ) -> StepEnd {
-        let StepCall { task, step, run_id, facts, index, deadline, cancel, .. } = call;
+        let StepCall { task, step, run_id, facts, index, deadline, cancel, output, hook, .. } =
+            call;
         let env = match self.env_for(task, step) {
             Ok(env) => env,
             Err(why) => return StepEnd::NotStarted(why),
@@ -423,16 +448,22 @@ impl Runner {
         let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
+        // In the output file, a hook's streams are `before.stdout` and so on.
+        let label = |stream: &str| hook.map_or(stream.to_string(), |h| format!("{h}.{stream}"));
+        let (out_label, err_label) = (label("stdout"), label("stderr"));
         // The output is read on this task, beside the wait: the tail stays a plain value.
         let pumps = async {
             let out = async {
                 if let Some(s) = stdout {
-                    super::output::pump(s, "stdout", None, &mut budgets.stdout).await;
+                    let file = output.map(|o| (o, out_label.as_str()));
+                    super::output::pump(s, "stdout", None, &mut budgets.stdout, file).await;
                 }
             };
             let err = async {
                 if let Some(s) = stderr {
-                    super::output::pump(s, "stderr", Some(&mut *tail), &mut budgets.stderr).await;
+                    let file = output.map(|o| (o, err_label.as_str()));
+                    super::output::pump(s, "stderr", Some(&mut *tail), &mut budgets.stderr, file)
+                        .await;
                 }
             };
             // A background process may keep the pipes open; stop reading 2 s after the

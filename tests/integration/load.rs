@@ -213,7 +213,9 @@ fn all_history(scratch: &Scratch) -> Vec<serde_json::Value> {
             std::fs::read_to_string(f)
                 .unwrap()
                 .lines()
-                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}: {l}", f.display())))
+                .map(|l| {
+                    serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}: {l}", f.display()))
+                })
                 .collect::<Vec<serde_json::Value>>()
         })
         .collect()
@@ -263,7 +265,9 @@ fn two_hundred_tasks_every_second_for_two_minutes_give_one_start_and_one_end_per
             Some("end") => {
                 let (id, task) = (text("run_id"), text("task"));
                 match starts.get(&id) {
-                    None => problems.push(format!("run {id} ({task}) ended without a start before it")),
+                    None => {
+                        problems.push(format!("run {id} ({task}) ended without a start before it"))
+                    }
                     Some((t, _)) if *t != task => {
                         problems.push(format!("run {id} started as {t} and ended as {task}"));
                     }
@@ -298,7 +302,12 @@ fn two_hundred_tasks_every_second_for_two_minutes_give_one_start_and_one_end_per
         starts.len(),
         ended.len()
     );
-    assert!(problems.is_empty(), "{report}\n{} problems:\n{}", problems.len(), problems[..problems.len().min(50)].join("\n"));
+    assert!(
+        problems.is_empty(),
+        "{report}\n{} problems:\n{}",
+        problems.len(),
+        problems[..problems.len().min(50)].join("\n")
+    );
     assert!(never.is_empty(), "{report}\ntasks that never ran: {never:?}");
     eprintln!("load guard: {report}");
 }
