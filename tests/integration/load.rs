@@ -266,7 +266,7 @@ fn two_hundred_tasks_every_second_for_two_minutes_give_one_start_and_one_end_per
                 let (id, task) = (text("run_id"), text("task"));
                 match starts.get(&id) {
                     None => {
-                        problems.push(format!("run {id} ({task}) ended without a start before it"))
+                        problems.push(format!("run {id} ({task}) ended without a start before it"));
                     }
                     Some((t, _)) if *t != task => {
                         problems.push(format!("run {id} started as {t} and ended as {task}"));

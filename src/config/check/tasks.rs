@@ -48,14 +48,17 @@ const PLAINTEXT_SECRET_ENV: &[(&str, &str)] = &[
     ("AZURE_ACCOUNT_KEY", "{secret: NAME}"),
 ];
 
+/// What every task's check needs from the rest of the file and from the environment.
+pub(super) struct TaskDefaults<'a> {
+    /// The top-level `timezone`.
+    pub(super) zone: &'a Zone,
+    pub(super) env: &'a Environment,
+    /// Relative `output_file` paths live here (none when it is itself invalid).
+    pub(super) state_dir: Option<&'a Path>,
+}
+
 impl Checker {
-    pub(super) fn tasks(
-        &mut self,
-        node: &Node,
-        default_zone: &Zone,
-        env: &Environment,
-        state_dir: Option<&Path>,
-    ) -> Option<Vec<Task>> {
+    pub(super) fn tasks(&mut self, node: &Node, defaults: &TaskDefaults<'_>) -> Option<Vec<Task>> {
         let fields = self.fields(node, "tasks", "a mapping of task names to tasks", None)?;
         if fields.entries.is_empty() {
             self.error("tasks", node.pos, "no tasks defined: add at least one task");
@@ -69,7 +72,7 @@ impl Checker {
                 ok = false;
                 continue;
             }
-            match self.task(name, value, &path, key.pos, default_zone, env, state_dir) {
+            match self.task(name, value, &path, key.pos, defaults) {
                 Some(task) => {
                     // Two writers would rotate each other's generations away.
                     if let Some(file) = &task.output_file
@@ -109,10 +112,9 @@ impl Checker {
         node: &Node,
         path: &str,
         key_pos: Option<Pos>,
-        default_zone: &Zone,
-        env: &Environment,
-        state_dir: Option<&Path>,
+        defaults: &TaskDefaults<'_>,
     ) -> Option<Task> {
+        let TaskDefaults { zone: default_zone, env, state_dir } = *defaults;
         let f = self.fields(
             node,
             path,
