@@ -33,6 +33,16 @@ pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default for a task's `redeem_limit`: each secret once per token.
 pub const DEFAULT_REDEEM_LIMIT: u32 = 1;
+/// Default for `output_file.max_size`: a verbose restic backup (one line per file) of a
+/// home directory fits, and four generations stay well under 100 MB.
+pub const DEFAULT_OUTPUT_MAX_SIZE: u64 = 10 * 1024 * 1024;
+/// Smallest `output_file.max_size`: room for a few of the longest lines a file takes
+/// (64 KiB each), so each generation holds whole lines.
+pub const MIN_OUTPUT_MAX_SIZE: u64 = 256 * 1024;
+/// Default for `output_file.keep`: the last few runs' output, as logrotate keeps by default.
+pub const DEFAULT_OUTPUT_KEEP: u32 = 3;
+/// Most generations `output_file.keep` may ask for.
+pub const MAX_OUTPUT_KEEP: u32 = 100;
 
 /// A checked task file.
 #[derive(Debug)]
@@ -199,6 +209,20 @@ pub struct Task {
     pub hooks: Hooks,
     /// Overrides the top-level `notify`.
     pub notify: Option<Notify>,
+    /// Where the task's full output (redacted) is kept, beyond what the log shows.
+    pub output_file: Option<OutputFile>,
+}
+
+/// A task's `output_file`: every line its steps and hooks print, redacted, each prefixed
+/// with the time, the run id and the stream; rotated past `max_size`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputFile {
+    /// Absolute (a relative path in the file is relative to `state_dir`).
+    pub path: PathBuf,
+    /// Size past which the file is rotated to `PATH.1`.
+    pub max_size: u64,
+    /// Rotated generations kept (`PATH.1` ... `PATH.keep`), besides `PATH` itself.
+    pub keep: u32,
 }
 
 /// Commands run around a task's steps (argv, no shell), with the run's facts in their

@@ -2,7 +2,7 @@
 //!
 //! Start-up: validate the task file → check the programs it runs ([`programs`]) → harden
 //! the process → load secrets → bind the socket → start the history and metrics writers
-//! ([`writers`]) → serve the socket → hand the task and run state to its owner ([`state`]),
+//! ([`writers`]) and the tasks' output files' ([`output_file`]) → serve the socket → hand the task and run state to its owner ([`state`]),
 //! which fires runs ([`execute`], processes by [`runner`]; [`notifications`], [`metrics`]
 //! and [`systemd`] report them). Shutdown, on SIGTERM or SIGINT: the state owner stops
 //! firing, cancels runs (SIGINT, SIGTERM, then SIGKILL within `shutdown_grace`) and waits for their
@@ -15,6 +15,7 @@ pub mod guardian;
 pub(crate) mod metrics;
 pub(crate) mod notifications;
 mod output;
+pub(crate) mod output_file;
 pub(crate) mod programs;
 pub(crate) mod runner;
 mod state;
@@ -44,6 +45,7 @@ use crate::exit::{Exit, FAILURE};
 use crate::hardening::Weakness;
 use crate::history::{self, DaemonEvent, History, Record};
 use execute::RunContext;
+use output_file::OutputWriter;
 use programs::Pinned;
 use runner::Runner;
 use writers::{HistoryWriter, MetricsWriter};
@@ -326,6 +328,14 @@ async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::Result<Finis
         }
         None => None,
     };
+    // Only a daemon with output files has their writer thread.
+    let (outputs, outputs_closed) = if config.tasks.iter().any(|t| t.output_file.is_some()) {
+        let (writer, closed) =
+            OutputWriter::start().context("cannot start the output-file writer")?;
+        (Some(writer), Some(closed))
+    } else {
+        (None, None)
+    };
 
     let (containment, how) =
         contain::Containment::detect(env.var("BACKUPNIZZA_CGROUP") == Some("off"));
@@ -350,6 +360,7 @@ async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::Result<Finis
         pins,
         runner,
         history: history.clone(),
+        outputs,
         zone,
         cancel: CancellationToken::new(),
         events: events_tx,
@@ -391,6 +402,11 @@ async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::Result<Finis
     drop(ctx);
     if tokio::time::timeout(FLUSH_WAIT, history_closed.wait()).await.is_err() {
         error!("the run history could not be flushed at shutdown");
+    }
+    if let Some(closed) = outputs_closed
+        && tokio::time::timeout(FLUSH_WAIT, closed.wait()).await.is_err()
+    {
+        error!("the output files could not be flushed at shutdown");
     }
     drop(bound);
     crate::redact::unregister();

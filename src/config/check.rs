@@ -14,6 +14,7 @@ use super::tree;
 use super::{Checked, Environment, Problem, Severity};
 
 mod cross;
+mod output;
 mod tasks;
 mod top;
 mod walk;

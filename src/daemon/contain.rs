@@ -259,8 +259,7 @@ fn group_empty(pgid: Pid) -> bool {
 fn cgroup_populated(cg: &Path) -> bool {
     // `populated 0` once no process (zombies excepted) is in the group or below it.
     std::fs::read_to_string(cg.join("cgroup.events"))
-        .map(|events| events.lines().any(|l| l == "populated 1"))
-        .unwrap_or(false)
+        .is_ok_and(|events| events.lines().any(|l| l == "populated 1"))
 }
 
 fn cgroup_members(cg: &Path) -> Vec<Pid> {

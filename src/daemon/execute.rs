@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 
 use super::contain::RunProcs;
 use super::notifications::{self, RunFacts, Sent};
+use super::output_file::{OutputWriter, RunOutput};
 use super::programs::Pinned;
 use super::runner::{HookFailure, Outcome, Runner};
 use super::writers::HistoryWriter;
@@ -37,6 +38,8 @@ pub(crate) struct RunContext {
     pub(crate) pins: Vec<Vec<Option<Pinned>>>,
     pub(crate) runner: Runner,
     pub(crate) history: HistoryWriter,
+    /// Writes tasks' `output_file`s; `None` when no task has one.
+    pub(crate) outputs: Option<OutputWriter>,
     /// The daemon's zone, for timestamps in records.
     pub(crate) zone: TimeZone,
     /// Cancelled when the daemon begins to stop.
@@ -86,12 +89,18 @@ struct Run<'a> {
     rid: String,
     started: Timestamp,
     start_sent: Option<Sent>,
+    /// The task's output file for this run (steps and hooks alike).
+    output: Option<RunOutput>,
 }
 
 /// Runs `job` to its end. Every path ends with an End record and [`Event::Ended`].
 pub(crate) async fn execute(ctx: Arc<RunContext>, job: Job) {
     let task = &ctx.config.tasks[job.idx];
     let procs = ctx.runner.containment.for_run(&job.run_id);
+    let output = match (&ctx.outputs, &task.output_file) {
+        (Some(writer), Some(file)) => Some(writer.run(file, &task.name, &job.run_id)),
+        _ => None,
+    };
     let mut run = Run {
         ctx: &ctx,
         task,
@@ -100,6 +109,7 @@ pub(crate) async fn execute(ctx: Arc<RunContext>, job: Job) {
         rid: notifications::new_rid(),
         started: Timestamp::now(),
         start_sent: None,
+        output,
     };
     let outcome = run.phases().await;
     run.result_hooks(&outcome).await;
@@ -168,7 +178,16 @@ impl Run<'_> {
         let ran = self
             .ctx
             .runner
-            .run_hook(self.task, before, &self.job.run_id, &self.procs, facts, &self.ctx.cancel)
+            .run_hook(
+                self.task,
+                "before",
+                before,
+                &self.job.run_id,
+                &self.procs,
+                facts,
+                &self.ctx.cancel,
+                self.output.as_ref(),
+            )
             .await;
         match ran {
             Ok(0) => Ok(()),
@@ -208,7 +227,16 @@ impl Run<'_> {
         let pins = &self.ctx.pins[self.job.idx];
         self.ctx
             .runner
-            .run(self.task, pins, &self.job.run_id, &self.procs, &facts, deadline, &self.ctx.cancel)
+            .run(
+                self.task,
+                pins,
+                &self.job.run_id,
+                &self.procs,
+                &facts,
+                deadline,
+                &self.ctx.cancel,
+                self.output.as_ref(),
+            )
             .await
     }
 
@@ -235,7 +263,16 @@ impl Run<'_> {
             match self
                 .ctx
                 .runner
-                .run_hook(self.task, argv, &self.job.run_id, &self.procs, facts, &self.ctx.cancel)
+                .run_hook(
+                    self.task,
+                    name,
+                    argv,
+                    &self.job.run_id,
+                    &self.procs,
+                    facts,
+                    &self.ctx.cancel,
+                    self.output.as_ref(),
+                )
                 .await
             {
                 Ok(0) => {}
@@ -250,9 +287,12 @@ impl Run<'_> {
 
     /// The log line, the End record (on disk before anyone hears of the end), the end
     /// notification, and the event for the state owner.
-    async fn finish(self, outcome: Outcome) {
+    async fn finish(mut self, outcome: Outcome) {
         let ctx = self.ctx;
         self.procs.remove();
+        if let Some(output) = self.output.take() {
+            output.finish();
+        }
         let ended = Timestamp::now();
         let duration_ms = outcome.duration.as_millis() as u64;
         let message = format!(

@@ -3,15 +3,19 @@
 //! kept for the run's history record.
 //!
 //! What one run sends to the log is bounded, for stdout and for stderr each ([`LogBudget`]):
-//! the first [`HEAD_LINES`] lines (at most [`HEAD_BYTES`]) in full, then only a count, and
-//! when the run ends a summary line and the last [`TAIL_LINES`] lines. A task that prints a
-//! gigabyte costs the log at most about 4 MiB.
+//! the first [`HEAD_LINES`] lines (at most [`HEAD_BYTES`]), then only a count, and
+//! when the run ends a summary line and the last [`TAIL_LINES`] lines. Within the head, a
+//! stream logs at most [`RATE_LINES`] lines or [`RATE_BYTES`] a second; lines over the rate
+//! are counted, summarized in one line, and still reach the run's tail (and its output file).
+//! A task that prints a gigabyte costs the log at most about 4 MiB.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tracing::{info, warn};
 
+use super::output_file::RunOutput;
 use super::runner::{STDERR_TAIL, Tail};
 
 /// Longest line we log from a child; longer lines are cut (restic's progress can be long).
@@ -25,16 +29,38 @@ pub(super) const HEAD_LINES: usize = 1000;
 pub(super) const HEAD_BYTES: usize = 1024 * 1024;
 /// Lines logged from the end of a run's output that went over the budget.
 pub(super) const TAIL_LINES: usize = 100;
+/// Lines a stream may log per second (within the head). Two streams make 200 lines a second
+/// for a run: more than anyone reads as it scrolls, and under journald's default rate limit
+/// (10,000 messages per 30 s per service, about 333 a second), which would otherwise drop the
+/// daemon's own lines along with the task's.
+pub(super) const RATE_LINES: usize = 100;
+/// Bytes a stream may log per second (within the head): 64 KiB a second for a run, so a
+/// burst of long lines cannot pass the line limit's intent.
+pub(super) const RATE_BYTES: usize = 32 * 1024;
+/// The window the rate limits count in.
+const RATE_WINDOW: Duration = Duration::from_secs(1);
 
 /// What one of a run's streams (stdout or stderr, over all its steps) may still send to
 /// the log.
 #[derive(Default)]
 pub(super) struct LogBudget {
+    /// The head: what was logged as it came.
     lines: usize,
     bytes: usize,
+    /// The current rate window: when it began, and what it logged.
+    window: Option<Instant>,
+    window_lines: usize,
+    window_bytes: usize,
+    /// Over the rate limit and not yet summarized in the log.
+    held_lines: u64,
+    held_bytes: u64,
+    /// Over the rate limit, over the whole run (for the summary at the end).
+    rated_lines: u64,
+    /// Past the head budget.
     over_lines: u64,
     over_bytes: u64,
-    /// The last lines past the budget, logged when the run ends.
+    /// The lines not logged since the last line that was: logged when the run ends, so the
+    /// end of the output (where the error usually is) is seen.
     last: VecDeque<(&'static str, String)>,
 }
 
@@ -42,12 +68,35 @@ impl LogBudget {
     fn line(&mut self, which: &'static str, shown: &str) {
         if self.over_lines == 0 && self.lines < HEAD_LINES && self.bytes + shown.len() <= HEAD_BYTES
         {
+            let now = Instant::now();
+            if self.window.is_none_or(|began| now.duration_since(began) >= RATE_WINDOW) {
+                self.say_held();
+                self.window = Some(now);
+                self.window_lines = 0;
+                self.window_bytes = 0;
+            }
+            if self.window_lines < RATE_LINES && self.window_bytes + shown.len() <= RATE_BYTES {
+                self.lines += 1;
+                self.bytes += shown.len();
+                self.window_lines += 1;
+                self.window_bytes += shown.len();
+                // Older unlogged lines would now come out of order; they stay counted.
+                self.last.clear();
+                info!(stream = which, "{shown}");
+                return;
+            }
+            // Held lines use up the head too: the head is the start of the output, thinned
+            // by the rate limit, so a fast burst reaches the budget as soon as a slow one.
             self.lines += 1;
             self.bytes += shown.len();
-            info!(stream = which, "{shown}");
+            self.held_lines += 1;
+            self.held_bytes += shown.len() as u64;
+            self.rated_lines += 1;
+            self.keep_last(which, shown);
             return;
         }
         if self.over_lines == 0 {
+            self.say_held();
             warn!(
                 "this run's output passed the log budget ({HEAD_LINES} lines or {} KiB); further lines are counted, and the last {TAIL_LINES} are logged when the run ends",
                 HEAD_BYTES / 1024
@@ -55,37 +104,63 @@ impl LogBudget {
         }
         self.over_lines += 1;
         self.over_bytes += shown.len() as u64;
+        self.keep_last(which, shown);
+    }
+
+    fn keep_last(&mut self, which: &'static str, shown: &str) {
         if self.last.len() == TAIL_LINES {
             self.last.pop_front();
         }
         self.last.push_back((which, shown.to_string()));
     }
 
-    /// Logs what the budget held back: a count, then the last lines.
-    pub(super) fn finish(self) {
-        if self.over_lines == 0 {
+    /// Summarizes the lines the rate limit held back since the last summary.
+    fn say_held(&mut self) {
+        if self.held_lines == 0 {
             return;
         }
-        let kept = self.last.len() as u64;
         warn!(
-            "{} more lines ({} bytes) of output were not logged; the last {kept} follow",
-            self.over_lines - kept,
-            self.over_bytes
+            "{} lines ({} bytes) over the rate limit ({RATE_LINES} lines or {} KiB a second) were not logged",
+            self.held_lines,
+            self.held_bytes,
+            RATE_BYTES / 1024
         );
+        self.held_lines = 0;
+        self.held_bytes = 0;
+    }
+
+    /// Logs what the budget held back: the counts, then the last lines not yet logged.
+    pub(super) fn finish(mut self) {
+        self.say_held();
+        if self.over_lines > 0 {
+            warn!(
+                "{} more lines ({} bytes) past the log budget were not logged; the last {} not logged follow",
+                self.over_lines,
+                self.over_bytes,
+                self.last.len()
+            );
+        } else if !self.last.is_empty() {
+            warn!(
+                "the last {} of the {} lines over the rate limit follow",
+                self.last.len(),
+                self.rated_lines
+            );
+        }
         for (which, line) in self.last {
             info!(stream = which, "{line}");
         }
     }
 }
 
-/// Copies a child's output into the log, one redacted line per event; stderr lines also go
-/// to the run's tail. A line is redacted whole (up to [`MAX_REDACTED_LINE`]) before it is cut
+/// Copies a child's output into the log, one redacted line per event, and into the run's
+/// output file (as `label`) when it has one; stderr lines also go to the run's tail. A line is redacted whole (up to [`MAX_REDACTED_LINE`]) before it is cut
 /// to [`MAX_LINE`] for the log, so a secret never straddles a cut.
 pub(super) async fn pump<R: AsyncRead + Unpin>(
     stream: R,
     which: &'static str,
     mut tail: Option<&mut Tail>,
     budget: &mut LogBudget,
+    file: Option<(&RunOutput, &str)>,
 ) {
     use tokio::io::AsyncReadExt as _;
     let mut reader = BufReader::new(stream);
@@ -114,10 +189,14 @@ pub(super) async fn pump<R: AsyncRead + Unpin>(
         }
         let text = String::from_utf8_lossy(&buf);
         let line = text.trim_end_matches(['\n', '\r']);
+        // The file gets every line, blank ones too, redacted by the same call as the log's.
+        let clean = crate::redact::redact(line);
+        if let Some((file, label)) = file {
+            file.line(label, &clean).await;
+        }
         if line.trim().is_empty() {
             continue;
         }
-        let clean = crate::redact::redact(line);
         let shown = cut(&clean, MAX_LINE);
         budget.line(which, &shown);
         if let Some(tail) = tail.as_deref_mut() {
@@ -130,7 +209,7 @@ pub(super) async fn pump<R: AsyncRead + Unpin>(
 }
 
 /// At most `max` bytes of `text`, cut at a character boundary and marked.
-fn cut(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+pub(super) fn cut(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     if text.len() <= max {
         return text.into();
     }

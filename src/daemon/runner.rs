@@ -34,6 +34,7 @@ use tracing::{error, info, warn};
 use super::contain::{Containment, RunProcs, Search};
 use super::guardian::Guardian;
 use super::output::LogBudget;
+use super::output_file::RunOutput;
 use super::programs::Pinned;
 use crate::broker::Broker;
 use crate::config::{EnvValue, EnvVar, Step, Task};
@@ -41,6 +42,9 @@ use crate::protocol::RunStatus;
 
 /// How many stderr lines a run keeps for its history record.
 pub(crate) const STDERR_TAIL: usize = 20;
+/// One stage of stopping processes: a signal, and how long to wait for them to go.
+type Stage = (Signal, Duration);
+
 /// How often a step whose main process has ended checks whether the rest of it has.
 const LEFTOVER_POLL: Duration = Duration::from_millis(200);
 
@@ -118,6 +122,10 @@ struct StepCall<'a> {
     index: usize,
     deadline: Option<Instant>,
     cancel: &'a CancellationToken,
+    /// The run's output file, if the task has one.
+    output: Option<&'a RunOutput>,
+    /// The hook's name when this is a hook (its lines in the output file say so).
+    hook: Option<&'a str>,
 }
 
 /// The daemon's variables a task inherits; everything else is dropped.
@@ -187,8 +195,8 @@ enum StepEnd {
 impl Runner {
     /// Runs every step of `task` in order. `deadline` is the task's timeout; `cancel` is
     /// cancelled at daemon shutdown. `facts` are extra variables for every step (e.g.
-    /// `BACKUPNIZZA_SCHEDULED`).
-    #[allow(clippy::too_many_arguments)] // each is a different fact of the run
+    /// `BACKUPNIZZA_SCHEDULED`); `output` is the run's output file, if any.
+    #[allow(clippy::too_many_arguments)] // one call site, each argument a distinct fact of the run
     pub(crate) async fn run(
         &self,
         task: &Task,
@@ -198,6 +206,7 @@ impl Runner {
         facts: &[(String, String)],
         deadline: Option<Instant>,
         cancel: &CancellationToken,
+        output: Option<&RunOutput>,
     ) -> Outcome {
         let started = Instant::now();
         let mut tail = Tail::with_capacity(STDERR_TAIL);
@@ -212,8 +221,19 @@ impl Runner {
             let label =
                 if steps == 1 { String::new() } else { format!(" (step {} of {steps})", i + 1) };
             let pin = pins.get(i).and_then(Option::as_ref);
-            let call =
-                StepCall { task, step, pin, run_id, procs, facts, index: i, deadline, cancel };
+            let call = StepCall {
+                task,
+                step,
+                pin,
+                run_id,
+                procs,
+                facts,
+                index: i,
+                deadline,
+                cancel,
+                output,
+                hook: None,
+            };
             match self.run_step(call, &mut tail, &mut budgets).await {
                 StepEnd::Exited(st, note) => {
                     exit_code = st.code();
@@ -281,16 +301,20 @@ impl Runner {
         Outcome { status, exit_code, reason, stderr_tail: tail.into(), duration: started.elapsed() }
     }
 
-    /// Runs a hook (argv) with `facts` added to its environment, bounded by the task's hook
-    /// timeout. Returns its exit code, or why it has none.
+    /// Runs the hook `name` (argv) with `facts` added to its environment, bounded by the
+    /// task's hook timeout; its output goes to the log and to `output` like a step's. Returns
+    /// its exit code, or why it has none.
+    #[allow(clippy::too_many_arguments)] // each argument a distinct fact of the hook's run
     pub(crate) async fn run_hook(
         &self,
         task: &Task,
+        name: &str,
         argv: &[String],
         run_id: &str,
         procs: &RunProcs,
         facts: Vec<(String, String)>,
         cancel: &CancellationToken,
+        output: Option<&RunOutput>,
     ) -> Result<i32, HookFailure> {
         let step = Step {
             command: argv.to_vec(),
@@ -312,6 +336,8 @@ impl Runner {
             index: 0,
             deadline,
             cancel,
+            output,
+            hook: Some(name),
         };
         // A hook's output is logged like a step's (with a budget of its own), but its stderr
         // is not the run's tail.
@@ -399,7 +425,19 @@ impl Runner {
         tail: &mut Tail,
         budgets: &mut Budgets,
     ) -> StepEnd {
-        let StepCall { task, step, run_id, procs, facts, index, deadline, cancel, .. } = call;
+        let StepCall {
+            task,
+            step,
+            run_id,
+            procs,
+            facts,
+            index,
+            deadline,
+            cancel,
+            output,
+            hook,
+            ..
+        } = call;
         let env = match self.env_for(task, step) {
             Ok(env) => env,
             Err(why) => return StepEnd::NotStarted(why),
@@ -467,16 +505,22 @@ impl Runner {
         let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
+        // In the output file, a hook's streams are `before.stdout` and so on.
+        let label = |stream: &str| hook.map_or(stream.to_string(), |h| format!("{h}.{stream}"));
+        let (out_label, err_label) = (label("stdout"), label("stderr"));
         // The output is read on this task, beside the wait: the tail stays a plain value.
         let pumps = async {
             let out = async {
                 if let Some(s) = stdout {
-                    super::output::pump(s, "stdout", None, &mut budgets.stdout).await;
+                    let file = output.map(|o| (o, out_label.as_str()));
+                    super::output::pump(s, "stdout", None, &mut budgets.stdout, file).await;
                 }
             };
             let err = async {
                 if let Some(s) = stderr {
-                    super::output::pump(s, "stderr", Some(&mut *tail), &mut budgets.stderr).await;
+                    let file = output.map(|o| (o, err_label.as_str()));
+                    super::output::pump(s, "stderr", Some(&mut *tail), &mut budgets.stderr, file)
+                        .await;
                 }
             };
             // A background process may keep the pipes open; stop reading 2 s after the
@@ -545,7 +589,7 @@ impl Runner {
         pgid: Pid,
         deadline: Option<Instant>,
         cancel: &CancellationToken,
-        (timeout_plan, shutdown_plan): (&[(Signal, Duration)], &[(Signal, Duration)]),
+        (timeout_plan, shutdown_plan): (&[Stage], &[Stage]),
     ) -> StepEnd {
         let active = self.broker.active();
         if procs.all_gone(Some(pgid), &active) {

@@ -1,6 +1,7 @@
 //! Load and faults against the real daemon: idle connections, many redemptions, clients that
-//! die mid-request, a stolen socket, and repeated failures.
+//! die mid-request, a stolen socket, repeated failures, and many tasks firing every second.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -194,4 +195,119 @@ fn repeated_failures_are_slowed_down_and_counted() {
     let status = scratch.backupnizza(["status", "-c"]).run_with(&config);
     assert!(status.stdout().contains("8 rejected (unknown 8)"), "{status}");
     let _ = std::io::stderr().flush();
+}
+
+/// Every record of the run history, all generations, oldest first (a busy daemon may rotate
+/// it during the test).
+fn all_history(scratch: &Scratch) -> Vec<serde_json::Value> {
+    let state = scratch.path().join("state");
+    let mut files: Vec<PathBuf> = (1..=9)
+        .rev()
+        .map(|g| state.join(format!("history.jsonl.{g}")))
+        .filter(|p| p.exists())
+        .collect();
+    files.push(state.join("history.jsonl"));
+    files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}: {l}", f.display()))
+                })
+                .collect::<Vec<serde_json::Value>>()
+        })
+        .collect()
+}
+
+/// Regression guard (issue 15): 200 tasks `@every 1s` for 2 minutes still give exactly one
+/// start and one end per firing. Asserts the structure of the history, not how many runs a
+/// second the machine managed: a slow machine records skips (allowed, and counted in the
+/// messages), never a run started twice or a run without its end.
+#[test]
+fn two_hundred_tasks_every_second_for_two_minutes_give_one_start_and_one_end_per_firing() {
+    const TASKS: usize = 200;
+    let scratch = Scratch::new();
+    let mut body = String::from("log: {level: warn}\ntasks:\n");
+    for i in 0..TASKS {
+        body.push_str(&format!("  t{i}:\n    schedule: '@every 1s'\n    command: ['true']\n"));
+    }
+    let config = scratch.config(&body);
+    let daemon = scratch.start_daemon(&config);
+    // The load itself: two minutes of firings (not a wait for readiness).
+    std::thread::sleep(std::time::Duration::from_secs(120));
+    let status = daemon.stop();
+    assert!(status.success(), "the daemon did not stop cleanly: {status}");
+
+    let records = all_history(&scratch);
+    let mut starts: HashMap<String, (String, Option<String>)> = HashMap::new();
+    let mut ended: HashSet<String> = HashSet::new();
+    let mut occurrences: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut skips: BTreeMap<String, u64> = BTreeMap::new();
+    let mut skipped_occurrences: HashSet<(String, String)> = HashSet::new();
+    let mut problems = Vec::new();
+    for r in &records {
+        let text = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+        match r["type"].as_str() {
+            Some("start") => {
+                let (id, task) = (text("run_id"), text("task"));
+                let scheduled = r["scheduled"].as_str().map(str::to_string);
+                if let Some(s) = &scheduled
+                    && !occurrences.entry(task.clone()).or_default().insert(s.clone())
+                {
+                    problems.push(format!("{task}: occurrence {s} started twice"));
+                }
+                if starts.insert(id.clone(), (task, scheduled)).is_some() {
+                    problems.push(format!("run id {id} started twice"));
+                }
+            }
+            Some("end") => {
+                let (id, task) = (text("run_id"), text("task"));
+                match starts.get(&id) {
+                    None => {
+                        problems.push(format!("run {id} ({task}) ended without a start before it"));
+                    }
+                    Some((t, _)) if *t != task => {
+                        problems.push(format!("run {id} started as {t} and ended as {task}"));
+                    }
+                    Some(_) => {}
+                }
+                if !ended.insert(id.clone()) {
+                    problems.push(format!("run {id} ({task}) ended twice"));
+                }
+            }
+            Some("skip") => {
+                let reason = text("reason");
+                *skips.entry(reason).or_default() += r["count"].as_u64().unwrap_or(1);
+                skipped_occurrences.insert((text("task"), text("scheduled")));
+            }
+            _ => {}
+        }
+    }
+    for (id, (task, _)) in &starts {
+        if !ended.contains(id) {
+            problems.push(format!("run {id} ({task}) has no end"));
+        }
+    }
+    for (task, scheduled) in &skipped_occurrences {
+        if occurrences.get(task).is_some_and(|o| o.contains(scheduled)) {
+            problems.push(format!("{task}: occurrence {scheduled} both skipped and started"));
+        }
+    }
+    let never: Vec<String> =
+        (0..TASKS).map(|i| format!("t{i}")).filter(|t| !occurrences.contains_key(t)).collect();
+    let report = format!(
+        "{} runs started, {} ended; skipped occurrences by reason: {skips:?}",
+        starts.len(),
+        ended.len()
+    );
+    assert!(
+        problems.is_empty(),
+        "{report}\n{} problems:\n{}",
+        problems.len(),
+        problems[..problems.len().min(50)].join("\n")
+    );
+    assert!(never.is_empty(), "{report}\ntasks that never ran: {never:?}");
+    eprintln!("load guard: {report}");
 }

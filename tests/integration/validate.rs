@@ -329,7 +329,38 @@ fn invalid_cases() -> Vec<Case> {
             Some(3),
             &["tasks.docs.schedule", "no unit"],
         ),
+        case(
+            "output_file unknown sub-key",
+            &format!("{MINIMAL_TASK}    output_file: {{path: x, kep: 2}}\n"),
+            Some(5),
+            &["tasks.docs.output_file.kep", "did you mean `keep`"],
+        ),
+        case(
+            "output_file bad size",
+            &format!("{MINIMAL_TASK}    output_file: {{path: x, max_size: 10 megs}}\n"),
+            Some(5),
+            &["tasks.docs.output_file.max_size", "expected a size such as 10MiB", "10 megs"],
+        ),
+        case(
+            "output_file keep 0",
+            &format!("{MINIMAL_TASK}    output_file: {{path: x, keep: 0}}\n"),
+            Some(5),
+            &["tasks.docs.output_file.keep", "out of range 1-100"],
+        ),
     ]
+}
+
+#[test]
+fn output_files_in_every_shape_are_valid() {
+    let scratch = Scratch::new();
+    for (i, shape) in ["logs/docs.log", "~/docs.log", "{path: /tmp/d.log, max_size: 1MiB, keep: 5}"]
+        .iter()
+        .enumerate()
+    {
+        let file = scratch
+            .write(&format!("ok{i}.yaml"), format!("{MINIMAL_TASK}    output_file: {shape}\n"));
+        scratch.backupnizza(["validate", "-c"]).run_with(&file).expect_code(0);
+    }
 }
 
 #[test]

@@ -1,7 +1,10 @@
 //! The `tasks:` section: each task's schedule and zone, what it runs (one `command` or a list
 //! of `steps`, each optionally pinned by `sha256`), its environment, the secrets it may
 //! fetch, its limits and defaults, its hooks and its notifications (the same `notify` shape
-//! serves the top level). Whether the secrets it names exist is [`super::cross`]'s job.
+//! serves the top level), and its `output_file` ([`super::output`]), which no two tasks may
+//! share. Whether the secrets it names exist is [`super::cross`]'s job.
+
+use std::path::Path;
 
 use super::walk::{Checker, index, join, program_name, valid_env_name};
 use crate::config::tree::{Node, Pos, Value};
@@ -28,6 +31,7 @@ const TASK_KEYS: &[&str] = &[
     "sha256",
     "hooks",
     "notify",
+    "output_file",
 ];
 const HOOK_KEYS: &[&str] = &["before", "on_success", "on_failure", "after", "timeout"];
 const NOTIFY_KEYS: &[&str] = &["ping", "webhook", "send_logs", "timeout"];
@@ -44,19 +48,23 @@ const PLAINTEXT_SECRET_ENV: &[(&str, &str)] = &[
     ("AZURE_ACCOUNT_KEY", "{secret: NAME}"),
 ];
 
+/// What every task's check needs from the rest of the file and from the environment.
+pub(super) struct TaskDefaults<'a> {
+    /// The top-level `timezone`.
+    pub(super) zone: &'a Zone,
+    pub(super) env: &'a Environment,
+    /// Relative `output_file` paths live here (none when it is itself invalid).
+    pub(super) state_dir: Option<&'a Path>,
+}
+
 impl Checker {
-    pub(super) fn tasks(
-        &mut self,
-        node: &Node,
-        default_zone: &Zone,
-        env: &Environment,
-    ) -> Option<Vec<Task>> {
+    pub(super) fn tasks(&mut self, node: &Node, defaults: &TaskDefaults<'_>) -> Option<Vec<Task>> {
         let fields = self.fields(node, "tasks", "a mapping of task names to tasks", None)?;
         if fields.entries.is_empty() {
             self.error("tasks", node.pos, "no tasks defined: add at least one task");
             return None;
         }
-        let mut out = Vec::new();
+        let mut out: Vec<Task> = Vec::new();
         let mut ok = true;
         for (name, key, value) in &fields.entries {
             let path = join("tasks", name);
@@ -64,8 +72,34 @@ impl Checker {
                 ok = false;
                 continue;
             }
-            match self.task(name, value, &path, key.pos, default_zone, env) {
-                Some(task) => out.push(task),
+            match self.task(name, value, &path, key.pos, defaults) {
+                Some(task) => {
+                    // Two writers would rotate each other's generations away.
+                    if let Some(file) = &task.output_file
+                        && let Some(first) = out
+                            .iter()
+                            .find(|t| t.output_file.as_ref().is_some_and(|o| o.path == file.path))
+                    {
+                        let pos = match &value.value {
+                            Value::Map(entries) => entries
+                                .iter()
+                                .find(|(k, _)| matches!(&k.value, Value::Str(s) if s == "output_file"))
+                                .and_then(|(_, v)| v.pos),
+                            _ => None,
+                        };
+                        self.error(
+                            &join(&path, "output_file"),
+                            pos,
+                            format!(
+                                "{} is already the output file of task {:?}: give each task its own file",
+                                file.path.display(),
+                                first.name
+                            ),
+                        );
+                        ok = false;
+                    }
+                    out.push(task);
+                }
                 None => ok = false,
             }
         }
@@ -78,9 +112,9 @@ impl Checker {
         node: &Node,
         path: &str,
         key_pos: Option<Pos>,
-        default_zone: &Zone,
-        env: &Environment,
+        defaults: &TaskDefaults<'_>,
     ) -> Option<Task> {
+        let TaskDefaults { zone: default_zone, env, state_dir } = *defaults;
         let f = self.fields(
             node,
             path,
@@ -149,6 +183,8 @@ impl Checker {
         let random_delay = self.optional(&f, path, "random_delay", Checker::duration);
         let hooks = self.with_default(&f, path, "hooks", Hooks::default(), Checker::hooks);
         let task_notify = self.optional(&f, path, "notify", Checker::notify);
+        let output_file =
+            self.optional(&f, path, "output_file", |c, n, p| c.output_file(n, p, env, state_dir));
         // restic exits 3 when some files could not be read: the snapshot exists.
         let runs_restic = matches!(&steps, Some(steps) if steps.iter().any(|s| program_name(&s.command[0]) == "restic"));
         let warning_codes = if runs_restic { vec![3] } else { Vec::new() };
@@ -170,6 +206,7 @@ impl Checker {
             warning_exit_codes: warning_exit_codes?,
             hooks: hooks?,
             notify: task_notify?,
+            output_file: output_file?,
         })
     }
 

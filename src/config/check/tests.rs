@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use crate::config::{
     Checked, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_LATENESS, DEFAULT_NOTIFY_TIMEOUT,
-    DEFAULT_REDEEM_LIMIT, DEFAULT_SHUTDOWN_GRACE, DEFAULT_TOKEN_TTL, Environment, LogFormat,
-    LogLevel, Overlap, Pos, Problem, Severity, Source, Store, parse,
+    DEFAULT_OUTPUT_KEEP, DEFAULT_OUTPUT_MAX_SIZE, DEFAULT_REDEEM_LIMIT, DEFAULT_SHUTDOWN_GRACE,
+    DEFAULT_TOKEN_TTL, Environment, LogFormat, LogLevel, OutputFile, Overlap, Pos, Problem,
+    Severity, Source, Store, parse,
 };
 
 const MINIMAL_TASK: &str =
@@ -466,5 +467,73 @@ fn yaml_syntax_errors_and_empty_files_are_one_problem() {
     assert_eq!(
         only_error("secrets: {}\n").message,
         "no `tasks:` mapping: define at least one task (see backup.yaml.example)"
+    );
+}
+
+#[test]
+fn output_file_is_a_path_or_a_mapping_and_relative_paths_live_in_state_dir() {
+    let output = |text: &str| {
+        let checked = check(&format!("{MINIMAL_TASK}    output_file: {text}\n"));
+        assert_eq!(checked.problems, [], "{text}");
+        checked.config.unwrap().tasks[0].output_file.clone().unwrap()
+    };
+    assert_eq!(
+        output("logs/docs.log"),
+        OutputFile {
+            path: "/home/u/.local/state/backupnizza/logs/docs.log".into(),
+            max_size: DEFAULT_OUTPUT_MAX_SIZE,
+            keep: DEFAULT_OUTPUT_KEEP,
+        }
+    );
+    assert_eq!(
+        output("{path: ~/docs.log, max_size: 512KiB, keep: 1}"),
+        OutputFile { path: "/home/u/docs.log".into(), max_size: 512 * 1024, keep: 1 }
+    );
+    assert_eq!(output("{path: /var/log/d, max_size: 1048576}").max_size, 1024 * 1024);
+    assert!(check(MINIMAL_TASK).config.unwrap().tasks[0].output_file.is_none());
+}
+
+#[test]
+fn bad_output_files_name_the_key_and_the_fix() {
+    let at = |text: &str| format!("{MINIMAL_TASK}    output_file: {text}\n");
+    assert_eq!(
+        problems(&at("{path: x, max_szie: 1MiB}")),
+        [problem(
+            5,
+            28,
+            "tasks.docs.output_file.max_szie",
+            "unknown key \"max_szie\" (did you mean `max_size`?)"
+        )]
+    );
+    assert_eq!(
+        problems(&at("{path: x, max_size: 10 MiBs}")),
+        [problem(
+            5,
+            38,
+            "tasks.docs.output_file.max_size",
+            "expected a size such as 10MiB, 512KiB or 1GB (a bare number is bytes), found a string (\"10 MiBs\")"
+        )]
+    );
+    assert_eq!(
+        only_error(&at("{path: x, max_size: 4KiB}")).message,
+        "4096 bytes is too small: at least 256 KiB, so each file holds whole lines"
+    );
+    let zero = only_error(&at("{path: x, keep: 0}"));
+    assert_eq!(zero.path, "tasks.docs.output_file.keep");
+    assert!(zero.message.starts_with("0 is out of range 1-100"), "{}", zero.message);
+    assert_eq!(only_error(&at("{max_size: 1MiB}")).message, "missing required key `path`");
+    assert_eq!(only_error(&at("logs/")).message, "\"logs/\" names a directory: name the file");
+    assert_eq!(only_error(&at("[a, b]")).path, "tasks.docs.output_file");
+    let shared = format!(
+        "{MINIMAL_TASK}    output_file: out.log\n  other:\n    schedule: '@daily'\n    command: [x]\n    output_file: /home/u/.local/state/backupnizza/out.log\n"
+    );
+    assert_eq!(
+        problems(&shared),
+        [problem(
+            9,
+            18,
+            "tasks.other.output_file",
+            "/home/u/.local/state/backupnizza/out.log is already the output file of task \"docs\": give each task its own file"
+        )]
     );
 }

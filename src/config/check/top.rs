@@ -111,7 +111,14 @@ impl Checker {
         let default_zone = timezone.clone().unwrap_or_else(Zone::system);
         // Not `with_default` either: a file without tasks has nothing to run.
         let tasks = if let Some(node) = top.get("tasks") {
-            self.tasks(node, &default_zone, env)
+            self.tasks(
+                node,
+                &super::tasks::TaskDefaults {
+                    zone: &default_zone,
+                    env,
+                    state_dir: state_dir.as_deref(),
+                },
+            )
         } else {
             self.error(
                 "tasks",
