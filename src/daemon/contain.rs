@@ -357,6 +357,12 @@ mod tests {
         let pid = Pid::from_raw(child.id() as i32);
         let procs = RunProcs::known(&run_id, None);
         let none = HashSet::new();
+        // Until the child has exec'd, its environment is still a copy of ours.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while with_run_id(&run_id, Search::Everywhere, &none).is_empty() {
+            assert!(Instant::now() < deadline, "the child never showed its run id");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert_eq!(with_run_id(&run_id, Search::Everywhere, &none), [pid]);
         assert!(with_run_id("another-run", Search::Everywhere, &none).is_empty());
         assert_eq!(procs.members(Some(pid), Search::Everywhere, &none), [pid]);
