@@ -154,9 +154,9 @@ impl State {
             warn!(
                 ignored = future.count,
                 latest = %future.latest.map(|t| ctx.rfc3339(t)).unwrap_or_default(),
-                "{} history record{} dated later than now (the clock was set back since they were written) {} not used for metrics or to decide what to catch up",
+                "{} history record{} dated later than now (written before the clock was set back) {} not used for metrics or to decide what to catch up",
                 future.count,
-                if future.count == 1 { " is" } else { "s are" },
+                if future.count == 1 { "" } else { "s" },
                 if future.count == 1 { "is" } else { "are" },
             );
         }

@@ -79,19 +79,20 @@ fn process_elapsed() -> Duration {
     ORIGIN.get_or_init(std::time::Instant::now).elapsed()
 }
 
-/// A wall time, and where the elapsed-time clock stood when it was taken.
+/// A wall time, and where the elapsed-time clock stood when it was taken. Signed: an
+/// instant from before the machine booted (a run in the history) stands before zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Stamp {
     wall: Timestamp,
-    at: Duration,
+    at: SignedDuration,
 }
 
 impl Stamp {
-    /// A stamp for `wall`, taken `ago` before `now` (an event a moment old when it reached
-    /// the state owner).
+    /// A stamp for `wall`, an instant as old on the wall clock as it is now (an event a
+    /// moment old when it reached the state owner, or a record from the history).
     pub(crate) fn before(now: &Reading, wall: Timestamp) -> Stamp {
-        let ago = Duration::try_from(now.wall.duration_since(wall)).unwrap_or_default();
-        Stamp { wall, at: now.elapsed_clock().saturating_sub(ago) }
+        let ago = now.wall.duration_since(wall);
+        Stamp { wall, at: signed(now.elapsed_clock()).saturating_sub(ago) }
     }
 
     /// The wall time as recorded.
@@ -102,11 +103,9 @@ impl Stamp {
     /// The instant on the current wall clock: `now` minus the time elapsed since. Equal to
     /// the recorded wall time unless the clock was changed in between.
     pub(crate) fn reread(&self, now: &Reading) -> Timestamp {
-        let elapsed = now.elapsed_clock().saturating_sub(self.at);
-        SignedDuration::try_from(elapsed)
-            .ok()
-            .and_then(|e| now.wall.checked_sub(e).ok())
-            .unwrap_or(now.wall)
+        // Never later than now: the elapsed-time clock does not go back.
+        let elapsed = signed(now.elapsed_clock()).saturating_sub(self.at).max(SignedDuration::ZERO);
+        now.wall.checked_sub(elapsed).unwrap_or(now.wall)
     }
 }
 
@@ -151,19 +150,16 @@ impl ClockWatch {
         let last = std::mem::replace(&mut self.last, now);
         let wall = now.wall.duration_since(last.wall);
         let mono = signed(now.mono.saturating_sub(last.mono));
-        let (suspended, changed, told_apart) = match (last.boot, now.boot) {
-            (Some(b0), Some(b1)) => {
-                let boot = signed(b1.saturating_sub(b0));
-                (boot - mono, wall - boot, true)
-            }
+        let (suspended, changed, told_apart) = if let (Some(b0), Some(b1)) = (last.boot, now.boot) {
+            let boot = signed(b1.saturating_sub(b0));
+            (boot - mono, wall - boot, true)
+        } else {
             // Without boottime, ahead is a suspend and behind a change.
-            _ => {
-                let d = wall - mono;
-                if d.is_positive() {
-                    (d, SignedDuration::ZERO, false)
-                } else {
-                    (SignedDuration::ZERO, d, false)
-                }
+            let d = wall - mono;
+            if d.is_positive() {
+                (d, SignedDuration::ZERO, false)
+            } else {
+                (SignedDuration::ZERO, d, false)
             }
         };
         let significant = |d: SignedDuration| d.unsigned_abs() > JUMP_THRESHOLD;
@@ -252,5 +248,16 @@ mod tests {
         let late = Stamp::before(&now, ts("2026-06-01T12:09:58Z"));
         assert_eq!(late.reread(&now), ts("2026-06-01T12:09:58Z"));
         assert_eq!(late.wall(), ts("2026-06-01T12:09:58Z"));
+    }
+
+    #[test]
+    fn a_stamp_from_before_the_boot_keeps_its_age() {
+        // A success from the history, two days old, on a machine booted ten minutes ago.
+        let now = reading("2026-06-03T12:00:00Z", 600, Some(600));
+        let stamp = Stamp::before(&now, ts("2026-06-01T12:00:00Z"));
+        assert_eq!(stamp.reread(&now), ts("2026-06-01T12:00:00Z"));
+        // An hour later the clock also was set an hour forward: still two days old.
+        let later = reading("2026-06-03T14:00:00Z", 4200, Some(4200));
+        assert_eq!(stamp.reread(&later), ts("2026-06-01T13:00:00Z"));
     }
 }

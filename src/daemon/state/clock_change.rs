@@ -47,12 +47,12 @@ impl State {
             }
             if let Some((count, first, last)) = plan.skipped {
                 let (first_text, last_text) = (self.rfc3339(first), self.rfc3339(last));
-                info!(
-                    task = %task.name,
-                    "not catching up {count} occurrence{} from {first_text} to {last_text}: the clock was corrected forward past {}",
-                    if count == 1 { "" } else { "s" },
-                    if count == 1 { "it" } else { "them" },
-                );
+                let which = if count == 1 {
+                    format!("the occurrence of {first_text}")
+                } else {
+                    format!("{count} occurrences from {first_text} to {last_text}")
+                };
+                info!(task = %task.name, "not catching up {which}: the clock was corrected forward past it");
                 let detail = format!(
                     "the wall clock was corrected forward by {}, past this occurrence{}",
                     Human(magnitude(jump.changed)),
@@ -73,7 +73,7 @@ impl State {
                     }
                 }
                 None => {
-                    warn!(task = %task.name, schedule = %task.schedule, "will not fire in the next 30 years")
+                    warn!(task = %task.name, schedule = %task.schedule, "will not fire in the next 30 years");
                 }
             }
         }
@@ -82,8 +82,8 @@ impl State {
 }
 
 fn magnitude(d: SignedDuration) -> Duration {
-    // Whole seconds: the readings' sub-second noise says nothing.
-    Duration::from_secs(d.unsigned_abs().as_secs())
+    // To the nearest second: the readings' sub-second noise says nothing.
+    Duration::from_secs(((d.unsigned_abs().as_millis() + 500) / 1000) as u64)
 }
 
 /// The one WARN line's sentence: what the clocks did and what the daemon does about it.
