@@ -79,6 +79,8 @@ pub(crate) enum SkipReason {
     TooLate,
     /// Older missed occurrences folded into one catch-up run.
     Superseded,
+    /// The wall clock was corrected forward (by more than 3 hours) past them.
+    ClockChange,
 }
 
 impl SkipReason {
@@ -87,6 +89,7 @@ impl SkipReason {
             SkipReason::Overlap => "overlap",
             SkipReason::TooLate => "too_late",
             SkipReason::Superseded => "superseded",
+            SkipReason::ClockChange => "clock_change",
         }
     }
 }

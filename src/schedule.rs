@@ -17,8 +17,11 @@
 //! the tests prove it against a brute-force oracle.
 //!
 //! [`timetable`] holds the daemon's side: the heap of next fire instants, and what to do
-//! with an occurrence that comes due (on time, caught up once, or too late).
+//! with an occurrence that comes due (on time, caught up once, or too late) or with the
+//! timetable when the wall clock is changed; [`clock`] reads the clocks and tells a suspend
+//! from a clock change.
 
+pub(crate) mod clock;
 pub(crate) mod timetable;
 
 use std::fmt;
@@ -193,6 +196,15 @@ impl Schedule {
         match self.kind {
             Kind::Every(d) => Some(d),
             Kind::Cron(_) => None,
+        }
+    }
+
+    /// Whether cronie's fixed-time rules apply: a cron expression with no `*` at the start
+    /// of its minute or hour field (not `@every`, `@hourly`).
+    pub(crate) fn is_fixed_time(&self) -> bool {
+        match &self.kind {
+            Kind::Cron(cron) => cron.fixed_time,
+            Kind::Every(_) => false,
         }
     }
 

@@ -192,6 +192,7 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
                 "overlap" => "the previous run was still going",
                 "too_late" => "too late",
                 "superseded" => "folded into a later catch-up run",
+                "clock_change" => "the clock was corrected forward past it",
                 other => other,
             };
             format!("skipped ({why}): {detail}")

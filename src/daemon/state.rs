@@ -7,13 +7,17 @@
 //! - the timetable wakes the loop when an occurrence is due, and the stop channel when a
 //!   signal arrives.
 //!
+//! Whatever wakes the loop (at least every [`SOCKET_CHECK`]), it first reads the clocks, so a
+//! suspend or a change of the wall clock is seen within seconds and before anything else
+//! uses the time; a clock change rebuilds the timetable (see [`clock_change`]).
+//!
 //! Runs are spawned on a [`TaskTracker`]: at shutdown the loop cancels them, refuses new
 //! triggers, keeps answering until every run has sent its end (each has written its End
 //! record by then), and only then returns. No run handle is ever dropped unawaited.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use tokio::sync::{mpsc, watch};
@@ -30,8 +34,10 @@ use crate::broker::socket::BoundSocket;
 use crate::config::Overlap;
 use crate::history::{DaemonEvent, Record, SkipReason};
 use crate::protocol::{RunBody, RunRef, RunStatus};
-use crate::schedule::timetable::{self, ClockWatch, Decision, Timetable, Trigger};
+use crate::schedule::clock::{ClockWatch, Reading, Stamp};
+use crate::schedule::timetable::{self, Decision, Timetable, Trigger};
 
+mod clock_change;
 mod report;
 mod settle;
 
@@ -51,6 +57,47 @@ struct TaskState {
     last: Option<RunBody>,
     next: Option<Timestamp>,
     metrics: TaskMetrics,
+    /// The metrics' `last_*` instants with the elapsed-time clock at each, so a clock change
+    /// can re-read them on the new clock (see [`TaskState::reread`]).
+    stamps: Stamps,
+}
+
+#[derive(Default)]
+struct Stamps {
+    start: Option<Stamp>,
+    end: Option<Stamp>,
+    success: Option<Stamp>,
+}
+
+impl TaskState {
+    fn started_at(&mut self, at: Stamp) {
+        self.stamps.start = Some(at);
+        self.metrics.last_start = Some(at.wall());
+    }
+
+    fn ended_at(&mut self, at: Stamp, success: bool) {
+        self.stamps.end = Some(at);
+        self.metrics.last_end = Some(at.wall());
+        if success {
+            self.stamps.success = Some(at);
+            self.metrics.last_success = Some(at.wall());
+        }
+    }
+
+    /// After a clock change: each instant becomes *now minus its age*, so none lies in the
+    /// future of the new clock and the staleness alert keeps measuring real time.
+    fn reread(&mut self, now: &Reading) {
+        let m = &mut self.metrics;
+        for (stamp, field) in [
+            (&self.stamps.start, &mut m.last_start),
+            (&self.stamps.end, &mut m.last_end),
+            (&self.stamps.success, &mut m.last_success),
+        ] {
+            if let Some(stamp) = stamp {
+                *field = Some(stamp.reread(now));
+            }
+        }
+    }
 }
 
 /// Runs the daemon knows by id: live ones, and the last [`KEEP_RUNS`] finished ones.
@@ -70,7 +117,9 @@ pub(super) struct Inbox {
 /// The daemon's mutable state, owned by its event loop.
 pub(super) struct State {
     ctx: Arc<RunContext>,
+    /// When the daemon started, on the current wall clock; also the anchor of `@every`.
     started: Timestamp,
+    started_stamp: Stamp,
     tasks: Vec<TaskState>,
     runs: Runs,
     table: Timetable,
@@ -88,7 +137,9 @@ fn new_run_id(now: Timestamp) -> String {
 }
 
 impl State {
-    /// The state at start: each task's last result, from the history.
+    /// The state at start: each task's last result, from the history. Records dated later
+    /// than now (written before the clock was set back) are not used: one of them would put
+    /// `last_success` in the future, where the staleness alert can never fire.
     pub(super) fn new(
         ctx: Arc<RunContext>,
         started: Timestamp,
@@ -98,6 +149,18 @@ impl State {
     ) -> State {
         let mut tasks: Vec<TaskState> =
             ctx.config.tasks.iter().map(|_| TaskState::default()).collect();
+        let reading = Reading::now();
+        let future = future_records(past, reading.wall);
+        if future.count > 0 {
+            warn!(
+                ignored = future.count,
+                latest = %future.latest.map(|t| ctx.rfc3339(t)).unwrap_or_default(),
+                "{} history record{} dated later than now (written before the clock was set back) {} not used for metrics or to decide what to catch up",
+                future.count,
+                if future.count == 1 { "" } else { "s" },
+                if future.count == 1 { "is" } else { "are" },
+            );
+        }
         for record in past {
             let Record::End { run_id, task, at, status, exit_code, duration_ms, reason, .. } =
                 record
@@ -105,16 +168,18 @@ impl State {
                 continue;
             };
             let Some(i) = ctx.config.tasks.iter().position(|t| &t.name == task) else { continue };
-            let Ok(end) = at.parse::<Timestamp>() else { continue };
+            let Some(end) = at.parse::<Timestamp>().ok().filter(|t| *t <= reading.wall) else {
+                continue;
+            };
+            let start = end.checked_sub(jiff::SignedDuration::from_millis(*duration_ms as i64));
+            if let Ok(start) = start {
+                tasks[i].started_at(Stamp::before(&reading, start));
+            }
+            let success = matches!(status, RunStatus::Success | RunStatus::Warning);
+            tasks[i].ended_at(Stamp::before(&reading, end), success);
             let m = &mut tasks[i].metrics;
-            m.last_end = Some(end);
-            m.last_start =
-                end.checked_sub(jiff::SignedDuration::from_millis(*duration_ms as i64)).ok();
             m.last_exit_code = *exit_code;
             m.last_duration_seconds = Some(*duration_ms as f64 / 1000.0);
-            if matches!(status, RunStatus::Success | RunStatus::Warning) {
-                m.last_success = Some(end);
-            }
             tasks[i].last = Some(RunBody {
                 run_id: run_id.clone(),
                 task: task.clone(),
@@ -129,6 +194,7 @@ impl State {
         State {
             ctx,
             started,
+            started_stamp: Stamp::before(&reading, started),
             tasks,
             runs: Runs::default(),
             table: Timetable::default(),
@@ -162,7 +228,10 @@ impl State {
             pid: std::process::id(),
         });
         self.settle_unended(past).await;
-        let now = Timestamp::now();
+        // The first reading of the clocks is the one the timetable is built from, so a
+        // change made from here on (even before READY) is seen as a change.
+        let first = Reading::now();
+        let now = first.wall;
         self.catch_up_downtime(past, now);
         for (i, task) in self.ctx.config.tasks.iter().enumerate() {
             if let Some(next) =
@@ -183,42 +252,38 @@ impl State {
         systemd::notify("READY=1");
         let mut watchdog = systemd::watchdog_interval().map(|d| tokio::time::interval(d / 2));
         let mut socket_check = tokio::time::interval(SOCKET_CHECK);
-        let mut clock = ClockWatch::new(now, Instant::now());
+        let mut clock = ClockWatch::new(first);
         let mut zombies = HashSet::new();
         loop {
             let pause = self.table.sleep_for(Timestamp::now());
-            tokio::select! {
-                () = tokio::time::sleep(pause) => {}
+            let wake = tokio::select! {
+                () = tokio::time::sleep(pause) => Wake::Timer,
                 stop = inbox.stop.recv() => return stop.unwrap_or(Stop::Signal("a closed stop channel")),
-                Some(request) = inbox.requests.recv() => {
-                    self.answer(request);
-                    continue;
-                }
-                Some(event) = inbox.events.recv() => {
-                    self.on_event(event);
-                    continue;
-                }
-                _ = socket_check.tick() => {
+                Some(request) = inbox.requests.recv() => Wake::Request(request),
+                Some(event) = inbox.events.recv() => Wake::Event(event),
+                _ = socket_check.tick() => Wake::SocketCheck,
+                () = async { match watchdog.as_mut() { Some(w) => { w.tick().await; } None => std::future::pending().await } } => Wake::Watchdog,
+            };
+            // The clocks first, on every wake: a jump is seen within one socket check, and
+            // nothing below (a run's end, a trigger, the metrics) works on a stale timetable.
+            let reading = Reading::now();
+            if let Some(jump) = clock.observe(reading) {
+                self.on_clock_jump(jump, &reading);
+            }
+            match wake {
+                Wake::Timer => {}
+                Wake::Request(request) => self.answer(request),
+                Wake::Event(event) => self.on_event(event),
+                Wake::SocketCheck => {
                     if !bound.still_ours() {
                         error!(socket = %bound.path.display(), "the socket path no longer names this daemon's socket; stopping");
                         return Stop::SocketStolen;
                     }
                     super::reap_orphans(&self.ctx.runner.broker.active(), &mut zombies);
-                    continue;
                 }
-                () = async { match watchdog.as_mut() { Some(w) => { w.tick().await; } None => std::future::pending().await } } => {
-                    systemd::notify("WATCHDOG=1");
-                    continue;
-                }
+                Wake::Watchdog => systemd::notify("WATCHDOG=1"),
             }
             let now = Timestamp::now();
-            if let Some(jump) = clock.observe(now, Instant::now()) {
-                let direction = if jump.is_negative() { "back" } else { "forward" };
-                warn!(
-                    "the wall clock moved {direction} by {} more than the monotonic clock (suspend and resume, or a clock change); checking for missed runs",
-                    crate::duration::Human(Duration::try_from(jump.abs()).unwrap_or_default())
-                );
-            }
             while let Some((due, idx)) = self.table.pop_due(now) {
                 self.handle_due(idx, due, now);
                 let task = &self.ctx.config.tasks[idx];
@@ -289,7 +354,9 @@ impl State {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Started { idx, at } => self.tasks[idx].metrics.last_start = Some(at),
+            Event::Started { idx, at } => {
+                self.tasks[idx].started_at(Stamp::before(&Reading::now(), at));
+            }
             Event::Ended { idx, run_id, outcome, ended } => {
                 self.run_ended(idx, &run_id, &outcome, ended);
             }
@@ -388,17 +455,17 @@ impl State {
     /// A run ended: its metrics and state, then the queued run (if any) starts, or is
     /// cancelled when the daemon is stopping.
     fn run_ended(&mut self, idx: usize, run_id: &str, outcome: &Outcome, ended: Timestamp) {
+        let ran = outcome.status != RunStatus::Skipped;
+        self.tasks[idx]
+            .ended_at(Stamp::before(&Reading::now(), ended), ran && outcome.status.is_ok());
         let m = &mut self.tasks[idx].metrics;
-        m.last_end = Some(ended);
         m.last_exit_code = outcome.exit_code;
         m.last_duration_seconds = Some(outcome.duration.as_secs_f64());
         match outcome.status {
             RunStatus::Skipped => m.skips += 1,
             status => {
                 m.runs += 1;
-                if status.is_ok() {
-                    m.last_success = Some(ended);
-                } else if status != RunStatus::Cancelled {
+                if !status.is_ok() && status != RunStatus::Cancelled {
                     m.failures += 1;
                 }
             }
@@ -506,7 +573,7 @@ impl State {
                         Duration::try_from(now.duration_since(occurrence)).unwrap_or_default();
                     warn!(
                         task = %task.name,
-                        "missed {} occurrence{} from {} (machine asleep or daemon stopped); running once now, {} late",
+                        "missed {} occurrence{} from {} (machine asleep, daemon stopped or clock changed); running once now, {} late",
                         superseded + 1,
                         if superseded == 0 { "" } else { "s" },
                         self.rfc3339(first_missed),
@@ -545,9 +612,15 @@ impl State {
     }
 
     /// Occurrences that fell while the daemon was not running (after the last history
-    /// record) are handled like those missed during a suspend.
+    /// record) are handled like those missed during a suspend. The last record means the
+    /// latest one not dated in the future: a record written before the clock was set back
+    /// would otherwise say the daemon was alive until then, and nothing would be caught up.
     fn catch_up_downtime(&mut self, past: &[Record], now: Timestamp) {
-        let Some(last_alive) = past.iter().filter_map(|r| r.at().parse::<Timestamp>().ok()).max()
+        let Some(last_alive) = past
+            .iter()
+            .filter_map(|r| r.at().parse::<Timestamp>().ok())
+            .filter(|at| *at <= now)
+            .max()
         else {
             return;
         };
@@ -563,4 +636,28 @@ impl State {
             }
         }
     }
+}
+
+/// What woke the loop.
+enum Wake {
+    Timer,
+    Request(Request),
+    Event(Event),
+    SocketCheck,
+    Watchdog,
+}
+
+/// History records dated later than `now`.
+struct Future {
+    count: usize,
+    latest: Option<Timestamp>,
+}
+
+fn future_records(past: &[Record], now: Timestamp) -> Future {
+    let future: Vec<Timestamp> = past
+        .iter()
+        .filter_map(|r| r.at().parse::<Timestamp>().ok())
+        .filter(|at| *at > now)
+        .collect();
+    Future { count: future.len(), latest: future.iter().max().copied() }
 }

@@ -2,10 +2,21 @@
 //!
 //! Next fire instants sit in one min-heap. The loop never sleeps longer than [`MAX_SLEEP`]:
 //! monotonic sleeps stop while a machine is suspended, so it wakes in bounded steps, re-reads
-//! the wall clock, and notices (and logs) a suspend or a clock change by comparing elapsed
-//! wall time with elapsed monotonic time. [`decide`] is pure: given an occurrence and the
-//! current time it says whether to run it (on time, or caught up once after a suspend or
-//! downtime) or to skip it as too late, and when the task fires next.
+//! the clocks (see [`super::clock`]), and notices a suspend or a clock change. [`decide`] is
+//! pure: given an occurrence and the current time it says whether to run it (on time, or
+//! caught up once after a suspend or downtime) or to skip it as too late, and when the task
+//! fires next. [`replan`] is pure too: after a change of the wall clock it says where each
+//! task's entry moves, following cronie's rules (cron(8)):
+//!
+//! | change | cron schedules | `@every` |
+//! |---|---|---|
+//! | forward, at most 3 h | kept: the skipped occurrences are caught up as after a suspend | shifted with the clock (elapsed time did not change) |
+//! | forward, more than 3 h (a correction) | the skipped occurrences are not caught up (they are recorded as skipped); next after the new time | shifted |
+//! | back, at most 3 h | wildcard jobs follow the new clock; fixed-time jobs resume after the old time, so nothing that ran repeats | shifted |
+//! | back, more than 3 h (a correction) | next after the new time | shifted |
+//!
+//! In every case an occurrence that came due in real (elapsed) time before the change, as
+//! during a suspend that ended with the clock being set, is still handled as a missed one.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -15,13 +26,12 @@ use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 
 use super::Schedule;
+use super::clock::CORRECTION;
 
 /// Longest single sleep of the loop.
 pub(crate) const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// An occurrence handled within this long of its instant is on time, not "caught up".
 pub(crate) const ON_TIME: Duration = Duration::from_secs(30);
-/// A difference between wall and monotonic time above this is reported as a jump.
-pub(crate) const JUMP_THRESHOLD: Duration = Duration::from_secs(5);
 
 /// Why a run starts. The history file names them `schedule`, `catch_up`, `trigger` and
 /// `queued`.
@@ -178,33 +188,61 @@ impl Timetable {
     }
 }
 
-/// Notices wall-clock jumps between two readings of both clocks.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ClockWatch {
-    wall: Timestamp,
-    mono: std::time::Instant,
+/// Where one task's entry goes after the wall clock was changed by `changed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Replan {
+    /// An occurrence that came due in real elapsed time before the change (during a
+    /// suspend, or in the moment before the change was seen): handle it with [`decide`] as
+    /// of `as_of`, the time the clock would show had it not been changed.
+    pub(crate) missed: Option<Timestamp>,
+    pub(crate) as_of: Timestamp,
+    /// Occurrences a forward correction jumped over, not caught up: `(count, first, last)`.
+    pub(crate) skipped: Option<(u64, Timestamp, Timestamp)>,
+    /// The task's entry from now on.
+    pub(crate) next: Option<Timestamp>,
 }
 
-impl ClockWatch {
-    pub(crate) fn new(wall: Timestamp, mono: std::time::Instant) -> ClockWatch {
-        ClockWatch { wall, mono }
+/// Replans one task after a change of the wall clock by `changed` (positive: forward),
+/// noticed at `now` (on the new clock), given its `pending` entry (made on the old clock).
+/// See the table in this module's documentation.
+pub(crate) fn replan(
+    schedule: &Schedule,
+    tz: &TimeZone,
+    pending: Option<Timestamp>,
+    changed: SignedDuration,
+    now: Timestamp,
+) -> Replan {
+    let as_of = now.checked_sub(changed).unwrap_or(now);
+    let keep = |next| Replan { missed: None, as_of, skipped: None, next };
+    if schedule.interval().is_some() {
+        // `@every` counts elapsed time, which a clock change does not alter: the entry moves
+        // with the clock, keeping its rhythm and any occurrence a suspend made due.
+        return keep(pending.and_then(|p| p.checked_add(changed).ok()));
     }
-
-    /// The wall-clock change not explained by monotonic time since the last reading
-    /// (positive after a suspend or a forward clock change), if it exceeds the threshold.
-    pub(crate) fn observe(
-        &mut self,
-        wall: Timestamp,
-        mono: std::time::Instant,
-    ) -> Option<SignedDuration> {
-        let wall_elapsed = wall.duration_since(self.wall);
-        let mono_elapsed =
-            SignedDuration::try_from(mono.duration_since(self.mono)).unwrap_or(SignedDuration::MAX);
-        let jump = wall_elapsed - mono_elapsed;
-        self.wall = wall;
-        self.mono = mono;
-        (jump.unsigned_abs() > JUMP_THRESHOLD).then_some(jump)
+    let correction = changed.unsigned_abs() > CORRECTION;
+    if changed.is_positive() && !correction {
+        // Handled like a suspend: the entry is due, and `decide` catches up what was missed.
+        return keep(pending);
     }
+    let missed = pending.filter(|p| *p <= as_of);
+    let mut skipped = None;
+    let next = if changed.is_positive() {
+        // A correction forward: what fell in the skipped wall-clock time does not run.
+        if let Some(first) = schedule.next_after(as_of, tz).filter(|f| *f <= now) {
+            let (last, count) = latest_due(schedule, tz, first, now);
+            skipped = Some((count, first, last));
+        }
+        schedule.next_after(now, tz)
+    } else if !correction && schedule.is_fixed_time() {
+        // Back by at most 3 h: a fixed-time job already ran (or was handled) at the times
+        // the clock now shows again, so it resumes after the old time (cronie).
+        schedule.next_after(as_of, tz)
+    } else {
+        // Wildcard jobs after a small step back, and every job after a correction back,
+        // run at the new clock's times.
+        schedule.next_after(now, tz)
+    };
+    Replan { missed, as_of, skipped, next }
 }
 
 #[cfg(test)]
@@ -300,18 +338,77 @@ mod tests {
         assert_eq!(t.sleep_for(now), MAX_SLEEP);
     }
 
+    const HOUR: SignedDuration = SignedDuration::from_hours(1);
+
     #[test]
-    fn clock_watch_reports_suspends_and_changes() {
-        let mono = std::time::Instant::now();
-        let mut w = ClockWatch::new(ts("2026-01-01T00:00:00Z"), mono);
-        assert_eq!(w.observe(ts("2026-01-01T00:01:00Z"), mono + Duration::from_secs(60)), None);
-        let jump = w.observe(ts("2026-01-01T03:01:00Z"), mono + Duration::from_secs(120)).unwrap();
+    fn a_small_step_forward_is_caught_up_like_a_suspend() {
+        let s = Schedule::parse("*/10 * * * *").unwrap();
+        let pending = Some(ts("2026-01-01T02:10:00Z"));
+        let plan = replan(&s, &TimeZone::UTC, pending, 2 * HOUR, ts("2026-01-01T04:02:00Z"));
+        assert_eq!(plan.next, pending, "the entry stays, so `decide` catches it up");
+        assert_eq!((plan.missed, plan.skipped), (None, None));
+    }
+
+    #[test]
+    fn a_correction_forward_skips_the_jumped_span() {
+        let s = Schedule::parse("0 * * * *").unwrap();
+        // At 02:30 the clock is set forward a day.
+        let now = ts("2026-01-02T02:30:00Z");
+        let plan = replan(&s, &TimeZone::UTC, Some(ts("2026-01-01T03:00:00Z")), 24 * HOUR, now);
+        assert_eq!(plan.missed, None);
         assert_eq!(
-            jump,
-            SignedDuration::from_mins(179),
-            "3h of wall time in 1min of monotonic time"
+            plan.skipped,
+            Some((24, ts("2026-01-01T03:00:00Z"), ts("2026-01-02T02:00:00Z"))),
+            "03:00 on the 1st up to 02:00 on the 2nd"
         );
-        let back = w.observe(ts("2026-01-01T02:01:00Z"), mono + Duration::from_secs(120)).unwrap();
-        assert_eq!(back, SignedDuration::from_hours(-1));
+        assert_eq!(plan.next, Some(ts("2026-01-02T03:00:00Z")));
+    }
+
+    #[test]
+    fn an_occurrence_due_before_the_change_is_still_missed_not_skipped() {
+        // Suspended over 03:00, and on resume the clock was also corrected 5 h forward:
+        // 03:00 came due in real time (judged as of 03:20), the corrected span is skipped.
+        let s = Schedule::parse("0 3 * * *").unwrap();
+        let now = ts("2026-01-01T08:20:00Z");
+        let plan = replan(&s, &TimeZone::UTC, Some(ts("2026-01-01T03:00:00Z")), 5 * HOUR, now);
+        assert_eq!(plan.missed, Some(ts("2026-01-01T03:00:00Z")));
+        assert_eq!(plan.as_of, ts("2026-01-01T03:20:00Z"));
+        assert_eq!(plan.skipped, None, "no 03:00 between 03:20 and 08:20");
+        assert_eq!(plan.next, Some(ts("2026-01-02T03:00:00Z")));
+    }
+
+    #[test]
+    fn a_small_step_back_repeats_wildcard_jobs_but_not_fixed_time_ones() {
+        // At 12:05 the clock goes back an hour, to 11:05.
+        let now = ts("2026-01-01T11:05:00Z");
+        let wildcard = Schedule::parse("*/15 * * * *").unwrap();
+        let plan = replan(&wildcard, &TimeZone::UTC, Some(ts("2026-01-01T12:15:00Z")), -HOUR, now);
+        assert_eq!(plan.next, Some(ts("2026-01-01T11:15:00Z")), "follows the new clock");
+        let fixed = Schedule::parse("30 11 * * *").unwrap();
+        let plan = replan(&fixed, &TimeZone::UTC, Some(ts("2026-01-02T11:30:00Z")), -HOUR, now);
+        assert_eq!(plan.next, Some(ts("2026-01-02T11:30:00Z")), "11:30 ran today already");
+        assert_eq!((plan.missed, plan.skipped), (None, None));
+    }
+
+    #[test]
+    fn a_correction_back_runs_at_the_new_times() {
+        // Back a year: from 2027-06-01T12:05 to 2026-06-01T12:05.
+        let now = ts("2026-06-01T12:05:00Z");
+        let back = -(365 * 24 * HOUR);
+        let fixed = Schedule::parse("30 12 * * *").unwrap();
+        let plan = replan(&fixed, &TimeZone::UTC, Some(ts("2027-06-01T12:30:00Z")), back, now);
+        assert_eq!(plan.next, Some(ts("2026-06-01T12:30:00Z")));
+        assert_eq!((plan.missed, plan.skipped), (None, None));
+    }
+
+    #[test]
+    fn every_moves_with_the_clock() {
+        let s = Schedule::parse("@every 10m").unwrap();
+        let now = ts("2026-01-01T00:05:00Z");
+        let plan = replan(&s, &TimeZone::UTC, Some(ts("2026-01-02T00:10:00Z")), -24 * HOUR, now);
+        assert_eq!(plan.next, Some(ts("2026-01-01T00:10:00Z")), "still 5 minutes away");
+        let plan = replan(&s, &TimeZone::UTC, Some(ts("2026-01-01T00:10:00Z")), 24 * HOUR, now);
+        assert_eq!(plan.next, Some(ts("2026-01-02T00:10:00Z")));
+        assert_eq!(plan.skipped, None);
     }
 }

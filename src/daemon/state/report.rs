@@ -36,16 +36,31 @@ impl State {
         }
     }
 
-    /// The metrics file's text, if the task file asks for one.
+    /// The metrics file's text, if the task file asks for one. No instant of the past in
+    /// it lies after now: the loop re-reads them when it sees a clock change, before it
+    /// writes, and this is the last guard (an instant the clock has not reached yet is left
+    /// out rather than shown as the future).
     pub(super) fn metrics_text(&self) -> Option<String> {
         self.ctx.config.metrics_textfile.as_ref()?;
+        let now = jiff::Timestamp::now();
+        let past = |t: Option<jiff::Timestamp>| t.filter(|t| *t <= now);
         let named: Vec<(&str, TaskMetrics)> = self
             .ctx
             .config
             .tasks
             .iter()
             .zip(&self.tasks)
-            .map(|(t, s)| (t.name.as_str(), TaskMetrics { next: s.next, ..s.metrics.clone() }))
+            .map(|(t, s)| {
+                let m = &s.metrics;
+                let metrics = TaskMetrics {
+                    next: s.next,
+                    last_start: past(m.last_start),
+                    last_end: past(m.last_end),
+                    last_success: past(m.last_success),
+                    ..m.clone()
+                };
+                (t.name.as_str(), metrics)
+            })
             .collect();
         let stats = self.ctx.runner.broker.token_stats();
         let tokens = TokenMetrics {
@@ -54,7 +69,7 @@ impl State {
             rejected: stats.rejected().collect(),
         };
         let refs: Vec<(&str, &TaskMetrics)> = named.iter().map(|(n, m)| (*n, m)).collect();
-        Some(crate::daemon::metrics::render(&refs, &tokens, self.started))
+        Some(crate::daemon::metrics::render(&refs, &tokens, self.started.min(now)))
     }
 
     /// Hands the current metrics to the writer thread (the latest text wins).

@@ -21,6 +21,7 @@ use super::State;
 use crate::daemon::contain::{RunProcs, Search};
 use crate::history::{DaemonEvent, Record};
 use crate::protocol::{RunBody, RunStatus};
+use crate::schedule::clock::{Reading, Stamp};
 use crate::schedule::timetable::Trigger;
 
 /// A run with a Start record and no End record.
@@ -139,7 +140,7 @@ impl State {
             let state = &mut self.tasks[idx];
             state.metrics.runs += 1;
             state.metrics.failures += 1;
-            state.metrics.last_end = Some(now);
+            state.ended_at(Stamp::before(&Reading::now(), now), false);
             state.metrics.last_exit_code = None;
             state.last = Some(body);
             if let Some(occurrence) = self.rerun_of(idx, &run, now) {
