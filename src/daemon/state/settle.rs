@@ -4,7 +4,7 @@
 //!
 //! A run is unended when the history holds its Start record and no End record. Its
 //! processes are found by its cgroup (named in the Start record) and by its run id in the
-//! environment of every process of the daemon's uid ([`contain`](super::contain)); they
+//! environment of every process of the daemon's uid ([`contain`](crate::daemon::contain)); they
 //! are stopped as a timeout stops a run — SIGINT first, on which restic removes its
 //! repository lock.
 
