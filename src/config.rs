@@ -21,8 +21,10 @@ pub use tree::Pos;
 
 /// Default for `token_ttl`: long enough for restic to start and ask for its password.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(30);
-/// Default for `shutdown_grace`: how long running tasks get after SIGTERM before SIGKILL.
+/// Default for `shutdown_grace`: how long running tasks get to stop at shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Default for `kill_grace`: the wait between the signals that stop a task at its timeout.
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
 /// Default for a task's `max_lateness`: a missed run is caught up if less than this late.
 pub const DEFAULT_MAX_LATENESS: Duration = Duration::from_secs(24 * 3600);
 /// Default for a `command` secret source's `timeout`.
@@ -57,6 +59,8 @@ pub struct Config {
     pub log: LogSettings,
     pub strict_memory: bool,
     pub shutdown_grace: Duration,
+    /// The default of each task's `kill_grace`.
+    pub kill_grace: Duration,
     /// Record each task program's digest at start and refuse to run a changed program.
     pub pin_binaries: bool,
     /// Notifications for every task that has none of its own.
@@ -199,6 +203,8 @@ pub struct Task {
     /// Secrets `secretbox get` may fetch from this task's processes.
     pub secrets: Vec<String>,
     pub timeout: Option<Duration>,
+    /// The wait between the signals that stop the task at its timeout.
+    pub kill_grace: Duration,
     pub on_overlap: Overlap,
     pub working_dir: Option<PathBuf>,
     pub redeem_limit: u32,

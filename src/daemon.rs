@@ -50,8 +50,6 @@ use programs::Pinned;
 use runner::Runner;
 use writers::{HistoryWriter, MetricsWriter};
 
-/// Grace between SIGINT, SIGTERM and SIGKILL when a task times out.
-const KILL_GRACE: Duration = Duration::from_secs(10);
 /// Longest shutdown waits for the history thread and for notifications in flight.
 const FLUSH_WAIT: Duration = Duration::from_secs(5);
 
@@ -348,7 +346,7 @@ async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::Result<Finis
         socket: config.socket.clone(),
         base_env,
         home: env.var("HOME").map(PathBuf::from),
-        kill_grace: KILL_GRACE,
+        kill_grace: config.kill_grace,
         shutdown_grace: config.shutdown_grace,
         containment,
         guardian,

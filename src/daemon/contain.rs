@@ -26,6 +26,32 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
+/// Who a stage of stopping a run signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// The step's main process only (its group leader): restic, given SIGINT alone, removes
+    /// its lock through its `rclone:` or `sftp:` backend, which a SIGINT to the whole group
+    /// would have killed at the same moment.
+    Main,
+    /// Every process of the run.
+    All,
+}
+
+/// One stage of stopping a run: whom to signal, with what, and how long to wait for the run
+/// to be gone before the next stage.
+pub(crate) type Stage = (Target, Signal, Duration);
+
+/// The stages of stopping a run at its timeout, `grace` apart: SIGINT to the main process,
+/// then SIGINT, SIGTERM and SIGKILL to every process.
+pub(crate) fn timeout_plan(grace: Duration) -> [Stage; 4] {
+    [
+        (Target::Main, Signal::SIGINT, grace),
+        (Target::All, Signal::SIGINT, grace),
+        (Target::All, Signal::SIGTERM, grace),
+        (Target::All, Signal::SIGKILL, grace),
+    ]
+}
+
 /// The folder, in the daemon's own cgroup, that holds one cgroup per run.
 const RUNS_DIR: &str = "backupnizza-runs";
 
@@ -203,14 +229,15 @@ impl RunProcs {
         }
     }
 
-    /// Stops every process of the run: each signal in turn, waiting up to its grace for
-    /// them to go. Returns the signals that were needed ("sent SIGINT, then SIGTERM") and
-    /// how many processes there were, or `None` when none was left.
+    /// Stops every process of the run: each stage in turn, waiting up to its grace for
+    /// them to go. Returns the signals that were needed ("sent SIGINT to the main process,
+    /// then SIGINT, then SIGTERM") and how many processes there were, or `None` when none
+    /// was left. Stages aimed at the main process are passed over once it is gone.
     pub(crate) async fn stop(
         &self,
         pgid: Option<Pid>,
         search: Search,
-        plan: &[(Signal, Duration)],
+        plan: &[Stage],
     ) -> Option<(String, usize)> {
         let none = HashSet::new();
         let count = self.members(pgid, search, &none).len();
@@ -221,13 +248,25 @@ impl RunProcs {
             return None;
         }
         let mut sent = Vec::new();
-        for (signal, grace) in plan {
+        for &(target, signal, grace) in plan {
             if gone(self) {
                 break;
             }
-            self.signal(pgid, search, *signal, &none);
-            sent.push(signal.as_str());
-            let until = Instant::now() + *grace;
+            match (target, pgid) {
+                (Target::Main, Some(leader)) => {
+                    // Only while it still leads its group: a reaped leader's pid may be reused.
+                    if !leads_group(leader) || kill(leader, signal).is_err() {
+                        continue; // the main process is gone already: on to the group
+                    }
+                    sent.push(format!("{} to the main process", signal.as_str()));
+                }
+                (Target::Main, None) => continue,
+                (Target::All, _) => {
+                    self.signal(pgid, search, signal, &none);
+                    sent.push(signal.as_str().to_string());
+                }
+            }
+            let until = Instant::now() + grace;
             while Instant::now() < until && !gone(self) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -281,6 +320,14 @@ fn stat_fields(pid: i32) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = stat.rsplit_once(')')?.1;
     Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// Whether `pid` is alive and the leader of its own process group.
+fn leads_group(pid: Pid) -> bool {
+    stat_fields(pid.as_raw()).is_some_and(|f| {
+        f.first().is_some_and(|s| s != "Z" && s != "X")
+            && f.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pid.as_raw())
+    })
 }
 
 fn is_zombie(pid: Pid) -> bool {

@@ -39,7 +39,7 @@ use nix::sys::socket::{
 };
 use nix::unistd::Pid;
 
-use super::contain::{RunProcs, Search};
+use super::contain::{RunProcs, Search, timeout_plan};
 
 /// Grace between the signals the guardian sends.
 const GRACE: Duration = Duration::from_secs(10);
@@ -160,7 +160,9 @@ pub fn main() -> anyhow::Result<()> {
     );
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let plan = [(Signal::SIGINT, GRACE), (Signal::SIGTERM, GRACE), (Signal::SIGKILL, GRACE)];
+        // The kernel sent the main processes SIGINT already (PR_SET_PDEATHSIG on Linux):
+        // the first stage repeats it and waits, before the rest of each group is signalled.
+        let plan = timeout_plan(GRACE);
         let mut drains = tokio::task::JoinSet::new();
         let mut stops = tokio::task::JoinSet::new();
         for (pgid, (run_id, cgroup, fds)) in live {

@@ -10,10 +10,11 @@
 //! revoked as soon as its process is reaped. A step ends when every process of it is gone:
 //! a main process that exits while children it started keep running (`cmd &`, `setsid`) is
 //! waited for until they end, or until the timeout stops them, and the record says so. A
-//! timeout sends SIGINT (restic removes its lock on SIGINT, and restic 0.14 does not on
-//! SIGTERM), then SIGTERM, then SIGKILL, to every process of the run, with a grace period
-//! between each; shutdown sends SIGINT, then SIGTERM after half of `shutdown_grace`, then
-//! SIGKILL at its end.
+//! timeout sends SIGINT to the step's main process alone (restic then removes its lock,
+//! through an `rclone:` or `sftp:` backend that a SIGINT to the whole group would have killed
+//! at the same moment; restic 0.14 does not remove it on SIGTERM), then SIGINT, SIGTERM and
+//! SIGKILL to every process of the run, the task's `kill_grace` apart; shutdown does the same
+//! within `shutdown_grace`.
 //! Each step's leader also gets SIGINT if the daemon dies (Linux: `PR_SET_PDEATHSIG`), and
 //! the [`guardian`](super::guardian) stops the rest of the run then.
 
@@ -31,7 +32,7 @@ use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::contain::{Containment, RunProcs, Search};
+use super::contain::{Containment, RunProcs, Search, Stage, Target, timeout_plan};
 use super::guardian::Guardian;
 use super::output::LogBudget;
 use super::output_file::RunOutput;
@@ -42,9 +43,6 @@ use crate::protocol::RunStatus;
 
 /// How many stderr lines a run keeps for its history record.
 pub(crate) const STDERR_TAIL: usize = 20;
-/// One stage of stopping processes: a signal, and how long to wait for them to go.
-type Stage = (Signal, Duration);
-
 /// How often a step whose main process has ended checks whether the rest of it has.
 const LEFTOVER_POLL: Duration = Duration::from_millis(200);
 
@@ -531,16 +529,15 @@ impl Runner {
             }
         };
         let pgid = Pid::from_raw(pid as i32);
-        let timeout_plan = [
-            (Signal::SIGINT, self.kill_grace),
-            (Signal::SIGTERM, self.kill_grace),
-            (Signal::SIGKILL, self.kill_grace),
-        ];
-        // Shutdown stays within `shutdown_grace`: half of it after SIGINT, half after SIGTERM.
+        let timeout_plan = timeout_plan(task.kill_grace);
+        // Shutdown stays within `shutdown_grace`: a third of it after each SIGINT and after
+        // SIGTERM.
+        let third = self.shutdown_grace / 3;
         let shutdown_plan = [
-            (Signal::SIGINT, self.shutdown_grace / 2),
-            (Signal::SIGTERM, self.shutdown_grace / 2),
-            (Signal::SIGKILL, self.kill_grace),
+            (Target::Main, Signal::SIGINT, third),
+            (Target::All, Signal::SIGINT, third),
+            (Target::All, Signal::SIGTERM, third),
+            (Target::All, Signal::SIGKILL, task.kill_grace),
         ];
         let waiting = async {
             let first = tokio::select! {
@@ -618,6 +615,7 @@ impl Runner {
                 }
                 () = sleep_until(deadline) => {
                     warn!(pgid = pgid.as_raw(), "timeout reached; stopping the {them} (SIGINT, then SIGTERM, then SIGKILL)");
+                    // The main process is gone: its stages are passed over.
                     let how = stop(procs, pgid, timeout_plan).await;
                     return StepEnd::TimedOut(format!("{main}, but the {them} had not; leftovers killed: {how}"));
                 }
@@ -675,7 +673,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Stops every process of the step's run. Returns which signals were needed.
-async fn stop(procs: &RunProcs, pgid: Pid, plan: &[(Signal, Duration)]) -> String {
+async fn stop(procs: &RunProcs, pgid: Pid, plan: &[Stage]) -> String {
     match procs.stop(Some(pgid), Search::Adopted, plan).await {
         Some((how, _)) => how,
         None => "the process had already ended".into(),

@@ -306,7 +306,9 @@ impl State {
         if !self.tracker.is_empty() {
             info!(running = self.tracker.len(), grace = %crate::duration::Human(self.ctx.config.shutdown_grace), "stopping running tasks");
         }
-        let limit = self.ctx.config.shutdown_grace + self.ctx.runner.kill_grace + SHUTDOWN_SLACK;
+        let kill_grace =
+            self.ctx.config.tasks.iter().map(|t| t.kill_grace).max().unwrap_or_default();
+        let limit = self.ctx.config.shutdown_grace + kill_grace + SHUTDOWN_SLACK;
         let deadline = tokio::time::sleep(limit);
         tokio::pin!(deadline);
         loop {

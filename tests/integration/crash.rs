@@ -375,3 +375,65 @@ tasks:
     assert_eq!(restic(), 0);
     daemon.stop();
 }
+
+/// Regression (issue 10, point 11): SIGINT to the whole group at a timeout killed restic's
+/// `rclone:` backend at the same moment, so restic could not remove its lock, and the next
+/// prune failed. Now the main process gets SIGINT alone first.
+#[test]
+fn a_timeout_of_restic_with_an_rclone_backend_leaves_no_lock() {
+    let scratch = Scratch::new();
+    let password = crate::harness::canary();
+    let repo_dir = scratch.path().join("repo");
+    let repo = format!("rclone::local:{}", repo_dir.display());
+    let restic = |args: &[&str]| {
+        std::process::Command::new("restic")
+            .args(["--no-cache", "-r", &repo])
+            .args(args)
+            .env("RESTIC_PASSWORD", &password)
+            .env("RCLONE_CONFIG", "/dev/null")
+            .output()
+            .expect("restic is installed (.ci/run installs it)")
+    };
+    let init = restic(&["init", "-q"]);
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let secret = scratch.path().join("repo-password");
+    crate::harness::write_private(&secret, password.as_bytes());
+    let data = scratch.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut bytes = vec![0u8; 32 * 1024 * 1024];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+    std::fs::write(data.join("big"), bytes).unwrap();
+    let config = scratch.config(&format!(
+        "secrets:
+  repo: {{file: {}}}
+tasks:
+  backup:
+    {TRIGGERED}
+    timeout: 4s
+    kill_grace: 5s
+    secrets: [repo]
+    env: &env
+      RESTIC_PASSWORD_COMMAND: secretbox get repo
+      RCLONE_CONFIG: /dev/null
+    command: [restic, --no-cache, -r, '{repo}', backup, --limit-upload, '512', {}]
+  prune:
+    {TRIGGERED}
+    secrets: [repo]
+    env: *env
+    command: [restic, --no-cache, -r, '{repo}', prune]
+",
+        secret.display(),
+        data.display()
+    ));
+    let _daemon = scratch.start_daemon(&config);
+    let run = trigger(&scratch, &config, "backup", true);
+    assert_ne!(run.code(), Some(0), "{run}");
+    let records = history(&scratch);
+    let end = records_of(&records, "end")[0];
+    assert_eq!(end["status"], "timeout", "{end}");
+    assert!(end["reason"].as_str().unwrap().contains("SIGINT to the main process"), "{end}");
+    let locks = restic(&["list", "locks", "--no-lock"]);
+    assert!(locks.status.success(), "{}", String::from_utf8_lossy(&locks.stderr));
+    assert_eq!(String::from_utf8_lossy(&locks.stdout).trim(), "", "restic left its lock");
+    trigger(&scratch, &config, "prune", true).expect_code(0);
+}

@@ -5,6 +5,7 @@
 //! share. Whether the secrets it names exist is [`super::cross`]'s job.
 
 use std::path::Path;
+use std::time::Duration;
 
 use super::walk::{Checker, index, join, program_name, valid_env_name};
 use crate::config::tree::{Node, Pos, Value};
@@ -22,6 +23,7 @@ const TASK_KEYS: &[&str] = &[
     "env",
     "secrets",
     "timeout",
+    "kill_grace",
     "on_overlap",
     "working_dir",
     "redeem_limit",
@@ -55,6 +57,8 @@ pub(super) struct TaskDefaults<'a> {
     pub(super) env: &'a Environment,
     /// Relative `output_file` paths live here (none when it is itself invalid).
     pub(super) state_dir: Option<&'a Path>,
+    /// The top-level `kill_grace`.
+    pub(super) kill_grace: Duration,
 }
 
 impl Checker {
@@ -114,7 +118,7 @@ impl Checker {
         key_pos: Option<Pos>,
         defaults: &TaskDefaults<'_>,
     ) -> Option<Task> {
-        let TaskDefaults { zone: default_zone, env, state_dir } = *defaults;
+        let TaskDefaults { zone: default_zone, env, state_dir, kill_grace } = *defaults;
         let f = self.fields(
             node,
             path,
@@ -167,6 +171,8 @@ impl Checker {
         let env_vars = self.with_default(&f, path, "env", Vec::new(), Checker::env);
         let secrets = self.with_default(&f, path, "secrets", Vec::new(), Checker::secret_list);
         let timeout = self.optional(&f, path, "timeout", Checker::positive_duration);
+        let kill_grace =
+            self.with_default(&f, path, "kill_grace", kill_grace, Checker::positive_duration);
         let on_overlap = self.with_default(&f, path, "on_overlap", Overlap::Skip, |c, n, p| {
             c.choice(n, p, &[("skip", Overlap::Skip), ("queue", Overlap::Queue)])
         });
@@ -198,6 +204,7 @@ impl Checker {
             env: env_vars?,
             secrets: secrets?,
             timeout: timeout?,
+            kill_grace: kill_grace?,
             on_overlap: on_overlap?,
             working_dir: working_dir?,
             redeem_limit: redeem_limit?,

@@ -9,8 +9,9 @@ use std::time::Duration;
 use super::walk::{Checker, join, valid_env_name};
 use crate::config::tree::{Node, Pos, Value};
 use crate::config::{
-    Config, DEFAULT_SECRET_COMMAND_TIMEOUT, DEFAULT_SHUTDOWN_GRACE, DEFAULT_TOKEN_TTL, Environment,
-    LogFormat, LogLevel, LogSettings, MAX_SOCKET_PATH, SecretSpec, Source, Store, Zone,
+    Config, DEFAULT_KILL_GRACE, DEFAULT_SECRET_COMMAND_TIMEOUT, DEFAULT_SHUTDOWN_GRACE,
+    DEFAULT_TOKEN_TTL, Environment, LogFormat, LogLevel, LogSettings, MAX_SOCKET_PATH, SecretSpec,
+    Source, Store, Zone,
 };
 
 const TOP_KEYS: &[&str] = &[
@@ -21,6 +22,7 @@ const TOP_KEYS: &[&str] = &[
     "log",
     "strict_memory",
     "shutdown_grace",
+    "kill_grace",
     "pin_binaries",
     "notify",
     "metrics_textfile",
@@ -106,6 +108,14 @@ impl Checker {
             DEFAULT_SHUTDOWN_GRACE,
             Checker::duration,
         );
+        let kill_grace = self.with_default(
+            &top,
+            ROOT,
+            "kill_grace",
+            DEFAULT_KILL_GRACE,
+            Checker::positive_duration,
+        );
+        let task_kill_grace = kill_grace.unwrap_or(DEFAULT_KILL_GRACE);
 
         let secrets = self.with_default(&top, ROOT, "secrets", Vec::new(), Checker::secrets);
         let default_zone = timezone.clone().unwrap_or_else(Zone::system);
@@ -117,6 +127,7 @@ impl Checker {
                     zone: &default_zone,
                     env,
                     state_dir: state_dir.as_deref(),
+                    kill_grace: task_kill_grace,
                 },
             )
         } else {
@@ -137,6 +148,7 @@ impl Checker {
             log: log?,
             strict_memory: strict_memory?,
             shutdown_grace: shutdown_grace?,
+            kill_grace: kill_grace?,
             pin_binaries: pin_binaries?,
             notify: notify?,
             metrics_textfile: metrics_textfile?,

@@ -18,7 +18,7 @@ use nix::sys::signal::Signal;
 use tracing::{info, warn};
 
 use super::State;
-use crate::daemon::contain::{RunProcs, Search};
+use crate::daemon::contain::{RunProcs, Search, Target};
 use crate::history::{DaemonEvent, Record};
 use crate::protocol::{RunBody, RunStatus};
 use crate::schedule::clock::{Reading, Stamp};
@@ -74,7 +74,12 @@ fn unended(past: &[Record]) -> Vec<Unended> {
 /// were stopped, or `None` when nothing was left.
 async fn stop_leftovers(run: &Unended, grace: Duration) -> Option<(String, usize)> {
     let procs = RunProcs::known(&run.run_id, run.cgroup.clone());
-    let plan = [(Signal::SIGINT, grace), (Signal::SIGTERM, grace), (Signal::SIGKILL, grace)];
+    // The main process is not known any more: the whole run at once.
+    let plan = [
+        (Target::All, Signal::SIGINT, grace),
+        (Target::All, Signal::SIGTERM, grace),
+        (Target::All, Signal::SIGKILL, grace),
+    ];
     let stopped = procs.stop(None, Search::Everywhere, &plan).await;
     procs.remove();
     stopped
