@@ -60,6 +60,7 @@ const FLUSH_WAIT: Duration = Duration::from_secs(5);
 /// environment, which is only sound while the process is single-threaded (on Linux this is
 /// also checked, and refused with an error, before anything is read).
 pub unsafe fn main(config_path: PathBuf, env: Environment) -> anyhow::Result<()> {
+    close_inherited_fds(&env);
     let checked = config::check_file(&config_path, &env).map_err(|e| Exit::usage(e.to_string()))?;
     let Some(config) = checked.config else {
         for p in &checked.problems {
@@ -134,6 +135,37 @@ pub unsafe fn main(config_path: PathBuf, env: Environment) -> anyhow::Result<()>
             message: "the socket path no longer names this daemon's socket (replaced or removed by another process); stopped to be safe, as gpg-agent does".into(),
         }
         .into()),
+    }
+}
+
+/// Closes every descriptor the daemon was started with except stdin, stdout and stderr, so
+/// no task inherits one by accident (a parent's socket, a file it forgot to mark
+/// close-on-exec). Descriptors systemd passes on purpose (`LISTEN_FDS`) are kept but marked
+/// close-on-exec: the daemon uses none of them, and tasks must not see them.
+fn close_inherited_fds(env: &Environment) {
+    let dir = if cfg!(target_os = "linux") { "/proc/self/fd" } else { "/dev/fd" };
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    // Read all first: the directory's own descriptor is among them.
+    let fds: Vec<i32> =
+        entries.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+    let ours =
+        env.var("LISTEN_PID").and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
+    let listen = if ours {
+        env.var("LISTEN_FDS").and_then(|n| n.parse::<i32>().ok()).unwrap_or(0)
+    } else {
+        0
+    };
+    for fd in fds.into_iter().filter(|fd| *fd > 2) {
+        // SAFETY: `fd` was open when listed and nothing in this still single-threaded
+        // process owns it (nothing has been opened yet that is kept); closing a descriptor
+        // that is already gone (the listing's own) fails harmlessly with EBADF.
+        unsafe {
+            if fd < 3 + listen {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            } else {
+                libc::close(fd);
+            }
+        }
     }
 }
 

@@ -283,3 +283,63 @@ fn secrets_tokens_and_url_passwords_are_redacted_from_task_output() {
     let log = daemon.wait_for("the long line", |l| l.contains("[cut at 8192 bytes]"));
     assert!(!log.contains(&secret[..25]), "part of the secret leaked at the cut");
 }
+
+/// Issue 10, point 9: a descriptor the daemon was started with (here fd 9, open on a file
+/// holding a canary, not close-on-exec, as a careless parent leaves it) reaches no task.
+/// The task's descriptors are read from outside, in `/proc`.
+#[test]
+fn a_task_sees_only_stdin_stdout_and_stderr() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let scratch = Scratch::new();
+    let leaked = scratch.write("parent-secret", canary());
+    let config = scratch.config(&format!(
+        "tasks:\n  fds:\n    {TRIGGERED}\n    timeout: 30s\n    command: [sleep, '29.125']\n"
+    ));
+    let file = std::fs::File::open(&leaked).unwrap();
+    let raw = file.as_raw_fd();
+    let daemon = scratch.start_daemon_with(&config, move |cmd| {
+        // SAFETY: dup2 is async-signal-safe; `raw` stays open in the test until spawn.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(raw, 9) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    drop(file);
+    let daemon_fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", daemon.pid()))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(
+        !daemon_fds.iter().any(|p| p.contains("parent-secret")),
+        "the daemon kept the inherited descriptor: {daemon_fds:?}"
+    );
+    trigger(&scratch, &config, "fds", false).expect_code(0);
+    let want = b"sleep\x0029.125\x00".to_vec();
+    let deadline = std::time::Instant::now() + crate::harness::PATIENCE;
+    let pid = loop {
+        let found = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .find(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == want));
+        if let Some(entry) = found {
+            break entry.file_name().to_string_lossy().into_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "the task did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+    assert_eq!(fds, [0, 1, 2], "the task inherited more than stdio");
+    daemon.stop();
+}
