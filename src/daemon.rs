@@ -329,8 +329,7 @@ async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::Result<Finis
     let secrets = load_secrets(&config, &env, env_values).await?;
     let weak_secrets = Arc::downgrade(&secrets);
 
-    let bound =
-        socket::bind(&config.socket).map_err(|e| Exit { code: FAILURE, message: e.to_string() })?;
+    let bound = bind_socket(&config, &env)?;
     // History trouble never stops backups: the writer holds records and retries, `status`
     // shows the problem, and the past is what could be read.
     let mut history = History::new(&config.state_dir);
@@ -375,7 +374,7 @@ async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::Result<Finis
     let (events_tx, events) = mpsc::unbounded_channel();
     let runner = Runner {
         broker: broker.clone(),
-        socket: config.socket.clone(),
+        socket: bound.path.clone(),
         base_env,
         home: env.var("HOME").map(PathBuf::from),
         kill_grace: config.kill_grace,
@@ -453,6 +452,29 @@ async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::Result<Finis
         );
     }
     Ok(Finished { stop, secrets: weak_secrets })
+}
+
+/// Binds the socket. When the default directory under `$TMPDIR` (no `XDG_RUNTIME_DIR`) was
+/// taken by another user, binds in a private one instead and records where, rather than let
+/// that user stop the daemon from starting.
+fn bind_socket(config: &Config, env: &Environment) -> anyhow::Result<socket::BoundSocket> {
+    let fail = |e: socket::SocketError| Exit { code: FAILURE, message: e.to_string() };
+    // A record left by an earlier daemon names a socket that is gone.
+    let _ = std::fs::remove_file(config.state_dir.join(socket::RECORD));
+    match socket::bind(&config.socket) {
+        Err(e @ socket::SocketError::UnsafeDir { .. })
+            if env.var("XDG_RUNTIME_DIR").is_none() && config.socket == env.default_socket() =>
+        {
+            warn!(
+                "{e}; binding in a private directory instead, recorded in {} for the clients",
+                config.state_dir.join(socket::RECORD).display()
+            );
+            let bound = socket::bind_private(&config.socket, &config.state_dir).map_err(fail)?;
+            info!(socket = %bound.path.display(), "bound the socket in a private directory");
+            Ok(bound)
+        }
+        other => Ok(other.map_err(fail)?),
+    }
 }
 
 /// Reaps orphaned task processes the daemon adopted as child subreaper. A zombie child that

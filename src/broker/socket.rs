@@ -2,6 +2,11 @@
 //! that we own (refused if it is a symlink, someone else's, or looser), a lock so a second
 //! daemon refuses to start, a stale socket removed only if nothing answers on it, and a bind
 //! under `umask 0177` so the socket is 0600 from its first instant.
+//!
+//! Without `XDG_RUNTIME_DIR` the default directory is `$TMPDIR/backupnizza-$UID`, a name
+//! another user can take first. Then the daemon does not give up: it binds in a directory of
+//! its own with an unpredictable name beside it ([`bind_private`]) and records the socket's
+//! path in `state_dir/socket`, where the clients look for it ([`recorded`]).
 
 use std::fs::File;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -30,10 +35,16 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SocketError + '_ {
     move |source| SocketError::Io { path: path.to_path_buf(), source }
 }
 
-/// The bound socket; removes the socket file when dropped (if it is still ours).
+/// The file in `state_dir` that names the socket when it is not where the task file says.
+pub(crate) const RECORD: &str = "socket";
+
+/// The bound socket; removes the socket file when dropped (if it is still ours), and, for a
+/// private directory, its record, its lock and the directory.
 pub(crate) struct BoundSocket {
     pub listener: std::os::unix::net::UnixListener,
     pub path: PathBuf,
+    /// The record naming `path` and the private directory, when [`bind_private`] was used.
+    private: Option<(PathBuf, PathBuf)>,
     /// Device and inode of the socket we bound, to notice if the path is taken over.
     pub identity: (u64, u64),
     _lock: nix::fcntl::Flock<File>,
@@ -50,6 +61,11 @@ impl Drop for BoundSocket {
     fn drop(&mut self) {
         if self.still_ours() {
             let _ = std::fs::remove_file(&self.path);
+        }
+        if let Some((record, dir)) = &self.private {
+            let _ = std::fs::remove_file(record);
+            let _ = std::fs::remove_file(lock_path(&self.path));
+            let _ = std::fs::remove_dir(dir);
         }
     }
 }
@@ -111,9 +127,63 @@ pub(crate) fn bind(path: &Path) -> Result<BoundSocket, SocketError> {
     Ok(BoundSocket {
         listener,
         path: path.to_path_buf(),
+        private: None,
         identity: (meta.dev(), meta.ino()),
         _lock: lock,
     })
+}
+
+/// Binds in a new 0700 directory beside the wanted one, with an unpredictable name
+/// (`backupnizza-0-3f9c1a7e52d04b18`), and records the socket's path in
+/// `state_dir/socket` (mode 0600) for the clients.
+pub(crate) fn bind_private(wanted: &Path, state_dir: &Path) -> Result<BoundSocket, SocketError> {
+    let dir = wanted.parent().unwrap_or(Path::new("."));
+    let base = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let name = wanted.file_name().unwrap_or_default();
+    let private = loop {
+        let mut suffix = [0u8; 8];
+        let _ = rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut suffix);
+        let hex: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+        let candidate = dir.with_file_name(format!("{base}-{hex}"));
+        // `create` fails if the name exists: nobody can have prepared it for us.
+        match std::fs::DirBuilder::new().mode(0o700).create(&candidate) {
+            Ok(()) => break candidate,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err(&candidate)(e)),
+        }
+    };
+    let mut bound = bind(&private.join(name))?;
+    std::fs::create_dir_all(state_dir).map_err(io_err(state_dir))?;
+    let record = state_dir.join(RECORD);
+    let temp = state_dir.join(format!(".{RECORD}.tmp"));
+    let mut text = bound.path.as_os_str().as_encoded_bytes().to_vec();
+    text.push(b'\n');
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&temp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &text))
+        .and_then(|()| std::fs::rename(&temp, &record))
+        .map_err(io_err(&record))?;
+    bound.private = Some((record, private));
+    Ok(bound)
+}
+
+/// The socket a daemon recorded in `state_dir/socket`, if the record is trustworthy (a
+/// regular file of this user, writable by nobody else) and names a socket that exists.
+pub(crate) fn recorded(state_dir: &Path) -> Option<PathBuf> {
+    let record = state_dir.join(RECORD);
+    let meta = std::fs::symlink_metadata(&record).ok()?;
+    let uid = nix::unistd::getuid().as_raw();
+    if !meta.is_file() || meta.uid() != uid || meta.mode() & 0o022 != 0 {
+        return None;
+    }
+    let text = std::fs::read_to_string(&record).ok()?;
+    let path = PathBuf::from(text.trim_end_matches('\n'));
+    std::fs::symlink_metadata(&path).ok().filter(|m| m.file_type().is_socket()).map(|_| path)
 }
 
 /// `secretbox.sock` → `secretbox.sock.lock` beside it.

@@ -12,8 +12,14 @@ use crate::config::{self, Config, Environment};
 use crate::exit::{Exit, USAGE};
 use crate::protocol::{self, RunBody, RunRef, StatusBody};
 
+/// The daemon's socket: where the task file says, unless the daemon recorded another in
+/// `state_dir` (its default directory was taken by another user).
+fn socket_of(config: &Config) -> std::path::PathBuf {
+    crate::broker::socket::recorded(&config.state_dir).unwrap_or_else(|| config.socket.clone())
+}
+
 fn client_for(config: &Config) -> Client {
-    Client::new(&config.socket, Duration::from_secs(protocol::MAX_WAIT_SECS + 10))
+    Client::new(&socket_of(config), Duration::from_secs(protocol::MAX_WAIT_SECS + 10))
 }
 
 async fn call(client: &Client, method: Method, path: &str) -> anyhow::Result<Response> {
@@ -69,7 +75,7 @@ pub fn status(args: &StatusArgs, env: &Environment) -> anyhow::Result<()> {
             status.pid,
             status.daemon,
             status.started,
-            config.socket.display()
+            socket_of(&config).display()
         )?;
         writeln!(
             out,

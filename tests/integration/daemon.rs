@@ -510,3 +510,65 @@ fn a_trigger_that_races_sigterm_is_refused_or_gets_its_end_record() {
     }
     assert!(accepted > 0, "no trigger was ever accepted: the race was not exercised");
 }
+
+/// Issue 10, point 10: without `XDG_RUNTIME_DIR` the default socket directory is
+/// `$TMPDIR/backupnizza-$UID`, a name another user can create first. That user (uid 65534,
+/// through setpriv) squats it; the daemon still starts, in a private directory it records in
+/// `state_dir`, and the clients and tasks find it.
+#[test]
+fn a_squatted_default_socket_directory_does_not_stop_the_daemon() {
+    if !is_root() {
+        eprintln!("SKIPPED: another user's directory needs root to create");
+        return;
+    }
+    let scratch = Scratch::new();
+    let tmp = scratch.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let uid = nix::unistd::getuid().as_raw();
+    let squatted = tmp.join(format!("backupnizza-{uid}"));
+    let squat = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "mkdir", "-m", "755"])
+        .arg(&squatted)
+        .output()
+        .unwrap();
+    assert!(squat.status.success(), "{}", String::from_utf8_lossy(&squat.stderr));
+    let secret = scratch.path().join("secret");
+    let value = canary();
+    write_private(&secret, value.as_bytes());
+    // No `socket:`: the default applies.
+    let config = scratch.write(
+        "backup.yaml",
+        format!(
+            "state_dir: {}\nsecrets:\n  repo: {{file: {}}}\ntasks:\n  t:\n    {TRIGGERED}\n    secrets: [repo]\n    command: [sh, -c, 'secretbox get repo > got']\n",
+            scratch.path().join("state").display(),
+            secret.display()
+        ),
+    );
+    let unset = |cmd: &mut Command| {
+        cmd.env_remove("XDG_RUNTIME_DIR").env("TMPDIR", &tmp);
+    };
+    let daemon = scratch.start_daemon_with(&config, unset);
+    let log = daemon.log_text();
+    assert!(log.contains("owned by uid 65534"), "{log}");
+    assert!(log.contains("bound the socket in a private directory"), "{log}");
+    let record = std::fs::read_to_string(scratch.path().join("state/socket")).unwrap();
+    let socket = std::path::PathBuf::from(record.trim());
+    assert!(socket.starts_with(&tmp) && !socket.starts_with(&squatted), "{}", socket.display());
+    assert_eq!(std::fs::metadata(socket.parent().unwrap()).unwrap().mode() & 0o777, 0o700);
+    assert!(std::fs::read_dir(&squatted).unwrap().next().is_none(), "nothing in the squat");
+
+    let mut status = scratch.backupnizza(["status", "-c"]).cmd;
+    unset(&mut status);
+    let out = status.arg(&config).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&socket.display().to_string()));
+    let mut run = scratch.backupnizza(["trigger", "--wait", "t", "-c"]).cmd;
+    unset(&mut run);
+    let out = run.arg(&config).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(scratch.path().join("got")).unwrap().trim(), value);
+    assert!(daemon.stop().success());
+    assert!(!socket.exists() && !scratch.path().join("state/socket").exists());
+    assert!(!socket.parent().unwrap().exists(), "the private directory is left behind");
+}
