@@ -123,7 +123,14 @@ pub unsafe fn main(config_path: PathBuf, env: Environment) -> anyhow::Result<()>
     let start = Start { config, env, env_values, base_env, pins, guardian };
     let result = runtime.block_on(async {
         let (stop_tx, stop_rx) = mpsc::channel(1);
-        tokio::spawn(watch_signals(stop_tx));
+        // Installed here, before READY can be sent: a spawned task might not have run yet
+        // when a SIGTERM arrives right after READY, and the default action would kill us.
+        let handlers = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        );
+        tokio::spawn(watch_signals(handlers, stop_tx));
         serve(start, stop_rx).await
     });
     // Runs have finished or been killed; do not wait for stray blocking threads.
@@ -300,12 +307,14 @@ struct Finished {
 }
 
 /// Turns SIGTERM and SIGINT into a stop request; SIGHUP is only logged.
-async fn watch_signals(stop: mpsc::Sender<Stop>) {
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
+type Handlers = (
+    std::io::Result<tokio::signal::unix::Signal>,
+    std::io::Result<tokio::signal::unix::Signal>,
+    std::io::Result<tokio::signal::unix::Signal>,
+);
+
+async fn watch_signals(handlers: Handlers, stop: mpsc::Sender<Stop>) {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = handlers else {
         error!("cannot install signal handlers");
         let _ = stop.send(Stop::Signal("a signal-handler failure")).await;
         return;

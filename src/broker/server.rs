@@ -9,9 +9,10 @@
 //! (briefly), and every connection task has ended before `serve` returns, so nothing it held
 //! (the broker, and through it the secrets) outlives the server.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -60,6 +61,36 @@ impl Default for Limits {
 
 /// How long open connections get to finish their current response at shutdown.
 const DRAIN: Duration = Duration::from_secs(1);
+/// Connections one process may hold at once: `secretbox` needs one, a tool speaking the
+/// protocol itself a few; more is a flood.
+pub(crate) const PER_PROCESS: usize = 64;
+/// Connections kept for task processes: processes outside the tasks (a flood from many of
+/// them) fill at most the rest, so a task's redemption always finds room.
+pub(crate) const KEPT_FOR_TASKS: usize = 256;
+/// Least time between two log lines about refused connections.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Which limit a new connection ran into.
+fn over_limit(
+    broker: &Broker,
+    open: usize,
+    of_this_process: usize,
+    pid: Option<u32>,
+) -> Option<&'static str> {
+    let max = broker.limits().max_connections;
+    if open >= max {
+        return Some("the daemon's connection limit");
+    }
+    if of_this_process >= PER_PROCESS {
+        return Some("the per-process connection limit");
+    }
+    // Only near the limit is the ancestry read (it costs a walk of /proc).
+    if open >= max.saturating_sub(KEPT_FOR_TASKS) && !pid.is_some_and(|p| broker.is_task_process(p))
+    {
+        return Some("the share of connections kept for task processes");
+    }
+    None
+}
 
 /// What a connection's handlers share: the broker, and the daemon's control handle (absent
 /// when the broker is served alone, as in the broker tests and the fuzz target).
@@ -86,12 +117,24 @@ pub(crate) async fn serve_with(
     control: Option<Control>,
     shutdown: CancellationToken,
 ) {
-    let max = broker.limits().max_connections;
     let shared = Arc::new(Shared { broker, control });
-    let mut connections = JoinSet::new();
+    let mut connections: JoinSet<Option<u32>> = JoinSet::new();
+    // Open connections by peer pid; owned by this loop alone.
+    let mut per_process: HashMap<Option<u32>, usize> = HashMap::new();
+    let mut refused: u64 = 0;
+    let mut last_refusal_log: Option<Instant> = None;
     loop {
         // Finished connections leave the set here, so it holds only live ones.
-        while connections.try_join_next().is_some() {}
+        while let Some(done) = connections.try_join_next() {
+            if let Ok(pid) = done
+                && let Some(n) = per_process.get_mut(&pid)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    per_process.remove(&pid);
+                }
+            }
+        }
         let accepted = tokio::select! {
             a = listener.accept() => a,
             () = shutdown.cancelled() => break,
@@ -105,11 +148,35 @@ pub(crate) async fn serve_with(
                 continue;
             }
         };
-        if connections.len() >= max {
-            warn!(limit = max, "too many connections; closing a new one");
+        let peer = match Peer::of(&stream) {
+            Ok(peer) => peer,
+            Err(e) => {
+                warn!(error = %e, "cannot read the credentials of a connecting peer; closing");
+                continue;
+            }
+        };
+        let mine = per_process.get(&peer.pid).copied().unwrap_or(0);
+        if let Some(limit) = over_limit(&shared.broker, connections.len(), mine, peer.pid) {
+            refused += 1;
+            if last_refusal_log.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
+                warn!(
+                    peer_pid = peer.pid.unwrap_or_default(),
+                    open = connections.len(),
+                    refused,
+                    "closed a new connection: {limit} is reached (one line per {}s at most; `refused` counts them all)",
+                    REFUSAL_LOG_EVERY.as_secs()
+                );
+                last_refusal_log = Some(Instant::now());
+            }
             continue;
         }
-        connections.spawn(serve_connection(stream, shared.clone(), shutdown.clone()));
+        *per_process.entry(peer.pid).or_default() += 1;
+        let (shared, shutdown) = (shared.clone(), shutdown.clone());
+        connections.spawn(async move {
+            let pid = peer.pid;
+            serve_connection(stream, peer, shared, shutdown).await;
+            pid
+        });
     }
     drop(listener);
     // Each connection saw the cancellation and is finishing its response; whatever is
@@ -125,16 +192,10 @@ pub(crate) async fn serve_with(
 
 async fn serve_connection(
     mut stream: tokio::net::UnixStream,
+    peer: Peer,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    let peer = match Peer::of(&stream) {
-        Ok(peer) => peer,
-        Err(e) => {
-            warn!(error = %e, "cannot read the credentials of a connecting peer; closing");
-            return;
-        }
-    };
     if peer.uid != shared.broker.uid {
         // Another user (the socket must have been loosened): answer without parsing a byte.
         warn!(peer_pid = peer.pid.unwrap_or_default(), peer_uid = peer.uid, exe = %peer.exe(), "refused a connection from another user");

@@ -208,6 +208,10 @@ fn leftovers_that_outlived_the_daemon_and_its_guardian_are_stopped_at_restart() 
                     || run_id_of(pid).as_deref() != Some(first_run.as_str())
             });
         }
+        // The record is written by the history thread, which may lag behind the log.
+        wait_until("the interrupted record", || {
+            records_of(&history(&scratch), "end").iter().any(|e| e["run_id"] == first_run.as_str())
+        });
         let records = history(&scratch);
         let end = records_of(&records, "end")
             .into_iter()

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -310,4 +311,83 @@ fn two_hundred_tasks_every_second_for_two_minutes_give_one_start_and_one_end_per
     );
     assert!(never.is_empty(), "{report}\ntasks that never ran: {never:?}");
     eprintln!("load guard: {report}");
+}
+
+/// Issue 10, point 6: 2,048 idle connections from one same-user process filled the daemon's
+/// connection limit and the next redemption failed. Now one process may hold 64, and the last
+/// 256 connections are kept for task processes: a flood from 40 processes outside the tasks
+/// (each keeping 100 connections open, reopening any the daemon closes) never blocks a
+/// task's redemption. (A user's own `status` or `trigger` may be refused during such a
+/// flood; the task is triggered before it starts.)
+#[test]
+fn a_flood_of_connections_from_outside_the_tasks_never_blocks_a_redemption() {
+    let scratch = Scratch::new();
+    let secret = scratch.path().join("s0");
+    write_private(&secret, canary().as_bytes());
+    let go = scratch.path().join("go");
+    let config = scratch.config(&format!(
+        "secrets:\n  s0: {{file: {}}}\ntasks:\n  waits:\n    {TRIGGERED}\n    secrets: [s0]\n    command: [sh, -c, 'while [ ! -e {} ]; do sleep 0.1; done; secretbox get s0 >/dev/null']\n",
+        secret.display(),
+        go.display()
+    ));
+    let daemon = scratch.start_daemon(&config);
+    trigger(&scratch, &config, "waits", false).expect_code(0);
+    let flood = r#"
+import os, socket, sys, time
+path = sys.argv[1]
+for _ in range(39):
+    if os.fork() == 0:
+        break
+held = []
+while True:
+    alive = []
+    for s in held:
+        try:
+            if s.recv(1, socket.MSG_DONTWAIT) == b"":
+                s.close()
+                continue
+        except BlockingIOError:
+            pass
+        except OSError:
+            s.close()
+            continue
+        alive.append(s)
+    held = alive
+    while len(held) < 100:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(path)
+        except OSError:
+            s.close()
+            break
+        held.append(s)
+    time.sleep(0.05)
+"#;
+    let mut flooder = Command::new("python3")
+        .arg("-c")
+        .arg(flood)
+        .arg(&daemon.socket)
+        .process_group(0)
+        .spawn()
+        .expect("python3 is installed (.ci/run installs it)");
+    let flooding = || {
+        daemon.wait_for("the flood to fill the general share", |l| {
+            l.contains("the share of connections kept for task processes")
+        })
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let log = flooding();
+        assert!(log.contains("the per-process connection limit"), "{log}");
+        std::fs::write(&go, "").unwrap();
+        daemon.wait_for("the task's redemption", |l| l.contains("run ended"))
+    }));
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(flooder.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = flooder.wait();
+    let log = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    assert!(log.contains("secret redeemed"), "{log}");
+    let records = crate::harness::history(&scratch);
+    assert!(records.iter().any(|r| r["type"] == "end" && r["status"] == "success"), "{records:#?}");
 }
