@@ -142,7 +142,11 @@ pub(super) enum Fields {
 }
 
 impl<'writer> FormatFields<'writer> for Fields {
-    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'writer>, fields: R) -> fmt::Result {
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> fmt::Result {
         let collected = Collect::of(fields);
         match self {
             Fields::Text => collected.write_text(&mut writer),

@@ -368,7 +368,10 @@ fn secrets_with_quotes_backslashes_and_newlines_are_masked_in_every_format() {
         }
         for (place, text) in &places {
             for needle in &forbidden {
-                assert!(!text.contains(needle.as_str()), "{format}: {place} holds {needle:?}\n{text}");
+                assert!(
+                    !text.contains(needle.as_str()),
+                    "{format}: {place} holds {needle:?}\n{text}"
+                );
             }
             // No fragment either: each line carries a canary no mask leaves behind.
             for canary in [&one, &two, &three, &four] {
