@@ -258,9 +258,12 @@ async fn load_secrets(
     let mut weak = Vec::new();
     let mut stderr = Vec::new();
     for spec in &config.secrets {
-        let loaded = secrets::load_one(spec, env, &mut env_values)
-            .await
-            .map_err(|e| Exit { code: FAILURE, message: e.to_string() })?;
+        // An error may quote a command's stderr, which may hold a secret loaded before this
+        // one: masked with what is loaded so far, since the redactor knows nothing yet.
+        let loaded = secrets::load_one(spec, env, &mut env_values).await.map_err(|e| Exit {
+            code: FAILURE,
+            message: crate::redact::redact_with(&e.to_string(), Some(&store)).into_owned(),
+        })?;
         weak.extend(
             store
                 .insert(&spec.name, &loaded.value)
@@ -272,7 +275,9 @@ async fn load_secrets(
     report_weaknesses(&weak, config.strict_memory)?;
     let store = Arc::new(store);
     crate::redact::register(store.clone());
-    // Logged only now, so the redactor masks any value a command echoed on stderr.
+    // Logged only now, once every value is known to the redactor: a command's stderr may echo
+    // its own value or one loaded after it. Each line is masked raw before it is formatted
+    // (see `logging`), and each line of a multi-line value is a needle of its own.
     for (name, line) in stderr {
         info!(secret = %name, "secret command said: {line}");
     }

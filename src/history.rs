@@ -69,6 +69,30 @@ pub(crate) enum Record {
     Daemon { event: DaemonEvent, at: String, pid: u32 },
 }
 
+impl Record {
+    /// The record with its free text (a run's reason and stderr tail, a skip's detail)
+    /// masked raw, before JSON escapes it: callers redact what they pass, and this makes the
+    /// file safe whatever they pass. The serialized line is not masked again: every string in
+    /// it has been, and masking JSON text could cut a record's structure.
+    pub(crate) fn redacted(&self) -> Record {
+        let mut record = self.clone();
+        let mask = |text: &mut String| {
+            if let std::borrow::Cow::Owned(clean) = crate::redact::redact(text) {
+                *text = clean;
+            }
+        };
+        match &mut record {
+            Record::End { reason, stderr_tail, .. } => {
+                mask(reason);
+                stderr_tail.iter_mut().for_each(mask);
+            }
+            Record::Skip { detail, .. } => mask(detail),
+            Record::Start { .. } | Record::Daemon { .. } => {}
+        }
+        record
+    }
+}
+
 /// Why occurrences did not run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -203,7 +227,8 @@ impl History {
     /// Appends a record durably, or leaves the file as it was and says why. History is never
     /// a reason to fail a backup: the caller logs and retries.
     pub(crate) fn append(&mut self, record: &Record) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+        let record = record.redacted();
+        let mut line = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
         line.push(b'\n');
         if self.file.is_none() {
             self.open()?;

@@ -17,7 +17,7 @@
 //!    guardian process should the daemon die; interrupted runs are settled at the next
 //!    start), and records and reports the result ([`history`],
 //!    metrics, notifications, systemd readiness); [`redact`] masks secrets in everything
-//!    written anywhere ([`logging`]).
+//!    written anywhere, before it is formatted ([`logging`]).
 //!
 //! The clients: `secretbox` ([`client`]) redeems a token; `backupnizza status`, `trigger`,
 //! `history`, `explain`, `validate`, `next`, `secret`, `service`, `completions` and `man`

@@ -1,5 +1,9 @@
 //! Logging: `tracing` to stderr, one line per event, text or JSON, every line redacted.
 //!
+//! Redaction happens twice: each field's raw value is masked before it is quoted or
+//! JSON-encoded ([`fields`]), and the finished line is masked again, for the escaped forms
+//! of each secret, by the writer ([`RedactingStderr`]).
+//!
 //! The level comes from `BACKUPNIZZA_LOG` when set, else the task file. ANSI colours only on
 //! a terminal: under systemd or launchd stderr is a pipe or the journal and gets plain lines.
 
@@ -9,6 +13,8 @@ use tracing::level_filters::LevelFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::{LogFormat, LogLevel, LogSettings};
+
+mod fields;
 
 /// Installs the global subscriber. Later calls do nothing (tests start several daemons).
 pub(crate) fn init(settings: LogSettings) {
@@ -29,13 +35,16 @@ pub(crate) fn init(settings: LogSettings) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let _ = match settings.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.fmt_fields(fields::Fields::Text).try_init(),
+        LogFormat::Json => {
+            builder.fmt_fields(fields::Fields::Json).event_format(fields::JsonLine).try_init()
+        }
     };
 }
 
-/// Hands out one buffer per event; the buffer is redacted and written in one piece on drop,
-/// so lines from concurrent tasks never interleave.
+/// Hands out one buffer per event; the buffer is redacted (the second net: raw values and
+/// their escaped forms) and written in one piece on drop, so lines from concurrent tasks
+/// never interleave.
 struct RedactingStderr;
 
 impl<'a> MakeWriter<'a> for RedactingStderr {

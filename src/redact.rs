@@ -1,11 +1,20 @@
 //! Redaction: every loaded secret value, every token, and the password part of any URL with
-//! credentials are replaced by `***` in log lines, captured child output and run history.
+//! credentials are replaced by `***` in log lines, captured child output, run history,
+//! notifications and metrics.
 //!
-//! The redactor reads secret values from the locked store itself (it holds no copies). It is
-//! process-global because the log writer, created before secrets load, needs it.
+//! A secret is looked for raw and in the escaped forms a formatter gives it ([`escaped_forms`]:
+//! JSON as serde_json, Python and Go write it, and Rust's `{:?}`), whole and line by line.
+//! Callers mask raw text before they format it (a JSON escaper turns `"` into `\"`, and the
+//! raw value is then no longer there to find); the escaped forms are a second net over
+//! formatted text, and catch a task that prints its secret JSON-encoded. The redactor reads
+//! the values from the locked store itself (it holds no copies; the escaped forms live on
+//! locked pages there too). It is process-global because the log writer, created before
+//! secrets load, needs it.
 
 use std::borrow::Cow;
 use std::sync::{Arc, RwLock};
+
+use zeroize::Zeroizing;
 
 use crate::broker::Secrets;
 use crate::broker::vault::TOKEN_PREFIX;
@@ -48,6 +57,88 @@ pub(crate) fn redact_with<'a>(text: &'a str, secrets: Option<&Secrets>) -> Cow<'
         && let Cow::Owned(s) = mask_url_passwords(&out)
     {
         out = Cow::Owned(s);
+    }
+    out
+}
+
+/// The ways a formatter may write `text` that differ from `text` itself, distinct: JSON as
+/// serde_json and `JSON.stringify` write it (`\"`, `\\`, `\n`, `\t`, `\u001b`), JSON with
+/// every non-ASCII character as `\uXXXX` (Python's `json.dumps`), JSON as Go writes it (also
+/// `<`, `>`, `&`, U+2028 and U+2029 as `\uXXXX`: restic and rclone are Go), and Rust's
+/// `{:?}` (the text log's `field=?value`). Each is built in a buffer reserved up front, so no
+/// reallocation leaves an unzeroed copy behind.
+pub(crate) fn escaped_forms(text: &str) -> Vec<Zeroizing<String>> {
+    let candidates = [
+        escape_json(text, Json::Plain),
+        escape_json(text, Json::Ascii),
+        escape_json(text, Json::Go),
+        escape_debug(text),
+    ];
+    let mut forms: Vec<Zeroizing<String>> = Vec::with_capacity(candidates.len());
+    for form in candidates {
+        if form.as_str() != text && !forms.iter().any(|f| f.as_str() == form.as_str()) {
+            forms.push(form);
+        }
+    }
+    forms
+}
+
+/// What a JSON writer escapes beyond `"`, `\\` and control characters.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Json {
+    Plain,
+    Ascii,
+    Go,
+}
+
+/// The most bytes one input byte becomes: a control byte as `\u001b` is 6; a 4-byte
+/// character as a surrogate pair (12) or `\u{10ffff}` (10) is less per byte.
+const MAX_ESCAPE_PER_BYTE: usize = 6;
+
+fn reserved(text: &str) -> Zeroizing<String> {
+    Zeroizing::new(String::with_capacity(text.len() * MAX_ESCAPE_PER_BYTE))
+}
+
+fn escape_json(text: &str, style: Json) -> Zeroizing<String> {
+    use std::fmt::Write as _;
+    let mut out = reserved(text);
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' if style == Json::Go => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c if !c.is_ascii() && style == Json::Ascii => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    let _ = write!(out, "\\u{unit:04x}");
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// As `format!("{text:?}")` without the quotes: `str`'s `Debug` escapes like
+/// `char::escape_debug` except that it leaves `'` alone.
+fn escape_debug(text: &str) -> Zeroizing<String> {
+    let mut out = reserved(text);
+    for c in text.chars() {
+        if c == '\'' {
+            out.push(c);
+        } else {
+            out.extend(c.escape_debug());
+        }
     }
     out
 }
@@ -154,6 +245,42 @@ mod tests {
         s.insert("pem", b"-----BEGIN KEY-----\nMIIEvQIBADANBgkq\n-----END KEY-----\n").unwrap();
         let got = redact_with("a xabcyz b abc c MIIEvQIBADANBgkq d", Some(&s));
         assert_eq!(got, "a *** b *** c *** d");
+    }
+
+    /// A secret with everything a formatter escapes: quotes, a backslash, a tab, a newline,
+    /// an escape character, `<&>`, non-ASCII (one and two UTF-16 units) and a line separator.
+    const AWKWARD: &str = "pre\"quo'te\\back\ttab\u{1b}esc <&> é🔑\u{2028}\nsecond-line-of-it";
+
+    #[test]
+    fn escaped_forms_are_what_serde_json_python_go_and_debug_write() {
+        let forms = escaped_forms(AWKWARD);
+        let json = serde_json::to_string(AWKWARD).unwrap();
+        let debug = format!("{AWKWARD:?}");
+        let expected = [
+            &json[1..json.len() - 1],
+            r#"pre\"quo'te\\back\ttab\u001besc <&> \u00e9\ud83d\udd11\u2028\nsecond-line-of-it"#,
+            r#"pre\"quo'te\\back\ttab\u001besc \u003c\u0026\u003e é🔑\u2028\nsecond-line-of-it"#,
+            &debug[1..debug.len() - 1],
+        ];
+        let got: Vec<&str> = forms.iter().map(|f| f.as_str()).collect();
+        assert_eq!(got, expected);
+        assert!(escaped_forms("plain-ascii-password").is_empty(), "a plain value has no forms");
+    }
+
+    #[test]
+    fn every_escaped_form_of_a_value_and_of_its_lines_is_masked() {
+        let mut s = Secrets::empty();
+        s.insert("awkward", AWKWARD.as_bytes()).unwrap();
+        let first = AWKWARD.lines().next().unwrap();
+        let mut shown = vec![AWKWARD.to_string(), first.to_string()];
+        for text in [AWKWARD, first] {
+            shown.extend(escaped_forms(text).iter().map(|f| f.to_string()));
+        }
+        for text in shown {
+            let got = redact_with(&text, Some(&s));
+            assert_eq!(got.replace('\n', ""), MASK.repeat(got.matches(MASK).count()), "{text:?}");
+            assert!(!got.contains("second-line") && !got.contains("quo'te"), "{got:?}");
+        }
     }
 
     #[test]

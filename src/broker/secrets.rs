@@ -26,10 +26,21 @@ pub const MAX_SECRET_LEN: usize = 64 * 1024;
 /// The loaded secrets, immutable once loaded.
 pub struct Secrets {
     by_name: HashMap<String, SecretBox<LockedBytes>>,
+    /// The escaped forms of each value and of each of its lines (see
+    /// [`crate::redact::escaped_forms`]), concatenated on locked pages of their own: they are
+    /// copies of the secret. A value with no special characters has none.
+    forms: HashMap<String, SecretBox<LockedBytes>>,
     /// What the redactor looks for, longest first (so a secret containing another is masked
-    /// whole): each value, and each line of a multi-line value (PEM keys, JSON credentials),
-    /// as (name, start, end) ranges into the locked values.
-    needles: Vec<(String, usize, usize)>,
+    /// whole): each value, each line of a multi-line value (PEM keys, JSON credentials), and
+    /// the escaped forms of both, as (name, where, start, end) ranges into the locked bytes.
+    needles: Vec<(String, In, usize, usize)>,
+}
+
+/// Which locked bytes a needle's range points into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum In {
+    Value,
+    Forms,
 }
 
 impl fmt::Debug for Secrets {
@@ -42,7 +53,7 @@ impl fmt::Debug for Secrets {
 
 impl Secrets {
     pub fn empty() -> Secrets {
-        Secrets { by_name: HashMap::new(), needles: Vec::new() }
+        Secrets { by_name: HashMap::new(), forms: HashMap::new(), needles: Vec::new() }
     }
 
     pub fn get(&self, name: &str) -> Option<&SecretBox<LockedBytes>> {
@@ -58,30 +69,67 @@ impl Secrets {
     }
 
     /// What the redactor masks, longest first: every value, and every line (8 bytes or more)
-    /// of multi-line values. Callers must not log or copy what they get.
+    /// of multi-line values, raw and in the escaped forms a log format or a task's JSON
+    /// would give them. Callers must not log or copy what they get.
     pub fn needles(&self) -> impl Iterator<Item = &[u8]> {
-        self.needles.iter().filter_map(|(name, start, end)| {
-            Some(&self.by_name.get(name)?.expose_secret().as_bytes()[*start..*end])
+        self.needles.iter().filter_map(|(name, source, start, end)| {
+            let bytes = match source {
+                In::Value => self.by_name.get(name)?,
+                In::Forms => self.forms.get(name)?,
+            };
+            bytes.expose_secret().as_bytes().get(*start..*end)
         })
     }
 
-    /// Adds a value, copying it onto locked pages.
+    /// Adds a value, copying it (and its escaped forms) onto locked pages.
     pub fn insert(&mut self, name: &str, value: &[u8]) -> std::io::Result<Vec<Weakness>> {
-        let (locked, weak) = LockedBytes::new(value)?;
+        let (locked, mut weak) = LockedBytes::new(value)?;
         self.by_name.insert(name.to_string(), SecretBox::new(Box::new(locked)));
-        self.needles.retain(|(n, _, _)| n != name);
-        self.needles.push((name.to_string(), 0, value.len()));
+        self.forms.remove(name);
+        self.needles.retain(|(n, ..)| n != name);
+        // The whole value, then each line long enough not to mask ordinary words.
+        let mut pieces = vec![(0, value.len())];
         if value.contains(&b'\n') {
             let mut start = 0;
             for line in value.split(|b| *b == b'\n') {
                 let trimmed = line.strip_suffix(b"\r").unwrap_or(line);
                 if trimmed.len() >= 8 && trimmed.len() < value.len() {
-                    self.needles.push((name.to_string(), start, start + trimmed.len()));
+                    pieces.push((start, start + trimmed.len()));
                 }
                 start += line.len() + 1;
             }
         }
-        self.needles.sort_by_key(|(_, start, end)| std::cmp::Reverse(end - start));
+        let mut forms: Zeroizing<Vec<u8>> = Zeroizing::new(Vec::new());
+        let mut form_ranges = Vec::new();
+        for &(start, end) in &pieces {
+            self.needles.push((name.to_string(), In::Value, start, end));
+            // A value that is not UTF-8 is never escaped by a formatter as text.
+            let Ok(text) = std::str::from_utf8(&value[start..end]) else { continue };
+            for form in crate::redact::escaped_forms(text) {
+                if form.as_bytes() == text.as_bytes() {
+                    continue;
+                }
+                // Grown by hand, never by a reallocation that would leave an unzeroed copy.
+                if forms.capacity() - forms.len() < form.len() {
+                    let mut bigger = Zeroizing::new(Vec::with_capacity(
+                        (forms.len() + form.len()).max(2 * forms.capacity()),
+                    ));
+                    bigger.extend_from_slice(&forms);
+                    forms = bigger;
+                }
+                form_ranges.push((forms.len(), forms.len() + form.len()));
+                forms.extend_from_slice(form.as_bytes());
+            }
+        }
+        if !forms.is_empty() {
+            let (locked, more) = LockedBytes::new(&forms)?;
+            weak.extend(more);
+            self.forms.insert(name.to_string(), SecretBox::new(Box::new(locked)));
+            for (start, end) in form_ranges {
+                self.needles.push((name.to_string(), In::Forms, start, end));
+            }
+        }
+        self.needles.sort_by_key(|(_, _, start, end)| std::cmp::Reverse(end - start));
         Ok(weak)
     }
 }
@@ -319,9 +367,19 @@ async fn run_command(
         .collect();
     if !status.success() {
         // The command's stderr usually says why ("gpg: decryption failed", "not signed in").
+        // It may also echo what it printed on stdout, a value the redactor will never know:
+        // masked here with that value, raw and escaped, or left out if that cannot be done.
+        trim_newline(&mut value);
         let hint = stderr_lines
             .last()
-            .map(|l| format!(" (its last stderr line: {l})"))
+            .and_then(|l| {
+                let mut own = Secrets::empty();
+                own.insert(&spec.name, &value).ok()?;
+                Some(format!(
+                    " (its last stderr line: {})",
+                    crate::redact::redact_with(l, Some(&own))
+                ))
+            })
             .unwrap_or_default();
         return Err(SecretError::new(
             spec,

@@ -52,8 +52,12 @@ pub(crate) fn render(
                 let _ = writeln!(out, "{name}{labels} {value}");
             }
         };
-    let label =
-        |task: &str| format!("{{task=\"{}\"}}", task.replace('\\', "\\\\").replace('"', "\\\""));
+    // Masked raw, before the exposition format escapes it (a task name is no secret, but
+    // this file is world-readable).
+    let label = |task: &str| {
+        let task = crate::redact::redact(task);
+        format!("{{task=\"{}\"}}", task.replace('\\', "\\\\").replace('"', "\\\""))
+    };
     let per_task = |f: &dyn Fn(&TaskMetrics) -> Option<f64>| -> Vec<(String, f64)> {
         tasks.iter().filter_map(|(name, m)| f(m).map(|v| (label(name), v))).collect()
     };

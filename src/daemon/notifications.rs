@@ -39,6 +39,23 @@ pub(crate) struct RunFacts {
     pub rid: String,
 }
 
+impl RunFacts {
+    /// The facts with their free text (reason, stderr tail) masked raw, before the ping body
+    /// joins it or the webhook's JSON escapes it.
+    fn redacted(mut self) -> RunFacts {
+        let mask = |text: &mut String| {
+            if let std::borrow::Cow::Owned(clean) = crate::redact::redact(text) {
+                *text = clean;
+            }
+        };
+        mask(&mut self.reason);
+        if let Some(tail) = self.stderr_tail.as_mut() {
+            tail.iter_mut().for_each(mask);
+        }
+        self
+    }
+}
+
 /// A fresh UUIDv4 for pairing pings.
 pub(crate) fn new_rid() -> String {
     let mut b = [0u8; 16];
@@ -108,6 +125,7 @@ pub(crate) fn send(
     if ping.is_none() && webhook.is_none() {
         return None;
     }
+    let facts = facts.redacted();
     let deliver_all = move || {
         let agent = ureq::AgentBuilder::new().timeout(timeout).build();
         if let Some(base) = ping {

@@ -424,6 +424,30 @@ fn a_secret_that_cannot_be_loaded_stops_start_up_with_a_fix() {
     }
 }
 
+/// Regression (issue 10): a failing secret command's error quotes its last stderr line, and
+/// start-up stops before the redactor knows any value, so a command that echoed its own
+/// output, or a secret loaded before it, put them in the log. Both are masked now, in the
+/// JSON log whose escaping hid values with quotes from the old mask.
+#[test]
+fn a_failing_secret_command_that_echoes_secrets_on_stderr_leaks_neither() {
+    let scratch = Scratch::new();
+    let (early, own) = (format!("{}\"é\\", canary()), format!("{}\"🔑", canary()));
+    write_private(&scratch.path().join("early"), early.as_bytes());
+    scratch.write("own", &own);
+    let config = scratch.config(&format!(
+        "log: {{format: json}}\nsecrets:\n  early: {{file: {dir}/early}}\n  late: {{command: [sh, -c, 'cat {dir}/own; echo \"$(cat {dir}/own) $(cat {dir}/early)\" >&2; exit 3']}}\ntasks:\n  t:\n    {TRIGGERED}\n    command: [true]\n    secrets: [early, late]\n",
+        dir = scratch.path().display()
+    ));
+    let log = scratch.path().join("daemon.log");
+    let status = scratch.daemon_command(&config, &log).status().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(text.contains("its last stderr line: *** ***"), "{text}");
+    for value in [&early, &own] {
+        assert!(!text.contains(&value[7..39]), "{text}");
+    }
+}
+
 /// The Secret Service runs only inside `.ci/test`'s private D-Bus session.
 fn require_secret_service() {
     assert!(

@@ -9,16 +9,16 @@ use std::sync::{Arc, Mutex};
 use crate::harness::{Scratch, TRIGGERED, canary, write_private};
 
 /// A recorded request: method, path with query, body.
-type Request = (String, String, Vec<u8>);
+pub(crate) type Request = (String, String, Vec<u8>);
 
 /// A plain HTTP server on 127.0.0.1 that records every request and answers 200.
-struct HttpSink {
-    url: String,
+pub(crate) struct HttpSink {
+    pub(crate) url: String,
     requests: Arc<Mutex<Vec<Request>>>,
 }
 
 impl HttpSink {
-    fn start() -> HttpSink {
+    pub(crate) fn start() -> HttpSink {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let requests: Arc<Mutex<Vec<Request>>> = Arc::default();
@@ -56,7 +56,7 @@ impl HttpSink {
         HttpSink { url, requests }
     }
 
-    fn wait_for(&self, count: usize) -> Vec<Request> {
+    pub(crate) fn wait_for(&self, count: usize) -> Vec<Request> {
         let deadline = std::time::Instant::now() + crate::harness::PATIENCE;
         loop {
             let got = self.requests.lock().unwrap().clone();

@@ -343,3 +343,100 @@ fn a_task_sees_only_stdin_stdout_and_stderr() {
     assert_eq!(fds, [0, 1, 2], "the task inherited more than stdio");
     daemon.stop();
 }
+
+/// A value's forms as a formatter may write them: raw, JSON (serde_json, minus the quotes),
+/// JSON with non-ASCII as `\uXXXX` (Python's default), and Rust's `{:?}`.
+fn written_forms(value: &str) -> Vec<String> {
+    let json = serde_json::to_string(value).unwrap();
+    let json = json[1..json.len() - 1].to_string();
+    let mut ascii = String::new();
+    for c in json.chars() {
+        if c.is_ascii() {
+            ascii.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                ascii.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    let debug = format!("{value:?}");
+    vec![value.to_string(), json, ascii, debug[1..debug.len() - 1].to_string()]
+}
+
+/// Regression (issue 10): with `log: {format: json}` a secret holding `"` or `\` reached the
+/// log, because masking ran on the line after JSON had escaped them; a `command:` source's
+/// stderr went the same way. The secrets here hold quotes, a backslash, a tab, a newline and
+/// non-ASCII; a task prints one raw and in its escaped forms, whole and line by line, on
+/// stdout and stderr, and a secret command echoes its value on stderr. Neither log format,
+/// the history, the output file, the webhook nor the metrics file may hold any form of any
+/// line, and the task still gets its secret (it proves so with a digest).
+#[test]
+fn secrets_with_quotes_backslashes_and_newlines_are_masked_in_every_format() {
+    for format in ["json", "text"] {
+        let scratch = Scratch::new();
+        let sink = crate::home::HttpSink::start();
+        let (one, two, three, four) = (canary(), canary(), canary(), canary());
+        let secret = format!("{one}\"quote\\back\ttab é🔑\nsecond-{two}");
+        let said = format!("{three}'said\"\\ 🔑\nits-own-{four}");
+        crate::harness::write_private(&scratch.path().join("pw"), secret.as_bytes());
+        scratch.write("said", format!("{said}\n"));
+        let mut shown = Vec::new();
+        for text in [secret.as_str(), secret.lines().next().unwrap()] {
+            shown.extend(written_forms(text));
+        }
+        scratch.write("forms", shown.join("\n") + "\n");
+        let config = scratch.config(&format!(
+            "log: {{format: {format}}}\nmetrics_textfile: {metrics}\nsecrets:\n  pw: {{file: {pw}}}\n  said: {{command: [sh, -c, 'cat {dir}/said; cat {dir}/said >&2']}}\ntasks:\n  leaky:\n    {TRIGGERED}\n    secrets: [pw]\n    output_file: out.log\n    notify: {{webhook: {url}/hook, send_logs: true}}\n    command: [sh, -c, 'v=$(secretbox get pw) || exit 9; printf \"%s\\n\" \"$v\"; printf \"%s\\n\" \"$v\" >&2; cat {dir}/forms; cat {dir}/forms >&2; echo \"digest $(printf %s \"$v\" | sha256sum)\"; exit 1']\n",
+            metrics = scratch.path().join("metrics.prom").display(),
+            pw = scratch.path().join("pw").display(),
+            url = sink.url,
+            dir = scratch.path().display(),
+        ));
+        let daemon = scratch.start_daemon(&config);
+        trigger(&scratch, &config, "leaky", true).expect_code(1);
+        let log = daemon.wait_for("the run's end", |l| l.contains("run ended"));
+        let requests = sink.wait_for(2);
+        assert!(daemon.stop().success());
+        // The legitimate path: the task got the exact value through secretbox.
+        let digest = crate::harness::sha256_hex(secret.as_bytes());
+        assert!(log.contains(&format!("digest {digest}")), "{format}: no digest\n{log}");
+        assert!(log.contains("secret command said: ***"), "{format}: the command's stderr\n{log}");
+        let history = std::fs::read_to_string(scratch.path().join("state/history.jsonl")).unwrap();
+        let end = records(&crate::harness::history(&scratch), "end", "leaky")[0].clone();
+        let tail = end["stderr_tail"].as_array().unwrap();
+        assert!(tail.len() >= 5 && tail.iter().all(|l| l == "***"), "{format}: {end}");
+        let webhook = requests
+            .iter()
+            .map(|(_, _, body)| String::from_utf8_lossy(body).into_owned())
+            .find(|b| b.contains("\"event\":\"end\""))
+            .unwrap_or_else(|| panic!("{format}: no end webhook: {requests:?}"));
+        assert!(webhook.contains("\"stderr_tail\":[\"***\""), "{format}: {webhook}");
+        let places = [
+            ("log", log),
+            ("history", history),
+            ("output file", std::fs::read_to_string(scratch.path().join("state/out.log")).unwrap()),
+            ("webhook", webhook),
+            ("metrics", std::fs::read_to_string(scratch.path().join("metrics.prom")).unwrap()),
+        ];
+        let mut forbidden = Vec::new();
+        for value in [&secret, &said] {
+            for line in value.lines() {
+                forbidden.extend(written_forms(line));
+            }
+            forbidden.extend(written_forms(value));
+        }
+        for (place, text) in &places {
+            for needle in &forbidden {
+                assert!(
+                    !text.contains(needle.as_str()),
+                    "{format}: {place} holds {needle:?}\n{text}"
+                );
+            }
+            // No fragment either: each line carries a canary no mask leaves behind.
+            for canary in [&one, &two, &three, &four] {
+                assert!(!text.contains(&canary[7..]), "{format}: {place} holds part of a line");
+            }
+        }
+    }
+}
