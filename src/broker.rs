@@ -122,6 +122,17 @@ impl Broker {
         }
     }
 
+    /// Records a task process that holds no token (a plain hook): it counts as a task
+    /// process for the control routes and for the run's containment all the same.
+    pub(crate) fn started_without_token(&self, pid: u32) {
+        self.lock().active.insert(pid);
+    }
+
+    /// Records that a process without a token was reaped.
+    pub(crate) fn reaped_without_token(&self, pid: u32) {
+        self.lock().active.remove(&pid);
+    }
+
     /// Pids of running task processes.
     pub(crate) fn active(&self) -> HashSet<u32> {
         self.lock().active.clone()
