@@ -152,6 +152,34 @@ impl Broker {
         self.lock().vault.count_rejection(rejection);
     }
 
+    /// The lineage (the peer and its ancestors) of a peer that may redeem tokens at all, or
+    /// why it may not. Decided from the peer alone, before any token is looked at: our uid,
+    /// a pid the kernel vouched for and that is still the process that connected, and a
+    /// certain place in some task's process tree. As child subreaper (Linux) everything a
+    /// task starts stays below the daemon; elsewhere the chain must reach a running task
+    /// process. The daemon itself never redeems.
+    pub(crate) fn task_lineage(&self, peer: &Peer) -> Result<Vec<u32>, &'static str> {
+        let me = std::process::id();
+        let pid = match peer.pid {
+            Some(pid) if peer.uid == self.uid && pid != me => pid,
+            Some(_) if peer.uid == self.uid => return Err("the daemon itself"),
+            Some(_) => return Err("another user"),
+            None => return Err("a peer without a pid"),
+        };
+        let lineage = peer::lineage(pid).ok_or("a process whose ancestry cannot be read")?;
+        // Read after the lineage, so the lineage is that of the process that connected.
+        if !peer.still_running() {
+            return Err("a process that has exited");
+        }
+        let in_a_task = if cfg!(target_os = "linux") {
+            lineage.contains(&me)
+        } else {
+            let active = self.active();
+            lineage.iter().any(|p| active.contains(p))
+        };
+        if in_a_task { Ok(lineage) } else { Err("not a task process") }
+    }
+
     /// Whether `pid` is a task process or descends from one (the control routes refuse them,
     /// so a backup job cannot trigger other tasks).
     pub(crate) fn is_task_process(&self, pid: u32) -> bool {

@@ -526,7 +526,7 @@ impl Runner {
                 info!(step = index + 1, pid, token = %handle.fingerprint(), program = %program.to_string_lossy(), "started process with a one-time token");
             }
             None => {
-                info!(step = index + 1, pid, program = %program.to_string_lossy(), "started process without a token")
+                info!(step = index + 1, pid, program = %program.to_string_lossy(), "started process without a token");
             }
         }
 
