@@ -122,6 +122,17 @@ impl Broker {
         }
     }
 
+    /// Records a task process that holds no token (a plain hook): it counts as a task
+    /// process for the control routes and for the run's containment all the same.
+    pub(crate) fn started_without_token(&self, pid: u32) {
+        self.lock().active.insert(pid);
+    }
+
+    /// Records that a process without a token was reaped.
+    pub(crate) fn reaped_without_token(&self, pid: u32) {
+        self.lock().active.remove(&pid);
+    }
+
     /// Pids of running task processes.
     pub(crate) fn active(&self) -> HashSet<u32> {
         self.lock().active.clone()
@@ -139,6 +150,34 @@ impl Broker {
 
     pub(crate) fn count_rejection(&self, rejection: Rejection) {
         self.lock().vault.count_rejection(rejection);
+    }
+
+    /// The lineage (the peer and its ancestors) of a peer that may redeem tokens at all, or
+    /// why it may not. Decided from the peer alone, before any token is looked at: our uid,
+    /// a pid the kernel vouched for and that is still the process that connected, and a
+    /// certain place in some task's process tree. As child subreaper (Linux) everything a
+    /// task starts stays below the daemon; elsewhere the chain must reach a running task
+    /// process. The daemon itself never redeems.
+    pub(crate) fn task_lineage(&self, peer: &Peer) -> Result<Vec<u32>, &'static str> {
+        let me = std::process::id();
+        let pid = match peer.pid {
+            Some(pid) if peer.uid == self.uid && pid != me => pid,
+            Some(_) if peer.uid == self.uid => return Err("the daemon itself"),
+            Some(_) => return Err("another user"),
+            None => return Err("a peer without a pid"),
+        };
+        let lineage = peer::lineage(pid).ok_or("a process whose ancestry cannot be read")?;
+        // Read after the lineage, so the lineage is that of the process that connected.
+        if !peer.still_running() {
+            return Err("a process that has exited");
+        }
+        let in_a_task = if cfg!(target_os = "linux") {
+            lineage.contains(&me)
+        } else {
+            let active = self.active();
+            lineage.iter().any(|p| active.contains(p))
+        };
+        if in_a_task { Ok(lineage) } else { Err("not a task process") }
     }
 
     /// Whether `pid` is a task process or descends from one (the control routes refuse them,

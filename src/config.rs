@@ -236,12 +236,22 @@ pub struct OutputFile {
 #[derive(Debug, Clone, Default)]
 pub struct Hooks {
     /// Before the steps; exit 75 skips the run (not a failure), any other failure fails it.
-    pub before: Option<Vec<String>>,
-    pub on_success: Option<Vec<String>>,
-    pub on_failure: Option<Vec<String>>,
+    pub before: Option<Hook>,
+    pub on_success: Option<Hook>,
+    pub on_failure: Option<Hook>,
     /// After everything, whatever the result.
-    pub after: Option<Vec<String>>,
+    pub after: Option<Hook>,
     pub timeout: Duration,
+}
+
+/// One hook: `[ARGV...]`, or `{command: [ARGV...], secrets: [NAME...]}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    pub command: Vec<String>,
+    /// What the hook's token may fetch, a subset of the task's `secrets:`. Empty (the plain
+    /// argv form) means no token at all: most hooks only ping or clean up, and a token in
+    /// their environment would be one more copy of the task's keys to steal.
+    pub secrets: Vec<String>,
 }
 
 /// Where to report runs.

@@ -33,6 +33,18 @@ pub(crate) fn unregister() {
     *SECRETS.write().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
 }
 
+/// A string someone outside the daemon chose (a requested secret name, a refused peer's
+/// executable), as it may appear in the log: `sha256:` and 16 hex digits of its SHA-256.
+/// Written out, it would pass through the redactor, and a `***` in the log would tell the
+/// one who chose it that it equals a secret; escaping does not help (they can choose what
+/// the escaped form will be), finding a string whose digest is a given value does.
+pub(crate) fn digest(chosen: &[u8]) -> String {
+    use sha2::Digest as _;
+    let hash = sha2::Sha256::digest(chosen);
+    let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
 /// Redacts a line of text with the registered secrets.
 pub(crate) fn redact(text: &str) -> Cow<'_, str> {
     let guard = SECRETS.read().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -41,7 +41,14 @@ fn get(
     let token = match std::env::var("SECRETBOX_TOKEN") {
         Ok(t) if !t.is_empty() => Zeroizing::new(t),
         _ => {
-            return Err((exit::NO_TOKEN, format!("SECRETBOX_TOKEN is not set: {not_from_daemon}")));
+            // A plain hook is run by the daemon but on purpose gets no token; say how to ask.
+            let why = match std::env::var("BACKUPNIZZA_HOOK") {
+                Ok(hook) if !hook.is_empty() => format!(
+                    "the {hook} hook lists no secrets, so it got no token: write it as {{command: [...], secrets: [{name}]}}"
+                ),
+                _ => not_from_daemon.to_string(),
+            };
+            return Err((exit::NO_TOKEN, format!("SECRETBOX_TOKEN is not set: {why}")));
         }
     };
     let Some(socket) = socket

@@ -41,6 +41,17 @@ impl Peer {
     pub fn exe(&self) -> Exe {
         Exe(self.pid.and_then(executable))
     }
+
+    /// The peer's executable as a digest, for the log of a refusal: the path is the
+    /// caller's choice, and written out it would pass through the redactor, which would
+    /// tell whoever reads the log whether it equals a secret.
+    pub(crate) fn exe_digest(&self) -> String {
+        use std::os::unix::ffi::OsStrExt;
+        match self.pid.and_then(executable) {
+            Some(path) => crate::redact::digest(path.as_os_str().as_bytes()),
+            None => "?".into(),
+        }
+    }
 }
 
 /// Displays an executable path, or `?`.
@@ -85,6 +96,27 @@ pub fn ancestry(pid: u32, ancestor: u32) -> Ancestry {
         }
     }
     Ancestry::Unknown
+}
+
+/// `pid` and its ancestors, nearest first, up to init; `None` when the chain breaks (a
+/// process exited under us, or we may not look) or runs deeper than real trees do.
+pub fn lineage(pid: u32) -> Option<Vec<u32>> {
+    let mut chain = vec![pid];
+    let mut current = pid;
+    while current > 1 {
+        if chain.len() > MAX_DEPTH {
+            return None;
+        }
+        match parent_of(current)? {
+            0 => break,
+            parent if parent == current => return None,
+            parent => {
+                chain.push(parent);
+                current = parent;
+            }
+        }
+    }
+    Some(chain)
 }
 
 /// Whether `pid` certainly is `ancestor` or one of its descendants.
@@ -222,6 +254,16 @@ mod tests {
         assert_eq!(parse_stat_ppid("123 (restic) S 45 123 123 0"), Some(45));
         assert_eq!(parse_stat_ppid("123 (a) b) (c) R 7 1 1"), Some(7));
         assert_eq!(parse_stat_ppid("garbage"), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_lineage_runs_from_the_process_to_init() {
+        let me = std::process::id();
+        let chain = lineage(me).unwrap();
+        assert_eq!(chain[0], me);
+        assert_eq!(chain[1], parent_of(me).unwrap());
+        assert_eq!(lineage(u32::MAX - 1), None);
     }
 
     #[cfg(target_os = "linux")]

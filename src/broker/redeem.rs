@@ -1,8 +1,13 @@
-//! Redeeming a token for a secret: the token must be alive and in scope, and the caller must
-//! be the token's process or one of its descendants, still the process that connected (pids
-//! are reused). Failures are counted per peer process (and its parent) for a progressive
-//! delay: a legitimate task fails once and gives up; something probing tokens is slowed down.
+//! Redeeming a token for a secret. The peer is checked first, before the token is looked
+//! up: our uid, still the process that connected (pids are reused), inside some task's
+//! process tree ([`Broker::task_lineage`]). Then the token must be the peer's own (its
+//! process is the peer or an ancestor), alive and in scope; a peer that fails either
+//! check hears `forbidden`, whatever the token's state, and the token is left as it was.
+//! Failures are counted per peer process (and its parent) for a progressive delay: a
+//! legitimate task fails once and gives up; something probing tokens is slowed down. Refusals
+//! are logged with digests of the strings the caller chose (see [`refuse`]).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -79,14 +84,32 @@ fn rejection(r: Rejection) -> Resp {
             StatusCode::FORBIDDEN,
             "the token's task may not fetch this secret (see the task's secrets:)",
         ),
-        Rejection::Forbidden => {
-            (StatusCode::FORBIDDEN, "only the task's own processes may redeem its token")
-        }
+        // One sentence for every case: it must not tell an outsider anything about the token.
+        Rejection::Forbidden => (
+            StatusCode::FORBIDDEN,
+            "only the process the token was given to, and its children, may redeem it",
+        ),
     };
     error(status, r.as_str(), message)
 }
 
+/// Why a redemption was refused, and for the log: the token's task when the caller was
+/// shown to be the token's process (never otherwise: that would tell whose token it is), and
+/// why a peer was refused before its token was looked at.
+struct Refusal {
+    reason: Rejection,
+    task: Option<Arc<str>>,
+    why: &'static str,
+}
+
+impl Refusal {
+    fn forbidden(why: &'static str) -> Refusal {
+        Refusal { reason: Rejection::Forbidden, task: None, why }
+    }
+}
+
 pub(super) async fn redeem(name: &str, token: Option<&str>, broker: &Broker, peer: Peer) -> Resp {
+    // The name's syntax is about the caller's own string, never about a token: checked first.
     if !crate::config::valid_name(name) {
         return error(
             StatusCode::BAD_REQUEST,
@@ -97,66 +120,22 @@ pub(super) async fn redeem(name: &str, token: Option<&str>, broker: &Broker, pee
     let token = token.unwrap_or("");
     let fingerprint = super::vault::fingerprint_of(token);
     let now = Instant::now();
-    let outcome = async {
-        let mut pending = broker.lock().vault.check(token, name, now).map_err(|r| (r, None))?;
-        // The daemon records a token's process right after spawning it; a very quick first
-        // redemption may arrive in between.
-        let wait_until = now + UNBOUND_WAIT;
-        while pending.pid.is_none() && Instant::now() < wait_until {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            pending =
-                broker.lock().vault.check(token, name, Instant::now()).map_err(|r| (r, None))?;
-        }
-        // Outside the lock: the caller must be the token's process or one of its
-        // descendants, and still the process that connected (pids are reused).
-        let allowed = match (pending.pid, peer.pid) {
-            (Some(owner), Some(caller)) => {
-                peer.still_running() && peer::descends_from(caller, owner)
-            }
-            _ => false,
-        };
-        if !allowed {
+    // The peer first: one that may not redeem at all is refused before its token is looked
+    // up, so the answer, the delay and the token itself are the same whatever its state.
+    let outcome = match broker.task_lineage(&peer) {
+        Ok(lineage) => attempt(name, token, broker, &peer, &lineage, now).await,
+        Err(why) => {
             broker.count_rejection(Rejection::Forbidden);
-            return Err((Rejection::Forbidden, Some(pending.task)));
+            Err(Refusal::forbidden(why))
         }
-        match broker.lock().vault.consume(&pending, name, Instant::now()) {
-            Ok(()) => Ok(pending.task),
-            Err(r) => Err((r, Some(pending.task))),
-        }
-    }
-    .await;
+    };
     let pid = peer.pid.unwrap_or_default();
     let task = match outcome {
         Ok(task) => {
             broker.lock().failures.clear(pid);
             task
         }
-        Err((r, task)) => {
-            // Counted for the process and for its parent, so a loop that starts a new
-            // `secretbox` for every attempt is slowed down too.
-            let parent = peer::parent_of(pid).filter(|p| *p > 1);
-            let count = {
-                let mut tokens = broker.lock();
-                let failures = &mut tokens.failures;
-                let own = failures.record(pid, now);
-                parent.map_or(own, |p| own.max(failures.record(p, now)))
-            };
-            let delay = penalty(count);
-            warn!(
-                token = %fingerprint, secret = name, task = task.as_deref().unwrap_or("?"), peer_pid = pid, peer_uid = peer.uid,
-                exe = %peer.exe(), reason = r.as_str(), failures = count, delay_ms = delay.as_millis() as u64,
-                "refused a secret redemption"
-            );
-            tokio::time::sleep(delay).await;
-            if count >= SLOW_DOWN_AFTER {
-                return error(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    protocol::errors::SLOW_DOWN,
-                    format!("{count} failed redemptions in a row from this process; slow down"),
-                );
-            }
-            return rejection(r);
-        }
+        Err(refusal) => return refuse(refusal, name, fingerprint, broker, &peer, now).await,
     };
     let Some(secret) = broker.secrets().get(name) else {
         // validate guarantees scoped secrets are declared, and all declared ones are loaded.
@@ -173,4 +152,89 @@ pub(super) async fn redeem(name: &str, token: Option<&str>, broker: &Broker, pee
     // The response owns a zeroizing copy, wiped when hyper drops the body after writing it.
     let body = Bytes::from_owner(Zeroizing::new(secret.expose_secret().as_bytes().to_vec()));
     respond(StatusCode::OK, body, "application/octet-stream")
+}
+
+/// Phase one and two for a peer inside some task: the vault answers only the token's own
+/// process tree with the token's state; everyone else hears `forbidden`.
+async fn attempt(
+    name: &str,
+    token: &str,
+    broker: &Broker,
+    peer: &Peer,
+    lineage: &[u32],
+    now: Instant,
+) -> Result<Arc<str>, Refusal> {
+    let checked = |at: Instant| {
+        broker.lock().vault.check(token, name, at, lineage).map_err(|reason| Refusal {
+            reason,
+            task: None,
+            why: if reason == Rejection::Forbidden {
+                "not the token's process tree, or no such token"
+            } else {
+                ""
+            },
+        })
+    };
+    let mut pending = checked(now)?;
+    // The daemon records a token's process right after spawning it; a very quick first
+    // redemption may arrive in between.
+    let wait_until = now + UNBOUND_WAIT;
+    while pending.pid.is_none() && Instant::now() < wait_until {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        pending = checked(Instant::now())?;
+    }
+    if pending.pid.is_none() {
+        broker.count_rejection(Rejection::Forbidden);
+        return Err(Refusal::forbidden("the token's process was never recorded"));
+    }
+    // The peer may have exited while we waited, and its pid been reused.
+    if !peer.still_running() {
+        broker.count_rejection(Rejection::Forbidden);
+        return Err(Refusal::forbidden("a process that has exited"));
+    }
+    match broker.lock().vault.consume(&pending, name, Instant::now()) {
+        Ok(()) => Ok(pending.task),
+        Err(reason) => Err(Refusal { reason, task: Some(pending.task), why: "" }),
+    }
+}
+
+/// Logs a refusal, holds the answer back by the peer's penalty, and answers.
+///
+/// The requested name and the peer's executable are the caller's choice: they are logged
+/// as digests, never written out, so the redactor cannot answer "is this a secret?" with a
+/// `***` in a log the caller may read.
+async fn refuse(
+    refusal: Refusal,
+    name: &str,
+    fingerprint: super::vault::Fingerprint,
+    broker: &Broker,
+    peer: &Peer,
+    now: Instant,
+) -> Resp {
+    let pid = peer.pid.unwrap_or_default();
+    // Counted for the process and for its parent, so a loop that starts a new `secretbox`
+    // for every attempt is slowed down too.
+    let parent = peer::parent_of(pid).filter(|p| *p > 1);
+    let count = {
+        let mut tokens = broker.lock();
+        let failures = &mut tokens.failures;
+        let own = failures.record(pid, now);
+        parent.map_or(own, |p| own.max(failures.record(p, now)))
+    };
+    let delay = penalty(count);
+    warn!(
+        token = %fingerprint, requested = %crate::redact::digest(name.as_bytes()),
+        task = refusal.task.as_deref().unwrap_or("?"), peer_pid = pid, peer_uid = peer.uid,
+        exe = %peer.exe_digest(), reason = refusal.reason.as_str(), why = refusal.why,
+        failures = count, delay_ms = delay.as_millis() as u64, "refused a secret redemption"
+    );
+    tokio::time::sleep(delay).await;
+    if count >= SLOW_DOWN_AFTER {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            protocol::errors::SLOW_DOWN,
+            format!("{count} failed redemptions in a row from this process; slow down"),
+        );
+    }
+    rejection(refusal.reason)
 }

@@ -198,7 +198,8 @@ async fn serve_connection(
 ) {
     if peer.uid != shared.broker.uid {
         // Another user (the socket must have been loosened): answer without parsing a byte.
-        warn!(peer_pid = peer.pid.unwrap_or_default(), peer_uid = peer.uid, exe = %peer.exe(), "refused a connection from another user");
+        // The executable is the caller's choice: a digest (see `redact::digest`).
+        warn!(peer_pid = peer.pid.unwrap_or_default(), peer_uid = peer.uid, exe = %peer.exe_digest(), "refused a connection from another user");
         shared.broker.count_rejection(Rejection::Forbidden);
         refuse_foreign(&mut stream).await;
         return;
@@ -372,7 +373,10 @@ async fn route(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Resp {
         );
     };
     if peer.pid.is_none_or(|pid| shared.broker.is_task_process(pid)) {
-        warn!(peer_pid = peer.pid.unwrap_or_default(), exe = %peer.exe(), route = %path, "refused a control request from inside a task");
+        // The path and the executable are the task's choice: not written out (see
+        // `redact::digest`); the route's kind is enough to tell what was tried.
+        let kind = path.trim_start_matches("/v1/").split('/').next().unwrap_or("?");
+        warn!(peer_pid = peer.pid.unwrap_or_default(), exe = %peer.exe_digest(), route = kind, "refused a control request from inside a task");
         return error(
             StatusCode::FORBIDDEN,
             Rejection::Forbidden.as_str(),

@@ -9,6 +9,11 @@
 //! scope used up. Expired tokens leave the table through a heap ordered by expiry, so
 //! collection never scans the whole table; a bounded set of tombstones remembers why recent
 //! tokens died, so `secretbox` can say "expired" rather than "unknown".
+//!
+//! Why a token was refused is told only to its own process tree: [`Vault::check`] is given
+//! the caller's lineage, and a live or dead token whose process is not in it (or a
+//! well-formed token nobody issued) is `Forbidden`, whatever its state, so a process that
+//! stole a token learns nothing about it and cannot use it up.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -79,7 +84,8 @@ impl fmt::Debug for Fingerprint {
 /// (see `protocol`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
-    /// Not a token at all, or one we never issued (or forgot long after it died).
+    /// Not a token at all (the wrong shape). A well-formed token we never issued is
+    /// `Forbidden`: nobody can show it is theirs.
     Unknown,
     Expired,
     /// This secret was already redeemed as many times as the task allows.
@@ -88,7 +94,8 @@ pub enum Rejection {
     Revoked,
     /// The token's task may not fetch this secret.
     NotInScope,
-    /// The caller is not the token's process or one of its descendants, or another user.
+    /// The caller is not the token's process or one of its descendants (whatever the
+    /// token's state), or not a task process at all, or another user.
     Forbidden,
 }
 
@@ -146,11 +153,19 @@ impl Stats {
     }
 }
 
+/// Why a recent token died, and the process it was handed to while that process is not
+/// reaped (after that its pid may be reused, so nobody can show the token was theirs).
+struct Tombstone {
+    why: Rejection,
+    at: Instant,
+    owner: Option<u32>,
+}
+
 pub struct Vault {
     ttl: Duration,
     live: HashMap<Hash, Entry>,
     expiries: BinaryHeap<Reverse<(Instant, Hash)>>,
-    tombstones: HashMap<Hash, (Rejection, Instant)>,
+    tombstones: HashMap<Hash, Tombstone>,
     tomb_order: VecDeque<(Instant, Hash)>,
     stats: Stats,
 }
@@ -238,17 +253,30 @@ impl Vault {
         }
     }
 
-    /// Kills a token because its process exited (or was never started).
+    /// Kills a token because its process exited (or was never started). A token that had
+    /// died already forgets its process: the pid may be reused from now on.
     pub fn revoke(&mut self, handle: Handle, now: Instant) {
         if self.live.remove(&handle.0).is_some() {
-            self.bury(handle.0, Rejection::Revoked, now);
+            self.bury(handle.0, Rejection::Revoked, now, None);
+        } else if let Some(tomb) = self.tombstones.get_mut(&handle.0) {
+            tomb.owner = None;
         }
     }
 
-    /// Phase one of a redemption: is this token alive and may it fetch `secret`?
-    pub fn check(&mut self, token: &str, secret: &str, now: Instant) -> Result<Pending, Rejection> {
+    /// Phase one of a redemption: is this token alive, the caller's, and may it fetch
+    /// `secret`? `lineage` holds the caller's pid and its ancestors; unless the token's
+    /// process is among them, the answer is `Forbidden` before anything about the token is
+    /// looked at. An unbound token (its process not recorded yet) is returned with no pid
+    /// and nothing checked: the caller waits and asks again.
+    pub fn check(
+        &mut self,
+        token: &str,
+        secret: &str,
+        now: Instant,
+        lineage: &[u32],
+    ) -> Result<Pending, Rejection> {
         self.collect(now);
-        let result = self.check_inner(token, secret, now);
+        let result = self.check_inner(token, secret, now, lineage);
         if let Err(r) = result {
             self.count_rejection(r);
         }
@@ -260,14 +288,23 @@ impl Vault {
         token: &str,
         secret: &str,
         now: Instant,
+        lineage: &[u32],
     ) -> Result<Pending, Rejection> {
         if !well_formed(token) {
             return Err(Rejection::Unknown);
         }
         let h = hash(token);
         let Some(entry) = self.live.get(&h) else {
-            return Err(self.tombstones.get(&h).map_or(Rejection::Unknown, |(why, _)| *why));
+            return Err(match self.tombstones.get(&h) {
+                Some(tomb) if tomb.owner.is_some_and(|o| lineage.contains(&o)) => tomb.why,
+                _ => Rejection::Forbidden,
+            });
         };
+        match entry.pid {
+            None => return Ok(Pending { handle: Handle(h), task: entry.task.clone(), pid: None }),
+            Some(owner) if !lineage.contains(&owner) => return Err(Rejection::Forbidden),
+            Some(_) => {}
+        }
         if entry.expires <= now {
             return Err(Rejection::Expired);
         }
@@ -288,8 +325,9 @@ impl Vault {
         now: Instant,
     ) -> Result<(), Rejection> {
         let h = pending.handle.0;
+        // The caller's lineage was checked in phase one, and a token's process never changes.
         let result = match self.live.get_mut(&h) {
-            None => Err(self.tombstones.get(&h).map_or(Rejection::Unknown, |(why, _)| *why)),
+            None => Err(self.tombstones.get(&h).map_or(Rejection::Forbidden, |t| t.why)),
             Some(entry) if entry.expires <= now => Err(Rejection::Expired),
             Some(entry) => match entry.scope.iter_mut().find(|(name, _)| &**name == secret) {
                 None => Err(Rejection::NotInScope),
@@ -297,8 +335,9 @@ impl Vault {
                 Some((_, left)) => {
                     *left -= 1;
                     if entry.scope.iter().all(|(_, left)| *left == 0) {
+                        let owner = entry.pid;
                         self.live.remove(&h);
-                        self.bury(h, Rejection::Used, now);
+                        self.bury(h, Rejection::Used, now, owner);
                     }
                     Ok(())
                 }
@@ -326,9 +365,10 @@ impl Vault {
             self.expiries.pop();
             // The entry may be gone already (used up, revoked); only bury it if it is still
             // the one this heap record was pushed for.
-            if self.live.get(&h).is_some_and(|e| e.expires == expires) {
-                self.live.remove(&h);
-                self.bury(h, Rejection::Expired, now);
+            if self.live.get(&h).is_some_and(|e| e.expires == expires)
+                && let Some(entry) = self.live.remove(&h)
+            {
+                self.bury(h, Rejection::Expired, now, entry.pid);
             }
         }
         while let Some((at, h)) = self.tomb_order.front().copied() {
@@ -336,14 +376,14 @@ impl Vault {
                 break;
             }
             self.tomb_order.pop_front();
-            if self.tombstones.get(&h).is_some_and(|(_, t)| *t == at) {
+            if self.tombstones.get(&h).is_some_and(|t| t.at == at) {
                 self.tombstones.remove(&h);
             }
         }
     }
 
-    fn bury(&mut self, h: Hash, why: Rejection, now: Instant) {
-        self.tombstones.insert(h, (why, now));
+    fn bury(&mut self, h: Hash, why: Rejection, now: Instant, owner: Option<u32>) {
+        self.tombstones.insert(h, Tombstone { why, at: now, owner });
         self.tomb_order.push_back((now, h));
     }
 
@@ -359,6 +399,9 @@ use rand::TryRngCore as _;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The lineage of a caller in the tokens' process trees (they are bound to 1, 7 or 42).
+    const MINE: &[u32] = &[42, 7, 1];
 
     fn vault() -> (Vault, Instant, Arc<str>) {
         (Vault::new(Duration::from_secs(30)), Instant::now(), Arc::from("docs"))
@@ -385,16 +428,16 @@ mod tests {
         let (mut v, now, task) = vault();
         let (t, h) = v.mint(&task, &scope(&["repo", "cloud"]), 1, now).unwrap();
         v.bind(h, 42);
-        let p = v.check(t.expose(), "repo", now).unwrap();
+        let p = v.check(t.expose(), "repo", now, MINE).unwrap();
         assert_eq!(p.pid, Some(42));
         v.consume(&p, "repo", now).unwrap();
-        assert_eq!(v.check(t.expose(), "repo", now).unwrap_err(), Rejection::Used);
-        assert_eq!(v.check(t.expose(), "other", now).unwrap_err(), Rejection::NotInScope);
-        let p = v.check(t.expose(), "cloud", now).unwrap();
+        assert_eq!(v.check(t.expose(), "repo", now, MINE).unwrap_err(), Rejection::Used);
+        assert_eq!(v.check(t.expose(), "other", now, MINE).unwrap_err(), Rejection::NotInScope);
+        let p = v.check(t.expose(), "cloud", now, MINE).unwrap();
         v.consume(&p, "cloud", now).unwrap();
         // Used up entirely: gone from the table, remembered as used.
         assert_eq!(v.live(), 0);
-        assert_eq!(v.check(t.expose(), "cloud", now).unwrap_err(), Rejection::Used);
+        assert_eq!(v.check(t.expose(), "cloud", now, MINE).unwrap_err(), Rejection::Used);
         assert_eq!(v.stats().redeemed, 2);
     }
 
@@ -404,10 +447,10 @@ mod tests {
         let (t, h) = v.mint(&task, &scope(&["repo"]), 3, now).unwrap();
         v.bind(h, 1);
         for _ in 0..3 {
-            let p = v.check(t.expose(), "repo", now).unwrap();
+            let p = v.check(t.expose(), "repo", now, MINE).unwrap();
             v.consume(&p, "repo", now).unwrap();
         }
-        assert_eq!(v.check(t.expose(), "repo", now).unwrap_err(), Rejection::Used);
+        assert_eq!(v.check(t.expose(), "repo", now, MINE).unwrap_err(), Rejection::Used);
     }
 
     #[test]
@@ -415,8 +458,8 @@ mod tests {
         let (mut v, now, task) = vault();
         let (t, h) = v.mint(&task, &scope(&["repo"]), 1, now).unwrap();
         v.bind(h, 1);
-        let p1 = v.check(t.expose(), "repo", now).unwrap();
-        let p2 = v.check(t.expose(), "repo", now).unwrap();
+        let p1 = v.check(t.expose(), "repo", now, MINE).unwrap();
+        let p2 = v.check(t.expose(), "repo", now, MINE).unwrap();
         assert!(v.consume(&p1, "repo", now).is_ok());
         assert_eq!(v.consume(&p2, "repo", now).unwrap_err(), Rejection::Used);
     }
@@ -427,25 +470,64 @@ mod tests {
         let (t, h) = v.mint(&task, &scope(&["repo"]), 1, now).unwrap();
         v.bind(h, 1);
         let later = now + Duration::from_secs(31);
-        assert_eq!(v.check(t.expose(), "repo", later).unwrap_err(), Rejection::Expired);
+        assert_eq!(v.check(t.expose(), "repo", later, MINE).unwrap_err(), Rejection::Expired);
         assert_eq!(v.live(), 0, "collected on the way");
         let (t2, h2) = v.mint(&task, &scope(&["repo"]), 1, later).unwrap();
         v.bind(h2, 1);
         v.revoke(h2, later);
-        assert_eq!(v.check(t2.expose(), "repo", later).unwrap_err(), Rejection::Revoked);
-        for garbage in ["", "x", "bnz1_zz", &format!("{TOKEN_PREFIX}{}", "0".repeat(64))] {
-            assert_eq!(v.check(garbage, "repo", later).unwrap_err(), Rejection::Unknown);
+        // Its process is reaped, so its pid may be reused: nobody can show it was theirs.
+        assert_eq!(v.check(t2.expose(), "repo", later, MINE).unwrap_err(), Rejection::Forbidden);
+        for garbage in ["", "x", "bnz1_zz"] {
+            assert_eq!(v.check(garbage, "repo", later, MINE).unwrap_err(), Rejection::Unknown);
         }
+        let nobodys = format!("{TOKEN_PREFIX}{}", "0".repeat(64));
+        assert_eq!(v.check(&nobodys, "repo", later, MINE).unwrap_err(), Rejection::Forbidden);
         assert_eq!(v.stats().rejected_total(), 6);
+    }
+
+    #[test]
+    fn a_stranger_hears_forbidden_whatever_the_state_and_changes_nothing() {
+        let (mut v, now, task) = vault();
+        let stranger: &[u32] = &[99, 1000];
+        let (t, h) = v.mint(&task, &scope(&["repo", "cloud"]), 1, now).unwrap();
+        v.bind(h, 42);
+        let p = v.check(t.expose(), "cloud", now, MINE).unwrap();
+        v.consume(&p, "cloud", now).unwrap();
+        let (used, hu) = v.mint(&task, &scope(&["repo"]), 1, now).unwrap();
+        v.bind(hu, 42);
+        let p = v.check(used.expose(), "repo", now, MINE).unwrap();
+        v.consume(&p, "repo", now).unwrap();
+        let nobodys = format!("{TOKEN_PREFIX}{}", "0".repeat(64));
+        for (token, name) in [
+            (t.expose(), "repo"),
+            (t.expose(), "cloud"),
+            (t.expose(), "other"),
+            (used.expose(), "repo"),
+            (&nobodys, "repo"),
+        ] {
+            assert_eq!(
+                v.check(token, name, now, stranger).unwrap_err(),
+                Rejection::Forbidden,
+                "{name}"
+            );
+        }
+        // The owner's view is untouched: the same answers as before the stranger came.
+        assert_eq!(v.check(t.expose(), "cloud", now, MINE).unwrap_err(), Rejection::Used);
+        assert_eq!(v.check(used.expose(), "repo", now, MINE).unwrap_err(), Rejection::Used);
+        let p = v.check(t.expose(), "repo", now, MINE).unwrap();
+        v.consume(&p, "repo", now).unwrap();
+        // Once the owner is reaped, a dead token's reason is nobody's to hear.
+        v.revoke(hu, now);
+        assert_eq!(v.check(used.expose(), "repo", now, MINE).unwrap_err(), Rejection::Forbidden);
     }
 
     #[test]
     fn unbound_tokens_have_no_process_yet() {
         let (mut v, now, task) = vault();
         let (t, h) = v.mint(&task, &scope(&["repo"]), 1, now).unwrap();
-        assert_eq!(v.check(t.expose(), "repo", now).unwrap().pid, None);
+        assert_eq!(v.check(t.expose(), "repo", now, MINE).unwrap().pid, None);
         v.bind(h, 7);
-        assert_eq!(v.check(t.expose(), "repo", now).unwrap().pid, Some(7));
+        assert_eq!(v.check(t.expose(), "repo", now, MINE).unwrap().pid, Some(7));
     }
 
     #[test]

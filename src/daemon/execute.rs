@@ -255,7 +255,7 @@ impl Run<'_> {
         let started =
             Timestamp::now() - jiff::SignedDuration::try_from(outcome.duration).unwrap_or_default();
         for (name, hook) in [which, ("after", &hooks.after)] {
-            let Some(argv) = hook else { continue };
+            let Some(hook) = hook else { continue };
             if self.ctx.cancel.is_cancelled() {
                 break;
             }
@@ -266,7 +266,7 @@ impl Run<'_> {
                 .run_hook(
                     self.task,
                     name,
-                    argv,
+                    hook,
                     &self.job.run_id,
                     &self.procs,
                     facts,

@@ -237,15 +237,15 @@ pub(crate) fn prepare(
             }
         }
         pins.push(task_pins);
-        // Hooks run with the task's environment and a token too: the same trust rules.
+        // Hooks run with the task's environment (and some with a token): the same trust rules.
         let hooks = [
             ("before", &task.hooks.before),
             ("on_success", &task.hooks.on_success),
             ("on_failure", &task.hooks.on_failure),
             ("after", &task.hooks.after),
         ];
-        for (name, argv) in hooks {
-            let Some(argv) = argv else { continue };
+        for (name, hook) in hooks {
+            let Some(argv) = hook.as_ref().map(|h| &h.command) else { continue };
             let path = step_path(base_env, task, &[]);
             match resolve(&argv[0], path.as_deref(), home, task.working_dir.as_deref()) {
                 Some(program) => {

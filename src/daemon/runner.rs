@@ -1,11 +1,13 @@
-//! Running one task: a clean environment with a fresh token per process, a process group per
+//! Running one task: a clean environment with a fresh token per step (and per hook that lists
+//! secrets of its own; a plain hook gets none), a process group per
 //! step (and the run's cgroup, where there is one: see [`contain`](super::contain)), output
 //! into the log line by line (redacted), and timeouts and shutdown that stop every process of
 //! the run.
 //!
 //! Each step's process gets: an allowlist of the daemon's environment (`PATH HOME USER
 //! LOGNAME LANG LC_* TZ TMPDIR XDG_*`), then the task's `env`, then the step's, then
-//! `SECRETBOX_SOCKET` and a freshly minted `SECRETBOX_TOKEN`. stdin is `/dev/null`; no shell
+//! `SECRETBOX_SOCKET` and a freshly minted `SECRETBOX_TOKEN` (a hook: only in the map form,
+//! scoped to its own `secrets:`). stdin is `/dev/null`; no shell
 //! is involved; a leading `~/` in an argument is expanded and nothing else. The token is
 //! revoked as soon as its process is reaped. A step ends when every process of it is gone:
 //! a main process that exits while children it started keep running (`cmd &`, `setsid`) is
@@ -38,7 +40,7 @@ use super::output::LogBudget;
 use super::output_file::RunOutput;
 use super::programs::Pinned;
 use crate::broker::Broker;
-use crate::config::{EnvValue, EnvVar, Step, Task};
+use crate::config::{EnvValue, EnvVar, Hook, Step, Task};
 use crate::protocol::RunStatus;
 
 /// How many stderr lines a run keeps for its history record.
@@ -124,6 +126,8 @@ struct StepCall<'a> {
     output: Option<&'a RunOutput>,
     /// The hook's name when this is a hook (its lines in the output file say so).
     hook: Option<&'a str>,
+    /// What the process's token may fetch; `None`: no token, and no socket to use it on.
+    scope: Option<&'a [String]>,
 }
 
 /// The daemon's variables a task inherits; everything else is dropped.
@@ -231,6 +235,7 @@ impl Runner {
                 cancel,
                 output,
                 hook: None,
+                scope: Some(&task.secrets),
             };
             match self.run_step(call, &mut tail, &mut budgets).await {
                 StepEnd::Exited(st, note) => {
@@ -299,15 +304,16 @@ impl Runner {
         Outcome { status, exit_code, reason, stderr_tail: tail.into(), duration: started.elapsed() }
     }
 
-    /// Runs the hook `name` (argv) with `facts` added to its environment, bounded by the
-    /// task's hook timeout; its output goes to the log and to `output` like a step's. Returns
-    /// its exit code, or why it has none.
+    /// Runs the hook `name` with `facts` added to its environment, bounded by the task's hook
+    /// timeout; its output goes to the log and to `output` like a step's. A hook gets a token
+    /// only when it lists secrets of its own, scoped to exactly those. Returns its exit code,
+    /// or why it has none.
     #[allow(clippy::too_many_arguments)] // each argument a distinct fact of the hook's run
     pub(crate) async fn run_hook(
         &self,
         task: &Task,
         name: &str,
-        argv: &[String],
+        hook: &Hook,
         run_id: &str,
         procs: &RunProcs,
         facts: Vec<(String, String)>,
@@ -315,7 +321,7 @@ impl Runner {
         output: Option<&RunOutput>,
     ) -> Result<i32, HookFailure> {
         let step = Step {
-            command: argv.to_vec(),
+            command: hook.command.clone(),
             env: facts
                 .into_iter()
                 .map(|(name, value)| EnvVar { name, value: EnvValue::Text(value) })
@@ -336,6 +342,7 @@ impl Runner {
             cancel,
             output,
             hook: Some(name),
+            scope: (!hook.secrets.is_empty()).then_some(hook.secrets.as_slice()),
         };
         // A hook's output is logged like a step's (with a budget of its own), but its stderr
         // is not the run's tail.
@@ -434,6 +441,7 @@ impl Runner {
             cancel,
             output,
             hook,
+            scope,
             ..
         } = call;
         let env = match self.env_for(task, step) {
@@ -447,7 +455,6 @@ impl Runner {
         let program = expand_tilde(&step.command[0], self.home.as_deref());
         cmd.env_clear()
             .envs(env)
-            .env("SECRETBOX_SOCKET", &self.socket)
             .env("BACKUPNIZZA_TASK", &task.name)
             .env("BACKUPNIZZA_RUN_ID", run_id)
             .envs(facts.iter().map(|(k, v)| (k, v)))
@@ -460,21 +467,32 @@ impl Runner {
             cmd.current_dir(dir);
         }
         contain_child(&mut cmd, procs);
-        let scope: Vec<Arc<str>> = task.secrets.iter().map(|s| Arc::from(s.as_str())).collect();
-        let task_name: Arc<str> = Arc::from(task.name.as_str());
-        let (token, handle) = match self.broker.mint(&task_name, &scope, task.redeem_limit) {
-            Ok(pair) => pair,
-            Err(e) => return StepEnd::NotStarted(format!("cannot mint a token: {e}")),
+        // A process without a scope (a plain hook) gets neither a token nor the socket: the
+        // socket is useless to it, and `secretbox` then says plainly that it got no token.
+        let handle = match scope {
+            Some(scope) => {
+                let scope: Vec<Arc<str>> = scope.iter().map(|s| Arc::from(s.as_str())).collect();
+                let task_name: Arc<str> = Arc::from(task.name.as_str());
+                let (token, handle) = match self.broker.mint(&task_name, &scope, task.redeem_limit)
+                {
+                    Ok(pair) => pair,
+                    Err(e) => return StepEnd::NotStarted(format!("cannot mint a token: {e}")),
+                };
+                cmd.env("SECRETBOX_SOCKET", &self.socket).env("SECRETBOX_TOKEN", token.expose());
+                Some(handle)
+            }
+            None => None,
         };
-        cmd.env("SECRETBOX_TOKEN", token.expose());
         let spawned = cmd.spawn();
+        // The command holds the token's only other copy: wiped now, spawned or not.
         drop(cmd);
-        drop(token);
         drop(pinned_file);
         let mut child = match spawned {
             Ok(child) => child,
             Err(e) => {
-                self.broker.reaped(handle, None);
+                if let Some(handle) = handle {
+                    self.broker.reaped(handle, None);
+                }
                 let hint = if e.kind() == std::io::ErrorKind::NotFound {
                     " (not found in the task's PATH)"
                 } else {
@@ -486,7 +504,10 @@ impl Runner {
             }
         };
         let pid = child.id().unwrap_or_default();
-        self.broker.started(handle, pid);
+        match handle {
+            Some(handle) => self.broker.started(handle, pid),
+            None => self.broker.started_without_token(pid),
+        }
         if let Some(guardian) = &self.guardian {
             use std::os::fd::AsRawFd;
             let pipes: Vec<_> = [
@@ -498,7 +519,14 @@ impl Runner {
             .collect();
             guardian.watch(pid, procs, &pipes);
         }
-        info!(step = index + 1, pid, token = %handle.fingerprint(), program = %program.to_string_lossy(), "started process with a one-time token");
+        match handle {
+            Some(handle) => {
+                info!(step = index + 1, pid, token = %handle.fingerprint(), program = %program.to_string_lossy(), "started process with a one-time token");
+            }
+            None => {
+                info!(step = index + 1, pid, program = %program.to_string_lossy(), "started process without a token");
+            }
+        }
 
         let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
         let stdout = child.stdout.take();
@@ -556,7 +584,10 @@ impl Runner {
                 },
             };
             // The process is reaped: its pid may be reused from now on, so its token dies now.
-            self.broker.reaped(handle, Some(pid));
+            match handle {
+                Some(handle) => self.broker.reaped(handle, Some(pid)),
+                None => self.broker.reaped_without_token(pid),
+            }
             let end = match first {
                 Ok(status) => {
                     let plans = (&timeout_plan[..], &shutdown_plan[..]);

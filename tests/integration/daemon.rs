@@ -264,16 +264,23 @@ fn a_token_dies_with_its_process() {
         .env("SECRETBOX_SOCKET", &daemon.socket)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(exit::REVOKED), "{}", String::from_utf8_lossy(&out.stderr));
+    // Whoever asks now (this test is outside the task, too) hears only `forbidden`.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(exit::FORBIDDEN), "{stderr}");
     assert!(out.stdout.is_empty());
-    let log = daemon.wait_for("the rejection in the log", |l| l.contains("reason=\"revoked\""));
-    let line = log.lines().find(|l| l.contains("reason=\"revoked\"")).unwrap();
-    // Logged with a fingerprint, the secret's name and the peer; never the token.
+    // The token is gone from the table: the run's one token was minted, and none is live.
+    let status = scratch.backupnizza(["status", "-c"]).run_with(&config);
+    assert!(status.stdout().contains("1 minted, 0 redeemed, 0 live"), "{status}");
+    let log = daemon.wait_for("the rejection in the log", |l| l.contains("reason=\"forbidden\""));
+    let line = log.lines().find(|l| l.contains("reason=\"forbidden\"")).unwrap();
+    // Logged with a fingerprint, digests of the name and executable the caller chose, and
+    // the peer; never the token.
+    let name = format!("requested=sha256:{}", &crate::harness::sha256_hex(b"repo")[..16]);
     assert!(
         line.contains("token=tok:")
-            && line.contains("secret=\"repo\"")
+            && line.contains(&name)
             && line.contains("peer_pid=")
-            && line.contains("exe="),
+            && line.contains("exe=sha256:"),
         "{line}"
     );
     assert!(!log.contains(&token), "token in the log");

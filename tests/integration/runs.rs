@@ -440,3 +440,47 @@ fn secrets_with_quotes_backslashes_and_newlines_are_masked_in_every_format() {
         }
     }
 }
+
+/// Issue 10, point 4: a hook written as a plain command gets no token (nor the socket), so
+/// `secretbox get` fails there with exit 3; a hook in the map form gets a token for exactly
+/// the secrets it lists, and is refused the task's others.
+#[test]
+fn hooks_get_a_token_only_for_the_secrets_they_list() {
+    use backupnizza::protocol::exit;
+    let scratch = Scratch::new();
+    let (repo, cloud) = (canary(), canary());
+    for (file, value) in [("repo.pw", &repo), ("cloud.pw", &cloud)] {
+        crate::harness::write_private(&scratch.path().join(file), value.as_bytes());
+    }
+    // `$N` hides the names from validate, which would (rightly) reject these uses up front.
+    let plain =
+        "env > plain.env; N=repo; secretbox get $N > plain.out 2> plain.err; echo $? > plain.rc";
+    // The refused name first: a token whose whole scope is used up answers `used` to anything.
+    let map = "env > map.env; N=repo; secretbox get $N > other.out 2> other.err; echo $? > other.rc; N=cloud; secretbox get --no-newline $N > map.out";
+    let config = scratch.config(&format!(
+        "secrets:\n  repo: {{file: {}}}\n  cloud: {{file: {}}}\ntasks:\n  t:\n    {TRIGGERED}\n    command: ['true']\n    secrets: [repo, cloud]\n    hooks:\n      before: [sh, -c, '{plain}']\n      after: {{command: [sh, -c, '{map}'], secrets: [cloud]}}\n",
+        scratch.path().join("repo.pw").display(),
+        scratch.path().join("cloud.pw").display(),
+    ));
+    let daemon = scratch.start_daemon(&config);
+    trigger(&scratch, &config, "t", true).expect_code(0);
+    let read = |name: &str| std::fs::read_to_string(scratch.path().join(name)).unwrap_or_default();
+    let log = daemon.log_text();
+
+    let env = read("plain.env");
+    assert!(env.contains("BACKUPNIZZA_HOOK=before"), "{env}");
+    assert!(!env.contains("SECRETBOX_TOKEN") && !env.contains("SECRETBOX_SOCKET"), "{env}");
+    assert_eq!(read("plain.rc").trim(), exit::NO_TOKEN.to_string(), "{}\n{log}", read("plain.err"));
+    assert!(read("plain.out").is_empty());
+    assert!(
+        read("plain.err").contains("the before hook lists no secrets"),
+        "{}",
+        read("plain.err")
+    );
+
+    assert!(read("map.env").contains("SECRETBOX_TOKEN=bnz1_"));
+    assert_eq!(read("map.out"), cloud, "{log}");
+    assert_eq!(read("other.rc").trim(), exit::NOT_IN_SCOPE.to_string(), "{}", read("other.err"));
+    assert!(read("other.out").is_empty());
+    assert!(log.contains("started process without a token"), "{log}");
+}

@@ -1,7 +1,9 @@
 //! References between sections, checked on the raw tree once the sections themselves are
 //! done: every secret a task names (in `secrets:`, `{secret: NAME}` values, notification
-//! URLs and `secretbox get NAME` in its commands) must be declared, a `secretbox get` must be
-//! within the task's scope, and every declared secret should be used by some task.
+//! URLs, its hooks' `secrets:` and `secretbox get NAME` in its commands) must be declared, a
+//! `secretbox get` must be within the scope of the token its process gets (the task's, or
+//! its hook's own, none for a plain hook), a hook's secrets must be the task's too, and every
+//! declared secret should be used by some task.
 
 use std::collections::BTreeSet;
 
@@ -44,6 +46,7 @@ impl Checker {
                 }
                 _ => Vec::new(),
             };
+            self.cross_check_hooks(node, &task, &tpath, &scope, &declared);
             // The task's own env and command, then each step's.
             let mut places: Vec<(String, &Node)> = vec![(tpath.clone(), node)];
             if let Some((_, Node { value: Value::Seq(steps), .. })) = lookup(node, "steps") {
@@ -58,7 +61,11 @@ impl Checker {
                         match &value.value {
                             Value::Str(text) => {
                                 self.check_secretbox_use(
-                                    text, &task, &scope, &vpath, value.pos, &declared,
+                                    text,
+                                    &scope,
+                                    (&vpath, value.pos),
+                                    &declared,
+                                    &task_fix(&task),
                                 );
                             }
                             Value::Map(_) => {
@@ -88,7 +95,11 @@ impl Checker {
                         if let Value::Str(text) = &arg.value {
                             let apath = index(&join(&path, "command"), i);
                             self.check_secretbox_use(
-                                text, &task, &scope, &apath, arg.pos, &declared,
+                                text,
+                                &scope,
+                                (&apath, arg.pos),
+                                &declared,
+                                &task_fix(&task),
                             );
                         }
                     }
@@ -140,16 +151,87 @@ impl Checker {
         }
     }
 
-    /// `RESTIC_PASSWORD_COMMAND: secretbox get repo` only works if `repo` is in the task's
-    /// `secrets:`; catching it here saves a failed 3 a.m. backup.
+    /// A task's hooks in the map form name secrets of their own: each must be declared and in
+    /// the task's `secrets:` (a hook narrows its task's scope, never widens it, so the task's
+    /// list stays the one place that says what the task can touch). A `secretbox get NAME`
+    /// in a hook's command must be within the hook's own list: a plain hook gets no token.
+    fn cross_check_hooks(
+        &mut self,
+        task_node: &Node,
+        task: &str,
+        tpath: &str,
+        task_scope: &[&str],
+        declared: &BTreeSet<&str>,
+    ) {
+        let Some((_, hooks)) = lookup(task_node, "hooks") else { return };
+        for (name, _, hook) in string_keys(hooks) {
+            let hpath = join(&join(tpath, "hooks"), &name);
+            let (command, scope): (Option<&Node>, Vec<&str>) = match &hook.value {
+                Value::Seq(_) => (Some(hook), Vec::new()),
+                Value::Map(_) => {
+                    let mut scope = Vec::new();
+                    if let Some((_, Node { value: Value::Seq(items), .. })) =
+                        lookup(hook, "secrets")
+                    {
+                        for (i, item) in items.iter().enumerate() {
+                            let Value::Str(secret) = &item.value else { continue };
+                            scope.push(secret.as_str());
+                            let at = index(&join(&hpath, "secrets"), i);
+                            if !declared.contains(secret.as_str()) {
+                                self.error(
+                                    &at,
+                                    item.pos,
+                                    format!(
+                                        "the {name} hook of task {task:?} names secret {secret:?}, which is not declared under `secrets:`{}",
+                                        suggestion(secret, declared.iter().copied())
+                                    ),
+                                );
+                            } else if !task_scope.contains(&secret.as_str()) {
+                                self.error(
+                                    &at,
+                                    item.pos,
+                                    format!(
+                                        "the {name} hook may fetch only secrets its task may: add {secret:?} to tasks.{task}.secrets too"
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                    (lookup(hook, "command").map(|(_, n)| n), scope)
+                }
+                _ => continue,
+            };
+            let Some(Node { value: Value::Seq(args), .. }) = command else { continue };
+            let plain = matches!(hook.value, Value::Seq(_));
+            let fix = |secret: &str| {
+                if plain {
+                    format!(
+                        "a hook written as a plain command gets no token: write tasks.{task}.hooks.{name} as {{command: [...], secrets: [{secret}]}}"
+                    )
+                } else {
+                    format!("add {secret:?} to tasks.{task}.hooks.{name}.secrets")
+                }
+            };
+            let cpath = if plain { hpath.clone() } else { join(&hpath, "command") };
+            for (i, arg) in args.iter().enumerate() {
+                if let Value::Str(text) = &arg.value {
+                    let apath = index(&cpath, i);
+                    self.check_secretbox_use(text, &scope, (&apath, arg.pos), declared, &fix);
+                }
+            }
+        }
+    }
+
+    /// `RESTIC_PASSWORD_COMMAND: secretbox get repo` only works if `repo` is in the scope of
+    /// the process's token; catching it here saves a failed 3 a.m. backup. `fix` says how to
+    /// bring a name into scope.
     fn check_secretbox_use(
         &mut self,
         text: &str,
-        task: &str,
         scope: &[&str],
-        path: &str,
-        pos: Option<Pos>,
+        (path, pos): (&str, Option<Pos>),
         declared: &BTreeSet<&str>,
+        fix: &dyn Fn(&str) -> String,
     ) {
         let words: Vec<&str> = text.split_whitespace().collect();
         for (i, pair) in words.windows(2).enumerate() {
@@ -179,11 +261,16 @@ impl Checker {
                 self.error(
                     path,
                     pos,
-                    format!("`secretbox get {name}` will be refused: add {name:?} to tasks.{task}.secrets"),
+                    format!("`secretbox get {name}` will be refused: {}", fix(name)),
                 );
             }
         }
     }
+}
+
+/// How to bring a name into the scope of a task's steps.
+fn task_fix(task: &str) -> impl Fn(&str) -> String + '_ {
+    move |name| format!("add {name:?} to tasks.{task}.secrets")
 }
 
 /// `key`'s key and value nodes in a mapping; problems with the mapping itself were already

@@ -11,7 +11,7 @@ use super::walk::{Checker, index, join, program_name, valid_env_name};
 use crate::config::tree::{Node, Pos, Value};
 use crate::config::{
     DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_LATENESS, DEFAULT_NOTIFY_TIMEOUT, DEFAULT_REDEEM_LIMIT,
-    EnvValue, EnvVar, Environment, Hooks, Notify, Overlap, Step, Task, UrlValue, Zone,
+    EnvValue, EnvVar, Environment, Hook, Hooks, Notify, Overlap, Step, Task, UrlValue, Zone,
 };
 use crate::schedule::Schedule;
 
@@ -36,6 +36,8 @@ const TASK_KEYS: &[&str] = &[
     "output_file",
 ];
 const HOOK_KEYS: &[&str] = &["before", "on_success", "on_failure", "after", "timeout"];
+/// The map form of one hook.
+const HOOK_FORM_KEYS: &[&str] = &["command", "secrets"];
 const NOTIFY_KEYS: &[&str] = &["ping", "webhook", "send_logs", "timeout"];
 const STEP_KEYS: &[&str] = &["command", "env", "continue_on_error", "sha256"];
 /// Variables the daemon sets itself in every child.
@@ -352,10 +354,10 @@ impl Checker {
             "a mapping {before: [...], on_success: [...], on_failure: [...], after: [...]}",
             Some(HOOK_KEYS),
         )?;
-        let before = self.optional(&f, path, "before", Checker::argv);
-        let on_success = self.optional(&f, path, "on_success", Checker::argv);
-        let on_failure = self.optional(&f, path, "on_failure", Checker::argv);
-        let after = self.optional(&f, path, "after", Checker::argv);
+        let before = self.optional(&f, path, "before", Checker::hook);
+        let on_success = self.optional(&f, path, "on_success", Checker::hook);
+        let on_failure = self.optional(&f, path, "on_failure", Checker::hook);
+        let after = self.optional(&f, path, "after", Checker::hook);
         let timeout = self.with_default(
             &f,
             path,
@@ -370,6 +372,26 @@ impl Checker {
             after: after?,
             timeout: timeout?,
         })
+    }
+
+    /// One hook: a plain argv list (no token), or `{command: [...], secrets: [NAME...]}` (a
+    /// token for exactly those secrets). Whether the names are declared and in the task's
+    /// `secrets:` is [`super::cross`]'s job, like every other reference.
+    fn hook(&mut self, node: &Node, path: &str) -> Option<Hook> {
+        if !matches!(node.value, Value::Map(_)) {
+            return self.argv(node, path).map(|command| Hook { command, secrets: Vec::new() });
+        }
+        let f = self.fields(
+            node,
+            path,
+            "a command [PROGRAM, ARGS...] or {command: [...], secrets: [NAME...]}",
+            Some(HOOK_FORM_KEYS),
+        )?;
+        let command = self
+            .required(&f, path, "command", node.pos)
+            .and_then(|n| self.argv(n, &join(path, "command")));
+        let secrets = self.with_default(&f, path, "secrets", Vec::new(), Checker::secret_list);
+        Some(Hook { command: command?, secrets: secrets? })
     }
 
     /// A task's `notify`, or the top-level one.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::config::{
     Checked, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_LATENESS, DEFAULT_NOTIFY_TIMEOUT,
     DEFAULT_OUTPUT_KEEP, DEFAULT_OUTPUT_MAX_SIZE, DEFAULT_REDEEM_LIMIT, DEFAULT_SHUTDOWN_GRACE,
-    DEFAULT_TOKEN_TTL, Environment, LogFormat, LogLevel, OutputFile, Overlap, Pos, Problem,
+    DEFAULT_TOKEN_TTL, Environment, Hook, LogFormat, LogLevel, OutputFile, Overlap, Pos, Problem,
     Severity, Source, Store, parse,
 };
 
@@ -113,8 +113,64 @@ fn nested_defaults_apply_inside_a_given_section() {
     );
     let hooks = &config.task("docs").unwrap().hooks;
     assert_eq!(
-        (hooks.before.as_deref(), hooks.timeout),
-        (Some(&["echo".to_string()][..]), DEFAULT_HOOK_TIMEOUT)
+        (hooks.before.as_ref(), hooks.timeout),
+        (Some(&Hook { command: vec!["echo".into()], secrets: Vec::new() }), DEFAULT_HOOK_TIMEOUT)
+    );
+}
+
+#[test]
+fn hooks_are_plain_commands_or_commands_with_secrets_of_their_own() {
+    let base = "secrets:\n  repo: {env: R}\n  cloud: {env: C}\n  spare: {env: S}\ntasks:\n  docs:\n    schedule: '@daily'\n    command: [x]\n    secrets: [repo, cloud]\n";
+    let with = |hooks: &str| format!("{base}    hooks:\n{hooks}");
+    let config = check(&with(
+        "      before: [sh, -c, 'echo hi']\n      after: {command: [mount-check], secrets: [cloud]}\n      on_failure: {command: [notify-me]}\n",
+    ))
+    .config
+    .expect("valid");
+    let hooks = &config.task("docs").unwrap().hooks;
+    let (before, after) = (hooks.before.as_ref().unwrap(), hooks.after.as_ref().unwrap());
+    assert!(before.secrets.is_empty(), "the plain form gets no token");
+    assert_eq!(
+        (after.command.as_slice(), after.secrets.as_slice()),
+        (&["mount-check".to_string()][..], &["cloud".to_string()][..])
+    );
+    assert!(hooks.on_failure.as_ref().unwrap().secrets.is_empty());
+
+    let bad = with(
+        "      before: {command: [a], secrets: [spare, nope]}\n      after: {secrets: [repo]}\n      on_success: [sh, -c, 'secretbox get repo']\n      on_failure: {command: [sh, -c, 'secretbox get repo'], secrets: [cloud], env: {}}\n",
+    );
+    let spare_unused = "secret \"spare\" is not used by any task (add it to a task's `secrets:`)";
+    assert_eq!(
+        problems(&bad),
+        [
+            problem(4, 3, "secrets.spare", spare_unused),
+            problem(
+                11,
+                40,
+                "tasks.docs.hooks.before.secrets[0]",
+                "the before hook may fetch only secrets its task may: add \"spare\" to tasks.docs.secrets too"
+            ),
+            problem(
+                11,
+                47,
+                "tasks.docs.hooks.before.secrets[1]",
+                "the before hook of task \"docs\" names secret \"nope\", which is not declared under `secrets:`"
+            ),
+            problem(12, 14, "tasks.docs.hooks.after", "missing required key `command`"),
+            problem(
+                13,
+                28,
+                "tasks.docs.hooks.on_success[2]",
+                "`secretbox get repo` will be refused: a hook written as a plain command gets no token: write tasks.docs.hooks.on_success as {command: [...], secrets: [repo]}"
+            ),
+            problem(
+                14,
+                38,
+                "tasks.docs.hooks.on_failure.command[2]",
+                "`secretbox get repo` will be refused: add \"repo\" to tasks.docs.hooks.on_failure.secrets"
+            ),
+            problem(14, 79, "tasks.docs.hooks.on_failure.env", "unknown key \"env\""),
+        ]
     );
 }
 
