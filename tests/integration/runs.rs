@@ -37,7 +37,7 @@ fn a_timeout_stops_the_whole_process_group_even_a_grandchild_ignoring_sigint() {
         daemon.log_text()
     );
     let log = daemon.log_text();
-    assert!(log.contains("sent SIGINT, then SIGTERM"), "{log}");
+    assert!(log.contains("sent SIGINT to the main process, then SIGINT, then SIGTERM"), "{log}");
     let h = history(&scratch);
     let end = records(&h, "end", "slow");
     assert_eq!(end.len(), 1);
