@@ -496,24 +496,15 @@ fn bind_socket(config: &Config, env: &Environment) -> anyhow::Result<socket::Bou
 /// (the runner's own children are reaped by tokio within milliseconds).
 #[cfg(target_os = "linux")]
 fn reap_orphans(active: &HashSet<u32>, previous: &mut HashSet<u32>) {
-    let mut zombies = HashSet::new();
-    let Ok(threads) = std::fs::read_dir("/proc/self/task") else { return };
-    for thread in threads.flatten() {
-        let Ok(children) = std::fs::read_to_string(thread.path().join("children")) else {
-            continue;
-        };
-        for pid in children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
-            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'))
-            });
-            if zombie && !active.contains(&pid) {
-                zombies.insert(pid);
-            }
-        }
-    }
+    use nix::unistd::Pid;
+    let zombies: HashSet<u32> = contain::children()
+        .into_iter()
+        .filter(|pid| !active.contains(&(*pid as u32)) && contain::is_zombie(Pid::from_raw(*pid)))
+        .map(|pid| pid as u32)
+        .collect();
     for pid in zombies.intersection(previous) {
         let _ = nix::sys::wait::waitpid(
-            nix::unistd::Pid::from_raw(*pid as i32),
+            Pid::from_raw(*pid as i32),
             Some(nix::sys::wait::WaitPidFlag::WNOHANG),
         );
     }

@@ -177,8 +177,9 @@ impl RunProcs {
 
     /// Whether no process of the run is left, besides those the caller still waits for:
     /// the group `pgid` is empty (its ended members reaped), the cgroup is unpopulated, and
-    /// no adopted child carries the run id. `skip` lists pids that are known step leaders.
-    pub(crate) fn all_gone(&self, pgid: Option<Pid>, skip: &HashSet<u32>) -> bool {
+    /// no adopted child carries the run id. `skip` gives the pids that are known step
+    /// leaders; it is asked for only without a cgroup (the cgroup needs no such list).
+    pub(crate) fn all_gone(&self, pgid: Option<Pid>, skip: impl FnOnce() -> HashSet<u32>) -> bool {
         if let Some(pgid) = pgid
             && !group_empty(pgid)
         {
@@ -187,7 +188,7 @@ impl RunProcs {
         if let Some(cg) = &self.cgroup {
             return !cgroup_populated(cg);
         }
-        with_run_id(&self.run_id, Search::Adopted, skip).is_empty()
+        with_run_id(&self.run_id, Search::Adopted, &skip()).is_empty()
     }
 
     /// The live processes of the run (for counting and signalling).
@@ -242,7 +243,7 @@ impl RunProcs {
         let none = HashSet::new();
         let count = self.members(pgid, search, &none).len();
         let gone = |procs: &RunProcs| {
-            procs.all_gone(pgid, &none) && procs.members(pgid, search, &none).is_empty()
+            procs.all_gone(pgid, HashSet::new) && procs.members(pgid, search, &none).is_empty()
         };
         if count == 0 && gone(self) {
             return None;
@@ -330,7 +331,8 @@ fn leads_group(pid: Pid) -> bool {
     })
 }
 
-fn is_zombie(pid: Pid) -> bool {
+/// Whether `pid` has ended (a zombie not yet reaped, or gone).
+pub(crate) fn is_zombie(pid: Pid) -> bool {
     stat_fields(pid.as_raw()).is_none_or(|f| f.first().is_some_and(|s| s == "Z" || s == "X"))
 }
 
@@ -349,7 +351,7 @@ fn group_members(pgid: Pid) -> Vec<Pid> {
 fn with_run_id(run_id: &str, search: Search, skip: &HashSet<u32>) -> Vec<Pid> {
     let needle = format!("BACKUPNIZZA_RUN_ID={run_id}\0").into_bytes();
     let candidates: Vec<i32> = match search {
-        Search::Adopted => adopted_children(),
+        Search::Adopted => children(),
         Search::Everywhere => {
             let uid = nix::unistd::getuid().as_raw();
             all_pids()
@@ -374,8 +376,9 @@ fn with_run_id(run_id: &str, search: Search, skip: &HashSet<u32>) -> Vec<Pid> {
         .collect()
 }
 
-/// The daemon's direct children: step leaders, and orphans it adopted as child subreaper.
-fn adopted_children() -> Vec<i32> {
+/// The daemon's direct children: step leaders, the guardian, and orphans it adopted as
+/// child subreaper.
+pub(crate) fn children() -> Vec<i32> {
     let Ok(threads) = std::fs::read_dir("/proc/self/task") else { return Vec::new() };
     let mut out = Vec::new();
     for thread in threads.flatten() {

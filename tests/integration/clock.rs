@@ -6,27 +6,14 @@
 //! back rebuild the timetable from the new clock, and no timestamp from the future reaches
 //! the metrics or the downtime catch-up.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use jiff::Timestamp;
 
-use crate::harness::{Daemon, PATIENCE, Scratch, TRIGGERED, history, trigger};
-
-fn libfaketime() -> PathBuf {
-    let found = std::fs::read_dir("/usr/lib")
-        .unwrap()
-        .flatten()
-        .map(|e| e.path().join("faketime/libfaketime.so.1"))
-        .find(|p| p.exists());
-    found.expect("libfaketime.so.1 (Debian package faketime; .ci/run installs it)")
-}
-
-/// A libfaketime spec that makes the clock read `target` now.
-fn offset_to(target: Timestamp) -> String {
-    let seconds = target.as_second() - Timestamp::now().as_second();
-    format!("{seconds:+}")
-}
+use crate::harness::{
+    Daemon, PATIENCE, Scratch, TRIGGERED, history, libfaketime, offset_to, trigger,
+};
 
 #[test]
 fn after_a_suspend_a_missed_occurrence_runs_once_and_a_too_late_one_is_skipped() {

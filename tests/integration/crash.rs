@@ -3,12 +3,13 @@
 //! copies, and a run ends only when every process it started has ended.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use jiff::Timestamp;
 use nix::sys::signal::Signal;
 
-use crate::harness::{Daemon, PATIENCE, Scratch, TRIGGERED, history, trigger};
+use crate::harness::{
+    Daemon, Scratch, TRIGGERED, history, libfaketime, offset_to, trigger, wait_until,
+};
 
 /// Pids of live processes whose argument list is exactly `argv`.
 fn running(argv: &[&str]) -> Vec<u32> {
@@ -35,15 +36,6 @@ fn run_id_of(pid: u32) -> Option<String> {
     })
 }
 
-#[track_caller]
-fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The daemon's guardian: its child running `backupnizza guard`.
 fn guardian_of(daemon: &Daemon) -> u32 {
     let dir = format!("/proc/{}/task", daemon.pid());
@@ -64,15 +56,6 @@ fn guardian_of(daemon: &Daemon) -> u32 {
         .expect("the daemon has a guardian process")
 }
 
-fn libfaketime() -> PathBuf {
-    std::fs::read_dir("/usr/lib")
-        .unwrap()
-        .flatten()
-        .map(|e| e.path().join("faketime/libfaketime.so.1"))
-        .find(|p| p.exists())
-        .expect("libfaketime.so.1 (Debian package faketime; .ci/run installs it)")
-}
-
 /// Starts the daemon with its wall clock at `clock` (a libfaketime timestamp file).
 fn start_at(scratch: &Scratch, config: &Path, clock: &Path) -> Daemon {
     scratch.start_daemon_with(config, |cmd| {
@@ -85,9 +68,7 @@ fn start_at(scratch: &Scratch, config: &Path, clock: &Path) -> Daemon {
 
 /// A libfaketime file that makes the clock read `target` now.
 fn clock_at(scratch: &Scratch, target: &str) -> PathBuf {
-    let target: Timestamp = target.parse().unwrap();
-    let seconds = target.as_second() - Timestamp::now().as_second();
-    scratch.write("faketime", format!("{seconds:+}"))
+    scratch.write("faketime", offset_to(target.parse().unwrap()))
 }
 
 fn sigkill(mut daemon: Daemon) {
@@ -297,40 +278,57 @@ fn a_setsid_grandchild_is_part_of_its_run_with_or_without_cgroups() {
     }
 }
 
-/// `restic list locks` on the local repository, as the test (not through the daemon).
-fn locks(repo: &Path, password: &str) -> Vec<String> {
-    let out = std::process::Command::new("restic")
-        .args(["--no-cache", "-r"])
-        .arg(repo)
-        .args(["list", "locks", "--no-lock"])
-        .env("RESTIC_PASSWORD", password)
-        .output()
-        .expect("restic is installed (.ci/run installs it)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+/// A restic repository for these tests: initialised, its password a canary in a 0600 file
+/// (for a `file:` secret), and 32 MiB of random data to back up, so that a backup uploaded at
+/// 512 KiB/s takes about a minute unless it is stopped.
+struct Repo {
+    url: String,
+    password: String,
+    secret: PathBuf,
+    data: PathBuf,
+}
+
+impl Repo {
+    fn new(scratch: &Scratch, url: String) -> Repo {
+        let repo = Repo {
+            url,
+            password: crate::harness::canary(),
+            secret: scratch.path().join("repo-password"),
+            data: scratch.path().join("data"),
+        };
+        let init = repo.restic(&["init", "-q"]);
+        assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+        crate::harness::write_private(&repo.secret, repo.password.as_bytes());
+        std::fs::create_dir_all(&repo.data).unwrap();
+        let mut bytes = vec![0u8; 32 * 1024 * 1024];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+        std::fs::write(repo.data.join("big"), bytes).unwrap();
+        repo
+    }
+
+    /// restic on this repository, as the test (not through the daemon).
+    fn restic(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("restic")
+            .args(["--no-cache", "-r", &self.url])
+            .args(args)
+            .env("RESTIC_PASSWORD", &self.password)
+            .env("RCLONE_CONFIG", "/dev/null")
+            .output()
+            .expect("restic is installed (.ci/run installs it)")
+    }
+
+    /// `restic list locks`.
+    fn locks(&self) -> Vec<String> {
+        let out = self.restic(&["list", "locks", "--no-lock"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    }
 }
 
 #[test]
 fn sigkill_during_a_real_restic_backup_leaves_no_restic_and_no_lock() {
     let scratch = Scratch::new();
-    let password = crate::harness::canary();
-    let repo = scratch.path().join("repo");
-    let init = std::process::Command::new("restic")
-        .args(["--no-cache", "-r"])
-        .arg(&repo)
-        .args(["init", "-q"])
-        .env("RESTIC_PASSWORD", &password)
-        .output()
-        .unwrap();
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
-    let secret = scratch.path().join("repo-password");
-    crate::harness::write_private(&secret, password.as_bytes());
-    // Random data, uploaded at 512 KiB/s: the backup takes about a minute unless stopped.
-    let data = scratch.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let mut bytes = vec![0u8; 32 * 1024 * 1024];
-    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
-    std::fs::write(data.join("big"), bytes).unwrap();
+    let repo = Repo::new(&scratch, scratch.path().join("repo").display().to_string());
     let config = scratch.config(&format!(
         "secrets:
   repo: {{file: {}}}
@@ -342,13 +340,13 @@ tasks:
       RESTIC_PASSWORD_COMMAND: secretbox get repo
     command: [restic, --no-cache, -r, {}, backup, --limit-upload, '512', {}]
 ",
-        secret.display(),
-        repo.display(),
-        data.display()
+        repo.secret.display(),
+        repo.url,
+        repo.data.display()
     ));
     let daemon = scratch.start_daemon(&config);
     trigger(&scratch, &config, "backup", false).expect_code(0);
-    wait_until("restic to hold its lock", || !locks(&repo, &password).is_empty());
+    wait_until("restic to hold its lock", || !repo.locks().is_empty());
     let restic = || {
         std::fs::read_dir("/proc")
             .unwrap()
@@ -364,14 +362,14 @@ tasks:
     assert!(restic() > 0);
     sigkill(daemon);
     wait_until("no restic left", || restic() == 0);
-    assert!(locks(&repo, &password).is_empty(), "restic died holding its lock");
+    assert!(repo.locks().is_empty(), "restic died holding its lock");
 
     let daemon = scratch.start_daemon(&config);
     daemon.wait_for("the settlement", |l| l.contains("stopped without ending this run"));
     wait_until("the interrupted record", || {
         records_of(&history(&scratch), "end").iter().any(|e| e["status"] == "interrupted")
     });
-    assert!(locks(&repo, &password).is_empty());
+    assert!(repo.locks().is_empty());
     let status = scratch.backupnizza(["status", "-c"]).run_with(&config);
     assert!(status.stdout().contains("interrupted"), "{status}");
     // A manual run is not run again by itself: one start only.
@@ -386,27 +384,9 @@ tasks:
 #[test]
 fn a_timeout_of_restic_with_an_rclone_backend_leaves_no_lock() {
     let scratch = Scratch::new();
-    let password = crate::harness::canary();
     let repo_dir = scratch.path().join("repo");
-    let repo = format!("rclone::local:{}", repo_dir.display());
-    let restic = |args: &[&str]| {
-        std::process::Command::new("restic")
-            .args(["--no-cache", "-r", &repo])
-            .args(args)
-            .env("RESTIC_PASSWORD", &password)
-            .env("RCLONE_CONFIG", "/dev/null")
-            .output()
-            .expect("restic is installed (.ci/run installs it)")
-    };
-    let init = restic(&["init", "-q"]);
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
-    let secret = scratch.path().join("repo-password");
-    crate::harness::write_private(&secret, password.as_bytes());
-    let data = scratch.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let mut bytes = vec![0u8; 32 * 1024 * 1024];
-    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
-    std::fs::write(data.join("big"), bytes).unwrap();
+    let repo = Repo::new(&scratch, format!("rclone::local:{}", repo_dir.display()));
+    let url = &repo.url;
     let config = scratch.config(&format!(
         "secrets:
   repo: {{file: {}}}
@@ -419,15 +399,15 @@ tasks:
     env: &env
       RESTIC_PASSWORD_COMMAND: secretbox get repo
       RCLONE_CONFIG: /dev/null
-    command: [restic, --no-cache, -r, '{repo}', backup, --limit-upload, '512', {}]
+    command: [restic, --no-cache, -r, '{url}', backup, --limit-upload, '512', {}]
   prune:
     {TRIGGERED}
     secrets: [repo]
     env: *env
-    command: [restic, --no-cache, -r, '{repo}', prune]
+    command: [restic, --no-cache, -r, '{url}', prune]
 ",
-        secret.display(),
-        data.display()
+        repo.secret.display(),
+        repo.data.display()
     ));
     let _daemon = scratch.start_daemon(&config);
     let run = trigger(&scratch, &config, "backup", true);
@@ -436,8 +416,6 @@ tasks:
     let end = records_of(&records, "end")[0];
     assert_eq!(end["status"], "timeout", "{end}");
     assert!(end["reason"].as_str().unwrap().contains("SIGINT to the main process"), "{end}");
-    let locks = restic(&["list", "locks", "--no-lock"]);
-    assert!(locks.status.success(), "{}", String::from_utf8_lossy(&locks.stderr));
-    assert_eq!(String::from_utf8_lossy(&locks.stdout).trim(), "", "restic left its lock");
+    assert!(repo.locks().is_empty(), "restic left its lock");
     trigger(&scratch, &config, "prune", true).expect_code(0);
 }

@@ -371,3 +371,29 @@ pub(crate) fn write_private(path: &Path, contents: &[u8]) {
     std::fs::write(path, contents).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
+
+/// Polls `cond` every 100 ms until it holds; panics after `PATIENCE`.
+#[track_caller]
+pub(crate) fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// libfaketime's preload library (Debian's `faketime` package).
+pub(crate) fn libfaketime() -> PathBuf {
+    std::fs::read_dir("/usr/lib")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.exists())
+        .expect("libfaketime.so.1 (Debian package faketime; .ci/run installs it)")
+}
+
+/// A libfaketime spec that makes the clock read `target` now.
+pub(crate) fn offset_to(target: jiff::Timestamp) -> String {
+    let seconds = target.as_second() - jiff::Timestamp::now().as_second();
+    format!("{seconds:+}")
+}

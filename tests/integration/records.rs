@@ -1,9 +1,7 @@
 //! The run history under faults (issue 15): a full disk never tears a record, and a history
 //! that cannot be opened never stops backups.
 
-use std::time::{Duration, Instant};
-
-use crate::harness::{PATIENCE, Scratch, TRIGGERED, history, trigger};
+use crate::harness::{Scratch, TRIGGERED, history, trigger, wait_until};
 
 /// Every line of the history file, and whether each parses as JSON.
 fn lines(scratch: &Scratch) -> Vec<(String, bool)> {
@@ -12,14 +10,6 @@ fn lines(scratch: &Scratch) -> Vec<(String, bool)> {
         .lines()
         .map(|l| (l.to_string(), serde_json::from_str::<serde_json::Value>(l).is_ok()))
         .collect()
-}
-
-fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Regression: the daemon refused to start (exit 1) when its history could not be opened.
