@@ -41,12 +41,21 @@ use nix::unistd::Pid;
 
 use super::contain::{RunProcs, Search, timeout_plan};
 
-/// Grace between the signals the guardian sends.
+/// Grace between the signals the guardian sends when the daemon did not say (it always
+/// says: the task's `kill_grace`).
 const GRACE: Duration = Duration::from_secs(10);
-/// Longest message: `+ PGID RUN_ID CGROUP`.
+/// Longest message: `+ PGID RUN_ID CGROUP GRACE_MS`.
 const MAX_MESSAGE: usize = 4096;
 /// How long the guardian goes on draining output once the processes are stopped.
 const DRAIN_AFTER: Duration = Duration::from_secs(2);
+
+/// What the guardian knows of one live step.
+struct Watched {
+    run_id: String,
+    cgroup: Option<PathBuf>,
+    grace: Duration,
+    pipes: Vec<OwnedFd>,
+}
 
 /// The daemon's end of the socket pair.
 #[derive(Debug)]
@@ -73,10 +82,14 @@ impl Guardian {
         Ok(Guardian { socket: ours })
     }
 
-    /// A step's process group is live; `pipes` are its stdout and stderr.
-    pub(crate) fn watch(&self, pgid: u32, procs: &RunProcs, pipes: &[RawFd]) {
+    /// A step's process group is live; `pipes` are its stdout and stderr; `grace` is the
+    /// task's `kill_grace`, used between the guardian's signals too (restic, interrupted,
+    /// finishes the packs it is uploading before it removes its lock: on a slow link that
+    /// takes a while, and SIGTERM earlier would leave the lock behind).
+    pub(crate) fn watch(&self, pgid: u32, procs: &RunProcs, pipes: &[RawFd], grace: Duration) {
         let cgroup = procs.cgroup.as_ref().and_then(|c| c.to_str()).unwrap_or("-");
-        self.send(&format!("+ {pgid} {} {cgroup}", procs.run_id), pipes);
+        let grace = grace.as_millis();
+        self.send(&format!("+ {pgid} {} {cgroup} {grace}", procs.run_id), pipes);
     }
 
     /// A step's process group is gone.
@@ -136,14 +149,16 @@ pub fn main() -> anyhow::Result<()> {
             let _ = nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigIgn);
         }
     }
-    let mut live: HashMap<i32, (String, Option<PathBuf>, Vec<OwnedFd>)> = HashMap::new();
+    let mut live: HashMap<i32, Watched> = HashMap::new();
     while let Some((message, fds)) = receive(0) {
         let mut words = message.split(' ');
         match (words.next(), words.next().and_then(|p| p.parse::<i32>().ok())) {
             (Some("+"), Some(pgid)) => {
                 let run_id = words.next().unwrap_or_default().to_string();
                 let cgroup = words.next().filter(|c| *c != "-").map(PathBuf::from);
-                live.insert(pgid, (run_id, cgroup, fds));
+                let grace =
+                    words.next().and_then(|g| g.parse().ok()).map_or(GRACE, Duration::from_millis);
+                live.insert(pgid, Watched { run_id, cgroup, grace, pipes: fds });
             }
             (Some("-"), Some(pgid)) => {
                 live.remove(&pgid);
@@ -160,13 +175,13 @@ pub fn main() -> anyhow::Result<()> {
     );
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        // The kernel sent the main processes SIGINT already (PR_SET_PDEATHSIG on Linux):
-        // the first stage repeats it and waits, before the rest of each group is signalled.
-        let plan = timeout_plan(GRACE);
         let mut drains = tokio::task::JoinSet::new();
         let mut stops = tokio::task::JoinSet::new();
-        for (pgid, (run_id, cgroup, fds)) in live {
-            for fd in fds {
+        for (pgid, Watched { run_id, cgroup, grace, pipes }) in live {
+            // The kernel sent the main process SIGINT already (PR_SET_PDEATHSIG on Linux):
+            // the first stage repeats it and waits, before the rest of the group is signalled.
+            let plan = timeout_plan(grace);
+            for fd in pipes {
                 if let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
                     drains.spawn(drain(pipe));
                 }

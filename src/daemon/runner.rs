@@ -517,7 +517,7 @@ impl Runner {
             .into_iter()
             .flatten()
             .collect();
-            guardian.watch(pid, procs, &pipes);
+            guardian.watch(pid, procs, &pipes, task.kill_grace);
         }
         match handle {
             Some(handle) => {
