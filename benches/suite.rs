@@ -119,6 +119,22 @@ fn main() {
         );
     }
 
+    if want("checks") {
+        for clients in [1, 8] {
+            let (with, without) = bench_checks(clients);
+            let cost = 1.0 - with / without;
+            row(
+                &format!(
+                    "redeemer check: redemptions/s with / without, {clients} client{}",
+                    if clients == 1 { "" } else { "s" }
+                ),
+                format!("{with:.0} / {without:.0} ({:+.1}%)", -cost * 100.0),
+                "costs < 10%",
+                Some(cost < 0.10),
+            );
+        }
+    }
+
     if want("idle") {
         let cron_kib = cron_rss();
         for tasks in [10, 1000] {
@@ -375,9 +391,9 @@ struct Load {
 fn bench_redemptions(dir: &Path, clients: usize) -> Load {
     let results = dir.join(format!("load{clients}.txt"));
     let extra = format!(
-        "  load:\n    schedule: '0 0 1 1 *'\n    command: [{}, --inside, load, '100', '20000', '{clients}', {}]\n    secrets: [SECRETS]\n    redeem_limit: 1000\n",
-        std::env::current_exe().unwrap().display(),
-        results.display()
+        "  load:\n    schedule: '0 0 1 1 *'\n    command: [{exe}, --inside, load, '100', '20000', '{clients}', {}]\n    secrets: [SECRETS]\n    redeem_limit: 1000\n    redeemers: [{exe}]\n",
+        results.display(),
+        exe = std::env::current_exe().unwrap().display(),
     );
     let path = config(dir, &format!("load{clients}"), 0, 100, &extra);
     let (child, _) = start_daemon(dir, &path, &format!("load{clients}"));
@@ -386,6 +402,68 @@ fn bench_redemptions(dir: &Path, clients: usize) -> Load {
     let text = std::fs::read_to_string(results).unwrap();
     let v: Vec<f64> = text.split_whitespace().map(|x| x.parse().unwrap()).collect();
     Load { rate: v[0], p50_us: v[1] as u128, p99_us: v[2] as u128 }
+}
+
+/// The redeemer check's cost, A/B in one run: the library's broker served in this process
+/// (as the daemon serves it, per-process connection limits included) with the check and
+/// without it, alternated for five rounds each; the load client is this binary as a child
+/// (`--inside load`), holding a token minted for it and listed as the task's redeemer.
+/// Median rates, with and without.
+fn bench_checks(clients: usize) -> (f64, f64) {
+    use backupnizza::broker::{self, Broker, Limits, Redeemers, Secrets};
+    use std::sync::Arc;
+    let me = std::env::current_exe().unwrap();
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut rates = (Vec::new(), Vec::new());
+    for round in 0..10 {
+        let checked = round % 2 == 0;
+        let dir = tempfile::Builder::new().prefix("bnz-bench-checks-").tempdir().unwrap();
+        let mut secrets = Secrets::empty();
+        for i in 0..100 {
+            secrets.insert(&format!("s{i}"), format!("secret-{i}").as_bytes()).unwrap();
+        }
+        let mut broker =
+            Broker::new(Arc::new(secrets), Duration::from_secs(600), Limits::default());
+        if checked {
+            let listed = [me.clone()];
+            broker = broker.with_redeemers(
+                Redeemers::pin(Some(Path::new(SECRETBOX)), [("bench", &listed[..])]).unwrap(),
+            );
+        }
+        let broker = Arc::new(broker);
+        let socket = dir.path().join("s.sock");
+        let listener = {
+            let _guard = runtime.enter();
+            tokio::net::UnixListener::bind(&socket).unwrap()
+        };
+        let stop = tokio_util::sync::CancellationToken::new();
+        let server = runtime.spawn(broker::serve(listener, broker.clone(), stop.clone()));
+        let scope: Vec<Arc<str>> = (0..100).map(|i| Arc::from(format!("s{i}"))).collect();
+        let (token, handle) = broker.mint(&Arc::from("bench"), &scope, 1000).unwrap();
+        let out = dir.path().join("load.txt");
+        let mut child = Command::new(&me)
+            .args(["--inside", "load", "100", "20000", &clients.to_string()])
+            .arg(&out)
+            .env("SECRETBOX_TOKEN", token.expose())
+            .env("SECRETBOX_SOCKET", &socket)
+            .spawn()
+            .unwrap();
+        broker.started(handle, child.id());
+        assert!(child.wait().unwrap().success());
+        broker.reaped(handle, Some(child.id()));
+        stop.cancel();
+        runtime.block_on(server).unwrap();
+        let rate: f64 = std::fs::read_to_string(&out)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        if checked { rates.0.push(rate) } else { rates.1.push(rate) }
+    }
+    (median(rates.0), median(rates.1))
 }
 
 fn status_kib(pid: u32, field: &str) -> u64 {

@@ -12,6 +12,7 @@
 pub(crate) mod control;
 pub mod peer;
 mod redeem;
+pub mod redeemers;
 pub mod secrets;
 pub mod server;
 pub(crate) mod socket;
@@ -22,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub use peer::Peer;
+pub use redeemers::Redeemers;
 pub use secrets::Secrets;
 pub use server::{Limits, serve, serve_http};
 pub use vault::{Handle, Token};
@@ -40,6 +42,9 @@ pub struct Broker {
     secrets: Arc<Secrets>,
     uid: u32,
     limits: Limits,
+    /// The programs that may redeem; `None` (only through [`Broker::new`] without
+    /// [`Broker::with_redeemers`]) checks no program. The daemon always sets it.
+    redeemers: Option<Arc<Redeemers>>,
 }
 
 /// The broker's mutable state.
@@ -76,6 +81,47 @@ impl Broker {
             secrets,
             uid: nix::unistd::getuid().as_raw(),
             limits,
+            redeemers: None,
+        }
+    }
+
+    /// Grants redemptions only to the programs `redeemers` pinned (see [`redeemers`]).
+    #[must_use]
+    pub fn with_redeemers(mut self, redeemers: Redeemers) -> Broker {
+        self.redeemers = Some(Arc::new(redeemers));
+        self
+    }
+
+    /// What the peer's program is, or why it may not redeem: from the cache when its file
+    /// was seen before, else hashed on a blocking thread.
+    pub(crate) async fn verify_redeemer(
+        &self,
+        peer: &Peer,
+    ) -> Result<Option<redeemers::Verified>, &'static str> {
+        let Some(redeemers) = &self.redeemers else { return Ok(None) };
+        let pid = peer.pid.ok_or("a peer without a pid")?;
+        let verified = if let Some(result) = redeemers.verify_cached(pid) {
+            result
+        } else {
+            let redeemers = redeemers.clone();
+            tokio::task::spawn_blocking(move || redeemers.verify(pid))
+                .await
+                .unwrap_or(Err(redeemers::Refused::Unreadable))
+        };
+        verified.map(Some).map_err(redeemers::Refused::why)
+    }
+
+    /// Whether a verified program may redeem tokens of `task` (a task's `redeemers:` are its
+    /// own).
+    pub(crate) fn redeemer_allows(
+        &self,
+        verified: Option<redeemers::Verified>,
+        task: &str,
+    ) -> bool {
+        match (&self.redeemers, verified) {
+            (Some(r), Some(v)) => r.allows(v, task),
+            (None, _) => true,
+            (Some(_), None) => false,
         }
     }
 

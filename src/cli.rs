@@ -230,11 +230,13 @@ or as rclone's (rclone --password-command, or RCLONE_PASSWORD_COMMAND):
     env:
       RCLONE_PASSWORD_COMMAND: secretbox get rclone-config
 
-Environment: SECRETBOX_TOKEN (the token), SECRETBOX_SOCKET (the daemon's socket).
+Environment: SECRETBOX_TOKEN (the token), SECRETBOX_SOCKET (the daemon's socket),
+SECRETBOX_DAEMON (the daemon's PID:START; nothing is sent to another server).
 Exit codes: 0 ok, 1 internal error, 2 usage, 3 no token in the environment,
 4 daemon unreachable, 5 token expired, 6 token already used for NAME,
 7 token not valid for NAME, 8 token's process has exited, 9 unknown token,
-10 caller not allowed, 11 too many failures (slow down).
+10 caller not allowed, 11 too many failures (slow down),
+12 the socket is served by another process than the daemon (nothing was sent).
 On any failure nothing is written to stdout.";
 
 /// secretbox: fetch a secret from the backupnizza daemon with a one-time token.

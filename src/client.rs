@@ -25,6 +25,38 @@ pub enum ClientError {
     Timeout { socket: PathBuf, timeout: Duration },
     #[error("unexpected answer from the daemon: {0}")]
     Protocol(String),
+    /// The process serving the socket is not the daemon we were told about: nothing was sent.
+    #[error("the process serving {} is not the daemon that started this process ({found}); nothing was sent to it", socket.display())]
+    NotTheDaemon { socket: PathBuf, found: String },
+}
+
+/// The daemon a client expects on the other end: its pid and when that process started
+/// (`SECRETBOX_DAEMON=PID:START`, START in clock ticks since boot as in `/proc/PID/stat`), so
+/// a socket renamed away and replaced by another process is noticed before a token is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerId {
+    pub pid: u32,
+    pub started: u64,
+}
+
+impl ServerId {
+    /// This process, for the environment of the processes it starts.
+    pub fn this_process() -> Option<ServerId> {
+        let pid = std::process::id();
+        crate::broker::peer::start_time(pid).map(|started| ServerId { pid, started })
+    }
+
+    /// Parses `PID:START`.
+    pub fn parse(text: &str) -> Option<ServerId> {
+        let (pid, started) = text.split_once(':')?;
+        Some(ServerId { pid: pid.parse().ok()?, started: started.parse().ok()? })
+    }
+}
+
+impl std::fmt::Display for ServerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.pid, self.started)
+    }
 }
 
 /// A response: status and body (wiped on drop: it may hold a secret).
@@ -43,11 +75,41 @@ impl Response {
 pub struct Client {
     socket: PathBuf,
     timeout: Duration,
+    server: Option<ServerId>,
 }
 
 impl Client {
     pub fn new(socket: &Path, timeout: Duration) -> Client {
-        Client { socket: socket.to_path_buf(), timeout }
+        Client { socket: socket.to_path_buf(), timeout, server: None }
+    }
+
+    /// Sends nothing unless the socket is served by `server` (checked with `SO_PEERCRED` on
+    /// the connected socket, and the start time of the pid it names).
+    #[must_use]
+    pub fn expect_server(mut self, server: Option<ServerId>) -> Client {
+        self.server = server;
+        self
+    }
+
+    fn check_server(&self, stream: &tokio::net::UnixStream) -> Result<(), ClientError> {
+        let Some(expected) = self.server else { return Ok(()) };
+        let not_the_daemon =
+            |found: String| ClientError::NotTheDaemon { socket: self.socket.clone(), found };
+        let cred = stream
+            .peer_cred()
+            .map_err(|e| not_the_daemon(format!("its credentials cannot be read: {e}")))?;
+        let pid = cred.pid().and_then(|p| u32::try_from(p).ok());
+        if pid != Some(expected.pid) {
+            let found = pid.map_or("no pid".to_string(), |p| format!("pid {p}"));
+            return Err(not_the_daemon(format!("expected pid {}, found {found}", expected.pid)));
+        }
+        if crate::broker::peer::start_time(expected.pid) != Some(expected.started) {
+            return Err(not_the_daemon(format!(
+                "pid {} is another process than the daemon that started this one",
+                expected.pid
+            )));
+        }
+        Ok(())
     }
 
     /// Sends one request. `token`, if given, goes in the `Authorization` header.
@@ -80,6 +142,7 @@ impl Client {
         let stream = tokio::net::UnixStream::connect(&self.socket).await.map_err(|e| {
             ClientError::Unreachable { socket: self.socket.clone(), reason: e.to_string() }
         })?;
+        self.check_server(&stream)?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ClientError::Protocol(format!("handshake failed: {e}")))?;

@@ -217,6 +217,9 @@ pub struct Task {
     pub notify: Option<Notify>,
     /// Where the task's full output (redacted) is kept, beyond what the log shows.
     pub output_file: Option<OutputFile>,
+    /// Programs besides `secretbox` that may redeem this task's tokens (tools that speak the
+    /// protocol themselves), absolute paths; each is pinned by digest at start.
+    pub redeemers: Vec<PathBuf>,
 }
 
 /// A task's `output_file`: every line its steps and hooks print, redacted, each prefixed

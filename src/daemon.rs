@@ -39,7 +39,7 @@ use zeroize::Zeroizing;
 
 use crate::broker::control::Control;
 use crate::broker::secrets::{self, Secrets};
-use crate::broker::{Broker, Limits, socket};
+use crate::broker::{Broker, Limits, Redeemers, socket};
 use crate::config::{self, Config, Environment};
 use crate::exit::{Exit, FAILURE};
 use crate::hardening::Weakness;
@@ -88,6 +88,7 @@ pub unsafe fn main(config_path: PathBuf, env: Environment) -> anyhow::Result<()>
     let base_env = runner::allowed_env(std::env::vars_os(), secretbox_dir.as_deref());
     let home = env.var("HOME").map(PathBuf::from);
     let pins = prepare_programs(&config, &base_env, home.as_deref(), uid)?;
+    let redeemers = pin_redeemers(&config, secretbox_dir.as_deref(), &base_env, uid)?;
 
     // Before any secret is read: no core dumps, no same-user ptrace.
     report_weaknesses(&crate::hardening::protect_process(), config.strict_memory)?;
@@ -120,7 +121,7 @@ pub unsafe fn main(config_path: PathBuf, env: Environment) -> anyhow::Result<()>
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let start = Start { config, env, env_values, base_env, pins, guardian };
+    let start = Start { config, env, env_values, base_env, pins, redeemers, guardian };
     let result = runtime.block_on(async {
         let (stop_tx, stop_rx) = mpsc::channel(1);
         // Installed here, before READY can be sent: a spawned task might not have run yet
@@ -190,6 +191,48 @@ fn check_single_threaded() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Pins the programs that may redeem tokens: the `secretbox` tasks will find (the one beside
+/// this binary, else the first on `PATH`) and every task's `redeemers:`, which must pass the
+/// same StrictModes checks as the programs tasks run.
+fn pin_redeemers(
+    config: &Config,
+    secretbox_dir: Option<&std::path::Path>,
+    base_env: &[(OsString, OsString)],
+    uid: u32,
+) -> anyhow::Result<Redeemers> {
+    let path = base_env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_os_str());
+    let secretbox = match secretbox_dir {
+        Some(dir) => Some(dir.join("secretbox")),
+        None => programs::resolve("secretbox", path, None, None),
+    };
+    if let Some(p) = &secretbox {
+        info!(secretbox = %p.display(), "pinned the secretbox that may redeem tokens");
+    } else {
+        warn!(
+            "no secretbox beside the daemon or on PATH: only programs listed under a task's `redeemers:` can redeem tokens"
+        );
+    }
+    let mut problems = Vec::new();
+    for task in &config.tasks {
+        for program in &task.redeemers {
+            if let Err(e) = programs::check_trusted(program, "redeemer", uid) {
+                problems.push(format!("task {:?}: {e}", task.name));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        for p in &problems {
+            error!("{p}");
+        }
+        return Err(Exit::usage("an untrusted redeemer; nothing was started").into());
+    }
+    Redeemers::pin(
+        secretbox.as_deref(),
+        config.tasks.iter().map(|t| (t.name.as_str(), t.redeemers.as_slice())),
+    )
+    .map_err(|e| Exit::usage(e).into())
 }
 
 fn prepare_programs(
@@ -298,6 +341,7 @@ struct Start {
     env_values: HashMap<String, Zeroizing<Vec<u8>>>,
     base_env: Vec<(OsString, OsString)>,
     pins: Vec<Vec<Option<Pinned>>>,
+    redeemers: Redeemers,
     guardian: Option<guardian::Guardian>,
 }
 
@@ -339,7 +383,7 @@ async fn watch_signals(handlers: Handlers, stop: mpsc::Sender<Stop>) {
 
 /// Serves until a stop request arrives on `stop`, then shuts down in order.
 async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::Result<Finished> {
-    let Start { config, env, env_values, base_env, pins, guardian } = start;
+    let Start { config, env, env_values, base_env, pins, redeemers, guardian } = start;
     let secrets = load_secrets(&config, &env, env_values).await?;
     let weak_secrets = Arc::downgrade(&secrets);
 
@@ -383,12 +427,15 @@ async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::Result<Finis
     let (containment, how) =
         contain::Containment::detect(env.var("BACKUPNIZZA_CGROUP") == Some("off"));
     info!("{how}");
-    let broker = Arc::new(Broker::new(secrets, config.token_ttl, Limits::default()));
+    let broker = Arc::new(
+        Broker::new(secrets, config.token_ttl, Limits::default()).with_redeemers(redeemers),
+    );
     let (control, requests) = Control::channel();
     let (events_tx, events) = mpsc::unbounded_channel();
     let runner = Runner {
         broker: broker.clone(),
         socket: bound.path.clone(),
+        server_id: crate::client::ServerId::this_process().map(|id| id.to_string()),
         base_env,
         home: env.var("HOME").map(PathBuf::from),
         kill_grace: config.kill_grace,
@@ -570,6 +617,7 @@ mod tests {
             env_values: HashMap::new(),
             base_env: runner::allowed_env(std::env::vars_os(), None),
             pins: vec![vec![None]],
+            redeemers: Redeemers::default(),
             guardian: None,
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -28,11 +28,25 @@ pub struct Weakness {
 
 /// Disables core dumps and ptrace attachment by processes of the same user.
 pub fn protect_process() -> Vec<Weakness> {
-    let mut weak = Vec::new();
+    let mut weak = disable_core_dumps();
+    weak.extend(forbid_inspection());
+    weak
+}
+
+/// No core dumps (`RLIMIT_CORE` 0): the part of [`protect_process`] that leaves the process
+/// readable to its own user. `secretbox` starts with this alone, because the daemon reads its
+/// `/proc/PID/exe` to verify it, which a non-dumpable process denies to anyone but root.
+pub fn disable_core_dumps() -> Vec<Weakness> {
     use nix::sys::resource::{Resource, setrlimit};
-    if let Err(e) = setrlimit(Resource::RLIMIT_CORE, 0, 0) {
-        weak.push(Weakness { what: "disable core dumps (RLIMIT_CORE 0)", why: e.to_string() });
+    match setrlimit(Resource::RLIMIT_CORE, 0, 0) {
+        Ok(()) => Vec::new(),
+        Err(e) => vec![Weakness { what: "disable core dumps (RLIMIT_CORE 0)", why: e.to_string() }],
     }
+}
+
+/// No same-user ptrace and `/proc/PID/mem` reads: the rest of [`protect_process`].
+pub fn forbid_inspection() -> Vec<Weakness> {
+    let mut weak = Vec::new();
     #[cfg(target_os = "linux")]
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         weak.push(Weakness {

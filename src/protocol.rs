@@ -192,6 +192,9 @@ pub mod exit {
     pub const FORBIDDEN: i32 = 10;
     /// The daemon asked the caller to slow down after repeated failures.
     pub const SLOW_DOWN: i32 = 11;
+    /// The socket is served by another process than the daemon named in `SECRETBOX_DAEMON`
+    /// (the socket was replaced): nothing was sent.
+    pub const NOT_THE_DAEMON: i32 = 12;
 }
 
 /// The `secretbox` exit code for a rejection.

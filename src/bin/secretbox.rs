@@ -9,12 +9,15 @@ use clap::Parser;
 use zeroize::Zeroizing;
 
 use backupnizza::cli::{Secretbox, SecretboxCommand};
-use backupnizza::client::{Client, ClientError};
+use backupnizza::client::{Client, ClientError, ServerId};
 use backupnizza::protocol::{self, exit};
 
 fn main() {
-    // The secret passes through this process too: no core dumps, no same-user ptrace.
-    let _ = backupnizza::hardening::protect_process();
+    // The secret passes through this process too: no core dumps from the start, and no
+    // same-user ptrace or /proc reads once the answer is in (until then the daemon must be
+    // able to read our /proc/PID/exe to verify this program, which a non-dumpable process
+    // denies to all but root).
+    let _ = backupnizza::hardening::disable_core_dumps();
     let cli = Secretbox::parse();
     let SecretboxCommand::Get(args) = cli.command;
     let code = match get(&args.name, args.socket, args.timeout, !args.no_newline) {
@@ -64,16 +67,27 @@ fn get(
         .enable_time()
         .build()
         .map_err(|e| (exit::INTERNAL, format!("cannot start: {e}")))?;
-    let client = Client::new(&socket, timeout);
+    // Set by the daemon for its task processes; absent when run by hand with --socket.
+    let server =
+        match std::env::var("SECRETBOX_DAEMON") {
+            Ok(text) if !text.is_empty() => Some(ServerId::parse(&text).ok_or_else(|| {
+                (exit::USAGE, format!("SECRETBOX_DAEMON={text:?} is not PID:START"))
+            })?),
+            _ => None,
+        };
+    let client = Client::new(&socket, timeout).expect_server(server);
     let path = format!("{}{name}", protocol::ROUTE_SECRETS);
-    let response = runtime
-        .block_on(client.request(hyper::Method::POST, &path, Some(&token), Vec::new()))
-        .map_err(|e| match e {
-            ClientError::Unreachable { .. } | ClientError::Timeout { .. } => {
-                (exit::UNREACHABLE, format!("{e} (is `backupnizza run` running?)"))
-            }
-            ClientError::Protocol(_) => (exit::INTERNAL, e.to_string()),
-        })?;
+    let response =
+        runtime.block_on(client.request(hyper::Method::POST, &path, Some(&token), Vec::new()));
+    // The answer is in: from here on nobody of our user may read this process.
+    let _ = backupnizza::hardening::forbid_inspection();
+    let response = response.map_err(|e| match e {
+        ClientError::Unreachable { .. } | ClientError::Timeout { .. } => {
+            (exit::UNREACHABLE, format!("{e} (is `backupnizza run` running?)"))
+        }
+        ClientError::NotTheDaemon { .. } => (exit::NOT_THE_DAEMON, e.to_string()),
+        ClientError::Protocol(_) => (exit::INTERNAL, e.to_string()),
+    })?;
     if !response.status.is_success() {
         let body = response.error();
         let code = body.as_ref().map_or("", |b| b.error.as_str());

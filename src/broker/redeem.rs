@@ -1,6 +1,7 @@
 //! Redeeming a token for a secret. The peer is checked first, before the token is looked
 //! up: our uid, still the process that connected (pids are reused), inside some task's
-//! process tree ([`Broker::task_lineage`]). Then the token must be the peer's own (its
+//! process tree ([`Broker::task_lineage`]), running the pinned `secretbox` or a listed
+//! redeemer ([`super::redeemers`]). Then the token must be the peer's own (its
 //! process is the peer or an ancestor), alive and in scope; a peer that fails either
 //! check hears `forbidden`, whatever the token's state, and the token is left as it was.
 //! Failures are counted per peer process (and its parent) for a progressive delay: a
@@ -122,8 +123,14 @@ pub(super) async fn redeem(name: &str, token: Option<&str>, broker: &Broker, pee
     let now = Instant::now();
     // The peer first: one that may not redeem at all is refused before its token is looked
     // up, so the answer, the delay and the token itself are the same whatever its state.
-    let outcome = match broker.task_lineage(&peer) {
-        Ok(lineage) => attempt(name, token, broker, &peer, &lineage, now).await,
+    let checked = match broker.task_lineage(&peer) {
+        Ok(lineage) => broker.verify_redeemer(&peer).await.map(|verified| (lineage, verified)),
+        Err(why) => Err(why),
+    };
+    let outcome = match checked {
+        Ok((lineage, verified)) => {
+            attempt(name, token, broker, &peer, &lineage, verified, now).await
+        }
         Err(why) => {
             broker.count_rejection(Rejection::Forbidden);
             Err(Refusal::forbidden(why))
@@ -162,6 +169,7 @@ async fn attempt(
     broker: &Broker,
     peer: &Peer,
     lineage: &[u32],
+    verified: Option<super::redeemers::Verified>,
     now: Instant,
 ) -> Result<Arc<str>, Refusal> {
     let checked = |at: Instant| {
@@ -186,6 +194,11 @@ async fn attempt(
     if pending.pid.is_none() {
         broker.count_rejection(Rejection::Forbidden);
         return Err(Refusal::forbidden("the token's process was never recorded"));
+    }
+    // Another task's `redeemers:` are not this one's: the same answer as for an outsider.
+    if !broker.redeemer_allows(verified, &pending.task) {
+        broker.count_rejection(Rejection::Forbidden);
+        return Err(Refusal::forbidden("a redeemer listed by another task"));
     }
     // The peer may have exited while we waited, and its pid been reused.
     if !peer.still_running() {

@@ -6,7 +6,7 @@
 //!
 //! Each step's process gets: an allowlist of the daemon's environment (`PATH HOME USER
 //! LOGNAME LANG LC_* TZ TMPDIR XDG_*`), then the task's `env`, then the step's, then
-//! `SECRETBOX_SOCKET` and a freshly minted `SECRETBOX_TOKEN` (a hook: only in the map form,
+//! `SECRETBOX_SOCKET`, `SECRETBOX_DAEMON` and a freshly minted `SECRETBOX_TOKEN` (a hook: only in the map form,
 //! scoped to its own `secrets:`). stdin is `/dev/null`; no shell
 //! is involved; a leading `~/` in an argument is expanded and nothing else. The token is
 //! revoked as soon as its process is reaped. A step ends when every process of it is gone:
@@ -84,6 +84,9 @@ pub(super) type Tail = VecDeque<String>;
 pub(crate) struct Runner {
     pub(crate) broker: Arc<Broker>,
     pub(crate) socket: PathBuf,
+    /// This daemon's pid and start time (`SECRETBOX_DAEMON`), so that `secretbox` sends its
+    /// token only to us, not to whoever took the socket path.
+    pub(crate) server_id: Option<String>,
     pub(crate) base_env: Vec<(OsString, OsString)>,
     pub(crate) home: Option<PathBuf>,
     /// Grace between SIGINT, SIGTERM and SIGKILL when a task times out.
@@ -479,6 +482,9 @@ impl Runner {
                     Err(e) => return StepEnd::NotStarted(format!("cannot mint a token: {e}")),
                 };
                 cmd.env("SECRETBOX_SOCKET", &self.socket).env("SECRETBOX_TOKEN", token.expose());
+                if let Some(id) = &self.server_id {
+                    cmd.env("SECRETBOX_DAEMON", id);
+                }
                 Some(handle)
             }
             None => None,

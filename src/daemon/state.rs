@@ -41,8 +41,10 @@ mod clock_change;
 mod report;
 mod settle;
 
-/// How often the daemon checks that its socket path still names its socket.
-const SOCKET_CHECK: Duration = Duration::from_secs(5);
+/// How often the daemon checks that its socket path still names its socket: within a
+/// second of a swap it stops (clients check the server too, see `SECRETBOX_DAEMON`). A
+/// `stat` twice a second costs nothing measurable (docs/benchmarks.md, idle CPU).
+const SOCKET_CHECK: Duration = Duration::from_millis(500);
 /// Finished runs kept in memory for `trigger --wait`.
 const KEEP_RUNS: usize = 256;
 /// Time beyond `shutdown_grace` and the kill grace that shutdown waits for runs to end.

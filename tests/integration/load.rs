@@ -53,7 +53,7 @@ fn load_config(scratch: &Scratch, n: usize, total: usize, concurrency: usize) ->
     }
     let names: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
     scratch.config(&format!(
-        "{secrets}tasks:\n  load:\n    {TRIGGERED}\n    command: [{}, '{n}', '{total}', '{concurrency}']\n    secrets: [{}]\n    redeem_limit: 1000\n  one:\n    {TRIGGERED}\n    command: [sh, -c, 'secretbox get s0 >/dev/null']\n    secrets: [s0]\n",
+        "{secrets}tasks:\n  load:\n    {TRIGGERED}\n    command: [{0}, '{n}', '{total}', '{concurrency}']\n    secrets: [{1}]\n    redeem_limit: 1000\n    redeemers: [{0}]\n  one:\n    {TRIGGERED}\n    command: [sh, -c, 'secretbox get s0 >/dev/null']\n    secrets: [s0]\n",
         loadgen().display(),
         names.join(", ")
     ))

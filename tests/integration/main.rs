@@ -13,6 +13,7 @@ mod next;
 mod pinning;
 mod pipes;
 mod records;
+mod redeemers;
 mod restic;
 mod runs;
 mod validate;

@@ -34,6 +34,7 @@ const TASK_KEYS: &[&str] = &[
     "hooks",
     "notify",
     "output_file",
+    "redeemers",
 ];
 const HOOK_KEYS: &[&str] = &["before", "on_success", "on_failure", "after", "timeout"];
 /// The map form of one hook.
@@ -41,7 +42,7 @@ const HOOK_FORM_KEYS: &[&str] = &["command", "secrets"];
 const NOTIFY_KEYS: &[&str] = &["ping", "webhook", "send_logs", "timeout"];
 const STEP_KEYS: &[&str] = &["command", "env", "continue_on_error", "sha256"];
 /// Variables the daemon sets itself in every child.
-const RESERVED_ENV: &[&str] = &["SECRETBOX_TOKEN", "SECRETBOX_SOCKET"];
+const RESERVED_ENV: &[&str] = &["SECRETBOX_TOKEN", "SECRETBOX_SOCKET", "SECRETBOX_DAEMON"];
 /// Variables that hold a secret in plain text; writing one literally in the file defeats the
 /// purpose of the daemon, so we warn and point at the alternative.
 const PLAINTEXT_SECRET_ENV: &[(&str, &str)] = &[
@@ -193,6 +194,9 @@ impl Checker {
         let task_notify = self.optional(&f, path, "notify", Checker::notify);
         let output_file =
             self.optional(&f, path, "output_file", |c, n, p| c.output_file(n, p, env, state_dir));
+        let redeemers = self.with_default(&f, path, "redeemers", Vec::new(), |c, n, p| {
+            c.path_list(n, p, env, "a list of programs such as [~/bin/my-restic-wrapper]")
+        });
         // restic exits 3 when some files could not be read: the snapshot exists.
         let runs_restic = matches!(&steps, Some(steps) if steps.iter().any(|s| program_name(&s.command[0]) == "restic"));
         let warning_codes = if runs_restic { vec![3] } else { Vec::new() };
@@ -216,6 +220,7 @@ impl Checker {
             hooks: hooks?,
             notify: task_notify?,
             output_file: output_file?,
+            redeemers: redeemers?,
         })
     }
 

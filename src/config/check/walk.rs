@@ -404,6 +404,26 @@ impl Checker {
         }
     }
 
+    /// A list of absolute paths (each as [`Checker::path_value`]); `expected` describes it.
+    pub(super) fn path_list(
+        &mut self,
+        node: &Node,
+        path: &str,
+        env: &Environment,
+        expected: &str,
+    ) -> Option<Vec<PathBuf>> {
+        let Value::Seq(items) = &node.value else {
+            self.type_error(path, node, expected);
+            return None;
+        };
+        let paths: Vec<_> = items
+            .iter()
+            .enumerate()
+            .map(|(i, n)| self.path_value(n, &index(path, i), env))
+            .collect();
+        paths.into_iter().collect()
+    }
+
     /// A task or secret name used as a mapping key; `what` says which.
     pub(super) fn name_key(&mut self, name: &str, key: &Node, path: &str, what: &str) -> bool {
         if valid_name(name) {
