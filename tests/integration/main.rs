@@ -5,6 +5,7 @@ mod broker;
 mod clock;
 mod crash;
 mod daemon;
+mod docs;
 mod harness;
 mod home;
 mod hostile;
