@@ -8,7 +8,7 @@ fn references(text: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for piece in text.split('`') {
         if let Some((file, name)) = piece.split_once("::")
-            && file.ends_with(".rs")
+            && Path::new(file).extension().is_some_and(|e| e == "rs")
             && !name.is_empty()
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         {
