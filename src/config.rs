@@ -139,6 +139,9 @@ pub enum LogFormat {
 pub struct SecretSpec {
     pub name: String,
     pub source: Source,
+    /// Where the secret's key is in the task file, for messages about it found after parsing
+    /// (a `command:` program that fails StrictModes).
+    pub pos: Option<Pos>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -100,7 +100,15 @@ pub unsafe fn main(config_path: PathBuf, mut env: Environment) -> anyhow::Result
     let secretbox_dir = exe_dir.filter(|d| d.join("secretbox").exists());
     let base_env = runner::allowed_env(std::env::vars_os(), secretbox_dir.as_deref());
     let home = env.var("HOME").map(PathBuf::from);
-    let pins = prepare_programs(&config, &base_env, home.as_deref(), uid)?;
+    let daemon_path = std::env::var_os("PATH");
+    let cx = programs::Context {
+        config_path: &config_path,
+        daemon_path: daemon_path.as_deref(),
+        base_env: &base_env,
+        home: home.as_deref(),
+        uid,
+    };
+    let pins = prepare_programs(&config, &cx)?;
 
     // Before any secret is read (but for `env` sources, in the process since it started):
     // no core dumps, no same-user ptrace.
@@ -205,11 +213,9 @@ fn check_single_threaded() -> anyhow::Result<()> {
 
 fn prepare_programs(
     config: &Config,
-    base_env: &[(OsString, OsString)],
-    home: Option<&std::path::Path>,
-    uid: u32,
+    cx: &programs::Context<'_>,
 ) -> anyhow::Result<Vec<Vec<Option<Pinned>>>> {
-    match programs::prepare(config, base_env, home, uid) {
+    match programs::prepare(config, cx) {
         Ok((pins, warnings)) => {
             for w in warnings {
                 warn!("{w}");

@@ -374,7 +374,15 @@ async fn run_command(
     argv: &[String],
     timeout: Duration,
 ) -> Result<Loaded, SecretError> {
-    let mut child = tokio::process::Command::new(&argv[0])
+    // StrictModes, as for task programs (the daemon checked at start already; `secret check`
+    // did not), and the very file checked is what runs: no second PATH lookup.
+    let uid = nix::unistd::getuid().as_raw();
+    let path = std::env::var_os("PATH");
+    let program = crate::daemon::programs::check_source_program(&argv[0], path.as_deref(), uid)
+        .map_err(|e| SecretError::new(spec, e, None))?
+        .unwrap_or_else(|| PathBuf::from(&argv[0]));
+    let mut child = tokio::process::Command::new(&program)
+        .arg0(&argv[0])
         .args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
