@@ -1,7 +1,8 @@
 //! `backupnizza run`: the daemon's start-up and shutdown.
 //!
-//! Start-up: validate the task file → check the programs it runs ([`programs`]) → harden
-//! the process → load secrets → bind the socket → start the history and metrics writers
+//! Start-up: validate the task file → take the `env:` secret sources onto locked pages and
+//! out of the environment → check the programs it runs, secret helpers included
+//! ([`programs`]) → harden the process → load the other secrets → bind the socket → start the history and metrics writers
 //! ([`writers`]) and the tasks' output files' ([`output_file`]) → serve the socket → hand the task and run state to its owner ([`state`]),
 //! which fires runs ([`execute`], processes by [`runner`]; [`notifications`], [`metrics`]
 //! and [`systemd`] report them). Shutdown, on SIGTERM or SIGINT: the state owner stops
