@@ -139,6 +139,9 @@ pub enum LogFormat {
 pub struct SecretSpec {
     pub name: String,
     pub source: Source,
+    /// Where the secret's key is in the task file, for messages about it found after parsing
+    /// (a `command:` program that fails StrictModes).
+    pub pos: Option<Pos>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -393,12 +396,30 @@ pub struct Environment {
 }
 
 impl Environment {
+    /// A snapshot of the process environment. Variables that are not UTF-8 are left out
+    /// and wiped on the way (one may be an `env:` secret source).
     pub fn from_process() -> Environment {
-        Environment {
-            vars: std::env::vars_os()
-                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-                .collect(),
-            uid: nix::unistd::getuid().as_raw(),
+        use zeroize::Zeroize;
+        let mut vars = BTreeMap::new();
+        for (k, v) in std::env::vars_os() {
+            match (k.into_string(), v.into_string()) {
+                (Ok(k), Ok(v)) => {
+                    vars.insert(k, v);
+                }
+                (_, Ok(mut v)) => v.zeroize(),
+                (_, Err(v)) => v.into_encoded_bytes().zeroize(),
+            }
+        }
+        Environment { vars, uid: nix::unistd::getuid().as_raw() }
+    }
+
+    /// Removes `name` from the snapshot and wipes its value: the daemon forgets the
+    /// variables of `env:` secret sources, which must not outlive their move onto locked
+    /// pages in an ordinary string.
+    pub fn forget(&mut self, name: &str) {
+        use zeroize::Zeroize;
+        if let Some(mut value) = self.vars.remove(name) {
+            value.zeroize();
         }
     }
 

@@ -1,7 +1,8 @@
 //! `backupnizza run`: the daemon's start-up and shutdown.
 //!
-//! Start-up: validate the task file → check the programs it runs ([`programs`]) → harden
-//! the process → load secrets → bind the socket → start the history and metrics writers
+//! Start-up: validate the task file → take the `env:` secret sources onto locked pages and
+//! out of the environment → check the programs it runs, secret helpers included
+//! ([`programs`]) → harden the process → load the other secrets → bind the socket → start the history and metrics writers
 //! ([`writers`]) and the tasks' output files' ([`output_file`]) → serve the socket → hand the task and run state to its owner ([`state`]),
 //! which fires runs ([`execute`], processes by [`runner`]; [`notifications`], [`metrics`]
 //! and [`systemd`] report them). Shutdown, on SIGTERM or SIGINT: the state owner stops
@@ -22,7 +23,7 @@ mod state;
 pub(crate) mod systemd;
 mod writers;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
@@ -35,7 +36,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
-use zeroize::Zeroizing;
 
 use crate::broker::control::Control;
 use crate::broker::secrets::{self, Secrets};
@@ -59,7 +59,7 @@ const FLUSH_WAIT: Duration = Duration::from_secs(5);
 /// No other thread may exist: it reads `env` secret sources and wipes them from the
 /// environment, which is only sound while the process is single-threaded (on Linux this is
 /// also checked, and refused with an error, before anything is read).
-pub unsafe fn main(config_path: PathBuf, env: Environment) -> anyhow::Result<()> {
+pub unsafe fn main(config_path: PathBuf, mut env: Environment) -> anyhow::Result<()> {
     close_inherited_fds(&env);
     let checked = config::check_file(&config_path, &env).map_err(|e| Exit::usage(e.to_string()))?;
     let Some(config) = checked.config else {
@@ -72,6 +72,20 @@ pub unsafe fn main(config_path: PathBuf, env: Environment) -> anyhow::Result<()>
         ))
         .into());
     };
+    // The `env` sources, as early as the task file names them: onto locked pages, out of
+    // the environment block, and out of the snapshot of it taken at start (which lives as
+    // long as the daemon), before anything else copies the environment (the tasks' allowlist
+    // below does).
+    check_single_threaded()?;
+    // SAFETY: forwarded from this function's contract (and checked just above on Linux); the
+    // runtime, the first thread besides this one, starts below.
+    let (env_values, env_weak) = unsafe { secrets::take_env_sources(&config) }
+        .context("cannot allocate memory for secrets")?;
+    for spec in &config.secrets {
+        if let config::Source::Env { var } = &spec.source {
+            env.forget(var);
+        }
+    }
     crate::logging::init(config.log);
     for p in &checked.problems {
         warn!("{}", p.display(&config_path));
@@ -87,10 +101,19 @@ pub unsafe fn main(config_path: PathBuf, env: Environment) -> anyhow::Result<()>
     let secretbox_dir = exe_dir.filter(|d| d.join("secretbox").exists());
     let base_env = runner::allowed_env(std::env::vars_os(), secretbox_dir.as_deref());
     let home = env.var("HOME").map(PathBuf::from);
-    let pins = prepare_programs(&config, &base_env, home.as_deref(), uid)?;
+    let daemon_path = std::env::var_os("PATH");
+    let cx = programs::Context {
+        config_path: &config_path,
+        daemon_path: daemon_path.as_deref(),
+        base_env: &base_env,
+        home: home.as_deref(),
+        uid,
+    };
+    let pins = prepare_programs(&config, &cx)?;
     let redeemers = pin_redeemers(&config, secretbox_dir.as_deref(), &base_env, uid)?;
 
-    // Before any secret is read: no core dumps, no same-user ptrace.
+    // Before any secret is read (but for `env` sources, in the process since it started):
+    // no core dumps, no same-user ptrace.
     report_weaknesses(&crate::hardening::protect_process(), config.strict_memory)?;
     // Orphans of task processes are re-parented to us rather than to init, so "descends from
     // the daemon" keeps meaning "is part of a task" (see `Broker::is_task_process`).
@@ -110,10 +133,7 @@ pub unsafe fn main(config_path: PathBuf, env: Environment) -> anyhow::Result<()>
             None
         }
     };
-    check_single_threaded()?;
-    // SAFETY: forwarded from this function's contract (and checked just above on Linux); the
-    // runtime, the first thread besides this one, starts below.
-    let env_values = unsafe { secrets::take_env_sources(&config) };
+    report_weaknesses(&env_weak, config.strict_memory)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -237,11 +257,9 @@ fn pin_redeemers(
 
 fn prepare_programs(
     config: &Config,
-    base_env: &[(OsString, OsString)],
-    home: Option<&std::path::Path>,
-    uid: u32,
+    cx: &programs::Context<'_>,
 ) -> anyhow::Result<Vec<Vec<Option<Pinned>>>> {
-    match programs::prepare(config, base_env, home, uid) {
+    match programs::prepare(config, cx) {
         Ok((pins, warnings)) => {
             for w in warnings {
                 warn!("{w}");
@@ -295,7 +313,7 @@ fn raise_fd_limit() {
 async fn load_secrets(
     config: &Config,
     env: &Environment,
-    mut env_values: HashMap<String, Zeroizing<Vec<u8>>>,
+    mut env_values: secrets::EnvValues,
 ) -> anyhow::Result<Arc<Secrets>> {
     let mut store = Secrets::empty();
     let mut weak = Vec::new();
@@ -307,9 +325,10 @@ async fn load_secrets(
             code: FAILURE,
             message: crate::redact::redact_with(&e.to_string(), Some(&store)).into_owned(),
         })?;
+        weak.extend(loaded.weak);
         weak.extend(
             store
-                .insert(&spec.name, &loaded.value)
+                .insert(&spec.name, loaded.value.as_bytes())
                 .context("cannot allocate memory for secrets")?,
         );
         info!(secret = %spec.name, source = %secrets::describe(&spec.source), "loaded secret");
@@ -322,7 +341,7 @@ async fn load_secrets(
     // its own value or one loaded after it. Each line is masked raw before it is formatted
     // (see `logging`), and each line of a multi-line value is a needle of its own.
     for (name, line) in stderr {
-        info!(secret = %name, "secret command said: {line}");
+        info!(secret = %name, "secret command said: {}", line.as_str());
     }
     Ok(store)
 }
@@ -338,7 +357,7 @@ pub(crate) enum Stop {
 struct Start {
     config: Config,
     env: Environment,
-    env_values: HashMap<String, Zeroizing<Vec<u8>>>,
+    env_values: secrets::EnvValues,
     base_env: Vec<(OsString, OsString)>,
     pins: Vec<Vec<Option<Pinned>>>,
     redeemers: Redeemers,
@@ -614,7 +633,7 @@ mod tests {
         let start = Start {
             config,
             env,
-            env_values: HashMap::new(),
+            env_values: std::collections::HashMap::new(),
             base_env: runner::allowed_env(std::env::vars_os(), None),
             pins: vec![vec![None]],
             redeemers: Redeemers::default(),

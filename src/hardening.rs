@@ -7,8 +7,11 @@
 //! - [`LockedBytes`]: secret bytes on their own anonymous pages, `mlock`ed (never swapped) and
 //!   `MADV_DONTDUMP` (left out of core dumps), wiped and unmapped on drop. We lock only the
 //!   pages that hold secrets, not the whole process (`mlockall` under the default
-//!   `RLIMIT_MEMLOCK` makes a threaded daemon fail allocations later).
-//! - [`take_env_var`]: reads a variable and wipes it from the process's environment block.
+//!   `RLIMIT_MEMLOCK` makes a threaded daemon fail allocations later). Sources read straight
+//!   into one ([`LockedBytes::spare_mut`]), so no value passes through the ordinary heap,
+//!   where a growing `Vec` would leave unzeroed copies behind.
+//! - [`take_env_var`]: copies a variable onto locked pages and wipes it from the process's
+//!   environment block.
 //!
 //! When a protection cannot be applied we report it (the caller warns once, or refuses to
 //! start under `strict_memory: true`) instead of failing: a backup that runs is usually worth
@@ -81,7 +84,8 @@ pub fn is_dumpable() -> Option<bool> {
     }
 }
 
-/// Secret bytes on private, locked, never-dumped pages. Immutable after creation.
+/// Secret bytes on private, locked, never-dumped pages. Changed only through `&mut` while a
+/// source fills it; shared, it is an immutable byte slice.
 pub struct LockedBytes {
     ptr: NonNull<u8>,
     len: usize,
@@ -89,9 +93,9 @@ pub struct LockedBytes {
     locked: bool,
 }
 
-// SAFETY: the mapping is owned exclusively by this value and never mutated after `new`
-// (except by `zeroize`/`drop`, which take `&mut self`), so sharing `&LockedBytes` across
-// threads is sharing an immutable byte slice.
+// SAFETY: the mapping is owned exclusively by this value and mutated only through
+// `&mut self` (filling, `zeroize`, `drop`), so sharing `&LockedBytes` across threads is
+// sharing an immutable byte slice.
 unsafe impl Send for LockedBytes {}
 // SAFETY: see `Send`.
 unsafe impl Sync for LockedBytes {}
@@ -100,8 +104,16 @@ impl LockedBytes {
     /// Copies `bytes` onto fresh locked pages. Returns the value and the protections that
     /// could not be applied (locking, or excluding from core dumps).
     pub fn new(bytes: &[u8]) -> std::io::Result<(LockedBytes, Vec<Weakness>)> {
+        let (mut locked, weak) = LockedBytes::with_capacity(bytes.len())?;
+        locked.spare_mut()[..bytes.len()].copy_from_slice(bytes);
+        locked.len = bytes.len();
+        Ok((locked, weak))
+    }
+
+    /// Empty, with room for at least `capacity` bytes (whole pages) on fresh locked pages.
+    pub fn with_capacity(capacity: usize) -> std::io::Result<(LockedBytes, Vec<Weakness>)> {
         let page = page_size();
-        let mapped = bytes.len().max(1).div_ceil(page) * page;
+        let mapped = capacity.max(1).div_ceil(page) * page;
         let size = std::num::NonZeroUsize::new(mapped).expect("mapped is at least one page");
         use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous};
         // SAFETY: an anonymous private mapping aliases no existing memory.
@@ -138,9 +150,41 @@ impl LockedBytes {
                 false
             }
         };
-        // SAFETY: the mapping is `mapped >= bytes.len()` bytes, writable, and not shared.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), ptr.as_ptr(), bytes.len()) };
-        Ok((LockedBytes { ptr, len: bytes.len(), mapped, locked }, weak))
+        Ok((LockedBytes { ptr, len: 0, mapped, locked }, weak))
+    }
+
+    /// The unfilled rest of the pages, for a source to read into; then [`LockedBytes::fill`].
+    pub fn spare_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the `mapped` bytes at `ptr` are ours, writable and initialised (fresh
+        // anonymous pages are zero); `&mut self` rules out readers; `len <= mapped`.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(self.len), self.mapped - self.len)
+        }
+    }
+
+    /// Counts `n` more bytes of the spare room as filled.
+    pub fn fill(&mut self, n: usize) {
+        assert!(n <= self.mapped - self.len, "filled past the end of the locked pages");
+        self.len += n;
+    }
+
+    /// Moves the contents onto locked pages twice as large (the old ones are wiped and
+    /// unmapped), so a value of unknown length never passes through ordinary memory.
+    pub fn grow(&mut self) -> std::io::Result<Vec<Weakness>> {
+        let (mut bigger, weak) = LockedBytes::with_capacity(self.mapped * 2)?;
+        bigger.spare_mut()[..self.len].copy_from_slice(self.as_bytes());
+        bigger.len = self.len;
+        std::mem::swap(self, &mut bigger);
+        Ok(weak)
+    }
+
+    /// Shortens the value to `len` bytes, wiping what is cut off.
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.len {
+            let old = self.len;
+            self.len = len;
+            self.spare_mut()[..old - len].zeroize();
+        }
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -182,13 +226,14 @@ fn page_size() -> usize {
         .unwrap_or(4096)
 }
 
-/// Reads environment variable `name`, overwrites its value in the process's environment
-/// block (which `/proc/PID/environ` shows for the life of the process), and removes it.
+/// Reads environment variable `name` onto locked pages, overwrites its value in the process's
+/// environment block (which `/proc/PID/environ` shows for the life of the process), and
+/// removes it. `None` when it is not set; an error when no pages could be mapped.
 ///
 /// # Safety
 /// No other thread may exist: the environment is not thread-safe to modify. The daemon calls
 /// this from `main` before it starts its runtime.
-pub unsafe fn take_env_var(name: &str) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+pub unsafe fn take_env_var(name: &str) -> Option<std::io::Result<(LockedBytes, Vec<Weakness>)>> {
     let cname = CString::new(name).ok()?;
     // SAFETY: single-threaded (the caller's contract); getenv returns a pointer into the
     // environment that stays valid until the environment is modified, which we do below.
@@ -198,7 +243,8 @@ pub unsafe fn take_env_var(name: &str) -> Option<zeroize::Zeroizing<Vec<u8>>> {
     }
     // SAFETY: getenv returned a NUL-terminated string.
     let bytes = unsafe { CStr::from_ptr(value) }.to_bytes();
-    let copy = zeroize::Zeroizing::new(bytes.to_vec());
+    // Straight onto locked pages: a heap copy would outlive its free.
+    let copy = LockedBytes::new(bytes);
     let len = bytes.len();
     for i in 0..len {
         // SAFETY: the `len` bytes before the NUL belong to the environment block; writing them
@@ -236,6 +282,25 @@ mod tests {
         assert_eq!(locked.is_locked(), !weak.iter().any(|w| w.what.contains("mlock")));
         let (empty, _) = LockedBytes::new(b"").unwrap();
         assert!(empty.as_bytes().is_empty());
+    }
+
+    #[test]
+    fn a_locked_buffer_fills_grows_and_truncates_in_locked_memory() {
+        let (mut buf, _) = LockedBytes::with_capacity(1).unwrap();
+        assert!(buf.as_bytes().is_empty());
+        let room = buf.spare_mut().len();
+        buf.spare_mut().fill(b'x');
+        buf.fill(room);
+        assert!(buf.spare_mut().is_empty());
+        buf.grow().unwrap();
+        assert_eq!(buf.as_bytes().len(), room);
+        assert_eq!(buf.spare_mut().len(), room);
+        buf.spare_mut()[..3].copy_from_slice(b"end");
+        buf.fill(3);
+        assert!(buf.as_bytes().ends_with(b"xend"));
+        buf.truncate(2);
+        assert_eq!(buf.as_bytes(), b"xx");
+        assert!(buf.spare_mut()[..=room].iter().all(|b| *b == 0), "cut bytes are wiped");
     }
 
     #[test]

@@ -15,12 +15,11 @@ use bytes::Bytes;
 use hyper::StatusCode;
 use secrecy::ExposeSecret;
 use tracing::{info, warn};
-use zeroize::Zeroizing;
 
-use super::Broker;
 use super::peer::{self, Peer};
 use super::server::{Resp, error, respond};
 use super::vault::Rejection;
+use super::{Broker, Secrets};
 use crate::protocol;
 
 /// Consecutive failed redemptions per peer process, for a progressive delay: a legitimate
@@ -144,21 +143,36 @@ pub(super) async fn redeem(name: &str, token: Option<&str>, broker: &Broker, pee
         }
         Err(refusal) => return refuse(refusal, name, fingerprint, broker, &peer, now).await,
     };
-    let Some(secret) = broker.secrets().get(name) else {
+    if broker.secrets().get(name).is_none() {
         // validate guarantees scoped secrets are declared, and all declared ones are loaded.
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
             protocol::errors::UNAVAILABLE,
             "secret not loaded",
         );
-    };
+    }
     info!(
         token = %fingerprint, secret = name, task = %task, peer_pid = pid, peer_uid = peer.uid,
         exe = %peer.exe(), "secret redeemed"
     );
-    // The response owns a zeroizing copy, wiped when hyper drops the body after writing it.
-    let body = Bytes::from_owner(Zeroizing::new(secret.expose_secret().as_bytes().to_vec()));
+    // No copy: the body is the value's locked pages themselves (hyper writes it with a
+    // vectored write straight from them), kept alive by the store until hyper drops it.
+    let body = Bytes::from_owner(LockedBody { secrets: broker.secrets.clone(), name: name.into() });
     respond(StatusCode::OK, body, "application/octet-stream")
+}
+
+/// A response body that is a secret's value in the locked store, not a copy of it: a copy in
+/// the heap would be unlocked (swappable) for as long as the response is in flight.
+struct LockedBody {
+    secrets: Arc<Secrets>,
+    name: Box<str>,
+}
+
+impl AsRef<[u8]> for LockedBody {
+    fn as_ref(&self) -> &[u8] {
+        // The store is immutable and the name was looked up before: always found.
+        self.secrets.get(&self.name).map_or(&[], |s| s.expose_secret().as_bytes())
+    }
 }
 
 /// Phase one and two for a peer inside some task: the vault answers only the token's own

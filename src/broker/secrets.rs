@@ -1,10 +1,14 @@
 //! Secret sources (keychain, command, file, environment) and the locked, in-memory store the
 //! daemon serves from.
 //!
-//! Each secret is read once, at start. Bytes go from the source straight into
-//! [`LockedBytes`] wrapped in `secrecy::SecretBox` (no `Debug`,
-//! `Clone` or `Serialize`); transient copies are `Zeroizing`. Errors name the secret and the
-//! source, say what went wrong and how to fix it, and never contain a value.
+//! Each secret is read once, at start. Bytes go from the source straight onto locked pages
+//! ([`LockedBytes`]: a `file:` or `command:` is read into them, an `env:` variable copied
+//! from the environment block before it is wiped), then into the store, wrapped in
+//! `secrecy::SecretBox` (no `Debug`, `Clone` or `Serialize`). Only a keychain hands its value
+//! over in an ordinary buffer of its own; that buffer is wiped (`Zeroizing`) as soon as it is
+//! copied. So after start every copy of a value is on locked pages (proven by
+//! `tests/integration/memory.rs`). Errors name the secret and the source, say what went wrong
+//! and how to fix it, and never contain a value.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -189,37 +193,46 @@ fn store_name(store: Store) -> &'static str {
     }
 }
 
-/// Reads the `env` sources and wipes them from the daemon's environment.
+/// The `env` sources' values, taken from the environment onto locked pages.
+pub type EnvValues = HashMap<String, LockedBytes>;
+
+/// Reads the `env` sources onto locked pages and wipes them from the daemon's environment.
+/// Returns the values and the protections that could not be applied.
 ///
 /// # Safety
 /// No other thread may exist (see [`crate::hardening::take_env_var`]).
-pub unsafe fn take_env_sources(config: &Config) -> HashMap<String, Zeroizing<Vec<u8>>> {
+pub unsafe fn take_env_sources(config: &Config) -> std::io::Result<(EnvValues, Vec<Weakness>)> {
     let mut out = HashMap::new();
+    let mut weak = Vec::new();
     for spec in &config.secrets {
         if let Source::Env { var } = &spec.source {
             // SAFETY: forwarded from this function's contract.
-            if let Some(value) = unsafe { crate::hardening::take_env_var(var) } {
+            if let Some(taken) = unsafe { crate::hardening::take_env_var(var) } {
+                let (value, more) = taken?;
+                weak.extend(more);
                 out.insert(spec.name.clone(), value);
             }
         }
     }
-    out
+    Ok((out, weak))
 }
 
 /// A loaded value and what to log about it.
 pub struct Loaded {
-    pub value: Zeroizing<Vec<u8>>,
+    /// On locked pages, read there straight from the source.
+    pub value: LockedBytes,
     /// Lines the source printed on stderr (command sources), to be logged once the value is
-    /// known to the redactor.
-    pub stderr: Vec<String>,
+    /// known to the redactor. Wiped when dropped: a helper may echo its value there.
+    pub stderr: Vec<Zeroizing<String>>,
+    /// Protections the locked pages read into lacked.
+    pub weak: Vec<Weakness>,
 }
 
-/// Loads one secret.
-#[allow(clippy::implicit_hasher)] // one caller, with the map `take_env_sources` returns `env_values` holds what [`take_env_sources`] took.
+/// Loads one secret. `env_values` holds what [`take_env_sources`] took.
 pub async fn load_one(
     spec: &SecretSpec,
     env: &Environment,
-    env_values: &mut HashMap<String, Zeroizing<Vec<u8>>>,
+    env_values: &mut EnvValues,
 ) -> Result<Loaded, SecretError> {
     let loaded = match &spec.source {
         Source::Keyring { service, account, store } => {
@@ -230,10 +243,11 @@ pub async fn load_one(
                 .map_err(|e| {
                     SecretError::new(spec, format!("the keychain lookup panicked: {e}"), None)
                 })?;
-            Loaded {
-                value: got.map_err(|(problem, fix)| SecretError::new(spec, problem, fix))?,
-                stderr: Vec::new(),
-            }
+            // The keychain's own buffer, wiped once copied onto locked pages.
+            let got = got.map_err(|(problem, fix)| SecretError::new(spec, problem, fix))?;
+            let (value, weak) = LockedBytes::new(&got).map_err(|e| no_memory(spec, &e))?;
+            drop(got);
+            Loaded { value, stderr: Vec::new(), weak }
         }
         Source::Command { argv, timeout } => run_command(spec, argv, *timeout).await?,
         Source::File { path } => {
@@ -251,13 +265,12 @@ pub async fn load_one(
                 tokio::task::spawn_blocking(move || read_private_file(expanded)).await.map_err(
                     |e| SecretError::new(spec, format!("reading the file panicked: {e}"), None),
                 )?;
-            Loaded {
-                value: got.map_err(|(problem, fix)| SecretError::new(spec, problem, fix))?,
-                stderr: Vec::new(),
-            }
+            let (value, weak) =
+                got.map_err(|(problem, fix)| SecretError::new(spec, problem, fix))?;
+            Loaded { value, stderr: Vec::new(), weak }
         }
         Source::Env { var } => match env_values.remove(&spec.name) {
-            Some(value) => Loaded { value, stderr: Vec::new() },
+            Some(value) => Loaded { value, stderr: Vec::new(), weak: Vec::new() },
             None => {
                 return Err(SecretError::new(
                     spec,
@@ -269,14 +282,14 @@ pub async fn load_one(
             }
         },
     };
-    if loaded.value.is_empty() {
+    if loaded.value.as_bytes().is_empty() {
         return Err(SecretError::new(
             spec,
             "the secret is empty",
             Some("store a non-empty value".into()),
         ));
     }
-    if loaded.value.len() > MAX_SECRET_LEN {
+    if loaded.value.as_bytes().len() > MAX_SECRET_LEN {
         return Err(SecretError::new(
             spec,
             format!("the secret is longer than {MAX_SECRET_LEN} bytes"),
@@ -288,12 +301,72 @@ pub async fn load_one(
 
 /// Strips one trailing newline (`\n` or `\r\n`), as restic does for its password file.
 pub fn trim_newline(value: &mut Zeroizing<Vec<u8>>) {
-    if value.last() == Some(&b'\n') {
-        value.pop();
-        if value.last() == Some(&b'\r') {
-            value.pop();
+    let keep = value.len() - newline_len(value);
+    value.truncate(keep);
+}
+
+/// [`trim_newline`] for a value on locked pages.
+fn trim_newline_locked(value: &mut LockedBytes) {
+    let keep = value.as_bytes().len() - newline_len(value.as_bytes());
+    value.truncate(keep);
+}
+
+/// The length of the one trailing newline (`\n` or `\r\n`) a value ends with, if any.
+fn newline_len(value: &[u8]) -> usize {
+    match value {
+        [.., b'\r', b'\n'] => 2,
+        [.., b'\n'] => 1,
+        _ => 0,
+    }
+}
+
+fn no_memory(spec: &SecretSpec, e: &std::io::Error) -> SecretError {
+    SecretError::new(spec, format!("cannot map memory for it: {e}"), None)
+}
+
+/// Reads `reader` to its end onto locked pages, growing them (locked page to locked page)
+/// as needed, but never past `MAX_SECRET_LEN + 1` bytes: one more than the limit tells the
+/// caller it was exceeded.
+fn read_locked(reader: &mut impl std::io::Read) -> std::io::Result<(LockedBytes, Vec<Weakness>)> {
+    let (mut buf, mut weak) = LockedBytes::with_capacity(1)?;
+    loop {
+        if !room(&mut buf, &mut weak)? {
+            return Ok((buf, weak));
+        }
+        match reader.read(buf.spare_mut()) {
+            Ok(0) => return Ok((buf, weak)),
+            Ok(n) => buf.fill(n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
+}
+
+/// [`read_locked`] for a child's pipe.
+async fn read_locked_async(
+    reader: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> std::io::Result<(LockedBytes, Vec<Weakness>)> {
+    let (mut buf, mut weak) = LockedBytes::with_capacity(1)?;
+    loop {
+        if !room(&mut buf, &mut weak)? {
+            return Ok((buf, weak));
+        }
+        match reader.read(buf.spare_mut()).await? {
+            0 => return Ok((buf, weak)),
+            n => buf.fill(n),
+        }
+    }
+}
+
+/// Makes spare room in `buf` unless it already holds more than a secret may be.
+fn room(buf: &mut LockedBytes, weak: &mut Vec<Weakness>) -> std::io::Result<bool> {
+    if buf.as_bytes().len() > MAX_SECRET_LEN {
+        return Ok(false);
+    }
+    if buf.spare_mut().is_empty() {
+        weak.extend(buf.grow()?);
+    }
+    Ok(true)
 }
 
 async fn run_command(
@@ -301,7 +374,15 @@ async fn run_command(
     argv: &[String],
     timeout: Duration,
 ) -> Result<Loaded, SecretError> {
-    let mut child = tokio::process::Command::new(&argv[0])
+    // StrictModes, as for task programs (the daemon checked at start already; `secret check`
+    // did not), and the very file checked is what runs: no second PATH lookup.
+    let uid = nix::unistd::getuid().as_raw();
+    let path = std::env::var_os("PATH");
+    let program = crate::daemon::programs::check_source_program(&argv[0], path.as_deref(), uid)
+        .map_err(|e| SecretError::new(spec, e, None))?
+        .unwrap_or_else(|| PathBuf::from(&argv[0]));
+    let mut child = tokio::process::Command::new(&program)
+        .arg0(&argv[0])
         .args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -322,23 +403,20 @@ async fn run_command(
     let mut stdout = child.stdout.take().expect("stdout is piped");
     let mut stderr = child.stderr.take().expect("stderr is piped");
     let work = async {
-        let mut out = Zeroizing::new(Vec::new());
-        let mut err = Vec::new();
-        let read_out = async {
-            let mut limited = (&mut stdout).take(MAX_SECRET_LEN as u64 + 1);
-            limited.read_to_end(&mut out).await
-        };
+        // Reserved whole, so that reading never reallocates (and leaves a copy behind): a
+        // helper may echo its value on stderr.
+        let mut err = Zeroizing::new(Vec::with_capacity(STDERR_LIMIT + 64));
         let read_err = async {
-            let mut limited = (&mut stderr).take(64 * 1024);
+            let mut limited = (&mut stderr).take(STDERR_LIMIT as u64);
             limited.read_to_end(&mut err).await
         };
-        let (r1, r2) = tokio::join!(read_out, read_err);
-        r1?;
+        let (out, r2) = tokio::join!(read_locked_async(&mut stdout), read_err);
+        let out = out?;
         r2?;
         let status = child.wait().await?;
         Ok::<_, std::io::Error>((out, err, status))
     };
-    let (mut value, err, status) = match tokio::time::timeout(timeout, work).await {
+    let ((mut value, weak), err, status) = match tokio::time::timeout(timeout, work).await {
         Ok(Ok(done)) => done,
         Ok(Err(e)) => {
             return Err(SecretError::new(spec, format!("reading its output failed: {e}"), None));
@@ -360,21 +438,21 @@ async fn run_command(
             ));
         }
     };
-    let stderr_lines: Vec<String> = String::from_utf8_lossy(&err)
+    let stderr_lines: Vec<Zeroizing<String>> = String::from_utf8_lossy(&err)
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(str::to_string)
+        .map(|l| Zeroizing::new(l.to_string()))
         .collect();
     if !status.success() {
         // The command's stderr usually says why ("gpg: decryption failed", "not signed in").
         // It may also echo what it printed on stdout, a value the redactor will never know:
         // masked here with that value, raw and escaped, or left out if that cannot be done.
-        trim_newline(&mut value);
+        trim_newline_locked(&mut value);
         let hint = stderr_lines
             .last()
             .and_then(|l| {
                 let mut own = Secrets::empty();
-                own.insert(&spec.name, &value).ok()?;
+                own.insert(&spec.name, value.as_bytes()).ok()?;
                 Some(format!(
                     " (its last stderr line: {})",
                     crate::redact::redact_with(l, Some(&own))
@@ -387,21 +465,25 @@ async fn run_command(
             Some("run the command by hand as the daemon's user to see what it needs".into()),
         ));
     }
-    if value.len() > MAX_SECRET_LEN {
+    if value.as_bytes().len() > MAX_SECRET_LEN {
         return Err(SecretError::new(
             spec,
             format!("it printed more than {MAX_SECRET_LEN} bytes"),
             None,
         ));
     }
-    trim_newline(&mut value);
-    Ok(Loaded { value, stderr: stderr_lines })
+    trim_newline_locked(&mut value);
+    Ok(Loaded { value, stderr: stderr_lines, weak })
 }
+
+/// Most of a `command:` source's stderr that is read (and logged).
+const STDERR_LIMIT: usize = 64 * 1024;
 
 type SourceResult = Result<Zeroizing<Vec<u8>>, (String, Option<String>)>;
 
-fn read_private_file(path: PathBuf) -> SourceResult {
-    use std::io::Read;
+fn read_private_file(
+    path: PathBuf,
+) -> Result<(LockedBytes, Vec<Weakness>), (String, Option<String>)> {
     use std::os::unix::fs::MetadataExt;
     let shown = path.display().to_string();
     let mut file =
@@ -424,13 +506,10 @@ fn read_private_file(path: PathBuf) -> SourceResult {
             Some(format!("run `chown {uid} {shown}`")),
         ));
     }
-    let mut value = Zeroizing::new(Vec::new());
-    (&mut file)
-        .take(MAX_SECRET_LEN as u64 + 1)
-        .read_to_end(&mut value)
-        .map_err(|e| (format!("cannot read {shown}: {e}"), None))?;
-    trim_newline(&mut value);
-    Ok(value)
+    let (mut value, weak) =
+        read_locked(&mut file).map_err(|e| (format!("cannot read {shown}: {e}"), None))?;
+    trim_newline_locked(&mut value);
+    Ok((value, weak))
 }
 
 #[cfg(target_os = "linux")]
@@ -552,6 +631,24 @@ mod tests {
             let mut v = Zeroizing::new(input.to_vec());
             trim_newline(&mut v);
             assert_eq!(&v[..], want);
+        }
+    }
+
+    #[test]
+    fn reading_onto_locked_pages_grows_them_and_stops_past_the_limit() {
+        for len in [0, 1, 4095, 4096, 4097, 10_000, MAX_SECRET_LEN] {
+            let data = vec![b'a'; len];
+            let (got, _) = read_locked(&mut &data[..]).unwrap();
+            assert_eq!(got.as_bytes(), &data[..], "{len}");
+        }
+        let data = vec![b'a'; MAX_SECRET_LEN * 2];
+        let (got, _) = read_locked(&mut &data[..]).unwrap();
+        assert!(got.as_bytes().len() > MAX_SECRET_LEN, "the excess is noticed");
+        assert!(got.as_bytes().len() <= 2 * MAX_SECRET_LEN);
+        for (input, want) in [(&b"pw\r\n"[..], &b"pw"[..]), (b"pw\n\n", b"pw\n"), (b"pw", b"pw")] {
+            let (mut v, _) = LockedBytes::new(input).unwrap();
+            trim_newline_locked(&mut v);
+            assert_eq!(v.as_bytes(), want);
         }
     }
 

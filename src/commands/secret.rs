@@ -106,15 +106,17 @@ pub fn check(args: &SecretCheckArgs, env: &Environment) -> anyhow::Result<()> {
     let path = config_path(&args.config, env)?;
     let config = config::load(&path, env).map_err(|e| Exit::usage(e.to_string()))?;
     // `env` sources are read without removing them: this is a one-shot check.
-    let mut env_values: HashMap<String, Zeroizing<Vec<u8>>> = config
-        .secrets
-        .iter()
-        .filter_map(|s| match &s.source {
-            Source::Env { var } => std::env::var_os(var)
-                .map(|v| (s.name.clone(), Zeroizing::new(v.into_encoded_bytes()))),
-            _ => None,
-        })
-        .collect();
+    let mut env_values: secrets::EnvValues = HashMap::new();
+    for s in &config.secrets {
+        if let Source::Env { var } = &s.source
+            && let Some(v) = std::env::var_os(var)
+        {
+            let v = Zeroizing::new(v.into_encoded_bytes());
+            let (locked, _) =
+                crate::hardening::LockedBytes::new(&v).context("cannot allocate memory")?;
+            env_values.insert(s.name.clone(), locked);
+        }
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

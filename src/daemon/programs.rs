@@ -1,6 +1,7 @@
-//! The programs tasks run, and the files the daemon trusts: where a program is, whether its
-//! file is safe to trust (OpenSSH's StrictModes: not writable by group or others, owned by
-//! the daemon's user or root), and pinning.
+//! The programs the daemon runs (task steps, hooks, and the helpers of `command:` secret
+//! sources), and the files it trusts: where a program is, whether its file is safe to trust
+//! (OpenSSH's StrictModes: not writable by group or others, owned by the daemon's user or
+//! root, and no directory above it that another user could change), and pinning.
 //!
 //! A pinned program (`sha256:` on a task or step, or every program under `pin_binaries:
 //! true`, which records each digest at start) is, before every run, copied into a sealed
@@ -20,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::config::{Config, EnvValue, EnvVar, Task};
+use crate::config::{Config, EnvValue, EnvVar, Source, Task};
 
 /// A program whose digest is checked before every run.
 #[derive(Debug, Clone)]
@@ -61,8 +62,10 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// StrictModes for a file the daemon trusts (the task file, a program): not writable by
-/// group or others, owned by `uid` or root; and its directory not writable by others
-/// unless sticky (as `/tmp` is). The message names the file and the fix.
+/// group or others, owned by `uid` or root; and each directory above it, up to `/`, not
+/// writable by others nor owned by another user unless sticky (as `/tmp` is): whoever may
+/// rename a directory on the way may swap everything below it. The message names the file
+/// and the fix.
 pub(crate) fn check_trusted(path: &Path, what: &str, uid: u32) -> Result<(), String> {
     let real = std::fs::canonicalize(path)
         .map_err(|e| format!("cannot resolve {what} {}: {e}", path.display()))?;
@@ -82,21 +85,22 @@ pub(crate) fn check_trusted(path: &Path, what: &str, uid: u32) -> Result<(), Str
             meta.uid()
         ));
     }
-    if let Some(dir) = real.parent() {
+    for (i, dir) in real.ancestors().skip(1).enumerate() {
         let dmeta =
             std::fs::metadata(dir).map_err(|e| format!("cannot stat {}: {e}", dir.display()))?;
         let dmode = dmeta.mode() & 0o7777;
         let sticky = dmode & 0o1000 != 0;
+        let which = if i == 0 { "the directory of" } else { "a directory above" };
         if dmode & 0o002 != 0 && !sticky {
             return Err(format!(
-                "the directory of {what} {shown} ({}) is writable by others, so the file could be replaced: run `chmod o-w {}`",
+                "{which} {what} {shown} ({}) is writable by others, so the file could be replaced: run `chmod o-w {}`",
                 dir.display(),
                 dir.display()
             ));
         }
         if !trusted_owner(dir, dmeta.uid(), uid) && !sticky {
             return Err(format!(
-                "the directory of {what} {shown} ({}) is owned by uid {}, who could replace the file",
+                "{which} {what} {shown} ({}) is owned by uid {}, who could replace the file: move the file to a directory you own",
                 dir.display(),
                 dmeta.uid()
             ));
@@ -167,20 +171,58 @@ pub(crate) fn step_path(
     path
 }
 
+/// The program a `command:` secret source runs, found the way its spawn finds it (the
+/// daemon's own `PATH` for a bare name; a relative path from the daemon's working directory;
+/// no `~` expansion), and checked like a step's program. `Ok(None)` when there is no such
+/// program: loading the secret then fails and says how to fix it. The caller runs the
+/// returned path, so a later `PATH` lookup cannot find another file.
+pub(crate) fn check_source_program(
+    program: &str,
+    path: Option<&OsStr>,
+    uid: u32,
+) -> Result<Option<PathBuf>, String> {
+    let Some(found) = resolve(program, path, None, None) else { return Ok(None) };
+    check_trusted(&found, "program", uid)?;
+    Ok(Some(found))
+}
+
 /// For each task, for each step, the pinned program (if pinned).
 pub(crate) type Pins = Vec<Vec<Option<Pinned>>>;
 
-/// Checks every task program at start: StrictModes, and the pins. Returns, for each task,
-/// the pin of each step (if pinned), plus warnings; or every problem found.
+/// Where the programs are looked for: the task file (named in problems about secrets), the
+/// daemon's own `PATH` (what `command:` sources are found by), the environment tasks get, and
+/// the daemon's user.
+pub(crate) struct Context<'a> {
+    pub config_path: &'a Path,
+    pub daemon_path: Option<&'a OsStr>,
+    pub base_env: &'a [(OsString, OsString)],
+    pub home: Option<&'a Path>,
+    pub uid: u32,
+}
+
+/// Checks every program at start, before any runs: the helpers of `command:` secret sources
+/// (StrictModes), and each task's steps and hooks (StrictModes, and the pins). Returns, for
+/// each task, the pin of each step (if pinned), plus warnings; or every problem found.
 pub(crate) fn prepare(
     config: &Config,
-    base_env: &[(OsString, OsString)],
-    home: Option<&Path>,
-    uid: u32,
+    cx: &Context<'_>,
 ) -> Result<(Pins, Vec<String>), Vec<String>> {
+    let (base_env, home, uid) = (cx.base_env, cx.home, cx.uid);
     let mut pins = Vec::new();
     let mut warnings = Vec::new();
     let mut errors = Vec::new();
+    // A helper runs at start, before any task, and sees the secret it prints.
+    for spec in &config.secrets {
+        let Source::Command { argv, .. } = &spec.source else { continue };
+        if let Err(e) = check_source_program(&argv[0], cx.daemon_path, uid) {
+            let at = spec.pos.map(|p| format!(":{p}")).unwrap_or_default();
+            errors.push(format!(
+                "{}{at}: secret {:?} (command source): {e}",
+                cx.config_path.display(),
+                spec.name
+            ));
+        }
+    }
     for task in &config.tasks {
         let mut task_pins = Vec::new();
         for (i, step) in task.steps.iter().enumerate() {
@@ -360,5 +402,17 @@ mod tests {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         let err = check_trusted(&file, "program", uid).unwrap_err();
         assert!(err.contains("chmod o-w"), "{err}");
+        // Any directory on the way, not only the nearest: renaming it swaps all below.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let deeper = dir.path().join("a/b");
+        std::fs::create_dir_all(&deeper).unwrap();
+        let prog = deeper.join("prog");
+        std::fs::write(&prog, "x").unwrap();
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(check_trusted(&prog, "program", uid), Ok(()));
+        std::fs::set_permissions(dir.path().join("a"), std::fs::Permissions::from_mode(0o777))
+            .unwrap();
+        let err = check_trusted(&prog, "program", uid).unwrap_err();
+        assert!(err.contains("a directory above") && err.contains("chmod o-w"), "{err}");
     }
 }

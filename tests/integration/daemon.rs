@@ -456,7 +456,7 @@ fn a_failing_secret_command_that_echoes_secrets_on_stderr_leaks_neither() {
 }
 
 /// The Secret Service runs only inside `.ci/test`'s private D-Bus session.
-fn require_secret_service() {
+pub(crate) fn require_secret_service() {
     assert!(
         std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some()
             && std::env::var_os("BNZ_TEST_SECRET_SERVICE").is_some(),
@@ -464,7 +464,7 @@ fn require_secret_service() {
     );
 }
 
-trait StdinBytes {
+pub(crate) trait StdinBytes {
     fn stdin_bytes(&mut self, bytes: &[u8]) -> std::process::Output;
 }
 

@@ -10,6 +10,7 @@ mod harness;
 mod home;
 mod hostile;
 mod load;
+mod memory;
 mod next;
 mod pinning;
 mod pipes;

@@ -176,3 +176,112 @@ fn root_programs_are_trusted_inside_a_user_namespace_without_root() {
     assert_eq!(out.status.code(), Some(1), "{log}");
     assert!(log.contains("BNZ_UNSET_FOR_THIS_TEST is not set"), "{log}");
 }
+
+/// Issue 10, point 2. Regression: a `command:` secret source's helper that another user
+/// could write (mode 777, or owned by that user, or in a directory open to others) was run
+/// at start and printed, and so saw, the secret. Another user (uid 65534 through `setpriv`
+/// when root; else the test itself) rewrites the world-writable helper into one that leaves a
+/// marker; the daemon refuses to start, exit 2, naming the task file and line, the secret,
+/// the program and the fix, and the helper never runs (no marker), neither at start nor under
+/// `secret check`. Found through the daemon's `PATH`, as the source finds it, and in a
+/// directory anyone may write, it is refused too; a helper of our own with mode 0755 works.
+#[test]
+fn a_command_source_helper_others_could_write_is_refused_and_never_runs() {
+    use std::os::unix::fs::PermissionsExt;
+
+    use crate::harness::canary;
+
+    let root = nix::unistd::getuid().is_root();
+    let scratch = Scratch::new();
+    let value = canary();
+    let bin = scratch.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let helper = bin.join("pw-helper");
+    let marker = scratch.path().join("helper-ran");
+    let good = format!("#!/bin/sh\ntouch {}\nprintf '%s\\n' {value}\n", marker.display());
+    std::fs::write(&helper, &good).unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // The attacker: another user may reach and write the helper.
+    for dir in [scratch.path(), bin.as_path()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let attack = format!("#!/bin/sh\ntouch {}\nprintf '%s\\n' {value}\n", marker.display());
+    let mut write = if root {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "sh", "-c"]);
+        c
+    } else {
+        let mut c = std::process::Command::new("sh");
+        c.arg("-c");
+        c
+    };
+    let wrote = write
+        .arg("printf '%s' \"$1\" > \"$2\"")
+        .arg("sh")
+        .arg(&attack)
+        .arg(&helper)
+        .output()
+        .unwrap();
+    assert!(wrote.status.success(), "{}", String::from_utf8_lossy(&wrote.stderr));
+
+    let config_for = |argv0: &str| {
+        scratch.config(&format!(
+            "secrets:\n  pw: {{command: [{argv0}]}}\ntasks:\n  t:\n    {TRIGGERED}\n    secrets: [pw]\n    command: [sh, -c, 'secretbox get pw > got']\n"
+        ))
+    };
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let start = |config: &Path, name: &str| {
+        let log = scratch.path().join(format!("{name}.log"));
+        let status = scratch.daemon_command(config, &log).env("PATH", &path).status().unwrap();
+        (status.code(), std::fs::read_to_string(&log).unwrap())
+    };
+    let refused = |config: &Path, name: &str, expect: &[&str]| {
+        let (code, log) = start(config, name);
+        assert_eq!(code, Some(2), "{name}\n{log}");
+        // `secrets:` is line 3, after `socket:` and `state_dir:`; `pw:` is its first key.
+        let at = format!("{}:4:3: secret \"pw\" (command source): ", config.display());
+        assert!(log.contains(&at), "{name}: no file:line and secret\n{log}");
+        for e in expect {
+            assert!(log.contains(e), "{name}: missing {e:?}\n{log}");
+        }
+        assert!(log.contains("nothing was started"), "{name}\n{log}");
+        assert!(!log.contains(&value), "{name}: the value in the log\n{log}");
+        assert!(!marker.exists(), "{name}: the helper ran");
+    };
+
+    // World-writable, by full path and through PATH.
+    let by_path = config_for(&helper.display().to_string());
+    refused(&by_path, "mode-777", &["mode 777", &format!("chmod go-w {}", helper.display())]);
+    refused(&config_for("pw-helper"), "mode-777-on-path", &["mode 777", "chmod go-w"]);
+    // `secret check` runs the helper too: refused the same way.
+    let check =
+        scratch.backupnizza(["secret", "check", "-c"]).env("PATH", &path).run_with(&by_path);
+    assert_ne!(check.code(), Some(0), "{check}");
+    assert!(check.stdout().contains("mode 777"), "{check}");
+    assert!(!marker.exists(), "secret check ran the helper");
+
+    // Owned by another user (root can make one), mode 0755.
+    std::fs::write(&helper, &good).unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    if root {
+        nix::unistd::chown(&helper, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        refused(&by_path, "foreign-owner", &["owned by uid 65534", "chown"]);
+        nix::unistd::chown(&helper, Some(nix::unistd::getuid()), None).unwrap();
+    } else {
+        eprintln!("SKIPPED (part): a helper owned by another user needs root to create");
+    }
+    // Ours and 0755, but in a directory anyone may write (and so replace it).
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o777)).unwrap();
+    refused(&config_for("pw-helper"), "open-directory", &["writable by others", "chmod o-w"]);
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    // The legitimate helper, found through PATH: it runs, and the task gets its value.
+    let config = config_for("pw-helper");
+    let daemon = scratch.start_daemon_with(&config, |cmd| {
+        cmd.env("PATH", &path);
+    });
+    assert!(marker.exists(), "the helper did not run");
+    scratch.backupnizza(["trigger", "--wait", "t", "-c"]).run_with(&config).expect_code(0);
+    assert_eq!(std::fs::read_to_string(scratch.path().join("got")).unwrap().trim(), value);
+    assert!(daemon.stop().success());
+}

@@ -207,7 +207,9 @@ impl Checker {
                 continue;
             }
             match self.secret(value, &path, key.pos) {
-                Some(source) => out.push(SecretSpec { name: name.clone(), source }),
+                Some(source) => {
+                    out.push(SecretSpec { name: name.clone(), source, pos: key.pos });
+                }
                 None => ok = false,
             }
         }
