@@ -294,6 +294,11 @@ pub enum EnvValue {
     Text(String),
     /// `{secret: NAME}`: the plaintext secret itself (opt-in, less safe).
     Secret(String),
+    /// `{secret_file: NAME}`: the path of a 0600 file holding the secret, in a private
+    /// directory of the daemon's that lives as long as the step (see
+    /// [`crate::daemon::secret_files`]); for tools that read a credential from a file
+    /// (`RESTIC_REPOSITORY_FILE`, `AWS_SHARED_CREDENTIALS_FILE`).
+    SecretFile(String),
 }
 
 /// One problem found in a task file.
