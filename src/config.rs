@@ -582,7 +582,9 @@ mod tests {
         assert_eq!(docs.max_lateness, Duration::from_secs(12 * 3600));
         let offsite = config.task("offsite").unwrap();
         assert_eq!(offsite.on_overlap, Overlap::Queue);
-        assert!(offsite.env.iter().any(|v| v.value == EnvValue::Secret("offsite-append".into())));
+        assert!(
+            offsite.env.iter().any(|v| v.value == EnvValue::SecretFile("offsite-append".into()))
+        );
         let prune = config.task("prune-offsite").unwrap();
         assert_eq!(prune.steps.len(), 2);
         assert!(prune.steps[1].continue_on_error);

