@@ -300,6 +300,11 @@ pub enum EnvValue {
     Text(String),
     /// `{secret: NAME}`: the plaintext secret itself (opt-in, less safe).
     Secret(String),
+    /// `{secret_file: NAME}`: the path of a 0600 file holding the secret, in a private
+    /// directory of the daemon's that lives as long as the step (see
+    /// [`crate::daemon::secret_files`]); for tools that read a credential from a file
+    /// (`RESTIC_REPOSITORY_FILE`, `AWS_SHARED_CREDENTIALS_FILE`).
+    SecretFile(String),
 }
 
 /// One problem found in a task file.
@@ -601,7 +606,9 @@ mod tests {
         assert_eq!(docs.max_lateness, Duration::from_secs(12 * 3600));
         let offsite = config.task("offsite").unwrap();
         assert_eq!(offsite.on_overlap, Overlap::Queue);
-        assert!(offsite.env.iter().any(|v| v.value == EnvValue::Secret("offsite-append".into())));
+        assert!(
+            offsite.env.iter().any(|v| v.value == EnvValue::SecretFile("offsite-append".into()))
+        );
         let prune = config.task("prune-offsite").unwrap();
         assert_eq!(prune.steps.len(), 2);
         assert!(prune.steps[1].continue_on_error);

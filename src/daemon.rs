@@ -4,7 +4,8 @@
 //! out of the environment → check the programs it runs, secret helpers included
 //! ([`programs`]) → harden the process → load the other secrets → bind the socket → start the history and metrics writers
 //! ([`writers`]) and the tasks' output files' ([`output_file`]) → serve the socket → hand the task and run state to its owner ([`state`]),
-//! which fires runs ([`execute`], processes by [`runner`]; [`notifications`], [`metrics`]
+//! which fires runs ([`execute`], processes by [`runner`], `{secret_file:}` values by
+//! [`secret_files`]; [`notifications`], [`metrics`]
 //! and [`systemd`] report them). Shutdown, on SIGTERM or SIGINT: the state owner stops
 //! firing, cancels runs (SIGINT, SIGTERM, then SIGKILL within `shutdown_grace`) and waits for their
 //! End records; then the server closes, the history is flushed, the socket is removed, and
@@ -19,6 +20,7 @@ mod output;
 pub(crate) mod output_file;
 pub(crate) mod programs;
 pub(crate) mod runner;
+pub(crate) mod secret_files;
 mod state;
 pub(crate) mod systemd;
 mod writers;
@@ -446,6 +448,17 @@ async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::Result<Finis
     let (containment, how) =
         contain::Containment::detect(env.var("BACKUPNIZZA_CGROUP") == Some("off"));
     info!("{how}");
+    // The `{secret_file:}` directories live beside the socket, in its private directory;
+    // what a daemon that died left there is removed by the settlement, before any run.
+    let secret_files = secret_files::root_for(&bound.path);
+    secret_files::prepare(&secret_files).with_context(|| {
+        format!("cannot create the directory for secret files {}", secret_files.display())
+    })?;
+    if config.tasks.iter().any(uses_secret_files)
+        && let Some(why) = secret_files::check_memory_backed(&secret_files)
+    {
+        warn!("{why}");
+    }
     let broker = Arc::new(
         Broker::new(secrets, config.token_ttl, Limits::default()).with_redeemers(redeemers),
     );
@@ -461,6 +474,7 @@ async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::Result<Finis
         shutdown_grace: config.shutdown_grace,
         containment,
         guardian,
+        secret_files: secret_files.clone(),
     };
     let notifications = TaskTracker::new();
     let zone = config.timezone.tz.clone();
@@ -517,6 +531,9 @@ async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::Result<Finis
     {
         error!("the output files could not be flushed at shutdown");
     }
+    // Every step has ended and removed its own directory; this removes the root (and what a
+    // task that would not stop still had), so the socket's directory can go too.
+    let _ = std::fs::remove_dir_all(&secret_files);
     drop(bound);
     crate::redact::unregister();
     drop(broker);
@@ -532,6 +549,14 @@ async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::Result<Finis
         );
     }
     Ok(Finished { stop, secrets: weak_secrets })
+}
+
+/// Whether any step of `task` (or the task's own `env`) has a `{secret_file:}` value.
+fn uses_secret_files(task: &crate::config::Task) -> bool {
+    task.env
+        .iter()
+        .chain(task.steps.iter().flat_map(|s| &s.env))
+        .any(|v| matches!(v.value, crate::config::EnvValue::SecretFile(_)))
 }
 
 /// Binds the socket. When the default directory under `$TMPDIR` (no `XDG_RUNTIME_DIR`) was

@@ -13,7 +13,8 @@
 //! 4. In [`daemon`], one task owns the task and run state: it fires each task when
 //!    [`schedule`]'s timetable says (on time, caught up after a suspend, or skipped; rebuilt
 //!    from the new clock when the wall clock is changed), runs it with a fresh token per
-//!    process, keeps every process of a run together (its process group, its cgroup, a
+//!    process (and `{secret_file:}` values as private files that live as long as the step),
+//!    keeps every process of a run together (its process group, its cgroup, a
 //!    guardian process should the daemon die; interrupted runs are settled at the next
 //!    start), and records and reports the result ([`history`],
 //!    metrics, notifications, systemd readiness); [`redact`] masks secrets in everything

@@ -39,6 +39,7 @@ use super::guardian::Guardian;
 use super::output::LogBudget;
 use super::output_file::RunOutput;
 use super::programs::Pinned;
+use super::secret_files;
 use crate::broker::Broker;
 use crate::config::{EnvValue, EnvVar, Hook, Step, Task};
 use crate::protocol::RunStatus;
@@ -76,6 +77,9 @@ impl Outcome {
     }
 }
 
+/// A process's environment, in the order it is set.
+type StepEnv = Vec<(OsString, OsString)>;
+
 /// The last stderr lines of a run, for its history record and hooks.
 pub(super) type Tail = VecDeque<String>;
 
@@ -96,6 +100,8 @@ pub(crate) struct Runner {
     pub(crate) containment: Containment,
     /// Told about each live process group, to stop them if the daemon dies.
     pub(crate) guardian: Option<Guardian>,
+    /// Where steps' `{secret_file:}` directories are made ([`secret_files`]).
+    pub(crate) secret_files: PathBuf,
 }
 
 /// What a run's stdout and stderr may still send to the log.
@@ -365,9 +371,22 @@ impl Runner {
         }
     }
 
-    fn env_for(&self, task: &Task, step: &Step) -> Result<Vec<(OsString, OsString)>, String> {
+    /// The step's environment, and the secrets it needs as files (in step directory
+    /// `label`: see [`secret_files`]). A `{secret_file:}` value becomes the file's path
+    /// when the process may fetch that secret (`scope`: a step's task always may, validation
+    /// saw to that); for a hook that does not list it, the variable is left unset, as its
+    /// token is.
+    fn env_for(
+        &self,
+        task: &Task,
+        step: &Step,
+        scope: Option<&[String]>,
+        label: &str,
+    ) -> Result<(StepEnv, Vec<String>), String> {
         let mut env = self.base_env.clone();
+        let mut files: Vec<String> = Vec::new();
         for var in task.env.iter().chain(&step.env) {
+            env.retain(|(k, _)| k != var.name.as_str());
             let value: OsString = match &var.value {
                 EnvValue::Text(text) => text.into(),
                 EnvValue::Secret(name) => match self.broker.secrets().get(name) {
@@ -376,11 +395,64 @@ impl Runner {
                     }
                     None => return Err(format!("secret {name:?} for {} is not loaded", var.name)),
                 },
+                EnvValue::SecretFile(name) => {
+                    if !scope.is_some_and(|s| s.contains(name)) {
+                        continue;
+                    }
+                    if self.broker.secrets().get(name).is_none() {
+                        return Err(format!("secret {name:?} for {} is not loaded", var.name));
+                    }
+                    if !files.contains(name) {
+                        files.push(name.clone());
+                    }
+                    secret_files::path_of(&self.secret_files, label, name).into_os_string()
+                }
             };
-            env.retain(|(k, _)| k != var.name.as_str());
             env.push((var.name.clone().into(), value));
         }
-        Ok(env)
+        // A variable set to a file and then overridden (a step's text over the task's
+        // `{secret_file:}`) needs no file.
+        files.retain(|name| {
+            let path = secret_files::path_of(&self.secret_files, label, name);
+            env.iter().any(|(_, v)| Path::new(v) == path)
+        });
+        Ok((env, files))
+    }
+
+    /// Writes the step's secret files (on a blocking thread: file writes), straight from
+    /// the locked store.
+    async fn write_secret_files(
+        &self,
+        label: &str,
+        names: Vec<String>,
+    ) -> Result<Option<secret_files::StepFiles>, String> {
+        if names.is_empty() {
+            return Ok(None);
+        }
+        let broker = self.broker.clone();
+        let root = self.secret_files.clone();
+        let dir = label.to_string();
+        let written = tokio::task::spawn_blocking(move || {
+            let secrets = broker.secrets();
+            let items: Vec<(&str, &[u8])> = names
+                .iter()
+                .filter_map(|n| Some((n.as_str(), secrets.get(n)?.expose_secret().as_bytes())))
+                .collect();
+            secret_files::StepFiles::create(&root, &dir, &items)
+        })
+        .await;
+        match written {
+            Ok(Ok(files)) => Ok(Some(files)),
+            Ok(Err(e)) => {
+                let why = format!(
+                    "cannot write the secret files in {}: {e}",
+                    self.secret_files.join(label).display()
+                );
+                error!("{why}");
+                Err(why)
+            }
+            Err(e) => Err(format!("writing the secret files failed: {e}")),
+        }
     }
 
     /// The command for a step: the pinned, verified copy when the step is pinned.
@@ -447,8 +519,18 @@ impl Runner {
             scope,
             ..
         } = call;
-        let env = match self.env_for(task, step) {
-            Ok(env) => env,
+        // The step's own directory of secret files: unique per run and step (or hook).
+        let label = match hook {
+            Some(h) => format!("{run_id}.{h}"),
+            None => format!("{run_id}.{}", index + 1),
+        };
+        let (env, file_names) = match self.env_for(task, step, scope, &label) {
+            Ok(pair) => pair,
+            Err(why) => return StepEnd::NotStarted(why),
+        };
+        // Removed when this function returns: once every process of the step has ended.
+        let secret_files = match self.write_secret_files(&label, file_names).await {
+            Ok(files) => files,
             Err(why) => return StepEnd::NotStarted(why),
         };
         let (mut cmd, pinned_file) = match self.command(&call).await {
@@ -610,6 +692,11 @@ impl Runner {
         let (end, ()) = tokio::join!(waiting, pumps);
         if let StepEnd::Exited(st, _) = &end {
             info!(step = index + 1, pid, "process ended: {}", describe_exit(*st));
+        }
+        // Every process of the step has ended: its secret files go now, off the async
+        // threads (the drop unlinks them).
+        if let Some(files) = secret_files {
+            let _ = tokio::task::spawn_blocking(move || drop(files)).await;
         }
         end
     }

@@ -4,6 +4,7 @@
 mod broker;
 mod clock;
 mod crash;
+mod credentials;
 mod daemon;
 mod docs;
 mod harness;

@@ -20,9 +20,21 @@ pub(crate) struct RestServer {
 
 impl RestServer {
     pub(crate) fn start(dir: &Path) -> RestServer {
+        RestServer::serve("rclone", &["restic", "--append-only"], dir)
+    }
+
+    /// `PROGRAM serve ARGS... --addr 127.0.0.1:0 DIR`: an rclone server on a loopback port
+    /// the kernel chooses, its URL read from its log (`.../` stripped).
+    pub(crate) fn serve(
+        program: impl AsRef<std::ffi::OsStr>,
+        args: &[&str],
+        dir: &Path,
+    ) -> RestServer {
         std::fs::create_dir_all(dir).unwrap();
-        let mut child = Command::new("rclone")
-            .args(["serve", "restic", "--append-only", "--addr", "127.0.0.1:0"])
+        let mut child = Command::new(program)
+            .arg("serve")
+            .args(args)
+            .args(["--addr", "127.0.0.1:0"])
             .arg(dir)
             .env("RCLONE_CONFIG", "/dev/null")
             .stdin(Stdio::null())
@@ -34,12 +46,16 @@ impl RestServer {
         let url = loop {
             let line = lines.next().expect("rclone exited before serving").unwrap();
             if let Some(at) = line.find("http://127.0.0.1:") {
-                break line[at..].trim().trim_end_matches('/').to_string();
+                break line[at..].trim().trim_end_matches([']', '/']).to_string();
             }
         };
         // Keep draining its log so it never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         RestServer { child, url }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 
@@ -57,26 +73,54 @@ pub(crate) struct ProcSampler {
     thread: Option<std::thread::JoinHandle<()>>,
     pub seen: Arc<Mutex<Vec<(u32, String)>>>,
     pub leaks: Arc<Mutex<Vec<String>>>,
+    environs: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl ProcSampler {
     pub(crate) fn start(root: u32, needle: String) -> ProcSampler {
+        ProcSampler::start_with(move || descendants(root), vec![needle])
+    }
+
+    /// Samples every process on the machine but `except` (a server that must know the
+    /// credential: the other end of the connection) for any of `needles`.
+    pub(crate) fn everywhere(needles: Vec<String>, except: Vec<u32>) -> ProcSampler {
+        let me = std::process::id();
+        ProcSampler::start_with(
+            move || all_pids().into_iter().filter(|p| *p != me && !except.contains(p)).collect(),
+            needles,
+        )
+    }
+
+    fn start_with(
+        pids: impl Fn() -> Vec<u32> + Send + 'static,
+        needles: Vec<String>,
+    ) -> ProcSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let seen: Arc<Mutex<Vec<(u32, String)>>> = Arc::default();
         let leaks: Arc<Mutex<Vec<String>>> = Arc::default();
-        let (s, v, l) = (stop.clone(), seen.clone(), leaks.clone());
+        let environs: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let (s, v, l, e) = (stop.clone(), seen.clone(), leaks.clone(), environs.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                for pid in descendants(root) {
+                for pid in pids() {
                     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
                         .unwrap_or_default()
                         .trim()
                         .to_string();
                     for file in ["environ", "cmdline"] {
-                        if let Ok(bytes) = std::fs::read(format!("/proc/{pid}/{file}"))
-                            && bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
-                        {
-                            l.lock().unwrap().push(format!("{comm} ({pid}) {file}"));
+                        let Ok(bytes) = std::fs::read(format!("/proc/{pid}/{file}")) else {
+                            continue;
+                        };
+                        for needle in &needles {
+                            if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                                l.lock().unwrap().push(format!("{comm} ({pid}) {file}"));
+                            }
+                        }
+                        if file == "environ" && comm == "restic" {
+                            let mut environs = e.lock().unwrap();
+                            if environs.len() < 64 {
+                                environs.push(bytes);
+                            }
                         }
                     }
                     let mut seen = v.lock().unwrap();
@@ -87,7 +131,12 @@ impl ProcSampler {
                 std::thread::sleep(std::time::Duration::from_millis(2));
             }
         });
-        ProcSampler { stop, thread: Some(thread), seen, leaks }
+        ProcSampler { stop, thread: Some(thread), seen, leaks, environs }
+    }
+
+    /// Environment blocks of restic processes the sampler read (at most 64).
+    pub(crate) fn restic_environs(&self) -> Vec<Vec<u8>> {
+        self.environs.lock().unwrap().clone()
     }
 
     pub(crate) fn finish(mut self) -> (Vec<(u32, String)>, Vec<String>) {
@@ -99,17 +148,19 @@ impl ProcSampler {
 
 /// Every live process that descends from `root` (not `root` itself).
 fn descendants(root: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid != root && backupnizza::broker::peer::descends_from(pid, root) {
-            out.push(pid);
-        }
-    }
-    out
+    all_pids()
+        .into_iter()
+        .filter(|pid| *pid != root && backupnizza::broker::peer::descends_from(*pid, root))
+        .collect()
+}
+
+/// Every live process.
+fn all_pids() -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+        .collect()
 }
 
 #[test]

@@ -437,3 +437,64 @@ fn warnings_do_not_fail_validation() {
     );
     assert!(run.stderr().contains("RESTIC_PASSWORD_COMMAND"), "{run}");
 }
+
+/// Issue 10, point 12: a credential written literally (a password in a repository URL, a
+/// `*_PASSWORD`, `*_SECRET*`, `*_KEY`) is a warning that points to `{secret_file:}`, and the
+/// warning never repeats the value; a variable that says where a secret is, is not warned
+/// about; `{secret_file:}` must name a secret the task lists.
+#[test]
+fn literal_credentials_are_warned_about_without_their_value() {
+    let scratch = Scratch::new();
+    let (url_pass, key, token) =
+        (crate::harness::canary(), crate::harness::canary(), crate::harness::canary());
+    let file = scratch.write(
+        "creds.yaml",
+        format!(
+            "secrets:\n  url: {{env: X}}\ntasks:\n  docs:\n    schedule: '@daily'\n    command: [restic, backup, /x]\n    env:\n      RESTIC_REPOSITORY: rest:https://laptop:{url_pass}@backup.example.net:8000/laptop/\n      MY_API_KEY: {key}\n      GITHUB_SECRET_TOKEN: {token}\n      RESTIC_PASSWORD_FILE: /run/credentials/restic\n      SOME_SECRET_FILE: /run/credentials/x\n      OTHER_REPOSITORY: sftp:backup@host:/srv/restic\n      RESTIC_REPOSITORY_FILE: {{secret_file: url}}\n    secrets: [url]\n"
+        ),
+    );
+    let run = scratch.backupnizza(["validate", "-c"]).run_with(&file);
+    run.expect_code(0);
+    let err = run.stderr();
+    for value in [&url_pass, &key, &token] {
+        assert!(!err.contains(value.as_str()), "a warning repeats the value\n{run}");
+    }
+    let f = file.display();
+    assert!(
+        err.contains(&format!("{f}:8:26: warning: tasks.docs.env.RESTIC_REPOSITORY: RESTIC_REPOSITORY holds a URL with a password (user:***@)"))
+            && err.contains("RESTIC_REPOSITORY_FILE: {secret_file: NAME}"),
+        "{run}"
+    );
+    for var in ["MY_API_KEY", "GITHUB_SECRET_TOKEN"] {
+        assert!(
+            err.lines().any(|l| l.contains(&format!(
+                "warning: tasks.docs.env.{var}: {var} looks like a credential"
+            )) && l.contains("{secret_file: NAME}")),
+            "{var}\n{run}"
+        );
+    }
+    for var in
+        ["RESTIC_PASSWORD_FILE", "SOME_SECRET_FILE", "OTHER_REPOSITORY", "RESTIC_REPOSITORY_FILE"]
+    {
+        assert!(!err.contains(&format!("env.{var}")), "{var} warned about\n{run}");
+    }
+
+    // A secret_file the task does not list is an error that says how to fix it.
+    let bad = scratch.write(
+        "bad.yaml",
+        "secrets:\n  url: {env: X}\n  aws: {env: Y}\ntasks:\n  docs:\n    schedule: '@daily'\n    command: [restic, backup, /x]\n    env:\n      RESTIC_REPOSITORY_FILE: {secret_file: url}\n      AWS_SHARED_CREDENTIALS_FILE: {secret_file: aws}\n      X_FILE: {secret_file: nope}\n      Y_FILE: {secret_file: url, secret: url}\n    secrets: [url]\n",
+    );
+    let run = scratch.backupnizza(["validate", "-c"]).run_with(&bad);
+    run.expect_code(2);
+    let err = run.stderr();
+    let f = bad.display();
+    assert!(err.contains(&format!("{f}:10:50: error: tasks.docs.env.AWS_SHARED_CREDENTIALS_FILE.secret_file: {{secret_file: aws}} hands the secret to task \"docs\", which does not list it: add \"aws\" to tasks.docs.secrets")), "{run}");
+    assert!(err.contains(&format!("{f}:11:29: error: tasks.docs.env.X_FILE.secret_file: {{secret_file: nope}} in task \"docs\" names a secret that is not declared under `secrets:`")), "{run}");
+    assert!(
+        err.contains(
+            "tasks.docs.env.Y_FILE: expected {secret: NAME} or {secret_file: NAME}, one key"
+        ),
+        "{run}"
+    );
+    assert!(!err.contains("RESTIC_REPOSITORY_FILE"), "{run}");
+}

@@ -1,8 +1,9 @@
 //! References between sections, checked on the raw tree once the sections themselves are
-//! done: every secret a task names (in `secrets:`, `{secret: NAME}` values, notification
-//! URLs, its hooks' `secrets:` and `secretbox get NAME` in its commands) must be declared, a
-//! `secretbox get` must be within the scope of the token its process gets (the task's, or
-//! its hook's own, none for a plain hook), a hook's secrets must be the task's too, and every
+//! done: every secret a task names (in `secrets:`, `{secret: NAME}` and
+//! `{secret_file: NAME}` values, notification URLs, its hooks' `secrets:` and
+//! `secretbox get NAME` in its commands) must be declared, a `secretbox get` must be within
+//! the scope of the token its process gets (the task's, or its hook's own, none for a plain
+//! hook), a `{secret_file:}` and a hook's secrets must be in the task's `secrets:` too, and every
 //! declared secret should be used by some task.
 
 use std::collections::BTreeSet;
@@ -69,19 +70,31 @@ impl Checker {
                                 );
                             }
                             Value::Map(_) => {
-                                let Some((_, Node { value: Value::Str(name), pos })) =
-                                    lookup(value, "secret")
+                                let Some((form, Node { value: Value::Str(name), pos })) =
+                                    ["secret", "secret_file"]
+                                        .into_iter()
+                                        .find_map(|k| lookup(value, k).map(|(_, v)| (k, v)))
                                 else {
                                     continue;
                                 };
                                 used.insert(name.clone());
                                 if !declared.contains(name.as_str()) {
                                     self.error(
-                                        &join(&vpath, "secret"),
+                                        &join(&vpath, form),
                                         *pos,
                                         format!(
-                                            "{{secret: {name}}} in task {task:?} names a secret that is not declared under `secrets:`{}",
+                                            "{{{form}: {name}}} in task {task:?} names a secret that is not declared under `secrets:`{}",
                                             suggestion(name, declared.iter().copied())
+                                        ),
+                                    );
+                                } else if form == "secret_file" && !scope.contains(&name.as_str()) {
+                                    // The file is the secret handed to the task's processes,
+                                    // as a token is: the task's list says what it can touch.
+                                    self.error(
+                                        &join(&vpath, form),
+                                        *pos,
+                                        format!(
+                                            "{{secret_file: {name}}} hands the secret to task {task:?}, which does not list it: add {name:?} to tasks.{task}.secrets"
                                         ),
                                     );
                                 }

@@ -43,15 +43,50 @@ const NOTIFY_KEYS: &[&str] = &["ping", "webhook", "send_logs", "timeout"];
 const STEP_KEYS: &[&str] = &["command", "env", "continue_on_error", "sha256"];
 /// Variables the daemon sets itself in every child.
 const RESERVED_ENV: &[&str] = &["SECRETBOX_TOKEN", "SECRETBOX_SOCKET", "SECRETBOX_DAEMON"];
-/// Variables that hold a secret in plain text; writing one literally in the file defeats the
-/// purpose of the daemon, so we warn and point at the alternative.
+/// The map forms an env value may take.
+const ENV_FORMS: &str = "{secret: NAME} or {secret_file: NAME}";
+/// Variables that hold a secret in plain text and have a better route of their own; writing
+/// one literally in the file defeats the purpose of the daemon, so we warn and point at it.
 const PLAINTEXT_SECRET_ENV: &[(&str, &str)] = &[
     ("RESTIC_PASSWORD", "RESTIC_PASSWORD_COMMAND: secretbox get NAME"),
     ("RCLONE_CONFIG_PASS", "RCLONE_PASSWORD_COMMAND: secretbox get NAME"),
-    ("AWS_SECRET_ACCESS_KEY", "{secret: NAME}"),
-    ("B2_ACCOUNT_KEY", "{secret: NAME}"),
-    ("AZURE_ACCOUNT_KEY", "{secret: NAME}"),
+    (
+        "RESTIC_REST_PASSWORD",
+        "RESTIC_REPOSITORY_FILE: {secret_file: NAME}, the URL with its password kept as a secret",
+    ),
+    (
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SHARED_CREDENTIALS_FILE: {secret_file: NAME}, an INI [default] section kept as a secret",
+    ),
 ];
+/// What the generic plain-text warning suggests.
+const SECRET_FORMS_ADVICE: &str =
+    "{secret_file: NAME} (with the tool's `*_FILE` variable, if it has one) or {secret: NAME}";
+
+/// Whether a variable's name says it holds a credential (`*_PASSWORD`, `*_SECRET*`, `*_KEY`,
+/// `*_PASS`), rather than where one is (`*_FILE`, `*_COMMAND`, `*_PATH`): a literal value
+/// for it is most likely a secret written into the task file.
+fn names_a_credential(name: &str) -> bool {
+    let name = name.to_ascii_uppercase();
+    if ["_FILE", "_COMMAND", "_PATH"].iter().any(|s| name.ends_with(s)) {
+        return false;
+    }
+    name.ends_with("_PASSWORD")
+        || name.ends_with("_PASS")
+        || name.ends_with("_KEY")
+        || name.contains("_SECRET")
+        || name == "PASSWORD"
+}
+
+/// Whether a URL (restic's `rest:https://user:pass@host/`) carries a password in its
+/// userinfo. Only what follows `://` counts: `sftp:user@host:/srv` names a user, no password.
+fn has_url_password(text: &str) -> bool {
+    let Some(at) = text.find("://") else { return false };
+    let rest = &text[at + 3..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let Some(userinfo) = authority.rfind('@').map(|i| &authority[..i]) else { return false };
+    userinfo.split_once(':').is_some_and(|(_, pass)| !pass.is_empty())
+}
 
 /// What every task's check needs from the rest of the file and from the environment.
 pub(super) struct TaskDefaults<'a> {
@@ -299,14 +334,19 @@ impl Checker {
                     value.scalar_text().map(EnvValue::Text)
                 }
                 Value::Map(_) => {
-                    let f = self.fields(value, &p, "{secret: NAME}", Some(&["secret"]));
-                    if let Some(n) = f.as_ref().and_then(|f| f.get("secret")) {
-                        self.non_empty_string(n, &join(&p, "secret")).map(EnvValue::Secret)
-                    } else {
-                        if f.is_some() {
-                            self.error(&p, value.pos, "expected {secret: NAME}");
+                    let f = self.fields(value, &p, ENV_FORMS, Some(&["secret", "secret_file"]));
+                    match f.as_ref().map(|f| (f.get("secret"), f.get("secret_file"))) {
+                        Some((Some(n), None)) => {
+                            self.non_empty_string(n, &join(&p, "secret")).map(EnvValue::Secret)
                         }
-                        None
+                        Some((None, Some(n))) => self
+                            .non_empty_string(n, &join(&p, "secret_file"))
+                            .map(EnvValue::SecretFile),
+                        Some(_) => {
+                            self.error(&p, value.pos, format!("expected {ENV_FORMS}, one key"));
+                            None
+                        }
+                        None => None,
                     }
                 }
                 Value::Null => {
@@ -314,15 +354,26 @@ impl Checker {
                     None
                 }
                 Value::Seq(_) => {
-                    self.type_error(&p, value, "a string or {secret: NAME}");
+                    self.type_error(&p, value, "a string, {secret: NAME} or {secret_file: NAME}");
                     None
                 }
             };
+            // Never the value itself: it is probably a secret, and this goes to a terminal.
             if let Some(EnvValue::Text(text)) = &v
-                && let Some((_, instead)) = PLAINTEXT_SECRET_ENV.iter().find(|(n, _)| n == name)
                 && !text.is_empty()
             {
-                self.warn(&p, value.pos, format!("{name} is written in plain text in the task file; use {instead} so the secret stays in the keychain"));
+                if let Some((_, instead)) = PLAINTEXT_SECRET_ENV.iter().find(|(n, _)| n == name) {
+                    self.warn(&p, value.pos, format!("{name} is written in plain text in the task file; use {instead} so the secret stays in the keychain"));
+                } else if names_a_credential(name) {
+                    self.warn(&p, value.pos, format!("{name} looks like a credential written in plain text in the task file; keep it as a secret and use {SECRET_FORMS_ADVICE}"));
+                } else if has_url_password(text) {
+                    let instead = if name == "RESTIC_REPOSITORY" {
+                        "RESTIC_REPOSITORY_FILE: {secret_file: NAME}, the whole URL kept as a secret".to_string()
+                    } else {
+                        SECRET_FORMS_ADVICE.to_string()
+                    };
+                    self.warn(&p, value.pos, format!("{name} holds a URL with a password (user:***@) in plain text in the task file; use {instead}"));
+                }
             }
             match v {
                 Some(value) => out.push(EnvVar { name: name.clone(), value }),
@@ -481,5 +532,50 @@ impl Checker {
             }
         }
         Some(out)
+    }
+}
+
+#[cfg(test)]
+mod credential_name_tests {
+    use super::{has_url_password, names_a_credential};
+
+    #[test]
+    fn names_that_hold_a_credential_not_where_one_is() {
+        for name in [
+            "B2_ACCOUNT_KEY",
+            "MY_API_KEY",
+            "GITHUB_SECRET_TOKEN",
+            "RESTIC_REST_PASSWORD",
+            "SMB_PASS",
+        ] {
+            assert!(names_a_credential(name), "{name}");
+        }
+        for name in [
+            "RESTIC_PASSWORD_FILE",
+            "RESTIC_PASSWORD_COMMAND",
+            "SOME_SECRET_FILE",
+            "KEY_PATH",
+            "AWS_ACCESS_KEY_ID",
+            "BYPASS",
+            "RESTIC_REPOSITORY",
+        ] {
+            assert!(!names_a_credential(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn only_a_password_in_the_userinfo_counts() {
+        assert!(has_url_password("rest:https://laptop:pw@host:8000/laptop/"));
+        assert!(has_url_password("https://u:p@h"));
+        for url in [
+            "rest:https://host:8000/",
+            "sftp:backup@host:/srv",
+            "https://user@host/",
+            "https://u:@h/",
+            "s3:https://h/b?x=a:b@c",
+            "/srv/restic",
+        ] {
+            assert!(!has_url_password(url), "{url}");
+        }
     }
 }

@@ -6,7 +6,7 @@
 //! processes are found by its cgroup (named in the Start record) and by its run id in the
 //! environment of every process of the daemon's uid ([`contain`](crate::daemon::contain)); they
 //! are stopped as a timeout stops a run — SIGINT first, on which restic removes its
-//! repository lock.
+//! repository lock. Then the `{secret_file:}` directories they left are removed.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -15,10 +15,11 @@ use std::time::Duration;
 use jiff::Timestamp;
 use nix::sys::signal::Signal;
 
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::State;
 use crate::daemon::contain::{RunProcs, Search, Target};
+use crate::daemon::secret_files;
 use crate::history::{DaemonEvent, Record};
 use crate::protocol::{RunBody, RunStatus};
 use crate::schedule::clock::{Reading, Stamp};
@@ -107,9 +108,26 @@ impl State {
     /// that one). Awaited before the first run starts, so no two copies of a task run.
     pub(super) async fn settle_unended(&mut self, past: &[Record]) {
         let runs = unended(past);
-        if runs.is_empty() {
-            return;
+        if !runs.is_empty() {
+            self.settle_runs(runs).await;
         }
+        // Once their processes are stopped: the `{secret_file:}` directories those runs
+        // left (a step removes its own when it ends, a dead daemon's steps could not).
+        let root = self.ctx.runner.secret_files.clone();
+        match tokio::task::spawn_blocking(move || secret_files::sweep(&root)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => warn!(
+                "removed {n} step director{} of secret files left by runs of a daemon that stopped without ending them",
+                if n == 1 { "y" } else { "ies" }
+            ),
+            Ok(Err(e)) => {
+                error!(dir = %self.ctx.runner.secret_files.display(), error = %e, "cannot remove the secret files left by an earlier daemon");
+            }
+            Err(e) => error!(error = %e, "removing leftover secret files failed"),
+        }
+    }
+
+    async fn settle_runs(&mut self, runs: Vec<Unended>) {
         warn!(
             runs = runs.len(),
             "the previous daemon stopped without ending some runs; settling them"
