@@ -58,7 +58,9 @@ tasks:
     assert!(log.contains("skipping the missed occurrence of 2030-06-01T03:00:00+00:00"), "{log}");
     assert!(scratch.path().join("caught-up").exists());
     assert!(!scratch.path().join("should-not-run").exists());
-    drop(daemon);
+    // A clean stop, so the history writer has written the run's records (they follow the
+    // log line; a SIGKILL from `drop` could beat them to the file on a loaded machine).
+    daemon.stop();
 
     // `explain` reads the same story back (under the same fake clock).
     let explain = |task: &str| {
