@@ -302,3 +302,44 @@ fn prepare_dir(dir: &Path, uid: u32, group: Option<u32>) -> Result<(), SocketErr
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(dir: &Path) -> (u32, u32) {
+        let meta = std::fs::metadata(dir).unwrap();
+        (meta.mode() & 0o777, meta.gid())
+    }
+
+    /// With a control group (our own primary group here, which any user may give its files
+    /// to) the directory is made or opened to exactly 0750 of that group; group write or any
+    /// bit for others is refused; without a group, 0750 is refused as before.
+    #[test]
+    fn a_control_group_gets_exactly_group_read_and_search() {
+        let uid = nix::unistd::getuid().as_raw();
+        let gid = nix::unistd::getegid().as_raw();
+        let base = tempfile::tempdir().unwrap();
+
+        let fresh = base.path().join("fresh");
+        prepare_dir(&fresh, uid, Some(gid)).unwrap();
+        assert_eq!(mode(&fresh), (0o750, gid));
+
+        let closed = base.path().join("closed");
+        std::fs::DirBuilder::new().mode(0o700).create(&closed).unwrap();
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+        prepare_dir(&closed, uid, Some(gid)).unwrap();
+        assert_eq!(mode(&closed), (0o750, gid));
+
+        for loose in [0o770, 0o751, 0o755, 0o705] {
+            std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(loose)).unwrap();
+            let err = prepare_dir(&closed, uid, Some(gid)).unwrap_err().to_string();
+            assert!(err.contains("outside the `control_group:`"), "{loose:o}: {err}");
+            assert!(err.contains("chmod 750"), "{loose:o}: {err}");
+        }
+
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o750)).unwrap();
+        let err = prepare_dir(&closed, uid, None).unwrap_err().to_string();
+        assert!(err.contains("chmod 700"), "{err}");
+    }
+}

@@ -402,3 +402,26 @@ fn the_dedicated_uid_backs_up_another_users_private_directory_through_the_capabi
     drop(server);
     drop(group);
 }
+
+/// The clients' fallback: with no `socket:` in the task file and no user daemon, `status`
+/// says it tried the user daemon's socket and then the system daemon's, by path.
+#[test]
+fn status_without_a_daemon_names_the_user_and_the_system_socket_it_tried() {
+    if Path::new(backupnizza::config::SYSTEM_SOCKET).exists() {
+        eprintln!("SKIPPED: a system daemon's socket exists on this machine");
+        return;
+    }
+    let scratch = Scratch::new();
+    let config = scratch.write(
+        "backup.yaml",
+        format!(
+            "state_dir: {}\ntasks:\n  t:\n    {TRIGGERED}\n    command: ['true']\n",
+            scratch.path().join("state").display()
+        ),
+    );
+    let run = scratch.backupnizza(["status", "-c"]).run_with(&config);
+    run.expect_code(1);
+    let user = scratch.path().join("xdg-run/backupnizza/secretbox.sock");
+    assert!(run.stderr().contains(&user.display().to_string()), "{run}");
+    assert!(run.stderr().contains(backupnizza::config::SYSTEM_SOCKET), "{run}");
+}
