@@ -25,11 +25,14 @@ fn is_socket(path: &std::path::Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
 }
 
-/// The daemon's socket: where the task file's `socket:` says; else the one a user daemon
+/// The daemon's socket: `--socket`; else where the task file's `socket:` says; else the one a user daemon
 /// recorded in `state_dir` (its default directory was taken by another user); else the
 /// user default if a socket is there; else the system daemon's ([`config::SYSTEM_SOCKET`])
 /// if one is there. A `socket:` equal to the default counts as not given.
-fn target(config: &Config, env: &Environment) -> Target {
+fn target(config: &Config, env: &Environment, given: Option<&std::path::Path>) -> Target {
+    if let Some(socket) = given {
+        return Target { socket: socket.to_path_buf(), tried: Vec::new() };
+    }
     if config.socket != env.default_socket() {
         return Target { socket: config.socket.clone(), tried: Vec::new() };
     }
@@ -91,7 +94,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 pub fn status(args: &StatusArgs, env: &Environment) -> anyhow::Result<()> {
     let config = load_config(&args.config, env)?;
-    let target = target(&config, env);
+    let target = target(&config, env, args.socket.as_deref());
     let client = client_for(&target);
     let response =
         runtime()?.block_on(call(&client, &target, Method::GET, protocol::ROUTE_STATUS))?;
@@ -175,7 +178,7 @@ pub fn trigger(args: &TriggerArgs, env: &Environment) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let target = target(&config, env);
+    let target = target(&config, env, args.socket.as_deref());
     let client = client_for(&target);
     let rt = runtime()?;
     let path = format!("{}{}/trigger", protocol::ROUTE_TASKS, args.task);

@@ -424,4 +424,13 @@ fn status_without_a_daemon_names_the_user_and_the_system_socket_it_tried() {
     let user = scratch.path().join("xdg-run/backupnizza/secretbox.sock");
     assert!(run.stderr().contains(&user.display().to_string()), "{run}");
     assert!(run.stderr().contains(backupnizza::config::SYSTEM_SOCKET), "{run}");
+
+    // `--socket` wins over both.
+    let given = scratch.path().join("elsewhere/s.sock");
+    let run = scratch
+        .backupnizza(["status", "--socket", given.to_str().unwrap(), "-c"])
+        .run_with(&config);
+    run.expect_code(1);
+    assert!(run.stderr().contains(&given.display().to_string()), "{run}");
+    assert!(!run.stderr().contains(backupnizza::config::SYSTEM_SOCKET), "{run}");
 }
