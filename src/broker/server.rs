@@ -418,7 +418,7 @@ async fn control_route(
         }
         return match control.trigger(task).await {
             Ok(run) => {
-                info!(task, run_id = %run.run_id, peer_pid = peer.pid.unwrap_or_default(), exe = %peer.exe(), "run triggered through the socket");
+                info!(task, run_id = %run.run_id, peer_pid = peer.pid.unwrap_or_default(), peer_uid = peer.uid, exe = %peer.exe(), "run triggered through the socket");
                 json(StatusCode::ACCEPTED, &run)
             }
             Err(e) => fire_error(&e),

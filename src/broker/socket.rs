@@ -133,8 +133,12 @@ pub(crate) fn bind(path: &Path, group: Option<u32>) -> Result<BoundSocket, Socke
     let bound = std::os::unix::net::UnixListener::bind(path);
     nix::sys::stat::umask(old);
     let listener = bound.map_err(io_err(path))?;
-    if let Some(gid) = group {
-        give_to_group(path, gid)?;
+    if let Some(gid) = group
+        && let Err(e) = give_to_group(path, gid)
+    {
+        // Not yet a `BoundSocket`, whose drop would remove it: leave no socket behind.
+        let _ = std::fs::remove_file(path);
+        return Err(e);
     }
     let meta = std::fs::symlink_metadata(path).map_err(io_err(path))?;
     listener.set_nonblocking(true).map_err(io_err(path))?;
