@@ -45,6 +45,8 @@ pub struct Broker {
     /// The programs that may redeem; `None` (only through [`Broker::new`] without
     /// [`Broker::with_redeemers`]) checks no program. The daemon always sets it.
     redeemers: Option<Arc<Redeemers>>,
+    /// `control_group:`: peers of other uids in this group may use the control routes.
+    control_gid: Option<u32>,
 }
 
 /// The broker's mutable state.
@@ -82,7 +84,31 @@ impl Broker {
             uid: nix::unistd::getuid().as_raw(),
             limits,
             redeemers: None,
+            control_gid: None,
         }
+    }
+
+    /// Lets members of group `gid` (of any uid) use the control routes; `None` keeps them
+    /// to the daemon's own user.
+    #[must_use]
+    pub fn with_control_group(mut self, gid: Option<u32>) -> Broker {
+        self.control_gid = gid;
+        self
+    }
+
+    /// Whether a peer of another uid may use the control routes: it is in the
+    /// `control_group:`, by the primary gid the kernel vouched for or by the supplementary
+    /// groups of the very process that connected. Redemptions never get this far: the
+    /// lineage check ([`Broker::task_lineage`]) keeps them to the daemon's uid.
+    pub(crate) fn may_control(&self, peer: &Peer) -> bool {
+        let Some(gid) = self.control_gid else { return false };
+        if peer.gid == gid {
+            return true;
+        }
+        let member =
+            peer.pid.and_then(peer::supplementary_groups).is_some_and(|g| g.contains(&gid));
+        // Read after the groups, so they are those of the process that connected.
+        member && peer.still_running()
     }
 
     /// Grants redemptions only to the programs `redeemers` pinned (see [`redeemers`]).

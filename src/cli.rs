@@ -139,6 +139,10 @@ pub struct StatusArgs {
     /// Print the daemon's answer as JSON
     #[arg(long)]
     pub json: bool,
+    /// The daemon's socket (default: the task file's `socket:`; without one, the user
+    /// daemon's, else the system daemon's /run/backupnizza/secretbox.sock)
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -151,6 +155,10 @@ pub struct TriggerArgs {
     /// Wait for the run to end and exit with its result (0 success, warning or skipped; 1 otherwise)
     #[arg(long)]
     pub wait: bool,
+    /// The daemon's socket (default: the task file's `socket:`; without one, the user
+    /// daemon's, else the system daemon's /run/backupnizza/secretbox.sock)
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

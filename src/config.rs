@@ -67,6 +67,8 @@ pub struct Config {
     pub notify: Option<Notify>,
     /// Prometheus text file written after every run (node_exporter's textfile collector).
     pub metrics_textfile: Option<PathBuf>,
+    /// The group whose members (of other uids) may use the control routes (system mode).
+    pub control_group: Option<ControlGroup>,
     /// In file order.
     pub secrets: Vec<SecretSpec>,
     /// In file order.
@@ -392,6 +394,14 @@ pub struct Checked {
     pub problems: Vec<Problem>,
 }
 
+/// `control_group:`, resolved when the task file was checked: members of this group may ask
+/// the daemon for status and trigger runs, and the socket's directory and file are given to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlGroup {
+    pub name: String,
+    pub gid: u32,
+}
+
 /// The parts of the process environment that decide defaults and `$VAR` expansion, captured
 /// once so tests can supply their own.
 #[derive(Debug, Clone, Default)]
@@ -502,6 +512,10 @@ impl Environment {
         Ok(PathBuf::from(out))
     }
 }
+
+/// Where a system daemon (run as a dedicated user, with `control_group:`) listens; the
+/// clients try it when the task file names no `socket:` and no user daemon's socket exists.
+pub const SYSTEM_SOCKET: &str = "/run/backupnizza/secretbox.sock";
 
 /// Longest socket path the platform accepts, in bytes (`sun_path` minus its NUL).
 pub const MAX_SOCKET_PATH: usize =

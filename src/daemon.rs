@@ -460,7 +460,9 @@ async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::Result<Finis
         warn!("{why}");
     }
     let broker = Arc::new(
-        Broker::new(secrets, config.token_ttl, Limits::default()).with_redeemers(redeemers),
+        Broker::new(secrets, config.token_ttl, Limits::default())
+            .with_redeemers(redeemers)
+            .with_control_group(config.control_group.as_ref().map(|g| g.gid)),
     );
     let (control, requests) = Control::channel();
     let (events_tx, events) = mpsc::unbounded_channel();
@@ -566,9 +568,12 @@ fn bind_socket(config: &Config, env: &Environment) -> anyhow::Result<socket::Bou
     let fail = |e: socket::SocketError| Exit { code: FAILURE, message: e.to_string() };
     // A record left by an earlier daemon names a socket that is gone.
     let _ = std::fs::remove_file(config.state_dir.join(socket::RECORD));
-    match socket::bind(&config.socket) {
+    let group = config.control_group.as_ref().map(|g| g.gid);
+    match socket::bind(&config.socket, group) {
         Err(e @ socket::SocketError::UnsafeDir { .. })
-            if env.var("XDG_RUNTIME_DIR").is_none() && config.socket == env.default_socket() =>
+            if env.var("XDG_RUNTIME_DIR").is_none()
+                && config.socket == env.default_socket()
+                && group.is_none() =>
         {
             warn!(
                 "{e}; binding in a private directory instead, recorded in {} for the clients",

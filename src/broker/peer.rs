@@ -191,6 +191,22 @@ pub fn parent_of(_pid: u32) -> Option<u32> {
     None
 }
 
+/// The supplementary groups of process `pid`: on Linux the kernel's own list
+/// (`Groups:` in `/proc/PID/status`, what file access is decided by, so the same list that
+/// let it through the socket directory).
+#[cfg(target_os = "linux")]
+pub fn supplementary_groups(pid: u32) -> Option<Vec<u32>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Groups:"))?;
+    line.split_whitespace().map(|g| g.parse().ok()).collect()
+}
+
+/// Not read elsewhere yet: only the peer's primary group counts for `control_group:`.
+#[cfg(not(target_os = "linux"))]
+pub fn supplementary_groups(_pid: u32) -> Option<Vec<u32>> {
+    None
+}
+
 /// The executable of a process, for logs.
 #[cfg(target_os = "linux")]
 pub fn executable(pid: u32) -> Option<PathBuf> {

@@ -1,8 +1,9 @@
 //! The daemon's socket server: HTTP/1.1 (hyper) over the Unix socket [`super::socket`]
 //! prepared.
 //!
-//! [`serve`] accepts connections: the peer's uid must be ours (checked by the kernel's
-//! credentials, before any byte is parsed); redemptions go to [`super::redeem`], and control
+//! [`serve`] accepts connections: the peer's uid must be ours, or the peer a member of the
+//! `control_group:` (checked by the kernel's credentials, before any byte is parsed), who
+//! may use the control routes only; redemptions go to [`super::redeem`], and control
 //! requests (status, trigger, runs) become messages to the daemon's state owner through a
 //! [`Control`] handle. Limits bound connections, header size and time, body size and request
 //! time. On shutdown the listener closes, open connections finish their current response
@@ -196,9 +197,11 @@ async fn serve_connection(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    if peer.uid != shared.broker.uid {
-        // Another user (the socket must have been loosened): answer without parsing a byte.
-        // The executable is the caller's choice: a digest (see `redact::digest`).
+    if peer.uid != shared.broker.uid && !shared.broker.may_control(&peer) {
+        // Another user outside the `control_group:` (or the socket was loosened): answer
+        // without parsing a byte. The executable is the caller's choice: a digest (see
+        // `redact::digest`). A member gets HTTP, but a redemption still fails the lineage
+        // check (our uid only) in `redeem`.
         warn!(peer_pid = peer.pid.unwrap_or_default(), peer_uid = peer.uid, exe = %peer.exe_digest(), "refused a connection from another user");
         shared.broker.count_rejection(Rejection::Forbidden);
         refuse_foreign(&mut stream).await;
@@ -415,7 +418,7 @@ async fn control_route(
         }
         return match control.trigger(task).await {
             Ok(run) => {
-                info!(task, run_id = %run.run_id, peer_pid = peer.pid.unwrap_or_default(), exe = %peer.exe(), "run triggered through the socket");
+                info!(task, run_id = %run.run_id, peer_pid = peer.pid.unwrap_or_default(), peer_uid = peer.uid, exe = %peer.exe(), "run triggered through the socket");
                 json(StatusCode::ACCEPTED, &run)
             }
             Err(e) => fire_error(&e),

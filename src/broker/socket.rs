@@ -7,6 +7,11 @@
 //! another user can take first. Then the daemon does not give up: it binds in a directory of
 //! its own with an unpredictable name beside it ([`bind_private`]) and records the socket's
 //! path in `state_dir/socket`, where the clients look for it ([`recorded`]).
+//!
+//! With `control_group:` (system mode: the daemon runs as a dedicated user) the directory is
+//! 0750 and the socket 0660, both given to that group, so its members can reach the control
+//! routes; nothing else is loosened, and the server still checks every peer's credentials.
+//! Without it, nothing differs from the above.
 
 use std::fs::File;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -75,10 +80,13 @@ impl Drop for BoundSocket {
 ///
 /// The process umask is 0177 for the duration of bind(2) (umask is process-wide): call this
 /// while no other thread creates files, as the daemon does at start.
-pub(crate) fn bind(path: &Path) -> Result<BoundSocket, SocketError> {
+///
+/// With `group` (the `control_group:` gid) the directory is 0750 and the socket 0660, both
+/// of that group; the daemon must be a member of it (or root) to give them to it.
+pub(crate) fn bind(path: &Path, group: Option<u32>) -> Result<BoundSocket, SocketError> {
     let uid = nix::unistd::getuid().as_raw();
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    prepare_dir(dir, uid)?;
+    prepare_dir(dir, uid, group)?;
 
     let lock_path = lock_path(path);
     let lock_file = std::fs::OpenOptions::new()
@@ -118,10 +126,20 @@ pub(crate) fn bind(path: &Path) -> Result<BoundSocket, SocketError> {
     }
 
     // Bind under umask 0177 so the socket is 0600 from its first instant (no chmod window).
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    // For a control group, 0660: until the chown below the group is the daemon's own, but
+    // the directory (0750, the control group's) already keeps every non-member out.
+    let mask = if group.is_some() { 0o117 } else { 0o177 };
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
     let bound = std::os::unix::net::UnixListener::bind(path);
     nix::sys::stat::umask(old);
     let listener = bound.map_err(io_err(path))?;
+    if let Some(gid) = group
+        && let Err(e) = give_to_group(path, gid)
+    {
+        // Not yet a `BoundSocket`, whose drop would remove it: leave no socket behind.
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
     let meta = std::fs::symlink_metadata(path).map_err(io_err(path))?;
     listener.set_nonblocking(true).map_err(io_err(path))?;
     Ok(BoundSocket {
@@ -152,7 +170,8 @@ pub(crate) fn bind_private(wanted: &Path, state_dir: &Path) -> Result<BoundSocke
             Err(e) => return Err(io_err(&candidate)(e)),
         }
     };
-    let mut bound = bind(&private.join(name))?;
+    // Only the `$TMPDIR` default comes here, never a control group's configured path.
+    let mut bound = bind(&private.join(name), None)?;
     std::fs::create_dir_all(state_dir).map_err(io_err(state_dir))?;
     let record = state_dir.join(RECORD);
     let temp = state_dir.join(format!(".{RECORD}.tmp"));
@@ -193,12 +212,34 @@ pub(crate) fn lock_path(socket: &Path) -> PathBuf {
     socket.with_file_name(name)
 }
 
-fn prepare_dir(dir: &Path, uid: u32) -> Result<(), SocketError> {
+/// Gives `path` (a socket or the directory, never followed if a symlink) to group `gid`.
+fn give_to_group(path: &Path, gid: u32) -> Result<(), SocketError> {
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        None,
+        Some(nix::unistd::Gid::from_raw(gid)),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|errno| SocketError::UnsafeDir {
+        dir: path.to_path_buf(),
+        problem: format!("cannot give it to the `control_group:` (gid {gid}): {errno}"),
+        fix: "run the daemon as a member of that group (e.g. its primary group) or as root".into(),
+    })
+}
+
+/// The mode the socket directory must have: 0700, or 0750 with a control group.
+fn dir_mode(group: Option<u32>) -> u32 {
+    if group.is_some() { 0o750 } else { 0o700 }
+}
+
+fn prepare_dir(dir: &Path, uid: u32, group: Option<u32>) -> Result<(), SocketError> {
     let unsafe_dir = |problem: String, fix: String| SocketError::UnsafeDir {
         dir: dir.to_path_buf(),
         problem,
         fix,
     };
+    let mode = dir_mode(group);
     match std::fs::symlink_metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(parent) = dir.parent() {
@@ -208,12 +249,16 @@ fn prepare_dir(dir: &Path, uid: u32) -> Result<(), SocketError> {
                 Ok(()) => {}
                 // Someone else created it in between: check it like any existing directory.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    return prepare_dir(dir, uid);
+                    return prepare_dir(dir, uid, group);
                 }
                 Err(e) => return Err(io_err(dir)(e)),
             }
-            // The umask may have taken bits away, never added any; make sure it is exactly 0700.
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            // Created 0700 and opened to the group only once it is the group's.
+            if let Some(gid) = group {
+                give_to_group(dir, gid)?;
+            }
+            // The umask may have taken bits away, never added any; make sure it is exact.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
                 .map_err(io_err(dir))?;
             Ok(())
         }
@@ -229,10 +274,76 @@ fn prepare_dir(dir: &Path, uid: u32) -> Result<(), SocketError> {
             format!("is owned by uid {}, not by this user (uid {uid})", meta.uid()),
             "use a directory you own for `socket:`".into(),
         )),
-        Ok(meta) if meta.mode() & 0o077 != 0 => Err(unsafe_dir(
+        Ok(meta) if group.is_none() && meta.mode() & 0o077 != 0 => Err(unsafe_dir(
             format!("has mode {:03o}, so other users can reach the socket", meta.mode() & 0o777),
             format!("run `chmod 700 {}` or choose another `socket:`", dir.display()),
         )),
-        Ok(_) => Ok(()),
+        Ok(meta) if group.is_some() && meta.mode() & 0o027 != 0 => Err(unsafe_dir(
+            format!(
+                "has mode {:03o}, so users outside the `control_group:` can reach the socket, or its members can replace it",
+                meta.mode() & 0o777
+            ),
+            format!("run `chmod 750 {}` or choose another `socket:`", dir.display()),
+        )),
+        Ok(meta) => match group {
+            Some(gid) if meta.gid() != gid && meta.mode() & 0o070 != 0 => Err(unsafe_dir(
+                format!("is open to group {}, not to the `control_group:` (gid {gid})", meta.gid()),
+                format!("run `chgrp {gid} {}` or choose another `socket:`", dir.display()),
+            )),
+            // Ours and closed to everyone else (0700, as systemd's `RuntimeDirectory=`
+            // makes it by default, or already 0750 with the group): open it to the group.
+            Some(gid) => {
+                if meta.gid() != gid {
+                    give_to_group(dir, gid)?;
+                }
+                if meta.mode() & 0o777 != mode {
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+                        .map_err(io_err(dir))?;
+                }
+                Ok(())
+            }
+            None => Ok(()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(dir: &Path) -> (u32, u32) {
+        let meta = std::fs::metadata(dir).unwrap();
+        (meta.mode() & 0o777, meta.gid())
+    }
+
+    /// With a control group (our own primary group here, which any user may give its files
+    /// to) the directory is made or opened to exactly 0750 of that group; group write or any
+    /// bit for others is refused; without a group, 0750 is refused as before.
+    #[test]
+    fn a_control_group_gets_exactly_group_read_and_search() {
+        let uid = nix::unistd::getuid().as_raw();
+        let gid = nix::unistd::getegid().as_raw();
+        let base = tempfile::tempdir().unwrap();
+
+        let fresh = base.path().join("fresh");
+        prepare_dir(&fresh, uid, Some(gid)).unwrap();
+        assert_eq!(mode(&fresh), (0o750, gid));
+
+        let closed = base.path().join("closed");
+        std::fs::DirBuilder::new().mode(0o700).create(&closed).unwrap();
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+        prepare_dir(&closed, uid, Some(gid)).unwrap();
+        assert_eq!(mode(&closed), (0o750, gid));
+
+        for loose in [0o770, 0o751, 0o755, 0o705] {
+            std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(loose)).unwrap();
+            let err = prepare_dir(&closed, uid, Some(gid)).unwrap_err().to_string();
+            assert!(err.contains("outside the `control_group:`"), "{loose:o}: {err}");
+            assert!(err.contains("chmod 750"), "{loose:o}: {err}");
+        }
+
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o750)).unwrap();
+        let err = prepare_dir(&closed, uid, None).unwrap_err().to_string();
+        assert!(err.contains("chmod 700"), "{err}");
     }
 }

@@ -1,4 +1,5 @@
-//! `backupnizza status` and `backupnizza trigger`: ask the running daemon over its socket.
+//! `backupnizza status` and `backupnizza trigger`: ask the running daemon over its socket,
+//! the user daemon's or, when none runs, the system daemon's (see [`target`]).
 
 use std::time::Duration;
 
@@ -12,20 +13,61 @@ use crate::config::{self, Config, Environment};
 use crate::exit::{Exit, USAGE};
 use crate::protocol::{self, RunBody, RunRef, StatusBody};
 
-/// The daemon's socket: where the task file says, unless the daemon recorded another in
-/// `state_dir` (its default directory was taken by another user).
-fn socket_of(config: &Config) -> std::path::PathBuf {
-    crate::broker::socket::recorded(&config.state_dir).unwrap_or_else(|| config.socket.clone())
+/// The socket a client talks to, and the ones it looked at to choose it (for the error
+/// when nothing answers).
+struct Target {
+    socket: std::path::PathBuf,
+    tried: Vec<std::path::PathBuf>,
 }
 
-fn client_for(config: &Config) -> Client {
-    Client::new(&socket_of(config), Duration::from_secs(protocol::MAX_WAIT_SECS + 10))
+fn is_socket(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
 }
 
-async fn call(client: &Client, method: Method, path: &str) -> anyhow::Result<Response> {
+/// The daemon's socket: `--socket`; else where the task file's `socket:` says; else the one a user daemon
+/// recorded in `state_dir` (its default directory was taken by another user); else the
+/// user default if a socket is there; else the system daemon's ([`config::SYSTEM_SOCKET`])
+/// if one is there. A `socket:` equal to the default counts as not given.
+fn target(config: &Config, env: &Environment, given: Option<&std::path::Path>) -> Target {
+    if let Some(socket) = given {
+        return Target { socket: socket.to_path_buf(), tried: Vec::new() };
+    }
+    if config.socket != env.default_socket() {
+        return Target { socket: config.socket.clone(), tried: Vec::new() };
+    }
+    if let Some(recorded) = crate::broker::socket::recorded(&config.state_dir) {
+        return Target { socket: recorded, tried: Vec::new() };
+    }
+    let system = std::path::PathBuf::from(config::SYSTEM_SOCKET);
+    if !is_socket(&config.socket) && is_socket(&system) {
+        return Target { socket: system, tried: vec![config.socket.clone()] };
+    }
+    Target { socket: config.socket.clone(), tried: vec![config.socket.clone(), system] }
+}
+
+fn client_for(target: &Target) -> Client {
+    Client::new(&target.socket, Duration::from_secs(protocol::MAX_WAIT_SECS + 10))
+}
+
+async fn call(
+    client: &Client,
+    target: &Target,
+    method: Method,
+    path: &str,
+) -> anyhow::Result<Response> {
     let response = client.request(method, path, None, Vec::new()).await.map_err(|e| match e {
         ClientError::Unreachable { .. } => {
-            anyhow::anyhow!("{e}; is the daemon running (`backupnizza run`, or its service)?")
+            let tried = if target.tried.len() > 1 {
+                let paths: Vec<String> =
+                    target.tried.iter().map(|p| p.display().to_string()).collect();
+                format!(" (tried the user daemon's and the system daemon's: {})", paths.join(", "))
+            } else {
+                String::new()
+            };
+            anyhow::anyhow!(
+                "{e}{tried}; is the daemon running (`backupnizza run`, or its service), and does `socket:` in the task file name its socket?"
+            )
         }
         other => anyhow::Error::new(other),
     })?;
@@ -52,8 +94,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 pub fn status(args: &StatusArgs, env: &Environment) -> anyhow::Result<()> {
     let config = load_config(&args.config, env)?;
-    let client = client_for(&config);
-    let response = runtime()?.block_on(call(&client, Method::GET, protocol::ROUTE_STATUS))?;
+    let target = target(&config, env, args.socket.as_deref());
+    let client = client_for(&target);
+    let response =
+        runtime()?.block_on(call(&client, &target, Method::GET, protocol::ROUTE_STATUS))?;
     if args.json {
         return print(|out| writeln!(out, "{}", String::from_utf8_lossy(&response.body)));
     }
@@ -75,7 +119,7 @@ pub fn status(args: &StatusArgs, env: &Environment) -> anyhow::Result<()> {
             status.pid,
             status.daemon,
             status.started,
-            socket_of(&config).display()
+            target.socket.display()
         )?;
         writeln!(
             out,
@@ -134,11 +178,12 @@ pub fn trigger(args: &TriggerArgs, env: &Environment) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let client = client_for(&config);
+    let target = target(&config, env, args.socket.as_deref());
+    let client = client_for(&target);
     let rt = runtime()?;
     let path = format!("{}{}/trigger", protocol::ROUTE_TASKS, args.task);
     // An unknown task is a 404 whose message names the closest task the daemon knows.
-    let response = rt.block_on(call(&client, Method::POST, &path))?;
+    let response = rt.block_on(call(&client, &target, Method::POST, &path))?;
     let run: RunRef =
         serde_json::from_slice(&response.body).context("unexpected trigger answer")?;
     print(|out| writeln!(out, "triggered {}: run {}", run.task, run.run_id))?;
@@ -148,7 +193,7 @@ pub fn trigger(args: &TriggerArgs, env: &Environment) -> anyhow::Result<()> {
     loop {
         let path =
             format!("{}{}?wait={}", protocol::ROUTE_RUNS, run.run_id, protocol::MAX_WAIT_SECS);
-        let response = rt.block_on(call(&client, Method::GET, &path))?;
+        let response = rt.block_on(call(&client, &target, Method::GET, &path))?;
         let body: RunBody =
             serde_json::from_slice(&response.body).context("unexpected run answer")?;
         if !body.status.is_done() {

@@ -181,35 +181,26 @@ impl Scratch {
 
     /// The same, run as another user through `setpriv` when `uid` is given.
     pub(crate) fn daemon_command_as(&self, config: &Path, log: &Path, uid: Option<u32>) -> Command {
-        let mut cmd = match uid {
-            Some(uid) => {
+        let privs = uid.map(|uid| (uid, plain_user(uid)));
+        self.daemon_command_privs(config, log, privs.as_ref().map(|(u, a)| (*u, a.as_slice())))
+    }
+
+    /// The same, run through `setpriv CREDENTIALS --` as `uid` when given, where the
+    /// credentials are `setpriv`'s own arguments (`--reuid=`, `--regid=`, `--groups=`,
+    /// `--ambient-caps=`, ...), for a daemon with groups or capabilities of its own.
+    pub(crate) fn daemon_command_privs(
+        &self,
+        config: &Path,
+        log: &Path,
+        privs: Option<(u32, &[String])>,
+    ) -> Command {
+        let mut cmd = match privs {
+            Some((uid, credentials)) => {
                 // Copies of the binaries the other user can execute, wherever the repository
                 // lives (a clone under /root is not reachable for them).
-                let bin = self.path().join("bin-as-user");
-                std::fs::create_dir_all(&bin).unwrap();
-                for program in [BACKUPNIZZA, SECRETBOX] {
-                    let to = bin.join(Path::new(program).file_name().unwrap());
-                    if !to.exists() {
-                        std::fs::copy(program, &to).unwrap();
-                    }
-                    nix::unistd::chown(
-                        &to,
-                        Some(nix::unistd::Uid::from_raw(uid)),
-                        Some(nix::unistd::Gid::from_raw(uid)),
-                    )
-                    .unwrap();
-                }
-                nix::unistd::chown(
-                    &bin,
-                    Some(nix::unistd::Uid::from_raw(uid)),
-                    Some(nix::unistd::Gid::from_raw(uid)),
-                )
-                .unwrap();
+                let bin = self.bin_as_user(uid);
                 let mut cmd = self.command("setpriv");
-                cmd.arg(format!("--reuid={uid}"))
-                    .arg(format!("--regid={uid}"))
-                    .args(["--clear-groups", "--"])
-                    .arg(bin.join("backupnizza"));
+                cmd.args(credentials).arg("--").arg(bin.join("backupnizza"));
                 cmd
             }
             None => self.command(BACKUPNIZZA),
@@ -241,6 +232,35 @@ impl Scratch {
         uid: Option<u32>,
         adjust: impl FnOnce(&mut Command),
     ) -> Daemon {
+        let privs = uid.map(|uid| (uid, plain_user(uid)));
+        self.start_daemon_privs(config, privs.as_ref().map(|(u, a)| (*u, a.as_slice())), adjust)
+    }
+
+    /// `bin-as-user/` with copies of both binaries owned by `uid`, created on first use.
+    pub(crate) fn bin_as_user(&self, uid: u32) -> PathBuf {
+        let bin = self.path().join("bin-as-user");
+        std::fs::create_dir_all(&bin).unwrap();
+        let owner = Some(nix::unistd::Uid::from_raw(uid));
+        for program in [BACKUPNIZZA, SECRETBOX] {
+            let to = bin.join(Path::new(program).file_name().unwrap());
+            if !to.exists() {
+                std::fs::copy(program, &to).unwrap();
+            }
+            nix::unistd::chown(&to, owner, None).unwrap();
+        }
+        nix::unistd::chown(&bin, owner, None).unwrap();
+        bin
+    }
+
+    /// Starts the daemon through `setpriv` with the given credentials (see
+    /// [`Scratch::daemon_command_privs`]) and waits for READY=1.
+    pub(crate) fn start_daemon_privs(
+        &self,
+        config: &Path,
+        privs: Option<(u32, &[String])>,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Daemon {
+        let uid = privs.map(|(uid, _)| uid);
         use std::os::unix::net::UnixDatagram;
         let log = self.path().join(format!("daemon-{}.log", unique()));
         let notify_path = self.path().join(format!("notify-{}.sock", unique()));
@@ -250,7 +270,7 @@ impl Scratch {
             // The daemon (another user) must be able to write to the notify socket.
             nix::unistd::chown(&notify_path, Some(nix::unistd::Uid::from_raw(uid)), None).unwrap();
         }
-        let mut cmd = self.daemon_command_as(config, &log, uid);
+        let mut cmd = self.daemon_command_privs(config, &log, privs);
         cmd.env("NOTIFY_SOCKET", &notify_path);
         adjust(&mut cmd);
         let child = cmd.spawn().expect("spawn daemon");
@@ -273,6 +293,11 @@ impl Scratch {
             );
         }
     }
+}
+
+/// `setpriv` credentials for a plain user: uid, a gid of the same number, no groups.
+fn plain_user(uid: u32) -> Vec<String> {
+    vec![format!("--reuid={uid}"), format!("--regid={uid}"), "--clear-groups".into()]
 }
 
 fn unique() -> u64 {

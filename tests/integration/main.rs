@@ -19,4 +19,5 @@ mod records;
 mod redeemers;
 mod restic;
 mod runs;
+mod system;
 mod validate;

@@ -593,3 +593,19 @@ fn bad_output_files_name_the_key_and_the_fix() {
         )]
     );
 }
+
+#[test]
+fn control_group_names_a_group_that_exists_and_is_absent_by_default() {
+    assert_eq!(check(MINIMAL_TASK).config.unwrap().control_group, None);
+    // Group 0 exists everywhere (`root` on Linux, `wheel` on macOS): look its name up.
+    let name = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(0)).unwrap().unwrap().name;
+    let config = check(&format!("control_group: {name}\n{MINIMAL_TASK}")).config.unwrap();
+    assert_eq!(config.control_group, Some(crate::config::ControlGroup { name, gid: 0 }));
+
+    let p = only_error(&format!("control_group: no-such-group-bnz\n{MINIMAL_TASK}"));
+    assert_eq!((p.pos.map(|p| p.line), p.path.as_str()), (Some(1), "control_group"));
+    assert_eq!(
+        p.message,
+        "no group named \"no-such-group-bnz\" on this system: create it (`groupadd no-such-group-bnz`) or name an existing group"
+    );
+}

@@ -9,9 +9,9 @@ use std::time::Duration;
 use super::walk::{Checker, join, valid_env_name};
 use crate::config::tree::{Node, Pos, Value};
 use crate::config::{
-    Config, DEFAULT_KILL_GRACE, DEFAULT_SECRET_COMMAND_TIMEOUT, DEFAULT_SHUTDOWN_GRACE,
-    DEFAULT_TOKEN_TTL, Environment, LogFormat, LogLevel, LogSettings, MAX_SOCKET_PATH, SecretSpec,
-    Source, Store, Zone,
+    Config, ControlGroup, DEFAULT_KILL_GRACE, DEFAULT_SECRET_COMMAND_TIMEOUT,
+    DEFAULT_SHUTDOWN_GRACE, DEFAULT_TOKEN_TTL, Environment, LogFormat, LogLevel, LogSettings,
+    MAX_SOCKET_PATH, SecretSpec, Source, Store, Zone,
 };
 
 const TOP_KEYS: &[&str] = &[
@@ -26,6 +26,7 @@ const TOP_KEYS: &[&str] = &[
     "pin_binaries",
     "notify",
     "metrics_textfile",
+    "control_group",
     "secrets",
     "tasks",
 ];
@@ -101,6 +102,7 @@ impl Checker {
         let notify = self.optional(&top, ROOT, "notify", Checker::notify);
         let metrics_textfile =
             self.optional(&top, ROOT, "metrics_textfile", |c, n, p| c.path_value(n, p, env));
+        let control_group = self.optional(&top, ROOT, "control_group", Checker::control_group);
         let shutdown_grace = self.with_default(
             &top,
             ROOT,
@@ -152,6 +154,7 @@ impl Checker {
             pin_binaries: pin_binaries?,
             notify: notify?,
             metrics_textfile: metrics_textfile?,
+            control_group: control_group?,
             secrets: secrets?,
             tasks: tasks?,
         })
@@ -168,6 +171,29 @@ impl Checker {
             return None;
         }
         Some(ttl)
+    }
+
+    /// A group that exists here, looked up now so a typo is a task-file error rather than
+    /// a daemon that cannot give its socket to the group.
+    fn control_group(&mut self, node: &Node, path: &str) -> Option<ControlGroup> {
+        let name = self.non_empty_string(node, path)?;
+        match nix::unistd::Group::from_name(&name) {
+            Ok(Some(group)) => Some(ControlGroup { name, gid: group.gid.as_raw() }),
+            Ok(None) => {
+                self.error(
+                    path,
+                    node.pos,
+                    format!(
+                        "no group named {name:?} on this system: create it (`groupadd {name}`) or name an existing group"
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                self.error(path, node.pos, format!("cannot look up group {name:?}: {e}"));
+                None
+            }
+        }
     }
 
     fn log(&mut self, node: &Node, path: &str) -> Option<LogSettings> {

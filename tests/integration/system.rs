@@ -1,0 +1,436 @@
+//! System mode (issue 11, point 2): the daemon runs as a dedicated uid, the desktop user is
+//! another, and a `control_group:` decides who besides the daemon's own user may ask for
+//! status and trigger runs. The attacks a process of the desktop user could play against a
+//! daemon of its own uid (read the task's `/proc/PID/environ` and `/proc/PID/fd`, stop it,
+//! redeem a token, drive the control routes) are replayed from another uid and all fail,
+//! while a member of the group still controls the daemon; and a real restic backup of the
+//! desktop user's 0700 directory, readable only through `CAP_DAC_READ_SEARCH`, goes to an
+//! append-only `rclone serve restic` and restores byte for byte.
+//!
+//! Root only (CI runs as root): the test makes a group with `groupadd` (removed by a guard,
+//! even when an assertion fails) and starts processes as uids nobody else uses.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use backupnizza::protocol::exit;
+
+use crate::harness::{Scratch, TRIGGERED, canary, history, wait_until, write_private};
+use crate::restic::RestServer;
+
+/// A group made for one test with `groupadd`, removed with `groupdel` when dropped.
+struct TempGroup {
+    name: String,
+    gid: u32,
+}
+
+impl TempGroup {
+    fn create() -> TempGroup {
+        // Group names are at most 32 bytes; the canary's tail keeps them unique.
+        let tail: String = canary().chars().rev().take(10).collect();
+        let name = format!("bnzctl-{tail}").to_lowercase();
+        let out = Command::new("groupadd").arg(&name).output().expect("groupadd is installed");
+        assert!(out.status.success(), "groupadd {name}: {}", String::from_utf8_lossy(&out.stderr));
+        // From here on the guard owns the group, whatever fails next.
+        let mut group = TempGroup { name, gid: 0 };
+        group.gid = nix::unistd::Group::from_name(&group.name)
+            .unwrap()
+            .expect("the group just added")
+            .gid
+            .as_raw();
+        group
+    }
+}
+
+impl Drop for TempGroup {
+    fn drop(&mut self) {
+        let _ = Command::new("groupdel").arg(&self.name).status();
+    }
+}
+
+/// A uid from `from` up that no account and no running process has.
+fn free_uid(from: u32) -> u32 {
+    let busy = |uid: u32| {
+        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().is_some()
+            || std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+                use std::os::unix::fs::MetadataExt;
+                e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok())
+                    && e.metadata().is_ok_and(|m| m.uid() == uid)
+            })
+    };
+    (from..from + 1000).find(|u| !busy(*u)).expect("a free uid")
+}
+
+fn chown_all(path: &Path, uid: u32, gid: u32) {
+    let id = (Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)));
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        id.0,
+        id.1,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+    if path.is_dir() && !path.is_symlink() {
+        for entry in std::fs::read_dir(path).unwrap().flatten() {
+            chown_all(&entry.path(), uid, gid);
+        }
+    }
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// `setpriv` credentials: `uid`, primary group `gid`, exactly the supplementary `groups`.
+fn creds(uid: u32, gid: u32, groups: &[u32]) -> Vec<String> {
+    let mut args = vec![format!("--reuid={uid}"), format!("--regid={gid}")];
+    if groups.is_empty() {
+        args.push("--clear-groups".into());
+    } else {
+        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+        args.push(format!("--groups={}", list.join(",")));
+    }
+    args
+}
+
+/// PROGRAM ARGS... run through `setpriv CREDS --`, with the harness's environment.
+fn run_as(scratch: &Scratch, creds: &[String], program: &Path, args: &[&str]) -> Output {
+    scratch.command("setpriv").args(creds).arg("--").arg(program).args(args).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn show(out: &Output) -> String {
+    format!("status {}\nstdout: {}\nstderr: {}", out.status, text(&out.stdout), text(&out.stderr))
+}
+
+/// The `KEY=value` pairs of a process's environment (read as root).
+fn environ(pid: u32) -> Vec<(String, String)> {
+    let bytes = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    bytes
+        .split(|b| *b == 0)
+        .filter_map(|kv| text(kv).split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect()
+}
+
+/// The running task process below `daemon` that holds a token.
+fn task_process(daemon: u32) -> (u32, Vec<(String, String)>) {
+    let find = || {
+        std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            if !backupnizza::broker::peer::descends_from(pid, daemon) {
+                return None;
+            }
+            let env = environ(pid);
+            env.iter().any(|(k, _)| k == "SECRETBOX_TOKEN").then_some((pid, env))
+        })
+    };
+    wait_until("the task process", || find().is_some());
+    find().unwrap()
+}
+
+fn skip_unless_root() -> bool {
+    if nix::unistd::getuid().is_root() {
+        return false;
+    }
+    eprintln!(
+        "SKIPPED: needs root to create a group and run processes as other uids (CI runs as root)"
+    );
+    true
+}
+
+/// Must show, line 1: against a daemon of a dedicated uid, a process of the desktop user
+/// (another uid, not in `control_group:`) cannot read the task's environment or descriptors,
+/// cannot stop it, gets no secret with any token (not even the task's own, leaked), and
+/// cannot reach the control routes; a uid in the group redeeming the leaked token is refused
+/// too; root outside the group reaches the socket but the server refuses it; a member runs
+/// `status` and `trigger --wait`; and the task, afterwards, still redeems its token.
+#[test]
+fn another_uid_cannot_reach_the_task_or_its_secrets_while_the_control_group_can_control() {
+    if skip_unless_root() {
+        return;
+    }
+    let group = TempGroup::create();
+    let daemon_uid = free_uid(62_100);
+    let desktop = free_uid(daemon_uid + 1);
+    let member = free_uid(desktop + 1);
+    let scratch = Scratch::new();
+    let dir = scratch.path().to_path_buf();
+    let password = canary();
+    write_private(&dir.join("pw"), password.as_bytes());
+    let d = dir.display();
+    let config = scratch.config(&format!(
+        "control_group: {g}\nsecrets:\n  repo: {{file: {d}/pw}}\ntasks:\n  held:\n    {TRIGGERED}\n    secrets: [repo]\n    command: [sh, -c, 'while [ ! -e {d}/go ]; do sleep 0.05; done; secretbox get repo > {d}/out 2> {d}/err; echo $? > {d}/rc']\n  quick:\n    {TRIGGERED}\n    command: ['true']\n",
+        g = group.name
+    ));
+    let bin = scratch.bin_as_user(daemon_uid);
+    // The dedicated user owns its files; the others may read the task file and run the
+    // binaries, as with /etc/backupnizza and /usr/bin.
+    chown_all(&dir, daemon_uid, daemon_uid);
+    chmod(&dir, 0o755);
+    chmod(&config, 0o644);
+    let daemon_creds = creds(daemon_uid, group.gid, &[]);
+    let daemon = scratch.start_daemon_privs(&config, Some((daemon_uid, &daemon_creds)), |_| {});
+
+    // The socket is exactly the group's: directory 0750, socket 0660.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let socket = std::fs::symlink_metadata(scratch.socket()).unwrap();
+        let run = std::fs::symlink_metadata(scratch.socket().parent().unwrap()).unwrap();
+        assert_eq!((run.mode() & 0o777, run.gid(), run.uid()), (0o750, group.gid, daemon_uid));
+        assert_eq!((socket.mode() & 0o777, socket.gid()), (0o660, group.gid));
+    }
+
+    let member_creds = creds(member, member, &[group.gid]);
+    let desktop_creds = creds(desktop, desktop, &[]);
+    let backupnizza = bin.join("backupnizza");
+    let config_arg = config.to_str().unwrap();
+    let triggered =
+        run_as(&scratch, &member_creds, &backupnizza, &["trigger", "held", "-c", config_arg]);
+    assert!(triggered.status.success(), "member trigger: {}", show(&triggered));
+    let (pid, env) = task_process(daemon.pid());
+    let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap();
+    let (token, socket, daemon_id) =
+        (get("SECRETBOX_TOKEN"), get("SECRETBOX_SOCKET"), get("SECRETBOX_DAEMON"));
+
+    // The same-uid attacks, from the desktop user's uid.
+    let sh =
+        |creds: &[String], script: &str| run_as(&scratch, creds, Path::new("sh"), &["-c", script]);
+    let environ_read = sh(&desktop_creds, &format!("cat /proc/{pid}/environ"));
+    assert!(!environ_read.status.success(), "{}", show(&environ_read));
+    assert!(text(&environ_read.stderr).contains("Permission denied"), "{}", show(&environ_read));
+    assert!(!text(&environ_read.stdout).contains(&token));
+    for what in [format!("ls /proc/{pid}/fd"), format!("cat /proc/{pid}/fd/0")] {
+        let fd = sh(&desktop_creds, &what);
+        assert!(!fd.status.success(), "{what}: {}", show(&fd));
+        assert!(text(&fd.stderr).contains("Permission denied"), "{what}: {}", show(&fd));
+    }
+    let stop = sh(&desktop_creds, &format!("kill -STOP {pid}"));
+    assert!(!stop.status.success(), "{}", show(&stop));
+    assert!(text(&stop.stderr).contains("not permitted"), "{}", show(&stop));
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    assert!(!state.rsplit(')').next().unwrap().trim_start().starts_with('T'), "stopped: {state}");
+
+    // Redemptions: a token seen nowhere and the task's own (leaked by root), from the
+    // desktop uid (which cannot even reach the socket) and from a member of the group
+    // (which reaches it, and is refused as another user).
+    let secretbox = bin.join("secretbox");
+    let redeem = |creds: &[String], token: &str| {
+        scratch
+            .command("setpriv")
+            .args(creds)
+            .arg("--")
+            .arg(&secretbox)
+            .args(["get", "repo"])
+            .env("SECRETBOX_TOKEN", token)
+            .env("SECRETBOX_SOCKET", &socket)
+            .env("SECRETBOX_DAEMON", &daemon_id)
+            .output()
+            .unwrap()
+    };
+    let guessed = canary();
+    for (who, creds, expected) in
+        [("desktop", &desktop_creds, exit::UNREACHABLE), ("member", &member_creds, exit::FORBIDDEN)]
+    {
+        for (kind, t) in
+            [("an unseen token", guessed.as_str()), ("the leaked token", token.as_str())]
+        {
+            let out = redeem(creds, t);
+            assert_eq!(out.status.code(), Some(expected), "{who} with {kind}: {}", show(&out));
+            assert!(out.stdout.is_empty(), "{who} with {kind} printed something");
+        }
+    }
+
+    // Control routes: the desktop uid cannot reach the socket; root without the group
+    // reaches it (it passes any permission) and the server refuses it by its credentials.
+    let status =
+        |creds: &[String]| run_as(&scratch, creds, &backupnizza, &["status", "-c", config_arg]);
+    let refused = status(&desktop_creds);
+    assert_eq!(refused.status.code(), Some(1), "{}", show(&refused));
+    assert!(text(&refused.stderr).contains("Permission denied"), "{}", show(&refused));
+    let refused =
+        run_as(&scratch, &desktop_creds, &backupnizza, &["trigger", "quick", "-c", config_arg]);
+    assert_eq!(refused.status.code(), Some(1), "{}", show(&refused));
+    let root = status(&creds(0, 0, &[]));
+    assert_eq!(root.status.code(), Some(1), "{}", show(&root));
+    assert!(text(&root.stderr).contains("serves only its own user"), "{}", show(&root));
+    daemon
+        .wait_for("the refusal of root", |l| l.contains("refused a connection from another user"));
+
+    // A member controls the daemon.
+    let ok = status(&member_creds);
+    assert!(ok.status.success(), "{}", show(&ok));
+    assert!(text(&ok.stdout).contains("held"), "{}", show(&ok));
+    let waited = run_as(
+        &scratch,
+        &member_creds,
+        &backupnizza,
+        &["trigger", "--wait", "quick", "-c", config_arg],
+    );
+    assert!(waited.status.success(), "{}", show(&waited));
+    assert!(text(&waited.stdout).contains("success"), "{}", show(&waited));
+
+    // None of it touched the task's token: the task redeems it now.
+    std::fs::write(dir.join("go"), "").unwrap();
+    wait_until("the task's redemption", || {
+        std::fs::read_to_string(dir.join("rc")).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let rc = std::fs::read_to_string(dir.join("rc")).unwrap();
+    let err = std::fs::read_to_string(dir.join("err")).unwrap_or_default();
+    assert_eq!(rc.trim(), "0", "{err}");
+    assert_eq!(std::fs::read_to_string(dir.join("out")).unwrap().trim_end(), password);
+    let log = daemon.log_text();
+    assert!(!log.contains(&password) && !log.contains(&token), "{log}");
+    drop(daemon);
+    drop(group);
+}
+
+/// Must show, line 2: the daemon as the dedicated uid with `CAP_DAC_READ_SEARCH` (ambient,
+/// as the system unit gives it) backs up with real restic the desktop user's 0700 directory
+/// to an append-only `rclone serve restic` on loopback; the same backup without the
+/// capability fails; the restored files match byte for byte.
+#[test]
+fn the_dedicated_uid_backs_up_another_users_private_directory_through_the_capability() {
+    if skip_unless_root() {
+        return;
+    }
+    let group = TempGroup::create();
+    let daemon_uid = free_uid(62_300);
+    let desktop = free_uid(daemon_uid + 1);
+    let scratch = Scratch::new();
+    let dir = scratch.path().to_path_buf();
+    let password = canary();
+    write_private(&dir.join("pw"), password.as_bytes());
+    let bin = scratch.bin_as_user(daemon_uid);
+    let repo_dir = dir.join("rest");
+    let data = dir.join("desktop");
+    let env = format!(
+        "    env:\n      RESTIC_REPOSITORY: @REPO@\n      RESTIC_PASSWORD_COMMAND: secretbox get repo\n      RESTIC_CACHE_DIR: {}/cache\n    secrets: [repo]\n",
+        dir.display()
+    );
+    let body = format!(
+        "control_group: {g}\nsecrets:\n  repo: {{file: {d}/pw}}\ntasks:\n  init:\n    {TRIGGERED}\n    command: [restic, init]\n{env}  backup:\n    {TRIGGERED}\n    command: [restic, backup, --host, testhost, {data}]\n{env}",
+        g = group.name,
+        d = dir.display(),
+        data = data.display(),
+    );
+    chown_all(&dir, daemon_uid, daemon_uid);
+
+    // The desktop user's private files: a text, random bytes, a nested file.
+    let files: Vec<(String, Vec<u8>)> = vec![
+        ("notes.txt".into(), format!("{}\n", canary()).into_bytes()),
+        ("photo.bin".into(), {
+            let mut bytes = vec![0u8; 200_000];
+            let _ = rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+            bytes
+        }),
+        ("taxes/2026.txt".into(), b"deductions\n".to_vec()),
+    ];
+    for (name, bytes) in &files {
+        let path = data.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        chmod(&path, 0o600);
+    }
+    chown_all(&data, desktop, desktop);
+    chmod(&data, 0o700);
+    chmod(&data.join("taxes"), 0o700);
+
+    let server = RestServer::start(&repo_dir);
+    let repo = format!("rest:{}/laptop/", server.url);
+    let config = scratch.config(&body.replace("@REPO@", &repo));
+    chown_all(&config, daemon_uid, daemon_uid);
+    let trigger = |task: &str| {
+        let creds = creds(daemon_uid, group.gid, &[]);
+        run_as(
+            &scratch,
+            &creds,
+            &bin.join("backupnizza"),
+            &["trigger", "--wait", task, "-c", config.to_str().unwrap()],
+        )
+    };
+    let last_backup = || {
+        history(&scratch)
+            .into_iter()
+            .rfind(|r| r["type"] == "end" && r["task"] == "backup")
+            .expect("a backup ended")
+    };
+
+    // Without the capability: the dedicated user cannot read the directory.
+    let plain = creds(daemon_uid, group.gid, &[]);
+    let daemon = scratch.start_daemon_privs(&config, Some((daemon_uid, &plain)), |_| {});
+    let init = trigger("init");
+    assert!(init.status.success(), "{}", show(&init));
+    let _ = trigger("backup");
+    let end = last_backup();
+    assert_ne!(end["status"], "success", "{end}");
+    let log = daemon.wait_for("restic's refusal", |l| l.contains("permission denied"));
+    drop(daemon);
+    assert!(!log.contains(&password), "{log}");
+
+    // With it, ambient, as `AmbientCapabilities=CAP_DAC_READ_SEARCH` gives it.
+    let mut capable = plain.clone();
+    capable
+        .extend(["--inh-caps=+dac_read_search".into(), "--ambient-caps=+dac_read_search".into()]);
+    let daemon = scratch.start_daemon_privs(&config, Some((daemon_uid, &capable)), |_| {});
+    let backup = trigger("backup");
+    assert!(backup.status.success(), "{}\n{}", show(&backup), daemon.log_text());
+    assert_eq!(last_backup()["status"], "success");
+    let log = daemon.log_text();
+    drop(daemon);
+    assert!(!log.contains(&password), "{log}");
+
+    // Restore as root, with the password the test knows, and compare.
+    let target = dir.join("restored");
+    let restore = Command::new("restic")
+        .args(["-r", &repo, "restore", "latest", "--target"])
+        .arg(&target)
+        .env("RESTIC_PASSWORD", &password)
+        .env("RESTIC_CACHE_DIR", dir.join("root-cache"))
+        .output()
+        .unwrap();
+    assert!(restore.status.success(), "{}", show(&restore));
+    let restored = target.join(data.strip_prefix("/").unwrap());
+    for (name, bytes) in &files {
+        let got = std::fs::read(restored.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(got == *bytes, "{name} differs after restore");
+    }
+    drop(server);
+    drop(group);
+}
+
+/// The clients' fallback: with no `socket:` in the task file and no user daemon, `status`
+/// says it tried the user daemon's socket and then the system daemon's, by path.
+#[test]
+fn status_without_a_daemon_names_the_user_and_the_system_socket_it_tried() {
+    if Path::new(backupnizza::config::SYSTEM_SOCKET).exists() {
+        eprintln!("SKIPPED: a system daemon's socket exists on this machine");
+        return;
+    }
+    let scratch = Scratch::new();
+    let config = scratch.write(
+        "backup.yaml",
+        format!(
+            "state_dir: {}\ntasks:\n  t:\n    {TRIGGERED}\n    command: ['true']\n",
+            scratch.path().join("state").display()
+        ),
+    );
+    let run = scratch.backupnizza(["status", "-c"]).run_with(&config);
+    run.expect_code(1);
+    let user = scratch.path().join("xdg-run/backupnizza/secretbox.sock");
+    assert!(run.stderr().contains(&user.display().to_string()), "{run}");
+    assert!(run.stderr().contains(backupnizza::config::SYSTEM_SOCKET), "{run}");
+
+    // `--socket` wins over both.
+    let given = scratch.path().join("elsewhere/s.sock");
+    let run = scratch
+        .backupnizza(["status", "--socket", given.to_str().unwrap(), "-c"])
+        .run_with(&config);
+    run.expect_code(1);
+    assert!(run.stderr().contains(&given.display().to_string()), "{run}");
+    assert!(!run.stderr().contains(backupnizza::config::SYSTEM_SOCKET), "{run}");
+}
