@@ -19,4 +19,5 @@ mod records;
 mod redeemers;
 mod restic;
 mod runs;
+mod system_service;
 mod validate;
