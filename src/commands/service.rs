@@ -79,6 +79,11 @@ fn system(args: &ServiceArgs, systemd: bool) -> anyhow::Result<()> {
     let env = service::system_environment(user);
     let config = config::load(&path, &env).map_err(|e| Exit::usage(e.to_string()))?;
     let exe = std::env::current_exe().context("cannot find the backupnizza binary")?;
+    if let Some(problem) = replaceable_by_others(&exe) {
+        eprintln!(
+            "warning: {problem}, so a non-root user could replace the daemon the unit runs (and the secretbox beside it); install both root-owned, e.g. `sudo install -m 0755 backupnizza secretbox /usr/local/bin/`, and run that copy"
+        );
+    }
     let (text, target, enable) = if systemd {
         (
             service::system_unit(&exe, &config, user),
@@ -118,6 +123,28 @@ fn system(args: &ServiceArgs, systemd: bool) -> anyhow::Result<()> {
     }
     eprintln!("enable and start it with:\n  {enable}");
     Ok(())
+}
+
+/// Why someone other than root could swap `exe`: it, or a directory above it, is owned by
+/// another uid or writable by group or others. System mode is only as strong as this.
+fn replaceable_by_others(exe: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    for path in exe.ancestors() {
+        let Ok(meta) = std::fs::metadata(path) else { continue };
+        // A sticky, world-writable directory (/tmp) still lets others add files, not
+        // replace ours; but nobody installs a system daemon there, so it counts too.
+        if meta.uid() != 0 {
+            return Some(format!("{} is owned by uid {}", path.display(), meta.uid()));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Some(format!(
+                "{} has mode {:03o} (writable by group or others)",
+                path.display(),
+                meta.mode() & 0o777
+            ));
+        }
+    }
+    None
 }
 
 fn write(target: &Path, text: &str) -> anyhow::Result<()> {

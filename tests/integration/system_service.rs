@@ -142,7 +142,7 @@ fn the_system_unit_verifies_and_the_launch_daemon_plist_is_well_formed() {
 }
 
 #[test]
-fn installing_the_system_unit_is_refused_unless_root() {
+fn installing_the_system_unit_is_refused_unless_root_and_a_swappable_binary_is_named() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: needs root to run the command as another user (CI runs as root)");
         return;
@@ -155,6 +155,8 @@ fn installing_the_system_unit_is_refused_unless_root() {
     let bin = scratch.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
     std::fs::copy(BACKUPNIZZA, bin.join("backupnizza")).unwrap();
+    // A binary another user can swap makes the whole mode moot: the command says so.
+    nix::unistd::chown(&bin, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
     // Another test thread may fork while the copy is still open for writing, and the
     // child then holds it until it execs: ETXTBSY for a moment, so try again.
     let out = (0..50)
@@ -178,6 +180,13 @@ fn installing_the_system_unit_is_refused_unless_root() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("/etc/systemd/system/backupnizza.service, which only root may do"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "warning: {} is owned by uid 65534, so a non-root user could replace the daemon",
+            bin.display()
+        )),
         "{stderr}"
     );
 }
