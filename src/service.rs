@@ -57,6 +57,8 @@ pub(crate) fn system_environment(user: &str) -> Environment {
     vars.insert("HOME".into(), SYSTEM_HOME.into());
     vars.insert("USER".into(), user.into());
     vars.insert("LOGNAME".into(), user.into());
+    // The account may not exist yet; its uid only matters for the socket's `/tmp` fallback,
+    // which `XDG_RUNTIME_DIR` rules out.
     let uid = nix::unistd::User::from_name(user).ok().flatten().map_or(0, |u| u.uid.as_raw());
     Environment { vars, uid }
 }
@@ -425,4 +427,49 @@ pub(crate) fn launchd_daemon_plist(exe: &Path, config: &Config, user: &str, log:
 /// join the `-->`): each hyphen run is broken with a space.
 fn comment_safe(text: &str) -> String {
     text.replace("--", "- -").replace("--", "- -")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str) -> Source {
+        Source::File { path: path.into() }
+    }
+
+    #[test]
+    fn credential_names_come_from_files_directly_under_the_credentials_directory() {
+        assert_eq!(
+            credential_name(&file("${CREDENTIALS_DIRECTORY}/restic-repo")),
+            Some("restic-repo")
+        );
+        assert_eq!(credential_name(&file("$CREDENTIALS_DIRECTORY/aws")), Some("aws"));
+        // Not a credential: elsewhere, nested, empty, or a path trick.
+        for path in [
+            "/etc/restic-repo",
+            "${CREDENTIALS_DIRECTORY}/a/b",
+            "${CREDENTIALS_DIRECTORY}/",
+            "${CREDENTIALS_DIRECTORY}/..",
+            "${CREDENTIALS_DIRECTORYX}/a",
+        ] {
+            assert_eq!(credential_name(&file(path)), None, "{path}");
+        }
+        let env = Source::Env { var: "CREDENTIALS_DIRECTORY".into() };
+        assert_eq!(credential_name(&env), None);
+    }
+
+    #[test]
+    fn the_system_environment_puts_socket_state_and_cache_in_the_units_directories() {
+        let env = system_environment("someone");
+        assert_eq!(env.default_socket(), PathBuf::from("/run/backupnizza/secretbox.sock"));
+        assert_eq!(env.default_state_dir(), Some(PathBuf::from("/var/lib/backupnizza")));
+        assert_eq!(env.var("XDG_CACHE_HOME"), Some("/var/cache/backupnizza"));
+        assert_eq!(env.var("HOME"), Some(SYSTEM_HOME));
+    }
+
+    #[test]
+    fn xml_comments_never_hold_two_hyphens() {
+        assert_eq!(comment_safe("/opt/a--b---c"), "/opt/a- -b- - -c");
+        assert!(!comment_safe("----").contains("--"));
+    }
 }
