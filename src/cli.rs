@@ -87,9 +87,10 @@ pub struct ExplainArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ServiceCommand {
-    /// A systemd user unit (Type=notify, sandboxed)
+    /// A systemd user unit (Type=notify, sandboxed), or with --system a system unit
     Systemd(ServiceArgs),
-    /// A launchd LaunchAgent (runs in the Aqua session, where the Keychain is reachable)
+    /// A launchd LaunchAgent (runs in the Aqua session, where the Keychain is reachable), or
+    /// with --system a LaunchDaemon
     Launchd(ServiceArgs),
 }
 
@@ -97,9 +98,19 @@ pub enum ServiceCommand {
 pub struct ServiceArgs {
     #[command(flatten)]
     pub config: ConfigArg,
-    /// Write it to ~/.config/systemd/user/ (or ~/Library/LaunchAgents/) and say how to enable it
-    #[arg(long)]
+    /// Write it to ~/.config/systemd/user/ (or ~/Library/LaunchAgents/) and say how to enable
+    /// it; with --system to /etc/systemd/system/ (or /Library/LaunchDaemons/), as root only
+    // `-i`: the plist's install hint sits in an XML comment, where `--` is not allowed.
+    #[arg(short = 'i', long)]
     pub install: bool,
+    /// A system service run by a dedicated account instead of your own (system mode; the
+    /// task file defaults to /etc/backupnizza/backup.yaml)
+    #[arg(short = 's', long)]
+    pub system: bool,
+    /// The dedicated account (and group) of a system service [default: backupnizza, on
+    /// macOS _backupnizza]
+    #[arg(short = 'u', long, value_name = "NAME", requires = "system")]
+    pub user: Option<String>,
 }
 
 /// Which program a completion script or man page is for.
@@ -177,7 +188,8 @@ pub struct HistoryArgs {
 pub enum SecretCommand {
     /// Store a value in the keychain entry that secret NAME's `keyring` source names.
     ///
-    /// The value is read from stdin, or prompted for without echo on a terminal.
+    /// The value is read from stdin, or prompted for without echo on a terminal. With
+    /// --credential it is encrypted with `systemd-creds` for the system unit instead.
     Set(SecretSetArgs),
     /// Load every secret as the daemon would and print each name with ok or the error.
     ///
@@ -192,6 +204,13 @@ pub struct SecretSetArgs {
     /// The secret, as declared under `secrets:`
     #[arg(value_name = "NAME")]
     pub name: String,
+    /// Encrypt the value with `systemd-creds encrypt` into the credential store the system
+    /// unit loads (for a `file: ${CREDENTIALS_DIRECTORY}/NAME` source) instead of a keychain
+    #[arg(long)]
+    pub credential: bool,
+    /// Where --credential writes the ciphertext, as DIR/NAME [default: /etc/credstore.encrypted]
+    #[arg(long, value_name = "DIR", requires = "credential")]
+    pub credstore: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

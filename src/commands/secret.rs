@@ -1,8 +1,12 @@
-//! `backupnizza secret set NAME` (seed a keychain entry) and `backupnizza secret check`
-//! (load every secret as the daemon would; print names and ok or the error, never a value).
+//! `backupnizza secret set NAME` (seed a keychain entry, or with `--credential` a systemd
+//! credential for the system unit) and `backupnizza secret check` (load every secret as the
+//! daemon would; print names and ok or the error, never a value).
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 
 use anyhow::Context;
 use zeroize::Zeroizing;
@@ -15,7 +19,11 @@ use crate::exit::{Exit, FAILURE};
 
 pub fn set(args: &SecretSetArgs, env: &Environment) -> anyhow::Result<()> {
     let _ = crate::hardening::protect_process();
-    let path = config_path(&args.config, env)?;
+    // A credential is for the system unit, whose task file lives in /etc by default.
+    let path = match (&args.config.config, args.credential) {
+        (None, true) => PathBuf::from(crate::service::SYSTEM_CONFIG),
+        _ => config_path(&args.config, env)?,
+    };
     let config = config::load(&path, env).map_err(|e| Exit::usage(e.to_string()))?;
     let Some(spec) = config.secret(&args.name) else {
         let hint = config::did_you_mean(&args.name, config.secrets.iter().map(|s| s.name.as_str()))
@@ -28,6 +36,9 @@ pub fn set(args: &SecretSetArgs, env: &Environment) -> anyhow::Result<()> {
         ))
         .into());
     };
+    if args.credential {
+        return set_credential(args, spec);
+    }
     let Source::Keyring { service, account, store } = &spec.source else {
         return Err(Exit::usage(format!(
             "secret {:?} has a `{}` source; `secret set` writes only `keyring` sources (store the value where that source reads it)",
@@ -52,6 +63,120 @@ pub fn set(args: &SecretSetArgs, env: &Environment) -> anyhow::Result<()> {
     })?;
     eprintln!("stored secret {:?} in {}", spec.name, secrets::describe(&spec.source));
     Ok(())
+}
+
+/// `--credential`: the value goes through a pipe into `systemd-creds encrypt` (bound to the
+/// host key, or the TPM where there is one) and only the ciphertext is written, mode 0600,
+/// where the unit's `LoadCredentialEncrypted=NAME:DIR/NAME` reads it. Nothing else of the
+/// value touches the disk or an argument list.
+fn set_credential(args: &SecretSetArgs, spec: &config::SecretSpec) -> anyhow::Result<()> {
+    let Some(name) = crate::service::credential_name(&spec.source) else {
+        return Err(Exit::usage(format!(
+            "secret {:?} has a `{}` source; --credential seeds only a `file: ${{CREDENTIALS_DIRECTORY}}/NAME` source, which systemd fills from LoadCredentialEncrypted= (write `{}: {{file: ${{CREDENTIALS_DIRECTORY}}/{}}}` under `secrets:`)",
+            spec.name,
+            spec.source.kind(),
+            spec.name,
+            spec.name
+        ))
+        .into());
+    };
+    // Found before the value is asked for: a missing tool should not cost a typed password.
+    let Some(creds) = find_program("systemd-creds") else {
+        return Err(Exit {
+            code: FAILURE,
+            message: "systemd-creds is not on PATH: --credential needs systemd 250 or later (Debian and Ubuntu: package systemd); without it, use another source such as `command:` or a keychain".into(),
+        }
+        .into());
+    };
+    let dir = args.credstore.clone().unwrap_or_else(|| PathBuf::from(crate::service::CREDSTORE));
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(|e| Exit {
+        code: FAILURE,
+        message: format!("cannot create credential store {}: {e}", dir.display()),
+    })?;
+    let value = read_value(&spec.name)?;
+    if value.is_empty() {
+        return Err(Exit::usage("empty value: nothing stored").into());
+    }
+    let mut child = std::process::Command::new(&creds)
+        .arg("encrypt")
+        .arg(format!("--name={name}"))
+        .args(["-", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {}", creds.display()))?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    // Written from another thread while this one collects the output: neither pipe can
+    // fill up and stall the other.
+    let output = std::thread::scope(|s| {
+        s.spawn(|| {
+            let _ = stdin.write_all(&value);
+            drop(stdin);
+        });
+        child.wait_with_output()
+    })
+    .with_context(|| format!("cannot run {}", creds.display()))?;
+    drop(value);
+    if !output.status.success() || output.stdout.is_empty() {
+        let why = String::from_utf8_lossy(&output.stderr);
+        let fix = if nix::unistd::geteuid().is_root() {
+            "see `systemd-creds setup`"
+        } else {
+            "run it as root: the host key /var/lib/systemd/credential.secret is root's"
+        };
+        return Err(Exit {
+            code: FAILURE,
+            message: format!(
+                "systemd-creds encrypt failed for secret {:?} ({}): {}; {fix}",
+                spec.name,
+                output.status,
+                why.trim()
+            ),
+        }
+        .into());
+    }
+    let target = dir.join(name);
+    write_new(&target, &output.stdout).map_err(|e| Exit {
+        code: FAILURE,
+        message: format!("cannot write credential {}: {e}", target.display()),
+    })?;
+    eprintln!(
+        "stored secret {:?} encrypted in {} (the unit loads it with LoadCredentialEncrypted={name}:{})",
+        spec.name,
+        target.display(),
+        target.display()
+    );
+    Ok(())
+}
+
+/// Replaces `target` with `bytes` atomically, mode 0600 from the start.
+fn write_new(target: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = target.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        target.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut file =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, target)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The first executable `program` on PATH.
+fn find_program(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
 /// The value from stdin: prompted twice without echo on a terminal, else read whole (one

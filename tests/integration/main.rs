@@ -20,4 +20,5 @@ mod redeemers;
 mod restic;
 mod runs;
 mod system;
+mod system_service;
 mod validate;
