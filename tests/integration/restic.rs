@@ -123,8 +123,10 @@ impl ProcSampler {
                             }
                         }
                     }
+                    // By pid and name: a task's process is often first seen between fork
+                    // and exec, under the daemon's name, and must be seen again as restic.
                     let mut seen = v.lock().unwrap();
-                    if !seen.iter().any(|(p, _)| *p == pid) {
+                    if !seen.iter().any(|(p, c)| *p == pid && *c == comm) {
                         seen.push((pid, comm));
                     }
                 }
