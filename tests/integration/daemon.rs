@@ -300,16 +300,12 @@ fn secrets_load_from_every_source() {
     let value = |name: &str| values.iter().find(|(n, _)| *n == name).unwrap().1.clone();
     require_secret_service();
 
-    // Kernel keyutils, seeded through `backupnizza secret set` (below) and with keyctl.
-    let keyctl = Command::new("keyctl")
-        .args(["padd", "user", &format!("keyring:cli@{unique}"), "@s"])
-        .stdin_bytes(value("keyutils-cli").as_bytes());
-    assert!(keyctl.status.success(), "keyctl: {}", String::from_utf8_lossy(&keyctl.stderr));
-    // The Secret Service (gnome-keyring on the private bus that .ci/test starts).
-    let tool = Command::new("secret-tool")
-        .args(["store", "--label=backupnizza test", "service", &unique, "username", "ss"])
-        .stdin_bytes(value("secret-service").as_bytes());
-    assert!(tool.status.success(), "secret-tool: {}", String::from_utf8_lossy(&tool.stderr));
+    // Kernel keyutils, seeded through `backupnizza secret set` (below) and with keyctl; the
+    // Secret Service is gnome-keyring on the private bus that .ci/test starts.
+    seed_keychains(
+        (&format!("keyring:cli@{unique}"), &value("keyutils-cli")),
+        ("backupnizza test", &unique, "ss", &value("secret-service")),
+    );
     let cmd_file = scratch.path().join("from-command");
     std::fs::write(&cmd_file, format!("{}\n", value("command"))).unwrap();
     let file = scratch.path().join("from-file");
@@ -462,6 +458,22 @@ pub(crate) fn require_secret_service() {
             && std::env::var_os("BNZ_TEST_SECRET_SERVICE").is_some(),
         "this test needs the private D-Bus session with gnome-keyring that .ci/test starts: run the tests with .ci/test"
     );
+}
+
+/// Stores `value` in the kernel keyring (`keyctl padd user DESCRIPTION @s`) and in the
+/// Secret Service (`secret-tool store`, attributes `service SERVICE username USER`), as a
+/// user seeding the keychains would.
+pub(crate) fn seed_keychains(keyutils: (&str, &str), secret_service: (&str, &str, &str, &str)) {
+    let (description, value) = keyutils;
+    let keyctl = Command::new("keyctl")
+        .args(["padd", "user", description, "@s"])
+        .stdin_bytes(value.as_bytes());
+    assert!(keyctl.status.success(), "keyctl: {}", String::from_utf8_lossy(&keyctl.stderr));
+    let (label, service, user, value) = secret_service;
+    let tool = Command::new("secret-tool")
+        .args(["store", &format!("--label={label}"), "service", service, "username", user])
+        .stdin_bytes(value.as_bytes());
+    assert!(tool.status.success(), "secret-tool: {}", String::from_utf8_lossy(&tool.stderr));
 }
 
 pub(crate) trait StdinBytes {

@@ -22,7 +22,7 @@
 use std::os::unix::fs::FileExt;
 use std::process::Command;
 
-use crate::daemon::{StdinBytes, require_secret_service};
+use crate::daemon::{require_secret_service, seed_keychains};
 use crate::harness::{Scratch, TRIGGERED, canary, sha256_hex, trigger, write_private};
 
 /// One mapping of the daemon, from `/proc/PID/smaps`.
@@ -178,14 +178,10 @@ fn every_copy_of_a_secret_in_the_daemons_memory_is_on_locked_pages() {
         .collect();
     let value = |name: &str| values.iter().find(|(n, _)| *n == name).unwrap().1.clone();
 
-    let keyctl = Command::new("keyctl")
-        .args(["padd", "user", &format!("keyring:mem@{unique}"), "@s"])
-        .stdin_bytes(value("keyutils").as_bytes());
-    assert!(keyctl.status.success(), "keyctl: {}", String::from_utf8_lossy(&keyctl.stderr));
-    let tool = Command::new("secret-tool")
-        .args(["store", "--label=backupnizza memory test", "service", &unique, "username", "mem"])
-        .stdin_bytes(value("secret_service").as_bytes());
-    assert!(tool.status.success(), "secret-tool: {}", String::from_utf8_lossy(&tool.stderr));
+    seed_keychains(
+        (&format!("keyring:mem@{unique}"), &value("keyutils")),
+        ("backupnizza memory test", &unique, "mem", &value("secret_service")),
+    );
     let helper_out = scratch.path().join("helper-output");
     std::fs::write(&helper_out, format!("{}\n", value("command"))).unwrap();
     let file = scratch.path().join("secret-file");

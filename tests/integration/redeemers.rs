@@ -69,6 +69,21 @@ fn attempts(dir: &Path, program: &str, secret: &str, count: u32) -> String {
         .join("; ")
 }
 
+/// A scratch directory with a `file:` secret `repo` (a canary, returned) and a triggered task
+/// `t` that redeems it with `secretbox` twice, at `go1` and `go2`; `extra` adds task keys.
+fn two_attempts(extra: &str) -> (Scratch, std::path::PathBuf, String, std::path::PathBuf) {
+    let scratch = Scratch::new();
+    let dir = scratch.path().to_path_buf();
+    let password = canary();
+    write_private(&dir.join("pw"), password.as_bytes());
+    let script = attempts(&dir, "secretbox", "repo", 2);
+    let config = scratch.config(&format!(
+        "token_ttl: 10m\nsecrets:\n  repo: {{file: {}/pw}}\ntasks:\n  t:\n    {TRIGGERED}\n    secrets: [repo]\n{extra}    command: [sh, -c, '{script}']\n",
+        dir.display()
+    ));
+    (scratch, dir, password, config)
+}
+
 /// Point 3: a `secretbox` written over the one beside the daemon (as in `~/.cargo/bin`) by a
 /// process of the daemon's user is refused with `forbidden`, prints nothing, and the refusal
 /// is logged; the genuine one, put back, works. The daemon runs as an ordinary user (when the
@@ -81,15 +96,7 @@ fn a_swapped_secretbox_gets_nothing_and_the_genuine_one_still_works() {
         );
         return;
     }
-    let scratch = Scratch::new();
-    let dir = scratch.path().to_path_buf();
-    let password = canary();
-    write_private(&dir.join("pw"), password.as_bytes());
-    let script = attempts(&dir, "secretbox", "repo", 2);
-    let config = scratch.config(&format!(
-        "secrets:\n  repo: {{file: {}/pw}}\ntasks:\n  t:\n    {TRIGGERED}\n    secrets: [repo]\n    command: [sh, -c, '{script}']\n",
-        dir.display()
-    ));
+    let (scratch, dir, password, config) = two_attempts("");
     // The daemon's copies of the binaries are created by the harness in bin-as-user.
     let bin = dir.join("bin-as-user");
     std::fs::create_dir_all(&bin).unwrap();
@@ -186,15 +193,7 @@ fn listed_redeemers_serve_their_own_task_only_and_must_be_trusted() {
 /// 12; the fake server receives not one byte. Resumed, the daemon notices the swap and stops.
 #[test]
 fn secretbox_sends_nothing_to_a_server_that_is_not_its_daemon() {
-    let scratch = Scratch::new();
-    let dir = scratch.path().to_path_buf();
-    let password = canary();
-    write_private(&dir.join("pw"), password.as_bytes());
-    let script = attempts(&dir, "secretbox", "repo", 2);
-    let config = scratch.config(&format!(
-        "token_ttl: 10m\nsecrets:\n  repo: {{file: {}/pw}}\ntasks:\n  t:\n    {TRIGGERED}\n    secrets: [repo]\n    redeem_limit: 2\n    command: [sh, -c, '{script}']\n",
-        dir.display()
-    ));
+    let (scratch, dir, password, config) = two_attempts("    redeem_limit: 2\n");
     let mut daemon = scratch.start_daemon(&config);
     trigger(&scratch, &config, "t", false).expect_code(0);
     // The legitimate path first.
