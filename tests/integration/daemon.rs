@@ -128,14 +128,7 @@ fn the_daemon_is_not_dumpable_has_no_core_limit_and_locks_secret_pages() {
     // Root may ptrace anything, so the check needs the daemon to run as an ordinary user.
     let as_nobody = is_root();
     if as_nobody {
-        for entry in walk(scratch.path()) {
-            nix::unistd::chown(
-                &entry,
-                Some(nix::unistd::Uid::from_raw(65534)),
-                Some(nix::unistd::Gid::from_raw(65534)),
-            )
-            .unwrap();
-        }
+        crate::harness::chown_tree(scratch.path(), 65534, 65534);
     }
     let daemon = scratch.start_daemon_full(&config, as_nobody.then_some(65534), |_| {});
     let pid = daemon.pid();

@@ -422,3 +422,22 @@ pub(crate) fn offset_to(target: jiff::Timestamp) -> String {
     let seconds = target.as_second() - jiff::Timestamp::now().as_second();
     format!("{seconds:+}")
 }
+
+/// Gives `path` and everything below it to `uid`:`gid`, never following a symbolic link
+/// (for tests that run the daemon or an attacker as another user).
+pub(crate) fn chown_tree(path: &Path, uid: u32, gid: u32) {
+    let id = (Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)));
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        id.0,
+        id.1,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+    if path.is_dir() && !path.is_symlink() {
+        for entry in std::fs::read_dir(path).unwrap().flatten() {
+            chown_tree(&entry.path(), uid, gid);
+        }
+    }
+}

@@ -13,23 +13,12 @@ use std::time::Duration;
 use backupnizza::protocol::exit;
 use nix::sys::signal::Signal;
 
-use crate::harness::{SECRETBOX, Scratch, TRIGGERED, canary, trigger, wait_until, write_private};
+use crate::harness::{
+    SECRETBOX, Scratch, TRIGGERED, canary, chown_tree, trigger, wait_until, write_private,
+};
 
 /// The unprivileged user the daemon runs as when the tests run as root.
 const NOBODY: u32 = 65534;
-
-fn chown_all(dir: &Path, uid: u32) {
-    let id = (Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(uid)));
-    nix::unistd::chown(dir, id.0, id.1).unwrap();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.is_dir() && !path.is_symlink() {
-            chown_all(&path, uid);
-        } else {
-            nix::unistd::chown(&path, id.0, id.1).unwrap();
-        }
-    }
-}
 
 /// `sh -c SCRIPT` as `uid`: the attacker, a process of the daemon's user outside the task.
 fn as_user(uid: u32, script: &str) -> std::process::Output {
@@ -100,7 +89,7 @@ fn a_swapped_secretbox_gets_nothing_and_the_genuine_one_still_works() {
     // The daemon's copies of the binaries are created by the harness in bin-as-user.
     let bin = dir.join("bin-as-user");
     std::fs::create_dir_all(&bin).unwrap();
-    chown_all(&dir, NOBODY);
+    chown_tree(&dir, NOBODY, NOBODY);
     let daemon = scratch.start_daemon_full(&config, Some(NOBODY), |_| {});
     let installed = bin.join("secretbox");
     assert!(installed.exists());
@@ -119,7 +108,7 @@ fn a_swapped_secretbox_gets_nothing_and_the_genuine_one_still_works() {
     std::fs::copy(&installed, &genuine).unwrap();
     let evil = dir.join("evil-secretbox");
     altered_secretbox(&evil);
-    chown_all(&dir, NOBODY);
+    chown_tree(&dir, NOBODY, NOBODY);
     let swap = as_user(NOBODY, &format!("mv {} {}", evil.display(), installed.display()));
     assert!(swap.status.success(), "{}", String::from_utf8_lossy(&swap.stderr));
     let (code, out) = step(&dir, 1);

@@ -15,7 +15,7 @@ use std::process::{Command, Output};
 
 use backupnizza::protocol::exit;
 
-use crate::harness::{Scratch, TRIGGERED, canary, history, wait_until, write_private};
+use crate::harness::{Scratch, TRIGGERED, canary, chown_tree, history, wait_until, write_private};
 use crate::restic::RestServer;
 
 /// A group made for one test with `groupadd`, removed with `groupdel` when dropped.
@@ -59,23 +59,6 @@ fn free_uid(from: u32) -> u32 {
             })
     };
     (from..from + 1000).find(|u| !busy(*u)).expect("a free uid")
-}
-
-fn chown_all(path: &Path, uid: u32, gid: u32) {
-    let id = (Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)));
-    nix::unistd::fchownat(
-        nix::fcntl::AT_FDCWD,
-        path,
-        id.0,
-        id.1,
-        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
-    .unwrap();
-    if path.is_dir() && !path.is_symlink() {
-        for entry in std::fs::read_dir(path).unwrap().flatten() {
-            chown_all(&entry.path(), uid, gid);
-        }
-    }
 }
 
 fn chmod(path: &Path, mode: u32) {
@@ -170,7 +153,7 @@ fn another_uid_cannot_reach_the_task_or_its_secrets_while_the_control_group_can_
     let bin = scratch.bin_as_user(daemon_uid);
     // The dedicated user owns its files; the others may read the task file and run the
     // binaries, as with /etc/backupnizza and /usr/bin.
-    chown_all(&dir, daemon_uid, daemon_uid);
+    chown_tree(&dir, daemon_uid, daemon_uid);
     chmod(&dir, 0o755);
     chmod(&config, 0o644);
     let daemon_creds = creds(daemon_uid, group.gid, &[]);
@@ -318,7 +301,7 @@ fn the_dedicated_uid_backs_up_another_users_private_directory_through_the_capabi
         d = dir.display(),
         data = data.display(),
     );
-    chown_all(&dir, daemon_uid, daemon_uid);
+    chown_tree(&dir, daemon_uid, daemon_uid);
 
     // The desktop user's private files: a text, random bytes, a nested file.
     let files: Vec<(String, Vec<u8>)> = vec![
@@ -336,14 +319,14 @@ fn the_dedicated_uid_backs_up_another_users_private_directory_through_the_capabi
         std::fs::write(&path, bytes).unwrap();
         chmod(&path, 0o600);
     }
-    chown_all(&data, desktop, desktop);
+    chown_tree(&data, desktop, desktop);
     chmod(&data, 0o700);
     chmod(&data.join("taxes"), 0o700);
 
     let server = RestServer::start(&repo_dir);
     let repo = format!("rest:{}/laptop/", server.url);
     let config = scratch.config(&body.replace("@REPO@", &repo));
-    chown_all(&config, daemon_uid, daemon_uid);
+    chown_tree(&config, daemon_uid, daemon_uid);
     let trigger = |task: &str| {
         let creds = creds(daemon_uid, group.gid, &[]);
         run_as(
