@@ -41,6 +41,8 @@ pub struct Broker {
     tokens: Mutex<Tokens>,
     secrets: Arc<Secrets>,
     uid: u32,
+    /// This process: read once (`getpid` is a system call each time, on the hot path).
+    pid: u32,
     limits: Limits,
     /// The programs that may redeem; `None` (only through [`Broker::new`] without
     /// [`Broker::with_redeemers`]) checks no program. The daemon always sets it.
@@ -82,6 +84,7 @@ impl Broker {
             }),
             secrets,
             uid: nix::unistd::getuid().as_raw(),
+            pid: std::process::id(),
             limits,
             redeemers: None,
             control_gid: None,
@@ -120,21 +123,25 @@ impl Broker {
 
     /// What the peer's program is, or why it may not redeem: from the cache when its file
     /// was seen before, else hashed on a blocking thread.
+    ///
+    /// Also says whether it had to wait (hash the executable on a blocking thread): the peer
+    /// may have exited meanwhile and its pid been reused, so the caller checks it again.
     pub(crate) async fn verify_redeemer(
         &self,
         peer: &Peer,
-    ) -> Result<Option<redeemers::Verified>, &'static str> {
-        let Some(redeemers) = &self.redeemers else { return Ok(None) };
+    ) -> Result<(Option<redeemers::Verified>, bool), &'static str> {
+        let Some(redeemers) = &self.redeemers else { return Ok((None, false)) };
         let pid = peer.pid.ok_or("a peer without a pid")?;
-        let verified = if let Some(result) = redeemers.verify_cached(pid) {
-            result
+        let (verified, waited) = if let Some(result) = redeemers.verify_cached(pid) {
+            (result, false)
         } else {
             let redeemers = redeemers.clone();
-            tokio::task::spawn_blocking(move || redeemers.verify(pid))
+            let verified = tokio::task::spawn_blocking(move || redeemers.verify(pid))
                 .await
-                .unwrap_or(Err(redeemers::Refused::Unreadable))
+                .unwrap_or(Err(redeemers::Refused::Unreadable));
+            (verified, true)
         };
-        verified.map(Some).map_err(redeemers::Refused::why)
+        verified.map(|v| (Some(v), waited)).map_err(redeemers::Refused::why)
     }
 
     /// Whether a verified program may redeem tokens of `task` (a task's `redeemers:` are its
@@ -231,18 +238,17 @@ impl Broker {
     /// task starts stays below the daemon; elsewhere the chain must reach a running task
     /// process. The daemon itself never redeems.
     pub(crate) fn task_lineage(&self, peer: &Peer) -> Result<Vec<u32>, &'static str> {
-        let me = std::process::id();
+        let me = self.pid;
         let pid = match peer.pid {
             Some(pid) if peer.uid == self.uid && pid != me => pid,
             Some(_) if peer.uid == self.uid => return Err("the daemon itself"),
             Some(_) => return Err("another user"),
             None => return Err("a peer without a pid"),
         };
-        let lineage = peer::lineage(pid).ok_or("a process whose ancestry cannot be read")?;
-        // Read after the lineage, so the lineage is that of the process that connected.
-        if !peer.still_running() {
-            return Err("a process that has exited");
-        }
+        // On Linux every task process is below the daemon (it is their subreaper), so the
+        // chain is needed only up to the daemon; elsewhere a task's pid may be anywhere in it.
+        let stop = if cfg!(target_os = "linux") { me } else { 1 };
+        let lineage = peer::peer_lineage(pid, peer.started, stop)?;
         let in_a_task = if cfg!(target_os = "linux") {
             lineage.contains(&me)
         } else {

@@ -101,9 +101,16 @@ pub fn ancestry(pid: u32, ancestor: u32) -> Ancestry {
 /// `pid` and its ancestors, nearest first, up to init; `None` when the chain breaks (a
 /// process exited under us, or we may not look) or runs deeper than real trees do.
 pub fn lineage(pid: u32) -> Option<Vec<u32>> {
+    lineage_until(pid, 1)
+}
+
+/// [`lineage`], ending at `stop` (included) if the chain meets it before init. A redemption
+/// asks for the chain up to the daemon only: above it nothing can be a task, and each step
+/// is a read of `/proc` on the hot path (walking on to init tripled its cost).
+pub fn lineage_until(pid: u32, stop: u32) -> Option<Vec<u32>> {
     let mut chain = vec![pid];
     let mut current = pid;
-    while current > 1 {
+    while current > 1 && current != stop {
         if chain.len() > MAX_DEPTH {
             return None;
         }
@@ -119,6 +126,40 @@ pub fn lineage(pid: u32) -> Option<Vec<u32>> {
     Some(chain)
 }
 
+/// The lineage of a connected peer up to `stop` ([`lineage_until`]), and proof that it is
+/// the lineage of the process that connected: its start time must still be `started`, the
+/// one read at accept. On Linux the peer's parent and start time come from one read of its
+/// stat line (one `/proc` open fewer per redemption than reading them apart); elsewhere the
+/// start time is read after the chain.
+pub fn peer_lineage(pid: u32, started: Option<u64>, stop: u32) -> Result<Vec<u32>, &'static str> {
+    const EXITED: &str = "a process that has exited";
+    const UNREADABLE: &str = "a process whose ancestry cannot be read";
+    let started = started.ok_or(EXITED)?;
+    #[cfg(target_os = "linux")]
+    {
+        let (parent, start) =
+            read_stat(pid, |s| Some((stat_field::<u32>(s, 4)?, stat_field::<u64>(s, 22)?)))
+                .ok_or(EXITED)?;
+        if start != started {
+            return Err(EXITED);
+        }
+        if pid == stop || parent == 0 {
+            return Ok(vec![pid]);
+        }
+        if parent == pid {
+            return Err(UNREADABLE);
+        }
+        let mut chain = lineage_until(parent, stop).ok_or(UNREADABLE)?;
+        chain.insert(0, pid);
+        if chain.len() > MAX_DEPTH { Err(UNREADABLE) } else { Ok(chain) }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let chain = lineage_until(pid, stop).ok_or(UNREADABLE)?;
+        if start_time(pid) == Some(started) { Ok(chain) } else { Err(EXITED) }
+    }
+}
+
 /// Whether `pid` certainly is `ancestor` or one of its descendants.
 pub fn descends_from(pid: u32, ancestor: u32) -> bool {
     ancestry(pid, ancestor) == Ancestry::Descends
@@ -127,8 +168,26 @@ pub fn descends_from(pid: u32, ancestor: u32) -> bool {
 /// The parent of a process, if it exists and we may look.
 #[cfg(target_os = "linux")]
 pub fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat_ppid(&stat)
+    read_stat(pid, parse_stat_ppid)
+}
+
+/// Reads `/proc/PID/stat` with one `read` into a stack buffer and hands the line to `parse`.
+/// The kernel returns the whole line at once; `read_to_string` would add a `statx` and a
+/// second `read` for its end, on the redemption path that reads several of these per request.
+#[cfg(target_os = "linux")]
+fn read_stat<T>(pid: u32, parse: impl FnOnce(&str) -> Option<T>) -> Option<T> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    let mut buf = [0u8; 1024];
+    let n = file.read(&mut buf).ok()?;
+    if n == buf.len() {
+        // Longer than any stat line seen; read it whole rather than cut it.
+        let mut all = buf.to_vec();
+        file.read_to_end(&mut all).ok()?;
+        return parse(&String::from_utf8_lossy(&all));
+    }
+    // Lossy: `comm` is any bytes the process chose; the fields after it are ASCII.
+    parse(&String::from_utf8_lossy(&buf[..n]))
 }
 
 /// `/proc/PID/stat` is `pid (comm) state ppid ...`; `comm` may contain spaces and `)`, so we
@@ -148,8 +207,7 @@ fn stat_field<T: std::str::FromStr>(stat: &str, n: usize) -> Option<T> {
 /// When a process started (clock ticks since boot, field 22 of `/proc/PID/stat`).
 #[cfg(target_os = "linux")]
 pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat_field(&stat, 22)
+    read_stat(pid, |stat| stat_field(stat, 22))
 }
 
 #[cfg(target_os = "macos")]
@@ -280,6 +338,18 @@ mod tests {
         assert_eq!(chain[0], me);
         assert_eq!(chain[1], parent_of(me).unwrap());
         assert_eq!(lineage(u32::MAX - 1), None);
+        // Cut at a process on the way, or run on to init when the chain does not meet it.
+        let parent = parent_of(me).unwrap();
+        assert_eq!(lineage_until(me, parent).unwrap(), [me, parent]);
+        assert_eq!(lineage_until(me, me).unwrap(), [me]);
+        assert_eq!(lineage_until(me, u32::MAX - 1).unwrap(), chain);
+        assert!(start_time(me).is_some_and(|t| t > 0));
+        // A peer's lineage holds only while its start time is the one seen at accept.
+        assert_eq!(peer_lineage(me, start_time(me), parent).unwrap(), [me, parent]);
+        assert_eq!(peer_lineage(me, start_time(me), 1).unwrap(), chain);
+        assert!(peer_lineage(me, start_time(me).map(|t| t + 1), parent).is_err());
+        assert!(peer_lineage(me, None, parent).is_err());
+        assert!(peer_lineage(u32::MAX - 1, Some(1), 1).is_err());
     }
 
     #[cfg(target_os = "linux")]

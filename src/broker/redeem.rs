@@ -183,7 +183,7 @@ async fn attempt(
     broker: &Broker,
     peer: &Peer,
     lineage: &[u32],
-    verified: Option<super::redeemers::Verified>,
+    (verified, mut waited): (Option<super::redeemers::Verified>, bool),
     now: Instant,
 ) -> Result<Arc<str>, Refusal> {
     let checked = |at: Instant| {
@@ -202,6 +202,7 @@ async fn attempt(
     // redemption may arrive in between.
     let wait_until = now + UNBOUND_WAIT;
     while pending.pid.is_none() && Instant::now() < wait_until {
+        waited = true;
         tokio::time::sleep(Duration::from_millis(5)).await;
         pending = checked(Instant::now())?;
     }
@@ -214,8 +215,10 @@ async fn attempt(
         broker.count_rejection(Rejection::Forbidden);
         return Err(Refusal::forbidden("a redeemer listed by another task"));
     }
-    // The peer may have exited while we waited, and its pid been reused.
-    if !peer.still_running() {
+    // The peer may have exited while we waited, and its pid been reused. Without a wait
+    // (the common case) the check `task_lineage` made after reading the lineage holds: no
+    // await since, so nothing else ran on this task.
+    if waited && !peer.still_running() {
         broker.count_rejection(Rejection::Forbidden);
         return Err(Refusal::forbidden("a process that has exited"));
     }

@@ -153,8 +153,7 @@ impl Redeemers {
     /// [`Redeemers::verify`] when the peer's program file was seen before (no hashing);
     /// `None` when it would have to be hashed.
     pub fn verify_cached(&self, pid: u32) -> Option<Result<Verified, Refused>> {
-        let Ok(file) = open_exe(pid) else { return Some(Err(Refused::Unreadable)) };
-        let Ok(meta) = file.metadata() else { return Some(Err(Refused::Unreadable)) };
+        let Ok(meta) = exe_metadata(pid) else { return Some(Err(Refused::Unreadable)) };
         let digest = *lock(&self.seen).get(&Identity::of(&meta))?;
         self.classify(digest)
     }
@@ -222,6 +221,19 @@ fn root_managed(path: &Path) -> bool {
 #[cfg(target_os = "linux")]
 fn open_exe(pid: u32) -> std::io::Result<File> {
     File::open(format!("/proc/{pid}/exe"))
+}
+
+/// The metadata of the file `pid` runs, with one `statx` through the `/proc/PID/exe` link
+/// (the redemption hot path; opening it first costs an `openat` and a `close` more, and the
+/// kernel resolves the link the same way, with the same ptrace access check, for both).
+#[cfg(target_os = "linux")]
+fn exe_metadata(pid: u32) -> std::io::Result<std::fs::Metadata> {
+    std::fs::metadata(format!("/proc/{pid}/exe"))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exe_metadata(pid: u32) -> std::io::Result<std::fs::Metadata> {
+    open_exe(pid)?.metadata()
 }
 
 #[cfg(not(target_os = "linux"))]
