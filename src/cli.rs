@@ -83,6 +83,11 @@ pub struct ExplainArgs {
     /// How far back to look (a duration such as 7d, 36h)
     #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
     pub since: std::time::Duration,
+    /// The daemon's socket, to ask it for its history instead of reading `state_dir`
+    /// (default: read `state_dir`; ask the daemon only if that cannot be read, or is empty
+    /// while only the system daemon's socket is there)
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -182,6 +187,11 @@ pub struct HistoryArgs {
     /// How many entries to show (the most recent)
     #[arg(short = 'n', long = "count", default_value_t = 20)]
     pub count: usize,
+    /// The daemon's socket, to ask it for its history instead of reading `state_dir`
+    /// (default: read `state_dir`; ask the daemon only if that cannot be read, or is empty
+    /// while only the system daemon's socket is there)
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

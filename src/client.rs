@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 
 use crate::protocol::ErrorBody;
 
-/// Largest response body we read.
+/// Largest response body we read, unless [`Client::with_max_response`] says otherwise.
 const MAX_RESPONSE: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -76,11 +76,20 @@ pub struct Client {
     socket: PathBuf,
     timeout: Duration,
     server: Option<ServerId>,
+    max_response: usize,
 }
 
 impl Client {
     pub fn new(socket: &Path, timeout: Duration) -> Client {
-        Client { socket: socket.to_path_buf(), timeout, server: None }
+        Client { socket: socket.to_path_buf(), timeout, server: None, max_response: MAX_RESPONSE }
+    }
+
+    /// Reads response bodies of up to `bytes` (the run history is larger than any other
+    /// answer).
+    #[must_use]
+    pub fn with_max_response(mut self, bytes: usize) -> Client {
+        self.max_response = bytes;
+        self
     }
 
     /// Sends nothing unless the socket is served by `server` (checked with `SO_PEERCRED` on
@@ -164,10 +173,10 @@ impl Client {
                 .await
                 .map_err(|e| ClientError::Protocol(format!("{e}")))?;
             let status = response.status();
-            let collected = Limited::new(response.into_body(), MAX_RESPONSE)
-                .collect()
-                .await
-                .map_err(|e| ClientError::Protocol(format!("reading the response failed: {e}")))?;
+            let collected =
+                Limited::new(response.into_body(), self.max_response).collect().await.map_err(
+                    |e| ClientError::Protocol(format!("reading the response failed: {e}")),
+                )?;
             Ok::<_, ClientError>(Response {
                 status,
                 body: Zeroizing::new(collected.to_bytes().to_vec()),

@@ -286,7 +286,8 @@ fn open_append(path: &Path) -> std::io::Result<File> {
 }
 
 /// What [`read_all`] found: the records, oldest first, and the lines it could not read.
-#[derive(Debug, Default)]
+/// Also the body of `GET /v1/history`.
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Loaded {
     pub(crate) records: Vec<Record>,
     /// `(file, line number)` of each line that did not parse (a torn last line, or a record
@@ -295,6 +296,15 @@ pub(crate) struct Loaded {
 }
 
 impl Loaded {
+    /// Only the records of `task` and the daemon's own starts and stops (which tell when
+    /// nothing could run); all of them for `None`.
+    pub(crate) fn for_task(mut self, task: Option<&str>) -> Loaded {
+        if let Some(task) = task {
+            self.records.retain(|r| r.task().is_none_or(|t| t == task));
+        }
+        self
+    }
+
     /// "2 unreadable lines skipped (history.jsonl lines 5, 9)", or `None` when all were read.
     pub(crate) fn bad_lines_summary(&self) -> Option<String> {
         if self.bad_lines.is_empty() {

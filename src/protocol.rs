@@ -26,6 +26,13 @@ pub const ROUTE_TASKS: &str = "/v1/tasks/";
 /// `GET /v1/runs/{id}?wait=SECONDS` — a run's state, waiting up to SECONDS (max 30) for it to
 /// finish ([`RunBody`]).
 pub const ROUTE_RUNS: &str = "/v1/runs/";
+/// `GET /v1/history?task=NAME` — the run history, every generation, oldest first: the
+/// records of task NAME (all tasks without `task=`) and the daemon's own, plus the lines
+/// that did not parse. For members of `control_group:`, who cannot read `state_dir`.
+pub const ROUTE_HISTORY: &str = "/v1/history";
+/// Largest history answer a client reads: more than the file and its generations can hold
+/// (6 × 16 MiB).
+pub const MAX_HISTORY_RESPONSE: usize = 128 * 1024 * 1024;
 
 /// Largest request body the server reads.
 pub const MAX_REQUEST_BODY: usize = 4096;

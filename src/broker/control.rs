@@ -5,6 +5,7 @@
 //! and the broker do not refer to each other and both are dropped at shutdown. When the
 //! daemon has stopped listening, every request answers [`FireError::Stopping`].
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -32,9 +33,13 @@ pub(crate) enum FireError {
     Stopping,
 }
 
-/// The server's handle on the daemon's state owner.
+/// The server's handle on the daemon's state owner, and where the daemon keeps its run
+/// history (read here, off the state owner: reading a file is no state change).
 #[derive(Clone)]
-pub(crate) struct Control(mpsc::Sender<Request>);
+pub(crate) struct Control {
+    requests: mpsc::Sender<Request>,
+    state_dir: Option<PathBuf>,
+}
 
 /// Control requests waiting for the state owner; more wait for room (the routes are the
 /// user's own commands, never a hot path).
@@ -44,7 +49,14 @@ impl Control {
     /// A handle and the receiving end for the state owner.
     pub(crate) fn channel() -> (Control, mpsc::Receiver<Request>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        (Control(tx), rx)
+        (Control { requests: tx, state_dir: None }, rx)
+    }
+
+    /// Serves `GET /v1/history` from the history files in `state_dir`.
+    #[must_use]
+    pub(crate) fn with_history(mut self, state_dir: &Path) -> Control {
+        self.state_dir = Some(state_dir.to_path_buf());
+        self
     }
 
     async fn ask<T>(
@@ -52,7 +64,7 @@ impl Control {
         make: impl FnOnce(oneshot::Sender<T>) -> Request,
     ) -> Result<T, FireError> {
         let (reply, answer) = oneshot::channel();
-        self.0.send(make(reply)).await.map_err(|_| FireError::Stopping)?;
+        self.requests.send(make(reply)).await.map_err(|_| FireError::Stopping)?;
         answer.await.map_err(|_| FireError::Stopping)
     }
 
@@ -78,5 +90,20 @@ impl Control {
         let _ = tokio::time::timeout(wait, receiver.wait_for(|b| b.status.is_done())).await;
         let body = receiver.borrow().clone();
         Ok(Some(body))
+    }
+
+    /// The run history, every generation, for `task` (all tasks for `None`); `None` if this
+    /// server was not given a history. Read on a blocking thread: it can be tens of MiB.
+    pub(crate) async fn history(
+        &self,
+        task: Option<&str>,
+    ) -> Option<std::io::Result<crate::history::Loaded>> {
+        let dir = self.state_dir.clone()?;
+        let task = task.map(str::to_string);
+        let read = tokio::task::spawn_blocking(move || {
+            crate::history::read_all(&dir).map(|l| l.for_task(task.as_deref()))
+        })
+        .await;
+        Some(read.unwrap_or_else(|e| Err(std::io::Error::other(e))))
     }
 }

@@ -359,6 +359,7 @@ async fn route(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Resp {
         .await;
     }
     let is_control = path == protocol::ROUTE_STATUS
+        || path == protocol::ROUTE_HISTORY
         || path.starts_with(protocol::ROUTE_TASKS)
         || path.starts_with(protocol::ROUTE_RUNS);
     if !is_control {
@@ -403,6 +404,28 @@ async fn control_route(
         return match control.status().await {
             Ok(status) => json(StatusCode::OK, &status),
             Err(e) => fire_error(&e),
+        };
+    }
+    if path == protocol::ROUTE_HISTORY {
+        if method != Method::GET {
+            return not_allowed("GET");
+        }
+        let task = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("task=")));
+        return match control.history(task).await {
+            Some(Ok(loaded)) => json(StatusCode::OK, &loaded),
+            Some(Err(e)) => {
+                warn!(error = %e, "cannot read the run history for a client");
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    protocol::errors::UNAVAILABLE,
+                    format!("the daemon cannot read its run history: {e}"),
+                )
+            }
+            None => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                protocol::errors::UNAVAILABLE,
+                "this server keeps no run history",
+            ),
         };
     }
     if let Some(rest) = path.strip_prefix(protocol::ROUTE_TASKS) {

@@ -1,5 +1,7 @@
 //! `backupnizza status` and `backupnizza trigger`: ask the running daemon over its socket,
-//! the user daemon's or, when none runs, the system daemon's (see [`target`]).
+//! the user daemon's or, when none runs, the system daemon's (see [`target`]); and the run
+//! history for `history` and `explain`, from `state_dir` or, for a member of a system
+//! daemon's `control_group` who cannot read it, over the socket ([`load_history`]).
 
 use std::time::Duration;
 
@@ -11,6 +13,7 @@ use crate::cli::{StatusArgs, TriggerArgs};
 use crate::client::{Client, ClientError, Response};
 use crate::config::{self, Config, Environment};
 use crate::exit::{Exit, USAGE};
+use crate::history;
 use crate::protocol::{self, RunBody, RunRef, StatusBody};
 
 /// The socket a client talks to, and the ones it looked at to choose it (for the error
@@ -18,6 +21,8 @@ use crate::protocol::{self, RunBody, RunRef, StatusBody};
 struct Target {
     socket: std::path::PathBuf,
     tried: Vec<std::path::PathBuf>,
+    /// Chosen because no user daemon's socket was there and the system daemon's was.
+    system: bool,
 }
 
 fn is_socket(path: &std::path::Path) -> bool {
@@ -31,19 +36,23 @@ fn is_socket(path: &std::path::Path) -> bool {
 /// if one is there. A `socket:` equal to the default counts as not given.
 fn target(config: &Config, env: &Environment, given: Option<&std::path::Path>) -> Target {
     if let Some(socket) = given {
-        return Target { socket: socket.to_path_buf(), tried: Vec::new() };
+        return Target { socket: socket.to_path_buf(), tried: Vec::new(), system: false };
     }
     if config.socket != env.default_socket() {
-        return Target { socket: config.socket.clone(), tried: Vec::new() };
+        return Target { socket: config.socket.clone(), tried: Vec::new(), system: false };
     }
     if let Some(recorded) = crate::broker::socket::recorded(&config.state_dir) {
-        return Target { socket: recorded, tried: Vec::new() };
+        return Target { socket: recorded, tried: Vec::new(), system: false };
     }
     let system = std::path::PathBuf::from(config::SYSTEM_SOCKET);
     if !is_socket(&config.socket) && is_socket(&system) {
-        return Target { socket: system, tried: vec![config.socket.clone()] };
+        return Target { socket: system, tried: vec![config.socket.clone()], system: true };
     }
-    Target { socket: config.socket.clone(), tried: vec![config.socket.clone(), system] }
+    Target {
+        socket: config.socket.clone(),
+        tried: vec![config.socket.clone(), system],
+        system: false,
+    }
 }
 
 fn client_for(target: &Target) -> Client {
@@ -90,6 +99,55 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
+}
+
+/// The run history and where it came from (a file, or the daemon at a socket).
+///
+/// `state_dir` is read directly, so `history` and `explain` work with no daemon running
+/// (after a crash, say). The daemon is asked instead when `--socket` is given, when the
+/// directory cannot be read (a system daemon's, for a member of its `control_group`), or
+/// when it holds no history and the client would talk to the system daemon (a member's own
+/// `state_dir` is not the daemon's).
+pub(super) fn load_history(
+    config: &Config,
+    env: &Environment,
+    given: Option<&std::path::Path>,
+    task: Option<&str>,
+) -> anyhow::Result<(history::Loaded, String)> {
+    let file = config.state_dir.join(history::FILE_NAME);
+    let local = if given.is_some() { None } else { Some(history::read_all(&config.state_dir)) };
+    let target = target(config, env, given);
+    let denied = match local {
+        None => None,
+        Some(Ok(loaded)) => {
+            if !loaded.records.is_empty() || !loaded.bad_lines.is_empty() || !target.system {
+                return Ok((loaded.for_task(task), file.display().to_string()));
+            }
+            None
+        }
+        Some(Err(e)) if e.kind() == std::io::ErrorKind::PermissionDenied => Some(e),
+        Some(Err(e)) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("cannot read the run history {}", file.display())));
+        }
+    };
+    let client = client_for(&target).with_max_response(protocol::MAX_HISTORY_RESPONSE);
+    let path = match task {
+        Some(task) => format!("{}?task={task}", protocol::ROUTE_HISTORY),
+        None => protocol::ROUTE_HISTORY.to_string(),
+    };
+    let response = runtime()?.block_on(call(&client, &target, Method::GET, &path)).map_err(
+        |e| match &denied {
+            Some(why) => e.context(format!(
+                "cannot read the run history {} ({why}), nor ask the daemon for it",
+                file.display()
+            )),
+            None => e,
+        },
+    )?;
+    let loaded: history::Loaded =
+        serde_json::from_slice(&response.body).context("unexpected history answer")?;
+    Ok((loaded, format!("the daemon's history (asked at {})", target.socket.display())))
 }
 
 pub fn status(args: &StatusArgs, env: &Environment) -> anyhow::Result<()> {

@@ -10,7 +10,7 @@ use jiff::{SignedDuration, Timestamp};
 use super::{load_config, print, require_task, rfc3339};
 use crate::cli::ExplainArgs;
 use crate::config::Environment;
-use crate::history::{self, Record};
+use crate::history::Record;
 
 /// Most occurrences listed (a minutely task over a week has ten thousand).
 const MAX_LINES: usize = 500;
@@ -26,7 +26,8 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
     let config = load_config(&args.config, env)?;
     let task = require_task(&config, &args.task)?;
     let tz = &task.zone.tz;
-    let loaded = history::read_all(&config.state_dir)?;
+    let (loaded, _) =
+        super::control::load_history(&config, env, args.socket.as_deref(), Some(&task.name))?;
     let records = &loaded.records;
     let now = Timestamp::now();
     let since =

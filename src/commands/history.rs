@@ -1,18 +1,20 @@
-//! `backupnizza history [TASK]`: past runs and skipped occurrences, from the history file.
+//! `backupnizza history [TASK]`: past runs and skipped occurrences, from the history file
+//! (or the daemon's, over its socket: see [`super::control::load_history`]).
 
 use std::time::Duration;
 
 use super::{load_config, print, require_task};
 use crate::cli::HistoryArgs;
 use crate::config::Environment;
-use crate::history::{self, Record};
+use crate::history::Record;
 
 pub fn run(args: &HistoryArgs, env: &Environment) -> anyhow::Result<()> {
     let config = load_config(&args.config, env)?;
     if let Some(task) = &args.task {
         require_task(&config, task)?;
     }
-    let loaded = history::read_all(&config.state_dir)?;
+    let (loaded, source) =
+        super::control::load_history(&config, env, args.socket.as_deref(), args.task.as_deref())?;
     let records = &loaded.records;
     let mut lines = Vec::new();
     for record in records {
@@ -38,11 +40,7 @@ pub fn run(args: &HistoryArgs, env: &Environment) -> anyhow::Result<()> {
     }
     print(|out| {
         if lines.is_empty() {
-            writeln!(
-                out,
-                "no runs recorded in {}",
-                config.state_dir.join(history::FILE_NAME).display()
-            )?;
+            writeln!(out, "no runs recorded in {source}")?;
         }
         let skip = lines.len().saturating_sub(args.count);
         for line in &lines[skip..] {

@@ -7,6 +7,9 @@
 //! desktop user's 0700 directory, readable only through `CAP_DAC_READ_SEARCH`, goes to an
 //! append-only `rclone serve restic` and restores byte for byte.
 //!
+//! The clients find such a daemon at `/run/backupnizza/secretbox.sock` with no `--socket`,
+//! and its members read its history over the socket.
+//!
 //! Root only (CI runs as root): the test makes a group with `groupadd` (removed by a guard,
 //! even when an assertion fails) and starts processes as uids nobody else uses.
 
@@ -257,6 +260,24 @@ fn another_uid_cannot_reach_the_task_or_its_secrets_while_the_control_group_can_
     assert!(waited.status.success(), "{}", show(&waited));
     assert!(text(&waited.stdout).contains("success"), "{}", show(&waited));
 
+    // The member cannot read the daemon's state_dir, so `history` and `explain` ask the
+    // daemon over the socket; the desktop uid can do neither.
+    let state = scratch.path().join("state/history.jsonl");
+    let direct = sh(&member_creds, &format!("cat {}", state.display()));
+    assert!(!direct.status.success(), "the member read the history file: {}", show(&direct));
+    let hist =
+        run_as(&scratch, &member_creds, &backupnizza, &["history", "quick", "-c", config_arg]);
+    assert!(hist.status.success(), "{}", show(&hist));
+    assert!(text(&hist.stdout).contains("quick  success"), "{}", show(&hist));
+    let explained =
+        run_as(&scratch, &member_creds, &backupnizza, &["explain", "quick", "-c", config_arg]);
+    assert!(explained.status.success(), "{}", show(&explained));
+    assert!(text(&explained.stdout).contains("success"), "{}", show(&explained));
+    let refused = run_as(&scratch, &desktop_creds, &backupnizza, &["history", "-c", config_arg]);
+    assert_eq!(refused.status.code(), Some(1), "{}", show(&refused));
+    assert!(text(&refused.stderr).contains("Permission denied"), "{}", show(&refused));
+    assert!(!text(&refused.stdout).contains("quick"), "{}", show(&refused));
+
     // None of it touched the task's token: the task redeems it now.
     std::fs::write(dir.join("go"), "").unwrap();
     wait_until("the task's redemption", || {
@@ -296,7 +317,7 @@ fn the_dedicated_uid_backs_up_another_users_private_directory_through_the_capabi
         dir.display()
     );
     let body = format!(
-        "control_group: {g}\nsecrets:\n  repo: {{file: {d}/pw}}\ntasks:\n  init:\n    {TRIGGERED}\n    command: [restic, init]\n{env}  backup:\n    {TRIGGERED}\n    command: [restic, backup, --host, testhost, {data}]\n{env}",
+        "control_group: {g}\nsecrets:\n  repo: {{file: {d}/pw}}\ntasks:\n  init:\n    {TRIGGERED}\n    command: [restic, init]\n{env}  backup:\n    {TRIGGERED}\n    command: [restic, backup, --limit-upload, '32', --host, testhost, {data}]\n{env}",
         g = group.name,
         d = dir.display(),
         data = data.display(),
@@ -360,7 +381,55 @@ fn the_dedicated_uid_backs_up_another_users_private_directory_through_the_capabi
     capable
         .extend(["--inh-caps=+dac_read_search".into(), "--ambient-caps=+dac_read_search".into()]);
     let daemon = scratch.start_daemon_privs(&config, Some((daemon_uid, &capable)), |_| {});
-    let backup = trigger("backup");
+    let waiting = scratch
+        .command("setpriv")
+        .args(creds(daemon_uid, group.gid, &[]))
+        .arg("--")
+        .arg(bin.join("backupnizza"))
+        .args(["trigger", "--wait", "backup", "-c", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // While restic runs (uploads are throttled to make that seconds), the desktop uid tries
+    // what a same-uid attacker does to restic: stop it, read its environment, open the pipe
+    // its password came through. Each is refused by the kernel.
+    let restic = || {
+        std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            (comm.trim_end() == "restic"
+                && backupnizza::broker::peer::descends_from(pid, daemon.pid()))
+            .then_some(pid)
+        })
+    };
+    wait_until("restic, run by the daemon", || restic().is_some());
+    let pid = restic().unwrap();
+    let desktop_creds = creds(desktop, desktop, &[]);
+    for attack in [
+        format!("kill -STOP {pid}"),
+        format!("cat /proc/{pid}/environ"),
+        format!("ls /proc/{pid}/fd"),
+        format!("cat /proc/{pid}/fd/0 /proc/{pid}/fd/3 /proc/{pid}/fd/4"),
+    ] {
+        let out = run_as(&scratch, &desktop_creds, Path::new("sh"), &["-c", &attack]);
+        assert!(!out.status.success(), "{attack}: {}", show(&out));
+        assert!(!text(&out.stdout).contains(&password), "{attack} read the password");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("not permitted") || stderr.contains("Permission denied"),
+            "{attack}: {}",
+            show(&out)
+        );
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('T'),
+        "stopped: {stat}"
+    );
+
+    let backup = waiting.wait_with_output().unwrap();
     assert!(backup.status.success(), "{}\n{}", show(&backup), daemon.log_text());
     assert_eq!(last_backup()["status"], "success");
     let log = daemon.log_text();
@@ -383,6 +452,92 @@ fn the_dedicated_uid_backs_up_another_users_private_directory_through_the_capabi
         assert!(got == *bytes, "{name} differs after restore");
     }
     drop(server);
+    drop(group);
+}
+
+/// Removes the system daemon's runtime directory, as systemd does when the unit stops.
+struct RuntimeDir(std::path::PathBuf);
+
+impl Drop for RuntimeDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The clients' fallback, end to end: a daemon of the dedicated uid listens where the
+/// system unit puts it (`XDG_RUNTIME_DIR=/run`, so `/run/backupnizza/secretbox.sock`, a
+/// directory systemd's `RuntimeDirectory=` creates for the account), with no `socket:` or
+/// `state_dir:` in the task file; a member of `control_group:` with no daemon of their own
+/// runs `status`, `trigger --wait`, `history` and `explain` with no `--socket`, and each
+/// finds the system daemon (the member's own, empty `state_dir` is not the daemon's).
+#[test]
+fn a_member_without_a_user_daemon_finds_the_system_daemon_for_every_command() {
+    if skip_unless_root() {
+        return;
+    }
+    let runtime = Path::new(backupnizza::config::SYSTEM_SOCKET).parent().unwrap().to_path_buf();
+    if runtime.exists() {
+        eprintln!("SKIPPED: {} exists: a system daemon runs on this machine", runtime.display());
+        return;
+    }
+    let group = TempGroup::create();
+    let daemon_uid = free_uid(62_500);
+    let member = free_uid(daemon_uid + 1);
+    let scratch = Scratch::new();
+    let dir = scratch.path().to_path_buf();
+    let config = scratch.write(
+        "backup.yaml",
+        format!(
+            "control_group: {g}\ntasks:\n  t:\n    {TRIGGERED}\n    command: ['true']\n",
+            g = group.name
+        ),
+    );
+    let bin = scratch.bin_as_user(daemon_uid);
+    chown_tree(&dir, daemon_uid, daemon_uid);
+    chmod(&dir, 0o755);
+    chmod(&config, 0o644);
+    std::fs::create_dir(&runtime).unwrap();
+    let _runtime = RuntimeDir(runtime.clone());
+    chown_tree(&runtime, daemon_uid, daemon_uid);
+    chmod(&runtime, 0o700);
+    let daemon_state = dir.join("var-lib");
+    let daemon_creds = creds(daemon_uid, group.gid, &[]);
+    let daemon = scratch.start_daemon_privs(&config, Some((daemon_uid, &daemon_creds)), |cmd| {
+        cmd.env("XDG_RUNTIME_DIR", "/run").env("XDG_STATE_HOME", &daemon_state);
+    });
+    assert!(
+        daemon.log_text().contains(backupnizza::config::SYSTEM_SOCKET),
+        "{}",
+        daemon.log_text()
+    );
+
+    // The member's environment is the harness's: its own XDG_RUNTIME_DIR (no socket there)
+    // and XDG_STATE_HOME (no history there).
+    let member_creds = creds(member, member, &[group.gid]);
+    let backupnizza = bin.join("backupnizza");
+    let config_arg = config.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["-c", config_arg]);
+        run_as(&scratch, &member_creds, &backupnizza, &all)
+    };
+    let status = run(&["status"]);
+    assert!(status.status.success(), "{}", show(&status));
+    assert!(text(&status.stdout).contains(backupnizza::config::SYSTEM_SOCKET), "{}", show(&status));
+    let waited = run(&["trigger", "--wait", "t"]);
+    assert!(waited.status.success(), "{}", show(&waited));
+    let hist = run(&["history", "t"]);
+    assert!(hist.status.success(), "{}", show(&hist));
+    assert!(text(&hist.stdout).contains("t  success"), "{}", show(&hist));
+    let explained = run(&["explain", "t"]);
+    assert!(explained.status.success(), "{}", show(&explained));
+    assert!(text(&explained.stdout).contains("manual run"), "{}", show(&explained));
+
+    // The records came from the daemon's state_dir, which the member cannot read.
+    let file = daemon_state.join("backupnizza/history.jsonl");
+    let direct = run_as(&scratch, &member_creds, Path::new("cat"), &[file.to_str().unwrap()]);
+    assert!(!direct.status.success(), "{}", show(&direct));
+    assert!(daemon.stop().success());
     drop(group);
 }
 
