@@ -245,7 +245,9 @@ fn parse_every(source: &str, arg: &str) -> Result<Schedule, ScheduleError> {
 
 impl Cron {
     fn parse(text: &str) -> Result<Cron, ScheduleError> {
-        let parts: Vec<&str> = text.split_whitespace().collect();
+        // Spaces and tabs only, as cronie splits: any other whitespace is part of a field,
+        // and then an error there, rather than a field boundary cron would not see.
+        let parts: Vec<&str> = text.split([' ', '\t']).filter(|p| !p.is_empty()).collect();
         if parts.len() != 5 {
             return Err(ScheduleError::FieldCount { found: parts.len() });
         }
@@ -409,8 +411,9 @@ fn parse_field(field: Field, text: &str) -> Result<u64, ScheduleError> {
         }
         let (range, step) = match item.split_once('/') {
             Some((range, step)) => {
-                let step: u32 =
-                    step.parse().map_err(|_| fail(format!("step {step:?} is not a number")))?;
+                let step: u32 = digits(step)
+                    .and_then(|d| d.parse().ok())
+                    .ok_or_else(|| fail(format!("step {step:?} is not a number")))?;
                 if step == 0 {
                     return Err(fail("step must be at least 1".into()));
                 }
@@ -421,10 +424,15 @@ fn parse_field(field: Field, text: &str) -> Result<u64, ScheduleError> {
         let (start, end) = if range == "*" {
             (min, if field == Field::DayOfWeek { 6 } else { max })
         } else if let Some((a, b)) = range.split_once('-') {
-            let (a, b) = (value(field, a).map_err(fail)?, value(field, b).map_err(fail)?);
+            let (a, mut b) = (value(field, a).map_err(fail)?, value(field, b).map_err(fail)?);
+            // A weekday range that ends on Sunday as 0 (`mon-sun`, `5-0`) ends on 7, as in
+            // cronie.
+            if field == Field::DayOfWeek && b == 0 && a > 0 {
+                b = 7;
+            }
             if a > b {
                 let hint = if field == Field::DayOfWeek {
-                    " (ranges cannot wrap past Saturday; write e.g. sat,sun or 6-7)"
+                    " (ranges cannot wrap past Sunday; write e.g. sat,mon or 6-7,1)"
                 } else {
                     " (ranges cannot wrap around)"
                 };
@@ -433,8 +441,14 @@ fn parse_field(field: Field, text: &str) -> Result<u64, ScheduleError> {
             (a, b)
         } else {
             let a = value(field, range).map_err(fail)?;
-            // `a/n` means `a-max/n`, as in cronie and most modern crons.
-            (a, if step.is_some() { max } else { a })
+            // cronie rejects a step after a lone number (`5/5`); some crons read it as
+            // `5-max/5`. Rejected here too, with the spelling that means the latter.
+            if let Some(n) = step {
+                return Err(fail(format!(
+                    "a step needs a range or * before it: write {a}-{max}/{n} (or */{n})"
+                )));
+            }
+            (a, a)
         };
         let step = step.unwrap_or(1);
         let mut v = start;
@@ -454,7 +468,8 @@ fn value(field: Field, text: &str) -> Result<u32, String> {
     if text.is_empty() {
         return Err("missing number in range".into());
     }
-    if let Ok(n) = text.parse::<u32>() {
+    // Plain digits, as cronie reads them: `parse` alone would take a leading `+`.
+    if let Some(n) = digits(text).and_then(|d| d.parse::<u32>().ok()) {
         return if (min..=max).contains(&n) {
             Ok(n)
         } else {
@@ -470,6 +485,11 @@ fn value(field: Field, text: &str) -> Result<u32, String> {
         Field::DayOfWeek => format!("{text:?} is neither a number 0-7 nor a day name (sun-sat)"),
         _ => format!("{text:?} is not a number in {min}-{max}"),
     })
+}
+
+/// `text` if it is one or more ASCII digits.
+fn digits(text: &str) -> Option<&str> {
+    (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())).then_some(text)
 }
 
 #[cfg(test)]

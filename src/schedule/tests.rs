@@ -45,7 +45,7 @@ fn parse_errors_name_the_field_and_the_reason() {
         ("*/0 * * * *", "minute field \"*/0\": step must be at least 1"),
         ("1/99999999999 * * * *", "step \"99999999999\" is not a number"),
         ("5-3 * * * *", "range \"5-3\" starts after it ends"),
-        ("0 0 * * sat-sun", "cannot wrap past Saturday"),
+        ("0 0 * * sat-mon", "cannot wrap past Sunday"),
         ("1,,2 * * * *", "empty list item"),
         ("0 3 * *", "expected 5 fields"),
         ("0 0 3 * * *", "seconds and years are not supported"),
@@ -68,7 +68,7 @@ fn parse_errors_name_the_field_and_the_reason() {
 fn huge_steps_do_not_overflow() {
     // Regression: `v += step` overflowed for steps near u32::MAX.
     assert_eq!(
-        next_n("1/4294967295 * * * *", "UTC", "2026-01-01T00:00:00Z", 2),
+        next_n("1-59/4294967295 * * * *", "UTC", "2026-01-01T00:00:00Z", 2),
         ["2026-01-01T00:01:00+00:00", "2026-01-01T01:01:00+00:00"]
     );
 }
@@ -92,15 +92,72 @@ fn names_macros_and_sunday_seven() {
     assert_eq!(next_n("@monthly", "UTC", after, 1), ["2026-02-01T00:00:00+00:00"]);
     assert_eq!(next_n("@annually", "UTC", after, 1), ["2027-01-01T00:00:00+00:00"]);
     assert_eq!(next_n("@yearly", "UTC", after, 1), next_n("@annually", "UTC", after, 1));
-    // Steps over ranges and `a/n` (from a to the end of the field).
+    // Steps over ranges.
     assert_eq!(
         next_n("10-20/5 0 * * *", "UTC", after, 3),
         ["2026-01-01T00:10:00+00:00", "2026-01-01T00:15:00+00:00", "2026-01-01T00:20:00+00:00"]
     );
     assert_eq!(
-        next_n("50/5 0 * * *", "UTC", after, 3),
+        next_n("50-59/5 0 * * *", "UTC", after, 3),
         ["2026-01-01T00:50:00+00:00", "2026-01-01T00:55:00+00:00", "2026-01-02T00:50:00+00:00"]
     );
+}
+
+// ---- cronie's edge rules (entry.c), one test each ------------------------------------
+
+#[test]
+fn cronie_rule_a_step_after_a_lone_number_is_an_error_with_the_range_to_write() {
+    let err = Schedule::parse("5/5 * * * *").unwrap_err().to_string();
+    assert!(err.contains("minute field \"5/5\""), "{err}");
+    assert!(err.contains("write 5-59/5"), "{err}");
+    let err = Schedule::parse("0 1/2 * * *").unwrap_err().to_string();
+    assert!(err.contains("write 1-23/2"), "{err}");
+    assert!(Schedule::parse("5-59/5 * * * *").is_ok());
+    assert!(Schedule::parse("*/5 * * * *").is_ok());
+}
+
+#[test]
+fn cronie_rule_a_weekday_range_ending_in_0_or_sun_ends_on_sunday_as_7() {
+    let after = "2026-01-01T00:00:00Z"; // a Thursday
+    let week = next_n("0 12 * * *", "UTC", after, 7);
+    assert_eq!(next_n("0 12 * * mon-sun", "UTC", after, 7), week);
+    assert_eq!(next_n("0 12 * * 1-0", "UTC", after, 7), week);
+    // `5-0` is Friday to Sunday: Fri 2, Sat 3, Sun 4, then Fri 9.
+    assert_eq!(
+        next_n("0 12 * * 5-0", "UTC", after, 4),
+        [
+            "2026-01-02T12:00:00+00:00",
+            "2026-01-03T12:00:00+00:00",
+            "2026-01-04T12:00:00+00:00",
+            "2026-01-09T12:00:00+00:00"
+        ]
+    );
+    assert_eq!(
+        next_n("0 12 * * sat-sun", "UTC", after, 2),
+        next_n("0 12 * * 6,0", "UTC", after, 2)
+    );
+}
+
+#[test]
+fn cronie_rule_fields_are_split_on_spaces_and_tabs_only() {
+    assert!(Schedule::parse("0\t3 * *\t*").is_ok());
+    assert!(Schedule::parse("0  3   * * *").is_ok());
+    for other in ["\u{a0}", "\u{2003}", "\u{3000}"] {
+        let text = format!("0{other}3 * * * *");
+        let err = Schedule::parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("expected 5 fields") || err.contains("minute field"),
+            "{text:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn cronie_rule_numbers_are_plain_digits_without_a_sign() {
+    for expr in ["+5 * * * *", "0 +3 * * *", "*/+5 * * * *", "0 0 * * +1", "0 0 1-+5 * *"] {
+        assert!(Schedule::parse(expr).is_err(), "{expr:?} was accepted");
+    }
+    assert!(Schedule::parse("05 03 * * *").is_ok(), "leading zeros are digits");
 }
 
 #[test]
