@@ -1,6 +1,7 @@
 //! Schedules: when a task fires, with the semantics cron users expect.
 //!
-//! A schedule is a 5-field cron expression, a macro (`@daily`, ...) or `@every <duration>`.
+//! A schedule is a 5-field cron expression, a macro (`@daily`, ...), `@every <duration>`,
+//! or `manual` (never fires; only `backupnizza trigger` runs the task).
 //! Cron expressions follow Vixie cron / cronie (see `docs/configuration.md#schedule`):
 //!
 //! - 0 and 7 are Sunday; month and weekday names are accepted in any case;
@@ -44,6 +45,9 @@ enum Kind {
     /// Fires every interval, counted from whatever instant the caller anchors it to
     /// (the daemon's start).
     Every(Duration),
+    /// `manual`: never fires by itself; `backupnizza trigger` runs it (restores, `init`,
+    /// `unlock`).
+    Manual,
 }
 
 /// The five fields of a cron expression as bit sets.
@@ -160,7 +164,9 @@ impl Schedule {
         if source.is_empty() {
             return Err(ScheduleError::Empty);
         }
-        let kind = if let Some(rest) = source.strip_prefix('@') {
+        let kind = if source.eq_ignore_ascii_case("manual") {
+            Kind::Manual
+        } else if let Some(rest) = source.strip_prefix('@') {
             let (word, arg) = match rest.split_once(char::is_whitespace) {
                 Some((word, arg)) => (word, arg.trim()),
                 None => (rest, ""),
@@ -195,8 +201,13 @@ impl Schedule {
     pub fn interval(&self) -> Option<Duration> {
         match self.kind {
             Kind::Every(d) => Some(d),
-            Kind::Cron(_) => None,
+            Kind::Cron(_) | Kind::Manual => None,
         }
+    }
+
+    /// Whether this is `manual`: the task runs only when triggered.
+    pub fn is_manual(&self) -> bool {
+        matches!(self.kind, Kind::Manual)
     }
 
     /// Whether cronie's fixed-time rules apply: a cron expression with no `*` at the start
@@ -204,15 +215,16 @@ impl Schedule {
     pub(crate) fn is_fixed_time(&self) -> bool {
         match &self.kind {
             Kind::Cron(cron) => cron.fixed_time,
-            Kind::Every(_) => false,
+            Kind::Every(_) | Kind::Manual => false,
         }
     }
 
     /// The first instant strictly after `after` at which the schedule fires, evaluated in
     /// `tz`. `@every` schedules return `after + interval`: the caller anchors them.
-    /// `None` when nothing fires within the next 30 years.
+    /// `None` when nothing fires within the next 30 years, and always for `manual`.
     pub fn next_after(&self, after: Timestamp, tz: &TimeZone) -> Option<Timestamp> {
         match &self.kind {
+            Kind::Manual => None,
             Kind::Every(interval) => {
                 let step = SignedDuration::try_from(*interval).ok()?;
                 after.checked_add(step).ok()

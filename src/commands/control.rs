@@ -201,7 +201,11 @@ pub fn status(args: &StatusArgs, env: &Environment) -> anyhow::Result<()> {
                 out,
                 "{:width$}  {when:25}  {result:32}  {}",
                 task.name,
-                task.next.as_deref().unwrap_or("-")
+                task.next.as_deref().unwrap_or(if task.schedule.eq_ignore_ascii_case("manual") {
+                    "manual (trigger)"
+                } else {
+                    "-"
+                })
             )?;
         }
         Ok(())

@@ -33,6 +33,7 @@ pub fn run(args: &ValidateArgs, env: &Environment) -> anyhow::Result<()> {
         )?;
         for task in &config.tasks {
             let next = match task.schedule.interval() {
+                _ if task.schedule.is_manual() => "runs only when triggered".to_string(),
                 Some(_) => "counted from daemon start".to_string(),
                 None => match task.schedule.next_after(now, &task.zone.tz) {
                     Some(at) => format!("next {}", rfc3339(at, &task.zone.tz)),

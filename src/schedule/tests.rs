@@ -103,6 +103,20 @@ fn names_macros_and_sunday_seven() {
     );
 }
 
+#[test]
+fn manual_never_fires_and_is_not_an_interval() {
+    let tz = TimeZone::UTC;
+    for text in ["manual", "MANUAL", " manual "] {
+        let s = Schedule::parse(text).unwrap();
+        assert!(s.is_manual(), "{text:?}");
+        assert_eq!(s.next_after("2026-01-01T00:00:00Z".parse().unwrap(), &tz), None);
+        assert_eq!(s.interval(), None);
+        assert!(!s.is_fixed_time());
+    }
+    assert!(Schedule::parse("manually").is_err());
+    assert!(!Schedule::parse("@daily").unwrap().is_manual());
+}
+
 // ---- cronie's edge rules (entry.c), one test each ------------------------------------
 
 #[test]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{Scratch, TRIGGERED, canary, history, trigger};
+use crate::harness::{Scratch, TRIGGERED, canary, history, trigger, wait_until};
 
 fn records<'a>(all: &'a [serde_json::Value], kind: &str, task: &str) -> Vec<&'a serde_json::Value> {
     all.iter().filter(|r| r["type"] == kind && r["task"] == task).collect()
@@ -213,6 +213,46 @@ fn status_trigger_and_history_talk_to_the_daemon() {
     down.expect_code(1);
     assert!(down.stderr().contains("is the daemon running"), "{down}");
     scratch.backupnizza(["history", "-c"]).run_with(&config).expect_code(0);
+}
+
+/// `schedule: manual` never fires by itself: while an `@every 1s` task fires three times, the
+/// manual one has no start record; `trigger --wait` runs it; `status`, `validate` and `next`
+/// say it runs only when triggered.
+#[test]
+fn a_manual_task_never_fires_and_runs_when_triggered() {
+    let scratch = Scratch::new();
+    let config = scratch.config(
+        "tasks:\n  restore:\n    schedule: manual\n    command: [echo, restored]\n  tick:\n    schedule: '@every 1s'\n    command: ['true']\n",
+    );
+    let validate = scratch.backupnizza(["validate", "-c"]).run_with(&config);
+    validate.expect_code(0);
+    assert!(validate.stdout().contains("runs only when triggered"), "{validate}");
+    let next = scratch.backupnizza(["next", "restore", "-c"]).run_with(&config);
+    next.expect_code(0);
+    assert!(next.stdout().trim().is_empty(), "{next}");
+
+    let daemon = scratch.start_daemon(&config);
+    wait_until("three ticks", || {
+        history(&scratch).iter().filter(|r| r["type"] == "end" && r["task"] == "tick").count() >= 3
+    });
+    assert!(
+        !history(&scratch).iter().any(|r| r["task"] == "restore"),
+        "the manual task fired by itself"
+    );
+    let status = scratch.backupnizza(["status", "-c"]).run_with(&config);
+    assert!(
+        status.stdout().lines().any(|l| l.starts_with("restore") && l.contains("manual (trigger)")),
+        "{status}"
+    );
+    let run = trigger(&scratch, &config, "restore", true);
+    run.expect_code(0);
+    let starts: Vec<_> = history(&scratch)
+        .into_iter()
+        .filter(|r| r["type"] == "start" && r["task"] == "restore")
+        .collect();
+    assert_eq!(starts.len(), 1, "{starts:?}");
+    assert_eq!(starts[0]["trigger"], "trigger", "a run of `backupnizza trigger`");
+    assert!(daemon.stop().success());
 }
 
 #[test]
