@@ -464,8 +464,7 @@ async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::Result<Finis
             .with_redeemers(redeemers)
             .with_control_group(config.control_group.as_ref().map(|g| g.gid)),
     );
-    let (control, requests) = Control::channel();
-    let control = control.with_history(&config.state_dir);
+    let (control, requests) = Control::channel(&config.state_dir);
     let (events_tx, events) = mpsc::unbounded_channel();
     let runner = Runner {
         broker: broker.clone(),

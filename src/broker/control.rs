@@ -38,7 +38,7 @@ pub(crate) enum FireError {
 #[derive(Clone)]
 pub(crate) struct Control {
     requests: mpsc::Sender<Request>,
-    state_dir: Option<PathBuf>,
+    state_dir: PathBuf,
 }
 
 /// Control requests waiting for the state owner; more wait for room (the routes are the
@@ -46,17 +46,11 @@ pub(crate) struct Control {
 const QUEUE: usize = 64;
 
 impl Control {
-    /// A handle and the receiving end for the state owner.
-    pub(crate) fn channel() -> (Control, mpsc::Receiver<Request>) {
+    /// A handle and the receiving end for the state owner; `GET /v1/history` is served from
+    /// the history files in `state_dir`.
+    pub(crate) fn channel(state_dir: &Path) -> (Control, mpsc::Receiver<Request>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        (Control { requests: tx, state_dir: None }, rx)
-    }
-
-    /// Serves `GET /v1/history` from the history files in `state_dir`.
-    #[must_use]
-    pub(crate) fn with_history(mut self, state_dir: &Path) -> Control {
-        self.state_dir = Some(state_dir.to_path_buf());
-        self
+        (Control { requests: tx, state_dir: state_dir.to_path_buf() }, rx)
     }
 
     async fn ask<T>(
@@ -92,18 +86,18 @@ impl Control {
         Ok(Some(body))
     }
 
-    /// The run history, every generation, for `task` (all tasks for `None`); `None` if this
-    /// server was not given a history. Read on a blocking thread: it can be tens of MiB.
+    /// The run history, every generation, for `task` (all tasks for `None`). Read on a
+    /// blocking thread: it can be tens of MiB.
     pub(crate) async fn history(
         &self,
         task: Option<&str>,
-    ) -> Option<std::io::Result<crate::history::Loaded>> {
-        let dir = self.state_dir.clone()?;
+    ) -> std::io::Result<crate::history::Loaded> {
+        let dir = self.state_dir.clone();
         let task = task.map(str::to_string);
-        let read = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             crate::history::read_all(&dir).map(|l| l.for_task(task.as_deref()))
         })
-        .await;
-        Some(read.unwrap_or_else(|e| Err(std::io::Error::other(e))))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 }

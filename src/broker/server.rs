@@ -412,8 +412,8 @@ async fn control_route(
         }
         let task = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("task=")));
         return match control.history(task).await {
-            Some(Ok(loaded)) => json(StatusCode::OK, &loaded),
-            Some(Err(e)) => {
+            Ok(loaded) => json(StatusCode::OK, &loaded),
+            Err(e) => {
                 warn!(error = %e, "cannot read the run history for a client");
                 error(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -421,11 +421,6 @@ async fn control_route(
                     format!("the daemon cannot read its run history: {e}"),
                 )
             }
-            None => error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                protocol::errors::UNAVAILABLE,
-                "this server keeps no run history",
-            ),
         };
     }
     if let Some(rest) = path.strip_prefix(protocol::ROUTE_TASKS) {
