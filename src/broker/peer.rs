@@ -98,18 +98,13 @@ pub fn ancestry(pid: u32, ancestor: u32) -> Ancestry {
     Ancestry::Unknown
 }
 
-/// `pid` and its ancestors, nearest first, up to init; `None` when the chain breaks (a
-/// process exited under us, or we may not look) or runs deeper than real trees do.
-pub fn lineage(pid: u32) -> Option<Vec<u32>> {
-    lineage_until(pid, 1)
-}
-
-/// [`lineage`], ending at `stop` (included) if the chain meets it before init. A redemption
-/// asks for the chain up to the daemon only: above it nothing can be a task, and each step
-/// is a read of `/proc` on the hot path (walking on to init tripled its cost).
-pub fn lineage_until(pid: u32, stop: u32) -> Option<Vec<u32>> {
-    let mut chain = vec![pid];
-    let mut current = pid;
+/// `chain` (nearest first, never empty) extended with the ancestors of its last pid, up to
+/// `stop` (included) or init; `None` when the chain breaks (a process exited under us, or we
+/// may not look) or runs deeper than real trees do. A redemption asks for the chain up to
+/// the daemon only: above it nothing can be a task, and each step is a read of `/proc` on
+/// the hot path (walking on to init tripled its cost).
+fn extend_lineage(mut chain: Vec<u32>, stop: u32) -> Option<Vec<u32>> {
+    let mut current = *chain.last()?;
     while current > 1 && current != stop {
         if chain.len() > MAX_DEPTH {
             return None;
@@ -126,7 +121,7 @@ pub fn lineage_until(pid: u32, stop: u32) -> Option<Vec<u32>> {
     Some(chain)
 }
 
-/// The lineage of a connected peer up to `stop` ([`lineage_until`]), and proof that it is
+/// The lineage of a connected peer up to `stop` ([`extend_lineage`]), and proof that it is
 /// the lineage of the process that connected: its start time must still be `started`, the
 /// one read at accept. On Linux the peer's parent and start time come from one read of its
 /// stat line (one `/proc` open fewer per redemption than reading them apart); elsewhere the
@@ -149,13 +144,11 @@ pub fn peer_lineage(pid: u32, started: Option<u64>, stop: u32) -> Result<Vec<u32
         if parent == pid {
             return Err(UNREADABLE);
         }
-        let mut chain = lineage_until(parent, stop).ok_or(UNREADABLE)?;
-        chain.insert(0, pid);
-        if chain.len() > MAX_DEPTH { Err(UNREADABLE) } else { Ok(chain) }
+        extend_lineage(vec![pid, parent], stop).ok_or(UNREADABLE)
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let chain = lineage_until(pid, stop).ok_or(UNREADABLE)?;
+        let chain = extend_lineage(vec![pid], stop).ok_or(UNREADABLE)?;
         if start_time(pid) == Some(started) { Ok(chain) } else { Err(EXITED) }
     }
 }
@@ -334,15 +327,15 @@ mod tests {
     #[test]
     fn the_lineage_runs_from_the_process_to_init() {
         let me = std::process::id();
-        let chain = lineage(me).unwrap();
+        let chain = extend_lineage(vec![me], 1).unwrap();
         assert_eq!(chain[0], me);
         assert_eq!(chain[1], parent_of(me).unwrap());
-        assert_eq!(lineage(u32::MAX - 1), None);
+        assert_eq!(extend_lineage(vec![u32::MAX - 1], 1), None);
         // Cut at a process on the way, or run on to init when the chain does not meet it.
         let parent = parent_of(me).unwrap();
-        assert_eq!(lineage_until(me, parent).unwrap(), [me, parent]);
-        assert_eq!(lineage_until(me, me).unwrap(), [me]);
-        assert_eq!(lineage_until(me, u32::MAX - 1).unwrap(), chain);
+        assert_eq!(extend_lineage(vec![me], parent).unwrap(), [me, parent]);
+        assert_eq!(extend_lineage(vec![me], me).unwrap(), [me]);
+        assert_eq!(extend_lineage(vec![me], u32::MAX - 1).unwrap(), chain);
         assert!(start_time(me).is_some_and(|t| t > 0));
         // A peer's lineage holds only while its start time is the one seen at accept.
         assert_eq!(peer_lineage(me, start_time(me), parent).unwrap(), [me, parent]);
