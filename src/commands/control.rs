@@ -197,16 +197,13 @@ pub fn status(args: &StatusArgs, env: &Environment) -> anyhow::Result<()> {
                 (Some(last), false) => (last.ended.clone().unwrap_or_default(), describe(last)),
                 (None, false) => ("never".to_string(), "-".to_string()),
             };
-            writeln!(
-                out,
-                "{:width$}  {when:25}  {result:32}  {}",
-                task.name,
-                task.next.as_deref().unwrap_or(if task.schedule.eq_ignore_ascii_case("manual") {
-                    "manual (trigger)"
-                } else {
-                    "-"
-                })
-            )?;
+            // A manual task has no next run: say why, reading the schedule the daemon sent
+            // with the parser that made it.
+            let manual =
+                crate::schedule::Schedule::parse(&task.schedule).is_ok_and(|s| s.is_manual());
+            let next =
+                task.next.as_deref().unwrap_or(if manual { "manual (trigger)" } else { "-" });
+            writeln!(out, "{:width$}  {when:25}  {result:32}  {next}", task.name)?;
         }
         Ok(())
     })
