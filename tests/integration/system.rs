@@ -69,6 +69,17 @@ fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
+/// Gives the scratch directory to the dedicated user `uid`, as /etc/backupnizza and /usr/bin
+/// are set up for it: it owns its files, the others may read the task file and run the
+/// binaries. Returns the directory of binaries that user can run.
+fn hand_to_dedicated_user(scratch: &Scratch, config: &Path, uid: u32) -> std::path::PathBuf {
+    let bin = scratch.bin_as_user(uid);
+    chown_tree(scratch.path(), uid, uid);
+    chmod(scratch.path(), 0o755);
+    chmod(config, 0o644);
+    bin
+}
+
 /// `setpriv` credentials: `uid`, primary group `gid`, exactly the supplementary `groups`.
 fn creds(uid: u32, gid: u32, groups: &[u32]) -> Vec<String> {
     let mut args = vec![format!("--reuid={uid}"), format!("--regid={gid}")];
@@ -153,12 +164,7 @@ fn another_uid_cannot_reach_the_task_or_its_secrets_while_the_control_group_can_
         "control_group: {g}\nsecrets:\n  repo: {{file: {d}/pw}}\ntasks:\n  held:\n    {TRIGGERED}\n    secrets: [repo]\n    command: [sh, -c, 'while [ ! -e {d}/go ]; do sleep 0.05; done; secretbox get repo > {d}/out 2> {d}/err; echo $? > {d}/rc']\n  quick:\n    {TRIGGERED}\n    command: ['true']\n",
         g = group.name
     ));
-    let bin = scratch.bin_as_user(daemon_uid);
-    // The dedicated user owns its files; the others may read the task file and run the
-    // binaries, as with /etc/backupnizza and /usr/bin.
-    chown_tree(&dir, daemon_uid, daemon_uid);
-    chmod(&dir, 0o755);
-    chmod(&config, 0o644);
+    let bin = hand_to_dedicated_user(&scratch, &config, daemon_uid);
     let daemon_creds = creds(daemon_uid, group.gid, &[]);
     let daemon = scratch.start_daemon_privs(&config, Some((daemon_uid, &daemon_creds)), |_| {});
 
@@ -492,10 +498,7 @@ fn a_member_without_a_user_daemon_finds_the_system_daemon_for_every_command() {
             g = group.name
         ),
     );
-    let bin = scratch.bin_as_user(daemon_uid);
-    chown_tree(&dir, daemon_uid, daemon_uid);
-    chmod(&dir, 0o755);
-    chmod(&config, 0o644);
+    let bin = hand_to_dedicated_user(&scratch, &config, daemon_uid);
     std::fs::create_dir(&runtime).unwrap();
     let _runtime = RuntimeDir(runtime.clone());
     chown_tree(&runtime, daemon_uid, daemon_uid);
