@@ -285,7 +285,11 @@ impl State {
                 }
                 Wake::Watchdog => systemd::notify("WATCHDOG=1"),
             }
-            let now = Timestamp::now();
+            // The wall time the jump check saw, not a second reading: a clock set between
+            // the two would reach the due occurrences on the old timetable and look like
+            // downtime (a year forward was caught up as 52,560 missed runs). A jump after
+            // the reading is seen at the next wake, at most one socket check later.
+            let now = reading.wall;
             while let Some((due, idx)) = self.table.pop_due(now) {
                 self.handle_due(idx, due, now);
                 let task = &self.ctx.config.tasks[idx];
