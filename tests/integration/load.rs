@@ -388,6 +388,13 @@ while True:
     let _ = flooder.wait();
     let log = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
     assert!(log.contains("secret redeemed"), "{log}");
+    // The history thread writes the end record after the log line: wait for it.
+    let ended = || {
+        crate::harness::history(&scratch)
+            .iter()
+            .any(|r| r["type"] == "end" && r["status"] == "success")
+    };
+    crate::harness::wait_until("the run's end record", ended);
     let records = crate::harness::history(&scratch);
     assert!(records.iter().any(|r| r["type"] == "end" && r["status"] == "success"), "{records:#?}");
 }
