@@ -83,6 +83,11 @@ pub struct ExplainArgs {
     /// How far back to look (a duration such as 7d, 36h)
     #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
     pub since: std::time::Duration,
+    /// One JSON document, for scripts: each occurrence with its fate (ran, caught_up,
+    /// failed, skipped, cancelled, interrupted, running, missed, no_record), manual runs, and
+    /// the summary's counts
+    #[arg(long)]
+    pub json: bool,
     /// The daemon's socket, to ask it for its history instead of reading `state_dir`
     /// (default: read `state_dir`; ask the daemon only if that cannot be read, or is empty
     /// while only the system daemon's socket is there)
@@ -187,6 +192,10 @@ pub struct HistoryArgs {
     /// How many entries to show (the most recent)
     #[arg(short = 'n', long = "count", default_value_t = 20)]
     pub count: usize,
+    /// One JSON object per line, for scripts: a run's start and end joined (with its restic
+    /// snapshot id and figures), or a skipped occurrence
+    #[arg(long)]
+    pub json: bool,
     /// The daemon's socket, to ask it for its history instead of reading `state_dir`
     /// (default: read `state_dir`; ask the daemon only if that cannot be read, or is empty
     /// while only the system daemon's socket is there)

@@ -225,6 +225,35 @@ pub struct Task {
     /// Programs besides `secretbox` that may redeem this task's tokens (tools that speak the
     /// protocol themselves), absolute paths; each is pinned by digest at start.
     pub redeemers: Vec<PathBuf>,
+    /// How a failed run is tried again.
+    pub retry: Option<Retry>,
+    /// Tasks with the same lock name never run at the same time: a run waits for the lock
+    /// before it starts (normally one name per restic repository).
+    pub lock: Option<String>,
+}
+
+/// The file name of a program path (`/usr/bin/restic` → `restic`).
+pub(crate) fn program_name(program: &str) -> &str {
+    program.rsplit('/').next().unwrap_or(program)
+}
+
+/// A task's `retry:`: attempts in all (the first included), the wait before the second,
+/// and the factor each later wait grows by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retry {
+    pub attempts: u32,
+    pub delay: Duration,
+    pub backoff: f64,
+}
+
+impl Retry {
+    /// The wait after failed attempt `n` (from 1), capped at a day.
+    pub fn delay_after(&self, n: u32) -> Duration {
+        let factor = self.backoff.powi(n.saturating_sub(1) as i32);
+        Duration::try_from_secs_f64(self.delay.as_secs_f64() * factor)
+            .unwrap_or(Duration::MAX)
+            .min(Duration::from_secs(24 * 3600))
+    }
 }
 
 /// A task's `output_file`: every line its steps and hooks print, redacted, each prefixed

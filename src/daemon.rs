@@ -14,6 +14,7 @@
 mod contain;
 pub(crate) mod execute;
 pub mod guardian;
+pub(crate) mod locks;
 pub(crate) mod metrics;
 pub(crate) mod notifications;
 mod output;
@@ -480,7 +481,9 @@ async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::Result<Finis
     };
     let notifications = TaskTracker::new();
     let zone = config.timezone.tz.clone();
+    let locks = locks::Locks::for_config(&config);
     let ctx = Arc::new(RunContext {
+        locks,
         config,
         pins,
         runner,

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::RunStatus;
+use crate::restic::BackupSummary;
 use crate::schedule::timetable::Trigger;
 
 pub(crate) const FILE_NAME: &str = "history.jsonl";
@@ -40,6 +41,9 @@ pub(crate) enum Record {
         /// a run the previous one did not end.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cgroup: Option<String>,
+        /// How long the run waited for its task's `lock:` before it started, if it did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lock_wait: Option<LockWait>,
     },
     /// A run ended.
     End {
@@ -53,6 +57,13 @@ pub(crate) enum Record {
         reason: String,
         /// The last lines the run wrote on stderr, redacted.
         stderr_tail: Vec<String>,
+        /// What its `restic backup --json` steps reported (snapshot ids and figures).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        backups: Vec<BackupSummary>,
+        /// The attempts before the last one, for a task with `retry:` (the fields above are
+        /// the last attempt's, and the whole run's duration).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attempts: Vec<Attempt>,
     },
     /// Occurrences that did not run.
     Skip {
@@ -82,15 +93,41 @@ impl Record {
             }
         };
         match &mut record {
-            Record::End { reason, stderr_tail, .. } => {
+            Record::End { reason, stderr_tail, attempts, .. } => {
                 mask(reason);
                 stderr_tail.iter_mut().for_each(mask);
+                for a in attempts.iter_mut() {
+                    mask(&mut a.reason);
+                }
             }
             Record::Skip { detail, .. } => mask(detail),
             Record::Start { .. } | Record::Daemon { .. } => {}
         }
         record
     }
+}
+
+/// A run's wait for its task's lock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct LockWait {
+    pub lock: String,
+    /// The task that held it when the run asked.
+    pub held_by: Option<String>,
+    pub waited_ms: u64,
+}
+
+/// One failed attempt of a run that was tried again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Attempt {
+    /// From 1.
+    #[serde(rename = "attempt")]
+    pub number: u32,
+    /// When it ended.
+    pub at: String,
+    pub status: RunStatus,
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+    pub reason: String,
 }
 
 /// Why occurrences did not run.
@@ -379,6 +416,7 @@ mod tests {
             scheduled: None,
             trigger: Trigger::Manual,
             cgroup: None,
+            lock_wait: None,
         }
     }
 

@@ -42,5 +42,6 @@ pub(crate) mod history;
 pub(crate) mod logging;
 pub mod protocol;
 pub(crate) mod redact;
+pub(crate) mod restic;
 pub mod schedule;
 pub(crate) mod service;

@@ -20,6 +20,7 @@ struct Run {
     at: Timestamp,
     trigger: String,
     end: Option<(String, Option<i32>, u64, String)>,
+    lock_wait: Option<crate::history::LockWait>,
 }
 
 pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
@@ -63,13 +64,16 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
     }
     for record in records {
         match record {
-            Record::Start { run_id, task: t, at, scheduled, trigger, .. } if t == &task.name => {
+            Record::Start { run_id, task: t, at, scheduled, trigger, lock_wait, .. }
+                if t == &task.name =>
+            {
                 let Some(at) = time(at) else { continue };
                 let run = Run {
                     id: run_id.clone(),
                     at,
                     trigger: trigger.as_str().to_string(),
                     end: ends.get(run_id).cloned(),
+                    lock_wait: lock_wait.clone(),
                 };
                 match scheduled.as_deref().and_then(time) {
                     Some(occurrence) if *trigger != crate::schedule::timetable::Trigger::Manual => {
@@ -122,24 +126,25 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
     let shown = occurrences.len().saturating_sub(MAX_LINES);
     let (mut ran, mut failed, mut caught_up, mut skips, mut missed) = (0, 0, 0, 0, 0);
     let (mut cancelled, mut interrupted) = (0, 0);
-    let mut lines = Vec::new();
+    let mut lines: Vec<Line> = Vec::new();
     for occurrence in &occurrences {
         for run in earlier.get(occurrence).into_iter().flatten() {
             let when = rfc3339(run.at, tz);
             if run.end.as_ref().is_none_or(|(s, ..)| s == "interrupted") {
                 interrupted += 1;
             }
-            lines.push(format!(
-                "{}  interrupted at {when}, and run again below: {}",
-                rfc3339(*occurrence, tz),
-                describe_end(run)
-            ));
+            lines.push(Line {
+                at: *occurrence,
+                fate: "interrupted",
+                run: Some(run),
+                text: format!("interrupted at {when}, and run again below: {}", describe_end(run)),
+            });
         }
-        let fate = if let Some(run) = by_occurrence.get(occurrence) {
+        let (fate, run, text) = if let Some(run) = by_occurrence.get(occurrence) {
             let result = describe_end(run);
             let end = run.end.as_ref().map(|(s, ..)| s.as_str());
             let when = rfc3339(run.at, tz);
-            let ran_how = if run.trigger == "catch_up" {
+            let mut ran_how = if run.trigger == "catch_up" {
                 let late =
                     Duration::try_from(run.at.duration_since(*occurrence)).unwrap_or_default();
                 let late = crate::duration::Human(Duration::from_secs(late.as_secs()));
@@ -147,46 +152,60 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
             } else {
                 format!("ran at {when}")
             };
-            match end {
+            if let Some(wait) = &run.lock_wait {
+                ran_how.push_str(&format!(" {}", describe_wait(wait)));
+            }
+            let (fate, text) = match end {
                 Some("success" | "warning") => {
                     if run.trigger == "catch_up" {
                         caught_up += 1;
+                        ("caught_up", format!("{ran_how}: {result}"))
                     } else {
                         ran += 1;
+                        ("ran", format!("{ran_how}: {result}"))
                     }
-                    format!("{ran_how}: {result}")
                 }
                 Some("skipped") => {
                     skips += 1;
-                    format!("skipped by the before hook (exit 75) at {when}: {result}")
+                    ("skipped", format!("skipped at {when}: {result}"))
                 }
                 Some("cancelled") => {
                     cancelled += 1;
-                    format!("cancelled at {when} (the daemon was stopping): {result}")
+                    (
+                        "cancelled",
+                        format!("cancelled at {when} (the daemon was stopping): {result}"),
+                    )
                 }
                 Some("interrupted") => {
                     interrupted += 1;
-                    format!("interrupted at {when}: the daemon died during the run: {result}")
+                    (
+                        "interrupted",
+                        format!("interrupted at {when}: the daemon died during the run: {result}"),
+                    )
                 }
                 // A failed catch-up is a failure, not a catch-up.
                 Some(_) if run.trigger == "catch_up" => {
                     failed += 1;
-                    format!("{ran_how}, and failed: {result}")
+                    ("failed", format!("{ran_how}, and failed: {result}"))
                 }
                 Some(_) => {
                     failed += 1;
-                    format!("failed at {when}: {result}")
+                    ("failed", format!("failed at {when}: {result}"))
                 }
                 // The daemon started again after this run began, yet it never ended.
                 None if daemon.iter().any(|(t, up)| *up && *t > run.at) => {
                     interrupted += 1;
-                    format!(
-                        "interrupted at {when}: no end recorded; the daemon stopped or crashed during the run, run {}",
-                        run.id
+                    (
+                        "interrupted",
+                        format!(
+                            "interrupted at {when}: no end recorded; the daemon stopped or crashed during the run, run {}",
+                            run.id
+                        ),
                     )
                 }
-                None => format!("running since {when}: {result}"),
-            }
+                None => ("running", format!("running since {when}: {result}")),
+            };
+            (fate, Some(run), text)
         } else if let Some((reason, detail)) = skipped.get(occurrence) {
             skips += 1;
             let why = match reason.as_str() {
@@ -196,14 +215,86 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
                 "clock_change" => "the clock was corrected forward past it",
                 other => other,
             };
-            format!("skipped ({why}): {detail}")
+            ("skipped", None, format!("skipped ({why}): {detail}"))
         } else if !daemon_up(*occurrence) {
             missed += 1;
-            "missed: the daemon was not running".to_string()
+            ("missed", None, "missed: the daemon was not running".to_string())
         } else {
-            "no record (the history was rotated, or the daemon stopped unexpectedly)".to_string()
+            (
+                "no_record",
+                None,
+                "no record (the history was rotated, or the daemon stopped unexpectedly)"
+                    .to_string(),
+            )
         };
-        lines.push(format!("{}  {fate}", rfc3339(*occurrence, tz)));
+        lines.push(Line { at: *occurrence, fate, run, text });
+    }
+    let manual: Vec<Line> = manual
+        .iter()
+        .filter(|r| r.at > since)
+        .map(|run| Line {
+            at: run.at,
+            fate: "manual",
+            run: Some(run),
+            text: match &run.lock_wait {
+                Some(wait) => format!(
+                    "manual run (backupnizza trigger) {}: {}",
+                    describe_wait(wait),
+                    describe_end(run)
+                ),
+                None => format!("manual run (backupnizza trigger): {}", describe_end(run)),
+            },
+        })
+        .collect();
+    let summary = format!(
+        "{} occurrences; {ran} ran, {failed} failed, {caught_up} caught up, {skips} skipped, {missed} missed while the daemon was down, {cancelled} cancelled, {interrupted} interrupted",
+        occurrences.len()
+    );
+    if args.json {
+        let entry = |line: &Line, key: &str| {
+            let mut object = serde_json::json!({
+                key: rfc3339(line.at, tz),
+                "fate": line.fate,
+                "text": line.text,
+            });
+            if let Some(run) = line.run {
+                let fields = object.as_object_mut().expect("built as an object");
+                fields.insert("run_id".into(), run.id.clone().into());
+                fields.insert("started".into(), rfc3339(run.at, tz).into());
+                fields.insert("trigger".into(), run.trigger.clone().into());
+                if let Some(wait) = &run.lock_wait {
+                    fields.insert("lock_wait".into(), serde_json::json!(wait));
+                }
+                if let Some((status, code, ms, reason)) = &run.end {
+                    fields.insert("status".into(), status.clone().into());
+                    fields.insert("exit_code".into(), serde_json::json!(code));
+                    fields.insert("duration_ms".into(), (*ms).into());
+                    fields.insert("reason".into(), reason.clone().into());
+                }
+            }
+            object
+        };
+        let document = serde_json::json!({
+            "task": task.name,
+            "schedule": task.schedule.to_string(),
+            "zone": task.zone.name,
+            "since": rfc3339(since, tz),
+            "until": rfc3339(now, tz),
+            "occurrences": lines.iter().map(|l| entry(l, "occurrence")).collect::<Vec<_>>(),
+            "manual": manual.iter().map(|l| entry(l, "at")).collect::<Vec<_>>(),
+            "summary": {
+                "occurrences": occurrences.len(),
+                "ran": ran,
+                "failed": failed,
+                "caught_up": caught_up,
+                "skipped": skips,
+                "missed": missed,
+                "cancelled": cancelled,
+                "interrupted": interrupted,
+            },
+            "unreadable_lines": loaded.bad_lines.len(),
+        });
+        return print(|out| writeln!(out, "{document}"));
     }
     print(|out| {
         writeln!(
@@ -224,27 +315,32 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
         if shown > 0 {
             writeln!(out, "({shown} earlier occurrences not shown)")?;
         }
-        for line in &lines[shown..] {
-            writeln!(out, "{line}")?;
+        for line in lines[shown..].iter().chain(&manual) {
+            writeln!(out, "{}  {}", rfc3339(line.at, tz), line.text)?;
         }
-        for run in manual.iter().filter(|r| r.at > since) {
-            writeln!(
-                out,
-                "{}  manual run (backupnizza trigger): {}",
-                rfc3339(run.at, tz),
-                describe_end(run)
-            )?;
-        }
-        writeln!(
-            out,
-            "summary: {} occurrences; {ran} ran, {failed} failed, {caught_up} caught up, {skips} skipped, {missed} missed while the daemon was down, {cancelled} cancelled, {interrupted} interrupted",
-            occurrences.len()
-        )?;
+        writeln!(out, "summary: {summary}")?;
         if let Some(bad) = loaded.bad_lines_summary() {
             writeln!(out, "history: {bad}; what they held is not counted above")?;
         }
         Ok(())
     })
+}
+
+/// One occurrence (or manual run) and what became of it.
+struct Line<'a> {
+    at: Timestamp,
+    /// `ran`, `caught_up`, `failed`, `skipped`, `cancelled`, `interrupted`, `running`,
+    /// `missed`, `no_record` or `manual`: what scripts read from `--json`.
+    fate: &'static str,
+    run: Option<&'a Run>,
+    text: String,
+}
+
+/// "after waiting 12s for lock repo (held by prune)".
+fn describe_wait(wait: &crate::history::LockWait) -> String {
+    let took = crate::duration::Human(Duration::from_secs(wait.waited_ms / 1000));
+    let by = wait.held_by.as_ref().map_or_else(String::new, |t| format!(" (held by {t})"));
+    format!("after waiting {took} for lock {}{by}", wait.lock)
 }
 
 fn describe_end(run: &Run) -> String {

@@ -1,12 +1,23 @@
-//! `backupnizza history [TASK]`: past runs and skipped occurrences, from the history file
-//! (or the daemon's, over its socket: see [`super::control::load_history`]).
+//! `backupnizza history [TASK] [--json]`: past runs and skipped occurrences, from the history
+//! file (or the daemon's, over its socket: see [`super::control::load_history`]).
+//!
+//! The text form is one line per run or skip, with the snapshot a restic backup saved and,
+//! under a run that did not succeed, the last lines it wrote on stderr. `--json` is for
+//! scripts: one JSON object per line, a run's start and end records joined into one object.
 
+use std::collections::HashMap;
 use std::time::Duration;
+
+use serde_json::{Value, json};
 
 use super::{load_config, print, require_task};
 use crate::cli::HistoryArgs;
 use crate::config::Environment;
 use crate::history::Record;
+use crate::protocol::RunStatus;
+
+/// stderr lines shown under a run that did not succeed (the record keeps up to 20).
+const TAIL_SHOWN: usize = 5;
 
 pub fn run(args: &HistoryArgs, env: &Environment) -> anyhow::Result<()> {
     let config = load_config(&args.config, env)?;
@@ -15,17 +26,68 @@ pub fn run(args: &HistoryArgs, env: &Environment) -> anyhow::Result<()> {
     }
     let (loaded, source) =
         super::control::load_history(&config, env, args.socket.as_deref(), args.task.as_deref())?;
-    let records = &loaded.records;
-    let mut lines = Vec::new();
-    for record in records {
-        if args.task.as_deref().is_some_and(|t| record.task() != Some(t)) {
-            continue;
+    let records: Vec<&Record> = loaded
+        .records
+        .iter()
+        .filter(|r| args.task.as_deref().is_none_or(|t| r.task() == Some(t)))
+        .collect();
+    let entries = if args.json { json_entries(&records) } else { text_entries(&records, args) };
+    print(|out| {
+        if entries.is_empty() && !args.json {
+            writeln!(out, "no runs recorded in {source}")?;
         }
-        let line = match record {
-            Record::End { run_id, task, at, status, exit_code, duration_ms, reason, .. } => {
+        let skip = entries.len().saturating_sub(args.count);
+        for entry in &entries[skip..] {
+            writeln!(out, "{entry}")?;
+        }
+        Ok(())
+    })?;
+    // On stderr, so scripts reading the lines above are not confused.
+    if let Some(bad) = loaded.bad_lines_summary() {
+        eprintln!("backupnizza: warning: run history: {bad}");
+    }
+    Ok(())
+}
+
+/// One entry per run end, skip and (without a task) daemon start or stop; an entry may
+/// span several lines.
+fn text_entries(records: &[&Record], args: &HistoryArgs) -> Vec<String> {
+    let mut entries = Vec::new();
+    for record in records {
+        let entry = match record {
+            Record::End {
+                run_id,
+                task,
+                at,
+                status,
+                exit_code,
+                duration_ms,
+                reason,
+                stderr_tail,
+                backups,
+                attempts,
+            } => {
                 let code = exit_code.map_or_else(|| "-".into(), |c| format!("exit {c}"));
                 let took = crate::duration::Human(Duration::from_secs(duration_ms / 1000));
-                format!("{at}  {task}  {status}  {code}  {took}  {run_id}  {reason}")
+                let mut entry = format!("{at}  {task}  {status}  {code}  {took}  {run_id}");
+                for b in backups {
+                    entry.push_str(&format!("  snapshot {}", short_id(&b.snapshot_id)));
+                }
+                entry.push_str(&format!("  {reason}"));
+                for a in attempts {
+                    let code = a.exit_code.map_or_else(String::new, |c| format!(", exit {c}"));
+                    entry.push_str(&format!(
+                        "\n    attempt {} {}{code} at {}: {}",
+                        a.number, a.status, a.at, a.reason
+                    ));
+                }
+                if !status.is_ok() && *status != RunStatus::Skipped {
+                    let from = stderr_tail.len().saturating_sub(TAIL_SHOWN);
+                    for line in &stderr_tail[from..] {
+                        entry.push_str(&format!("\n    | {line}"));
+                    }
+                }
+                entry
             }
             Record::Skip { task, scheduled, count, reason, detail, .. } => {
                 let times = if *count == 1 { String::new() } else { format!(" x{count}") };
@@ -36,21 +98,83 @@ pub fn run(args: &HistoryArgs, env: &Environment) -> anyhow::Result<()> {
             }
             _ => continue,
         };
-        lines.push(line);
+        entries.push(entry);
     }
-    print(|out| {
-        if lines.is_empty() {
-            writeln!(out, "no runs recorded in {source}")?;
+    entries
+}
+
+/// restic's short form of a snapshot id.
+fn short_id(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+/// One JSON object per run (its start and end joined; `status` is `running` until it ends)
+/// and per skip record, in the order they began.
+fn json_entries(records: &[&Record]) -> Vec<String> {
+    let mut objects: Vec<Value> = Vec::new();
+    let mut by_run: HashMap<&str, usize> = HashMap::new();
+    for record in records {
+        match record {
+            Record::Start { run_id, task, at, scheduled, trigger, .. } => {
+                by_run.insert(run_id, objects.len());
+                objects.push(json!({
+                    "type": "run",
+                    "run_id": run_id,
+                    "task": task,
+                    "trigger": trigger.as_str(),
+                    "scheduled": scheduled,
+                    "started": at,
+                    "ended": null,
+                    "status": "running",
+                }));
+            }
+            Record::End {
+                run_id,
+                task,
+                at,
+                status,
+                exit_code,
+                duration_ms,
+                reason,
+                stderr_tail,
+                backups,
+                attempts,
+            } => {
+                // A start rotated out of the kept generations: the end stands alone.
+                let idx = *by_run.entry(run_id).or_insert_with(|| {
+                    objects.push(json!({"type": "run", "run_id": run_id, "task": task}));
+                    objects.len() - 1
+                });
+                let total = crate::restic::total(backups);
+                let object = objects[idx].as_object_mut().expect("built as an object");
+                for (key, value) in [
+                    ("ended", json!(at)),
+                    ("status", json!(status.as_str())),
+                    ("exit_code", json!(exit_code)),
+                    ("duration_ms", json!(duration_ms)),
+                    ("reason", json!(reason)),
+                    ("stderr_tail", json!(stderr_tail)),
+                    ("snapshot_id", json!(total.as_ref().map(|t| &t.snapshot_id))),
+                    ("data_added", json!(total.as_ref().map(|t| t.data_added))),
+                    ("backups", json!(backups)),
+                    ("attempts", json!(attempts)),
+                ] {
+                    object.insert(key.into(), value);
+                }
+            }
+            Record::Skip { task, at, scheduled, count, reason, detail } => {
+                objects.push(json!({
+                    "type": "skip",
+                    "task": task,
+                    "at": at,
+                    "scheduled": scheduled,
+                    "count": count,
+                    "reason": reason.as_str(),
+                    "detail": detail,
+                }));
+            }
+            Record::Daemon { .. } => {}
         }
-        let skip = lines.len().saturating_sub(args.count);
-        for line in &lines[skip..] {
-            writeln!(out, "{line}")?;
-        }
-        Ok(())
-    })?;
-    // On stderr, so scripts reading the lines above are not confused.
-    if let Some(bad) = loaded.bad_lines_summary() {
-        eprintln!("backupnizza: warning: run history: {bad}");
     }
-    Ok(())
+    objects.iter().map(Value::to_string).collect()
 }

@@ -15,6 +15,7 @@ use super::{Checked, Environment, Problem, Severity};
 
 mod cross;
 mod output;
+mod retry;
 mod tasks;
 mod top;
 mod walk;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::contain::RunProcs;
+use super::locks::{Held, Locks, Taken};
 use super::notifications::{self, RunFacts, Sent};
 use super::output_file::{OutputWriter, RunOutput};
 use super::programs::Pinned;
@@ -34,6 +35,8 @@ const SKIP_EXIT_CODE: i32 = 75;
 /// What every run shares, immutable for the daemon's life.
 pub(crate) struct RunContext {
     pub(crate) config: Config,
+    /// The tasks' `lock:`s.
+    pub(crate) locks: Locks,
     /// For each task, each step's pinned program (if pinned).
     pub(crate) pins: Vec<Vec<Option<Pinned>>>,
     pub(crate) runner: Runner,
@@ -91,6 +94,10 @@ struct Run<'a> {
     start_sent: Option<Sent>,
     /// The task's output file for this run (steps and hooks alike).
     output: Option<RunOutput>,
+    /// The task's lock, held from before the start to the End record.
+    held: Option<Held>,
+    /// How long the run waited for it.
+    lock_wait: Option<crate::history::LockWait>,
 }
 
 /// Runs `job` to its end. Every path ends with an End record and [`Event::Ended`].
@@ -110,6 +117,8 @@ pub(crate) async fn execute(ctx: Arc<RunContext>, job: Job) {
         started: Timestamp::now(),
         start_sent: None,
         output,
+        held: None,
+        lock_wait: None,
     };
     let outcome = run.phases().await;
     run.result_hooks(&outcome).await;
@@ -125,11 +134,75 @@ impl Run<'_> {
             self.write_start();
             return early;
         }
+        if let Err(early) = self.take_lock().await {
+            self.started = Timestamp::now();
+            self.write_start();
+            return early;
+        }
         self.record_start();
         if let Err(early) = self.before_hook().await {
             return early;
         }
-        self.steps().await
+        self.attempts().await
+    }
+
+    /// The steps, tried again after a failure as the task's `retry:` says: each attempt is a
+    /// fresh start (new tokens, a new timeout). Not tried again: a run that succeeded, was
+    /// refused or cancelled, the last attempt, and a restic step's exit code that says
+    /// retrying cannot help. The hooks run once, around all attempts.
+    async fn attempts(&self) -> Outcome {
+        let Some(retry) = &self.task.retry else { return self.steps(None).await };
+        let began = Instant::now();
+        let mut earlier: Vec<crate::history::Attempt> = Vec::new();
+        let mut attempt = 1;
+        loop {
+            let mut outcome = self.steps(Some(attempt)).await;
+            let verdict = retry_verdict(self.task, &outcome);
+            let mut last = attempt == retry.attempts || verdict.is_err();
+            if let Err(why) = &verdict
+                && !matches!(outcome.status, RunStatus::Success | RunStatus::Warning)
+            {
+                info!(
+                    "attempt {attempt} of {} {}: not tried again ({why})",
+                    retry.attempts, outcome.status
+                );
+            }
+            if !last {
+                let wait = retry.delay_after(attempt);
+                warn!(
+                    "attempt {attempt} of {} {} ({}); trying again in {}",
+                    retry.attempts,
+                    outcome.status,
+                    outcome.reason,
+                    crate::duration::Human(wait)
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = self.ctx.cancel.cancelled() => {
+                        outcome.reason.push_str("; not tried again: the daemon is stopping");
+                        last = true;
+                    }
+                }
+            }
+            if last {
+                if attempt > 1 {
+                    outcome.reason =
+                        format!("attempt {attempt} of {}: {}", retry.attempts, outcome.reason);
+                }
+                outcome.attempts = earlier;
+                outcome.duration = began.elapsed();
+                return outcome;
+            }
+            earlier.push(crate::history::Attempt {
+                number: attempt,
+                at: self.ctx.rfc3339(Timestamp::now()),
+                status: outcome.status,
+                exit_code: outcome.exit_code,
+                duration_ms: outcome.duration.as_millis() as u64,
+                reason: outcome.reason,
+            });
+            attempt += 1;
+        }
     }
 
     /// `random_delay` spreads scheduled runs; manual triggers start at once.
@@ -151,6 +224,74 @@ impl Run<'_> {
         }
     }
 
+    /// Takes the task's `lock:`, waiting while another run holds it: at most until the
+    /// occurrence is `max_lateness` late (then the run is skipped, as a late occurrence is),
+    /// or for the task's `timeout` (then it timed out), or until shutdown.
+    async fn take_lock(&mut self) -> Result<(), Outcome> {
+        let Some(name) = &self.task.lock else { return Ok(()) };
+        let (task, run_id) = (&self.task.name, &self.job.run_id);
+        let holder = match self.ctx.locks.try_take(name, task, run_id) {
+            Some(Taken::At(held)) => {
+                self.held = Some(held);
+                return Ok(());
+            }
+            Some(Taken::Busy { holder }) => holder,
+            None => return Ok(()),
+        };
+        let began = Instant::now();
+        let held_by = holder.as_ref().map(|(t, _)| t.clone());
+        let by = holder.map_or_else(String::new, |(t, r)| format!(", held by task {t} (run {r})"));
+        // A scheduled run waits no later than its occurrence's max_lateness.
+        let late_at = match (self.job.trigger, self.job.occurrence) {
+            (Trigger::Schedule | Trigger::CatchUp, Some(o)) => {
+                let late =
+                    jiff::SignedDuration::try_from(self.task.max_lateness).unwrap_or_default();
+                let left = (o + late).duration_since(Timestamp::now());
+                Some(Duration::try_from(left).unwrap_or_default())
+            }
+            _ => None,
+        };
+        let limit = match (late_at, self.task.timeout) {
+            (Some(a), Some(b)) => Some((a.min(b), a <= b)),
+            (Some(a), None) => Some((a, true)),
+            (None, Some(b)) => Some((b, false)),
+            (None, None) => None,
+        };
+        info!(lock = %name, "waiting for the lock{by}");
+        let waited = || crate::duration::Human(Duration::from_secs(began.elapsed().as_secs()));
+        let gave_up = |late: bool| {
+            let bound = if late { "max_lateness" } else { "timeout" };
+            let why = format!("gave up waiting for lock {name}{by} after {} ({bound})", waited());
+            warn!("{why}");
+            let status = if late { RunStatus::Skipped } else { RunStatus::Timeout };
+            Outcome::early(status, None, why)
+        };
+        let sleep = async {
+            match limit {
+                Some((d, late)) => {
+                    tokio::time::sleep(d).await;
+                    late
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let held = tokio::select! {
+            held = self.ctx.locks.take(name, task, run_id) => held,
+            late = sleep => return Err(gave_up(late)),
+            () = self.ctx.cancel.cancelled() => {
+                return Err(Outcome::early(RunStatus::Cancelled, None, format!("daemon stopped while waiting for lock {name}")));
+            }
+        };
+        info!(lock = %name, "took the lock after waiting {}", waited());
+        self.held = held;
+        self.lock_wait = Some(crate::history::LockWait {
+            lock: name.clone(),
+            held_by,
+            waited_ms: began.elapsed().as_millis() as u64,
+        });
+        Ok(())
+    }
+
     fn record_start(&mut self) {
         let ctx = self.ctx;
         self.started = Timestamp::now();
@@ -169,6 +310,7 @@ impl Run<'_> {
             scheduled: self.job.occurrence.map(|o| ctx.rfc3339(o)),
             trigger: self.job.trigger,
             cgroup: self.procs.cgroup.as_ref().map(|c| c.display().to_string()),
+            lock_wait: self.lock_wait.clone(),
         });
     }
 
@@ -213,7 +355,8 @@ impl Run<'_> {
         }
     }
 
-    async fn steps(&self) -> Outcome {
+    /// One attempt at the steps (`attempt` is its number, from 1, for a task with `retry:`).
+    async fn steps(&self, attempt: Option<u32>) -> Outcome {
         let deadline = self.task.timeout.map(|t| Instant::now() + t);
         // The occurrence a run belongs to, with milliseconds, for scripts (and for the
         // benchmark that measures how punctually runs start).
@@ -223,6 +366,9 @@ impl Run<'_> {
                 "BACKUPNIZZA_SCHEDULED".to_string(),
                 o.to_zoned(self.ctx.zone.clone()).strftime("%Y-%m-%dT%H:%M:%S%.3f%:z").to_string(),
             ));
+        }
+        if let Some(n) = attempt {
+            facts.push(("BACKUPNIZZA_ATTEMPT".to_string(), n.to_string()));
         }
         let pins = &self.ctx.pins[self.job.idx];
         self.ctx
@@ -316,6 +462,8 @@ impl Run<'_> {
                 duration_ms,
                 reason: outcome.reason.clone(),
                 stderr_tail: outcome.stderr_tail.clone(),
+                backups: outcome.backups.clone(),
+                attempts: outcome.attempts.clone(),
             })
             .await;
         if outcome.status != RunStatus::Cancelled {
@@ -323,6 +471,8 @@ impl Run<'_> {
             facts.duration_ms = Some(duration_ms);
             ctx.notify(self.task, facts, self.start_sent);
         }
+        // The End record is on disk: the next run on this lock may start.
+        drop(self.held.take());
         let _ = ctx.events.send(Event::Ended {
             idx: self.job.idx,
             run_id: self.job.run_id,
@@ -337,6 +487,7 @@ impl Run<'_> {
         ended: Option<Timestamp>,
         outcome: Option<&Outcome>,
     ) -> RunFacts {
+        let total = outcome.and_then(|o| crate::restic::total(&o.backups));
         RunFacts {
             event,
             task: self.task.name.clone(),
@@ -353,6 +504,9 @@ impl Run<'_> {
                 .and_then(|h| h.into_string().ok())
                 .unwrap_or_default(),
             rid: self.rid.clone(),
+            snapshot_id: total.as_ref().map(|t| t.snapshot_id.clone()),
+            data_added: total.as_ref().map(|t| t.data_added),
+            backups: outcome.map(|o| o.backups.clone()).unwrap_or_default(),
         }
     }
 
@@ -376,9 +530,38 @@ impl Run<'_> {
             facts.push(("BACKUPNIZZA_DURATION_MS".into(), o.duration.as_millis().to_string()));
             facts.push(("BACKUPNIZZA_REASON".into(), o.reason.clone()));
             facts.push(("BACKUPNIZZA_STDERR_TAIL".into(), env_tail(&o.stderr_tail)));
+            if let Some(total) = crate::restic::total(&o.backups) {
+                let ids: Vec<&str> = o.backups.iter().map(|b| b.snapshot_id.as_str()).collect();
+                facts.push(("BACKUPNIZZA_SNAPSHOT_ID".into(), total.snapshot_id));
+                facts.push(("BACKUPNIZZA_SNAPSHOT_IDS".into(), ids.join(" ")));
+                facts.push(("BACKUPNIZZA_DATA_ADDED".into(), total.data_added.to_string()));
+            }
         }
         facts
     }
+}
+
+/// restic's exit codes that no retry can improve (restic 0.17 and later): 10, the
+/// repository does not exist; 12, the password is wrong.
+const RESTIC_FINAL_CODES: &[(i32, &str)] =
+    &[(10, "restic: the repository does not exist"), (12, "restic: wrong password")];
+
+/// Whether a finished attempt may be tried again; `Err` says why not.
+fn retry_verdict(task: &Task, outcome: &Outcome) -> Result<(), &'static str> {
+    match outcome.status {
+        RunStatus::Failed | RunStatus::Timeout => {}
+        RunStatus::Success | RunStatus::Warning => return Err("it succeeded"),
+        RunStatus::Refused => return Err("the run was refused, and would be again"),
+        _ => return Err("it did not fail"),
+    }
+    let step = task.steps.get(outcome.last_step);
+    let restic = step.is_some_and(|s| crate::config::program_name(&s.command[0]) == "restic");
+    if let (true, Some(code)) = (restic, outcome.exit_code)
+        && let Some((_, why)) = RESTIC_FINAL_CODES.iter().find(|(c, _)| *c == code)
+    {
+        return Err(why);
+    }
+    Ok(())
 }
 
 /// The stderr tail as one environment value: bounded (an environment string over 128 KiB
@@ -394,4 +577,36 @@ fn env_tail(lines: &[String]) -> String {
         tail = tail[cut..].to_string();
     }
     tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(command: &str) -> Task {
+        let text = format!(
+            "tasks:\n  t:\n    schedule: '@daily'\n    command: [{command}]\n    retry: {{attempts: 2}}\n"
+        );
+        let vars = [("HOME", "/home/u"), ("XDG_RUNTIME_DIR", "/run/user/1000")];
+        let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env = crate::config::Environment { vars, uid: 1000 };
+        let checked = crate::config::parse(&text, std::path::Path::new("b.yaml"), &env);
+        checked.config.expect("valid").tasks.remove(0)
+    }
+
+    #[test]
+    fn restic_codes_that_retrying_cannot_fix_are_not_retried() {
+        let failed = |code| Outcome::early(RunStatus::Failed, Some(code), "x");
+        let restic = task("/usr/bin/restic, snapshots");
+        assert_eq!(retry_verdict(&restic, &failed(12)), Err("restic: wrong password"));
+        assert!(retry_verdict(&restic, &failed(10)).is_err());
+        assert_eq!(retry_verdict(&restic, &failed(1)), Ok(()));
+        // Another program's 12 is its own business.
+        assert_eq!(retry_verdict(&task("rclone, sync"), &failed(12)), Ok(()));
+        let timed_out = Outcome::early(RunStatus::Timeout, None, "x");
+        assert_eq!(retry_verdict(&restic, &timed_out), Ok(()));
+        for status in [RunStatus::Success, RunStatus::Refused, RunStatus::Cancelled] {
+            assert!(retry_verdict(&restic, &Outcome::early(status, None, "x")).is_err());
+        }
+    }
 }

@@ -23,6 +23,8 @@ pub(crate) struct TaskMetrics {
     /// Occurrences that did not run (overlap, too late, superseded, a `before` hook's 75).
     pub skips: u64,
     pub next: Option<Timestamp>,
+    /// The figures of the last run that saved restic snapshots (added up over its steps).
+    pub last_backup: Option<crate::restic::BackupSummary>,
 }
 
 /// Token counters.
@@ -122,6 +124,43 @@ pub(crate) fn render(
         "When the task fires next.",
         &mut per_task(&|m| m.next.map(seconds)).into_iter(),
     );
+    let backup = |f: fn(&crate::restic::BackupSummary) -> f64| {
+        per_task(&|m: &TaskMetrics| m.last_backup.as_ref().map(f))
+    };
+    for (name, help, value) in [
+        (
+            "backupnizza_task_last_backup_data_added_bytes",
+            "Bytes the last restic backup added to the repository.",
+            (|b| b.data_added as f64) as fn(&crate::restic::BackupSummary) -> f64,
+        ),
+        (
+            "backupnizza_task_last_backup_files_new",
+            "Files the last restic backup found new.",
+            |b| b.files_new as f64,
+        ),
+        (
+            "backupnizza_task_last_backup_files_changed",
+            "Files the last restic backup found changed.",
+            |b| b.files_changed as f64,
+        ),
+        (
+            "backupnizza_task_last_backup_files_unmodified",
+            "Files the last restic backup found unchanged.",
+            |b| b.files_unmodified as f64,
+        ),
+        (
+            "backupnizza_task_last_backup_processed_bytes",
+            "Bytes the last restic backup read.",
+            |b| b.total_bytes_processed as f64,
+        ),
+        (
+            "backupnizza_task_last_backup_duration_seconds",
+            "How long the last restic backup took, as restic measured it.",
+            |b| b.total_duration,
+        ),
+    ] {
+        family(name, "gauge", help, &mut backup(value).into_iter());
+    }
     family(
         "backupnizza_tokens_minted_total",
         "counter",

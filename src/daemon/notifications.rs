@@ -37,6 +37,15 @@ pub(crate) struct RunFacts {
     pub host: String,
     /// A UUID pairing start and end (healthchecks' `rid`).
     pub rid: String,
+    /// The last snapshot the run's `restic backup --json` steps saved, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    /// Bytes those steps added to the repository, in all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_added: Option<u64>,
+    /// Each of those steps' summary.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub backups: Vec<crate::restic::BackupSummary>,
 }
 
 impl RunFacts {
@@ -212,6 +221,9 @@ mod tests {
             stderr_tail: None,
             host: String::new(),
             rid: "00000000-0000-4000-8000-000000000000".into(),
+            snapshot_id: None,
+            data_added: None,
+            backups: Vec::new(),
         }
     }
 

@@ -153,14 +153,18 @@ impl LogBudget {
 }
 
 /// Copies a child's output into the log, one redacted line per event, and into the run's
-/// output file (as `label`) when it has one; stderr lines also go to the run's tail. A line is redacted whole (up to [`MAX_REDACTED_LINE`]) before it is cut
-/// to [`MAX_LINE`] for the log, so a secret never straddles a cut.
+/// output file (as `label`) when it has one; stderr lines also go to the run's tail. A line
+/// is redacted whole (up to [`MAX_REDACTED_LINE`]) before it is cut to [`MAX_LINE`] for the
+/// log, so a secret never straddles a cut; terminal escapes are removed (and the line
+/// redacted again, as escapes could have split a secret). With `restic`, the lines are read
+/// for restic's `--json` messages: progress is counted instead of logged, summaries kept.
 pub(super) async fn pump<R: AsyncRead + Unpin>(
     stream: R,
     which: &'static str,
     mut tail: Option<&mut Tail>,
     budget: &mut LogBudget,
     file: Option<(&RunOutput, &str)>,
+    mut restic: Option<&mut crate::restic::Reader>,
 ) {
     use tokio::io::AsyncReadExt as _;
     let mut reader = BufReader::new(stream);
@@ -190,7 +194,15 @@ pub(super) async fn pump<R: AsyncRead + Unpin>(
         let text = String::from_utf8_lossy(&buf);
         let line = text.trim_end_matches(['\n', '\r']);
         // The file gets every line, blank ones too, redacted by the same call as the log's.
-        let clean = crate::redact::redact(line);
+        let mut clean = crate::redact::redact(line);
+        if let std::borrow::Cow::Owned(plain) = crate::restic::strip_escapes(&clean) {
+            clean = std::borrow::Cow::Owned(crate::redact::redact(&plain).into_owned());
+        }
+        if let Some(reader) = restic.as_deref_mut()
+            && reader.line(&clean) == crate::restic::Line::Progress
+        {
+            continue;
+        }
         if let Some((file, label)) = file {
             file.line(label, &clean).await;
         }
@@ -205,6 +217,17 @@ pub(super) async fn pump<R: AsyncRead + Unpin>(
             }
             tail.push_back(shown.into_owned());
         }
+    }
+}
+
+/// Says how many of restic's progress messages a step's stdout carried (they are not
+/// logged one by one).
+pub(super) fn progress_passed_over(reader: &crate::restic::Reader) {
+    if reader.progress > 0 {
+        info!(
+            stream = "stdout",
+            "{} restic progress messages (message_type status) were not logged", reader.progress
+        );
     }
 }
 

@@ -43,6 +43,7 @@ use super::secret_files;
 use crate::broker::Broker;
 use crate::config::{EnvValue, EnvVar, Hook, Step, Task};
 use crate::protocol::RunStatus;
+use crate::restic::BackupSummary;
 
 /// How many stderr lines a run keeps for its history record.
 pub(crate) const STDERR_TAIL: usize = 20;
@@ -58,6 +59,12 @@ pub(crate) struct Outcome {
     pub(crate) reason: String,
     pub(crate) stderr_tail: Vec<String>,
     pub(crate) duration: Duration,
+    /// What the run's `restic backup --json` steps reported, in step order.
+    pub(crate) backups: Vec<BackupSummary>,
+    /// The step run last (from 0): the one `exit_code` is from.
+    pub(crate) last_step: usize,
+    /// Earlier failed attempts (`retry:`); the fields above are the last attempt's.
+    pub(crate) attempts: Vec<crate::history::Attempt>,
 }
 
 impl Outcome {
@@ -73,6 +80,9 @@ impl Outcome {
             reason: reason.into(),
             stderr_tail: Vec::new(),
             duration: Duration::ZERO,
+            backups: Vec::new(),
+            last_step: 0,
+            attempts: Vec::new(),
         }
     }
 }
@@ -227,8 +237,11 @@ impl Runner {
         let mut reason = String::from("all steps succeeded");
         // What steps that succeeded left behind, for the record of a successful run.
         let mut notes = Vec::new();
+        let mut backups = Vec::new();
+        let mut last_step = 0;
         let steps = task.steps.len();
         for (i, step) in task.steps.iter().enumerate() {
+            last_step = i;
             let label =
                 if steps == 1 { String::new() } else { format!(" (step {} of {steps})", i + 1) };
             let pin = pins.get(i).and_then(Option::as_ref);
@@ -246,7 +259,7 @@ impl Runner {
                 hook: None,
                 scope: Some(&task.secrets),
             };
-            match self.run_step(call, &mut tail, &mut budgets).await {
+            match self.run_step(call, &mut tail, &mut budgets, Some(&mut backups)).await {
                 StepEnd::Exited(st, note) => {
                     exit_code = st.code();
                     let mut code_text = describe_exit(st);
@@ -310,7 +323,16 @@ impl Runner {
         if status == RunStatus::Success && !notes.is_empty() {
             reason = format!("{reason}; {}", notes.join("; "));
         }
-        Outcome { status, exit_code, reason, stderr_tail: tail.into(), duration: started.elapsed() }
+        Outcome {
+            status,
+            exit_code,
+            reason,
+            stderr_tail: tail.into(),
+            duration: started.elapsed(),
+            backups,
+            last_step,
+            attempts: Vec::new(),
+        }
     }
 
     /// Runs the hook `name` with `facts` added to its environment, bounded by the task's hook
@@ -356,7 +378,7 @@ impl Runner {
         // A hook's output is logged like a step's (with a budget of its own), but its stderr
         // is not the run's tail.
         let mut budgets = Budgets::default();
-        let end = self.run_step(call, &mut Tail::new(), &mut budgets).await;
+        let end = self.run_step(call, &mut Tail::new(), &mut budgets, None).await;
         budgets.finish();
         match end {
             StepEnd::Exited(status, _) => {
@@ -499,11 +521,14 @@ impl Runner {
         Ok((cmd, pinned_file))
     }
 
+    /// Runs one step (or hook) to its end; a step's restic summaries are added to
+    /// `backups` (a hook passes `None`: what it prints is not the run's result).
     async fn run_step(
         &self,
         call: StepCall<'_>,
         tail: &mut Tail,
         budgets: &mut Budgets,
+        backups: Option<&mut Vec<BackupSummary>>,
     ) -> StepEnd {
         let StepCall {
             task,
@@ -623,18 +648,20 @@ impl Runner {
         let label = |stream: &str| hook.map_or(stream.to_string(), |h| format!("{h}.{stream}"));
         let (out_label, err_label) = (label("stdout"), label("stderr"));
         // The output is read on this task, beside the wait: the tail stays a plain value.
+        let mut restic = crate::restic::Reader::new(index + 1);
         let pumps = async {
             let out = async {
                 if let Some(s) = stdout {
                     let file = output.map(|o| (o, out_label.as_str()));
-                    super::output::pump(s, "stdout", None, &mut budgets.stdout, file).await;
+                    let restic = Some(&mut restic);
+                    super::output::pump(s, "stdout", None, &mut budgets.stdout, file, restic).await;
                 }
             };
             let err = async {
                 if let Some(s) = stderr {
                     let file = output.map(|o| (o, err_label.as_str()));
-                    super::output::pump(s, "stderr", Some(&mut *tail), &mut budgets.stderr, file)
-                        .await;
+                    let tail = Some(&mut *tail);
+                    super::output::pump(s, "stderr", tail, &mut budgets.stderr, file, None).await;
                 }
             };
             // A background process may keep the pipes open; stop reading 2 s after the
@@ -690,6 +717,13 @@ impl Runner {
             end
         };
         let (end, ()) = tokio::join!(waiting, pumps);
+        super::output::progress_passed_over(&restic);
+        if let Some(backups) = backups {
+            for summary in &restic.summaries {
+                info!(step = index + 1, snapshot = %summary.snapshot_id, "restic saved a snapshot");
+            }
+            backups.append(&mut restic.summaries);
+        }
         if let StepEnd::Exited(st, _) = &end {
             info!(step = index + 1, pid, "process ended: {}", describe_exit(*st));
         }

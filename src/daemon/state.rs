@@ -164,8 +164,17 @@ impl State {
             );
         }
         for record in past {
-            let Record::End { run_id, task, at, status, exit_code, duration_ms, reason, .. } =
-                record
+            let Record::End {
+                run_id,
+                task,
+                at,
+                status,
+                exit_code,
+                duration_ms,
+                reason,
+                backups,
+                ..
+            } = record
             else {
                 continue;
             };
@@ -182,6 +191,9 @@ impl State {
             let m = &mut tasks[i].metrics;
             m.last_exit_code = *exit_code;
             m.last_duration_seconds = Some(*duration_ms as f64 / 1000.0);
+            if let Some(total) = crate::restic::total(backups) {
+                m.last_backup = Some(total);
+            }
             tasks[i].last = Some(RunBody {
                 run_id: run_id.clone(),
                 task: task.clone(),
@@ -469,6 +481,9 @@ impl State {
         let m = &mut self.tasks[idx].metrics;
         m.last_exit_code = outcome.exit_code;
         m.last_duration_seconds = Some(outcome.duration.as_secs_f64());
+        if let Some(total) = crate::restic::total(&outcome.backups) {
+            m.last_backup = Some(total);
+        }
         match outcome.status {
             RunStatus::Skipped => m.skips += 1,
             status => {
@@ -533,6 +548,7 @@ impl State {
             scheduled: job.occurrence.map(|o| self.rfc3339(o)),
             trigger: job.trigger,
             cgroup: None,
+            lock_wait: None,
         });
         self.ctx.history.append(Record::End {
             run_id: job.run_id.clone(),
@@ -543,6 +559,8 @@ impl State {
             duration_ms: 0,
             reason: reason.clone(),
             stderr_tail: Vec::new(),
+            backups: Vec::new(),
+            attempts: Vec::new(),
         });
         let body = RunBody {
             run_id: job.run_id.clone(),

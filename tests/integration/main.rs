@@ -18,6 +18,7 @@ mod pipes;
 mod records;
 mod redeemers;
 mod restic;
+mod restic_aware;
 mod runs;
 mod system;
 mod system_service;

@@ -35,6 +35,8 @@ const TASK_KEYS: &[&str] = &[
     "notify",
     "output_file",
     "redeemers",
+    "retry",
+    "lock",
 ];
 const HOOK_KEYS: &[&str] = &["before", "on_success", "on_failure", "after", "timeout"];
 /// The map form of one hook.
@@ -232,6 +234,8 @@ impl Checker {
         let redeemers = self.with_default(&f, path, "redeemers", Vec::new(), |c, n, p| {
             c.path_list(n, p, env, "a list of programs such as [~/bin/my-restic-wrapper]")
         });
+        let retry = self.optional(&f, path, "retry", Checker::retry);
+        let lock = self.optional(&f, path, "lock", Checker::lock_name);
         // restic exits 3 when some files could not be read: the snapshot exists.
         let runs_restic = matches!(&steps, Some(steps) if steps.iter().any(|s| program_name(&s.command[0]) == "restic"));
         let warning_codes = if runs_restic { vec![3] } else { Vec::new() };
@@ -256,6 +260,8 @@ impl Checker {
             notify: task_notify?,
             output_file: output_file?,
             redeemers: redeemers?,
+            retry: retry?,
+            lock: lock?,
         })
     }
 

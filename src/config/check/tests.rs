@@ -609,3 +609,31 @@ fn control_group_names_a_group_that_exists_and_is_absent_by_default() {
         "no group named \"no-such-group-bnz\" on this system: create it (`groupadd no-such-group-bnz`) or name an existing group"
     );
 }
+
+#[test]
+fn retry_and_lock_are_read_with_defaults_and_bounds() {
+    let task = |extra: &str| check(&format!("{MINIMAL_TASK}{extra}"));
+    let checked = task("    retry: {attempts: 3}\n    lock: main-repo\n");
+    let t = &checked.config.expect("valid").tasks[0];
+    let retry = t.retry.as_ref().unwrap();
+    assert_eq!((retry.attempts, retry.delay, retry.backoff), (3, Duration::from_secs(30), 1.0));
+    assert_eq!(t.lock.as_deref(), Some("main-repo"));
+    let retry = crate::config::Retry { attempts: 4, delay: Duration::from_secs(10), backoff: 2.0 };
+    assert_eq!(
+        [1, 2, 3].map(|n| retry.delay_after(n)),
+        [10, 20, 40].map(Duration::from_secs),
+        "each wait is the last one times the factor"
+    );
+    let messages = |extra: &str| -> Vec<String> {
+        problems(&format!("{MINIMAL_TASK}{extra}")).into_iter().map(|p| p.3).collect()
+    };
+    assert_eq!(
+        messages("    retry: {attempts: 1}\n"),
+        ["1 is out of range 2-20: 1 is no retry at all; remove `retry`"]
+    );
+    assert_eq!(messages("    retry: {attempts: 2, backoff: 0.5}\n"), ["0.5 is out of range 1-10"]);
+    let unknown = messages("    retry: {tries: 2}\n");
+    assert!(unknown.iter().any(|m| m.contains("tries")), "{unknown:?}");
+    assert!(unknown.iter().any(|m| m.contains("attempts")), "{unknown:?}");
+    assert!(messages("    lock: 'my repo'\n")[0].starts_with("invalid lock name \"my repo\""));
+}

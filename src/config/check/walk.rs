@@ -74,10 +74,7 @@ pub(super) fn valid_env_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// The file name of a program path (`/usr/bin/restic` → `restic`).
-pub(super) fn program_name(program: &str) -> &str {
-    program.rsplit('/').next().unwrap_or(program)
-}
+pub(super) use crate::config::program_name;
 
 impl Checker {
     pub(super) fn error(&mut self, path: &str, pos: Option<Pos>, message: impl Into<String>) {

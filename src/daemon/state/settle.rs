@@ -52,7 +52,7 @@ fn unended(past: &[Record]) -> Vec<Unended> {
     for record in past {
         match record {
             Record::Daemon { event: DaemonEvent::Start, pid, .. } => daemon_pid = Some(*pid),
-            Record::Start { run_id, task, at, scheduled, trigger, cgroup }
+            Record::Start { run_id, task, at, scheduled, trigger, cgroup, .. }
                 if !ended.contains(run_id.as_str()) =>
             {
                 out.push(Unended {
@@ -146,6 +146,8 @@ impl State {
                 duration_ms: 0,
                 reason: reason.clone(),
                 stderr_tail: Vec::new(),
+                backups: Vec::new(),
+                attempts: Vec::new(),
             });
             let Some(idx) = self.ctx.config.tasks.iter().position(|t| t.name == run.task) else {
                 continue;
@@ -201,6 +203,7 @@ mod tests {
             scheduled: Some("2026-01-01T03:00:00Z".into()),
             trigger: Trigger::Schedule,
             cgroup: None,
+            lock_wait: None,
         }
     }
 
@@ -222,6 +225,8 @@ mod tests {
                 duration_ms: 1000,
                 reason: String::new(),
                 stderr_tail: Vec::new(),
+                backups: Vec::new(),
+                attempts: Vec::new(),
             },
             start("b", "t"),
         ];

@@ -1,0 +1,264 @@
+//! What the daemon understands of restic's output. With `--json`, restic writes one JSON
+//! object per line on stdout, each with a `message_type`: many `status` messages (progress,
+//! which the log does not want line by line) and, at the end of `backup`, one `summary`
+//! (the snapshot id and the figures). A step's stdout is read through [`Reader`], whatever the
+//! program is called (a wrapper script that runs restic counts too): a line that is not one
+//! of restic's messages is passed on unchanged.
+//!
+//! Terminal escapes (restic clears its progress line with `\x1b[2K` on a terminal, and some
+//! wrappers force colour) are removed from every line before it reaches the log, so the log
+//! holds text, and a task cannot move the cursor of whoever reads it.
+
+use serde::{Deserialize, Serialize};
+
+/// One `restic backup --json` summary, as the history, hooks, webhooks and metrics get it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct BackupSummary {
+    /// The step that printed it, from 1.
+    pub step: usize,
+    /// As restic reported it: the full id, or (restic before 0.16) its first 8 digits.
+    pub snapshot_id: String,
+    #[serde(default)]
+    pub files_new: u64,
+    #[serde(default)]
+    pub files_changed: u64,
+    #[serde(default)]
+    pub files_unmodified: u64,
+    #[serde(default)]
+    pub dirs_new: u64,
+    #[serde(default)]
+    pub dirs_changed: u64,
+    #[serde(default)]
+    pub dirs_unmodified: u64,
+    /// Bytes added to the repository (before compression, as restic reports it).
+    #[serde(default)]
+    pub data_added: u64,
+    #[serde(default)]
+    pub total_files_processed: u64,
+    #[serde(default)]
+    pub total_bytes_processed: u64,
+    /// Seconds, as restic measured the backup.
+    #[serde(default)]
+    pub total_duration: f64,
+}
+
+/// restic's summary line: the same fields under restic's names, without our `step`.
+#[derive(Deserialize)]
+struct SummaryLine {
+    message_type: String,
+    snapshot_id: Option<String>,
+    #[serde(default)]
+    files_new: u64,
+    #[serde(default)]
+    files_changed: u64,
+    #[serde(default)]
+    files_unmodified: u64,
+    #[serde(default)]
+    dirs_new: u64,
+    #[serde(default)]
+    dirs_changed: u64,
+    #[serde(default)]
+    dirs_unmodified: u64,
+    #[serde(default)]
+    data_added: u64,
+    #[serde(default)]
+    total_files_processed: u64,
+    #[serde(default)]
+    total_bytes_processed: u64,
+    #[serde(default)]
+    total_duration: f64,
+}
+
+/// What a stdout line is.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Line {
+    /// A progress message: counted, not logged.
+    Progress,
+    /// The backup's summary (also logged: it is one line and says what happened).
+    Summary(BackupSummary),
+    /// Anything else: logged as it is.
+    Text,
+}
+
+/// Reads one step's stdout lines for restic's messages.
+#[derive(Debug, Default)]
+pub(crate) struct Reader {
+    pub step: usize,
+    /// Progress messages passed over.
+    pub progress: u64,
+    pub summaries: Vec<BackupSummary>,
+}
+
+impl Reader {
+    pub(crate) fn new(step: usize) -> Reader {
+        Reader { step, ..Reader::default() }
+    }
+
+    /// Classifies `line` (already redacted: a field that held a secret is masked, and then
+    /// no longer parses as a figure) and keeps what it carries.
+    pub(crate) fn line(&mut self, line: &str) -> Line {
+        let trimmed = line.trim();
+        // Cheap test first: restic's messages are objects that name their type.
+        if !trimmed.starts_with('{') || !trimmed.contains("\"message_type\"") {
+            return Line::Text;
+        }
+        let Ok(msg) = serde_json::from_str::<SummaryLine>(trimmed) else { return Line::Text };
+        match (msg.message_type.as_str(), msg.snapshot_id) {
+            ("status", _) => {
+                self.progress += 1;
+                Line::Progress
+            }
+            ("summary", Some(snapshot_id)) if is_snapshot_id(&snapshot_id) => {
+                let summary = BackupSummary {
+                    step: self.step,
+                    snapshot_id,
+                    files_new: msg.files_new,
+                    files_changed: msg.files_changed,
+                    files_unmodified: msg.files_unmodified,
+                    dirs_new: msg.dirs_new,
+                    dirs_changed: msg.dirs_changed,
+                    dirs_unmodified: msg.dirs_unmodified,
+                    data_added: msg.data_added,
+                    total_files_processed: msg.total_files_processed,
+                    total_bytes_processed: msg.total_bytes_processed,
+                    total_duration: msg.total_duration,
+                };
+                self.summaries.push(summary.clone());
+                Line::Summary(summary)
+            }
+            _ => Line::Text,
+        }
+    }
+}
+
+/// restic's snapshot ids are 64 hex digits, and restic before 0.16 reports the short form
+/// (the first 8) in its summary; anything else is not one of its summaries.
+fn is_snapshot_id(id: &str) -> bool {
+    (8..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The summaries' figures added up, for a run with several backup steps.
+pub(crate) fn total(summaries: &[BackupSummary]) -> Option<BackupSummary> {
+    let last = summaries.last()?;
+    let mut sum = BackupSummary {
+        step: last.step,
+        snapshot_id: last.snapshot_id.clone(),
+        ..Default::default()
+    };
+    for s in summaries {
+        sum.files_new += s.files_new;
+        sum.files_changed += s.files_changed;
+        sum.files_unmodified += s.files_unmodified;
+        sum.dirs_new += s.dirs_new;
+        sum.dirs_changed += s.dirs_changed;
+        sum.dirs_unmodified += s.dirs_unmodified;
+        sum.data_added += s.data_added;
+        sum.total_files_processed += s.total_files_processed;
+        sum.total_bytes_processed += s.total_bytes_processed;
+        sum.total_duration += s.total_duration;
+    }
+    Some(sum)
+}
+
+/// `text` without terminal escapes: CSI sequences (`ESC [ ... final`), OSC sequences
+/// (`ESC ] ... BEL` or `ESC \`), other two-byte escapes, and carriage returns that would
+/// redraw a line. Borrowed when there is nothing to remove (the common case).
+pub(crate) fn strip_escapes(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(['\x1b', '\r']) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => match chars.next() {
+                Some('[') => {
+                    // Parameters and intermediates, up to a final byte in @..~.
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+                Some(']') => {
+                    while let Some(c) = chars.next() {
+                        if c == '\x07' || (c == '\x1b' && chars.next_if_eq(&'\\').is_some()) {
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            },
+            '\r' => {}
+            c => out.push(c),
+        }
+    }
+    out.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "1b0c5b7b6a3e6f1e0c1a4b8c9d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e";
+
+    #[test]
+    fn a_summary_is_kept_and_progress_is_counted() {
+        let mut r = Reader::new(2);
+        let status = r#"{"message_type":"status","percent_done":0.5,"total_files":3}"#;
+        assert_eq!(r.line(status), Line::Progress);
+        let summary = format!(
+            r#"{{"message_type":"summary","files_new":3,"files_changed":1,"files_unmodified":7,"dirs_new":2,"dirs_changed":0,"dirs_unmodified":1,"data_blobs":3,"tree_blobs":2,"data_added":1234,"total_files_processed":11,"total_bytes_processed":99,"total_duration":0.25,"snapshot_id":"{ID}"}}"#
+        );
+        let Line::Summary(s) = r.line(&summary) else { panic!("not a summary") };
+        assert_eq!((s.step, s.snapshot_id.as_str(), s.files_new, s.data_added), (2, ID, 3, 1234));
+        assert_eq!(r.progress, 1);
+        assert_eq!(r.summaries.len(), 1);
+    }
+
+    #[test]
+    fn other_lines_are_text() {
+        let mut r = Reader::new(1);
+        for line in [
+            "open repository",
+            "{\"not\":\"restic\"}",
+            r#"{"message_type":"summary","snapshot_id":"***"}"#,
+            r#"{"message_type":"summary","snapshot_id":"abc"}"#,
+            r#"{"message_type":"error","error":"x"}"#,
+            "{\"message_type\": broken",
+        ] {
+            assert_eq!(r.line(line), Line::Text, "{line}");
+        }
+        assert!(r.summaries.is_empty());
+    }
+
+    #[test]
+    fn escapes_are_removed() {
+        assert_eq!(strip_escapes("\x1b[2K[0:01] 10 files\r"), "[0:01] 10 files");
+        assert_eq!(strip_escapes("\x1b[1;31mred\x1b[0m"), "red");
+        assert_eq!(strip_escapes("\x1b]0;title\x07text"), "text");
+        assert_eq!(strip_escapes("\x1b]8;;http://x\x1b\\link"), "link");
+        assert!(matches!(strip_escapes("plain"), std::borrow::Cow::Borrowed("plain")));
+    }
+
+    #[test]
+    fn totals_add_up_and_keep_the_last_id() {
+        let a = BackupSummary {
+            step: 1,
+            snapshot_id: "a".into(),
+            data_added: 5,
+            files_new: 1,
+            ..Default::default()
+        };
+        let b = BackupSummary {
+            step: 2,
+            snapshot_id: "b".into(),
+            data_added: 7,
+            files_new: 2,
+            ..Default::default()
+        };
+        let t = total(&[a, b]).unwrap();
+        assert_eq!((t.snapshot_id.as_str(), t.data_added, t.files_new), ("b", 12, 3));
+        assert!(total(&[]).is_none());
+    }
+}

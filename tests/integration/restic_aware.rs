@@ -1,0 +1,314 @@
+//! What the daemon learns from restic, and how it shapes runs: the `backup --json` summary
+//! in history (`history --json`), hooks, webhooks and metrics, with restic's progress kept
+//! out of the log; `retry:` (a fresh token per attempt, one notification); `lock:` (two
+//! tasks on one repository never overlap); and the stderr tail under a failed run in
+//! `history`. Real restic on a local repository, a real HTTP server for the webhook.
+
+use std::path::Path;
+
+use crate::harness::{Scratch, TRIGGERED, canary, history, wait_until, write_private};
+use crate::home::HttpSink;
+
+/// A local restic repository with a random password in a private file, initialized.
+fn repository(scratch: &Scratch) -> (String, std::path::PathBuf) {
+    let password = canary();
+    let file = scratch.path().join("repo-password");
+    write_private(&file, password.as_bytes());
+    let repo = scratch.path().join("repo").display().to_string();
+    let out = restic(scratch, &repo, &file).arg("init").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (repo, file)
+}
+
+/// restic run by hand (by the test, not the daemon) on the repository.
+fn restic(scratch: &Scratch, repo: &str, password_file: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new("restic");
+    cmd.env("RESTIC_REPOSITORY", repo)
+        .env("RESTIC_PASSWORD_FILE", password_file)
+        .env("RESTIC_CACHE_DIR", scratch.path().join("cache"))
+        .arg("--quiet");
+    cmd
+}
+
+fn end_of<'h>(records: &'h [serde_json::Value], task: &str) -> Option<&'h serde_json::Value> {
+    records.iter().rev().find(|r| r["type"] == "end" && r["task"] == task)
+}
+
+#[test]
+fn a_backup_summary_reaches_history_hooks_the_webhook_and_metrics_and_progress_stays_out_of_the_log()
+ {
+    let scratch = Scratch::new();
+    let sink = HttpSink::start();
+    let (repo, password_file) = repository(&scratch);
+    let data = scratch.path().join("Documents");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("notes.txt"), canary().repeat(1000)).unwrap();
+    let seen = scratch.path().join("hook-saw");
+    let metrics = scratch.path().join("metrics.prom");
+    let config = scratch.config(&format!(
+        "secrets:
+  repo: {{file: {pw}}}
+metrics_textfile: {metrics}
+notify: {{webhook: {url}/hook}}
+tasks:
+  backup:
+    {TRIGGERED}
+    command: [restic, backup, --json, --host, testhost, {data}]
+    env:
+      RESTIC_REPOSITORY: {repo}
+      RESTIC_PASSWORD_COMMAND: secretbox get repo
+      RESTIC_CACHE_DIR: {cache}
+      RESTIC_PROGRESS_FPS: '30'
+    secrets: [repo]
+    hooks:
+      on_success: [sh, -c, 'echo \"$BACKUPNIZZA_SNAPSHOT_ID $BACKUPNIZZA_DATA_ADDED\" > {seen}']
+",
+        pw = password_file.display(),
+        metrics = metrics.display(),
+        url = sink.url,
+        data = data.display(),
+        cache = scratch.path().join("cache").display(),
+        seen = seen.display(),
+    ));
+    let daemon = scratch.start_daemon(&config);
+    scratch.backupnizza(["trigger", "--wait", "backup", "-c"]).run_with(&config).expect_code(0);
+
+    // The repository's own word on the snapshot, asked by hand.
+    let out =
+        restic(&scratch, &repo, &password_file).args(["snapshots", "--json"]).output().unwrap();
+    let snapshots: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(snapshots.len(), 1, "{snapshots:?}");
+    let id = snapshots[0]["id"].as_str().unwrap().to_string();
+
+    // `history --json`: one object per line, every line parses, the run carries the id.
+    let json = scratch.backupnizza(["history", "--json", "-c"]).run_with(&config);
+    json.expect_code(0);
+    let objects: Vec<serde_json::Value> =
+        json.stdout().lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    let run = objects.iter().find(|o| o["task"] == "backup" && o["type"] == "run").unwrap();
+    assert_eq!(run["status"], "success", "{run}");
+    // restic before 0.16 reports the short id, later ones the full id.
+    let reported = run["snapshot_id"].as_str().unwrap().to_string();
+    assert!(reported.len() >= 8 && id.starts_with(&reported), "{run} vs {id}");
+    let added = run["data_added"].as_u64().unwrap();
+    assert!(added > 0, "{run}");
+    assert_eq!(run["backups"][0]["files_new"], 1, "{run}");
+    assert!(run["started"].is_string() && run["ended"].is_string(), "{run}");
+    // The text form shows the short id.
+    let text = scratch.backupnizza(["history", "backup", "-c"]).run_with(&config);
+    assert!(text.stdout().contains(&format!("snapshot {}", &id[..8])), "{}", text.stdout());
+
+    // The hook got the id and the figure.
+    wait_until("the on_success hook", || seen.exists());
+    assert_eq!(std::fs::read_to_string(&seen).unwrap().trim(), format!("{reported} {added}"));
+    // The webhook's end document carries them.
+    let requests = sink.wait_for(2);
+    let end: serde_json::Value = requests
+        .iter()
+        .map(|(_, _, b)| serde_json::from_slice::<serde_json::Value>(b).unwrap())
+        .find(|v| v["event"] == "end")
+        .unwrap();
+    assert_eq!(
+        (end["snapshot_id"].as_str(), end["data_added"].as_u64()),
+        (Some(reported.as_str()), Some(added))
+    );
+    // The metrics file has the figures.
+    wait_until("the metrics", || {
+        std::fs::read_to_string(&metrics).unwrap_or_default().contains("last_backup_data_added")
+    });
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        text.contains(&format!(
+            "backupnizza_task_last_backup_data_added_bytes{{task=\"backup\"}} {added}\n"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("backupnizza_task_last_backup_files_new{task=\"backup\"} 1\n"), "{text}");
+
+    // Progress stayed out of the log (restic printed some: the log says how many).
+    let log = daemon.log_text();
+    assert!(!log.contains("\"message_type\":\"status\""), "{log}");
+    assert!(
+        log.contains("restic progress messages (message_type status) were not logged"),
+        "{log}"
+    );
+    assert!(log.contains("\"message_type\":\"summary\""), "the summary is logged: {log}");
+    assert!(!log.contains('\x1b'), "no terminal escapes in the log");
+}
+
+#[test]
+fn terminal_escapes_never_reach_the_log() {
+    let scratch = Scratch::new();
+    let config = scratch.config(&format!(
+        "tasks:\n  colour:\n    {TRIGGERED}\n    command: [printf, '\\033[2K[0:01] 3 files\\r\\n\\033[1;31mred alert\\033[0m\\n\\033]0;title\\007done\\n']\n"
+    ));
+    let daemon = scratch.start_daemon(&config);
+    scratch.backupnizza(["trigger", "--wait", "colour", "-c"]).run_with(&config).expect_code(0);
+    let log = daemon.wait_for("the output", |l| l.contains("done"));
+    assert!(log.contains("[0:01] 3 files") && log.contains("red alert"), "{log}");
+    assert!(!log.contains('\x1b') && !log.contains("\\u001b") && !log.contains("title"), "{log}");
+}
+
+#[test]
+fn a_run_that_fails_twice_is_tried_again_with_a_fresh_token_and_notifies_once() {
+    let scratch = Scratch::new();
+    let sink = HttpSink::start();
+    let secret = canary();
+    let file = scratch.path().join("s");
+    write_private(&file, secret.as_bytes());
+    let counter = scratch.path().join("attempts");
+    let got = scratch.path().join("got");
+    // Each attempt redeems its token (redeem_limit 1: a reused token would be refused),
+    // then fails until the third.
+    let script = format!(
+        "secretbox get s >> {got} && echo x >> {counter} && test $(wc -l < {counter}) -ge 3 || {{ echo attempt $BACKUPNIZZA_ATTEMPT failed >&2; exit 4; }}",
+        got = got.display(),
+        counter = counter.display()
+    );
+    let config = scratch.config(&format!(
+        "secrets:\n  s: {{file: {}}}\nnotify: {{webhook: {}/hook}}\ntasks:\n  flaky:\n    {TRIGGERED}\n    command: [sh, -c, '{script}']\n    secrets: [s]\n    retry: {{attempts: 4, delay: 1s, backoff: 1.5}}\n",
+        file.display(),
+        sink.url
+    ));
+    let daemon = scratch.start_daemon(&config);
+    scratch.backupnizza(["trigger", "--wait", "flaky", "-c"]).run_with(&config).expect_code(0);
+
+    assert_eq!(std::fs::read_to_string(&got).unwrap(), format!("{secret}\n").repeat(3));
+    let log = daemon.log_text();
+    let tokens: std::collections::BTreeSet<&str> = log
+        .lines()
+        .filter(|l| l.contains("started process with a one-time token"))
+        .filter_map(|l| l.split("token=").nth(1)?.split_whitespace().next())
+        .collect();
+    assert_eq!(tokens.len(), 3, "three attempts, three tokens: {log}");
+    assert!(log.contains("attempt 1 of 4 failed (exit code 4); trying again in 1s"), "{log}");
+    assert!(log.contains("attempt 2 of 4 failed (exit code 4); trying again in"), "{log}");
+
+    // One run in history, its earlier attempts linked in its End record.
+    let records = history(&scratch);
+    let starts = records.iter().filter(|r| r["type"] == "start" && r["task"] == "flaky").count();
+    assert_eq!(starts, 1);
+    let end = end_of(&records, "flaky").unwrap();
+    assert_eq!(end["status"], "success", "{end}");
+    assert!(end["reason"].as_str().unwrap().starts_with("attempt 3 of 4: "), "{end}");
+    let attempts = end["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{end}");
+    assert_eq!(
+        (attempts[0]["attempt"].as_u64(), attempts[0]["exit_code"].as_i64()),
+        (Some(1), Some(4))
+    );
+    let text = scratch.backupnizza(["history", "flaky", "-c"]).run_with(&config).stdout();
+    assert!(
+        text.contains("attempt 1 failed, exit 4") && text.contains("attempt 2 failed, exit 4"),
+        "{text}"
+    );
+
+    // One start and one end notification, for the final result.
+    sink.wait_for(2);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let requests = sink.wait_for(2);
+    let events: Vec<String> = requests
+        .iter()
+        .map(|(_, _, b)| {
+            serde_json::from_slice::<serde_json::Value>(b).unwrap()["event"].to_string()
+        })
+        .collect();
+    assert_eq!(events, ["\"start\"", "\"end\""], "{requests:?}");
+}
+
+#[test]
+fn a_wrong_restic_password_is_not_tried_again_where_restic_says_so() {
+    let scratch = Scratch::new();
+    let (repo, _) = repository(&scratch);
+    let wrong = scratch.path().join("wrong");
+    write_private(&wrong, canary().as_bytes());
+    let config = scratch.config(&format!(
+        "secrets:\n  repo: {{file: {}}}\ntasks:\n  snapshots:\n    {TRIGGERED}\n    command: [restic, snapshots]\n    env: {{RESTIC_REPOSITORY: {repo}, RESTIC_PASSWORD_COMMAND: secretbox get repo, RESTIC_CACHE_DIR: {}}}\n    secrets: [repo]\n    retry: {{attempts: 3, delay: 1s}}\n",
+        wrong.display(),
+        scratch.path().join("cache").display()
+    ));
+    let daemon = scratch.start_daemon(&config);
+    scratch.backupnizza(["trigger", "--wait", "snapshots", "-c"]).run_with(&config).expect_code(1);
+    let records = history(&scratch);
+    let end = end_of(&records, "snapshots").unwrap();
+    if end["exit_code"] != 12 {
+        // restic before 0.17 exits 1 on a wrong password: a failure like any other, retried.
+        eprintln!(
+            "SKIPPED the no-retry assertion: the installed restic reports a wrong password as exit code {} (code 12 needs restic 0.17)",
+            end["exit_code"]
+        );
+        assert_eq!(end["attempts"].as_array().map(Vec::len), Some(2), "{end}");
+        return;
+    }
+    assert!(end.get("attempts").is_none(), "not retried: {end}");
+    assert!(daemon.log_text().contains("not tried again (restic: wrong password)"));
+}
+
+#[test]
+fn tasks_sharing_a_lock_never_overlap_and_explain_shows_the_wait() {
+    let scratch = Scratch::new();
+    let stamps = scratch.path().join("stamps");
+    let task = |name: &str| {
+        format!(
+            "  {name}:\n    {TRIGGERED}\n    lock: repo\n    command: [sh, -c, 'echo {name} begin $(date +%s.%N) >> {s}; sleep 1; echo {name} end $(date +%s.%N) >> {s}']\n",
+            s = stamps.display()
+        )
+    };
+    let config =
+        scratch.config(&format!("tasks:\n{}{}{}", task("backup"), task("prune"), task("check")));
+    let daemon = scratch.start_daemon(&config);
+    for name in ["backup", "prune", "check"] {
+        scratch.backupnizza(["trigger", name, "-c"]).run_with(&config).expect_code(0);
+    }
+    wait_until("three runs", || {
+        history(&scratch).iter().filter(|r| r["type"] == "end" && r["status"] == "success").count()
+            == 3
+    });
+    // From the tasks' own clocks: each run's begin comes after the previous run's end.
+    let text = std::fs::read_to_string(&stamps).unwrap();
+    let mut spans: Vec<(f64, f64)> = Vec::new();
+    for name in ["backup", "prune", "check"] {
+        let at = |what: &str| -> f64 {
+            let prefix = format!("{name} {what} ");
+            text.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap().parse().unwrap()
+        };
+        spans.push((at("begin"), at("end")));
+    }
+    spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for pair in spans.windows(2) {
+        assert!(pair[1].0 >= pair[0].1, "runs overlap: {spans:?}\n{text}");
+    }
+    let log = daemon.log_text();
+    assert!(log.contains("waiting for the lock, held by task"), "{log}");
+    let waited: Vec<serde_json::Value> = history(&scratch)
+        .into_iter()
+        .filter(|r| r["type"] == "start" && r["lock_wait"]["lock"] == "repo")
+        .collect();
+    assert_eq!(waited.len(), 2, "two of three waited");
+    let late = waited[1]["task"].as_str().unwrap();
+    let explain = scratch.backupnizza(["explain", late, "-c"]).run_with(&config).stdout();
+    assert!(
+        explain.contains("after waiting") && explain.contains("for lock repo (held by"),
+        "{explain}"
+    );
+    let json = scratch.backupnizza(["explain", late, "--json", "-c"]).run_with(&config).stdout();
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(doc["manual"][0]["lock_wait"]["lock"], "repo", "{doc}");
+    assert_eq!(doc["manual"][0]["status"], "success", "{doc}");
+}
+
+#[test]
+fn history_shows_the_last_stderr_lines_under_a_failed_run() {
+    let scratch = Scratch::new();
+    let config = scratch.config(&format!(
+        "tasks:\n  broken:\n    {TRIGGERED}\n    command: [sh, -c, 'for i in 1 2 3 4 5 6 7; do echo problem $i >&2; done; exit 2']\n  fine:\n    {TRIGGERED}\n    command: [sh, -c, 'echo just chatter >&2']\n"
+    ));
+    let _daemon = scratch.start_daemon(&config);
+    scratch.backupnizza(["trigger", "--wait", "broken", "-c"]).run_with(&config).expect_code(1);
+    scratch.backupnizza(["trigger", "--wait", "fine", "-c"]).run_with(&config).expect_code(0);
+    let text = scratch.backupnizza(["history", "-c"]).run_with(&config).stdout();
+    for i in 3..=7 {
+        assert!(text.contains(&format!("    | problem {i}\n")), "{text}");
+    }
+    assert!(!text.contains("| problem 2") && !text.contains("| just chatter"), "{text}");
+}
