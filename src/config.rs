@@ -230,6 +230,18 @@ pub struct Task {
     /// Tasks with the same lock name never run at the same time: a run waits for the lock
     /// before it starts (normally one name per restic repository).
     pub lock: Option<String>,
+    /// Compare the repository's snapshots (this task's `restic snapshots --json`) with the
+    /// snapshot ledger of other tasks.
+    pub audit: Option<Audit>,
+}
+
+/// A task's `audit:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audit {
+    /// The tasks whose saved snapshots the repository must hold.
+    pub tasks: Vec<String>,
+    /// How old their newest snapshot may be.
+    pub max_age: Option<Duration>,
 }
 
 /// The file name of a program path (`/usr/bin/restic` → `restic`).

@@ -14,6 +14,7 @@
 mod contain;
 pub(crate) mod execute;
 pub mod guardian;
+pub(crate) mod ledger;
 pub(crate) mod locks;
 pub(crate) mod metrics;
 pub(crate) mod notifications;

@@ -64,6 +64,9 @@ pub(crate) enum Record {
         /// the last attempt's, and the whole run's duration).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         attempts: Vec<Attempt>,
+        /// What the task's audit found (snapshot ids and why).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        findings: Vec<crate::daemon::ledger::Finding>,
     },
     /// Occurrences that did not run.
     Skip {
@@ -93,11 +96,14 @@ impl Record {
             }
         };
         match &mut record {
-            Record::End { reason, stderr_tail, attempts, .. } => {
+            Record::End { reason, stderr_tail, attempts, findings, .. } => {
                 mask(reason);
                 stderr_tail.iter_mut().for_each(mask);
                 for a in attempts.iter_mut() {
                     mask(&mut a.reason);
+                }
+                for f in findings.iter_mut() {
+                    mask(&mut f.detail);
                 }
             }
             Record::Skip { detail, .. } => mask(detail),

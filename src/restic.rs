@@ -69,6 +69,28 @@ struct SummaryLine {
     total_duration: f64,
 }
 
+/// One snapshot as `restic snapshots --json` and `restic forget --json` list it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Snapshot {
+    pub id: String,
+    pub time: String,
+    #[serde(default)]
+    pub tree: String,
+    #[serde(default)]
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub hostname: String,
+}
+
+/// One group of `restic forget --json`'s answer.
+#[derive(Deserialize)]
+struct ForgetGroup {
+    #[serde(default)]
+    remove: Option<Vec<Snapshot>>,
+    #[allow(dead_code)] // only its presence tells a forget answer from a snapshot list
+    keep: Option<Vec<Snapshot>>,
+}
+
 /// What a stdout line is.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Line {
@@ -76,6 +98,9 @@ pub(crate) enum Line {
     Progress,
     /// The backup's summary (also logged: it is one line and says what happened).
     Summary(BackupSummary),
+    /// A snapshot list or a forget answer (one long line): kept, and said in a sentence
+    /// instead of logged.
+    Listing(String),
     /// Anything else: logged as it is.
     Text,
 }
@@ -87,6 +112,12 @@ pub(crate) struct Reader {
     /// Progress messages passed over.
     pub progress: u64,
     pub summaries: Vec<BackupSummary>,
+    /// The last snapshot list the step printed (`restic snapshots --json`).
+    pub listed: Option<Vec<Snapshot>>,
+    /// The snapshots a `restic forget --json` removed.
+    pub removed: Vec<Snapshot>,
+    /// The longest stdout line read whole (the pump's own limit when smaller).
+    pub line_limit: usize,
 }
 
 impl Reader {
@@ -98,6 +129,9 @@ impl Reader {
     /// no longer parses as a figure) and keeps what it carries.
     pub(crate) fn line(&mut self, line: &str) -> Line {
         let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            return self.listing(trimmed);
+        }
         // Cheap test first: restic's messages are objects that name their type.
         if !trimmed.starts_with('{') || !trimmed.contains("\"message_type\"") {
             return Line::Text;
@@ -128,6 +162,26 @@ impl Reader {
             }
             _ => Line::Text,
         }
+    }
+}
+
+impl Reader {
+    /// A JSON array: a forget answer (groups with `keep`), a snapshot list, or neither.
+    fn listing(&mut self, text: &str) -> Line {
+        if text.contains("\"keep\"") {
+            if let Ok(groups) = serde_json::from_str::<Vec<ForgetGroup>>(text) {
+                let removed: Vec<Snapshot> =
+                    groups.into_iter().flat_map(|g| g.remove.unwrap_or_default()).collect();
+                let n = removed.len();
+                self.removed.extend(removed);
+                return Line::Listing(format!("restic forget removed {n} snapshots"));
+            }
+        } else if let Ok(list) = serde_json::from_str::<Vec<Snapshot>>(text) {
+            let n = list.len();
+            self.listed = Some(list);
+            return Line::Listing(format!("restic listed {n} snapshots"));
+        }
+        Line::Text
     }
 }
 
@@ -230,6 +284,22 @@ mod tests {
             assert_eq!(r.line(line), Line::Text, "{line}");
         }
         assert!(r.summaries.is_empty());
+    }
+
+    #[test]
+    fn snapshot_lists_and_forget_answers_are_kept() {
+        let mut r = Reader::new(1);
+        let snap = format!(
+            r#"{{"time":"2026-12-01T10:00:00.5+01:00","tree":"ab","paths":["/d"],"hostname":"h","username":"u","id":"{ID}","short_id":"1b0c5b7b"}}"#
+        );
+        assert_eq!(r.line(&format!("[{snap}]")), Line::Listing("restic listed 1 snapshots".into()));
+        assert_eq!(r.listed.as_ref().unwrap()[0].id, ID);
+        let forget = format!(
+            r#"[{{"tags":null,"host":"h","paths":["/d"],"keep":[],"remove":[{snap}],"reasons":[]}},{{"host":"h","keep":[{snap}],"remove":null}}]"#
+        );
+        assert!(matches!(r.line(&forget), Line::Listing(_)));
+        assert_eq!(r.removed.len(), 1);
+        assert_eq!(r.line("[1, 2]"), Line::Text);
     }
 
     #[test]

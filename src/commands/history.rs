@@ -66,6 +66,7 @@ fn text_entries(records: &[&Record], args: &HistoryArgs) -> Vec<String> {
                 stderr_tail,
                 backups,
                 attempts,
+                findings,
             } => {
                 let code = exit_code.map_or_else(|| "-".into(), |c| format!("exit {c}"));
                 let took = crate::duration::Human(Duration::from_secs(duration_ms / 1000));
@@ -80,6 +81,9 @@ fn text_entries(records: &[&Record], args: &HistoryArgs) -> Vec<String> {
                         "\n    attempt {} {}{code} at {}: {}",
                         a.number, a.status, a.at, a.reason
                     ));
+                }
+                for f in findings {
+                    entry.push_str(&format!("\n    ! audit: {}", f.detail));
                 }
                 if !status.is_ok() && *status != RunStatus::Skipped {
                     let from = stderr_tail.len().saturating_sub(TAIL_SHOWN);
@@ -139,6 +143,7 @@ fn json_entries(records: &[&Record]) -> Vec<String> {
                 stderr_tail,
                 backups,
                 attempts,
+                findings,
             } => {
                 // A start rotated out of the kept generations: the end stands alone.
                 let idx = *by_run.entry(run_id).or_insert_with(|| {
@@ -158,6 +163,7 @@ fn json_entries(records: &[&Record]) -> Vec<String> {
                     ("data_added", json!(total.as_ref().map(|t| t.data_added))),
                     ("backups", json!(backups)),
                     ("attempts", json!(attempts)),
+                    ("findings", json!(findings)),
                 ] {
                     object.insert(key.into(), value);
                 }

@@ -13,6 +13,7 @@ use std::path::Path;
 use super::tree;
 use super::{Checked, Environment, Problem, Severity};
 
+mod audit;
 mod cross;
 mod output;
 mod retry;

@@ -70,7 +70,7 @@ pub(crate) enum Event {
     /// The run got past its random delay and recorded its start.
     Started { idx: usize, at: Timestamp },
     /// The run is over and its End record is on disk.
-    Ended { idx: usize, run_id: String, outcome: Outcome, ended: Timestamp },
+    Ended { idx: usize, run_id: String, outcome: Box<Outcome>, ended: Timestamp },
 }
 
 /// A run to start.
@@ -143,7 +143,115 @@ impl Run<'_> {
         if let Err(early) = self.before_hook().await {
             return early;
         }
-        self.attempts().await
+        let mut outcome = self.attempts().await;
+        self.ledger(&mut outcome).await;
+        outcome
+    }
+
+    /// The snapshot ledger: what the steps saved and our `forget` removed goes in; for an
+    /// audit task, the snapshot list its steps printed is compared with it, and the findings
+    /// fail the run.
+    async fn ledger(&self, outcome: &mut Outcome) {
+        use super::ledger::{self, Entry};
+        let at = self.ctx.rfc3339(Timestamp::now());
+        let (task, run_id) = (&self.task.name, &self.job.run_id);
+        let mut entries: Vec<Entry> = outcome
+            .backups
+            .iter()
+            .map(|b| Entry::Saved {
+                task: task.clone(),
+                run_id: run_id.clone(),
+                at: at.clone(),
+                snapshot_id: b.snapshot_id.clone(),
+            })
+            .collect();
+        entries.extend(outcome.removed.iter().map(|s| Entry::Forgotten {
+            task: task.clone(),
+            run_id: run_id.clone(),
+            at: at.clone(),
+            snapshot_id: s.id.clone(),
+        }));
+        let audit = self.task.audit.clone().filter(|_| outcome.status.is_ok());
+        if entries.is_empty() && audit.is_none() {
+            return;
+        }
+        let listed = outcome.listed.take();
+        let state_dir = self.ctx.config.state_dir.clone();
+        let name = task.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            ledger::append(&state_dir, &entries)?;
+            let (Some(audit), Some(listed)) = (audit, listed) else { return Ok(None) };
+            let ledger = ledger::Ledger::load(&state_dir)?;
+            let verdict = ledger::audit(
+                &ledger,
+                &listed,
+                &name,
+                &audit.tasks,
+                audit.max_age,
+                Timestamp::now(),
+                &at,
+            );
+            ledger::append(&state_dir, &verdict.entries)?;
+            Ok::<_, std::io::Error>(Some(verdict))
+        })
+        .await;
+        let verdict = match done {
+            Ok(Ok(verdict)) => verdict,
+            Ok(Err(e)) => {
+                let why = format!(
+                    "cannot update the snapshot ledger in {}: {e}",
+                    self.ctx.config.state_dir.display()
+                );
+                error!("{why}");
+                if self.task.audit.is_some() && outcome.status.is_ok() {
+                    *outcome = Outcome {
+                        status: RunStatus::Failed,
+                        exit_code: None,
+                        reason: why,
+                        ..outcome.clone()
+                    };
+                }
+                return;
+            }
+            Err(e) => {
+                error!("the snapshot ledger's update failed: {e}");
+                return;
+            }
+        };
+        if self.task.audit.is_none() || !outcome.status.is_ok() {
+            return;
+        }
+        let Some(verdict) = verdict else {
+            let why = "audit: the steps printed no snapshot list (the audit's command should be `restic snapshots --json`)";
+            error!("{why}");
+            outcome.status = RunStatus::Failed;
+            outcome.exit_code = None;
+            outcome.reason = why.to_string();
+            return;
+        };
+        for finding in &verdict.findings {
+            error!(kind = %finding.kind, "audit: {}", finding.detail);
+        }
+        if verdict.findings.is_empty() {
+            info!(
+                "audit: the {} recorded snapshots in the repository match the ledger",
+                verdict.checked
+            );
+            outcome.reason =
+                format!("{}; audit: {} recorded snapshots match", outcome.reason, verdict.checked);
+        } else {
+            let n = verdict.findings.len();
+            let list: Vec<&str> = verdict.findings.iter().map(|f| f.detail.as_str()).collect();
+            outcome.status = RunStatus::Failed;
+            // No exit code: a ping with `/0` would report success.
+            outcome.exit_code = None;
+            outcome.reason = format!(
+                "audit found {n} problem{}: {}",
+                if n == 1 { "" } else { "s" },
+                list.join("; ")
+            );
+        }
+        outcome.findings = verdict.findings;
     }
 
     /// The steps, tried again after a failure as the task's `retry:` says: each attempt is a
@@ -464,6 +572,7 @@ impl Run<'_> {
                 stderr_tail: outcome.stderr_tail.clone(),
                 backups: outcome.backups.clone(),
                 attempts: outcome.attempts.clone(),
+                findings: outcome.findings.clone(),
             })
             .await;
         if outcome.status != RunStatus::Cancelled {
@@ -476,7 +585,7 @@ impl Run<'_> {
         let _ = ctx.events.send(Event::Ended {
             idx: self.job.idx,
             run_id: self.job.run_id,
-            outcome,
+            outcome: Box::new(outcome),
             ended,
         });
     }
@@ -507,6 +616,7 @@ impl Run<'_> {
             snapshot_id: total.as_ref().map(|t| t.snapshot_id.clone()),
             data_added: total.as_ref().map(|t| t.data_added),
             backups: outcome.map(|o| o.backups.clone()).unwrap_or_default(),
+            audit_findings: outcome.map(|o| o.findings.clone()).unwrap_or_default(),
         }
     }
 

@@ -25,6 +25,8 @@ pub(crate) struct TaskMetrics {
     pub next: Option<Timestamp>,
     /// The figures of the last run that saved restic snapshots (added up over its steps).
     pub last_backup: Option<crate::restic::BackupSummary>,
+    /// What the task's last audit found (audit tasks only).
+    pub audit_findings: Option<usize>,
 }
 
 /// Token counters.
@@ -161,6 +163,12 @@ pub(crate) fn render(
     ] {
         family(name, "gauge", help, &mut backup(value).into_iter());
     }
+    family(
+        "backupnizza_audit_findings",
+        "gauge",
+        "Problems the task's last snapshot audit found (missing, replaced, changed, unrecorded or stale snapshots).",
+        &mut per_task(&|m| m.audit_findings.map(|n| n as f64)).into_iter(),
+    );
     family(
         "backupnizza_tokens_minted_total",
         "counter",

@@ -46,6 +46,9 @@ pub(crate) struct RunFacts {
     /// Each of those steps' summary.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub backups: Vec<crate::restic::BackupSummary>,
+    /// What an audit task found (the run failed for them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub audit_findings: Vec<crate::daemon::ledger::Finding>,
 }
 
 impl RunFacts {
@@ -58,6 +61,9 @@ impl RunFacts {
             }
         };
         mask(&mut self.reason);
+        for f in &mut self.audit_findings {
+            mask(&mut f.detail);
+        }
         if let Some(tail) = self.stderr_tail.as_mut() {
             tail.iter_mut().for_each(mask);
         }
@@ -139,10 +145,13 @@ pub(crate) fn send(
         let agent = ureq::AgentBuilder::new().timeout(timeout).build();
         if let Some(base) = ping {
             let url = ping_url(&base, &facts);
-            let body = match (&facts.stderr_tail, send_logs) {
-                (Some(tail), true) => tail.join("\n"),
-                _ => String::new(),
-            };
+            // An audit's findings are the point of its failure ping: always in the body.
+            let mut body: Vec<&str> =
+                facts.audit_findings.iter().map(|f| f.detail.as_str()).collect();
+            if let (Some(tail), true) = (&facts.stderr_tail, send_logs) {
+                body.extend(tail.iter().map(String::as_str));
+            }
+            let body = body.join("\n");
             deliver("ping", &base, &facts, || {
                 agent
                     .post(&url)
@@ -224,6 +233,7 @@ mod tests {
             snapshot_id: None,
             data_added: None,
             backups: Vec::new(),
+            audit_findings: Vec::new(),
         }
     }
 

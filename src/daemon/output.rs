@@ -168,15 +168,17 @@ pub(super) async fn pump<R: AsyncRead + Unpin>(
 ) {
     use tokio::io::AsyncReadExt as _;
     let mut reader = BufReader::new(stream);
+    // A snapshot list is one line: an audit step's may be long.
+    let limit = restic.as_ref().map_or(MAX_REDACTED_LINE, |r| r.line_limit.max(MAX_REDACTED_LINE));
     let mut buf = Vec::with_capacity(256);
     let mut skip = Vec::new();
     loop {
         buf.clear();
-        match (&mut reader).take(MAX_REDACTED_LINE as u64).read_until(b'\n', &mut buf).await {
+        match (&mut reader).take(limit as u64).read_until(b'\n', &mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        if buf.last() != Some(&b'\n') && buf.len() >= MAX_REDACTED_LINE {
+        if buf.last() != Some(&b'\n') && buf.len() >= limit {
             // Absurdly long: drop the rest of the line rather than splitting it.
             loop {
                 skip.clear();
@@ -198,10 +200,19 @@ pub(super) async fn pump<R: AsyncRead + Unpin>(
         if let std::borrow::Cow::Owned(plain) = crate::restic::strip_escapes(&clean) {
             clean = std::borrow::Cow::Owned(crate::redact::redact(&plain).into_owned());
         }
-        if let Some(reader) = restic.as_deref_mut()
-            && reader.line(&clean) == crate::restic::Line::Progress
-        {
-            continue;
+        if let Some(reader) = restic.as_deref_mut() {
+            match reader.line(&clean) {
+                crate::restic::Line::Progress => continue,
+                crate::restic::Line::Listing(sentence) => {
+                    // The list itself is the record's (and the ledger's), not the log's.
+                    if let Some((file, label)) = file {
+                        file.line(label, &sentence).await;
+                    }
+                    budget.line(which, &sentence);
+                    continue;
+                }
+                crate::restic::Line::Summary(_) | crate::restic::Line::Text => {}
+            }
         }
         if let Some((file, label)) = file {
             file.line(label, &clean).await;

@@ -65,6 +65,12 @@ pub(crate) struct Outcome {
     pub(crate) last_step: usize,
     /// Earlier failed attempts (`retry:`); the fields above are the last attempt's.
     pub(crate) attempts: Vec<crate::history::Attempt>,
+    /// The last snapshot list a step printed (`restic snapshots --json`), for an audit.
+    pub(crate) listed: Option<Vec<crate::restic::Snapshot>>,
+    /// Snapshots the steps' `restic forget --json` removed (not with `--dry-run`).
+    pub(crate) removed: Vec<crate::restic::Snapshot>,
+    /// What the task's audit found.
+    pub(crate) findings: Vec<crate::daemon::ledger::Finding>,
 }
 
 impl Outcome {
@@ -83,6 +89,9 @@ impl Outcome {
             backups: Vec::new(),
             last_step: 0,
             attempts: Vec::new(),
+            listed: None,
+            removed: Vec::new(),
+            findings: Vec::new(),
         }
     }
 }
@@ -113,6 +122,23 @@ pub(crate) struct Runner {
     /// Where steps' `{secret_file:}` directories are made ([`secret_files`]).
     pub(crate) secret_files: PathBuf,
 }
+
+/// Snapshot lists and removals a run's steps printed.
+#[derive(Default)]
+struct Listings {
+    listed: Option<Vec<crate::restic::Snapshot>>,
+    removed: Vec<crate::restic::Snapshot>,
+}
+
+/// Where a step's restic results go.
+struct Found<'a> {
+    backups: &'a mut Vec<BackupSummary>,
+    listings: &'a mut Listings,
+}
+
+/// Longest snapshot list an audit task's step may print (one JSON line; about 150,000
+/// snapshots).
+const MAX_LISTING: usize = 64 * 1024 * 1024;
 
 /// What a run's stdout and stderr may still send to the log.
 #[derive(Default)]
@@ -238,6 +264,7 @@ impl Runner {
         // What steps that succeeded left behind, for the record of a successful run.
         let mut notes = Vec::new();
         let mut backups = Vec::new();
+        let mut restic = Listings::default();
         let mut last_step = 0;
         let steps = task.steps.len();
         for (i, step) in task.steps.iter().enumerate() {
@@ -259,7 +286,8 @@ impl Runner {
                 hook: None,
                 scope: Some(&task.secrets),
             };
-            match self.run_step(call, &mut tail, &mut budgets, Some(&mut backups)).await {
+            let found = Found { backups: &mut backups, listings: &mut restic };
+            match self.run_step(call, &mut tail, &mut budgets, Some(found)).await {
                 StepEnd::Exited(st, note) => {
                     exit_code = st.code();
                     let mut code_text = describe_exit(st);
@@ -332,6 +360,9 @@ impl Runner {
             backups,
             last_step,
             attempts: Vec::new(),
+            listed: restic.listed,
+            removed: restic.removed,
+            findings: Vec::new(),
         }
     }
 
@@ -528,7 +559,7 @@ impl Runner {
         call: StepCall<'_>,
         tail: &mut Tail,
         budgets: &mut Budgets,
-        backups: Option<&mut Vec<BackupSummary>>,
+        found: Option<Found<'_>>,
     ) -> StepEnd {
         let StepCall {
             task,
@@ -649,6 +680,9 @@ impl Runner {
         let (out_label, err_label) = (label("stdout"), label("stderr"));
         // The output is read on this task, beside the wait: the tail stays a plain value.
         let mut restic = crate::restic::Reader::new(index + 1);
+        if task.audit.is_some() || step.command.iter().any(|a| a == "forget") {
+            restic.line_limit = MAX_LISTING;
+        }
         let pumps = async {
             let out = async {
                 if let Some(s) = stdout {
@@ -718,11 +752,18 @@ impl Runner {
         };
         let (end, ()) = tokio::join!(waiting, pumps);
         super::output::progress_passed_over(&restic);
-        if let Some(backups) = backups {
+        if let Some(found) = found {
             for summary in &restic.summaries {
                 info!(step = index + 1, snapshot = %summary.snapshot_id, "restic saved a snapshot");
             }
-            backups.append(&mut restic.summaries);
+            found.backups.append(&mut restic.summaries);
+            if restic.listed.is_some() {
+                found.listings.listed = restic.listed.take();
+            }
+            // A dry run removes nothing.
+            if !step.command.iter().any(|a| a == "--dry-run" || a == "-n") {
+                found.listings.removed.append(&mut restic.removed);
+            }
         }
         if let StepEnd::Exited(st, _) = &end {
             info!(step = index + 1, pid, "process ended: {}", describe_exit(*st));

@@ -173,6 +173,7 @@ impl State {
                 duration_ms,
                 reason,
                 backups,
+                findings,
                 ..
             } = record
             else {
@@ -193,6 +194,9 @@ impl State {
             m.last_duration_seconds = Some(*duration_ms as f64 / 1000.0);
             if let Some(total) = crate::restic::total(backups) {
                 m.last_backup = Some(total);
+            }
+            if ctx.config.tasks[i].audit.is_some() && (status.is_ok() || !findings.is_empty()) {
+                m.audit_findings = Some(findings.len());
             }
             tasks[i].last = Some(RunBody {
                 run_id: run_id.clone(),
@@ -484,6 +488,10 @@ impl State {
         if let Some(total) = crate::restic::total(&outcome.backups) {
             m.last_backup = Some(total);
         }
+        let audited = outcome.status.is_ok() || !outcome.findings.is_empty();
+        if self.ctx.config.tasks[idx].audit.is_some() && audited {
+            m.audit_findings = Some(outcome.findings.len());
+        }
         match outcome.status {
             RunStatus::Skipped => m.skips += 1,
             status => {
@@ -561,6 +569,7 @@ impl State {
             stderr_tail: Vec::new(),
             backups: Vec::new(),
             attempts: Vec::new(),
+            findings: Vec::new(),
         });
         let body = RunBody {
             run_id: job.run_id.clone(),

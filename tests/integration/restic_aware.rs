@@ -312,3 +312,167 @@ fn history_shows_the_last_stderr_lines_under_a_failed_run() {
     }
     assert!(!text.contains("| problem 2") && !text.contains("| just chatter"), "{text}");
 }
+
+/// The snapshots in the repository at `repo` (a path), by hand: `(full id, time)`.
+fn snapshot_ids(scratch: &Scratch, repo: &str, password_file: &Path) -> Vec<String> {
+    let out = restic(scratch, repo, password_file).args(["snapshots", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    list.iter().map(|s| s["id"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn the_audit_reports_deleted_and_forged_snapshots_by_id_and_not_our_own_forget() {
+    let scratch = Scratch::new();
+    let sink = HttpSink::start();
+    let server = crate::restic::RestServer::start(&scratch.path().join("rest"));
+    let local = scratch.path().join("rest/laptop").display().to_string();
+    let password = canary();
+    let password_file = scratch.path().join("repo-password");
+    write_private(&password_file, password.as_bytes());
+    let out = restic(&scratch, &local, &password_file).arg("init").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let data = scratch.path().join("Documents");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("notes.txt"), "important\n").unwrap();
+    let metrics = scratch.path().join("metrics.prom");
+    let env = |repo: &str| {
+        format!(
+            "    env: {{RESTIC_REPOSITORY: '{repo}', RESTIC_PASSWORD_COMMAND: secretbox get repo, RESTIC_CACHE_DIR: {}}}\n    secrets: [repo]\n",
+            scratch.path().join("cache").display()
+        )
+    };
+    // Backups and audits through the append-only server; retention on the directory itself,
+    // with the rights the server does not give.
+    let rest = format!("rest:{}/laptop/", server.url);
+    let config = scratch.config(&format!(
+        "secrets:\n  repo: {{file: {pw}}}\nmetrics_textfile: {metrics}\ntasks:
+  backup:
+    {TRIGGERED}
+    command: [restic, backup, --json, --host, testhost, {data}]
+{rest_env}  audit:
+    {TRIGGERED}
+    command: [restic, snapshots, --json]
+    audit: {{tasks: [backup], max_age: 1h}}
+    notify: {{ping: {url}/ping, webhook: {url}/hook}}
+{rest_env}  stale:
+    {TRIGGERED}
+    command: [restic, snapshots, --json]
+    audit: {{tasks: [backup], max_age: 2s}}
+{rest_env}  prune:
+    {TRIGGERED}
+    command: [restic, forget, --keep-last, '1', --json]
+{local_env}",
+        pw = password_file.display(),
+        metrics = metrics.display(),
+        data = data.display(),
+        url = sink.url,
+        rest_env = env(&rest),
+        local_env = env(&local),
+    ));
+    let daemon = scratch.start_daemon(&config);
+    let trigger =
+        |task: &str| scratch.backupnizza(["trigger", "--wait", task, "-c"]).run_with(&config);
+    trigger("backup").expect_code(0);
+    trigger("backup").expect_code(0);
+    let ours = snapshot_ids(&scratch, &local, &password_file);
+    assert_eq!(ours.len(), 2);
+    let ledger = std::fs::read_to_string(scratch.path().join("state/ledger.jsonl")).unwrap();
+    let saved = ledger.lines().filter(|l| l.contains("\"type\":\"saved\"")).count();
+    assert_eq!(saved, 2, "two backups in the ledger: {ledger}");
+
+    // A clean repository: the audit succeeds.
+    trigger("audit").expect_code(0);
+    let end = end_of(&history(&scratch), "audit").unwrap().clone();
+    assert!(end["reason"].as_str().unwrap().contains("audit: 2 recorded snapshots match"), "{end}");
+
+    // Behind the daemon's back, on the repository directly: one snapshot deleted, one made
+    // with the same host name and path.
+    let deleted = ours[0].clone();
+    let out = restic(&scratch, &local, &password_file).args(["forget", &deleted]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = restic(&scratch, &local, &password_file)
+        .args(["backup", "--host", "testhost"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let forged = snapshot_ids(&scratch, &local, &password_file)
+        .into_iter()
+        .find(|id| !ours.contains(id))
+        .unwrap();
+
+    trigger("audit").expect_code(1);
+    let end = end_of(&history(&scratch), "audit").unwrap().clone();
+    assert_eq!(end["status"], "failed", "{end}");
+    let findings = end["findings"].as_array().unwrap();
+    let find = |kind: &str| {
+        findings.iter().find(|f| f["kind"] == kind).unwrap_or_else(|| panic!("no {kind}: {end}"))
+    };
+    assert!(deleted.starts_with(find("missing")["snapshot_id"].as_str().unwrap()), "{end}");
+    assert_eq!(find("unrecorded")["snapshot_id"], forged.as_str(), "{end}");
+    assert_eq!(findings.len(), 2, "{end}");
+    let text = scratch.backupnizza(["history", "audit", "-c"]).run_with(&config).stdout();
+    assert!(text.contains(&format!("! audit: snapshot {} is missing", &deleted[..8])), "{text}");
+    assert!(text.contains(&format!("! audit: snapshot {} (host testhost", &forged[..8])), "{text}");
+    // The failure notification names both: the ping (to /fail, with the findings as its
+    // body) and the webhook.
+    let requests = sink.wait_for(6);
+    let fail = requests
+        .iter()
+        .find(|(_, p, _)| p.starts_with("/ping/fail"))
+        .unwrap_or_else(|| panic!("{requests:?}"));
+    let body = String::from_utf8_lossy(&fail.2);
+    assert!(body.contains(&deleted[..8]) && body.contains(&forged[..8]), "{body}");
+    let hook: serde_json::Value = requests
+        .iter()
+        .filter(|(_, p, _)| p == "/hook")
+        .map(|(_, _, b)| serde_json::from_slice::<serde_json::Value>(b).unwrap())
+        .rfind(|v| v["event"] == "end" && v["status"] == "failed")
+        .unwrap();
+    let ids: Vec<&str> = hook["audit_findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["snapshot_id"].as_str())
+        .collect();
+    assert!(ids.contains(&forged.as_str()) && ids.iter().any(|i| deleted.starts_with(i)), "{hook}");
+    let log = daemon.log_text();
+    assert!(log.lines().any(|l| l.contains("ERROR") && l.contains("kind=missing")), "{log}");
+    wait_until("the audit's metric", || {
+        std::fs::read_to_string(&metrics)
+            .unwrap_or_default()
+            .contains("backupnizza_audit_findings{task=\"audit\"} 2\n")
+    });
+
+    // Backups stopped: the newest recorded snapshot is older than the stale audit's 2s.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    trigger("stale").expect_code(1);
+    let end = end_of(&history(&scratch), "stale").unwrap().clone();
+    let stale = end["findings"].as_array().unwrap().iter().find(|f| f["kind"] == "stale").cloned();
+    assert!(
+        stale.is_some_and(|f| f["detail"].as_str().unwrap().contains("backups have stopped")),
+        "{end}"
+    );
+
+    // Our own retention: keeps the newest (the forged one), removes the second backup; the
+    // next audit does not report that removal.
+    trigger("prune").expect_code(0);
+    let removed = ours[1].clone();
+    assert!(!snapshot_ids(&scratch, &local, &password_file).contains(&removed));
+    trigger("audit").expect_code(1);
+    let end = end_of(&history(&scratch), "audit").unwrap().clone();
+    let reported: Vec<&str> = end["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["snapshot_id"].as_str())
+        .collect();
+    assert!(
+        !reported.iter().any(|id| removed.starts_with(id)),
+        "our forget is not an alarm: {end}"
+    );
+    assert!(reported.iter().any(|id| deleted.starts_with(id)), "{end}");
+    drop(server);
+    assert!(!daemon.log_text().contains(&password));
+}

@@ -23,6 +23,10 @@ impl Checker {
         let declared: BTreeSet<&str> = declared.iter().map(String::as_str).collect();
         let mut used: BTreeSet<String> = BTreeSet::new();
         let tasks = lookup(root, "tasks").map(|(_, n)| string_keys(n)).unwrap_or_default();
+        let names: Vec<String> = tasks.iter().map(|(t, _, _)| t.clone()).collect();
+        for (task, _, node) in &tasks {
+            self.cross_check_audit(node, task, &names);
+        }
         for (task, _, node) in tasks {
             let tpath = join("tasks", &task);
             let scope: Vec<&str> = match lookup(node, "secrets") {
@@ -168,6 +172,28 @@ impl Checker {
     /// the task's `secrets:` (a hook narrows its task's scope, never widens it, so the task's
     /// list stays the one place that says what the task can touch). A `secretbox get NAME`
     /// in a hook's command must be within the hook's own list: a plain hook gets no token.
+    /// An audit's `tasks` must name tasks of this file.
+    fn cross_check_audit(&mut self, node: &Node, task: &str, names: &[String]) {
+        let Some((_, audit)) = lookup(node, "audit") else { return };
+        let Some((_, Node { value: Value::Seq(items), .. })) = lookup(audit, "tasks") else {
+            return;
+        };
+        let path = join(&join(&join("tasks", task), "audit"), "tasks");
+        for (i, item) in items.iter().enumerate() {
+            let Value::Str(name) = &item.value else { continue };
+            if !names.contains(name) {
+                self.error(
+                    &index(&path, i),
+                    item.pos,
+                    format!(
+                        "task {task:?} audits task {name:?}, which is not in this file{}",
+                        suggestion(name, names.iter().map(String::as_str))
+                    ),
+                );
+            }
+        }
+    }
+
     fn cross_check_hooks(
         &mut self,
         task_node: &Node,

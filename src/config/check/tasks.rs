@@ -37,6 +37,7 @@ const TASK_KEYS: &[&str] = &[
     "redeemers",
     "retry",
     "lock",
+    "audit",
 ];
 const HOOK_KEYS: &[&str] = &["before", "on_success", "on_failure", "after", "timeout"];
 /// The map form of one hook.
@@ -236,6 +237,7 @@ impl Checker {
         });
         let retry = self.optional(&f, path, "retry", Checker::retry);
         let lock = self.optional(&f, path, "lock", Checker::lock_name);
+        let audit = self.optional(&f, path, "audit", Checker::audit);
         // restic exits 3 when some files could not be read: the snapshot exists.
         let runs_restic = matches!(&steps, Some(steps) if steps.iter().any(|s| program_name(&s.command[0]) == "restic"));
         let warning_codes = if runs_restic { vec![3] } else { Vec::new() };
@@ -262,6 +264,7 @@ impl Checker {
             redeemers: redeemers?,
             retry: retry?,
             lock: lock?,
+            audit: audit?,
         })
     }
 

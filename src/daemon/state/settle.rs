@@ -148,6 +148,7 @@ impl State {
                 stderr_tail: Vec::new(),
                 backups: Vec::new(),
                 attempts: Vec::new(),
+                findings: Vec::new(),
             });
             let Some(idx) = self.ctx.config.tasks.iter().position(|t| t.name == run.task) else {
                 continue;
@@ -227,6 +228,7 @@ mod tests {
                 stderr_tail: Vec::new(),
                 backups: Vec::new(),
                 attempts: Vec::new(),
+                findings: Vec::new(),
             },
             start("b", "t"),
         ];
