@@ -233,6 +233,8 @@ pub struct Task {
     /// Compare the repository's snapshots (this task's `restic snapshots --json`) with the
     /// snapshot ledger of other tasks.
     pub audit: Option<Audit>,
+    /// Run the steps at the same time instead of in order.
+    pub parallel: bool,
 }
 
 /// A task's `audit:`.
@@ -325,11 +327,23 @@ pub enum UrlValue {
 
 #[derive(Debug, Clone)]
 pub struct Step {
+    /// The program and its arguments; in a pipeline, the first stage.
     pub command: Vec<String>,
+    /// A pipeline's later stages, in order: `command`'s stdout feeds the first of them.
+    pub pipe_into: Vec<Vec<String>>,
     pub env: Vec<EnvVar>,
     pub continue_on_error: bool,
     /// The program's expected SHA-256 (`sha256:`), checked before every run.
     pub sha256: Option<[u8; 32]>,
+}
+
+impl Step {
+    /// Every process the step runs, in pipeline order (one for a plain command).
+    pub fn stages(&self) -> Vec<&[String]> {
+        std::iter::once(self.command.as_slice())
+            .chain(self.pipe_into.iter().map(Vec::as_slice))
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

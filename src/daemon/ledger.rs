@@ -351,9 +351,7 @@ mod tests {
     fn kinds(v: &Verdict) -> Vec<(&str, String)> {
         v.findings
             .iter()
-            .map(|f| {
-                (f.kind.as_str(), f.snapshot_id.as_deref().map_or("", short).to_string())
-            })
+            .map(|f| (f.kind.as_str(), f.snapshot_id.as_deref().map_or("", short).to_string()))
             .collect()
     }
 

@@ -232,6 +232,21 @@ pub(crate) fn prepare(
                 format!("task {:?} step {}", task.name, i + 1)
             };
             let path = step_path(base_env, task, &step.env);
+            // A pipeline's later stages: the same trust rules, and no pin (see the docs).
+            for (n, argv) in step.pipe_into.iter().enumerate() {
+                let stage = format!("{label} pipeline stage {}", n + 2);
+                match resolve(&argv[0], path.as_deref(), home, task.working_dir.as_deref()) {
+                    Some(program) => {
+                        if let Err(e) = check_trusted(&program, "program", uid) {
+                            errors.push(format!("{stage}: {e}"));
+                        }
+                    }
+                    None => warnings.push(format!(
+                        "{stage}: program {:?} not found (searched the task's PATH); its runs will fail until it is installed",
+                        argv[0]
+                    )),
+                }
+            }
             let wants_pin = step.sha256.is_some() || config.pin_binaries;
             let Some(program) =
                 resolve(&step.command[0], path.as_deref(), home, task.working_dir.as_deref())

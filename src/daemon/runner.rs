@@ -32,7 +32,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{Instrument, error, info, warn};
 
 use super::contain::{Containment, RunProcs, Search, Stage, Target, timeout_plan};
 use super::guardian::Guardian;
@@ -139,6 +139,131 @@ struct Found<'a> {
 /// Longest snapshot list an audit task's step may print (one JSON line; about 150,000
 /// snapshots).
 const MAX_LISTING: usize = 64 * 1024 * 1024;
+
+/// How a run's steps went, step by step: the status, exit code and reason of the run.
+struct Tally {
+    steps: usize,
+    status: RunStatus,
+    exit_code: Option<i32>,
+    reason: String,
+    /// What steps that succeeded left behind, for the record of a successful run.
+    notes: Vec<String>,
+    last_step: usize,
+}
+
+impl Tally {
+    fn new(steps: usize) -> Tally {
+        Tally {
+            steps,
+            status: RunStatus::Success,
+            exit_code: None,
+            reason: String::from("all steps succeeded"),
+            notes: Vec::new(),
+            last_step: 0,
+        }
+    }
+
+    /// Counts step `i`'s end; true when the later steps must not run (in sequence; with
+    /// `parallel`, they all ran).
+    fn add(&mut self, task: &Task, i: usize, end: StepEnd, parallel: bool) -> bool {
+        let steps = self.steps;
+        let step = &task.steps[i];
+        let label =
+            if steps == 1 { String::new() } else { format!(" (step {} of {steps})", i + 1) };
+        // The step that decides the run's exit code: the last one run, or (in parallel)
+        // the last one that failed.
+        if !parallel
+            || !matches!(&end, StepEnd::Exited(st, _) if st.success())
+            || self.status.is_ok()
+        {
+            self.last_step = i;
+        }
+        match end {
+            StepEnd::Exited(st, note) => {
+                let mut code_text = describe_exit(st);
+                if let Some(note) = note {
+                    code_text = format!("{code_text} ({note})");
+                    self.notes.push(format!("{code_text}{label}"));
+                }
+                let failed_before = !self.status.is_ok();
+                if !(parallel && failed_before) {
+                    self.exit_code = st.code();
+                }
+                match st.code() {
+                    Some(0) => {}
+                    Some(code) if task.warning_exit_codes.contains(&code) => {
+                        warn!("{code_text}{label}: counted as a warning (warning_exit_codes)");
+                        if self.status == RunStatus::Success {
+                            self.status = RunStatus::Warning;
+                            self.reason = format!("{code_text}{label}, a warning");
+                        }
+                    }
+                    _ if step.continue_on_error || parallel => {
+                        if step.continue_on_error {
+                            warn!("{code_text}{label}; continuing (continue_on_error)");
+                        }
+                        self.exit_code = st.code();
+                        self.status = RunStatus::Failed;
+                        self.reason = format!("{code_text}{label}");
+                    }
+                    _ => {
+                        self.status = RunStatus::Failed;
+                        self.reason = format!("{code_text}{label}");
+                        if i + 1 < steps {
+                            self.reason.push_str("; later steps skipped");
+                        }
+                        return true;
+                    }
+                }
+                false
+            }
+            StepEnd::TimedOut(how) => {
+                self.status = RunStatus::Timeout;
+                self.reason = format!("timed out{label}; {how}");
+                self.exit_code = None;
+                true
+            }
+            StepEnd::Cancelled => {
+                self.status = RunStatus::Cancelled;
+                self.reason = format!("stopped by daemon shutdown{label}");
+                self.exit_code = None;
+                true
+            }
+            StepEnd::Refused(why) => {
+                self.status = RunStatus::Refused;
+                self.reason = format!("{why}{label}");
+                self.exit_code = None;
+                true
+            }
+            StepEnd::NotStarted(why) => {
+                self.status = if i == 0 { RunStatus::Refused } else { RunStatus::Failed };
+                self.reason = format!("{why}{label}");
+                self.exit_code = None;
+                !step.continue_on_error
+            }
+        }
+    }
+}
+
+/// Runs `futures` at once on this task and gives their outputs in order.
+async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
 
 /// What a run's stdout and stderr may still send to the log.
 #[derive(Default)]
@@ -256,98 +381,65 @@ impl Runner {
         output: Option<&RunOutput>,
     ) -> Outcome {
         let started = Instant::now();
-        let mut tail = Tail::with_capacity(STDERR_TAIL);
-        let mut budgets = Budgets::default();
-        let mut status = RunStatus::Success;
-        let mut exit_code = None;
-        let mut reason = String::from("all steps succeeded");
-        // What steps that succeeded left behind, for the record of a successful run.
-        let mut notes = Vec::new();
+        let mut tally = Tally::new(task.steps.len());
         let mut backups = Vec::new();
         let mut restic = Listings::default();
-        let mut last_step = 0;
-        let steps = task.steps.len();
-        for (i, step) in task.steps.iter().enumerate() {
-            last_step = i;
-            let label =
-                if steps == 1 { String::new() } else { format!(" (step {} of {steps})", i + 1) };
-            let pin = pins.get(i).and_then(Option::as_ref);
-            let call = StepCall {
-                task,
-                step,
-                pin,
-                run_id,
-                procs,
-                facts,
-                index: i,
-                deadline,
-                cancel,
-                output,
-                hook: None,
-                scope: Some(&task.secrets),
-            };
-            let found = Found { backups: &mut backups, listings: &mut restic };
-            match self.run_step(call, &mut tail, &mut budgets, Some(found)).await {
-                StepEnd::Exited(st, note) => {
-                    exit_code = st.code();
-                    let mut code_text = describe_exit(st);
-                    if let Some(note) = note {
-                        code_text = format!("{code_text} ({note})");
-                        notes.push(format!("{code_text}{label}"));
-                    }
-                    match st.code() {
-                        Some(0) => {}
-                        Some(code) if task.warning_exit_codes.contains(&code) => {
-                            warn!("{code_text}{label}: counted as a warning (warning_exit_codes)");
-                            if status == RunStatus::Success {
-                                status = RunStatus::Warning;
-                                reason = format!("{code_text}{label}, a warning");
-                            }
-                        }
-                        _ if step.continue_on_error => {
-                            warn!("{code_text}{label}; continuing (continue_on_error)");
-                            status = RunStatus::Failed;
-                            reason = format!("{code_text}{label}");
-                        }
-                        _ => {
-                            status = RunStatus::Failed;
-                            reason = format!("{code_text}{label}");
-                            if i + 1 < steps {
-                                reason.push_str("; later steps skipped");
-                            }
-                            break;
-                        }
-                    }
+        let call = |i: usize, step| StepCall {
+            task,
+            step,
+            pin: pins.get(i).and_then(Option::as_ref),
+            run_id,
+            procs,
+            facts,
+            index: i,
+            deadline,
+            cancel,
+            output,
+            hook: None,
+            scope: Some(&task.secrets),
+        };
+        let tail: Tail = if task.parallel {
+            // Each step with its own tail, budgets and results, merged in step order.
+            let runs = task.steps.iter().enumerate().map(|(i, step)| async move {
+                let (mut tail, mut budgets) = (Tail::new(), Budgets::default());
+                let (mut backups, mut listings) = (Vec::new(), Listings::default());
+                let found = Found { backups: &mut backups, listings: &mut listings };
+                let end = self
+                    .run_step(call(i, step), &mut tail, &mut budgets, Some(found))
+                    .instrument(tracing::info_span!("step", n = i + 1))
+                    .await;
+                budgets.finish();
+                (end, tail, backups, listings)
+            });
+            let mut tail = Tail::with_capacity(STDERR_TAIL);
+            for (i, (end, step_tail, mut step_backups, listings)) in
+                join_all(runs.collect()).await.into_iter().enumerate()
+            {
+                tally.add(task, i, end, true);
+                tail.extend(step_tail);
+                backups.append(&mut step_backups);
+                if listings.listed.is_some() {
+                    restic.listed = listings.listed;
                 }
-                StepEnd::TimedOut(how) => {
-                    status = RunStatus::Timeout;
-                    reason = format!("timed out{label}; {how}");
-                    exit_code = None;
+                restic.removed.extend(listings.removed);
+            }
+            let excess = tail.len().saturating_sub(STDERR_TAIL);
+            tail.drain(..excess);
+            tail
+        } else {
+            let mut tail = Tail::with_capacity(STDERR_TAIL);
+            let mut budgets = Budgets::default();
+            for (i, step) in task.steps.iter().enumerate() {
+                let found = Found { backups: &mut backups, listings: &mut restic };
+                let end = self.run_step(call(i, step), &mut tail, &mut budgets, Some(found)).await;
+                if tally.add(task, i, end, false) {
                     break;
-                }
-                StepEnd::Cancelled => {
-                    status = RunStatus::Cancelled;
-                    reason = format!("stopped by daemon shutdown{label}");
-                    exit_code = None;
-                    break;
-                }
-                StepEnd::Refused(why) => {
-                    status = RunStatus::Refused;
-                    reason = format!("{why}{label}");
-                    exit_code = None;
-                    break;
-                }
-                StepEnd::NotStarted(why) => {
-                    status = if i == 0 { RunStatus::Refused } else { RunStatus::Failed };
-                    reason = format!("{why}{label}");
-                    exit_code = None;
-                    if !step.continue_on_error {
-                        break;
-                    }
                 }
             }
-        }
-        budgets.finish();
+            budgets.finish();
+            tail
+        };
+        let Tally { status, exit_code, mut reason, notes, last_step, .. } = tally;
         if status == RunStatus::Success && !notes.is_empty() {
             reason = format!("{reason}; {}", notes.join("; "));
         }
@@ -384,6 +476,7 @@ impl Runner {
     ) -> Result<i32, HookFailure> {
         let step = Step {
             command: hook.command.clone(),
+            pipe_into: Vec::new(),
             env: facts
                 .into_iter()
                 .map(|(name, value)| EnvVar { name, value: EnvValue::Text(value) })
@@ -553,7 +646,10 @@ impl Runner {
     }
 
     /// Runs one step (or hook) to its end; a step's restic summaries are added to
-    /// `backups` (a hook passes `None`: what it prints is not the run's result).
+    /// `found` (a hook passes `None`: what it prints is not the run's result). A pipeline's
+    /// stages run at once, each stage's stdout into the next one's stdin, all in one
+    /// process group (led by the last stage, which gets the timeout's first SIGINT: normally
+    /// restic), each with a token of its own; the step ends when every stage has ended.
     async fn run_step(
         &self,
         call: StepCall<'_>,
@@ -589,92 +685,159 @@ impl Runner {
             Ok(files) => files,
             Err(why) => return StepEnd::NotStarted(why),
         };
-        let (mut cmd, pinned_file) = match self.command(&call).await {
+        let stages = step.stages();
+        let piped = stages.len() > 1;
+        let mut commands = Vec::with_capacity(stages.len());
+        let (first, pinned_file) = match self.command(&call).await {
             Ok(pair) => pair,
             Err(end) => return end,
         };
-        let program = expand_tilde(&step.command[0], self.home.as_deref());
-        cmd.env_clear()
-            .envs(env)
-            .env("BACKUPNIZZA_TASK", &task.name)
-            .env("BACKUPNIZZA_RUN_ID", run_id)
-            .envs(facts.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        if let Some(dir) = &task.working_dir {
-            cmd.current_dir(dir);
+        commands.push(first);
+        let home = self.home.as_deref();
+        for argv in &stages[1..] {
+            let mut cmd = tokio::process::Command::new(expand_tilde(&argv[0], home));
+            cmd.args(argv[1..].iter().map(|a| expand_tilde(a, home)));
+            commands.push(cmd);
         }
-        contain_child(&mut cmd, procs);
-        // A process without a scope (a plain hook) gets neither a token nor the socket: the
-        // socket is useless to it, and `secretbox` then says plainly that it got no token.
-        let handle = match scope {
-            Some(scope) => {
-                let scope: Vec<Arc<str>> = scope.iter().map(|s| Arc::from(s.as_str())).collect();
-                let task_name: Arc<str> = Arc::from(task.name.as_str());
-                let (token, handle) = match self.broker.mint(&task_name, &scope, task.redeem_limit)
-                {
-                    Ok(pair) => pair,
-                    Err(e) => return StepEnd::NotStarted(format!("cannot mint a token: {e}")),
-                };
-                cmd.env("SECRETBOX_SOCKET", &self.socket).env("SECRETBOX_TOKEN", token.expose());
-                if let Some(id) = &self.server_id {
-                    cmd.env("SECRETBOX_DAEMON", id);
-                }
-                Some(handle)
-            }
-            None => None,
+        // The pipes between stages, and one stderr the stages share (a line written by one
+        // `write` stays whole). Close-on-exec: each child gets only the ends it is given.
+        let plumbing = if piped { Plumbing::new(stages.len()) } else { Ok(Plumbing::default()) };
+        let mut plumbing = match plumbing {
+            Ok(p) => p,
+            Err(e) => return StepEnd::NotStarted(format!("cannot make the pipeline's pipes: {e}")),
         };
-        let spawned = cmd.spawn();
-        // The command holds the token's only other copy: wiped now, spawned or not.
-        drop(cmd);
+        for (i, cmd) in commands.iter_mut().enumerate() {
+            cmd.env_clear()
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .env("BACKUPNIZZA_TASK", &task.name)
+                .env("BACKUPNIZZA_RUN_ID", run_id)
+                .envs(facts.iter().map(|(k, v)| (k, v)))
+                .kill_on_drop(true);
+            if piped {
+                cmd.env("BACKUPNIZZA_STAGE", (i + 1).to_string());
+            }
+            if let Some(dir) = &task.working_dir {
+                cmd.current_dir(dir);
+            }
+            contain_child(cmd, procs);
+        }
+        if let Err(e) = plumbing.connect(&mut commands) {
+            return StepEnd::NotStarted(format!("cannot connect the pipeline's stages: {e}"));
+        }
+        let programs: Vec<String> = stages
+            .iter()
+            .map(|a| expand_tilde(&a[0], home).to_string_lossy().into_owned())
+            .collect();
+        // Started last stage first: it leads the process group, so it is alive (waiting for
+        // its input) when the earlier stages join the group.
+        let mut children: Vec<Option<(tokio::process::Child, Option<crate::broker::Handle>)>> =
+            (0..commands.len()).map(|_| None).collect();
+        let mut pgid: Option<Pid> = None;
+        let mut failed: Option<String> = None;
+        for i in (0..commands.len()).rev() {
+            let mut cmd = std::mem::replace(&mut commands[i], tokio::process::Command::new("/"));
+            cmd.process_group(pgid.map_or(0, Pid::as_raw));
+            // A process without a scope (a plain hook) gets neither a token nor the socket:
+            // the socket is useless to it, and `secretbox` then says plainly that it got no
+            // token.
+            let handle = match scope {
+                Some(scope) => {
+                    let scope: Vec<Arc<str>> =
+                        scope.iter().map(|s| Arc::from(s.as_str())).collect();
+                    let task_name: Arc<str> = Arc::from(task.name.as_str());
+                    let (token, handle) =
+                        match self.broker.mint(&task_name, &scope, task.redeem_limit) {
+                            Ok(pair) => pair,
+                            Err(e) => {
+                                failed = Some(format!("cannot mint a token: {e}"));
+                                break;
+                            }
+                        };
+                    cmd.env("SECRETBOX_SOCKET", &self.socket)
+                        .env("SECRETBOX_TOKEN", token.expose());
+                    if let Some(id) = &self.server_id {
+                        cmd.env("SECRETBOX_DAEMON", id);
+                    }
+                    Some(handle)
+                }
+                None => None,
+            };
+            let spawned = cmd.spawn();
+            // The command holds the token's only other copy: wiped now, spawned or not.
+            drop(cmd);
+            let child = match spawned {
+                Ok(child) => child,
+                Err(e) => {
+                    if let Some(handle) = handle {
+                        self.broker.reaped(handle, None);
+                    }
+                    let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                        " (not found in the task's PATH)"
+                    } else {
+                        ""
+                    };
+                    let which = if piped {
+                        format!(" (stage {} of {})", i + 1, stages.len())
+                    } else {
+                        String::new()
+                    };
+                    let why = format!("cannot start {}{which}: {e}{hint}", programs[i]);
+                    warn!("{why}");
+                    failed = Some(why);
+                    break;
+                }
+            };
+            let pid = child.id().unwrap_or_default();
+            pgid.get_or_insert(Pid::from_raw(pid as i32));
+            if let Some(handle) = handle {
+                self.broker.started(handle, pid);
+                info!(step = index + 1, pid, token = %handle.fingerprint(), program = %programs[i], "started process with a one-time token");
+            } else {
+                self.broker.started_without_token(pid);
+                info!(step = index + 1, pid, program = %programs[i], "started process without a token");
+            }
+            children[i] = Some((child, handle));
+        }
         drop(pinned_file);
-        let mut child = match spawned {
-            Ok(child) => child,
-            Err(e) => {
-                if let Some(handle) = handle {
-                    self.broker.reaped(handle, None);
-                }
-                let hint = if e.kind() == std::io::ErrorKind::NotFound {
-                    " (not found in the task's PATH)"
-                } else {
-                    ""
-                };
-                let why = format!("cannot start {}: {e}{hint}", program.to_string_lossy());
-                warn!("{why}");
-                return StepEnd::NotStarted(why);
-            }
+        // Our copies of the pipes' ends: the stages hold their own now.
+        let shared_stderr = plumbing.finish();
+        let Some(pgid) = pgid else {
+            return StepEnd::NotStarted(failed.unwrap_or_else(|| "nothing was started".into()));
         };
-        let pid = child.id().unwrap_or_default();
-        match handle {
-            Some(handle) => self.broker.started(handle, pid),
-            None => self.broker.started_without_token(pid),
-        }
+        let mut children: Vec<(tokio::process::Child, Option<crate::broker::Handle>)> =
+            children.into_iter().flatten().collect();
+        let stdout = children.last_mut().and_then(|(c, _)| c.stdout.take());
+        let stderr_raw = stderr_fd(&children, shared_stderr_fd(&plumbing));
+        let stderr: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>> = match shared_stderr {
+            Some(rx) => Some(Box::new(rx)),
+            None => children[0].0.stderr.take().map(|s| Box::new(s) as _),
+        };
         if let Some(guardian) = &self.guardian {
             use std::os::fd::AsRawFd;
-            let pipes: Vec<_> = [
-                child.stdout.as_ref().map(AsRawFd::as_raw_fd),
-                child.stderr.as_ref().map(AsRawFd::as_raw_fd),
-            ]
+            let pipes: Vec<_> = [stdout.as_ref().map(AsRawFd::as_raw_fd), stderr_raw]
+                .into_iter()
+                .flatten()
+                .collect();
+            guardian.watch(pgid.as_raw() as u32, procs, &pipes, task.kill_grace);
+        }
+        // Each stage's token dies as soon as its process is reaped, whatever the others do.
+        let waits: Vec<tokio::task::JoinHandle<std::io::Result<ExitStatus>>> = children
             .into_iter()
-            .flatten()
+            .map(|(mut child, handle)| {
+                let broker = self.broker.clone();
+                let pid = child.id().unwrap_or_default();
+                tokio::spawn(async move {
+                    let status = child.wait().await;
+                    match handle {
+                        Some(handle) => broker.reaped(handle, Some(pid)),
+                        None => broker.reaped_without_token(pid),
+                    }
+                    status
+                })
+            })
             .collect();
-            guardian.watch(pid, procs, &pipes, task.kill_grace);
-        }
-        match handle {
-            Some(handle) => {
-                info!(step = index + 1, pid, token = %handle.fingerprint(), program = %program.to_string_lossy(), "started process with a one-time token");
-            }
-            None => {
-                info!(step = index + 1, pid, program = %program.to_string_lossy(), "started process without a token");
-            }
-        }
 
         let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
         // In the output file, a hook's streams are `before.stdout` and so on.
         let label = |stream: &str| hook.map_or(stream.to_string(), |h| format!("{h}.{stream}"));
         let (out_label, err_label) = (label("stdout"), label("stderr"));
@@ -705,7 +868,6 @@ impl Runner {
                 () = async { let _ = ended_rx.await; tokio::time::sleep(Duration::from_secs(2)).await } => {}
             }
         };
-        let pgid = Pid::from_raw(pid as i32);
         let timeout_plan = timeout_plan(task.kill_grace);
         // Shutdown stays within `shutdown_grace`: a third of it after each SIGINT and after
         // SIGTERM.
@@ -716,31 +878,46 @@ impl Runner {
             (Target::All, Signal::SIGTERM, third),
             (Target::All, Signal::SIGKILL, task.kill_grace),
         ];
+        let stage_count = waits.len();
+        let mut waits = waits;
+        let wait_all = |waits: &mut Vec<tokio::task::JoinHandle<std::io::Result<ExitStatus>>>| {
+            let waits = std::mem::take(waits);
+            async move {
+                let mut statuses = Vec::with_capacity(waits.len());
+                for w in waits {
+                    statuses.push(match w.await {
+                        Ok(status) => status,
+                        Err(e) => Err(std::io::Error::other(e)),
+                    });
+                }
+                statuses
+            }
+        };
+        let pid = pgid.as_raw() as u32;
         let waiting = async {
+            let mut all = std::pin::pin!(wait_all(&mut waits));
             let first = tokio::select! {
-                status = child.wait() => status.map_err(|e| StepEnd::NotStarted(format!("waiting for the process failed: {e}"))),
+                statuses = &mut all => decide(statuses, &programs, failed.take()),
                 () = sleep_until(deadline) => {
                     warn!(pid, "timeout reached; stopping the step's processes (SIGINT, then SIGTERM, then SIGKILL)");
                     let how = stop(procs, pgid, &timeout_plan).await;
-                    let _ = child.wait().await;
+                    let _ = all.await;
                     Err(StepEnd::TimedOut(how))
                 },
                 () = cancel.cancelled() => {
                     info!(pid, "daemon stopping; sending SIGINT to the step's processes");
                     stop(procs, pgid, &shutdown_plan).await;
-                    let _ = child.wait().await;
+                    let _ = all.await;
                     Err(StepEnd::Cancelled)
                 },
             };
-            // The process is reaped: its pid may be reused from now on, so its token dies now.
-            match handle {
-                Some(handle) => self.broker.reaped(handle, Some(pid)),
-                None => self.broker.reaped_without_token(pid),
-            }
             let end = match first {
-                Ok(status) => {
+                Ok((status, note)) => {
                     let plans = (&timeout_plan[..], &shutdown_plan[..]);
-                    self.leftovers(status, procs, pgid, deadline, cancel, plans).await
+                    match self.leftovers(status, procs, pgid, deadline, cancel, plans).await {
+                        StepEnd::Exited(st, more) => StepEnd::Exited(st, join_notes(note, more)),
+                        other => other,
+                    }
                 }
                 Err(end) => end,
             };
@@ -766,7 +943,9 @@ impl Runner {
             }
         }
         if let StepEnd::Exited(st, _) = &end {
-            info!(step = index + 1, pid, "process ended: {}", describe_exit(*st));
+            let stages =
+                if stage_count > 1 { format!(" ({stage_count} stages)") } else { String::new() };
+            info!(step = index + 1, pid, "process ended{stages}: {}", describe_exit(*st));
         }
         // Every process of the step has ended: its secret files go now, off the async
         // threads (the drop unlinks them).
@@ -826,6 +1005,118 @@ impl Runner {
             }
         }
     }
+}
+
+/// The exit status that decides a step (the pipeline's, as with `set -o pipefail`: the last
+/// stage that failed, else the last stage), with a note naming the failed stages; or why
+/// the step did not run whole (`started` says a stage could not start).
+fn decide(
+    statuses: Vec<std::io::Result<ExitStatus>>,
+    programs: &[String],
+    not_started: Option<String>,
+) -> Result<(ExitStatus, Option<String>), StepEnd> {
+    // Started last first: a stage that could not start leaves the earlier ones unstarted.
+    let offset = programs.len() - statuses.len();
+    let mut decided = None;
+    let mut failures = Vec::new();
+    for (i, status) in statuses.into_iter().enumerate() {
+        let status = status
+            .map_err(|e| StepEnd::NotStarted(format!("waiting for the process failed: {e}")))?;
+        if !status.success() && programs.len() > 1 {
+            failures.push(format!(
+                "stage {} of {} ({}) {}",
+                i + offset + 1,
+                programs.len(),
+                programs[i + offset],
+                describe_exit(status)
+            ));
+        }
+        if !status.success() || decided.as_ref().is_none_or(|d: &ExitStatus| d.success()) {
+            decided = Some(status);
+        }
+    }
+    if let Some(why) = not_started {
+        return Err(StepEnd::NotStarted(why));
+    }
+    let status = decided.ok_or_else(|| StepEnd::NotStarted("nothing was started".into()))?;
+    let note = (!failures.is_empty()).then(|| failures.join(", "));
+    Ok((status, note))
+}
+
+fn join_notes(a: Option<String>, b: Option<String>) -> Option<String> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The pipes of a pipeline: one between each two stages, and one stderr for all.
+#[derive(Default)]
+struct Plumbing {
+    /// `(read, write)` between stage i and i + 1.
+    links: Vec<(Option<std::os::fd::OwnedFd>, Option<std::os::fd::OwnedFd>)>,
+    stderr: Option<(std::os::fd::OwnedFd, Option<std::os::fd::OwnedFd>)>,
+}
+
+impl Plumbing {
+    fn new(stages: usize) -> std::io::Result<Plumbing> {
+        let pipe =
+            || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from);
+        let mut links = Vec::new();
+        for _ in 1..stages {
+            let (r, w) = pipe()?;
+            links.push((Some(r), Some(w)));
+        }
+        let (r, w) = pipe()?;
+        Ok(Plumbing { links, stderr: Some((r, Some(w))) })
+    }
+
+    /// Sets every command's stdin, stdout and stderr: the first reads nothing, the last
+    /// writes to us.
+    fn connect(&mut self, commands: &mut [tokio::process::Command]) -> std::io::Result<()> {
+        let n = commands.len();
+        for (i, cmd) in commands.iter_mut().enumerate() {
+            let stdin = match i {
+                0 => Stdio::null(),
+                _ => self.links[i - 1].0.take().map_or_else(Stdio::null, Stdio::from),
+            };
+            let stdout = if i + 1 == n {
+                Stdio::piped()
+            } else {
+                self.links[i].1.take().map_or_else(Stdio::null, Stdio::from)
+            };
+            let stderr = match &self.stderr {
+                Some((_, Some(w))) => Stdio::from(w.try_clone()?),
+                _ => Stdio::piped(),
+            };
+            cmd.stdin(stdin).stdout(stdout).stderr(stderr);
+        }
+        Ok(())
+    }
+
+    /// Drops our write end of the shared stderr (so it ends when the stages do) and gives
+    /// its read end, for the async reader.
+    fn finish(&mut self) -> Option<tokio::net::unix::pipe::Receiver> {
+        self.links.clear();
+        let (read, write) = self.stderr.as_mut()?;
+        drop(write.take());
+        let read = read.try_clone().ok()?;
+        tokio::net::unix::pipe::Receiver::from_owned_fd(read).ok()
+    }
+}
+
+/// The raw descriptor of a step's stderr as we read it: the shared pipe's, or the process's.
+fn stderr_fd(
+    children: &[(tokio::process::Child, Option<crate::broker::Handle>)],
+    shared: Option<std::os::fd::RawFd>,
+) -> Option<std::os::fd::RawFd> {
+    use std::os::fd::AsRawFd;
+    shared.or_else(|| children.first().and_then(|(c, _)| c.stderr.as_ref().map(AsRawFd::as_raw_fd)))
+}
+
+fn shared_stderr_fd(plumbing: &Plumbing) -> Option<std::os::fd::RawFd> {
+    use std::os::fd::AsRawFd;
+    plumbing.stderr.as_ref().map(|(r, _)| r.as_raw_fd())
 }
 
 /// Makes the child part of the run before it execs: into the run's cgroup (if any), and on

@@ -476,3 +476,143 @@ fn the_audit_reports_deleted_and_forged_snapshots_by_id_and_not_our_own_forget()
     drop(server);
     assert!(!daemon.log_text().contains(&password));
 }
+
+#[test]
+fn a_pipeline_feeds_a_dump_into_restic_and_fails_when_any_stage_does() {
+    let scratch = Scratch::new();
+    let (repo, password_file) = repository(&scratch);
+    let secret = canary();
+    let dump_key = scratch.path().join("dump-key");
+    write_private(&dump_key, secret.as_bytes());
+    let env = format!(
+        "    env: {{RESTIC_REPOSITORY: {repo}, RESTIC_PASSWORD_COMMAND: secretbox get repo, RESTIC_CACHE_DIR: {}}}\n    secrets: [repo, dump]\n",
+        scratch.path().join("cache").display()
+    );
+    // The "dump" redeems a secret of its own (its own token), restic redeems the password
+    // (another token): each stage has one.
+    let config = scratch.config(&format!(
+        "secrets:\n  repo: {{file: {}}}\n  dump: {{file: {}}}\ntasks:
+  dump:
+    {TRIGGERED}
+    pipeline:
+      - [sh, -c, 'test \"$(secretbox get dump)\" = {secret} && echo \"stage $BACKUPNIZZA_STAGE\" && seq 1 1000']
+      - [restic, backup, --json, --host, testhost, --stdin, --stdin-filename, db.sql]
+{env}  broken:
+    {TRIGGERED}
+    pipeline:
+      - [sh, -c, 'echo half a dump; echo the database went away >&2; exit 3']
+      - [restic, backup, --json, --host, testhost, --stdin, --stdin-filename, broken.sql]
+{env}  hung:
+    {TRIGGERED}
+    timeout: 2s
+    kill_grace: 1s
+    pipeline:
+      - [sleep, '300']
+      - [sh, -c, 'cat > /dev/null; sleep 300']
+{env}",
+        password_file.display(),
+        dump_key.display()
+    ));
+    let daemon = scratch.start_daemon(&config);
+    let trigger =
+        |task: &str| scratch.backupnizza(["trigger", "--wait", task, "-c"]).run_with(&config);
+
+    trigger("dump").expect_code(0);
+    let out = restic(&scratch, &repo, &password_file)
+        .args(["dump", "latest", "db.sql"])
+        .output()
+        .unwrap();
+    let restored = String::from_utf8(out.stdout).unwrap();
+    let expected: String = std::iter::once("stage 1".to_string())
+        .chain((1..=1000).map(|i| i.to_string()))
+        .map(|l| l + "\n")
+        .collect();
+    assert_eq!(restored, expected, "the snapshot holds the first stage's output");
+    let log = daemon.log_text();
+    let tokens: std::collections::BTreeSet<&str> = log
+        .lines()
+        .filter(|l| l.contains("task=dump") && l.contains("started process with a one-time token"))
+        .filter_map(|l| l.split("token=").nth(1)?.split_whitespace().next())
+        .collect();
+    assert_eq!(tokens.len(), 2, "one token per stage: {log}");
+    let end = end_of(&history(&scratch), "dump").unwrap().clone();
+    assert!(end["backups"][0]["snapshot_id"].is_string(), "{end}");
+
+    // The first stage failed: the step fails, though restic made a snapshot of what came.
+    trigger("broken").expect_code(1);
+    let end = end_of(&history(&scratch), "broken").unwrap().clone();
+    assert_eq!(end["status"], "failed", "{end}");
+    assert_eq!(end["exit_code"], 3, "{end}");
+    let reason = end["reason"].as_str().unwrap();
+    assert!(reason.contains("stage 1 of 2 (sh) exit code 3"), "{end}");
+    assert!(end["stderr_tail"].to_string().contains("the database went away"), "{end}");
+
+    // Killed by its timeout: no stage is left.
+    trigger("hung").expect_code(1);
+    let end = end_of(&history(&scratch), "hung").unwrap().clone();
+    assert_eq!(end["status"], "timeout", "{end}");
+    let pids: Vec<u32> = daemon
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("task=hung") && l.contains("started process"))
+        .filter_map(|l| l.split(" pid=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(pids.len(), 2, "two stages started");
+    for pid in pids {
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "stage {pid} outlived the timeout");
+    }
+}
+
+#[test]
+fn parallel_steps_overlap_each_with_its_token_and_the_run_fails_if_one_does() {
+    let scratch = Scratch::new();
+    let stamps = scratch.path().join("stamps");
+    let secret = canary();
+    let file = scratch.path().join("s");
+    write_private(&file, secret.as_bytes());
+    let step = |name: &str, code: u8| {
+        format!(
+            "      - command: [sh, -c, 'test \"$(secretbox get s)\" = {secret} && echo {name} begin $(date +%s.%N) >> {s}; sleep 1; echo {name} end $(date +%s.%N) >> {s}; exit {code}']\n",
+            s = stamps.display()
+        )
+    };
+    let config = scratch.config(&format!(
+        "secrets:\n  s: {{file: {}}}\ntasks:\n  both:\n    {TRIGGERED}\n    parallel: true\n    secrets: [s]\n    steps:\n{}{}  one-fails:\n    {TRIGGERED}\n    parallel: true\n    secrets: [s]\n    steps:\n{}{}",
+        file.display(),
+        step("a", 0),
+        step("b", 0),
+        step("c", 5),
+        step("d", 0),
+    ));
+    let daemon = scratch.start_daemon(&config);
+    scratch.backupnizza(["trigger", "--wait", "both", "-c"]).run_with(&config).expect_code(0);
+    scratch.backupnizza(["trigger", "--wait", "one-fails", "-c"]).run_with(&config).expect_code(1);
+    let text = std::fs::read_to_string(&stamps).unwrap();
+    let at = |name: &str, what: &str| -> f64 {
+        let prefix = format!("{name} {what} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix}in {text}"))
+            .parse()
+            .unwrap()
+    };
+    // Each began before the other ended: they overlapped.
+    assert!(at("a", "begin") < at("b", "end") && at("b", "begin") < at("a", "end"), "{text}");
+    // The failing step did not stop the other, and fails the run.
+    assert!(text.contains("d end"), "{text}");
+    let end = end_of(&history(&scratch), "one-fails").unwrap().clone();
+    assert_eq!(
+        (end["status"].as_str(), end["exit_code"].as_i64()),
+        (Some("failed"), Some(5)),
+        "{end}"
+    );
+    assert!(end["reason"].as_str().unwrap().contains("(step 1 of 2)"), "{end}");
+    let log = daemon.log_text();
+    assert!(log.contains("step{n=2}"), "each step's lines are marked: {log}");
+    let tokens: std::collections::BTreeSet<&str> = log
+        .lines()
+        .filter(|l| l.contains("task=both") && l.contains("started process with a one-time token"))
+        .filter_map(|l| l.split("token=").nth(1)?.split_whitespace().next())
+        .collect();
+    assert_eq!(tokens.len(), 2, "{log}");
+}

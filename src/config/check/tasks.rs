@@ -20,6 +20,7 @@ const TASK_KEYS: &[&str] = &[
     "timezone",
     "command",
     "steps",
+    "pipeline",
     "env",
     "secrets",
     "timeout",
@@ -38,12 +39,13 @@ const TASK_KEYS: &[&str] = &[
     "retry",
     "lock",
     "audit",
+    "parallel",
 ];
 const HOOK_KEYS: &[&str] = &["before", "on_success", "on_failure", "after", "timeout"];
 /// The map form of one hook.
 const HOOK_FORM_KEYS: &[&str] = &["command", "secrets"];
 const NOTIFY_KEYS: &[&str] = &["ping", "webhook", "send_logs", "timeout"];
-const STEP_KEYS: &[&str] = &["command", "env", "continue_on_error", "sha256"];
+const STEP_KEYS: &[&str] = &["command", "pipeline", "env", "continue_on_error", "sha256"];
 /// Variables the daemon sets itself in every child.
 const RESERVED_ENV: &[&str] = &["SECRETBOX_TOKEN", "SECRETBOX_SOCKET", "SECRETBOX_DAEMON"];
 /// The map forms an env value may take.
@@ -179,7 +181,7 @@ impl Checker {
             }
         });
         let zone = self.with_default(&f, path, "timezone", default_zone.clone(), Checker::zone);
-        let steps = match (f.get("command"), f.get("steps")) {
+        let steps = match (f.get("command").or(f.get("pipeline")), f.get("steps")) {
             (Some(_), Some(s)) => {
                 self.error(
                     path,
@@ -192,10 +194,16 @@ impl Checker {
                 self.error(path, pos, "missing `command` (or `steps`): what should this task run?");
                 None
             }
-            (Some(c), None) => {
+            (Some(_), None) => {
                 let sha256 = self.optional(&f, path, "sha256", Checker::sha256);
-                self.argv(c, &join(path, "command")).zip(sha256).map(|(command, sha256)| {
-                    vec![Step { command, env: Vec::new(), continue_on_error: false, sha256 }]
+                self.program(&f, path).zip(sha256).map(|((command, pipe_into), sha256)| {
+                    vec![Step {
+                        command,
+                        pipe_into,
+                        env: Vec::new(),
+                        continue_on_error: false,
+                        sha256,
+                    }]
                 })
             }
             (None, Some(s)) => {
@@ -238,8 +246,9 @@ impl Checker {
         let retry = self.optional(&f, path, "retry", Checker::retry);
         let lock = self.optional(&f, path, "lock", Checker::lock_name);
         let audit = self.optional(&f, path, "audit", Checker::audit);
+        let parallel = self.with_default(&f, path, "parallel", false, Checker::boolean);
         // restic exits 3 when some files could not be read: the snapshot exists.
-        let runs_restic = matches!(&steps, Some(steps) if steps.iter().any(|s| program_name(&s.command[0]) == "restic"));
+        let runs_restic = matches!(&steps, Some(steps) if steps.iter().flat_map(Step::stages).any(|argv| program_name(&argv[0]) == "restic"));
         let warning_codes = if runs_restic { vec![3] } else { Vec::new() };
         let warning_exit_codes =
             self.with_default(&f, path, "warning_exit_codes", warning_codes, Checker::exit_codes);
@@ -265,7 +274,63 @@ impl Checker {
             retry: retry?,
             lock: lock?,
             audit: audit?,
+            parallel: parallel?,
         })
+    }
+
+    /// A step's `command` (one process), or its `pipeline` (the first stage, then the
+    /// others); one of the two is there.
+    fn program(
+        &mut self,
+        f: &super::walk::Fields<'_>,
+        path: &str,
+    ) -> Option<(Vec<String>, Vec<Vec<String>>)> {
+        let (command, pipeline) = (f.get("command"), f.get("pipeline"));
+        if let (Some(_), Some(p)) = (command, pipeline) {
+            self.error(
+                &join(path, "pipeline"),
+                p.pos,
+                "both `command` and `pipeline`: give one (a pipeline's first stage is its command)",
+            );
+            return None;
+        }
+        if let Some(c) = command {
+            return self.argv(c, &join(path, "command")).map(|argv| (argv, Vec::new()));
+        }
+        let node = pipeline?;
+        let p = join(path, "pipeline");
+        let Value::Seq(items) = &node.value else {
+            self.type_error(&p, node, "a list of commands, each [PROGRAM, ARGS...]");
+            return None;
+        };
+        if items.len() < 2 {
+            self.error(
+                &p,
+                node.pos,
+                "a pipeline needs at least two stages; for one command, write `command:`",
+            );
+            return None;
+        }
+        if let Some(n) = f.get("sha256") {
+            self.error(
+                &join(path, "sha256"),
+                n.pos,
+                "a pipeline's stages cannot be pinned with `sha256`; pin_binaries pins the first stage",
+            );
+        }
+        let mut stages = Vec::new();
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            match self.argv(item, &index(&p, i)) {
+                Some(argv) => stages.push(argv),
+                None => ok = false,
+            }
+        }
+        if !ok {
+            return None;
+        }
+        let first = stages.remove(0);
+        Some((first, stages))
     }
 
     fn redeem_limit(&mut self, node: &Node, path: &str) -> Option<u32> {
@@ -300,16 +365,19 @@ impl Checker {
                 ok = false;
                 continue;
             };
-            let command = self
-                .required(&f, &p, "command", item.pos)
-                .and_then(|n| self.argv(n, &join(&p, "command")));
+            let command = if f.get("command").is_none() && f.get("pipeline").is_none() {
+                self.required(&f, &p, "command", item.pos);
+                None
+            } else {
+                self.program(&f, &p)
+            };
             let env = self.with_default(&f, &p, "env", Vec::new(), Checker::env);
             let continue_on_error =
                 self.with_default(&f, &p, "continue_on_error", false, Checker::boolean);
             let sha256 = self.optional(&f, &p, "sha256", Checker::sha256);
             match (command, env, continue_on_error, sha256) {
-                (Some(command), Some(env), Some(continue_on_error), Some(sha256)) => {
-                    out.push(Step { command, env, continue_on_error, sha256 });
+                (Some((command, pipe_into)), Some(env), Some(continue_on_error), Some(sha256)) => {
+                    out.push(Step { command, pipe_into, env, continue_on_error, sha256 });
                 }
                 _ => ok = false,
             }

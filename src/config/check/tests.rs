@@ -637,3 +637,39 @@ fn retry_and_lock_are_read_with_defaults_and_bounds() {
     assert!(unknown.iter().any(|m| m.contains("attempts")), "{unknown:?}");
     assert!(messages("    lock: 'my repo'\n")[0].starts_with("invalid lock name \"my repo\""));
 }
+
+#[test]
+fn a_pipeline_is_a_command_with_stages() {
+    let text = "tasks:\n  db:\n    schedule: '@daily'\n    pipeline:\n      - [pg_dump, app]\n      - [restic, backup, --stdin]\n";
+    let config = check(text).config.expect("valid");
+    let step = &config.tasks[0].steps[0];
+    assert_eq!(step.command, ["pg_dump", "app"]);
+    assert_eq!(step.pipe_into, [vec!["restic", "backup", "--stdin"]]);
+    assert_eq!(step.stages().len(), 2);
+    assert_eq!(
+        config.tasks[0].warning_exit_codes,
+        [3],
+        "restic in any stage: its exit code 3 is a warning"
+    );
+    let steps = "tasks:\n  db:\n    schedule: '@daily'\n    steps:\n      - pipeline: [[a], [b], [c]]\n      - command: [d]\n";
+    let config = check(steps).config.expect("valid");
+    assert_eq!(config.tasks[0].steps[0].stages().len(), 3);
+    let messages =
+        |text: &str| -> Vec<String> { problems(text).into_iter().map(|p| p.3).collect() };
+    assert_eq!(
+        messages("tasks:\n  db:\n    schedule: '@daily'\n    pipeline: [[a]]\n"),
+        ["a pipeline needs at least two stages; for one command, write `command:`"]
+    );
+    assert_eq!(
+        messages(
+            "tasks:\n  db:\n    schedule: '@daily'\n    steps:\n      - {command: [a], pipeline: [[a], [b]]}\n"
+        ),
+        ["both `command` and `pipeline`: give one (a pipeline's first stage is its command)"]
+    );
+    let empty = problems("tasks:\n  db:\n    schedule: '@daily'\n    pipeline: [[a], []]\n");
+    assert_eq!(
+        empty.iter().map(|p| p.2.as_str()).collect::<Vec<_>>(),
+        ["tasks.db.pipeline[1]"],
+        "{empty:?}"
+    );
+}
