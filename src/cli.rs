@@ -176,6 +176,11 @@ pub struct TriggerArgs {
     /// Wait for the run to end and exit with its result (0 success, warning or skipped; 1 otherwise)
     #[arg(long)]
     pub wait: bool,
+    /// Print the run's output as it comes (redacted; the task's stdout on stdout, its
+    /// stderr and our own lines on stderr), then exit as --wait does, but with the task's
+    /// own exit code when it failed with one
+    #[arg(long)]
+    pub follow: bool,
     /// The daemon's socket (default: the task file's `socket:`; without one, the user
     /// daemon's, else the system daemon's /run/backupnizza/secretbox.sock)
     #[arg(long, value_name = "PATH")]

@@ -13,6 +13,7 @@
 
 mod contain;
 pub(crate) mod execute;
+pub(crate) mod feed;
 pub mod guardian;
 pub(crate) mod ledger;
 pub(crate) mod locks;

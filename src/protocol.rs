@@ -26,6 +26,10 @@ pub const ROUTE_TASKS: &str = "/v1/tasks/";
 /// `GET /v1/runs/{id}?wait=SECONDS` — a run's state, waiting up to SECONDS (max 30) for it to
 /// finish ([`RunBody`]).
 pub const ROUTE_RUNS: &str = "/v1/runs/";
+/// `GET /v1/runs/{id}/output?after=N&wait=SECONDS` — the run's output lines from number N
+/// on, redacted, waiting up to SECONDS (max 30) for one ([`OutputBody`]). For `trigger
+/// --follow`.
+pub const OUTPUT_SUFFIX: &str = "/output";
 /// `GET /v1/history?task=NAME` — the run history, every generation, oldest first: the
 /// records of task NAME (all tasks without `task=`) and the daemon's own, plus the lines
 /// that did not parse. For members of `control_group:`, who cannot read `state_dir`.
@@ -56,6 +60,27 @@ pub mod errors {
     pub const SLOW_DOWN: &str = "slow_down";
     pub const UNAVAILABLE: &str = "unavailable";
     pub const CONFLICT: &str = "conflict";
+}
+
+/// One line of a run's output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputLine {
+    pub seq: u64,
+    /// `stdout`, `stderr`, or a hook's (`before.stdout`, ...).
+    pub stream: String,
+    pub text: String,
+}
+
+/// A batch of a run's output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutputBody {
+    pub lines: Vec<OutputLine>,
+    /// The number to ask from next.
+    pub next: u64,
+    /// The run has ended and every line has been given.
+    pub ended: bool,
+    /// Lines no longer kept that the request asked for.
+    pub missed: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -20,6 +20,11 @@ pub(crate) enum Request {
     Status { reply: oneshot::Sender<StatusBody> },
     /// Follow a run: a receiver of its state, or `None` for an unknown run id.
     Subscribe { run_id: String, reply: oneshot::Sender<Option<watch::Receiver<RunBody>>> },
+    /// A run's output feed, or `None` for an unknown run id.
+    Follow {
+        run_id: String,
+        reply: oneshot::Sender<Option<std::sync::Arc<crate::daemon::feed::Feed>>>,
+    },
 }
 
 /// Why a control request was not carried out. The server maps each to an HTTP status.
@@ -84,6 +89,22 @@ impl Control {
         let _ = tokio::time::timeout(wait, receiver.wait_for(|b| b.status.is_done())).await;
         let body = receiver.borrow().clone();
         Ok(Some(body))
+    }
+
+    /// A run's output from line `after` on, waiting up to `wait` for a line; `None` for an
+    /// unknown run.
+    pub(crate) async fn output(
+        &self,
+        run_id: &str,
+        after: u64,
+        wait: Duration,
+    ) -> Result<Option<crate::protocol::OutputBody>, FireError> {
+        let Some(feed) =
+            self.ask(|reply| Request::Follow { run_id: run_id.to_string(), reply }).await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(feed.read(after, wait).await))
     }
 
     /// The run history, every generation, for `task` (all tasks for `None`). Read on a

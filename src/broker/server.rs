@@ -446,11 +446,24 @@ async fn control_route(
         if method != Method::GET {
             return not_allowed("GET");
         }
-        let wait = query
-            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("wait=")))
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or(0)
-            .min(protocol::MAX_WAIT_SECS);
+        let number = |key: &str| {
+            query
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix(key)))
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let wait = number("wait=").min(protocol::MAX_WAIT_SECS);
+        if let Some(id) = id.strip_suffix(protocol::OUTPUT_SUFFIX) {
+            return match control.output(id, number("after="), Duration::from_secs(wait)).await {
+                Ok(Some(body)) => json(StatusCode::OK, &body),
+                Ok(None) => error(
+                    StatusCode::NOT_FOUND,
+                    protocol::errors::NOT_FOUND,
+                    format!("no run {id:?}"),
+                ),
+                Err(e) => fire_error(&e),
+            };
+        }
         return match control.run(id, Duration::from_secs(wait)).await {
             Ok(Some(run)) => json(StatusCode::OK, &run),
             Ok(None) => {

@@ -225,6 +225,50 @@ pub fn describe(run: &RunBody) -> String {
     }
 }
 
+/// Prints a run's output as it comes (stdout lines on stdout, stderr lines on stderr; a
+/// hook's marked with its name) until the run has ended.
+fn follow(
+    rt: &tokio::runtime::Runtime,
+    client: &Client,
+    target: &Target,
+    run_id: &str,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut after = 0;
+    loop {
+        let path = format!(
+            "{}{run_id}{}?after={after}&wait={}",
+            protocol::ROUTE_RUNS,
+            protocol::OUTPUT_SUFFIX,
+            protocol::MAX_WAIT_SECS
+        );
+        let response = rt.block_on(call(client, target, Method::GET, &path))?;
+        let body: protocol::OutputBody =
+            serde_json::from_slice(&response.body).context("unexpected output answer")?;
+        if body.missed > 0 {
+            eprintln!("backupnizza: {} lines of output went by too fast to show", body.missed);
+        }
+        let mut out = std::io::stdout().lock();
+        for line in &body.lines {
+            let (hook, stream) = match line.stream.split_once('.') {
+                Some((hook, stream)) => (Some(hook), stream),
+                None => (None, line.stream.as_str()),
+            };
+            let mark = hook.map(|h| format!("[{h}] ")).unwrap_or_default();
+            if stream == "stderr" {
+                eprintln!("{mark}{}", line.text);
+            } else {
+                writeln!(out, "{mark}{}", line.text).map_err(crate::exit::stdout_error)?;
+            }
+        }
+        out.flush().map_err(crate::exit::stdout_error)?;
+        after = body.next;
+        if body.ended {
+            return Ok(());
+        }
+    }
+}
+
 pub fn trigger(args: &TriggerArgs, env: &Environment) -> anyhow::Result<()> {
     // The task file gives the socket; whether the task exists is the daemon's answer, since
     // the file may have changed since the daemon read it. Only a name that cannot be a task
@@ -245,8 +289,14 @@ pub fn trigger(args: &TriggerArgs, env: &Environment) -> anyhow::Result<()> {
     let response = rt.block_on(call(&client, &target, Method::POST, &path))?;
     let run: RunRef =
         serde_json::from_slice(&response.body).context("unexpected trigger answer")?;
-    print(|out| writeln!(out, "triggered {}: run {}", run.task, run.run_id))?;
-    if !args.wait {
+    // Following, stdout is the task's own output (for a pipe); our lines go to stderr.
+    if args.follow {
+        eprintln!("triggered {}: run {}", run.task, run.run_id);
+        follow(&rt, &client, &target, &run.run_id)?;
+    } else {
+        print(|out| writeln!(out, "triggered {}: run {}", run.task, run.run_id))?;
+    }
+    if !args.wait && !args.follow {
         return Ok(());
     }
     loop {
@@ -258,19 +308,21 @@ pub fn trigger(args: &TriggerArgs, env: &Environment) -> anyhow::Result<()> {
         if !body.status.is_done() {
             continue;
         }
-        print(|out| {
-            writeln!(
-                out,
-                "run {}: {}{}",
-                body.run_id,
-                describe(&body),
-                if body.reason.is_empty() { String::new() } else { format!(": {}", body.reason) }
-            )
-        })?;
-        return if body.status.is_ok() {
-            Ok(())
+        let reason =
+            if body.reason.is_empty() { String::new() } else { format!(": {}", body.reason) };
+        let line = format!("run {}: {}{reason}", body.run_id, describe(&body));
+        if args.follow {
+            eprintln!("{line}");
         } else {
-            Err(Exit::silent(crate::exit::FAILURE).into())
+            print(|out| writeln!(out, "{line}"))?;
+        }
+        return match (body.status.is_ok(), body.exit_code) {
+            (true, _) => Ok(()),
+            // --follow passes the task's own exit code on, as running it by hand would.
+            (false, Some(code)) if args.follow && (1..=255).contains(&code) => {
+                Err(Exit::silent(code).into())
+            }
+            (false, _) => Err(Exit::silent(crate::exit::FAILURE).into()),
         };
     }
 }

@@ -15,8 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::contain::RunProcs;
+use super::feed::Feed;
 use super::locks::{Held, Locks, Taken};
 use super::notifications::{self, RunFacts, Sent};
+use super::output::Sinks;
 use super::output_file::{OutputWriter, RunOutput};
 use super::programs::Pinned;
 use super::runner::{HookFailure, Outcome, Runner};
@@ -94,6 +96,8 @@ struct Run<'a> {
     start_sent: Option<Sent>,
     /// The task's output file for this run (steps and hooks alike).
     output: Option<RunOutput>,
+    /// What `trigger --follow` reads.
+    feed: Arc<Feed>,
     /// The task's lock, held from before the start to the End record.
     held: Option<Held>,
     /// How long the run waited for it.
@@ -101,7 +105,7 @@ struct Run<'a> {
 }
 
 /// Runs `job` to its end. Every path ends with an End record and [`Event::Ended`].
-pub(crate) async fn execute(ctx: Arc<RunContext>, job: Job) {
+pub(crate) async fn execute(ctx: Arc<RunContext>, job: Job, feed: Arc<Feed>) {
     let task = &ctx.config.tasks[job.idx];
     let procs = ctx.runner.containment.for_run(&job.run_id);
     let output = match (&ctx.outputs, &task.output_file) {
@@ -117,6 +121,7 @@ pub(crate) async fn execute(ctx: Arc<RunContext>, job: Job) {
         started: Timestamp::now(),
         start_sent: None,
         output,
+        feed,
         held: None,
         lock_wait: None,
     };
@@ -332,6 +337,10 @@ impl Run<'_> {
         }
     }
 
+    fn sinks(&self) -> Sinks<'_> {
+        Sinks { file: self.output.as_ref(), feed: Some(&self.feed) }
+    }
+
     /// Takes the task's `lock:`, waiting while another run holds it: at most until the
     /// occurrence is `max_lateness` late (then the run is skipped, as a late occurrence is),
     /// or for the task's `timeout` (then it timed out), or until shutdown.
@@ -436,7 +445,7 @@ impl Run<'_> {
                 &self.procs,
                 facts,
                 &self.ctx.cancel,
-                self.output.as_ref(),
+                self.sinks(),
             )
             .await;
         match ran {
@@ -489,7 +498,7 @@ impl Run<'_> {
                 &facts,
                 deadline,
                 &self.ctx.cancel,
-                self.output.as_ref(),
+                self.sinks(),
             )
             .await
     }
@@ -525,7 +534,7 @@ impl Run<'_> {
                     &self.procs,
                     facts,
                     &self.ctx.cancel,
-                    self.output.as_ref(),
+                    self.sinks(),
                 )
                 .await
             {
@@ -580,8 +589,10 @@ impl Run<'_> {
             facts.duration_ms = Some(duration_ms);
             ctx.notify(self.task, facts, self.start_sent);
         }
-        // The End record is on disk: the next run on this lock may start.
+        // The End record is on disk: the next run on this lock may start, and followers
+        // have everything.
         drop(self.held.take());
+        self.feed.end();
         let _ = ctx.events.send(Event::Ended {
             idx: self.job.idx,
             run_id: self.job.run_id,

@@ -152,6 +152,14 @@ impl LogBudget {
     }
 }
 
+/// Where a run's output goes besides the log: its output file, if the task has one, and the
+/// feed `trigger --follow` reads.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Sinks<'a> {
+    pub(crate) file: Option<&'a RunOutput>,
+    pub(crate) feed: Option<&'a super::feed::Feed>,
+}
+
 /// Copies a child's output into the log, one redacted line per event, and into the run's
 /// output file (as `label`) when it has one; stderr lines also go to the run's tail. A line
 /// is redacted whole (up to [`MAX_REDACTED_LINE`]) before it is cut to [`MAX_LINE`] for the
@@ -163,7 +171,7 @@ pub(super) async fn pump<R: AsyncRead + Unpin>(
     which: &'static str,
     mut tail: Option<&mut Tail>,
     budget: &mut LogBudget,
-    file: Option<(&RunOutput, &str)>,
+    (sinks, label): (Sinks<'_>, &str),
     mut restic: Option<&mut crate::restic::Reader>,
 ) {
     use tokio::io::AsyncReadExt as _;
@@ -205,8 +213,11 @@ pub(super) async fn pump<R: AsyncRead + Unpin>(
                 crate::restic::Line::Progress => continue,
                 crate::restic::Line::Listing(sentence) => {
                     // The list itself is the record's (and the ledger's), not the log's.
-                    if let Some((file, label)) = file {
+                    if let Some(file) = sinks.file {
                         file.line(label, &sentence).await;
+                    }
+                    if let Some(feed) = sinks.feed {
+                        feed.push(label, &sentence);
                     }
                     budget.line(which, &sentence);
                     continue;
@@ -214,13 +225,17 @@ pub(super) async fn pump<R: AsyncRead + Unpin>(
                 crate::restic::Line::Summary(_) | crate::restic::Line::Text => {}
             }
         }
-        if let Some((file, label)) = file {
+        if let Some(file) = sinks.file {
             file.line(label, &clean).await;
         }
         if line.trim().is_empty() {
             continue;
         }
         let shown = cut(&clean, MAX_LINE);
+        // Followers see every line, whatever the log's budget lets through.
+        if let Some(feed) = sinks.feed {
+            feed.push(label, &shown);
+        }
         budget.line(which, &shown);
         if let Some(tail) = tail.as_deref_mut() {
             if tail.len() == STDERR_TAIL {

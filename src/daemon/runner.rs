@@ -36,8 +36,7 @@ use tracing::{Instrument, error, info, warn};
 
 use super::contain::{Containment, RunProcs, Search, Stage, Target, timeout_plan};
 use super::guardian::Guardian;
-use super::output::LogBudget;
-use super::output_file::RunOutput;
+use super::output::{LogBudget, Sinks};
 use super::programs::Pinned;
 use super::secret_files;
 use crate::broker::Broker;
@@ -173,13 +172,13 @@ impl Tally {
         // The step that decides the run's exit code: the last one run, or (in parallel)
         // the last one that failed.
         if !parallel
-            || !matches!(&end, StepEnd::Exited(st, _) if st.success())
+            || !matches!(&end, StepEnd::Exited(st, ..) if st.success())
             || self.status.is_ok()
         {
             self.last_step = i;
         }
         match end {
-            StepEnd::Exited(st, note) => {
+            StepEnd::Exited(st, note, warnings_apply) => {
                 let mut code_text = describe_exit(st);
                 if let Some(note) = note {
                     code_text = format!("{code_text} ({note})");
@@ -191,7 +190,7 @@ impl Tally {
                 }
                 match st.code() {
                     Some(0) => {}
-                    Some(code) if task.warning_exit_codes.contains(&code) => {
+                    Some(code) if warnings_apply && task.warning_exit_codes.contains(&code) => {
                         warn!("{code_text}{label}: counted as a warning (warning_exit_codes)");
                         if self.status == RunStatus::Success {
                             self.status = RunStatus::Warning;
@@ -293,7 +292,7 @@ struct StepCall<'a> {
     deadline: Option<Instant>,
     cancel: &'a CancellationToken,
     /// The run's output file, if the task has one.
-    output: Option<&'a RunOutput>,
+    output: Sinks<'a>,
     /// The hook's name when this is a hook (its lines in the output file say so).
     hook: Option<&'a str>,
     /// What the process's token may fetch; `None`: no token, and no socket to use it on.
@@ -356,7 +355,9 @@ pub(crate) enum HookFailure {
 enum StepEnd {
     /// The main process exited, and every process it left behind ended too (the note says
     /// how many there were, if any).
-    Exited(ExitStatus, Option<String>),
+    /// The bool says whether the task's `warning_exit_codes` may apply: not when the
+    /// status is an earlier pipeline stage's (restic's 3 is restic's, not a dump's).
+    Exited(ExitStatus, Option<String>, bool),
     TimedOut(String),
     Cancelled,
     NotStarted(String),
@@ -378,7 +379,7 @@ impl Runner {
         facts: &[(String, String)],
         deadline: Option<Instant>,
         cancel: &CancellationToken,
-        output: Option<&RunOutput>,
+        output: Sinks<'_>,
     ) -> Outcome {
         let started = Instant::now();
         let mut tally = Tally::new(task.steps.len());
@@ -472,7 +473,7 @@ impl Runner {
         procs: &RunProcs,
         facts: Vec<(String, String)>,
         cancel: &CancellationToken,
-        output: Option<&RunOutput>,
+        output: Sinks<'_>,
     ) -> Result<i32, HookFailure> {
         let step = Step {
             command: hook.command.clone(),
@@ -505,7 +506,7 @@ impl Runner {
         let end = self.run_step(call, &mut Tail::new(), &mut budgets, None).await;
         budgets.finish();
         match end {
-            StepEnd::Exited(status, _) => {
+            StepEnd::Exited(status, ..) => {
                 status.code().ok_or_else(|| HookFailure::Failed(describe_exit(status)))
             }
             StepEnd::TimedOut(how) => Err(HookFailure::Failed(format!(
@@ -849,14 +850,14 @@ impl Runner {
         let pumps = async {
             let out = async {
                 if let Some(s) = stdout {
-                    let file = output.map(|o| (o, out_label.as_str()));
+                    let file = (output, out_label.as_str());
                     let restic = Some(&mut restic);
                     super::output::pump(s, "stdout", None, &mut budgets.stdout, file, restic).await;
                 }
             };
             let err = async {
                 if let Some(s) = stderr {
-                    let file = output.map(|o| (o, err_label.as_str()));
+                    let file = (output, err_label.as_str());
                     let tail = Some(&mut *tail);
                     super::output::pump(s, "stderr", tail, &mut budgets.stderr, file, None).await;
                 }
@@ -912,10 +913,12 @@ impl Runner {
                 },
             };
             let end = match first {
-                Ok((status, note)) => {
+                Ok((status, note, last_decides)) => {
                     let plans = (&timeout_plan[..], &shutdown_plan[..]);
                     match self.leftovers(status, procs, pgid, deadline, cancel, plans).await {
-                        StepEnd::Exited(st, more) => StepEnd::Exited(st, join_notes(note, more)),
+                        StepEnd::Exited(st, more, _) => {
+                            StepEnd::Exited(st, join_notes(note, more), last_decides)
+                        }
                         other => other,
                     }
                 }
@@ -942,7 +945,7 @@ impl Runner {
                 found.listings.removed.append(&mut restic.removed);
             }
         }
-        if let StepEnd::Exited(st, _) = &end {
+        if let StepEnd::Exited(st, ..) = &end {
             let stages =
                 if stage_count > 1 { format!(" ({stage_count} stages)") } else { String::new() };
             info!(step = index + 1, pid, "process ended{stages}: {}", describe_exit(*st));
@@ -968,7 +971,7 @@ impl Runner {
     ) -> StepEnd {
         // The common case (nothing left) costs one signal-0 and, with a cgroup, one read.
         if procs.all_gone(Some(pgid), || self.broker.active()) {
-            return StepEnd::Exited(status, None);
+            return StepEnd::Exited(status, None, true);
         }
         let count = procs.members(Some(pgid), Search::Adopted, &self.broker.active()).len().max(1);
         let them = if count == 1 {
@@ -988,7 +991,7 @@ impl Runner {
                 () = tokio::time::sleep(LEFTOVER_POLL) => {
                     if procs.all_gone(Some(pgid), || self.broker.active()) {
                         let after = crate::duration::Human(Duration::from_secs(began.elapsed().as_secs()));
-                        return StepEnd::Exited(status, Some(format!("the {them} ended {after} later")));
+                        return StepEnd::Exited(status, Some(format!("the {them} ended {after} later")), true);
                     }
                 }
                 () = sleep_until(deadline) => {
@@ -1008,16 +1011,17 @@ impl Runner {
 }
 
 /// The exit status that decides a step (the pipeline's, as with `set -o pipefail`: the last
-/// stage that failed, else the last stage), with a note naming the failed stages; or why
-/// the step did not run whole (`started` says a stage could not start).
+/// stage that failed, else the last stage), with a note naming the failed stages and
+/// whether the last stage decided; or why the step did not run whole (`not_started`).
 fn decide(
     statuses: Vec<std::io::Result<ExitStatus>>,
     programs: &[String],
     not_started: Option<String>,
-) -> Result<(ExitStatus, Option<String>), StepEnd> {
+) -> Result<(ExitStatus, Option<String>, bool), StepEnd> {
     // Started last first: a stage that could not start leaves the earlier ones unstarted.
     let offset = programs.len() - statuses.len();
     let mut decided = None;
+    let mut decided_by = 0;
     let mut failures = Vec::new();
     for (i, status) in statuses.into_iter().enumerate() {
         let status = status
@@ -1033,6 +1037,7 @@ fn decide(
         }
         if !status.success() || decided.as_ref().is_none_or(|d: &ExitStatus| d.success()) {
             decided = Some(status);
+            decided_by = i + offset;
         }
     }
     if let Some(why) = not_started {
@@ -1040,7 +1045,7 @@ fn decide(
     }
     let status = decided.ok_or_else(|| StepEnd::NotStarted("nothing was started".into()))?;
     let note = (!failures.is_empty()).then(|| failures.join(", "));
-    Ok((status, note))
+    Ok((status, note, decided_by + 1 == programs.len()))
 }
 
 fn join_notes(a: Option<String>, b: Option<String>) -> Option<String> {

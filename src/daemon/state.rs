@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, warn};
 
 use super::execute::{self, Event, Job, RunContext};
+use super::feed::Feed;
 use super::metrics::TaskMetrics;
 use super::runner::Outcome;
 use super::writers::MetricsWriter;
@@ -106,6 +107,8 @@ impl TaskState {
 #[derive(Default)]
 struct Runs {
     by_id: HashMap<String, watch::Sender<RunBody>>,
+    /// Each known run's output, for `trigger --follow`.
+    feeds: HashMap<String, Arc<Feed>>,
     finished: VecDeque<String>,
 }
 
@@ -373,6 +376,9 @@ impl State {
             Request::Subscribe { run_id, reply } => {
                 let _ = reply.send(self.runs.by_id.get(&run_id).map(watch::Sender::subscribe));
             }
+            Request::Follow { run_id, reply } => {
+                let _ = reply.send(self.runs.feeds.get(&run_id).cloned());
+            }
         }
     }
 
@@ -458,8 +464,14 @@ impl State {
     }
 
     fn spawn_run(&mut self, job: Job) {
+        let feed = self
+            .runs
+            .feeds
+            .entry(job.run_id.clone())
+            .or_insert_with(|| Arc::new(Feed::new()))
+            .clone();
         let span = tracing::info_span!("run", task = %self.ctx.config.tasks[job.idx].name, run_id = %job.run_id);
-        self.tracker.spawn(execute::execute(self.ctx.clone(), job).instrument(span));
+        self.tracker.spawn(execute::execute(self.ctx.clone(), job, feed).instrument(span));
     }
 
     fn register_run(&mut self, run_id: &str, task: &str, status: RunStatus, now: Timestamp) {
@@ -474,6 +486,7 @@ impl State {
             reason: String::new(),
         };
         self.runs.by_id.insert(run_id.to_string(), watch::channel(body).0);
+        self.runs.feeds.insert(run_id.to_string(), Arc::new(Feed::new()));
     }
 
     /// A run ended: its metrics and state, then the queued run (if any) starts, or is
@@ -588,10 +601,15 @@ impl State {
         if let Some(sender) = self.runs.by_id.get(run_id) {
             sender.send_replace(body);
         }
+        // A run cancelled before it started has had no execute to end its feed.
+        if let Some(feed) = self.runs.feeds.get(run_id) {
+            feed.end();
+        }
         self.runs.finished.push_back(run_id.to_string());
         while self.runs.finished.len() > KEEP_RUNS {
             if let Some(old) = self.runs.finished.pop_front() {
                 self.runs.by_id.remove(&old);
+                self.runs.feeds.remove(&old);
             }
         }
     }

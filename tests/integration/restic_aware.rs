@@ -616,3 +616,28 @@ fn parallel_steps_overlap_each_with_its_token_and_the_run_fails_if_one_does() {
         .collect();
     assert_eq!(tokens.len(), 2, "{log}");
 }
+
+#[test]
+fn trigger_follow_prints_the_output_redacted_and_exits_with_the_task_code() {
+    let scratch = Scratch::new();
+    let secret = canary();
+    let file = scratch.path().join("s");
+    write_private(&file, secret.as_bytes());
+    let config = scratch.config(&format!(
+        "secrets:\n  s: {{file: {}}}\ntasks:\n  restore:\n    schedule: manual\n    secrets: [s]\n    command: [sh, -c, 'for i in 1 2 3; do echo line $i; sleep 0.3; done; echo leaked $(secretbox get s); echo trouble >&2; exit 7']\n    hooks:\n      before: [echo, getting ready]\n",
+        file.display()
+    ));
+    let _daemon = scratch.start_daemon(&config);
+    let run =
+        scratch.backupnizza(["trigger", "--wait", "--follow", "restore", "-c"]).run_with(&config);
+    run.expect_code(7);
+    assert_eq!(
+        run.stdout(),
+        "[before] getting ready\nline 1\nline 2\nline 3\nleaked ***\n",
+        "{run}"
+    );
+    let err = run.stderr();
+    assert!(err.contains("trouble") && err.contains("triggered restore: run "), "{err}");
+    assert!(err.contains("failed (exit 7"), "{err}");
+    assert!(!run.stdout().contains(&secret) && !err.contains(&secret));
+}
