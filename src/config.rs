@@ -235,6 +235,8 @@ pub struct Task {
     pub audit: Option<Audit>,
     /// Run the steps at the same time instead of in order.
     pub parallel: bool,
+    /// After a run the daemon stopped, run `restic unlock` before the next one.
+    pub unlock_stale: bool,
 }
 
 /// A task's `audit:`.

@@ -113,6 +113,11 @@ impl Record {
     }
 }
 
+/// "exit code 3".
+pub(crate) fn describe_code(code: i32) -> String {
+    format!("exit code {code}")
+}
+
 /// A run's wait for its task's lock.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct LockWait {

@@ -187,9 +187,13 @@ async fn attempt(
     now: Instant,
 ) -> Result<Arc<str>, Refusal> {
     let checked = |at: Instant| {
-        broker.lock().vault.check(token, name, at, lineage).map_err(|reason| Refusal {
+        let mut tokens = broker.lock();
+        tokens.vault.check(token, name, at, lineage).map_err(|reason| Refusal {
             reason,
-            task: None,
+            // Forbidden tells nothing; the token's own process is told its task's name.
+            task: (reason != Rejection::Forbidden)
+                .then(|| tokens.vault.task_for(token, lineage))
+                .flatten(),
             why: if reason == Rejection::Forbidden {
                 "not the token's process tree, or no such token"
             } else {

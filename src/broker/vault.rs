@@ -157,6 +157,8 @@ impl Stats {
 /// reaped (after that its pid may be reused, so nobody can show the token was theirs).
 struct Tombstone {
     why: Rejection,
+    /// Its task, for the log line of a refusal its own process is shown.
+    task: Arc<str>,
     at: Instant,
     owner: Option<u32>,
 }
@@ -256,8 +258,8 @@ impl Vault {
     /// Kills a token because its process exited (or was never started). A token that had
     /// died already forgets its process: the pid may be reused from now on.
     pub fn revoke(&mut self, handle: Handle, now: Instant) {
-        if self.live.remove(&handle.0).is_some() {
-            self.bury(handle.0, Rejection::Revoked, now, None);
+        if let Some(entry) = self.live.remove(&handle.0) {
+            self.bury(handle.0, Rejection::Revoked, now, None, entry.task);
         } else if let Some(tomb) = self.tombstones.get_mut(&handle.0) {
             tomb.owner = None;
         }
@@ -316,6 +318,24 @@ impl Vault {
         Ok(Pending { handle: Handle(h), task: entry.task.clone(), pid: entry.pid })
     }
 
+    /// The task of `token`, for the log of a refusal: only when the caller's `lineage`
+    /// holds the token's process (an outsider learns nothing, not even whose it is).
+    pub fn task_for(&self, token: &str, lineage: &[u32]) -> Option<Arc<str>> {
+        if !well_formed(token) {
+            return None;
+        }
+        let h = hash(token);
+        match (self.live.get(&h), self.tombstones.get(&h)) {
+            (Some(entry), _) if entry.pid.is_some_and(|p| lineage.contains(&p)) => {
+                Some(entry.task.clone())
+            }
+            (None, Some(tomb)) if tomb.owner.is_some_and(|o| lineage.contains(&o)) => {
+                Some(tomb.task.clone())
+            }
+            _ => None,
+        }
+    }
+
     /// Phase two: atomically takes one redemption of `secret`, re-checking everything that
     /// may have changed since [`Vault::check`] (another caller may have won the race).
     pub fn consume(
@@ -335,9 +355,9 @@ impl Vault {
                 Some((_, left)) => {
                     *left -= 1;
                     if entry.scope.iter().all(|(_, left)| *left == 0) {
-                        let owner = entry.pid;
+                        let (owner, task) = (entry.pid, entry.task.clone());
                         self.live.remove(&h);
-                        self.bury(h, Rejection::Used, now, owner);
+                        self.bury(h, Rejection::Used, now, owner, task);
                     }
                     Ok(())
                 }
@@ -368,7 +388,7 @@ impl Vault {
             if self.live.get(&h).is_some_and(|e| e.expires == expires)
                 && let Some(entry) = self.live.remove(&h)
             {
-                self.bury(h, Rejection::Expired, now, entry.pid);
+                self.bury(h, Rejection::Expired, now, entry.pid, entry.task);
             }
         }
         while let Some((at, h)) = self.tomb_order.front().copied() {
@@ -382,8 +402,8 @@ impl Vault {
         }
     }
 
-    fn bury(&mut self, h: Hash, why: Rejection, now: Instant, owner: Option<u32>) {
-        self.tombstones.insert(h, Tombstone { why, at: now, owner });
+    fn bury(&mut self, h: Hash, why: Rejection, now: Instant, owner: Option<u32>, task: Arc<str>) {
+        self.tombstones.insert(h, Tombstone { why, task, at: now, owner });
         self.tomb_order.push_back((now, h));
     }
 

@@ -16,6 +16,7 @@ use super::{Checked, Environment, Problem, Severity};
 mod audit;
 mod cross;
 mod output;
+mod redeem;
 mod retry;
 mod tasks;
 mod top;

@@ -31,6 +31,9 @@ use crate::schedule::timetable::Trigger;
 /// Most of the stderr tail a hook gets in `BACKUPNIZZA_STDERR_TAIL`.
 const MAX_TAIL_ENV: usize = 32 * 1024;
 
+/// Longest `restic unlock` (unlock_stale) runs when the task has no `timeout`.
+const UNLOCK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
 /// A `before` hook exiting with this (EX_TEMPFAIL) skips the run, as in borgmatic.
 const SKIP_EXIT_CODE: i32 = 75;
 
@@ -81,6 +84,9 @@ pub(crate) struct Job {
     pub(crate) run_id: String,
     pub(crate) trigger: Trigger,
     pub(crate) occurrence: Option<Timestamp>,
+    /// How the task's previous run ended when the daemon stopped it (timeout, shutdown, the
+    /// daemon's death): `unlock_stale` then runs `restic unlock` first.
+    pub(crate) after_stop: Option<RunStatus>,
 }
 
 /// A run in progress.
@@ -145,11 +151,15 @@ impl Run<'_> {
             return early;
         }
         self.record_start();
+        let unlocked = self.unlock_stale().await;
         if let Err(early) = self.before_hook().await {
             return early;
         }
         let mut outcome = self.attempts().await;
         self.ledger(&mut outcome).await;
+        if let Some(unlocked) = unlocked {
+            outcome.reason = format!("{unlocked}; {}", outcome.reason);
+        }
         outcome
     }
 
@@ -431,6 +441,54 @@ impl Run<'_> {
         });
     }
 
+    /// After a run the daemon stopped, restic may have left its lock behind (SIGKILLed while
+    /// it removed it, or the daemon died): with `unlock_stale: true`, `restic unlock` runs
+    /// first, with the task's settings and a token of its own. restic removes only the locks
+    /// it can prove stale (this host and a process that is gone, or older than 30 minutes),
+    /// never a live run's. Says what it did, for the run's record.
+    async fn unlock_stale(&self) -> Option<String> {
+        let previous = self.job.after_stop?;
+        if !self.task.unlock_stale {
+            return None;
+        }
+        let restic =
+            self.task.steps.iter().flat_map(crate::config::Step::stages).find_map(|argv| {
+                (crate::config::program_name(&argv[0]) == "restic").then(|| argv[0].clone())
+            })?;
+        info!("the last run ended {previous}: running restic unlock first (unlock_stale)");
+        let hook = crate::config::Hook {
+            command: vec![restic, "unlock".into()],
+            secrets: self.task.secrets.clone(),
+        };
+        let facts = self.hook_facts("unlock_stale", self.started, None);
+        let ran = self
+            .ctx
+            .runner
+            .run_hook(
+                self.task,
+                "unlock_stale",
+                (&hook, self.task.timeout.unwrap_or(UNLOCK_TIMEOUT)),
+                &self.job.run_id,
+                &self.procs,
+                facts,
+                &self.ctx.cancel,
+                self.sinks(),
+            )
+            .await;
+        let ok = matches!(ran, Ok(0));
+        let result = match ran {
+            Ok(code) => crate::history::describe_code(code),
+            Err(HookFailure::Cancelled) => "stopped by daemon shutdown".into(),
+            Err(HookFailure::Failed(why)) => why,
+        };
+        if !ok {
+            warn!("restic unlock did not succeed ({result}); running the task anyway");
+        }
+        Some(format!(
+            "restic unlock ran first, as the last run ended {previous} (unlock_stale): {result}"
+        ))
+    }
+
     async fn before_hook(&self) -> Result<(), Outcome> {
         let Some(before) = &self.task.hooks.before else { return Ok(()) };
         let facts = self.hook_facts("before", self.started, None);
@@ -440,7 +498,7 @@ impl Run<'_> {
             .run_hook(
                 self.task,
                 "before",
-                before,
+                (before, self.task.hooks.timeout),
                 &self.job.run_id,
                 &self.procs,
                 facts,
@@ -529,7 +587,7 @@ impl Run<'_> {
                 .run_hook(
                     self.task,
                     name,
-                    hook,
+                    (hook, self.task.hooks.timeout),
                     &self.job.run_id,
                     &self.procs,
                     facts,

@@ -468,7 +468,7 @@ impl Runner {
         &self,
         task: &Task,
         name: &str,
-        hook: &Hook,
+        (hook, timeout): (&Hook, Duration),
         run_id: &str,
         procs: &RunProcs,
         facts: Vec<(String, String)>,
@@ -485,7 +485,7 @@ impl Runner {
             continue_on_error: false,
             sha256: None,
         };
-        let deadline = Some(Instant::now() + task.hooks.timeout);
+        let deadline = Some(Instant::now() + timeout);
         let call = StepCall {
             task,
             step: &step,
@@ -511,7 +511,7 @@ impl Runner {
             }
             StepEnd::TimedOut(how) => Err(HookFailure::Failed(format!(
                 "timed out after {}; {how}",
-                crate::duration::Human(task.hooks.timeout)
+                crate::duration::Human(timeout)
             ))),
             StepEnd::Cancelled => Err(HookFailure::Cancelled),
             StepEnd::NotStarted(why) | StepEnd::Refused(why) => Err(HookFailure::Failed(why)),

@@ -431,7 +431,7 @@ impl State {
                 break id;
             }
         };
-        let job = Job { idx, run_id: run_id.clone(), trigger, occurrence };
+        let job = Job { idx, run_id: run_id.clone(), trigger, occurrence, after_stop: None };
         let state = &mut self.tasks[idx];
         if state.running {
             let why = match (task.on_overlap, &state.queued) {
@@ -463,7 +463,10 @@ impl State {
         Ok(RunRef { run_id, task: task.name.clone() })
     }
 
-    fn spawn_run(&mut self, job: Job) {
+    fn spawn_run(&mut self, mut job: Job) {
+        job.after_stop = self.tasks[job.idx].last.as_ref().map(|l| l.status).filter(|s| {
+            matches!(s, RunStatus::Timeout | RunStatus::Cancelled | RunStatus::Interrupted)
+        });
         let feed = self
             .runs
             .feeds

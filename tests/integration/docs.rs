@@ -49,3 +49,29 @@ fn every_mitigation_in_security_md_names_a_test_that_exists() {
         );
     }
 }
+
+/// The restic recipes of docs/operations.md, put together as one task file (the first block
+/// holds the shared anchor, the others are tasks), pass `validate`.
+#[test]
+fn the_restic_recipes_in_operations_md_validate() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
+    let start = text.find("## Recipes for restic tasks").expect("the recipes section");
+    let section = &text[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    let blocks: Vec<&str> =
+        section.split("```yaml\n").skip(1).map(|b| b.split("```").next().unwrap()).collect();
+    assert!(blocks.len() >= 4, "{blocks:?}");
+    let scratch = crate::harness::Scratch::new();
+    let file = scratch.write(
+        "recipes.yaml",
+        format!(
+            "{}secrets:\n  repo: {{keyring: {{service: b, account: repo}}}}\n  offsite: {{keyring: {{service: b, account: o}}}}\n  rclone-config: {{keyring: {{service: b, account: r}}}}\ntasks:\n{}",
+            blocks[0],
+            blocks[1..].concat()
+        ),
+    );
+    let run = scratch.backupnizza(["validate", "-c"]).run_with(&file);
+    run.expect_code(0);
+    assert!(run.stdout().contains("offsite") && run.stdout().contains("database"), "{run}");
+}

@@ -641,3 +641,134 @@ fn trigger_follow_prints_the_output_redacted_and_exits_with_the_task_code() {
     assert!(err.contains("failed (exit 7"), "{err}");
     assert!(!run.stdout().contains(&secret) && !err.contains(&secret));
 }
+
+#[test]
+fn unlock_stale_clears_the_lock_a_timed_out_run_left_and_the_next_run_succeeds() {
+    use nix::sys::signal::{Signal, kill};
+    let scratch = Scratch::new();
+    // A server the test can freeze: restic, stopped at its timeout, then cannot remove its
+    // lock, is killed, and leaves the lock behind.
+    let server =
+        crate::restic::RestServer::serve("rclone", &["restic"], &scratch.path().join("rest"));
+    let local = scratch.path().join("rest/laptop");
+    let password_file = scratch.path().join("repo-password");
+    write_private(&password_file, canary().as_bytes());
+    let out = restic(&scratch, &local.display().to_string(), &password_file)
+        .arg("init")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let go = scratch.path().join("go");
+    let config = scratch.config(&format!(
+        "secrets:\n  repo: {{file: {pw}}}\ntasks:
+  db:
+    {TRIGGERED}
+    timeout: 4s
+    kill_grace: 1s
+    unlock_stale: true
+    env: {{RESTIC_REPOSITORY: 'rest:{url}/laptop/', RESTIC_PASSWORD_COMMAND: secretbox get repo, RESTIC_CACHE_DIR: {cache}}}
+    secrets: [repo]
+    pipeline:
+      - [sh, -c, 'if test -e {go}; then echo dump; else sleep 300; fi']
+      - [restic, backup, --stdin, --stdin-filename, db.sql]
+",
+        pw = password_file.display(),
+        url = server.url,
+        cache = scratch.path().join("cache").display(),
+        go = go.display(),
+    ));
+    let daemon = scratch.start_daemon(&config);
+    scratch.backupnizza(["trigger", "db", "-c"]).run_with(&config).expect_code(0);
+    let locks = || std::fs::read_dir(local.join("locks")).map_or(0, Iterator::count);
+    wait_until("restic's lock", || locks() == 1);
+    let rclone = nix::unistd::Pid::from_raw(server.pid() as i32);
+    kill(rclone, Signal::SIGSTOP).unwrap();
+    wait_until("the timeout", || {
+        end_of(&history(&scratch), "db").is_some_and(|e| e["status"] == "timeout")
+    });
+    kill(rclone, Signal::SIGCONT).unwrap();
+    assert_eq!(locks(), 1, "the killed restic left its lock");
+
+    std::fs::write(&go, "").unwrap();
+    scratch.backupnizza(["trigger", "--wait", "db", "-c"]).run_with(&config).expect_code(0);
+    assert_eq!(locks(), 0, "restic unlock removed the stale lock: {}", daemon.log_text());
+    let end = end_of(&history(&scratch), "db").unwrap().clone();
+    assert_eq!(end["status"], "success", "{end}");
+    assert!(
+        end["reason"].as_str().unwrap().starts_with(
+            "restic unlock ran first, as the last run ended timeout (unlock_stale): exit code 0"
+        ),
+        "{end}"
+    );
+    assert!(daemon.log_text().contains("running restic unlock first (unlock_stale)"));
+}
+
+#[test]
+fn a_copy_between_repositories_sharing_one_password_works_without_raising_redeem_limit() {
+    let scratch = Scratch::new();
+    let (from, password_file) = repository(&scratch);
+    let to = scratch.path().join("second").display().to_string();
+    let out = restic(&scratch, &to, &password_file).arg("init").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let data = scratch.path().join("Documents");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("notes.txt"), "important\n").unwrap();
+    let out = restic(&scratch, &from, &password_file).arg("backup").arg(&data).output().unwrap();
+    assert!(out.status.success());
+    let task = |name: &str, extra: &str| {
+        format!(
+            "  {name}:\n    {TRIGGERED}\n    command: [restic, copy, --from-repo, {from}]\n    env: {{RESTIC_REPOSITORY: {to}, RESTIC_PASSWORD_COMMAND: secretbox get repo, RESTIC_FROM_PASSWORD_COMMAND: secretbox get repo, RESTIC_CACHE_DIR: {}}}\n    secrets: [repo]\n{extra}",
+            scratch.path().join("cache").display()
+        )
+    };
+    let config = scratch.config(&format!(
+        "secrets:\n  repo: {{file: {}}}\ntasks:\n{}{}",
+        password_file.display(),
+        task("copy", ""),
+        task("strict", "    redeem_limit: 1\n"),
+    ));
+    // validate says exactly when the limit is too low.
+    let check = scratch.backupnizza(["validate", "-c"]).run_with(&config);
+    let said = format!("{}{}", check.stdout(), check.stderr());
+    assert!(
+        said.contains("tasks.strict.redeem_limit") && said.contains("fetches secret \"repo\" 2 times (RESTIC_PASSWORD_COMMAND, RESTIC_FROM_PASSWORD_COMMAND)") && said.contains("set redeem_limit: 2"),
+        "{said}"
+    );
+    assert!(!said.contains("tasks.copy.redeem_limit"), "{said}");
+    let _daemon = scratch.start_daemon(&config);
+    scratch.backupnizza(["trigger", "--wait", "copy", "-c"]).run_with(&config).expect_code(0);
+    assert_eq!(snapshot_ids(&scratch, &to, &password_file).len(), 1, "copied");
+    // The limit the user set is kept, and fails as validate said it would.
+    scratch.backupnizza(["trigger", "--wait", "strict", "-c"]).run_with(&config).expect_code(1);
+}
+
+#[test]
+fn a_refused_second_fetch_is_logged_with_its_task_and_an_outsider_is_not() {
+    let scratch = Scratch::new();
+    let file = scratch.path().join("s");
+    write_private(&file, canary().as_bytes());
+    let token_file = scratch.path().join("token");
+    let config = scratch.config(&format!(
+        "secrets:\n  s: {{file: {}}}\ntasks:\n  twice:\n    {TRIGGERED}\n    secrets: [s]\n    command: [sh, -c, 'secretbox get s > /dev/null; echo \"$SECRETBOX_TOKEN\" > {}; secretbox get s']\n",
+        file.display(),
+        token_file.display()
+    ));
+    let daemon = scratch.start_daemon(&config);
+    scratch.backupnizza(["trigger", "--wait", "twice", "-c"]).run_with(&config).expect_code(1);
+    let log = daemon.wait_for("the refusal", |l| l.contains("refused a secret redemption"));
+    let line = log.lines().find(|l| l.contains("refused a secret redemption")).unwrap();
+    assert!(line.contains("task=\"twice\"") && line.contains("reason=\"used\""), "{line}");
+    // The same token from a process outside the task: forbidden, and no task named.
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let outsider = scratch
+        .command(crate::harness::SECRETBOX)
+        .args(["get", "s"])
+        .env("SECRETBOX_TOKEN", token.trim())
+        .env("SECRETBOX_SOCKET", scratch.socket())
+        .output()
+        .unwrap();
+    assert!(!outsider.status.success());
+    let log = daemon.wait_for_count("refused a secret redemption", 2);
+    let line = log.lines().filter(|l| l.contains("refused a secret redemption")).nth(1).unwrap();
+    assert!(line.contains("reason=\"forbidden\"") && line.contains("task=\"?\""), "{line}");
+}

@@ -40,6 +40,7 @@ const TASK_KEYS: &[&str] = &[
     "lock",
     "audit",
     "parallel",
+    "unlock_stale",
 ];
 const HOOK_KEYS: &[&str] = &["before", "on_success", "on_failure", "after", "timeout"];
 /// The map form of one hook.
@@ -226,13 +227,32 @@ impl Checker {
             c.choice(n, p, &[("skip", Overlap::Skip), ("queue", Overlap::Queue)])
         });
         let working_dir = self.optional(&f, path, "working_dir", |c, n, p| c.path_value(n, p, env));
-        let redeem_limit = self.with_default(
-            &f,
-            path,
-            "redeem_limit",
-            DEFAULT_REDEEM_LIMIT,
-            Checker::redeem_limit,
-        );
+        // Each step's token must cover what its restic asks for (a copy: both passwords).
+        let needed: Option<(u32, String, Vec<String>)> = match (&steps, &env_vars) {
+            (Some(steps), Some(env)) => steps
+                .iter()
+                .flat_map(|step| super::redeem::uses(env, step))
+                .map(|(name, (times, places))| (times, name, places))
+                .max_by_key(|(times, ..)| *times),
+            _ => None,
+        };
+        let default_limit =
+            needed.as_ref().map_or(DEFAULT_REDEEM_LIMIT, |(n, ..)| (*n).max(DEFAULT_REDEEM_LIMIT));
+        let redeem_limit =
+            self.with_default(&f, path, "redeem_limit", default_limit, Checker::redeem_limit);
+        if let (Some(limit), Some((times, name, places)), Some(node)) =
+            (redeem_limit, &needed, f.get("redeem_limit"))
+            && limit < *times
+        {
+            self.warn(
+                &join(path, "redeem_limit"),
+                node.pos,
+                format!(
+                    "a run's restic fetches secret {name:?} {times} times ({}), but redeem_limit is {limit}: the later fetches will be refused; set redeem_limit: {times} (or remove it: that is the default here)",
+                    places.join(", ")
+                ),
+            );
+        }
         let max_lateness =
             self.with_default(&f, path, "max_lateness", DEFAULT_MAX_LATENESS, Checker::duration);
         let random_delay = self.optional(&f, path, "random_delay", Checker::duration);
@@ -247,6 +267,17 @@ impl Checker {
         let lock = self.optional(&f, path, "lock", Checker::lock_name);
         let audit = self.optional(&f, path, "audit", Checker::audit);
         let parallel = self.with_default(&f, path, "parallel", false, Checker::boolean);
+        let unlock_stale = self.with_default(&f, path, "unlock_stale", false, Checker::boolean);
+        if let (Some(true), Some(steps)) = (unlock_stale, &steps)
+            && !steps.iter().flat_map(Step::stages).any(|a| program_name(&a[0]) == "restic")
+            && let Some(n) = f.get("unlock_stale")
+        {
+            self.error(
+                &join(path, "unlock_stale"),
+                n.pos,
+                "unlock_stale runs `restic unlock` with the restic of the task's steps, and no step runs restic",
+            );
+        }
         // restic exits 3 when some files could not be read: the snapshot exists.
         let runs_restic = matches!(&steps, Some(steps) if steps.iter().flat_map(Step::stages).any(|argv| program_name(&argv[0]) == "restic"));
         let warning_codes = if runs_restic { vec![3] } else { Vec::new() };
@@ -275,6 +306,7 @@ impl Checker {
             lock: lock?,
             audit: audit?,
             parallel: parallel?,
+            unlock_stale: unlock_stale?,
         })
     }
 

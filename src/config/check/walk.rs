@@ -153,6 +153,11 @@ impl Checker {
                 continue;
             }
             first_seen.insert(name.clone(), key.pos);
+            // At the top, `x-NAME` keys hold YAML anchors for the rest of the file (as in
+            // Compose files): read for their aliases, otherwise ignored.
+            if path.is_empty() && name.starts_with("x-") {
+                continue;
+            }
             if let Some(known) = known
                 && !known.contains(&name.as_str())
             {
