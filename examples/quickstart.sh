@@ -33,7 +33,16 @@ case "${1:-}" in
 esac
 
 if ! command -v restic >/dev/null 2>&1; then
-    echo "restic is not installed. Install it first:" >&2
+    if command -v apt-get >/dev/null 2>&1; then
+        say "restic is not installed: installing it (Debian/Ubuntu package restic)"
+        "$top/.ci/install-packages" restic
+    elif command -v brew >/dev/null 2>&1; then
+        say "restic is not installed: installing it (brew install restic)"
+        brew install restic
+    fi
+fi
+if ! command -v restic >/dev/null 2>&1; then
+    echo "restic is not installed, and this script could not install it. Install it first:" >&2
     echo "  Debian/Ubuntu: sudo apt-get install restic    macOS: brew install restic" >&2
     echo "  other systems: https://restic.readthedocs.io/en/stable/020_installation.html" >&2
     exit 1
@@ -96,7 +105,7 @@ done
 "$bin/backupnizza" history backup -c "$config"
 
 say "listing snapshots (restic snapshots, run by the daemon, password from secretbox)"
-"$bin/backupnizza" trigger snapshots --wait -c "$config" >/dev/null
+"$bin/backupnizza" trigger snapshots --follow -c "$config" > "$BNZ_DEMO/snapshots.txt"
 cat "$BNZ_DEMO/snapshots.txt"
 snapshot=$(grep -Eo '^[0-9a-f]{8}' "$BNZ_DEMO/snapshots.txt" | head -n 1)
 if [ -z "$snapshot" ]; then
@@ -106,6 +115,9 @@ echo
 say "restic made snapshot $snapshot of $BNZ_DEMO/data with the password served by secretbox;"
 say "the password never appeared in restic's environment, an argument list or a log."
 grep -E 'secret redeemed' "$log" | tail -n 1 | sed 's/^/    /'
+echo
+say "auditing the repository against the snapshot ledger (backupnizza trigger audit --wait)"
+"$bin/backupnizza" trigger audit --wait -c "$config"
 echo
 "$bin/backupnizza" status -c "$config"
 echo

@@ -318,6 +318,8 @@ pub struct Notify {
     /// Include the last stderr lines (pings: as the request body; webhooks: in the JSON).
     pub send_logs: bool,
     pub timeout: Duration,
+    /// Run at the end of each run with its facts in the environment.
+    pub command: Option<Vec<String>>,
 }
 
 /// A URL written in the file, or one kept as a secret (ping URLs are credentials).

@@ -19,6 +19,7 @@ pub(crate) mod ledger;
 pub(crate) mod locks;
 pub(crate) mod metrics;
 pub(crate) mod notifications;
+mod notifier;
 mod output;
 pub(crate) mod output_file;
 pub(crate) mod programs;

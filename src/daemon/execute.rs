@@ -31,6 +31,11 @@ use crate::schedule::timetable::Trigger;
 /// Most of the stderr tail a hook gets in `BACKUPNIZZA_STDERR_TAIL`.
 const MAX_TAIL_ENV: usize = 32 * 1024;
 
+/// "1 recorded snapshot", "2 recorded snapshots".
+fn snapshots(n: usize) -> String {
+    format!("{n} recorded snapshot{}", if n == 1 { "" } else { "s" })
+}
+
 /// Longest `restic unlock` (unlock_stale) runs when the task has no `timeout`.
 const UNLOCK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
@@ -66,7 +71,15 @@ impl RunContext {
     /// Sends a run's notifications; `after` orders them behind an earlier event's.
     fn notify(&self, task: &Task, facts: RunFacts, after: Option<Sent>) -> Option<Sent> {
         let notify = task.notify.as_ref().or(self.config.notify.as_ref())?;
-        notifications::send(notify, self.runner.broker.secrets(), facts, after, &self.notifications)
+        let local = (self.runner.base_env.as_slice(), self.runner.home.as_deref());
+        notifications::send(
+            notify,
+            self.runner.broker.secrets(),
+            facts,
+            after,
+            &self.notifications,
+            local,
+        )
     }
 }
 
@@ -248,12 +261,9 @@ impl Run<'_> {
             error!(kind = %finding.kind, "audit: {}", finding.detail);
         }
         if verdict.findings.is_empty() {
-            info!(
-                "audit: the {} recorded snapshots in the repository match the ledger",
-                verdict.checked
-            );
+            info!("audit: clean, {} checked against the ledger", snapshots(verdict.checked));
             outcome.reason =
-                format!("{}; audit: {} recorded snapshots match", outcome.reason, verdict.checked);
+                format!("{}; audit: clean, {} checked", outcome.reason, snapshots(verdict.checked));
         } else {
             let n = verdict.findings.len();
             let list: Vec<&str> = verdict.findings.iter().map(|f| f.detail.as_str()).collect();

@@ -8,6 +8,8 @@
 //! their scheme and host. A notification that fails is logged and retried once; it never
 //! changes the result of a backup.
 
+use std::ffi::OsString;
+use std::path::Path;
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
@@ -133,14 +135,24 @@ pub(crate) fn send(
     facts: RunFacts,
     after: Option<Sent>,
     tracker: &tokio_util::task::TaskTracker,
+    (base_env, home): (&[(OsString, OsString)], Option<&Path>),
 ) -> Option<Sent> {
     let ping = notify.ping.as_ref().and_then(|u| resolve(u, secrets));
     let webhook = notify.webhook.as_ref().and_then(|u| resolve(u, secrets));
     let (send_logs, timeout) = (notify.send_logs, notify.timeout);
-    if ping.is_none() && webhook.is_none() {
+    // The notifier is for results: it runs at the end of a run only.
+    let command = notify.command.clone().filter(|_| facts.event == "end");
+    if ping.is_none() && webhook.is_none() && command.is_none() {
         return None;
     }
     let facts = facts.redacted();
+    let notifier = command.map(|argv| {
+        let mut facts = facts.clone();
+        if !send_logs {
+            facts.stderr_tail = None;
+        }
+        (argv, base_env.to_vec(), home.map(Path::to_path_buf), facts)
+    });
     let deliver_all = move || {
         let agent = ureq::AgentBuilder::new().timeout(timeout).build();
         if let Some(base) = ping {
@@ -176,6 +188,9 @@ pub(crate) fn send(
             let _ = earlier.await;
         }
         let _ = tokio::task::spawn_blocking(deliver_all).await;
+        if let Some((argv, base_env, home, facts)) = notifier {
+            super::notifier::run(&argv, &base_env, home.as_deref(), &facts, timeout).await;
+        }
     }))
 }
 

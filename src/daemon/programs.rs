@@ -294,6 +294,23 @@ pub(crate) fn prepare(
             }
         }
         pins.push(task_pins);
+        // The task's notifier (its own, or the file's): the same trust rules.
+        if let Some(argv) =
+            task.notify.as_ref().or(config.notify.as_ref()).and_then(|n| n.command.as_ref())
+        {
+            let path = step_path(base_env, task, &[]);
+            match resolve(&argv[0], path.as_deref(), home, None) {
+                Some(program) => {
+                    if let Err(e) = check_trusted(&program, "program", uid) {
+                        errors.push(format!("task {:?} notify command: {e}", task.name));
+                    }
+                }
+                None => warnings.push(format!(
+                    "task {:?} notify command: program {:?} not found; notifications by command will fail",
+                    task.name, argv[0]
+                )),
+            }
+        }
         // Hooks run with the task's environment (and some with a token): the same trust rules.
         let hooks = [
             ("before", &task.hooks.before),

@@ -522,3 +522,36 @@ fn explain_tells_what_happened_to_each_occurrence() {
     let run = scratch.backupnizza(["explain", "hourly", "-c"]).run_with(&berlin);
     assert!(run.stdout().contains("+01:00") || run.stdout().contains("+02:00"), "{run}");
 }
+
+#[test]
+fn a_notify_command_gets_the_run_facts_redacted_and_a_failing_one_never_fails_the_run() {
+    let scratch = Scratch::new();
+    let secret = canary();
+    let file = scratch.path().join("s");
+    write_private(&file, secret.as_bytes());
+    let got = scratch.path().join("notified");
+    let config = scratch.config(&format!(
+        "secrets:\n  s: {{file: {file}}}\nnotify:\n  command: [sh, -c, 'echo \"$BACKUPNIZZA_TASK $BACKUPNIZZA_STATUS $BACKUPNIZZA_EXIT_CODE [$BACKUPNIZZA_REASON] $BACKUPNIZZA_STDERR_TAIL\" >> {got}; env | grep -c SECRETBOX_ >> {got} || true']\n  send_logs: true\ntasks:\n  leaky:\n    {TRIGGERED}\n    secrets: [s]\n    command: [sh, -c, 'echo \"oops $(secretbox get s)\" >&2; exit 4']\n  fine:\n    {TRIGGERED}\n    command: ['true']\n    notify:\n      command: [sh, -c, 'echo notifier broke >&2; exit 9']\n",
+        file = file.display(),
+        got = got.display(),
+    ));
+    let daemon = scratch.start_daemon(&config);
+    scratch.backupnizza(["trigger", "--wait", "leaky", "-c"]).run_with(&config).expect_code(1);
+    crate::harness::wait_until("the notifier", || {
+        std::fs::read_to_string(&got).unwrap_or_default().lines().count() >= 2
+    });
+    let text = std::fs::read_to_string(&got).unwrap();
+    assert!(text.starts_with("leaky failed 4 [exit code 4] oops ***\n"), "{text}");
+    assert_eq!(text.lines().nth(1), Some("0"), "no token, no socket: {text}");
+    assert!(!text.contains(&secret));
+    // A notifier that fails: logged, and the run stays a success.
+    scratch.backupnizza(["trigger", "--wait", "fine", "-c"]).run_with(&config).expect_code(0);
+    let log = daemon.wait_for("the failed notifier", |l| l.contains("the notifier failed"));
+    let line = log.lines().find(|l| l.contains("the notifier failed")).unwrap();
+    assert!(line.contains("exit code 9") && line.contains("notifier broke"), "{line}");
+    assert!(line.contains("the run's result is unaffected"), "{line}");
+    let h = crate::harness::history(&scratch);
+    let end = h.iter().rev().find(|r| r["type"] == "end" && r["task"] == "fine").unwrap();
+    assert_eq!(end["status"], "success");
+    assert!(!daemon.log_text().contains(&secret));
+}

@@ -384,7 +384,10 @@ fn the_audit_reports_deleted_and_forged_snapshots_by_id_and_not_our_own_forget()
     // A clean repository: the audit succeeds.
     trigger("audit").expect_code(0);
     let end = end_of(&history(&scratch), "audit").unwrap().clone();
-    assert!(end["reason"].as_str().unwrap().contains("audit: 2 recorded snapshots match"), "{end}");
+    assert!(
+        end["reason"].as_str().unwrap().contains("audit: clean, 2 recorded snapshots checked"),
+        "{end}"
+    );
 
     // Behind the daemon's back, on the repository directly: one snapshot deleted, one made
     // with the same host name and path.

@@ -45,7 +45,7 @@ const TASK_KEYS: &[&str] = &[
 const HOOK_KEYS: &[&str] = &["before", "on_success", "on_failure", "after", "timeout"];
 /// The map form of one hook.
 const HOOK_FORM_KEYS: &[&str] = &["command", "secrets"];
-const NOTIFY_KEYS: &[&str] = &["ping", "webhook", "send_logs", "timeout"];
+const NOTIFY_KEYS: &[&str] = &["ping", "webhook", "command", "send_logs", "timeout"];
 const STEP_KEYS: &[&str] = &["command", "pipeline", "env", "continue_on_error", "sha256"];
 /// Variables the daemon sets itself in every child.
 const RESERVED_ENV: &[&str] = &["SECRETBOX_TOKEN", "SECRETBOX_SOCKET", "SECRETBOX_DAEMON"];
@@ -561,8 +561,12 @@ impl Checker {
 
     /// A task's `notify`, or the top-level one.
     pub(super) fn notify(&mut self, node: &Node, path: &str) -> Option<Notify> {
-        let f =
-            self.fields(node, path, "a mapping {ping: URL, webhook: URL}", Some(NOTIFY_KEYS))?;
+        let f = self.fields(
+            node,
+            path,
+            "a mapping {ping: URL, webhook: URL, command: [ARGV...]}",
+            Some(NOTIFY_KEYS),
+        )?;
         let ping = self.optional(&f, path, "ping", Checker::url);
         let webhook = self.optional(&f, path, "webhook", Checker::url);
         let send_logs = self.with_default(&f, path, "send_logs", false, Checker::boolean);
@@ -573,7 +577,14 @@ impl Checker {
             DEFAULT_NOTIFY_TIMEOUT,
             Checker::positive_duration,
         );
-        Some(Notify { ping: ping?, webhook: webhook?, send_logs: send_logs?, timeout: timeout? })
+        let command = self.optional(&f, path, "command", Checker::argv);
+        Some(Notify {
+            ping: ping?,
+            webhook: webhook?,
+            send_logs: send_logs?,
+            timeout: timeout?,
+            command: command?,
+        })
     }
 
     /// A notification URL: written out (http or https), or `{secret: NAME}`.
