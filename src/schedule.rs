@@ -10,7 +10,10 @@
 //! - time zones and DST as cronie handles them: a *fixed-time* job (no `*` at the start of
 //!   the minute or hour field) whose time falls in a spring-forward gap fires once, right
 //!   after the gap, and once (the first time) in a fall-back overlap; a *wildcard* job follows
-//!   the wall clock (nothing in the gap, both passes of the overlap).
+//!   the wall clock (nothing in the gap, both passes of the overlap);
+//! - a change of the zone's offset by more than three hours (a zone moving across the date
+//!   line) is a correction, as cron.8 says: nothing runs for the skipped times, and no job
+//!   runs the repeated times a second time.
 //!
 //! The whole engine is [`Schedule::next_after`]; it does no IO and never reads the clock.
 //! We do not use the `cron` crate (Quartz numbering, 6-7 fields, ANDed day fields, wrong DST
@@ -354,6 +357,7 @@ impl Cron {
             tz.to_ambiguous_timestamp(local).offset()
             && tz.to_offset(after) == before
         {
+            let correction = is_correction(before, later);
             let transition = tz.following(after).next()?.timestamp();
             let fold_start = later.to_datetime(transition);
             let fold_end = before.to_datetime(transition);
@@ -361,6 +365,7 @@ impl Cron {
                 return before.to_timestamp(civil).ok();
             }
             if !self.fixed_time
+                && !correction
                 && let Some(civil) = self.next_civil(fold_start, limit).filter(|c| *c < fold_end)
             {
                 return later.to_timestamp(civil).ok();
@@ -382,12 +387,14 @@ impl Cron {
                         return Some(first);
                     }
                     let second = later.to_timestamp(civil).ok()?;
-                    if !self.fixed_time && second > after {
+                    if !self.fixed_time && !is_correction(before, later) && second > after {
                         return Some(second);
                     }
                 }
-                AmbiguousOffset::Gap { after: later, .. } => {
-                    if self.fixed_time {
+                AmbiguousOffset::Gap { before, after: later } => {
+                    // A change of more than three hours is a correction to cronie (the
+                    // zone moved across the date line): the lost times do not run at all.
+                    if self.fixed_time && !is_correction(before, later) {
                         // `civil` read with the offset after the gap is an instant before the
                         // transition, so the next transition is the end of this gap.
                         let probe = later.to_timestamp(civil).ok()?;
@@ -402,6 +409,14 @@ impl Cron {
         }
         None
     }
+}
+
+/// Whether a change of the zone's offset from `before` to `after` is one cron treats as a
+/// correction (cron.8: "Time changes of more than 3 hours are considered to be
+/// corrections"), not a DST change: jobs in the times it skips, or for the second pass of
+/// the times it repeats, do not run.
+fn is_correction(before: jiff::tz::Offset, after: jiff::tz::Offset) -> bool {
+    (after.seconds() - before.seconds()).abs() > 3 * 3600
 }
 
 /// The lowest set bit of `bits` at position `from` or above.

@@ -604,3 +604,22 @@ fn property_engine_agrees_with_brute_force_oracle() {
     assert!(crossed_dst > cases / 4, "only {crossed_dst} windows crossed a DST change");
     assert!(checked_instants > cases * 10);
 }
+
+#[test]
+fn cronie_rule_a_zone_change_of_more_than_three_hours_is_a_correction() {
+    // Samoa moved across the date line: 2011-12-29 23:59:59 -10:00 was followed by
+    // 2011-12-31 00:00:00 +14:00. A daily 03:00 job does not run for the lost day (a DST
+    // gap would have run it right after the gap).
+    assert_eq!(
+        next_n("0 3 * * *", "Pacific/Apia", "2011-12-29T12:00:00-10:00", 2),
+        ["2011-12-31T03:00:00+14:00", "2012-01-01T03:00:00+14:00"]
+    );
+    assert_eq!(
+        next_n("0 23 * * *", "Pacific/Apia", "2011-12-29T12:00:00-10:00", 2),
+        ["2011-12-29T23:00:00-10:00", "2011-12-31T23:00:00+14:00"]
+    );
+    // The other way (Apia, 1892: 4 July was lived twice): an hourly job does not run the
+    // repeated day's hours again.
+    let after_first_pass = next_n("0 * * * *", "Pacific/Apia", "1892-07-04T23:30:00+12:33:04", 1);
+    assert_eq!(after_first_pass, ["1892-07-05T00:00:00-11:26:56"]);
+}
