@@ -237,6 +237,30 @@ pub struct Task {
     pub parallel: bool,
     /// After a run the daemon stopped, run `restic unlock` before the next one.
     pub unlock_stale: bool,
+    /// The niceness of the task's processes (0-19).
+    pub nice: Option<i32>,
+    /// The I/O scheduling class of the task's processes (Linux).
+    pub io: Option<IoClass>,
+}
+
+/// A task's `io:` (Linux's I/O scheduling classes, as `ionice` sets them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoClass {
+    /// Only when no other process wants the disk.
+    Idle,
+    /// The normal class, at a priority from 0 (first) to 7 (last).
+    BestEffort(u8),
+}
+
+impl IoClass {
+    /// The value `ioprio_set(2)` takes: the class in the top bits, the priority below.
+    pub fn ioprio(self) -> i32 {
+        const CLASS_SHIFT: i32 = 13;
+        match self {
+            IoClass::Idle => 3 << CLASS_SHIFT,
+            IoClass::BestEffort(level) => (2 << CLASS_SHIFT) | i32::from(level),
+        }
+    }
 }
 
 /// A task's `audit:`.

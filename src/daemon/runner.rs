@@ -721,6 +721,7 @@ impl Runner {
                 cmd.current_dir(dir);
             }
             contain_child(cmd, procs);
+            be_polite(cmd, task);
         }
         if let Err(e) = plumbing.connect(&mut commands) {
             return StepEnd::NotStarted(format!("cannot connect the pipeline's stages: {e}"));
@@ -1155,6 +1156,42 @@ fn contain_child(cmd: &mut tokio::process::Command, procs: &RunProcs) {
         Ok(())
     };
     // SAFETY: the hook makes only async-signal-safe calls (see above) and allocates nothing.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
+/// The task's `nice:` and `io:`, set in the child before it execs, so the program itself is
+/// what runs (no `nice` wrapper in front of restic: its pin and its exit codes stay its own).
+/// Failures are ignored: a process may not lower its niceness below its parent's without
+/// privileges, and a kernel without I/O scheduling classes leaves the class as it is.
+fn be_polite(cmd: &mut tokio::process::Command, task: &Task) {
+    let nice = task.nice;
+    #[cfg(target_os = "linux")]
+    let io = task.io.map(crate::config::IoClass::ioprio);
+    let nothing = nice.is_none();
+    #[cfg(target_os = "linux")]
+    let nothing = nothing && io.is_none();
+    if nothing {
+        return;
+    }
+    let hook = move || {
+        if let Some(nice) = nice {
+            // SAFETY: setpriority is async-signal-safe; it affects this (forked) process.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, 0, nice);
+            }
+        }
+        #[cfg(target_os = "linux")]
+        if let Some(ioprio) = io {
+            // IOPRIO_WHO_PROCESS (1), this process (0). SAFETY: a plain system call.
+            unsafe {
+                libc::syscall(libc::SYS_ioprio_set, 1, 0, ioprio);
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook makes only async-signal-safe calls and allocates nothing.
     unsafe {
         cmd.pre_exec(hook);
     }

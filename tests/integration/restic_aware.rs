@@ -775,3 +775,38 @@ fn a_refused_second_fetch_is_logged_with_its_task_and_an_outsider_is_not() {
     let line = log.lines().filter(|l| l.contains("refused a secret redemption")).nth(1).unwrap();
     assert!(line.contains("reason=\"forbidden\"") && line.contains("task=\"?\""), "{line}");
 }
+
+#[test]
+fn nice_and_io_apply_to_the_program_itself() {
+    let scratch = Scratch::new();
+    let out = scratch.path().join("seen");
+    let config = scratch.config(&format!(
+        "tasks:
+  polite:
+    {TRIGGERED}
+    nice: 15
+    io: {{class: idle}}
+    command: [sh, -c, 'ps -o ni= -p $$ > {o}; ionice -p $$ >> {o}; exit 3']
+    warning_exit_codes: [3]
+  best:
+    {TRIGGERED}
+    io: {{class: best-effort, priority: 6}}
+    pipeline:
+      - [sh, -c, 'ionice -p $$']
+      - [sh, -c, 'cat; ionice -p $$']
+",
+        o = out.display()
+    ));
+    let daemon = scratch.start_daemon(&config);
+    // Exit code 3 is still the program's own (a warning), not a wrapper's.
+    scratch.backupnizza(["trigger", "--wait", "polite", "-c"]).run_with(&config).expect_code(0);
+    let seen = std::fs::read_to_string(&out).unwrap();
+    let mut lines = seen.lines();
+    assert_eq!(lines.next().map(str::trim), Some("15"), "{seen}");
+    assert_eq!(lines.next(), Some("idle"), "{seen}");
+    let end = end_of(&history(&scratch), "polite").unwrap().clone();
+    assert_eq!(end["status"], "warning", "{end}");
+    scratch.backupnizza(["trigger", "--wait", "best", "-c"]).run_with(&config).expect_code(0);
+    // Both stages: the first's line through the second, then the second's own.
+    daemon.wait_for_count("best-effort: prio 6", 2);
+}

@@ -41,6 +41,8 @@ const TASK_KEYS: &[&str] = &[
     "audit",
     "parallel",
     "unlock_stale",
+    "nice",
+    "io",
 ];
 const HOOK_KEYS: &[&str] = &["before", "on_success", "on_failure", "after", "timeout"];
 /// The map form of one hook.
@@ -268,6 +270,8 @@ impl Checker {
         let audit = self.optional(&f, path, "audit", Checker::audit);
         let parallel = self.with_default(&f, path, "parallel", false, Checker::boolean);
         let unlock_stale = self.with_default(&f, path, "unlock_stale", false, Checker::boolean);
+        let nice = self.optional(&f, path, "nice", Checker::nice);
+        let io = self.optional(&f, path, "io", Checker::io_class);
         if let (Some(true), Some(steps)) = (unlock_stale, &steps)
             && !steps.iter().flat_map(Step::stages).any(|a| program_name(&a[0]) == "restic")
             && let Some(n) = f.get("unlock_stale")
@@ -307,6 +311,8 @@ impl Checker {
             audit: audit?,
             parallel: parallel?,
             unlock_stale: unlock_stale?,
+            nice: nice?,
+            io: io?,
         })
     }
 

@@ -673,3 +673,23 @@ fn a_pipeline_is_a_command_with_stages() {
         "{empty:?}"
     );
 }
+
+#[test]
+fn nice_and_io_are_bounded_and_idle_has_no_priority() {
+    let config = check(&format!("{MINIMAL_TASK}    nice: 19\n    io: {{class: best-effort}}\n"))
+        .config
+        .expect("valid");
+    assert_eq!(config.tasks[0].nice, Some(19));
+    assert_eq!(config.tasks[0].io, Some(crate::config::IoClass::BestEffort(4)));
+    assert_eq!(crate::config::IoClass::Idle.ioprio(), 3 << 13);
+    assert_eq!(crate::config::IoClass::BestEffort(7).ioprio(), (2 << 13) | 7);
+    let messages = |extra: &str| -> Vec<String> {
+        problems(&format!("{MINIMAL_TASK}{extra}")).into_iter().map(|p| p.3).collect()
+    };
+    assert_eq!(messages("    nice: 20\n"), ["20 is out of range 0-19 (19 is the politest)"]);
+    assert_eq!(
+        messages("    io: {class: idle, priority: 3}\n"),
+        ["the idle class has no priority: remove it, or use class: best-effort"]
+    );
+    assert!(messages("    io: {class: realtime}\n")[0].contains("invalid value \"realtime\""));
+}
