@@ -241,6 +241,8 @@ pub struct Task {
     pub nice: Option<i32>,
     /// The I/O scheduling class of the task's processes (Linux).
     pub io: Option<IoClass>,
+    /// Hold a logind sleep inhibitor while the task runs.
+    pub inhibit_sleep: bool,
 }
 
 /// A task's `io:` (Linux's I/O scheduling classes, as `ionice` sets them).

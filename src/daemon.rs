@@ -15,6 +15,7 @@ mod contain;
 pub(crate) mod execute;
 pub(crate) mod feed;
 pub mod guardian;
+mod inhibit;
 pub(crate) mod ledger;
 pub(crate) mod locks;
 pub(crate) mod metrics;

@@ -119,6 +119,8 @@ struct Run<'a> {
     feed: Arc<Feed>,
     /// The task's lock, held from before the start to the End record.
     held: Option<Held>,
+    /// logind's sleep inhibitor, held from the start to the end of the run.
+    inhibitor: Option<super::inhibit::Inhibitor>,
     /// How long the run waited for it.
     lock_wait: Option<crate::history::LockWait>,
 }
@@ -142,6 +144,7 @@ pub(crate) async fn execute(ctx: Arc<RunContext>, job: Job, feed: Arc<Feed>) {
         output,
         feed,
         held: None,
+        inhibitor: None,
         lock_wait: None,
     };
     let outcome = run.phases().await;
@@ -164,6 +167,7 @@ impl Run<'_> {
             return early;
         }
         self.record_start();
+        self.inhibit_sleep().await;
         let unlocked = self.unlock_stale().await;
         if let Err(early) = self.before_hook().await {
             return early;
@@ -451,6 +455,22 @@ impl Run<'_> {
         });
     }
 
+    /// Takes a sleep inhibitor for the run (unless `inhibit_sleep: false`).
+    async fn inhibit_sleep(&mut self) {
+        if !self.task.inhibit_sleep {
+            return;
+        }
+        let task = self.task.name.clone();
+        match tokio::task::spawn_blocking(move || super::inhibit::take(&task)).await {
+            Ok(Ok(inhibitor)) => {
+                info!(mode = inhibitor.mode, "holding a sleep inhibitor while the run lasts");
+                self.inhibitor = Some(inhibitor);
+            }
+            Ok(Err(why)) => tracing::debug!("no sleep inhibitor: {why}"),
+            Err(e) => tracing::debug!("no sleep inhibitor: {e}"),
+        }
+    }
+
     /// After a run the daemon stopped, restic may have left its lock behind (SIGKILLed while
     /// it removed it, or the daemon died): with `unlock_stale: true`, `restic unlock` runs
     /// first, with the task's settings and a token of its own. restic removes only the locks
@@ -660,6 +680,9 @@ impl Run<'_> {
         // The End record is on disk: the next run on this lock may start, and followers
         // have everything.
         drop(self.held.take());
+        if self.inhibitor.take().is_some() {
+            info!("released the sleep inhibitor");
+        }
         self.feed.end();
         let _ = ctx.events.send(Event::Ended {
             idx: self.job.idx,

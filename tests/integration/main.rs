@@ -10,6 +10,7 @@ mod docs;
 mod harness;
 mod home;
 mod hostile;
+mod laptop;
 mod load;
 mod memory;
 mod next;

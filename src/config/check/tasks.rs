@@ -43,6 +43,7 @@ const TASK_KEYS: &[&str] = &[
     "unlock_stale",
     "nice",
     "io",
+    "inhibit_sleep",
 ];
 const HOOK_KEYS: &[&str] = &["before", "on_success", "on_failure", "after", "timeout"];
 /// The map form of one hook.
@@ -272,6 +273,7 @@ impl Checker {
         let unlock_stale = self.with_default(&f, path, "unlock_stale", false, Checker::boolean);
         let nice = self.optional(&f, path, "nice", Checker::nice);
         let io = self.optional(&f, path, "io", Checker::io_class);
+        let inhibit_sleep = self.with_default(&f, path, "inhibit_sleep", true, Checker::boolean);
         if let (Some(true), Some(steps)) = (unlock_stale, &steps)
             && !steps.iter().flat_map(Step::stages).any(|a| program_name(&a[0]) == "restic")
             && let Some(n) = f.get("unlock_stale")
@@ -313,6 +315,7 @@ impl Checker {
             unlock_stale: unlock_stale?,
             nice: nice?,
             io: io?,
+            inhibit_sleep: inhibit_sleep?,
         })
     }
 
