@@ -243,6 +243,58 @@ pub struct Task {
     pub io: Option<IoClass>,
     /// Hold a logind sleep inhibitor while the task runs.
     pub inhibit_sleep: bool,
+    /// What must hold for a run to start (it waits until then).
+    pub when: When,
+    /// Run anyway, conditions or not, once the last success is this old.
+    pub force_after: Option<Duration>,
+    /// Quiet hours in the task's zone: a run due inside one waits for its end.
+    pub blackout: Vec<Blackout>,
+}
+
+/// A task's `when:`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct When {
+    pub ac_power: bool,
+    /// `HOST:PORT` that must accept a TCP connection.
+    pub network: Option<String>,
+    pub unmetered: bool,
+    /// The load, as a percentage of the CPUs, must be below this.
+    pub idle_cpu: Option<u8>,
+}
+
+impl When {
+    pub fn is_empty(&self) -> bool {
+        *self == When::default()
+    }
+}
+
+/// One quiet-hours window: `"09:00-17:00 mon-fri"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blackout {
+    /// As written, for messages.
+    pub text: String,
+    /// Minutes after midnight; `end` before `start` runs past midnight.
+    pub start: u16,
+    pub end: u16,
+    /// Weekdays the window starts on: bit 1 Monday ... bit 7 Sunday.
+    pub days: u8,
+}
+
+impl Blackout {
+    /// Whether local time `now` falls in the window (one that passes midnight belongs to the
+    /// day it starts on).
+    pub fn contains(&self, now: &jiff::Zoned) -> bool {
+        let minute =
+            u16::try_from(i32::from(now.hour()) * 60 + i32::from(now.minute())).unwrap_or(0);
+        let day = now.weekday().to_monday_one_offset() as u8;
+        let on = |d: u8| self.days & (1 << d) != 0;
+        if self.start < self.end {
+            on(day) && (self.start..self.end).contains(&minute)
+        } else {
+            let yesterday = if day == 1 { 7 } else { day - 1 };
+            (on(day) && minute >= self.start) || (on(yesterday) && minute < self.end)
+        }
+    }
 }
 
 /// A task's `io:` (Linux's I/O scheduling classes, as `ionice` sets them).

@@ -11,6 +11,7 @@
 //! End records; then the server closes, the history is flushed, the socket is removed, and
 //! the secrets are dropped — and the log says they were wiped only once that is true.
 
+mod conditions;
 mod contain;
 pub(crate) mod execute;
 pub(crate) mod feed;

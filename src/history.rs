@@ -44,6 +44,9 @@ pub(crate) enum Record {
         /// How long the run waited for its task's `lock:` before it started, if it did.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         lock_wait: Option<LockWait>,
+        /// How long the run waited for its run conditions (`when:`, `blackout:`), and why.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deferred: Option<Deferred>,
     },
     /// A run ended.
     End {
@@ -116,6 +119,14 @@ impl Record {
 /// "exit code 3".
 pub(crate) fn describe_code(code: i32) -> String {
     format!("exit code {code}")
+}
+
+/// A run's wait for its conditions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Deferred {
+    /// The first reason ("on battery").
+    pub why: String,
+    pub waited_ms: u64,
 }
 
 /// A run's wait for its task's lock.
@@ -428,6 +439,7 @@ mod tests {
             trigger: Trigger::Manual,
             cgroup: None,
             lock_wait: None,
+            deferred: None,
         }
     }
 

@@ -110,6 +110,9 @@ pub struct TaskStatus {
     /// RFC 3339 with offset, or null when nothing is scheduled.
     pub next: Option<String>,
     pub running: bool,
+    /// Why the run that is due waits to start ("on battery since 10:02"), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deferred: Option<String>,
     pub last: Option<RunBody>,
 }
 

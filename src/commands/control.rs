@@ -193,7 +193,10 @@ pub fn status(args: &StatusArgs, env: &Environment) -> anyhow::Result<()> {
         writeln!(out, "{:width$}  {:25}  {:32}  NEXT", "TASK", "LAST RUN", "RESULT")?;
         for task in &status.tasks {
             let (when, result) = match (&task.last, task.running) {
-                (_, true) => ("now".to_string(), "running".to_string()),
+                (_, true) => match &task.deferred {
+                    Some(why) => ("now".to_string(), format!("deferred: {why}")),
+                    None => ("now".to_string(), "running".to_string()),
+                },
                 (Some(last), false) => (last.ended.clone().unwrap_or_default(), describe(last)),
                 (None, false) => ("never".to_string(), "-".to_string()),
             };

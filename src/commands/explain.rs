@@ -21,6 +21,7 @@ struct Run {
     trigger: String,
     end: Option<(String, Option<i32>, u64, String)>,
     lock_wait: Option<crate::history::LockWait>,
+    deferred: Option<crate::history::Deferred>,
 }
 
 pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
@@ -64,9 +65,9 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
     }
     for record in records {
         match record {
-            Record::Start { run_id, task: t, at, scheduled, trigger, lock_wait, .. }
-                if t == &task.name =>
-            {
+            Record::Start {
+                run_id, task: t, at, scheduled, trigger, lock_wait, deferred, ..
+            } if t == &task.name => {
                 let Some(at) = time(at) else { continue };
                 let run = Run {
                     id: run_id.clone(),
@@ -74,6 +75,7 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
                     trigger: trigger.as_str().to_string(),
                     end: ends.get(run_id).cloned(),
                     lock_wait: lock_wait.clone(),
+                    deferred: deferred.clone(),
                 };
                 match scheduled.as_deref().and_then(time) {
                     Some(occurrence) if *trigger != crate::schedule::timetable::Trigger::Manual => {
@@ -152,6 +154,10 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
             } else {
                 format!("ran at {when}")
             };
+            if let Some(d) = &run.deferred {
+                let took = crate::duration::Human(Duration::from_secs(d.waited_ms / 1000));
+                ran_how.push_str(&format!(" (deferred {took}: {})", d.why));
+            }
             if let Some(wait) = &run.lock_wait {
                 ran_how.push_str(&format!(" {}", describe_wait(wait)));
             }
@@ -264,6 +270,9 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
                 fields.insert("trigger".into(), run.trigger.clone().into());
                 if let Some(wait) = &run.lock_wait {
                     fields.insert("lock_wait".into(), serde_json::json!(wait));
+                }
+                if let Some(d) = &run.deferred {
+                    fields.insert("deferred".into(), serde_json::json!(d));
                 }
                 if let Some((status, code, ms, reason)) = &run.end {
                     fields.insert("status".into(), status.clone().into());

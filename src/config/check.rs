@@ -21,6 +21,7 @@ mod retry;
 mod tasks;
 mod top;
 mod walk;
+mod when;
 
 #[cfg(test)]
 mod tests;

@@ -87,6 +87,8 @@ impl RunContext {
 pub(crate) enum Event {
     /// The run got past its random delay and recorded its start.
     Started { idx: usize, at: Timestamp },
+    /// The run waits for its conditions (why, and since when), or no longer does (`None`).
+    Deferred { idx: usize, why: Option<String> },
     /// The run is over and its End record is on disk.
     Ended { idx: usize, run_id: String, outcome: Box<Outcome>, ended: Timestamp },
 }
@@ -100,6 +102,8 @@ pub(crate) struct Job {
     /// How the task's previous run ended when the daemon stopped it (timeout, shutdown, the
     /// daemon's death): `unlock_stale` then runs `restic unlock` first.
     pub(crate) after_stop: Option<RunStatus>,
+    /// When the task last succeeded, for `force_after`.
+    pub(crate) last_success: Option<Timestamp>,
 }
 
 /// A run in progress.
@@ -123,6 +127,8 @@ struct Run<'a> {
     inhibitor: Option<super::inhibit::Inhibitor>,
     /// How long the run waited for it.
     lock_wait: Option<crate::history::LockWait>,
+    /// How long the run waited for its conditions.
+    deferred: Option<crate::history::Deferred>,
 }
 
 /// Runs `job` to its end. Every path ends with an End record and [`Event::Ended`].
@@ -146,6 +152,7 @@ pub(crate) async fn execute(ctx: Arc<RunContext>, job: Job, feed: Arc<Feed>) {
         held: None,
         inhibitor: None,
         lock_wait: None,
+        deferred: None,
     };
     let outcome = run.phases().await;
     run.result_hooks(&outcome).await;
@@ -157,6 +164,11 @@ impl Run<'_> {
         if let Err(early) = self.random_delay().await {
             // Still a Start record, so the occurrence and its cancelled End pair up in
             // `history` and `explain`.
+            self.started = Timestamp::now();
+            self.write_start();
+            return early;
+        }
+        if let Err(early) = self.wait_for_conditions().await {
             self.started = Timestamp::now();
             self.write_start();
             return early;
@@ -365,6 +377,102 @@ impl Run<'_> {
         Sinks { file: self.output.as_ref(), feed: Some(&self.feed) }
     }
 
+    /// Waits until the task's `when:` holds and no `blackout:` window is on (see
+    /// [`conditions`](super::conditions)): at most until the occurrence is `max_lateness`
+    /// late (then skipped), or until shutdown. `force_after` lets a run start anyway once
+    /// the last success is that old. A run triggered by hand does not wait.
+    async fn wait_for_conditions(&mut self) -> Result<(), Outcome> {
+        let task = self.task;
+        if (task.when.is_empty() && task.blackout.is_empty()) || self.job.trigger == Trigger::Manual
+        {
+            return Ok(());
+        }
+        let check = || {
+            let (when, blackout) = (task.when.clone(), task.blackout.clone());
+            let zone = task.zone.tz.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    super::conditions::unmet(&when, &blackout, &Timestamp::now().to_zoned(zone))
+                })
+                .await
+                .unwrap_or(None)
+            }
+        };
+        let Some(mut why) = check().await else { return Ok(()) };
+        let forced = |why: &str| -> bool {
+            let Some(after) = task.force_after else { return false };
+            let limit = jiff::SignedDuration::try_from(after).unwrap_or(jiff::SignedDuration::MAX);
+            let old =
+                self.job.last_success.is_none_or(|t| Timestamp::now().duration_since(t) >= limit);
+            if old {
+                warn!(
+                    "{why}, but the last success is older than force_after {}: running anyway",
+                    crate::duration::Human(after)
+                );
+            }
+            old
+        };
+        if forced(&why) {
+            return Ok(());
+        }
+        let began = Instant::now();
+        let since = Timestamp::now().to_zoned(task.zone.tz.clone()).strftime("%H:%M").to_string();
+        let late_at = self.job.occurrence.map(|o| {
+            let late = jiff::SignedDuration::try_from(task.max_lateness).unwrap_or_default();
+            Duration::try_from((o + late).duration_since(Timestamp::now())).unwrap_or_default()
+        });
+        let late = async {
+            match late_at {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(late);
+        warn!("deferred: {why}; waiting for the run conditions");
+        let _ = self
+            .ctx
+            .events
+            .send(Event::Deferred { idx: self.job.idx, why: Some(format!("{why} since {since}")) });
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(super::conditions::POLL) => {}
+                () = &mut late => {
+                    let waited = crate::duration::Human(Duration::from_secs(began.elapsed().as_secs()));
+                    let reason = format!("deferred past max_lateness ({why} since {since}, {waited})");
+                    warn!("{reason}: skipped");
+                    let _ = self.ctx.events.send(Event::Deferred { idx: self.job.idx, why: None });
+                    return Err(Outcome::early(RunStatus::Skipped, None, reason));
+                }
+                () = self.ctx.cancel.cancelled() => {
+                    return Err(Outcome::early(RunStatus::Cancelled, None, format!("daemon stopped while deferred ({why})")));
+                }
+            }
+            match check().await {
+                None => break,
+                Some(now) if now != why => {
+                    info!("still deferred: {now}");
+                    let _ = self.ctx.events.send(Event::Deferred {
+                        idx: self.job.idx,
+                        why: Some(format!("{now} since {since}")),
+                    });
+                    why = now;
+                }
+                Some(_) => {}
+            }
+            if forced(&why) {
+                break;
+            }
+        }
+        let waited = began.elapsed();
+        info!(
+            "the run conditions hold after {}: starting",
+            crate::duration::Human(Duration::from_secs(waited.as_secs()))
+        );
+        self.deferred =
+            Some(crate::history::Deferred { why, waited_ms: waited.as_millis() as u64 });
+        Ok(())
+    }
+
     /// Takes the task's `lock:`, waiting while another run holds it: at most until the
     /// occurrence is `max_lateness` late (then the run is skipped, as a late occurrence is),
     /// or for the task's `timeout` (then it timed out), or until shutdown.
@@ -452,6 +560,7 @@ impl Run<'_> {
             trigger: self.job.trigger,
             cgroup: self.procs.cgroup.as_ref().map(|c| c.display().to_string()),
             lock_wait: self.lock_wait.clone(),
+            deferred: self.deferred.clone(),
         });
     }
 

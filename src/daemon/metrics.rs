@@ -22,6 +22,8 @@ pub(crate) struct TaskMetrics {
     pub failures: u64,
     /// Occurrences that did not run (overlap, too late, superseded, a `before` hook's 75).
     pub skips: u64,
+    /// Runs that had to wait for their `when:` or `blackout:` since the daemon started.
+    pub deferrals: u64,
     pub next: Option<Timestamp>,
     /// The figures of the last run that saved restic snapshots (added up over its steps).
     pub last_backup: Option<crate::restic::BackupSummary>,
@@ -119,6 +121,12 @@ pub(crate) fn render(
         "counter",
         "Occurrences that did not run since the daemon started.",
         &mut per_task(&|m| Some(m.skips as f64)).into_iter(),
+    );
+    family(
+        "backupnizza_task_deferrals_total",
+        "counter",
+        "Runs that waited for their run conditions (when:, blackout:) since the daemon started.",
+        &mut per_task(&|m| Some(m.deferrals as f64)).into_iter(),
     );
     family(
         "backupnizza_task_next_fire_timestamp_seconds",

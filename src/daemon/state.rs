@@ -55,6 +55,8 @@ const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
 #[derive(Default)]
 struct TaskState {
     running: bool,
+    /// Why the current run waits to start (`when:`, `blackout:`), and since when.
+    deferred: Option<String>,
     /// A firing waiting for the current run (`on_overlap: queue`).
     queued: Option<Job>,
     last: Option<RunBody>,
@@ -385,7 +387,14 @@ impl State {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Started { idx, at } => {
+                self.tasks[idx].deferred = None;
                 self.tasks[idx].started_at(Stamp::before(&Reading::now(), at));
+            }
+            Event::Deferred { idx, why } => {
+                if why.is_some() {
+                    self.tasks[idx].metrics.deferrals += 1;
+                }
+                self.tasks[idx].deferred = why;
             }
             Event::Ended { idx, run_id, outcome, ended } => {
                 self.run_ended(idx, &run_id, &outcome, ended);
@@ -431,7 +440,14 @@ impl State {
                 break id;
             }
         };
-        let job = Job { idx, run_id: run_id.clone(), trigger, occurrence, after_stop: None };
+        let job = Job {
+            idx,
+            run_id: run_id.clone(),
+            trigger,
+            occurrence,
+            after_stop: None,
+            last_success: None,
+        };
         let state = &mut self.tasks[idx];
         if state.running {
             let why = match (task.on_overlap, &state.queued) {
@@ -464,6 +480,7 @@ impl State {
     }
 
     fn spawn_run(&mut self, mut job: Job) {
+        job.last_success = self.tasks[job.idx].metrics.last_success;
         job.after_stop = self.tasks[job.idx].last.as_ref().map(|l| l.status).filter(|s| {
             matches!(s, RunStatus::Timeout | RunStatus::Cancelled | RunStatus::Interrupted)
         });
@@ -495,6 +512,7 @@ impl State {
     /// A run ended: its metrics and state, then the queued run (if any) starts, or is
     /// cancelled when the daemon is stopping.
     fn run_ended(&mut self, idx: usize, run_id: &str, outcome: &Outcome, ended: Timestamp) {
+        self.tasks[idx].deferred = None;
         let ran = outcome.status != RunStatus::Skipped;
         self.tasks[idx]
             .ended_at(Stamp::before(&Reading::now(), ended), ran && outcome.status.is_ok());
@@ -573,6 +591,7 @@ impl State {
             trigger: job.trigger,
             cgroup: None,
             lock_wait: None,
+            deferred: None,
         });
         self.ctx.history.append(Record::End {
             run_id: job.run_id.clone(),

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 
 use crate::harness::{Scratch, TRIGGERED, history, wait_until};
 
-/// A private bus with dbusmock's logind on it; both stop when dropped.
+/// A private bus with a dbusmock template on it (logind, upower); both stop when dropped.
 struct MockLogind {
     bus: Child,
     mock: Child,
@@ -18,7 +18,13 @@ struct MockLogind {
 
 impl MockLogind {
     fn start(scratch: &Scratch) -> MockLogind {
-        let socket = scratch.path().join("system_bus_socket");
+        let logind = MockLogind::template(scratch, "logind", "{}");
+        wait_until("the logind mock on the bus", || logind.inhibitors().is_some());
+        logind
+    }
+
+    fn template(scratch: &Scratch, template: &str, parameters: &str) -> MockLogind {
+        let socket = scratch.path().join(format!("{template}_bus_socket"));
         let mut bus = Command::new("dbus-daemon")
             .args(["--session", "--nofork", "--print-address=1"])
             .arg(format!("--address=unix:path={}", socket.display()))
@@ -29,18 +35,27 @@ impl MockLogind {
         let mut line = String::new();
         BufReader::new(bus.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let address = line.trim().to_string();
-        let log = scratch.path().join("logind-mock.log");
+        let log = scratch.path().join(format!("{template}-mock.log"));
         let mock = Command::new("/usr/bin/python3")
-            .args(["-m", "dbusmock", "--system", "--template", "logind", "-l"])
+            .args(["-m", "dbusmock", "--system", "--template", template, "-p", parameters, "-l"])
             .arg(&log)
             .env("DBUS_SYSTEM_BUS_ADDRESS", &address)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("python3-dbusmock is installed (.ci/packages)");
-        let logind = MockLogind { bus, mock, address, log };
-        wait_until("the logind mock on the bus", || logind.inhibitors().is_some());
-        logind
+        MockLogind { bus, mock, address, log }
+    }
+
+    /// `dbus-send --system ARGS...` on this bus; its output, or `None` when it failed.
+    fn send(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("dbus-send")
+            .arg("--system")
+            .args(args)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &self.address)
+            .output()
+            .ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// `ListInhibitors`' answer as dbus-send prints it, or `None` before the mock is up.
@@ -140,4 +155,122 @@ fn each_run_holds_a_sleep_inhibitor_until_it_ends_also_at_a_timeout_and_at_shutd
     daemon.wait_exit();
     wait_until("the inhibitor released at shutdown", || !logind.holds("long"));
     assert_eq!(logind.inhibit_calls(), 3);
+}
+
+/// UPower, mocked, says whether the machine is on battery.
+fn set_on_battery(upower: &MockLogind, on: bool) {
+    let value = format!("variant:boolean:{on}");
+    upower
+        .send(&[
+            "--print-reply",
+            "--dest=org.freedesktop.UPower",
+            "/org/freedesktop/UPower",
+            "org.freedesktop.DBus.Properties.Set",
+            "string:org.freedesktop.UPower",
+            "string:OnBattery",
+            &value,
+        ])
+        .expect("the UPower mock takes OnBattery");
+}
+
+fn starts(scratch: &Scratch, task: &str) -> Vec<serde_json::Value> {
+    history(scratch).into_iter().filter(|r| r["type"] == "start" && r["task"] == task).collect()
+}
+
+#[test]
+fn on_battery_a_run_is_deferred_and_runs_once_on_ac_and_force_after_and_max_lateness_bound_it() {
+    let scratch = Scratch::new();
+    let upower = MockLogind::template(&scratch, "upower", r#"{"OnBattery": true}"#);
+    wait_until("the UPower mock", || {
+        upower
+            .send(&[
+                "--print-reply",
+                "--dest=org.freedesktop.UPower",
+                "/org/freedesktop/UPower",
+                "org.freedesktop.DBus.Properties.Get",
+                "string:org.freedesktop.UPower",
+                "string:OnBattery",
+            ])
+            .is_some()
+    });
+    let config = scratch.config(
+        "tasks:
+  backup:
+    schedule: '@every 2s'
+    when: {ac_power: true}
+    command: ['true']
+  forced:
+    schedule: '@every 2s'
+    when: {ac_power: true}
+    force_after: 1s
+    command: ['true']
+  late:
+    schedule: '@every 2s'
+    max_lateness: 3s
+    when: {ac_power: true}
+    command: ['true']
+",
+    );
+    let daemon = scratch.start_daemon_with(&config, |cmd| {
+        cmd.env("DBUS_SYSTEM_BUS_ADDRESS", &upower.address);
+    });
+    daemon.wait_for("the deferral", |l| {
+        l.contains("task=backup") && l.contains("deferred: on battery")
+    });
+    let status = scratch.backupnizza(["status", "-c"]).run_with(&config);
+    let line =
+        status.stdout().lines().find(|l| l.starts_with("backup ")).unwrap_or_default().to_string();
+    assert!(line.contains("deferred: on battery since "), "{}", status.stdout());
+    // force_after: never succeeded, so older than 1s: it runs on battery all the same.
+    wait_until("the forced run", || {
+        history(&scratch)
+            .iter()
+            .any(|r| r["type"] == "end" && r["task"] == "forced" && r["status"] == "success")
+    });
+    // max_lateness: a deferral past it is skipped.
+    wait_until("the late run skipped", || {
+        history(&scratch).iter().any(|r| {
+            r["type"] == "end"
+                && r["task"] == "late"
+                && r["status"] == "skipped"
+                && r["reason"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("deferred past max_lateness (on battery"))
+        })
+    });
+    assert!(starts(&scratch, "backup").is_empty(), "nothing ran on battery");
+
+    set_on_battery(&upower, false);
+    wait_until("the backup on AC", || {
+        history(&scratch)
+            .iter()
+            .any(|r| r["type"] == "end" && r["task"] == "backup" && r["status"] == "success")
+    });
+    let first = starts(&scratch, "backup").remove(0);
+    assert_eq!(first["deferred"]["why"], "on battery", "{first}");
+    // Once: the deferred occurrence ran once; the ones that fired meanwhile were skipped.
+    let explain = scratch.backupnizza(["explain", "backup", "-c"]).run_with(&config).stdout();
+    assert!(explain.contains("(deferred ") && explain.contains(": on battery)"), "{explain}");
+    let metrics_like = daemon.log_text();
+    assert!(metrics_like.contains("the run conditions hold after"), "{metrics_like}");
+}
+
+#[test]
+fn a_network_condition_waits_for_the_server_to_listen() {
+    let scratch = Scratch::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = scratch.config(&format!(
+        "tasks:\n  offsite:\n    schedule: '@every 2s'\n    when: {{network: '127.0.0.1:{port}'}}\n    command: ['true']\n"
+    ));
+    let daemon = scratch.start_daemon(&config);
+    daemon.wait_for("the deferral", |l| {
+        l.contains(&format!("deferred: 127.0.0.1:{port} is not reachable"))
+    });
+    assert!(starts(&scratch, "offsite").is_empty());
+    let _server = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    wait_until("the run once the server listens", || {
+        history(&scratch)
+            .iter()
+            .any(|r| r["type"] == "end" && r["task"] == "offsite" && r["status"] == "success")
+    });
 }

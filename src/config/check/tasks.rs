@@ -11,7 +11,7 @@ use super::walk::{Checker, index, join, program_name, valid_env_name};
 use crate::config::tree::{Node, Pos, Value};
 use crate::config::{
     DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_LATENESS, DEFAULT_NOTIFY_TIMEOUT, DEFAULT_REDEEM_LIMIT,
-    EnvValue, EnvVar, Environment, Hook, Hooks, Notify, Overlap, Step, Task, UrlValue, Zone,
+    EnvValue, EnvVar, Environment, Hook, Hooks, Notify, Overlap, Step, Task, UrlValue, When, Zone,
 };
 use crate::schedule::Schedule;
 
@@ -44,6 +44,9 @@ const TASK_KEYS: &[&str] = &[
     "nice",
     "io",
     "inhibit_sleep",
+    "when",
+    "force_after",
+    "blackout",
 ];
 const HOOK_KEYS: &[&str] = &["before", "on_success", "on_failure", "after", "timeout"];
 /// The map form of one hook.
@@ -274,6 +277,9 @@ impl Checker {
         let nice = self.optional(&f, path, "nice", Checker::nice);
         let io = self.optional(&f, path, "io", Checker::io_class);
         let inhibit_sleep = self.with_default(&f, path, "inhibit_sleep", true, Checker::boolean);
+        let when = self.with_default(&f, path, "when", When::default(), Checker::when);
+        let force_after = self.optional(&f, path, "force_after", Checker::positive_duration);
+        let blackout = self.with_default(&f, path, "blackout", Vec::new(), Checker::blackout);
         if let (Some(true), Some(steps)) = (unlock_stale, &steps)
             && !steps.iter().flat_map(Step::stages).any(|a| program_name(&a[0]) == "restic")
             && let Some(n) = f.get("unlock_stale")
@@ -316,6 +322,9 @@ impl Checker {
             nice: nice?,
             io: io?,
             inhibit_sleep: inhibit_sleep?,
+            when: when?,
+            force_after: force_after?,
+            blackout: blackout?,
         })
     }
 

@@ -23,6 +23,7 @@ impl State {
                     timezone: task.zone.name.clone(),
                     next: state.next.map(|n| crate::commands::rfc3339(n, &task.zone.tz)),
                     running: state.running,
+                    deferred: state.deferred.clone(),
                     last: state.last.clone(),
                 })
                 .collect(),

@@ -205,6 +205,7 @@ mod tests {
             trigger: Trigger::Schedule,
             cgroup: None,
             lock_wait: None,
+            deferred: None,
         }
     }
 

@@ -1,0 +1,172 @@
+//! Run conditions (`when:`) and quiet hours (`blackout:`): an occurrence whose conditions do
+//! not hold is deferred, not dropped. The run waits before it starts, re-checking every
+//! [`POLL`], and starts once they hold, at most until the occurrence is `max_lateness` late
+//! (then it is skipped, as a late occurrence is); with `force_after`, it runs anyway once the
+//! task's last success is that old.
+//!
+//! - `ac_power: true`: UPower's `OnBattery` over the system bus; without UPower, the power
+//!   supplies in `/sys/class/power_supply` (a `Mains` one that is `online`; a machine with no
+//!   battery at all counts as on mains). `BACKUPNIZZA_POWER_SUPPLY_DIR` names another
+//!   directory (a test knob).
+//! - `network: HOST:PORT`: a TCP connection succeeds within [`CONNECT_TIMEOUT`].
+//! - `unmetered: true`: NetworkManager's `Metered` is not "yes" or "guessed yes" (without
+//!   NetworkManager, and on macOS, the connection counts as unmetered).
+//! - `idle_cpu: PERCENT`: the 1-minute load average, per CPU, is below PERCENT.
+//! - `blackout: ["09:00-17:00 mon-fri", ...]`: the task's local time is outside every window.
+//!
+//! The checks read files and make one D-Bus call or TCP connection: they run on a blocking
+//! thread.
+
+use std::net::ToSocketAddrs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jiff::Zoned;
+
+use crate::config::{Blackout, When};
+
+/// How often deferred conditions are checked again.
+pub(crate) const POLL: Duration = Duration::from_secs(2);
+/// How long `network:` waits for a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why the run cannot start now, or `None` when it can.
+pub(crate) fn unmet(when: &When, blackout: &[Blackout], now: &Zoned) -> Option<String> {
+    if let Some(window) = blackout.iter().find(|w| w.contains(now)) {
+        return Some(format!("in the blackout window {}", window.text));
+    }
+    if when.ac_power && on_battery() {
+        return Some("on battery".into());
+    }
+    if when.unmetered && metered() {
+        return Some("the network connection is metered".into());
+    }
+    if let Some(target) = &when.network
+        && !reachable(target)
+    {
+        return Some(format!("{target} is not reachable"));
+    }
+    if let Some(percent) = when.idle_cpu
+        && let Some(load) = load_percent()
+        && load >= f64::from(percent)
+    {
+        return Some(format!("the CPU is busy ({load:.0}% load, idle_cpu is {percent}%)"));
+    }
+    None
+}
+
+/// Whether the machine runs on battery: UPower's word, else the power supplies'.
+fn on_battery() -> bool {
+    if let Ok(dir) = std::env::var("BACKUPNIZZA_POWER_SUPPLY_DIR") {
+        return supplies_on_battery(Path::new(&dir));
+    }
+    #[cfg(target_os = "linux")]
+    if let Some(on_battery) = upower_on_battery() {
+        return on_battery;
+    }
+    supplies_on_battery(Path::new("/sys/class/power_supply"))
+}
+
+#[cfg(target_os = "linux")]
+fn upower_on_battery() -> Option<bool> {
+    let conn = zbus::blocking::Connection::system().ok()?;
+    let reply = conn
+        .call_method(
+            Some("org.freedesktop.UPower"),
+            "/org/freedesktop/UPower",
+            Some("org.freedesktop.DBus.Properties"),
+            "Get",
+            &("org.freedesktop.UPower", "OnBattery"),
+        )
+        .ok()?;
+    let value: zbus::zvariant::OwnedValue = reply.body().deserialize().ok()?;
+    bool::try_from(value).ok()
+}
+
+/// On battery when there is a battery and no `Mains` supply is online.
+fn supplies_on_battery(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else { return false };
+    let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default().trim().to_string();
+    let (mut battery, mut mains_online) = (false, false);
+    for entry in entries.flatten() {
+        let path = entry.path();
+        match read(path.join("type")).as_str() {
+            "Battery" => battery = true,
+            "Mains" | "USB" if read(path.join("online")) == "1" => mains_online = true,
+            _ => {}
+        }
+    }
+    battery && !mains_online
+}
+
+/// NetworkManager's `Metered` (1 yes, 3 guessed yes); without NetworkManager, not metered.
+fn metered() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let get = || -> Option<u32> {
+            let conn = zbus::blocking::Connection::system().ok()?;
+            let reply = conn
+                .call_method(
+                    Some("org.freedesktop.NetworkManager"),
+                    "/org/freedesktop/NetworkManager",
+                    Some("org.freedesktop.DBus.Properties"),
+                    "Get",
+                    &("org.freedesktop.NetworkManager", "Metered"),
+                )
+                .ok()?;
+            let value: zbus::zvariant::OwnedValue = reply.body().deserialize().ok()?;
+            u32::try_from(value).ok()
+        };
+        matches!(get(), Some(1 | 3))
+    }
+    #[cfg(not(target_os = "linux"))]
+    false
+}
+
+fn reachable(target: &str) -> bool {
+    let Ok(addrs) = target.to_socket_addrs() else { return false };
+    addrs.into_iter().any(|a| std::net::TcpStream::connect_timeout(&a, CONNECT_TIMEOUT).is_ok())
+}
+
+/// The 1-minute load average as a percentage of the CPUs.
+fn load_percent() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let load: f64 = text.split_whitespace().next()?.parse().ok()?;
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    Some(load / cpus as f64 * 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn supply(dir: &Path, name: &str, kind: &str, online: Option<&str>) {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("type"), format!("{kind}\n")).unwrap();
+        if let Some(o) = online {
+            std::fs::write(d.join("online"), format!("{o}\n")).unwrap();
+        }
+    }
+
+    #[test]
+    fn power_supplies_tell_battery_from_mains() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!supplies_on_battery(dir.path()), "no battery: a desktop, on mains");
+        supply(dir.path(), "BAT0", "Battery", None);
+        supply(dir.path(), "AC", "Mains", Some("0"));
+        assert!(supplies_on_battery(dir.path()));
+        supply(dir.path(), "AC", "Mains", Some("1"));
+        assert!(!supplies_on_battery(dir.path()));
+    }
+
+    #[test]
+    fn a_closed_port_is_unreachable_and_an_open_one_is_reachable() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = listener.local_addr().unwrap().to_string();
+        assert!(reachable(&open));
+        drop(listener);
+        assert!(!reachable(&open));
+        assert!(!reachable("not a host:port"));
+    }
+}
