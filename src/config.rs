@@ -23,6 +23,8 @@ pub use tree::Pos;
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(30);
 /// Default for `shutdown_grace`: how long running tasks get to stop at shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Default for `resume_settle`: a minute for Wi-Fi and DNS to come back after a resume.
+pub const DEFAULT_RESUME_SETTLE: Duration = Duration::from_secs(60);
 /// Default for `kill_grace`: the wait between the signals that stop a task at its timeout.
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
 /// Default for a task's `max_lateness`: a missed run is caught up if less than this late.
@@ -61,6 +63,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The default of each task's `kill_grace`.
     pub kill_grace: Duration,
+    /// The default of each task's `resume_settle`.
+    pub resume_settle: Duration,
     /// Record each task program's digest at start and refuse to run a changed program.
     pub pin_binaries: bool,
     /// Notifications for every task that has none of its own.
@@ -249,6 +253,9 @@ pub struct Task {
     pub force_after: Option<Duration>,
     /// Quiet hours in the task's zone: a run due inside one waits for its end.
     pub blackout: Vec<Blackout>,
+    /// How long a catch-up run waits after the daemon saw the machine resume (or the clock
+    /// jump forward), so the network can come back first.
+    pub resume_settle: Duration,
 }
 
 /// A task's `when:`.

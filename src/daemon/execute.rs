@@ -104,6 +104,8 @@ pub(crate) struct Job {
     pub(crate) after_stop: Option<RunStatus>,
     /// When the task last succeeded, for `force_after`.
     pub(crate) last_success: Option<Timestamp>,
+    /// A catch-up run right after a resume waits this long first (`resume_settle`).
+    pub(crate) settle: Option<Duration>,
 }
 
 /// A run in progress.
@@ -164,6 +166,11 @@ impl Run<'_> {
         if let Err(early) = self.random_delay().await {
             // Still a Start record, so the occurrence and its cancelled End pair up in
             // `history` and `explain`.
+            self.started = Timestamp::now();
+            self.write_start();
+            return early;
+        }
+        if let Err(early) = self.settle().await {
             self.started = Timestamp::now();
             self.write_start();
             return early;
@@ -375,6 +382,25 @@ impl Run<'_> {
 
     fn sinks(&self) -> Sinks<'_> {
         Sinks { file: self.output.as_ref(), feed: Some(&self.feed) }
+    }
+
+    /// A catch-up run right after a resume waits `resume_settle`, so the network (Wi-Fi,
+    /// DNS, a VPN) is back before restic needs it; `when.network` is checked after it.
+    async fn settle(&self) -> Result<(), Outcome> {
+        let Some(wait) = self.job.settle.filter(|w| !w.is_zero()) else { return Ok(()) };
+        info!(
+            "waiting {} after the resume before catching up (resume_settle {})",
+            crate::duration::Human(wait),
+            crate::duration::Human(self.task.resume_settle)
+        );
+        tokio::select! {
+            () = tokio::time::sleep(wait) => Ok(()),
+            () = self.ctx.cancel.cancelled() => Err(Outcome::early(
+                RunStatus::Cancelled,
+                None,
+                "daemon stopped during resume_settle",
+            )),
+        }
     }
 
     /// Waits until the task's `when:` holds and no `blackout:` window is on (see

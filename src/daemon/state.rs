@@ -134,6 +134,8 @@ pub(super) struct State {
     metrics: Option<MetricsWriter>,
     /// What is wrong with the run history right now, from its writer thread.
     history_health: watch::Receiver<Option<String>>,
+    /// When the last resume (or forward jump of the clock) was seen, for `resume_settle`.
+    resumed: Option<std::time::Instant>,
 }
 
 /// A run id: the UTC start time and 32 random bits (`20261122T053704Z-0dd8a1f3`).
@@ -224,6 +226,7 @@ impl State {
             tracker: TaskTracker::new(),
             metrics,
             history_health,
+            resumed: None,
         }
     }
 
@@ -447,6 +450,7 @@ impl State {
             occurrence,
             after_stop: None,
             last_success: None,
+            settle: None,
         };
         let state = &mut self.tasks[idx];
         if state.running {
@@ -480,6 +484,12 @@ impl State {
     }
 
     fn spawn_run(&mut self, mut job: Job) {
+        if job.trigger == Trigger::CatchUp
+            && let Some(resumed) = self.resumed
+        {
+            let settle = self.ctx.config.tasks[job.idx].resume_settle;
+            job.settle = settle.checked_sub(resumed.elapsed());
+        }
         job.last_success = self.tasks[job.idx].metrics.last_success;
         job.after_stop = self.tasks[job.idx].last.as_ref().map(|l| l.status).filter(|s| {
             matches!(s, RunStatus::Timeout | RunStatus::Cancelled | RunStatus::Interrupted)

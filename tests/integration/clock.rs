@@ -24,6 +24,7 @@ fn after_a_suspend_a_missed_occurrence_runs_once_and_a_too_late_one_is_skipped()
     std::fs::write(&clock, offset_to(before)).unwrap();
     let config = scratch.config(
         "timezone: UTC
+resume_settle: 0s
 tasks:
   every-ten:
     schedule: '*/10 * * * *'
@@ -204,6 +205,7 @@ fn clock_set_back_a_day_fires_at_the_new_wall_clock_times() {
     std::fs::write(&clock, offset_to("2030-06-02T02:00:40Z".parse().unwrap())).unwrap();
     let config = scratch.config(
         "timezone: UTC
+resume_settle: 0s
 tasks:
   minutely:
     schedule: '* * * * *'
@@ -260,6 +262,7 @@ fn clock_forward_a_year_and_back_leaves_next_runs_and_metrics_in_the_present() {
     std::fs::write(&clock, offset_to("2030-06-01T02:00:00Z".parse().unwrap())).unwrap();
     let config = scratch.config(&format!(
         "timezone: UTC
+resume_settle: 0s
 metrics_textfile: {}
 tasks:
   every-ten:
@@ -347,6 +350,7 @@ fn a_future_dated_history_record_does_not_disable_downtime_catch_up() {
     std::fs::write(&clock, offset_to("2030-06-01T03:25:00Z".parse().unwrap())).unwrap();
     let config = scratch.config(&format!(
         "timezone: UTC
+resume_settle: 0s
 metrics_textfile: {}
 tasks:
   every-ten:

@@ -86,6 +86,7 @@ fn hourly(scratch: &Scratch, sleep: &str) -> (PathBuf, PathBuf) {
     let clock = clock_at(scratch, "2030-06-01T01:59:58Z");
     let config = scratch.config(&format!(
         "timezone: UTC
+resume_settle: 0s
 tasks:
   hourly:
     schedule: '0 * * * *'

@@ -274,3 +274,37 @@ fn a_network_condition_waits_for_the_server_to_listen() {
             .any(|r| r["type"] == "end" && r["task"] == "offsite" && r["status"] == "success")
     });
 }
+
+#[test]
+fn after_a_resume_the_catch_up_run_waits_resume_settle() {
+    use crate::harness::{libfaketime, offset_to};
+    let scratch = Scratch::new();
+    let clock = scratch.path().join("faketime");
+    let before: jiff::Timestamp = "2030-06-01T02:00:00Z".parse().unwrap();
+    std::fs::write(&clock, offset_to(before)).unwrap();
+    let config = scratch.config(
+        "timezone: UTC\nresume_settle: 3s\ntasks:\n  every-ten:\n    schedule: '*/10 * * * *'\n    command: ['true']\n    max_lateness: 1h\n",
+    );
+    let daemon = scratch.start_daemon_with(&config, |cmd| {
+        cmd.env("LD_PRELOAD", libfaketime())
+            .env("FAKETIME_TIMESTAMP_FILE", &clock)
+            .env("FAKETIME_NO_CACHE", "1")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    });
+    // The lid opens 1h25m later, as the daemon's clocks tell it (see clock.rs).
+    std::fs::write(&clock, offset_to("2030-06-01T03:25:00Z".parse().unwrap())).unwrap();
+    let log = daemon.wait_for("the catch-up run", |l| l.contains("run started"));
+    let stamp = |needle: &str| -> jiff::Timestamp {
+        let line = log
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle}: {log}"));
+        line.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    assert!(log.contains("after the resume before catching up (resume_settle 3s)"), "{log}");
+    let waited = stamp("run started").duration_since(stamp("the wall clock moved forward"));
+    assert!(
+        waited >= jiff::SignedDuration::from_secs(3),
+        "started {waited:?} after the resume: {log}"
+    );
+}

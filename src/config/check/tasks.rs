@@ -47,6 +47,7 @@ const TASK_KEYS: &[&str] = &[
     "when",
     "force_after",
     "blackout",
+    "resume_settle",
 ];
 const HOOK_KEYS: &[&str] = &["before", "on_success", "on_failure", "after", "timeout"];
 /// The map form of one hook.
@@ -109,6 +110,8 @@ pub(super) struct TaskDefaults<'a> {
     pub(super) state_dir: Option<&'a Path>,
     /// The top-level `kill_grace`.
     pub(super) kill_grace: Duration,
+    /// The top-level `resume_settle`.
+    pub(super) resume_settle: Duration,
 }
 
 impl Checker {
@@ -168,7 +171,8 @@ impl Checker {
         key_pos: Option<Pos>,
         defaults: &TaskDefaults<'_>,
     ) -> Option<Task> {
-        let TaskDefaults { zone: default_zone, env, state_dir, kill_grace } = *defaults;
+        let TaskDefaults { zone: default_zone, env, state_dir, kill_grace, resume_settle } =
+            *defaults;
         let f = self.fields(
             node,
             path,
@@ -280,6 +284,8 @@ impl Checker {
         let when = self.with_default(&f, path, "when", When::default(), Checker::when);
         let force_after = self.optional(&f, path, "force_after", Checker::positive_duration);
         let blackout = self.with_default(&f, path, "blackout", Vec::new(), Checker::blackout);
+        let resume_settle =
+            self.with_default(&f, path, "resume_settle", resume_settle, Checker::duration);
         if let (Some(true), Some(steps)) = (unlock_stale, &steps)
             && !steps.iter().flat_map(Step::stages).any(|a| program_name(&a[0]) == "restic")
             && let Some(n) = f.get("unlock_stale")
@@ -325,6 +331,7 @@ impl Checker {
             when: when?,
             force_after: force_after?,
             blackout: blackout?,
+            resume_settle: resume_settle?,
         })
     }
 

@@ -23,6 +23,7 @@ const TOP_KEYS: &[&str] = &[
     "strict_memory",
     "shutdown_grace",
     "kill_grace",
+    "resume_settle",
     "pin_binaries",
     "notify",
     "metrics_textfile",
@@ -118,6 +119,14 @@ impl Checker {
             Checker::positive_duration,
         );
         let task_kill_grace = kill_grace.unwrap_or(DEFAULT_KILL_GRACE);
+        let resume_settle = self.with_default(
+            &top,
+            ROOT,
+            "resume_settle",
+            crate::config::DEFAULT_RESUME_SETTLE,
+            Checker::duration,
+        );
+        let task_resume_settle = resume_settle.unwrap_or(crate::config::DEFAULT_RESUME_SETTLE);
 
         let secrets = self.with_default(&top, ROOT, "secrets", Vec::new(), Checker::secrets);
         let default_zone = timezone.clone().unwrap_or_else(Zone::system);
@@ -130,6 +139,7 @@ impl Checker {
                     env,
                     state_dir: state_dir.as_deref(),
                     kill_grace: task_kill_grace,
+                    resume_settle: task_resume_settle,
                 },
             )
         } else {
@@ -151,6 +161,7 @@ impl Checker {
             strict_memory: strict_memory?,
             shutdown_grace: shutdown_grace?,
             kill_grace: kill_grace?,
+            resume_settle: resume_settle?,
             pin_binaries: pin_binaries?,
             notify: notify?,
             metrics_textfile: metrics_textfile?,

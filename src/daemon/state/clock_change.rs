@@ -22,6 +22,10 @@ use crate::schedule::timetable::{self, Timetable};
 
 impl State {
     pub(super) fn on_clock_jump(&mut self, jump: Jump, now: &Reading) {
+        // Catch-up runs after a resume (or a forward jump caught up like one) settle first.
+        if !jump.suspended.is_zero() || jump.changed > SignedDuration::ZERO {
+            self.resumed = Some(std::time::Instant::now());
+        }
         warn!(
             direction = if jump.changed.is_negative() { "back" } else { "forward" },
             suspended = %Human(jump.suspended),
