@@ -498,6 +498,7 @@ async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::Result<Finis
         cancel: CancellationToken::new(),
         events: events_tx,
         notifications: notifications.clone(),
+        suspends: tokio::sync::watch::channel(0).0,
     });
 
     let listener = tokio::net::UnixListener::from_std(

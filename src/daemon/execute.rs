@@ -61,6 +61,8 @@ pub(crate) struct RunContext {
     pub(crate) events: mpsc::UnboundedSender<Event>,
     /// Notifications in flight, awaited (bounded) at shutdown.
     pub(crate) notifications: tokio_util::task::TaskTracker,
+    /// How many suspends the state owner has seen: a run that sees it change slept.
+    pub(crate) suspends: tokio::sync::watch::Sender<u64>,
 }
 
 impl RunContext {
@@ -163,6 +165,19 @@ pub(crate) async fn execute(ctx: Arc<RunContext>, job: Job, feed: Arc<Feed>) {
 
 impl Run<'_> {
     async fn phases(&mut self) -> Outcome {
+        let suspends = *self.ctx.suspends.borrow();
+        let mut outcome = self.phases_inner().await;
+        let slept = self.ctx.suspends.borrow().saturating_sub(suspends);
+        if slept > 0 && outcome.status != RunStatus::Skipped {
+            let times = if slept == 1 { String::new() } else { format!(" {slept} times") };
+            warn!("the machine was suspended{times} while this run lasted");
+            outcome.reason =
+                format!("{}; the machine was suspended{times} during the run", outcome.reason);
+        }
+        outcome
+    }
+
+    async fn phases_inner(&mut self) -> Outcome {
         if let Err(early) = self.random_delay().await {
             // Still a Start record, so the occurrence and its cancelled End pair up in
             // `history` and `explain`.

@@ -308,3 +308,36 @@ fn after_a_resume_the_catch_up_run_waits_resume_settle() {
         "started {waited:?} after the resume: {log}"
     );
 }
+
+#[test]
+fn a_run_the_machine_slept_through_says_so_in_its_record() {
+    use crate::harness::{libfaketime, offset_to};
+    let scratch = Scratch::new();
+    let clock = scratch.path().join("faketime");
+    std::fs::write(&clock, offset_to("2030-06-01T02:00:00Z".parse().unwrap())).unwrap();
+    let go = scratch.path().join("go");
+    let config = scratch.config(&format!(
+        "timezone: UTC\nresume_settle: 0s\ntasks:\n  backup:\n    {TRIGGERED}\n    command: [sh, -c, 'while ! test -e {}; do sleep 0.1; done']\n",
+        go.display()
+    ));
+    let daemon = scratch.start_daemon_with(&config, |cmd| {
+        cmd.env("LD_PRELOAD", libfaketime())
+            .env("FAKETIME_TIMESTAMP_FILE", &clock)
+            .env("FAKETIME_NO_CACHE", "1")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    });
+    scratch.backupnizza(["trigger", "backup", "-c"]).run_with(&config).expect_code(0);
+    daemon.wait_for("the run", |l| l.contains("run started"));
+    std::fs::write(&clock, offset_to("2030-06-01T03:00:00Z".parse().unwrap())).unwrap();
+    daemon.wait_for("the jump", |l| l.contains("the wall clock moved forward"));
+    std::fs::write(&go, "").unwrap();
+    wait_until("the run's end", || {
+        history(&scratch).iter().any(|r| r["type"] == "end" && r["task"] == "backup")
+    });
+    let records = history(&scratch);
+    let end = records.iter().find(|r| r["type"] == "end" && r["task"] == "backup").unwrap();
+    assert!(
+        end["reason"].as_str().unwrap().ends_with("; the machine was suspended during the run"),
+        "{end}"
+    );
+}

@@ -25,6 +25,8 @@ impl State {
         // Catch-up runs after a resume (or a forward jump caught up like one) settle first.
         if !jump.suspended.is_zero() || jump.changed > SignedDuration::ZERO {
             self.resumed = Some(std::time::Instant::now());
+            // Running runs note it in their record (and `retry` applies to a failure).
+            self.ctx.suspends.send_modify(|n| *n += 1);
         }
         warn!(
             direction = if jump.changed.is_negative() { "back" } else { "forward" },
