@@ -116,11 +116,6 @@ impl Record {
     }
 }
 
-/// "exit code 3".
-pub(crate) fn describe_code(code: i32) -> String {
-    format!("exit code {code}")
-}
-
 /// A run's wait for its conditions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Deferred {

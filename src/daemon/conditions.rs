@@ -69,18 +69,25 @@ fn on_battery() -> bool {
 
 #[cfg(target_os = "linux")]
 fn upower_on_battery() -> Option<bool> {
+    let value = system_property("org.freedesktop.UPower", "/org/freedesktop/UPower", "OnBattery")?;
+    bool::try_from(value).ok()
+}
+
+/// Property `name` of the interface named `service` at `path`, on the system bus; `None`
+/// when there is no such bus, service or property.
+#[cfg(target_os = "linux")]
+fn system_property(service: &str, path: &str, name: &str) -> Option<zbus::zvariant::OwnedValue> {
     let conn = zbus::blocking::Connection::system().ok()?;
     let reply = conn
         .call_method(
-            Some("org.freedesktop.UPower"),
-            "/org/freedesktop/UPower",
+            Some(service),
+            path,
             Some("org.freedesktop.DBus.Properties"),
             "Get",
-            &("org.freedesktop.UPower", "OnBattery"),
+            &(service, name),
         )
         .ok()?;
-    let value: zbus::zvariant::OwnedValue = reply.body().deserialize().ok()?;
-    bool::try_from(value).ok()
+    reply.body().deserialize().ok()
 }
 
 /// On battery when there is a battery and no `Mains` supply is online.
@@ -103,21 +110,12 @@ fn supplies_on_battery(dir: &Path) -> bool {
 fn metered() -> bool {
     #[cfg(target_os = "linux")]
     {
-        let get = || -> Option<u32> {
-            let conn = zbus::blocking::Connection::system().ok()?;
-            let reply = conn
-                .call_method(
-                    Some("org.freedesktop.NetworkManager"),
-                    "/org/freedesktop/NetworkManager",
-                    Some("org.freedesktop.DBus.Properties"),
-                    "Get",
-                    &("org.freedesktop.NetworkManager", "Metered"),
-                )
-                .ok()?;
-            let value: zbus::zvariant::OwnedValue = reply.body().deserialize().ok()?;
-            u32::try_from(value).ok()
-        };
-        matches!(get(), Some(1 | 3))
+        let metered = system_property(
+            "org.freedesktop.NetworkManager",
+            "/org/freedesktop/NetworkManager",
+            "Metered",
+        );
+        matches!(metered.and_then(|v| u32::try_from(v).ok()), Some(1 | 3))
     }
     #[cfg(not(target_os = "linux"))]
     false

@@ -178,24 +178,9 @@ impl Run<'_> {
     }
 
     async fn phases_inner(&mut self) -> Outcome {
-        if let Err(early) = self.random_delay().await {
-            // Still a Start record, so the occurrence and its cancelled End pair up in
+        if let Err(early) = self.before_start().await {
+            // Still a Start record, so the occurrence and its early End pair up in
             // `history` and `explain`.
-            self.started = Timestamp::now();
-            self.write_start();
-            return early;
-        }
-        if let Err(early) = self.settle().await {
-            self.started = Timestamp::now();
-            self.write_start();
-            return early;
-        }
-        if let Err(early) = self.wait_for_conditions().await {
-            self.started = Timestamp::now();
-            self.write_start();
-            return early;
-        }
-        if let Err(early) = self.take_lock().await {
             self.started = Timestamp::now();
             self.write_start();
             return early;
@@ -376,6 +361,26 @@ impl Run<'_> {
         }
     }
 
+    /// What a run waits for before it starts, in order: its random delay, the settling
+    /// after a resume, its run conditions, its lock.
+    async fn before_start(&mut self) -> Result<(), Outcome> {
+        self.random_delay().await?;
+        self.settle().await?;
+        self.wait_for_conditions().await?;
+        self.take_lock().await
+    }
+
+    /// How long until this run's occurrence is `max_lateness` late; `None` for a run that
+    /// belongs to no occurrence (triggered by hand), which waits as long as it takes.
+    fn until_too_late(&self) -> Option<Duration> {
+        let occurrence = self.job.occurrence.filter(|_| self.job.trigger != Trigger::Manual)?;
+        let late = jiff::SignedDuration::try_from(self.task.max_lateness).unwrap_or_default();
+        Some(
+            Duration::try_from((occurrence + late).duration_since(Timestamp::now()))
+                .unwrap_or_default(),
+        )
+    }
+
     /// `random_delay` spreads scheduled runs; manual triggers start at once.
     async fn random_delay(&self) -> Result<(), Outcome> {
         let (Some(max), Trigger::Schedule | Trigger::CatchUp) =
@@ -458,10 +463,7 @@ impl Run<'_> {
         }
         let began = Instant::now();
         let since = Timestamp::now().to_zoned(task.zone.tz.clone()).strftime("%H:%M").to_string();
-        let late_at = self.job.occurrence.map(|o| {
-            let late = jiff::SignedDuration::try_from(task.max_lateness).unwrap_or_default();
-            Duration::try_from((o + late).duration_since(Timestamp::now())).unwrap_or_default()
-        });
+        let late_at = self.until_too_late();
         let late = async {
             match late_at {
                 Some(d) => tokio::time::sleep(d).await,
@@ -532,15 +534,7 @@ impl Run<'_> {
         let held_by = holder.as_ref().map(|(t, _)| t.clone());
         let by = holder.map_or_else(String::new, |(t, r)| format!(", held by task {t} (run {r})"));
         // A scheduled run waits no later than its occurrence's max_lateness.
-        let late_at = match (self.job.trigger, self.job.occurrence) {
-            (Trigger::Schedule | Trigger::CatchUp, Some(o)) => {
-                let late =
-                    jiff::SignedDuration::try_from(self.task.max_lateness).unwrap_or_default();
-                let left = (o + late).duration_since(Timestamp::now());
-                Some(Duration::try_from(left).unwrap_or_default())
-            }
-            _ => None,
-        };
+        let late_at = self.until_too_late();
         let limit = match (late_at, self.task.timeout) {
             (Some(a), Some(b)) => Some((a.min(b), a <= b)),
             (Some(a), None) => Some((a, true)),
@@ -657,7 +651,7 @@ impl Run<'_> {
             .await;
         let ok = matches!(ran, Ok(0));
         let result = match ran {
-            Ok(code) => crate::history::describe_code(code),
+            Ok(code) => format!("exit code {code}"),
             Err(HookFailure::Cancelled) => "stopped by daemon shutdown".into(),
             Err(HookFailure::Failed(why)) => why,
         };

@@ -31,6 +31,31 @@ pub(crate) struct TaskMetrics {
     pub audit_findings: Option<usize>,
 }
 
+/// What one ended run (seen as it ends, or read back from its End record at start) tells
+/// the metrics that its End record holds.
+pub(crate) struct Ended<'a> {
+    pub exit_code: Option<i32>,
+    pub seconds: f64,
+    pub ok: bool,
+    pub backups: &'a [crate::restic::BackupSummary],
+    /// `Some(findings)` for an audit task's run.
+    pub audit: Option<usize>,
+}
+
+impl TaskMetrics {
+    pub(crate) fn ended(&mut self, run: &Ended<'_>) {
+        self.last_exit_code = run.exit_code;
+        self.last_duration_seconds = Some(run.seconds);
+        if let Some(total) = crate::restic::total(run.backups) {
+            self.last_backup = Some(total);
+        }
+        // A failed audit without findings (restic could not list) measured nothing.
+        if let Some(findings) = run.audit.filter(|n| run.ok || *n > 0) {
+            self.audit_findings = Some(findings);
+        }
+    }
+}
+
 /// Token counters.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TokenMetrics {

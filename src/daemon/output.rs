@@ -211,24 +211,16 @@ pub(super) async fn pump<R: AsyncRead + Unpin>(
         if let Some(reader) = restic.as_deref_mut() {
             match reader.line(&clean) {
                 crate::restic::Line::Progress => continue,
-                crate::restic::Line::Listing(sentence) => {
-                    // The list itself is the record's (and the ledger's), not the log's.
-                    if let Some(file) = sinks.file {
-                        file.line(label, &sentence).await;
-                    }
-                    if let Some(feed) = sinks.feed {
-                        feed.push(label, &sentence);
-                    }
-                    budget.line(which, &sentence);
-                    continue;
-                }
+                // The list itself is the record's (and the ledger's): the log, the file and
+                // followers get a sentence in its place.
+                crate::restic::Line::Listing(sentence) => clean = sentence.into(),
                 crate::restic::Line::Summary(_) | crate::restic::Line::Text => {}
             }
         }
         if let Some(file) = sinks.file {
             file.line(label, &clean).await;
         }
-        if line.trim().is_empty() {
+        if clean.trim().is_empty() {
             continue;
         }
         let shown = cut(&clean, MAX_LINE);

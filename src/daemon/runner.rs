@@ -809,10 +809,15 @@ impl Runner {
         let mut children: Vec<(tokio::process::Child, Option<crate::broker::Handle>)> =
             children.into_iter().flatten().collect();
         let stdout = children.last_mut().and_then(|(c, _)| c.stdout.take());
-        let stderr_raw = stderr_fd(&children, shared_stderr_fd(&plumbing));
-        let stderr: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>> = match shared_stderr {
-            Some(rx) => Some(Box::new(rx)),
-            None => children[0].0.stderr.take().map(|s| Box::new(s) as _),
+        // The raw descriptor is the guardian's; the reader is ours.
+        let (stderr_raw, stderr): (_, Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>) = {
+            use std::os::fd::AsRawFd;
+            if let Some(rx) = shared_stderr {
+                (Some(rx.as_raw_fd()), Some(Box::new(rx)))
+            } else {
+                let own = children[0].0.stderr.take();
+                (own.as_ref().map(AsRawFd::as_raw_fd), own.map(|s| Box::new(s) as _))
+            }
         };
         if let Some(guardian) = &self.guardian {
             use std::os::fd::AsRawFd;
@@ -1061,7 +1066,8 @@ fn join_notes(a: Option<String>, b: Option<String>) -> Option<String> {
 struct Plumbing {
     /// `(read, write)` between stage i and i + 1.
     links: Vec<(Option<std::os::fd::OwnedFd>, Option<std::os::fd::OwnedFd>)>,
-    stderr: Option<(std::os::fd::OwnedFd, Option<std::os::fd::OwnedFd>)>,
+    /// `(read, write)`; our write end is dropped once the stages have theirs.
+    stderr: Option<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>,
 }
 
 impl Plumbing {
@@ -1074,7 +1080,7 @@ impl Plumbing {
             links.push((Some(r), Some(w)));
         }
         let (r, w) = pipe()?;
-        Ok(Plumbing { links, stderr: Some((r, Some(w))) })
+        Ok(Plumbing { links, stderr: Some((r, w)) })
     }
 
     /// Sets every command's stdin, stdout and stderr: the first reads nothing, the last
@@ -1092,8 +1098,8 @@ impl Plumbing {
                 self.links[i].1.take().map_or_else(Stdio::null, Stdio::from)
             };
             let stderr = match &self.stderr {
-                Some((_, Some(w))) => Stdio::from(w.try_clone()?),
-                _ => Stdio::piped(),
+                Some((_, w)) => Stdio::from(w.try_clone()?),
+                None => Stdio::piped(),
             };
             cmd.stdin(stdin).stdout(stdout).stderr(stderr);
         }
@@ -1104,25 +1110,9 @@ impl Plumbing {
     /// its read end, for the async reader.
     fn finish(&mut self) -> Option<tokio::net::unix::pipe::Receiver> {
         self.links.clear();
-        let (read, write) = self.stderr.as_mut()?;
-        drop(write.take());
-        let read = read.try_clone().ok()?;
+        let (read, _write) = self.stderr.take()?;
         tokio::net::unix::pipe::Receiver::from_owned_fd(read).ok()
     }
-}
-
-/// The raw descriptor of a step's stderr as we read it: the shared pipe's, or the process's.
-fn stderr_fd(
-    children: &[(tokio::process::Child, Option<crate::broker::Handle>)],
-    shared: Option<std::os::fd::RawFd>,
-) -> Option<std::os::fd::RawFd> {
-    use std::os::fd::AsRawFd;
-    shared.or_else(|| children.first().and_then(|(c, _)| c.stderr.as_ref().map(AsRawFd::as_raw_fd)))
-}
-
-fn shared_stderr_fd(plumbing: &Plumbing) -> Option<std::os::fd::RawFd> {
-    use std::os::fd::AsRawFd;
-    plumbing.stderr.as_ref().map(|(r, _)| r.as_raw_fd())
 }
 
 /// Makes the child part of the run before it execs: into the run's cgroup (if any), and on

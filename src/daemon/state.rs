@@ -108,10 +108,16 @@ impl TaskState {
 /// Runs the daemon knows by id: live ones, and the last [`KEEP_RUNS`] finished ones.
 #[derive(Default)]
 struct Runs {
-    by_id: HashMap<String, watch::Sender<RunBody>>,
-    /// Each known run's output, for `trigger --follow`.
-    feeds: HashMap<String, Arc<Feed>>,
+    by_id: HashMap<String, Known>,
     finished: VecDeque<String>,
+}
+
+/// What the daemon keeps of one run it knows.
+struct Known {
+    /// Its state, for `trigger --wait` and `status`.
+    state: watch::Sender<RunBody>,
+    /// Its output, for `trigger --follow`.
+    feed: Arc<Feed>,
 }
 
 /// The loop's inputs besides the timetable.
@@ -196,15 +202,13 @@ impl State {
             }
             let success = matches!(status, RunStatus::Success | RunStatus::Warning);
             tasks[i].ended_at(Stamp::before(&reading, end), success);
-            let m = &mut tasks[i].metrics;
-            m.last_exit_code = *exit_code;
-            m.last_duration_seconds = Some(*duration_ms as f64 / 1000.0);
-            if let Some(total) = crate::restic::total(backups) {
-                m.last_backup = Some(total);
-            }
-            if ctx.config.tasks[i].audit.is_some() && (status.is_ok() || !findings.is_empty()) {
-                m.audit_findings = Some(findings.len());
-            }
+            tasks[i].metrics.ended(&super::metrics::Ended {
+                exit_code: *exit_code,
+                seconds: *duration_ms as f64 / 1000.0,
+                ok: status.is_ok(),
+                backups,
+                audit: ctx.config.tasks[i].audit.as_ref().map(|_| findings.len()),
+            });
             tasks[i].last = Some(RunBody {
                 run_id: run_id.clone(),
                 task: task.clone(),
@@ -379,10 +383,10 @@ impl State {
                 let _ = reply.send(self.status());
             }
             Request::Subscribe { run_id, reply } => {
-                let _ = reply.send(self.runs.by_id.get(&run_id).map(watch::Sender::subscribe));
+                let _ = reply.send(self.runs.by_id.get(&run_id).map(|k| k.state.subscribe()));
             }
             Request::Follow { run_id, reply } => {
-                let _ = reply.send(self.runs.feeds.get(&run_id).cloned());
+                let _ = reply.send(self.runs.by_id.get(&run_id).map(|k| k.feed.clone()));
             }
         }
     }
@@ -494,12 +498,9 @@ impl State {
         job.after_stop = self.tasks[job.idx].last.as_ref().map(|l| l.status).filter(|s| {
             matches!(s, RunStatus::Timeout | RunStatus::Cancelled | RunStatus::Interrupted)
         });
-        let feed = self
-            .runs
-            .feeds
-            .entry(job.run_id.clone())
-            .or_insert_with(|| Arc::new(Feed::new()))
-            .clone();
+        // Every run is registered before it is spawned.
+        let feed = self.runs.by_id.get(&job.run_id).map(|k| k.feed.clone());
+        let feed = feed.unwrap_or_else(|| Arc::new(Feed::new()));
         let span = tracing::info_span!("run", task = %self.ctx.config.tasks[job.idx].name, run_id = %job.run_id);
         self.tracker.spawn(execute::execute(self.ctx.clone(), job, feed).instrument(span));
     }
@@ -515,8 +516,8 @@ impl State {
             duration_ms: None,
             reason: String::new(),
         };
-        self.runs.by_id.insert(run_id.to_string(), watch::channel(body).0);
-        self.runs.feeds.insert(run_id.to_string(), Arc::new(Feed::new()));
+        let known = Known { state: watch::channel(body).0, feed: Arc::new(Feed::new()) };
+        self.runs.by_id.insert(run_id.to_string(), known);
     }
 
     /// A run ended: its metrics and state, then the queued run (if any) starts, or is
@@ -527,15 +528,13 @@ impl State {
         self.tasks[idx]
             .ended_at(Stamp::before(&Reading::now(), ended), ran && outcome.status.is_ok());
         let m = &mut self.tasks[idx].metrics;
-        m.last_exit_code = outcome.exit_code;
-        m.last_duration_seconds = Some(outcome.duration.as_secs_f64());
-        if let Some(total) = crate::restic::total(&outcome.backups) {
-            m.last_backup = Some(total);
-        }
-        let audited = outcome.status.is_ok() || !outcome.findings.is_empty();
-        if self.ctx.config.tasks[idx].audit.is_some() && audited {
-            m.audit_findings = Some(outcome.findings.len());
-        }
+        m.ended(&super::metrics::Ended {
+            exit_code: outcome.exit_code,
+            seconds: outcome.duration.as_secs_f64(),
+            ok: outcome.status.is_ok(),
+            backups: &outcome.backups,
+            audit: self.ctx.config.tasks[idx].audit.as_ref().map(|_| outcome.findings.len()),
+        });
         match outcome.status {
             RunStatus::Skipped => m.skips += 1,
             status => {
@@ -546,7 +545,7 @@ impl State {
             }
         }
         let mut body = match self.runs.by_id.get(run_id) {
-            Some(sender) => sender.borrow().clone(),
+            Some(known) => known.state.borrow().clone(),
             None => RunBody {
                 run_id: run_id.to_string(),
                 task: self.ctx.config.tasks[idx].name.clone(),
@@ -567,8 +566,8 @@ impl State {
         self.finish_run(run_id, body);
         match self.tasks[idx].queued.take() {
             Some(queued) if !self.ctx.cancel.is_cancelled() => {
-                if let Some(sender) = self.runs.by_id.get(&queued.run_id) {
-                    sender.send_modify(|b| b.status = RunStatus::Running);
+                if let Some(known) = self.runs.by_id.get(&queued.run_id) {
+                    known.state.send_modify(|b| b.status = RunStatus::Running);
                 }
                 let trigger = if queued.trigger == Trigger::Manual {
                     Trigger::Manual
@@ -630,18 +629,15 @@ impl State {
     }
 
     fn finish_run(&mut self, run_id: &str, body: RunBody) {
-        if let Some(sender) = self.runs.by_id.get(run_id) {
-            sender.send_replace(body);
-        }
-        // A run cancelled before it started has had no execute to end its feed.
-        if let Some(feed) = self.runs.feeds.get(run_id) {
-            feed.end();
+        if let Some(known) = self.runs.by_id.get(run_id) {
+            known.state.send_replace(body);
+            // A run cancelled before it started has had no execute to end its feed.
+            known.feed.end();
         }
         self.runs.finished.push_back(run_id.to_string());
         while self.runs.finished.len() > KEEP_RUNS {
             if let Some(old) = self.runs.finished.pop_front() {
                 self.runs.by_id.remove(&old);
-                self.runs.feeds.remove(&old);
             }
         }
     }
