@@ -7,13 +7,10 @@
 //! the metrics or the downtime catch-up.
 
 use std::path::Path;
-use std::process::Command;
 
 use jiff::Timestamp;
 
-use crate::harness::{
-    Daemon, PATIENCE, Scratch, TRIGGERED, history, libfaketime, offset_to, trigger,
-};
+use crate::harness::{PATIENCE, Scratch, TRIGGERED, history, libfaketime, offset_to, trigger};
 
 #[test]
 fn after_a_suspend_a_missed_occurrence_runs_once_and_a_too_late_one_is_skipped() {
@@ -36,12 +33,7 @@ tasks:
     max_lateness: 5m
 ",
     );
-    let daemon = scratch.start_daemon_with(&config, |cmd| {
-        cmd.env("LD_PRELOAD", libfaketime())
-            .env("FAKETIME_TIMESTAMP_FILE", &clock)
-            .env("FAKETIME_NO_CACHE", "1")
-            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
-    });
+    let daemon = scratch.start_daemon_faked(&config, &clock);
     let log = daemon.log_text();
     assert!(
         log.contains("next=2030-06-01T02:10:00+00:00"),
@@ -128,16 +120,6 @@ fn fake_now(clock: &Path) -> Timestamp {
     Timestamp::from_second(Timestamp::now().as_second() + offset(clock)).unwrap()
 }
 
-/// Starts the daemon under libfaketime, its wall clock read from the file `clock`.
-fn start_faked(scratch: &Scratch, config: &Path, clock: &Path) -> Daemon {
-    scratch.start_daemon_with(config, |cmd: &mut Command| {
-        cmd.env("LD_PRELOAD", libfaketime())
-            .env("FAKETIME_TIMESTAMP_FILE", clock)
-            .env("FAKETIME_NO_CACHE", "1")
-            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
-    })
-}
-
 /// The metrics file's samples: `(name, task label, value)`.
 fn metrics(path: &Path) -> Vec<(String, String, f64)> {
     std::fs::read_to_string(path)
@@ -215,7 +197,7 @@ tasks:
     command: [touch, nightly]
 ",
     );
-    let daemon = start_faked(&scratch, &config, &clock);
+    let daemon = scratch.start_daemon_faked(&config, &clock);
     let log = daemon.log_text();
     assert!(
         log.contains("next=2030-06-02T02:01:00+00:00"),
@@ -274,7 +256,7 @@ tasks:
 ",
         prom.display()
     ));
-    let daemon = start_faked(&scratch, &config, &clock);
+    let daemon = scratch.start_daemon_faked(&config, &clock);
     assert!(daemon.log_text().contains("next=2030-06-01T02:10:00+00:00"), "{}", daemon.log_text());
 
     // A year forward (2031-06-01T02:00): a correction; nothing of the year is caught up.
@@ -368,7 +350,7 @@ tasks:
         r#"{"type":"end","run_id":"r1","task":"every-ten","at":"2031-06-01T01:00:01+00:00","status":"success","exit_code":0,"duration_ms":1000,"reason":"all steps succeeded","stderr_tail":[]}"#,
     ];
     scratch.write("state/history.jsonl", lines.join("\n") + "\n");
-    let daemon = start_faked(&scratch, &config, &clock);
+    let daemon = scratch.start_daemon_faked(&config, &clock);
     let log = daemon.wait_for("the catch-up run to end", |l| l.contains("run ended"));
     assert!(log.contains("2 history records dated later than now"), "{log}");
     assert!(log.contains("missed 8 occurrences from 2030-06-01T02:10:00+00:00"), "{log}");

@@ -56,16 +56,6 @@ fn guardian_of(daemon: &Daemon) -> u32 {
         .expect("the daemon has a guardian process")
 }
 
-/// Starts the daemon with its wall clock at `clock` (a libfaketime timestamp file).
-fn start_at(scratch: &Scratch, config: &Path, clock: &Path) -> Daemon {
-    scratch.start_daemon_with(config, |cmd| {
-        cmd.env("LD_PRELOAD", libfaketime())
-            .env("FAKETIME_TIMESTAMP_FILE", clock)
-            .env("FAKETIME_NO_CACHE", "1")
-            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
-    })
-}
-
 /// A libfaketime file that makes the clock read `target` now.
 fn clock_at(scratch: &Scratch, target: &str) -> PathBuf {
     scratch.write("faketime", offset_to(target.parse().unwrap()))
@@ -103,7 +93,7 @@ fn after_sigkill_of_the_daemon_no_task_process_lives_on_and_the_restart_runs_it_
     let scratch = Scratch::new();
     let sleep = "313.25";
     let (config, clock) = hourly(&scratch, sleep);
-    let daemon = start_at(&scratch, &config, &clock);
+    let daemon = scratch.start_daemon_faked(&config, &clock);
     wait_until("the run's two sleeps", || running(&["sleep", sleep]).len() == 2);
     let first_run = run_id_of(running(&["sleep", sleep])[0]).unwrap();
     sigkill(daemon);
@@ -111,7 +101,7 @@ fn after_sigkill_of_the_daemon_no_task_process_lives_on_and_the_restart_runs_it_
     // background job of a shell ignores SIGINT, so it takes the SIGTERM after 10 s).
     wait_until("no task process left", || running(&["sleep", sleep]).is_empty());
 
-    let daemon = start_at(&scratch, &config, &clock);
+    let daemon = scratch.start_daemon_faked(&config, &clock);
     let log = daemon
         .wait_for("the rerun", |l| l.contains("running the interrupted occurrence once again"));
     assert!(log.contains("no process of it was left"), "{log}");

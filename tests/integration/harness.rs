@@ -225,6 +225,18 @@ impl Scratch {
         self.start_daemon_full(config, None, adjust)
     }
 
+    /// Starts the daemon under libfaketime, its wall clock read from the timestamp file
+    /// `clock` (see `offset_to`); its monotonic and boot clocks stay real, so moving the
+    /// file is a change of the wall clock to the daemon.
+    pub(crate) fn start_daemon_faked(&self, config: &Path, clock: &Path) -> Daemon {
+        self.start_daemon_with(config, |cmd| {
+            cmd.env("LD_PRELOAD", libfaketime())
+                .env("FAKETIME_TIMESTAMP_FILE", clock)
+                .env("FAKETIME_NO_CACHE", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        })
+    }
+
     /// Starts the daemon (as `uid` if given) and waits for READY=1.
     pub(crate) fn start_daemon_full(
         &self,

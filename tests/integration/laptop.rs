@@ -277,7 +277,7 @@ fn a_network_condition_waits_for_the_server_to_listen() {
 
 #[test]
 fn after_a_resume_the_catch_up_run_waits_resume_settle() {
-    use crate::harness::{libfaketime, offset_to};
+    use crate::harness::offset_to;
     let scratch = Scratch::new();
     let clock = scratch.path().join("faketime");
     let before: jiff::Timestamp = "2030-06-01T02:00:00Z".parse().unwrap();
@@ -285,12 +285,7 @@ fn after_a_resume_the_catch_up_run_waits_resume_settle() {
     let config = scratch.config(
         "timezone: UTC\nresume_settle: 3s\ntasks:\n  every-ten:\n    schedule: '*/10 * * * *'\n    command: ['true']\n    max_lateness: 1h\n",
     );
-    let daemon = scratch.start_daemon_with(&config, |cmd| {
-        cmd.env("LD_PRELOAD", libfaketime())
-            .env("FAKETIME_TIMESTAMP_FILE", &clock)
-            .env("FAKETIME_NO_CACHE", "1")
-            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
-    });
+    let daemon = scratch.start_daemon_faked(&config, &clock);
     // The lid opens 1h25m later, as the daemon's clocks tell it (see clock.rs).
     std::fs::write(&clock, offset_to("2030-06-01T03:25:00Z".parse().unwrap())).unwrap();
     let log = daemon.wait_for("the catch-up run", |l| l.contains("run started"));
@@ -311,7 +306,7 @@ fn after_a_resume_the_catch_up_run_waits_resume_settle() {
 
 #[test]
 fn a_run_the_machine_slept_through_says_so_in_its_record() {
-    use crate::harness::{libfaketime, offset_to};
+    use crate::harness::offset_to;
     let scratch = Scratch::new();
     let clock = scratch.path().join("faketime");
     std::fs::write(&clock, offset_to("2030-06-01T02:00:00Z".parse().unwrap())).unwrap();
@@ -320,12 +315,7 @@ fn a_run_the_machine_slept_through_says_so_in_its_record() {
         "timezone: UTC\nresume_settle: 0s\ntasks:\n  backup:\n    {TRIGGERED}\n    command: [sh, -c, 'while ! test -e {}; do sleep 0.1; done']\n",
         go.display()
     ));
-    let daemon = scratch.start_daemon_with(&config, |cmd| {
-        cmd.env("LD_PRELOAD", libfaketime())
-            .env("FAKETIME_TIMESTAMP_FILE", &clock)
-            .env("FAKETIME_NO_CACHE", "1")
-            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
-    });
+    let daemon = scratch.start_daemon_faked(&config, &clock);
     scratch.backupnizza(["trigger", "backup", "-c"]).run_with(&config).expect_code(0);
     daemon.wait_for("the run", |l| l.contains("run started"));
     std::fs::write(&clock, offset_to("2030-06-01T03:00:00Z".parse().unwrap())).unwrap();
