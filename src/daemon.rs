@@ -11,12 +11,15 @@
 //! End records; then the server closes, the history is flushed, the socket is removed, and
 //! the secrets are dropped — and the log says they were wiped only once that is true.
 
+mod changes;
 mod conditions;
 mod contain;
 pub(crate) mod execute;
 pub(crate) mod feed;
 pub mod guardian;
 mod inhibit;
+#[cfg(target_os = "macos")]
+mod iokit;
 pub(crate) mod ledger;
 pub(crate) mod locks;
 pub(crate) mod metrics;
@@ -205,20 +208,43 @@ fn close_inherited_fds(env: &Environment) {
     }
 }
 
-/// Refuses to go on when another thread already exists (Linux: counted in `/proc`).
+/// Refuses to go on when another thread already exists.
 fn check_single_threaded() -> anyhow::Result<()> {
-    #[cfg(target_os = "linux")]
-    if let Ok(threads) = std::fs::read_dir("/proc/self/task") {
-        let count = threads.count();
-        if count > 1 {
-            return Err(Exit {
-                code: FAILURE,
-                message: format!("the daemon must start single-threaded, but {count} threads exist; this is a bug"),
-            }
-            .into());
+    match thread_count() {
+        Some(count) if count > 1 => Err(Exit {
+            code: FAILURE,
+            message: format!(
+                "the daemon must start single-threaded, but {count} threads exist; this is a bug"
+            ),
         }
+        .into()),
+        _ => Ok(()),
     }
-    Ok(())
+}
+
+/// The daemon's threads, counted in `/proc`.
+#[cfg(target_os = "linux")]
+fn thread_count() -> Option<usize> {
+    std::fs::read_dir("/proc/self/task").ok().map(Iterator::count)
+}
+
+/// The daemon's threads, as the kernel's task info counts them.
+#[cfg(target_os = "macos")]
+fn thread_count() -> Option<usize> {
+    // SAFETY: proc_taskinfo is a plain C struct of integers; all-zero is valid.
+    let mut info: libc::proc_taskinfo = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::proc_taskinfo>() as libc::c_int;
+    // SAFETY: `info` is a properly sized, writable proc_taskinfo; the kernel fills at most
+    // `size` bytes.
+    let n = unsafe {
+        libc::proc_pidinfo(libc::getpid(), libc::PROC_PIDTASKINFO, 0, (&raw mut info).cast(), size)
+    };
+    (n == size).then(|| usize::try_from(info.pti_threadnum).unwrap_or(0))
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+fn thread_count() -> Option<usize> {
+    None
 }
 
 /// Pins the programs that may redeem tokens: the `secretbox` tasks will find (the one beside
@@ -487,6 +513,7 @@ async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::Result<Finis
     let notifications = TaskTracker::new();
     let zone = config.timezone.tz.clone();
     let locks = locks::Locks::for_config(&config);
+    let changes = changes::listen(&config);
     let ctx = Arc::new(RunContext {
         locks,
         config,
@@ -499,6 +526,7 @@ async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::Result<Finis
         events: events_tx,
         notifications: notifications.clone(),
         suspends: tokio::sync::watch::channel(0).0,
+        changes,
     });
 
     let listener = tokio::net::UnixListener::from_std(

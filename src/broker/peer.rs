@@ -216,6 +216,12 @@ pub fn start_time(_pid: u32) -> Option<u64> {
 
 #[cfg(target_os = "macos")]
 pub fn parent_of(pid: u32) -> Option<u32> {
+    Some(bsdinfo(pid)?.pbi_ppid)
+}
+
+/// The kernel's BSD view of a process (`proc_pidinfo(PROC_PIDTBSDINFO)`).
+#[cfg(target_os = "macos")]
+fn bsdinfo(pid: u32) -> Option<libc::proc_bsdinfo> {
     let mut info: libc::proc_bsdinfo = unsafe_zeroed_bsdinfo();
     let size = std::mem::size_of::<libc::proc_bsdinfo>() as libc::c_int;
     // SAFETY: `info` is a properly sized, writable proc_bsdinfo; the kernel fills at most `size` bytes.
@@ -224,11 +230,11 @@ pub fn parent_of(pid: u32) -> Option<u32> {
             pid as libc::c_int,
             libc::PROC_PIDTBSDINFO,
             0,
-            (&mut info as *mut libc::proc_bsdinfo).cast(),
+            (&raw mut info).cast(),
             size,
         )
     };
-    (n == size).then_some(info.pbi_ppid)
+    (n == size).then_some(info)
 }
 
 #[cfg(target_os = "macos")]

@@ -7,7 +7,8 @@
 //! - `ac_power: true`: UPower's `OnBattery` over the system bus; without UPower, the power
 //!   supplies in `/sys/class/power_supply` (a `Mains` one that is `online`; a machine with no
 //!   battery at all counts as on mains). `BACKUPNIZZA_POWER_SUPPLY_DIR` names another
-//!   directory (a test knob).
+//!   directory (a test knob). On macOS, IOKit's providing power source
+//!   ([`iokit`](super::iokit)).
 //! - `network: HOST:PORT`: a TCP connection succeeds within [`CONNECT_TIMEOUT`].
 //! - `unmetered: true`: NetworkManager's `Metered` is not "yes" or "guessed yes" (without
 //!   NetworkManager, and on macOS, the connection counts as unmetered).
@@ -15,7 +16,9 @@
 //! - `blackout: ["09:00-17:00 mon-fri", ...]`: the task's local time is outside every window.
 //!
 //! The checks read files and make one D-Bus call or TCP connection: they run on a blocking
-//! thread.
+//! thread. Where UPower or NetworkManager gave the answer, their change signals
+//! ([`changes`](super::changes)) wake the deferred run at once, and the poll is only a
+//! backstop ([`BACKSTOP`]).
 
 use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
@@ -23,48 +26,76 @@ use std::time::Duration;
 
 use jiff::Zoned;
 
+use super::changes::Source;
 use crate::config::{Blackout, When};
 
 /// How often deferred conditions are checked again.
 pub(crate) const POLL: Duration = Duration::from_secs(2);
+/// How often, when a change signal will say that the condition changed: in case one is
+/// missed (a service restarted, a signal dropped by a full queue).
+pub(crate) const BACKSTOP: Duration = Duration::from_secs(30);
 /// How long `network:` waits for a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Why the run cannot start now, or `None` when it can.
-pub(crate) fn unmet(when: &When, blackout: &[Blackout], now: &Zoned) -> Option<String> {
-    if let Some(window) = blackout.iter().find(|w| w.contains(now)) {
-        return Some(format!("in the blackout window {}", window.text));
+/// Why a run cannot start now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Unmet {
+    pub(crate) why: String,
+    /// The service whose change signal will tell when this may have changed; `None` when
+    /// only polling can.
+    pub(crate) signalled: Option<Source>,
+}
+
+impl Unmet {
+    fn polled(why: String) -> Unmet {
+        Unmet { why, signalled: None }
     }
-    if when.ac_power && on_battery() {
-        return Some("on battery".into());
+}
+
+/// Why the run cannot start now, or `None` when it can.
+pub(crate) fn unmet(when: &When, blackout: &[Blackout], now: &Zoned) -> Option<Unmet> {
+    if let Some(window) = blackout.iter().find(|w| w.contains(now)) {
+        return Some(Unmet::polled(format!("in the blackout window {}", window.text)));
+    }
+    if when.ac_power
+        && let (true, signalled) = on_battery()
+    {
+        return Some(Unmet { why: "on battery".into(), signalled });
     }
     if when.unmetered && metered() {
-        return Some("the network connection is metered".into());
+        let why = "the network connection is metered".into();
+        return Some(Unmet { why, signalled: Some(Source::Network) });
     }
     if let Some(target) = &when.network
         && !reachable(target)
     {
-        return Some(format!("{target} is not reachable"));
+        return Some(Unmet::polled(format!("{target} is not reachable")));
     }
     if let Some(percent) = when.idle_cpu
         && let Some(load) = load_percent()
         && load >= f64::from(percent)
     {
-        return Some(format!("the CPU is busy ({load:.0}% load, idle_cpu is {percent}%)"));
+        let why = format!("the CPU is busy ({load:.0}% load, idle_cpu is {percent}%)");
+        return Some(Unmet::polled(why));
     }
     None
 }
 
-/// Whether the machine runs on battery: UPower's word, else the power supplies'.
-fn on_battery() -> bool {
+/// Whether the machine runs on battery (UPower's word, else the power supplies'), and the
+/// service that will signal a change (UPower, when it answered).
+fn on_battery() -> (bool, Option<Source>) {
     if let Ok(dir) = std::env::var("BACKUPNIZZA_POWER_SUPPLY_DIR") {
-        return supplies_on_battery(Path::new(&dir));
+        return (supplies_on_battery(Path::new(&dir)), None);
     }
     #[cfg(target_os = "linux")]
     if let Some(on_battery) = upower_on_battery() {
-        return on_battery;
+        return (on_battery, Some(Source::Power));
     }
-    supplies_on_battery(Path::new("/sys/class/power_supply"))
+    #[cfg(target_os = "macos")]
+    if let Some(on_battery) = super::iokit::on_battery() {
+        return (on_battery, None);
+    }
+    (supplies_on_battery(Path::new("/sys/class/power_supply")), None)
 }
 
 #[cfg(target_os = "linux")]

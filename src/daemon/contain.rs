@@ -53,6 +53,7 @@ pub(crate) fn timeout_plan(grace: Duration) -> [Stage; 4] {
 }
 
 /// The folder, in the daemon's own cgroup, that holds one cgroup per run.
+#[cfg(target_os = "linux")]
 const RUNS_DIR: &str = "backupnizza-runs";
 
 /// How the daemon contains runs, decided once at start.

@@ -63,6 +63,8 @@ pub(crate) struct RunContext {
     pub(crate) notifications: tokio_util::task::TaskTracker,
     /// How many suspends the state owner has seen: a run that sees it change slept.
     pub(crate) suspends: tokio::sync::watch::Sender<u64>,
+    /// UPower's and NetworkManager's change signals, when some task's `when:` needs them.
+    pub(crate) changes: Option<super::changes::Changes>,
 }
 
 impl RunContext {
@@ -444,7 +446,16 @@ impl Run<'_> {
                 .unwrap_or(None)
             }
         };
-        let Some(mut why) = check().await else { return Ok(()) };
+        // Marked seen before each check, so a signal that comes during one is not lost.
+        let mut changes = self.ctx.changes.clone();
+        let seen = |changes: &mut Option<super::changes::Changes>| {
+            if let Some(c) = changes {
+                c.borrow_and_update();
+            }
+        };
+        seen(&mut changes);
+        let Some(unmet) = check().await else { return Ok(()) };
+        let (mut why, mut signalled) = (unmet.why, unmet.signalled);
         let forced = |why: &str| -> bool {
             let Some(after) = task.force_after else { return false };
             let limit = jiff::SignedDuration::try_from(after).unwrap_or(jiff::SignedDuration::MAX);
@@ -477,8 +488,26 @@ impl Run<'_> {
             .events
             .send(Event::Deferred { idx: self.job.idx, why: Some(format!("{why} since {since}")) });
         loop {
+            // A signal wakes the run at once; without one coming, poll.
+            let listening =
+                signalled.is_some() && changes.as_ref().is_some_and(|c| c.has_changed().is_ok());
+            let poll =
+                if listening { super::conditions::BACKSTOP } else { super::conditions::POLL };
+            let signal = async {
+                match changes.as_mut() {
+                    Some(c) if listening => match c.changed().await {
+                        Ok(()) => c.borrow().1,
+                        // The listener is gone (no bus): poll from now on.
+                        Err(_) => std::future::pending().await,
+                    },
+                    _ => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                () = tokio::time::sleep(super::conditions::POLL) => {}
+                () = tokio::time::sleep(poll) => {}
+                Some(source) = signal => {
+                    info!("{} signalled a change: checking the run conditions again", source.service());
+                }
                 () = &mut late => {
                     let waited = crate::duration::Human(Duration::from_secs(began.elapsed().as_secs()));
                     let reason = format!("deferred past max_lateness ({why} since {since}, {waited})");
@@ -490,17 +519,18 @@ impl Run<'_> {
                     return Err(Outcome::early(RunStatus::Cancelled, None, format!("daemon stopped while deferred ({why})")));
                 }
             }
+            seen(&mut changes);
             match check().await {
                 None => break,
-                Some(now) if now != why => {
-                    info!("still deferred: {now}");
+                Some(now) if now.why != why => {
+                    info!("still deferred: {}", now.why);
                     let _ = self.ctx.events.send(Event::Deferred {
                         idx: self.job.idx,
-                        why: Some(format!("{now} since {since}")),
+                        why: Some(format!("{} since {since}", now.why)),
                     });
-                    why = now;
+                    (why, signalled) = (now.why, now.signalled);
                 }
-                Some(_) => {}
+                Some(now) => signalled = now.signalled,
             }
             if forced(&why) {
                 break;

@@ -67,8 +67,7 @@ impl Guardian {
     /// Starts `exe guard`. Must run before the async runtime (the child is an exec, so
     /// threads would not matter, but before any secret is loaded).
     pub(crate) fn spawn(exe: &Path) -> std::io::Result<Guardian> {
-        let (ours, theirs) =
-            socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
+        let (ours, theirs) = channel()?;
         let child = Command::new(exe)
             .arg("guard")
             .env_clear()
@@ -109,13 +108,69 @@ impl Guardian {
     }
 }
 
+/// The daemon's socket pair with the guardian, close-on-exec on both ends (the guardian's
+/// end becomes its stdin, which the exec keeps).
+#[cfg(not(target_os = "macos"))]
+fn channel() -> nix::Result<(OwnedFd, OwnedFd)> {
+    socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+}
+
+/// macOS has no sequenced packets on Unix sockets (`EPROTONOSUPPORT`) and no
+/// `SOCK_CLOEXEC`. Datagrams keep each message whole (they are reliable on a local socket
+/// pair) but give no end of file when the daemon is gone, so [`receive`] also watches the
+/// guardian's parent. The flag is set after the call: the daemon has one thread here, so no
+/// fork can come in between. (Compile-checked, not run: see docs/platforms.md.)
+#[cfg(target_os = "macos")]
+fn channel() -> nix::Result<(OwnedFd, OwnedFd)> {
+    let (a, b) = socketpair(AddressFamily::Unix, SockType::Datagram, None, SockFlag::empty())?;
+    set_cloexec(&a)?;
+    set_cloexec(&b)?;
+    Ok((a, b))
+}
+
+#[cfg(target_os = "macos")]
+fn set_cloexec(fd: &OwnedFd) -> nix::Result<()> {
+    use nix::fcntl::{F_SETFD, FdFlag, fcntl};
+    fcntl(fd, F_SETFD(FdFlag::FD_CLOEXEC)).map(drop)
+}
+
+/// Linux: the kernel marks received descriptors close-on-exec as they arrive.
+#[cfg(not(target_os = "macos"))]
+const RECEIVE_FLAGS: MsgFlags = MsgFlags::MSG_CMSG_CLOEXEC;
+/// macOS cannot; the guardian execs nothing, so marking them after is enough.
+#[cfg(target_os = "macos")]
+const RECEIVE_FLAGS: MsgFlags = MsgFlags::empty();
+
+/// Whether the daemon is gone although the socket cannot say so: on macOS (datagrams) the
+/// guardian waits at most a second for a message, then checks that its parent is still the
+/// process that started it (an orphan is adopted by launchd).
+#[cfg(target_os = "macos")]
+fn daemon_gone(socket: RawFd, daemon: nix::unistd::Pid) -> bool {
+    loop {
+        let mut poll = libc::pollfd { fd: socket, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, for the duration of the call.
+        match unsafe { libc::poll(&raw mut poll, 1, 1000) } {
+            0 if nix::unistd::getppid() != daemon => return true,
+            0 => {}
+            n if n < 0 && nix::errno::Errno::last() == nix::errno::Errno::EINTR => {}
+            _ => return false,
+        }
+    }
+}
+
 /// One message from the daemon, with the descriptors it carried; `None` at end of file.
 fn receive(socket: RawFd) -> Option<(String, Vec<OwnedFd>)> {
+    #[cfg(target_os = "macos")]
+    let daemon = nix::unistd::getppid();
     let mut buf = vec![0u8; MAX_MESSAGE];
     let mut space = nix::cmsg_space!([RawFd; 4]);
     loop {
+        #[cfg(target_os = "macos")]
+        if daemon_gone(socket, daemon) {
+            return None;
+        }
         let mut iov = [IoSliceMut::new(&mut buf)];
-        match recvmsg::<()>(socket, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+        match recvmsg::<()>(socket, &mut iov, Some(&mut space), RECEIVE_FLAGS) {
             Ok(msg) => {
                 let mut fds = Vec::new();
                 for cmsg in msg.cmsgs().into_iter().flatten() {
@@ -125,6 +180,10 @@ fn receive(socket: RawFd) -> Option<(String, Vec<OwnedFd>)> {
                         fds.extend(
                             received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
                         );
+                        #[cfg(target_os = "macos")]
+                        for fd in &fds {
+                            let _ = set_cloexec(fd);
+                        }
                     }
                 }
                 let bytes = msg.bytes;

@@ -359,10 +359,11 @@ fn pin(program: &Path) -> Result<[u8; 32], String> {
 /// program): call it from `spawn_blocking`.
 pub(crate) fn open_verified(pinned: &Pinned) -> Result<File, String> {
     let shown = pinned.path.display();
-    let mut original =
+    let original =
         File::open(&pinned.path).map_err(|e| format!("cannot open pinned program {shown}: {e}"))?;
     #[cfg(target_os = "linux")]
     let mut checked = {
+        let mut original = original;
         let name = pinned.path.file_name().and_then(|n| n.to_str()).unwrap_or("pinned");
         sealed_copy(&mut original, name)
             .map_err(|e| format!("cannot copy pinned program {shown} into sealed memory: {e}"))?

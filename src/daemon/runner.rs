@@ -22,6 +22,7 @@
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -1065,15 +1066,15 @@ fn join_notes(a: Option<String>, b: Option<String>) -> Option<String> {
 #[derive(Default)]
 struct Plumbing {
     /// `(read, write)` between stage i and i + 1.
-    links: Vec<(Option<std::os::fd::OwnedFd>, Option<std::os::fd::OwnedFd>)>,
+    links: Vec<(Option<OwnedFd>, Option<OwnedFd>)>,
     /// `(read, write)`; our write end is dropped once the stages have theirs.
-    stderr: Option<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>,
+    stderr: Option<(OwnedFd, OwnedFd)>,
 }
 
 impl Plumbing {
     fn new(stages: usize) -> std::io::Result<Plumbing> {
-        let pipe =
-            || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from);
+        // std's pipes are close-on-exec (atomically where the platform has pipe2).
+        let pipe = || std::io::pipe().map(|(r, w)| (OwnedFd::from(r), OwnedFd::from(w)));
         let mut links = Vec::new();
         for _ in 1..stages {
             let (r, w) = pipe()?;

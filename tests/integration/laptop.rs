@@ -251,8 +251,59 @@ fn on_battery_a_run_is_deferred_and_runs_once_on_ac_and_force_after_and_max_late
     // Once: the deferred occurrence ran once; the ones that fired meanwhile were skipped.
     let explain = scratch.backupnizza(["explain", "backup", "-c"]).run_with(&config).stdout();
     assert!(explain.contains("(deferred ") && explain.contains(": on battery)"), "{explain}");
-    let metrics_like = daemon.log_text();
-    assert!(metrics_like.contains("the run conditions hold after"), "{metrics_like}");
+    let log = daemon.log_text();
+    assert!(log.contains("the run conditions hold after"), "{log}");
+    // UPower's PropertiesChanged woke the deferred run (its poll is 30 s once a signal is
+    // expected), rather than a poll finding AC by chance.
+    assert!(log.contains("UPower signalled a change: checking the run conditions again"), "{log}");
+}
+
+#[test]
+fn a_metered_connection_defers_until_network_manager_signals_it_is_not() {
+    let scratch = Scratch::new();
+    let nm = MockLogind::template(&scratch, "networkmanager", "{}");
+    // The template has no Metered property: add it, as "yes" (1).
+    let add = || {
+        nm.send(&[
+            "--print-reply",
+            "--dest=org.freedesktop.NetworkManager",
+            "/org/freedesktop/NetworkManager",
+            "org.freedesktop.DBus.Mock.AddProperty",
+            "string:org.freedesktop.NetworkManager",
+            "string:Metered",
+            "variant:uint32:1",
+        ])
+    };
+    wait_until("the NetworkManager mock", || add().is_some());
+    let config = scratch.config(
+        "tasks:\n  offsite:\n    schedule: '@every 2s'\n    when: {unmetered: true}\n    command: ['true']\n",
+    );
+    let daemon = scratch.start_daemon_with(&config, |cmd| {
+        cmd.env("DBUS_SYSTEM_BUS_ADDRESS", &nm.address);
+    });
+    daemon.wait_for("the deferral", |l| l.contains("deferred: the network connection is metered"));
+    assert!(starts(&scratch, "offsite").is_empty());
+    // 4: "guessed no", as NetworkManager says for an ordinary Wi-Fi.
+    nm.send(&[
+        "--print-reply",
+        "--dest=org.freedesktop.NetworkManager",
+        "/org/freedesktop/NetworkManager",
+        "org.freedesktop.DBus.Properties.Set",
+        "string:org.freedesktop.NetworkManager",
+        "string:Metered",
+        "variant:uint32:4",
+    ])
+    .expect("the NetworkManager mock takes Metered");
+    wait_until("the run once the connection is unmetered", || {
+        history(&scratch)
+            .iter()
+            .any(|r| r["type"] == "end" && r["task"] == "offsite" && r["status"] == "success")
+    });
+    let log = daemon.log_text();
+    assert!(
+        log.contains("NetworkManager signalled a change: checking the run conditions again"),
+        "{log}"
+    );
 }
 
 #[test]
