@@ -8,7 +8,7 @@
 //!   supplies in `/sys/class/power_supply` (a `Mains` one that is `online`; a machine with no
 //!   battery at all counts as on mains). `BACKUPNIZZA_POWER_SUPPLY_DIR` names another
 //!   directory (a test knob). On macOS, IOKit's providing power source
-//!   ([`iokit`](super::iokit)).
+//!   (`iokit.rs`).
 //! - `network: HOST:PORT`: a TCP connection succeeds within [`CONNECT_TIMEOUT`].
 //! - `unmetered: true`: NetworkManager's `Metered` is not "yes" or "guessed yes" (without
 //!   NetworkManager, and on macOS, the connection counts as unmetered).
