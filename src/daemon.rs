@@ -231,15 +231,10 @@ fn thread_count() -> Option<usize> {
 /// The daemon's threads, as the kernel's task info counts them.
 #[cfg(target_os = "macos")]
 fn thread_count() -> Option<usize> {
-    // SAFETY: proc_taskinfo is a plain C struct of integers; all-zero is valid.
-    let mut info: libc::proc_taskinfo = unsafe { std::mem::zeroed() };
-    let size = std::mem::size_of::<libc::proc_taskinfo>() as libc::c_int;
-    // SAFETY: `info` is a properly sized, writable proc_taskinfo; the kernel fills at most
-    // `size` bytes.
-    let n = unsafe {
-        libc::proc_pidinfo(libc::getpid(), libc::PROC_PIDTASKINFO, 0, (&raw mut info).cast(), size)
-    };
-    (n == size).then(|| usize::try_from(info.pti_threadnum).unwrap_or(0))
+    // SAFETY: PROC_PIDTASKINFO fills a proc_taskinfo.
+    let info: libc::proc_taskinfo =
+        unsafe { crate::broker::peer::pidinfo(std::process::id(), libc::PROC_PIDTASKINFO) }?;
+    Some(usize::try_from(info.pti_threadnum).unwrap_or(0))
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "macos")))]

@@ -222,25 +222,24 @@ pub fn parent_of(pid: u32) -> Option<u32> {
 /// The kernel's BSD view of a process (`proc_pidinfo(PROC_PIDTBSDINFO)`).
 #[cfg(target_os = "macos")]
 fn bsdinfo(pid: u32) -> Option<libc::proc_bsdinfo> {
-    let mut info: libc::proc_bsdinfo = unsafe_zeroed_bsdinfo();
-    let size = std::mem::size_of::<libc::proc_bsdinfo>() as libc::c_int;
-    // SAFETY: `info` is a properly sized, writable proc_bsdinfo; the kernel fills at most `size` bytes.
-    let n = unsafe {
-        libc::proc_pidinfo(
-            pid as libc::c_int,
-            libc::PROC_PIDTBSDINFO,
-            0,
-            (&raw mut info).cast(),
-            size,
-        )
-    };
-    (n == size).then_some(info)
+    // SAFETY: PROC_PIDTBSDINFO fills a proc_bsdinfo.
+    unsafe { pidinfo(pid, libc::PROC_PIDTBSDINFO) }
 }
 
+/// One `proc_pidinfo` record of process `pid`.
+///
+/// # Safety
+/// `T` must be the plain C struct (integers and byte arrays) that `flavor` fills.
 #[cfg(target_os = "macos")]
-fn unsafe_zeroed_bsdinfo() -> libc::proc_bsdinfo {
-    // SAFETY: proc_bsdinfo is a plain C struct of integers and byte arrays; all-zero is valid.
-    unsafe { std::mem::zeroed() }
+pub(crate) unsafe fn pidinfo<T>(pid: u32, flavor: libc::c_int) -> Option<T> {
+    let mut info = std::mem::MaybeUninit::<T>::zeroed();
+    let size = std::mem::size_of::<T>() as libc::c_int;
+    // SAFETY: `info` is writable for `size` bytes; the kernel fills at most that many.
+    let n = unsafe {
+        libc::proc_pidinfo(pid as libc::c_int, flavor, 0, info.as_mut_ptr().cast(), size)
+    };
+    // SAFETY: zero is a valid `T` (the caller's promise), and the kernel filled it whole.
+    (n == size).then(|| unsafe { info.assume_init() })
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "macos")))]

@@ -5,7 +5,8 @@
 //!
 //! One thread per service listens (blocking zbus iterators), started at daemon start only
 //! when some task's `when:` has `ac_power` or `unmetered`, and only on Linux. Each signal
-//! bumps a counter in a `watch` channel that deferred runs wait on. Conditions without a
+//! is sent on a `watch` channel (which wakes every waiter, whatever the value) that
+//! deferred runs wait on. Conditions without a
 //! signal (`network:`, `idle_cpu:`, power read from `/sys/class/power_supply` when UPower is
 //! not running) are polled every [`POLL`](super::conditions::POLL); the signalled ones are
 //! also polled, less often ([`BACKSTOP`](super::conditions::BACKSTOP)), in case a signal is
@@ -35,8 +36,8 @@ impl Source {
     }
 }
 
-/// How many signals came, and from which service last.
-pub(crate) type Changes = watch::Receiver<(u64, Option<Source>)>;
+/// The service that signalled last (`None` before any signal).
+pub(crate) type Changes = watch::Receiver<Option<Source>>;
 
 /// Starts listening for what the tasks' conditions need; `None` when none needs anything.
 pub(crate) fn listen(config: &Config) -> Option<Changes> {
@@ -45,7 +46,7 @@ pub(crate) fn listen(config: &Config) -> Option<Changes> {
     if !power && !network {
         return None;
     }
-    let (tx, rx) = watch::channel((0, None));
+    let (tx, rx) = watch::channel(None);
     #[cfg(target_os = "linux")]
     {
         let wanted = [
@@ -74,7 +75,7 @@ pub(crate) fn listen(config: &Config) -> Option<Changes> {
 
 /// Forwards one service's `PropertiesChanged` signals until the bus connection ends.
 #[cfg(target_os = "linux")]
-fn follow(tx: &watch::Sender<(u64, Option<Source>)>, source: Source, interface: &str, path: &str) {
+fn follow(tx: &watch::Sender<Option<Source>>, source: Source, interface: &str, path: &str) {
     let subscribe = || -> zbus::Result<zbus::blocking::MessageIterator> {
         let conn = zbus::blocking::Connection::system()?;
         let rule = zbus::MatchRule::builder()
@@ -97,9 +98,6 @@ fn follow(tx: &watch::Sender<(u64, Option<Source>)>, source: Source, interface: 
         if message.is_err() {
             break;
         }
-        tx.send_modify(|(count, last)| {
-            *count += 1;
-            *last = Some(source);
-        });
+        tx.send_replace(Some(source));
     }
 }

@@ -496,7 +496,7 @@ impl Run<'_> {
             let signal = async {
                 match changes.as_mut() {
                     Some(c) if listening => match c.changed().await {
-                        Ok(()) => c.borrow().1,
+                        Ok(()) => *c.borrow(),
                         // The listener is gone (no bus): poll from now on.
                         Err(_) => std::future::pending().await,
                     },

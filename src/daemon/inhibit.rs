@@ -12,13 +12,14 @@
 //! run's record then reports. That code is compile-checked in CI but has never run: there
 //! is no macOS machine here (docs/platforms.md).
 
-/// A sleep inhibitor held for a run; released (its descriptor closed) on drop.
+/// A sleep inhibitor held for a run; released on drop (its descriptor closed, or the
+/// assertion released).
 pub(crate) struct Inhibitor {
     #[cfg(target_os = "linux")]
     _fd: std::os::fd::OwnedFd,
     #[cfg(target_os = "macos")]
     assertion: super::iokit::IOPMAssertionID,
-    /// `block` or `delay`, as logind granted it.
+    /// `block` or `delay`, as logind granted it; `assertion` on macOS.
     pub(crate) mode: &'static str,
 }
 
