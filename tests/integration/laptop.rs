@@ -382,3 +382,32 @@ fn a_run_the_machine_slept_through_says_so_in_its_record() {
         "{end}"
     );
 }
+
+#[test]
+fn an_occurrence_in_a_blackout_window_is_deferred_to_its_end() {
+    use crate::harness::offset_to;
+    let scratch = Scratch::new();
+    let clock = scratch.path().join("faketime");
+    // A Saturday, inside the window.
+    std::fs::write(&clock, offset_to("2030-06-01T09:00:30Z".parse().unwrap())).unwrap();
+    let config = scratch.config(
+        "timezone: UTC\nresume_settle: 0s\ntasks:\n  quiet:\n    schedule: '@every 2s'\n    max_lateness: 1h\n    blackout: ['09:00-09:01 sat,sun']\n    command: ['true']\n",
+    );
+    let daemon = scratch.start_daemon_faked(&config, &clock);
+    daemon.wait_for("the deferral", |l| {
+        l.contains("deferred: in the blackout window 09:00-09:01 sat,sun")
+    });
+    assert!(starts(&scratch, "quiet").is_empty(), "nothing runs inside the window");
+    // The window ends: the clock moves on to 09:01:05.
+    std::fs::write(&clock, offset_to("2030-06-01T09:01:05Z".parse().unwrap())).unwrap();
+    wait_until("the run after the window", || {
+        history(&scratch)
+            .iter()
+            .any(|r| r["type"] == "end" && r["task"] == "quiet" && r["status"] == "success")
+    });
+    let first = starts(&scratch, "quiet").remove(0);
+    assert_eq!(first["deferred"]["why"], "in the blackout window 09:00-09:01 sat,sun", "{first}");
+    let at: jiff::Timestamp = first["at"].as_str().unwrap().parse().unwrap();
+    let end: jiff::Timestamp = "2030-06-01T09:01:00Z".parse().unwrap();
+    assert!(at >= end, "started at {at}, before the window's end: {first}");
+}

@@ -810,3 +810,54 @@ fn nice_and_io_apply_to_the_program_itself() {
     // Both stages: the first's line through the second, then the second's own.
     daemon.wait_for_count("best-effort: prio 6", 2);
 }
+
+#[test]
+fn nice_and_io_are_those_of_the_running_restic_and_its_exit_code_3_is_a_warning() {
+    let scratch = Scratch::new();
+    let (repo, password_file) = repository(&scratch);
+    let data = scratch.path().join("polite-data");
+    std::fs::write(&data, "data").unwrap();
+    // Reading another process's /proc/PID/mem at offset 0 fails (EIO) even for root: restic
+    // saves the snapshot and exits 3, "some source files could not be read".
+    let mut unreadable = std::process::Command::new("sleep").arg("300").spawn().unwrap();
+    // The password command waits, so restic is there to be looked at before it reads.
+    let config = scratch.config(&format!(
+        "secrets:\n  repo: {{file: {}}}\ntasks:
+  polite:
+    {TRIGGERED}
+    nice: 15
+    io: {{class: idle}}
+    secrets: [repo]
+    env: {{RESTIC_REPOSITORY: {repo}, RESTIC_CACHE_DIR: {}, RESTIC_PASSWORD_COMMAND: \"sh -c 'sleep 3; secretbox get repo'\"}}
+    command: [restic, backup, --host, testhost, {}, /proc/{}/mem]
+",
+        password_file.display(),
+        scratch.path().join("cache").display(),
+        data.display(),
+        unreadable.id()
+    ));
+    let daemon = scratch.start_daemon(&config);
+    scratch.backupnizza(["trigger", "polite", "-c"]).run_with(&config).expect_code(0);
+    let marker = data.display().to_string();
+    let find = || {
+        let out = std::process::Command::new("pgrep").args(["-f", &marker]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().to_string()
+    };
+    wait_until("the running restic", || !find().is_empty());
+    let pid = find();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Field 19, counted after the `(comm)` field that may hold spaces.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let nice = after.split_whitespace().nth(19 - 3).unwrap();
+    let ionice = std::process::Command::new("ionice").args(["-p", &pid]).output().unwrap();
+    assert_eq!(nice, "15", "restic ({comm:?}, pid {pid}): {stat}");
+    assert_eq!(String::from_utf8_lossy(&ionice.stdout).trim(), "idle", "restic pid {pid}");
+    wait_until("the run's end", || end_of(&history(&scratch), "polite").is_some());
+    let end = end_of(&history(&scratch), "polite").unwrap().clone();
+    assert_eq!(end["exit_code"], 3, "{end}");
+    assert_eq!(end["status"], "warning", "{end}");
+    assert_eq!(snapshot_ids(&scratch, &repo, &password_file).len(), 1, "{}", daemon.log_text());
+    let _ = unreadable.kill();
+    let _ = unreadable.wait();
+}
