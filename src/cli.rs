@@ -320,6 +320,57 @@ pub struct GetArgs {
     pub timeout: std::time::Duration,
 }
 
+/// `get`'s default `--timeout`.
+pub const SECRETBOX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl GetArgs {
+    /// The arguments of the one call restic and rclone make, `secretbox get NAME` with a
+    /// valid NAME and no options, read without building clap's parser (which costs about as
+    /// much as the rest of `secretbox`'s start-up). Anything else is `None`, for clap to read
+    /// and explain; for these arguments both give the same answer (tested).
+    pub fn plain(args: &[std::ffi::OsString]) -> Option<GetArgs> {
+        let [_, command, name] = args else { return None };
+        let name = name.to_str().filter(|n| crate::config::valid_name(n))?;
+        (command == "get").then(|| GetArgs {
+            name: name.to_string(),
+            no_newline: false,
+            socket: None,
+            timeout: SECRETBOX_TIMEOUT,
+        })
+    }
+}
+
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     crate::duration::parse(text).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plain_get_reads_what_clap_reads() {
+        let args = |list: &[&str]| -> Vec<std::ffi::OsString> {
+            list.iter().map(std::ffi::OsString::from).collect()
+        };
+        for name in ["restic-password", "a", "s0.b_c-d", "help"] {
+            let argv = args(&["secretbox", "get", name]);
+            let plain = GetArgs::plain(&argv).expect("a plain get");
+            let SecretboxCommand::Get(parsed) = Secretbox::try_parse_from(&argv).unwrap().command;
+            assert_eq!(format!("{plain:?}"), format!("{parsed:?}"));
+        }
+        // Options, bad names and other shapes are clap's to read (and explain).
+        for argv in [
+            &["secretbox", "get", "-n", "x"][..],
+            &["secretbox", "get", "--help"],
+            &["secretbox", "get", "-x"],
+            &["secretbox", "get", "bad name"],
+            &["secretbox", "get", ""],
+            &["secretbox", "got", "x"],
+            &["secretbox", "get"],
+            &["secretbox", "get", "x", "y"],
+        ] {
+            assert!(GetArgs::plain(&args(argv)).is_none(), "{argv:?}");
+        }
+    }
 }

@@ -16,6 +16,7 @@ mod conditions;
 mod contain;
 pub(crate) mod execute;
 pub(crate) mod feed;
+mod footprint;
 pub mod guardian;
 mod inhibit;
 #[cfg(target_os = "macos")]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use zeroize::Zeroizing;
 
-use backupnizza::cli::{Secretbox, SecretboxCommand};
+use backupnizza::cli::{GetArgs, Secretbox, SecretboxCommand};
 use backupnizza::client::{Client, ClientError, ServerId};
 use backupnizza::protocol::{self, exit};
 
@@ -18,8 +18,11 @@ fn main() {
     // able to read our /proc/PID/exe to verify this program, which a non-dumpable process
     // denies to all but root).
     let _ = backupnizza::hardening::disable_core_dumps();
-    let cli = Secretbox::parse();
-    let SecretboxCommand::Get(args) = cli.command;
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let args = GetArgs::plain(&argv).unwrap_or_else(|| {
+        let SecretboxCommand::Get(args) = Secretbox::parse_from(&argv).command;
+        args
+    });
     let code = match get(&args.name, args.socket, args.timeout, !args.no_newline) {
         Ok(()) => exit::OK,
         Err((code, message)) => {
@@ -62,11 +65,6 @@ fn get(
             format!("SECRETBOX_SOCKET is not set and --socket was not given: {not_from_daemon}"),
         ));
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|e| (exit::INTERNAL, format!("cannot start: {e}")))?;
     // Set by the daemon for its task processes; absent when run by hand with --socket.
     let server =
         match std::env::var("SECRETBOX_DAEMON") {
@@ -77,8 +75,7 @@ fn get(
         };
     let client = Client::new(&socket, timeout).expect_server(server);
     let path = format!("{}{name}", protocol::ROUTE_SECRETS);
-    let response =
-        runtime.block_on(client.request(hyper::Method::POST, &path, Some(&token), Vec::new()));
+    let response = client.request(&hyper::Method::POST, &path, Some(&token), &[]);
     // The answer is in: from here on nobody of our user may read this process.
     let _ = backupnizza::hardening::forbid_inspection();
     let response = response.map_err(|e| match e {

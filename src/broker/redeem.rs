@@ -8,7 +8,7 @@
 //! legitimate task fails once and gives up; something probing tokens is slowed down. Refusals
 //! are logged with digests of the strings the caller chose (see [`refuse`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,6 +17,7 @@ use secrecy::ExposeSecret;
 use tracing::{info, warn};
 
 use super::peer::{self, Peer};
+use super::redeemers::Verified;
 use super::server::{Resp, error, respond};
 use super::vault::Rejection;
 use super::{Broker, Secrets};
@@ -108,7 +109,15 @@ impl Refusal {
     }
 }
 
-pub(super) async fn redeem(name: &str, token: Option<&str>, broker: &Broker, peer: Peer) -> Resp {
+/// `program` is what this connection's peer was verified to be by an earlier granted
+/// redemption on the same connection, if any (set here after a grant).
+pub(super) async fn redeem(
+    name: &str,
+    token: Option<&str>,
+    broker: &Broker,
+    peer: Peer,
+    program: &OnceLock<Verified>,
+) -> Resp {
     // The name's syntax is about the caller's own string, never about a token: checked first.
     if !crate::config::valid_name(name) {
         return error(
@@ -123,11 +132,16 @@ pub(super) async fn redeem(name: &str, token: Option<&str>, broker: &Broker, pee
     // The peer first: one that may not redeem at all is refused before its token is looked
     // up, so the answer, the delay and the token itself are the same whatever its state.
     let checked = match broker.task_lineage(&peer) {
-        Ok(lineage) => broker.verify_redeemer(&peer).await.map(|verified| (lineage, verified)),
+        Ok(lineage) => match program.get() {
+            Some(known) => Ok((lineage, (Some(*known), false))),
+            None => broker.verify_redeemer(&peer).await.map(|verified| (lineage, verified)),
+        },
         Err(why) => Err(why),
     };
+    let mut verified_program = None;
     let outcome = match checked {
         Ok((lineage, verified)) => {
+            verified_program = verified.0;
             attempt(name, token, broker, &peer, &lineage, verified, now).await
         }
         Err(why) => {
@@ -139,6 +153,11 @@ pub(super) async fn redeem(name: &str, token: Option<&str>, broker: &Broker, pee
     let task = match outcome {
         Ok(task) => {
             broker.lock().failures.clear(pid);
+            // Proven by a grant (including any re-check after hashing): remembered for
+            // the connection's later requests.
+            if let Some(verified) = verified_program {
+                let _ = program.set(verified);
+            }
             task
         }
         Err(refusal) => return refuse(refusal, name, fingerprint, broker, &peer, now).await,

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -30,6 +30,7 @@ use zeroize::Zeroizing;
 use super::Broker;
 use super::control::{Control, FireError};
 use super::peer::Peer;
+use super::redeemers::Verified;
 use super::vault::Rejection;
 use crate::protocol::{self, ErrorBody, PROTOCOL_HEADER, PROTOCOL_VERSION};
 
@@ -258,9 +259,14 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let limits = shared.broker.limits().clone();
+    // What the peer's program was verified to be, once a redemption on this connection
+    // was granted: SO_PEERCRED names one process for the connection's life, so later
+    // requests skip the `/proc/PID/exe` check (the lineage check still runs on each).
+    // See "Verifying the redeemer" in docs/security.md for what that assumes.
+    let program = Arc::new(OnceLock::new());
     let service = hyper::service::service_fn(move |req| {
-        let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle(req, &shared, peer).await) }
+        let (shared, program) = (shared.clone(), program.clone());
+        async move { Ok::<_, Infallible>(handle(req, &shared, peer, &program).await) }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -307,16 +313,21 @@ pub(super) fn error(status: StatusCode, code: &str, message: impl Into<String>) 
     json(status, &ErrorBody { error: code.to_string(), message: message.into() })
 }
 
-async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Resp {
+async fn handle(
+    req: Request<Incoming>,
+    shared: &Shared,
+    peer: Peer,
+    program: &OnceLock<Verified>,
+) -> Resp {
     // Redemptions are bounded by construction (a body read with its own timeout, a wait for
     // a just-spawned process of at most 2 s, a penalty of at most 5 s) and are the hot path:
     // no per-request timer for them. Everything else gets an overall deadline.
     if req.uri().path().starts_with(protocol::ROUTE_SECRETS) {
-        return route(req, shared, peer).await;
+        return route(req, shared, peer, program).await;
     }
     let deadline =
         shared.broker.limits().request_timeout + Duration::from_secs(protocol::MAX_WAIT_SECS);
-    match tokio::time::timeout(deadline, route(req, shared, peer)).await {
+    match tokio::time::timeout(deadline, route(req, shared, peer, program)).await {
         Ok(resp) => resp,
         Err(_) => error(
             StatusCode::REQUEST_TIMEOUT,
@@ -326,7 +337,12 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Resp {
     }
 }
 
-async fn route(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Resp {
+async fn route(
+    req: Request<Incoming>,
+    shared: &Shared,
+    peer: Peer,
+    program: &OnceLock<Verified>,
+) -> Resp {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let body = match read_body(req, shared.broker.limits().request_timeout).await {
@@ -355,6 +371,7 @@ async fn route(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Resp {
             body.auth.as_deref().map(String::as_str),
             &shared.broker,
             peer,
+            program,
         )
         .await;
     }

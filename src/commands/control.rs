@@ -59,13 +59,8 @@ fn client_for(target: &Target) -> Client {
     Client::new(&target.socket, Duration::from_secs(protocol::MAX_WAIT_SECS + 10))
 }
 
-async fn call(
-    client: &Client,
-    target: &Target,
-    method: Method,
-    path: &str,
-) -> anyhow::Result<Response> {
-    let response = client.request(method, path, None, Vec::new()).await.map_err(|e| match e {
+fn call(client: &Client, target: &Target, method: Method, path: &str) -> anyhow::Result<Response> {
+    let response = client.request(&method, path, None, &[]).map_err(|e| match e {
         ClientError::Unreachable { .. } => {
             let tried = if target.tried.len() > 1 {
                 let paths: Vec<String> =
@@ -92,13 +87,6 @@ async fn call(
         return Err(Exit { code, message }.into());
     }
     Ok(response)
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
 }
 
 /// The run history and where it came from (a file, or the daemon at a socket).
@@ -136,15 +124,13 @@ pub(super) fn load_history(
         Some(task) => format!("{}?task={task}", protocol::ROUTE_HISTORY),
         None => protocol::ROUTE_HISTORY.to_string(),
     };
-    let response = runtime()?.block_on(call(&client, &target, Method::GET, &path)).map_err(
-        |e| match &denied {
-            Some(why) => e.context(format!(
-                "cannot read the run history {} ({why}), nor ask the daemon for it",
-                file.display()
-            )),
-            None => e,
-        },
-    )?;
+    let response = call(&client, &target, Method::GET, &path).map_err(|e| match &denied {
+        Some(why) => e.context(format!(
+            "cannot read the run history {} ({why}), nor ask the daemon for it",
+            file.display()
+        )),
+        None => e,
+    })?;
     let loaded: history::Loaded =
         serde_json::from_slice(&response.body).context("unexpected history answer")?;
     Ok((loaded, format!("the daemon's history (asked at {})", target.socket.display())))
@@ -154,8 +140,7 @@ pub fn status(args: &StatusArgs, env: &Environment) -> anyhow::Result<()> {
     let config = load_config(&args.config, env)?;
     let target = target(&config, env, args.socket.as_deref());
     let client = client_for(&target);
-    let response =
-        runtime()?.block_on(call(&client, &target, Method::GET, protocol::ROUTE_STATUS))?;
+    let response = call(&client, &target, Method::GET, protocol::ROUTE_STATUS)?;
     if args.json {
         return print(|out| writeln!(out, "{}", String::from_utf8_lossy(&response.body)));
     }
@@ -230,12 +215,7 @@ pub fn describe(run: &RunBody) -> String {
 
 /// Prints a run's output as it comes (stdout lines on stdout, stderr lines on stderr; a
 /// hook's marked with its name) until the run has ended.
-fn follow(
-    rt: &tokio::runtime::Runtime,
-    client: &Client,
-    target: &Target,
-    run_id: &str,
-) -> anyhow::Result<()> {
+fn follow(client: &Client, target: &Target, run_id: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
     let mut after = 0;
     loop {
@@ -245,7 +225,7 @@ fn follow(
             protocol::OUTPUT_SUFFIX,
             protocol::MAX_WAIT_SECS
         );
-        let response = rt.block_on(call(client, target, Method::GET, &path))?;
+        let response = call(client, target, Method::GET, &path)?;
         let body: protocol::OutputBody =
             serde_json::from_slice(&response.body).context("unexpected output answer")?;
         if body.missed > 0 {
@@ -286,16 +266,15 @@ pub fn trigger(args: &TriggerArgs, env: &Environment) -> anyhow::Result<()> {
     }
     let target = target(&config, env, args.socket.as_deref());
     let client = client_for(&target);
-    let rt = runtime()?;
     let path = format!("{}{}/trigger", protocol::ROUTE_TASKS, args.task);
     // An unknown task is a 404 whose message names the closest task the daemon knows.
-    let response = rt.block_on(call(&client, &target, Method::POST, &path))?;
+    let response = call(&client, &target, Method::POST, &path)?;
     let run: RunRef =
         serde_json::from_slice(&response.body).context("unexpected trigger answer")?;
     // Following, stdout is the task's own output (for a pipe); our lines go to stderr.
     if args.follow {
         eprintln!("triggered {}: run {}", run.task, run.run_id);
-        follow(&rt, &client, &target, &run.run_id)?;
+        follow(&client, &target, &run.run_id)?;
     } else {
         print(|out| writeln!(out, "triggered {}: run {}", run.task, run.run_id))?;
     }
@@ -305,7 +284,7 @@ pub fn trigger(args: &TriggerArgs, env: &Environment) -> anyhow::Result<()> {
     loop {
         let path =
             format!("{}{}?wait={}", protocol::ROUTE_RUNS, run.run_id, protocol::MAX_WAIT_SECS);
-        let response = rt.block_on(call(&client, &target, Method::GET, &path))?;
+        let response = call(&client, &target, Method::GET, &path)?;
         let body: RunBody =
             serde_json::from_slice(&response.body).context("unexpected run answer")?;
         if !body.status.is_done() {

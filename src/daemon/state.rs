@@ -22,7 +22,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use tokio::sync::{mpsc, watch};
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, error, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 use super::execute::{self, Event, Job, RunContext};
 use super::feed::Feed;
@@ -280,6 +280,7 @@ impl State {
             writer.write_and_wait(text).await;
         }
         systemd::notify("READY=1");
+        shed_memory();
         let mut watchdog = systemd::watchdog_interval().map(|d| tokio::time::interval(d / 2));
         let mut socket_check = tokio::time::interval(SOCKET_CHECK);
         let mut clock = ClockWatch::new(first);
@@ -405,6 +406,9 @@ impl State {
             }
             Event::Ended { idx, run_id, outcome, ended } => {
                 self.run_ended(idx, &run_id, &outcome, ended);
+                if self.tasks.iter().all(|t| !t.running) {
+                    shed_memory();
+                }
             }
         }
     }
@@ -741,4 +745,10 @@ fn future_records(past: &[Record], now: Timestamp) -> Future {
         .filter(|at| *at > now)
         .collect();
     Future { count: future.len(), latest: future.iter().max().copied() }
+}
+
+/// Gives back what the idle daemon need not hold (see `footprint`).
+fn shed_memory() {
+    let released = super::footprint::shed();
+    debug!(released_kib = released / 1024, "idle: released start-up pages and free heap");
 }
