@@ -291,3 +291,62 @@ fn another_uid_is_refused_even_when_the_socket_is_world_writable() {
 pub(crate) fn scratch_file(b: &InProcess, name: &str) -> PathBuf {
     b.scratch.path().join(name)
 }
+
+/// A socket served by a thread that answers every connection with `answer` (after reading
+/// the request head), or never answers when it is `None`.
+fn misbehaving_server(scratch: &Scratch, answer: Option<Vec<u8>>) -> PathBuf {
+    use std::io::Read;
+    let socket = scratch.path().join("odd.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for mut stream in listener.incoming().flatten() {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            match &answer {
+                Some(bytes) => {
+                    let _ = stream.write_all(bytes);
+                }
+                // Keep it open, unanswered.
+                None => held.push(stream),
+            }
+        }
+    });
+    socket
+}
+
+/// The hand-written client (src/client.rs) against servers that do not behave: it never
+/// prints part of an answer, says what went wrong, and gives up at its timeout.
+#[test]
+fn secretbox_prints_nothing_from_a_server_that_misbehaves() {
+    let scratch = Scratch::new();
+    let cut_short = b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\npart-of-a-secret".to_vec();
+    let mut too_large = b"HTTP/1.1 200 OK\r\nContent-Length: 2000000\r\n\r\n".to_vec();
+    too_large.extend(std::iter::repeat_n(b'x', 2_000_000));
+    let cases: [(&str, Option<Vec<u8>>, i32, &str); 5] = [
+        ("cut", Some(cut_short), exit::INTERNAL, "before the whole answer"),
+        ("large", Some(too_large), exit::INTERNAL, "larger than"),
+        ("garbage", Some(b"SSH-2.0-OpenSSH_9.2\r\n\r\n".to_vec()), exit::INTERNAL, "malformed"),
+        ("silent-close", Some(Vec::new()), exit::INTERNAL, "without answering"),
+        ("never", None, exit::UNREACHABLE, "did not answer within 300ms"),
+    ];
+    for (name, answer, code, says) in cases {
+        let dir = Scratch::new();
+        let socket = misbehaving_server(&dir, answer);
+        let out = secretbox(Some("tok"), &socket, &["s", "--timeout", "300ms"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{name}: {stderr}");
+        assert!(out.stdout.is_empty(), "{name}: printed {:?}", out.stdout);
+        assert!(stderr.contains(says), "{name}: {stderr}");
+    }
+    // A chunked answer is read whole (the daemon sends Content-Length, but HTTP allows it).
+    let chunked =
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nsecr\r\n2\r\net\r\n0\r\n\r\n";
+    let socket = misbehaving_server(&scratch, Some(chunked.to_vec()));
+    let out = secretbox(Some("tok"), &socket, &["s"]);
+    assert_eq!(out.status.code(), Some(exit::OK), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, b"secret\n");
+}
