@@ -120,14 +120,16 @@ fn main() {
     }
 
     if want("checks") {
-        for clients in [1, 8] {
+        for clients in [0, 1, 8] {
             let (with, without) = bench_checks(clients);
             let cost = 1.0 - with / without;
+            let how = match clients {
+                0 => "one request per connection".to_string(),
+                1 => "1 keep-alive client".to_string(),
+                n => format!("{n} keep-alive clients"),
+            };
             row(
-                &format!(
-                    "redeemer check: redemptions/s with / without, {clients} client{}",
-                    if clients == 1 { "" } else { "s" }
-                ),
+                &format!("redeemer check: redemptions/s with / without, {how}"),
                 format!("{with:.0} / {without:.0} ({:+.1}%)", -cost * 100.0),
                 "costs < 10%",
                 Some(cost < 0.10),
@@ -453,7 +455,8 @@ fn bench_checks(clients: usize) -> (f64, f64) {
         let (token, handle) = broker.mint(&Arc::from("bench"), &scope, 1000).unwrap();
         let out = dir.path().join("load.txt");
         let mut child = Command::new(&me)
-            .args(["--inside", "load", "100", "20000", &clients.to_string()])
+            .args(["--inside", "load", "100", if clients == 0 { "5000" } else { "20000" }])
+            .arg(clients.to_string())
             .arg(&out)
             .env("SECRETBOX_TOKEN", token.expose())
             .env("SECRETBOX_SOCKET", &socket)
@@ -637,7 +640,12 @@ fn inside(args: &[String]) {
     }
 }
 
+/// `clients` keep-alive connections redeeming `total` times in all; 0 clients: one request
+/// per connection, one after the other, with the product's own client (as `secretbox` does).
 fn load(secrets: usize, total: usize, clients: usize) -> (f64, u128, u128) {
+    if clients == 0 {
+        return load_fresh(secrets, total);
+    }
     use bytes::Bytes;
     use http_body_util::{BodyExt, Empty};
     use hyper_util::rt::TokioIo;
@@ -681,6 +689,27 @@ fn load(secrets: usize, total: usize, clients: usize) -> (f64, u128, u128) {
         }
         all
     });
+    let rate = total as f64 / started.elapsed().as_secs_f64();
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_micros()
+    };
+    (rate, pct(0.5), pct(0.99))
+}
+
+fn load_fresh(secrets: usize, total: usize) -> (f64, u128, u128) {
+    let token = std::env::var("SECRETBOX_TOKEN").unwrap();
+    let socket = std::env::var("SECRETBOX_SOCKET").unwrap();
+    let client = backupnizza::client::Client::new(Path::new(&socket), Duration::from_secs(10));
+    let started = Instant::now();
+    let mut latencies = Vec::with_capacity(total);
+    for i in 0..total {
+        let path = format!("/v1/secrets/s{}", i % secrets);
+        let start = Instant::now();
+        let response = client.request(&hyper::Method::POST, &path, Some(&token), &[]).unwrap();
+        assert!(response.status.is_success(), "{}", response.status);
+        latencies.push(start.elapsed());
+    }
     let rate = total as f64 / started.elapsed().as_secs_f64();
     latencies.sort();
     let pct = |p: f64| {
