@@ -215,7 +215,8 @@ fn write_private(path: &Path, bytes: &[u8]) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
-/// A task file with `tasks` tasks (nightly, never firing during the run) and `secrets` file
+/// A task file with `tasks` tasks (on 1 January only, so none fires during a run of the
+/// suite: a daily schedule spread over 1,000 tasks fired every minute of hours 0-16) and `secrets` file
 /// secrets s0..; extra YAML is appended under `tasks:`.
 fn config(dir: &Path, name: &str, tasks: usize, secrets: usize, extra_tasks: &str) -> PathBuf {
     let mut text = format!(
@@ -234,7 +235,7 @@ fn config(dir: &Path, name: &str, tasks: usize, secrets: usize, extra_tasks: &st
     let all: Vec<String> = (0..secrets).map(|i| format!("s{i}")).collect();
     for i in 0..tasks {
         text.push_str(&format!(
-            "  t{i}:\n    schedule: '{} {} * * *'\n    command: [restic, backup, /srv]\n    secrets: [{}]\n",
+            "  t{i}:\n    schedule: '{} {} 1 1 *'\n    command: [restic, backup, /srv]\n    secrets: [{}]\n",
             i % 60,
             (i / 60) % 24,
             if secrets > 0 { "s0" } else { "" }
