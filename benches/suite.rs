@@ -129,7 +129,9 @@ fn main() {
                 n => format!("{n} keep-alive clients"),
             };
             row(
-                &format!("redeemer check: redemptions/s with / without, {how}"),
+                &format!(
+                    "redeemer check and per-process limit: redemptions/s with / without, {how}"
+                ),
                 format!("{with:.0} / {without:.0} ({:+.1}%)", -cost * 100.0),
                 "costs < 10%",
                 Some(cost < 0.10),
@@ -417,9 +419,9 @@ fn bench_redemptions(dir: &Path, clients: usize) -> Load {
     Load { rate: v[0], p50_us: v[1] as u128, p99_us: v[2] as u128 }
 }
 
-/// The redeemer check's cost, A/B in one run: the library's broker served in this process
-/// (as the daemon serves it, per-process connection limits included) with the check and
-/// without it, alternated for ten rounds each; the load client is this binary as a child
+/// The redeemer check's and the per-process connection limit's cost, A/B in one run: the
+/// library's broker served in this process (as the daemon serves it) with both and without
+/// either, alternated for ten rounds each; the load client is this binary as a child
 /// (`--inside load`), holding a token minted for it and listed as the task's redeemer.
 /// Median rates, with and without.
 fn bench_checks(clients: usize) -> (f64, f64) {
@@ -436,8 +438,9 @@ fn bench_checks(clients: usize) -> (f64, f64) {
         for i in 0..100 {
             secrets.insert(&format!("s{i}"), format!("secret-{i}").as_bytes()).unwrap();
         }
-        let mut broker =
-            Broker::new(Arc::new(secrets), Duration::from_secs(600), Limits::default());
+        // Without: no redeemer check and no per-process connection accounting.
+        let limits = Limits { per_process: checked, ..Limits::default() };
+        let mut broker = Broker::new(Arc::new(secrets), Duration::from_secs(600), limits);
         if checked {
             let listed = [me.clone()];
             broker = broker.with_redeemers(

@@ -47,6 +47,9 @@ pub struct Limits {
     pub connection_lifetime: Duration,
     /// Bytes of buffered request head (request line plus headers).
     pub max_head_bytes: usize,
+    /// Whether each process's open connections are counted and capped (at 64). Always on
+    /// in the daemon; the benchmark turns it off to measure what it costs.
+    pub per_process: bool,
 }
 
 impl Default for Limits {
@@ -57,6 +60,7 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(10),
             connection_lifetime: Duration::from_secs(120),
             max_head_bytes: 8192,
+            per_process: true,
         }
     }
 }
@@ -157,7 +161,8 @@ pub(crate) async fn serve_with(
                 continue;
             }
         };
-        let mine = per_process.get(&peer.pid).copied().unwrap_or(0);
+        let counted = shared.broker.limits().per_process;
+        let mine = if counted { per_process.get(&peer.pid).copied().unwrap_or(0) } else { 0 };
         if let Some(limit) = over_limit(&shared.broker, connections.len(), mine, peer.pid) {
             refused += 1;
             if last_refusal_log.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
@@ -172,7 +177,9 @@ pub(crate) async fn serve_with(
             }
             continue;
         }
-        *per_process.entry(peer.pid).or_default() += 1;
+        if counted {
+            *per_process.entry(peer.pid).or_default() += 1;
+        }
         let (shared, shutdown) = (shared.clone(), shutdown.clone());
         connections.spawn(async move {
             let pid = peer.pid;
