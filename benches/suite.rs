@@ -659,7 +659,7 @@ fn load(secrets: usize, total: usize, clients: usize) -> (f64, u128, u128) {
     // a second client thread only adds scheduling delay to the latencies measured.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let started = Instant::now();
-    let mut latencies: Vec<Duration> = runtime.block_on(async {
+    let latencies: Vec<Duration> = runtime.block_on(async {
         let mut handles = Vec::new();
         for worker in 0..clients {
             let (token, socket) = (token.clone(), socket.clone());
@@ -693,12 +693,7 @@ fn load(secrets: usize, total: usize, clients: usize) -> (f64, u128, u128) {
         }
         all
     });
-    let rate = total as f64 / started.elapsed().as_secs_f64();
-    latencies.sort();
-    let pct = |p: f64| {
-        latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_micros()
-    };
-    (rate, pct(0.5), pct(0.99))
+    rate_and_percentiles(started, latencies)
 }
 
 fn load_fresh(secrets: usize, total: usize) -> (f64, u128, u128) {
@@ -714,7 +709,12 @@ fn load_fresh(secrets: usize, total: usize) -> (f64, u128, u128) {
         assert!(response.status.is_success(), "{}", response.status);
         latencies.push(start.elapsed());
     }
-    let rate = total as f64 / started.elapsed().as_secs_f64();
+    rate_and_percentiles(started, latencies)
+}
+
+/// Requests per second since `started`, and the p50 and p99 latencies in µs.
+fn rate_and_percentiles(started: Instant, mut latencies: Vec<Duration>) -> (f64, u128, u128) {
+    let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
     latencies.sort();
     let pct = |p: f64| {
         latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_micros()

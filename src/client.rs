@@ -10,7 +10,6 @@
 //! reallocated behind our back, and bounded in size.
 
 use std::io::{Read, Write};
-use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -140,19 +139,15 @@ impl Client {
         body: &[u8],
     ) -> Result<Response, ClientError> {
         let deadline = Deadline { end: Instant::now() + self.timeout };
-        let timeout =
-            || ClientError::Timeout { socket: self.socket.clone(), timeout: self.timeout };
-        let io_error = |e: std::io::Error| match e.kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => timeout(),
-            _ => ClientError::Protocol(e.to_string()),
-        };
-        let stream = self.connect(&deadline).map_err(|e| match e.kind() {
-            // SO_SNDTIMEO ran out while the daemon's listen queue was full.
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => timeout(),
-            _ => ClientError::Unreachable { socket: self.socket.clone(), reason: e.to_string() },
+        let mut stream = self.connect(&deadline).map_err(|e| {
+            // SO_SNDTIMEO ran out while the daemon's listen queue was full: a timeout.
+            if is_timeout(&e) {
+                self.timed_out()
+            } else {
+                ClientError::Unreachable { socket: self.socket.clone(), reason: e.to_string() }
+            }
         })?;
         self.check_server(&stream)?;
-        let mut stream = stream;
         // The whole request in one buffer (it holds the token): one write, wiped on drop.
         let capacity =
             160 + method.as_str().len() + path.len() + token.map_or(0, str::len) + body.len();
@@ -169,17 +164,44 @@ impl Client {
         }
         request.extend_from_slice(b"\r\n");
         request.extend_from_slice(body);
-        deadline.arm(&stream).ok_or_else(timeout)?;
-        stream.write_all(&request).map_err(io_error)?;
-        self.read_response(&mut stream, &deadline, &io_error, &timeout)
+        deadline.arm(&stream).ok_or_else(|| self.timed_out())?;
+        stream.write_all(&request).map_err(|e| self.io_error(&e))?;
+        self.read_response(&mut stream, &deadline)
+    }
+
+    fn timed_out(&self) -> ClientError {
+        ClientError::Timeout { socket: self.socket.clone(), timeout: self.timeout }
+    }
+
+    /// A failed read or write: the deadline, or the daemon went away mid-exchange.
+    fn io_error(&self, e: &std::io::Error) -> ClientError {
+        if is_timeout(e) { self.timed_out() } else { ClientError::Protocol(e.to_string()) }
+    }
+
+    /// One read into `buf` within what is left of the deadline; whether the stream ended.
+    fn read_more(
+        &self,
+        buf: &mut Buffer,
+        stream: &mut UnixStream,
+        deadline: &Deadline,
+    ) -> Result<bool, ClientError> {
+        deadline.arm(stream).ok_or_else(|| self.timed_out())?;
+        Ok(buf.read_from(stream).map_err(|e| self.io_error(&e))? == 0)
     }
 
     /// A connected socket; `connect` itself is bounded by the deadline (a Unix stream
     /// `connect` waits while the listener's queue is full, for at most `SO_SNDTIMEO`).
     fn connect(&self, deadline: &Deadline) -> std::io::Result<UnixStream> {
         use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr, sockopt};
-        let fd = socket::socket(AddressFamily::Unix, SockType::Stream, SockFlag::empty(), None)?;
-        set_cloexec(&fd)?;
+        #[cfg(target_os = "linux")]
+        let flags = SockFlag::SOCK_CLOEXEC;
+        #[cfg(not(target_os = "linux"))]
+        let flags = SockFlag::empty();
+        let fd = socket::socket(AddressFamily::Unix, SockType::Stream, flags, None)?;
+        // No SOCK_CLOEXEC here (macOS): set after the call; the clients are single-threaded,
+        // so no exec can come in between.
+        #[cfg(not(target_os = "linux"))]
+        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
         let left = deadline.left().ok_or(std::io::ErrorKind::TimedOut)?;
         socket::setsockopt(&fd, sockopt::SendTimeout, &timeval(left))?;
         let addr = UnixAddr::new(self.socket.as_path())?;
@@ -191,8 +213,6 @@ impl Client {
         &self,
         stream: &mut UnixStream,
         deadline: &Deadline,
-        io_error: &dyn Fn(std::io::Error) -> ClientError,
-        timeout: &dyn Fn() -> ClientError,
     ) -> Result<Response, ClientError> {
         let mut buf = Buffer::with_capacity(4096);
         let mut eof = false;
@@ -228,8 +248,7 @@ impl Client {
                     "the response head is larger than {MAX_HEAD} bytes"
                 )));
             }
-            deadline.arm(stream).ok_or_else(timeout)?;
-            eof = buf.read_from(stream).map_err(io_error)? == 0;
+            eof = self.read_more(&mut buf, stream, deadline)?;
         };
         let too_large = || {
             ClientError::Protocol(format!(
@@ -257,8 +276,7 @@ impl Client {
             if have > self.max_response.saturating_mul(2).saturating_add(64) {
                 return Err(too_large());
             }
-            deadline.arm(stream).ok_or_else(timeout)?;
-            eof = buf.read_from(stream).map_err(io_error)? == 0;
+            eof = self.read_more(&mut buf, stream, deadline)?;
         }
         let raw = &buf.bytes()[head_len..];
         let body = match (framing, wanted) {
@@ -384,10 +402,8 @@ fn timeval(d: Duration) -> nix::sys::time::TimeVal {
     nix::sys::time::TimeVal::new(micros / 1_000_000, (micros % 1_000_000) as _)
 }
 
-fn set_cloexec(fd: &impl AsFd) -> std::io::Result<()> {
-    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
-    fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
-    Ok(())
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
 }
 
 /// The pid of the process at the other end of a connected Unix socket.

@@ -138,10 +138,9 @@ pub(super) async fn redeem(
         },
         Err(why) => Err(why),
     };
-    let mut verified_program = None;
+    let verified_program = checked.as_ref().ok().and_then(|(_, (verified, _))| *verified);
     let outcome = match checked {
         Ok((lineage, verified)) => {
-            verified_program = verified.0;
             attempt(name, token, broker, &peer, &lineage, verified, now).await
         }
         Err(why) => {

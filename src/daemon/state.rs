@@ -747,8 +747,11 @@ fn future_records(past: &[Record], now: Timestamp) -> Future {
     Future { count: future.len(), latest: future.iter().max().copied() }
 }
 
-/// Gives back what the idle daemon need not hold (see `footprint`).
+/// Gives back what the idle daemon need not hold (see `footprint`), on a blocking thread:
+/// reading `/proc/self/smaps` and trimming the heap are not the event loop's to wait for.
 fn shed_memory() {
-    let released = super::footprint::shed();
-    debug!(released_kib = released / 1024, "idle: released start-up pages and free heap");
+    tokio::task::spawn_blocking(|| {
+        let released = super::footprint::shed();
+        debug!(released_kib = released / 1024, "idle: released start-up pages and free heap");
+    });
 }
