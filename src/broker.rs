@@ -10,6 +10,7 @@
 //! triggers (the broker never holds the daemon, so nothing refers back in a cycle).
 
 pub(crate) mod control;
+pub(crate) mod feed;
 pub mod peer;
 mod redeem;
 pub mod redeemers;
@@ -28,7 +29,8 @@ pub use secrets::Secrets;
 pub use server::{Limits, serve, serve_http};
 pub use vault::{Handle, Token};
 
-use vault::{Rejection, Stats, Vault};
+use crate::protocol::Rejection;
+use vault::{Stats, Vault};
 
 /// Everything a request handler and the task runner share.
 ///
@@ -108,8 +110,10 @@ impl Broker {
         if peer.gid == gid {
             return true;
         }
-        let member =
-            peer.pid.and_then(peer::supplementary_groups).is_some_and(|g| g.contains(&gid));
+        let member = peer
+            .pid
+            .and_then(crate::sys::proc::supplementary_groups)
+            .is_some_and(|g| g.contains(&gid));
         // Read after the groups, so they are those of the process that connected.
         member && peer.still_running()
     }

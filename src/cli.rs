@@ -341,7 +341,7 @@ impl GetArgs {
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    crate::duration::parse(text).map_err(|e| e.to_string())
+    crate::time::parse(text).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ pub enum ClientError {
     /// Nothing to talk to: no socket, nobody listening, permission denied.
     #[error("cannot reach the daemon at {}: {reason}", socket.display())]
     Unreachable { socket: PathBuf, reason: String },
-    #[error("the daemon at {} did not answer within {}", socket.display(), crate::duration::Human(*timeout))]
+    #[error("the daemon at {} did not answer within {}", socket.display(), crate::time::Human(*timeout))]
     Timeout { socket: PathBuf, timeout: Duration },
     #[error("unexpected answer from the daemon: {0}")]
     Protocol(String),
@@ -53,7 +53,7 @@ impl ServerId {
     /// This process, for the environment of the processes it starts.
     pub fn this_process() -> Option<ServerId> {
         let pid = std::process::id();
-        crate::broker::peer::start_time(pid).map(|started| ServerId { pid, started })
+        crate::sys::proc::start_time(pid).map(|started| ServerId { pid, started })
     }
 
     /// Parses `PID:START`.
@@ -120,7 +120,7 @@ impl Client {
             let found = pid.map_or("no pid".to_string(), |p| format!("pid {p}"));
             return Err(not_the_daemon(format!("expected pid {}, found {found}", expected.pid)));
         }
-        if crate::broker::peer::start_time(expected.pid) != Some(expected.started) {
+        if crate::sys::proc::start_time(expected.pid) != Some(expected.started) {
             return Err(not_the_daemon(format!(
                 "pid {} is another process than the daemon that started this one",
                 expected.pid

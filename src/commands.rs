@@ -51,8 +51,3 @@ pub fn config_path(arg: &ConfigArg, env: &Environment) -> anyhow::Result<PathBuf
         }),
     }
 }
-
-/// Formats an instant in a zone as RFC 3339 with its UTC offset (`2026-03-08T03:00:00-04:00`).
-pub fn rfc3339(at: jiff::Timestamp, tz: &jiff::tz::TimeZone) -> String {
-    at.to_zoned(tz.clone()).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string()
-}

@@ -15,13 +15,8 @@ mod changes;
 mod conditions;
 mod contain;
 pub(crate) mod execute;
-pub(crate) mod feed;
-mod footprint;
 pub mod guardian;
 mod inhibit;
-#[cfg(target_os = "macos")]
-mod iokit;
-pub(crate) mod ledger;
 pub(crate) mod locks;
 pub(crate) mod metrics;
 pub(crate) mod notifications;
@@ -54,24 +49,21 @@ use crate::broker::secrets::{self, Secrets};
 use crate::broker::{Broker, Limits, Redeemers, socket};
 use crate::config::{self, Config, Environment};
 use crate::exit::{Exit, FAILURE};
-use crate::hardening::Weakness;
 use crate::history::{self, DaemonEvent, History, Record};
+use crate::sys::hardening::Weakness;
+use crate::trust::Pinned;
 use execute::RunContext;
 use output_file::OutputWriter;
-use programs::Pinned;
 use runner::Runner;
 use writers::{HistoryWriter, MetricsWriter};
 
 /// Longest shutdown waits for the history thread and for notifications in flight.
 const FLUSH_WAIT: Duration = Duration::from_secs(5);
 
-/// Runs the daemon in the foreground until SIGTERM or SIGINT.
-///
-/// # Safety
-/// No other thread may exist: it reads `env` secret sources and wipes them from the
-/// environment, which is only sound while the process is single-threaded (on Linux this is
-/// also checked, and refused with an error, before anything is read).
-pub unsafe fn main(config_path: PathBuf, mut env: Environment) -> anyhow::Result<()> {
+/// Runs the daemon in the foreground until SIGTERM or SIGINT. Must be called before any
+/// other thread exists: it takes `env` secret sources out of the environment, which it
+/// refuses to do (with an error) once another thread exists.
+pub fn main(config_path: PathBuf, mut env: Environment) -> anyhow::Result<()> {
     close_inherited_fds(&env);
     let checked = config::check_file(&config_path, &env).map_err(|e| Exit::usage(e.to_string()))?;
     let Some(config) = checked.config else {
@@ -89,10 +81,9 @@ pub unsafe fn main(config_path: PathBuf, mut env: Environment) -> anyhow::Result
     // long as the daemon), before anything else copies the environment (the tasks' allowlist
     // below does).
     check_single_threaded()?;
-    // SAFETY: forwarded from this function's contract (and checked just above on Linux); the
-    // runtime, the first thread besides this one, starts below.
-    let (env_values, env_weak) = unsafe { secrets::take_env_sources(&config) }
-        .context("cannot allocate memory for secrets")?;
+    // The runtime, the first thread besides this one, starts below.
+    let (env_values, env_weak) = secrets::take_env_sources(&config)
+        .map_err(|e| Exit { code: FAILURE, message: e.to_string() })?;
     for spec in &config.secrets {
         if let config::Source::Env { var } = &spec.source {
             env.forget(var);
@@ -107,7 +98,7 @@ pub unsafe fn main(config_path: PathBuf, mut env: Environment) -> anyhow::Result
     // Like OpenSSH's StrictModes: the task file and every program must be ours (or root's)
     // and not writable by others, and pinned programs must match their digests.
     let uid = nix::unistd::getuid().as_raw();
-    programs::check_trusted(&config_path, "task file", uid).map_err(Exit::usage)?;
+    crate::trust::check_trusted(&config_path, "task file", uid).map_err(Exit::usage)?;
     let exe_dir =
         std::env::current_exe().ok().and_then(|p| p.parent().map(std::path::Path::to_path_buf));
     let secretbox_dir = exe_dir.filter(|d| d.join("secretbox").exists());
@@ -126,7 +117,7 @@ pub unsafe fn main(config_path: PathBuf, mut env: Environment) -> anyhow::Result
 
     // Before any secret is read (but for `env` sources, in the process since it started):
     // no core dumps, no same-user ptrace.
-    report_weaknesses(&crate::hardening::protect_process(), config.strict_memory)?;
+    report_weaknesses(&crate::sys::hardening::protect_process(), config.strict_memory)?;
     // Orphans of task processes are re-parented to us rather than to init, so "descends from
     // the daemon" keeps meaning "is part of a task" (see `Broker::is_task_process`).
     #[cfg(target_os = "linux")]
@@ -178,16 +169,9 @@ pub unsafe fn main(config_path: PathBuf, mut env: Environment) -> anyhow::Result
     }
 }
 
-/// Closes every descriptor the daemon was started with except stdin, stdout and stderr, so
-/// no task inherits one by accident (a parent's socket, a file it forgot to mark
-/// close-on-exec). Descriptors systemd passes on purpose (`LISTEN_FDS`) are kept but marked
-/// close-on-exec: the daemon uses none of them, and tasks must not see them.
+/// Closes every descriptor the daemon was started with but stdin, stdout, stderr and those
+/// systemd passes on purpose (`LISTEN_FDS`), which are only marked close-on-exec.
 fn close_inherited_fds(env: &Environment) {
-    let dir = if cfg!(target_os = "linux") { "/proc/self/fd" } else { "/dev/fd" };
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    // Read all first: the directory's own descriptor is among them.
-    let fds: Vec<i32> =
-        entries.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
     let ours =
         env.var("LISTEN_PID").and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
     let listen = if ours {
@@ -195,23 +179,12 @@ fn close_inherited_fds(env: &Environment) {
     } else {
         0
     };
-    for fd in fds.into_iter().filter(|fd| *fd > 2) {
-        // SAFETY: `fd` was open when listed and nothing in this still single-threaded
-        // process owns it (nothing has been opened yet that is kept); closing a descriptor
-        // that is already gone (the listing's own) fails harmlessly with EBADF.
-        unsafe {
-            if fd < 3 + listen {
-                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-            } else {
-                libc::close(fd);
-            }
-        }
-    }
+    crate::sys::fds::close_inherited(listen);
 }
 
 /// Refuses to go on when another thread already exists.
 fn check_single_threaded() -> anyhow::Result<()> {
-    match thread_count() {
+    match crate::sys::proc::thread_count() {
         Some(count) if count > 1 => Err(Exit {
             code: FAILURE,
             message: format!(
@@ -221,26 +194,6 @@ fn check_single_threaded() -> anyhow::Result<()> {
         .into()),
         _ => Ok(()),
     }
-}
-
-/// The daemon's threads, counted in `/proc`.
-#[cfg(target_os = "linux")]
-fn thread_count() -> Option<usize> {
-    std::fs::read_dir("/proc/self/task").ok().map(Iterator::count)
-}
-
-/// The daemon's threads, as the kernel's task info counts them.
-#[cfg(target_os = "macos")]
-fn thread_count() -> Option<usize> {
-    // SAFETY: PROC_PIDTASKINFO fills a proc_taskinfo.
-    let info: libc::proc_taskinfo =
-        unsafe { crate::broker::peer::pidinfo(std::process::id(), libc::PROC_PIDTASKINFO) }?;
-    Some(usize::try_from(info.pti_threadnum).unwrap_or(0))
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "macos")))]
-fn thread_count() -> Option<usize> {
-    None
 }
 
 /// Pins the programs that may redeem tokens: the `secretbox` tasks will find (the one beside
@@ -255,7 +208,7 @@ fn pin_redeemers(
     let path = base_env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_os_str());
     let secretbox = match secretbox_dir {
         Some(dir) => Some(dir.join("secretbox")),
-        None => programs::resolve("secretbox", path, None, None),
+        None => crate::trust::resolve("secretbox", path, None, None),
     };
     if let Some(p) = &secretbox {
         info!(secretbox = %p.display(), "pinned the secretbox that may redeem tokens");
@@ -267,7 +220,7 @@ fn pin_redeemers(
     let mut problems = Vec::new();
     for task in &config.tasks {
         for program in &task.redeemers {
-            if let Err(e) = programs::check_trusted(program, "redeemer", uid) {
+            if let Err(e) = crate::trust::check_trusted(program, "redeemer", uid) {
                 problems.push(format!("task {:?}: {e}", task.name));
             }
         }
@@ -353,7 +306,11 @@ async fn load_secrets(
         // one: masked with what is loaded so far, since the redactor knows nothing yet.
         let loaded = secrets::load_one(spec, env, &mut env_values).await.map_err(|e| Exit {
             code: FAILURE,
-            message: crate::redact::redact_with(&e.to_string(), Some(&store)).into_owned(),
+            message: crate::redact::redact_with(
+                &e.to_string(),
+                Some(&store as &dyn crate::redact::Needles),
+            )
+            .into_owned(),
         })?;
         weak.extend(loaded.weak);
         weak.extend(
@@ -626,7 +583,7 @@ fn bind_socket(config: &Config, env: &Environment) -> anyhow::Result<socket::Bou
 #[cfg(target_os = "linux")]
 fn reap_orphans(active: &HashSet<u32>, previous: &mut HashSet<u32>) {
     use nix::unistd::Pid;
-    let zombies: HashSet<u32> = contain::children()
+    let zombies: HashSet<u32> = crate::sys::proc::own_children()
         .into_iter()
         .filter(|pid| !active.contains(&(*pid as u32)) && contain::is_zombie(Pid::from_raw(*pid)))
         .map(|pid| pid as u32)

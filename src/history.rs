@@ -25,6 +25,16 @@ use crate::schedule::timetable::Trigger;
 pub(crate) const FILE_NAME: &str = "history.jsonl";
 const ROTATE_AT: u64 = 16 * 1024 * 1024;
 
+/// What an audit found wrong with one snapshot (or with the set).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Finding {
+    /// `missing`, `replaced`, `differs`, `unrecorded` or `stale`.
+    pub kind: String,
+    pub snapshot_id: Option<String>,
+    /// A sentence for people.
+    pub detail: String,
+}
+
 /// One line of the history file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -69,7 +79,7 @@ pub(crate) enum Record {
         attempts: Vec<Attempt>,
         /// What the task's audit found (snapshot ids and why).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        findings: Vec<crate::daemon::ledger::Finding>,
+        findings: Vec<Finding>,
     },
     /// Occurrences that did not run.
     Skip {
@@ -307,13 +317,7 @@ impl History {
     /// Moves the full file to `history.jsonl.1` (older generations up by one, the oldest of
     /// [`KEEP_GENERATIONS`] dropped) and starts a new one.
     fn rotate(&mut self) -> std::io::Result<()> {
-        for generation in (1..KEEP_GENERATIONS).rev() {
-            let from = generation_path(&self.state_dir, generation);
-            if from.exists() {
-                std::fs::rename(&from, generation_path(&self.state_dir, generation + 1))?;
-            }
-        }
-        std::fs::rename(&self.path, generation_path(&self.state_dir, 1))?;
+        rotate(&self.path, KEEP_GENERATIONS)?;
         // The renames are durable only once the directory is.
         File::open(&self.state_dir)?.sync_all()?;
         self.file = None;
@@ -327,7 +331,27 @@ impl History {
 pub(crate) const KEEP_GENERATIONS: usize = 5;
 
 fn generation_path(state_dir: &Path, generation: usize) -> PathBuf {
-    state_dir.join(format!("{FILE_NAME}.{generation}"))
+    generation_of(&state_dir.join(FILE_NAME), generation)
+}
+
+/// `PATH.N`, generation `N` of the file at `path`.
+fn generation_of(path: &Path, generation: usize) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(format!(".{generation}"));
+    PathBuf::from(name)
+}
+
+/// Rotates the file at `path`: it becomes `PATH.1`, each older generation moves up by one,
+/// and `PATH.keep` is overwritten by the one before it. Shared by the history and the
+/// tasks' output files; the caller makes the renames durable if it needs them to be.
+pub(crate) fn rotate(path: &Path, keep: usize) -> std::io::Result<()> {
+    for generation in (1..keep).rev() {
+        let from = generation_of(path, generation);
+        if from.exists() {
+            std::fs::rename(&from, generation_of(path, generation + 1))?;
+        }
+    }
+    std::fs::rename(path, generation_of(path, 1))
 }
 
 fn open_append(path: &Path) -> std::io::Result<File> {

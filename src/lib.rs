@@ -28,6 +28,8 @@
 // The crate's docs are for its developers and are built with `--document-private-items`
 // (CI fails on any rustdoc warning), so they may link to crate-private modules.
 #![allow(rustdoc::private_intra_doc_links)]
+// `unsafe` lives in `sys` alone, which allows it for itself.
+#![deny(unsafe_code)]
 
 pub mod broker;
 pub mod cli;
@@ -35,13 +37,17 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod daemon;
-pub(crate) mod duration;
+pub(crate) mod digest;
 pub mod exit;
-pub mod hardening;
+
 pub(crate) mod history;
+pub(crate) mod ledger;
 pub(crate) mod logging;
 pub mod protocol;
 pub(crate) mod redact;
 pub(crate) mod restic;
 pub mod schedule;
 pub(crate) mod service;
+pub mod sys;
+pub(crate) mod time;
+pub(crate) mod trust;

@@ -6,8 +6,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::broker::vault::Rejection;
-
 /// Bumped on any incompatible change to routes or bodies.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Response header naming the protocol version.
@@ -42,6 +40,50 @@ pub const MAX_HISTORY_RESPONSE: usize = 128 * 1024 * 1024;
 pub const MAX_REQUEST_BODY: usize = 4096;
 /// Longest a client waits for a run in one request; clients poll again after it.
 pub const MAX_WAIT_SECS: u64 = 30;
+
+/// Prefix of every token, so secret scanners and humans can recognise one.
+pub const TOKEN_PREFIX: &str = "bnz1_";
+
+/// Why a redemption was refused: the wire's error codes ([`Rejection::as_str`]) and
+/// `secretbox`'s exit codes ([`exit_code`]) follow from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Not a token at all (the wrong shape). A well-formed token we never issued is
+    /// `Forbidden`: nobody can show it is theirs.
+    Unknown,
+    Expired,
+    /// This secret was already redeemed as many times as the task allows.
+    Used,
+    /// The process it was minted for has exited.
+    Revoked,
+    /// The token's task may not fetch this secret.
+    NotInScope,
+    /// The caller is not the token's process or one of its descendants (whatever the
+    /// token's state), or not a task process at all, or another user.
+    Forbidden,
+}
+
+impl Rejection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Unknown => "unknown",
+            Rejection::Expired => "expired",
+            Rejection::Used => "used",
+            Rejection::Revoked => "revoked",
+            Rejection::NotInScope => "not_in_scope",
+            Rejection::Forbidden => "forbidden",
+        }
+    }
+
+    pub const ALL: [Rejection; 6] = [
+        Rejection::Unknown,
+        Rejection::Expired,
+        Rejection::Used,
+        Rejection::Revoked,
+        Rejection::NotInScope,
+        Rejection::Forbidden,
+    ];
+}
 
 /// Error responses: a machine-readable code and a sentence for humans.
 #[derive(Debug, Clone, Serialize, Deserialize)]

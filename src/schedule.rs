@@ -249,7 +249,7 @@ fn parse_every(source: &str, arg: &str) -> Result<Schedule, ScheduleError> {
             "missing interval: write e.g. \"@every 90s\" or \"@every 1h30m\"".into(),
         ));
     }
-    let interval = crate::duration::parse(arg).map_err(|e| ScheduleError::Every(e.to_string()))?;
+    let interval = crate::time::parse(arg).map_err(|e| ScheduleError::Every(e.to_string()))?;
     if interval < Duration::from_secs(1) {
         return Err(ScheduleError::Every(format!(
             "interval {arg:?} is shorter than the minimum of 1s"

@@ -13,17 +13,16 @@ fn main() {
     // Before any thread exists: kernel keyutils needs a session keyring of our own (see
     // hardening::join_session_keyring), and the daemon wipes `env` secrets from the
     // environment, which is only sound while single-threaded.
-    backupnizza::hardening::join_session_keyring();
+    backupnizza::sys::hardening::join_session_keyring();
     let cli = Backupnizza::parse();
     let env = Environment::from_process();
     let result = match &cli.command {
         Command::Validate(args) => commands::validate::run(args, &env),
         Command::Next(args) => commands::next::run(args, &env),
         Command::Run(args) => {
-            commands::config_path(&args.config, &env).and_then(|path| {
-                // SAFETY: no thread exists yet (nothing above starts one; the daemon checks too).
-                unsafe { backupnizza::daemon::main(path, env) }
-            })
+            // No thread exists yet: nothing above starts one (the daemon checks too).
+            commands::config_path(&args.config, &env)
+                .and_then(|path| backupnizza::daemon::main(path, env))
         }
         Command::Status(args) => commands::control::status(args, &env),
         Command::Trigger(args) => commands::control::trigger(args, &env),

@@ -17,7 +17,7 @@ fn main() {
     // same-user ptrace or /proc reads once the answer is in (until then the daemon must be
     // able to read our /proc/PID/exe to verify this program, which a non-dumpable process
     // denies to all but root).
-    let _ = backupnizza::hardening::disable_core_dumps();
+    let _ = backupnizza::sys::hardening::disable_core_dumps();
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let args = GetArgs::plain(&argv).unwrap_or_else(|| {
         let SecretboxCommand::Get(args) = Secretbox::parse_from(&argv).command;
@@ -77,7 +77,7 @@ fn get(
     let path = format!("{}{name}", protocol::ROUTE_SECRETS);
     let response = client.request(&hyper::Method::POST, &path, Some(&token), &[]);
     // The answer is in: from here on nobody of our user may read this process.
-    let _ = backupnizza::hardening::forbid_inspection();
+    let _ = backupnizza::sys::hardening::forbid_inspection();
     let response = response.map_err(|e| match e {
         ClientError::Unreachable { .. } | ClientError::Timeout { .. } => {
             (exit::UNREACHABLE, format!("{e} (is `backupnizza run` running?)"))

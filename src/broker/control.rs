@@ -21,10 +21,7 @@ pub(crate) enum Request {
     /// Follow a run: a receiver of its state, or `None` for an unknown run id.
     Subscribe { run_id: String, reply: oneshot::Sender<Option<watch::Receiver<RunBody>>> },
     /// A run's output feed, or `None` for an unknown run id.
-    Follow {
-        run_id: String,
-        reply: oneshot::Sender<Option<std::sync::Arc<crate::daemon::feed::Feed>>>,
-    },
+    Follow { run_id: String, reply: oneshot::Sender<Option<std::sync::Arc<super::feed::Feed>>> },
 }
 
 /// Why a control request was not carried out. The server maps each to an HTTP status.

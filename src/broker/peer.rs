@@ -3,12 +3,14 @@
 //!
 //! The kernel vouches for the peer's uid and pid (`SO_PEERCRED` on Linux; `getpeereid` and
 //! `LOCAL_PEERPID` on macOS, both through tokio's `peer_cred`). Ancestry is read from the
-//! process table: `/proc/PID/stat` on Linux, `proc_pidinfo` on macOS. A process the daemon
+//! process table ([`crate::sys::proc`]). A process the daemon
 //! spawned cannot be reaped, and its pid reused, while the daemon has not waited for it; the
 //! daemon revokes a token as soon as it reaps the token's process.
 
 use std::fmt;
 use std::path::PathBuf;
+
+use crate::sys::proc::{executable, parent_of, start_time};
 
 /// The credentials of a connected peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,9 +134,8 @@ pub fn peer_lineage(pid: u32, started: Option<u64>, stop: u32) -> Result<Vec<u32
     let started = started.ok_or(EXITED)?;
     #[cfg(target_os = "linux")]
     {
-        let (parent, start) =
-            read_stat(pid, |s| Some((stat_field::<u32>(s, 4)?, stat_field::<u64>(s, 22)?)))
-                .ok_or(EXITED)?;
+        let stat = crate::sys::proc::stat(pid).ok_or(EXITED)?;
+        let (parent, start) = (stat.ppid, stat.start_time);
         if start != started {
             return Err(EXITED);
         }
@@ -158,147 +159,9 @@ pub fn descends_from(pid: u32, ancestor: u32) -> bool {
     ancestry(pid, ancestor) == Ancestry::Descends
 }
 
-/// The parent of a process, if it exists and we may look.
-#[cfg(target_os = "linux")]
-pub fn parent_of(pid: u32) -> Option<u32> {
-    read_stat(pid, parse_stat_ppid)
-}
-
-/// Reads `/proc/PID/stat` with one `read` into a stack buffer and hands the line to `parse`.
-/// The kernel returns the whole line at once; `read_to_string` would add a `statx` and a
-/// second `read` for its end, on the redemption path that reads several of these per request.
-#[cfg(target_os = "linux")]
-fn read_stat<T>(pid: u32, parse: impl FnOnce(&str) -> Option<T>) -> Option<T> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
-    let mut buf = [0u8; 1024];
-    let n = file.read(&mut buf).ok()?;
-    if n == buf.len() {
-        // Longer than any stat line seen; read it whole rather than cut it.
-        let mut all = buf.to_vec();
-        file.read_to_end(&mut all).ok()?;
-        return parse(&String::from_utf8_lossy(&all));
-    }
-    // Lossy: `comm` is any bytes the process chose; the fields after it are ASCII.
-    parse(&String::from_utf8_lossy(&buf[..n]))
-}
-
-/// `/proc/PID/stat` is `pid (comm) state ppid ...`; `comm` may contain spaces and `)`, so we
-/// split after the last `)`.
-#[cfg(any(target_os = "linux", test))]
-fn parse_stat_ppid(stat: &str) -> Option<u32> {
-    stat_field(stat, 4)
-}
-
-/// Field `n` (1-based, as in proc(5)) of a `/proc/PID/stat` line, for fields after `comm`.
-#[cfg(any(target_os = "linux", test))]
-fn stat_field<T: std::str::FromStr>(stat: &str, n: usize) -> Option<T> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
-}
-
-/// When a process started (clock ticks since boot, field 22 of `/proc/PID/stat`).
-#[cfg(target_os = "linux")]
-pub fn start_time(pid: u32) -> Option<u64> {
-    read_stat(pid, |stat| stat_field(stat, 22))
-}
-
-#[cfg(target_os = "macos")]
-pub fn start_time(pid: u32) -> Option<u64> {
-    let info = bsdinfo(pid)?;
-    Some(info.pbi_start_tvsec * 1_000_000 + info.pbi_start_tvusec)
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "macos")))]
-pub fn start_time(_pid: u32) -> Option<u64> {
-    None
-}
-
-#[cfg(target_os = "macos")]
-pub fn parent_of(pid: u32) -> Option<u32> {
-    Some(bsdinfo(pid)?.pbi_ppid)
-}
-
-/// The kernel's BSD view of a process (`proc_pidinfo(PROC_PIDTBSDINFO)`).
-#[cfg(target_os = "macos")]
-fn bsdinfo(pid: u32) -> Option<libc::proc_bsdinfo> {
-    // SAFETY: PROC_PIDTBSDINFO fills a proc_bsdinfo.
-    unsafe { pidinfo(pid, libc::PROC_PIDTBSDINFO) }
-}
-
-/// One `proc_pidinfo` record of process `pid`.
-///
-/// # Safety
-/// `T` must be the plain C struct (integers and byte arrays) that `flavor` fills.
-#[cfg(target_os = "macos")]
-pub(crate) unsafe fn pidinfo<T>(pid: u32, flavor: libc::c_int) -> Option<T> {
-    let mut info = std::mem::MaybeUninit::<T>::zeroed();
-    let size = std::mem::size_of::<T>() as libc::c_int;
-    // SAFETY: `info` is writable for `size` bytes; the kernel fills at most that many.
-    let n = unsafe {
-        libc::proc_pidinfo(pid as libc::c_int, flavor, 0, info.as_mut_ptr().cast(), size)
-    };
-    // SAFETY: zero is a valid `T` (the caller's promise), and the kernel filled it whole.
-    (n == size).then(|| unsafe { info.assume_init() })
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "macos")))]
-pub fn parent_of(_pid: u32) -> Option<u32> {
-    None
-}
-
-/// The supplementary groups of process `pid`: on Linux the kernel's own list
-/// (`Groups:` in `/proc/PID/status`, what file access is decided by, so the same list that
-/// let it through the socket directory).
-#[cfg(target_os = "linux")]
-pub fn supplementary_groups(pid: u32) -> Option<Vec<u32>> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find_map(|l| l.strip_prefix("Groups:"))?;
-    line.split_whitespace().map(|g| g.parse().ok()).collect()
-}
-
-/// Not read elsewhere yet: only the peer's primary group counts for `control_group:`.
-#[cfg(not(target_os = "linux"))]
-pub fn supplementary_groups(_pid: u32) -> Option<Vec<u32>> {
-    None
-}
-
-/// The executable of a process, for logs.
-#[cfg(target_os = "linux")]
-pub fn executable(pid: u32) -> Option<PathBuf> {
-    std::fs::read_link(format!("/proc/{pid}/exe")).ok()
-}
-
-#[cfg(target_os = "macos")]
-pub fn executable(pid: u32) -> Option<PathBuf> {
-    let mut buf = vec![0u8; libc::PROC_PIDPATHINFO_MAXSIZE as usize];
-    // SAFETY: `buf` is writable for the size we pass.
-    let n = unsafe {
-        libc::proc_pidpath(pid as libc::c_int, buf.as_mut_ptr().cast(), buf.len() as u32)
-    };
-    if n <= 0 {
-        return None;
-    }
-    buf.truncate(n as usize);
-    use std::os::unix::ffi::OsStringExt;
-    Some(PathBuf::from(std::ffi::OsString::from_vec(buf)))
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "macos")))]
-pub fn executable(_pid: u32) -> Option<PathBuf> {
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stat_fields_by_number() {
-        let stat = "7 (a b) S 1 7 7 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 12345 1000 50";
-        assert_eq!(stat_field::<u64>(stat, 22), Some(12345));
-        assert_eq!(stat_field::<u32>(stat, 4), Some(1));
-    }
 
     #[cfg(target_os = "linux")]
     #[test]
@@ -319,13 +182,6 @@ mod tests {
         assert_eq!(ancestry(u32::MAX - 1, 1), Ancestry::Unknown);
         assert_eq!(ancestry(std::process::id(), 999_999_999), Ancestry::Unrelated);
         assert!(start_time(std::process::id()).is_some());
-    }
-
-    #[test]
-    fn stat_parsing_survives_odd_command_names() {
-        assert_eq!(parse_stat_ppid("123 (restic) S 45 123 123 0"), Some(45));
-        assert_eq!(parse_stat_ppid("123 (a) b) (c) R 7 1 1"), Some(7));
-        assert_eq!(parse_stat_ppid("garbage"), None);
     }
 
     #[cfg(target_os = "linux")]

@@ -16,12 +16,12 @@ use hyper::StatusCode;
 use secrecy::ExposeSecret;
 use tracing::{info, warn};
 
-use super::peer::{self, Peer};
+use super::peer::Peer;
 use super::redeemers::Verified;
 use super::server::{Resp, error, respond};
-use super::vault::Rejection;
 use super::{Broker, Secrets};
 use crate::protocol;
+use crate::protocol::Rejection;
 
 /// Consecutive failed redemptions per peer process, for a progressive delay: a legitimate
 /// task fails once and gives up; something probing tokens is slowed down.
@@ -266,7 +266,7 @@ async fn refuse(
     let pid = peer.pid.unwrap_or_default();
     // Counted for the process and for its parent, so a loop that starts a new `secretbox`
     // for every attempt is slowed down too.
-    let parent = peer::parent_of(pid).filter(|p| *p > 1);
+    let parent = crate::sys::proc::parent_of(pid).filter(|p| *p > 1);
     let count = {
         let mut tokens = broker.lock();
         let failures = &mut tokens.failures;

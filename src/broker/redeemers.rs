@@ -105,7 +105,7 @@ impl Redeemers {
     ) -> Result<Redeemers, String> {
         let hash = |path: &Path| {
             File::open(path)
-                .and_then(|mut f| digest_file(&mut f))
+                .and_then(|mut f| crate::digest::sha256_file(&mut f))
                 .map_err(|e| format!("cannot read {} to pin it: {e}", path.display()))
         };
         let secretbox = match secretbox {
@@ -134,7 +134,7 @@ impl Redeemers {
         // Perhaps a package upgrade replaced a root-managed `secretbox`: read it again.
         match &self.secretbox {
             Some((path, digests)) if root_managed(path) => {
-                let now = File::open(path).and_then(|mut f| digest_file(&mut f));
+                let now = File::open(path).and_then(|mut f| crate::digest::sha256_file(&mut f));
                 if now.is_ok_and(|d| d == digest) {
                     let mut digests = lock(digests);
                     if digests.len() >= MAX_VERSIONS {
@@ -153,7 +153,9 @@ impl Redeemers {
     /// [`Redeemers::verify`] when the peer's program file was seen before (no hashing);
     /// `None` when it would have to be hashed.
     pub fn verify_cached(&self, pid: u32) -> Option<Result<Verified, Refused>> {
-        let Ok(meta) = exe_metadata(pid) else { return Some(Err(Refused::Unreadable)) };
+        let Ok(meta) = crate::sys::proc::executable_metadata(pid) else {
+            return Some(Err(Refused::Unreadable));
+        };
         let digest = *lock(&self.seen).get(&Identity::of(&meta))?;
         self.classify(digest)
     }
@@ -178,13 +180,13 @@ impl Redeemers {
     }
 
     fn digest_of(&self, pid: u32) -> Result<Digest, Refused> {
-        let mut file = open_exe(pid).map_err(|_| Refused::Unreadable)?;
+        let mut file = crate::sys::proc::open_executable(pid).map_err(|_| Refused::Unreadable)?;
         let before = file.metadata().map_err(|_| Refused::Unreadable)?;
         let id = Identity::of(&before);
         if let Some(d) = lock(&self.seen).get(&id) {
             return Ok(*d);
         }
-        let digest = digest_file(&mut file).map_err(|_| Refused::Unreadable)?;
+        let digest = crate::digest::sha256_file(&mut file).map_err(|_| Refused::Unreadable)?;
         // Remembered only if the file did not change while it was read.
         if file.metadata().is_ok_and(|after| Identity::of(&after) == id) {
             let mut seen = lock(&self.seen);
@@ -213,47 +215,6 @@ fn root_managed(path: &Path) -> bool {
     let Ok(real) = std::fs::canonicalize(path) else { return false };
     real.ancestors()
         .all(|p| std::fs::metadata(p).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0))
-}
-
-/// The file process `pid` runs. On Linux through `/proc/PID/exe`, which opens that very file
-/// whatever happened to its path since; elsewhere by the path the kernel reports, which may
-/// have been replaced since the process started (a window the docs state).
-#[cfg(target_os = "linux")]
-fn open_exe(pid: u32) -> std::io::Result<File> {
-    File::open(format!("/proc/{pid}/exe"))
-}
-
-/// The metadata of the file `pid` runs, with one `statx` through the `/proc/PID/exe` link
-/// (the redemption hot path; opening it first costs an `openat` and a `close` more, and the
-/// kernel resolves the link the same way, with the same ptrace access check, for both).
-#[cfg(target_os = "linux")]
-fn exe_metadata(pid: u32) -> std::io::Result<std::fs::Metadata> {
-    std::fs::metadata(format!("/proc/{pid}/exe"))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn exe_metadata(pid: u32) -> std::io::Result<std::fs::Metadata> {
-    open_exe(pid)?.metadata()
-}
-
-#[cfg(not(target_os = "linux"))]
-fn open_exe(pid: u32) -> std::io::Result<File> {
-    let path = super::peer::executable(pid).ok_or(std::io::ErrorKind::NotFound)?;
-    File::open(path)
-}
-
-/// SHA-256 of everything readable from `file`.
-fn digest_file(file: &mut File) -> std::io::Result<Digest> {
-    use sha2::Digest as _;
-    use std::io::Read;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match file.read(&mut buf)? {
-            0 => return Ok(hasher.finalize().into()),
-            n => hasher.update(&buf[..n]),
-        }
-    }
 }
 
 #[cfg(test)]

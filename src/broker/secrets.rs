@@ -21,7 +21,8 @@ use tokio::io::AsyncReadExt;
 use zeroize::Zeroizing;
 
 use crate::config::{Config, Environment, SecretSpec, Source, Store};
-use crate::hardening::{LockedBytes, Weakness};
+use crate::sys::hardening::Weakness;
+use crate::sys::locked::LockedBytes;
 
 /// Largest secret we accept from any source; a password or key is far smaller, and a bound
 /// keeps a misbehaving command from filling memory.
@@ -52,6 +53,12 @@ impl fmt::Debug for Secrets {
         let mut names: Vec<&String> = self.by_name.keys().collect();
         names.sort();
         f.debug_struct("Secrets").field("names", &names).finish_non_exhaustive()
+    }
+}
+
+impl crate::redact::Needles for Secrets {
+    fn needles(&self) -> Box<dyn Iterator<Item = &[u8]> + '_> {
+        Box::new(Secrets::needles(self))
     }
 }
 
@@ -196,23 +203,21 @@ fn store_name(store: Store) -> &'static str {
 /// The `env` sources' values, taken from the environment onto locked pages.
 pub type EnvValues = HashMap<String, LockedBytes>;
 
-/// Reads the `env` sources onto locked pages and wipes them from the daemon's environment.
-/// Returns the values and the protections that could not be applied.
-///
-/// # Safety
-/// No other thread may exist (see [`crate::hardening::take_env_var`]).
-pub unsafe fn take_env_sources(config: &Config) -> std::io::Result<(EnvValues, Vec<Weakness>)> {
+/// Reads the `env` sources onto locked pages and wipes them from the daemon's environment
+/// (only while the process is single-threaded: see [`crate::sys::env::take_vars`]). Returns
+/// the values and the protections that could not be applied.
+pub(crate) fn take_env_sources(
+    config: &Config,
+) -> Result<(EnvValues, Vec<Weakness>), crate::sys::env::TakeError> {
+    let vars = config.secrets.iter().filter_map(|spec| match &spec.source {
+        Source::Env { var } => Some((spec.name.as_str(), var.as_str())),
+        _ => None,
+    });
     let mut out = HashMap::new();
     let mut weak = Vec::new();
-    for spec in &config.secrets {
-        if let Source::Env { var } = &spec.source {
-            // SAFETY: forwarded from this function's contract.
-            if let Some(taken) = unsafe { crate::hardening::take_env_var(var) } {
-                let (value, more) = taken?;
-                weak.extend(more);
-                out.insert(spec.name.clone(), value);
-            }
-        }
+    for (name, (value, more)) in crate::sys::env::take_vars(vars)? {
+        weak.extend(more);
+        out.insert(name.to_string(), value);
     }
     Ok((out, weak))
 }
@@ -378,7 +383,7 @@ async fn run_command(
     // did not), and the very file checked is what runs: no second PATH lookup.
     let uid = nix::unistd::getuid().as_raw();
     let path = std::env::var_os("PATH");
-    let program = crate::daemon::programs::check_source_program(&argv[0], path.as_deref(), uid)
+    let program = crate::trust::check_source_program(&argv[0], path.as_deref(), uid)
         .map_err(|e| SecretError::new(spec, e, None))?
         .unwrap_or_else(|| PathBuf::from(&argv[0]));
     let mut child = tokio::process::Command::new(&program)
@@ -430,7 +435,7 @@ async fn run_command(
             }
             return Err(SecretError::new(
                 spec,
-                format!("it did not finish within {}", crate::duration::Human(timeout)),
+                format!("it did not finish within {}", crate::time::Human(timeout)),
                 Some(
                     "check that it does not wait for input (stdin is /dev/null), or raise the secret's `timeout`"
                         .into(),
@@ -659,5 +664,56 @@ mod tests {
         let shown = format!("{s:?}");
         assert!(shown.contains("repo") && !shown.contains("value-that"), "{shown}");
         assert_eq!(s.get("repo").unwrap().expose_secret().as_bytes(), b"value-that-must-not-print");
+    }
+
+    #[test]
+    fn secrets_tokens_and_url_passwords_are_masked() {
+        use crate::protocol::TOKEN_PREFIX;
+        let mut s = Secrets::empty();
+        s.insert("a", b"hunter2").unwrap();
+        s.insert("b", "pässwörd".as_bytes()).unwrap();
+        let line = format!(
+            "pw=hunter2 again hunter2hunter2 ü pässwörd token {TOKEN_PREFIX}{} repo rest:https://u:p%40ss@host:8000/x s3://k@h/ sftp://me@h",
+            "ab".repeat(32)
+        );
+        let got = crate::redact::redact_with(&line, Some(&s));
+        assert!(
+            !got.contains("hunter2") && !got.contains("pässwörd") && !got.contains("p%40ss"),
+            "{got}"
+        );
+        assert!(got.contains("pw=*** again ****** ü ***"), "{got}");
+        assert!(got.contains(&format!("{TOKEN_PREFIX}***")), "{got}");
+        assert!(got.contains("rest:https://u:***@host:8000/x"), "{got}");
+        assert!(got.contains("s3://k@h/") && got.contains("sftp://me@h"), "{got}");
+    }
+
+    #[test]
+    fn longer_secrets_win_and_multi_line_secrets_are_masked_line_by_line() {
+        let mut s = Secrets::empty();
+        s.insert("short", b"abc").unwrap();
+        s.insert("long", b"xabcyz").unwrap();
+        s.insert("pem", b"-----BEGIN KEY-----\nMIIEvQIBADANBgkq\n-----END KEY-----\n").unwrap();
+        let got = crate::redact::redact_with("a xabcyz b abc c MIIEvQIBADANBgkq d", Some(&s));
+        assert_eq!(got, "a *** b *** c *** d");
+    }
+
+    #[test]
+    fn every_escaped_form_of_a_value_and_of_its_lines_is_masked() {
+        let mut s = Secrets::empty();
+        s.insert("awkward", crate::redact::tests::AWKWARD.as_bytes()).unwrap();
+        let first = crate::redact::tests::AWKWARD.lines().next().unwrap();
+        let mut shown = vec![crate::redact::tests::AWKWARD.to_string(), first.to_string()];
+        for text in [crate::redact::tests::AWKWARD, first] {
+            shown.extend(crate::redact::escaped_forms(text).iter().map(|f| f.to_string()));
+        }
+        for text in shown {
+            let got = crate::redact::redact_with(&text, Some(&s));
+            assert_eq!(
+                got.replace('\n', ""),
+                crate::redact::MASK.repeat(got.matches(crate::redact::MASK).count()),
+                "{text:?}"
+            );
+            assert!(!got.contains("second-line") && !got.contains("quo'te"), "{got:?}");
+        }
     }
 }

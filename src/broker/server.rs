@@ -31,7 +31,7 @@ use super::Broker;
 use super::control::{Control, FireError};
 use super::peer::Peer;
 use super::redeemers::Verified;
-use super::vault::Rejection;
+use crate::protocol::Rejection;
 use crate::protocol::{self, ErrorBody, PROTOCOL_HEADER, PROTOCOL_VERSION};
 
 /// Bounds on what one client may cost the daemon.

@@ -161,7 +161,7 @@ pub(crate) fn bind_private(wanted: &Path, state_dir: &Path) -> Result<BoundSocke
     let private = loop {
         let mut suffix = [0u8; 8];
         let _ = rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut suffix);
-        let hex: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::digest::hex(&suffix);
         let candidate = dir.with_file_name(format!("{base}-{hex}"));
         // `create` fails if the name exists: nobody can have prepared it for us.
         match std::fs::DirBuilder::new().mode(0o700).create(&candidate) {

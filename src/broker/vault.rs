@@ -21,11 +21,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-/// Prefix of every token, so secret scanners and humans can recognise one.
-pub const TOKEN_PREFIX: &str = "bnz1_";
+use crate::protocol::{Rejection, TOKEN_PREFIX};
+
 const TOKEN_BYTES: usize = 32;
 /// How many dead tokens we remember, and for how long.
 const MAX_TOMBSTONES: usize = 10_000;
@@ -80,47 +79,6 @@ impl fmt::Debug for Fingerprint {
     }
 }
 
-/// Why a redemption was refused. The wire codes and `secretbox` exit codes follow from it
-/// (see `protocol`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
-    /// Not a token at all (the wrong shape). A well-formed token we never issued is
-    /// `Forbidden`: nobody can show it is theirs.
-    Unknown,
-    Expired,
-    /// This secret was already redeemed as many times as the task allows.
-    Used,
-    /// The process it was minted for has exited.
-    Revoked,
-    /// The token's task may not fetch this secret.
-    NotInScope,
-    /// The caller is not the token's process or one of its descendants (whatever the
-    /// token's state), or not a task process at all, or another user.
-    Forbidden,
-}
-
-impl Rejection {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rejection::Unknown => "unknown",
-            Rejection::Expired => "expired",
-            Rejection::Used => "used",
-            Rejection::Revoked => "revoked",
-            Rejection::NotInScope => "not_in_scope",
-            Rejection::Forbidden => "forbidden",
-        }
-    }
-
-    pub const ALL: [Rejection; 6] = [
-        Rejection::Unknown,
-        Rejection::Expired,
-        Rejection::Used,
-        Rejection::Revoked,
-        Rejection::NotInScope,
-        Rejection::Forbidden,
-    ];
-}
-
 struct Entry {
     task: Arc<str>,
     /// Secrets in scope and how many redemptions each has left.
@@ -173,7 +131,7 @@ pub struct Vault {
 }
 
 fn hash(token: &str) -> Hash {
-    Sha256::digest(token.as_bytes()).into()
+    crate::digest::sha256(token.as_bytes())
 }
 
 /// The log fingerprint of whatever a caller presented as a token (one-way, like [`Handle`]).

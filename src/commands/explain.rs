@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::{load_config, print, require_task, rfc3339};
+use super::{load_config, print, require_task};
 use crate::cli::ExplainArgs;
 use crate::config::Environment;
 use crate::history::Record;
+use crate::time::rfc3339;
 
 /// Most occurrences listed (a minutely task over a week has ten thousand).
 const MAX_LINES: usize = 500;
@@ -149,13 +150,13 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
             let mut ran_how = if run.trigger == "catch_up" {
                 let late =
                     Duration::try_from(run.at.duration_since(*occurrence)).unwrap_or_default();
-                let late = crate::duration::Human(Duration::from_secs(late.as_secs()));
+                let late = crate::time::Human(Duration::from_secs(late.as_secs()));
                 format!("caught up after suspend or downtime at {when} ({late} late)")
             } else {
                 format!("ran at {when}")
             };
             if let Some(d) = &run.deferred {
-                let took = crate::duration::Human(Duration::from_secs(d.waited_ms / 1000));
+                let took = crate::time::Human(Duration::from_secs(d.waited_ms / 1000));
                 ran_how.push_str(&format!(" (deferred {took}: {})", d.why));
             }
             if let Some(wait) = &run.lock_wait {
@@ -347,7 +348,7 @@ struct Line<'a> {
 
 /// "after waiting 12s for lock repo (held by prune)".
 fn describe_wait(wait: &crate::history::LockWait) -> String {
-    let took = crate::duration::Human(Duration::from_secs(wait.waited_ms / 1000));
+    let took = crate::time::Human(Duration::from_secs(wait.waited_ms / 1000));
     let by = wait.held_by.as_ref().map_or_else(String::new, |t| format!(" (held by {t})"));
     format!("after waiting {took} for lock {}{by}", wait.lock)
 }
@@ -358,7 +359,7 @@ fn describe_end(run: &Run) -> String {
             let code = code.map(|c| format!("exit {c}, ")).unwrap_or_default();
             format!(
                 "{status} ({code}{}) {reason}, run {}",
-                crate::duration::Human(Duration::from_secs(ms / 1000)),
+                crate::time::Human(Duration::from_secs(ms / 1000)),
                 run.id
             )
         }

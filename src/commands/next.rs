@@ -3,11 +3,12 @@
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
-use super::{load_config, print, require_task, rfc3339};
+use super::{load_config, print, require_task};
 use crate::cli::NextArgs;
 use crate::config::Environment;
 use crate::exit::Exit;
 use crate::schedule::Schedule;
+use crate::time::rfc3339;
 
 pub fn run(args: &NextArgs, env: &Environment) -> anyhow::Result<()> {
     let after = match &args.after {

@@ -18,7 +18,7 @@ use crate::config::{self, Environment, Source};
 use crate::exit::{Exit, FAILURE};
 
 pub fn set(args: &SecretSetArgs, env: &Environment) -> anyhow::Result<()> {
-    let _ = crate::hardening::protect_process();
+    let _ = crate::sys::hardening::protect_process();
     // A credential is for the system unit, whose task file lives in /etc by default.
     let path = match (&args.config.config, args.credential) {
         (None, true) => PathBuf::from(crate::service::SYSTEM_CONFIG),
@@ -227,7 +227,7 @@ fn prompt(text: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
 }
 
 pub fn check(args: &SecretCheckArgs, env: &Environment) -> anyhow::Result<()> {
-    let _ = crate::hardening::protect_process();
+    let _ = crate::sys::hardening::protect_process();
     let path = config_path(&args.config, env)?;
     let config = config::load(&path, env).map_err(|e| Exit::usage(e.to_string()))?;
     // `env` sources are read without removing them: this is a one-shot check.
@@ -238,7 +238,7 @@ pub fn check(args: &SecretCheckArgs, env: &Environment) -> anyhow::Result<()> {
         {
             let v = Zeroizing::new(v.into_encoded_bytes());
             let (locked, _) =
-                crate::hardening::LockedBytes::new(&v).context("cannot allocate memory")?;
+                crate::sys::locked::LockedBytes::new(&v).context("cannot allocate memory")?;
             env_values.insert(s.name.clone(), locked);
         }
     }

@@ -2,10 +2,11 @@
 
 use jiff::Timestamp;
 
-use super::{config_path, print, rfc3339};
+use super::{config_path, print};
 use crate::cli::ValidateArgs;
 use crate::config::{self, Environment, Severity};
 use crate::exit::{Exit, USAGE};
+use crate::time::rfc3339;
 
 pub fn run(args: &ValidateArgs, env: &Environment) -> anyhow::Result<()> {
     let path = config_path(&args.config, env)?;

@@ -92,7 +92,7 @@ fn on_battery() -> (bool, Option<Source>) {
         return (on_battery, Some(Source::Power));
     }
     #[cfg(target_os = "macos")]
-    if let Some(on_battery) = super::iokit::on_battery() {
+    if let Some(on_battery) = crate::sys::iokit::on_battery() {
         return (on_battery, None);
     }
     (supplies_on_battery(Path::new("/sys/class/power_supply")), None)
@@ -159,8 +159,7 @@ fn reachable(target: &str) -> bool {
 
 /// The 1-minute load average as a percentage of the CPUs.
 fn load_percent() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
-    let load: f64 = text.split_whitespace().next()?.parse().ok()?;
+    let load = crate::sys::proc::load_average()?;
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     Some(load / cpus as f64 * 100.0)
 }

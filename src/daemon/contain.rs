@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
+use crate::sys::proc;
+
 /// Who a stage of stopping a run signals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Target {
@@ -106,7 +108,7 @@ impl Containment {
 /// The cgroup folder for runs, created if needed, or why there is none.
 #[cfg(target_os = "linux")]
 fn cgroup_runs_dir() -> Result<PathBuf, String> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+    let mountinfo = crate::sys::proc::own_mountinfo()
         .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
     // "36 35 0:30 / /sys/fs/cgroup rw,... - cgroup2 cgroup2 rw": the mount point is the 5th
     // field, the type follows the " - " separator.
@@ -118,7 +120,7 @@ fn cgroup_runs_dir() -> Result<PathBuf, String> {
                 .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
         })
         .ok_or("no cgroup v2 hierarchy is mounted")?;
-    let own = std::fs::read_to_string("/proc/self/cgroup")
+    let own = crate::sys::proc::own_cgroup()
         .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
     let own = own
         .lines()
@@ -311,39 +313,21 @@ fn cgroup_members(cg: &Path) -> Vec<Pid> {
         .unwrap_or_default()
 }
 
-/// Every pid in `/proc`.
-fn all_pids() -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect()
-}
-
-/// The fields of `/proc/PID/stat` after the command name (which may hold spaces).
-fn stat_fields(pid: i32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    Some(rest.split_whitespace().map(str::to_string).collect())
-}
-
 /// Whether `pid` is alive and the leader of its own process group.
 fn leads_group(pid: Pid) -> bool {
-    stat_fields(pid.as_raw()).is_some_and(|f| {
-        f.first().is_some_and(|s| s != "Z" && s != "X")
-            && f.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pid.as_raw())
-    })
+    proc::stat(pid.as_raw() as u32).is_some_and(|s| !s.ended() && s.pgrp == pid.as_raw())
 }
 
 /// Whether `pid` has ended (a zombie not yet reaped, or gone).
 pub(crate) fn is_zombie(pid: Pid) -> bool {
-    stat_fields(pid.as_raw()).is_none_or(|f| f.first().is_some_and(|s| s == "Z" || s == "X"))
+    proc::stat(pid.as_raw() as u32).is_none_or(|s| s.ended())
 }
 
 fn group_members(pgid: Pid) -> Vec<Pid> {
     // After the name: state, ppid, pgrp.
-    all_pids()
+    proc::all_pids()
         .into_iter()
-        .filter(|&pid| {
-            stat_fields(pid).and_then(|f| f.get(2)?.parse::<i32>().ok()) == Some(pgid.as_raw())
-        })
+        .filter(|&pid| proc::stat(pid as u32).is_some_and(|s| s.pgrp == pgid.as_raw()))
         .map(Pid::from_raw)
         .collect()
 }
@@ -352,16 +336,10 @@ fn group_members(pgid: Pid) -> Vec<Pid> {
 fn with_run_id(run_id: &str, search: Search, skip: &HashSet<u32>) -> Vec<Pid> {
     let needle = format!("BACKUPNIZZA_RUN_ID={run_id}\0").into_bytes();
     let candidates: Vec<i32> = match search {
-        Search::Adopted => children(),
+        Search::Adopted => proc::own_children(),
         Search::Everywhere => {
             let uid = nix::unistd::getuid().as_raw();
-            all_pids()
-                .into_iter()
-                .filter(|pid| {
-                    std::fs::metadata(format!("/proc/{pid}"))
-                        .is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == uid)
-                })
-                .collect()
+            proc::all_pids().into_iter().filter(|pid| proc::owner(*pid) == Some(uid)).collect()
         }
     };
     let me = std::process::id() as i32;
@@ -369,25 +347,12 @@ fn with_run_id(run_id: &str, search: Search, skip: &HashSet<u32>) -> Vec<Pid> {
         .into_iter()
         .filter(|&pid| pid != me && !skip.contains(&(pid as u32)))
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+            proc::environ(*pid).is_some_and(|env| {
                 env.split_inclusive(|&b| b == 0).any(|var| var == needle.as_slice())
             })
         })
         .map(Pid::from_raw)
         .collect()
-}
-
-/// The daemon's direct children: step leaders, the guardian, and orphans it adopted as
-/// child subreaper.
-pub(crate) fn children() -> Vec<i32> {
-    let Ok(threads) = std::fs::read_dir("/proc/self/task") else { return Vec::new() };
-    let mut out = Vec::new();
-    for thread in threads.flatten() {
-        if let Ok(children) = std::fs::read_to_string(thread.path().join("children")) {
-            out.extend(children.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

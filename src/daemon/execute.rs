@@ -15,18 +15,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::contain::RunProcs;
-use super::feed::Feed;
 use super::locks::{Held, Locks, Taken};
 use super::notifications::{self, RunFacts, Sent};
 use super::output::Sinks;
 use super::output_file::{OutputWriter, RunOutput};
-use super::programs::Pinned;
 use super::runner::{HookFailure, Outcome, Runner};
 use super::writers::HistoryWriter;
+use crate::broker::feed::Feed;
 use crate::config::{Config, Task};
 use crate::history::Record;
 use crate::protocol::RunStatus;
 use crate::schedule::timetable::Trigger;
+use crate::trust::Pinned;
 
 /// Most of the stderr tail a hook gets in `BACKUPNIZZA_STDERR_TAIL`.
 const MAX_TAIL_ENV: usize = 32 * 1024;
@@ -69,7 +69,7 @@ pub(crate) struct RunContext {
 
 impl RunContext {
     pub(crate) fn rfc3339(&self, at: Timestamp) -> String {
-        crate::commands::rfc3339(at, &self.zone)
+        crate::time::rfc3339(at, &self.zone)
     }
 
     /// Sends a run's notifications; `after` orders them behind an earlier event's.
@@ -205,7 +205,7 @@ impl Run<'_> {
     /// audit task, the snapshot list its steps printed is compared with it, and the findings
     /// fail the run.
     async fn ledger(&self, outcome: &mut Outcome) {
-        use super::ledger::{self, Entry};
+        use crate::ledger::{self, Entry};
         let at = self.ctx.rfc3339(Timestamp::now());
         let (task, run_id) = (&self.task.name, &self.job.run_id);
         let mut entries: Vec<Entry> = outcome
@@ -332,7 +332,7 @@ impl Run<'_> {
                     retry.attempts,
                     outcome.status,
                     outcome.reason,
-                    crate::duration::Human(wait)
+                    crate::time::Human(wait)
                 );
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
@@ -393,7 +393,7 @@ impl Run<'_> {
         let delay = Duration::from_millis(rand::random_range(
             0..=max.as_millis().min(u128::from(u64::MAX)) as u64,
         ));
-        info!("waiting {} before starting (random_delay)", crate::duration::Human(delay));
+        info!("waiting {} before starting (random_delay)", crate::time::Human(delay));
         tokio::select! {
             () = tokio::time::sleep(delay) => Ok(()),
             () = self.ctx.cancel.cancelled() => {
@@ -412,8 +412,8 @@ impl Run<'_> {
         let Some(wait) = self.job.settle.filter(|w| !w.is_zero()) else { return Ok(()) };
         info!(
             "waiting {} after the resume before catching up (resume_settle {})",
-            crate::duration::Human(wait),
-            crate::duration::Human(self.task.resume_settle)
+            crate::time::Human(wait),
+            crate::time::Human(self.task.resume_settle)
         );
         tokio::select! {
             () = tokio::time::sleep(wait) => Ok(()),
@@ -464,7 +464,7 @@ impl Run<'_> {
             if old {
                 warn!(
                     "{why}, but the last success is older than force_after {}: running anyway",
-                    crate::duration::Human(after)
+                    crate::time::Human(after)
                 );
             }
             old
@@ -509,7 +509,7 @@ impl Run<'_> {
                     info!("{} signalled a change: checking the run conditions again", source.service());
                 }
                 () = &mut late => {
-                    let waited = crate::duration::Human(Duration::from_secs(began.elapsed().as_secs()));
+                    let waited = crate::time::Human(Duration::from_secs(began.elapsed().as_secs()));
                     let reason = format!("deferred past max_lateness ({why} since {since}, {waited})");
                     warn!("{reason}: skipped");
                     let _ = self.ctx.events.send(Event::Deferred { idx: self.job.idx, why: None });
@@ -539,7 +539,7 @@ impl Run<'_> {
         let waited = began.elapsed();
         info!(
             "the run conditions hold after {}: starting",
-            crate::duration::Human(Duration::from_secs(waited.as_secs()))
+            crate::time::Human(Duration::from_secs(waited.as_secs()))
         );
         self.deferred =
             Some(crate::history::Deferred { why, waited_ms: waited.as_millis() as u64 });
@@ -572,7 +572,7 @@ impl Run<'_> {
             (None, None) => None,
         };
         info!(lock = %name, "waiting for the lock{by}");
-        let waited = || crate::duration::Human(Duration::from_secs(began.elapsed().as_secs()));
+        let waited = || crate::time::Human(Duration::from_secs(began.elapsed().as_secs()));
         let gave_up = |late: bool| {
             let bound = if late { "max_lateness" } else { "timeout" };
             let why = format!("gave up waiting for lock {name}{by} after {} ({bound})", waited());
@@ -824,7 +824,7 @@ impl Run<'_> {
             "run ended: {} ({}) after {}",
             outcome.status,
             outcome.reason,
-            crate::duration::Human(Duration::from_millis(duration_ms))
+            crate::time::Human(Duration::from_millis(duration_ms))
         );
         match outcome.status {
             RunStatus::Success | RunStatus::Skipped => info!("{message}"),

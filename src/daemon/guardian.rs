@@ -26,18 +26,14 @@
 //! no cgroup): process groups and run ids are what it can find.
 
 use std::collections::HashMap;
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
-use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
-    sendmsg, socketpair,
-};
 use nix::unistd::Pid;
+
+use crate::sys::fd_passing;
 
 use super::contain::{RunProcs, Search, timeout_plan};
 
@@ -67,7 +63,7 @@ impl Guardian {
     /// Starts `exe guard`. Must run before the async runtime (the child is an exec, so
     /// threads would not matter, but before any secret is loaded).
     pub(crate) fn spawn(exe: &Path) -> std::io::Result<Guardian> {
-        let (ours, theirs) = channel()?;
+        let (ours, theirs) = fd_passing::channel()?;
         let child = Command::new(exe)
             .arg("guard")
             .env_clear()
@@ -85,7 +81,13 @@ impl Guardian {
     /// task's `kill_grace`, used between the guardian's signals too (restic, interrupted,
     /// finishes the packs it is uploading before it removes its lock: on a slow link that
     /// takes a while, and SIGTERM earlier would leave the lock behind).
-    pub(crate) fn watch(&self, pgid: u32, procs: &RunProcs, pipes: &[RawFd], grace: Duration) {
+    pub(crate) fn watch(
+        &self,
+        pgid: u32,
+        procs: &RunProcs,
+        pipes: &[BorrowedFd<'_>],
+        grace: Duration,
+    ) {
         let cgroup = procs.cgroup.as_ref().and_then(|c| c.to_str()).unwrap_or("-");
         let grace = grace.as_millis();
         self.send(&format!("+ {pgid} {} {cgroup} {grace}", procs.run_id), pipes);
@@ -96,104 +98,9 @@ impl Guardian {
         self.send(&format!("- {pgid}"), &[]);
     }
 
-    fn send(&self, message: &str, fds: &[RawFd]) {
-        let iov = [IoSlice::new(message.as_bytes())];
-        let rights = [ControlMessage::ScmRights(fds)];
-        let cmsgs = if fds.is_empty() { &[][..] } else { &rights[..] };
-        if let Err(e) =
-            sendmsg::<()>(self.socket.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_DONTWAIT, None)
-        {
+    fn send(&self, message: &str, fds: &[BorrowedFd<'_>]) {
+        if let Err(e) = fd_passing::send(self.socket.as_fd(), message, fds) {
             tracing::warn!(error = %e, "cannot tell the guardian process about a task process group; if the daemon dies now, that group may outlive it");
-        }
-    }
-}
-
-/// The daemon's socket pair with the guardian, close-on-exec on both ends (the guardian's
-/// end becomes its stdin, which the exec keeps).
-#[cfg(not(target_os = "macos"))]
-fn channel() -> nix::Result<(OwnedFd, OwnedFd)> {
-    socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
-}
-
-/// macOS has no sequenced packets on Unix sockets (`EPROTONOSUPPORT`) and no
-/// `SOCK_CLOEXEC`. Datagrams keep each message whole (they are reliable on a local socket
-/// pair) but give no end of file when the daemon is gone, so [`receive`] also watches the
-/// guardian's parent. The flag is set after the call: the daemon has one thread here, so no
-/// fork can come in between. (Compile-checked, not run: see docs/platforms.md.)
-#[cfg(target_os = "macos")]
-fn channel() -> nix::Result<(OwnedFd, OwnedFd)> {
-    let (a, b) = socketpair(AddressFamily::Unix, SockType::Datagram, None, SockFlag::empty())?;
-    set_cloexec(&a)?;
-    set_cloexec(&b)?;
-    Ok((a, b))
-}
-
-#[cfg(target_os = "macos")]
-fn set_cloexec(fd: &OwnedFd) -> nix::Result<()> {
-    use nix::fcntl::{F_SETFD, FdFlag, fcntl};
-    fcntl(fd, F_SETFD(FdFlag::FD_CLOEXEC)).map(drop)
-}
-
-/// Linux: the kernel marks received descriptors close-on-exec as they arrive.
-#[cfg(not(target_os = "macos"))]
-const RECEIVE_FLAGS: MsgFlags = MsgFlags::MSG_CMSG_CLOEXEC;
-/// macOS cannot; the guardian execs nothing, so marking them after is enough.
-#[cfg(target_os = "macos")]
-const RECEIVE_FLAGS: MsgFlags = MsgFlags::empty();
-
-/// Whether the daemon is gone although the socket cannot say so: on macOS (datagrams) the
-/// guardian waits at most a second for a message, then checks that its parent is still the
-/// process that started it (an orphan is adopted by launchd).
-#[cfg(target_os = "macos")]
-fn daemon_gone(socket: RawFd, daemon: nix::unistd::Pid) -> bool {
-    loop {
-        let mut poll = libc::pollfd { fd: socket, events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd, for the duration of the call.
-        match unsafe { libc::poll(&raw mut poll, 1, 1000) } {
-            0 if nix::unistd::getppid() != daemon => return true,
-            0 => {}
-            n if n < 0 && nix::errno::Errno::last() == nix::errno::Errno::EINTR => {}
-            _ => return false,
-        }
-    }
-}
-
-/// One message from the daemon, with the descriptors it carried; `None` at end of file.
-fn receive(socket: RawFd) -> Option<(String, Vec<OwnedFd>)> {
-    #[cfg(target_os = "macos")]
-    let daemon = nix::unistd::getppid();
-    let mut buf = vec![0u8; MAX_MESSAGE];
-    let mut space = nix::cmsg_space!([RawFd; 4]);
-    loop {
-        #[cfg(target_os = "macos")]
-        if daemon_gone(socket, daemon) {
-            return None;
-        }
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        match recvmsg::<()>(socket, &mut iov, Some(&mut space), RECEIVE_FLAGS) {
-            Ok(msg) => {
-                let mut fds = Vec::new();
-                for cmsg in msg.cmsgs().into_iter().flatten() {
-                    if let ControlMessageOwned::ScmRights(received) = cmsg {
-                        // SAFETY: the kernel just installed these descriptors for us; nothing
-                        // else owns them.
-                        fds.extend(
-                            received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                        );
-                        #[cfg(target_os = "macos")]
-                        for fd in &fds {
-                            let _ = set_cloexec(fd);
-                        }
-                    }
-                }
-                let bytes = msg.bytes;
-                if bytes == 0 {
-                    return None;
-                }
-                return Some((String::from_utf8_lossy(&buf[..bytes]).into_owned(), fds));
-            }
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(_) => return None,
         }
     }
 }
@@ -201,15 +108,9 @@ fn receive(socket: RawFd) -> Option<(String, Vec<OwnedFd>)> {
 /// `backupnizza guard`: the guardian's body. Returns when the daemon is gone and every
 /// run it left is stopped.
 pub fn main() -> anyhow::Result<()> {
-    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        // SAFETY: SIG_IGN installs no handler code; nothing else in this process handles
-        // signals.
-        unsafe {
-            let _ = nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigIgn);
-        }
-    }
+    crate::sys::signals::ignore_stop_signals();
     let mut live: HashMap<i32, Watched> = HashMap::new();
-    while let Some((message, fds)) = receive(0) {
+    while let Some((message, fds)) = fd_passing::receive(std::io::stdin(), MAX_MESSAGE) {
         let mut words = message.split(' ');
         match (words.next(), words.next().and_then(|p| p.parse::<i32>().ok())) {
             (Some("+"), Some(pgid)) => {

@@ -18,7 +18,7 @@ pub(crate) struct Inhibitor {
     #[cfg(target_os = "linux")]
     _fd: std::os::fd::OwnedFd,
     #[cfg(target_os = "macos")]
-    assertion: super::iokit::IOPMAssertionID,
+    _assertion: crate::sys::iokit::PowerAssertion,
     /// `block` or `delay`, as logind granted it; `assertion` on macOS.
     pub(crate) mode: &'static str,
 }
@@ -51,32 +51,9 @@ pub(crate) fn take(task: &str) -> Result<Inhibitor, String> {
 /// module comment).
 #[cfg(target_os = "macos")]
 pub(crate) fn take(task: &str) -> Result<Inhibitor, String> {
-    let kind = super::iokit::CfString::new("PreventUserIdleSystemSleep")?;
-    let name = super::iokit::CfString::new(&format!("backupnizza: backup of {task}"))?;
-    let mut assertion: super::iokit::IOPMAssertionID = 0;
-    // SAFETY: both strings are live CFStrings for the call; `assertion` is writable.
-    let status = unsafe {
-        super::iokit::IOPMAssertionCreateWithName(
-            kind.0,
-            super::iokit::ASSERTION_LEVEL_ON,
-            name.0,
-            &raw mut assertion,
-        )
-    };
-    if status != 0 {
-        return Err(format!("IOKit refused a power assertion (IOReturn {status:#x})"));
-    }
-    Ok(Inhibitor { assertion, mode: "assertion" })
-}
-
-#[cfg(target_os = "macos")]
-impl Drop for Inhibitor {
-    fn drop(&mut self) {
-        // SAFETY: the id came from IOPMAssertionCreateWithName and is released once.
-        unsafe {
-            super::iokit::IOPMAssertionRelease(self.assertion);
-        }
-    }
+    let assertion =
+        crate::sys::iokit::PowerAssertion::take(&format!("backupnizza: backup of {task}"))?;
+    Ok(Inhibitor { _assertion: assertion, mode: "assertion" })
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "macos")))]

@@ -50,7 +50,7 @@ pub(crate) struct RunFacts {
     pub backups: Vec<crate::restic::BackupSummary>,
     /// What an audit task found (the run failed for them).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub audit_findings: Vec<crate::daemon::ledger::Finding>,
+    pub audit_findings: Vec<crate::history::Finding>,
 }
 
 impl RunFacts {
@@ -79,7 +79,7 @@ pub(crate) fn new_rid() -> String {
     let _ = rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut b);
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let h = crate::digest::hex(&b);
     format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 

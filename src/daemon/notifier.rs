@@ -65,9 +65,9 @@ pub(crate) async fn run(
     facts: &RunFacts,
     timeout: Duration,
 ) {
-    let program = super::runner::expand_tilde(&argv[0], home);
+    let program = crate::trust::expand_tilde(&argv[0], home);
     let mut cmd = tokio::process::Command::new(&program);
-    cmd.args(argv[1..].iter().map(|a| super::runner::expand_tilde(a, home)))
+    cmd.args(argv[1..].iter().map(|a| crate::trust::expand_tilde(a, home)))
         .env_clear()
         .envs(base_env.iter().map(|(k, v)| (k, v)))
         .envs(facts_env(facts))
@@ -128,7 +128,7 @@ pub(crate) async fn run(
             warn!(
                 task = %facts.task, run_id = %facts.run_id, notifier = %shown,
                 "the notifier took longer than {} and was killed; the run's result is unaffected",
-                crate::duration::Human(timeout)
+                crate::time::Human(timeout)
             );
         }
     }

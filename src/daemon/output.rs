@@ -157,7 +157,7 @@ impl LogBudget {
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Sinks<'a> {
     pub(crate) file: Option<&'a RunOutput>,
-    pub(crate) feed: Option<&'a super::feed::Feed>,
+    pub(crate) feed: Option<&'a crate::broker::feed::Feed>,
 }
 
 /// Copies a child's output into the log, one redacted line per event, and into the run's

@@ -252,7 +252,7 @@ fn append(
     {
         current.out.flush()?;
         open.remove(&file.path);
-        rotate(file)?;
+        crate::history::rotate(&file.path, file.keep as usize)?;
     }
     let current = match open.entry(file.path.clone()) {
         std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
@@ -261,7 +261,7 @@ fn append(
             if opened.size > 0 && opened.size + n > file.max_size {
                 // Full from an earlier run (or an earlier daemon).
                 drop(opened);
-                rotate(file)?;
+                crate::history::rotate(&file.path, file.keep as usize)?;
                 opened = open_file(&file.path)?;
             }
             entry.insert(opened)
@@ -294,22 +294,6 @@ fn open_file(path: &Path) -> std::io::Result<Open> {
         file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     }
     Ok(Open { out: BufWriter::with_capacity(64 * 1024, file), size: meta.len() })
-}
-
-/// `PATH` becomes `PATH.1`, older generations move up, and `PATH.keep` is overwritten.
-fn rotate(file: &OutputFile) -> std::io::Result<()> {
-    let generation = |g: u32| {
-        let mut name = file.path.clone().into_os_string();
-        name.push(format!(".{g}"));
-        PathBuf::from(name)
-    };
-    for g in (1..file.keep).rev() {
-        let from = generation(g);
-        if from.exists() {
-            std::fs::rename(&from, generation(g + 1))?;
-        }
-    }
-    std::fs::rename(&file.path, generation(1))
 }
 
 #[cfg(test)]

@@ -38,12 +38,12 @@ use tracing::{Instrument, error, info, warn};
 use super::contain::{Containment, RunProcs, Search, Stage, Target, timeout_plan};
 use super::guardian::Guardian;
 use super::output::{LogBudget, Sinks};
-use super::programs::Pinned;
 use super::secret_files;
 use crate::broker::Broker;
 use crate::config::{EnvValue, EnvVar, Hook, Step, Task};
 use crate::protocol::RunStatus;
 use crate::restic::BackupSummary;
+use crate::trust::{Pinned, expand_tilde};
 
 /// How many stderr lines a run keeps for its history record.
 pub(crate) const STDERR_TAIL: usize = 20;
@@ -70,7 +70,7 @@ pub(crate) struct Outcome {
     /// Snapshots the steps' `restic forget --json` removed (not with `--dry-run`).
     pub(crate) removed: Vec<crate::restic::Snapshot>,
     /// What the task's audit found.
-    pub(crate) findings: Vec<crate::daemon::ledger::Finding>,
+    pub(crate) findings: Vec<crate::history::Finding>,
 }
 
 impl Outcome {
@@ -333,18 +333,6 @@ pub(crate) fn allowed_env(
     out
 }
 
-/// Expands a leading `~/` (or a lone `~`).
-pub(crate) fn expand_tilde(arg: &str, home: Option<&Path>) -> OsString {
-    match (arg.strip_prefix('~'), home) {
-        (Some(rest), Some(home)) if rest.is_empty() || rest.starts_with('/') => {
-            let mut out = home.as_os_str().to_os_string();
-            out.push(rest);
-            out
-        }
-        _ => arg.into(),
-    }
-}
-
 /// Why a hook has no exit code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum HookFailure {
@@ -512,7 +500,7 @@ impl Runner {
             }
             StepEnd::TimedOut(how) => Err(HookFailure::Failed(format!(
                 "timed out after {}; {how}",
-                crate::duration::Human(timeout)
+                crate::time::Human(timeout)
             ))),
             StepEnd::Cancelled => Err(HookFailure::Cancelled),
             StepEnd::NotStarted(why) | StepEnd::Refused(why) => Err(HookFailure::Failed(why)),
@@ -611,9 +599,7 @@ impl Runner {
         // A pinned program is checked before anything else, and run from the checked file.
         let pinned_file = match call.pin.cloned() {
             Some(pin) => {
-                match tokio::task::spawn_blocking(move || super::programs::open_verified(&pin))
-                    .await
-                {
+                match tokio::task::spawn_blocking(move || crate::trust::open_verified(&pin)).await {
                     Ok(Ok(file)) => Some(file),
                     Ok(Err(why)) => {
                         error!("{why}");
@@ -721,8 +707,7 @@ impl Runner {
             if let Some(dir) = &task.working_dir {
                 cmd.current_dir(dir);
             }
-            contain_child(cmd, procs);
-            be_polite(cmd, task);
+            set_up_child(cmd, procs, task);
         }
         if let Err(e) = plumbing.connect(&mut commands) {
             return StepEnd::NotStarted(format!("cannot connect the pipeline's stages: {e}"));
@@ -810,24 +795,23 @@ impl Runner {
         let mut children: Vec<(tokio::process::Child, Option<crate::broker::Handle>)> =
             children.into_iter().flatten().collect();
         let stdout = children.last_mut().and_then(|(c, _)| c.stdout.take());
-        // The raw descriptor is the guardian's; the reader is ours.
-        let (stderr_raw, stderr): (_, Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>) = {
-            use std::os::fd::AsRawFd;
-            if let Some(rx) = shared_stderr {
-                (Some(rx.as_raw_fd()), Some(Box::new(rx)))
-            } else {
-                let own = children[0].0.stderr.take();
-                (own.as_ref().map(AsRawFd::as_raw_fd), own.map(|s| Box::new(s) as _))
-            }
-        };
+        let own_stderr = if shared_stderr.is_none() { children[0].0.stderr.take() } else { None };
         if let Some(guardian) = &self.guardian {
-            use std::os::fd::AsRawFd;
-            let pipes: Vec<_> = [stdout.as_ref().map(AsRawFd::as_raw_fd), stderr_raw]
-                .into_iter()
-                .flatten()
-                .collect();
+            use std::os::fd::AsFd;
+            let pipes: Vec<_> = [
+                stdout.as_ref().map(AsFd::as_fd),
+                shared_stderr.as_ref().map(AsFd::as_fd),
+                own_stderr.as_ref().map(AsFd::as_fd),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
             guardian.watch(pgid.as_raw() as u32, procs, &pipes, task.kill_grace);
         }
+        let stderr: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>> = match shared_stderr {
+            Some(rx) => Some(Box::new(rx)),
+            None => own_stderr.map(|s| Box::new(s) as _),
+        };
         // Each stage's token dies as soon as its process is reaped, whatever the others do.
         let waits: Vec<tokio::task::JoinHandle<std::io::Result<ExitStatus>>> = children
             .into_iter()
@@ -997,7 +981,7 @@ impl Runner {
             tokio::select! {
                 () = tokio::time::sleep(LEFTOVER_POLL) => {
                     if procs.all_gone(Some(pgid), || self.broker.active()) {
-                        let after = crate::duration::Human(Duration::from_secs(began.elapsed().as_secs()));
+                        let after = crate::time::Human(Duration::from_secs(began.elapsed().as_secs()));
                         return StepEnd::Exited(status, Some(format!("the {them} ended {after} later")), true);
                     }
                 }
@@ -1116,76 +1100,18 @@ impl Plumbing {
     }
 }
 
-/// Makes the child part of the run before it execs: into the run's cgroup (if any), and on
-/// Linux a parent-death signal, so it does not outlive a daemon that died.
-fn contain_child(cmd: &mut tokio::process::Command, procs: &RunProcs) {
-    let join = procs.join_file();
-    #[cfg(target_os = "linux")]
-    let parent = std::process::id() as libc::pid_t;
-    let hook = move || {
-        #[cfg(target_os = "linux")]
-        // SAFETY: between fork and exec only async-signal-safe calls are made: prctl,
-        // getppid, open, write, close and _exit, on values prepared before the fork.
-        unsafe {
-            // SIGINT, not SIGTERM: restic removes its repository lock on SIGINT.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT);
-            // The daemon died between fork and prctl: the signal will never come.
-            if libc::getppid() != parent {
-                libc::_exit(125);
-            }
-        }
-        if let Some(file) = &join {
-            // SAFETY: as above; `file` is a NUL-terminated path made before the fork.
-            unsafe {
-                let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd >= 0 {
-                    libc::write(fd, b"0".as_ptr().cast(), 1);
-                    libc::close(fd);
-                }
-            }
-        }
-        Ok(())
+/// Makes the child part of the run before it execs: into the run's cgroup (if any), a
+/// parent-death signal on Linux, so it does not outlive a daemon that died, and the task's
+/// `nice:` and `io:` (set in the child, so the program itself is what runs: no `nice`
+/// wrapper in front of restic, so its pin and its exit codes stay its own).
+fn set_up_child(cmd: &mut tokio::process::Command, procs: &RunProcs, task: &Task) {
+    let setup = crate::sys::exec::ChildSetup {
+        join_cgroup: procs.join_file(),
+        parent_death_signal: true,
+        nice: task.nice,
+        ioprio: task.io.map(crate::config::IoClass::ioprio),
     };
-    // SAFETY: the hook makes only async-signal-safe calls (see above) and allocates nothing.
-    unsafe {
-        cmd.pre_exec(hook);
-    }
-}
-
-/// The task's `nice:` and `io:`, set in the child before it execs, so the program itself is
-/// what runs (no `nice` wrapper in front of restic: its pin and its exit codes stay its own).
-/// Failures are ignored: a process may not lower its niceness below its parent's without
-/// privileges, and a kernel without I/O scheduling classes leaves the class as it is.
-fn be_polite(cmd: &mut tokio::process::Command, task: &Task) {
-    let nice = task.nice;
-    #[cfg(target_os = "linux")]
-    let io = task.io.map(crate::config::IoClass::ioprio);
-    let nothing = nice.is_none();
-    #[cfg(target_os = "linux")]
-    let nothing = nothing && io.is_none();
-    if nothing {
-        return;
-    }
-    let hook = move || {
-        if let Some(nice) = nice {
-            // SAFETY: setpriority is async-signal-safe; it affects this (forked) process.
-            unsafe {
-                libc::setpriority(libc::PRIO_PROCESS, 0, nice);
-            }
-        }
-        #[cfg(target_os = "linux")]
-        if let Some(ioprio) = io {
-            // IOPRIO_WHO_PROCESS (1), this process (0). SAFETY: a plain system call.
-            unsafe {
-                libc::syscall(libc::SYS_ioprio_set, 1, 0, ioprio);
-            }
-        }
-        Ok(())
-    };
-    // SAFETY: the hook makes only async-signal-safe calls and allocates nothing.
-    unsafe {
-        cmd.pre_exec(hook);
-    }
+    crate::sys::exec::set_up_before_exec(cmd, setup);
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -1239,15 +1165,5 @@ mod tests {
         assert_eq!(env[0].1, OsString::from("/opt/bnz/bin:/usr/bin"));
         let again = allowed_env(env.clone(), Some(Path::new("/opt/bnz/bin")));
         assert_eq!(again[0].1, OsString::from("/opt/bnz/bin:/usr/bin"));
-    }
-
-    #[test]
-    fn tilde_expands_only_at_the_start() {
-        let home = Some(Path::new("/home/u"));
-        assert_eq!(expand_tilde("~/Documents", home), OsString::from("/home/u/Documents"));
-        assert_eq!(expand_tilde("~", home), OsString::from("/home/u"));
-        assert_eq!(expand_tilde("~other/x", home), OsString::from("~other/x"));
-        assert_eq!(expand_tilde("a~/b", home), OsString::from("a~/b"));
-        assert_eq!(expand_tilde("$HOME/x", home), OsString::from("$HOME/x"));
     }
 }

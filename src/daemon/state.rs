@@ -25,12 +25,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, warn};
 
 use super::execute::{self, Event, Job, RunContext};
-use super::feed::Feed;
 use super::metrics::TaskMetrics;
 use super::runner::Outcome;
 use super::writers::MetricsWriter;
 use super::{Stop, systemd};
 use crate::broker::control::{FireError, Request};
+use crate::broker::feed::Feed;
 use crate::broker::socket::BoundSocket;
 use crate::config::Overlap;
 use crate::history::{DaemonEvent, Record, SkipReason};
@@ -267,7 +267,7 @@ impl State {
             if let Some(next) =
                 timetable::next_fire(&task.schedule, &task.zone.tz, self.started, now)
             {
-                info!(task = %task.name, schedule = %task.schedule, timezone = %task.zone.name, next = %crate::commands::rfc3339(next, &task.zone.tz), "scheduled");
+                info!(task = %task.name, schedule = %task.schedule, timezone = %task.zone.name, next = %crate::time::rfc3339(next, &task.zone.tz), "scheduled");
                 self.tasks[i].next = Some(next);
                 self.table.push(next, i);
             } else {
@@ -339,7 +339,7 @@ impl State {
         self.ctx.cancel.cancel();
         self.tracker.close();
         if !self.tracker.is_empty() {
-            info!(running = self.tracker.len(), grace = %crate::duration::Human(self.ctx.config.shutdown_grace), "stopping running tasks");
+            info!(running = self.tracker.len(), grace = %crate::time::Human(self.ctx.config.shutdown_grace), "stopping running tasks");
         }
         let kill_grace =
             self.ctx.config.tasks.iter().map(|t| t.kill_grace).max().unwrap_or_default();
@@ -650,7 +650,7 @@ impl State {
     fn handle_due(&mut self, idx: usize, due: Timestamp, now: Timestamp) {
         let ctx = self.ctx.clone();
         let task = &ctx.config.tasks[idx];
-        let human = crate::duration::Human;
+        let human = crate::time::Human;
         match timetable::decide(&task.schedule, &task.zone.tz, due, now, task.max_lateness) {
             Decision::Run { trigger, occurrence, superseded, first_missed } => {
                 if trigger == Trigger::CatchUp {
@@ -751,7 +751,7 @@ fn future_records(past: &[Record], now: Timestamp) -> Future {
 /// reading `/proc/self/smaps` and trimming the heap are not the event loop's to wait for.
 fn shed_memory() {
     tokio::task::spawn_blocking(|| {
-        let released = super::footprint::shed();
+        let released = crate::sys::footprint::shed();
         debug!(released_kib = released / 1024, "idle: released start-up pages and free heap");
     });
 }

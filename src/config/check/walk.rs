@@ -251,7 +251,7 @@ impl Checker {
 
     pub(super) fn duration(&mut self, node: &Node, path: &str) -> Option<Duration> {
         match &node.value {
-            Value::Str(s) => match crate::duration::parse(s) {
+            Value::Str(s) => match crate::time::parse(s) {
                 Ok(d) => Some(d),
                 Err(e) => {
                     self.error(path, node.pos, e.to_string());

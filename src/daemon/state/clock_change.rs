@@ -15,10 +15,10 @@ use jiff::SignedDuration;
 use tracing::{info, warn};
 
 use super::State;
-use crate::duration::Human;
 use crate::history::SkipReason;
 use crate::schedule::clock::{CORRECTION, Jump, Reading};
 use crate::schedule::timetable::{self, Timetable};
+use crate::time::Human;
 
 impl State {
     pub(super) fn on_clock_jump(&mut self, jump: Jump, now: &Reading) {
@@ -75,7 +75,7 @@ impl State {
                 Some(next) => {
                     self.table.push(next, idx);
                     if Some(next) != pending {
-                        info!(task = %task.name, next = %crate::commands::rfc3339(next, tz), "rescheduled after the clock change");
+                        info!(task = %task.name, next = %crate::time::rfc3339(next, tz), "rescheduled after the clock change");
                     }
                 }
                 None => {

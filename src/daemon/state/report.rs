@@ -21,7 +21,7 @@ impl State {
                     name: task.name.clone(),
                     schedule: task.schedule.to_string(),
                     timezone: task.zone.name.clone(),
-                    next: state.next.map(|n| crate::commands::rfc3339(n, &task.zone.tz)),
+                    next: state.next.map(|n| crate::time::rfc3339(n, &task.zone.tz)),
                     running: state.running,
                     deferred: state.deferred.clone(),
                     last: state.last.clone(),

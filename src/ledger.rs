@@ -29,6 +29,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::history::Finding;
 use crate::restic::Snapshot;
 
 pub(crate) const FILE_NAME: &str = "ledger.jsonl";
@@ -47,16 +48,6 @@ pub(crate) enum Entry {
     Baseline { audit: String, at: String, snapshot: Snapshot },
     /// An audit task ran to a verdict (its first one decides the baseline).
     Audited { audit: String, at: String, findings: usize },
-}
-
-/// What an audit found wrong with one snapshot (or with the set).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Finding {
-    /// `missing`, `replaced`, `differs`, `unrecorded` or `stale`.
-    pub kind: String,
-    pub snapshot_id: Option<String>,
-    /// A sentence for people.
-    pub detail: String,
 }
 
 /// The ledger, folded.
@@ -288,12 +279,12 @@ pub(crate) fn audit(
             Some(t) => Some(format!(
                 "the newest snapshot of {} is from {t}, older than max_age {}: backups have stopped",
                 tasks.join(", "),
-                crate::duration::Human(max_age)
+                crate::time::Human(max_age)
             )),
             None => Some(format!(
                 "no snapshot recorded for {} is in the repository (max_age {})",
                 tasks.join(", "),
-                crate::duration::Human(max_age)
+                crate::time::Human(max_age)
             )),
         };
         if let Some(detail) = stale {

@@ -1,15 +1,14 @@
 //! The few IOKit and CoreFoundation calls the daemon makes on macOS: a power assertion
-//! while a run lasts ([`inhibit`](super::inhibit), IOKit/pwr_mgt/IOPMLib.h) and the power
-//! source for `when: {ac_power: true}` ([`conditions`](super::conditions),
-//! IOKit/ps/IOPowerSources.h). Declared here rather than through a bindings crate: five
+//! while a run lasts ([`PowerAssertion`], IOKit/pwr_mgt/IOPMLib.h) and the power source for
+//! `when: {ac_power: true}` ([`on_battery`], IOKit/ps/IOPowerSources.h). Declared here rather than through a bindings crate: five
 //! functions do not justify one. Compile-checked in CI, never run here (docs/platforms.md).
 
 use std::ffi::c_void;
 
-pub(crate) type IOPMAssertionID = u32;
+type IOPMAssertionID = u32;
 type CFStringRef = *const c_void;
 /// `kIOPMAssertionLevelOn`.
-pub(crate) const ASSERTION_LEVEL_ON: u32 = 255;
+const ASSERTION_LEVEL_ON: u32 = 255;
 /// `kCFStringEncodingUTF8`.
 const UTF8: u32 = 0x0800_0100;
 
@@ -28,22 +27,22 @@ unsafe extern "C" {
 
 #[link(name = "IOKit", kind = "framework")]
 unsafe extern "C" {
-    pub(crate) fn IOPMAssertionCreateWithName(
+    fn IOPMAssertionCreateWithName(
         kind: CFStringRef,
         level: u32,
         name: CFStringRef,
         id: *mut IOPMAssertionID,
     ) -> i32;
-    pub(crate) fn IOPMAssertionRelease(id: IOPMAssertionID) -> i32;
+    fn IOPMAssertionRelease(id: IOPMAssertionID) -> i32;
     fn IOPSCopyPowerSourcesInfo() -> *const c_void;
     fn IOPSGetProvidingPowerSourceType(snapshot: *const c_void) -> CFStringRef;
 }
 
 /// An owned CFString, released on drop.
-pub(crate) struct CfString(pub(crate) CFStringRef);
+struct CfString(CFStringRef);
 
 impl CfString {
-    pub(crate) fn new(text: &str) -> Result<CfString, String> {
+    fn new(text: &str) -> Result<CfString, String> {
         let len = isize::try_from(text.len()).map_err(|_| "name too long".to_string())?;
         // SAFETY: `text` is valid UTF-8 of `len` bytes; a null allocator is the default.
         let made =
@@ -59,6 +58,36 @@ impl Drop for CfString {
     fn drop(&mut self) {
         // SAFETY: we own this reference (a Create function returned it).
         unsafe { CFRelease(self.0) }
+    }
+}
+
+/// A power assertion that keeps the system from idle sleep, released on drop (and by the
+/// kernel if the process dies).
+pub(crate) struct PowerAssertion(IOPMAssertionID);
+
+impl PowerAssertion {
+    /// Takes a `PreventUserIdleSystemSleep` assertion named `name` (what `caffeinate -i`
+    /// takes); `Err` says why there is none.
+    pub(crate) fn take(name: &str) -> Result<PowerAssertion, String> {
+        let kind = CfString::new("PreventUserIdleSystemSleep")?;
+        let name = CfString::new(name)?;
+        let mut id: IOPMAssertionID = 0;
+        // SAFETY: both strings are live CFStrings for the call; `id` is writable.
+        let status =
+            unsafe { IOPMAssertionCreateWithName(kind.0, ASSERTION_LEVEL_ON, name.0, &raw mut id) };
+        if status != 0 {
+            return Err(format!("IOKit refused a power assertion (IOReturn {status:#x})"));
+        }
+        Ok(PowerAssertion(id))
+    }
+}
+
+impl Drop for PowerAssertion {
+    fn drop(&mut self) {
+        // SAFETY: the id came from IOPMAssertionCreateWithName and is released once.
+        unsafe {
+            IOPMAssertionRelease(self.0);
+        }
     }
 }
 

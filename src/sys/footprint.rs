@@ -27,7 +27,7 @@ pub(crate) fn shed() -> usize {
     unsafe {
         libc::malloc_trim(0);
     }
-    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else { return 0 };
+    let Some(smaps) = super::proc::own_smaps() else { return 0 };
     let mut released = 0;
     for (start, len) in clean_file_mappings(&smaps) {
         // SAFETY: the range is a whole private, read-only file mapping with no modified

@@ -1,88 +1,17 @@
-//! Process and memory protections for the processes that hold secrets — the one module with
-//! `unsafe`, each block justified by a `SAFETY:` comment.
+//! Secret bytes on their own anonymous pages, `mlock`ed (never swapped) and
+//! `MADV_DONTDUMP` (left out of core dumps), wiped and unmapped on drop ([`LockedBytes`]).
 //!
-//! - [`protect_process`]: no core dumps (`RLIMIT_CORE` 0) and no same-user ptrace or
-//!   `/proc/PID/mem` / `environ` reads (`PR_SET_DUMPABLE` 0 on Linux, `PT_DENY_ATTACH` on
-//!   macOS). Done before any secret is read.
-//! - [`LockedBytes`]: secret bytes on their own anonymous pages, `mlock`ed (never swapped) and
-//!   `MADV_DONTDUMP` (left out of core dumps), wiped and unmapped on drop. We lock only the
-//!   pages that hold secrets, not the whole process (`mlockall` under the default
-//!   `RLIMIT_MEMLOCK` makes a threaded daemon fail allocations later). Sources read straight
-//!   into one ([`LockedBytes::spare_mut`]), so no value passes through the ordinary heap,
-//!   where a growing `Vec` would leave unzeroed copies behind.
-//! - [`take_env_var`]: copies a variable onto locked pages and wipes it from the process's
-//!   environment block.
-//!
-//! When a protection cannot be applied we report it (the caller warns once, or refuses to
-//! start under `strict_memory: true`) instead of failing: a backup that runs is usually worth
-//! more than a protection the kernel does not offer.
+//! Only the pages that hold secrets are locked, not the whole process (`mlockall` under the
+//! default `RLIMIT_MEMLOCK` makes a threaded daemon fail allocations later). Sources read
+//! straight into one ([`LockedBytes::spare_mut`]), so no value passes through the ordinary
+//! heap, where a growing `Vec` would leave unzeroed copies behind. A protection the kernel
+//! refuses is reported as a [`Weakness`], not an error.
 
-use std::ffi::{CStr, CString};
 use std::ptr::NonNull;
 
 use zeroize::Zeroize;
 
-/// A protection that could not be applied, for a warning or a strict-mode refusal.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Weakness {
-    pub what: &'static str,
-    pub why: String,
-}
-
-/// Disables core dumps and ptrace attachment by processes of the same user.
-pub fn protect_process() -> Vec<Weakness> {
-    let mut weak = disable_core_dumps();
-    weak.extend(forbid_inspection());
-    weak
-}
-
-/// No core dumps (`RLIMIT_CORE` 0): the part of [`protect_process`] that leaves the process
-/// readable to its own user. `secretbox` starts with this alone, because the daemon reads its
-/// `/proc/PID/exe` to verify it, which a non-dumpable process denies to anyone but root.
-pub fn disable_core_dumps() -> Vec<Weakness> {
-    use nix::sys::resource::{Resource, setrlimit};
-    match setrlimit(Resource::RLIMIT_CORE, 0, 0) {
-        Ok(()) => Vec::new(),
-        Err(e) => vec![Weakness { what: "disable core dumps (RLIMIT_CORE 0)", why: e.to_string() }],
-    }
-}
-
-/// No same-user ptrace and `/proc/PID/mem` reads: the rest of [`protect_process`].
-pub fn forbid_inspection() -> Vec<Weakness> {
-    let mut weak = Vec::new();
-    #[cfg(target_os = "linux")]
-    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
-        weak.push(Weakness {
-            what: "forbid ptrace and /proc memory access (PR_SET_DUMPABLE 0)",
-            why: e.to_string(),
-        });
-    }
-    #[cfg(target_os = "macos")]
-    {
-        const PT_DENY_ATTACH: libc::c_int = 31;
-        // SAFETY: PT_DENY_ATTACH takes no address or data; it only flags this process.
-        let rc = unsafe { libc::ptrace(PT_DENY_ATTACH, 0, std::ptr::null_mut(), 0) };
-        if rc != 0 {
-            weak.push(Weakness {
-                what: "forbid debugger attachment (PT_DENY_ATTACH)",
-                why: std::io::Error::last_os_error().to_string(),
-            });
-        }
-    }
-    weak
-}
-
-/// Whether this process is protected from same-user ptrace (Linux: not dumpable).
-pub fn is_dumpable() -> Option<bool> {
-    #[cfg(target_os = "linux")]
-    {
-        nix::sys::prctl::get_dumpable().ok()
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        None
-    }
-}
+use super::hardening::Weakness;
 
 /// Secret bytes on private, locked, never-dumped pages. Changed only through `&mut` while a
 /// source fills it; shared, it is an immutable byte slice.
@@ -225,51 +154,6 @@ fn page_size() -> usize {
         .and_then(|n| usize::try_from(n).ok())
         .unwrap_or(4096)
 }
-
-/// Reads environment variable `name` onto locked pages, overwrites its value in the process's
-/// environment block (which `/proc/PID/environ` shows for the life of the process), and
-/// removes it. `None` when it is not set; an error when no pages could be mapped.
-///
-/// # Safety
-/// No other thread may exist: the environment is not thread-safe to modify. The daemon calls
-/// this from `main` before it starts its runtime.
-pub unsafe fn take_env_var(name: &str) -> Option<std::io::Result<(LockedBytes, Vec<Weakness>)>> {
-    let cname = CString::new(name).ok()?;
-    // SAFETY: single-threaded (the caller's contract); getenv returns a pointer into the
-    // environment that stays valid until the environment is modified, which we do below.
-    let value = unsafe { libc::getenv(cname.as_ptr()) };
-    if value.is_null() {
-        return None;
-    }
-    // SAFETY: getenv returned a NUL-terminated string.
-    let bytes = unsafe { CStr::from_ptr(value) }.to_bytes();
-    // Straight onto locked pages: a heap copy would outlive its free.
-    let copy = LockedBytes::new(bytes);
-    let len = bytes.len();
-    for i in 0..len {
-        // SAFETY: the `len` bytes before the NUL belong to the environment block; writing them
-        // does not change the string's length, and nothing else reads them concurrently.
-        unsafe { std::ptr::write_volatile(value.add(i), b'*' as libc::c_char) };
-    }
-    // SAFETY: single-threaded (the caller's contract).
-    unsafe { std::env::remove_var(name) };
-    Some(copy)
-}
-
-/// Joins a fresh kernel session keyring when this process has none of its own.
-///
-/// Outside a PAM login session (containers, CI, some service managers) a process's session
-/// keyring is the shared per-user one, where the keyutils store fails (see
-/// docs/operations.md). Session keyrings are per thread, so this must run at the top of
-/// `main`, before any thread exists.
-#[cfg(target_os = "linux")]
-pub fn join_session_keyring() {
-    use linux_keyutils::{KeyRing, KeyRingIdentifier};
-    let _ = KeyRing::from_special_id(KeyRingIdentifier::Session, true);
-}
-
-#[cfg(not(target_os = "linux"))]
-pub fn join_session_keyring() {}
 
 #[cfg(test)]
 mod tests {

@@ -1,4 +1,5 @@
-//! Human durations as written in the task file: `90s`, `2m`, `1h30m`, `500ms`, `1d`.
+//! Time as the task file, the logs and the records write it: human durations (`90s`, `2m`,
+//! `1h30m`, `500ms`, `1d`), parsed and shown, and instants as RFC 3339 in a zone.
 //!
 //! A duration is one or more `<integer><unit>` parts, largest unit first, with no spaces.
 //! A bare number is refused on purpose: `timeout: 30` could mean seconds or minutes, and a
@@ -6,6 +7,9 @@
 
 use std::fmt;
 use std::time::Duration;
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
 
 /// Why a duration could not be parsed; the message is shown to the user as is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -85,6 +89,11 @@ impl fmt::Display for Human {
         }
         Ok(())
     }
+}
+
+/// Formats an instant in a zone as RFC 3339 with its UTC offset (`2026-03-08T03:00:00-04:00`).
+pub(crate) fn rfc3339(at: Timestamp, tz: &TimeZone) -> String {
+    at.to_zoned(tz.clone()).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string()
 }
 
 #[cfg(test)]
