@@ -35,6 +35,57 @@ pub(crate) struct Finding {
     pub detail: String,
 }
 
+/// How a run ended: the End record's fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct RunEnd {
+    pub(crate) run_id: String,
+    pub(crate) task: String,
+    pub(crate) at: String,
+    pub(crate) status: RunStatus,
+    pub(crate) exit_code: Option<i32>,
+    pub(crate) duration_ms: u64,
+    /// A sentence on what happened ("exit code 1 in step 2", "timed out after 1h").
+    pub(crate) reason: String,
+    /// The last lines the run wrote on stderr, redacted.
+    pub(crate) stderr_tail: Vec<String>,
+    /// What its `restic backup --json` steps reported (snapshot ids and figures).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) backups: Vec<BackupSummary>,
+    /// The attempts before the last one, for a task with `retry:` (the fields above are
+    /// the last attempt's, and the whole run's duration).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) attempts: Vec<Attempt>,
+    /// What the task's audit found (snapshot ids and why).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) findings: Vec<Finding>,
+}
+
+impl RunEnd {
+    /// The end of a run that ran no step (cancelled while queued, interrupted by a daemon
+    /// that died): no exit code, no output, no results, no time spent.
+    pub(crate) fn without_steps(
+        run_id: String,
+        task: String,
+        at: String,
+        status: RunStatus,
+        reason: String,
+    ) -> RunEnd {
+        RunEnd {
+            run_id,
+            task,
+            at,
+            status,
+            exit_code: None,
+            duration_ms: 0,
+            reason,
+            stderr_tail: Vec::new(),
+            backups: Vec::new(),
+            attempts: Vec::new(),
+            findings: Vec::new(),
+        }
+    }
+}
+
 /// One line of the history file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -59,28 +110,7 @@ pub(crate) enum Record {
         deferred: Option<Deferred>,
     },
     /// A run ended.
-    End {
-        run_id: String,
-        task: String,
-        at: String,
-        status: RunStatus,
-        exit_code: Option<i32>,
-        duration_ms: u64,
-        /// A sentence on what happened ("exit code 1 in step 2", "timed out after 1h").
-        reason: String,
-        /// The last lines the run wrote on stderr, redacted.
-        stderr_tail: Vec<String>,
-        /// What its `restic backup --json` steps reported (snapshot ids and figures).
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        backups: Vec<BackupSummary>,
-        /// The attempts before the last one, for a task with `retry:` (the fields above are
-        /// the last attempt's, and the whole run's duration).
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        attempts: Vec<Attempt>,
-        /// What the task's audit found (snapshot ids and why).
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        findings: Vec<Finding>,
-    },
+    End(RunEnd),
     /// Occurrences that did not run.
     Skip {
         task: String,
@@ -109,7 +139,7 @@ impl Record {
             }
         };
         match &mut record {
-            Record::End { reason, stderr_tail, attempts, findings, .. } => {
+            Record::End(RunEnd { reason, stderr_tail, attempts, findings, .. }) => {
                 mask(reason);
                 stderr_tail.iter_mut().for_each(mask);
                 for a in attempts.iter_mut() {
@@ -208,9 +238,9 @@ impl std::fmt::Display for DaemonEvent {
 impl Record {
     pub(crate) fn task(&self) -> Option<&str> {
         match self {
-            Record::Start { task, .. } | Record::End { task, .. } | Record::Skip { task, .. } => {
-                Some(task)
-            }
+            Record::Start { task, .. }
+            | Record::End(RunEnd { task, .. })
+            | Record::Skip { task, .. } => Some(task),
             Record::Daemon { .. } => None,
         }
     }
@@ -218,7 +248,7 @@ impl Record {
     pub(crate) fn at(&self) -> &str {
         match self {
             Record::Start { at, .. }
-            | Record::End { at, .. }
+            | Record::End(RunEnd { at, .. })
             | Record::Skip { at, .. }
             | Record::Daemon { at, .. } => at,
         }

@@ -174,33 +174,44 @@ pub(crate) fn pin(program: &Path) -> Result<Sha256Digest, String> {
     sha256_file(&mut file).map_err(|e| format!("cannot read {}: {e}", program.display()))
 }
 
+/// Why a pinned program was refused before a run.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PinError {
+    #[error("cannot open pinned program {}: {source}", path.display())]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("cannot copy pinned program {} into sealed memory: {source}", path.display())]
+    Copy { path: PathBuf, source: std::io::Error },
+    #[error("cannot read pinned program {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("pinned program {} changed: its sha256 is now {}, expected {}; refusing to run it (no token was issued)", path.display(), hex(actual), hex(expected))]
+    Changed { path: PathBuf, actual: Sha256Digest, expected: Sha256Digest },
+    #[error("cannot rewind pinned program {}: {source}", path.display())]
+    Rewind { path: PathBuf, source: std::io::Error },
+}
+
 /// Checks a pinned program and returns the file to execute: on Linux a sealed in-memory copy
 /// whose digest was verified, elsewhere the program file itself. Blocking (it reads the whole
 /// program): call it from `spawn_blocking`.
-pub(crate) fn open_verified(pinned: &Pinned) -> Result<File, String> {
-    let shown = pinned.path.display();
+pub(crate) fn open_verified(pinned: &Pinned) -> Result<File, PinError> {
+    let path = || pinned.path.clone();
     let original =
-        File::open(&pinned.path).map_err(|e| format!("cannot open pinned program {shown}: {e}"))?;
+        File::open(&pinned.path).map_err(|source| PinError::Open { path: path(), source })?;
     #[cfg(target_os = "linux")]
     let mut checked = {
         let mut original = original;
         let name = pinned.path.file_name().and_then(|n| n.to_str()).unwrap_or("pinned");
         sealed_copy(&mut original, name)
-            .map_err(|e| format!("cannot copy pinned program {shown} into sealed memory: {e}"))?
+            .map_err(|source| PinError::Copy { path: path(), source })?
     };
     #[cfg(not(target_os = "linux"))]
     let mut checked = original;
-    let actual = sha256_file(&mut checked)
-        .map_err(|e| format!("cannot read pinned program {shown}: {e}"))?;
+    let actual =
+        sha256_file(&mut checked).map_err(|source| PinError::Read { path: path(), source })?;
     if actual != pinned.digest {
-        return Err(format!(
-            "pinned program {shown} changed: its sha256 is now {}, expected {}; refusing to run it (no token was issued)",
-            hex(&actual),
-            hex(&pinned.digest)
-        ));
+        return Err(PinError::Changed { path: path(), actual, expected: pinned.digest });
     }
     use std::io::Seek;
-    checked.rewind().map_err(|e| format!("cannot rewind pinned program {shown}: {e}"))?;
+    checked.rewind().map_err(|source| PinError::Rewind { path: path(), source })?;
     Ok(checked)
 }
 

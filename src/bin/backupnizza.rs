@@ -33,7 +33,7 @@ fn main() {
         Command::Service(command) => commands::service::run(command, &env),
         Command::Completions(args) => commands::generate::completions(args),
         Command::Man(args) => commands::generate::man(args),
-        Command::Guard => backupnizza::daemon::guardian::main(),
+        Command::Guard => backupnizza::daemon::guard(),
     };
     if let Err(err) = result {
         let message = format!("{err:#}");

@@ -58,6 +58,33 @@ pub(crate) struct BoundSocket {
 impl BoundSocket {
     /// Whether the path still names the socket we bound (gpg-agent's check for a stolen socket).
     pub(crate) fn still_ours(&self) -> bool {
+        self.watch().still_ours()
+    }
+
+    /// What the state owner checks twice a second, apart from the socket itself.
+    pub(crate) fn watch(&self) -> SocketWatch {
+        SocketWatch { path: self.path.clone(), identity: self.identity }
+    }
+}
+
+/// A path and the file it named when it was bound (its device and inode), to notice when
+/// another process replaces or removes it.
+#[derive(Debug, Clone)]
+pub(crate) struct SocketWatch {
+    pub(crate) path: PathBuf,
+    identity: (u64, u64),
+}
+
+impl SocketWatch {
+    /// Watches whatever `path` names now (the state owner's tests watch a plain file).
+    #[cfg(test)]
+    pub(crate) fn of(path: &Path) -> std::io::Result<SocketWatch> {
+        let m = std::fs::symlink_metadata(path)?;
+        Ok(SocketWatch { path: path.to_path_buf(), identity: (m.dev(), m.ino()) })
+    }
+
+    /// Whether the path still names the same file.
+    pub(crate) fn still_ours(&self) -> bool {
         std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.identity)
     }
 }

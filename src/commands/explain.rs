@@ -10,7 +10,7 @@ use jiff::{SignedDuration, Timestamp};
 use super::{load_config, print, require_task};
 use crate::cli::ExplainArgs;
 use crate::config::Environment;
-use crate::history::Record;
+use crate::history::{Record, RunEnd};
 use crate::time::rfc3339;
 
 /// Most occurrences listed (a minutely task over a week has ten thousand).
@@ -48,9 +48,9 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
     let mut ends: BTreeMap<String, (String, Option<i32>, u64, String)> = BTreeMap::new();
     for record in records {
         match record {
-            Record::End { run_id, task: t, status, exit_code, duration_ms, reason, .. }
-                if t == &task.name =>
-            {
+            Record::End(RunEnd {
+                run_id, task: t, status, exit_code, duration_ms, reason, ..
+            }) if t == &task.name => {
                 ends.insert(
                     run_id.clone(),
                     (status.as_str().to_string(), *exit_code, *duration_ms, reason.clone()),

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::{load_config, print, require_task};
 use crate::cli::HistoryArgs;
 use crate::config::Environment;
-use crate::history::Record;
+use crate::history::{Record, RunEnd};
 use crate::protocol::RunStatus;
 
 /// stderr lines shown under a run that did not succeed (the record keeps up to 20).
@@ -55,7 +55,7 @@ fn text_entries(records: &[&Record], args: &HistoryArgs) -> Vec<String> {
     let mut entries = Vec::new();
     for record in records {
         let entry = match record {
-            Record::End {
+            Record::End(RunEnd {
                 run_id,
                 task,
                 at,
@@ -67,7 +67,7 @@ fn text_entries(records: &[&Record], args: &HistoryArgs) -> Vec<String> {
                 backups,
                 attempts,
                 findings,
-            } => {
+            }) => {
                 let code = exit_code.map_or_else(|| "-".into(), |c| format!("exit {c}"));
                 let took = crate::time::Human(Duration::from_secs(duration_ms / 1000));
                 let mut entry = format!("{at}  {task}  {status}  {code}  {took}  {run_id}");
@@ -132,7 +132,7 @@ fn json_entries(records: &[&Record]) -> Vec<String> {
                     "status": "running",
                 }));
             }
-            Record::End {
+            Record::End(RunEnd {
                 run_id,
                 task,
                 at,
@@ -144,7 +144,7 @@ fn json_entries(records: &[&Record]) -> Vec<String> {
                 backups,
                 attempts,
                 findings,
-            } => {
+            }) => {
                 // A start rotated out of the kept generations: the end stands alone.
                 let idx = *by_run.entry(run_id).or_insert_with(|| {
                     objects.push(json!({"type": "run", "run_id": run_id, "task": task}));

@@ -9,14 +9,21 @@
 //! are counted, summarized in one line, and still reach the run's tail (and its output file).
 //! A task that prints a gigabyte costs the log at most about 4 MiB.
 
+pub(crate) mod files;
+
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tracing::{info, warn};
 
-use super::output_file::RunOutput;
-use super::runner::{STDERR_TAIL, Tail};
+use files::RunOutput;
+
+/// How many stderr lines a run keeps for its history record and hooks.
+pub(crate) const STDERR_TAIL: usize = 20;
+
+/// The last stderr lines of a run.
+pub(crate) type Tail = VecDeque<String>;
 
 /// Longest line we log from a child; longer lines are cut (restic's progress can be long).
 const MAX_LINE: usize = 8 * 1024;
@@ -43,7 +50,7 @@ const RATE_WINDOW: Duration = Duration::from_secs(1);
 /// What one of a run's streams (stdout or stderr, over all its steps) may still send to
 /// the log.
 #[derive(Default)]
-pub(super) struct LogBudget {
+pub(crate) struct LogBudget {
     /// The head: what was logged as it came.
     lines: usize,
     bytes: usize,
@@ -130,7 +137,7 @@ impl LogBudget {
     }
 
     /// Logs what the budget held back: the counts, then the last lines not yet logged.
-    pub(super) fn finish(mut self) {
+    pub(crate) fn finish(mut self) {
         self.say_held();
         if self.over_lines > 0 {
             warn!(
@@ -166,7 +173,7 @@ pub(crate) struct Sinks<'a> {
 /// log, so a secret never straddles a cut; terminal escapes are removed (and the line
 /// redacted again, as escapes could have split a secret). With `restic`, the lines are read
 /// for restic's `--json` messages: progress is counted instead of logged, summaries kept.
-pub(super) async fn pump<R: AsyncRead + Unpin>(
+pub(crate) async fn pump<R: AsyncRead + Unpin>(
     stream: R,
     which: &'static str,
     mut tail: Option<&mut Tail>,
@@ -240,7 +247,7 @@ pub(super) async fn pump<R: AsyncRead + Unpin>(
 
 /// Says how many of restic's progress messages a step's stdout carried (they are not
 /// logged one by one).
-pub(super) fn progress_passed_over(reader: &crate::restic::Reader) {
+pub(crate) fn progress_passed_over(reader: &crate::restic::Reader) {
     if reader.progress > 0 {
         info!(
             stream = "stdout",
@@ -250,7 +257,7 @@ pub(super) fn progress_passed_over(reader: &crate::restic::Reader) {
 }
 
 /// At most `max` bytes of `text`, cut at a character boundary and marked.
-pub(super) fn cut(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+pub(crate) fn cut(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     if text.len() <= max {
         return text.into();
     }

@@ -73,6 +73,21 @@ impl Reading {
     }
 }
 
+/// Where the state owner reads the time: the system's clocks in the daemon, a clock that a
+/// test moves (suspends, sets) in the state owner's in-process tests.
+pub(crate) trait Clock: Send + Sync {
+    fn read(&self) -> Reading;
+}
+
+/// The system's clocks ([`Reading::now`]).
+pub(crate) struct SystemClock;
+
+impl Clock for SystemClock {
+    fn read(&self) -> Reading {
+        Reading::now()
+    }
+}
+
 /// Monotonic time since the first call in this process.
 fn process_elapsed() -> Duration {
     static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();

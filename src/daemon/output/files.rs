@@ -107,11 +107,8 @@ impl RunOutput {
     /// Queues one line (already redacted) of `stream`.
     pub(super) async fn line(&self, stream: &str, redacted: &str) {
         let at = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.3fZ");
-        let text = format!(
-            "{at} {} {stream} {}\n",
-            self.run_id,
-            super::output::cut(redacted, MAX_FILE_LINE)
-        );
+        let text =
+            format!("{at} {} {stream} {}\n", self.run_id, super::cut(redacted, MAX_FILE_LINE));
         let cost = text.len() + LINE_OVERHEAD;
         if !self.make_room(cost).await {
             self.dropped.fetch_add(1, Ordering::Relaxed);

@@ -8,6 +8,8 @@
 //! their scheme and host. A notification that fails is logged and retried once; it never
 //! changes the result of a backup.
 
+mod command;
+
 use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
@@ -189,7 +191,7 @@ pub(crate) fn send(
         }
         let _ = tokio::task::spawn_blocking(deliver_all).await;
         if let Some((argv, base_env, home, facts)) = notifier {
-            super::notifier::run(&argv, &base_env, home.as_deref(), &facts, timeout).await;
+            command::run(&argv, &base_env, home.as_deref(), &facts, timeout).await;
         }
     }))
 }

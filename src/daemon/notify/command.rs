@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tracing::{info, warn};
 
-use super::notifications::RunFacts;
+use super::RunFacts;
 
 /// Most of a notifier's output that is read (and logged).
 const MAX_OUTPUT: u64 = 64 * 1024;
@@ -116,7 +116,7 @@ pub(crate) async fn run(
         Ok(Ok(status)) => warn!(
             task = %facts.task, run_id = %facts.run_id, notifier = %shown,
             "the notifier failed ({}){said}; the run's result is unaffected",
-            super::runner::describe_exit(status)
+            crate::daemon::step::describe_exit(status)
         ),
         Ok(Err(e)) => {
             warn!(task = %facts.task, notifier = %shown, "waiting for the notifier failed: {e}");

@@ -4,7 +4,7 @@
 //!
 //! A run is unended when the history holds its Start record and no End record. Its
 //! processes are found by its cgroup (named in the Start record) and by its run id in the
-//! environment of every process of the daemon's uid ([`contain`](crate::daemon::contain)); they
+//! environment of every process of the daemon's uid ([`contain`](crate::daemon::step::contain)); they
 //! are stopped as a timeout stops a run — SIGINT first, on which restic removes its
 //! repository lock. Then the `{secret_file:}` directories they left are removed.
 
@@ -18,11 +18,11 @@ use nix::sys::signal::Signal;
 use tracing::{error, info, warn};
 
 use super::State;
-use crate::daemon::contain::{RunProcs, Search, Target};
-use crate::daemon::secret_files;
-use crate::history::{DaemonEvent, Record};
+use crate::daemon::step::contain::{RunProcs, Search, Target};
+use crate::daemon::step::secret_files;
+use crate::history::{DaemonEvent, Record, RunEnd};
 use crate::protocol::{RunBody, RunStatus};
-use crate::schedule::clock::{Reading, Stamp};
+use crate::schedule::clock::Stamp;
 use crate::schedule::timetable::Trigger;
 
 /// A run with a Start record and no End record.
@@ -43,7 +43,7 @@ fn unended(past: &[Record]) -> Vec<Unended> {
     let ended: HashSet<&str> = past
         .iter()
         .filter_map(|r| match r {
-            Record::End { run_id, .. } => Some(run_id.as_str()),
+            Record::End(end) => Some(end.run_id.as_str()),
             _ => None,
         })
         .collect();
@@ -134,22 +134,16 @@ impl State {
         );
         for run in runs {
             let leftovers = stop_leftovers(&run, self.ctx.runner.kill_grace).await;
-            let now = Timestamp::now();
+            let now = self.now();
             let reason = reason(&run, leftovers.as_ref());
             warn!(task = %run.task, run_id = %run.run_id, "{reason}");
-            self.ctx.history.append(Record::End {
-                run_id: run.run_id.clone(),
-                task: run.task.clone(),
-                at: self.rfc3339(now),
-                status: RunStatus::Interrupted,
-                exit_code: None,
-                duration_ms: 0,
-                reason: reason.clone(),
-                stderr_tail: Vec::new(),
-                backups: Vec::new(),
-                attempts: Vec::new(),
-                findings: Vec::new(),
-            });
+            self.ctx.history.append(Record::End(RunEnd::without_steps(
+                run.run_id.clone(),
+                run.task.clone(),
+                self.rfc3339(now),
+                RunStatus::Interrupted,
+                reason.clone(),
+            )));
             let Some(idx) = self.ctx.config.tasks.iter().position(|t| t.name == run.task) else {
                 continue;
             };
@@ -166,7 +160,7 @@ impl State {
             let state = &mut self.tasks[idx];
             state.metrics.runs += 1;
             state.metrics.failures += 1;
-            state.ended_at(Stamp::before(&Reading::now(), now), false);
+            state.ended_at(Stamp::before(&self.clock.read(), now), false);
             state.metrics.last_exit_code = None;
             state.last = Some(body);
             if let Some(occurrence) = self.rerun_of(idx, &run, now) {
@@ -218,19 +212,17 @@ mod tests {
                 pid: 41,
             },
             start("a", "t"),
-            Record::End {
-                run_id: "a".into(),
-                task: "t".into(),
-                at: "2026-01-01T03:00:02Z".into(),
-                status: RunStatus::Success,
+            Record::End(RunEnd {
                 exit_code: Some(0),
                 duration_ms: 1000,
-                reason: String::new(),
-                stderr_tail: Vec::new(),
-                backups: Vec::new(),
-                attempts: Vec::new(),
-                findings: Vec::new(),
-            },
+                ..RunEnd::without_steps(
+                    "a".into(),
+                    "t".into(),
+                    "2026-01-01T03:00:02Z".into(),
+                    RunStatus::Success,
+                    String::new(),
+                )
+            }),
             start("b", "t"),
         ];
         let found = unended(&past);

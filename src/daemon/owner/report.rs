@@ -1,7 +1,7 @@
 //! What the state owner reports from its tables: the `status` answer and the metrics file.
 
 use super::State;
-use crate::daemon::metrics::{TaskMetrics, TokenMetrics};
+use crate::daemon::records::metrics::{self, TaskMetrics, TokenMetrics};
 use crate::protocol::{StatusBody, TaskStatus, TokenCounts};
 
 impl State {
@@ -43,7 +43,7 @@ impl State {
     /// out rather than shown as the future).
     pub(super) fn metrics_text(&self) -> Option<String> {
         self.ctx.config.metrics_textfile.as_ref()?;
-        let now = jiff::Timestamp::now();
+        let now = self.now();
         let past = |t: Option<jiff::Timestamp>| t.filter(|t| *t <= now);
         let named: Vec<(&str, TaskMetrics)> = self
             .ctx
@@ -70,7 +70,7 @@ impl State {
             rejected: stats.rejected().collect(),
         };
         let refs: Vec<(&str, &TaskMetrics)> = named.iter().map(|(n, m)| (*n, m)).collect();
-        Some(crate::daemon::metrics::render(&refs, &tokens, self.started.min(now)))
+        Some(metrics::render(&refs, &tokens, self.started.min(now)))
     }
 
     /// Hands the current metrics to the writer thread (the latest text wins).

@@ -24,7 +24,7 @@ impl State {
     pub(super) fn on_clock_jump(&mut self, jump: Jump, now: &Reading) {
         // Catch-up runs after a resume (or a forward jump caught up like one) settle first.
         if !jump.suspended.is_zero() || jump.changed > SignedDuration::ZERO {
-            self.resumed = Some(std::time::Instant::now());
+            self.resumed = Some(tokio::time::Instant::now());
             // Running runs note it in their record (and `retry` applies to a failure).
             self.ctx.suspends.send_modify(|n| *n += 1);
         }

@@ -1,0 +1,352 @@
+//! The state owner: one task (the daemon's event loop) holds the task and run tables and the
+//! timetable as plain values. Nothing else touches them; everything else sends messages:
+//!
+//! - the socket server sends control [`Request`]s (trigger, status, subscribe to a run),
+//!   each with a `oneshot` for the answer;
+//! - runs send [`Event`]s (started, deferred, ended);
+//! - the timetable wakes the loop when an occurrence is due, and the stop channel when a
+//!   signal arrives.
+//!
+//! Whatever wakes the loop (at least every [`SOCKET_CHECK`]), it first reads the clocks, so a
+//! suspend or a change of the wall clock is seen within seconds and before anything else
+//! uses the time; a clock change rebuilds the timetable (see [`clock_change`]). What fires
+//! when is decided in [`due`] and [`fire`]; the runs a dead daemon left are settled at start
+//! ([`settle`]); `status` and the metrics file are read off the tables ([`report`]).
+//!
+//! Runs are spawned on a [`TaskTracker`]: at shutdown the loop cancels them, refuses new
+//! triggers, keeps answering until every run has sent its end (each has written its End
+//! record by then), and only then returns. No run handle is ever dropped unawaited.
+//!
+//! The owner reads the time from a [`Clock`] and starts runs through a [`Launch`], both in
+//! its [`Surroundings`]: the system's clocks and [`run::execute`] in the daemon, a clock the
+//! test moves and a recorder of jobs in the in-process tests ([`tests`]).
+
+mod clock_change;
+mod due;
+mod fire;
+mod report;
+mod settle;
+mod tables;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio::sync::{mpsc, watch};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use super::Stop;
+use super::host::systemd;
+use super::records::writers::MetricsWriter;
+use super::run::{self, Event, Job, RunContext};
+use crate::broker::control::{FireError, Request};
+use crate::broker::feed::Feed;
+use crate::broker::socket::{BoundSocket, SocketWatch};
+use crate::history::{DaemonEvent, Record};
+use crate::schedule::clock::{Clock, ClockWatch, Reading, Stamp, SystemClock};
+use crate::schedule::timetable::{self, Timetable, Trigger};
+use tables::{Runs, TaskState};
+
+/// How often the daemon checks that its socket path still names its socket: within a
+/// second of a swap it stops (clients check the server too, see `SECRETBOX_DAEMON`). A
+/// `stat` twice a second costs nothing measurable (docs/benchmarks.md, idle CPU).
+const SOCKET_CHECK: Duration = Duration::from_millis(500);
+/// Time beyond `shutdown_grace` and the kill grace that shutdown waits for runs to end.
+const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
+
+/// The loop's inputs besides the timetable.
+pub(crate) struct Inbox {
+    pub(crate) requests: mpsc::Receiver<Request>,
+    pub(crate) events: mpsc::UnboundedReceiver<Event>,
+    pub(crate) stop: mpsc::Receiver<Stop>,
+}
+
+/// Starts a run: the future the owner spawns on its tracker.
+pub(crate) type Launch =
+    Box<dyn Fn(Job, Arc<Feed>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// What the owner reads and starts outside its own tables.
+pub(crate) struct Surroundings {
+    /// Where the owner reads the time.
+    pub(crate) clock: Arc<dyn Clock>,
+    /// Starts a run.
+    pub(crate) launch: Launch,
+    /// The socket path, checked every [`SOCKET_CHECK`]: the daemon stops when it names
+    /// another file.
+    pub(crate) socket: SocketWatch,
+    /// The daemon's process-wide chores: systemd's notifications, reaping adopted orphans,
+    /// giving back idle memory. Off in the in-process tests, which share their process with
+    /// other tests (an orphan reaper there would reap other tests' children).
+    pub(crate) process_chores: bool,
+}
+
+impl Surroundings {
+    /// The daemon's: the system's clocks, runs by [`run::execute`], its bound socket.
+    pub(crate) fn of_this_daemon(ctx: Arc<RunContext>, bound: &BoundSocket) -> Surroundings {
+        Surroundings {
+            clock: Arc::new(SystemClock),
+            launch: Box::new(move |job, feed| Box::pin(run::execute(ctx.clone(), job, feed))),
+            socket: bound.watch(),
+            process_chores: true,
+        }
+    }
+}
+
+/// The daemon's mutable state, owned by its event loop.
+pub(crate) struct State {
+    ctx: Arc<RunContext>,
+    clock: Arc<dyn Clock>,
+    launch: Launch,
+    socket: SocketWatch,
+    process_chores: bool,
+    /// When the daemon started, on the current wall clock; also the anchor of `@every`.
+    started: Timestamp,
+    started_stamp: Stamp,
+    tasks: Vec<TaskState>,
+    runs: Runs,
+    table: Timetable,
+    tracker: TaskTracker,
+    metrics: Option<MetricsWriter>,
+    /// What is wrong with the run history right now, from its writer thread.
+    history_health: watch::Receiver<Option<String>>,
+    /// When the last resume (or forward jump of the clock) was seen, for `resume_settle`.
+    resumed: Option<tokio::time::Instant>,
+}
+
+impl State {
+    /// The state at start: each task's last result, from the history (see
+    /// [`TaskState::from_history`]).
+    pub(crate) fn new(
+        ctx: Arc<RunContext>,
+        surroundings: Surroundings,
+        past: &[Record],
+        metrics: Option<MetricsWriter>,
+        history_health: watch::Receiver<Option<String>>,
+    ) -> State {
+        let Surroundings { clock, launch, socket, process_chores } = surroundings;
+        let reading = clock.read();
+        let tasks = TaskState::from_history(&ctx, past, &reading);
+        State {
+            started: reading.wall,
+            started_stamp: Stamp::before(&reading, reading.wall),
+            ctx,
+            clock,
+            launch,
+            socket,
+            process_chores,
+            tasks,
+            runs: Runs::default(),
+            table: Timetable::default(),
+            tracker: TaskTracker::new(),
+            metrics,
+            history_health,
+            resumed: None,
+        }
+    }
+
+    fn rfc3339(&self, at: Timestamp) -> String {
+        self.ctx.rfc3339(at)
+    }
+
+    /// The wall clock, as the owner's clock reads it.
+    fn now(&self) -> Timestamp {
+        self.clock.read().wall
+    }
+
+    /// The event loop, until a stop request or a stolen socket; then the drain of running
+    /// tasks. Returns why it stopped.
+    pub(crate) async fn run(mut self, mut inbox: Inbox, past: &[Record]) -> Stop {
+        let first = self.begin(past).await;
+        let stop = self.serve(&mut inbox, first).await;
+        self.drain(&mut inbox).await;
+        stop
+    }
+
+    /// Before the loop: the Start record, the runs a dead daemon left, the downtime's
+    /// catch-up, the timetable, and READY. Returns the clocks' reading the timetable was
+    /// built from, so a change made from here on (even before READY) is seen as a change.
+    async fn begin(&mut self, past: &[Record]) -> Reading {
+        self.ctx.history.append(Record::Daemon {
+            event: DaemonEvent::Start,
+            at: self.rfc3339(self.now()),
+            pid: std::process::id(),
+        });
+        self.settle_unended(past).await;
+        let first = self.clock.read();
+        let now = first.wall;
+        self.catch_up_downtime(past, now);
+        for (i, task) in self.ctx.config.tasks.iter().enumerate() {
+            if let Some(next) =
+                timetable::next_fire(&task.schedule, &task.zone.tz, self.started, now)
+            {
+                info!(task = %task.name, schedule = %task.schedule, timezone = %task.zone.name, next = %crate::time::rfc3339(next, &task.zone.tz), "scheduled");
+                self.tasks[i].next = Some(next);
+                self.table.push(next, i);
+            } else {
+                warn!(task = %task.name, schedule = %task.schedule, "will not fire in the next 30 years");
+            }
+        }
+        // READY means the metrics file exists.
+        let text = self.metrics_text();
+        if let (Some(writer), Some(text)) = (self.metrics.as_mut(), text) {
+            writer.write_and_wait(text).await;
+        }
+        if self.process_chores {
+            systemd::notify("READY=1");
+            shed_memory();
+        }
+        first
+    }
+
+    async fn serve(&mut self, inbox: &mut Inbox, first: Reading) -> Stop {
+        let watchdog = systemd::watchdog_interval().filter(|_| self.process_chores);
+        let mut watchdog = watchdog.map(|d| tokio::time::interval(d / 2));
+        let mut socket_check = tokio::time::interval(SOCKET_CHECK);
+        let mut clock = ClockWatch::new(first);
+        let mut zombies = HashSet::new();
+        loop {
+            let pause = self.table.sleep_for(self.now());
+            let wake = tokio::select! {
+                () = tokio::time::sleep(pause) => Wake::Timer,
+                stop = inbox.stop.recv() => return stop.unwrap_or(Stop::Signal("a closed stop channel")),
+                Some(request) = inbox.requests.recv() => Wake::Request(request),
+                Some(event) = inbox.events.recv() => Wake::Event(event),
+                _ = socket_check.tick() => Wake::SocketCheck,
+                () = async { match watchdog.as_mut() { Some(w) => { w.tick().await; } None => std::future::pending().await } } => Wake::Watchdog,
+            };
+            // The clocks first, on every wake: a jump is seen within one socket check, and
+            // nothing below (a run's end, a trigger, the metrics) works on a stale timetable.
+            let reading = self.clock.read();
+            if let Some(jump) = clock.observe(reading) {
+                self.on_clock_jump(jump, &reading);
+            }
+            match wake {
+                Wake::Timer => {}
+                Wake::Request(request) => self.answer(request),
+                Wake::Event(event) => self.on_event(event),
+                Wake::SocketCheck => {
+                    if !self.socket.still_ours() {
+                        error!(socket = %self.socket.path.display(), "the socket path no longer names this daemon's socket; stopping");
+                        return Stop::SocketStolen;
+                    }
+                    if self.process_chores {
+                        super::host::reap_orphans(&self.ctx.runner.broker.active(), &mut zombies);
+                    }
+                }
+                Wake::Watchdog => systemd::notify("WATCHDOG=1"),
+            }
+            // The wall time the jump check saw, not a second reading: a clock set between
+            // the two would reach the due occurrences on the old timetable and look like
+            // downtime (a year forward was caught up as 52,560 missed runs). A jump after
+            // the reading is seen at the next wake, at most one socket check later.
+            self.fire_due(reading.wall);
+        }
+    }
+
+    /// Cancels running tasks (they SIGINT, SIGTERM, then SIGKILL their processes) and keeps answering
+    /// until every one has ended.
+    async fn drain(&mut self, inbox: &mut Inbox) {
+        if self.process_chores {
+            systemd::notify("STOPPING=1");
+        }
+        self.ctx.cancel.cancel();
+        self.tracker.close();
+        if !self.tracker.is_empty() {
+            info!(running = self.tracker.len(), grace = %crate::time::Human(self.ctx.config.shutdown_grace), "stopping running tasks");
+        }
+        let kill_grace =
+            self.ctx.config.tasks.iter().map(|t| t.kill_grace).max().unwrap_or_default();
+        let limit = self.ctx.config.shutdown_grace + kill_grace + SHUTDOWN_SLACK;
+        let deadline = tokio::time::sleep(limit);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                () = self.tracker.wait() => break,
+                Some(event) = inbox.events.recv() => self.on_event(event),
+                Some(request) = inbox.requests.recv() => self.answer(request),
+                () = &mut deadline => {
+                    error!("some tasks did not stop in time");
+                    break;
+                }
+            }
+        }
+        // Runs send their end before they finish: take the last ones.
+        while let Ok(event) = inbox.events.try_recv() {
+            self.on_event(event);
+        }
+        self.write_metrics();
+    }
+
+    fn answer(&mut self, request: Request) {
+        match request {
+            Request::Trigger { task, reply } => {
+                let result = match self.ctx.config.tasks.iter().position(|t| t.name == task) {
+                    Some(idx) => self.fire(idx, Trigger::Manual, None),
+                    None => Err(FireError::NoSuchTask {
+                        hint: crate::config::did_you_mean(
+                            &task,
+                            self.ctx.config.tasks.iter().map(|t| t.name.as_str()),
+                        )
+                        .map(str::to_string),
+                        name: task,
+                    }),
+                };
+                let _ = reply.send(result);
+            }
+            Request::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Request::Subscribe { run_id, reply } => {
+                let _ = reply.send(self.runs.by_id.get(&run_id).map(|k| k.state.subscribe()));
+            }
+            Request::Follow { run_id, reply } => {
+                let _ = reply.send(self.runs.by_id.get(&run_id).map(|k| k.feed.clone()));
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Started { idx, at } => {
+                self.tasks[idx].deferred = None;
+                self.tasks[idx].started_at(Stamp::before(&self.clock.read(), at));
+            }
+            Event::Deferred { idx, why } => {
+                if why.is_some() {
+                    self.tasks[idx].metrics.deferrals += 1;
+                }
+                self.tasks[idx].deferred = why;
+            }
+            Event::Ended { idx, run_id, outcome, ended } => {
+                self.run_ended(idx, &run_id, &outcome, ended);
+                if self.process_chores && self.tasks.iter().all(|t| !t.running) {
+                    shed_memory();
+                }
+            }
+        }
+    }
+}
+
+/// What woke the loop.
+enum Wake {
+    Timer,
+    Request(Request),
+    Event(Event),
+    SocketCheck,
+    Watchdog,
+}
+
+/// Gives back what the idle daemon need not hold (see `footprint`), on a blocking thread:
+/// reading `/proc/self/smaps` and trimming the heap are not the event loop's to wait for.
+fn shed_memory() {
+    tokio::task::spawn_blocking(|| {
+        let released = crate::sys::footprint::shed();
+        debug!(released_kib = released / 1024, "idle: released start-up pages and free heap");
+    });
+}

@@ -1,0 +1,158 @@
+//! The state owner's tables: per task (running, queued, deferred, last result, next fire
+//! time, metrics) and per run it knows (live ones, and the last [`KEEP_RUNS`] finished).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use tokio::sync::watch;
+use tracing::warn;
+
+use crate::broker::feed::Feed;
+use crate::daemon::records::metrics::{self, TaskMetrics};
+use crate::daemon::run::{Job, RunContext};
+use crate::history::{Record, RunEnd};
+use crate::protocol::{RunBody, RunStatus};
+use crate::schedule::clock::{Reading, Stamp};
+
+/// Finished runs kept in memory for `trigger --wait`.
+pub(super) const KEEP_RUNS: usize = 256;
+
+/// Per-task state.
+#[derive(Default)]
+pub(super) struct TaskState {
+    pub(super) running: bool,
+    /// Why the current run waits to start (`when:`, `blackout:`), and since when.
+    pub(super) deferred: Option<String>,
+    /// A firing waiting for the current run (`on_overlap: queue`).
+    pub(super) queued: Option<Job>,
+    pub(super) last: Option<RunBody>,
+    pub(super) next: Option<Timestamp>,
+    pub(super) metrics: TaskMetrics,
+    /// The metrics' `last_*` instants with the elapsed-time clock at each, so a clock change
+    /// can re-read them on the new clock (see [`TaskState::reread`]).
+    stamps: Stamps,
+}
+
+#[derive(Default)]
+struct Stamps {
+    start: Option<Stamp>,
+    end: Option<Stamp>,
+    success: Option<Stamp>,
+}
+
+impl TaskState {
+    pub(super) fn started_at(&mut self, at: Stamp) {
+        self.stamps.start = Some(at);
+        self.metrics.last_start = Some(at.wall());
+    }
+
+    pub(super) fn ended_at(&mut self, at: Stamp, success: bool) {
+        self.stamps.end = Some(at);
+        self.metrics.last_end = Some(at.wall());
+        if success {
+            self.stamps.success = Some(at);
+            self.metrics.last_success = Some(at.wall());
+        }
+    }
+
+    /// After a clock change: each instant becomes *now minus its age*, so none lies in the
+    /// future of the new clock and the staleness alert keeps measuring real time.
+    pub(super) fn reread(&mut self, now: &Reading) {
+        let m = &mut self.metrics;
+        for (stamp, field) in [
+            (&self.stamps.start, &mut m.last_start),
+            (&self.stamps.end, &mut m.last_end),
+            (&self.stamps.success, &mut m.last_success),
+        ] {
+            if let Some(stamp) = stamp {
+                *field = Some(stamp.reread(now));
+            }
+        }
+    }
+}
+
+/// Runs the daemon knows by id: live ones, and the last [`KEEP_RUNS`] finished ones.
+#[derive(Default)]
+pub(super) struct Runs {
+    pub(super) by_id: HashMap<String, Known>,
+    pub(super) finished: VecDeque<String>,
+}
+
+/// What the daemon keeps of one run it knows.
+pub(super) struct Known {
+    /// Its state, for `trigger --wait` and `status`.
+    pub(super) state: watch::Sender<RunBody>,
+    /// Its output, for `trigger --follow`.
+    pub(super) feed: Arc<Feed>,
+}
+
+impl TaskState {
+    /// Each task's state at start, from its last End records in the history. Records dated
+    /// later than now (written before the clock was set back) are not used: one of them
+    /// would put `last_success` in the future, where the staleness alert can never fire.
+    pub(super) fn from_history(ctx: &RunContext, past: &[Record], now: &Reading) -> Vec<TaskState> {
+        let mut tasks: Vec<TaskState> =
+            ctx.config.tasks.iter().map(|_| TaskState::default()).collect();
+        warn_of_future(ctx, past, now.wall);
+        for record in past {
+            let Record::End(end) = record else { continue };
+            let Some(i) = ctx.config.tasks.iter().position(|t| t.name == end.task) else {
+                continue;
+            };
+            let Some(at) = end.at.parse::<Timestamp>().ok().filter(|t| *t <= now.wall) else {
+                continue;
+            };
+            let audited = ctx.config.tasks[i].audit.is_some();
+            tasks[i].remember(end, at, now, audited);
+        }
+        tasks
+    }
+
+    /// A past run's end, read from the history.
+    fn remember(&mut self, end: &RunEnd, at: Timestamp, now: &Reading, audited: bool) {
+        let start = at.checked_sub(jiff::SignedDuration::from_millis(end.duration_ms as i64));
+        if let Ok(start) = start {
+            self.started_at(Stamp::before(now, start));
+        }
+        let success = matches!(end.status, RunStatus::Success | RunStatus::Warning);
+        self.ended_at(Stamp::before(now, at), success);
+        self.metrics.ended(&metrics::Ended {
+            exit_code: end.exit_code,
+            seconds: end.duration_ms as f64 / 1000.0,
+            ok: end.status.is_ok(),
+            backups: &end.backups,
+            audit: audited.then_some(end.findings.len()),
+        });
+        self.last = Some(RunBody {
+            run_id: end.run_id.clone(),
+            task: end.task.clone(),
+            status: end.status,
+            started: String::new(),
+            ended: Some(end.at.clone()),
+            exit_code: end.exit_code,
+            duration_ms: Some(end.duration_ms),
+            reason: end.reason.clone(),
+        });
+    }
+}
+
+/// Warns once about history records dated later than `now`.
+fn warn_of_future(ctx: &RunContext, past: &[Record], now: Timestamp) {
+    let future: Vec<Timestamp> = past
+        .iter()
+        .filter_map(|r| r.at().parse::<Timestamp>().ok())
+        .filter(|at| *at > now)
+        .collect();
+    let count = future.len();
+    if count == 0 {
+        return;
+    }
+    warn!(
+        ignored = count,
+        latest = %future.iter().max().map(|t| ctx.rfc3339(*t)).unwrap_or_default(),
+        "{count} history record{} dated later than now (written before the clock was set back) {} not used for metrics or to decide what to catch up",
+        if count == 1 { "" } else { "s" },
+        if count == 1 { "is" } else { "are" },
+    );
+}

@@ -1,0 +1,315 @@
+//! A step's end: its output read beside the wait (into the log, the output file, the
+//! follow feed and the run's tail), its exit status decided as `set -o pipefail` would, and
+//! its processes stopped at the timeout or at shutdown.
+//!
+//! A step ends when every process of it is gone: a main process that exits while children
+//! it started keep running (`cmd &`, `setsid`) is waited for until they end, or until the
+//! timeout stops them, and the record says so. A timeout sends SIGINT to the step's main
+//! process alone (restic then removes its lock, through an `rclone:` or `sftp:` backend
+//! that a SIGINT to the whole group would have killed at the same moment; restic 0.14 does
+//! not remove it on SIGTERM), then SIGINT, SIGTERM and SIGKILL to every process of the run,
+//! the task's `kill_grace` apart; shutdown does the same within `shutdown_grace`.
+
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::contain::{RunProcs, Search, Stage, Target, timeout_plan};
+use super::spawn::Started;
+use super::tally::describe_exit;
+use super::{Budgets, Found, MAX_LISTING, Runner, StepCall, StepEnd, StepError, Tail};
+use crate::daemon::output;
+use crate::time::Human;
+
+/// How often a step whose main process has ended checks whether the rest of it has.
+const LEFTOVER_POLL: Duration = Duration::from_millis(200);
+/// How long output is still read after the step's processes ended: a background process
+/// may keep the pipes open.
+const READ_AFTER_END: Duration = Duration::from_secs(2);
+
+/// The stages' waits, and what decides the step once they are over.
+pub(super) struct Running {
+    pub(super) stages: Vec<JoinHandle<std::io::Result<ExitStatus>>>,
+    pub(super) pgid: Pid,
+    pub(super) programs: Vec<String>,
+    /// Why not every stage started, if one did not.
+    pub(super) failed: Option<StepError>,
+}
+
+/// How the step's processes are stopped: at its timeout, and at shutdown.
+struct Plans {
+    timeout: [Stage; 4],
+    shutdown: [Stage; 4],
+}
+
+impl Runner {
+    /// Reads the started step's output and waits for its end; `found` gets what its restic
+    /// steps reported.
+    pub(super) async fn wait(
+        &self,
+        call: &StepCall<'_>,
+        started: Started,
+        programs: Vec<String>,
+        (tail, budgets): (&mut Tail, &mut Budgets),
+        found: Option<Found<'_>>,
+    ) -> StepEnd {
+        let Started { children, pgid, failed, stdout, stderr } = started;
+        let running = Running { stages: self.reap_each(children), pgid, programs, failed };
+        let stage_count = running.stages.len();
+        let (ended_tx, ended_rx) = oneshot::channel::<()>();
+        // The output is read on this task, beside the wait: the tail stays a plain value.
+        let mut restic = crate::restic::Reader::new(call.index + 1);
+        if call.task.audit.is_some() || call.step.command.iter().any(|a| a == "forget") {
+            restic.line_limit = MAX_LISTING;
+        }
+        let streams = (stdout, stderr);
+        let pumps = pump(call, streams, (tail, budgets), &mut restic, ended_rx);
+        let (end, ()) = tokio::join!(self.wait_processes(call, running, ended_tx), pumps);
+        output::progress_passed_over(&restic);
+        if let Some(found) = found {
+            collect(call, &mut restic, found);
+        }
+        if let StepEnd::Exited(st, ..) = &end {
+            let stages =
+                if stage_count > 1 { format!(" ({stage_count} stages)") } else { String::new() };
+            let pid = pgid.as_raw() as u32;
+            info!(step = call.index + 1, pid, "process ended{stages}: {}", describe_exit(*st));
+        }
+        end
+    }
+
+    /// Waits for every stage, then for what they left behind; stops them all at the
+    /// deadline or at shutdown. Tells the output readers when the processes are over.
+    async fn wait_processes(
+        &self,
+        call: &StepCall<'_>,
+        running: Running,
+        ended: oneshot::Sender<()>,
+    ) -> StepEnd {
+        let Running { stages, pgid, programs, failed } = running;
+        let procs = call.procs;
+        let plans = self.plans(call);
+        let pid = pgid.as_raw() as u32;
+        let mut all = std::pin::pin!(wait_all(stages));
+        let first = tokio::select! {
+            statuses = &mut all => decide(statuses, &programs, failed),
+            () = sleep_until(call.deadline) => {
+                warn!(pid, "timeout reached; stopping the step's processes (SIGINT, then SIGTERM, then SIGKILL)");
+                let how = stop(procs, pgid, &plans.timeout).await;
+                let _ = all.await;
+                Err(StepEnd::TimedOut(how))
+            },
+            () = call.cancel.cancelled() => {
+                info!(pid, "daemon stopping; sending SIGINT to the step's processes");
+                stop(procs, pgid, &plans.shutdown).await;
+                let _ = all.await;
+                Err(StepEnd::Cancelled)
+            },
+        };
+        let end = match first {
+            Ok((status, note, last_decides)) => {
+                match self.leftovers(status, call, pgid, &plans).await {
+                    StepEnd::Exited(st, more, _) => {
+                        StepEnd::Exited(st, join_notes(note, more), last_decides)
+                    }
+                    other => other,
+                }
+            }
+            Err(end) => end,
+        };
+        if let Some(guardian) = &self.guardian {
+            guardian.release(pid);
+        }
+        let _ = ended.send(());
+        end
+    }
+
+    /// The timeout's stages, `kill_grace` apart; shutdown's, within `shutdown_grace` (a
+    /// third of it after each SIGINT and after SIGTERM).
+    fn plans(&self, call: &StepCall<'_>) -> Plans {
+        let third = self.shutdown_grace / 3;
+        Plans {
+            timeout: timeout_plan(call.task.kill_grace),
+            shutdown: [
+                (Target::Main, Signal::SIGINT, third),
+                (Target::All, Signal::SIGINT, third),
+                (Target::All, Signal::SIGTERM, third),
+                (Target::All, Signal::SIGKILL, call.task.kill_grace),
+            ],
+        }
+    }
+
+    /// After a step's main process exited: waits for the processes it left behind, until
+    /// they end, the deadline (which stops them) or shutdown.
+    async fn leftovers(
+        &self,
+        status: ExitStatus,
+        call: &StepCall<'_>,
+        pgid: Pid,
+        plans: &Plans,
+    ) -> StepEnd {
+        let procs = call.procs;
+        // The common case (nothing left) costs one signal-0 and, with a cgroup, one read.
+        if procs.all_gone(Some(pgid), || self.broker.active()) {
+            return StepEnd::Exited(status, None, true);
+        }
+        let count = procs.members(Some(pgid), Search::Adopted, &self.broker.active()).len().max(1);
+        let them = if count == 1 {
+            "1 process it left behind".to_string()
+        } else {
+            format!("{count} processes it left behind")
+        };
+        let main = format!("the main process ended ({})", describe_exit(status));
+        let until = if call.deadline.is_some() { ", or at the timeout" } else { "" };
+        info!(
+            pgid = pgid.as_raw(),
+            "{main}; waiting for the {them}: the step ends when they do{until}"
+        );
+        let began = Instant::now();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(LEFTOVER_POLL) => {
+                    if procs.all_gone(Some(pgid), || self.broker.active()) {
+                        let after = Human(Duration::from_secs(began.elapsed().as_secs()));
+                        return StepEnd::Exited(status, Some(format!("the {them} ended {after} later")), true);
+                    }
+                }
+                () = sleep_until(call.deadline) => {
+                    warn!(pgid = pgid.as_raw(), "timeout reached; stopping the {them} (SIGINT, then SIGTERM, then SIGKILL)");
+                    // The main process is gone: its stages are passed over.
+                    let how = stop(procs, pgid, &plans.timeout).await;
+                    return StepEnd::TimedOut(format!("{main}, but the {them} had not; leftovers killed: {how}"));
+                }
+                () = call.cancel.cancelled() => {
+                    info!(pgid = pgid.as_raw(), "daemon stopping; sending SIGINT to the {them}");
+                    stop(procs, pgid, &plans.shutdown).await;
+                    return StepEnd::Cancelled;
+                }
+            }
+        }
+    }
+}
+
+/// Reads the step's stdout (through restic's reader) and stderr (into the run's tail) until
+/// they end, or [`READ_AFTER_END`] after the processes did.
+async fn pump(
+    call: &StepCall<'_>,
+    (stdout, stderr): (Option<tokio::process::ChildStdout>, super::spawn::Stderr),
+    (tail, budgets): (&mut Tail, &mut Budgets),
+    restic: &mut crate::restic::Reader,
+    ended: oneshot::Receiver<()>,
+) {
+    // In the output file, a hook's streams are `before.stdout` and so on.
+    let label = |stream: &str| call.hook.map_or(stream.to_string(), |h| format!("{h}.{stream}"));
+    let (out_label, err_label) = (label("stdout"), label("stderr"));
+    let sinks = call.output;
+    let out = async {
+        if let Some(s) = stdout {
+            let file = (sinks, out_label.as_str());
+            output::pump(s, "stdout", None, &mut budgets.stdout, file, Some(restic)).await;
+        }
+    };
+    let err = async {
+        if let Some(s) = stderr {
+            let file = (sinks, err_label.as_str());
+            output::pump(s, "stderr", Some(tail), &mut budgets.stderr, file, None).await;
+        }
+    };
+    tokio::select! {
+        _ = async { tokio::join!(out, err) } => {}
+        () = async { let _ = ended.await; tokio::time::sleep(READ_AFTER_END).await } => {}
+    }
+}
+
+/// What a step's restic printed, into the run's results: snapshots it saved, the last
+/// snapshot list, and what a `forget` removed (a dry run removes nothing).
+fn collect(call: &StepCall<'_>, restic: &mut crate::restic::Reader, found: Found<'_>) {
+    for summary in &restic.summaries {
+        info!(step = call.index + 1, snapshot = %summary.snapshot_id, "restic saved a snapshot");
+    }
+    found.backups.append(&mut restic.summaries);
+    if restic.listed.is_some() {
+        found.listings.listed = restic.listed.take();
+    }
+    if !call.step.command.iter().any(|a| a == "--dry-run" || a == "-n") {
+        found.listings.removed.append(&mut restic.removed);
+    }
+}
+
+/// Every stage's exit status, in stage order.
+async fn wait_all(
+    waits: Vec<JoinHandle<std::io::Result<ExitStatus>>>,
+) -> Vec<std::io::Result<ExitStatus>> {
+    let mut statuses = Vec::with_capacity(waits.len());
+    for w in waits {
+        statuses.push(match w.await {
+            Ok(status) => status,
+            Err(e) => Err(std::io::Error::other(e)),
+        });
+    }
+    statuses
+}
+
+/// The exit status that decides a step (the pipeline's, as with `set -o pipefail`: the last
+/// stage that failed, else the last stage), with a note naming the failed stages and
+/// whether the last stage decided; or why the step did not run whole (`not_started`).
+fn decide(
+    statuses: Vec<std::io::Result<ExitStatus>>,
+    programs: &[String],
+    not_started: Option<StepError>,
+) -> Result<(ExitStatus, Option<String>, bool), StepEnd> {
+    // Started last first: a stage that could not start leaves the earlier ones unstarted.
+    let offset = programs.len() - statuses.len();
+    let mut decided = None;
+    let mut decided_by = 0;
+    let mut failures = Vec::new();
+    for (i, status) in statuses.into_iter().enumerate() {
+        let status = status.map_err(|e| StepEnd::NotStarted(StepError::Wait(e)))?;
+        if !status.success() && programs.len() > 1 {
+            failures.push(format!(
+                "stage {} of {} ({}) {}",
+                i + offset + 1,
+                programs.len(),
+                programs[i + offset],
+                describe_exit(status)
+            ));
+        }
+        if !status.success() || decided.as_ref().is_none_or(|d: &ExitStatus| d.success()) {
+            decided = Some(status);
+            decided_by = i + offset;
+        }
+    }
+    if let Some(why) = not_started {
+        return Err(StepEnd::NotStarted(why));
+    }
+    let status = decided.ok_or(StepEnd::NotStarted(StepError::NothingStarted))?;
+    let note = (!failures.is_empty()).then(|| failures.join(", "));
+    Ok((status, note, decided_by + 1 == programs.len()))
+}
+
+fn join_notes(a: Option<String>, b: Option<String>) -> Option<String> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+        (a, b) => a.or(b),
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Stops every process of the step's run. Returns which signals were needed.
+async fn stop(procs: &RunProcs, pgid: Pid, plan: &[Stage]) -> String {
+    match procs.stop(Some(pgid), Search::Adopted, plan).await {
+        Some((how, _)) => how,
+        None => "the process had already ended".into(),
+    }
+}
