@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 const BACKUPNIZZA: &str = env!("CARGO_BIN_EXE_backupnizza");
 const SECRETBOX: &str = env!("CARGO_BIN_EXE_secretbox");
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "the benchmark driver: one measurement after another, in the order of the table"
+)]
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--inside") {

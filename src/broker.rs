@@ -11,12 +11,14 @@
 
 pub(crate) mod control;
 pub(crate) mod feed;
+pub(crate) mod keyring;
 pub mod peer;
 mod redeem;
 pub mod redeemers;
 pub mod secrets;
 pub mod server;
 pub(crate) mod socket;
+pub(crate) mod sources;
 pub mod vault;
 
 use std::collections::HashSet;

@@ -185,6 +185,10 @@ UMask=0077
 }
 
 /// The systemd system unit: the daemon as the dedicated account `user`.
+#[expect(
+    clippy::too_many_lines,
+    reason = "the unit file, one directive after another, each with its reason"
+)]
 pub(crate) fn system_unit(exe: &Path, config: &Config, user: &str) -> String {
     // StateDirectory=, CacheDirectory= and RuntimeDirectory= are writable already; what the
     // task file puts elsewhere must be listed.

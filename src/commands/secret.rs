@@ -12,7 +12,7 @@ use anyhow::Context;
 use zeroize::Zeroizing;
 
 use super::{config_path, print};
-use crate::broker::secrets;
+use crate::broker::sources;
 use crate::cli::{SecretCheckArgs, SecretSetArgs};
 use crate::config::{self, Environment, Source};
 use crate::exit::{Exit, FAILURE};
@@ -51,17 +51,19 @@ pub fn set(args: &SecretSetArgs, env: &Environment) -> anyhow::Result<()> {
     if value.is_empty() {
         return Err(Exit::usage("empty value: nothing stored").into());
     }
-    let store = secrets::resolve_store(*store);
-    secrets::keyring_set(store, service, account, &value).map_err(|(problem, fix)| Exit {
-        code: FAILURE,
-        message: format!(
-            "cannot store secret {:?} in {}: {problem}{}",
-            spec.name,
-            secrets::describe(&spec.source),
-            fix.map(|f| format!("; {f}")).unwrap_or_default()
-        ),
+    let store = crate::broker::keyring::resolve(*store);
+    crate::broker::keyring::set(store, service, account, &value).map_err(|(problem, fix)| {
+        Exit {
+            code: FAILURE,
+            message: format!(
+                "cannot store secret {:?} in {}: {problem}{}",
+                spec.name,
+                sources::describe(&spec.source),
+                fix.map(|f| format!("; {f}")).unwrap_or_default()
+            ),
+        }
     })?;
-    eprintln!("stored secret {:?} in {}", spec.name, secrets::describe(&spec.source));
+    eprintln!("stored secret {:?} in {}", spec.name, sources::describe(&spec.source));
     Ok(())
 }
 
@@ -187,17 +189,17 @@ fn read_value(name: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
         let mut value = Zeroizing::new(Vec::new());
         stdin
             .lock()
-            .take(secrets::MAX_SECRET_LEN as u64 + 1)
+            .take(sources::MAX_SECRET_LEN as u64 + 1)
             .read_to_end(&mut value)
             .context("cannot read stdin")?;
-        if value.len() > secrets::MAX_SECRET_LEN {
+        if value.len() > sources::MAX_SECRET_LEN {
             return Err(Exit::usage(format!(
                 "the value is longer than {} bytes",
-                secrets::MAX_SECRET_LEN
+                sources::MAX_SECRET_LEN
             ))
             .into());
         }
-        secrets::trim_newline(&mut value);
+        sources::trim_newline(&mut value);
         return Ok(value);
     }
     let first = prompt(&format!("Value for secret {name:?}: "))?;
@@ -231,7 +233,7 @@ pub fn check(args: &SecretCheckArgs, env: &Environment) -> anyhow::Result<()> {
     let path = config_path(&args.config, env)?;
     let config = config::load(&path, env).map_err(|e| Exit::usage(e.to_string()))?;
     // `env` sources are read without removing them: this is a one-shot check.
-    let mut env_values: secrets::EnvValues = HashMap::new();
+    let mut env_values: sources::EnvValues = HashMap::new();
     for s in &config.secrets {
         if let Source::Env { var } = &s.source
             && let Some(v) = std::env::var_os(var)
@@ -250,8 +252,8 @@ pub fn check(args: &SecretCheckArgs, env: &Environment) -> anyhow::Result<()> {
     let mut failed = 0;
     for spec in &config.secrets {
         // One line per secret as it is loaded: a slow keychain shows where it is.
-        let line = match runtime.block_on(secrets::load_one(spec, env, &mut env_values)) {
-            Ok(_) => format!("{:width$}  ok     {}", spec.name, secrets::describe(&spec.source)),
+        let line = match runtime.block_on(sources::load_one(spec, env, &mut env_values)) {
+            Ok(_) => format!("{:width$}  ok     {}", spec.name, sources::describe(&spec.source)),
             Err(e) => {
                 failed += 1;
                 format!("{:width$}  error  {e}", spec.name)

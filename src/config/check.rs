@@ -15,6 +15,8 @@ use super::{Checked, Environment, Problem, Severity};
 
 mod audit;
 mod cross;
+mod env;
+mod hooks;
 mod output;
 mod redeem;
 mod retry;

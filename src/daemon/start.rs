@@ -24,7 +24,7 @@ use tracing::{error, info, warn};
 use super::Stop;
 use super::step::guardian::Guardian;
 use crate::broker::Redeemers;
-use crate::broker::secrets::{self, EnvValues};
+use crate::broker::sources::{self, EnvValues};
 use crate::config::{self, Config, Environment};
 use crate::exit::{Exit, FAILURE};
 use crate::sys::hardening::Weakness;
@@ -52,7 +52,7 @@ pub fn main(config_path: PathBuf, mut env: Environment) -> anyhow::Result<()> {
     // long as the daemon), before anything else copies the environment (the tasks' allowlist
     // below does). The runtime, the first thread besides this one, starts below.
     check_single_threaded()?;
-    let (env_values, env_weak) = secrets::take_env_sources(&config)
+    let (env_values, env_weak) = sources::take_env_sources(&config)
         .map_err(|e| Exit { code: FAILURE, message: e.to_string() })?;
     for spec in &config.secrets {
         if let config::Source::Env { var } = &spec.source {

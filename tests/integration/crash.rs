@@ -1,4 +1,4 @@
-//! Crashes and runaway processes (issue 15, points 3 and 5): after SIGKILL of the daemon no
+//! Crashes and runaway processes: after SIGKILL of the daemon no
 //! task process lives on, the restart records the run as `interrupted` and never runs two
 //! copies, and a run ends only when every process it started has ended.
 
@@ -383,7 +383,7 @@ tasks:
     daemon.stop();
 }
 
-/// Regression (issue 10, point 11): SIGINT to the whole group at a timeout killed restic's
+/// Regression: SIGINT to the whole group at a timeout killed restic's
 /// `rclone:` backend at the same moment, so restic could not remove its lock, and the next
 /// prune failed. Now the main process gets SIGINT alone first.
 #[test]

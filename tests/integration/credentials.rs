@@ -1,4 +1,4 @@
-//! Credentials that never touch an environment (issue 10, point 12): `{secret_file: NAME}`
+//! Credentials that never touch an environment: `{secret_file: NAME}`
 //! hands a task a path to a 0600 file in a private directory, removed when the step ends.
 //! End to end with real clients: restic's REST backend through `RESTIC_REPOSITORY_FILE`
 //! against `rclone serve restic --append-only` with HTTP basic auth; restic's S3 backend

@@ -420,7 +420,7 @@ fn a_secret_that_cannot_be_loaded_stops_start_up_with_a_fix() {
     }
 }
 
-/// Regression (issue 10): a failing secret command's error quotes its last stderr line, and
+/// Regression: a failing secret command's error quotes its last stderr line, and
 /// start-up stops before the redactor knows any value, so a command that echoed its own
 /// output, or a secret loaded before it, put them in the log. Both are masked now, in the
 /// JSON log whose escaping hid values with quotes from the old mask.
@@ -547,7 +547,7 @@ fn a_trigger_that_races_sigterm_is_refused_or_gets_its_end_record() {
     assert!(accepted > 0, "no trigger was ever accepted: the race was not exercised");
 }
 
-/// Issue 10, point 10: without `XDG_RUNTIME_DIR` the default socket directory is
+/// Without `XDG_RUNTIME_DIR` the default socket directory is
 /// `$TMPDIR/backupnizza-$UID`, a name another user can create first. That user (uid 65534,
 /// through setpriv) squats it; the daemon still starts, in a private directory it records in
 /// `state_dir`, and the clients and tasks find it.

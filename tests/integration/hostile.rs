@@ -155,7 +155,7 @@ fn env_value(env: &str, name: &str) -> String {
     env.split(['\0', '\n']).find_map(|kv| kv.strip_prefix(&prefix)).unwrap_or_default().to_string()
 }
 
-/// Issue 10, point 5: a same-uid process outside the task reads a live token from the task's
+/// A same-uid process outside the task reads a live token from the task's
 /// `/proc/PID/environ` (it may) and redeems it: a live secret, a used one, a name out of
 /// scope (a canary equal to a secret's value) and a garbage token all get the same
 /// `forbidden`, exit 10; so does another uid; the log tells nobody whether the chosen name

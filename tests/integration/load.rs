@@ -222,7 +222,7 @@ fn all_history(scratch: &Scratch) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Regression guard (issue 15): 200 tasks `@every 1s` for 2 minutes still give exactly one
+/// Regression guard: 200 tasks `@every 1s` for 2 minutes still give exactly one
 /// start and one end per firing. Asserts the structure of the history, not how many runs a
 /// second the machine managed: a slow machine records skips (allowed, and counted in the
 /// messages), never a run started twice or a run without its end.
@@ -313,7 +313,7 @@ fn two_hundred_tasks_every_second_for_two_minutes_give_one_start_and_one_end_per
     eprintln!("load guard: {report}");
 }
 
-/// Issue 10, point 6: 2,048 idle connections from one same-user process filled the daemon's
+/// Regression: 2,048 idle connections from one same-user process filled the daemon's
 /// connection limit and the next redemption failed. Now one process may hold 64, and the last
 /// 256 connections are kept for task processes: a flood from 40 processes outside the tasks
 /// (each keeping 100 connections open, reopening any the daemon closes) never blocks a

@@ -1,4 +1,4 @@
-//! Issue 10, point 8, "one copy, locked": the daemon's memory as an attacker with its swap
+//! "One copy, locked": the daemon's memory as an attacker with its swap
 //! file or a core dump would see it. The real daemon loads a canary secret from every kind of
 //! source (kernel keyutils, the Secret Service, `command:`, `file:`, `env:`), real `secretbox`
 //! processes redeem each several times, and then every byte of the daemon's address space is
@@ -154,7 +154,7 @@ fn check_memory(pid: u32, when: &str, canaries: &[(&str, Vec<u8>)], heap_marker:
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-/// Issue 10, point 8. Regression: an `env:` source stayed, for the daemon's whole life, in
+/// Regression: an `env:` source stayed, for the daemon's whole life, in
 /// the snapshot of the environment taken at start (`Environment::from_process`), and in
 /// freed copies of it; read buffers of `file:` and `command:` sources grew by reallocation
 /// and left unzeroed copies behind; each redemption copied the value into an unlocked heap

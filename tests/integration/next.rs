@@ -3,7 +3,7 @@
 use crate::harness::Scratch;
 
 #[test]
-fn next_schedule_issue_example_spring_gap() {
+fn next_schedule_fires_right_after_the_spring_gap() {
     let scratch = Scratch::new();
     let run = scratch
         .backupnizza([

@@ -177,7 +177,7 @@ fn root_programs_are_trusted_inside_a_user_namespace_without_root() {
     assert!(log.contains("BNZ_UNSET_FOR_THIS_TEST is not set"), "{log}");
 }
 
-/// Issue 10, point 2. Regression: a `command:` secret source's helper that another user
+/// Regression: a `command:` secret source's helper that another user
 /// could write (mode 777, or owned by that user, or in a directory open to others) was run
 /// at start and printed, and so saw, the secret. Another user (uid 65534 through `setpriv`
 /// when root; else the test itself) rewrites the world-writable helper into one that leaves a

@@ -1,4 +1,4 @@
-//! The run history under faults (issue 15): a full disk never tears a record, and a history
+//! The run history under faults: a full disk never tears a record, and a history
 //! that cannot be opened never stops backups.
 
 use crate::harness::{Scratch, TRIGGERED, history, trigger, wait_until};
@@ -235,7 +235,7 @@ fn leading_count(message: &str) -> u64 {
     message.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
-/// Regression (issue 15): a burst went to the log as fast as the task printed it. Now a
+/// Regression: a burst went to the log as fast as the task printed it. Now a
 /// stream logs at most 100 lines a second; the rest of a burst is counted in a summary line,
 /// and the end of the output is still logged when the run ends. Asserted by accounting, not
 /// timing: every line is either logged in order or counted by a summary, exactly once.
@@ -293,7 +293,7 @@ fn a_burst_of_output_is_rate_limited_and_every_line_is_accounted_for() {
     assert_eq!(tail.last(), Some(&"line-5000"), "the end of the output is logged");
 }
 
-/// Issue 15: the full output only where the user asks. A task printing 50 MB with
+/// The full output only where the user asks. A task printing 50 MB with
 /// `output_file: {max_size: 1MiB, keep: 2}` leaves three files under 1 MiB each (0600, in a
 /// 0700 directory under state_dir), the newest holding the end of the run (the step's last
 /// line, then the `after` hook's), a canary secret masked in every file and in the log, and a

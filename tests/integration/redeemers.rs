@@ -1,4 +1,4 @@
-//! Both ends prove who they are (issue 10, points 3 and 7). The daemon grants a redemption
+//! Both ends prove who they are. The daemon grants a redemption
 //! only to the `secretbox` it pinned at start (or a task's `redeemers:`), read through the
 //! peer's `/proc/PID/exe`; `secretbox` sends its token only to the daemon named in
 //! `SECRETBOX_DAEMON`, checked with `SO_PEERCRED` on the connected socket. Each test plays

@@ -419,8 +419,9 @@ fn the_audit_reports_deleted_and_forged_snapshots_by_id_and_not_our_own_forget()
     assert!(text.contains(&format!("! audit: snapshot {} is missing", &deleted[..8])), "{text}");
     assert!(text.contains(&format!("! audit: snapshot {} (host testhost", &forged[..8])), "{text}");
     // The failure notification names both: the ping (to /fail, with the findings as its
-    // body) and the webhook.
-    let requests = sink.wait_for(6);
+    // body) and the webhook. Two audit runs, each a start and an end, each a ping and a
+    // webhook: all 8 (waiting for 6 raced the last webhook).
+    let requests = sink.wait_for(8);
     let fail = requests
         .iter()
         .find(|(_, p, _)| p.starts_with("/ping/fail"))

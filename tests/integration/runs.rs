@@ -324,7 +324,7 @@ fn secrets_tokens_and_url_passwords_are_redacted_from_task_output() {
     assert!(!log.contains(&secret[..25]), "part of the secret leaked at the cut");
 }
 
-/// Issue 10, point 9: a descriptor the daemon was started with (here fd 9, open on a file
+/// A descriptor the daemon was started with (here fd 9, open on a file
 /// holding a canary, not close-on-exec, as a careless parent leaves it) reaches no task.
 /// The task's descriptors are read from outside, in `/proc`.
 #[test]
@@ -404,7 +404,7 @@ fn written_forms(value: &str) -> Vec<String> {
     vec![value.to_string(), json, ascii, debug[1..debug.len() - 1].to_string()]
 }
 
-/// Regression (issue 10): with `log: {format: json}` a secret holding `"` or `\` reached the
+/// Regression: with `log: {format: json}` a secret holding `"` or `\` reached the
 /// log, because masking ran on the line after JSON had escaped them; a `command:` source's
 /// stderr went the same way. The secrets here hold quotes, a backslash, a tab, a newline and
 /// non-ASCII; a task prints one raw and in its escaped forms, whole and line by line, on
@@ -481,7 +481,7 @@ fn secrets_with_quotes_backslashes_and_newlines_are_masked_in_every_format() {
     }
 }
 
-/// Issue 10, point 4: a hook written as a plain command gets no token (nor the socket), so
+/// A hook written as a plain command gets no token (nor the socket), so
 /// `secretbox get` fails there with exit 3; a hook in the map form gets a token for exactly
 /// the secrets it lists, and is refused the task's others.
 #[test]

@@ -1,4 +1,4 @@
-//! System mode (issue 11, point 2): the daemon runs as a dedicated uid, the desktop user is
+//! System mode: the daemon runs as a dedicated uid, the desktop user is
 //! another, and a `control_group:` decides who besides the daemon's own user may ask for
 //! status and trigger runs. The attacks a process of the desktop user could play against a
 //! daemon of its own uid (read the task's `/proc/PID/environ` and `/proc/PID/fd`, stop it,

@@ -1,4 +1,4 @@
-//! System mode's service definitions and credentials (issue 11, points 1 and 3): the system
+//! System mode's service definitions and credentials: the system
 //! unit passes `systemd-analyze verify`, the LaunchDaemon (and the user LaunchAgent) parse
 //! as strict XML property lists with the keys launchd needs, and a secret seeded with
 //! `secret set --credential` reaches a task through `$CREDENTIALS_DIRECTORY` and the
@@ -135,7 +135,7 @@ fn the_system_unit_verifies_and_the_launch_daemon_plist_is_well_formed() {
     assert!(plist.get("LimitLoadToSessionType").is_none(), "{plist}");
     assert!(daemon.stdout().contains("Full Disk Access"), "{daemon}");
 
-    // The user LaunchAgent's comment held `--install` once: illegal in XML (issue 14).
+    // The user LaunchAgent's comment held `--install` once: illegal in XML.
     let agent = scratch.backupnizza(["service", "launchd", "-c"]).run_with(&config);
     agent.expect_code(0);
     assert_eq!(strict_plist(&agent.stdout())["LimitLoadToSessionType"], "Aqua");

@@ -438,7 +438,7 @@ fn warnings_do_not_fail_validation() {
     assert!(run.stderr().contains("RESTIC_PASSWORD_COMMAND"), "{run}");
 }
 
-/// Issue 10, point 12: a credential written literally (a password in a repository URL, a
+/// A credential written literally (a password in a repository URL, a
 /// `*_PASSWORD`, `*_SECRET*`, `*_KEY`) is a warning that points to `{secret_file:}`, and the
 /// warning never repeats the value; a variable that says where a secret is, is not warned
 /// about; `{secret_file:}` must name a secret the task lists.

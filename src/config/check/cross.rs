@@ -15,6 +15,7 @@ impl Checker {
     /// References between sections: every secret a task names must be declared. This walks
     /// the tree rather than the checked values, so it still runs when a task has other
     /// problems (and reports everything in one go).
+    #[expect(clippy::too_many_lines, reason = "a list of cross-references, one after another")]
     pub(super) fn cross_check(&mut self, root: &Node) {
         let declared: Vec<String> = match lookup(root, "secrets") {
             Some((_, node)) => string_keys(node).into_iter().map(|(k, _, _)| k).collect(),

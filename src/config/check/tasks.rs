@@ -7,11 +7,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::walk::{Checker, index, join, program_name, valid_env_name};
+use super::walk::{Checker, index, join, program_name};
 use crate::config::tree::{Node, Pos, Value};
 use crate::config::{
-    DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_LATENESS, DEFAULT_NOTIFY_TIMEOUT, DEFAULT_REDEEM_LIMIT,
-    EnvValue, EnvVar, Environment, Hook, Hooks, Notify, Overlap, Step, Task, UrlValue, When, Zone,
+    DEFAULT_MAX_LATENESS, DEFAULT_REDEEM_LIMIT, Environment, Hooks, Overlap, Step, Task, When, Zone,
 };
 use crate::schedule::Schedule;
 
@@ -49,58 +48,8 @@ const TASK_KEYS: &[&str] = &[
     "blackout",
     "resume_settle",
 ];
-const HOOK_KEYS: &[&str] = &["before", "on_success", "on_failure", "after", "timeout"];
-/// The map form of one hook.
-const HOOK_FORM_KEYS: &[&str] = &["command", "secrets"];
-const NOTIFY_KEYS: &[&str] = &["ping", "webhook", "command", "send_logs", "timeout"];
 const STEP_KEYS: &[&str] = &["command", "pipeline", "env", "continue_on_error", "sha256"];
 /// Variables the daemon sets itself in every child.
-const RESERVED_ENV: &[&str] = &["SECRETBOX_TOKEN", "SECRETBOX_SOCKET", "SECRETBOX_DAEMON"];
-/// The map forms an env value may take.
-const ENV_FORMS: &str = "{secret: NAME} or {secret_file: NAME}";
-/// Variables that hold a secret in plain text and have a better route of their own; writing
-/// one literally in the file defeats the purpose of the daemon, so we warn and point at it.
-const PLAINTEXT_SECRET_ENV: &[(&str, &str)] = &[
-    ("RESTIC_PASSWORD", "RESTIC_PASSWORD_COMMAND: secretbox get NAME"),
-    ("RCLONE_CONFIG_PASS", "RCLONE_PASSWORD_COMMAND: secretbox get NAME"),
-    (
-        "RESTIC_REST_PASSWORD",
-        "RESTIC_REPOSITORY_FILE: {secret_file: NAME}, the URL with its password kept as a secret",
-    ),
-    (
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SHARED_CREDENTIALS_FILE: {secret_file: NAME}, an INI [default] section kept as a secret",
-    ),
-];
-/// What the generic plain-text warning suggests.
-const SECRET_FORMS_ADVICE: &str =
-    "{secret_file: NAME} (with the tool's `*_FILE` variable, if it has one) or {secret: NAME}";
-
-/// Whether a variable's name says it holds a credential (`*_PASSWORD`, `*_SECRET*`, `*_KEY`,
-/// `*_PASS`), rather than where one is (`*_FILE`, `*_COMMAND`, `*_PATH`): a literal value
-/// for it is most likely a secret written into the task file.
-fn names_a_credential(name: &str) -> bool {
-    let name = name.to_ascii_uppercase();
-    if ["_FILE", "_COMMAND", "_PATH"].iter().any(|s| name.ends_with(s)) {
-        return false;
-    }
-    name.ends_with("_PASSWORD")
-        || name.ends_with("_PASS")
-        || name.ends_with("_KEY")
-        || name.contains("_SECRET")
-        || name == "PASSWORD"
-}
-
-/// Whether a URL (restic's `rest:https://user:pass@host/`) carries a password in its
-/// userinfo. Only what follows `://` counts: `sftp:user@host:/srv` names a user, no password.
-fn has_url_password(text: &str) -> bool {
-    let Some(at) = text.find("://") else { return false };
-    let rest = &text[at + 3..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let Some(userinfo) = authority.rfind('@').map(|i| &authority[..i]) else { return false };
-    userinfo.split_once(':').is_some_and(|(_, pass)| !pass.is_empty())
-}
-
 /// What every task's check needs from the rest of the file and from the environment.
 pub(super) struct TaskDefaults<'a> {
     /// The top-level `timezone`.
@@ -163,6 +112,10 @@ impl Checker {
         ok.then_some(out)
     }
 
+    #[expect(
+        clippy::too_many_lines,
+        reason = "the task's keys, one after another, as the docs list them"
+    )]
     fn task(
         &mut self,
         name: &str,
@@ -442,200 +395,6 @@ impl Checker {
         ok.then_some(out)
     }
 
-    fn env(&mut self, node: &Node, path: &str) -> Option<Vec<EnvVar>> {
-        let fields = self.fields(node, path, "a mapping of variable names to values", None)?;
-        let mut out = Vec::new();
-        let mut ok = true;
-        for (name, key, value) in &fields.entries {
-            let p = join(path, name);
-            if !valid_env_name(name) {
-                self.error(&p, key.pos, format!("invalid environment variable name {name:?}: use letters, digits and `_`, not starting with a digit"));
-                ok = false;
-                continue;
-            }
-            if RESERVED_ENV.contains(&name.as_str()) {
-                self.error(
-                    &p,
-                    key.pos,
-                    format!("{name} is set by backupnizza for every process it starts; remove it"),
-                );
-                ok = false;
-                continue;
-            }
-            let v = match &value.value {
-                Value::Str(s) => Some(EnvValue::Text(s.clone())),
-                Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
-                    value.scalar_text().map(EnvValue::Text)
-                }
-                Value::Map(_) => {
-                    let f = self.fields(value, &p, ENV_FORMS, Some(&["secret", "secret_file"]));
-                    match f.as_ref().map(|f| (f.get("secret"), f.get("secret_file"))) {
-                        Some((Some(n), None)) => {
-                            self.non_empty_string(n, &join(&p, "secret")).map(EnvValue::Secret)
-                        }
-                        Some((None, Some(n))) => self
-                            .non_empty_string(n, &join(&p, "secret_file"))
-                            .map(EnvValue::SecretFile),
-                        Some(_) => {
-                            self.error(&p, value.pos, format!("expected {ENV_FORMS}, one key"));
-                            None
-                        }
-                        None => None,
-                    }
-                }
-                Value::Null => {
-                    self.error(&p, value.pos.or(key.pos), "no value: write '' for an empty string");
-                    None
-                }
-                Value::Seq(_) => {
-                    self.type_error(&p, value, "a string, {secret: NAME} or {secret_file: NAME}");
-                    None
-                }
-            };
-            // Never the value itself: it is probably a secret, and this goes to a terminal.
-            if let Some(EnvValue::Text(text)) = &v
-                && !text.is_empty()
-            {
-                if let Some((_, instead)) = PLAINTEXT_SECRET_ENV.iter().find(|(n, _)| n == name) {
-                    self.warn(&p, value.pos, format!("{name} is written in plain text in the task file; use {instead} so the secret stays in the keychain"));
-                } else if names_a_credential(name) {
-                    self.warn(&p, value.pos, format!("{name} looks like a credential written in plain text in the task file; keep it as a secret and use {SECRET_FORMS_ADVICE}"));
-                } else if has_url_password(text) {
-                    let instead = if name == "RESTIC_REPOSITORY" {
-                        "RESTIC_REPOSITORY_FILE: {secret_file: NAME}, the whole URL kept as a secret".to_string()
-                    } else {
-                        SECRET_FORMS_ADVICE.to_string()
-                    };
-                    self.warn(&p, value.pos, format!("{name} holds a URL with a password (user:***@) in plain text in the task file; use {instead}"));
-                }
-            }
-            match v {
-                Some(value) => out.push(EnvVar { name: name.clone(), value }),
-                None => ok = false,
-            }
-        }
-        ok.then_some(out)
-    }
-
-    fn secret_list(&mut self, node: &Node, path: &str) -> Option<Vec<String>> {
-        let Value::Seq(items) = &node.value else {
-            self.type_error(path, node, "a list of secret names such as [repo]");
-            return None;
-        };
-        let mut out: Vec<String> = Vec::new();
-        let mut ok = true;
-        for (i, item) in items.iter().enumerate() {
-            let p = index(path, i);
-            match self.non_empty_string(item, &p) {
-                Some(name) if out.contains(&name) => {
-                    self.warn(&p, item.pos, format!("secret {name:?} is listed twice"));
-                }
-                Some(name) => out.push(name),
-                None => ok = false,
-            }
-        }
-        ok.then_some(out)
-    }
-
-    fn hooks(&mut self, node: &Node, path: &str) -> Option<Hooks> {
-        let f = self.fields(
-            node,
-            path,
-            "a mapping {before: [...], on_success: [...], on_failure: [...], after: [...]}",
-            Some(HOOK_KEYS),
-        )?;
-        let before = self.optional(&f, path, "before", Checker::hook);
-        let on_success = self.optional(&f, path, "on_success", Checker::hook);
-        let on_failure = self.optional(&f, path, "on_failure", Checker::hook);
-        let after = self.optional(&f, path, "after", Checker::hook);
-        let timeout = self.with_default(
-            &f,
-            path,
-            "timeout",
-            DEFAULT_HOOK_TIMEOUT,
-            Checker::positive_duration,
-        );
-        Some(Hooks {
-            before: before?,
-            on_success: on_success?,
-            on_failure: on_failure?,
-            after: after?,
-            timeout: timeout?,
-        })
-    }
-
-    /// One hook: a plain argv list (no token), or `{command: [...], secrets: [NAME...]}` (a
-    /// token for exactly those secrets). Whether the names are declared and in the task's
-    /// `secrets:` is [`super::cross`]'s job, like every other reference.
-    fn hook(&mut self, node: &Node, path: &str) -> Option<Hook> {
-        if !matches!(node.value, Value::Map(_)) {
-            return self.argv(node, path).map(|command| Hook { command, secrets: Vec::new() });
-        }
-        let f = self.fields(
-            node,
-            path,
-            "a command [PROGRAM, ARGS...] or {command: [...], secrets: [NAME...]}",
-            Some(HOOK_FORM_KEYS),
-        )?;
-        let command = self
-            .required(&f, path, "command", node.pos)
-            .and_then(|n| self.argv(n, &join(path, "command")));
-        let secrets = self.with_default(&f, path, "secrets", Vec::new(), Checker::secret_list);
-        Some(Hook { command: command?, secrets: secrets? })
-    }
-
-    /// A task's `notify`, or the top-level one.
-    pub(super) fn notify(&mut self, node: &Node, path: &str) -> Option<Notify> {
-        let f = self.fields(
-            node,
-            path,
-            "a mapping {ping: URL, webhook: URL, command: [ARGV...]}",
-            Some(NOTIFY_KEYS),
-        )?;
-        let ping = self.optional(&f, path, "ping", Checker::url);
-        let webhook = self.optional(&f, path, "webhook", Checker::url);
-        let send_logs = self.with_default(&f, path, "send_logs", false, Checker::boolean);
-        let timeout = self.with_default(
-            &f,
-            path,
-            "timeout",
-            DEFAULT_NOTIFY_TIMEOUT,
-            Checker::positive_duration,
-        );
-        let command = self.optional(&f, path, "command", Checker::argv);
-        Some(Notify {
-            ping: ping?,
-            webhook: webhook?,
-            send_logs: send_logs?,
-            timeout: timeout?,
-            command: command?,
-        })
-    }
-
-    /// A notification URL: written out (http or https), or `{secret: NAME}`.
-    fn url(&mut self, node: &Node, path: &str) -> Option<UrlValue> {
-        if let Value::Map(_) = &node.value {
-            let inner = self.fields(node, path, "{secret: NAME}", Some(&["secret"]))?;
-            if let Some(name) = inner.get("secret") {
-                self.non_empty_string(name, &join(path, "secret")).map(UrlValue::Secret)
-            } else {
-                self.error(path, node.pos, "expected a URL or {secret: NAME}");
-                None
-            }
-        } else {
-            let text = self.non_empty_string(node, path)?;
-            if !(text.starts_with("https://") || text.starts_with("http://")) {
-                self.error(
-                    path,
-                    node.pos,
-                    "expected an http:// or https:// URL (or {secret: NAME})",
-                );
-                return None;
-            }
-            Some(UrlValue::Text(text))
-        }
-    }
-
     /// A SHA-256 digest as 64 hex digits (as `sha256sum` prints it).
     fn sha256(&mut self, node: &Node, path: &str) -> Option<[u8; 32]> {
         let text = self.string(node, path)?;
@@ -677,50 +436,5 @@ impl Checker {
             }
         }
         Some(out)
-    }
-}
-
-#[cfg(test)]
-mod credential_name_tests {
-    use super::{has_url_password, names_a_credential};
-
-    #[test]
-    fn names_that_hold_a_credential_not_where_one_is() {
-        for name in [
-            "B2_ACCOUNT_KEY",
-            "MY_API_KEY",
-            "GITHUB_SECRET_TOKEN",
-            "RESTIC_REST_PASSWORD",
-            "SMB_PASS",
-        ] {
-            assert!(names_a_credential(name), "{name}");
-        }
-        for name in [
-            "RESTIC_PASSWORD_FILE",
-            "RESTIC_PASSWORD_COMMAND",
-            "SOME_SECRET_FILE",
-            "KEY_PATH",
-            "AWS_ACCESS_KEY_ID",
-            "BYPASS",
-            "RESTIC_REPOSITORY",
-        ] {
-            assert!(!names_a_credential(name), "{name}");
-        }
-    }
-
-    #[test]
-    fn only_a_password_in_the_userinfo_counts() {
-        assert!(has_url_password("rest:https://laptop:pw@host:8000/laptop/"));
-        assert!(has_url_password("https://u:p@h"));
-        for url in [
-            "rest:https://host:8000/",
-            "sftp:backup@host:/srv",
-            "https://user@host/",
-            "https://u:@h/",
-            "s3:https://h/b?x=a:b@c",
-            "/srv/restic",
-        ] {
-            assert!(!has_url_password(url), "{url}");
-        }
     }
 }

@@ -40,6 +40,10 @@ const KEYRING_KEYS: &[&str] = &["service", "account", "store"];
 const ROOT: &str = "";
 
 impl Checker {
+    #[expect(
+        clippy::too_many_lines,
+        reason = "the top-level keys, one after another, as the docs list them"
+    )]
     pub(super) fn config(&mut self, root: &Node, path: &Path, env: &Environment) -> Option<Config> {
         if matches!(root.value, Value::Null) {
             self.error(
@@ -253,6 +257,7 @@ impl Checker {
         ok.then_some(out)
     }
 
+    #[expect(clippy::too_many_lines, reason = "each source kind's keys, one after another")]
     fn secret(&mut self, node: &Node, path: &str, key_pos: Option<Pos>) -> Option<Source> {
         let fields = self.fields(
             node,

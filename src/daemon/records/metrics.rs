@@ -68,6 +68,104 @@ fn seconds(t: Timestamp) -> f64 {
     t.as_millisecond() as f64 / 1000.0
 }
 
+/// One family of per-task samples: name, type, help, and the task's value (none: no
+/// sample for that task).
+type TaskFamily = (&'static str, &'static str, &'static str, fn(&TaskMetrics) -> Option<f64>);
+
+/// The per-task families, in the order the file lists them.
+const TASK_FAMILIES: &[TaskFamily] = &[
+    (
+        "backupnizza_task_last_start_timestamp_seconds",
+        "gauge",
+        "When the task's last run started.",
+        |m| m.last_start.map(seconds),
+    ),
+    (
+        "backupnizza_task_last_end_timestamp_seconds",
+        "gauge",
+        "When the task's last run ended.",
+        |m| m.last_end.map(seconds),
+    ),
+    (
+        "backupnizza_task_last_success_timestamp_seconds",
+        "gauge",
+        "When the task last ended successfully (success or warning).",
+        |m| m.last_success.map(seconds),
+    ),
+    (
+        "backupnizza_task_last_exit_code",
+        "gauge",
+        "Exit code of the last run's deciding step (-1 when it had none: timeout, refused).",
+        |m| m.last_end.map(|_| f64::from(m.last_exit_code.unwrap_or(-1))),
+    ),
+    ("backupnizza_task_last_duration_seconds", "gauge", "How long the last run took.", |m| {
+        m.last_duration_seconds
+    }),
+    ("backupnizza_task_runs_total", "counter", "Runs since the daemon started.", |m| {
+        Some(m.runs as f64)
+    }),
+    ("backupnizza_task_failures_total", "counter", "Failed runs since the daemon started.", |m| {
+        Some(m.failures as f64)
+    }),
+    (
+        "backupnizza_task_skips_total",
+        "counter",
+        "Occurrences that did not run since the daemon started.",
+        |m| Some(m.skips as f64),
+    ),
+    (
+        "backupnizza_task_deferrals_total",
+        "counter",
+        "Runs that waited for their run conditions (when:, blackout:) since the daemon started.",
+        |m| Some(m.deferrals as f64),
+    ),
+    ("backupnizza_task_next_fire_timestamp_seconds", "gauge", "When the task fires next.", |m| {
+        m.next.map(seconds)
+    }),
+    (
+        "backupnizza_task_last_backup_data_added_bytes",
+        "gauge",
+        "Bytes the last restic backup added to the repository.",
+        |m| m.last_backup.as_ref().map(|b| b.data_added as f64),
+    ),
+    (
+        "backupnizza_task_last_backup_files_new",
+        "gauge",
+        "Files the last restic backup found new.",
+        |m| m.last_backup.as_ref().map(|b| b.files_new as f64),
+    ),
+    (
+        "backupnizza_task_last_backup_files_changed",
+        "gauge",
+        "Files the last restic backup found changed.",
+        |m| m.last_backup.as_ref().map(|b| b.files_changed as f64),
+    ),
+    (
+        "backupnizza_task_last_backup_files_unmodified",
+        "gauge",
+        "Files the last restic backup found unchanged.",
+        |m| m.last_backup.as_ref().map(|b| b.files_unmodified as f64),
+    ),
+    (
+        "backupnizza_task_last_backup_processed_bytes",
+        "gauge",
+        "Bytes the last restic backup read.",
+        |m| m.last_backup.as_ref().map(|b| b.total_bytes_processed as f64),
+    ),
+    (
+        "backupnizza_task_last_backup_duration_seconds",
+        "gauge",
+        "How long the last restic backup took, as restic measured it.",
+        |m| m.last_backup.as_ref().map(|b| b.total_duration),
+    ),
+    (
+        "backupnizza_audit_findings",
+        "gauge",
+        "Problems the task's last snapshot audit found (missing, replaced, changed, unrecorded or stale snapshots).",
+        |m| m.audit_findings.map(|n| n as f64),
+    ),
+];
+
 /// Renders the exposition text.
 pub(crate) fn render(
     tasks: &[(&str, &TaskMetrics)],
@@ -75,152 +173,53 @@ pub(crate) fn render(
     started: Timestamp,
 ) -> String {
     let mut out = String::new();
-    let mut family =
-        |name: &str, kind: &str, help: &str, samples: &mut dyn Iterator<Item = (String, f64)>| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "{name}{labels} {value}");
-            }
-        };
-    // Masked raw, before the exposition format escapes it (a task name is no secret, but
-    // this file is world-readable).
-    let label = |task: &str| {
-        let task = crate::redact::redact(task);
-        format!("{{task=\"{}\"}}", task.replace('\\', "\\\\").replace('"', "\\\""))
-    };
-    let per_task = |f: &dyn Fn(&TaskMetrics) -> Option<f64>| -> Vec<(String, f64)> {
-        tasks.iter().filter_map(|(name, m)| f(m).map(|v| (label(name), v))).collect()
-    };
+    let once = |value: f64| vec![(String::new(), value)];
     family(
-        "backupnizza_start_time_seconds",
-        "gauge",
-        "When the daemon started (Unix time).",
-        &mut std::iter::once((String::new(), seconds(started))),
+        &mut out,
+        ("backupnizza_start_time_seconds", "gauge", "When the daemon started (Unix time)."),
+        once(seconds(started)),
     );
-    family(
-        "backupnizza_task_last_start_timestamp_seconds",
-        "gauge",
-        "When the task's last run started.",
-        &mut per_task(&|m| m.last_start.map(seconds)).into_iter(),
-    );
-    family(
-        "backupnizza_task_last_end_timestamp_seconds",
-        "gauge",
-        "When the task's last run ended.",
-        &mut per_task(&|m| m.last_end.map(seconds)).into_iter(),
-    );
-    family(
-        "backupnizza_task_last_success_timestamp_seconds",
-        "gauge",
-        "When the task last ended successfully (success or warning).",
-        &mut per_task(&|m| m.last_success.map(seconds)).into_iter(),
-    );
-    family(
-        "backupnizza_task_last_exit_code",
-        "gauge",
-        "Exit code of the last run's deciding step (-1 when it had none: timeout, refused).",
-        &mut per_task(&|m| m.last_end.map(|_| f64::from(m.last_exit_code.unwrap_or(-1))))
-            .into_iter(),
-    );
-    family(
-        "backupnizza_task_last_duration_seconds",
-        "gauge",
-        "How long the last run took.",
-        &mut per_task(&|m| m.last_duration_seconds).into_iter(),
-    );
-    family(
-        "backupnizza_task_runs_total",
-        "counter",
-        "Runs since the daemon started.",
-        &mut per_task(&|m| Some(m.runs as f64)).into_iter(),
-    );
-    family(
-        "backupnizza_task_failures_total",
-        "counter",
-        "Failed runs since the daemon started.",
-        &mut per_task(&|m| Some(m.failures as f64)).into_iter(),
-    );
-    family(
-        "backupnizza_task_skips_total",
-        "counter",
-        "Occurrences that did not run since the daemon started.",
-        &mut per_task(&|m| Some(m.skips as f64)).into_iter(),
-    );
-    family(
-        "backupnizza_task_deferrals_total",
-        "counter",
-        "Runs that waited for their run conditions (when:, blackout:) since the daemon started.",
-        &mut per_task(&|m| Some(m.deferrals as f64)).into_iter(),
-    );
-    family(
-        "backupnizza_task_next_fire_timestamp_seconds",
-        "gauge",
-        "When the task fires next.",
-        &mut per_task(&|m| m.next.map(seconds)).into_iter(),
-    );
-    let backup = |f: fn(&crate::restic::BackupSummary) -> f64| {
-        per_task(&|m: &TaskMetrics| m.last_backup.as_ref().map(f))
-    };
-    for (name, help, value) in [
-        (
-            "backupnizza_task_last_backup_data_added_bytes",
-            "Bytes the last restic backup added to the repository.",
-            (|b| b.data_added as f64) as fn(&crate::restic::BackupSummary) -> f64,
-        ),
-        (
-            "backupnizza_task_last_backup_files_new",
-            "Files the last restic backup found new.",
-            |b| b.files_new as f64,
-        ),
-        (
-            "backupnizza_task_last_backup_files_changed",
-            "Files the last restic backup found changed.",
-            |b| b.files_changed as f64,
-        ),
-        (
-            "backupnizza_task_last_backup_files_unmodified",
-            "Files the last restic backup found unchanged.",
-            |b| b.files_unmodified as f64,
-        ),
-        (
-            "backupnizza_task_last_backup_processed_bytes",
-            "Bytes the last restic backup read.",
-            |b| b.total_bytes_processed as f64,
-        ),
-        (
-            "backupnizza_task_last_backup_duration_seconds",
-            "How long the last restic backup took, as restic measured it.",
-            |b| b.total_duration,
-        ),
-    ] {
-        family(name, "gauge", help, &mut backup(value).into_iter());
+    for (name, kind, help, value) in TASK_FAMILIES {
+        let samples = tasks.iter().filter_map(|(task, m)| value(m).map(|v| (label(task), v)));
+        family(&mut out, (name, kind, help), samples.collect());
     }
     family(
-        "backupnizza_audit_findings",
-        "gauge",
-        "Problems the task's last snapshot audit found (missing, replaced, changed, unrecorded or stale snapshots).",
-        &mut per_task(&|m| m.audit_findings.map(|n| n as f64)).into_iter(),
+        &mut out,
+        ("backupnizza_tokens_minted_total", "counter", "One-time tokens issued."),
+        once(tokens.minted as f64),
     );
     family(
-        "backupnizza_tokens_minted_total",
-        "counter",
-        "One-time tokens issued.",
-        &mut std::iter::once((String::new(), tokens.minted as f64)),
+        &mut out,
+        ("backupnizza_tokens_redeemed_total", "counter", "Secrets handed out for a token."),
+        once(tokens.redeemed as f64),
     );
+    let rejected = tokens.rejected.iter().map(|(r, n)| (format!("{{reason=\"{r}\"}}"), *n as f64));
     family(
-        "backupnizza_tokens_redeemed_total",
-        "counter",
-        "Secrets handed out for a token.",
-        &mut std::iter::once((String::new(), tokens.redeemed as f64)),
-    );
-    family(
-        "backupnizza_tokens_rejected_total",
-        "counter",
-        "Refused redemptions and connections, by reason.",
-        &mut tokens.rejected.iter().map(|(r, n)| (format!("{{reason=\"{r}\"}}"), *n as f64)),
+        &mut out,
+        (
+            "backupnizza_tokens_rejected_total",
+            "counter",
+            "Refused redemptions and connections, by reason.",
+        ),
+        rejected.collect(),
     );
     out
+}
+
+/// One family: its `HELP` and `TYPE` lines, then a line per sample (labels and value).
+fn family(out: &mut String, (name, kind, help): (&str, &str, &str), samples: Vec<(String, f64)>) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
+/// A task's label, masked raw before the exposition format escapes it (a task name is no
+/// secret, but this file is world-readable).
+fn label(task: &str) -> String {
+    let task = crate::redact::redact(task);
+    format!("{{task=\"{}\"}}", task.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 /// Writes `text` to `path` atomically: a temporary file beside it, then a rename.

@@ -18,8 +18,9 @@ use tracing::{error, info, warn};
 
 use super::{Start, report_weaknesses};
 use crate::broker::control::Control;
-use crate::broker::secrets::{self, Secrets};
+use crate::broker::secrets::Secrets;
 use crate::broker::socket::{self, BoundSocket};
+use crate::broker::sources;
 use crate::broker::{Broker, Limits};
 use crate::config::{Config, Environment};
 use crate::daemon::Stop;
@@ -258,7 +259,7 @@ fn prepare_secret_files(config: &Config, socket: &Path) -> anyhow::Result<PathBu
 async fn load_secrets(
     config: &Config,
     env: &Environment,
-    mut env_values: secrets::EnvValues,
+    mut env_values: sources::EnvValues,
 ) -> anyhow::Result<Arc<Secrets>> {
     let mut store = Secrets::empty();
     let mut weak = Vec::new();
@@ -266,7 +267,7 @@ async fn load_secrets(
     for spec in &config.secrets {
         // An error may quote a command's stderr, which may hold a secret loaded before this
         // one: masked with what is loaded so far, since the redactor knows nothing yet.
-        let loaded = secrets::load_one(spec, env, &mut env_values).await.map_err(|e| Exit {
+        let loaded = sources::load_one(spec, env, &mut env_values).await.map_err(|e| Exit {
             code: FAILURE,
             message: crate::redact::redact_with(
                 &e.to_string(),
@@ -280,7 +281,7 @@ async fn load_secrets(
                 .insert(&spec.name, loaded.value.as_bytes())
                 .context("cannot allocate memory for secrets")?,
         );
-        info!(secret = %spec.name, source = %secrets::describe(&spec.source), "loaded secret");
+        info!(secret = %spec.name, source = %sources::describe(&spec.source), "loaded secret");
         stderr.extend(loaded.stderr.into_iter().map(|line| (spec.name.clone(), line)));
     }
     report_weaknesses(&weak, config.strict_memory)?;
