@@ -15,6 +15,7 @@ pub(crate) mod keyring;
 pub mod peer;
 mod redeem;
 pub mod redeemers;
+mod reply;
 pub mod secrets;
 pub mod server;
 pub(crate) mod socket;

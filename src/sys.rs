@@ -3,10 +3,10 @@
 //! why it is sound. The rest of the crate denies `unsafe_code`.
 //!
 //! [`hardening`] and [`locked`] protect the secrets (no dumps, no ptrace, locked pages);
-//! [`env`] takes `env:` sources out of the environment; [`proc`] reads the process table;
+//! [`env`](mod@env) takes `env:` sources out of the environment; [`proc`] reads the process table;
 //! [`exec`] sets a task's process up between fork and exec; [`fds`] closes what the daemon
 //! inherited; [`fd_passing`] is the guardian's channel; [`signals`] the guardian's
-//! dispositions; [`footprint`] gives back the idle daemon's memory; [`iokit`] is macOS's
+//! dispositions; [`footprint`] gives back the idle daemon's memory; `iokit` is macOS's
 //! power management.
 
 #![allow(unsafe_code)]

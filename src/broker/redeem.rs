@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use super::peer::Peer;
 use super::redeemers::Verified;
-use super::server::{Resp, error, respond};
+use super::reply::{Resp, error, respond};
 use super::{Broker, Secrets};
 use crate::protocol;
 use crate::protocol::Rejection;

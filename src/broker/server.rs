@@ -15,11 +15,10 @@ use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::header;
+use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
@@ -31,6 +30,7 @@ use super::Broker;
 use super::control::{Control, FireError};
 use super::peer::Peer;
 use super::redeemers::Verified;
+use super::reply::{Resp, error, json, not_allowed};
 use crate::protocol::Rejection;
 use crate::protocol::{self, ErrorBody, PROTOCOL_HEADER, PROTOCOL_VERSION};
 
@@ -299,27 +299,6 @@ where
     }
 }
 
-pub(super) type Resp = Response<Full<Bytes>>;
-
-pub(super) fn respond(status: StatusCode, body: Bytes, content_type: &'static str) -> Resp {
-    let mut r = Response::new(Full::new(body));
-    *r.status_mut() = status;
-    let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(PROTOCOL_HEADER, HeaderValue::from(PROTOCOL_VERSION));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
-}
-
-fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Resp {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
-    respond(status, Bytes::from(bytes), "application/json")
-}
-
-pub(super) fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Resp {
-    json(status, &ErrorBody { error: code.to_string(), message: message.into() })
-}
-
 async fn handle(
     req: Request<Incoming>,
     shared: &Shared,
@@ -507,16 +486,6 @@ fn fire_error(e: &FireError) -> Resp {
         FireError::Stopping => (StatusCode::SERVICE_UNAVAILABLE, protocol::errors::UNAVAILABLE),
     };
     error(status, code, e.to_string())
-}
-
-fn not_allowed(allow: &'static str) -> Resp {
-    let mut r = error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        protocol::errors::METHOD_NOT_ALLOWED,
-        format!("use {allow}"),
-    );
-    r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
-    r
 }
 
 /// The parts of a request the routes use, with the body read (and bounded).

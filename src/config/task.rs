@@ -263,7 +263,7 @@ pub enum EnvValue {
     Secret(String),
     /// `{secret_file: NAME}`: the path of a 0600 file holding the secret, in a private
     /// directory of the daemon's that lives as long as the step (see
-    /// [`crate::daemon::secret_files`]); for tools that read a credential from a file
+    /// docs/configuration.md); for tools that read a credential from a file
     /// (`RESTIC_REPOSITORY_FILE`, `AWS_SHARED_CREDENTIALS_FILE`).
     SecretFile(String),
 }

@@ -19,7 +19,7 @@
 //!
 //! The owner reads the time from a [`Clock`] and starts runs through a [`Launch`], both in
 //! its [`Surroundings`]: the system's clocks and [`run::execute`] in the daemon, a clock the
-//! test moves and a recorder of jobs in the in-process tests ([`tests`]).
+//! test moves and a recorder of jobs in the in-process tests (`owner/tests.rs`).
 
 mod clock_change;
 mod due;

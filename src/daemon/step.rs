@@ -20,7 +20,7 @@
 //! Each step's leader also gets SIGINT if the daemon dies (Linux: `PR_SET_PDEATHSIG`), and
 //! the [`guardian`] stops the rest of the run then.
 //!
-//! A step's environment and `{secret_file:}` values are made in [`env`], its commands and
+//! A step's environment and `{secret_file:}` values are made in [`env`](mod@env), its commands and
 //! processes in [`spawn`] (pinned programs, pipelines, tokens), and its end in [`wait`]
 //! (timeouts, shutdown, leftovers); [`tally`] turns the steps' ends into the run's outcome.
 
