@@ -1,25 +1,25 @@
-//! Telling someone how runs went: a healthchecks.io-style ping URL and a generic webhook.
+//! Telling someone how runs went: a healthchecks.io-style ping URL and a generic webhook
+//! ([`http`]), and a notify command ([`command`]), delivered from the [`outbox`] so that no
+//! run ever waits for one.
 //!
 //! Pings: `URL/start` when a run starts, the bare `URL` on success, `URL/fail` (or
 //! `URL/<exit code>`) on failure, each with `?rid=<uuid>` so start and finish pair up; the
 //! body is empty unless `send_logs: true` (then the last stderr lines). Webhooks: a JSON
-//! document with the run's facts, POSTed at start and end. HTTPS uses rustls with the Mozilla
-//! roots. URLs are credentials (a ping URL lets anyone report for you), so logs show only
-//! their scheme and host. A notification that fails is logged and retried once; it never
-//! changes the result of a backup.
+//! document with the run's facts, POSTed at start and end. A notification that fails is
+//! logged and retried once; it never changes the result of a backup.
 
 mod command;
+mod http;
+mod outbox;
 
 use std::ffi::OsString;
 use std::path::Path;
-use std::time::Duration;
 
-use secrecy::ExposeSecret;
 use serde::Serialize;
-use tracing::{debug, warn};
 
 use crate::broker::Secrets;
-use crate::config::{Notify, UrlValue};
+use crate::config::Notify;
+pub(crate) use outbox::{Outbox, Sent};
 
 /// The facts of a run, as webhooks receive them.
 #[derive(Debug, Clone, Serialize)]
@@ -85,221 +85,38 @@ pub(crate) fn new_rid() -> String {
     format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
-/// `https://hc-ping.com/<uuid>` → `https://hc-ping.com/…`: what logs may show of a URL.
-pub(crate) fn shown(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-            let host = host.rsplit('@').next().unwrap_or(host);
-            format!("{scheme}://{host}/…")
-        }
-        None => "(a URL)".into(),
-    }
-}
-
-fn resolve(url: &UrlValue, secrets: &Secrets) -> Option<String> {
-    match url {
-        UrlValue::Text(text) => Some(text.clone()),
-        UrlValue::Secret(name) => secrets
-            .get(name)
-            .and_then(|s| String::from_utf8(s.expose_secret().as_bytes().to_vec()).ok())
-            .map(|s| s.trim().to_string()),
-    }
-}
-
-/// The ping URL for an event: `start`, success (bare), or failure (`fail` / exit code).
-pub(crate) fn ping_url(base: &str, facts: &RunFacts) -> String {
-    // The suffix belongs on the path, before any query (`.../slug?create=1`).
-    let (base, query) = match base.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (base, None),
-    };
-    let base = base.trim_end_matches('/');
-    let suffix = match (facts.event, facts.status.as_str(), facts.exit_code) {
-        ("start", _, _) => "/start".to_string(),
-        // A run skipped on purpose (a `before` hook's 75) is not an alarm.
-        (_, "success" | "warning" | "skipped", _) => String::new(),
-        (_, _, Some(code)) if code > 0 => format!("/{}", code.min(255)),
-        _ => "/fail".to_string(),
-    };
-    match query {
-        Some(query) => format!("{base}{suffix}?{query}&rid={}", facts.rid),
-        None => format!("{base}{suffix}?rid={}", facts.rid),
-    }
-}
-
-/// Sends the notifications for one event in the background and returns at once. With
-/// `after`, they wait until that earlier event's notifications are out, so an end never
-/// overtakes its start (healthchecks would then wait for a completion that already came).
+/// Posts the notifications for one event and returns at once. With `after`, they wait
+/// until that earlier event's notifications are out, so an end never overtakes its start
+/// (healthchecks would then wait for a completion that already came).
 pub(crate) fn send(
     notify: &Notify,
     secrets: &Secrets,
     facts: RunFacts,
     after: Option<Sent>,
-    tracker: &tokio_util::task::TaskTracker,
+    outbox: &Outbox,
     (base_env, home): (&[(OsString, OsString)], Option<&Path>),
 ) -> Option<Sent> {
-    let ping = notify.ping.as_ref().and_then(|u| resolve(u, secrets));
-    let webhook = notify.webhook.as_ref().and_then(|u| resolve(u, secrets));
-    let (send_logs, timeout) = (notify.send_logs, notify.timeout);
+    let targets = http::Targets::of(notify, secrets);
     // The notifier is for results: it runs at the end of a run only.
     let command = notify.command.clone().filter(|_| facts.event == "end");
-    if ping.is_none() && webhook.is_none() && command.is_none() {
+    if targets.is_empty() && command.is_none() {
         return None;
     }
     let facts = facts.redacted();
     let notifier = command.map(|argv| {
         let mut facts = facts.clone();
-        if !send_logs {
+        if !notify.send_logs {
             facts.stderr_tail = None;
         }
         (argv, base_env.to_vec(), home.map(Path::to_path_buf), facts)
     });
-    let deliver_all = move || {
-        let agent = ureq::AgentBuilder::new().timeout(timeout).build();
-        if let Some(base) = ping {
-            let url = ping_url(&base, &facts);
-            // An audit's findings are the point of its failure ping: always in the body.
-            let mut body: Vec<&str> =
-                facts.audit_findings.iter().map(|f| f.detail.as_str()).collect();
-            if let (Some(tail), true) = (&facts.stderr_tail, send_logs) {
-                body.extend(tail.iter().map(String::as_str));
-            }
-            let body = body.join("\n");
-            deliver("ping", &base, &facts, || {
-                agent
-                    .post(&url)
-                    .set("content-type", "text/plain")
-                    .send_string(&body)
-                    .map(drop)
-                    .map_err(|e| describe(&e))
-            });
-        }
-        if let Some(url) = webhook {
-            let mut facts = facts.clone();
-            if !send_logs {
-                facts.stderr_tail = None;
-            }
-            deliver("webhook", &url, &facts, || {
-                agent.post(&url).send_json(&facts).map(drop).map_err(|e| describe(&e))
-            });
-        }
-    };
-    Some(tracker.spawn(async move {
-        if let Some(earlier) = after {
-            let _ = earlier.await;
-        }
-        let _ = tokio::task::spawn_blocking(deliver_all).await;
+    let timeout = notify.timeout;
+    let deliver: Option<Box<dyn FnOnce() + Send>> =
+        if targets.is_empty() { None } else { Some(Box::new(move || targets.deliver(&facts))) };
+    let then = async move {
         if let Some((argv, base_env, home, facts)) = notifier {
             command::run(&argv, &base_env, home.as_deref(), &facts, timeout).await;
         }
-    }))
-}
-
-/// The notifications of one event, in flight.
-pub(crate) type Sent = tokio::task::JoinHandle<()>;
-
-/// Sends with one retry after a second; logs the outcome with the URL reduced to its host.
-fn deliver(kind: &str, url: &str, facts: &RunFacts, attempt: impl Fn() -> Result<(), String>) {
-    for retry in 0..2 {
-        match attempt() {
-            Ok(()) => {
-                debug!(task = %facts.task, run_id = %facts.run_id, url = %shown(url), event = facts.event, "{kind} sent");
-                return;
-            }
-            Err(e) if retry == 0 => {
-                debug!(url = %shown(url), "{kind} failed ({e}); retrying once");
-                std::thread::sleep(Duration::from_secs(1));
-            }
-            Err(e) => warn!(
-                task = %facts.task, run_id = %facts.run_id, url = %shown(url), event = facts.event,
-                "{kind} failed: {e}; the run's result is unaffected"
-            ),
-        }
-    }
-}
-
-/// An error without the URL (ureq's messages include it).
-fn describe(e: &ureq::Error) -> String {
-    match e {
-        ureq::Error::Status(code, _) => format!("HTTP status {code}"),
-        ureq::Error::Transport(t) => {
-            format!("{:?}: {}", t.kind(), t.message().unwrap_or("transport error"))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn facts(event: &'static str, status: &str, code: Option<i32>) -> RunFacts {
-        RunFacts {
-            event,
-            task: "t".into(),
-            run_id: "r".into(),
-            status: status.into(),
-            exit_code: code,
-            duration_ms: None,
-            started: String::new(),
-            ended: None,
-            reason: String::new(),
-            stderr_tail: None,
-            host: String::new(),
-            rid: "00000000-0000-4000-8000-000000000000".into(),
-            snapshot_id: None,
-            data_added: None,
-            backups: Vec::new(),
-            audit_findings: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn ping_urls_follow_healthchecks() {
-        let base = "https://hc-ping.com/abc/";
-        assert_eq!(
-            ping_url(base, &facts("start", "running", None)),
-            "https://hc-ping.com/abc/start?rid=00000000-0000-4000-8000-000000000000"
-        );
-        assert_eq!(
-            ping_url(base, &facts("end", "success", Some(0))),
-            "https://hc-ping.com/abc?rid=00000000-0000-4000-8000-000000000000"
-        );
-        assert_eq!(
-            ping_url(base, &facts("end", "failed", Some(3))),
-            "https://hc-ping.com/abc/3?rid=00000000-0000-4000-8000-000000000000"
-        );
-        assert_eq!(
-            ping_url(base, &facts("end", "timeout", None)),
-            "https://hc-ping.com/abc/fail?rid=00000000-0000-4000-8000-000000000000"
-        );
-    }
-
-    #[test]
-    fn a_query_string_stays_after_the_suffix() {
-        // Regression: healthchecks' slug URLs (`.../KEY/db?create=1`) put /fail in the query.
-        let slug = "https://hc-ping.com/KEY/db?create=1";
-        let rid = "00000000-0000-4000-8000-000000000000";
-        assert_eq!(
-            ping_url(slug, &facts("end", "failed", None)),
-            format!("https://hc-ping.com/KEY/db/fail?create=1&rid={rid}")
-        );
-        assert_eq!(
-            ping_url(slug, &facts("start", "running", None)),
-            format!("https://hc-ping.com/KEY/db/start?create=1&rid={rid}")
-        );
-        assert_eq!(
-            ping_url(slug, &facts("end", "success", Some(0))),
-            format!("https://hc-ping.com/KEY/db?create=1&rid={rid}")
-        );
-    }
-
-    #[test]
-    fn logs_show_only_scheme_and_host() {
-        assert_eq!(shown("https://hc-ping.com/0f0e-secret-uuid?x=1"), "https://hc-ping.com/…");
-        assert_eq!(shown("http://user:pw@127.0.0.1:9/x"), "http://127.0.0.1:9/…");
-        let rid = new_rid();
-        assert_eq!(rid.len(), 36);
-        assert_eq!(&rid[14..15], "4");
-    }
+    };
+    Some(outbox.post(after, deliver, then))
 }

@@ -58,8 +58,8 @@ pub(crate) struct RunContext {
     pub(crate) cancel: CancellationToken,
     /// Back to the state owner.
     pub(crate) events: mpsc::UnboundedSender<Event>,
-    /// Notifications in flight, awaited (bounded) at shutdown.
-    pub(crate) notifications: tokio_util::task::TaskTracker,
+    /// Notifications in flight, delivered off the runtime; awaited (bounded) at shutdown.
+    pub(crate) outbox: notify::Outbox,
     /// How many suspends the state owner has seen: a run that sees it change slept.
     pub(crate) suspends: tokio::sync::watch::Sender<u64>,
     /// UPower's and NetworkManager's change signals, when some task's `when:` needs them.
@@ -75,7 +75,7 @@ impl RunContext {
     fn notify(&self, task: &Task, facts: RunFacts, after: Option<Sent>) -> Option<Sent> {
         let notify = task.notify.as_ref().or(self.config.notify.as_ref())?;
         let local = (self.runner.base_env.as_slice(), self.runner.home.as_deref());
-        notify::send(notify, self.runner.broker.secrets(), facts, after, &self.notifications, local)
+        notify::send(notify, self.runner.broker.secrets(), facts, after, &self.outbox, local)
     }
 }
 

@@ -18,6 +18,7 @@ mod laptop;
 mod load;
 mod memory;
 mod next;
+mod notify;
 mod pinning;
 mod pipes;
 mod records;

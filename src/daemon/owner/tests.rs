@@ -18,7 +18,6 @@ use jiff::{SignedDuration, Timestamp};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::{Inbox, State, Surroundings};
 use crate::broker::control::{FireError, Request};
@@ -155,7 +154,7 @@ impl Owner {
             outputs: None,
             cancel: CancellationToken::new(),
             events: events_tx.clone(),
-            notifications: TaskTracker::new(),
+            outbox: crate::daemon::notify::Outbox::default(),
             suspends: watch::channel(0).0,
         });
         let clock = TestClock::starting_at(wall);

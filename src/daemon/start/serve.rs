@@ -13,7 +13,6 @@ use anyhow::Context as _;
 use jiff::Timestamp;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use super::{Start, report_weaknesses};
@@ -24,6 +23,7 @@ use crate::broker::sources;
 use crate::broker::{Broker, Limits};
 use crate::config::{Config, Environment};
 use crate::daemon::Stop;
+use crate::daemon::notify::Outbox;
 use crate::daemon::output::files::{OutputClosed, OutputWriter};
 use crate::daemon::owner::{self, Inbox, Surroundings};
 use crate::daemon::records::writers::{HistoryClosed, HistoryWriter, MetricsWriter};
@@ -74,7 +74,7 @@ pub(super) async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::R
         guardian,
         secret_files: secret_files.clone(),
     };
-    let notifications = TaskTracker::new();
+    let outbox = Outbox::default();
     let ctx = Arc::new(RunContext {
         locks: Locks::for_config(&config),
         changes: crate::daemon::host::changes::listen(&config),
@@ -86,7 +86,7 @@ pub(super) async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::R
         outputs: records.outputs.take(),
         cancel: CancellationToken::new(),
         events: events_tx,
-        notifications: notifications.clone(),
+        outbox: outbox.clone(),
         suspends: watch::channel(0).0,
     });
     let server = Server::start(&bound, broker.clone(), control)?;
@@ -98,9 +98,11 @@ pub(super) async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::R
     // Every run has ended (or shutdown gave up on it, and said so). Close the socket's
     // connections, then the files, then the socket itself, then the secrets.
     server.stop().await;
-    notifications.close();
-    if tokio::time::timeout(FLUSH_WAIT, notifications.wait()).await.is_err() {
-        warn!("some notifications were still in flight at shutdown and were abandoned");
+    // Within shutdown_grace, and never longer than the flush waits for.
+    let abandoned = outbox.close(FLUSH_WAIT.min(ctx.config.shutdown_grace)).await;
+    if abandoned > 0 {
+        let s = if abandoned == 1 { "" } else { "s" };
+        warn!("abandoned {abandoned} notification{s} still in flight at shutdown");
     }
     let at = ctx.rfc3339(Timestamp::now());
     drop(ctx);
