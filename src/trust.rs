@@ -179,6 +179,7 @@ pub(crate) fn pin(program: &Path) -> Result<Sha256Digest, String> {
 pub(crate) enum PinError {
     #[error("cannot open pinned program {}: {source}", path.display())]
     Open { path: PathBuf, source: std::io::Error },
+    #[cfg(target_os = "linux")]
     #[error("cannot copy pinned program {} into sealed memory: {source}", path.display())]
     Copy { path: PathBuf, source: std::io::Error },
     #[error("cannot read pinned program {}: {source}", path.display())]

@@ -159,7 +159,7 @@ pub fn descends_from(pid: u32, ancestor: u32) -> bool {
     ancestry(pid, ancestor) == Ancestry::Descends
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 

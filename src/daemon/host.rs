@@ -1,35 +1,51 @@
 //! The machine around the daemon: the power and network conditions runs wait for
 //! ([`conditions`]), the change signals that wake them ([`changes`]), the sleep inhibitor a
-//! run holds ([`inhibit`]), systemd's notifications ([`systemd`]), and the orphans the
-//! daemon adopts as child subreaper ([`reap_orphans`]).
+//! run holds ([`inhibit`]), systemd's notifications ([`systemd`]), and the daemon's children:
+//! those it waits for itself ([`children`]) and the orphans it adopts as child subreaper
+//! ([`reap_orphans`]).
 
 pub(crate) mod changes;
+pub(crate) mod children;
 pub(crate) mod conditions;
 pub(crate) mod inhibit;
 pub(crate) mod systemd;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::time::Instant;
 
-/// Reaps orphaned task processes the daemon adopted as child subreaper. A zombie child that
-/// is not a step process the runner waits for (`active`), seen on two checks in a row, is
-/// an orphan (the runner's own children are reaped by tokio within milliseconds).
+/// How long a zombie child must have been one before the reaper takes it for an orphan:
+/// longer than the moment between a child's exit and its spawner's wait, however the
+/// daemon's threads were scheduled (a daemon stopped and continued runs all its timers at
+/// once).
 #[cfg(target_os = "linux")]
-pub(crate) fn reap_orphans(active: &HashSet<u32>, previous: &mut HashSet<u32>) {
+const ORPHAN_AGE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reaps orphaned task processes the daemon adopted as child subreaper: a zombie child that
+/// no part of the daemon waits for ([`children`]), a zombie for [`ORPHAN_AGE`] at least.
+/// `zombies` holds when each was first seen, from one call to the next.
+#[cfg(target_os = "linux")]
+pub(crate) fn reap_orphans(zombies: &mut HashMap<u32, Instant>) {
     use nix::sys::wait::{WaitPidFlag, waitpid};
     use nix::unistd::Pid;
-    let zombies: HashSet<u32> = crate::sys::proc::own_children()
+    // A spawn in progress may have a child that already exited: reap nothing now.
+    let Some(owned) = children::owned() else { return };
+    let now = Instant::now();
+    let seen: std::collections::HashSet<u32> = crate::sys::proc::own_children()
         .into_iter()
-        .filter(|pid| {
-            !active.contains(&(*pid as u32))
-                && crate::sys::proc::stat(*pid as u32).is_none_or(|s| s.ended())
-        })
         .map(|pid| pid as u32)
+        .filter(|pid| {
+            !owned.contains(pid) && crate::sys::proc::stat(*pid).is_none_or(|s| s.ended())
+        })
         .collect();
-    for pid in zombies.intersection(previous) {
-        let _ = waitpid(Pid::from_raw(*pid as i32), Some(WaitPidFlag::WNOHANG));
+    zombies.retain(|pid, _| seen.contains(pid));
+    for pid in &seen {
+        let first = *zombies.entry(*pid).or_insert(now);
+        if now.duration_since(first) >= ORPHAN_AGE {
+            let _ = waitpid(Pid::from_raw(*pid as i32), Some(WaitPidFlag::WNOHANG));
+            zombies.remove(pid);
+        }
     }
-    *previous = zombies;
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn reap_orphans(_active: &HashSet<u32>, _previous: &mut HashSet<u32>) {}
+pub(crate) fn reap_orphans(_zombies: &mut HashMap<u32, Instant>) {}

@@ -30,7 +30,7 @@ mod tables;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -206,10 +206,10 @@ impl State {
 
     async fn serve(&mut self, inbox: &mut Inbox, first: Reading) -> Stop {
         let watchdog = systemd::watchdog_interval().filter(|_| self.process_chores);
-        let mut watchdog = watchdog.map(|d| tokio::time::interval(d / 2));
-        let mut socket_check = tokio::time::interval(SOCKET_CHECK);
+        let mut watchdog = watchdog.map(|d| quiet_interval(d / 2));
+        let mut socket_check = quiet_interval(SOCKET_CHECK);
         let mut clock = ClockWatch::new(first);
-        let mut zombies = HashSet::new();
+        let mut zombies = HashMap::new();
         loop {
             let pause = self.table.sleep_for(self.now());
             let wake = tokio::select! {
@@ -236,7 +236,10 @@ impl State {
                         return Stop::SocketStolen;
                     }
                     if self.process_chores {
-                        super::host::reap_orphans(&self.ctx.runner.broker.active(), &mut zombies);
+                        super::host::reap_orphans(&mut zombies);
+                        if let Some(guardian) = &self.ctx.runner.guardian {
+                            guardian.check();
+                        }
                     }
                 }
                 Wake::Watchdog => systemd::notify("WATCHDOG=1"),
@@ -331,6 +334,14 @@ impl State {
             }
         }
     }
+}
+
+/// An interval that, after a stall (the daemon stopped and continued, a suspend), ticks once
+/// and goes on from there, rather than once for every tick it missed.
+fn quiet_interval(period: Duration) -> tokio::time::Interval {
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
 }
 
 /// What woke the loop.

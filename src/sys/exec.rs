@@ -22,6 +22,7 @@ pub(crate) struct ChildSetup {
 
 /// Exit status of a child whose daemon died between its fork and its `prctl`: the signal
 /// would never come, so it must not run.
+#[cfg(target_os = "linux")]
 const ORPHANED_AT_BIRTH: i32 = 125;
 
 /// Installs `setup` as the command's pre-exec hook. Failures to lower priority are ignored
@@ -31,6 +32,9 @@ const ORPHANED_AT_BIRTH: i32 = 125;
 pub(crate) fn set_up_before_exec(cmd: &mut tokio::process::Command, setup: ChildSetup) {
     #[cfg(target_os = "linux")]
     let parent = std::process::id() as libc::pid_t;
+    // The parent-death signal and I/O classes are Linux's; elsewhere they are not asked for.
+    #[cfg(not(target_os = "linux"))]
+    let _ = (setup.parent_death_signal, setup.ioprio);
     let hook = move || {
         #[cfg(target_os = "linux")]
         if setup.parent_death_signal {

@@ -45,8 +45,7 @@ pub(crate) fn parse_stat(line: &str) -> Option<Stat> {
 ///
 /// One `read` into a stack buffer: the kernel returns the whole line at once, and
 /// `read_to_string` would add a `statx` and a second `read` for its end, on the redemption
-/// path that reads several of these per request.
-#[cfg(target_os = "linux")]
+/// path that reads several of these per request. `None` where there is no `/proc` (macOS).
 pub(crate) fn stat(pid: u32) -> Option<Stat> {
     use std::io::Read;
     let mut file = File::open(format!("/proc/{pid}/stat")).ok()?;
@@ -163,6 +162,12 @@ pub(crate) fn executable_metadata(pid: u32) -> std::io::Result<std::fs::Metadata
     open_executable(pid)?.metadata()
 }
 
+/// A process's command name (`comm`: its executable's file name, at most 15 bytes).
+pub(crate) fn command_name(pid: i32) -> Option<String> {
+    let comm = std::fs::read(format!("/proc/{pid}/comm")).ok()?;
+    Some(String::from_utf8_lossy(comm.strip_suffix(b"\n").unwrap_or(&comm)).into_owned())
+}
+
 /// Every pid in `/proc`.
 pub(crate) fn all_pids() -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
@@ -217,16 +222,19 @@ pub(crate) fn own_fds() -> Vec<i32> {
 }
 
 /// `/proc/self/mountinfo`.
+#[cfg(target_os = "linux")]
 pub(crate) fn own_mountinfo() -> std::io::Result<String> {
     std::fs::read_to_string("/proc/self/mountinfo")
 }
 
 /// `/proc/self/cgroup`.
+#[cfg(target_os = "linux")]
 pub(crate) fn own_cgroup() -> std::io::Result<String> {
     std::fs::read_to_string("/proc/self/cgroup")
 }
 
 /// `/proc/self/smaps`: this process's mappings with their page counts.
+#[cfg(target_os = "linux")]
 pub(crate) fn own_smaps() -> Option<String> {
     std::fs::read_to_string("/proc/self/smaps").ok()
 }

@@ -424,3 +424,177 @@ tasks:
     assert!(repo.locks().is_empty(), "restic left its lock");
     trigger(&scratch, &config, "prune", true).expect_code(0);
 }
+
+/// Regression: a guardian killed alone went unnoticed (nothing logged, not replaced), and
+/// once the daemon died too, `sh -c "sleep 300 & sleep 301"` lived on under PID 1 (dash
+/// survives the parent-death SIGINT while it waits on a foreground child) until the daemon
+/// started again. Now a dead guardian is logged and replaced within a second, and what the
+/// daemon leaves is gone within the task's `kill_grace`.
+#[test]
+fn a_killed_guardian_is_replaced_and_nothing_outlives_the_daemon_past_kill_grace() {
+    let scratch = Scratch::new();
+    let (bg, fg) = ("300.25", "301.25");
+    let config = scratch.config(&format!(
+        "tasks:\n  sleepy:\n    {TRIGGERED}\n    kill_grace: 4s\n    command: [sh, -c, 'sleep {bg} & sleep {fg}']\n"
+    ));
+    let daemon = scratch.start_daemon(&config);
+    let first = guardian_of(&daemon);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first as i32), Signal::SIGKILL).unwrap();
+    let log = daemon.wait_for("a new guardian", |l| l.contains("started a new one"));
+    let line = log.lines().find(|l| l.contains("the guardian process ended")).unwrap();
+    assert!(line.contains("ERROR"), "{line}");
+    wait_until("the new guardian", || guardian_of(&daemon) != first);
+    trigger(&scratch, &config, "sleepy", false).expect_code(0);
+    wait_until("both sleeps", || {
+        running(&["sleep", bg]).len() == 1 && running(&["sleep", fg]).len() == 1
+    });
+    sigkill(daemon);
+    // The new guardian stops the whole run within kill_grace (SIGINT, SIGTERM 2 s later
+    // for the background job that ignores SIGINT, then SIGKILL at 4 s); a second more for
+    // the signals to land.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(running(&["sleep", bg]).is_empty(), "the background sleep outlived kill_grace");
+    assert!(running(&["sleep", fg]).is_empty(), "the foreground sleep outlived kill_grace");
+}
+
+/// Regression: after the daemon was stopped (SIGSTOP) for two minutes and continued, the
+/// socket check's missed ticks ran back to back and the orphan reaper reaped a step's child
+/// before the runner could: 3 of 4 catch-up runs were recorded `refused (waiting for the
+/// process failed: No child processes)` although `true` had run. A child the runner started
+/// is only ever reaped by the runner.
+#[test]
+fn a_daemon_stopped_for_minutes_records_each_catch_up_run_with_its_real_exit() {
+    let scratch = Scratch::new();
+    let task = |name: &str| format!("  {name}:\n    schedule: '* * * * *'\n    command: [true]\n");
+    let config = scratch.config(&format!(
+        "resume_settle: 0s\ntasks:\n{}{}{}{}",
+        task("a"),
+        task("b"),
+        task("c"),
+        task("d")
+    ));
+    let daemon = scratch.start_daemon(&config);
+    let ends = || records_of(&history(&scratch), "end").len();
+    for _ in 0..3 {
+        let before = ends();
+        daemon.signal(Signal::SIGSTOP);
+        std::thread::sleep(Duration::from_secs(120));
+        daemon.signal(Signal::SIGCONT);
+        // Each task missed two occurrences: one catch-up run each.
+        wait_until("the four catch-up runs", || ends() >= before + 4);
+    }
+    let records = history(&scratch);
+    let ends = records_of(&records, "end");
+    let wrong: Vec<_> =
+        ends.iter().filter(|e| e["status"] != "success" || e["exit_code"] != 0).collect();
+    assert!(wrong.is_empty(), "runs recorded without their real exit: {wrong:#?}");
+    let catch_ups =
+        records_of(&records, "start").iter().filter(|s| s["trigger"] == "catch_up").count();
+    assert!(catch_ups >= 12, "{catch_ups} catch-up runs\n{records:#?}");
+    daemon.stop();
+}
+
+/// Regression: with the defaults, 4 of 24 restic runs killed with the daemon left a lock,
+/// and `unlock_stale` (off by default) did not help. A task that runs restic now unlocks
+/// after any run whose restic did not end by itself.
+#[test]
+fn restic_killed_with_the_daemon_three_times_leaves_no_lock_after_the_next_run() {
+    let scratch = Scratch::new();
+    let repo = Repo::new(&scratch, scratch.path().join("repo").display().to_string());
+    let config = scratch.config(&format!(
+        "secrets:
+  repo: {{file: {}}}
+tasks:
+  backup:
+    {TRIGGERED}
+    secrets: [repo]
+    env:
+      RESTIC_PASSWORD_COMMAND: secretbox get repo
+    command: [restic, --no-cache, -r, {}, backup, --pack-size, '4', --limit-upload, '2048', {}]
+",
+        repo.secret.display(),
+        repo.url,
+        repo.data.display()
+    ));
+    let lock_dir = Path::new(&repo.url).join("locks");
+    let holding = || {
+        std::fs::read_dir(&lock_dir).unwrap().flatten().any(|e| {
+            e.metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > Duration::from_millis(500)))
+        })
+    };
+    let restic = || running_program("restic");
+    for _ in 0..3 {
+        let daemon = scratch.start_daemon(&config);
+        trigger(&scratch, &config, "backup", false).expect_code(0);
+        wait_until("restic to hold a lock", holding);
+        sigkill(daemon);
+        wait_until("no restic left", || restic() == 0);
+    }
+    let daemon = scratch.start_daemon(&config);
+    let run = trigger(&scratch, &config, "backup", true);
+    run.expect_code(0);
+    assert!(repo.locks().is_empty(), "locks left: {:?}", repo.locks());
+    let records = history(&scratch);
+    let last = records_of(&records, "end").last().copied().cloned().unwrap();
+    assert!(last["reason"].as_str().unwrap().contains("restic unlock ran first"), "{last}");
+    daemon.stop();
+}
+
+/// Regression: at a timeout the first SIGINT went to the step's main process only. With
+/// `sh -c '... | restic backup --stdin'` that is the shell; restic then got its SIGINT with
+/// its `rclone` backend's, could not remove its lock, and the next prune failed.
+#[test]
+fn a_timeout_of_restic_inside_a_shell_with_an_rclone_backend_leaves_no_lock() {
+    let scratch = Scratch::new();
+    let repo_dir = scratch.path().join("repo");
+    let repo = Repo::new(&scratch, format!("rclone::local:{}", repo_dir.display()));
+    let url = &repo.url;
+    let big = repo.data.join("big");
+    let config = scratch.config(&format!(
+        "secrets:
+  repo: {{file: {}}}
+tasks:
+  backup:
+    {TRIGGERED}
+    timeout: 4s
+    kill_grace: 5s
+    secrets: [repo]
+    env: &env
+      RESTIC_PASSWORD_COMMAND: secretbox get repo
+      RCLONE_CONFIG: /dev/null
+    command: [sh, -c, 'cat {} | restic --no-cache -r \"{url}\" backup --stdin --limit-upload 512']
+  prune:
+    {TRIGGERED}
+    secrets: [repo]
+    env: *env
+    command: [restic, --no-cache, -r, '{url}', prune]
+",
+        repo.secret.display(),
+        big.display()
+    ));
+    let _daemon = scratch.start_daemon(&config);
+    let run = trigger(&scratch, &config, "backup", true);
+    assert_ne!(run.code(), Some(0), "{run}");
+    let records = history(&scratch);
+    let end = records_of(&records, "end")[0];
+    assert_eq!(end["status"], "timeout", "{end}");
+    assert!(end["reason"].as_str().unwrap().contains("1 restic process"), "{end}");
+    assert!(repo.locks().is_empty(), "restic left its lock");
+    trigger(&scratch, &config, "prune", true).expect_code(0);
+}
+
+/// How many live processes run `program` (by their command name).
+fn running_program(program: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim_end() == program)
+                && std::fs::read_to_string(e.path().join("stat")).is_ok_and(|s| {
+                    !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z')
+                })
+        })
+        .count()
+}

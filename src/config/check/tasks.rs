@@ -230,7 +230,6 @@ impl Checker {
         let lock = self.optional(&f, path, "lock", Checker::lock_name);
         let audit = self.optional(&f, path, "audit", Checker::audit);
         let parallel = self.with_default(&f, path, "parallel", false, Checker::boolean);
-        let unlock_stale = self.with_default(&f, path, "unlock_stale", false, Checker::boolean);
         let nice = self.optional(&f, path, "nice", Checker::nice);
         let io = self.optional(&f, path, "io", Checker::io_class);
         let inhibit_sleep = self.with_default(&f, path, "inhibit_sleep", true, Checker::boolean);
@@ -239,6 +238,11 @@ impl Checker {
         let blackout = self.with_default(&f, path, "blackout", Vec::new(), Checker::blackout);
         let resume_settle =
             self.with_default(&f, path, "resume_settle", resume_settle, Checker::duration);
+        // restic exits 3 when some files could not be read: the snapshot exists.
+        let runs_restic = matches!(&steps, Some(steps) if steps.iter().flat_map(Step::stages).any(|argv| program_name(&argv[0]) == "restic"));
+        // A task that runs restic unlocks what a stopped run left, unless it says otherwise.
+        let unlock_stale =
+            self.with_default(&f, path, "unlock_stale", runs_restic, Checker::boolean);
         if let (Some(true), Some(steps)) = (unlock_stale, &steps)
             && !steps.iter().flat_map(Step::stages).any(|a| program_name(&a[0]) == "restic")
             && let Some(n) = f.get("unlock_stale")
@@ -249,8 +253,6 @@ impl Checker {
                 "unlock_stale runs `restic unlock` with the restic of the task's steps, and no step runs restic",
             );
         }
-        // restic exits 3 when some files could not be read: the snapshot exists.
-        let runs_restic = matches!(&steps, Some(steps) if steps.iter().flat_map(Step::stages).any(|argv| program_name(&argv[0]) == "restic"));
         let warning_codes = if runs_restic { vec![3] } else { Vec::new() };
         let warning_exit_codes =
             self.with_default(&f, path, "warning_exit_codes", warning_codes, Checker::exit_codes);

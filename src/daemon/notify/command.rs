@@ -77,6 +77,7 @@ pub(crate) async fn run(
         .process_group(0)
         .kill_on_drop(true);
     let shown = program.to_string_lossy().into_owned();
+    let spawning = crate::daemon::host::children::spawning();
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -85,6 +86,8 @@ pub(crate) async fn run(
         }
     };
     let pgid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
+    // Reaped here (or by tokio, after the kill on drop), never by the orphan reaper.
+    let _owned = spawning.started(child.id().unwrap_or_default());
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let work = async {

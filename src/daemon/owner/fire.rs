@@ -114,9 +114,7 @@ impl State {
             job.settle = settle.checked_sub(resumed.elapsed());
         }
         job.last_success = self.tasks[job.idx].metrics.last_success;
-        job.after_stop = self.tasks[job.idx].last.as_ref().map(|l| l.status).filter(|s| {
-            matches!(s, RunStatus::Timeout | RunStatus::Cancelled | RunStatus::Interrupted)
-        });
+        job.after_stop = self.tasks[job.idx].last.as_ref().and_then(stopped_from_outside);
         // Every run is registered before it is spawned.
         let feed = self.runs.by_id.get(&job.run_id).map(|k| k.feed.clone());
         let feed = feed.unwrap_or_else(|| Arc::new(Feed::new()));
@@ -260,4 +258,16 @@ impl State {
             }
         }
     }
+}
+
+/// How the last run ended, when it was not by its own processes' choice: at its timeout,
+/// by the daemon's shutdown or death, or its deciding process killed by a signal (from
+/// outside, or the out-of-memory killer). restic may have left its lock then.
+fn stopped_from_outside(last: &RunBody) -> Option<RunStatus> {
+    let killed = last.status == RunStatus::Failed
+        && last.exit_code.is_none()
+        && last.reason.contains("killed by ");
+    (matches!(last.status, RunStatus::Timeout | RunStatus::Cancelled | RunStatus::Interrupted)
+        || killed)
+        .then_some(last.status)
 }

@@ -35,7 +35,11 @@ impl Run<'_> {
             self.task.steps.iter().flat_map(crate::config::Step::stages).find_map(|argv| {
                 (crate::config::program_name(&argv[0]) == "restic").then(|| argv[0].clone())
             })?;
-        info!("the last run ended {previous}: running restic unlock first (unlock_stale)");
+        let how = match previous {
+            RunStatus::Failed => "was killed by a signal".to_string(),
+            other => format!("ended {other}"),
+        };
+        info!("the last run {how}: running restic unlock first (unlock_stale)");
         let hook = crate::config::Hook {
             command: vec![restic, "unlock".into()],
             secrets: self.task.secrets.clone(),
@@ -64,9 +68,7 @@ impl Run<'_> {
         if !ok {
             warn!("restic unlock did not succeed ({result}); running the task anyway");
         }
-        Some(format!(
-            "restic unlock ran first, as the last run ended {previous} (unlock_stale): {result}"
-        ))
+        Some(format!("restic unlock ran first, as the last run {how} (unlock_stale): {result}"))
     }
 
     pub(super) async fn before_hook(&self) -> Result<(), Outcome> {

@@ -31,10 +31,11 @@ use crate::sys::proc;
 /// Who a stage of stopping a run signals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Target {
-    /// The step's main process only (its group leader): restic, given SIGINT alone, removes
-    /// its lock through its `rclone:` or `sftp:` backend, which a SIGINT to the whole group
-    /// would have killed at the same moment.
-    Main,
+    /// The step's main process (its group leader) and every restic process of the run:
+    /// restic, given SIGINT alone, removes its lock through its `rclone:` or `sftp:` backend,
+    /// which a SIGINT to the whole group would have killed at the same moment; restic inside
+    /// a shell (`sh -c 'dump | restic backup --stdin'`) gets its SIGINT alone too.
+    MainAndRestic,
     /// Every process of the run.
     All,
 }
@@ -43,11 +44,11 @@ pub(crate) enum Target {
 /// to be gone before the next stage.
 pub(crate) type Stage = (Target, Signal, Duration);
 
-/// The stages of stopping a run at its timeout, `grace` apart: SIGINT to the main process,
-/// then SIGINT, SIGTERM and SIGKILL to every process.
+/// The stages of stopping a run at its timeout, `grace` apart: SIGINT to the main process
+/// and every restic process, then SIGINT, SIGTERM and SIGKILL to every process.
 pub(crate) fn timeout_plan(grace: Duration) -> [Stage; 4] {
     [
-        (Target::Main, Signal::SIGINT, grace),
+        (Target::MainAndRestic, Signal::SIGINT, grace),
         (Target::All, Signal::SIGINT, grace),
         (Target::All, Signal::SIGTERM, grace),
         (Target::All, Signal::SIGKILL, grace),
@@ -257,14 +258,12 @@ impl RunProcs {
                 break;
             }
             match (target, pgid) {
-                (Target::Main, Some(leader)) => {
-                    // Only while it still leads its group: a reaped leader's pid may be reused.
-                    if !leads_group(leader) || kill(leader, signal).is_err() {
-                        continue; // the main process is gone already: on to the group
-                    }
-                    sent.push(format!("{} to the main process", signal.as_str()));
+                (Target::MainAndRestic, _) => {
+                    let Some(said) = self.signal_main_and_restic(pgid, search, signal) else {
+                        continue; // neither is left: on to the group
+                    };
+                    sent.push(said);
                 }
-                (Target::Main, None) => continue,
                 (Target::All, _) => {
                     self.signal(pgid, search, signal, &none);
                     sent.push(signal.as_str().to_string());
@@ -276,6 +275,34 @@ impl RunProcs {
             }
         }
         Some((format!("sent {}", sent.join(", then ")), count.max(1)))
+    }
+
+    /// Sends `signal` to the main process (while it still leads its group: a reaped
+    /// leader's pid may be reused) and to every other restic process of the run. Says whom,
+    /// or `None` when there was nobody.
+    fn signal_main_and_restic(
+        &self,
+        pgid: Option<Pid>,
+        search: Search,
+        signal: Signal,
+    ) -> Option<String> {
+        let main = pgid.filter(|leader| leads_group(*leader) && kill(*leader, signal).is_ok());
+        let restic: Vec<Pid> = self
+            .members(pgid, search, &HashSet::new())
+            .into_iter()
+            .filter(|pid| Some(*pid) != main)
+            .filter(|pid| proc::command_name(pid.as_raw()).as_deref() == Some("restic"))
+            .filter(|pid| kill(*pid, signal).is_ok())
+            .collect();
+        let name = signal.as_str();
+        match (main.is_some(), restic.len()) {
+            (false, 0) => None,
+            (true, 0) => Some(format!("{name} to the main process")),
+            (true, 1) => Some(format!("{name} to the main process and 1 restic process")),
+            (true, n) => Some(format!("{name} to the main process and {n} restic processes")),
+            (false, 1) => Some(format!("{name} to 1 restic process")),
+            (false, n) => Some(format!("{name} to {n} restic processes")),
+        }
     }
 
     /// Removes the run's cgroup (empty by now; the kernel refuses otherwise, and the next

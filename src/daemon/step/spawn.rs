@@ -20,6 +20,7 @@ use super::contain::RunProcs;
 use super::{Runner, StepCall, StepEnd, StepEnv, StepError};
 use crate::broker::Handle;
 use crate::config::Task;
+use crate::daemon::host::children::{self, Owned};
 use crate::trust::expand_tilde;
 
 /// A step's commands, ready to spawn.
@@ -36,10 +37,14 @@ pub(super) struct Prepared {
 /// The step's stderr as it is read: the pipe the stages share, or the one stage's own.
 pub(super) type Stderr = Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>;
 
+/// One started stage: the child, its token's handle, and its registration as a child the
+/// step reaps itself.
+pub(super) type Stage = (Child, Option<Handle>, Owned);
+
 /// A step's processes once started.
 pub(super) struct Started {
     /// The stages that started, in stage order, each with its token's handle.
-    pub(super) children: Vec<(Child, Option<Handle>)>,
+    pub(super) children: Vec<Stage>,
     /// The group every stage is in, led by the last stage.
     pub(super) pgid: Pid,
     /// Why not every stage started, if one did not.
@@ -139,18 +144,17 @@ impl Runner {
         commands: Prepared,
     ) -> Result<Started, StepError> {
         let Prepared { mut commands, pinned_file, mut plumbing, programs } = commands;
-        let mut children: Vec<Option<(Child, Option<Handle>)>> =
-            (0..commands.len()).map(|_| None).collect();
+        let mut children: Vec<Option<Stage>> = (0..commands.len()).map(|_| None).collect();
         let mut pgid: Option<Pid> = None;
         let mut failed = None;
         for i in (0..commands.len()).rev() {
             let mut cmd = std::mem::replace(&mut commands[i], Command::new("/"));
             cmd.process_group(pgid.map_or(0, Pid::as_raw));
             match self.spawn_stage(call, cmd, i, &programs) {
-                Ok((child, handle)) => {
-                    let pid = child.id().unwrap_or_default();
+                Ok(stage) => {
+                    let pid = stage.0.id().unwrap_or_default();
                     pgid.get_or_insert(Pid::from_raw(pid as i32));
-                    children[i] = Some((child, handle));
+                    children[i] = Some(stage);
                 }
                 Err(why) => {
                     failed = Some(why);
@@ -162,8 +166,8 @@ impl Runner {
         // Our copies of the pipes' ends: the stages hold their own now.
         let shared_stderr = plumbing.finish();
         let Some(pgid) = pgid else { return Err(failed.unwrap_or(StepError::NothingStarted)) };
-        let mut children: Vec<(Child, Option<Handle>)> = children.into_iter().flatten().collect();
-        let stdout = children.last_mut().and_then(|(c, _)| c.stdout.take());
+        let mut children: Vec<Stage> = children.into_iter().flatten().collect();
+        let stdout = children.last_mut().and_then(|(c, ..)| c.stdout.take());
         let own_stderr = if shared_stderr.is_none() { children[0].0.stderr.take() } else { None };
         if let Some(guardian) = &self.guardian {
             let pipes: Vec<_> = [
@@ -191,7 +195,7 @@ impl Runner {
         mut cmd: Command,
         i: usize,
         programs: &[String],
-    ) -> Result<(Child, Option<Handle>), StepError> {
+    ) -> Result<Stage, StepError> {
         let task = call.task;
         let handle = match call.scope {
             Some(scope) => {
@@ -209,6 +213,7 @@ impl Runner {
             }
             None => None,
         };
+        let spawning = children::spawning();
         let spawned = cmd.spawn();
         drop(cmd);
         let child = match spawned {
@@ -224,6 +229,7 @@ impl Runner {
             }
         };
         let pid = child.id().unwrap_or_default();
+        let owned = spawning.started(pid);
         let step = call.index + 1;
         if let Some(handle) = handle {
             self.broker.started(handle, pid);
@@ -232,18 +238,18 @@ impl Runner {
             self.broker.started_without_token(pid);
             info!(step, pid, program = %programs[i], "started process without a token");
         }
-        Ok((child, handle))
+        Ok((child, handle, owned))
     }
 
     /// Waits for each stage on a task of its own, so each stage's token dies as soon as its
     /// process is reaped, whatever the others do.
     pub(super) fn reap_each(
         &self,
-        children: Vec<(Child, Option<Handle>)>,
+        children: Vec<Stage>,
     ) -> Vec<tokio::task::JoinHandle<std::io::Result<ExitStatus>>> {
         children
             .into_iter()
-            .map(|(mut child, handle)| {
+            .map(|(mut child, handle, owned)| {
                 let broker = self.broker.clone();
                 let pid = child.id().unwrap_or_default();
                 tokio::spawn(async move {
@@ -252,6 +258,7 @@ impl Runner {
                         Some(handle) => broker.reaped(handle, Some(pid)),
                         None => broker.reaped_without_token(pid),
                     }
+                    drop(owned);
                     status
                 })
             })

@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use super::contain::{RunProcs, Search, Stage, Target, timeout_plan};
+use super::contain::{RunProcs, Search, Stage, timeout_plan};
 use super::spawn::Started;
 use super::tally::describe_exit;
 use super::{Budgets, Found, MAX_LISTING, Runner, StepCall, StepEnd, StepError, Tail};
@@ -129,19 +129,22 @@ impl Runner {
         end
     }
 
-    /// The timeout's stages, `kill_grace` apart; shutdown's, within `shutdown_grace` (a
-    /// third of it after each SIGINT and after SIGTERM).
+    /// The timeout's stages, `kill_grace` apart; shutdown's the same, but SIGKILL at the
+    /// latest once `shutdown_grace` has passed (restic still gets `kill_grace` after its
+    /// SIGINT when `shutdown_grace` allows it).
     fn plans(&self, call: &StepCall<'_>) -> Plans {
-        let third = self.shutdown_grace / 3;
-        Plans {
-            timeout: timeout_plan(call.task.kill_grace),
-            shutdown: [
-                (Target::Main, Signal::SIGINT, third),
-                (Target::All, Signal::SIGINT, third),
-                (Target::All, Signal::SIGTERM, third),
-                (Target::All, Signal::SIGKILL, call.task.kill_grace),
-            ],
-        }
+        let grace = call.task.kill_grace;
+        let timeout = timeout_plan(grace);
+        let mut budget = self.shutdown_grace;
+        let shutdown = timeout.map(|(target, signal, wait)| {
+            if signal == Signal::SIGKILL {
+                return (target, signal, wait);
+            }
+            let wait = wait.min(budget);
+            budget -= wait;
+            (target, signal, wait)
+        });
+        Plans { timeout, shutdown }
     }
 
     /// After a step's main process exited: waits for the processes it left behind, until
