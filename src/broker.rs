@@ -268,13 +268,27 @@ impl Broker {
     /// Whether `pid` is a task process or descends from one (the control routes refuse them,
     /// so a backup job cannot trigger other tasks).
     pub(crate) fn is_task_process(&self, pid: u32) -> bool {
+        self.task_ancestry(pid) != peer::Ancestry::Unrelated
+    }
+
+    /// How `pid` relates to the task processes: below one of them (or the daemon), not, or
+    /// unknown (a broken chain counts as "maybe" and is refused).
+    pub(crate) fn task_ancestry(&self, pid: u32) -> peer::Ancestry {
         use peer::{Ancestry, ancestry};
         // As child subreaper (Linux), everything a task starts stays below the daemon, even
-        // after its parent exits; a broken chain counts as "maybe" and is refused.
+        // after its parent exits.
         let me = std::process::id();
         if cfg!(target_os = "linux") {
-            return pid == me || ancestry(pid, me) != Ancestry::Unrelated;
+            return if pid == me { Ancestry::Descends } else { ancestry(pid, me) };
         }
-        self.active().iter().any(|a| ancestry(pid, *a) != Ancestry::Unrelated)
+        let mut verdict = Ancestry::Unrelated;
+        for a in self.active() {
+            match ancestry(pid, a) {
+                Ancestry::Unrelated => {}
+                Ancestry::Descends => return Ancestry::Descends,
+                other => verdict = other,
+            }
+        }
+        verdict
     }
 }

@@ -79,6 +79,9 @@ pub enum Ancestry {
     /// The chain broke (a process exited under us, or we may not look): callers that guard
     /// something must treat this as "maybe", not as "no".
     Unknown,
+    /// The daemon ran out of file descriptors reading it: as [`Ancestry::Unknown`] for what
+    /// it guards, but said as what it is.
+    OutOfFds,
 }
 
 /// Whether `pid` is `ancestor` or one of its descendants.
@@ -91,9 +94,10 @@ pub fn ancestry(pid: u32, ancestor: u32) -> Ancestry {
         if current <= 1 {
             return Ancestry::Unrelated;
         }
-        match parent_of(current) {
-            Some(0) => return Ancestry::Unrelated,
-            Some(parent) if parent != current => current = parent,
+        match crate::sys::proc::read_stat(current) {
+            Ok(Some(stat)) if stat.ppid == 0 => return Ancestry::Unrelated,
+            Ok(Some(stat)) if stat.ppid != current => current = stat.ppid,
+            Err(e) if crate::sys::proc::out_of_fds(&e) => return Ancestry::OutOfFds,
             _ => return Ancestry::Unknown,
         }
     }
@@ -131,10 +135,24 @@ fn extend_lineage(mut chain: Vec<u32>, stop: u32) -> Option<Vec<u32>> {
 pub fn peer_lineage(pid: u32, started: Option<u64>, stop: u32) -> Result<Vec<u32>, &'static str> {
     const EXITED: &str = "a process that has exited";
     const UNREADABLE: &str = "a process whose ancestry cannot be read";
-    let started = started.ok_or(EXITED)?;
+    let Some(started) = started else {
+        // Its start time could not be read at accept. Never granted then; said as a lack of
+        // descriptors when that is the likely cause (it is alive, or still unreadable).
+        return match crate::sys::proc::read_stat(pid) {
+            Ok(None) => Err(EXITED),
+            Ok(Some(_)) => Err(OUT_OF_FDS),
+            Err(e) if crate::sys::proc::out_of_fds(&e) => Err(OUT_OF_FDS),
+            Err(_) => Err(EXITED),
+        };
+    };
     #[cfg(target_os = "linux")]
     {
-        let stat = crate::sys::proc::stat(pid).ok_or(EXITED)?;
+        let stat = match crate::sys::proc::read_stat(pid) {
+            Ok(Some(stat)) => stat,
+            Ok(None) => return Err(EXITED),
+            Err(e) if crate::sys::proc::out_of_fds(&e) => return Err(OUT_OF_FDS),
+            Err(_) => return Err(EXITED),
+        };
         let (parent, start) = (stat.ppid, stat.start_time);
         if start != started {
             return Err(EXITED);
@@ -153,6 +171,10 @@ pub fn peer_lineage(pid: u32, started: Option<u64>, stop: u32) -> Result<Vec<u32
         if start_time(pid) == Some(started) { Ok(chain) } else { Err(EXITED) }
     }
 }
+
+/// Why a peer's lineage could not be read when the daemon is out of file descriptors: a
+/// resource failure, answered as one, never as a refusal of the peer.
+pub(crate) const OUT_OF_FDS: &str = "the daemon is out of file descriptors";
 
 /// Whether `pid` certainly is `ancestor` or one of its descendants.
 pub fn descends_from(pid: u32, ancestor: u32) -> bool {

@@ -138,6 +138,18 @@ pub(super) async fn redeem(
         },
         Err(why) => Err(why),
     };
+    if checked.as_ref().err() == Some(&super::peer::OUT_OF_FDS) {
+        // A resource failure, not a verdict: no penalty, no rejection counted.
+        tracing::error!(
+            peer_pid = peer.pid.unwrap_or_default(),
+            "cannot check a redemption: the daemon is out of file descriptors; raise its open-file limit (LimitNOFILE=)"
+        );
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            protocol::errors::UNAVAILABLE,
+            "the daemon is out of file descriptors; try again, and raise its open-file limit",
+        );
+    }
     let verified_program = checked.as_ref().ok().and_then(|(_, (verified, _))| *verified);
     let outcome = match checked {
         Ok((lineage, verified)) => {

@@ -73,6 +73,8 @@ const MAX_SEEN: usize = 256;
 pub enum Refused {
     /// Its executable cannot be opened or read.
     Unreadable,
+    /// The daemon ran out of file descriptors opening it: no verdict about the peer.
+    OutOfFds,
     /// Neither the pinned `secretbox` nor any task's redeemer.
     Unknown,
 }
@@ -81,6 +83,7 @@ impl Refused {
     pub fn why(self) -> &'static str {
         match self {
             Refused::Unreadable => "a process whose executable cannot be read",
+            Refused::OutOfFds => super::peer::OUT_OF_FDS,
             Refused::Unknown => {
                 "an executable that is neither the secretbox pinned at start nor a listed redeemer"
             }
@@ -153,8 +156,9 @@ impl Redeemers {
     /// [`Redeemers::verify`] when the peer's program file was seen before (no hashing);
     /// `None` when it would have to be hashed.
     pub fn verify_cached(&self, pid: u32) -> Option<Result<Verified, Refused>> {
-        let Ok(meta) = crate::sys::proc::executable_metadata(pid) else {
-            return Some(Err(Refused::Unreadable));
+        let meta = match crate::sys::proc::executable_metadata(pid) {
+            Ok(meta) => meta,
+            Err(e) => return Some(Err(unreadable(&e))),
         };
         let digest = *lock(&self.seen).get(&Identity::of(&meta))?;
         self.classify(digest)
@@ -180,7 +184,7 @@ impl Redeemers {
     }
 
     fn digest_of(&self, pid: u32) -> Result<Digest, Refused> {
-        let mut file = crate::sys::proc::open_executable(pid).map_err(|_| Refused::Unreadable)?;
+        let mut file = crate::sys::proc::open_executable(pid).map_err(|e| unreadable(&e))?;
         let before = file.metadata().map_err(|_| Refused::Unreadable)?;
         let id = Identity::of(&before);
         if let Some(d) = lock(&self.seen).get(&id) {
@@ -197,6 +201,11 @@ impl Redeemers {
         }
         Ok(digest)
     }
+}
+
+/// Why an executable could not be read: the daemon's own lack of descriptors, or the file.
+fn unreadable(e: &std::io::Error) -> Refused {
+    if crate::sys::proc::out_of_fds(e) { Refused::OutOfFds } else { Refused::Unreadable }
 }
 
 /// Locks, ignoring poisoning: only inserts, removes and clears happen under these locks, so a

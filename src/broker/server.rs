@@ -28,7 +28,7 @@ use zeroize::Zeroizing;
 
 use super::Broker;
 use super::control::{Control, FireError};
-use super::peer::Peer;
+use super::peer::{Ancestry, Peer};
 use super::redeemers::Verified;
 use super::reply::{Resp, error, json, not_allowed};
 use crate::protocol::Rejection;
@@ -379,7 +379,19 @@ async fn route(
             "this server has no task control",
         );
     };
-    if peer.pid.is_none_or(|pid| shared.broker.is_task_process(pid)) {
+    let ancestry = peer.pid.map_or(Ancestry::Unknown, |pid| shared.broker.task_ancestry(pid));
+    if ancestry == Ancestry::OutOfFds {
+        tracing::error!(
+            peer_pid = peer.pid.unwrap_or_default(),
+            "cannot check a control request: the daemon is out of file descriptors; raise its open-file limit (LimitNOFILE=)"
+        );
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            protocol::errors::UNAVAILABLE,
+            "the daemon is out of file descriptors; try again, and raise its open-file limit",
+        );
+    }
+    if ancestry != Ancestry::Unrelated {
         // The path and the executable are the task's choice: not written out (see
         // `redact::digest`); the route's kind is enough to tell what was tried.
         let kind = path.trim_start_matches("/v1/").split('/').next().unwrap_or("?");

@@ -125,14 +125,13 @@ pub(crate) fn bind(path: &Path, group: Option<u32>) -> Result<BoundSocket, Socke
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&lock_path)
         .map_err(io_err(&lock_path))?;
-    let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-        .map_err(|(_, errno)| {
-            if errno == nix::errno::Errno::EWOULDBLOCK {
-                SocketError::AlreadyRunning { socket: path.to_path_buf(), lock: lock_path.clone() }
-            } else {
-                SocketError::Io { path: lock_path.clone(), source: errno.into() }
-            }
-        })?;
+    let lock = take_lock(lock_file).map_err(|errno| {
+        if errno == nix::errno::Errno::EWOULDBLOCK {
+            SocketError::AlreadyRunning { socket: path.to_path_buf(), lock: lock_path.clone() }
+        } else {
+            SocketError::Io { path: lock_path.clone(), source: errno.into() }
+        }
+    })?;
 
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
@@ -230,6 +229,36 @@ pub(crate) fn recorded(state_dir: &Path) -> Option<PathBuf> {
     let text = std::fs::read_to_string(&record).ok()?;
     let path = PathBuf::from(text.trim_end_matches('\n'));
     std::fs::symlink_metadata(&path).ok().filter(|m| m.file_type().is_socket()).map(|_| path)
+}
+
+/// How long start-up waits for the single-instance lock: a daemon that was just killed
+/// holds it until the kernel has finished tearing it down, which can take a moment.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Takes the single-instance lock, waiting up to [`LOCK_PATIENCE`] while another process
+/// holds it (it may be a daemon that is exiting: a restart right after a SIGKILL).
+fn take_lock(file: File) -> Result<nix::fcntl::Flock<File>, nix::errno::Errno> {
+    use nix::fcntl::{Flock, FlockArg};
+    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+    let mut file = file;
+    let mut said = false;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((back, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
+                if !said {
+                    info!(
+                        "another process holds the daemon's lock; waiting up to {}s for it to let go",
+                        LOCK_PATIENCE.as_secs()
+                    );
+                    said = true;
+                }
+                file = back;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err((_, errno)) => return Err(errno),
+        }
+    }
 }
 
 /// `secretbox.sock` → `secretbox.sock.lock` beside it.

@@ -212,17 +212,19 @@ fn read_locked(reader: &mut impl std::io::Read) -> std::io::Result<(LockedBytes,
     }
 }
 
-/// [`read_locked`] for a child's pipe.
-async fn read_locked_async(
+/// [`read_locked`] for a child's pipe, into `buf`: what was read stays there if the read
+/// is given up part-way.
+async fn fill_locked(
     reader: &mut (impl tokio::io::AsyncRead + Unpin),
-) -> std::io::Result<(LockedBytes, Vec<Weakness>)> {
-    let (mut buf, mut weak) = LockedBytes::with_capacity(1)?;
+    buf: &mut LockedBytes,
+    weak: &mut Vec<Weakness>,
+) -> std::io::Result<()> {
     loop {
-        if !room(&mut buf, &mut weak)? {
-            return Ok((buf, weak));
+        if !room(buf, weak)? {
+            return Ok(());
         }
         match reader.read(buf.spare_mut()).await? {
-            0 => return Ok((buf, weak)),
+            0 => return Ok(()),
             n => buf.fill(n),
         }
     }
@@ -239,10 +241,10 @@ fn room(buf: &mut LockedBytes, weak: &mut Vec<Weakness>) -> std::io::Result<bool
     Ok(true)
 }
 
-#[expect(
-    clippy::too_many_lines,
-    reason = "one helper's life in order: spawn, read stdout onto locked pages and stderr beside it, bound it by its timeout, judge its exit"
-)]
+/// How long a helper's output is still read once it has exited: what it printed is in the
+/// pipe already, and a background child it left holding the pipe open is not waited for.
+const READ_AFTER_EXIT: Duration = Duration::from_millis(500);
+
 async fn run_command(
     spec: &SecretSpec,
     argv: &[String],
@@ -255,7 +257,56 @@ async fn run_command(
     let program = crate::trust::check_source_program(&argv[0], path.as_deref(), uid)
         .map_err(|e| SecretError::new(spec, e, None))?
         .unwrap_or_else(|| PathBuf::from(&argv[0]));
-    let mut child = tokio::process::Command::new(&program)
+    let mut child = spawn_helper(spec, &program, argv)?;
+    let pid = child.id();
+    // Until it has exited, the helper and all it started go if the daemon gives up on it
+    // (its timeout, or a stop during start-up that drops this future).
+    let mut group = GroupOnDrop(pid);
+    let mut output = HelperOutput::new().map_err(|e| no_memory(spec, &e))?;
+    let status = match tokio::time::timeout(timeout, output.read(&mut child)).await {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => {
+            return Err(SecretError::new(spec, format!("reading its output failed: {e}"), None));
+        }
+        Err(_) => {
+            drop(group);
+            return Err(SecretError::new(
+                spec,
+                format!("it did not finish within {}", crate::time::Human(timeout)),
+                Some(
+                    "check that it does not wait for input (stdin is /dev/null), or raise the secret's `timeout`"
+                        .into(),
+                ),
+            ));
+        }
+    };
+    // It exited by itself: what it left running (an agent it started) is its business.
+    group.0 = None;
+    output.judge(spec, status)
+}
+
+/// Kills a helper's process group when dropped, unless disarmed (`None`).
+struct GroupOnDrop(Option<u32>);
+
+impl Drop for GroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Starts a `command:` source's helper: no stdin, its stdout and stderr piped, in a group of
+/// its own (so a timeout kills what it started too), killed if the daemon gives up on it.
+fn spawn_helper(
+    spec: &SecretSpec,
+    program: &std::path::Path,
+    argv: &[String],
+) -> Result<tokio::process::Child, SecretError> {
+    tokio::process::Command::new(program)
         .arg0(&argv[0])
         .args(&argv[1..])
         .stdin(Stdio::null())
@@ -272,82 +323,105 @@ async fn run_command(
                 )
             });
             SecretError::new(spec, format!("cannot start it: {e}"), fix)
-        })?;
-    let pid = child.id();
-    let mut stdout = child.stdout.take().expect("stdout is piped");
-    let mut stderr = child.stderr.take().expect("stderr is piped");
-    let work = async {
-        // Reserved whole, so that reading never reallocates (and leaves a copy behind): a
-        // helper may echo its value on stderr.
-        let mut err = Zeroizing::new(Vec::with_capacity(STDERR_LIMIT + 64));
-        let read_err = async {
-            let mut limited = (&mut stderr).take(STDERR_LIMIT as u64);
-            limited.read_to_end(&mut err).await
+        })
+}
+
+/// What a helper printed: its stdout straight onto locked pages, its stderr (bounded)
+/// in a buffer reserved whole, so that reading never reallocates and leaves a copy behind
+/// (a helper may echo its value on stderr).
+struct HelperOutput {
+    value: LockedBytes,
+    weak: Vec<Weakness>,
+    err: Zeroizing<Vec<u8>>,
+}
+
+impl HelperOutput {
+    fn new() -> std::io::Result<HelperOutput> {
+        let (value, weak) = LockedBytes::with_capacity(1)?;
+        Ok(HelperOutput { value, weak, err: Zeroizing::new(Vec::with_capacity(STDERR_LIMIT + 64)) })
+    }
+
+    /// Reads the helper's output until both pipes end, or until [`READ_AFTER_EXIT`] after
+    /// the helper itself exited; returns how it exited.
+    async fn read(
+        &mut self,
+        child: &mut tokio::process::Child,
+    ) -> std::io::Result<std::process::ExitStatus> {
+        let mut stdout = child.stdout.take().expect("stdout is piped");
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let HelperOutput { value, weak, err } = self;
+        let reads = async {
+            let out = fill_locked(&mut stdout, value, weak);
+            let read_err = async {
+                let mut limited = (&mut stderr).take(STDERR_LIMIT as u64);
+                limited.read_to_end(err).await.map(drop)
+            };
+            let (out, err) = tokio::join!(out, read_err);
+            out.and(err)
         };
-        let (out, r2) = tokio::join!(read_locked_async(&mut stdout), read_err);
-        let out = out?;
-        r2?;
-        let status = child.wait().await?;
-        Ok::<_, std::io::Error>((out, err, status))
-    };
-    let ((mut value, weak), err, status) = match tokio::time::timeout(timeout, work).await {
-        Ok(Ok(done)) => done,
-        Ok(Err(e)) => {
-            return Err(SecretError::new(spec, format!("reading its output failed: {e}"), None));
-        }
-        Err(_) => {
-            if let Some(pid) = pid {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+        tokio::pin!(reads);
+        let exited = tokio::select! {
+            read = &mut reads => {
+                read?;
+                None
             }
+            status = child.wait() => Some(status?),
+        };
+        match exited {
+            None => child.wait().await,
+            Some(status) => {
+                if let Ok(read) = tokio::time::timeout(READ_AFTER_EXIT, &mut reads).await {
+                    read?;
+                }
+                Ok(status)
+            }
+        }
+    }
+
+    /// The secret, or why the helper failed (its last stderr line, masked with what it
+    /// printed on stdout, a value the redactor will never know).
+    fn judge(
+        self,
+        spec: &SecretSpec,
+        status: std::process::ExitStatus,
+    ) -> Result<Loaded, SecretError> {
+        let HelperOutput { mut value, weak, err } = self;
+        let stderr_lines: Vec<Zeroizing<String>> = String::from_utf8_lossy(&err)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| Zeroizing::new(l.to_string()))
+            .collect();
+        if !status.success() {
+            // The command's stderr usually says why ("gpg: decryption failed", "not signed
+            // in"). It may also echo the value: masked, raw and escaped, or left out.
+            trim_newline_locked(&mut value);
+            let hint = stderr_lines
+                .last()
+                .and_then(|l| {
+                    let mut own = Secrets::empty();
+                    own.insert(&spec.name, value.as_bytes()).ok()?;
+                    Some(format!(
+                        " (its last stderr line: {})",
+                        crate::redact::redact_with(l, Some(&own))
+                    ))
+                })
+                .unwrap_or_default();
             return Err(SecretError::new(
                 spec,
-                format!("it did not finish within {}", crate::time::Human(timeout)),
-                Some(
-                    "check that it does not wait for input (stdin is /dev/null), or raise the secret's `timeout`"
-                        .into(),
-                ),
+                format!("it exited with {status}{hint}"),
+                Some("run the command by hand as the daemon's user to see what it needs".into()),
             ));
         }
-    };
-    let stderr_lines: Vec<Zeroizing<String>> = String::from_utf8_lossy(&err)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| Zeroizing::new(l.to_string()))
-        .collect();
-    if !status.success() {
-        // The command's stderr usually says why ("gpg: decryption failed", "not signed in").
-        // It may also echo what it printed on stdout, a value the redactor will never know:
-        // masked here with that value, raw and escaped, or left out if that cannot be done.
+        if value.as_bytes().len() > MAX_SECRET_LEN {
+            return Err(SecretError::new(
+                spec,
+                format!("it printed more than {MAX_SECRET_LEN} bytes"),
+                None,
+            ));
+        }
         trim_newline_locked(&mut value);
-        let hint = stderr_lines
-            .last()
-            .and_then(|l| {
-                let mut own = Secrets::empty();
-                own.insert(&spec.name, value.as_bytes()).ok()?;
-                Some(format!(
-                    " (its last stderr line: {})",
-                    crate::redact::redact_with(l, Some(&own))
-                ))
-            })
-            .unwrap_or_default();
-        return Err(SecretError::new(
-            spec,
-            format!("it exited with {status}{hint}"),
-            Some("run the command by hand as the daemon's user to see what it needs".into()),
-        ));
+        Ok(Loaded { value, stderr: stderr_lines, weak })
     }
-    if value.as_bytes().len() > MAX_SECRET_LEN {
-        return Err(SecretError::new(
-            spec,
-            format!("it printed more than {MAX_SECRET_LEN} bytes"),
-            None,
-        ));
-    }
-    trim_newline_locked(&mut value);
-    Ok(Loaded { value, stderr: stderr_lines, weak })
 }
 
 /// Most of a `command:` source's stderr that is read (and logged).

@@ -301,14 +301,24 @@ fn report_weaknesses(weak: &[Weakness], strict: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Many idle connections must not starve a legitimate one of file descriptors.
+/// Below this hard limit of open files, a daemon with many tasks (each redemption reads
+/// `/proc` and holds a connection) can run out of descriptors: said at start.
+const LOW_NOFILE: u64 = 4096;
+
+/// Many idle connections, and many tasks redeeming at once, must not starve a legitimate
+/// redemption of file descriptors: the soft limit goes up to the hard one.
 fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let want = hard.min(65_536);
-        if soft < want {
-            let _ = setrlimit(Resource::RLIMIT_NOFILE, want, hard);
-        }
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
+    if soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+    }
+    if hard < LOW_NOFILE {
+        warn!(
+            "the hard limit of open files is {hard}: with many tasks redeeming at once the daemon may run out of file descriptors (it says so when it does); raise it (LimitNOFILE= in the unit, or `ulimit -Hn`)"
+        );
     }
 }
 

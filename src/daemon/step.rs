@@ -115,8 +115,8 @@ pub(crate) enum StepError {
     SecretFiles { dir: PathBuf, source: std::io::Error },
     #[error("writing the secret files failed: {0}")]
     SecretFilesThread(tokio::task::JoinError),
-    #[error("cannot make the pipeline's pipes: {0}")]
-    Pipes(std::io::Error),
+    #[error("cannot make the pipeline's pipes: {source}{}", spawn_hint(source))]
+    Pipes { source: std::io::Error },
     #[error("cannot connect the pipeline's stages: {0}")]
     Connect(std::io::Error),
     #[error("cannot mint a token: {0}")]
@@ -126,7 +126,7 @@ pub(crate) enum StepError {
     Pin(#[from] PinError),
     #[error("checking the pinned program failed: {0}")]
     PinThread(tokio::task::JoinError),
-    #[error("cannot start {program}{}: {source}{}", stage.map(|(n, of)| format!(" (stage {n} of {of})")).unwrap_or_default(), if source.kind() == std::io::ErrorKind::NotFound { " (not found in the task's PATH)" } else { "" })]
+    #[error("cannot start {program}{}: {source}{}", stage.map(|(n, of)| format!(" (stage {n} of {of})")).unwrap_or_default(), spawn_hint(source))]
     Spawn { program: String, stage: Option<(usize, usize)>, source: std::io::Error },
     #[error("waiting for the process failed: {0}")]
     Wait(std::io::Error),
@@ -140,6 +140,17 @@ pub(crate) enum HookFailure {
     /// The daemon is stopping: not the hook's fault, and not the run's.
     Cancelled,
     Failed(String),
+}
+
+/// What to add to a failed spawn's message: how to fix it, when that is known.
+fn spawn_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        " (not found in the task's PATH)"
+    } else if crate::sys::proc::out_of_fds(e) {
+        " (the daemon is out of file descriptors: raise its open-file limit, LimitNOFILE=)"
+    } else {
+        ""
+    }
 }
 
 /// How one step (or hook) ended.

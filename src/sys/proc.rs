@@ -47,18 +47,42 @@ pub(crate) fn parse_stat(line: &str) -> Option<Stat> {
 /// `read_to_string` would add a `statx` and a second `read` for its end, on the redemption
 /// path that reads several of these per request. `None` where there is no `/proc` (macOS).
 pub(crate) fn stat(pid: u32) -> Option<Stat> {
+    read_stat(pid).ok().flatten()
+}
+
+/// [`stat`], telling a process that is gone (`Ok(None)`) from a read that failed for another
+/// reason, such as this process being out of file descriptors ([`out_of_fds`]).
+pub(crate) fn read_stat(pid: u32) -> std::io::Result<Option<Stat>> {
     use std::io::Read;
-    let mut file = File::open(format!("/proc/{pid}/stat")).ok()?;
+    let gone = |e: std::io::Error| match e.raw_os_error() {
+        Some(libc::ENOENT | libc::ESRCH) => Ok(None),
+        _ => Err(e),
+    };
+    let mut file = match File::open(format!("/proc/{pid}/stat")) {
+        Ok(file) => file,
+        Err(e) => return gone(e),
+    };
     let mut buf = [0u8; 1024];
-    let n = file.read(&mut buf).ok()?;
+    let n = match file.read(&mut buf) {
+        Ok(n) => n,
+        Err(e) => return gone(e),
+    };
     if n == buf.len() {
         // Longer than any stat line seen; read it whole rather than cut it.
         let mut all = buf.to_vec();
-        file.read_to_end(&mut all).ok()?;
-        return parse_stat(&String::from_utf8_lossy(&all));
+        if let Err(e) = file.read_to_end(&mut all) {
+            return gone(e);
+        }
+        return Ok(parse_stat(&String::from_utf8_lossy(&all)));
     }
     // Lossy: `comm` is any bytes the process chose; the fields after it are ASCII.
-    parse_stat(&String::from_utf8_lossy(&buf[..n]))
+    Ok(parse_stat(&String::from_utf8_lossy(&buf[..n])))
+}
+
+/// Whether an error means this process (EMFILE) or the system (ENFILE) has run out of file
+/// descriptors: a resource failure, never a verdict about whoever asked.
+pub(crate) fn out_of_fds(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 /// When a process started: clock ticks since boot on Linux, microseconds since the epoch on

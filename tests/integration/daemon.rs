@@ -608,3 +608,142 @@ fn a_squatted_default_socket_directory_does_not_stop_the_daemon() {
     assert!(!socket.exists() && !scratch.path().join("state/socket").exists());
     assert!(!socket.parent().unwrap().exists(), "the private directory is left behind");
 }
+
+/// Regression: with `ulimit -n 64` and 20 tasks firing, 31 redemptions were refused as "only
+/// the process the token was given to, and its children, may redeem it" (logged `why="a
+/// process that has exited"`): a resource failure dressed as a security refusal. Now no
+/// redemption is refused for its ancestry, and what fails says it is out of descriptors.
+#[test]
+fn out_of_file_descriptors_is_said_and_never_a_refusal() {
+    let scratch = Scratch::new();
+    let secret = scratch.path().join("secret");
+    write_private(&secret, canary().as_bytes());
+    let results = scratch.path().join("results");
+    std::fs::create_dir(&results).unwrap();
+    let mut tasks = String::new();
+    for n in 0..20 {
+        tasks.push_str(&format!(
+            "  t{n}:\n    {TRIGGERED}\n    secrets: [s]\n    command: [sh, -c, 'secretbox get s > /dev/null 2> {dir}/{n}.err; echo $? > {dir}/{n}.code']\n",
+            dir = results.display()
+        ));
+    }
+    let config =
+        scratch.config(&format!("secrets:\n  s: {{file: {}}}\ntasks:\n{tasks}", secret.display()));
+    let daemon = scratch.start_daemon_with(&config, |cmd| {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is async-signal-safe and touches only the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                let limit = libc::rlimit { rlim_cur: 64, rlim_max: 64 };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    let triggers: Vec<_> = (0..20)
+        .map(|n| {
+            let mut cmd = scratch.backupnizza(["trigger", &format!("t{n}"), "--wait", "-c"]).cmd;
+            cmd.arg(&config).spawn().unwrap()
+        })
+        .collect();
+    for mut t in triggers {
+        let _ = t.wait();
+    }
+    let log = daemon.log_text();
+    for refusal in ["a process that has exited", "not the token's process tree", "only the process"]
+    {
+        assert!(!log.contains(refusal), "a redemption was refused for its ancestry:\n{log}");
+    }
+    // Every redemption that ran either got the secret or says why: file descriptors.
+    let mut failed = Vec::new();
+    for n in 0..20 {
+        let Ok(code) = std::fs::read_to_string(results.join(format!("{n}.code"))) else {
+            continue; // the task's own process could not start: its End record says why
+        };
+        if code.trim() != "0" {
+            let err = std::fs::read_to_string(results.join(format!("{n}.err"))).unwrap_or_default();
+            failed.push(format!("t{n}: exit {} {err}", code.trim()));
+        }
+    }
+    let unexplained: Vec<_> = failed.iter().filter(|f| !f.contains("file descriptors")).collect();
+    assert!(unexplained.is_empty(), "failures that do not name file descriptors: {unexplained:#?}");
+    let mut short = 0;
+    for end in crate::harness::history(&scratch).iter().filter(|r| r["type"] == "end") {
+        let reason = end["reason"].as_str().unwrap_or_default();
+        short += usize::from(reason.contains("file descriptors"));
+        assert!(
+            end["status"] == "success" || reason.contains("file descriptors"),
+            "a run failed without naming file descriptors: {end}"
+        );
+    }
+    let said = short + failed.len() + log.matches("out of file descriptors").count();
+    assert!(said > 0, "the scenario never ran out of descriptors: it tests nothing\n{log}");
+    daemon.stop();
+}
+
+/// Regression: a restart within half a second of a SIGKILL was refused ("another backupnizza
+/// daemon is running") while the dying process still held the lock.
+#[test]
+fn a_restart_right_after_a_sigkill_starts() {
+    let scratch = Scratch::new();
+    let config = scratch.config(&format!("tasks:\n  t:\n    {TRIGGERED}\n    command: [true]\n"));
+    let mut daemon = scratch.start_daemon(&config);
+    daemon.signal(nix::sys::signal::Signal::SIGKILL);
+    // No wait for the exit: the next daemon starts while the kernel tears this one down.
+    let again = scratch.start_daemon(&config);
+    daemon.wait_exit();
+    trigger(&scratch, &config, "t", true).expect_code(0);
+    again.stop();
+}
+
+/// Regression: SIGTERM during start-up waited for a slow `command:` secret helper (32 s, or
+/// minutes with a longer `timeout:`). Now the helper and what it started are stopped and the
+/// daemon exits at once.
+#[test]
+fn sigterm_during_a_slow_secret_helper_exits_within_seconds() {
+    let scratch = Scratch::new();
+    let config = scratch.config(&format!(
+        "secrets:\n  slow: {{command: [sh, -c, 'sleep 60.125; echo late'], timeout: 90s}}\ntasks:\n  t:\n    {TRIGGERED}\n    secrets: [slow]\n    command: [true]\n"
+    ));
+    let log = scratch.path().join("daemon.log");
+    let mut child = scratch.daemon_command(&config, &log).spawn().unwrap();
+    crate::harness::wait_until("the helper to run", || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x0060.125\x00")
+        })
+    });
+    let asked = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    let took = asked.elapsed();
+    assert!(took < std::time::Duration::from_secs(5), "SIGTERM took {took:?}");
+    assert!(status.success(), "{status:?}\n{}", std::fs::read_to_string(&log).unwrap());
+    crate::harness::wait_until("the helper's sleep to go", || {
+        !std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x0060.125\x00")
+        })
+    });
+}
+
+/// Regression: a helper that printed the secret, exited 0 and left a background child
+/// holding its stdout was reported as a timeout. Its output is used once it has exited.
+#[test]
+fn a_helper_that_leaves_a_background_child_holding_its_output_still_loads() {
+    let scratch = Scratch::new();
+    let value = canary();
+    let config = scratch.config(&format!(
+        "secrets:\n  s: {{command: [sh, -c, 'printf %s {value}; sleep 30.375 &'], timeout: 10s}}\ntasks:\n  t:\n    {TRIGGERED}\n    secrets: [s]\n    command: [sh, -c, 'secretbox get --no-newline s | sha256sum > {}']\n",
+        scratch.path().join("digest").display()
+    ));
+    let daemon = scratch.start_daemon(&config);
+    trigger(&scratch, &config, "t", true).expect_code(0);
+    let digest = std::fs::read_to_string(scratch.path().join("digest")).unwrap();
+    assert!(digest.starts_with(&sha256_hex(value.as_bytes())), "{digest}");
+    daemon.stop();
+}

@@ -46,9 +46,19 @@ pub(super) struct Finished {
 }
 
 /// Serves until a stop request arrives on `stop`, then shuts down in order.
-pub(super) async fn serve(start: Start, stop: mpsc::Receiver<Stop>) -> anyhow::Result<Finished> {
+pub(super) async fn serve(
+    start: Start,
+    mut stop: mpsc::Receiver<Stop>,
+) -> anyhow::Result<Finished> {
     let Start { config, env, env_values, base_env, pins, redeemers, guardian } = start;
-    let secrets = load_secrets(&config, &env, env_values).await?;
+    // A stop request during start-up ends it: a slow secret helper is killed, not awaited.
+    let secrets = tokio::select! {
+        loaded = load_secrets(&config, &env, env_values) => loaded?,
+        Some(signal) = stop.recv() => {
+            info!("stopping during start-up: secret helpers still running were stopped");
+            return Ok(Finished { stop: signal, secrets: Weak::new() });
+        }
+    };
     let weak_secrets = Arc::downgrade(&secrets);
     let bound = bind_socket(&config, &env)?;
     let mut records = Records::open(&config)?;

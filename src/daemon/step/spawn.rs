@@ -73,7 +73,8 @@ impl Runner {
         // The pipes between stages, and one stderr the stages share (a line written by one
         // `write` stays whole). Close-on-exec: each child gets only the ends it is given.
         let plumbing = if piped { Plumbing::new(stages.len()) } else { Ok(Plumbing::default()) };
-        let mut plumbing = plumbing.map_err(|e| StepEnd::NotStarted(StepError::Pipes(e)))?;
+        let mut plumbing =
+            plumbing.map_err(|e| StepEnd::NotStarted(StepError::Pipes { source: e }))?;
         for (i, cmd) in commands.iter_mut().enumerate() {
             cmd.env_clear()
                 .envs(env.iter().map(|(k, v)| (k, v)))
