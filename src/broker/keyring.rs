@@ -74,13 +74,22 @@ pub(crate) fn get(store: Store, service: &str, account: &str) -> SourceResult {
         .map_err(|e| keyring_problem(store, e))?;
     match entry.get_secret() {
         Ok(bytes) => Ok(Zeroizing::new(bytes)),
-        Err(keyring_core::Error::NoEntry) => Err((
-            format!(
-                "no entry for service {service:?} and account {account:?} in the {}",
-                store_name(store)
+        Err(keyring_core::Error::NoEntry) => Err(match gone_key(store, service, account) {
+            Some(why) => (
+                format!(
+                    "the entry for service {service:?} and account {account:?} in the {} is {why}",
+                    store_name(store)
+                ),
+                Some("store it again with `backupnizza secret set NAME`".into()),
             ),
-            Some("store it with `backupnizza secret set NAME`".into()),
-        )),
+            None => (
+                format!(
+                    "no entry for service {service:?} and account {account:?} in the {}",
+                    store_name(store)
+                ),
+                Some("store it with `backupnizza secret set NAME`".into()),
+            ),
+        }),
         Err(e) => Err(keyring_problem(store, e)),
     }
 }
@@ -99,6 +108,30 @@ pub(crate) fn set(
 }
 
 /// Turns a keyring error into what went wrong and how to fix it.
+/// Why a kernel keyring entry the store reports as missing is really gone: the store says
+/// "no entry" for a key that was revoked or expired too, which would send the user looking
+/// for a key that is there. `None` when it truly is not there (or another store).
+#[cfg(target_os = "linux")]
+fn gone_key(store: Store, service: &str, account: &str) -> Option<&'static str> {
+    use linux_keyutils::{KeyError, KeyRing, KeyRingIdentifier};
+    if store != Store::Keyutils {
+        return None;
+    }
+    // The keyutils store's description: `keyring:ACCOUNT@SERVICE`.
+    let description = format!("keyring:{account}@{service}");
+    let session = KeyRing::from_special_id(KeyRingIdentifier::Session, false).ok()?;
+    match session.search(&description) {
+        Err(KeyError::KeyRevoked) => Some("revoked"),
+        Err(KeyError::KeyExpired) => Some("expired"),
+        _ => None,
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn gone_key(_store: Store, _service: &str, _account: &str) -> Option<&'static str> {
+    None
+}
+
 fn keyring_problem(store: Store, e: keyring_core::Error) -> (String, Option<String>) {
     use keyring_core::Error as E;
     let headless =

@@ -276,6 +276,13 @@ pub(crate) fn overflow_uid() -> u32 {
         .unwrap_or(65534)
 }
 
+/// How many processes the kernel's out-of-memory killer has killed since boot, on the whole
+/// machine (`oom_kill` in `/proc/vmstat`, Linux 4.13 and later).
+pub(crate) fn oom_kills() -> Option<u64> {
+    let vmstat = std::fs::read_to_string("/proc/vmstat").ok()?;
+    vmstat.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+}
+
 /// The one-minute load average (`/proc/loadavg`'s first field).
 pub(crate) fn load_average() -> Option<f64> {
     let text = std::fs::read_to_string("/proc/loadavg").ok()?;

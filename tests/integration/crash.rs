@@ -598,3 +598,39 @@ fn running_program(program: &str) -> usize {
         })
         .count()
 }
+
+/// Regression: a process the kernel's out-of-memory killer ended was recorded as "killed by
+/// SIGKILL", as if someone had killed it. The record says out of memory now. The step puts
+/// itself in a memory cgroup of the test's (cgroup v1 or v2, as root) limited to 32 MiB and
+/// asks for 512 MiB.
+#[test]
+fn a_step_the_oom_killer_ends_is_recorded_as_out_of_memory() {
+    let scratch = Scratch::new();
+    let name = format!("bnz-oom-{}", std::process::id());
+    let (cgroup, limit) = if Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists() {
+        (Path::new("/sys/fs/cgroup/memory").join(&name), "memory.limit_in_bytes")
+    } else {
+        let root = Path::new("/sys/fs/cgroup");
+        let controllers =
+            std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap_or_default();
+        assert!(controllers.contains("memory"), "this test needs a memory cgroup controller");
+        (root.join(&name), "memory.max")
+    };
+    std::fs::create_dir(&cgroup).unwrap();
+    let hog = format!(
+        "import os; open('{cg}/{limit}', 'w').write(str(32 << 20)); open('{cg}/cgroup.procs', 'w').write(str(os.getpid())); x = bytearray(512 << 20); x[::4096] = b'x' * len(x[::4096])",
+        cg = cgroup.display()
+    );
+    let config = scratch.config(&format!(
+        "tasks:\n  hog:\n    {TRIGGERED}\n    command: [python3, -c, \"{hog}\"]\n"
+    ));
+    let daemon = scratch.start_daemon(&config);
+    let run = trigger(&scratch, &config, "hog", true);
+    assert_ne!(run.code(), Some(0), "{run}");
+    let records = history(&scratch);
+    let end = records_of(&records, "end")[0];
+    let reason = end["reason"].as_str().unwrap();
+    assert!(reason.contains("killed by SIGKILL (out of memory"), "{end}");
+    daemon.stop();
+    let _ = std::fs::remove_dir(&cgroup);
+}

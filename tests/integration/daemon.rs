@@ -747,3 +747,28 @@ fn a_helper_that_leaves_a_background_child_holding_its_output_still_loads() {
     assert!(digest.starts_with(&sha256_hex(value.as_bytes())), "{digest}");
     daemon.stop();
 }
+
+/// Regression: a revoked key in the kernel keyring was reported as "no entry ... store it",
+/// sending the user looking for a key that is there. It says revoked now.
+#[test]
+fn a_revoked_kernel_keyring_entry_is_said_to_be_revoked() {
+    let scratch = Scratch::new();
+    let unique = format!("bnz-revoked-{}", std::process::id());
+    let description = format!("keyring:acct@{unique}");
+    let added = Command::new("keyctl")
+        .args(["padd", "user", &description, "@s"])
+        .stdin_bytes(canary().as_bytes());
+    assert!(added.status.success(), "keyctl: {}", String::from_utf8_lossy(&added.stderr));
+    let id = String::from_utf8_lossy(&added.stdout).trim().to_string();
+    let revoked = Command::new("keyctl").args(["revoke", &id]).output().unwrap();
+    assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
+    let config = scratch.config(&format!(
+        "secrets:\n  s: {{keyring: {{service: {unique}, account: acct, store: keyutils}}}}\ntasks:\n  t:\n    {TRIGGERED}\n    secrets: [s]\n    command: [true]\n"
+    ));
+    let log = scratch.path().join("daemon.log");
+    let status = scratch.daemon_command(&config, &log).status().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(text.contains("is revoked") && text.contains("store it again"), "{text}");
+    assert!(!text.contains("no entry"), "{text}");
+}

@@ -305,6 +305,13 @@ impl RunProcs {
         }
     }
 
+    /// How many of the run's processes the kernel's out-of-memory killer has killed, when
+    /// its cgroup has the memory controller (`memory.events`); `None` when it cannot tell.
+    pub(crate) fn oom_kills(&self) -> Option<u64> {
+        let events = std::fs::read_to_string(self.cgroup.as_ref()?.join("memory.events")).ok()?;
+        Some(oom_kills_in(&events))
+    }
+
     /// Removes the run's cgroup (empty by now; the kernel refuses otherwise, and the next
     /// start settles it).
     pub(crate) fn remove(&self) {
@@ -312,6 +319,11 @@ impl RunProcs {
             let _ = std::fs::remove_dir(cg);
         }
     }
+}
+
+/// The `oom_kill` count of a cgroup's `memory.events`.
+fn oom_kills_in(events: &str) -> u64 {
+    events.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok()).unwrap_or(0)
 }
 
 /// Whether no process is left in group `pgid`, after reaping the ones that ended and were
@@ -387,6 +399,13 @@ mod tests {
     use std::os::unix::process::CommandExt;
 
     use super::*;
+
+    #[test]
+    fn oom_kills_are_read_from_memory_events() {
+        let events = "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(oom_kills_in(events), 1);
+        assert_eq!(oom_kills_in("low 0\n"), 0);
+    }
 
     #[test]
     fn a_process_is_found_by_its_run_id_and_its_group() {

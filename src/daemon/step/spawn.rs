@@ -51,6 +51,8 @@ pub(super) struct Started {
     pub(super) failed: Option<StepError>,
     pub(super) stdout: Option<ChildStdout>,
     pub(super) stderr: Stderr,
+    /// The machine's count of OOM kills before the stages started (see `wait`).
+    pub(super) oom_before: Option<u64>,
 }
 
 impl Runner {
@@ -145,6 +147,7 @@ impl Runner {
         commands: Prepared,
     ) -> Result<Started, StepError> {
         let Prepared { mut commands, pinned_file, mut plumbing, programs } = commands;
+        let oom_before = crate::sys::proc::oom_kills();
         let mut children: Vec<Option<Stage>> = (0..commands.len()).map(|_| None).collect();
         let mut pgid: Option<Pid> = None;
         let mut failed = None;
@@ -185,7 +188,7 @@ impl Runner {
             Some(rx) => Some(Box::new(rx)),
             None => own_stderr.map(|s| Box::new(s) as _),
         };
-        Ok(Started { children, pgid, failed, stdout, stderr })
+        Ok(Started { children, pgid, failed, stdout, stderr, oom_before })
     }
 
     /// Mints stage `i`'s token (if it has a scope) and spawns it. The command holds the

@@ -39,6 +39,8 @@ pub(super) struct Running {
     pub(super) programs: Vec<String>,
     /// Why not every stage started, if one did not.
     pub(super) failed: Option<StepError>,
+    /// The machine's count of OOM kills before the stages started.
+    pub(super) oom_before: Option<u64>,
 }
 
 /// How the step's processes are stopped: at its timeout, and at shutdown.
@@ -58,8 +60,9 @@ impl Runner {
         (tail, budgets): (&mut Tail, &mut Budgets),
         found: Option<Found<'_>>,
     ) -> StepEnd {
-        let Started { children, pgid, failed, stdout, stderr } = started;
-        let running = Running { stages: self.reap_each(children), pgid, programs, failed };
+        let Started { children, pgid, failed, stdout, stderr, oom_before } = started;
+        let running =
+            Running { stages: self.reap_each(children), pgid, programs, failed, oom_before };
         let stage_count = running.stages.len();
         let (ended_tx, ended_rx) = oneshot::channel::<()>();
         // The output is read on this task, beside the wait: the tail stays a plain value.
@@ -91,7 +94,7 @@ impl Runner {
         running: Running,
         ended: oneshot::Sender<()>,
     ) -> StepEnd {
-        let Running { stages, pgid, programs, failed } = running;
+        let Running { stages, pgid, programs, failed, oom_before } = running;
         let procs = call.procs;
         let plans = self.plans(call);
         let pid = pgid.as_raw() as u32;
@@ -113,6 +116,7 @@ impl Runner {
         };
         let end = match first {
             Ok((status, note, last_decides)) => {
+                let note = join_notes(note, out_of_memory(status, procs, oom_before));
                 match self.leftovers(status, call, pgid, &plans).await {
                     StepEnd::Exited(st, more, _) => {
                         StepEnd::Exited(st, join_notes(note, more), last_decides)
@@ -293,6 +297,22 @@ fn decide(
     let status = decided.ok_or(StepEnd::NotStarted(StepError::NothingStarted))?;
     let note = (!failures.is_empty()).then(|| failures.join(", "));
     Ok((status, note, decided_by + 1 == programs.len()))
+}
+
+/// What to say of a process killed by SIGKILL when the kernel's out-of-memory killer did
+/// it: its run's cgroup counted a kill; or, where the cgroup cannot tell (no memory
+/// controller, no cgroup), the machine's count of OOM kills grew while the step ran
+/// (`oom_before`), which makes it all but certain.
+fn out_of_memory(status: ExitStatus, procs: &RunProcs, oom_before: Option<u64>) -> Option<String> {
+    use std::os::unix::process::ExitStatusExt;
+    if status.signal() != Some(libc::SIGKILL) {
+        return None;
+    }
+    let killed = match procs.oom_kills() {
+        Some(kills) => kills > 0,
+        None => matches!((oom_before, crate::sys::proc::oom_kills()), (Some(a), Some(b)) if b > a),
+    };
+    killed.then(|| "out of memory: the kernel's OOM killer ended it".to_string())
 }
 
 fn join_notes(a: Option<String>, b: Option<String>) -> Option<String> {
