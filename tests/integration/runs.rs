@@ -148,8 +148,8 @@ fn a_failing_step_stops_later_steps_unless_it_may_continue() {
 #[test]
 fn sigterm_stops_running_tasks_and_the_daemon_exits_cleanly() {
     let scratch = Scratch::new();
-    // Shutdown sends SIGINT first (restic removes its lock on SIGINT), then SIGTERM after half
-    // of shutdown_grace: the background sleep ignores SIGINT and takes the SIGTERM.
+    // Shutdown sends SIGINT first (restic removes its lock on SIGINT), then SIGTERM within
+    // shutdown_grace (at 15 s here): the background sleep ignores SIGINT and takes the SIGTERM.
     let script = "trap \"echo task got SIGINT; exit 0\" INT; touch trapped; sleep 300 & wait";
     let config = scratch.config(&format!(
         "shutdown_grace: 20s\ntasks:\n  long:\n    {TRIGGERED}\n    command: [sh, -c, '{script}']\n"

@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use super::contain::{RunProcs, Search, Stage, timeout_plan};
+use super::contain::{RunProcs, Search, Stage, Target, timeout_plan};
 use super::spawn::Started;
 use super::tally::describe_exit;
 use super::{Budgets, Found, MAX_LISTING, Runner, StepCall, StepEnd, StepError, Tail};
@@ -133,22 +133,22 @@ impl Runner {
         end
     }
 
-    /// The timeout's stages, `kill_grace` apart; shutdown's the same, but SIGKILL at the
-    /// latest once `shutdown_grace` has passed (restic still gets `kill_grace` after its
-    /// SIGINT when `shutdown_grace` allows it).
+    /// The timeout's stages, `kill_grace` apart. Shutdown's: restic gets `kill_grace` (at
+    /// most half of `shutdown_grace`) after its SIGINT, the rest of `shutdown_grace` is split
+    /// between SIGINT to every process and SIGTERM, and SIGKILL comes once it has passed.
     fn plans(&self, call: &StepCall<'_>) -> Plans {
         let grace = call.task.kill_grace;
-        let timeout = timeout_plan(grace);
-        let mut budget = self.shutdown_grace;
-        let shutdown = timeout.map(|(target, signal, wait)| {
-            if signal == Signal::SIGKILL {
-                return (target, signal, wait);
-            }
-            let wait = wait.min(budget);
-            budget -= wait;
-            (target, signal, wait)
-        });
-        Plans { timeout, shutdown }
+        let first = grace.min(self.shutdown_grace / 2);
+        let rest = (self.shutdown_grace - first) / 2;
+        Plans {
+            timeout: timeout_plan(grace),
+            shutdown: [
+                (Target::MainAndRestic, Signal::SIGINT, first),
+                (Target::All, Signal::SIGINT, rest),
+                (Target::All, Signal::SIGTERM, rest),
+                (Target::All, Signal::SIGKILL, grace),
+            ],
+        }
     }
 
     /// After a step's main process exited: waits for the processes it left behind, until
