@@ -139,7 +139,7 @@ impl Runner {
     fn plans(&self, call: &StepCall<'_>) -> Plans {
         let grace = call.task.kill_grace;
         let first = grace.min(self.shutdown_grace / 2);
-        let rest = (self.shutdown_grace - first) / 2;
+        let rest = self.shutdown_grace.saturating_sub(first) / 2;
         Plans {
             timeout: timeout_plan(grace),
             shutdown: [
