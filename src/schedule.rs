@@ -95,6 +95,11 @@ pub enum ScheduleError {
     #[error("@every: {0}")]
     Every(String),
     #[error(
+        "character {character:?} (U+{:04X}) at column {column} is not part of a schedule: fields are separated by spaces or tabs, and use ASCII only",
+        u32::from(*character)
+    )]
+    Character { character: char, column: usize },
+    #[error(
         "can never fire: the day-of-month field ({days}) never occurs in the month field ({months}), whose longest month has {longest} days"
     )]
     NeverFires { days: String, months: String, longest: u32 },
@@ -163,15 +168,23 @@ const LONGEST_MONTH: [u32; 13] = [0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30,
 impl Schedule {
     /// Parses a schedule expression.
     pub fn parse(text: &str) -> Result<Schedule, ScheduleError> {
-        let source = text.trim();
+        // Like cronie and croniter: spaces and tabs separate fields, and nothing else is
+        // blank, leading and trailing included (a no-break space pasted after `0 0 * * *`
+        // is an error, not a boundary). Other ASCII is the fields' business.
+        if let Some((column, character)) =
+            text.chars().enumerate().find(|(_, c)| !c.is_ascii_graphic() && *c != ' ' && *c != '\t')
+        {
+            return Err(ScheduleError::Character { character, column: column + 1 });
+        }
+        let source = text.trim_matches([' ', '\t']);
         if source.is_empty() {
             return Err(ScheduleError::Empty);
         }
         let kind = if source.eq_ignore_ascii_case("manual") {
             Kind::Manual
         } else if let Some(rest) = source.strip_prefix('@') {
-            let (word, arg) = match rest.split_once(char::is_whitespace) {
-                Some((word, arg)) => (word, arg.trim()),
+            let (word, arg) = match rest.split_once([' ', '\t']) {
+                Some((word, arg)) => (word, arg.trim_matches([' ', '\t'])),
                 None => (rest, ""),
             };
             let word = word.to_ascii_lowercase();

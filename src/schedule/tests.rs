@@ -158,11 +158,9 @@ fn cronie_rule_fields_are_split_on_spaces_and_tabs_only() {
     assert!(Schedule::parse("0  3   * * *").is_ok());
     for other in ["\u{a0}", "\u{2003}", "\u{3000}"] {
         let text = format!("0{other}3 * * * *");
+        // Not a field boundary: an error that names the character's column.
         let err = Schedule::parse(&text).unwrap_err().to_string();
-        assert!(
-            err.contains("expected 5 fields") || err.contains("minute field"),
-            "{text:?}: {err}"
-        );
+        assert!(err.contains("at column 2"), "{text:?}: {err}");
     }
 }
 
@@ -626,4 +624,36 @@ fn cronie_rule_a_zone_change_of_more_than_three_hours_is_a_correction() {
     // repeated day's hours again.
     let after_first_pass = next_n("0 * * * *", "Pacific/Apia", "1892-07-04T23:30:00+12:33:04", 1);
     assert_eq!(after_first_pass, ["1892-07-05T00:00:00-11:26:56"]);
+}
+
+/// Regression: a trailing no-break space (`0 0 * * *` and U+00A0, pasted from a web page)
+/// was accepted, where cronie and croniter reject it. Only spaces and tabs separate fields;
+/// any other blank or non-ASCII character is an error that names its column.
+#[test]
+fn a_no_break_space_or_other_non_ascii_character_is_an_error_naming_its_column() {
+    let error = |text: &str| Schedule::parse(text).unwrap_err();
+    assert_eq!(
+        error("0 0 * * *\u{a0}"),
+        ScheduleError::Character { character: '\u{a0}', column: 10 }
+    );
+    assert_eq!(
+        error("\u{a0}0 0 * * *"),
+        ScheduleError::Character { character: '\u{a0}', column: 1 }
+    );
+    // Elsewhere: a no-break space between fields, a non-ASCII digit, a line break.
+    assert_eq!(
+        error("0\u{a0}0 * * *"),
+        ScheduleError::Character { character: '\u{a0}', column: 2 }
+    );
+    assert_eq!(error("0 ٣ * * *"), ScheduleError::Character { character: '٣', column: 3 });
+    assert_eq!(error("0 0 * * *\n"), ScheduleError::Character { character: '\n', column: 10 });
+    assert_eq!(
+        error("@every\u{2003}1h"),
+        ScheduleError::Character { character: '\u{2003}', column: 7 }
+    );
+    let message = error("0 0 * * *\u{a0}").to_string();
+    assert!(message.contains("U+00A0") && message.contains("column 10"), "{message}");
+    // Spaces and tabs, leading and trailing too, are fine.
+    assert!(Schedule::parse(" \t0 0 * * *\t ").is_ok());
+    assert!(Schedule::parse("@every\t90s").is_ok());
 }
