@@ -4,20 +4,20 @@
 //! occurrence that does not run appends a skip record saying why; the daemon records its own
 //! start and stop, so `explain` can tell "the daemon was not running". Each record is one
 //! `write` of one line on an `O_APPEND` file followed by `fdatasync`, so a crash leaves at
-//! most one torn last line, which readers skip (and the next writer terminates). Text from
+//! most one torn last line, which readers skip (and the next writer terminates); that file
+//! machinery is [`crate::journal`]'s, shared with the snapshot ledger. Text from
 //! child processes is redacted before it is written. A write that fails part-way (a full
 //! disk) is cut back to the last complete record, and the daemon keeps the records it could
 //! not write and retries them (see `daemon::writers`). Past 16 MiB the file is rotated to
 //! `history.jsonl.1`, older generations moving up, five kept; readers read them all, oldest
 //! first, and report the lines they could not parse.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::journal::{Journal, Rotation, generation_of, line_numbers, read_lines};
 use crate::protocol::RunStatus;
 use crate::restic::BackupSummary;
 use crate::schedule::timetable::Trigger;
@@ -255,21 +255,11 @@ impl Record {
     }
 }
 
-/// The appender; one per daemon, owned by its history thread.
-///
-/// It keeps the file ending on a record boundary whatever fails: a write or sync that fails
-/// part-way (a full disk) is cut back to the last good length, and a file that cannot even
-/// be cut is reopened later, which terminates the torn line first. The caller keeps what
-/// could not be written and tries again.
+/// The appender; one per daemon, owned by its history thread. The file machinery (lines
+/// kept whole, torn lines terminated, no symbolic link followed, rotation) is
+/// [`Journal`]'s; the caller keeps what could not be written and tries again.
 pub(crate) struct History {
-    state_dir: PathBuf,
-    path: PathBuf,
-    /// `None` until opened, and again after a failure that left the file in doubt.
-    file: Option<File>,
-    /// The length of the file up to its last complete record.
-    good_len: u64,
-    /// Size past which the file is rotated ([`ROTATE_AT`]; smaller in tests).
-    rotate_at: u64,
+    journal: Journal,
 }
 
 impl History {
@@ -277,83 +267,27 @@ impl History {
     ///
     /// [`open`]: History::open
     pub(crate) fn new(state_dir: &Path) -> History {
-        History {
-            state_dir: state_dir.to_path_buf(),
-            path: state_dir.join(FILE_NAME),
-            file: None,
-            good_len: 0,
-            rotate_at: ROTATE_AT,
-        }
+        History::rotating_at(state_dir, ROTATE_AT)
+    }
+
+    fn rotating_at(state_dir: &Path, at: u64) -> History {
+        let rotation = Rotation { at, keep: KEEP_GENERATIONS };
+        History { journal: Journal::new(state_dir, FILE_NAME, "the run history", Some(rotation)) }
     }
 
     /// Opens (creating `state_dir` with mode 0700 and the file with 0600) for appending.
     pub(crate) fn open(&mut self) -> std::io::Result<()> {
-        if !self.state_dir.exists() {
-            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.state_dir)?;
-        }
-        let mut file = open_append(&self.path)?;
-        let meta = file.metadata()?;
-        if !meta.is_file() {
-            return Err(std::io::Error::other("not a regular file"));
-        }
-        // Terminate a line torn by a crash, so the next record starts on its own line.
-        let mut len = meta.len();
-        if len > 0 {
-            let mut last = [0u8; 1];
-            let mut reader = File::open(&self.path)?;
-            reader.seek(SeekFrom::Start(len - 1))?;
-            reader.read_exact(&mut last)?;
-            if last[0] != b'\n' {
-                file.write_all(b"\n")?;
-                file.sync_data()?;
-                len += 1;
-            }
-        }
-        self.file = Some(file);
-        self.good_len = len;
-        Ok(())
+        self.journal.open()
     }
 
     pub(crate) fn path(&self) -> &Path {
-        &self.path
+        self.journal.path()
     }
 
     /// Appends a record durably, or leaves the file as it was and says why. History is never
     /// a reason to fail a backup: the caller logs and retries.
     pub(crate) fn append(&mut self, record: &Record) -> std::io::Result<()> {
-        let record = record.redacted();
-        let mut line = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        if self.file.is_none() {
-            self.open()?;
-        }
-        let Some(file) = self.file.as_mut() else { return Err(std::io::Error::other("not open")) };
-        let written = file.write_all(&line).and_then(|()| file.sync_data());
-        if let Err(e) = written {
-            // Cut a partial line back off; if even that fails, reopen (and terminate the
-            // fragment) before the next record.
-            if file.set_len(self.good_len).and_then(|()| file.sync_data()).is_err() {
-                self.file = None;
-            }
-            return Err(e);
-        }
-        self.good_len += line.len() as u64;
-        if self.good_len > self.rotate_at {
-            self.rotate()?;
-        }
-        Ok(())
-    }
-
-    /// Moves the full file to `history.jsonl.1` (older generations up by one, the oldest of
-    /// [`KEEP_GENERATIONS`] dropped) and starts a new one.
-    fn rotate(&mut self) -> std::io::Result<()> {
-        rotate(&self.path, KEEP_GENERATIONS)?;
-        // The renames are durable only once the directory is.
-        File::open(&self.state_dir)?.sync_all()?;
-        self.file = None;
-        self.open()?;
-        tracing::info!(file = %self.path.display(), keep = KEEP_GENERATIONS, "rotated the run history");
-        Ok(())
+        self.journal.append(&record.redacted())
     }
 }
 
@@ -362,35 +296,6 @@ pub(crate) const KEEP_GENERATIONS: usize = 5;
 
 fn generation_path(state_dir: &Path, generation: usize) -> PathBuf {
     generation_of(&state_dir.join(FILE_NAME), generation)
-}
-
-/// `PATH.N`, generation `N` of the file at `path`.
-fn generation_of(path: &Path, generation: usize) -> PathBuf {
-    let mut name = path.as_os_str().to_os_string();
-    name.push(format!(".{generation}"));
-    PathBuf::from(name)
-}
-
-/// Rotates the file at `path`: it becomes `PATH.1`, each older generation moves up by one,
-/// and `PATH.keep` is overwritten by the one before it. Shared by the history and the
-/// tasks' output files; the caller makes the renames durable if it needs them to be.
-pub(crate) fn rotate(path: &Path, keep: usize) -> std::io::Result<()> {
-    for generation in (1..keep).rev() {
-        let from = generation_of(path, generation);
-        if from.exists() {
-            std::fs::rename(&from, generation_of(path, generation + 1))?;
-        }
-    }
-    std::fs::rename(path, generation_of(path, 1))
-}
-
-fn open_append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
 }
 
 /// What [`read_all`] found: the records, oldest first, and the lines it could not read.
@@ -427,20 +332,7 @@ impl Loaded {
         }
         let files: Vec<String> = by_file
             .iter()
-            .map(|(file, lines)| {
-                let shown: Vec<String> = lines.iter().take(10).map(usize::to_string).collect();
-                let more = if lines.len() > 10 {
-                    format!(" and {} more", lines.len() - 10)
-                } else {
-                    String::new()
-                };
-                format!(
-                    "{} line{} {}{more}",
-                    file.display(),
-                    if lines.len() == 1 { "" } else { "s" },
-                    shown.join(", ")
-                )
-            })
+            .map(|(file, lines)| format!("{} {}", file.display(), line_numbers(lines)))
             .collect();
         let n = self.bad_lines.len();
         Some(format!(
@@ -461,22 +353,18 @@ pub(crate) fn read_all(state_dir: &Path) -> std::io::Result<Loaded> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
-        for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
-            let line = line?;
-            if line.is_empty() {
-                continue;
-            }
-            match serde_json::from_slice::<Record>(&line) {
-                Ok(record) => out.records.push(record),
-                Err(_) => out.bad_lines.push((path.clone(), i + 1)),
-            }
-        }
+        let lines = read_lines::<Record>(file)?;
+        out.records.extend(lines.parsed);
+        out.bad_lines.extend(lines.bad.into_iter().map(|line| (path.clone(), line)));
     }
     Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs::OpenOptions;
+    use std::io::Write;
+
     use super::*;
 
     fn start(id: &str) -> Record {
@@ -524,8 +412,7 @@ mod tests {
     #[test]
     fn rotation_keeps_generations_and_readers_read_them_all_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let mut h = History::new(dir.path());
-        h.rotate_at = 300;
+        let mut h = History::rotating_at(dir.path(), 300);
         let ids: Vec<String> = (0..40).map(|i| format!("r{i:02}")).collect();
         for id in &ids {
             h.append(&start(id)).unwrap();

@@ -41,7 +41,7 @@
 //!
 //! 1. [`sys`]: the one home of `unsafe`: foreign calls, raw system calls, `/proc`.
 //! 2. [`protocol`], [`time`], [`digest`], [`exit`], [`restic`], [`redact`]: the vocabulary.
-//! 3. [`config`], [`schedule`], [`history`], [`ledger`], [`trust`], [`logging`], [`client`], [`service`], [`cli`]: files, records, trust.
+//! 3. [`config`], [`schedule`], [`journal`], [`history`], [`ledger`], [`trust`], [`logging`], [`client`], [`service`], [`cli`]: files, records, trust.
 //!    The task file and its schedules, the records the daemon keeps, what it trusts, how it
 //!    logs, and the client side's pieces.
 //! 4. [`broker`]: the socket, the tokens and the secrets.
@@ -73,6 +73,7 @@ pub(crate) mod digest;
 pub mod exit;
 
 pub(crate) mod history;
+pub(crate) mod journal;
 pub(crate) mod ledger;
 pub(crate) mod logging;
 pub mod protocol;

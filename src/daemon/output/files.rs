@@ -249,7 +249,7 @@ fn append(
     {
         current.out.flush()?;
         open.remove(&file.path);
-        crate::history::rotate(&file.path, file.keep as usize)?;
+        crate::journal::rotate(&file.path, file.keep as usize)?;
     }
     let current = match open.entry(file.path.clone()) {
         std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
@@ -258,7 +258,7 @@ fn append(
             if opened.size > 0 && opened.size + n > file.max_size {
                 // Full from an earlier run (or an earlier daemon).
                 drop(opened);
-                crate::history::rotate(&file.path, file.keep as usize)?;
+                crate::journal::rotate(&file.path, file.keep as usize)?;
                 opened = open_file(&file.path)?;
             }
             entry.insert(opened)
