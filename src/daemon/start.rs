@@ -6,9 +6,11 @@
 //! until SIGTERM or SIGINT and then shuts down in order.
 //!
 //! Everything before the runtime runs on the one thread the process started with; what it
-//! prepares travels to [`serve`] in a [`Start`].
+//! prepares travels to [`serve`] in a [`Start`]. The files the daemon keeps are opened and
+//! closed by [`records`].
 
 mod programs;
+mod records;
 mod serve;
 
 use std::collections::HashSet;

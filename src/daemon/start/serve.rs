@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::records::Records;
 use super::{Start, report_weaknesses};
 use crate::broker::control::Control;
 use crate::broker::secrets::Secrets;
@@ -24,13 +25,10 @@ use crate::broker::{Broker, Limits};
 use crate::config::{Config, Environment};
 use crate::daemon::Stop;
 use crate::daemon::notify::Outbox;
-use crate::daemon::output::files::{OutputClosed, OutputWriter};
 use crate::daemon::owner::{self, Inbox, Surroundings};
-use crate::daemon::records::writers::{HistoryClosed, HistoryWriter, MetricsWriter};
 use crate::daemon::run::{RunContext, locks::Locks};
 use crate::daemon::step::{Runner, contain::Containment, secret_files};
 use crate::exit::{Exit, FAILURE};
-use crate::history::{self, DaemonEvent, History, Record};
 
 /// Longest shutdown waits for the history thread and for notifications in flight.
 const FLUSH_WAIT: Duration = Duration::from_secs(5);
@@ -109,14 +107,10 @@ pub(super) async fn serve(
     // connections, then the files, then the socket itself, then the secrets.
     server.stop().await;
     // Within shutdown_grace, and never longer than the flush waits for.
-    let abandoned = outbox.close(FLUSH_WAIT.min(ctx.config.shutdown_grace)).await;
-    if abandoned > 0 {
-        let s = if abandoned == 1 { "" } else { "s" };
-        warn!("abandoned {abandoned} notification{s} still in flight at shutdown");
-    }
+    close_outbox(&outbox, FLUSH_WAIT.min(ctx.config.shutdown_grace)).await;
     let at = ctx.rfc3339(Timestamp::now());
     drop(ctx);
-    records.close(at).await;
+    records.close(at, FLUSH_WAIT).await;
     // Every step has ended and removed its own directory; this removes the root (and what a
     // task that would not stop still had), so the socket's directory can go too.
     let _ = std::fs::remove_dir_all(&secret_files);
@@ -125,6 +119,16 @@ pub(super) async fn serve(
     drop(broker);
     say_stopped(stop, &weak_secrets);
     Ok(Finished { stop, secrets: weak_secrets })
+}
+
+/// Closes the notifications' outbox, waiting up to `grace` for those in flight, and says how
+/// many it abandoned.
+async fn close_outbox(outbox: &Outbox, grace: Duration) {
+    let abandoned = outbox.close(grace).await;
+    if abandoned > 0 {
+        let s = if abandoned == 1 { "" } else { "s" };
+        warn!("abandoned {abandoned} notification{s} still in flight at shutdown");
+    }
 }
 
 /// The last log line: why the daemon stopped, and whether the secrets are wiped yet.
@@ -170,84 +174,6 @@ impl Server {
         self.stop.cancel();
         if let Err(e) = self.task.await {
             error!(error = %e, "the socket server ended abnormally");
-        }
-    }
-}
-
-/// The records the daemon keeps: the history (and what it held at start), the metrics
-/// file, and the tasks' output files, each with a writer thread of its own.
-struct Records {
-    history: HistoryWriter,
-    history_closed: HistoryClosed,
-    /// What the history held at start.
-    past: Vec<Record>,
-    /// What is wrong with the history right now, from its writer thread.
-    health: watch::Receiver<Option<String>>,
-    metrics: Option<MetricsWriter>,
-    outputs: Option<OutputWriter>,
-    outputs_closed: Option<OutputClosed>,
-}
-
-impl Records {
-    /// Opens the history and starts the writers. History trouble never stops backups: the
-    /// writer holds records and retries, `status` shows the problem, and the past is what
-    /// could be read.
-    fn open(config: &Config) -> anyhow::Result<Records> {
-        let mut history = History::new(&config.state_dir);
-        if let Err(e) = history.open() {
-            error!(file = %history.path().display(), error = %e, "cannot open the run history; tasks run anyway, and records are held in memory and retried");
-        }
-        let past = read_past(&config.state_dir);
-        let (problem, health) = watch::channel(None);
-        let (history, history_closed) =
-            HistoryWriter::start(history, problem).context("cannot start the history writer")?;
-        let metrics = match &config.metrics_textfile {
-            Some(path) => Some(
-                MetricsWriter::start(path.clone()).context("cannot start the metrics writer")?,
-            ),
-            None => None,
-        };
-        // Only a daemon with output files has their writer thread.
-        let (outputs, outputs_closed) = if config.tasks.iter().any(|t| t.output_file.is_some()) {
-            let (writer, closed) =
-                OutputWriter::start().context("cannot start the output-file writer")?;
-            (Some(writer), Some(closed))
-        } else {
-            (None, None)
-        };
-        Ok(Records { history, history_closed, past, health, metrics, outputs, outputs_closed })
-    }
-
-    /// Writes the daemon's Stop record and flushes every writer, each within [`FLUSH_WAIT`].
-    async fn close(self, at: String) {
-        let Records { history, history_closed, outputs, outputs_closed, .. } = self;
-        history.append(Record::Daemon { event: DaemonEvent::Stop, at, pid: std::process::id() });
-        drop(history);
-        drop(outputs);
-        if tokio::time::timeout(FLUSH_WAIT, history_closed.wait()).await.is_err() {
-            error!("the run history could not be flushed at shutdown");
-        }
-        if let Some(closed) = outputs_closed
-            && tokio::time::timeout(FLUSH_WAIT, closed.wait()).await.is_err()
-        {
-            error!("the output files could not be flushed at shutdown");
-        }
-    }
-}
-
-/// The history as it stands at start; without it, no catch-up of downtime and no last
-/// results, but the daemon starts.
-fn read_past(state_dir: &Path) -> Vec<Record> {
-    match history::read_all(state_dir) {
-        Ok(loaded) => {
-            if let Some(summary) = loaded.bad_lines_summary() {
-                warn!("run history: {summary}");
-            }
-            loaded.records
-        }
-        Err(e) => {
-            error!(dir = %state_dir.display(), error = %e, "cannot read the run history; starting without it (no catch-up of downtime, no last results)");
-            Vec::new()
         }
     }
 }
@@ -350,6 +276,7 @@ mod tests {
     use super::*;
     use crate::broker::Redeemers;
     use crate::config;
+    use crate::history::{self, DaemonEvent, Record};
 
     /// Marks the child's verdict in its output, so a filtered-out child cannot pass.
     const VERDICT: &str = "lifecycle verdict: secrets dropped";
