@@ -192,6 +192,20 @@ fn open_append(path: &Path) -> std::io::Result<File> {
     regular(file)
 }
 
+/// Opens `path` for reading without following a symbolic link in its place; `None` when
+/// there is no file.
+pub(crate) fn open_read(path: &Path) -> std::io::Result<Option<File>> {
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path);
+    match opened {
+        Ok(file) => regular(file).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(explain_link(e)),
+    }
+}
+
 /// The file, if it is a regular one: a directory or a device in its place is an error.
 fn regular(file: File) -> std::io::Result<File> {
     if file.metadata()?.is_file() {
@@ -300,9 +314,13 @@ mod tests {
         let e = journal(dir.path()).append(&1).unwrap_err();
         assert!(e.to_string().contains("symbolic link"), "{e}");
         assert_eq!(std::fs::read(&target).unwrap(), b"", "the link's target is not written");
+        assert!(open_read(&dir.path().join("j.jsonl")).is_err(), "nor read");
         std::fs::remove_file(dir.path().join("j.jsonl")).unwrap();
         std::fs::create_dir(dir.path().join("j.jsonl")).unwrap();
         assert!(journal(dir.path()).append(&1).is_err());
+        let e = open_read(&dir.path().join("j.jsonl")).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        assert!(open_read(&dir.path().join("absent")).unwrap().is_none());
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The snapshot ledger (`state_dir/ledger.jsonl`) and the audit that compares a repository
-//! with it.
+//! The snapshot ledger (`state_dir/ledger.jsonl`) and the audit ([`mod@audit`]) that compares
+//! a repository with it.
 //!
 //! `restic check --read-data` proves the data of the snapshots that are there; it cannot
 //! tell that one was deleted, replaced, or slipped in. The ledger is the daemon's own
@@ -17,20 +17,28 @@
 //!   ledger are accepted instead (`baseline`) and tracked from then on;
 //! - `stale`: the newest recorded snapshot in the repository is older than `max_age`.
 //!
-//! The file is append-only JSON lines, one `write` per record on an `O_APPEND` file with
-//! `fdatasync`, like the history; unreadable lines are skipped.
+//! The file is append-only JSON lines written as the history is, by a [`Journal`]: one
+//! `write` per entry on an `O_APPEND` file with `fdatasync`, a torn line terminated before
+//! the next entry, no symbolic link followed. Unlike the history it never rotates, because
+//! an audit needs every entry ever written (hourly backups add a few MB a year). It is read
+//! line by line as bytes; a line that does not parse (a torn fragment, invalid UTF-8) is
+//! skipped and counted, never failing the read. Entries the daemon could not write yet are
+//! held by its writer thread, which folds them into the ledger it hands an audit
+//! ([`Ledger::add`]), so a held entry is never taken for a forgery.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
-use std::time::Duration;
+mod audit;
 
-use jiff::Timestamp;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
 use serde::{Deserialize, Serialize};
 
-use crate::history::Finding;
+pub(crate) use self::audit::{Verdict, audit};
+use crate::journal::{self, Journal};
 use crate::restic::Snapshot;
+// The audit's tests, below, name times and durations as the audit does.
+#[cfg(test)]
+use {jiff::Timestamp, std::time::Duration};
 
 pub(crate) const FILE_NAME: &str = "ledger.jsonl";
 
@@ -69,36 +77,59 @@ pub(crate) struct Ledger {
     seen: HashMap<String, Snapshot>,
     baseline: HashMap<String, Snapshot>,
     audited: HashSet<String>,
+    /// The numbers of the file's lines that did not parse, skipped.
+    unreadable: Vec<usize>,
 }
 
 impl Ledger {
+    /// Reads the ledger in `state_dir` (none yet: an empty one). Lines that do not parse are
+    /// skipped and counted; only a file that cannot be read fails it (a directory, or a
+    /// symbolic link, which is not followed).
     pub(crate) fn load(state_dir: &Path) -> std::io::Result<Ledger> {
-        let text = match std::fs::read_to_string(state_dir.join(FILE_NAME)) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(e),
-        };
         let mut ledger = Ledger::default();
-        for entry in text.lines().filter_map(|l| serde_json::from_str::<Entry>(l).ok()) {
-            match entry {
-                Entry::Saved { task, at, snapshot_id, .. } => {
-                    ledger.saved.push(Saved { task, id: snapshot_id, at });
-                }
-                Entry::Forgotten { snapshot_id, .. } => {
-                    ledger.forgotten.insert(snapshot_id);
-                }
-                Entry::Seen { snapshot, .. } => {
-                    ledger.seen.insert(snapshot.id.clone(), snapshot);
-                }
-                Entry::Baseline { snapshot, .. } => {
-                    ledger.baseline.insert(snapshot.id.clone(), snapshot);
-                }
-                Entry::Audited { audit, .. } => {
-                    ledger.audited.insert(audit);
-                }
+        let Some(file) = journal::open_read(&state_dir.join(FILE_NAME))? else {
+            return Ok(ledger);
+        };
+        let lines = journal::read_lines::<Entry>(file)?;
+        for entry in lines.parsed {
+            ledger.add(entry);
+        }
+        ledger.unreadable = lines.bad;
+        Ok(ledger)
+    }
+
+    /// Folds in one entry: each line of the file, then each entry held in memory.
+    pub(crate) fn add(&mut self, entry: Entry) {
+        match entry {
+            Entry::Saved { task, at, snapshot_id, .. } => {
+                self.saved.push(Saved { task, id: snapshot_id, at });
+            }
+            Entry::Forgotten { snapshot_id, .. } => {
+                self.forgotten.insert(snapshot_id);
+            }
+            Entry::Seen { snapshot, .. } => {
+                self.seen.insert(snapshot.id.clone(), snapshot);
+            }
+            Entry::Baseline { snapshot, .. } => {
+                self.baseline.insert(snapshot.id.clone(), snapshot);
+            }
+            Entry::Audited { audit, .. } => {
+                self.audited.insert(audit);
             }
         }
-        Ok(ledger)
+    }
+
+    /// "2 unreadable lines of the snapshot ledger skipped (ledger.jsonl lines 3, 7)", or
+    /// `None` when every line was read.
+    pub(crate) fn unreadable_summary(&self) -> Option<String> {
+        let n = self.unreadable.len();
+        (n > 0).then(|| {
+            format!(
+                "{n} unreadable line{} of the snapshot ledger skipped ({FILE_NAME} {})",
+                if n == 1 { "" } else { "s" },
+                journal::line_numbers(&self.unreadable)
+            )
+        })
     }
 
     fn forgotten(&self, id: &str) -> bool {
@@ -106,23 +137,42 @@ impl Ledger {
     }
 }
 
-/// Appends `entries` to the ledger in `state_dir` (created 0600), each line one write.
+/// The ledger's appender: one per daemon, owned by its writer thread. It never rotates (see
+/// the module's documentation).
+pub(crate) struct LedgerFile {
+    state_dir: PathBuf,
+    journal: Journal,
+}
+
+impl LedgerFile {
+    /// An appender for `state_dir`; nothing is opened until the first append.
+    pub(crate) fn new(state_dir: &Path) -> LedgerFile {
+        let journal = Journal::new(state_dir, FILE_NAME, "the snapshot ledger", None);
+        LedgerFile { state_dir: state_dir.to_path_buf(), journal }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        self.journal.path()
+    }
+
+    /// Appends an entry durably, or leaves the file as it was and says why; the caller holds
+    /// it and tries again.
+    pub(crate) fn append(&mut self, entry: &Entry) -> std::io::Result<()> {
+        self.journal.append(entry)
+    }
+
+    /// The ledger as the file has it.
+    pub(crate) fn load(&self) -> std::io::Result<Ledger> {
+        Ledger::load(&self.state_dir)
+    }
+}
+
+/// Appends `entries` to the ledger in `state_dir`, each a line of its own. The daemon's own
+/// appends go through its writer thread, which holds what fails; tests write directly.
+#[cfg(test)]
 pub(crate) fn append(state_dir: &Path, entries: &[Entry]) -> std::io::Result<()> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(state_dir.join(FILE_NAME))?;
-    for entry in entries {
-        let mut line = serde_json::to_string(entry).map_err(std::io::Error::other)?;
-        line.push('\n');
-        file.write_all(line.as_bytes())?;
-    }
-    file.sync_data()
+    let mut file = LedgerFile::new(state_dir);
+    entries.iter().try_for_each(|entry| file.append(entry))
 }
 
 /// Whether two ids name one snapshot: restic's short id is the full id's first 8 digits.
@@ -132,251 +182,6 @@ fn same_id(a: &str, b: &str) -> bool {
 
 fn short(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
-}
-
-/// What an audit decided, and what it adds to the ledger.
-#[derive(Debug, Default)]
-pub(crate) struct Verdict {
-    pub findings: Vec<Finding>,
-    pub entries: Vec<Entry>,
-    /// Recorded snapshots found in the repository.
-    pub checked: usize,
-}
-
-/// Compares the repository's snapshots (`listed`) with what `tasks` saved. `audit` names
-/// the audit task; `at` is now.
-pub(crate) fn audit(
-    ledger: &Ledger,
-    listed: &[Snapshot],
-    audit: &str,
-    tasks: &[String],
-    max_age: Option<Duration>,
-    now: Timestamp,
-    at: &str,
-) -> Verdict {
-    let mut auditor = Auditor { ledger, listed, audit, at, v: Verdict::default() };
-    let mine: Vec<&Saved> = ledger.saved.iter().filter(|s| tasks.contains(&s.task)).collect();
-    let tracked = auditor.check_tracked(&mine);
-    auditor.v.checked = tracked.present.len();
-    let ledger_began = mine.iter().filter_map(|s| s.at.parse::<Timestamp>().ok()).min();
-    let mut strangers = auditor.strangers(&tracked, ledger_began);
-    for (id, before) in tracked.missing {
-        auditor.report_missing(&id, before, &mut strangers);
-    }
-    for s in strangers {
-        auditor.v.findings.push(Finding {
-            kind: "unrecorded".into(),
-            snapshot_id: Some(s.id.clone()),
-            detail: format!(
-                "snapshot {} (host {}, {}, {}) was made by none of the tasks {}: made by hand, elsewhere, or forged",
-                short(&s.id),
-                s.hostname,
-                s.paths.join(" "),
-                s.time,
-                tasks.join(", ")
-            ),
-        });
-    }
-    if let Some(max_age) = max_age
-        && let Some(detail) = stale(&tracked.present, tasks, max_age, now)
-    {
-        auditor.v.findings.push(Finding { kind: "stale".into(), snapshot_id: None, detail });
-    }
-    let Auditor { mut v, .. } = auditor;
-    v.entries.push(Entry::Audited {
-        audit: audit.into(),
-        at: at.into(),
-        findings: v.findings.len(),
-    });
-    v
-}
-
-/// One audit in progress: what it reads, and its verdict so far.
-struct Auditor<'a> {
-    ledger: &'a Ledger,
-    listed: &'a [Snapshot],
-    audit: &'a str,
-    at: &'a str,
-    v: Verdict,
-}
-
-/// What the audit saw of the snapshots it tracks.
-struct Tracked<'a> {
-    /// The hosts and path sets the tasks' snapshots have: what a stranger must match.
-    hosts: BTreeSet<&'a str>,
-    path_sets: BTreeSet<Vec<String>>,
-    /// Tracked snapshots in the repository.
-    present: Vec<&'a Snapshot>,
-    /// Tracked snapshots gone from it, with how they looked when last seen.
-    missing: Vec<(String, Option<&'a Snapshot>)>,
-}
-
-impl<'a> Auditor<'a> {
-    /// Checks every snapshot the tasks saved and every baseline one: present and unchanged
-    /// (seen for the first time: recorded), changed (`differs`), or gone (unless our forget
-    /// removed it).
-    fn check_tracked(&mut self, mine: &[&'a Saved]) -> Tracked<'a> {
-        let ledger = self.ledger;
-        let mut t = Tracked {
-            hosts: BTreeSet::new(),
-            path_sets: BTreeSet::new(),
-            present: Vec::new(),
-            missing: Vec::new(),
-        };
-        let tracked = mine.iter().map(|s| s.id.clone()).chain(ledger.baseline.keys().cloned());
-        for id in tracked {
-            let last_seen = ledger.seen.iter().find(|(full, _)| same_id(full, &id)).map(|(_, s)| s);
-            let before = last_seen.or(ledger.baseline.get(&id));
-            if let Some(s) = before {
-                t.hosts.insert(&s.hostname);
-                t.path_sets.insert(sorted(&s.paths));
-            }
-            match self.listed.iter().find(|s| same_id(&id, &s.id)) {
-                Some(s) => {
-                    t.hosts.insert(&s.hostname);
-                    t.path_sets.insert(sorted(&s.paths));
-                    t.present.push(s);
-                    self.compare(s, before, last_seen.is_none());
-                }
-                None if ledger.forgotten(&id) => {}
-                None => t.missing.push((id, before)),
-            }
-        }
-        t
-    }
-
-    /// A tracked snapshot that is present: a finding if it changed since `before`, else a
-    /// `seen` entry the first time an audit sees it.
-    fn compare(&mut self, s: &Snapshot, before: Option<&Snapshot>, first_seen: bool) {
-        if let Some(before) = before
-            && (before.tree != s.tree
-                || before.time != s.time
-                || before.hostname != s.hostname
-                || sorted(&before.paths) != sorted(&s.paths))
-        {
-            self.v.findings.push(Finding {
-                kind: "differs".into(),
-                snapshot_id: Some(s.id.clone()),
-                detail: format!(
-                    "snapshot {} changed since it was last seen (tree {} → {}, time {} → {})",
-                    short(&s.id),
-                    short(&before.tree),
-                    short(&s.tree),
-                    before.time,
-                    s.time
-                ),
-            });
-        } else if first_seen {
-            let entry =
-                Entry::Seen { audit: self.audit.into(), at: self.at.into(), snapshot: s.clone() };
-            self.v.entries.push(entry);
-        }
-    }
-
-    /// Unrecorded snapshots that look like the tasks' own (their host and paths). At a task
-    /// set's first audit, those older than the ledger are accepted as its baseline instead.
-    fn strangers(
-        &mut self,
-        tracked: &Tracked<'_>,
-        ledger_began: Option<Timestamp>,
-    ) -> Vec<&'a Snapshot> {
-        let ledger = self.ledger;
-        let first_audit = !ledger.audited.contains(self.audit);
-        let recorded = |s: &Snapshot| {
-            ledger.saved.iter().any(|saved| same_id(&saved.id, &s.id))
-                || ledger.baseline.contains_key(&s.id)
-        };
-        let mut strangers = Vec::new();
-        for s in self.listed {
-            if recorded(s) || ledger.forgotten(&s.id) {
-                continue;
-            }
-            if !tracked.hosts.contains(s.hostname.as_str())
-                || !tracked.path_sets.contains(&sorted(&s.paths))
-            {
-                continue;
-            }
-            let time = s.time.parse::<Timestamp>().ok();
-            let older = matches!((time, ledger_began), (Some(t), Some(began)) if t < began);
-            if first_audit && older {
-                let entry = Entry::Baseline {
-                    audit: self.audit.into(),
-                    at: self.at.into(),
-                    snapshot: s.clone(),
-                };
-                self.v.entries.push(entry);
-                continue;
-            }
-            strangers.push(s);
-        }
-        strangers
-    }
-
-    /// A tracked snapshot gone from the repository: `replaced` when a stranger has its time
-    /// and paths (the same backup, swapped; that stranger is accounted for), else `missing`.
-    fn report_missing(
-        &mut self,
-        id: &str,
-        before: Option<&Snapshot>,
-        strangers: &mut Vec<&Snapshot>,
-    ) {
-        let swap = before.and_then(|b| {
-            strangers.iter().position(|s| s.time == b.time && sorted(&s.paths) == sorted(&b.paths))
-        });
-        let detail = match swap {
-            Some(i) => {
-                let new = strangers.remove(i);
-                format!(
-                    "snapshot {} is gone, and snapshot {} has its time and paths ({}, {}): replaced",
-                    short(id),
-                    short(&new.id),
-                    new.time,
-                    new.paths.join(" ")
-                )
-            }
-            None => format!(
-                "snapshot {} is missing from the repository: deleted, and not by a forget this daemon ran",
-                short(id)
-            ),
-        };
-        let kind = if swap.is_some() { "replaced" } else { "missing" };
-        self.v.findings.push(Finding {
-            kind: kind.into(),
-            snapshot_id: Some(id.to_string()),
-            detail,
-        });
-    }
-}
-
-/// Why the tasks' backups look stopped: the newest tracked snapshot in the repository is
-/// older than `max_age`, or there is none.
-fn stale(
-    present: &[&Snapshot],
-    tasks: &[String],
-    max_age: Duration,
-    now: Timestamp,
-) -> Option<String> {
-    let newest = present.iter().filter_map(|s| s.time.parse::<Timestamp>().ok()).max();
-    let limit = jiff::SignedDuration::try_from(max_age).unwrap_or(jiff::SignedDuration::MAX);
-    match newest {
-        Some(t) if now.duration_since(t) <= limit => None,
-        Some(t) => Some(format!(
-            "the newest snapshot of {} is from {t}, older than max_age {}: backups have stopped",
-            tasks.join(", "),
-            crate::time::Human(max_age)
-        )),
-        None => Some(format!(
-            "no snapshot recorded for {} is in the repository (max_age {})",
-            tasks.join(", "),
-            crate::time::Human(max_age)
-        )),
-    }
-}
-
-fn sorted(paths: &[String]) -> Vec<String> {
-    let mut p = paths.to_vec();
-    p.sort();
-    p
 }
 
 #[cfg(test)]
@@ -506,5 +311,69 @@ mod tests {
         assert!(v.findings[0].detail.contains("backups have stopped"), "{:?}", v.findings);
         let v = run(&ledger(&[]), &[], Some(Duration::from_secs(3600)));
         assert_eq!(kinds(&v), [("stale", String::new())]);
+    }
+
+    /// Regression: the ledger was read with `read_to_string`, so one invalid UTF-8 byte
+    /// failed every audit, and a torn line was dropped without a word.
+    #[test]
+    fn torn_and_invalid_lines_are_skipped_and_counted_and_the_rest_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        append(dir.path(), &[saved("aaaaaaaa", T1)]).unwrap();
+        let mut bytes = std::fs::read(dir.path().join(FILE_NAME)).unwrap();
+        bytes.extend_from_slice(b"{\"type\":\"saved\",\"ta\n\xff garbage \xfe\n");
+        std::fs::write(dir.path().join(FILE_NAME), bytes).unwrap();
+        append(dir.path(), &[saved("bbbbbbbb", T2)]).unwrap();
+        let l = Ledger::load(dir.path()).unwrap();
+        let ids: Vec<&str> = l.saved.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["aaaaaaaa", "bbbbbbbb"]);
+        assert_eq!(l.unreadable, [2, 3]);
+        assert_eq!(
+            l.unreadable_summary().unwrap(),
+            "2 unreadable lines of the snapshot ledger skipped (ledger.jsonl lines 2, 3)"
+        );
+        let v = run(&l, &[snap("aaaaaaaa", T1, "t1"), snap("bbbbbbbb", T2, "t2")], None);
+        assert!(v.findings.is_empty(), "{:?}", v.findings);
+        assert!(ledger(&[saved("aaaaaaaa", T1)]).unreadable_summary().is_none());
+    }
+
+    /// Regression: a torn last line glued the next `saved` entry onto the fragment, and the
+    /// next audit called the daemon's own snapshot forged.
+    #[test]
+    fn a_fragment_at_the_end_is_terminated_before_the_next_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = LedgerFile::new(dir.path());
+        file.append(&saved("aaaaaaaa", T1)).unwrap();
+        let torn = br#"{"type":"saved","task":"backup","run_id":"r","at":"2026-1"#;
+        let mut other = std::fs::OpenOptions::new().append(true).open(file.path()).unwrap();
+        std::io::Write::write_all(&mut other, torn).unwrap();
+        file.append(&saved("bbbbbbbb", T2)).unwrap();
+        let text = std::fs::read_to_string(file.path()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines[1].as_bytes(), torn, "the fragment is a line of its own");
+        assert_eq!(serde_json::from_str::<Entry>(lines[2]).unwrap(), saved("bbbbbbbb", T2));
+        let l = file.load().unwrap();
+        assert_eq!((l.saved.len(), l.unreadable.as_slice()), (2, &[2][..]));
+    }
+
+    #[test]
+    fn held_entries_folded_into_the_ledger_count_as_recorded() {
+        let mut l = ledger(&[saved("aaaaaaaa", T1)]);
+        let listed = [snap("aaaaaaaa", T1, "t1"), snap("bbbbbbbb", T2, "t2")];
+        assert_eq!(kinds(&run(&l, &listed, None)), [("unrecorded", "bbbbbbbb".into())]);
+        l.add(saved("bbbbbbbb", T2));
+        assert!(run(&l, &listed, None).findings.is_empty());
+    }
+
+    #[test]
+    fn a_symbolic_link_in_the_ledgers_place_is_neither_read_nor_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "").unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join(FILE_NAME)).unwrap();
+        let e = LedgerFile::new(dir.path()).append(&saved("aaaaaaaa", T1)).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert!(Ledger::load(dir.path()).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"");
     }
 }

@@ -30,7 +30,7 @@ use super::host::inhibit::Inhibitor;
 use super::notify::{self, RunFacts, Sent};
 use super::output::Sinks;
 use super::output::files::{OutputWriter, RunOutput};
-use super::records::writers::HistoryWriter;
+use super::records::writers::{HistoryWriter, LedgerWriter};
 pub(crate) use super::step::Outcome;
 use super::step::Runner;
 use super::step::contain::RunProcs;
@@ -50,6 +50,8 @@ pub(crate) struct RunContext {
     pub(crate) pins: Vec<Vec<Option<Pinned>>>,
     pub(crate) runner: Runner,
     pub(crate) history: HistoryWriter,
+    /// Appends to the snapshot ledger, and hands an audit the ledger.
+    pub(crate) ledger: LedgerWriter,
     /// Writes tasks' `output_file`s; `None` when no task has one.
     pub(crate) outputs: Option<OutputWriter>,
     /// The daemon's zone, for timestamps in records.

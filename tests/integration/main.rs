@@ -15,6 +15,7 @@ mod harness;
 mod home;
 mod hostile;
 mod laptop;
+mod ledger;
 mod load;
 mod memory;
 mod next;

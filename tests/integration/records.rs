@@ -41,7 +41,7 @@ fn a_history_that_cannot_be_opened_does_not_stop_backups_and_recovers() {
 }
 
 /// Unmounts the test's tmpfs on drop.
-struct Mount(std::path::PathBuf);
+pub(crate) struct Mount(pub(crate) std::path::PathBuf);
 
 impl Drop for Mount {
     fn drop(&mut self) {

@@ -10,7 +10,7 @@ use crate::harness::{Scratch, TRIGGERED, canary, history, wait_until, write_priv
 use crate::home::HttpSink;
 
 /// A local restic repository with a random password in a private file, initialized.
-fn repository(scratch: &Scratch) -> (String, std::path::PathBuf) {
+pub(crate) fn repository(scratch: &Scratch) -> (String, std::path::PathBuf) {
     let password = canary();
     let file = scratch.path().join("repo-password");
     write_private(&file, password.as_bytes());
@@ -21,7 +21,7 @@ fn repository(scratch: &Scratch) -> (String, std::path::PathBuf) {
 }
 
 /// restic run by hand (by the test, not the daemon) on the repository.
-fn restic(scratch: &Scratch, repo: &str, password_file: &Path) -> std::process::Command {
+pub(crate) fn restic(scratch: &Scratch, repo: &str, password_file: &Path) -> std::process::Command {
     let mut cmd = std::process::Command::new("restic");
     cmd.env("RESTIC_REPOSITORY", repo)
         .env("RESTIC_PASSWORD_FILE", password_file)
@@ -30,7 +30,10 @@ fn restic(scratch: &Scratch, repo: &str, password_file: &Path) -> std::process::
     cmd
 }
 
-fn end_of<'h>(records: &'h [serde_json::Value], task: &str) -> Option<&'h serde_json::Value> {
+pub(crate) fn end_of<'h>(
+    records: &'h [serde_json::Value],
+    task: &str,
+) -> Option<&'h serde_json::Value> {
     records.iter().rev().find(|r| r["type"] == "end" && r["task"] == task)
 }
 
@@ -314,7 +317,7 @@ fn history_shows_the_last_stderr_lines_under_a_failed_run() {
 }
 
 /// The snapshots in the repository at `repo` (a path), by hand: `(full id, time)`.
-fn snapshot_ids(scratch: &Scratch, repo: &str, password_file: &Path) -> Vec<String> {
+pub(crate) fn snapshot_ids(scratch: &Scratch, repo: &str, password_file: &Path) -> Vec<String> {
     let out = restic(scratch, repo, password_file).args(["snapshots", "--json"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();

@@ -25,12 +25,13 @@ use crate::broker::socket::SocketWatch;
 use crate::broker::{Broker, Limits, Secrets};
 use crate::config::{Config, Environment};
 use crate::daemon::Stop;
-use crate::daemon::records::writers::{HistoryClosed, HistoryWriter};
+use crate::daemon::records::writers::{HistoryClosed, HistoryWriter, LedgerWriter};
 use crate::daemon::run::locks::Locks;
 use crate::daemon::run::{Event, Job, Outcome, RunContext};
 use crate::daemon::step::Runner;
 use crate::daemon::step::contain::Containment;
 use crate::history::{self, DaemonEvent, History, Record, RunEnd, SkipReason};
+use crate::ledger::LedgerFile;
 use crate::protocol::{RunRef, RunStatus, StatusBody};
 use crate::schedule::clock::{Clock, Reading};
 use crate::schedule::timetable::Trigger;
@@ -142,6 +143,7 @@ impl Owner {
         let mut file = History::new(&config.state_dir);
         file.open().unwrap();
         let (history, history_closed) = HistoryWriter::start(file, watch::channel(None).0).unwrap();
+        let (ledger, _) = LedgerWriter::start(LedgerFile::new(&config.state_dir)).unwrap();
         let (events_tx, events) = mpsc::unbounded_channel();
         let ctx = Arc::new(RunContext {
             locks: Locks::for_config(&config),
@@ -151,6 +153,7 @@ impl Owner {
             runner: runner(&config, dir.path()),
             config,
             history: history.clone(),
+            ledger,
             outputs: None,
             cancel: CancellationToken::new(),
             events: events_tx.clone(),

@@ -1,19 +1,23 @@
-//! The daemon's two files, each written by one thread of its own so that `fdatasync` and
+//! The daemon's files, each written by one thread of its own so that `fdatasync` and
 //! renames never block the async worker threads: the run history (every record, in the
-//! order sent) and the metrics text file (only the latest text matters, so a backlog
-//! collapses to one write).
+//! order sent), the snapshot ledger (every entry, in the order sent; an audit reads it
+//! through the same thread) and the metrics text file (only the latest text matters, so a
+//! backlog collapses to one write).
 //!
-//! Both are handles over channels. Sending never blocks and never fails the caller; the
-//! threads log their own errors. Once every writer is dropped, [`HistoryClosed::wait`] waits
-//! until every record sent is on disk, which shutdown relies on for its End and stop records.
+//! Each is a handle over a channel. Sending never blocks and never fails the caller; the
+//! threads log their own errors. What the history or the ledger cannot write is held and
+//! retried ([`Backlog`]). Once every writer is dropped, [`HistoryClosed::wait`] and
+//! [`LedgerClosed::wait`] wait until everything sent is on disk, which shutdown relies on
+//! for its End and stop records.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
+use super::backlog::{Backlog, Names, receive};
 use crate::history::{History, Record};
+use crate::ledger::{Entry, Ledger, LedgerFile};
 
 /// Sends records to the history thread. Cloned into every run.
 #[derive(Clone)]
@@ -24,11 +28,7 @@ pub(crate) struct HistoryWriter {
 /// Resolves when the history thread has written everything and exited.
 pub(crate) struct HistoryClosed(oneshot::Receiver<()>);
 
-/// How often records held back by a failure are tried again.
-const RETRY: Duration = Duration::from_secs(2);
-/// Most records held in memory while the history cannot be written; past it the oldest are
-/// dropped (and counted, and said).
-const MAX_HELD: usize = 10_000;
+const HISTORY: Names = Names { file: "the run history", items: "records", lost: "history records" };
 
 impl HistoryWriter {
     /// Starts the thread that owns `history`. `problem` carries what is wrong with the
@@ -40,7 +40,7 @@ impl HistoryWriter {
         let (records, queue) = std::sync::mpsc::channel();
         let (done, closed) = oneshot::channel();
         std::thread::Builder::new().name("history".into()).spawn(move || {
-            write_history(history, &queue, &problem);
+            write_history(history, &queue, problem);
             let _ = done.send(());
         })?;
         Ok((HistoryWriter { records }, HistoryClosed(closed)))
@@ -75,79 +75,135 @@ impl HistoryClosed {
     }
 }
 
-/// The history thread: appends in order; on failure keeps the records (bounded) and tries
-/// again every [`RETRY`], saying so once at ERROR and once more when it recovers.
+/// The history thread: appends in order; on failure keeps the records and tries again
+/// (see [`Backlog`]).
 fn write_history(
     mut history: History,
     queue: &std::sync::mpsc::Receiver<(Record, Option<oneshot::Sender<()>>)>,
-    problem: &watch::Sender<Option<String>>,
+    problem: watch::Sender<Option<String>>,
 ) {
-    use std::sync::mpsc::RecvTimeoutError;
-    let mut held: std::collections::VecDeque<Record> = std::collections::VecDeque::new();
-    let mut failing: Option<String> = None;
-    let mut dropped = 0u64;
+    let mut backlog = Backlog::new(HISTORY, history.path(), Some(problem));
     let mut open = true;
-    while open || !held.is_empty() {
-        let next = if held.is_empty() {
-            queue.recv().map_err(|_| RecvTimeoutError::Disconnected)
-        } else {
-            queue.recv_timeout(RETRY)
-        };
+    while open || !backlog.is_empty() {
         let mut acks = Vec::new();
-        match next {
-            Ok((record, ack)) => {
-                held.push_back(record);
-                acks.extend(ack);
-                // Take whatever else is waiting, so a backlog is written in one pass.
-                while let Ok((record, ack)) = queue.try_recv() {
-                    held.push_back(record);
-                    acks.extend(ack);
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => open = false,
-        }
-        let backlog = held.len();
-        while let Some(record) = held.front() {
-            match history.append(record) {
-                Ok(()) => {
-                    held.pop_front();
-                }
-                Err(e) => {
-                    let why =
-                        format!("cannot write the run history {}: {e}", history.path().display());
-                    if failing.is_none() {
-                        error!(
-                            "{why}; tasks keep running, and records are held in memory (up to {MAX_HELD}) and retried every {}s",
-                            RETRY.as_secs()
-                        );
-                        problem.send_replace(Some(format!(
-                            "{why}; records held in memory and retried"
-                        )));
-                    }
-                    failing = Some(why);
-                    break;
-                }
-            }
-        }
-        while held.len() > MAX_HELD {
-            held.pop_front();
-            dropped += 1;
-        }
-        if held.is_empty() && failing.take().is_some() {
-            info!(file = %history.path().display(), "the run history is writable again; wrote {backlog} held records");
-            if dropped > 0 {
-                error!(file = %history.path().display(), "{dropped} history records were lost while it could not be written");
-                dropped = 0;
-            }
-            problem.send_replace(None);
-        }
+        open = receive(queue, backlog.is_empty(), |(record, ack)| {
+            backlog.push(record);
+            acks.extend(ack);
+        });
+        backlog.flush(|record| history.append(record));
         for ack in acks {
             let _ = ack.send(());
         }
-        if !open && failing.is_some() {
+        if !open && backlog.failing() {
             // Shutting down with a history that still fails: say what is lost, and stop.
-            error!(file = %history.path().display(), "{} history records could not be written before shutdown", held.len());
+            backlog.abandon();
+            return;
+        }
+    }
+}
+
+/// Sends ledger entries to the ledger thread, and asks it for the ledger. Cloned into
+/// every run.
+#[derive(Clone)]
+pub(crate) struct LedgerWriter {
+    requests: std::sync::mpsc::Sender<LedgerRequest>,
+}
+
+/// Resolves when the ledger thread has written everything and exited.
+pub(crate) struct LedgerClosed(oneshot::Receiver<()>);
+
+/// Entries to append after everything sent before; with `load`, the ledger to read after.
+struct LedgerRequest {
+    entries: Vec<Entry>,
+    load: bool,
+    done: oneshot::Sender<LedgerAnswer>,
+}
+
+/// What the ledger thread answers once it has tried to write a request's entries.
+struct LedgerAnswer {
+    /// Entries held in memory, not on disk yet.
+    held: usize,
+    /// The ledger, when asked for.
+    ledger: Option<std::io::Result<Ledger>>,
+}
+
+const LEDGER: Names =
+    Names { file: "the snapshot ledger", items: "entries", lost: "ledger entries" };
+
+impl LedgerWriter {
+    /// Starts the thread that owns `file`.
+    pub(crate) fn start(file: LedgerFile) -> std::io::Result<(LedgerWriter, LedgerClosed)> {
+        let (requests, queue) = std::sync::mpsc::channel();
+        let (done, closed) = oneshot::channel();
+        std::thread::Builder::new().name("ledger".into()).spawn(move || {
+            write_ledger(file, &queue);
+            let _ = done.send(());
+        })?;
+        Ok((LedgerWriter { requests }, LedgerClosed(closed)))
+    }
+
+    /// Appends `entries`, after everything sent before, and answers once the thread has
+    /// tried: how many entries it holds in memory because the file cannot be written.
+    pub(crate) async fn append(&self, entries: Vec<Entry>) -> usize {
+        self.ask(entries, false).await.held
+    }
+
+    /// Appends `entries`, then reads the file and folds in the entries held in memory: the
+    /// ledger an audit compares with, in which the daemon's own entries count whether or
+    /// not they have reached the disk. Also answers how many are held.
+    pub(crate) async fn append_and_load(
+        &self,
+        entries: Vec<Entry>,
+    ) -> (usize, std::io::Result<Ledger>) {
+        let answer = self.ask(entries, true).await;
+        let stopped = || Err(std::io::Error::other("the ledger writer has stopped"));
+        (answer.held, answer.ledger.unwrap_or_else(stopped))
+    }
+
+    async fn ask(&self, entries: Vec<Entry>, load: bool) -> LedgerAnswer {
+        let (done, answer) = oneshot::channel();
+        let n = entries.len();
+        let _ = self.requests.send(LedgerRequest { entries, load, done });
+        answer.await.unwrap_or_else(|_| {
+            // Only after the thread died, which it does not do while a sender lives.
+            error!("the ledger writer has stopped; {n} entries were lost");
+            LedgerAnswer { held: 0, ledger: None }
+        })
+    }
+}
+
+impl LedgerClosed {
+    /// Waits for the thread to drain its queue; it exits once every writer is dropped.
+    pub(crate) async fn wait(self) {
+        let _ = self.0.await;
+    }
+}
+
+/// The ledger thread: appends in order; on failure keeps the entries and tries again (see
+/// [`Backlog`]); reads the ledger for an audit once the entries sent before are written or
+/// held.
+fn write_ledger(mut file: LedgerFile, queue: &std::sync::mpsc::Receiver<LedgerRequest>) {
+    let mut backlog = Backlog::new(LEDGER, file.path(), None);
+    let mut open = true;
+    while open || !backlog.is_empty() {
+        let mut asked = Vec::new();
+        open = receive(queue, backlog.is_empty(), |mut request: LedgerRequest| {
+            for entry in std::mem::take(&mut request.entries) {
+                backlog.push(entry);
+            }
+            asked.push(request);
+        });
+        backlog.flush(|entry| file.append(entry));
+        for request in asked {
+            let ledger = request.load.then(|| {
+                let mut ledger = file.load()?;
+                backlog.iter().for_each(|entry| ledger.add(entry.clone()));
+                Ok(ledger)
+            });
+            let _ = request.done.send(LedgerAnswer { held: backlog.len(), ledger });
+        }
+        if !open && backlog.failing() {
+            backlog.abandon();
             return;
         }
     }
@@ -192,5 +248,55 @@ impl MetricsWriter {
         self.write(text);
         let want = self.generation;
         let _ = self.written.wait_for(|g| *g >= want).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn saved(id: &str) -> Entry {
+        Entry::Saved {
+            task: "backup".into(),
+            run_id: "r".into(),
+            at: "2026-12-02T10:00:00Z".into(),
+            snapshot_id: id.into(),
+        }
+    }
+
+    /// Regression: with a directory in the ledger's place, an entry was dropped after one
+    /// ERROR, and the next audit called the daemon's own snapshot forged.
+    #[tokio::test]
+    async fn ledger_entries_that_cannot_be_written_are_held_and_written_when_the_file_is_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(crate::ledger::FILE_NAME);
+        std::fs::create_dir(&path).unwrap();
+        let (writer, closed) = LedgerWriter::start(LedgerFile::new(dir.path())).unwrap();
+        assert_eq!(writer.append(vec![saved("aaaaaaaa")]).await, 1);
+        let (held, loaded) = writer.append_and_load(vec![saved("bbbbbbbb")]).await;
+        assert_eq!(held, 2);
+        let e = loaded.unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "not an empty ledger: {e}");
+
+        // Repaired: the retry writes both, in order, each a line of its own.
+        std::fs::remove_dir(&path).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let text = loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.lines().count() == 2 {
+                break text;
+            }
+            assert!(Instant::now() < deadline, "the held entries were not written: {text:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let lines: Vec<Entry> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines, [saved("aaaaaaaa"), saved("bbbbbbbb")]);
+        let (held, loaded) = writer.append_and_load(Vec::new()).await;
+        assert_eq!(held, 0);
+        assert!(loaded.unwrap().unreadable_summary().is_none());
+        drop(writer);
+        closed.wait().await;
     }
 }

@@ -1,12 +1,16 @@
 //! The run's part in the snapshot ledger ([`crate::ledger`]): what its steps saved and its
-//! `forget` removed goes in; for an audit task, the snapshot list its steps printed is
-//! compared with the ledger, and what the audit finds fails the run.
+//! `forget` removed goes in, through the ledger's writer thread, which holds what it cannot
+//! write and retries; for an audit task, the snapshot list its steps printed is compared
+//! with the ledger that thread hands back (the file, and the entries it holds), and what
+//! the audit finds fails the run. Held entries are said in the run's reason.
 
 use jiff::Timestamp;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::{Outcome, Run};
+use crate::config::Audit;
 use crate::ledger::{self, Entry, Verdict};
+use crate::restic::Snapshot;
 
 /// "1 recorded snapshot", "2 recorded snapshots".
 fn snapshots(n: usize) -> String {
@@ -15,7 +19,7 @@ fn snapshots(n: usize) -> String {
 
 impl Run<'_> {
     /// Records the run's snapshots and, for an audit task that succeeded so far, audits the
-    /// repository's listing against the ledger (file work on a blocking thread).
+    /// repository's listing against the ledger.
     pub(super) async fn ledger(&self, outcome: &mut Outcome) {
         let at = self.ctx.rfc3339(Timestamp::now());
         let entries = self.entries(outcome, &at);
@@ -23,47 +27,70 @@ impl Run<'_> {
         if entries.is_empty() && audit.is_none() {
             return;
         }
-        let listed = outcome.listed.take();
-        let state_dir = self.ctx.config.state_dir.clone();
-        let name = self.task.name.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            ledger::append(&state_dir, &entries)?;
-            let (Some(audit), Some(listed)) = (audit, listed) else { return Ok(None) };
-            let ledger = ledger::Ledger::load(&state_dir)?;
-            let verdict = ledger::audit(
-                &ledger,
-                &listed,
-                &name,
-                &audit.tasks,
-                audit.max_age,
-                Timestamp::now(),
-                &at,
-            );
-            ledger::append(&state_dir, &verdict.entries)?;
-            Ok::<_, std::io::Error>(Some(verdict))
-        })
-        .await;
-        let verdict = match done {
-            Ok(Ok(verdict)) => verdict,
-            Ok(Err(e)) => {
-                let why = format!(
-                    "cannot update the snapshot ledger in {}: {e}",
-                    self.ctx.config.state_dir.display()
-                );
-                error!("{why}");
-                if self.task.audit.is_some() && outcome.status.is_ok() {
-                    outcome.fail(why);
-                }
-                return;
+        let held = match (audit, outcome.listed.take()) {
+            (Some(audit), Some(listed)) => self.audit(entries, &audit, listed, at, outcome).await,
+            (Some(_), None) => {
+                let held = self.ctx.ledger.append(entries).await;
+                apply(None, outcome);
+                held
             }
+            (None, _) => self.ctx.ledger.append(entries).await,
+        };
+        if held > 0 {
+            let entries = if held == 1 { "entry" } else { "entries" };
+            outcome.reason = format!(
+                "{}; the snapshot ledger could not be written: {held} {entries} held in memory and retried",
+                outcome.reason
+            );
+        }
+    }
+
+    /// Appends the run's entries, compares `listed` with the ledger the writer thread hands
+    /// back (the comparison on a blocking thread), and appends what the audit adds. The
+    /// verdict goes in `outcome`; returns how many ledger entries are held in memory.
+    async fn audit(
+        &self,
+        entries: Vec<Entry>,
+        audit: &Audit,
+        listed: Vec<Snapshot>,
+        at: String,
+        outcome: &mut Outcome,
+    ) -> usize {
+        let (held, loaded) = self.ctx.ledger.append_and_load(entries).await;
+        let ledger = match loaded {
+            Ok(ledger) => ledger,
             Err(e) => {
-                error!("the snapshot ledger's update failed: {e}");
-                return;
+                let file = self.ctx.config.state_dir.join(ledger::FILE_NAME);
+                let why = format!("cannot read the snapshot ledger {}: {e}", file.display());
+                error!("{why}");
+                outcome.fail(why);
+                return held;
             }
         };
-        if self.task.audit.is_some() && outcome.status.is_ok() {
-            apply(verdict, outcome);
+        let skipped = ledger.unreadable_summary();
+        let (name, tasks, max_age) = (self.task.name.clone(), audit.tasks.clone(), audit.max_age);
+        let decided = tokio::task::spawn_blocking(move || {
+            ledger::audit(&ledger, &listed, &name, &tasks, max_age, Timestamp::now(), &at)
+        })
+        .await;
+        let mut verdict = match decided {
+            Ok(verdict) => verdict,
+            Err(e) => {
+                let why = format!("the audit did not finish: {e}");
+                error!("{why}");
+                outcome.fail(why);
+                return held;
+            }
+        };
+        let held = self.ctx.ledger.append(std::mem::take(&mut verdict.entries)).await;
+        apply(Some(verdict), outcome);
+        if let Some(skipped) = skipped {
+            // Information, not a failure: an entry whose write was torn was held, and written
+            // again whole.
+            warn!("audit: {skipped}");
+            outcome.reason = format!("{}; {skipped}", outcome.reason);
         }
+        held
     }
 
     /// The ledger entries for what the run's steps saved and removed.

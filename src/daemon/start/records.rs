@@ -1,7 +1,7 @@
 //! The records [`serve`](super::serve) opens at start and closes at shutdown: the run
-//! history (and what it held at start), the metrics file and the tasks' output files, each
-//! with a writer thread of its own ([`crate::daemon::records`]). Trouble with any of them
-//! never stops backups.
+//! history (and what it held at start), the snapshot ledger, the metrics file and the tasks'
+//! output files, each with a writer thread of its own ([`crate::daemon::records`]). Trouble
+//! with any of them never stops backups.
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,14 +12,20 @@ use tracing::{error, warn};
 
 use crate::config::Config;
 use crate::daemon::output::files::{OutputClosed, OutputWriter};
-use crate::daemon::records::writers::{HistoryClosed, HistoryWriter, MetricsWriter};
+use crate::daemon::records::writers::{
+    HistoryClosed, HistoryWriter, LedgerClosed, LedgerWriter, MetricsWriter,
+};
 use crate::history::{self, DaemonEvent, History, Record};
+use crate::ledger::LedgerFile;
 
-/// The records the daemon keeps: the history (and what it held at start), the metrics
-/// file, and the tasks' output files, each with a writer thread of its own.
+/// The records the daemon keeps: the history (and what it held at start), the snapshot
+/// ledger, the metrics file, and the tasks' output files, each with a writer thread of its
+/// own.
 pub(super) struct Records {
     pub(super) history: HistoryWriter,
     history_closed: HistoryClosed,
+    pub(super) ledger: LedgerWriter,
+    ledger_closed: LedgerClosed,
     /// What the history held at start.
     pub(super) past: Vec<Record>,
     /// What is wrong with the history right now, from its writer thread.
@@ -42,6 +48,8 @@ impl Records {
         let (problem, health) = watch::channel(None);
         let (history, history_closed) =
             HistoryWriter::start(history, problem).context("cannot start the history writer")?;
+        let (ledger, ledger_closed) = LedgerWriter::start(LedgerFile::new(&config.state_dir))
+            .context("cannot start the ledger writer")?;
         let metrics = match &config.metrics_textfile {
             Some(path) => Some(
                 MetricsWriter::start(path.clone()).context("cannot start the metrics writer")?,
@@ -56,17 +64,33 @@ impl Records {
         } else {
             (None, None)
         };
-        Ok(Records { history, history_closed, past, health, metrics, outputs, outputs_closed })
+        Ok(Records {
+            history,
+            history_closed,
+            ledger,
+            ledger_closed,
+            past,
+            health,
+            metrics,
+            outputs,
+            outputs_closed,
+        })
     }
 
     /// Writes the daemon's Stop record and flushes every writer, each within `wait`.
     pub(super) async fn close(self, at: String, wait: Duration) {
-        let Records { history, history_closed, outputs, outputs_closed, .. } = self;
+        let Records {
+            history, history_closed, ledger, ledger_closed, outputs, outputs_closed, ..
+        } = self;
         history.append(Record::Daemon { event: DaemonEvent::Stop, at, pid: std::process::id() });
         drop(history);
+        drop(ledger);
         drop(outputs);
         if tokio::time::timeout(wait, history_closed.wait()).await.is_err() {
             error!("the run history could not be flushed at shutdown");
+        }
+        if tokio::time::timeout(wait, ledger_closed.wait()).await.is_err() {
+            error!("the snapshot ledger could not be flushed at shutdown");
         }
         if let Some(closed) = outputs_closed
             && tokio::time::timeout(wait, closed.wait()).await.is_err()

@@ -1,9 +1,10 @@
 //! The daemon once its runtime runs: load the secrets (the redactor learns them), bind the
-//! socket, open the records (history, metrics, output files), build what runs share
-//! ([`RunContext`]), serve the socket, and hand over to the state owner until a stop
+//! socket, open the records (history, ledger, metrics, output files), build what runs
+//! share ([`RunContext`]), serve the socket, and hand over to the state owner until a stop
 //! request. Then shut down in order: the server closes, notifications in flight get
-//! [`FLUSH_WAIT`], the history and output files are flushed, the socket is removed and the
-//! secrets are dropped; the log says they were wiped only once that is true.
+//! [`FLUSH_WAIT`], the history, the ledger and the output files are flushed, the socket is
+//! removed and the secrets are dropped; the log says they were wiped only once that is
+//! true.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
@@ -30,7 +31,7 @@ use crate::daemon::run::{RunContext, locks::Locks};
 use crate::daemon::step::{Runner, contain::Containment, secret_files};
 use crate::exit::{Exit, FAILURE};
 
-/// Longest shutdown waits for the history thread and for notifications in flight.
+/// Longest shutdown waits for each writer thread and for notifications in flight.
 const FLUSH_WAIT: Duration = Duration::from_secs(5);
 
 /// How `serve` ended: why, and a weak reference to the secrets it loaded, which is dead
@@ -91,6 +92,7 @@ pub(super) async fn serve(
         pins,
         runner,
         history: records.history.clone(),
+        ledger: records.ledger.clone(),
         outputs: records.outputs.take(),
         cancel: CancellationToken::new(),
         events: events_tx,
