@@ -6,6 +6,9 @@
 #   examples/quickstart.sh --stop-after  run the demo, then stop the daemon (used by CI)
 #   examples/quickstart.sh stop          stop a demo daemon left running
 #
+# BACKUPNIZZA_BIN_DIR=DIR uses the binaries in DIR instead of building them (.ci/deb runs it
+# with /usr/bin, against the installed Debian package).
+#
 # Everything it creates is under target/quickstart (removed and recreated on each run).
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
