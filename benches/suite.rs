@@ -28,7 +28,7 @@ fn main() {
         return;
     }
     // `cargo bench` passes `--bench`; other arguments select sections (validate, ready, e2e,
-    // redemptions, idle, precision); none runs them all.
+    // loop, crowded, redemptions, checks, idle, precision); none runs them all.
     let only: Vec<&str> =
         args[1..].iter().map(String::as_str).filter(|a| !a.starts_with("--")).collect();
     let want = |section: &str| only.is_empty() || only.contains(&section);
@@ -72,8 +72,11 @@ fn main() {
         );
     }
 
+    // The statically linked `secretbox` the Debian package ships (packaging/static-secretbox;
+    // .ci/bench builds it and names it here), measured beside the dynamically linked one.
+    let static_secretbox = std::env::var_os("BNZ_BENCH_STATIC_SECRETBOX").map(PathBuf::from);
     if want("e2e") {
-        let e2e = bench_secretbox(dir);
+        let e2e = bench_secretbox(dir, static_secretbox.as_deref());
         row("`secretbox get` end to end", format!("{:.2} ms", e2e.secretbox), "-", None);
         row("`cat` of a 0600 file", format!("{:.2} ms", e2e.cat), "-", None);
         row(
@@ -91,6 +94,42 @@ fn main() {
             "≤ 0.5×",
             Some(vs_tool <= 0.5),
         );
+        if let Some(ms) = e2e.static_secretbox {
+            row("static `secretbox get` end to end", format!("{ms:.2} ms"), "-", None);
+            let ratio = ms / e2e.cat;
+            row(
+                "static `secretbox get` / `cat`",
+                format!("{ratio:.2}×"),
+                "≤ 1.3×",
+                Some(ratio <= 1.3),
+            );
+        }
+    }
+
+    if want("loop") {
+        let l = bench_loop(dir, static_secretbox.as_deref());
+        row(
+            "shell loop, 200 calls, median of 5 rounds: `cat` per call",
+            format!("{:.2} ms", l.cat),
+            "-",
+            None,
+        );
+        let ratio = l.secretbox / l.cat;
+        row(
+            "shell loop: `secretbox get` / `cat`",
+            format!("{:.2} ms, {ratio:.2}×", l.secretbox),
+            "-",
+            None,
+        );
+        if let Some(ms) = l.static_secretbox {
+            let ratio = ms / l.cat;
+            row(
+                "shell loop: static `secretbox get` / `cat`",
+                format!("{ms:.2} ms, {ratio:.2}×"),
+                "≤ 1.3×",
+                Some(ratio <= 1.3),
+            );
+        }
     }
 
     if want("crowded") {
@@ -332,9 +371,10 @@ struct EndToEnd {
     secretbox: f64,
     cat: f64,
     secret_tool: f64,
+    static_secretbox: Option<f64>,
 }
 
-fn bench_secretbox(dir: &Path) -> EndToEnd {
+fn bench_secretbox(dir: &Path, static_secretbox: Option<&Path>) -> EndToEnd {
     let value = "bench-secret-value-0";
     // The same value in the Secret Service, for `secret-tool lookup`.
     let mut store = Command::new("secret-tool")
@@ -355,18 +395,54 @@ fn bench_secretbox(dir: &Path) -> EndToEnd {
     let bus = std::env::var("DBUS_SESSION_BUS_ADDRESS")
         .expect("a D-Bus session (run the benchmarks with .ci/bench)");
     let extra = format!(
-        "  e2e:\n    schedule: '0 0 1 1 *'\n    command: [{}, --inside, e2e, {}, {}, '300']\n    env: {{DBUS_SESSION_BUS_ADDRESS: '{bus}'}}\n    secrets: [s0]\n    redeem_limit: 1000\n",
+        "  e2e:\n    schedule: '0 0 1 1 *'\n    command: [{}, --inside, e2e, {}, {}, '300'{}]\n    env: {{DBUS_SESSION_BUS_ADDRESS: '{bus}'}}\n    secrets: [s0]\n    redeem_limit: 1000\n",
         std::env::current_exe().unwrap().display(),
         dir.join("secret0").display(),
-        results.display()
-    );
+        results.display(),
+        static_secretbox.map(|p| format!(", {}", p.display())).unwrap_or_default(),
+    ) + &redeemer(static_secretbox);
     let path = config(dir, "e2e", 0, 1, &extra);
     let (child, _) = start_daemon(dir, &path, "e2e");
     trigger(&path, "e2e");
     stop(child);
     let text = std::fs::read_to_string(results).unwrap();
     let v: Vec<f64> = text.split_whitespace().map(|x| x.parse().unwrap()).collect();
-    EndToEnd { secretbox: v[0], cat: v[1], secret_tool: v[2] }
+    EndToEnd { secretbox: v[0], cat: v[1], secret_tool: v[2], static_secretbox: v.get(3).copied() }
+}
+
+/// The task's `redeemers:` line that lets the static `secretbox` redeem (the daemon pins the
+/// one beside itself).
+fn redeemer(static_secretbox: Option<&Path>) -> String {
+    static_secretbox.map(|p| format!("    redeemers: [{}]\n", p.display())).unwrap_or_default()
+}
+
+/// Per-call times in a shell loop, as a user's script calls `secretbox get`.
+struct Loop {
+    cat: f64,
+    secretbox: f64,
+    static_secretbox: Option<f64>,
+}
+
+/// `secretbox get` as a user's loop calls it: a task runs `sh` loops of 200 calls each (one
+/// secret per build, so each stays within its 1,000 redemptions), alternated in a random
+/// order with the same loop of `cat`, five rounds; the median per call of each.
+fn bench_loop(dir: &Path, static_secretbox: Option<&Path>) -> Loop {
+    let results = dir.join("loop.txt");
+    let extra = format!(
+        "  loop:\n    schedule: '0 0 1 1 *'\n    command: [{}, --inside, loop, {}, {}, '5', '200', {}{}]\n    secrets: [s0, s1]\n    redeem_limit: 1000\n",
+        std::env::current_exe().unwrap().display(),
+        dir.join("secret0").display(),
+        results.display(),
+        SECRETBOX,
+        static_secretbox.map(|p| format!(", {}", p.display())).unwrap_or_default(),
+    ) + &redeemer(static_secretbox);
+    let path = config(dir, "loop", 0, 2, &extra);
+    let (child, _) = start_daemon(dir, &path, "loop");
+    trigger(&path, "loop");
+    stop(child);
+    let text = std::fs::read_to_string(results).unwrap();
+    let v: Vec<f64> = text.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    Loop { cat: v[0], secretbox: v[1], static_secretbox: v.get(2).copied() }
 }
 
 /// A redemption (a real `secretbox get`, from a task) while 1,000 idle connections are held.
@@ -577,6 +653,7 @@ fn inside(args: &[String]) {
         "e2e" => {
             let (file, out, n): (&str, &str, usize) =
                 (&args[1], &args[2], args[3].parse().unwrap());
+            let static_secretbox = args.get(4);
             let time = |cmd: &mut Command| {
                 let start = Instant::now();
                 let o = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap();
@@ -588,17 +665,22 @@ fn inside(args: &[String]) {
                 );
                 took
             };
-            let (mut sb, mut cat, mut tool) = (Vec::new(), Vec::new(), Vec::new());
-            // Each round runs the three in a random order, so whatever one leaves behind
+            let (mut sb, mut cat, mut tool, mut st) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            // Each round runs them in a random order, so whatever one leaves behind
             // (gnome-keyring keeps working after answering) does not always fall on the same.
             use rand::seq::SliceRandom;
-            let mut order = [0, 1, 2];
+            let mut order: Vec<usize> =
+                (0..if static_secretbox.is_some() { 4 } else { 3 }).collect();
             for _ in 0..n {
                 order.shuffle(&mut rand::rng());
-                for which in order {
+                for &which in &order {
                     match which {
                         0 => sb.push(time(Command::new(SECRETBOX).args(["get", "s0"]))),
                         1 => cat.push(time(Command::new("cat").arg(file))),
+                        3 => st.push(time(
+                            Command::new(static_secretbox.unwrap()).args(["get", "s0"]),
+                        )),
                         _ => tool.push(time(Command::new("secret-tool").args([
                             "lookup",
                             "service",
@@ -609,9 +691,13 @@ fn inside(args: &[String]) {
                     }
                 }
             }
-            std::fs::write(out, format!("{} {} {}", median(sb), median(cat), median(tool)))
-                .unwrap();
+            let mut line = format!("{} {} {}", median(sb), median(cat), median(tool));
+            if !st.is_empty() {
+                line.push_str(&format!(" {}", median(st)));
+            }
+            std::fs::write(out, line).unwrap();
         }
+        "loop" => inside_loop(args),
         // `secretbox get` N times: median and max in ms.
         "timed" => {
             let n: usize = args[1].parse().unwrap();
@@ -646,6 +732,45 @@ fn inside(args: &[String]) {
         }
         other => panic!("unknown mode {other}"),
     }
+}
+
+/// Inside the task: shell loops of `calls` calls each, of `cat FILE` and of `PROGRAM get` for
+/// each program (the first redeems s0, the second s1), `rounds` rounds in a random order;
+/// writes the median per call of each, in ms, cat's first.
+fn inside_loop(args: &[String]) {
+    let (file, out) = (&args[1], &args[2]);
+    let rounds: usize = args[3].parse().unwrap();
+    let calls: usize = args[4].parse().unwrap();
+    let programs = &args[5..];
+    let script = r#"n=$1; shift; i=0
+while [ "$i" -lt "$n" ]; do "$@" >/dev/null || exit 1; i=$((i + 1)); done"#;
+    let time_loop = |command: &[&str]| {
+        let start = Instant::now();
+        let status = Command::new("sh")
+            .args(["-c", script, "sh", &calls.to_string()])
+            .args(command)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{command:?} failed in the loop");
+        start.elapsed().as_secs_f64() * 1000.0 / calls as f64
+    };
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); programs.len() + 1];
+    use rand::seq::SliceRandom;
+    let mut order: Vec<usize> = (0..times.len()).collect();
+    for _ in 0..rounds {
+        order.shuffle(&mut rand::rng());
+        for &which in &order {
+            let took = if which == 0 {
+                time_loop(&["cat", file])
+            } else {
+                let secret = format!("s{}", which - 1);
+                time_loop(&[&programs[which - 1], "get", &secret])
+            };
+            times[which].push(took);
+        }
+    }
+    let medians: Vec<String> = times.into_iter().map(|t| median(t).to_string()).collect();
+    std::fs::write(out, medians.join(" ")).unwrap();
 }
 
 /// `clients` keep-alive connections redeeming `total` times in all; 0 clients: one request
