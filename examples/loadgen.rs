@@ -83,7 +83,14 @@ fn main() {
     }
 }
 
-/// One keep-alive connection doing `count` redemptions; reconnects if the server closes it.
+/// Requests per keep-alive connection before a fresh one. The daemon closes any connection
+/// after its maximum lifetime (two minutes) whatever it is doing; a worker that kept one
+/// connection for all its requests would lose one request to that close whenever the machine
+/// is slow enough for a run to outlast it. A few hundred requests take well under a second.
+const REQUESTS_PER_CONNECTION: usize = 200;
+
+/// Keep-alive connections doing `count` redemptions; a fresh one every
+/// `REQUESTS_PER_CONNECTION` requests, or when the server closes one.
 async fn run_worker(
     worker: usize,
     count: usize,
@@ -97,9 +104,10 @@ async fn run_worker(
     let mut sender = None;
     let auth = format!("Bearer {token}");
     for i in 0..count {
-        if sender
-            .as_ref()
-            .is_none_or(|s: &hyper::client::conn::http1::SendRequest<Empty<Bytes>>| s.is_closed())
+        if i % REQUESTS_PER_CONNECTION == 0
+            || sender.as_ref().is_none_or(
+                |s: &hyper::client::conn::http1::SendRequest<Empty<Bytes>>| s.is_closed(),
+            )
         {
             let stream = tokio::net::UnixStream::connect(socket).await.expect("connect");
             let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
