@@ -352,14 +352,15 @@ tasks:
                 .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > Duration::from_secs(1)))
         })
     });
+    // This test's restic only: other tests run restic at the same time.
+    let data = repo.data.as_os_str().as_encoded_bytes().to_vec();
     let restic = || {
         std::fs::read_dir("/proc")
             .unwrap()
             .flatten()
             .filter(|e| {
                 std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
-                    c.starts_with(b"restic\0")
-                        && c.windows(4).any(|w| w == b"big\0" || w == b"data")
+                    c.starts_with(b"restic\0") && c.windows(data.len()).any(|w| w == data)
                 })
             })
             .count()
@@ -524,7 +525,7 @@ tasks:
                 .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > Duration::from_millis(500)))
         })
     };
-    let restic = || running_program("restic");
+    let restic = || running_program("restic", &repo.url);
     for _ in 0..3 {
         let daemon = scratch.start_daemon(&config);
         trigger(&scratch, &config, "backup", false).expect_code(0);
@@ -585,13 +586,16 @@ tasks:
     trigger(&scratch, &config, "prune", true).expect_code(0);
 }
 
-/// How many live processes run `program` (by their command name).
-fn running_program(program: &str) -> usize {
+/// How many live processes run `program` (by their command name) with `marker` in their
+/// arguments (this test's own: other tests run the same programs at the same time).
+fn running_program(program: &str, marker: &str) -> usize {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter(|e| {
             std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim_end() == program)
+                && std::fs::read(e.path().join("cmdline"))
+                    .is_ok_and(|c| c.windows(marker.len()).any(|w| w == marker.as_bytes()))
                 && std::fs::read_to_string(e.path().join("stat")).is_ok_and(|s| {
                     !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z')
                 })

@@ -44,8 +44,11 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// A task file with `n` secrets s0..s{n-1} from 0600 files and a `load` task running loadgen.
+/// Tokens live an hour: these tests count descriptors and memory, and with the default 30 s
+/// a run of 10,000 redemptions on a busy machine (a release build beside the debug daemon)
+/// outlasted its token and failed for that alone.
 fn load_config(scratch: &Scratch, n: usize, total: usize, concurrency: usize) -> PathBuf {
-    let mut secrets = String::from("secrets:\n");
+    let mut secrets = String::from("token_ttl: 1h\nsecrets:\n");
     for i in 0..n {
         let file = scratch.path().join(format!("s{i}"));
         write_private(&file, canary().as_bytes());
@@ -88,11 +91,26 @@ fn a_hundred_thousand_redemptions_leave_fds_and_memory_at_baseline() {
     let daemon = scratch.start_daemon(&config);
     let pid = daemon.pid();
     // Warm up (allocator, runtime), then measure the baseline.
-    trigger(&scratch, &config, "load", true).expect_code(0);
+    // A failed run says why: loadgen's summary and what the daemon logged above INFO.
+    let run_load = || {
+        let run = trigger(&scratch, &config, "load", true);
+        if run.code() != Some(0) {
+            let log = daemon.log_text();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("ok=") || l.contains(" WARN ") || l.contains(" ERROR "))
+                .collect();
+            panic!(
+                "{run}\nthe daemon's log, in part:\n{}",
+                lines[lines.len().saturating_sub(60)..].join("\n")
+            );
+        }
+    };
+    run_load();
     let (fds, rss) = (open_fds(pid), rss_kib(pid));
     // 100,000 more, with a config whose tokens allow it: ten runs of 10,000.
     for _ in 0..10 {
-        trigger(&scratch, &config, "load", true).expect_code(0);
+        run_load();
     }
     let log = daemon.log_text();
     assert_eq!(
