@@ -114,12 +114,16 @@ fn environ(pid: u32) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The running task process below `daemon` that holds a token.
+/// The running task process below `daemon` that holds a token: the task's `sh`, not one
+/// of the short-lived `sleep`s it starts (they inherit the token, and one picked here could
+/// be gone by the time the test reads its `/proc` entry).
 fn task_process(daemon: u32) -> (u32, Vec<(String, String)>) {
     let find = || {
         std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
             let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
-            if !backupnizza::broker::peer::descends_from(pid, daemon) {
+            if !backupnizza::broker::peer::descends_from(pid, daemon)
+                || std::fs::read_to_string(e.path().join("comm")).ok()?.trim_end() != "sh"
+            {
                 return None;
             }
             let env = environ(pid);
