@@ -30,11 +30,21 @@ impl RestServer {
         args: &[&str],
         dir: &Path,
     ) -> RestServer {
+        RestServer::serve_on(program, args, dir, "127.0.0.1:0")
+    }
+
+    /// The same on `addr` (`127.0.0.1:PORT`): a server started again where one was.
+    pub(crate) fn serve_on(
+        program: impl AsRef<std::ffi::OsStr>,
+        args: &[&str],
+        dir: &Path,
+        addr: &str,
+    ) -> RestServer {
         std::fs::create_dir_all(dir).unwrap();
         let mut child = Command::new(program)
             .arg("serve")
             .args(args)
-            .args(["--addr", "127.0.0.1:0"])
+            .args(["--addr", addr])
             .arg(dir)
             .env("RCLONE_CONFIG", "/dev/null")
             .stdin(Stdio::null())

@@ -654,9 +654,11 @@ fn unlock_stale_clears_the_lock_a_timed_out_run_left_and_the_next_run_succeeds()
     use nix::sys::signal::{Signal, kill};
     let scratch = Scratch::new();
     // A server the test can freeze: restic, stopped at its timeout, then cannot remove its
-    // lock, is killed, and leaves the lock behind.
-    let server =
-        crate::restic::RestServer::serve("rclone", &["restic"], &scratch.path().join("rest"));
+    // lock, is killed, and leaves the lock behind. The frozen server is then killed and a new
+    // one started on its address: restic 0.18 gets its lock's DELETE into the frozen server's
+    // socket before it is killed, and a server that was only continued would carry it out.
+    let rest = scratch.path().join("rest");
+    let server = crate::restic::RestServer::serve("rclone", &["restic"], &rest);
     let local = scratch.path().join("rest/laptop");
     let password_file = scratch.path().join("repo-password");
     write_private(&password_file, canary().as_bytes());
@@ -693,7 +695,9 @@ fn unlock_stale_clears_the_lock_a_timed_out_run_left_and_the_next_run_succeeds()
     wait_until("the timeout", || {
         end_of(&history(&scratch), "db").is_some_and(|e| e["status"] == "timeout")
     });
-    kill(rclone, Signal::SIGCONT).unwrap();
+    let addr = server.url.trim_start_matches("http://").to_string();
+    drop(server);
+    let _server = crate::restic::RestServer::serve_on("rclone", &["restic"], &rest, &addr);
     assert_eq!(locks(), 1, "the killed restic left its lock");
 
     std::fs::write(&go, "").unwrap();
