@@ -352,19 +352,8 @@ tasks:
                 .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > Duration::from_secs(1)))
         })
     });
-    // This test's restic only: other tests run restic at the same time.
-    let data = repo.data.as_os_str().as_encoded_bytes().to_vec();
-    let restic = || {
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter(|e| {
-                std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
-                    c.starts_with(b"restic\0") && c.windows(data.len()).any(|w| w == data)
-                })
-            })
-            .count()
-    };
+    let data = repo.data.display().to_string();
+    let restic = || running_program("restic", &data);
     assert!(restic() > 0);
     sigkill(daemon);
     wait_until("no restic left", || restic() == 0);
