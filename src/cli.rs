@@ -54,6 +54,11 @@ pub enum Command {
     Trigger(TriggerArgs),
     /// List past runs from the run history (works without the daemon).
     History(HistoryArgs),
+    /// Show the snapshot ledger, or acknowledge deletions (works without the daemon).
+    ///
+    /// Lists every snapshot the tasks saved and what became of it: seen by an audit,
+    /// forgotten by a task's forget, pruned by an audit's keep: policy, or acknowledged.
+    Ledger(LedgerArgs),
     /// Store or check secrets.
     #[command(subcommand)]
     Secret(SecretCommand),
@@ -185,6 +190,40 @@ pub struct TriggerArgs {
     /// daemon's, else the system daemon's /run/backupnizza/secretbox.sock)
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct LedgerArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// One JSON array, for scripts: each snapshot with its task, time, state and detail
+    #[arg(long)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Option<LedgerCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Record that snapshots were removed on purpose; later audits report them as
+    /// acknowledged instead of missing.
+    ///
+    /// Every id is checked against the ledger before anything is written. Run it as the
+    /// daemon's user (state_dir must be writable); the daemon need not be stopped.
+    Forget(LedgerForgetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LedgerForgetArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The snapshots: full ids, or their first 8 digits or more
+    #[arg(value_name = "ID", required = true)]
+    pub ids: Vec<String>,
+    /// Why they were removed (kept in the ledger with the time)
+    #[arg(long, value_name = "TEXT", required = true)]
+    pub reason: String,
 }
 
 #[derive(Debug, Args)]

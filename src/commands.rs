@@ -5,6 +5,7 @@ pub mod control;
 pub mod explain;
 pub mod generate;
 pub mod history;
+pub mod ledger;
 pub mod next;
 pub mod secret;
 pub mod service;

@@ -3,19 +3,31 @@
 //!
 //! `restic check --read-data` proves the data of the snapshots that are there; it cannot
 //! tell that one was deleted, replaced, or slipped in. The ledger is the daemon's own
-//! account: every snapshot id a task's `restic backup --json` reported (`saved`), every
-//! snapshot a `restic forget --json` run by the daemon removed (`forgotten`: retention is
-//! not an alarm), and what an audit saw of each (`seen`: time, host, paths, tree), so a
-//! later audit can tell a snapshot that changed. An audit task (`audit: {tasks: [...],
-//! max_age: ...}`) lists the repository (`restic snapshots --json`) and reports, by id:
+//! account: every snapshot id a task's `restic backup --json` reported (`saved`; `partial`
+//! when the step that saved it failed, as when a pipeline's dump broke), every run that made
+//! no snapshot because nothing changed (`unchanged`, restic's `--skip-if-unchanged`), every
+//! snapshot a `restic forget` run by the daemon removed (`forgotten`, known from the
+//! repository's snapshot list before and after the step), every snapshot an audit found
+//! pruned by the repository's retention policy (`pruned`), every deletion a person
+//! acknowledged (`acknowledged`, by `backupnizza ledger forget ID --reason TEXT`), and what
+//! an audit saw of each (`seen`: time, host, paths, tree), so a later audit can tell a
+//! snapshot that changed. An audit task (`audit: {tasks: [...], max_age: ..., keep:
+//! {...}}`) lists the repository (`restic snapshots --json`) and reports, by id:
 //!
-//! - `missing`: a snapshot the tasks saved is gone, and no `forget` of ours removed it;
+//! - `missing`: a snapshot the tasks saved is gone, no `forget` of ours removed it, nobody
+//!   acknowledged its removal, and the audit's `keep:` policy (if any: see [`policy`]) would
+//!   have kept it;
 //! - `replaced`: a missing snapshot whose time and paths another, unrecorded one now has;
 //! - `differs`: a recorded snapshot whose tree, time, host or paths changed since last seen;
 //! - `unrecorded`: a snapshot with the tasks' host and paths that no task saved (made by
 //!   hand, elsewhere, or forged); at a task set's first audit, snapshots older than the
 //!   ledger are accepted instead (`baseline`) and tracked from then on;
-//! - `stale`: the newest recorded snapshot in the repository is older than `max_age`.
+//! - `stale`: the tasks' newest whole backup (a snapshot in the repository that is not
+//!   partial, or an unchanged run after one) is older than `max_age`.
+//!
+//! A missing snapshot the `keep:` policy would have removed is not a finding: the audit
+//! says it was pruned by policy and records that (`pruned`), so later audits do not decide
+//! it again.
 //!
 //! The file is append-only JSON lines written as the history is, by a [`Journal`]: one
 //! `write` per entry on an `O_APPEND` file with `fdatasync`, a torn line terminated before
@@ -27,6 +39,8 @@
 //! ([`Ledger::add`]), so a held entry is never taken for a forgery.
 
 mod audit;
+mod list;
+mod policy;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -34,7 +48,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub(crate) use self::audit::{Verdict, audit};
+pub(crate) use self::list::{AckError, acknowledge};
 use crate::journal::{self, Journal};
+use crate::protocol::RunStatus;
 use crate::restic::Snapshot;
 // The audit's tests, below, name times and durations as the audit does.
 #[cfg(test)]
@@ -47,9 +63,27 @@ pub(crate) const FILE_NAME: &str = "ledger.jsonl";
 #[serde(tag = "type", rename_all = "snake_case")]
 pub(crate) enum Entry {
     /// A backup run reported this snapshot (restic's id: full, or before 0.16 the short one).
-    Saved { task: String, run_id: String, at: String, snapshot_id: String },
+    Saved {
+        task: String,
+        run_id: String,
+        at: String,
+        snapshot_id: String,
+        /// The step that saved it failed: not a whole backup, never fresh for `max_age`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        partial: bool,
+        /// The run's status, for a partial snapshot.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<RunStatus>,
+    },
+    /// A backup run made no snapshot because nothing changed (`--skip-if-unchanged`): the
+    /// task's newest snapshot is still current.
+    Unchanged { task: String, run_id: String, at: String },
     /// A forget run by the daemon removed it.
     Forgotten { task: String, run_id: String, at: String, snapshot_id: String },
+    /// An audit found it gone, and its `keep:` policy would have removed it.
+    Pruned { audit: String, at: String, snapshot_id: String, policy: String },
+    /// Somebody said it was removed on purpose (`backupnizza ledger forget`).
+    Acknowledged { at: String, snapshot_id: String, reason: String },
     /// An audit saw it so (full id).
     Seen { audit: String, at: String, snapshot: Snapshot },
     /// It predates the ledger and was accepted at the audit task's first audit.
@@ -66,13 +100,28 @@ struct Saved {
     id: String,
     /// When the run recorded it.
     at: String,
+    partial: bool,
+}
+
+/// Why a recorded snapshot may be gone from the repository.
+#[derive(Debug, Clone)]
+enum Gone {
+    /// A forget the daemon ran removed it (by this task).
+    Forgotten { task: String, at: String },
+    /// An audit found the `keep:` policy would have removed it.
+    Pruned { at: String, policy: String },
+    /// Somebody said so.
+    Acknowledged { at: String, reason: String },
 }
 
 /// The ledger, folded.
 #[derive(Debug, Default)]
 pub(crate) struct Ledger {
     saved: Vec<Saved>,
-    forgotten: HashSet<String>,
+    /// Runs that made no snapshot because nothing changed: (task, when).
+    unchanged: Vec<(String, String)>,
+    /// Id → why it may be gone (an acknowledgement wins over the rest).
+    gone: HashMap<String, Gone>,
     /// Full id → the snapshot as last seen by an audit.
     seen: HashMap<String, Snapshot>,
     baseline: HashMap<String, Snapshot>,
@@ -101,11 +150,18 @@ impl Ledger {
     /// Folds in one entry: each line of the file, then each entry held in memory.
     pub(crate) fn add(&mut self, entry: Entry) {
         match entry {
-            Entry::Saved { task, at, snapshot_id, .. } => {
-                self.saved.push(Saved { task, id: snapshot_id, at });
+            Entry::Saved { task, at, snapshot_id, partial, .. } => {
+                self.saved.push(Saved { task, id: snapshot_id, at, partial });
             }
-            Entry::Forgotten { snapshot_id, .. } => {
-                self.forgotten.insert(snapshot_id);
+            Entry::Unchanged { task, at, .. } => self.unchanged.push((task, at)),
+            Entry::Forgotten { task, at, snapshot_id, .. } => {
+                self.explain(snapshot_id, Gone::Forgotten { task, at });
+            }
+            Entry::Pruned { at, snapshot_id, policy, .. } => {
+                self.explain(snapshot_id, Gone::Pruned { at, policy });
+            }
+            Entry::Acknowledged { at, snapshot_id, reason } => {
+                self.explain(snapshot_id, Gone::Acknowledged { at, reason });
             }
             Entry::Seen { snapshot, .. } => {
                 self.seen.insert(snapshot.id.clone(), snapshot);
@@ -116,6 +172,13 @@ impl Ledger {
             Entry::Audited { audit, .. } => {
                 self.audited.insert(audit);
             }
+        }
+    }
+
+    fn explain(&mut self, id: String, why: Gone) {
+        let acknowledged = matches!(self.gone.get(&id), Some(Gone::Acknowledged { .. }));
+        if !acknowledged {
+            self.gone.insert(id, why);
         }
     }
 
@@ -132,8 +195,15 @@ impl Ledger {
         })
     }
 
+    /// Why the snapshot `id` may be gone, if the ledger knows a reason.
+    fn gone(&self, id: &str) -> Option<&Gone> {
+        self.gone
+            .get(id)
+            .or_else(|| self.gone.iter().find(|(gone, _)| same_id(gone, id)).map(|(_, why)| why))
+    }
+
     fn forgotten(&self, id: &str) -> bool {
-        self.forgotten.iter().any(|f| same_id(f, id))
+        self.gone(id).is_some()
     }
 }
 
@@ -204,6 +274,8 @@ mod tests {
             run_id: "r".into(),
             at: at.into(),
             snapshot_id: id.into(),
+            partial: false,
+            status: None,
         }
     }
 
@@ -215,7 +287,8 @@ mod tests {
 
     fn run(l: &Ledger, listed: &[Snapshot], max_age: Option<Duration>) -> Verdict {
         let now: Timestamp = "2026-12-02T12:00:00Z".parse().unwrap();
-        audit(l, listed, "audit", &["backup".into()], max_age, now, "2026-12-02T12:00:00Z")
+        let spec = crate::config::Audit { tasks: vec!["backup".into()], max_age, keep: None };
+        audit(l, listed, "audit", &spec, now, "2026-12-02T12:00:00Z")
     }
 
     fn kinds(v: &Verdict) -> Vec<(&str, String)> {
@@ -363,6 +436,76 @@ mod tests {
         assert_eq!(kinds(&run(&l, &listed, None)), [("unrecorded", "bbbbbbbb".into())]);
         l.add(saved("bbbbbbbb", T2));
         assert!(run(&l, &listed, None).findings.is_empty());
+    }
+
+    fn with(l: &Ledger, listed: &[Snapshot], spec: &crate::config::Audit) -> Verdict {
+        let now: Timestamp = "2026-12-02T12:00:00Z".parse().unwrap();
+        audit(l, listed, "audit", spec, now, "2026-12-02T12:00:00Z")
+    }
+
+    #[test]
+    fn the_keep_policy_tells_a_prune_from_a_deletion_and_an_acknowledgement_clears_it() {
+        let times = ["2026-12-02T08:00:00Z", "2026-12-02T09:00:00Z", T1, T2];
+        let snaps: Vec<Snapshot> = times
+            .iter()
+            .enumerate()
+            .map(|(i, t)| snap(&format!("{i}{i}{i}{i}{i}{i}{i}{i}"), t, "t"))
+            .collect();
+        let entries: Vec<Entry> = snaps.iter().map(|s| saved(&s.id, &s.time)).collect();
+        let keep = crate::config::Keep { last: Some(2), ..Default::default() };
+        let spec =
+            crate::config::Audit { tasks: vec!["backup".into()], max_age: None, keep: Some(keep) };
+        let l = ledger(&entries);
+        // Pruned elsewhere with --keep-last 2: the two oldest are gone, as the policy says.
+        let v = with(&l, &snaps[2..], &spec);
+        assert!(v.findings.is_empty(), "{:?}", v.findings);
+        assert_eq!(
+            v.notes,
+            ["2 snapshots pruned by the keep policy (--keep-last 2): 00000000 11111111"]
+        );
+        assert_eq!(v.entries.iter().filter(|e| matches!(e, Entry::Pruned { .. })).count(), 2);
+        // The newest deleted by hand: the policy would have kept it.
+        let v = with(&l, &snaps[..3], &spec);
+        assert_eq!(kinds(&v), [("missing", "33333333".into())]);
+        assert!(v.findings[0].detail.contains("would have kept it"), "{:?}", v.findings);
+        // Acknowledged: a note, not a finding.
+        let dir = tempfile::tempdir().unwrap();
+        append(dir.path(), &entries).unwrap();
+        let err = acknowledge(dir.path(), &["4444444444".into()], "x", T2).unwrap_err();
+        assert!(err.to_string().contains("no snapshot 4444444444 in the ledger"), "{err}");
+        assert!(acknowledge(dir.path(), &["33333333".into()], " ", T2).is_err());
+        let ids = acknowledge(dir.path(), &["33333333".into()], "moved to tape", T2).unwrap();
+        assert_eq!(ids, [snaps[3].id.clone()]);
+        let l = Ledger::load(dir.path()).unwrap();
+        let v = with(&l, &snaps[..3], &spec);
+        assert!(v.findings.is_empty(), "{:?}", v.findings);
+        assert_eq!(v.notes, ["1 deletion acknowledged: 33333333 (moved to tape)"]);
+        let rows = l.rows();
+        assert_eq!(rows.iter().filter(|r| r.state == "acknowledged").count(), 1);
+    }
+
+    #[test]
+    fn partial_snapshots_are_not_fresh_and_unchanged_runs_are() {
+        let partial = Entry::Saved {
+            task: "backup".into(),
+            run_id: "r2".into(),
+            at: T2.into(),
+            snapshot_id: "bbbbbbbb".into(),
+            partial: true,
+            status: Some(crate::protocol::RunStatus::Failed),
+        };
+        let old = "2026-12-01T10:00:00Z";
+        let l = ledger(&[saved("aaaaaaaa", old), partial]);
+        let listed = [snap("aaaaaaaa", old, "t1"), snap("bbbbbbbb", T2, "t2")];
+        let v = run(&l, &listed, Some(Duration::from_secs(6 * 3600)));
+        assert_eq!(kinds(&v), [("stale", String::new())]);
+        assert!(v.findings[0].detail.contains("1 snapshot partial"), "{:?}", v.findings);
+        // An unchanged run after a whole snapshot keeps it fresh.
+        let unchanged =
+            Entry::Unchanged { task: "backup".into(), run_id: "r3".into(), at: T2.into() };
+        let l = ledger(&[saved("aaaaaaaa", old), unchanged]);
+        let v = run(&l, &listed[..1], Some(Duration::from_secs(6 * 3600)));
+        assert!(v.findings.is_empty(), "{:?}", v.findings);
     }
 
     #[test]

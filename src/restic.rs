@@ -9,6 +9,9 @@
 //! wrappers force colour) are removed from every line before it reaches the log, so the log
 //! holds text, and a task cannot move the cursor of whoever reads it.
 
+pub(crate) mod argv;
+pub(crate) mod exit;
+
 use serde::{Deserialize, Serialize};
 
 /// One `restic backup --json` summary, as the history, hooks, webhooks and metrics get it.
@@ -17,7 +20,16 @@ pub(crate) struct BackupSummary {
     /// The step that printed it, from 1.
     pub step: usize,
     /// As restic reported it: the full id, or (restic before 0.16) its first 8 digits.
+    /// Empty when restic made no snapshot because nothing changed (`unchanged`).
     pub snapshot_id: String,
+    /// restic 0.17's `backup --skip-if-unchanged` found nothing changed and made no
+    /// snapshot: the parent snapshot is still current.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unchanged: bool,
+    /// The step that saved it failed (a pipeline whose dump failed, a timeout): restic
+    /// saved what it got, which is not a whole backup.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
     #[serde(default)]
     pub files_new: u64,
     #[serde(default)]
@@ -47,6 +59,11 @@ pub(crate) struct BackupSummary {
 struct SummaryLine {
     message_type: String,
     snapshot_id: Option<String>,
+    /// `backup --dry-run` (restic 0.17 and later): no snapshot, and none meant.
+    #[serde(default)]
+    dry_run: bool,
+    /// Only a backup's summary has it (restic's other commands print summaries too).
+    total_files_processed: Option<u64>,
     #[serde(default)]
     files_new: u64,
     #[serde(default)]
@@ -61,8 +78,6 @@ struct SummaryLine {
     dirs_unmodified: u64,
     #[serde(default)]
     data_added: u64,
-    #[serde(default)]
-    total_files_processed: u64,
     #[serde(default)]
     total_bytes_processed: u64,
     #[serde(default)]
@@ -136,29 +151,18 @@ impl Reader {
         if !trimmed.starts_with('{') || !trimmed.contains("\"message_type\"") {
             return Line::Text;
         }
-        let Ok(msg) = serde_json::from_str::<SummaryLine>(trimmed) else { return Line::Text };
-        match (msg.message_type.as_str(), msg.snapshot_id) {
+        let Ok(mut msg) = serde_json::from_str::<SummaryLine>(trimmed) else { return Line::Text };
+        match (msg.message_type.as_str(), msg.snapshot_id.take()) {
             ("status", _) => {
                 self.progress += 1;
                 Line::Progress
             }
             ("summary", Some(snapshot_id)) if is_snapshot_id(&snapshot_id) => {
-                let summary = BackupSummary {
-                    step: self.step,
-                    snapshot_id,
-                    files_new: msg.files_new,
-                    files_changed: msg.files_changed,
-                    files_unmodified: msg.files_unmodified,
-                    dirs_new: msg.dirs_new,
-                    dirs_changed: msg.dirs_changed,
-                    dirs_unmodified: msg.dirs_unmodified,
-                    data_added: msg.data_added,
-                    total_files_processed: msg.total_files_processed,
-                    total_bytes_processed: msg.total_bytes_processed,
-                    total_duration: msg.total_duration,
-                };
-                self.summaries.push(summary.clone());
-                Line::Summary(summary)
+                self.summary(msg, snapshot_id, false)
+            }
+            // restic 0.17's `--skip-if-unchanged` leaves the id out when nothing changed.
+            ("summary", None) if msg.total_files_processed.is_some() && !msg.dry_run => {
+                self.summary(msg, String::new(), true)
             }
             _ => Line::Text,
         }
@@ -166,6 +170,30 @@ impl Reader {
 }
 
 impl Reader {
+    /// Keeps a backup's summary.
+    fn summary(&mut self, msg: SummaryLine, snapshot_id: String, unchanged: bool) -> Line {
+        let summary = BackupSummary {
+            step: self.step,
+            snapshot_id,
+            unchanged,
+            partial: false,
+            files_new: msg.files_new,
+            files_changed: msg.files_changed,
+            files_unmodified: msg.files_unmodified,
+            dirs_new: msg.dirs_new,
+            dirs_changed: msg.dirs_changed,
+            dirs_unmodified: msg.dirs_unmodified,
+            data_added: msg.data_added,
+            total_files_processed: msg.total_files_processed.unwrap_or(0),
+            total_bytes_processed: msg.total_bytes_processed,
+            // restic 0.18.0 and 0.18.1 report a huge negative duration for a skipped
+            // snapshot (their end time is never set).
+            total_duration: msg.total_duration.max(0.0),
+        };
+        self.summaries.push(summary.clone());
+        Line::Summary(summary)
+    }
+
     /// A JSON array: a forget answer (groups with `keep`), a snapshot list, or neither.
     fn listing(&mut self, text: &str) -> Line {
         if text.contains("\"keep\"") {

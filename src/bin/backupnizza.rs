@@ -27,6 +27,7 @@ fn main() {
         Command::Status(args) => commands::control::status(args, &env),
         Command::Trigger(args) => commands::control::trigger(args, &env),
         Command::History(args) => commands::history::run(args, &env),
+        Command::Ledger(args) => commands::ledger::run(args, &env),
         Command::Secret(SecretCommand::Set(args)) => commands::secret::set(args, &env),
         Command::Secret(SecretCommand::Check(args)) => commands::secret::check(args, &env),
         Command::Explain(args) => commands::explain::run(args, &env),

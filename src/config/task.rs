@@ -146,6 +146,110 @@ pub struct Audit {
     pub tasks: Vec<String>,
     /// How old their newest snapshot may be.
     pub max_age: Option<Duration>,
+    /// The repository's retention policy: a recorded snapshot it would have removed is
+    /// pruned, not deleted.
+    pub keep: Option<Keep>,
+}
+
+/// An audit's `keep:`: restic's `forget --keep-*` options, with restic's meaning. A count
+/// of `None` is not given; `Some(u32::MAX)` is `unlimited`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Keep {
+    pub last: Option<u32>,
+    pub hourly: Option<u32>,
+    pub daily: Option<u32>,
+    pub weekly: Option<u32>,
+    pub monthly: Option<u32>,
+    pub yearly: Option<u32>,
+    /// `--keep-within`, as restic writes it (`1y6m` is a year and six months).
+    pub within: Option<Within>,
+}
+
+/// restic's duration for `--keep-within`: years, months, days and hours, measured back from
+/// the group's newest snapshot on the calendar.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Within {
+    pub years: i64,
+    pub months: i64,
+    pub days: i64,
+    pub hours: i64,
+}
+
+impl Within {
+    /// Parses restic's form: numbers each followed by `y`, `m` (months), `d` or `h`.
+    pub fn parse(text: &str) -> Result<Within, String> {
+        let mut within = Within::default();
+        let mut number = String::new();
+        for c in text.trim().chars() {
+            if c.is_ascii_digit() {
+                number.push(c);
+                continue;
+            }
+            let n: i64 = number.parse().map_err(|_| {
+                format!("invalid keep-within {text:?}: a number must come before {c:?} (restic writes 1y6m7d2h)")
+            })?;
+            number.clear();
+            match c {
+                'y' => within.years += n,
+                'm' => within.months += n,
+                'd' => within.days += n,
+                'h' => within.hours += n,
+                _ => {
+                    return Err(format!(
+                        "invalid keep-within {text:?}: unknown unit {c:?} (restic's units are y, m for months, d and h)"
+                    ));
+                }
+            }
+        }
+        if !number.is_empty() {
+            return Err(format!(
+                "invalid keep-within {text:?}: {number} needs a unit (y, m for months, d or h)"
+            ));
+        }
+        if within == Within::default() {
+            return Err(format!("invalid keep-within {text:?}: it keeps nothing"));
+        }
+        Ok(within)
+    }
+}
+
+impl std::fmt::Display for Within {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (n, unit) in
+            [(self.years, 'y'), (self.months, 'm'), (self.days, 'd'), (self.hours, 'h')]
+        {
+            if n != 0 {
+                write!(f, "{n}{unit}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Keep {
+    /// As restic's options: `--keep-last 3 --keep-daily 7`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let counts = [
+            ("last", self.last),
+            ("hourly", self.hourly),
+            ("daily", self.daily),
+            ("weekly", self.weekly),
+            ("monthly", self.monthly),
+            ("yearly", self.yearly),
+        ];
+        let mut words = Vec::new();
+        for (name, count) in counts {
+            match count {
+                Some(u32::MAX) => words.push(format!("--keep-{name} unlimited")),
+                Some(n) => words.push(format!("--keep-{name} {n}")),
+                None => {}
+            }
+        }
+        if let Some(within) = self.within {
+            words.push(format!("--keep-within {within}"));
+        }
+        f.write_str(&words.join(" "))
+    }
 }
 
 /// The file name of a program path (`/usr/bin/restic` → `restic`).

@@ -237,12 +237,27 @@ pub(crate) async fn pump<R: AsyncRead + Unpin>(
         }
         budget.line(which, &shown);
         if let Some(tail) = tail.as_deref_mut() {
-            if tail.len() == STDERR_TAIL {
-                tail.pop_front();
-            }
-            tail.push_back(shown.into_owned());
+            keep_in_tail(tail, shown.into_owned());
         }
     }
+}
+
+/// Adds a stderr line to the run's tail, unless it is a Go stack frame (restic 0.14 prints
+/// one under some errors, and 20 frames would push the error itself out of the tail: the
+/// log and the output file keep them).
+fn keep_in_tail(tail: &mut Tail, line: String) {
+    use crate::restic::exit::{is_frame_function, is_frame_source};
+    if is_frame_source(&line) {
+        // The frame's function is the line before its source line.
+        if tail.back().is_some_and(|before| is_frame_function(before)) {
+            tail.pop_back();
+        }
+        return;
+    }
+    if tail.len() == STDERR_TAIL {
+        tail.pop_front();
+    }
+    tail.push_back(line);
 }
 
 /// Says how many of restic's progress messages a step's stdout carried (they are not

@@ -26,6 +26,7 @@
 
 pub(crate) mod contain;
 mod env;
+mod forget;
 pub(crate) mod guardian;
 pub(crate) mod secret_files;
 mod spawn;
@@ -196,12 +197,20 @@ pub(crate) struct Runner {
 struct Listings {
     listed: Option<Vec<Snapshot>>,
     removed: Vec<Snapshot>,
+    /// What the run's reason should say of them (a forget whose removals are not known).
+    notes: Vec<String>,
 }
 
 /// Where a step's restic results go.
 struct Found<'a> {
     backups: &'a mut Vec<BackupSummary>,
     listings: &'a mut Listings,
+}
+
+impl Found<'_> {
+    fn reborrow(&mut self) -> Found<'_> {
+        Found { backups: self.backups, listings: self.listings }
+    }
 }
 
 /// Longest snapshot list an audit task's step may print (one JSON line; about 150,000
@@ -298,6 +307,7 @@ impl Results {
             self.listings.listed = other.listings.listed;
         }
         self.listings.removed.extend(other.listings.removed);
+        self.listings.notes.extend(other.listings.notes);
     }
 }
 
@@ -314,9 +324,16 @@ impl Runner {
         } else {
             self.run_in_sequence(&steps, &mut tally, &mut results).await
         };
-        let Tally { status, exit_code, mut reason, notes, last_step, .. } = tally;
+        let Tally { status, exit_code, mut reason, mut notes, last_step, .. } = tally;
+        notes.append(&mut results.listings.notes);
         if status == RunStatus::Success && !notes.is_empty() {
             reason = format!("{reason}; {}", notes.join("; "));
+        }
+        // restic 0.18 with `--json` says why it failed in one message: the reason's cause.
+        if !status.is_ok()
+            && let Some(why) = tail.iter().rev().find_map(|l| crate::restic::exit::exit_error(l))
+        {
+            reason = format!("{reason}: {why}");
         }
         Outcome {
             status,
@@ -464,7 +481,19 @@ impl Runner {
             Ok(files) => files,
             Err(why) => return StepEnd::NotStarted(why),
         };
-        let end = self.run_processes(&call, &env, tail, budgets, found).await;
+        let forget = found.is_some().then(|| forget::listing(&call)).flatten();
+        let (mut found, before) = match &forget {
+            Some(listing) => (found, self.list_for_forget(&call, listing, "before-forget").await),
+            None => (found, None),
+        };
+        let json_from = found.as_ref().map_or(0, |f| f.listings.removed.len());
+        let end = self
+            .run_processes(&call, &env, tail, budgets, found.as_mut().map(Found::reborrow))
+            .await;
+        if let (Some(listing), Some(found)) = (&forget, found.as_mut()) {
+            let after = self.list_for_forget(&call, listing, "after-forget").await;
+            forget::removed(found, json_from, before, after);
+        }
         // Every process of the step has ended: its secret files go now, off the async
         // threads (the drop unlinks them).
         if let Some(files) = secret_files {

@@ -1,13 +1,16 @@
 //! The audit: a repository's snapshot list compared with the ledger, by snapshot id. What
 //! each finding means is in the parent module's documentation; this module decides them,
-//! and says what the audit adds to the ledger (`seen`, `baseline`, `audited`).
+//! says what the audit adds to the ledger (`seen`, `baseline`, `pruned`, `audited`), and
+//! what it reports that is not a finding (snapshots pruned by policy, acknowledged
+//! deletions).
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::{Entry, Ledger, Saved, same_id, short};
+use super::policy::{self, When};
+use super::{Entry, Gone, Ledger, Saved, same_id, short};
+use crate::config::{Audit, Keep};
 use crate::history::Finding;
 use crate::restic::Snapshot;
 
@@ -15,31 +18,59 @@ use crate::restic::Snapshot;
 #[derive(Debug, Default)]
 pub(crate) struct Verdict {
     pub findings: Vec<Finding>,
+    /// What the audit reports that is not wrong: snapshots pruned by the `keep:` policy,
+    /// acknowledged deletions.
+    pub notes: Vec<String>,
     pub entries: Vec<Entry>,
     /// Recorded snapshots found in the repository.
     pub checked: usize,
 }
 
-/// Compares the repository's snapshots (`listed`) with what `tasks` saved. `audit` names
-/// the audit task; `at` is now.
+/// Compares the repository's snapshots (`listed`) with what `spec.tasks` saved. `name`
+/// names the audit task; `at` is now.
 pub(crate) fn audit(
     ledger: &Ledger,
     listed: &[Snapshot],
-    audit: &str,
-    tasks: &[String],
-    max_age: Option<Duration>,
+    name: &str,
+    spec: &Audit,
     now: Timestamp,
     at: &str,
 ) -> Verdict {
-    let mut auditor = Auditor { ledger, listed, audit, at, v: Verdict::default() };
+    let tasks = &spec.tasks;
+    let mut auditor = Auditor { ledger, listed, audit: name, at, now, v: Verdict::default() };
     let mine: Vec<&Saved> = ledger.saved.iter().filter(|s| tasks.contains(&s.task)).collect();
     let tracked = auditor.check_tracked(&mine);
     auditor.v.checked = tracked.present.len();
     let ledger_began = mine.iter().filter_map(|s| s.at.parse::<Timestamp>().ok()).min();
     let mut strangers = auditor.strangers(&tracked, ledger_began);
-    for (id, before) in tracked.missing {
-        auditor.report_missing(&id, before, &mut strangers);
+    let mut pruned = Vec::new();
+    for (id, before) in &tracked.missing {
+        if let Some(swap) = Auditor::swapped(before.as_ref(), &strangers) {
+            let new = strangers.remove(swap);
+            auditor.replaced(id, new);
+        } else if let Some(keep) = &spec.keep
+            && auditor.pruned_by(keep, id, &tracked, &mine)
+        {
+            pruned.push(short(id).to_string());
+            auditor.v.entries.push(Entry::Pruned {
+                audit: name.into(),
+                at: at.into(),
+                snapshot_id: id.clone(),
+                policy: keep.to_string(),
+            });
+        } else {
+            auditor.missing(id, spec.keep.as_ref());
+        }
     }
+    if !pruned.is_empty() {
+        let keep = spec.keep.as_ref().map(ToString::to_string).unwrap_or_default();
+        auditor.v.notes.push(format!(
+            "{} pruned by the keep policy ({keep}): {}",
+            snapshots(pruned.len()),
+            pruned.join(" ")
+        ));
+    }
+    auditor.acknowledged(&tracked);
     for s in strangers {
         auditor.v.findings.push(Finding {
             kind: "unrecorded".into(),
@@ -54,18 +85,23 @@ pub(crate) fn audit(
             ),
         });
     }
-    if let Some(max_age) = max_age
-        && let Some(detail) = stale(&tracked.present, tasks, max_age, now)
+    if let Some(max_age) = spec.max_age
+        && let Some(detail) = stale(ledger, &tracked, &mine, tasks, max_age, now)
     {
         auditor.v.findings.push(Finding { kind: "stale".into(), snapshot_id: None, detail });
     }
     let Auditor { mut v, .. } = auditor;
     v.entries.push(Entry::Audited {
-        audit: audit.into(),
+        audit: name.into(),
         at: at.into(),
         findings: v.findings.len(),
     });
     v
+}
+
+/// "1 snapshot", "2 snapshots".
+fn snapshots(n: usize) -> String {
+    format!("{n} snapshot{}", if n == 1 { "" } else { "s" })
 }
 
 /// One audit in progress: what it reads, and its verdict so far.
@@ -74,6 +110,7 @@ struct Auditor<'a> {
     listed: &'a [Snapshot],
     audit: &'a str,
     at: &'a str,
+    now: Timestamp,
     v: Verdict,
 }
 
@@ -84,14 +121,17 @@ struct Tracked<'a> {
     path_sets: BTreeSet<Vec<String>>,
     /// Tracked snapshots in the repository.
     present: Vec<&'a Snapshot>,
-    /// Tracked snapshots gone from it, with how they looked when last seen.
-    missing: Vec<(String, Option<&'a Snapshot>)>,
+    /// Tracked snapshots gone from it that nothing explains, with how they looked when
+    /// last seen.
+    missing: Vec<(String, Option<Snapshot>)>,
+    /// Tracked snapshots gone from it whose removal somebody acknowledged.
+    acknowledged: Vec<(String, String)>,
 }
 
 impl<'a> Auditor<'a> {
     /// Checks every snapshot the tasks saved and every baseline one: present and unchanged
     /// (seen for the first time: recorded), changed (`differs`), or gone (unless our forget
-    /// removed it).
+    /// removed it, the policy pruned it, or somebody acknowledged it).
     fn check_tracked(&mut self, mine: &[&'a Saved]) -> Tracked<'a> {
         let ledger = self.ledger;
         let mut t = Tracked {
@@ -99,6 +139,7 @@ impl<'a> Auditor<'a> {
             path_sets: BTreeSet::new(),
             present: Vec::new(),
             missing: Vec::new(),
+            acknowledged: Vec::new(),
         };
         let tracked = mine.iter().map(|s| s.id.clone()).chain(ledger.baseline.keys().cloned());
         for id in tracked {
@@ -115,8 +156,13 @@ impl<'a> Auditor<'a> {
                     t.present.push(s);
                     self.compare(s, before, last_seen.is_none());
                 }
-                None if ledger.forgotten(&id) => {}
-                None => t.missing.push((id, before)),
+                None => match ledger.gone(&id) {
+                    Some(Gone::Acknowledged { reason, .. }) => {
+                        t.acknowledged.push((id, reason.clone()));
+                    }
+                    Some(_) => {}
+                    None => t.missing.push((id, before.cloned())),
+                },
             }
         }
         t
@@ -189,61 +235,145 @@ impl<'a> Auditor<'a> {
         strangers
     }
 
-    /// A tracked snapshot gone from the repository: `replaced` when a stranger has its time
-    /// and paths (the same backup, swapped; that stranger is accounted for), else `missing`.
-    fn report_missing(
-        &mut self,
-        id: &str,
-        before: Option<&Snapshot>,
-        strangers: &mut Vec<&Snapshot>,
-    ) {
-        let swap = before.and_then(|b| {
-            strangers.iter().position(|s| s.time == b.time && sorted(&s.paths) == sorted(&b.paths))
+    /// The stranger that has a missing snapshot's time and paths (the same backup, swapped).
+    fn swapped(before: Option<&Snapshot>, strangers: &[&Snapshot]) -> Option<usize> {
+        let b = before?;
+        strangers.iter().position(|s| s.time == b.time && sorted(&s.paths) == sorted(&b.paths))
+    }
+
+    fn replaced(&mut self, id: &str, new: &Snapshot) {
+        self.v.findings.push(Finding {
+            kind: "replaced".into(),
+            snapshot_id: Some(id.to_string()),
+            detail: format!(
+                "snapshot {} is gone, and snapshot {} has its time and paths ({}, {}): replaced",
+                short(id),
+                short(&new.id),
+                new.time,
+                new.paths.join(" ")
+            ),
         });
-        let detail = match swap {
-            Some(i) => {
-                let new = strangers.remove(i);
-                format!(
-                    "snapshot {} is gone, and snapshot {} has its time and paths ({}, {}): replaced",
-                    short(id),
-                    short(&new.id),
-                    new.time,
-                    new.paths.join(" ")
-                )
-            }
-            None => format!(
-                "snapshot {} is missing from the repository: deleted, and not by a forget this daemon ran",
+    }
+
+    fn missing(&mut self, id: &str, keep: Option<&Keep>) {
+        let why = match keep {
+            Some(keep) => format!("the keep policy ({keep}) would have kept it"),
+            None => "not by a forget this daemon ran (an audit's keep: policy explains prunes done elsewhere)".into(),
+        };
+        self.v.findings.push(Finding {
+            kind: "missing".into(),
+            snapshot_id: Some(id.to_string()),
+            detail: format!(
+                "snapshot {} is missing from the repository: deleted, and {why}; if that was on purpose, say so with `backupnizza ledger forget {} --reason TEXT`",
+                short(id),
                 short(id)
             ),
-        };
-        let kind = if swap.is_some() { "replaced" } else { "missing" };
-        self.v.findings.push(Finding {
-            kind: kind.into(),
-            snapshot_id: Some(id.to_string()),
-            detail,
         });
+    }
+
+    /// Whether the `keep:` policy would have removed the missing snapshot `id`: the policy
+    /// applied to its group (host and paths, restic's default grouping), which is the
+    /// snapshots listed with the same host and paths and the tracked snapshots missing from
+    /// it. A snapshot never seen by an audit is placed by its run's time and by the host
+    /// and paths of its task's snapshots; one that cannot be placed is not judged.
+    fn pruned_by(&self, keep: &Keep, id: &str, tracked: &Tracked<'_>, mine: &[&Saved]) -> bool {
+        let place = |id: &str, before: Option<&Snapshot>| -> Option<(String, Vec<String>, When)> {
+            if let Some(b) = before {
+                return Some((b.hostname.clone(), sorted(&b.paths), When::parse(&b.time)?));
+            }
+            let saved = mine.iter().find(|s| s.id == id)?;
+            let sibling = mine
+                .iter()
+                .filter(|s| s.task == saved.task)
+                .find_map(|s| tracked.present.iter().find(|p| same_id(&p.id, &s.id)).copied())?;
+            Some((sibling.hostname.clone(), sorted(&sibling.paths), When::parse(&saved.at)?))
+        };
+        let before = tracked.missing.iter().find(|(m, _)| m == id).and_then(|(_, b)| b.as_ref());
+        let Some((host, paths, _)) = place(id, before) else { return false };
+        let mut group: Vec<(&str, When)> = Vec::new();
+        for s in self.listed {
+            if s.hostname == host
+                && sorted(&s.paths) == paths
+                && let Some(when) = When::parse(&s.time)
+            {
+                group.push((&s.id, when));
+            }
+        }
+        let target = group.len();
+        for (m, b) in &tracked.missing {
+            if let Some((h, p, when)) = place(m, b.as_ref())
+                && h == host
+                && p == paths
+            {
+                if m == id {
+                    group.insert(target, (m, when));
+                } else {
+                    group.push((m, when));
+                }
+            }
+        }
+        let times: Vec<When> = group.iter().map(|(_, w)| *w).collect();
+        let kept = policy::kept(keep, &times, self.now);
+        group.get(target).is_some_and(|(m, _)| *m == id) && !kept[target]
+    }
+
+    /// Acknowledged deletions, said in the verdict each time (they are few, and on purpose).
+    fn acknowledged(&mut self, tracked: &Tracked<'_>) {
+        if tracked.acknowledged.is_empty() {
+            return;
+        }
+        let each: Vec<String> = tracked
+            .acknowledged
+            .iter()
+            .map(|(id, reason)| format!("{} ({reason})", short(id)))
+            .collect();
+        let n = tracked.acknowledged.len();
+        self.v.notes.push(format!(
+            "{n} deletion{} acknowledged: {}",
+            if n == 1 { "" } else { "s" },
+            each.join(", ")
+        ));
     }
 }
 
-/// Why the tasks' backups look stopped: the newest tracked snapshot in the repository is
-/// older than `max_age`, or there is none.
+/// Why the tasks' backups look stopped: their newest whole backup is older than `max_age`,
+/// or there is none. A whole backup is a snapshot in the repository that is not partial, or
+/// a run after one that found nothing changed (`unchanged`).
 fn stale(
-    present: &[&Snapshot],
+    ledger: &Ledger,
+    tracked: &Tracked<'_>,
+    mine: &[&Saved],
     tasks: &[String],
-    max_age: Duration,
+    max_age: std::time::Duration,
     now: Timestamp,
 ) -> Option<String> {
-    let newest = present.iter().filter_map(|s| s.time.parse::<Timestamp>().ok()).max();
+    let partial = |s: &Snapshot| mine.iter().any(|m| m.partial && same_id(&m.id, &s.id));
+    let whole: Vec<&&Snapshot> = tracked.present.iter().filter(|s| !partial(s)).collect();
+    let task_of = |s: &Snapshot| mine.iter().find(|m| same_id(&m.id, &s.id)).map(|m| &m.task);
+    let current: BTreeSet<&String> = whole.iter().filter_map(|s| task_of(s)).collect();
+    let unchanged = ledger
+        .unchanged
+        .iter()
+        .filter(|(task, _)| current.contains(task))
+        .filter_map(|(_, at)| at.parse::<Timestamp>().ok());
+    let newest =
+        whole.iter().filter_map(|s| s.time.parse::<Timestamp>().ok()).chain(unchanged).max();
+    let partials = tracked.present.len() - whole.len();
+    let partials = if partials > 0 {
+        format!("; {} partial (their runs failed) not counted", snapshots(partials))
+    } else {
+        String::new()
+    };
     let limit = jiff::SignedDuration::try_from(max_age).unwrap_or(jiff::SignedDuration::MAX);
     match newest {
         Some(t) if now.duration_since(t) <= limit => None,
         Some(t) => Some(format!(
-            "the newest snapshot of {} is from {t}, older than max_age {}: backups have stopped",
+            "the newest whole backup of {} is from {t}, older than max_age {}: backups have stopped{partials}",
             tasks.join(", "),
             crate::time::Human(max_age)
         )),
         None => Some(format!(
-            "no snapshot recorded for {} is in the repository (max_age {})",
+            "no whole backup recorded for {} is in the repository (max_age {}){partials}",
             tasks.join(", "),
             crate::time::Human(max_age)
         )),

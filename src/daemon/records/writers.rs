@@ -263,6 +263,8 @@ mod tests {
             run_id: "r".into(),
             at: "2026-12-02T10:00:00Z".into(),
             snapshot_id: id.into(),
+            partial: false,
+            status: None,
         }
     }
 

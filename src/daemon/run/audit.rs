@@ -68,9 +68,9 @@ impl Run<'_> {
             }
         };
         let skipped = ledger.unreadable_summary();
-        let (name, tasks, max_age) = (self.task.name.clone(), audit.tasks.clone(), audit.max_age);
+        let (name, spec) = (self.task.name.clone(), audit.clone());
         let decided = tokio::task::spawn_blocking(move || {
-            ledger::audit(&ledger, &listed, &name, &tasks, max_age, Timestamp::now(), &at)
+            ledger::audit(&ledger, &listed, &name, &spec, Timestamp::now(), &at)
         })
         .await;
         let mut verdict = match decided {
@@ -93,14 +93,23 @@ impl Run<'_> {
         held
     }
 
-    /// The ledger entries for what the run's steps saved and removed.
+    /// The ledger entries for what the run's steps saved (a partial snapshot with the run's
+    /// status; an unchanged run only when its step succeeded) and removed.
     fn entries(&self, outcome: &Outcome, at: &str) -> Vec<Entry> {
         let (task, run_id) = (&self.task.name, &self.job.run_id);
-        let saved = outcome.backups.iter().map(|b| Entry::Saved {
-            task: task.clone(),
-            run_id: run_id.clone(),
-            at: at.to_string(),
-            snapshot_id: b.snapshot_id.clone(),
+        let saved = outcome.backups.iter().filter(|b| !b.unchanged || !b.partial).map(|b| {
+            if b.unchanged {
+                Entry::Unchanged { task: task.clone(), run_id: run_id.clone(), at: at.to_string() }
+            } else {
+                Entry::Saved {
+                    task: task.clone(),
+                    run_id: run_id.clone(),
+                    at: at.to_string(),
+                    snapshot_id: b.snapshot_id.clone(),
+                    partial: b.partial,
+                    status: b.partial.then_some(outcome.status),
+                }
+            }
         });
         let forgotten = outcome.removed.iter().map(|s| Entry::Forgotten {
             task: task.clone(),
@@ -125,15 +134,19 @@ fn apply(verdict: Option<Verdict>, outcome: &mut Outcome) {
     for finding in &verdict.findings {
         error!(kind = %finding.kind, "audit: {}", finding.detail);
     }
+    for note in &verdict.notes {
+        info!("audit: {note}");
+    }
+    let notes: String = verdict.notes.iter().map(|n| format!("; {n}")).collect();
     if verdict.findings.is_empty() {
         let checked = snapshots(verdict.checked);
         info!("audit: clean, {checked} checked against the ledger");
-        outcome.reason = format!("{}; audit: clean, {checked} checked", outcome.reason);
+        outcome.reason = format!("{}; audit: clean, {checked} checked{notes}", outcome.reason);
     } else {
         let n = verdict.findings.len();
         let list: Vec<&str> = verdict.findings.iter().map(|f| f.detail.as_str()).collect();
         outcome.fail(format!(
-            "audit found {n} problem{}: {}",
+            "audit found {n} problem{}: {}{notes}",
             if n == 1 { "" } else { "s" },
             list.join("; ")
         ));
@@ -156,7 +169,7 @@ mod tests {
         assert!(none.reason.contains("no snapshot list"), "{}", none.reason);
 
         let finding = Finding { kind: "missing".into(), snapshot_id: None, detail: "gone".into() };
-        let verdict = Verdict { findings: vec![finding], checked: 3, entries: Vec::new() };
+        let verdict = Verdict { findings: vec![finding], checked: 3, ..Verdict::default() };
         let mut found = ok();
         apply(Some(verdict), &mut found);
         assert_eq!((found.status, found.exit_code), (RunStatus::Failed, None));
@@ -164,7 +177,7 @@ mod tests {
         assert_eq!(found.findings.len(), 1);
 
         let mut clean = ok();
-        apply(Some(Verdict { findings: Vec::new(), checked: 1, entries: Vec::new() }), &mut clean);
+        apply(Some(Verdict { checked: 1, ..Verdict::default() }), &mut clean);
         assert_eq!(clean.status, RunStatus::Success);
         assert!(clean.reason.ends_with("; audit: clean, 1 recorded snapshot checked"));
     }

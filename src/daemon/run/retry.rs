@@ -103,10 +103,17 @@ impl Run<'_> {
     }
 }
 
-/// restic's exit codes that no retry can improve (restic 0.17 and later): 10, the
-/// repository does not exist; 12, the password is wrong.
-const RESTIC_FINAL_CODES: &[(i32, &str)] =
-    &[(10, "restic: the repository does not exist"), (12, "restic: wrong password")];
+/// restic's exit codes that no retry can improve: 3, some source data could not be read
+/// (a retry reads the same files, and makes another incomplete snapshot); and from restic
+/// 0.17 on, 10, the repository does not exist; 12, the password is wrong; 130, restic was
+/// interrupted (by somebody: the daemon's own stops end the run as timeout or cancelled).
+/// 11, the repository is locked, is tried again: another process's lock goes away.
+const RESTIC_FINAL_CODES: &[(i32, &str)] = &[
+    (3, "restic: some source data could not be read"),
+    (10, "restic: the repository does not exist"),
+    (12, "restic: wrong password"),
+    (130, "restic: interrupted"),
+];
 
 /// Whether a finished attempt may be tried again; `Err` says why not.
 fn retry_verdict(task: &Task, outcome: &Outcome) -> Result<(), &'static str> {
@@ -117,7 +124,10 @@ fn retry_verdict(task: &Task, outcome: &Outcome) -> Result<(), &'static str> {
         _ => return Err("it did not fail"),
     }
     let step = task.steps.get(outcome.last_step);
-    let restic = step.is_some_and(|s| crate::config::program_name(&s.command[0]) == "restic");
+    // A plain restic step: in a pipeline, the code may be an earlier stage's.
+    let restic = step.is_some_and(|s| {
+        s.pipe_into.is_empty() && crate::config::program_name(&s.command[0]) == "restic"
+    });
     if let (true, Some(code)) = (restic, outcome.exit_code)
         && let Some((_, why)) = RESTIC_FINAL_CODES.iter().find(|(c, _)| *c == code)
     {

@@ -51,7 +51,7 @@ impl Tally {
         }
         match end {
             StepEnd::Exited(st, note, warnings_apply) => {
-                let mut code_text = describe_exit(st);
+                let mut code_text = exit_text(step, st, warnings_apply);
                 if let Some(note) = note {
                     code_text = format!("{code_text} ({note})");
                     self.notes.push(format!("{code_text}{label}"));
@@ -134,6 +134,18 @@ pub(super) async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::
     })
     .await;
     outputs.into_iter().flatten().collect()
+}
+
+/// "exit code 1"; with what restic's code means when restic (the last stage) decided:
+/// "exit code 10 (restic: the repository does not exist)".
+fn exit_text(step: &crate::config::Step, st: ExitStatus, last_decided: bool) -> String {
+    let text = describe_exit(st);
+    let restic =
+        step.stages().last().is_some_and(|argv| crate::config::program_name(&argv[0]) == "restic");
+    match st.code().and_then(crate::restic::exit::meaning) {
+        Some(meaning) if restic && last_decided => format!("{text} ({meaning})"),
+        _ => text,
+    }
 }
 
 /// "exit code 3", "killed by SIGTERM".

@@ -67,7 +67,11 @@ impl Runner {
         let (ended_tx, ended_rx) = oneshot::channel::<()>();
         // The output is read on this task, beside the wait: the tail stays a plain value.
         let mut restic = crate::restic::Reader::new(call.index + 1);
-        if call.task.audit.is_some() || call.step.command.iter().any(|a| a == "forget") {
+        let listing = matches!(
+            crate::restic::argv::subcommand(&call.step.command),
+            Some("snapshots" | "forget")
+        );
+        if listing || call.task.audit.is_some() || call.step.command.iter().any(|a| a == "forget") {
             restic.line_limit = MAX_LISTING;
         }
         let streams = (stdout, stderr);
@@ -75,6 +79,15 @@ impl Runner {
         let (end, ()) = tokio::join!(self.wait_processes(call, running, ended_tx), pumps);
         output::progress_passed_over(&restic);
         if let Some(found) = found {
+            // A snapshot from a step that failed (a dump that broke, a timeout) is what
+            // restic got, not a whole backup.
+            let whole = matches!(&end, StepEnd::Exited(st, _, warnings_apply)
+                if st.success()
+                    || *warnings_apply
+                        && st.code().is_some_and(|c| call.task.warning_exit_codes.contains(&c)));
+            for summary in &mut restic.summaries {
+                summary.partial = !whole;
+            }
             collect(call, &mut restic, found);
         }
         if let StepEnd::Exited(st, ..) = &end {
@@ -237,7 +250,14 @@ async fn pump(
 /// snapshot list, and what a `forget` removed (a dry run removes nothing).
 fn collect(call: &StepCall<'_>, restic: &mut crate::restic::Reader, found: Found<'_>) {
     for summary in &restic.summaries {
-        info!(step = call.index + 1, snapshot = %summary.snapshot_id, "restic saved a snapshot");
+        let step = call.index + 1;
+        if summary.unchanged {
+            info!(step, "restic made no snapshot: nothing changed since its parent (unchanged)");
+        } else if summary.partial {
+            warn!(step, snapshot = %summary.snapshot_id, "restic saved a snapshot, but the step failed: recorded as partial");
+        } else {
+            info!(step, snapshot = %summary.snapshot_id, "restic saved a snapshot");
+        }
     }
     found.backups.append(&mut restic.summaries);
     if restic.listed.is_some() {
