@@ -324,15 +324,13 @@ impl Runner {
         } else {
             self.run_in_sequence(&steps, &mut tally, &mut results).await
         };
-        let Tally { status, exit_code, mut reason, mut notes, last_step, .. } = tally;
+        let Tally { status, exit_code, mut reason, mut notes, last_step, restic_failed, .. } =
+            tally;
         notes.append(&mut results.listings.notes);
         if status == RunStatus::Success && !notes.is_empty() {
             reason = format!("{reason}; {}", notes.join("; "));
         }
-        // restic 0.18 with `--json` says why it failed in one message: the reason's cause.
-        if !status.is_ok()
-            && let Some(why) = tail.iter().rev().find_map(|l| crate::restic::exit::exit_error(l))
-        {
+        if restic_failed && let Some(why) = crate::restic::exit::cause(tail.iter()) {
             reason = format!("{reason}: {why}");
         }
         Outcome {

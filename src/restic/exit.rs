@@ -39,6 +39,22 @@ pub(crate) fn exit_error(line: &str) -> Option<String> {
     (parsed.message_type == "exit_error").then(|| first.to_string())
 }
 
+/// Why restic failed, from the last lines it wrote on stderr (`tail`, oldest first, stack
+/// frames already left out): restic 0.18's `exit_error` message, else its last `Fatal:`
+/// line, else its last line (restic says what went wrong last, and before 0.18 some errors
+/// have no `Fatal:`, such as 0.14's "blob not removed, server response: 403 Forbidden").
+pub(crate) fn cause<'a>(
+    tail: impl DoubleEndedIterator<Item = &'a String> + Clone,
+) -> Option<String> {
+    let lines = tail.map(|l| l.trim()).filter(|l| !l.is_empty());
+    lines
+        .clone()
+        .rev()
+        .find_map(exit_error)
+        .or_else(|| lines.clone().rev().find(|l| l.starts_with("Fatal:")).map(String::from))
+        .or_else(|| lines.clone().next_back().map(String::from))
+}
+
 /// Whether a stderr line is part of a Go stack trace: a frame's source line (a tab, then
 /// `/path/file.go:123`, maybe `+0x1f`), a `goroutine 1 [running]:` header, or a `created
 /// by` line. A frame's function line (the line before its source line) is told by
@@ -52,7 +68,8 @@ pub(crate) fn is_frame_source(line: &str) -> bool {
         return false;
     }
     let t = t.split(" +0x").next().unwrap_or(t);
-    match t.rsplit_once(".go:") {
+    // Go source, or the runtime's assembly (`runtime/asm_amd64.s:1594`).
+    match t.rsplit_once(".go:").or_else(|| t.rsplit_once(".s:")) {
         Some((file, number)) => {
             !file.is_empty()
                 && !file.contains(' ')
@@ -96,6 +113,25 @@ mod tests {
     }
 
     #[test]
+    fn the_cause_is_the_exit_error_else_the_fatal_line_else_the_last_line() {
+        let tail = |lines: &[&str]| lines.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+        let json = r#"{"message_type":"exit_error","code":10,"message":"Fatal: repository does not exist: unable to open config file"}"#;
+        let t = tail(&["noise", json, ""]);
+        assert_eq!(
+            cause(t.iter()).unwrap(),
+            "Fatal: repository does not exist: unable to open config file"
+        );
+        let t = tail(&["Fatal: wrong password or no key found", "hint"]);
+        assert_eq!(cause(t.iter()).unwrap(), "Fatal: wrong password or no key found");
+        let t = tail(&["retrying", "blob not removed, server response: 403 Forbidden (403)"]);
+        assert_eq!(
+            cause(t.iter()).unwrap(),
+            "blob not removed, server response: 403 Forbidden (403)"
+        );
+        assert_eq!(cause(tail(&[]).iter()), None);
+    }
+
+    #[test]
     fn go_stack_frames_are_told_from_messages() {
         // restic 0.14's forget against an append-only server, as pkg/errors prints it.
         let trace = [
@@ -106,6 +142,8 @@ mod tests {
             ("\t/build/restic/cmd/restic/main.go:98", true),
             ("runtime.main", true),
             ("\t/usr/lib/go-1.19/src/runtime/proc.go:250 +0x212", true),
+            ("runtime.goexit", true),
+            ("\truntime/asm_amd64.s:1594", true),
             ("goroutine 1 [running]:", true),
             ("created by main.init.0", true),
             ("Fatal: unable to remove snapshot", false),

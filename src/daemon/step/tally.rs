@@ -20,6 +20,9 @@ pub(super) struct Tally {
     /// What steps that succeeded left behind, for the record of a successful run.
     pub(super) notes: Vec<String>,
     pub(super) last_step: usize,
+    /// The failure that decided the run is restic's own (its last stage, its exit code):
+    /// its last words on stderr say why.
+    pub(super) restic_failed: bool,
 }
 
 impl Tally {
@@ -31,6 +34,7 @@ impl Tally {
             reason: String::from("all steps succeeded"),
             notes: Vec::new(),
             last_step: 0,
+            restic_failed: false,
         }
     }
 
@@ -51,7 +55,7 @@ impl Tally {
         }
         match end {
             StepEnd::Exited(st, note, warnings_apply) => {
-                let mut code_text = exit_text(step, st, warnings_apply);
+                let (mut code_text, by_restic) = exit_text(step, st, warnings_apply);
                 if let Some(note) = note {
                     code_text = format!("{code_text} ({note})");
                     self.notes.push(format!("{code_text}{label}"));
@@ -76,10 +80,12 @@ impl Tally {
                         self.exit_code = st.code();
                         self.status = RunStatus::Failed;
                         self.reason = format!("{code_text}{label}");
+                        self.restic_failed = by_restic;
                     }
                     _ => {
                         self.status = RunStatus::Failed;
                         self.reason = format!("{code_text}{label}");
+                        self.restic_failed = by_restic;
                         if i + 1 < steps {
                             self.reason.push_str("; later steps skipped");
                         }
@@ -137,14 +143,17 @@ pub(super) async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::
 }
 
 /// "exit code 1"; with what restic's code means when restic (the last stage) decided:
-/// "exit code 10 (restic: the repository does not exist)".
-fn exit_text(step: &crate::config::Step, st: ExitStatus, last_decided: bool) -> String {
+/// "exit code 10 (restic: the repository does not exist)". The bool: restic decided.
+fn exit_text(step: &crate::config::Step, st: ExitStatus, last_decided: bool) -> (String, bool) {
     let text = describe_exit(st);
-    let restic =
-        step.stages().last().is_some_and(|argv| crate::config::program_name(&argv[0]) == "restic");
+    let restic = last_decided
+        && step
+            .stages()
+            .last()
+            .is_some_and(|argv| crate::config::program_name(&argv[0]) == "restic");
     match st.code().and_then(crate::restic::exit::meaning) {
-        Some(meaning) if restic && last_decided => format!("{text} ({meaning})"),
-        _ => text,
+        Some(meaning) if restic => (format!("{text} ({meaning})"), true),
+        _ => (text, restic),
     }
 }
 
