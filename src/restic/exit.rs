@@ -114,7 +114,7 @@ mod tests {
 
     #[test]
     fn the_cause_is_the_exit_error_else_the_fatal_line_else_the_last_line() {
-        let tail = |lines: &[&str]| lines.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+        let tail = |lines: &[&str]| lines.iter().map(ToString::to_string).collect::<Vec<_>>();
         let json = r#"{"message_type":"exit_error","code":10,"message":"Fatal: repository does not exist: unable to open config file"}"#;
         let t = tail(&["noise", json, ""]);
         assert_eq!(
