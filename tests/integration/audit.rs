@@ -24,21 +24,21 @@ pub(crate) fn restic_version() -> (u32, u32) {
 }
 
 /// A repository, some data, and the `env:` lines of a task using them.
-struct Repo {
+struct Fixture {
     scratch: Scratch,
     repo: String,
     password_file: PathBuf,
     data: PathBuf,
 }
 
-impl Repo {
-    fn new() -> Repo {
+impl Fixture {
+    fn new() -> Fixture {
         let scratch = Scratch::new();
         let (repo, password_file) = repository(&scratch);
         let data = scratch.path().join("Documents");
         std::fs::create_dir_all(&data).unwrap();
         std::fs::write(data.join("notes.txt"), "important\n").unwrap();
-        Repo { scratch, repo, password_file, data }
+        Fixture { scratch, repo, password_file, data }
     }
 
     fn env(&self) -> String {
@@ -94,7 +94,7 @@ fn states(rows: &[serde_json::Value]) -> Vec<String> {
 
 #[test]
 fn the_docs_prune_recipe_without_json_is_recorded_and_the_next_audit_is_clean() {
-    let r = Repo::new();
+    let r = Fixture::new();
     // The recipe of backup.yaml.example and docs/operations.md: no --json.
     let prune = "    command: [restic, forget, --prune, --keep-last, '1']\n".to_string();
     let audit = "    command: [restic, snapshots, --json]\n    audit: {tasks: [backup]}\n";
@@ -130,7 +130,7 @@ fn the_docs_prune_recipe_without_json_is_recorded_and_the_next_audit_is_clean() 
 
 #[test]
 fn a_prune_by_hand_is_explained_by_the_keep_policy_and_a_deletion_is_not_until_acknowledged() {
-    let r = Repo::new();
+    let r = Fixture::new();
     let audit =
         "    command: [restic, snapshots, --json]\n    audit: {tasks: [backup], keep: {last: 2}}\n";
     let config = r.config(&[("backup", r.backup_task()), ("audit", audit.into())]);
@@ -200,7 +200,7 @@ fn unchanged_runs_with_skip_if_unchanged_keep_a_max_age_audit_clean() {
         );
         return;
     }
-    let r = Repo::new();
+    let r = Fixture::new();
     // The one snapshot claims to be from 2020: only the unchanged runs after it are fresh.
     // A relative path: with an absolute one, restic's tree holds every directory above it
     // (/tmp changes all the time), so nothing would ever be unchanged.
@@ -229,7 +229,7 @@ fn unchanged_runs_with_skip_if_unchanged_keep_a_max_age_audit_clean() {
 
 #[test]
 fn snapshots_of_a_pipeline_whose_dump_failed_are_partial_and_the_audit_says_stale() {
-    let r = Repo::new();
+    let r = Fixture::new();
     let dump = "    pipeline:
       - [sh, -c, 'echo half a dump; echo the database went away >&2; exit 2']
       - [restic, backup, --json, --host, testhost, --stdin, --stdin-filename, db.sql]\n";
@@ -264,7 +264,7 @@ fn restic_exit_codes_10_11_and_12_give_a_reason_that_names_the_cause() {
         );
         return;
     }
-    let r = Repo::new();
+    let r = Fixture::new();
     let wrong = r.scratch.path().join("wrong-password");
     write_private(&wrong, b"not the password");
     let cache = r.scratch.path().join("cache");
@@ -333,7 +333,7 @@ fn a_forget_the_append_only_server_refuses_removes_nothing_from_the_ledger_and_s
     write_private(&password_file, crate::harness::canary().as_bytes());
     let out = restic(&scratch, &repo, &password_file).arg("init").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let r = Repo { repo, password_file, data: scratch.path().join("Documents"), scratch };
+    let r = Fixture { repo, password_file, data: scratch.path().join("Documents"), scratch };
     std::fs::create_dir_all(&r.data).unwrap();
     std::fs::write(r.data.join("notes.txt"), "important\n").unwrap();
     let prune = "    command: [restic, forget, --keep-last, '1']\n".to_string();
