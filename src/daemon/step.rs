@@ -49,7 +49,7 @@ use crate::protocol::RunStatus;
 use crate::restic::{BackupSummary, Snapshot};
 use crate::trust::{PinError, Pinned};
 use contain::{Containment, RunProcs};
-pub(crate) use env::allowed_env;
+pub(crate) use env::{allowed_env, secretbox_dir};
 use guardian::Guardian;
 pub(crate) use tally::describe_exit;
 use tally::{Tally, join_all};
@@ -180,6 +180,9 @@ pub(crate) struct Runner {
     /// token only to us, not to whoever took the socket path.
     pub(crate) server_id: Option<String>,
     pub(crate) base_env: Vec<(OsString, OsString)>,
+    /// Where the `secretbox` beside the daemon is: first on every step's `PATH`, also one
+    /// the task's `env:` sets.
+    pub(crate) secretbox_dir: Option<PathBuf>,
     pub(crate) home: Option<PathBuf>,
     /// Grace between SIGINT, SIGTERM and SIGKILL when a task times out.
     pub(crate) kill_grace: Duration,

@@ -360,3 +360,27 @@ fn a_forget_the_append_only_server_refuses_removes_nothing_from_the_ledger_and_s
     assert_eq!(states(&rows), ["saved", "saved"], "{rows:?}");
     r.trigger(&config, "audit").expect_code(0);
 }
+
+/// A task that sets `PATH` (to reach a newer restic, say) still gets the `secretbox` beside
+/// the daemon first on it, as the docs promise.
+#[test]
+fn a_task_whose_env_sets_path_still_finds_the_secretbox_beside_the_daemon() {
+    let r = Fixture::new();
+    let restic_dir = which("restic");
+    let task = format!(
+        "    steps:\n      - command: [restic, snapshots]\n        env: {{PATH: '{}:/usr/bin:/bin'}}\n",
+        restic_dir.display()
+    );
+    let config = r.config(&[("list", task)]);
+    let daemon = r.scratch.start_daemon(&config);
+    r.trigger(&config, "list").expect_code(0);
+    assert!(!daemon.log_text().contains("secretbox: not found"), "{}", daemon.log_text());
+}
+
+/// The directory of `program` on the test's PATH.
+fn which(program: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .find(|dir| dir.join(program).is_file())
+        .unwrap_or_else(|| panic!("{program} is not on PATH"))
+}

@@ -226,6 +226,7 @@ fn runner(config: &Config, dir: &Path) -> Runner {
         socket: dir.join("run/s.sock"),
         server_id: None,
         base_env: Vec::new(),
+        secretbox_dir: None,
         home: None,
         kill_grace: config.kill_grace,
         shutdown_grace: config.shutdown_grace,

@@ -32,18 +32,28 @@ pub(crate) fn allowed_env(
     if let Some(dir) = secretbox_dir {
         let path = out.iter_mut().find(|(k, _)| k == "PATH");
         let current = path.as_ref().map(|(_, v)| v.clone()).unwrap_or_default();
-        if !std::env::split_paths(&current).any(|p| p == dir) {
-            let joined = std::env::join_paths(
-                std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&current)),
-            )
-            .unwrap_or(current);
-            match path {
-                Some((_, v)) => *v = joined,
-                None => out.push(("PATH".into(), joined)),
-            }
+        let joined = dir_first(&current, dir);
+        match path {
+            Some((_, v)) => *v = joined,
+            None => out.push(("PATH".into(), joined)),
         }
     }
     out
+}
+
+/// The directory of the running `backupnizza`, when `secretbox` is installed beside it.
+pub(crate) fn secretbox_dir() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    exe.parent().filter(|d| d.join("secretbox").exists()).map(Path::to_path_buf)
+}
+
+/// `path` (a `PATH` value) with `dir` first, unless it is on it already.
+fn dir_first(path: &OsStr, dir: &Path) -> OsString {
+    if std::env::split_paths(path).any(|p| p == dir) {
+        return path.to_os_string();
+    }
+    std::env::join_paths(std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(path)))
+        .unwrap_or_else(|_| path.to_os_string())
 }
 
 /// A `{secret:}` or `{secret_file:}` value whose secret is not in the store.
@@ -90,6 +100,13 @@ impl Runner {
                 }
             };
             env.push((var.name.clone().into(), value));
+        }
+        // A task that sets PATH (to reach a newer restic) still finds the `secretbox` beside
+        // the daemon first, as it would without it.
+        if let Some(dir) = &self.secretbox_dir
+            && let Some((_, path)) = env.iter_mut().find(|(k, _)| k == "PATH")
+        {
+            *path = dir_first(path, dir);
         }
         // A variable set to a file and then overridden (a step's text over the task's
         // `{secret_file:}`) needs no file.
