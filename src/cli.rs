@@ -286,6 +286,10 @@ pub struct SecretCheckArgs {
 pub struct ValidateArgs {
     #[command(flatten)]
     pub config: ConfigArg,
+    /// Check the file alone, not this machine (whether each step's program is on its PATH,
+    /// whether metrics_textfile's directory exists): for a file deployed elsewhere
+    #[arg(long)]
+    pub portable: bool,
 }
 
 #[derive(Debug, Args)]

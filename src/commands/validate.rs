@@ -1,4 +1,8 @@
-//! `backupnizza validate`: check a task file before it is deployed.
+//! `backupnizza validate`: check a task file before it is deployed: the file itself
+//! (every problem at once, with its line), then this machine ([`machine`]) unless
+//! `--portable`.
+
+mod machine;
 
 use jiff::Timestamp;
 
@@ -19,6 +23,24 @@ pub fn run(args: &ValidateArgs, env: &Environment) -> anyhow::Result<()> {
         eprintln!("{}: {errors} error{} found", path.display(), if errors == 1 { "" } else { "s" });
         return Err(Exit::silent(USAGE).into());
     };
+    if !args.portable {
+        let found = machine::check(&config, env);
+        for advice in &found.advice {
+            eprintln!("{}: advice: {advice}", path.display());
+        }
+        for error in &found.errors {
+            eprintln!("{}: error: {error}", path.display());
+        }
+        let n = found.errors.len();
+        if n > 0 {
+            eprintln!(
+                "{}: {n} error{} found on this machine (--portable checks the file alone)",
+                path.display(),
+                if n == 1 { "" } else { "s" }
+            );
+            return Err(Exit::silent(USAGE).into());
+        }
+    }
     let now = Timestamp::now();
     let name_width = config.tasks.iter().map(|t| t.name.len()).max().unwrap_or(0);
     let sched_width = config.tasks.iter().map(|t| t.schedule.as_str().len()).max().unwrap_or(0);

@@ -498,3 +498,46 @@ fn literal_credentials_are_warned_about_without_their_value() {
     );
     assert!(!err.contains("RESTIC_REPOSITORY_FILE"), "{run}");
 }
+
+/// What would fail every run, or the daemon's start, on this machine is a `validate` error
+/// (exit 2), and the daemon refuses a missing metrics directory once, at start; `--portable`
+/// checks the file alone.
+#[test]
+fn a_program_not_on_path_and_a_missing_metrics_directory_fail_validate_on_this_machine() {
+    let scratch = Scratch::new();
+    let missing_dir = scratch.path().join("no-such-dir");
+    let file = scratch.config(&format!(
+        "metrics_textfile: {}/backup.prom\ntasks:\n  dump:\n    schedule: manual\n    pipeline:\n      - [no-such-dump-tool, --all]\n      - [restic, backup, --stdin]\n",
+        missing_dir.display()
+    ));
+    let run = scratch.backupnizza(["validate", "-c"]).run_with(&file);
+    run.expect_code(2);
+    let err = run.stderr();
+    assert!(
+        err.contains("task \"dump\" pipeline stage 1: program \"no-such-dump-tool\" not found on the task's PATH"),
+        "{err}"
+    );
+    assert!(!err.contains("stage 2: program"), "restic is installed: {err}");
+    assert!(err.contains(&format!("directory {} does not exist", missing_dir.display())), "{err}");
+    scratch.backupnizza(["validate", "--portable", "-c"]).run_with(&file).expect_code(0);
+
+    let log = scratch.path().join("daemon.log");
+    let status = scratch.daemon_command(&file, &log).status().unwrap();
+    assert_eq!(status.code(), Some(2), "{}", std::fs::read_to_string(&log).unwrap_or_default());
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("metrics_textfile: directory"), "{text}");
+}
+
+/// A pipeline into `restic backup --stdin` gets advice to use `--stdin-from-command` where
+/// the restic on PATH has it (0.17 and later), and none where it does not.
+#[test]
+fn validate_advises_stdin_from_command_where_restic_has_it() {
+    let scratch = Scratch::new();
+    let file = scratch.config(
+        "tasks:\n  dump:\n    schedule: manual\n    pipeline:\n      - [sh, -c, 'echo dump']\n      - [restic, backup, --stdin, --stdin-filename, db.sql]\n",
+    );
+    let run = scratch.backupnizza(["validate", "-c"]).run_with(&file);
+    run.expect_code(0);
+    let advised = run.stderr().contains("has `backup --stdin-from-command`");
+    assert_eq!(advised, crate::audit::restic_version() >= (0, 17), "{}", run.stderr());
+}

@@ -51,6 +51,16 @@ impl Records {
         let (ledger, ledger_closed) = LedgerWriter::start(LedgerFile::new(&config.state_dir))
             .context("cannot start the ledger writer")?;
         let metrics = match &config.metrics_textfile {
+            // Refused once at start, rather than a warning after every run.
+            Some(path)
+                if path.parent().is_some_and(|d| !d.as_os_str().is_empty() && !d.is_dir()) =>
+            {
+                let dir = path.parent().unwrap_or(path).display();
+                return Err(crate::exit::Exit::usage(format!(
+                    "metrics_textfile: directory {dir} does not exist: create it, or change the path (`backupnizza validate` checks it too)"
+                ))
+                .into());
+            }
             Some(path) => Some(
                 MetricsWriter::start(path.clone()).context("cannot start the metrics writer")?,
             ),
