@@ -384,3 +384,29 @@ fn which(program: &str) -> PathBuf {
         .find(|dir| dir.join(program).is_file())
         .unwrap_or_else(|| panic!("{program} is not on PATH"))
 }
+
+/// Regression: a failed attempt's snapshot (a dump that broke, tried again by `retry:`) was
+/// left out of the ledger, and the next audit called it forged.
+#[test]
+fn every_attempts_snapshot_reaches_the_ledger_and_the_audit_stays_clean() {
+    let r = Fixture::new();
+    let marker = r.scratch.path().join("failed-once");
+    let dump = format!(
+        "    retry: {{attempts: 2, delay: 1s}}
+    pipeline:
+      - [sh, -c, 'echo dump; test -e {m} || {{ touch {m}; exit 2; }}']
+      - [restic, backup, --json, --host, testhost, --stdin, --stdin-filename, db.sql]\n",
+        m = marker.display()
+    );
+    let audit = "    command: [restic, snapshots, --json]\n    audit: {tasks: [dump]}\n";
+    let config = r.config(&[("dump", dump), ("audit", audit.into())]);
+    let _daemon = r.scratch.start_daemon(&config);
+    r.trigger(&config, "dump").expect_code(0);
+    let end = r.end("dump");
+    assert_eq!(end["attempts"].as_array().map(Vec::len), Some(1), "{end}");
+    assert_eq!(snapshot_ids(&r.scratch, &r.repo, &r.password_file).len(), 2);
+    let rows = r.ledger(&config);
+    let partial: Vec<bool> = rows.iter().map(|r| r["partial"] == true).collect();
+    assert_eq!(partial, [true, false], "{rows:?}");
+    r.trigger(&config, "audit").expect_code(0);
+}

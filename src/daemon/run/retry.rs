@@ -22,6 +22,10 @@ impl Run<'_> {
         let Some(retry) = &self.task.retry else { return self.steps(None).await };
         let began = Instant::now();
         let mut earlier: Vec<crate::history::Attempt> = Vec::new();
+        // What earlier attempts' restic saved and removed: the ledger must have it all (a
+        // failed attempt's snapshot left out would be called forged at the next audit).
+        let mut saved = Vec::new();
+        let mut removed = Vec::new();
         let mut attempt = 1;
         loop {
             let mut outcome = self.steps(Some(attempt)).await;
@@ -59,8 +63,14 @@ impl Run<'_> {
                 }
                 outcome.attempts = earlier;
                 outcome.duration = began.elapsed();
+                saved.append(&mut outcome.backups);
+                outcome.backups = saved;
+                removed.append(&mut outcome.removed);
+                outcome.removed = removed;
                 return outcome;
             }
+            saved.append(&mut outcome.backups);
+            removed.append(&mut outcome.removed);
             earlier.push(crate::history::Attempt {
                 number: attempt,
                 at: self.ctx.rfc3339(Timestamp::now()),
