@@ -40,6 +40,22 @@ pub(crate) fn expand_tilde(arg: &str, home: Option<&Path>) -> OsString {
     }
 }
 
+/// The directory of the running binary when `secretbox` is installed beside it: the one
+/// every task's `PATH` gets first, so a task finds the `secretbox` that came with its daemon.
+pub(crate) fn secretbox_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    exe.parent().filter(|d| d.join("secretbox").exists()).map(Path::to_path_buf)
+}
+
+/// `path` (a `PATH` value) with `dir` first, unless it is on it already.
+pub(crate) fn dir_first(path: &OsStr, dir: &Path) -> OsString {
+    if std::env::split_paths(path).any(|p| p == dir) {
+        return path.to_os_string();
+    }
+    std::env::join_paths(std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(path)))
+        .unwrap_or_else(|_| path.to_os_string())
+}
+
 /// Finds a program the way `execvp` would: a name with a `/` is a path (a leading `~/` is
 /// expanded, a relative one is taken from `working_dir`); otherwise the first executable
 /// file of that name on `path`.

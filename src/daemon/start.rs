@@ -116,7 +116,7 @@ fn check_programs(
 ) -> anyhow::Result<Checked> {
     let uid = nix::unistd::getuid().as_raw();
     crate::trust::check_trusted(config_path, "task file", uid).map_err(Exit::usage)?;
-    let secretbox_dir = super::step::secretbox_dir();
+    let secretbox_dir = crate::trust::secretbox_dir();
     let base_env = super::step::allowed_env(std::env::vars_os(), secretbox_dir.as_deref());
     let home = env.var("HOME").map(PathBuf::from);
     let daemon_path = std::env::var_os("PATH");

@@ -49,7 +49,7 @@ use crate::protocol::RunStatus;
 use crate::restic::{BackupSummary, Snapshot};
 use crate::trust::{PinError, Pinned};
 use contain::{Containment, RunProcs};
-pub(crate) use env::{allowed_env, secretbox_dir};
+pub(crate) use env::allowed_env;
 use guardian::Guardian;
 pub(crate) use tally::describe_exit;
 use tally::{Tally, join_all};

@@ -10,7 +10,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, EnvValue, Environment, Step, Task, program_name};
-use crate::trust::resolve;
+use crate::trust::{dir_first, resolve, secretbox_dir};
 
 /// What the checks found: errors fail `validate` (exit 2), advice does not.
 #[derive(Default)]
@@ -74,18 +74,9 @@ fn step_path(env: &Environment, task: &Task, step: &Step, beside: Option<&Path>)
         }
     }
     match beside {
-        Some(dir) if !std::env::split_paths(&path).any(|p| p == dir) => std::env::join_paths(
-            std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&path)),
-        )
-        .unwrap_or(path),
-        _ => path,
+        Some(dir) => dir_first(&path, dir),
+        None => path,
     }
-}
-
-/// The directory of this `backupnizza`, when `secretbox` is installed beside it.
-fn secretbox_dir() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    exe.parent().filter(|d| d.join("secretbox").exists()).map(Path::to_path_buf)
 }
 
 /// Advice for a pipeline into `restic backup --stdin` when the restic it runs has

@@ -76,7 +76,7 @@ pub(super) async fn serve(
         socket: bound.path.clone(),
         server_id: crate::client::ServerId::this_process().map(|id| id.to_string()),
         base_env,
-        secretbox_dir: crate::daemon::step::secretbox_dir(),
+        secretbox_dir: crate::trust::secretbox_dir(),
         home: env.var("HOME").map(PathBuf::from),
         kill_grace: config.kill_grace,
         shutdown_grace: config.shutdown_grace,

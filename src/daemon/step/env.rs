@@ -12,6 +12,7 @@ use tracing::error;
 
 use super::{Runner, StepEnv, StepError, secret_files};
 use crate::config::{EnvValue, EnvVar, Step, Task};
+use crate::trust::dir_first;
 
 /// The daemon's variables a task inherits; everything else is dropped.
 pub(crate) fn allowed_env(
@@ -39,21 +40,6 @@ pub(crate) fn allowed_env(
         }
     }
     out
-}
-
-/// The directory of the running `backupnizza`, when `secretbox` is installed beside it.
-pub(crate) fn secretbox_dir() -> Option<std::path::PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    exe.parent().filter(|d| d.join("secretbox").exists()).map(Path::to_path_buf)
-}
-
-/// `path` (a `PATH` value) with `dir` first, unless it is on it already.
-fn dir_first(path: &OsStr, dir: &Path) -> OsString {
-    if std::env::split_paths(path).any(|p| p == dir) {
-        return path.to_os_string();
-    }
-    std::env::join_paths(std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(path)))
-        .unwrap_or_else(|_| path.to_os_string())
 }
 
 /// A `{secret:}` or `{secret_file:}` value whose secret is not in the store.
