@@ -91,6 +91,22 @@ impl fmt::Display for Human {
     }
 }
 
+/// Displays how long something took (a run, a wait): whole seconds from one second on
+/// (`12s`, `1h30m`; the milliseconds there are noise), and milliseconds below (`420ms`),
+/// where whole seconds would say `0s` of a run that did take time.
+pub(crate) struct Took(pub Duration);
+
+impl fmt::Display for Took {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = if self.0 < Duration::from_secs(1) {
+            Duration::from_millis(self.0.subsec_millis().into())
+        } else {
+            Duration::from_secs(self.0.as_secs())
+        };
+        Human(shown).fmt(f)
+    }
+}
+
 /// Formats an instant in a zone as RFC 3339 with its UTC offset (`2026-03-08T03:00:00-04:00`).
 pub(crate) fn rfc3339(at: Timestamp, tz: &TimeZone) -> String {
     at.to_zoned(tz.clone()).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string()
@@ -128,5 +144,17 @@ mod tests {
             assert_eq!(parse(&Human(d).to_string()).unwrap(), d);
         }
         assert_eq!(Human(Duration::from_secs(5400)).to_string(), "1h30m");
+    }
+
+    /// Regression: runs under a second showed as `0s`.
+    #[test]
+    fn a_time_taken_under_a_second_shows_its_milliseconds_and_longer_ones_whole_seconds() {
+        let took = |ms: u64| Took(Duration::from_millis(ms)).to_string();
+        assert_eq!(took(420), "420ms");
+        assert_eq!(took(999), "999ms");
+        assert_eq!(took(0), "0s");
+        assert_eq!(took(1000), "1s");
+        assert_eq!(took(12_420), "12s");
+        assert_eq!(took(5_400_900), "1h30m");
     }
 }

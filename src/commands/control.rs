@@ -204,7 +204,7 @@ pub fn describe(run: &RunBody) -> String {
         parts.push(format!("exit {code}"));
     }
     if let Some(ms) = run.duration_ms {
-        parts.push(crate::time::Human(Duration::from_millis(ms / 1000 * 1000)).to_string());
+        parts.push(crate::time::Took(Duration::from_millis(ms)).to_string());
     }
     if parts.is_empty() {
         run.status.to_string()

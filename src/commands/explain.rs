@@ -1,6 +1,8 @@
 //! `backupnizza explain TASK [--since 7d]`: every occurrence of a task in a window and what
 //! became of it — ran, failed, caught up after a suspend, skipped (overlap, too late, folded
 //! into a catch-up), or missed because the daemon was not running — from the run history.
+//! Occurrences before the daemon's first start are not missed (there was no daemon yet):
+//! they are counted in one line, not listed.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -89,7 +91,12 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
     let since =
         now - SignedDuration::try_from(args.since).unwrap_or(SignedDuration::from_hours(24 * 7));
     let story = Story::read(&loaded.records, task);
-    let occurrences = story.occurrences(task, since, now);
+    let mut occurrences = story.occurrences(task, since, now);
+    // Occurrences before the daemon's first start are left out rather than called missed:
+    // no daemon existed to miss them. Only the count is said.
+    let listed = occurrences.len();
+    occurrences.retain(|o| !story.before_first_start(*o));
+    let before_first_start = listed - occurrences.len();
     let mut counts = Counts::default();
     let mut lines: Vec<Line> = Vec::new();
     for occurrence in &occurrences {
@@ -108,7 +115,16 @@ pub fn run(args: &ExplainArgs, env: &Environment) -> anyhow::Result<()> {
         lines.push(story.fate(*occurrence, tz, &mut counts));
     }
     let manual: Vec<Line> = story.manual.iter().filter(|r| r.at > since).map(manual_line).collect();
-    let report = Report { task, since, now, occurrences: occurrences.len(), counts, lines, manual };
+    let report = Report {
+        task,
+        since,
+        now,
+        occurrences: occurrences.len(),
+        before_first_start: (before_first_start, story.first_start()),
+        counts,
+        lines,
+        manual,
+    };
     if args.json {
         let document = report.json(loaded.bad_lines.len());
         return print(|out| writeln!(out, "{document}"));
@@ -218,6 +234,23 @@ impl Story {
     /// Whether the daemon was running at `at` (its last start or stop before then).
     fn daemon_up(&self, at: Timestamp) -> bool {
         self.daemon.iter().filter(|m| m.at <= at).max_by_key(|m| m.at).is_some_and(|m| m.up)
+    }
+
+    /// The daemon's first start, when it is the first thing the history says of the daemon
+    /// (a stop first means the rotation dropped the start before it).
+    fn first_start(&self) -> Option<Timestamp> {
+        self.daemon.iter().min_by_key(|m| m.at).filter(|m| m.up).map(|m| m.at)
+    }
+
+    /// Whether `occurrence` has no record of its own and comes before the daemon's first
+    /// start (or the history has no daemon start or stop at all): no daemon existed yet to
+    /// miss it. An occurrence with a record is told whatever its date.
+    fn before_first_start(&self, occurrence: Timestamp) -> bool {
+        let recorded = self.by_occurrence.contains_key(&occurrence)
+            || self.skipped.contains_key(&occurrence)
+            || self.earlier.contains_key(&occurrence);
+        let never_seen = self.daemon.is_empty();
+        !recorded && (never_seen || self.first_start().is_some_and(|first| occurrence < first))
     }
 
     /// The occurrences in the window: from the schedule (cron), or as recorded (`@every`
@@ -332,13 +365,13 @@ impl Story {
 fn describe_start(run: &Run, occurrence: Timestamp, when: &str) -> String {
     let mut ran_how = if run.trigger == "catch_up" {
         let late = Duration::try_from(run.at.duration_since(occurrence)).unwrap_or_default();
-        let late = crate::time::Human(Duration::from_secs(late.as_secs()));
+        let late = crate::time::Took(late);
         format!("caught up after suspend or downtime at {when} ({late} late)")
     } else {
         format!("ran at {when}")
     };
     if let Some(d) = &run.deferred {
-        let took = crate::time::Human(Duration::from_secs(d.waited_ms / 1000));
+        let took = crate::time::Took(Duration::from_millis(d.waited_ms));
         ran_how.push_str(&format!(" (deferred {took}: {})", d.why));
     }
     if let Some(wait) = &run.lock_wait {
@@ -365,6 +398,9 @@ struct Report<'a> {
     since: Timestamp,
     now: Timestamp,
     occurrences: usize,
+    /// How many occurrences in the window came before the daemon's first start (not
+    /// listed), and that start, if the history has one.
+    before_first_start: (usize, Option<Timestamp>),
     counts: Counts,
     lines: Vec<Line<'a>>,
     manual: Vec<Line<'a>>,
@@ -400,6 +436,7 @@ impl Report<'_> {
                 "missed": c.missed,
                 "cancelled": c.cancelled,
                 "interrupted": c.interrupted,
+                "before_first_start": self.before_first_start.0,
             },
             "unreadable_lines": unreadable,
         })
@@ -421,6 +458,20 @@ impl Report<'_> {
                 out,
                 "(an @every schedule counts from each daemon start: only recorded occurrences are listed)"
             )?;
+        }
+        match self.before_first_start {
+            (0, _) => {}
+            (n, Some(first)) => writeln!(
+                out,
+                "({n} earlier occurrence{} not listed: before the daemon's first start, at {})",
+                if n == 1 { "" } else { "s" },
+                rfc3339(first, tz)
+            )?,
+            (n, None) => writeln!(
+                out,
+                "({n} occurrence{} not listed: the history records no daemon start)",
+                if n == 1 { "" } else { "s" }
+            )?,
         }
         let shown = self.occurrences.saturating_sub(MAX_LINES);
         if shown > 0 {
@@ -479,7 +530,7 @@ impl Line<'_> {
 
 /// "after waiting 12s for lock repo (held by prune)".
 fn describe_wait(wait: &crate::history::LockWait) -> String {
-    let took = crate::time::Human(Duration::from_secs(wait.waited_ms / 1000));
+    let took = crate::time::Took(Duration::from_millis(wait.waited_ms));
     let by = wait.held_by.as_ref().map_or_else(String::new, |t| format!(" (held by {t})"));
     format!("after waiting {took} for lock {}{by}", wait.lock)
 }
@@ -490,7 +541,7 @@ fn describe_end(run: &Run) -> String {
             let code = exit_code.map(|c| format!("exit {c}, ")).unwrap_or_default();
             format!(
                 "{status} ({code}{}) {reason}, run {}",
-                crate::time::Human(Duration::from_secs(duration_ms / 1000)),
+                crate::time::Took(Duration::from_millis(*duration_ms)),
                 run.id
             )
         }

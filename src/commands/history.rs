@@ -69,7 +69,7 @@ fn text_entries(records: &[&Record], args: &HistoryArgs) -> Vec<String> {
                 findings,
             }) => {
                 let code = exit_code.map_or_else(|| "-".into(), |c| format!("exit {c}"));
-                let took = crate::time::Human(Duration::from_secs(duration_ms / 1000));
+                let took = crate::time::Took(Duration::from_millis(*duration_ms));
                 let mut entry = format!("{at}  {task}  {status}  {code}  {took}  {run_id}");
                 for b in backups {
                     entry.push_str(&format!("  snapshot {}", short_id(&b.snapshot_id)));

@@ -188,6 +188,9 @@ impl State {
                 info!(task = %task.name, schedule = %task.schedule, timezone = %task.zone.name, next = %crate::time::rfc3339(next, &task.zone.tz), "scheduled");
                 self.tasks[i].next = Some(next);
                 self.table.push(next, i);
+            } else if task.schedule.is_manual() {
+                // By design, not a problem: no warning at each start.
+                info!(task = %task.name, "manual: runs only when triggered");
             } else {
                 warn!(task = %task.name, schedule = %task.schedule, "will not fire in the next 30 years");
             }

@@ -234,6 +234,28 @@ fn a_run_ends_when_the_500_children_its_main_process_left_have_ended() {
     );
 }
 
+/// Regression: every run of restic with an `rclone:` repository ended with a note about "the
+/// 1 process it left behind" (restic's rclone child, which ends just after restic). A
+/// process that ends within a short grace is not left behind; the step still waits for it.
+#[test]
+fn a_child_that_ends_just_after_its_parent_is_not_reported_left_behind() {
+    let scratch = Scratch::new();
+    let marker = scratch.path().join("child-ended");
+    let config = scratch.config(&format!(
+        "tasks:\n  quick:\n    {TRIGGERED}\n    command: [sh, -c, '(sleep 0.3; touch {}) & exit 0']\n",
+        marker.display()
+    ));
+    let daemon = scratch.start_daemon(&config);
+    trigger(&scratch, &config, "quick", true).expect_code(0);
+    assert!(marker.exists(), "the run ended before its child");
+    let records = history(&scratch);
+    let end = records_of(&records, "end")[0];
+    assert_eq!(end["status"], "success");
+    let reason = end["reason"].as_str().unwrap();
+    assert!(!reason.contains("left behind"), "{reason}");
+    assert!(!daemon.log_text().contains("left behind"), "{}", daemon.log_text());
+}
+
 #[test]
 fn a_setsid_grandchild_is_part_of_its_run_with_or_without_cgroups() {
     for cgroups in ["on", "off"] {

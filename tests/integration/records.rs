@@ -373,3 +373,47 @@ fn an_output_file_that_cannot_be_written_is_reported_once_and_the_run_goes_on() 
     );
     assert_eq!(history(&scratch).iter().filter(|r| r["status"] == "success").count(), 2);
 }
+
+/// Regression: on a fresh state directory, `explain` called every occurrence before the
+/// daemon's first start "missed while the daemon was down". They are counted, not listed.
+#[test]
+fn explain_does_not_call_occurrences_before_the_first_start_missed() {
+    let scratch = Scratch::new();
+    let config = scratch.config("tasks:\n  t:\n    schedule: '* * * * *'\n    command: [true]\n");
+    let daemon = scratch.start_daemon(&config);
+    wait_until("the daemon's start record", || {
+        history(&scratch).iter().any(|r| r["type"] == "daemon" && r["event"] == "start")
+    });
+    let run = scratch.backupnizza(["explain", "t", "--since", "1h", "-c"]).run_with(&config);
+    run.expect_code(0);
+    let out = run.stdout();
+    assert!(!out.contains("missed:"), "{out}");
+    assert!(out.contains(" 0 missed while the daemon was down"), "{out}");
+    assert!(
+        out.contains("earlier occurrences not listed: before the daemon's first start"),
+        "{out}"
+    );
+    let run =
+        scratch.backupnizza(["explain", "t", "--since", "1h", "--json", "-c"]).run_with(&config);
+    let json: serde_json::Value = serde_json::from_str(&run.stdout()).unwrap();
+    assert_eq!(json["summary"]["missed"], 0, "{json}");
+    assert!(json["summary"]["before_first_start"].as_u64().unwrap() >= 59, "{json}");
+    assert!(daemon.stop().success());
+}
+
+/// Regression: a run under a second showed as `0s` in `history` and `explain`.
+#[test]
+fn history_and_explain_show_a_run_under_a_second_in_milliseconds() {
+    let scratch = Scratch::new();
+    let config = scratch.config(&format!("tasks:\n  t:\n    {TRIGGERED}\n    command: [true]\n"));
+    let at = jiff::Timestamp::now() - jiff::SignedDuration::from_mins(5);
+    let start = serde_json::json!({"type": "start", "run_id": "r1", "task": "t", "at": at.to_string(), "scheduled": null, "trigger": "trigger"});
+    let end = serde_json::json!({"type": "end", "run_id": "r1", "task": "t", "at": at.to_string(), "status": "success", "exit_code": 0, "duration_ms": 420, "reason": "all steps succeeded", "stderr_tail": []});
+    scratch.write("state/history.jsonl", format!("{start}\n{end}\n"));
+    let run = scratch.backupnizza(["history", "-c"]).run_with(&config);
+    run.expect_code(0);
+    assert!(run.stdout().contains("  420ms  r1"), "{run}");
+    let run = scratch.backupnizza(["explain", "t", "-c"]).run_with(&config);
+    run.expect_code(0);
+    assert!(run.stdout().contains("success (exit 0, 420ms)"), "{run}");
+}

@@ -255,6 +255,22 @@ fn a_manual_task_never_fires_and_runs_when_triggered() {
     assert!(daemon.stop().success());
 }
 
+/// Regression: every `schedule: manual` task was warned about at each start ("will not fire
+/// in the next 30 years"); it never fires by design.
+#[test]
+fn a_manual_task_is_not_warned_about_at_start() {
+    let scratch = Scratch::new();
+    let config = scratch.config(&format!(
+        "tasks:\n  restore:\n    schedule: manual\n    command: ['true']\n  yearly:\n    {TRIGGERED}\n    command: ['true']\n"
+    ));
+    let daemon = scratch.start_daemon(&config);
+    // Tasks are scheduled in the file's order: once `yearly` is, `restore` has been told of.
+    let log = daemon.wait_for("the schedule", |l| l.contains("task=yearly"));
+    assert!(!log.contains("will not fire"), "{log}");
+    assert!(log.contains("manual: runs only when triggered"), "{log}");
+    assert!(daemon.stop().success());
+}
+
 #[test]
 fn tasks_cannot_control_the_daemon() {
     let scratch = Scratch::new();

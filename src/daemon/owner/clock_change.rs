@@ -78,6 +78,8 @@ impl State {
                         info!(task = %task.name, next = %crate::time::rfc3339(next, tz), "rescheduled after the clock change");
                     }
                 }
+                // A manual task never fires by design: nothing to warn about.
+                None if task.schedule.is_manual() => {}
                 None => {
                     warn!(task = %task.name, schedule = %task.schedule, "will not fire in the next 30 years");
                 }

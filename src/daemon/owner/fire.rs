@@ -169,11 +169,15 @@ impl State {
         }
         let mut body = match self.runs.by_id.get(run_id) {
             Some(known) => known.state.borrow().clone(),
+            // Every run is registered when it fires; were one not, its start is its end less
+            // its duration.
             None => RunBody {
                 run_id: run_id.to_string(),
                 task: self.ctx.config.tasks[idx].name.clone(),
                 status: outcome.status,
-                started: String::new(),
+                started: self.rfc3339(
+                    ended - jiff::SignedDuration::try_from(outcome.duration).unwrap_or_default(),
+                ),
                 ended: None,
                 exit_code: None,
                 duration_ms: None,

@@ -95,8 +95,17 @@ impl TaskState {
         let mut tasks: Vec<TaskState> =
             ctx.config.tasks.iter().map(|_| TaskState::default()).collect();
         warn_of_future(ctx, past, now.wall);
+        // Each run's start as its Start record says, for `status`'s last run.
+        let mut starts: HashMap<&str, &str> = HashMap::new();
         for record in past {
-            let Record::End(end) = record else { continue };
+            let end = match record {
+                Record::Start { run_id, at, .. } => {
+                    starts.insert(run_id, at);
+                    continue;
+                }
+                Record::End(end) => end,
+                _ => continue,
+            };
             let Some(i) = ctx.config.tasks.iter().position(|t| t.name == end.task) else {
                 continue;
             };
@@ -104,15 +113,30 @@ impl TaskState {
                 continue;
             };
             let audited = ctx.config.tasks[i].audit.is_some();
-            tasks[i].remember(end, at, now, audited);
+            let start =
+                at.checked_sub(jiff::SignedDuration::from_millis(end.duration_ms as i64)).ok();
+            // The Start record's time; without it (rotated away), the end less the duration
+            // (the end itself only for a duration too long to subtract).
+            let started = match (starts.get(end.run_id.as_str()), start) {
+                (Some(at), _) => at.to_string(),
+                (None, Some(start)) => ctx.rfc3339(start),
+                (None, None) => end.at.clone(),
+            };
+            tasks[i].remember(end, (start, started), (at, now), audited);
         }
         tasks
     }
 
-    /// A past run's end, read from the history.
-    fn remember(&mut self, end: &RunEnd, at: Timestamp, now: &Reading, audited: bool) {
-        let start = at.checked_sub(jiff::SignedDuration::from_millis(end.duration_ms as i64));
-        if let Ok(start) = start {
+    /// A past run's end, read from the history: `start` for the metrics (the end less the
+    /// duration) and `started` as `status` shows it.
+    fn remember(
+        &mut self,
+        end: &RunEnd,
+        (start, started): (Option<Timestamp>, String),
+        (at, now): (Timestamp, &Reading),
+        audited: bool,
+    ) {
+        if let Some(start) = start {
             self.started_at(Stamp::before(now, start));
         }
         let success = matches!(end.status, RunStatus::Success | RunStatus::Warning);
@@ -128,7 +152,7 @@ impl TaskState {
             run_id: end.run_id.clone(),
             task: end.task.clone(),
             status: end.status,
-            started: String::new(),
+            started,
             ended: Some(end.at.clone()),
             exit_code: end.exit_code,
             duration_ms: Some(end.duration_ms),

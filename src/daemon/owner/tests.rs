@@ -606,6 +606,45 @@ async fn status_shows_the_next_run_and_the_running_task() {
     owner.finish().await;
 }
 
+/// Regression: the last run known from the history showed `"started": ""` in `status`.
+#[tokio::test(start_paused = true)]
+async fn status_gives_the_last_run_from_the_history_its_start() {
+    let end = |run_id: &str, task: &str, at: &str| {
+        let mut end = RunEnd::without_steps(
+            run_id.into(),
+            task.into(),
+            at.into(),
+            RunStatus::Success,
+            "all steps succeeded".into(),
+        );
+        end.duration_ms = 90_000;
+        Record::End(end)
+    };
+    let past = [
+        Record::Daemon { event: DaemonEvent::Start, at: "2026-03-02T08:00:00Z".into(), pid: 7 },
+        Record::Start {
+            run_id: "r1".into(),
+            task: "a".into(),
+            at: "2026-03-02T09:00:01+00:00".into(),
+            scheduled: Some("2026-03-02T09:00:00+00:00".into()),
+            trigger: Trigger::Schedule,
+            cgroup: None,
+            lock_wait: None,
+            deferred: None,
+        },
+        end("r1", "a", "2026-03-02T09:01:31+00:00"),
+        // Its Start record rotated away: the end less the duration.
+        end("r2", "b", "2026-03-02T09:31:30+00:00"),
+    ];
+    let tasks = "  a:\n    schedule: '0 9 * * *'\n    command: [true]\n  b:\n    schedule: '30 9 * * *'\n    command: [true]\n";
+    let owner = Owner::start("2026-03-02T10:00:00Z", tasks, &past);
+    let status = owner.status().await;
+    let started = |i: usize| status.tasks[i].last.as_ref().map(|l| l.started.clone());
+    assert_eq!(started(0).as_deref(), Some("2026-03-02T09:00:01+00:00"));
+    assert_eq!(started(1).as_deref(), Some("2026-03-02T09:30:00+00:00"));
+    owner.finish().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_stolen_socket_stops_the_owner() {
     let owner = Owner::start("2026-03-02T10:00:00Z", EVERY_10S, &[]);

@@ -4,11 +4,13 @@
 //!
 //! A step ends when every process of it is gone: a main process that exits while children
 //! it started keep running (`cmd &`, `setsid`) is waited for until they end, or until the
-//! timeout stops them, and the record says so. A timeout sends SIGINT to the step's main
-//! process alone (restic then removes its lock, through an `rclone:` or `sftp:` backend
-//! that a SIGINT to the whole group would have killed at the same moment; restic 0.14 does
-//! not remove it on SIGTERM), then SIGINT, SIGTERM and SIGKILL to every process of the run,
-//! the task's `kill_grace` apart; shutdown does the same within `shutdown_grace`.
+//! timeout stops them, and the record says so unless they ended within a short grace
+//! (restic's `rclone` child ends just after restic: it was not left behind). A timeout
+//! sends SIGINT to the step's main process alone (restic then removes its lock, through an
+//! `rclone:` or `sftp:` backend that a SIGINT to the whole group would have killed at the
+//! same moment; restic 0.14 does not remove it on SIGTERM), then SIGINT, SIGTERM and
+//! SIGKILL to every process of the run, the task's `kill_grace` apart; shutdown does the
+//! same within `shutdown_grace`.
 
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
@@ -24,10 +26,15 @@ use super::spawn::Started;
 use super::tally::describe_exit;
 use super::{Budgets, Found, MAX_LISTING, Runner, StepCall, StepEnd, StepError, Tail};
 use crate::daemon::output;
-use crate::time::Human;
+use crate::time::Took;
 
 /// How often a step whose main process has ended checks whether the rest of it has.
 const LEFTOVER_POLL: Duration = Duration::from_millis(200);
+/// How long processes outliving the main process may take to end on their own before they
+/// count as left behind: restic's own `rclone` child ends within a second after restic.
+const LEFTOVER_GRACE: Duration = Duration::from_millis(1500);
+/// How often they are checked during that grace, so a step is not held longer than needed.
+const GRACE_POLL: Duration = Duration::from_millis(50);
 /// How long output is still read after the step's processes ended: a background process
 /// may keep the pipes open.
 const READ_AFTER_END: Duration = Duration::from_secs(2);
@@ -165,7 +172,8 @@ impl Runner {
     }
 
     /// After a step's main process exited: waits for the processes it left behind, until
-    /// they end, the deadline (which stops them) or shutdown.
+    /// they end, the deadline (which stops them) or shutdown. Those that end within
+    /// [`LEFTOVER_GRACE`] were not left behind: the step ends without a note.
     async fn leftovers(
         &self,
         status: ExitStatus,
@@ -174,43 +182,56 @@ impl Runner {
         plans: &Plans,
     ) -> StepEnd {
         let procs = call.procs;
+        let gone = || procs.all_gone(Some(pgid), || self.broker.active());
         // The common case (nothing left) costs one signal-0 and, with a cgroup, one read.
-        if procs.all_gone(Some(pgid), || self.broker.active()) {
+        if gone() {
             return StepEnd::Exited(status, None, true);
         }
-        let count = procs.members(Some(pgid), Search::Adopted, &self.broker.active()).len().max(1);
-        let them = if count == 1 {
-            "1 process it left behind".to_string()
-        } else {
-            format!("{count} processes it left behind")
-        };
         let main = format!("the main process ended ({})", describe_exit(status));
-        let until = if call.deadline.is_some() { ", or at the timeout" } else { "" };
-        info!(
-            pgid = pgid.as_raw(),
-            "{main}; waiting for the {them}: the step ends when they do{until}"
-        );
         let began = Instant::now();
+        // "1 process it left behind", once the grace has passed (or the step must stop).
+        let mut them: Option<String> = None;
+        let them_now = || self.left_behind(call, pgid);
         loop {
+            let poll = if them.is_some() { LEFTOVER_POLL } else { GRACE_POLL };
             tokio::select! {
-                () = tokio::time::sleep(LEFTOVER_POLL) => {
-                    if procs.all_gone(Some(pgid), || self.broker.active()) {
-                        let after = Human(Duration::from_secs(began.elapsed().as_secs()));
-                        return StepEnd::Exited(status, Some(format!("the {them} ended {after} later")), true);
+                () = tokio::time::sleep(poll) => {
+                    if gone() {
+                        let note = them.map(|them| format!("the {them} ended {} later", Took(began.elapsed())));
+                        return StepEnd::Exited(status, note, true);
+                    }
+                    if them.is_none() && began.elapsed() >= LEFTOVER_GRACE {
+                        let said = them.insert(them_now());
+                        let until = if call.deadline.is_some() { ", or at the timeout" } else { "" };
+                        info!(
+                            pgid = pgid.as_raw(),
+                            "{main}; waiting for the {said}: the step ends when they do{until}"
+                        );
                     }
                 }
                 () = sleep_until(call.deadline) => {
+                    let them = them.unwrap_or_else(them_now);
                     warn!(pgid = pgid.as_raw(), "timeout reached; stopping the {them} (SIGINT, then SIGTERM, then SIGKILL)");
                     // The main process is gone: its stages are passed over.
                     let how = stop(procs, pgid, &plans.timeout).await;
                     return StepEnd::TimedOut(format!("{main}, but the {them} had not; leftovers killed: {how}"));
                 }
                 () = call.cancel.cancelled() => {
+                    let them = them.unwrap_or_else(them_now);
                     info!(pgid = pgid.as_raw(), "daemon stopping; sending SIGINT to the {them}");
                     stop(procs, pgid, &plans.shutdown).await;
                     return StepEnd::Cancelled;
                 }
             }
+        }
+    }
+
+    /// "1 process it left behind", "500 processes it left behind".
+    fn left_behind(&self, call: &StepCall<'_>, pgid: Pid) -> String {
+        let members = call.procs.members(Some(pgid), Search::Adopted, &self.broker.active());
+        match members.len().max(1) {
+            1 => "1 process it left behind".to_string(),
+            count => format!("{count} processes it left behind"),
         }
     }
 }
