@@ -56,7 +56,11 @@ notify: {{webhook: {url}/hook}}
 tasks:
   backup:
     {TRIGGERED}
-    command: [restic, backup, --json, --host, testhost, {data}]
+    # A source that takes a second: restic 0.18 prints no progress for a backup that is
+    # over before its first tick.
+    pipeline:
+      - [sh, -c, 'cat {data}/notes.txt; sleep 1']
+      - [restic, backup, --json, --host, testhost, --stdin, --stdin-filename, notes.txt]
     env:
       RESTIC_REPOSITORY: {repo}
       RESTIC_PASSWORD_COMMAND: secretbox get repo
