@@ -72,7 +72,14 @@ fn text_entries(records: &[&Record], args: &HistoryArgs) -> Vec<String> {
                 let took = crate::time::Took(Duration::from_millis(*duration_ms));
                 let mut entry = format!("{at}  {task}  {status}  {code}  {took}  {run_id}");
                 for b in backups {
-                    entry.push_str(&format!("  snapshot {}", short_id(&b.snapshot_id)));
+                    if b.unchanged {
+                        entry.push_str("  unchanged (no snapshot)");
+                    } else {
+                        entry.push_str(&format!("  snapshot {}", short_id(&b.snapshot_id)));
+                    }
+                    if b.partial {
+                        entry.push_str(" (partial)");
+                    }
                 }
                 entry.push_str(&format!("  {reason}"));
                 for a in attempts {
