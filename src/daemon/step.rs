@@ -253,6 +253,9 @@ struct StepCall<'a> {
     hook: Option<&'a str>,
     /// What the process's token may fetch; `None`: no token, and no socket to use it on.
     scope: Option<&'a [String]>,
+    /// A hook: the task's `{secret:}` values reach it only when its own `secrets:` list
+    /// them (a step, and the listings around a forget, get all of its task's).
+    hook_scoped: bool,
 }
 
 /// One attempt at a run's steps: the facts every step of it shares.
@@ -288,6 +291,7 @@ impl<'a> Steps<'a> {
             output: self.output,
             hook: None,
             scope: Some(&self.task.secrets),
+            hook_scoped: false,
         }
     }
 }
@@ -439,6 +443,7 @@ impl Runner {
             output,
             hook: Some(name),
             scope: (!hook.secrets.is_empty()).then_some(hook.secrets.as_slice()),
+            hook_scoped: true,
         };
         // A hook's output is logged like a step's (with a budget of its own), but its stderr
         // is not the run's tail.
@@ -474,7 +479,8 @@ impl Runner {
             Some(h) => format!("{}.{h}", call.run_id),
             None => format!("{}.{}", call.run_id, call.index + 1),
         };
-        let (env, file_names) = match self.env_for(call.task, call.step, call.scope, &label) {
+        let scope = (call.scope, call.hook_scoped);
+        let (env, file_names) = match self.env_for(call.task, call.step, scope, &label) {
             Ok(pair) => pair,
             Err(why) => return StepEnd::NotStarted(why),
         };

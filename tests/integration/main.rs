@@ -28,6 +28,7 @@ mod redeemers;
 mod restic;
 mod restic_aware;
 mod runs;
+mod scopes;
 mod system;
 mod system_service;
 mod validate;

@@ -52,12 +52,13 @@ impl Runner {
     /// `label`: see [`secret_files`]). A `{secret_file:}` value becomes the file's path
     /// when the process may fetch that secret (`scope`: a step's task always may, validation
     /// saw to that); for a hook that does not list it, the variable is left unset, as its
-    /// token is.
+    /// token is. A `{secret:}` value is the secret itself: a step gets every one its task's
+    /// and its own `env:` name, a hook (`hook`) only those its `secrets:` list.
     pub(super) fn env_for(
         &self,
         task: &Task,
         step: &Step,
-        scope: Option<&[String]>,
+        (scope, hook): (Option<&[String]>, bool),
         label: &str,
     ) -> Result<(StepEnv, Vec<String>), StepError> {
         let mut env = self.base_env.clone();
@@ -66,6 +67,11 @@ impl Runner {
             env.retain(|(k, _)| k != var.name.as_str());
             let value: OsString = match &var.value {
                 EnvValue::Text(text) => text.into(),
+                // A hook gets a secret's value only when its own `secrets:` list it: a plain
+                // hook, none (it runs code the task did not need to trust with them).
+                EnvValue::Secret(name) if hook && !scope.is_some_and(|s| s.contains(name)) => {
+                    continue;
+                }
                 EnvValue::Secret(name) => match self.broker.secrets().get(name) {
                     Some(secret) => {
                         OsStr::from_bytes(secret.expose_secret().as_bytes()).to_os_string()
