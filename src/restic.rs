@@ -194,20 +194,23 @@ impl Reader {
         Line::Summary(summary)
     }
 
-    /// A JSON array: a forget answer (groups with `keep`), a snapshot list, or neither.
+    /// A JSON array: a snapshot list, a forget answer (groups with `keep`), or neither. The
+    /// list is tried first: a snapshot tagged or named `keep` does not make it a forget
+    /// answer, and a forget answer's groups (no `id`, no `time`) never parse as snapshots.
     fn listing(&mut self, text: &str) -> Line {
-        if text.contains("\"keep\"") {
-            if let Ok(groups) = serde_json::from_str::<Vec<ForgetGroup>>(text) {
-                let removed: Vec<Snapshot> =
-                    groups.into_iter().flat_map(|g| g.remove.unwrap_or_default()).collect();
-                let n = removed.len();
-                self.removed.extend(removed);
-                return Line::Listing(format!("restic forget removed {n} snapshots"));
-            }
-        } else if let Ok(list) = serde_json::from_str::<Vec<Snapshot>>(text) {
+        if let Ok(list) = serde_json::from_str::<Vec<Snapshot>>(text) {
             let n = list.len();
             self.listed = Some(list);
             return Line::Listing(format!("restic listed {n} snapshots"));
+        }
+        if text.contains("\"keep\"")
+            && let Ok(groups) = serde_json::from_str::<Vec<ForgetGroup>>(text)
+        {
+            let removed: Vec<Snapshot> =
+                groups.into_iter().flat_map(|g| g.remove.unwrap_or_default()).collect();
+            let n = removed.len();
+            self.removed.extend(removed);
+            return Line::Listing(format!("restic forget removed {n} snapshots"));
         }
         Line::Text
     }
@@ -328,6 +331,12 @@ mod tests {
         assert!(matches!(r.line(&forget), Line::Listing(_)));
         assert_eq!(r.removed.len(), 1);
         assert_eq!(r.line("[1, 2]"), Line::Text);
+        // A snapshot tagged `keep` is still a snapshot list.
+        let tagged = snap.replace(r#""username":"u""#, r#""tags":["keep"]"#);
+        assert_eq!(
+            r.line(&format!("[{tagged}]")),
+            Line::Listing("restic listed 1 snapshots".into())
+        );
     }
 
     #[test]

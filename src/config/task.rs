@@ -185,20 +185,20 @@ impl Within {
                 number.push(c);
                 continue;
             }
+            if !matches!(c, 'y' | 'm' | 'd' | 'h') {
+                return Err(format!(
+                    "invalid keep-within {text:?}: unknown unit {c:?} (restic's units are y, m for months, d and h)"
+                ));
+            }
             let n: i64 = number.parse().map_err(|_| {
                 format!("invalid keep-within {text:?}: a number must come before {c:?} (restic writes 1y6m7d2h)")
             })?;
             number.clear();
             match c {
-                'y' => within.years += n,
-                'm' => within.months += n,
-                'd' => within.days += n,
-                'h' => within.hours += n,
-                _ => {
-                    return Err(format!(
-                        "invalid keep-within {text:?}: unknown unit {c:?} (restic's units are y, m for months, d and h)"
-                    ));
-                }
+                'y' => within.years = within.years.saturating_add(n),
+                'm' => within.months = within.months.saturating_add(n),
+                'd' => within.days = within.days.saturating_add(n),
+                _ => within.hours = within.hours.saturating_add(n),
             }
         }
         if !number.is_empty() {

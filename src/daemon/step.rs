@@ -490,15 +490,19 @@ impl Runner {
         };
         let forget = found.is_some().then(|| forget::listing(&call)).flatten();
         let (mut found, before) = match &forget {
-            Some(listing) => (found, self.list_for_forget(&call, listing, "before-forget").await),
+            Some(listing) => (found, self.list_for_forget(&call, listing, forget::BEFORE).await),
             None => (found, None),
         };
         let json_from = found.as_ref().map_or(0, |f| f.listings.removed.len());
-        let end = self
-            .run_processes(&call, &env, tail, budgets, found.as_mut().map(Found::reborrow))
-            .await;
+        // Stopped while the repository was listed: the forget does not start.
+        let end = if forget.is_some() && call.cancel.is_cancelled() {
+            StepEnd::Cancelled
+        } else {
+            self.run_processes(&call, &env, tail, budgets, found.as_mut().map(Found::reborrow))
+                .await
+        };
         if let (Some(listing), Some(found)) = (&forget, found.as_mut()) {
-            let after = self.list_for_forget(&call, listing, "after-forget").await;
+            let after = self.list_for_forget(&call, listing, forget::AFTER).await;
             forget::removed(found, json_from, before, after);
         }
         // Every process of the step has ended: its secret files go now, off the async

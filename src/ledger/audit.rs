@@ -4,7 +4,7 @@
 //! what it reports that is not a finding (snapshots pruned by policy, acknowledged
 //! deletions).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use jiff::Timestamp;
 
@@ -44,12 +44,13 @@ pub(crate) fn audit(
     let ledger_began = mine.iter().filter_map(|s| s.at.parse::<Timestamp>().ok()).min();
     let mut strangers = auditor.strangers(&tracked, ledger_began);
     let mut pruned = Vec::new();
+    let by_policy = spec.keep.as_ref().map(|keep| auditor.pruned_by(keep, &tracked, &mine));
     for (id, before) in &tracked.missing {
         if let Some(swap) = Auditor::swapped(before.as_ref(), &strangers) {
             let new = strangers.remove(swap);
             auditor.replaced(id, new);
         } else if let Some(keep) = &spec.keep
-            && auditor.pruned_by(keep, id, &tracked, &mine)
+            && by_policy.as_ref().is_some_and(|p| p.contains(id))
         {
             pruned.push(short(id).to_string());
             auditor.v.entries.push(Entry::Pruned {
@@ -271,50 +272,60 @@ impl<'a> Auditor<'a> {
         });
     }
 
-    /// Whether the `keep:` policy would have removed the missing snapshot `id`: the policy
-    /// applied to its group (host and paths, restic's default grouping), which is the
-    /// snapshots listed with the same host and paths and the tracked snapshots missing from
-    /// it. A snapshot never seen by an audit is placed by its run's time and by the host
-    /// and paths of its task's snapshots; one that cannot be placed is not judged.
-    fn pruned_by(&self, keep: &Keep, id: &str, tracked: &Tracked<'_>, mine: &[&Saved]) -> bool {
-        let place = |id: &str, before: Option<&Snapshot>| -> Option<(String, Vec<String>, When)> {
-            if let Some(b) = before {
-                return Some((b.hostname.clone(), sorted(&b.paths), When::parse(&b.time)?));
-            }
-            let saved = mine.iter().find(|s| s.id == id)?;
-            let sibling = mine
-                .iter()
-                .filter(|s| s.task == saved.task)
-                .find_map(|s| tracked.present.iter().find(|p| same_id(&p.id, &s.id)).copied())?;
-            Some((sibling.hostname.clone(), sorted(&sibling.paths), When::parse(&saved.at)?))
-        };
-        let before = tracked.missing.iter().find(|(m, _)| m == id).and_then(|(_, b)| b.as_ref());
-        let Some((host, paths, _)) = place(id, before) else { return false };
-        let mut group: Vec<(&str, When)> = Vec::new();
-        for s in self.listed {
-            if s.hostname == host
-                && sorted(&s.paths) == paths
-                && let Some(when) = When::parse(&s.time)
-            {
-                group.push((&s.id, when));
+    /// The missing snapshots the `keep:` policy would have removed: the policy applied to
+    /// each group (host and paths, restic's default grouping) that has a missing snapshot,
+    /// made of the snapshots listed with that host and paths and the tracked snapshots
+    /// missing from it. A snapshot no audit has seen is placed by its run's time and by the
+    /// host and paths of its task's snapshots in the repository; one that cannot be placed
+    /// is not judged (it stays missing). Each snapshot is placed once and each group judged
+    /// once: a year of hourly backups is judged in well under a second.
+    fn pruned_by(&self, keep: &Keep, tracked: &Tracked<'_>, mine: &[&Saved]) -> HashSet<String> {
+        type Group = (String, Vec<String>);
+        // A present snapshot of each task, found once: where its unseen snapshots belong.
+        let present: HashMap<&str, &Snapshot> =
+            tracked.present.iter().map(|p| (short(&p.id), *p)).collect();
+        let mut sibling: HashMap<&str, Option<&Snapshot>> = HashMap::new();
+        for s in mine {
+            let found = present.get(short(&s.id)).filter(|p| same_id(&p.id, &s.id)).copied();
+            let entry = sibling.entry(s.task.as_str()).or_insert(None);
+            if entry.is_none() {
+                *entry = found;
             }
         }
-        let target = group.len();
-        for (m, b) in &tracked.missing {
-            if let Some((h, p, when)) = place(m, b.as_ref())
-                && h == host
-                && p == paths
+        let saved: HashMap<&str, &Saved> = mine.iter().map(|s| (s.id.as_str(), *s)).collect();
+        let mut groups: HashMap<Group, Vec<(Option<&str>, When)>> = HashMap::new();
+        for (id, before) in &tracked.missing {
+            let placed = match before {
+                Some(b) => {
+                    When::parse(&b.time).map(|w| ((b.hostname.clone(), sorted(&b.paths)), w))
+                }
+                None => saved.get(id.as_str()).and_then(|s| {
+                    let p = sibling.get(s.task.as_str()).copied().flatten()?;
+                    Some(((p.hostname.clone(), sorted(&p.paths)), When::parse(&s.at)?))
+                }),
+            };
+            if let Some((group, when)) = placed {
+                groups.entry(group).or_default().push((Some(id.as_str()), when));
+            }
+        }
+        for s in self.listed {
+            if let Some(members) = groups.get_mut(&(s.hostname.clone(), sorted(&s.paths)))
+                && let Some(when) = When::parse(&s.time)
             {
-                if m == id {
-                    group.insert(target, (m, when));
-                } else {
-                    group.push((m, when));
+                members.push((None, when));
+            }
+        }
+        let mut pruned = HashSet::new();
+        for members in groups.values() {
+            let times: Vec<When> = members.iter().map(|(_, w)| *w).collect();
+            let kept = policy::kept(keep, &times, self.now);
+            for ((id, _), kept) in members.iter().zip(kept) {
+                if let (Some(id), false) = (id, kept) {
+                    pruned.insert((*id).to_string());
                 }
             }
         }
-        let times: Vec<When> = group.iter().map(|(_, w)| *w).collect();
-        let kept = policy::kept(keep, &times, self.now);
-        group.get(target).is_some_and(|(m, _)| *m == id) && !kept[target]
+        pruned
     }
 
     /// Acknowledged deletions, said in the verdict each time (they are few, and on purpose).

@@ -85,6 +85,11 @@ fn buckets(keep: &Keep) -> [(Option<u32>, Bucket); 6] {
 
 /// Which of `times` (one group's snapshots, in any order) the policy keeps, by index.
 pub(super) fn kept(keep: &Keep, times: &[When], now: Timestamp) -> Vec<bool> {
+    // A policy that keeps nothing is no policy (restic refuses it): it explains nothing.
+    let counts = [keep.last, keep.hourly, keep.daily, keep.weekly, keep.monthly, keep.yearly];
+    if keep.within.is_none() && counts.iter().all(|c| c.unwrap_or(0) == 0) {
+        return vec![true; times.len()];
+    }
     let mut order: Vec<usize> = (0..times.len()).collect();
     order.sort_by(|a, b| times[*b].at.cmp(&times[*a].at));
     // restic measures `within` from the newest snapshot not in the future.
@@ -92,12 +97,18 @@ pub(super) fn kept(keep: &Keep, times: &[When], now: Timestamp) -> Vec<bool> {
         order.iter().map(|i| times[*i]).find(|t| t.at <= now).or(order.first().map(|i| times[*i]));
     let within_from = match (keep.within, latest) {
         (Some(w), Some(latest)) => {
+            // Beyond jiff's range (`within: 20000y`): everything is within, as in restic.
             let zoned = latest.at.to_zoned(TimeZone::fixed(latest.offset));
-            let span = Span::new().years(w.years).months(w.months).days(w.days);
-            zoned
-                .checked_sub(span)
-                .ok()
-                .and_then(|z| z.timestamp().checked_sub(SignedDuration::from_hours(w.hours)).ok())
+            let span = Span::new().try_years(w.years).and_then(|s| s.try_months(w.months));
+            let span = span.and_then(|s| s.try_days(w.days));
+            let hours = SignedDuration::try_from_hours(w.hours);
+            Some(
+                span.ok()
+                    .and_then(|span| zoned.checked_sub(span).ok())
+                    .zip(hours)
+                    .and_then(|(z, h)| z.timestamp().checked_sub(h).ok())
+                    .unwrap_or(Timestamp::MIN),
+            )
         }
         _ => None,
     };
@@ -173,6 +184,15 @@ mod tests {
         let keep = Keep { within: Some(within), ..Keep::default() };
         let times = ["2020-01-10T00:00:00Z", "2020-01-08T00:00:01Z", "2020-01-08T00:00:00Z"];
         assert_eq!(run(keep, &times), [true, true, false]);
+    }
+
+    #[test]
+    fn a_policy_that_keeps_nothing_explains_nothing_and_a_huge_within_keeps_all() {
+        let times = ["2026-12-01T10:00:00Z", "2026-12-03T10:00:00Z"];
+        let zero = Keep { last: Some(0), daily: Some(0), ..Keep::default() };
+        assert_eq!(run(zero, &times), [true, true]);
+        let huge = Within { years: 20_000, hours: i64::MAX, ..Within::default() };
+        assert_eq!(run(Keep { within: Some(huge), ..Keep::default() }, &times), [true, true]);
     }
 
     #[test]

@@ -90,6 +90,18 @@ fn invalid_cases() -> Vec<Case> {
     vec![
         case("yaml syntax", "tasks:\n  docs: [1, 2\n", None, &["YAML syntax"]),
         case(
+            "a keep policy that keeps nothing",
+            &format!("{MINIMAL_TASK}    audit: {{tasks: [docs], keep: {{last: 0}}}}\n"),
+            Some(5),
+            &["tasks.docs.audit.keep", "keeps nothing"],
+        ),
+        case(
+            "restic's months in keep within",
+            &format!("{MINIMAL_TASK}    audit: {{tasks: [docs], keep: {{within: 30min}}}}\n"),
+            Some(5),
+            &["tasks.docs.audit.keep.within", "unknown unit 'i'"],
+        ),
+        case(
             "tasks is not a mapping",
             "tasks: 5\n",
             Some(1),

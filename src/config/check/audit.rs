@@ -59,6 +59,15 @@ impl Checker {
             yearly: yearly?,
             within: within?,
         };
+        let counts = [keep.last, keep.hourly, keep.daily, keep.weekly, keep.monthly, keep.yearly];
+        if keep != Keep::default()
+            && keep.within.is_none()
+            && counts.iter().all(|c| c.unwrap_or(0) == 0)
+        {
+            // It would explain every deletion as a prune.
+            self.error(path, node.pos, "keeps nothing: give a count above 0 or `within` (restic refuses such a policy too)");
+            return None;
+        }
         if keep == Keep::default() {
             self.error(
                 path,

@@ -10,6 +10,7 @@ use tracing::{error, info, warn};
 use super::{Outcome, Run};
 use crate::config::Audit;
 use crate::ledger::{self, Entry, Verdict};
+use crate::protocol::RunStatus;
 use crate::restic::Snapshot;
 
 /// "1 recorded snapshot", "2 recorded snapshots".
@@ -107,7 +108,13 @@ impl Run<'_> {
                     at: at.to_string(),
                     snapshot_id: b.snapshot_id.clone(),
                     partial: b.partial,
-                    status: b.partial.then_some(outcome.status),
+                    // The run's status; a failed attempt's under a run that succeeded
+                    // after a retry: failed.
+                    status: b.partial.then_some(if outcome.status.is_ok() {
+                        RunStatus::Failed
+                    } else {
+                        outcome.status
+                    }),
                 }
             }
         });
@@ -158,7 +165,6 @@ fn apply(verdict: Option<Verdict>, outcome: &mut Outcome) {
 mod tests {
     use super::*;
     use crate::history::Finding;
-    use crate::protocol::RunStatus;
 
     #[test]
     fn an_audit_without_a_listing_or_with_findings_fails_without_an_exit_code() {

@@ -11,12 +11,21 @@
 //! would be counted as this one's (tasks that share a repository should share a `lock:`).
 
 use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{Budgets, Found, Results, Runner, StepCall, StepEnd, Tail};
 use crate::config::Step;
 use crate::restic::Snapshot;
+
+/// The label of the listing before the forget, and after it.
+pub(super) const BEFORE: &str = "before-forget";
+pub(super) const AFTER: &str = "after-forget";
+
+/// How long the listing after a forget may take, whatever became of the forget.
+const AFTER_BUDGET: Duration = Duration::from_secs(60);
 
 /// A forget step's listing command, or `None` for any other step.
 pub(super) fn listing(call: &StepCall<'_>) -> Option<Step> {
@@ -35,32 +44,36 @@ pub(super) fn listing(call: &StepCall<'_>) -> Option<Step> {
 
 impl Runner {
     /// Lists the repository of a forget step (see the module's documentation); `None` when
-    /// the listing did not succeed.
+    /// the listing did not succeed, or skipped a snapshot it could not load.
     pub(super) async fn list_for_forget(
         &self,
         call: &StepCall<'_>,
         listing: &Step,
         when: &'static str,
     ) -> Option<Vec<Snapshot>> {
-        let listing_call = StepCall {
-            step: listing,
-            hook: Some(when),
-            facts: call.facts,
-            output: call.output,
-            ..*call
+        // The listing after the forget has a budget of its own: a forget stopped by its
+        // timeout or by shutdown has removed snapshots all the same, and they must be known.
+        let own = CancellationToken::new();
+        let (deadline, cancel) = match when {
+            AFTER => (Some(Instant::now() + AFTER_BUDGET), &own),
+            _ => (call.deadline, call.cancel),
         };
+        let listing_call = StepCall { step: listing, hook: Some(when), deadline, cancel, ..*call };
         let mut results = Results::default();
         let mut budgets = Budgets::default();
-        let end = Box::pin(self.run_step(
-            listing_call,
-            &mut Tail::new(),
-            &mut budgets,
-            Some(results.found()),
-        ))
-        .await;
+        let mut tail = Tail::new();
+        let end =
+            Box::pin(self.run_step(listing_call, &mut tail, &mut budgets, Some(results.found())))
+                .await;
         budgets.finish();
+        // restic exits 0 when it skips a snapshot file it could not load: such a list would
+        // make a snapshot that is there look removed.
+        let skipped = tail.iter().any(|l| {
+            let l = l.to_ascii_lowercase();
+            l.contains("could not load snapshot") || l.starts_with("ignoring")
+        });
         match end {
-            StepEnd::Exited(st, ..) if st.success() => results.listings.listed,
+            StepEnd::Exited(st, ..) if st.success() && !skipped => results.listings.listed,
             _ => None,
         }
     }
@@ -68,7 +81,9 @@ impl Runner {
 
 /// Records what the forget step removed: the snapshots listed `before` and not `after`,
 /// in place of what its `--json` answer said (`json_from`: where this step's entries begin
-/// in `found`). Without both lists, the `--json` answer stands, and the run says why.
+/// in `found`); with a `--json` answer, only those it names (one gone from the list but not
+/// named was removed by someone else meanwhile, and is not this forget's). Without both
+/// lists, the `--json` answer stands, and the run says why.
 pub(super) fn removed(
     found: &mut Found<'_>,
     json_from: usize,
@@ -82,8 +97,12 @@ pub(super) fn removed(
         return;
     };
     let still: HashSet<&str> = after.iter().map(|s| s.id.as_str()).collect();
-    let gone: Vec<Snapshot> =
+    let mut gone: Vec<Snapshot> =
         before.into_iter().filter(|s| !still.contains(s.id.as_str())).collect();
+    let said = &found.listings.removed[json_from..];
+    if !said.is_empty() {
+        gone.retain(|g| said.iter().any(|s| g.id.starts_with(&s.id) || s.id.starts_with(&g.id)));
+    }
     info!("the forget removed {} snapshots (listed before and after it)", gone.len());
     found.listings.removed.truncate(json_from);
     found.listings.removed.extend(gone);
