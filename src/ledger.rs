@@ -80,8 +80,9 @@ pub(crate) enum Entry {
     Unchanged { task: String, run_id: String, at: String },
     /// A forget run by the daemon removed it.
     Forgotten { task: String, run_id: String, at: String, snapshot_id: String },
-    /// An audit found it gone, and its `keep:` policy would have removed it.
-    Pruned { audit: String, at: String, snapshot_id: String, policy: String },
+    /// An audit found them gone, and its `keep:` policy would have removed them (one entry
+    /// per audit: the first after a year of prunes elsewhere decides thousands).
+    Pruned { audit: String, at: String, snapshot_ids: Vec<String>, policy: String },
     /// Somebody said it was removed on purpose (`backupnizza ledger forget`).
     Acknowledged { at: String, snapshot_id: String, reason: String },
     /// An audit saw it so (full id).
@@ -157,8 +158,10 @@ impl Ledger {
             Entry::Forgotten { task, at, snapshot_id, .. } => {
                 self.explain(snapshot_id, Gone::Forgotten { task, at });
             }
-            Entry::Pruned { at, snapshot_id, policy, .. } => {
-                self.explain(snapshot_id, Gone::Pruned { at, policy });
+            Entry::Pruned { at, snapshot_ids, policy, .. } => {
+                for id in snapshot_ids {
+                    self.explain(id, Gone::Pruned { at: at.clone(), policy: policy.clone() });
+                }
             }
             Entry::Acknowledged { at, snapshot_id, reason } => {
                 self.explain(snapshot_id, Gone::Acknowledged { at, reason });
@@ -463,7 +466,12 @@ mod tests {
             v.notes,
             ["2 snapshots pruned by the keep policy (--keep-last 2): 00000000 11111111"]
         );
-        assert_eq!(v.entries.iter().filter(|e| matches!(e, Entry::Pruned { .. })).count(), 2);
+        let pruned: Vec<&Entry> =
+            v.entries.iter().filter(|e| matches!(e, Entry::Pruned { .. })).collect();
+        assert!(
+            matches!(pruned[..], [Entry::Pruned { snapshot_ids, .. }] if snapshot_ids.len() == 2),
+            "{pruned:?}"
+        );
         // The newest deleted by hand: the policy would have kept it.
         let v = with(&l, &snaps[..3], &spec);
         assert_eq!(kinds(&v), [("missing", "33333333".into())]);

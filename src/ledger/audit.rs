@@ -14,6 +14,9 @@ use crate::config::{Audit, Keep};
 use crate::history::Finding;
 use crate::restic::Snapshot;
 
+/// How many pruned snapshots the audit's note names (`backupnizza ledger` lists them all).
+const NOTE_IDS: usize = 20;
+
 /// What an audit decided, and what it adds to the ledger.
 #[derive(Debug, Default)]
 pub(crate) struct Verdict {
@@ -49,27 +52,29 @@ pub(crate) fn audit(
         if let Some(swap) = Auditor::swapped(before.as_ref(), &strangers) {
             let new = strangers.remove(swap);
             auditor.replaced(id, new);
-        } else if let Some(keep) = &spec.keep
-            && by_policy.as_ref().is_some_and(|p| p.contains(id))
-        {
-            pruned.push(short(id).to_string());
-            auditor.v.entries.push(Entry::Pruned {
-                audit: name.into(),
-                at: at.into(),
-                snapshot_id: id.clone(),
-                policy: keep.to_string(),
-            });
+        } else if by_policy.as_ref().is_some_and(|p| p.contains(id)) {
+            pruned.push(id.clone());
         } else {
             auditor.missing(id, spec.keep.as_ref());
         }
     }
-    if !pruned.is_empty() {
-        let keep = spec.keep.as_ref().map(ToString::to_string).unwrap_or_default();
+    if let (false, Some(keep)) = (pruned.is_empty(), &spec.keep) {
+        // One entry for the lot: the first audit after a year of prunes elsewhere decides
+        // thousands at once, and each entry is a write and an fdatasync.
+        let shown: Vec<&str> = pruned.iter().take(NOTE_IDS).map(|id| short(id)).collect();
+        let more = pruned.len().saturating_sub(NOTE_IDS);
+        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
         auditor.v.notes.push(format!(
-            "{} pruned by the keep policy ({keep}): {}",
+            "{} pruned by the keep policy ({keep}): {}{more}",
             snapshots(pruned.len()),
-            pruned.join(" ")
+            shown.join(" ")
         ));
+        auditor.v.entries.push(Entry::Pruned {
+            audit: name.into(),
+            at: at.into(),
+            snapshot_ids: pruned,
+            policy: keep.to_string(),
+        });
     }
     auditor.acknowledged(&tracked);
     for s in strangers {
