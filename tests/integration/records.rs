@@ -307,7 +307,7 @@ fn output_file_keeps_the_full_output_redacted_and_rotated_under_its_cap() {
     crate::harness::write_private(&secret, canary.as_bytes());
     let script = "echo \"first $PW\"; yes 0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789 | head -c 50000000; echo; echo \"last-marker $PW\"";
     let config = scratch.config(&format!(
-        "secrets:\n  pw: {{file: {}}}\ntasks:\n  t:\n    {TRIGGERED}\n    timeout: 5m\n    command: [sh, -c, '{script}']\n    env:\n      PW: {{secret: pw}}\n    hooks:\n      after: [sh, -c, 'echo \"after-hook $PW\"']\n    output_file: {{path: out/t.log, max_size: 1MiB, keep: 2}}\n",
+        "secrets:\n  pw: {{file: {}}}\ntasks:\n  t:\n    {TRIGGERED}\n    timeout: 5m\n    command: [sh, -c, '{script}']\n    env:\n      PW: {{secret: pw}}\n    secrets: [pw]\n    hooks:\n      after: {{command: [sh, -c, 'echo \"after-hook $PW\"'], secrets: [pw]}}\n    output_file: {{path: out/t.log, max_size: 1MiB, keep: 2}}\n",
         secret.display()
     ));
     let daemon = scratch.start_daemon(&config);
