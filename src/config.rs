@@ -85,6 +85,13 @@ pub struct Config {
 }
 
 impl Config {
+    /// `metrics_textfile:`'s directory when it does not exist: the daemon refuses to start
+    /// (rather than warn after every run), and `validate` reports it.
+    pub fn missing_metrics_dir(&self) -> Option<&std::path::Path> {
+        let dir = self.metrics_textfile.as_ref()?.parent()?;
+        (!dir.as_os_str().is_empty() && !dir.is_dir()).then_some(dir)
+    }
+
     pub fn secret(&self, name: &str) -> Option<&SecretSpec> {
         self.secrets.iter().find(|s| s.name == name)
     }

@@ -204,10 +204,6 @@ impl Ledger {
             .get(id)
             .or_else(|| self.gone.iter().find(|(gone, _)| same_id(gone, id)).map(|(_, why)| why))
     }
-
-    fn forgotten(&self, id: &str) -> bool {
-        self.gone(id).is_some()
-    }
 }
 
 /// The ledger's appender: one per daemon, owned by its writer thread. It never rotates (see

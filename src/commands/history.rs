@@ -115,7 +115,7 @@ fn text_entries(records: &[&Record], args: &HistoryArgs) -> Vec<String> {
 }
 
 /// restic's short form of a snapshot id.
-fn short_id(id: &str) -> &str {
+pub(super) fn short_id(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
 }
 

@@ -7,6 +7,7 @@
 
 use anyhow::Context as _;
 
+use super::history::short_id as short;
 use super::{load_config, print};
 use crate::cli::{LedgerArgs, LedgerCommand, LedgerForgetArgs};
 use crate::config::Environment;
@@ -63,8 +64,4 @@ fn forget(args: &LedgerForgetArgs, env: &Environment) -> anyhow::Result<()> {
         }
         Ok(())
     })
-}
-
-fn short(id: &str) -> &str {
-    id.get(..8).unwrap_or(id)
 }

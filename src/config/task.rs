@@ -345,6 +345,17 @@ pub struct Step {
     pub sha256: Option<[u8; 32]>,
 }
 
+impl Task {
+    /// The `PATH` the task's `env:` or a step's (`step_env`, which wins) sets as text, if
+    /// either does: what a step's programs are found on, over the daemon's own.
+    pub fn env_path<'a>(&'a self, step_env: &'a [EnvVar]) -> Option<&'a str> {
+        self.env.iter().chain(step_env).rev().find_map(|var| match &var.value {
+            EnvValue::Text(text) if var.name == "PATH" => Some(text.as_str()),
+            _ => None,
+        })
+    }
+}
+
 impl Step {
     /// Every process the step runs, in pipeline order (one for a plain command).
     pub fn stages(&self) -> Vec<&[String]> {

@@ -38,6 +38,8 @@ pub(super) struct Start {
     pub(super) env: Environment,
     pub(super) env_values: EnvValues,
     pub(super) base_env: Vec<(OsString, OsString)>,
+    /// Where the `secretbox` beside this binary is, found once at start.
+    pub(super) secretbox_dir: Option<PathBuf>,
     pub(super) pins: Vec<Vec<Option<Pinned>>>,
     pub(super) redeemers: Redeemers,
     pub(super) guardian: Option<Guardian>,
@@ -74,6 +76,7 @@ pub fn main(config_path: PathBuf, mut env: Environment) -> anyhow::Result<()> {
         env,
         env_values,
         base_env: checked.base_env,
+        secretbox_dir: checked.secretbox_dir,
         pins: checked.pins,
         redeemers: checked.redeemers,
         guardian,
@@ -103,6 +106,7 @@ fn check_task_file(
 /// programs that may redeem tokens.
 struct Checked {
     base_env: Vec<(OsString, OsString)>,
+    secretbox_dir: Option<PathBuf>,
     pins: Vec<Vec<Option<Pinned>>>,
     redeemers: Redeemers,
 }
@@ -129,7 +133,7 @@ fn check_programs(
     };
     let pins = prepare_programs(config, &cx)?;
     let redeemers = pin_redeemers(config, secretbox_dir.as_deref(), &base_env, uid)?;
-    Ok(Checked { base_env, pins, redeemers })
+    Ok(Checked { base_env, secretbox_dir, pins, redeemers })
 }
 
 /// Before any secret is read (but for `env` sources, in the process since it started): no

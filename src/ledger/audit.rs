@@ -217,7 +217,7 @@ impl<'a> Auditor<'a> {
         };
         let mut strangers = Vec::new();
         for s in self.listed {
-            if recorded(s) || ledger.forgotten(&s.id) {
+            if recorded(s) || ledger.gone(&s.id).is_some() {
                 continue;
             }
             if !tracked.hosts.contains(s.hostname.as_str())

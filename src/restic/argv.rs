@@ -66,7 +66,7 @@ const FORGET_WITH_VALUE: &[&str] = &[
 
 /// The subcommand of a restic command line (`backup`, `forget`, ...), or `None` when the
 /// program is not restic or no subcommand is given.
-pub(crate) fn subcommand(argv: &[String]) -> Option<&str> {
+fn subcommand(argv: &[String]) -> Option<&str> {
     let (program, args) = argv.split_first()?;
     if program.rsplit('/').next() != Some("restic") {
         return None;

@@ -29,7 +29,7 @@ struct ExitError {
 /// The message of an `exit_error` line (its first line: restic appends hints such as "the
 /// `unlock` command can be used to remove stale locks" after a newline), or `None` when the
 /// line is something else.
-pub(crate) fn exit_error(line: &str) -> Option<String> {
+fn exit_error(line: &str) -> Option<String> {
     let line = line.trim();
     if !line.starts_with('{') || !line.contains("exit_error") {
         return None;

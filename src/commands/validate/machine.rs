@@ -9,7 +9,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, EnvValue, Environment, Step, Task, program_name};
+use crate::config::{Config, Environment, Step, Task, program_name};
 use crate::trust::{dir_first, resolve, secretbox_dir};
 
 /// What the checks found: errors fail `validate` (exit 2), advice does not.
@@ -52,10 +52,7 @@ pub(super) fn check(config: &Config, env: &Environment) -> Machine {
             }
         }
     }
-    if let Some(file) = &config.metrics_textfile
-        && let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty())
-        && !dir.is_dir()
-    {
+    if let Some(dir) = config.missing_metrics_dir() {
         found.errors.push(format!(
             "metrics_textfile: directory {} does not exist: create it (node_exporter's --collector.textfile.directory), or change the path",
             dir.display()
@@ -67,12 +64,8 @@ pub(super) fn check(config: &Config, env: &Environment) -> Machine {
 /// The `PATH` the step will see: its task's or its own `env:` over the caller's, with the
 /// `secretbox` beside `backupnizza` first, as the daemon does.
 fn step_path(env: &Environment, task: &Task, step: &Step, beside: Option<&Path>) -> OsString {
-    let mut path = OsString::from(env.var("PATH").unwrap_or("/usr/local/bin:/usr/bin:/bin"));
-    for var in task.env.iter().chain(&step.env) {
-        if let (true, EnvValue::Text(text)) = (var.name == "PATH", &var.value) {
-            path = text.into();
-        }
-    }
+    let caller = env.var("PATH").unwrap_or("/usr/local/bin:/usr/bin:/bin");
+    let path = OsString::from(task.env_path(&step.env).unwrap_or(caller));
     match beside {
         Some(dir) => dir_first(&path, dir),
         None => path,

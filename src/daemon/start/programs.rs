@@ -5,7 +5,7 @@
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
 
-use crate::config::{Config, EnvValue, EnvVar, Source, Task};
+use crate::config::{Config, EnvVar, Source, Task};
 use crate::digest::hex;
 use crate::trust::{Pinned, check_source_program, check_trusted, pin, resolve};
 
@@ -15,13 +15,10 @@ pub(crate) fn step_path(
     task: &Task,
     step_env: &[EnvVar],
 ) -> Option<OsString> {
-    let mut path = base.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone());
-    for var in task.env.iter().chain(step_env) {
-        if let (true, EnvValue::Text(text)) = (var.name == "PATH", &var.value) {
-            path = Some(text.into());
-        }
+    match task.env_path(step_env) {
+        Some(text) => Some(text.into()),
+        None => base.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone()),
     }
-    path
 }
 
 /// For each task, for each step, the pinned program (if pinned).

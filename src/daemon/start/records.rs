@@ -50,17 +50,15 @@ impl Records {
             HistoryWriter::start(history, problem).context("cannot start the history writer")?;
         let (ledger, ledger_closed) = LedgerWriter::start(LedgerFile::new(&config.state_dir))
             .context("cannot start the ledger writer")?;
+        // Refused once at start, rather than a warning after every run.
+        if let Some(dir) = config.missing_metrics_dir() {
+            return Err(crate::exit::Exit::usage(format!(
+                "metrics_textfile: directory {} does not exist: create it, or change the path (`backupnizza validate` checks it too)",
+                dir.display()
+            ))
+            .into());
+        }
         let metrics = match &config.metrics_textfile {
-            // Refused once at start, rather than a warning after every run.
-            Some(path)
-                if path.parent().is_some_and(|d| !d.as_os_str().is_empty() && !d.is_dir()) =>
-            {
-                let dir = path.parent().unwrap_or(path).display();
-                return Err(crate::exit::Exit::usage(format!(
-                    "metrics_textfile: directory {dir} does not exist: create it, or change the path (`backupnizza validate` checks it too)"
-                ))
-                .into());
-            }
             Some(path) => Some(
                 MetricsWriter::start(path.clone()).context("cannot start the metrics writer")?,
             ),

@@ -49,7 +49,8 @@ pub(super) async fn serve(
     start: Start,
     mut stop: mpsc::Receiver<Stop>,
 ) -> anyhow::Result<Finished> {
-    let Start { config, env, env_values, base_env, pins, redeemers, guardian } = start;
+    let Start { config, env, env_values, base_env, secretbox_dir, pins, redeemers, guardian } =
+        start;
     // A stop request during start-up ends it: a slow secret helper is killed, not awaited.
     let secrets = tokio::select! {
         loaded = load_secrets(&config, &env, env_values) => loaded?,
@@ -76,7 +77,7 @@ pub(super) async fn serve(
         socket: bound.path.clone(),
         server_id: crate::client::ServerId::this_process().map(|id| id.to_string()),
         base_env,
-        secretbox_dir: crate::trust::secretbox_dir(),
+        secretbox_dir,
         home: env.var("HOME").map(PathBuf::from),
         kill_grace: config.kill_grace,
         shutdown_grace: config.shutdown_grace,
@@ -329,6 +330,7 @@ mod tests {
             env,
             env_values: std::collections::HashMap::new(),
             base_env: crate::daemon::step::allowed_env(std::env::vars_os(), None),
+            secretbox_dir: None,
             pins: vec![vec![None]],
             redeemers: Redeemers::default(),
             guardian: None,

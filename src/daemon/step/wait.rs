@@ -74,11 +74,9 @@ impl Runner {
         let (ended_tx, ended_rx) = oneshot::channel::<()>();
         // The output is read on this task, beside the wait: the tail stays a plain value.
         let mut restic = crate::restic::Reader::new(call.index + 1);
-        let listing = matches!(
-            crate::restic::argv::subcommand(&call.step.command),
-            Some("snapshots" | "forget")
-        );
-        if listing || call.task.audit.is_some() || call.step.command.iter().any(|a| a == "forget") {
+        // A snapshot list or a forget answer is one long line (also a forget's listings).
+        let lists = call.step.command.iter().any(|a| a == "forget" || a == "snapshots");
+        if lists || call.task.audit.is_some() {
             restic.line_limit = MAX_LISTING;
         }
         let streams = (stdout, stderr);
