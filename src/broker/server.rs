@@ -73,7 +73,7 @@ pub(crate) const PER_PROCESS: usize = 64;
 /// Connections kept for task processes: processes outside the tasks (a flood from many of
 /// them) fill at most the rest, so a task's redemption always finds room.
 pub(crate) const KEPT_FOR_TASKS: usize = 256;
-/// Least time between two log lines about refused connections.
+/// Least time between two log lines about connections refused by the same limit.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Which limit a new connection ran into.
@@ -128,7 +128,9 @@ pub(crate) async fn serve_with(
     // Open connections by peer pid; owned by this loop alone.
     let mut per_process: HashMap<Option<u32>, usize> = HashMap::new();
     let mut refused: u64 = 0;
-    let mut last_refusal_log: Option<Instant> = None;
+    // When each limit was last logged: each has its own rate, so a flood that runs into one
+    // limit does not hide that another was reached too.
+    let mut last_refusal_log: HashMap<&'static str, Instant> = HashMap::new();
     loop {
         // Finished connections leave the set here, so it holds only live ones.
         while let Some(done) = connections.try_join_next() {
@@ -165,15 +167,15 @@ pub(crate) async fn serve_with(
         let mine = if counted { per_process.get(&peer.pid).copied().unwrap_or(0) } else { 0 };
         if let Some(limit) = over_limit(&shared.broker, connections.len(), mine, peer.pid) {
             refused += 1;
-            if last_refusal_log.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
+            if last_refusal_log.get(limit).is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
                 warn!(
                     peer_pid = peer.pid.unwrap_or_default(),
                     open = connections.len(),
                     refused,
-                    "closed a new connection: {limit} is reached (one line per {}s at most; `refused` counts them all)",
+                    "closed a new connection: {limit} is reached (one line per limit per {}s at most; `refused` counts them all)",
                     REFUSAL_LOG_EVERY.as_secs()
                 );
-                last_refusal_log = Some(Instant::now());
+                last_refusal_log.insert(limit, Instant::now());
             }
             continue;
         }
