@@ -160,6 +160,11 @@ pub struct SecretSpec {
     /// Where the secret's key is in the task file, for messages about it found after parsing
     /// (a `command:` program that fails StrictModes).
     pub pos: Option<Pos>,
+    /// `allow_short: true`: the value may be shorter than
+    /// [`MIN_SECRET_LEN`](crate::broker::sources::MIN_SECRET_LEN) bytes. Masking a short
+    /// value in output anyone can shape (file names a backup lists) tells them when they
+    /// guessed it, so a short one must be asked for.
+    pub allow_short: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -133,10 +133,20 @@ impl Record {
     /// it has been, and masking JSON text could cut a record's structure.
     pub(crate) fn redacted(&self) -> Record {
         let mut record = self.clone();
+        // A run's record is made of its task's output: masked with that task's own secrets.
+        let task = match &record {
+            Record::End(end) => Some(end.task.clone()),
+            Record::Skip { task, .. } => Some(task.clone()),
+            Record::Start { .. } | Record::Daemon { .. } => None,
+        };
         let mask = |text: &mut String| {
-            if let std::borrow::Cow::Owned(clean) = crate::redact::redact(text) {
-                *text = clean;
-            }
+            let clean = match &task {
+                Some(task) => {
+                    crate::redact::as_task(task, || crate::redact::redact(text).into_owned())
+                }
+                None => crate::redact::redact(text).into_owned(),
+            };
+            *text = clean;
         };
         match &mut record {
             Record::End(RunEnd { reason, stderr_tail, attempts, findings, .. }) => {

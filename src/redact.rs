@@ -12,11 +12,15 @@
 //! secrets load, needs it.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use zeroize::Zeroizing;
 
 use crate::protocol::TOKEN_PREFIX;
+
+pub(crate) mod visible;
 
 pub(crate) const MASK: &str = "***";
 
@@ -25,18 +29,61 @@ pub(crate) const MASK: &str = "***";
 /// multi-line value, and their escaped forms); the redactor never copies what it is given.
 pub(crate) trait Needles: Send + Sync {
     fn needles(&self) -> Box<dyn Iterator<Item = &[u8]> + '_>;
+
+    /// The needles of the secrets called `names` only (a task's own). By default, all.
+    fn needles_of<'a>(&'a self, names: &'a [String]) -> Box<dyn Iterator<Item = &'a [u8]> + 'a> {
+        let _ = names;
+        self.needles()
+    }
 }
 
 static SECRETS: RwLock<Option<Arc<dyn Needles>>> = RwLock::new(None);
+
+/// Each task's own secrets, by task name: its output is masked with these, not with every
+/// secret the daemon holds. A `***` in output someone can shape (a file name a backup
+/// lists) tells them they guessed a value, and they should learn nothing of secrets the
+/// task does not even use.
+static SCOPES: RwLock<Option<Arc<Scopes>>> = RwLock::new(None);
+
+/// Task name to the names of its own secrets.
+type Scopes = HashMap<String, Vec<String>>;
+
+thread_local! {
+    /// The task whose output is being masked on this thread ([`as_task`]), if any.
+    static TASK: RefCell<Option<String>> = const { RefCell::new(None) };
+}
 
 /// Makes `secrets` known to the redactor (replacing any earlier set).
 pub(crate) fn register(secrets: Arc<dyn Needles>) {
     *SECRETS.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(secrets);
 }
 
+/// Makes each task's own secrets known (task name to secret names).
+pub(crate) fn register_scopes(scopes: Scopes) {
+    *SCOPES.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(scopes));
+}
+
 /// Forgets the secrets (at shutdown, before they are wiped).
 pub(crate) fn unregister() {
     *SECRETS.write().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+}
+
+/// Runs `f` with every [`redact`] on this thread masking `task`'s own secrets (and tokens
+/// and URL passwords) rather than all of them: for the task's output and what is made of it
+/// (its log lines, history record, notifications). `f` must not await: the scope is the
+/// thread's. A task the redactor was not told of is masked with every secret.
+pub(crate) fn as_task<R>(task: &str, f: impl FnOnce() -> R) -> R {
+    let before = TASK.with(|t| t.replace(Some(task.to_string())));
+    // Restored however `f` ends.
+    struct Restore(Option<String>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let before = self.0.take();
+            TASK.with(|t| *t.borrow_mut() = before);
+        }
+    }
+    let _restore = Restore(before);
+    f()
 }
 
 /// A string someone outside the daemon chose (a requested secret name, a refused peer's
@@ -48,22 +95,45 @@ pub(crate) fn digest(chosen: &[u8]) -> String {
     format!("sha256:{}", crate::digest::hex(&crate::digest::sha256(chosen)[..8]))
 }
 
-/// Redacts a line of text with the registered secrets.
+/// Redacts a line of text with the registered secrets: within [`as_task`], that task's own.
 pub(crate) fn redact(text: &str) -> Cow<'_, str> {
     let guard = SECRETS.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-    redact_with(text, guard.as_deref())
+    let Some(secrets) = guard.as_deref() else { return redact_needles(text, std::iter::empty()) };
+    let scopes = SCOPES.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    TASK.with(|task| {
+        let task = task.borrow();
+        match task.as_deref().zip(scopes.as_deref()).and_then(|(t, s)| s.get(t)) {
+            Some(names) => redact_needles(text, secrets.needles_of(names)),
+            None => redact_needles(text, secrets.needles()),
+        }
+    })
+}
+
+/// A line of a task's output as the log, the history, the output file and followers get
+/// it: terminal escapes removed, then what no reader sees ([`visible`]), then masked
+/// ([`redact`]). Matching what a reader would see is what catches a secret printed with a
+/// NUL, a zero-width space or a colour change in the middle.
+pub(crate) fn output_line(text: &str) -> String {
+    let plain = crate::restic::strip_escapes(text);
+    let seen = visible::visible(&plain);
+    redact(&seen).into_owned()
 }
 
 /// Redacts with an explicit set of secrets (for tests and for the loader).
 pub(crate) fn redact_with<'a>(text: &'a str, secrets: Option<&dyn Needles>) -> Cow<'a, str> {
+    match secrets {
+        Some(secrets) => redact_needles(text, secrets.needles()),
+        None => redact_needles(text, std::iter::empty()),
+    }
+}
+
+fn redact_needles<'a, 'n>(text: &'a str, needles: impl Iterator<Item = &'n [u8]>) -> Cow<'a, str> {
     let mut out: Cow<'a, str> = Cow::Borrowed(text);
-    if let Some(secrets) = secrets {
-        for value in secrets.needles() {
-            if value.is_empty() || memchr::memmem::find(out.as_bytes(), value).is_none() {
-                continue;
-            }
-            out = Cow::Owned(replace_bytes(out.as_bytes(), value));
+    for value in needles {
+        if value.is_empty() || memchr::memmem::find(out.as_bytes(), value).is_none() {
+            continue;
         }
+        out = Cow::Owned(replace_bytes(out.as_bytes(), value));
     }
     if out.contains(TOKEN_PREFIX) {
         out = Cow::Owned(mask_tokens(&out));

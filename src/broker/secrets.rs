@@ -45,6 +45,10 @@ impl crate::redact::Needles for Secrets {
     fn needles(&self) -> Box<dyn Iterator<Item = &[u8]> + '_> {
         Box::new(Secrets::needles(self))
     }
+
+    fn needles_of<'a>(&'a self, names: &'a [String]) -> Box<dyn Iterator<Item = &'a [u8]> + 'a> {
+        Box::new(self.needles_where(move |name| names.iter().any(|n| n == name)))
+    }
 }
 
 impl Secrets {
@@ -68,13 +72,23 @@ impl Secrets {
     /// of multi-line values, raw and in the escaped forms a log format or a task's JSON
     /// would give them. Callers must not log or copy what they get.
     pub fn needles(&self) -> impl Iterator<Item = &[u8]> {
-        self.needles.iter().filter_map(|(name, source, start, end)| {
-            let bytes = match source {
-                In::Value => self.by_name.get(name)?,
-                In::Forms => self.forms.get(name)?,
-            };
-            bytes.expose_secret().as_bytes().get(*start..*end)
-        })
+        self.needles_where(|_| true)
+    }
+
+    /// [`Secrets::needles`] of the secrets whose name `keep` accepts.
+    fn needles_where<'a>(
+        &'a self,
+        keep: impl Fn(&str) -> bool + 'a,
+    ) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.needles.iter().filter(move |(name, ..)| keep(name)).filter_map(
+            |(name, source, start, end)| {
+                let bytes = match source {
+                    In::Value => self.by_name.get(name)?,
+                    In::Forms => self.forms.get(name)?,
+                };
+                bytes.expose_secret().as_bytes().get(*start..*end)
+            },
+        )
     }
 
     /// Adds a value, copying it (and its escaped forms) onto locked pages.
@@ -101,7 +115,11 @@ impl Secrets {
             self.needles.push((name.to_string(), In::Value, start, end));
             // A value that is not UTF-8 is never escaped by a formatter as text.
             let Ok(text) = std::str::from_utf8(&value[start..end]) else { continue };
-            for form in crate::redact::escaped_forms(text) {
+            // Output is matched as a reader sees it ([`crate::redact::visible`]): a value
+            // holding an invisible character is looked for without it too.
+            let seen = crate::redact::visible::visible(text);
+            let seen = (seen != text).then(|| Zeroizing::new(seen.into_owned()));
+            for form in crate::redact::escaped_forms(text).into_iter().chain(seen) {
                 if form.as_bytes() == text.as_bytes() {
                     continue;
                 }
@@ -133,6 +151,31 @@ impl Secrets {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scope_masks_its_own_secrets_and_a_value_with_an_invisible_character_as_seen() {
+        use crate::redact::Needles as _;
+        let mut s = Secrets::empty();
+        s.insert("mine", b"mine-0123456789").unwrap();
+        s.insert("theirs", b"theirs-0123456789").unwrap();
+        s.insert("zw", "zero\u{200b}width-0123".as_bytes()).unwrap();
+        let scope = ["mine".to_string(), "zw".to_string()];
+        let masked = |text: &str| {
+            let needles: Vec<&[u8]> = s.needles_of(&scope).collect();
+            let mut out = text.to_string();
+            for n in needles {
+                out = out.replace(std::str::from_utf8(n).unwrap(), "***");
+            }
+            out
+        };
+        assert_eq!(masked("a mine-0123456789 b theirs-0123456789"), "a *** b theirs-0123456789");
+        // As a reader sees it, the zero-width space is gone; both spellings are masked.
+        assert_eq!(masked("zerowidth-0123 zero\u{200b}width-0123"), "*** ***");
+        assert_eq!(
+            s.needles().count(),
+            s.needles_of(&["mine".into(), "theirs".into(), "zw".into()]).count()
+        );
+    }
 
     #[test]
     fn secrets_debug_shows_names_only() {

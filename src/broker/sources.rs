@@ -27,6 +27,11 @@ use crate::sys::locked::LockedBytes;
 /// Largest secret we accept from any source; a password or key is far smaller, and a bound
 /// keeps a misbehaving command from filling memory.
 pub(crate) const MAX_SECRET_LEN: usize = 64 * 1024;
+/// The shortest value a secret may have without `allow_short: true`. A task's output is
+/// masked with its own secrets, and anyone who can shape that output (a file name a backup
+/// lists) learns from a `***` that they guessed a value: 12 bytes put a guess out of reach
+/// of that test (a 4-digit PIN is 10,000 file names).
+pub(crate) const MIN_SECRET_LEN: usize = 12;
 
 /// A secret that could not be loaded: which, from where, what went wrong, how to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -159,7 +164,18 @@ pub(crate) async fn load_one(
             Some("store a non-empty value".into()),
         ));
     }
-    if loaded.value.as_bytes().len() > MAX_SECRET_LEN {
+    let len = loaded.value.as_bytes().len();
+    if len < MIN_SECRET_LEN && !spec.allow_short {
+        return Err(SecretError::new(
+            spec,
+            format!("the secret is {len} bytes long, shorter than {MIN_SECRET_LEN}"),
+            Some(format!(
+                "store a longer value, or add `allow_short: true` to secrets.{} if it must be short (a short value can be guessed through the masking of a task's output: see docs/security.md)",
+                spec.name
+            )),
+        ));
+    }
+    if len > MAX_SECRET_LEN {
         return Err(SecretError::new(
             spec,
             format!("the secret is longer than {MAX_SECRET_LEN} bytes"),

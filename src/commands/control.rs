@@ -216,7 +216,18 @@ pub fn describe(run: &RunBody) -> String {
 /// Prints a run's output as it comes (stdout lines on stdout, stderr lines on stderr; a
 /// hook's marked with its name) until the run has ended.
 fn follow(client: &Client, target: &Target, run_id: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
+    use std::io::{IsTerminal as _, Write as _};
+    // A terminal obeys control characters (moving the cursor, hiding what follows): there
+    // they are shown as escapes. The daemon already drops them from task output; this
+    // holds against any line that reaches us anyway.
+    let shown = |text: &str, terminal: bool| -> String {
+        if terminal {
+            crate::redact::visible::for_terminal(text).into_owned()
+        } else {
+            text.to_string()
+        }
+    };
+    let (out_tty, err_tty) = (std::io::stdout().is_terminal(), std::io::stderr().is_terminal());
     let mut after = 0;
     loop {
         let path = format!(
@@ -239,9 +250,10 @@ fn follow(client: &Client, target: &Target, run_id: &str) -> anyhow::Result<()> 
             };
             let mark = hook.map(|h| format!("[{h}] ")).unwrap_or_default();
             if stream == "stderr" {
-                eprintln!("{mark}{}", line.text);
+                eprintln!("{}{}", shown(&mark, err_tty), shown(&line.text, err_tty));
             } else {
-                writeln!(out, "{mark}{}", line.text).map_err(crate::exit::stdout_error)?;
+                writeln!(out, "{}{}", shown(&mark, out_tty), shown(&line.text, out_tty))
+                    .map_err(crate::exit::stdout_error)?;
             }
         }
         out.flush().map_err(crate::exit::stdout_error)?;

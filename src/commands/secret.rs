@@ -51,6 +51,7 @@ pub fn set(args: &SecretSetArgs, env: &Environment) -> anyhow::Result<()> {
     if value.is_empty() {
         return Err(Exit::usage("empty value: nothing stored").into());
     }
+    refuse_short(spec, &value)?;
     let store = crate::broker::keyring::resolve(*store);
     crate::broker::keyring::set(store, service, account, &value).map_err(|(problem, fix)| {
         Exit {
@@ -99,6 +100,7 @@ fn set_credential(args: &SecretSetArgs, spec: &config::SecretSpec) -> anyhow::Re
     if value.is_empty() {
         return Err(Exit::usage("empty value: nothing stored").into());
     }
+    refuse_short(spec, &value)?;
     let mut child = std::process::Command::new(&creds)
         .arg("encrypt")
         .arg(format!("--name={name}"))
@@ -183,6 +185,20 @@ fn find_program(program: &str) -> Option<PathBuf> {
 
 /// The value from stdin: prompted twice without echo on a terminal, else read whole (one
 /// trailing newline removed).
+/// A value shorter than the daemon accepts is not stored: it would only fail at start.
+fn refuse_short(spec: &config::SecretSpec, value: &[u8]) -> anyhow::Result<()> {
+    let min = sources::MIN_SECRET_LEN;
+    if value.len() < min && !spec.allow_short {
+        return Err(Exit::usage(format!(
+            "the value is {} bytes long, shorter than {min}: nothing stored. Store a longer one, or add `allow_short: true` to secrets.{} if it must be short (docs/security.md says what that costs)",
+            value.len(),
+            spec.name
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 fn read_value(name: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {

@@ -346,6 +346,20 @@ pub struct Step {
 }
 
 impl Task {
+    /// The secrets that are this task's own: its `secrets:` and those its `env:` and its
+    /// steps' hand over as `{secret:}` or `{secret_file:}`. Its output is masked with these.
+    pub fn own_secrets(&self) -> Vec<String> {
+        let mut names = self.secrets.clone();
+        for var in self.env.iter().chain(self.steps.iter().flat_map(|s| &s.env)) {
+            if let EnvValue::Secret(name) | EnvValue::SecretFile(name) = &var.value
+                && !names.contains(name)
+            {
+                names.push(name.clone());
+            }
+        }
+        names
+    }
+
     /// The `PATH` the task's `env:` or a step's (`step_env`, which wins) sets as text, if
     /// either does: what a step's programs are found on, over the daemon's own.
     pub fn env_path<'a>(&'a self, step_env: &'a [EnvVar]) -> Option<&'a str> {

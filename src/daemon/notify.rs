@@ -59,10 +59,10 @@ impl RunFacts {
     /// The facts with their free text (reason, stderr tail) masked raw, before the ping body
     /// joins it or the webhook's JSON escapes it.
     fn redacted(mut self) -> RunFacts {
+        // Made of the task's output: masked with the task's own secrets, as that was.
+        let task = self.task.clone();
         let mask = |text: &mut String| {
-            if let std::borrow::Cow::Owned(clean) = crate::redact::redact(text) {
-                *text = clean;
-            }
+            *text = crate::redact::as_task(&task, || crate::redact::redact(text).into_owned());
         };
         mask(&mut self.reason);
         for f in &mut self.audit_findings {

@@ -165,6 +165,16 @@ impl LogBudget {
 pub(crate) struct Sinks<'a> {
     pub(crate) file: Option<&'a RunOutput>,
     pub(crate) feed: Option<&'a crate::broker::feed::Feed>,
+    /// The task whose output this is: it is masked with that task's own secrets.
+    pub(crate) task: Option<&'a str>,
+}
+
+/// Runs `f` masking `task`'s own secrets, or every secret when the task is not known.
+fn as_task<R>(task: Option<&str>, f: impl FnOnce() -> R) -> R {
+    match task {
+        Some(task) => crate::redact::as_task(task, f),
+        None => f(),
+    }
 }
 
 /// Copies a child's output into the log, one redacted line per event, and into the run's
@@ -210,11 +220,10 @@ pub(crate) async fn pump<R: AsyncRead + Unpin>(
         }
         let text = String::from_utf8_lossy(&buf);
         let line = text.trim_end_matches(['\n', '\r']);
-        // The file gets every line, blank ones too, redacted by the same call as the log's.
-        let mut clean = crate::redact::redact(line);
-        if let std::borrow::Cow::Owned(plain) = crate::restic::strip_escapes(&clean) {
-            clean = std::borrow::Cow::Owned(crate::redact::redact(&plain).into_owned());
-        }
+        // The file gets every line, blank ones too, redacted by the same call as the log's,
+        // as a reader would see it and with the task's own secrets.
+        let mut clean: std::borrow::Cow<'_, str> =
+            as_task(sinks.task, || crate::redact::output_line(line)).into();
         if let Some(reader) = restic.as_deref_mut() {
             match reader.line(&clean) {
                 crate::restic::Line::Progress => continue,
@@ -235,7 +244,7 @@ pub(crate) async fn pump<R: AsyncRead + Unpin>(
         if let Some(feed) = sinks.feed {
             feed.push(label, &shown);
         }
-        budget.line(which, &shown);
+        as_task(sinks.task, || budget.line(which, &shown));
         if let Some(tail) = tail.as_deref_mut() {
             keep_in_tail(tail, shown.into_owned());
         }

@@ -197,6 +197,6 @@ impl Run<'_> {
     }
 
     fn sinks(&self) -> Sinks<'_> {
-        Sinks { file: self.output.as_ref(), feed: Some(&self.feed) }
+        Sinks { file: self.output.as_ref(), feed: Some(&self.feed), task: Some(&self.task.name) }
     }
 }

@@ -228,9 +228,12 @@ struct Budgets {
 }
 
 impl Budgets {
-    fn finish(self) {
-        self.stdout.finish();
-        self.stderr.finish();
+    /// Logs what was held back, masked with `task`'s own secrets like the lines before it.
+    fn finish(self, task: &str) {
+        crate::redact::as_task(task, || {
+            self.stdout.finish();
+            self.stderr.finish();
+        });
     }
 }
 
@@ -371,7 +374,7 @@ impl Runner {
                 break;
             }
         }
-        budgets.finish();
+        budgets.finish(&steps.task.name);
         tail
     }
 
@@ -389,7 +392,7 @@ impl Runner {
                 .run_step(steps.call(i), &mut tail, &mut budgets, Some(own.found()))
                 .instrument(tracing::info_span!("step", n = i + 1))
                 .await;
-            budgets.finish();
+            budgets.finish(&steps.task.name);
             (end, tail, own)
         });
         let mut tail = Tail::with_capacity(STDERR_TAIL);
@@ -449,7 +452,7 @@ impl Runner {
         // is not the run's tail.
         let mut budgets = Budgets::default();
         let end = self.run_step(call, &mut Tail::new(), &mut budgets, None).await;
-        budgets.finish();
+        budgets.finish(&task.name);
         match end {
             StepEnd::Exited(status, ..) => {
                 status.code().ok_or_else(|| HookFailure::Failed(describe_exit(status)))

@@ -18,6 +18,7 @@ mod hostile;
 mod laptop;
 mod ledger;
 mod load;
+mod masking;
 mod memory;
 mod next;
 mod notify;

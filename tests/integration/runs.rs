@@ -318,13 +318,14 @@ fn secrets_tokens_and_url_passwords_are_redacted_from_task_output() {
     let pw = scratch.path().join("pw");
     crate::harness::write_private(&pw, secret.as_bytes());
     let config = scratch.config(&format!(
-        "secrets:\n  repo: {{file: {}}}\ntasks:\n  chatty:\n    {TRIGGERED}\n    command: [sh, -c, 'echo \"token $SECRETBOX_TOKEN\"; echo \"repo rest:https://me:hunter2@example.net:8000/x/\"; echo \"pw $(secretbox get repo)\" >&2; exit 1']\n    secrets: [repo]\n  long:\n    {TRIGGERED}\n    command: [cat, long]\n",
+        "secrets:\n  repo: {{file: {}}}\ntasks:\n  chatty:\n    {TRIGGERED}\n    command: [sh, -c, 'echo \"token $SECRETBOX_TOKEN\"; echo \"repo rest:https://me:hunter2@example.net:8000/x/\"; echo \"pw $(secretbox get repo)\" >&2; exit 1']\n    secrets: [repo]\n  long:\n    {TRIGGERED}\n    command: [cat, long]\n    secrets: [repo]\n",
         pw.display()
     ));
     let daemon = scratch.start_daemon(&config);
     trigger(&scratch, &config, "chatty", true).expect_code(1);
     let log = daemon.wait_for("the output", |l| l.contains("pw ***"));
-    // Regression: a secret in a line longer than the log's line limit, right across the cut.
+    // Regression: a secret in a line longer than the log's line limit, right across the cut
+    // (the task lists the secret: a task's output is masked with its own secrets).
     let long = format!("{}{secret}{}", "x".repeat(8 * 1024 - 30), "y".repeat(100));
     let long_file = scratch.path().join("long");
     std::fs::write(&long_file, format!("{long}\n")).unwrap();

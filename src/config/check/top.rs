@@ -33,7 +33,7 @@ const TOP_KEYS: &[&str] = &[
 ];
 const LOG_KEYS: &[&str] = &["level", "format"];
 const SECRET_SOURCES: &[&str] = &["keyring", "command", "file", "env"];
-const SECRET_KEYS: &[&str] = &["keyring", "command", "file", "env", "timeout"];
+const SECRET_KEYS: &[&str] = &["keyring", "command", "file", "env", "timeout", "allow_short"];
 const KEYRING_KEYS: &[&str] = &["service", "account", "store"];
 
 /// The key path of the file itself: top-level keys are their own paths.
@@ -247,11 +247,17 @@ impl Checker {
                 ok = false;
                 continue;
             }
-            match self.secret(value, &path, key.pos) {
-                Some(source) => {
-                    out.push(SecretSpec { name: name.clone(), source, pos: key.pos });
+            let allow_short = match value.value {
+                Value::Map(_) => self.fields(value, &path, "", None).and_then(|f| {
+                    self.with_default(&f, &path, "allow_short", false, Checker::boolean)
+                }),
+                _ => Some(false),
+            };
+            match (self.secret(value, &path, key.pos), allow_short) {
+                (Some(source), Some(allow_short)) => {
+                    out.push(SecretSpec { name: name.clone(), source, pos: key.pos, allow_short });
                 }
-                None => ok = false,
+                _ => ok = false,
             }
         }
         ok.then_some(out)

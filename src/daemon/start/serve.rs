@@ -229,6 +229,9 @@ async fn load_secrets(
     report_weaknesses(&weak, config.strict_memory)?;
     let store = Arc::new(store);
     crate::redact::register(store.clone());
+    crate::redact::register_scopes(
+        config.tasks.iter().map(|t| (t.name.clone(), t.own_secrets())).collect(),
+    );
     // Logged only now, once every value is known to the redactor: a command's stderr may echo
     // its own value or one loaded after it. Each line is masked raw before it is formatted
     // (see `logging`), and each line of a multi-line value is a needle of its own.

@@ -65,7 +65,7 @@ impl Runner {
         let end =
             Box::pin(self.run_step(listing_call, &mut tail, &mut budgets, Some(results.found())))
                 .await;
-        budgets.finish();
+        budgets.finish(&call.task.name);
         // restic exits 0 when it skips a snapshot file it could not load: such a list would
         // make a snapshot that is there look removed.
         let skipped = tail.iter().any(|l| {
