@@ -262,7 +262,7 @@ fn another_uid_is_refused_even_when_the_socket_is_world_writable() {
     }
     // A copy the other user can execute wherever the repository lives (e.g. under /root).
     let client = b.scratch.path().join("secretbox");
-    std::fs::copy(SECRETBOX, &client).unwrap();
+    crate::harness::copy_program(SECRETBOX, &client);
     std::fs::set_permissions(&client, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])

@@ -256,7 +256,7 @@ impl Scratch {
         for program in [BACKUPNIZZA, SECRETBOX] {
             let to = bin.join(Path::new(program).file_name().unwrap());
             if !to.exists() {
-                std::fs::copy(program, &to).unwrap();
+                copy_program(program, &to);
             }
             nix::unistd::chown(&to, owner, None).unwrap();
         }
@@ -394,6 +394,15 @@ pub(crate) fn canary() -> String {
     use rand::Rng;
     let n: u128 = rand::rng().random();
     format!("canary-{n:032x}")
+}
+
+/// Copies a program by running `cp`, so that this process never holds the copy open for
+/// writing: a test thread that forks meanwhile would hold that descriptor until its child
+/// execs, and executing the copy then fails with ETXTBSY ("Text file busy").
+pub(crate) fn copy_program(from: impl AsRef<Path>, to: impl AsRef<Path>) {
+    let out =
+        Command::new("cp").arg("--").arg(from.as_ref()).arg(to.as_ref()).output().expect("cp runs");
+    assert!(out.status.success(), "cp: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// sha256 hex of bytes (tasks prove they got a secret by printing only its digest).

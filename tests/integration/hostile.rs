@@ -212,7 +212,7 @@ fn outsiders_with_a_stolen_token_hear_forbidden_whatever_its_state() {
     let dir = scratch.path().join(&spare);
     std::fs::create_dir(&dir).unwrap();
     let client = dir.join("secretbox");
-    std::fs::copy(SECRETBOX, &client).unwrap();
+    crate::harness::copy_program(SECRETBOX, &client);
     std::fs::set_permissions(&client, std::fs::Permissions::from_mode(0o755)).unwrap();
     let run_as = |uid: Option<u32>, token: &str, name: &str| {
         let mut cmd = std::process::Command::new("sh");

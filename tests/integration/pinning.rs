@@ -12,7 +12,7 @@ fn install(scratch: &Scratch, from: &str, name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     let to = dir.join(name);
     let tmp = dir.join(format!(".{name}.new"));
-    std::fs::copy(from, &tmp).unwrap();
+    crate::harness::copy_program(from, &tmp);
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
     // Atomically, as a package manager (or an attacker) replaces a binary.
     std::fs::rename(&tmp, &to).unwrap();
@@ -144,7 +144,7 @@ fn root_programs_are_trusted_inside_a_user_namespace_without_root() {
     ));
     let bin = scratch.path().join("bin-1000");
     std::fs::create_dir(&bin).unwrap();
-    std::fs::copy(crate::harness::BACKUPNIZZA, bin.join("backupnizza")).unwrap();
+    crate::harness::copy_program(crate::harness::BACKUPNIZZA, bin.join("backupnizza"));
     for entry in
         [scratch.path().to_path_buf(), bin.clone(), bin.join("backupnizza"), config.clone()]
     {

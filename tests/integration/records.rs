@@ -417,3 +417,79 @@ fn history_and_explain_show_a_run_under_a_second_in_milliseconds() {
     run.expect_code(0);
     assert!(run.stdout().contains("success (exit 0, 420ms)"), "{run}");
 }
+
+/// The red team's attack on `output_file:` (issue 28): another user who can write the
+/// file's directory plants `t.log -> the victim's .profile`, and the next run chmodded the
+/// victim 0600 and appended to it. Here that user (uid 65534, through `setpriv`) plants a
+/// link and a file of their own in a sticky world-writable directory (which StrictModes
+/// allows, as it allows /tmp); a directory others may write without the sticky bit is
+/// refused outright. Nothing is written through any of them, the victim keeps its mode and
+/// content, every run succeeds, and a task's own output file is still written.
+#[test]
+fn a_planted_link_or_file_at_an_output_file_changes_nothing() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let scratch = Scratch::new();
+    let mode = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    mode(scratch.path(), 0o755);
+    let victim = scratch.write("victim/.profile", "# the victim's profile\n");
+    mode(&victim, 0o644);
+    let drop = scratch.path().join("drop");
+    let open = scratch.path().join("open");
+    for (dir, m) in [(&drop, 0o1777), (&open, 0o777)] {
+        std::fs::create_dir(dir).unwrap();
+        mode(dir, m);
+    }
+    let as_other = |script: &str| {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", script])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    as_other(&format!(
+        "ln -s {} {d}/linked.log && : > {d}/planted.log && chmod 666 {d}/planted.log",
+        victim.display(),
+        d = drop.display()
+    ));
+    let task = |name: &str, file: &str| {
+        format!(
+            "  {name}:\n    {TRIGGERED}\n    command: [echo, 'output of {name}']\n    output_file: {file}\n"
+        )
+    };
+    let config = scratch.config(&format!(
+        "tasks:\n{}{}{}{}",
+        task("linked", &format!("{}/linked.log", drop.display())),
+        task("planted", &format!("{}/planted.log", drop.display())),
+        task("open", &format!("{}/t.log", open.display())),
+        task("own", "out/own.log"),
+    ));
+    let daemon = scratch.start_daemon(&config);
+    for name in ["linked", "planted", "open", "own"] {
+        trigger(&scratch, &config, name, true).expect_code(0);
+    }
+    let log = daemon.wait_for_count("run ended", 4);
+    let errors: Vec<&str> =
+        log.lines().filter(|l| l.contains("cannot write the output file")).collect();
+    let said = |file: &str, why: &str| {
+        assert!(
+            errors.iter().any(|l| l.contains(file) && l.contains(why)),
+            "{file}: {why}\n{errors:#?}"
+        );
+    };
+    said("linked.log", "symbolic link, which is not followed");
+    said("planted.log", "belongs to uid 65534");
+    said("t.log", "writable by group or others");
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    // The victim, the planted file and the open directory are as they were.
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "# the victim's profile\n");
+    assert_eq!(std::fs::metadata(&victim).unwrap().mode() & 0o777, 0o644);
+    let planted = std::fs::metadata(drop.join("planted.log")).unwrap();
+    assert_eq!((planted.len(), planted.uid(), planted.mode() & 0o777), (0, 65534, 0o666));
+    assert!(!open.join("t.log").exists());
+    assert_eq!(history(&scratch).iter().filter(|r| r["status"] == "success").count(), 4);
+    // The legitimate path still works.
+    let own = std::fs::read_to_string(scratch.path().join("state/out/own.log")).unwrap();
+    assert!(own.contains("output of own"), "{own}");
+}

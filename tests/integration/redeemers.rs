@@ -105,7 +105,7 @@ fn a_swapped_secretbox_gets_nothing_and_the_genuine_one_still_works() {
 
     // The attacker, of the daemon's user but outside the task, swaps the installed file.
     let genuine = dir.join("genuine-secretbox");
-    std::fs::copy(&installed, &genuine).unwrap();
+    crate::harness::copy_program(&installed, &genuine);
     let evil = dir.join("evil-secretbox");
     altered_secretbox(&evil);
     chown_tree(&dir, NOBODY, NOBODY);

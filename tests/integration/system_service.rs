@@ -154,7 +154,7 @@ fn installing_the_system_unit_is_refused_unless_root_and_a_swappable_binary_is_n
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
     let bin = scratch.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
-    std::fs::copy(BACKUPNIZZA, bin.join("backupnizza")).unwrap();
+    crate::harness::copy_program(BACKUPNIZZA, bin.join("backupnizza"));
     // A binary another user can swap makes the whole mode moot: the command says so.
     nix::unistd::chown(&bin, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
     // Another test thread may fork while the copy is still open for writing, and the

@@ -553,3 +553,50 @@ fn validate_advises_stdin_from_command_where_restic_has_it() {
     let advised = run.stderr().contains("has `backup --stdin-from-command`");
     assert_eq!(advised, crate::audit::restic_version() >= (0, 17), "{}", run.stderr());
 }
+
+/// Loader variables (issue 28): `LD_PRELOAD` in `env:` ran a library inside restic and
+/// inside the genuine `secretbox`, and `validate` said nothing. Each is refused, naming the
+/// key and the way to say it is meant; `{loader: VALUE}` is accepted, for loader variables
+/// only; the daemon refuses the same file at start.
+#[test]
+fn loader_variables_in_env_are_refused_unless_written_as_loader() {
+    let scratch = Scratch::new();
+    let refused = scratch.write(
+        "refused.yaml",
+        format!(
+            "{MINIMAL_TASK}    env:\n      LD_PRELOAD: /tmp/planted.so\n      DYLD_INSERT_LIBRARIES: /tmp/planted.dylib\n    steps:\n      - command: [restic, check]\n        env: {{BASH_ENV: /tmp/rc, ENV: /tmp/rc, LD_AUDIT: /tmp/a.so}}\n"
+        )
+        .replace("    command: [restic, backup, ~/Documents]\n", ""),
+    );
+    let run = scratch.backupnizza(["validate", "-c"]).run_with(&refused);
+    run.expect_code(2);
+    let err = run.stderr();
+    for key in [
+        "tasks.docs.env.LD_PRELOAD",
+        "tasks.docs.env.DYLD_INSERT_LIBRARIES",
+        "tasks.docs.steps[0].env.BASH_ENV",
+        "tasks.docs.steps[0].env.ENV",
+        "tasks.docs.steps[0].env.LD_AUDIT",
+    ] {
+        assert!(
+            err.lines().any(|l| l.contains(key) && l.contains("{loader: VALUE}")),
+            "{key}\n{run}"
+        );
+    }
+    let log = scratch.path().join("daemon.log");
+    let status = scratch.daemon_command(&refused, &log).status().unwrap();
+    assert_eq!(status.code(), Some(2), "{}", std::fs::read_to_string(&log).unwrap_or_default());
+
+    let meant = scratch.write(
+        "meant.yaml",
+        format!("{MINIMAL_TASK}    env:\n      LD_LIBRARY_PATH: {{loader: /opt/restic/lib}}\n"),
+    );
+    scratch.backupnizza(["validate", "-c"]).run_with(&meant).expect_code(0);
+    let misused = scratch.write(
+        "misused.yaml",
+        format!("{MINIMAL_TASK}    env:\n      RESTIC_CACHE_DIR: {{loader: /tmp}}\n"),
+    );
+    let run = scratch.backupnizza(["validate", "-c"]).run_with(&misused);
+    run.expect_code(2);
+    assert!(run.stderr().contains("tasks.docs.env.RESTIC_CACHE_DIR"), "{run}");
+}

@@ -1,7 +1,7 @@
 //! A task's (or step's) `env:`: names and values, the reserved names it may not set, the
-//! secret forms (`{secret: NAME}`, `{secret_file: NAME}`), and a warning for a secret
-//! written into the file in plain text (a credential's name with a literal value, or a URL
-//! with a password).
+//! secret forms (`{secret: NAME}`, `{secret_file: NAME}`), loader variables (`LD_PRELOAD`
+//! and kin, only as `{loader: VALUE}`), and a warning for a secret written into the file in
+//! plain text (a credential's name with a literal value, or a URL with a password).
 
 use super::walk::{Checker, index, join, valid_env_name};
 use crate::config::tree::{Node, Value};
@@ -24,6 +24,15 @@ const PLAINTEXT_SECRET_ENV: &[(&str, &str)] = &[
         "AWS_SHARED_CREDENTIALS_FILE: {secret_file: NAME}, an INI [default] section kept as a secret",
     ),
 ];
+/// Whether the dynamic loader or a shell reads `name` before the program's own code runs:
+/// `LD_*` (glibc: `LD_PRELOAD`, `LD_LIBRARY_PATH`, `LD_AUDIT`, ...), `DYLD_*` (macOS),
+/// `BASH_ENV` and `ENV` (a file a shell sources). Set for a step, they run code of the
+/// file's choosing inside every program the step starts: restic, and the `secretbox` it
+/// runs as its password command. They are refused unless written `{loader: VALUE}`.
+fn is_loader_variable(name: &str) -> bool {
+    name.starts_with("LD_") || name.starts_with("DYLD_") || name == "BASH_ENV" || name == "ENV"
+}
+
 /// What the generic plain-text warning suggests.
 const SECRET_FORMS_ADVICE: &str =
     "{secret_file: NAME} (with the tool's `*_FILE` variable, if it has one) or {secret: NAME}";
@@ -72,6 +81,13 @@ impl Checker {
                     format!("{name} is set by backupnizza for every process it starts; remove it"),
                 );
                 ok = false;
+                continue;
+            }
+            if is_loader_variable(name) {
+                match self.loader_value(name, key, value, &p) {
+                    Some(value) => out.push(EnvVar { name: name.clone(), value }),
+                    None => ok = false,
+                }
                 continue;
             }
             let v = match &value.value {
@@ -127,6 +143,29 @@ impl Checker {
             }
         }
         ok.then_some(out)
+    }
+
+    /// A loader variable's value: only `{loader: VALUE}`, which says it is meant.
+    fn loader_value(&mut self, name: &str, key: &Node, value: &Node, p: &str) -> Option<EnvValue> {
+        if !matches!(value.value, Value::Map(_)) {
+            self.error(
+                p,
+                key.pos,
+                format!(
+                    "{name} makes the dynamic loader or the shell run code before every program the step starts, restic and the `secretbox` it runs included; if you mean it, write `{name}: {{loader: VALUE}}` (see docs/configuration.md)"
+                ),
+            );
+            return None;
+        }
+        let f = self.fields(value, p, "{loader: VALUE}", Some(&["loader"]))?;
+        let Some(n) = f.get("loader") else {
+            self.error(p, value.pos, "expected {loader: VALUE}");
+            return None;
+        };
+        n.scalar_text().map(EnvValue::Text).or_else(|| {
+            self.type_error(&join(p, "loader"), n, "a string");
+            None
+        })
     }
 
     pub(super) fn secret_list(&mut self, node: &Node, path: &str) -> Option<Vec<String>> {

@@ -10,9 +10,9 @@
 //! cannot be written is reported once per run at ERROR; the run goes on.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -271,26 +271,97 @@ fn append(
 
 /// Opens for appending, creating the parent directory (0700) and the file (0600); an
 /// existing file is narrowed to 0600, since it holds the task's output.
+///
+/// Nothing planted in the file's place is written through: the directory must pass
+/// StrictModes ([`crate::trust::check_trusted`]: the daemon's user's or root's, not
+/// writable by group or others, nor any directory above it by others unless sticky), it is
+/// opened with `O_NOFOLLOW`, and the file is opened relative to it, also with `O_NOFOLLOW`;
+/// the file must be a regular file of the daemon's user with one link. (A link to
+/// `~/.profile` there was followed, chmodded 0600 and appended to.) Rotation renames within
+/// that directory, and a rename never follows a link.
 fn open_file(path: &Path) -> std::io::Result<Open> {
-    if let Some(dir) = path.parent()
-        && !dir.exists()
-    {
+    use nix::fcntl::{OFlag, openat};
+    use nix::sys::stat::Mode;
+    use std::os::unix::fs::MetadataExt as _;
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::Error::other("the path names no file"));
+    };
+    if !dir.exists() {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     }
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)?;
+    let uid = nix::unistd::geteuid().as_raw();
+    // The directory may be reached through the user's own links; once resolved, nothing
+    // on the way is a link, and nobody but the daemon's user and root can make one.
+    let dir = std::fs::canonicalize(dir)?;
+    // A sticky directory of the daemon's user or root (as /tmp) is fine whoever may write
+    // it: nobody else can rename or remove the file there, and what they plant before it
+    // exists is refused below. Otherwise the directory itself must pass StrictModes.
+    let meta = std::fs::metadata(&dir)?;
+    let sticky = meta.mode() & 0o1000 != 0 && (meta.uid() == uid || meta.uid() == 0);
+    let checked = match dir.parent() {
+        Some(parent) if sticky => parent,
+        _ => dir.as_path(),
+    };
+    crate::trust::check_trusted(checked, "the output file's directory", uid)
+        .map_err(std::io::Error::other)?;
+    let flags = OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let dir_fd =
+        nix::fcntl::open(&dir, flags | OFlag::O_DIRECTORY | OFlag::O_RDONLY, Mode::empty())
+            .map_err(|e| link_or(e, "its directory"))?;
+    let fd = openat(
+        &dir_fd,
+        name,
+        // O_NONBLOCK: a FIFO in the file's place fails at once instead of blocking the writer.
+        flags | OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT | OFlag::O_NONBLOCK,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|e| match e {
+        // What is in the way says more than the errno: the kernel refuses a link with
+        // ELOOP, or (in a sticky directory, with protected_symlinks) EACCES.
+        nix::errno::Errno::ELOOP | nix::errno::Errno::EACCES => {
+            match nix::sys::stat::fstatat(&dir_fd, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFLNK => link_or(nix::errno::Errno::ELOOP, "it"),
+                Ok(st) if st.st_uid != uid => std::io::Error::other(format!(
+                    "it belongs to uid {}, not to the daemon's user (uid {uid}): not written; remove it",
+                    st.st_uid
+                )),
+                _ => link_or(e, "it"),
+            }
+        }
+        e => link_or(e, "it"),
+    })?;
+    let file = File::from(fd);
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(std::io::Error::other("not a regular file"));
+    }
+    if meta.uid() != uid {
+        return Err(std::io::Error::other(format!(
+            "it belongs to uid {}, not to the daemon's user (uid {uid}): not written; remove it",
+            meta.uid()
+        )));
+    }
+    if meta.nlink() != 1 {
+        return Err(std::io::Error::other(format!(
+            "it has {} hard links, so writing it would write another file too: not written; remove it",
+            meta.nlink()
+        )));
     }
     if meta.permissions().mode() & 0o077 != 0 {
         file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     }
     Ok(Open { out: BufWriter::with_capacity(64 * 1024, file), size: meta.len() })
+}
+
+/// `O_NOFOLLOW` refuses a symbolic link with ELOOP (or ENOTDIR for a directory), whose
+/// text would send the reader looking for a loop.
+fn link_or(e: nix::errno::Errno, what: &str) -> std::io::Error {
+    match e {
+        nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR => std::io::Error::other(format!(
+            "{what} is a symbolic link, which is not followed: not written; remove the link"
+        )),
+        e => std::io::Error::from(e),
+    }
 }
 
 #[cfg(test)]

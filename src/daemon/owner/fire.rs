@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tracing::{Instrument, info, warn};
 
 use super::State;
-use super::tables::{KEEP_RUNS, Known};
+use super::tables::{FEEDS_KEPT, KEEP_RUNS, Known};
 use crate::broker::control::FireError;
 use crate::broker::feed::Feed;
 use crate::config::Overlap;
@@ -256,6 +256,13 @@ impl State {
             known.feed.end();
         }
         self.runs.finished.push_back(run_id.to_string());
+        // Only the last few finished runs keep their output for a late follower: the rest
+        // let go of it, so feeds cost at most (live runs + FEEDS_KEPT) × 2 MiB.
+        if let Some(older) = self.runs.finished.iter().rev().nth(FEEDS_KEPT)
+            && let Some(known) = self.runs.by_id.get(older)
+        {
+            known.feed.release();
+        }
         while self.runs.finished.len() > KEEP_RUNS {
             if let Some(old) = self.runs.finished.pop_front() {
                 self.runs.by_id.remove(&old);

@@ -17,6 +17,8 @@ use crate::schedule::clock::{Reading, Stamp};
 
 /// Finished runs kept in memory for `trigger --wait`.
 pub(super) const KEEP_RUNS: usize = 256;
+/// Finished runs whose output is kept for `trigger --follow` (the newest ones).
+pub(super) const FEEDS_KEPT: usize = 16;
 
 /// Per-task state.
 #[derive(Default)]
