@@ -370,12 +370,91 @@ pub(crate) fn read_all(state_dir: &Path) -> std::io::Result<Loaded> {
     Ok(out)
 }
 
+/// Whether every history file there is can be opened (a missing one is fine).
+pub(crate) fn check_readable(state_dir: &Path) -> std::io::Result<()> {
+    let names = (1..=KEEP_GENERATIONS).rev().map(|g| generation_path(state_dir, g));
+    for path in names.chain(std::iter::once(state_dir.join(FILE_NAME))) {
+        match File::open(&path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes what [`read_all`] and [`Loaded::for_task`] would give as JSON (the body of
+/// `GET /v1/history`), record by record as the files are read, so that only a line is in
+/// memory at a time and a reader that stops reading stops the writing (`out` blocks, or
+/// fails when the reader is gone: that error ends it).
+pub(crate) fn write_json(
+    state_dir: &Path,
+    task: Option<&str>,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    let mut bad: Vec<(PathBuf, usize)> = Vec::new();
+    let mut first = true;
+    out.write_all(b"{\"records\":[")?;
+    let names = (1..=KEEP_GENERATIONS).rev().map(|g| generation_path(state_dir, g));
+    for path in names.chain(std::iter::once(state_dir.join(FILE_NAME))) {
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        crate::journal::for_each_line::<Record>(file, |number, record| {
+            let Some(record) = record else {
+                bad.push((path.clone(), number));
+                return Ok(());
+            };
+            if task.is_some_and(|t| record.task().is_some_and(|r| r != t)) {
+                return Ok(());
+            }
+            if !first {
+                out.write_all(b",")?;
+            }
+            first = false;
+            serde_json::to_writer(&mut *out, &record).map_err(std::io::Error::other)
+        })?;
+    }
+    out.write_all(b"],\"bad_lines\":")?;
+    serde_json::to_writer(&mut *out, &bad).map_err(std::io::Error::other)?;
+    out.write_all(b"}")?;
+    out.flush()
+}
+
 #[cfg(test)]
 mod tests {
     use std::fs::OpenOptions;
     use std::io::Write;
 
     use super::*;
+
+    /// The streamed answer is exactly what reading everything and serializing it gave.
+    #[test]
+    fn the_streamed_history_is_the_whole_one_for_each_task_filter() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = String::new();
+        for (i, task) in ["a", "b", "a"].iter().enumerate() {
+            let mut record = serde_json::to_value(start(&format!("run-{i}"))).unwrap();
+            record["task"] = serde_json::json!(task);
+            text.push_str(&format!("{record}\n"));
+        }
+        text.push_str("{\"torn\n\n");
+        std::fs::write(dir.path().join(FILE_NAME), &text).unwrap();
+        std::fs::write(
+            generation_path(dir.path(), 1),
+            format!("{}\n", text.lines().next().unwrap()),
+        )
+        .unwrap();
+        for task in [None, Some("a"), Some("b"), Some("none")] {
+            let mut streamed = Vec::new();
+            write_json(dir.path(), task, &mut streamed).unwrap();
+            let whole = serde_json::to_value(read_all(dir.path()).unwrap().for_task(task)).unwrap();
+            let streamed: serde_json::Value = serde_json::from_slice(&streamed).unwrap();
+            assert_eq!(streamed, whole, "{task:?}");
+        }
+    }
 
     fn start(id: &str) -> Record {
         Record::Start {

@@ -239,17 +239,31 @@ pub(crate) struct Lines<T> {
 /// its number; empty lines are passed over. Only an error reading the file fails it.
 pub(crate) fn read_lines<T: DeserializeOwned>(reader: impl Read) -> std::io::Result<Lines<T>> {
     let mut lines = Lines { parsed: Vec::new(), bad: Vec::new() };
+    for_each_line(reader, |number, parsed| {
+        match parsed {
+            Some(value) => lines.parsed.push(value),
+            None => lines.bad.push(number),
+        }
+        Ok(())
+    })?;
+    Ok(lines)
+}
+
+/// [`read_lines`], one line at a time: `each` gets every non-empty line's number (from 1)
+/// and what it parsed as, if anything, and may stop the reading with an error. Only one
+/// line is in memory at a time.
+pub(crate) fn for_each_line<T: DeserializeOwned>(
+    reader: impl Read,
+    mut each: impl FnMut(usize, Option<T>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     for (i, line) in BufReader::new(reader).split(b'\n').enumerate() {
         let line = line?;
         if line.is_empty() {
             continue;
         }
-        match serde_json::from_slice::<T>(&line) {
-            Ok(value) => lines.parsed.push(value),
-            Err(_) => lines.bad.push(i + 1),
-        }
+        each(i + 1, serde_json::from_slice::<T>(&line).ok())?;
     }
-    Ok(lines)
+    Ok(())
 }
 
 /// "line 3", "lines 3, 7", "lines 1, 2, ..., 10 and 4 more": where the bad lines are.

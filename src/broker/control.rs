@@ -6,6 +6,7 @@
 //! daemon has stopped listening, every request answers [`FireError::Stopping`].
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -41,6 +42,23 @@ pub(crate) enum FireError {
 pub(crate) struct Control {
     requests: mpsc::Sender<Request>,
     state_dir: PathBuf,
+    /// History answers being written at once, for the daemon's own user and for members
+    /// (other uids) apart, so that members who do not read cannot keep the user from the
+    /// history: each holds a blocking thread while its client reads (or does not).
+    history_streams: [Arc<tokio::sync::Semaphore>; 2],
+}
+
+/// History answers written at once for the daemon's user, and for members; more wait for
+/// one to finish.
+pub(crate) const HISTORY_STREAMS: usize = 2;
+/// How long a history request waits for its turn before it is told the daemon is busy.
+const HISTORY_WAIT: Duration = Duration::from_secs(10);
+
+/// Why the history cannot be sent.
+pub(crate) enum HistoryError {
+    /// [`HISTORY_STREAMS`] answers are being written and none finished in time.
+    Busy,
+    Unreadable(std::io::Error),
 }
 
 /// Control requests waiting for the state owner; more wait for room (the routes are the
@@ -52,7 +70,9 @@ impl Control {
     /// the history files in `state_dir`.
     pub(crate) fn channel(state_dir: &Path) -> (Control, mpsc::Receiver<Request>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        (Control { requests: tx, state_dir: state_dir.to_path_buf() }, rx)
+        let history_streams =
+            [(); 2].map(|()| Arc::new(tokio::sync::Semaphore::new(HISTORY_STREAMS)));
+        (Control { requests: tx, state_dir: state_dir.to_path_buf(), history_streams }, rx)
     }
 
     async fn ask<T>(
@@ -104,18 +124,38 @@ impl Control {
         Ok(Some(feed.read(after, wait).await))
     }
 
-    /// The run history, every generation, for `task` (all tasks for `None`). Read on a
-    /// blocking thread: it can be tens of MiB.
+    /// The run history, every generation, for `task` (all tasks for `None`), as the JSON
+    /// chunks of `GET /v1/history`: written on a blocking thread as the files are read, at
+    /// most [`HISTORY_STREAMS`] at once for the daemon's user and as many for members
+    /// (`member`), each waiting for its client to take what it wrote.
+    /// A history of tens of MiB never sits whole in memory, however many clients ask.
     pub(crate) async fn history(
         &self,
         task: Option<&str>,
-    ) -> std::io::Result<crate::history::Loaded> {
+        member: bool,
+    ) -> Result<tokio::sync::mpsc::Receiver<bytes::Bytes>, HistoryError> {
+        let streams = self.history_streams[usize::from(member)].clone();
+        let permit = tokio::time::timeout(HISTORY_WAIT, streams.acquire_owned())
+            .await
+            .map_err(|_| HistoryError::Busy)?
+            .map_err(|_| HistoryError::Busy)?;
+        // Every file must open: an error now is an answer; a later one cuts it short.
         let dir = self.state_dir.clone();
+        let checked = dir.clone();
+        tokio::task::spawn_blocking(move || crate::history::check_readable(&checked))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            .map_err(HistoryError::Unreadable)?;
         let task = task.map(str::to_string);
+        let (mut out, rx) = super::reply::ChunkWriter::channel();
         tokio::task::spawn_blocking(move || {
-            crate::history::read_all(&dir).map(|l| l.for_task(task.as_deref()))
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            let _permit = permit;
+            if let Err(e) = crate::history::write_json(&dir, task.as_deref(), &mut out)
+                && e.kind() != std::io::ErrorKind::BrokenPipe
+            {
+                tracing::warn!(error = %e, "the run history sent to a client was cut short");
+            }
+        });
+        Ok(rx)
     }
 }

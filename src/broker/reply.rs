@@ -8,12 +8,104 @@ use hyper::{Response, StatusCode};
 
 use crate::protocol::{self, ErrorBody, PROTOCOL_HEADER, PROTOCOL_VERSION};
 
-/// A response, its body whole in memory.
-pub(super) type Resp = Response<Full<Bytes>>;
+/// A response: its body whole in memory, or (the run history) chunks as they are made.
+pub(super) type Resp = Response<Body>;
+
+/// A response's body.
+pub(super) enum Body {
+    Whole(Full<Bytes>),
+    /// Chunks from a writer ([`ChunkWriter`]): the channel is bounded, so a client that does
+    /// not read holds up the writer instead of the daemon's memory filling.
+    Chunks(tokio::sync::mpsc::Receiver<Bytes>),
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Body::Whole(full) => std::pin::Pin::new(full).poll_frame(cx),
+            Body::Chunks(rx) => {
+                rx.poll_recv(cx).map(|chunk| chunk.map(|c| Ok(hyper::body::Frame::data(c))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Whole(full) => full.is_end_stream(),
+            Body::Chunks(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Body::Whole(full) => full.size_hint(),
+            Body::Chunks(_) => hyper::body::SizeHint::default(),
+        }
+    }
+}
+
+/// The writing end of a [`Body::Chunks`]: buffers up to [`CHUNK`] bytes, then waits for
+/// room in the channel. A gone client makes writes fail with `BrokenPipe`. For a blocking
+/// thread only.
+pub(crate) struct ChunkWriter {
+    buf: Vec<u8>,
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+}
+
+/// Bytes per chunk of a streamed body.
+const CHUNK: usize = 64 * 1024;
+/// Chunks that may wait in the channel: with hyper's own buffer and the socket's, what an
+/// unread streamed answer costs is a few hundred KiB.
+const CHUNKS_WAITING: usize = 2;
+
+impl ChunkWriter {
+    pub(crate) fn channel() -> (ChunkWriter, tokio::sync::mpsc::Receiver<Bytes>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(CHUNKS_WAITING);
+        (ChunkWriter { buf: Vec::with_capacity(CHUNK), tx }, rx)
+    }
+
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client is gone"))
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
 
 /// A response with `body` of `content_type`.
 pub(super) fn respond(status: StatusCode, body: Bytes, content_type: &'static str) -> Resp {
-    let mut r = Response::new(Full::new(body));
+    with_headers(Response::new(Body::Whole(Full::new(body))), status, content_type)
+}
+
+/// A `200 OK` JSON response whose body comes in chunks from `rx`.
+pub(super) fn json_stream(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Resp {
+    with_headers(Response::new(Body::Chunks(rx)), StatusCode::OK, "application/json")
+}
+
+fn with_headers(mut r: Resp, status: StatusCode, content_type: &'static str) -> Resp {
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

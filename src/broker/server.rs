@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
 use super::Broker;
-use super::control::{Control, FireError};
+use super::control::{Control, FireError, HISTORY_STREAMS, HistoryError};
 use super::peer::{Ancestry, Peer};
 use super::redeemers::Verified;
 use super::reply::{Resp, error, json, not_allowed};
@@ -73,6 +73,10 @@ pub(crate) const PER_PROCESS: usize = 64;
 /// Connections kept for task processes: processes outside the tasks (a flood from many of
 /// them) fill at most the rest, so a task's redemption always finds room.
 pub(crate) const KEPT_FOR_TASKS: usize = 256;
+/// Connections all processes of one `control_group` member (a uid other than the
+/// daemon's) may hold at once: `status`, `history` and a few `trigger --follow` need a
+/// handful; many processes of one member are still one member.
+pub(crate) const PER_MEMBER: usize = 32;
 /// Least time between two log lines about connections refused by the same limit.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -80,7 +84,7 @@ const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 fn over_limit(
     broker: &Broker,
     open: usize,
-    of_this_process: usize,
+    (of_this_process, of_this_member): (usize, Option<usize>),
     pid: Option<u32>,
 ) -> Option<&'static str> {
     let max = broker.limits().max_connections;
@@ -90,12 +94,25 @@ fn over_limit(
     if of_this_process >= PER_PROCESS {
         return Some("the per-process connection limit");
     }
+    if of_this_member.is_some_and(|n| n >= PER_MEMBER) {
+        return Some("the per-member connection limit");
+    }
     // Only near the limit is the ancestry read (it costs a walk of /proc).
     if open >= max.saturating_sub(KEPT_FOR_TASKS) && !pid.is_some_and(|p| broker.is_task_process(p))
     {
         return Some("the share of connections kept for task processes");
     }
     None
+}
+
+/// One connection fewer for `key` (the count goes when it reaches zero).
+fn release<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = counts.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(key);
+        }
+    }
 }
 
 /// What a connection's handlers share: the broker, and the daemon's control handle (absent
@@ -124,9 +141,12 @@ pub(crate) async fn serve_with(
     shutdown: CancellationToken,
 ) {
     let shared = Arc::new(Shared { broker, control });
-    let mut connections: JoinSet<Option<u32>> = JoinSet::new();
-    // Open connections by peer pid; owned by this loop alone.
+    let mut connections: JoinSet<(Option<u32>, u32)> = JoinSet::new();
+    // Open connections by peer pid, and by uid for members (uids other than the daemon's);
+    // owned by this loop alone.
     let mut per_process: HashMap<Option<u32>, usize> = HashMap::new();
+    let mut per_member: HashMap<u32, usize> = HashMap::new();
+    let own_uid = nix::unistd::geteuid().as_raw();
     let mut refused: u64 = 0;
     // When each limit was last logged: each has its own rate, so a flood that runs into one
     // limit does not hide that another was reached too.
@@ -134,13 +154,9 @@ pub(crate) async fn serve_with(
     loop {
         // Finished connections leave the set here, so it holds only live ones.
         while let Some(done) = connections.try_join_next() {
-            if let Ok(pid) = done
-                && let Some(n) = per_process.get_mut(&pid)
-            {
-                *n -= 1;
-                if *n == 0 {
-                    per_process.remove(&pid);
-                }
+            if let Ok((pid, uid)) = done {
+                release(&mut per_process, &pid);
+                release(&mut per_member, &uid);
             }
         }
         let accepted = tokio::select! {
@@ -165,7 +181,11 @@ pub(crate) async fn serve_with(
         };
         let counted = shared.broker.limits().per_process;
         let mine = if counted { per_process.get(&peer.pid).copied().unwrap_or(0) } else { 0 };
-        if let Some(limit) = over_limit(&shared.broker, connections.len(), mine, peer.pid) {
+        let member = peer.uid != own_uid;
+        let members = member.then(|| per_member.get(&peer.uid).copied().unwrap_or(0));
+        if let Some(limit) =
+            over_limit(&shared.broker, connections.len(), (mine, members), peer.pid)
+        {
             refused += 1;
             if last_refusal_log.get(limit).is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
                 warn!(
@@ -182,11 +202,14 @@ pub(crate) async fn serve_with(
         if counted {
             *per_process.entry(peer.pid).or_default() += 1;
         }
+        if member {
+            *per_member.entry(peer.uid).or_default() += 1;
+        }
         let (shared, shutdown) = (shared.clone(), shutdown.clone());
         connections.spawn(async move {
-            let pid = peer.pid;
+            let (pid, uid) = (peer.pid, peer.uid);
             serve_connection(stream, peer, shared, shutdown).await;
-            pid
+            (pid, uid)
         });
     }
     drop(listener);
@@ -427,18 +450,7 @@ async fn control_route(
         if method != Method::GET {
             return not_allowed("GET");
         }
-        let task = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("task=")));
-        return match control.history(task).await {
-            Ok(loaded) => json(StatusCode::OK, &loaded),
-            Err(e) => {
-                warn!(error = %e, "cannot read the run history for a client");
-                error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    protocol::errors::UNAVAILABLE,
-                    format!("the daemon cannot read its run history: {e}"),
-                )
-            }
-        };
+        return history_route(query, control, &peer).await;
     }
     if let Some(rest) = path.strip_prefix(protocol::ROUTE_TASKS) {
         let Some(task) = rest.strip_suffix("/trigger") else {
@@ -490,6 +502,30 @@ async fn control_route(
         };
     }
     error(StatusCode::NOT_FOUND, protocol::errors::NOT_FOUND, format!("no route {path:?}"))
+}
+
+/// `GET /v1/history`: the daemon's user and members (`peer`) are served apart.
+async fn history_route(query: Option<&str>, control: &Control, peer: &Peer) -> Resp {
+    let task = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("task=")));
+    let member = peer.uid != nix::unistd::geteuid().as_raw();
+    match control.history(task, member).await {
+        Ok(chunks) => super::reply::json_stream(chunks),
+        Err(HistoryError::Busy) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            protocol::errors::UNAVAILABLE,
+            format!(
+                "the daemon is sending its run history to {HISTORY_STREAMS} other clients of your kind (its own user, or members); try again"
+            ),
+        ),
+        Err(HistoryError::Unreadable(e)) => {
+            warn!(error = %e, "cannot read the run history for a client");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                protocol::errors::UNAVAILABLE,
+                format!("the daemon cannot read its run history: {e}"),
+            )
+        }
+    }
 }
 
 /// The HTTP answer for a control request the daemon could not carry out.

@@ -579,3 +579,110 @@ fn status_without_a_daemon_names_the_user_and_the_system_socket_it_tried() {
     assert!(run.stderr().contains(&given.display().to_string()), "{run}");
     assert!(!run.stderr().contains(backupnizza::config::SYSTEM_SOCKET), "{run}");
 }
+
+/// The daemon's resident memory, from `/proc/PID/status`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// Members cannot exhaust the daemon (issue 28): with a 16 MB history, 60 history requests a
+/// member never read took the daemon from 7 MB to 1.78 GB, and a chatty run's kept output
+/// was 16 MB. Here a member holds 30 unread history requests over an 8 MB history: the
+/// daemon stays under 150 MB, and its own user still reads the history meanwhile; then 12
+/// runs printing 1,500 lines of 8 KiB each (12 MB, kept whole before: 144 MB for 12) grow
+/// it by under 100 MB.
+#[test]
+fn a_member_cannot_exhaust_the_daemon_with_unread_history_or_chatty_runs() {
+    if skip_unless_root() {
+        return;
+    }
+    let group = TempGroup::create();
+    let daemon_uid = free_uid(62_400);
+    let member = free_uid(daemon_uid + 1);
+    let scratch = Scratch::new();
+    let config = scratch.config(&format!(
+        "control_group: {g}\ntasks:\n  chatty:\n    {TRIGGERED}\n    command: [sh, -c, 'yes \"$(head -c 8000 /dev/zero | tr \"\\0\" x)\" | head -n 1500']\n",
+        g = group.name
+    ));
+    // An 8 MB history of skip records, as a long-running daemon accumulates.
+    let detail = "d".repeat(1000);
+    let record = format!(
+        "{{\"type\":\"skip\",\"task\":\"chatty\",\"at\":\"2026-01-01T00:00:00Z\",\"scheduled\":\"2026-01-01T00:00:00Z\",\"count\":1,\"reason\":\"overlap\",\"detail\":\"{detail}\"}}\n"
+    );
+    let records = 8 * 1024 * 1024 / record.len() + 1;
+    scratch.write("state/history.jsonl", record.repeat(records));
+    let reader = scratch.write(
+        "unread.py",
+        "import socket, sys, time\nheld = []\nfor _ in range(30):\n    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n    s.connect(sys.argv[1])\n    s.sendall(b'GET /v1/history HTTP/1.1\\r\\nhost: d\\r\\nbackupnizza-protocol: 1\\r\\n\\r\\n')\n    held.append(s)\nprint('sent', flush=True)\ntime.sleep(600)\n",
+    );
+    let bin = hand_to_dedicated_user(&scratch, &config, daemon_uid);
+    let daemon_creds = creds(daemon_uid, group.gid, &[]);
+    let daemon = scratch.start_daemon_privs(&config, Some((daemon_uid, &daemon_creds)), |_| {});
+    let member_creds = creds(member, member, &[group.gid]);
+    let mut unread = scratch
+        .command("setpriv")
+        .args(&member_creds)
+        .args(["--", "/usr/bin/python3"])
+        .arg(&reader)
+        .arg(scratch.socket())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(unread.stdout.as_mut().unwrap()),
+        &mut said,
+    )
+    .unwrap();
+    assert_eq!(said.trim(), "sent");
+    // The most the daemon holds while the requests sit unread (sampled for five seconds:
+    // on a slow machine it grows later, never more).
+    let mut most = 0;
+    for _ in 0..50 {
+        most = most.max(rss(daemon.pid()));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The legitimate path meanwhile: the daemon's own user reads the whole history.
+    let backupnizza = bin.join("backupnizza");
+    let config_arg = config.to_str().unwrap();
+    let (socket, count) = (scratch.socket(), (records + 10).to_string());
+    let over_socket =
+        ["history", "--json", "-n", &count, "--socket", socket.to_str().unwrap(), "-c", config_arg];
+    let own = run_as(&scratch, &daemon_creds, &backupnizza, &over_socket);
+    let _ = unread.kill();
+    let _ = unread.wait();
+    assert!(own.status.success(), "{}", show(&own));
+    let lines = text(&own.stdout).lines().filter(|l| l.contains("\"skip\"")).count();
+    assert!(lines >= records, "{lines} of {records} records\n{}", text(&own.stderr));
+    eprintln!("30 unread history requests: the daemon reached {} MiB", most / 1024 / 1024);
+    assert!(most < 150 * 1024 * 1024, "the daemon reached {} MiB", most / 1024 / 1024);
+
+    let before = rss(daemon.pid());
+    for _ in 0..12 {
+        let run = run_as(
+            &scratch,
+            &daemon_creds,
+            &backupnizza,
+            &["trigger", "--wait", "chatty", "-c", config_arg],
+        );
+        assert!(run.status.success(), "{}", show(&run));
+    }
+    let after = rss(daemon.pid());
+    eprintln!(
+        "12 chatty runs: {} MiB before, {} MiB after",
+        before / 1024 / 1024,
+        after / 1024 / 1024
+    );
+    assert!(
+        after < before + 100 * 1024 * 1024,
+        "12 chatty runs grew the daemon from {} to {} MiB",
+        before / 1024 / 1024,
+        after / 1024 / 1024
+    );
+}
