@@ -9,6 +9,7 @@
 //! contract through which the server asks the daemon's state owner for status and
 //! triggers (the broker never holds the daemon, so nothing refers back in a cycle).
 
+mod admission;
 pub(crate) mod control;
 pub(crate) mod feed;
 pub(crate) mod keyring;

@@ -384,12 +384,12 @@ pub(crate) fn check_readable(state_dir: &Path) -> std::io::Result<()> {
 }
 
 /// Writes what [`read_all`] and [`Loaded::for_task`] would give as JSON (the body of
-/// `GET /v1/history`), record by record as the files are read, so that only a line is in
+/// `GET /v1/history`), without the records of the `hidden` tasks, record by record as the files are read, so that only a line is in
 /// memory at a time and a reader that stops reading stops the writing (`out` blocks, or
 /// fails when the reader is gone: that error ends it).
 pub(crate) fn write_json(
     state_dir: &Path,
-    task: Option<&str>,
+    (task, hidden): (Option<&str>, &[String]),
     out: &mut impl std::io::Write,
 ) -> std::io::Result<()> {
     let mut bad: Vec<(PathBuf, usize)> = Vec::new();
@@ -407,7 +407,9 @@ pub(crate) fn write_json(
                 bad.push((path.clone(), number));
                 return Ok(());
             };
-            if task.is_some_and(|t| record.task().is_some_and(|r| r != t)) {
+            let skipped =
+                |t: &str| task.is_some_and(|wanted| t != wanted) || hidden.iter().any(|h| h == t);
+            if record.task().is_some_and(skipped) {
                 return Ok(());
             }
             if !first {
@@ -449,7 +451,7 @@ mod tests {
         .unwrap();
         for task in [None, Some("a"), Some("b"), Some("none")] {
             let mut streamed = Vec::new();
-            write_json(dir.path(), task, &mut streamed).unwrap();
+            write_json(dir.path(), (task, &[]), &mut streamed).unwrap();
             let whole = serde_json::to_value(read_all(dir.path()).unwrap().for_task(task)).unwrap();
             let streamed: serde_json::Value = serde_json::from_slice(&streamed).unwrap();
             assert_eq!(streamed, whole, "{task:?}");

@@ -5,6 +5,7 @@
 //! and the broker do not refer to each other and both are dropped at shutdown. When the
 //! daemon has stopped listening, every request answers [`FireError::Stopping`].
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +47,8 @@ pub(crate) struct Control {
     /// (other uids) apart, so that members who do not read cannot keep the user from the
     /// history: each holds a blocking thread while its client reads (or does not).
     history_streams: [Arc<tokio::sync::Semaphore>; 2],
+    /// Each task's `members:`: which members may trigger it and read its output.
+    members: Arc<HashMap<String, crate::config::Members>>,
 }
 
 /// History answers written at once for the daemon's user, and for members; more wait for
@@ -68,11 +71,15 @@ const QUEUE: usize = 64;
 impl Control {
     /// A handle and the receiving end for the state owner; `GET /v1/history` is served from
     /// the history files in `state_dir`.
-    pub(crate) fn channel(state_dir: &Path) -> (Control, mpsc::Receiver<Request>) {
+    pub(crate) fn channel(
+        state_dir: &Path,
+        members: HashMap<String, crate::config::Members>,
+    ) -> (Control, mpsc::Receiver<Request>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let history_streams =
             [(); 2].map(|()| Arc::new(tokio::sync::Semaphore::new(HISTORY_STREAMS)));
-        (Control { requests: tx, state_dir: state_dir.to_path_buf(), history_streams }, rx)
+        let members = Arc::new(members);
+        (Control { requests: tx, state_dir: state_dir.to_path_buf(), history_streams, members }, rx)
     }
 
     async fn ask<T>(
@@ -129,12 +136,26 @@ impl Control {
     /// most [`HISTORY_STREAMS`] at once for the daemon's user and as many for members
     /// (`member`), each waiting for its client to take what it wrote.
     /// A history of tens of MiB never sits whole in memory, however many clients ask.
+    /// Whether a member (a uid other than the daemon's) may trigger `task`, follow its runs
+    /// and read its history: its `members:` says. A task the daemon does not know is left
+    /// to the route to refuse.
+    pub(crate) fn member_may(&self, task: &str, uid: u32) -> bool {
+        self.members.get(task).is_none_or(|m| m.allows(uid))
+    }
+
     pub(crate) async fn history(
         &self,
         task: Option<&str>,
-        member: bool,
+        member: Option<u32>,
     ) -> Result<tokio::sync::mpsc::Receiver<bytes::Bytes>, HistoryError> {
-        let streams = self.history_streams[usize::from(member)].clone();
+        // A member reads nothing of the tasks whose `members:` leave them out.
+        let hidden: Vec<String> = match member {
+            Some(uid) => {
+                self.members.keys().filter(|t| !self.member_may(t, uid)).cloned().collect()
+            }
+            None => Vec::new(),
+        };
+        let streams = self.history_streams[usize::from(member.is_some())].clone();
         let permit = tokio::time::timeout(HISTORY_WAIT, streams.acquire_owned())
             .await
             .map_err(|_| HistoryError::Busy)?
@@ -150,7 +171,7 @@ impl Control {
         let (mut out, rx) = super::reply::ChunkWriter::channel();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            if let Err(e) = crate::history::write_json(&dir, task.as_deref(), &mut out)
+            if let Err(e) = crate::history::write_json(&dir, (task.as_deref(), &hidden), &mut out)
                 && e.kind() != std::io::ErrorKind::BrokenPipe
             {
                 tracing::warn!(error = %e, "the run history sent to a client was cut short");

@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
 use super::Broker;
+use super::admission::{over_limit, release};
 use super::control::{Control, FireError, HISTORY_STREAMS, HistoryError};
 use super::peer::{Ancestry, Peer};
 use super::redeemers::Verified;
@@ -67,54 +68,8 @@ impl Default for Limits {
 
 /// How long open connections get to finish their current response at shutdown.
 const DRAIN: Duration = Duration::from_secs(1);
-/// Connections one process may hold at once: `secretbox` needs one, a tool speaking the
-/// protocol itself a few; more is a flood.
-pub(crate) const PER_PROCESS: usize = 64;
-/// Connections kept for task processes: processes outside the tasks (a flood from many of
-/// them) fill at most the rest, so a task's redemption always finds room.
-pub(crate) const KEPT_FOR_TASKS: usize = 256;
-/// Connections all processes of one `control_group` member (a uid other than the
-/// daemon's) may hold at once: `status`, `history` and a few `trigger --follow` need a
-/// handful; many processes of one member are still one member.
-pub(crate) const PER_MEMBER: usize = 32;
 /// Least time between two log lines about connections refused by the same limit.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
-
-/// Which limit a new connection ran into.
-fn over_limit(
-    broker: &Broker,
-    open: usize,
-    (of_this_process, of_this_member): (usize, Option<usize>),
-    pid: Option<u32>,
-) -> Option<&'static str> {
-    let max = broker.limits().max_connections;
-    if open >= max {
-        return Some("the daemon's connection limit");
-    }
-    if of_this_process >= PER_PROCESS {
-        return Some("the per-process connection limit");
-    }
-    if of_this_member.is_some_and(|n| n >= PER_MEMBER) {
-        return Some("the per-member connection limit");
-    }
-    // Only near the limit is the ancestry read (it costs a walk of /proc).
-    if open >= max.saturating_sub(KEPT_FOR_TASKS) && !pid.is_some_and(|p| broker.is_task_process(p))
-    {
-        return Some("the share of connections kept for task processes");
-    }
-    None
-}
-
-/// One connection fewer for `key` (the count goes when it reaches zero).
-fn release<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
-    if let Some(n) = counts.get_mut(key) {
-        *n -= 1;
-        if *n == 0 {
-            counts.remove(key);
-        }
-    }
-}
-
 /// What a connection's handlers share: the broker, and the daemon's control handle (absent
 /// when the broker is served alone, as in the broker tests and the fuzz target).
 struct Shared {
@@ -463,6 +418,9 @@ async fn control_route(
         if method != Method::POST {
             return not_allowed("POST");
         }
+        if let Some(refused) = not_for_member(control, task, &peer) {
+            return refused;
+        }
         return match control.trigger(task).await {
             Ok(run) => {
                 info!(task, run_id = %run.run_id, peer_pid = peer.pid.unwrap_or_default(), peer_uid = peer.uid, exe = %peer.exe(), "run triggered through the socket");
@@ -482,6 +440,13 @@ async fn control_route(
                 .unwrap_or(0)
         };
         let wait = number("wait=").min(protocol::MAX_WAIT_SECS);
+        let run_id = id.strip_suffix(protocol::OUTPUT_SUFFIX).unwrap_or(id);
+        if peer.uid != nix::unistd::geteuid().as_raw()
+            && let Ok(Some(run)) = control.run(run_id, Duration::ZERO).await
+            && let Some(refused) = not_for_member(control, &run.task, &peer)
+        {
+            return refused;
+        }
         if let Some(id) = id.strip_suffix(protocol::OUTPUT_SUFFIX) {
             return match control.output(id, number("after="), Duration::from_secs(wait)).await {
                 Ok(Some(body)) => json(StatusCode::OK, &body),
@@ -507,7 +472,7 @@ async fn control_route(
 /// `GET /v1/history`: the daemon's user and members (`peer`) are served apart.
 async fn history_route(query: Option<&str>, control: &Control, peer: &Peer) -> Resp {
     let task = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("task=")));
-    let member = peer.uid != nix::unistd::geteuid().as_raw();
+    let member = (peer.uid != nix::unistd::geteuid().as_raw()).then_some(peer.uid);
     match control.history(task, member).await {
         Ok(chunks) => super::reply::json_stream(chunks),
         Err(HistoryError::Busy) => error(
@@ -526,6 +491,27 @@ async fn history_route(query: Option<&str>, control: &Control, peer: &Peer) -> R
             )
         }
     }
+}
+
+/// `403` when `peer` is a member (a uid other than the daemon's) whom `task`'s `members:`
+/// leaves out.
+fn not_for_member(control: &Control, task: &str, peer: &Peer) -> Option<Resp> {
+    if peer.uid == nix::unistd::geteuid().as_raw() || control.member_may(task, peer.uid) {
+        return None;
+    }
+    info!(
+        task,
+        peer_uid = peer.uid,
+        "a member was refused a task its `members:` leaves them out of"
+    );
+    Some(error(
+        StatusCode::FORBIDDEN,
+        Rejection::Forbidden.as_str(),
+        format!(
+            "task {task:?} does not let you (uid {}) trigger it or read its output: its `members:` in the task file says who may",
+            peer.uid
+        ),
+    ))
 }
 
 /// The HTTP answer for a control request the daemon could not carry out.

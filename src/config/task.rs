@@ -71,6 +71,33 @@ pub struct Task {
     /// How long a catch-up run waits after the daemon saw the machine resume (or the clock
     /// jump forward), so the network can come back first.
     pub resume_settle: Duration,
+    /// Which `control_group` members may trigger the task and read its output.
+    pub members: Members,
+}
+
+/// A task's `members:`: which members of `control_group:` (uids other than the daemon's)
+/// may trigger it, follow its runs and read its history. The daemon's own user always may.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Members {
+    /// Every member (the default).
+    #[default]
+    All,
+    /// No member: for destructive manual tasks (`restore`, `unlock`, `forget --prune`) and
+    /// tasks whose output names files members may not see.
+    None,
+    /// These users, by name as written and uid as resolved when the file was checked.
+    Only(Vec<(String, u32)>),
+}
+
+impl Members {
+    /// Whether a member with `uid` may control the task.
+    pub fn allows(&self, uid: u32) -> bool {
+        match self {
+            Members::All => true,
+            Members::None => false,
+            Members::Only(users) => users.iter().any(|(_, u)| *u == uid),
+        }
+    }
 }
 
 /// A task's `when:`.

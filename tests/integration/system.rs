@@ -686,3 +686,79 @@ fn a_member_cannot_exhaust_the_daemon_with_unread_history_or_chatty_runs() {
         after / 1024 / 1024
     );
 }
+
+/// Per-task control (issue 28): members could trigger every task, `restore` and
+/// `forget --prune` included, and read the output of every run. A task's `members:` says
+/// which members may trigger it and read its history: `none` keeps every member out, a list
+/// lets those users in; the daemon's own user is never kept out.
+#[test]
+fn a_tasks_members_decide_which_members_may_trigger_it_and_read_its_history() {
+    if skip_unless_root() {
+        return;
+    }
+    let group = TempGroup::create();
+    let daemon_uid = free_uid(62_600);
+    let stranger = free_uid(daemon_uid + 1);
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().expect("a user named nobody");
+    let scratch = Scratch::new();
+    let config = scratch.config(&format!(
+        "control_group: {g}\ntasks:\n  open:\n    {TRIGGERED}\n    command: [echo, open-output]\n  restore:\n    {TRIGGERED}\n    members: none\n    command: [echo, restore-output]\n  limited:\n    {TRIGGERED}\n    members: [nobody]\n    command: [echo, limited-output]\n",
+        g = group.name
+    ));
+    let bin = hand_to_dedicated_user(&scratch, &config, daemon_uid);
+    let daemon_creds = creds(daemon_uid, group.gid, &[]);
+    let _daemon = scratch.start_daemon_privs(&config, Some((daemon_uid, &daemon_creds)), |_| {});
+    let backupnizza = bin.join("backupnizza");
+    let config_arg = config.to_str().unwrap();
+    let socket = scratch.socket();
+    let socket_arg = socket.to_str().unwrap();
+    let trigger = |creds: &[String], task: &str| {
+        run_as(
+            &scratch,
+            creds,
+            &backupnizza,
+            &["trigger", "--wait", task, "--socket", socket_arg, "-c", config_arg],
+        )
+    };
+    // The daemon's own user runs every task.
+    for task in ["open", "restore", "limited"] {
+        let run = trigger(&daemon_creds, task);
+        assert!(run.status.success(), "{task}: {}", show(&run));
+    }
+    let member = creds(nobody.uid.as_raw(), group.gid, &[group.gid]);
+    let other = creds(stranger, stranger, &[group.gid]);
+    for (who, creds, task, allowed) in [
+        ("nobody", &member, "open", true),
+        ("nobody", &member, "limited", true),
+        ("nobody", &member, "restore", false),
+        ("a member not listed", &other, "limited", false),
+        ("a member not listed", &other, "open", true),
+    ] {
+        let run = trigger(creds, task);
+        assert_eq!(run.status.success(), allowed, "{who} triggering {task}: {}", show(&run));
+        if !allowed {
+            assert!(text(&run.stderr).contains("members:"), "{who}, {task}: {}", show(&run));
+        }
+    }
+    // The history a member reads leaves out the tasks it may not read.
+    let history = |creds: &[String]| {
+        let out = run_as(
+            &scratch,
+            creds,
+            &backupnizza,
+            &["history", "--json", "-n", "100", "--socket", socket_arg, "-c", config_arg],
+        );
+        assert!(out.status.success(), "{}", show(&out));
+        text(&out.stdout)
+    };
+    let seen = history(&member);
+    assert!(seen.contains("\"open\"") && seen.contains("\"limited\""), "{seen}");
+    assert!(!seen.contains("\"restore\""), "{seen}");
+    let seen = history(&other);
+    assert!(
+        seen.contains("\"open\"") && !seen.contains("\"limited\"") && !seen.contains("\"restore\""),
+        "{seen}"
+    );
+    let seen = history(&daemon_creds);
+    assert!(seen.contains("\"restore\""), "the daemon's user reads everything: {seen}");
+}

@@ -600,3 +600,27 @@ fn loader_variables_in_env_are_refused_unless_written_as_loader() {
     run.expect_code(2);
     assert!(run.stderr().contains("tasks.docs.env.RESTIC_CACHE_DIR"), "{run}");
 }
+
+/// `members:` takes `all`, `none` or user names of this machine; anything else is an error
+/// naming the key (an unknown user, by name).
+#[test]
+fn members_are_all_none_or_users_of_this_machine() {
+    let scratch = Scratch::new();
+    for ok in ["all", "none", "[root]", "[]"] {
+        let file = scratch.write("ok.yaml", format!("{MINIMAL_TASK}    members: {ok}\n"));
+        scratch.backupnizza(["validate", "-c"]).run_with(&file).expect_code(0);
+    }
+    for (bad, said) in [
+        ("[no-such-user-here]", "no user \"no-such-user-here\""),
+        ("some", "all, none, or a list of user names"),
+        ("5", "all, none, or a list of user names"),
+    ] {
+        let file = scratch.write("bad.yaml", format!("{MINIMAL_TASK}    members: {bad}\n"));
+        let run = scratch.backupnizza(["validate", "-c"]).run_with(&file);
+        run.expect_code(2);
+        assert!(
+            run.stderr().contains("tasks.docs.members") && run.stderr().contains(said),
+            "{run}"
+        );
+    }
+}

@@ -10,7 +10,8 @@ use std::time::Duration;
 use super::walk::{Checker, index, join, program_name};
 use crate::config::tree::{Node, Pos, Value};
 use crate::config::{
-    DEFAULT_MAX_LATENESS, DEFAULT_REDEEM_LIMIT, Environment, Hooks, Overlap, Step, Task, When, Zone,
+    DEFAULT_MAX_LATENESS, DEFAULT_REDEEM_LIMIT, Environment, Hooks, Members, Overlap, Step, Task,
+    When, Zone,
 };
 use crate::schedule::Schedule;
 
@@ -47,6 +48,7 @@ const TASK_KEYS: &[&str] = &[
     "force_after",
     "blackout",
     "resume_settle",
+    "members",
 ];
 const STEP_KEYS: &[&str] = &["command", "pipeline", "env", "continue_on_error", "sha256"];
 /// Variables the daemon sets itself in every child.
@@ -238,6 +240,7 @@ impl Checker {
         let blackout = self.with_default(&f, path, "blackout", Vec::new(), Checker::blackout);
         let resume_settle =
             self.with_default(&f, path, "resume_settle", resume_settle, Checker::duration);
+        let members = self.with_default(&f, path, "members", Members::All, Checker::members);
         // restic exits 3 when some files could not be read: the snapshot exists.
         let runs_restic = matches!(&steps, Some(steps) if steps.iter().flat_map(Step::stages).any(|argv| program_name(&argv[0]) == "restic"));
         // A task that runs restic unlocks what a stopped run left, unless it says otherwise.
@@ -287,7 +290,39 @@ impl Checker {
             force_after: force_after?,
             blackout: blackout?,
             resume_settle: resume_settle?,
+            members: members?,
         })
+    }
+
+    /// `members: all`, `members: none`, or `members: [USER...]` (names of users of this
+    /// machine, resolved now, as `control_group:` is).
+    fn members(&mut self, node: &Node, path: &str) -> Option<Members> {
+        const EXPECTED: &str = "all, none, or a list of user names such as [alice]";
+        match &node.value {
+            Value::Str(word) if word == "all" => Some(Members::All),
+            Value::Str(word) if word == "none" => Some(Members::None),
+            Value::Seq(items) => {
+                let mut users = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    let p = index(path, i);
+                    let name = self.non_empty_string(item, &p)?;
+                    let Ok(Some(user)) = nix::unistd::User::from_name(&name) else {
+                        self.error(
+                            &p,
+                            item.pos,
+                            format!("no user {name:?} on this machine: members are user names (`getent passwd NAME` shows them)"),
+                        );
+                        return None;
+                    };
+                    users.push((name, user.uid.as_raw()));
+                }
+                Some(Members::Only(users))
+            }
+            _ => {
+                self.type_error(path, node, EXPECTED);
+                None
+            }
+        }
     }
 
     /// A step's `command` (one process), or its `pipeline` (the first stage, then the

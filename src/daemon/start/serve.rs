@@ -70,7 +70,8 @@ pub(super) async fn serve(
             .with_redeemers(redeemers)
             .with_control_group(config.control_group.as_ref().map(|g| g.gid)),
     );
-    let (control, requests) = Control::channel(&config.state_dir);
+    let members = config.tasks.iter().map(|t| (t.name.clone(), t.members.clone())).collect();
+    let (control, requests) = Control::channel(&config.state_dir, members);
     let (events_tx, events) = mpsc::unbounded_channel();
     let runner = Runner {
         broker: broker.clone(),
