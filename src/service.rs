@@ -270,6 +270,11 @@ RuntimeDirectoryMode=0700
 # Read everything it backs up, and nothing more: no other capability, ever.
 AmbientCapabilities=CAP_DAC_READ_SEARCH
 CapabilityBoundingSet=CAP_DAC_READ_SEARCH
+# The capability reaches every file, and every process the daemon starts holds it: hide
+# what would decrypt this unit's credentials offline, the host key and the credential
+# stores. systemd decrypts the credentials above before it sets up this namespace, so the
+# service never needs them. (`-`: a path that does not exist is passed over.)
+InaccessiblePaths=-/var/lib/systemd/credential.secret -/etc/credstore -/etc/credstore.encrypted -/run/credstore -/run/credstore.encrypted
 NoNewPrivileges=yes
 PrivateTmp=yes
 ProtectSystem=strict

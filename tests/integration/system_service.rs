@@ -60,6 +60,8 @@ fn the_system_unit_verifies_and_the_launch_daemon_plist_is_well_formed() {
         "Group=backupnizza",
         "AmbientCapabilities=CAP_DAC_READ_SEARCH",
         "CapabilityBoundingSet=CAP_DAC_READ_SEARCH",
+        // The host key and credential stores are hidden from everything the daemon runs.
+        "InaccessiblePaths=-/var/lib/systemd/credential.secret -/etc/credstore -/etc/credstore.encrypted -/run/credstore -/run/credstore.encrypted",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "ProtectHome=read-only",

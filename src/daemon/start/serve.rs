@@ -316,7 +316,7 @@ mod tests {
     fn lifecycle_in_a_process_of_its_own() {
         let dir = tempfile::tempdir().unwrap();
         let secret = dir.path().join("secret");
-        std::fs::write(&secret, format!("canary-{}", std::process::id())).unwrap();
+        std::fs::write(&secret, format!("canary-{:012}", std::process::id())).unwrap();
         std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
         let socket = dir.path().join("run/s.sock");
         let state_dir = dir.path().join("state");
