@@ -11,6 +11,7 @@
 
 #![allow(unsafe_code)]
 
+pub(crate) mod caps;
 pub(crate) mod env;
 pub(crate) mod exec;
 pub(crate) mod fd_passing;

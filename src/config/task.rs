@@ -370,6 +370,9 @@ pub struct Step {
     pub continue_on_error: bool,
     /// The program's expected SHA-256 (`sha256:`), checked before every run.
     pub sha256: Option<[u8; 32]>,
+    /// `read_all:`: whether the step's processes hold the read-all capability of system
+    /// mode. `None`: restic's `backup` processes do, nothing else does.
+    pub read_all: Option<bool>,
 }
 
 impl Task {
@@ -398,6 +401,12 @@ impl Task {
 }
 
 impl Step {
+    /// Whether the process running `stage` (one of [`Step::stages`]) holds the read-all
+    /// capability of system mode: as `read_all:` says, else only restic's `backup`.
+    pub fn reads_all(&self, stage: &[String]) -> bool {
+        self.read_all.unwrap_or_else(|| crate::restic::argv::is_backup(stage))
+    }
+
     /// Every process the step runs, in pipeline order (one for a plain command).
     pub fn stages(&self) -> Vec<&[String]> {
         std::iter::once(self.command.as_slice())

@@ -142,6 +142,17 @@ fn check_programs(
 /// near it (it is an exec, but started from here).
 fn protect(strict_memory: bool) -> anyhow::Result<Option<Guardian>> {
     report_weaknesses(&crate::sys::hardening::protect_process(), strict_memory)?;
+    // Before any thread and any child: what the daemon starts inherits no capability, and
+    // the steps that need the read-all one raise it for themselves.
+    match crate::sys::caps::keep_to_self() {
+        Ok(()) if crate::sys::caps::holds_read_all() => info!(
+            "the read-all capability (CAP_DAC_READ_SEARCH) stays with the daemon; of the processes it starts, only restic's backup steps (and steps with read_all: true) get it"
+        ),
+        Ok(()) => {}
+        Err(e) => warn!(
+            "cannot clear the ambient capabilities: {e}; every process the daemon starts keeps the capabilities it was given"
+        ),
+    }
     // Orphans of task processes are re-parented to us rather than to init, so "descends from
     // the daemon" keeps meaning "is part of a task" (see `Broker::is_task_process`).
     #[cfg(target_os = "linux")]

@@ -431,6 +431,7 @@ impl Runner {
                 .collect(),
             continue_on_error: false,
             sha256: None,
+            read_all: None,
         };
         let deadline = Some(Instant::now() + timeout);
         let call = StepCall {

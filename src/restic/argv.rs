@@ -64,6 +64,11 @@ const FORGET_WITH_VALUE: &[&str] = &[
     "--repack-smaller-than",
 ];
 
+/// Whether a command line is `restic ... backup ...`.
+pub(crate) fn is_backup(argv: &[String]) -> bool {
+    subcommand(argv) == Some("backup")
+}
+
 /// The subcommand of a restic command line (`backup`, `forget`, ...), or `None` when the
 /// program is not restic or no subcommand is given.
 fn subcommand(argv: &[String]) -> Option<&str> {

@@ -1,6 +1,6 @@
 //! What a task's process does for itself between `fork` and `exec`, in the child, where only
 //! async-signal-safe calls may be made: join its run's cgroup, ask for a signal should the
-//! daemon die, and lower its CPU and I/O priority.
+//! daemon die, take or give up the read-all capability, and lower its CPU and I/O priority.
 //!
 //! Everything the hook needs is prepared before the fork; the hook allocates nothing.
 
@@ -18,6 +18,10 @@ pub(crate) struct ChildSetup {
     pub(crate) nice: Option<i32>,
     /// Linux: `ioprio_set(IOPRIO_WHO_PROCESS, 0, ioprio)`.
     pub(crate) ioprio: Option<i32>,
+    /// Linux, system mode: raise the read-all capability into the child's ambient set, so
+    /// the program it executes holds it ([`super::caps`]); otherwise the child clears its
+    /// inheritable set, so no program gains it.
+    pub(crate) read_all: bool,
 }
 
 /// Exit status of a child whose daemon died between its fork and its `prctl`: the signal
@@ -34,7 +38,7 @@ pub(crate) fn set_up_before_exec(cmd: &mut tokio::process::Command, setup: Child
     let parent = std::process::id() as libc::pid_t;
     // The parent-death signal and I/O classes are Linux's; elsewhere they are not asked for.
     #[cfg(not(target_os = "linux"))]
-    let _ = (setup.parent_death_signal, setup.ioprio);
+    let _ = (setup.parent_death_signal, setup.ioprio, setup.read_all);
     let hook = move || {
         #[cfg(target_os = "linux")]
         if setup.parent_death_signal {
@@ -61,6 +65,35 @@ pub(crate) fn set_up_before_exec(cmd: &mut tokio::process::Command, setup: Child
             // SAFETY: setpriority is async-signal-safe; it affects this (forked) process.
             unsafe {
                 libc::setpriority(libc::PRIO_PROCESS, 0, nice);
+            }
+        }
+        #[cfg(target_os = "linux")]
+        if setup.read_all {
+            // Fails (EPERM) when the daemon does not hold the capability: nothing to hand on.
+            // SAFETY: a prctl on this (forked) process's own capability sets.
+            unsafe {
+                libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_RAISE,
+                    super::caps::DAC_READ_SEARCH,
+                    0,
+                    0,
+                );
+            }
+        } else {
+            use super::caps::{CapData, CapHeader, VERSION_3};
+            let mut header = CapHeader { version: VERSION_3, pid: 0 };
+            let mut data = [CapData::default(); 2];
+            // SAFETY: capget and capset are plain system calls on this (forked) process, on
+            // buffers of the size version 3 asks for, on the stack: nothing is allocated.
+            unsafe {
+                if libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) == 0
+                    && (data[0].inheritable | data[1].inheritable) != 0
+                {
+                    data[0].inheritable = 0;
+                    data[1].inheritable = 0;
+                    libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr());
+                }
             }
         }
         #[cfg(target_os = "linux")]

@@ -762,3 +762,102 @@ fn a_tasks_members_decide_which_members_may_trigger_it_and_read_its_history() {
     let seen = history(&daemon_creds);
     assert!(seen.contains("\"restore\""), "the daemon's user reads everything: {seen}");
 }
+
+/// The read-all capability only where restic needs it (issue 28): every process a system
+/// daemon started held `CAP_DAC_READ_SEARCH`, so a task with no secrets read `/etc/shadow`.
+/// Here, with the capability granted as the unit grants it, a hook, a notify command, a
+/// secret source's helper and a plain step each fail to read a root-only file, while
+/// restic's backup step still backs up another user's 0700 directory, and a step that says
+/// `read_all: true` reads the file.
+#[test]
+fn only_restic_backup_steps_hold_the_read_all_capability() {
+    if skip_unless_root() {
+        return;
+    }
+    let group = TempGroup::create();
+    let daemon_uid = free_uid(62_800);
+    let desktop = free_uid(daemon_uid + 1);
+    let scratch = Scratch::new();
+    let dir = scratch.path().to_path_buf();
+    let d = dir.display().to_string();
+    write_private(&dir.join("pw"), canary().as_bytes());
+    let data = dir.join("desktop");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("private.txt"), canary()).unwrap();
+    let try_root =
+        |name: &str| format!("cat {d}/root-only > {d}/{name}.out 2> {d}/{name}.err; true");
+    let env = format!(
+        "    env: {{RESTIC_REPOSITORY: {d}/repo, RESTIC_PASSWORD_COMMAND: secretbox get repo, RESTIC_CACHE_DIR: {d}/cache}}\n    secrets: [repo]\n"
+    );
+    let config = scratch.config(&format!(
+        "control_group: {g}
+secrets:
+  repo: {{file: {d}/pw}}
+  helper: {{command: [sh, -c, '{source}; echo a-value-long-enough']}}
+tasks:
+  init:
+    {TRIGGERED}
+    command: [restic, init]
+{env}  backup:
+    {TRIGGERED}
+    command: [restic, backup, --host, testhost, {data}]
+    hooks:
+      before: [sh, -c, '{hook}']
+    notify: {{command: [sh, -c, '{notify}']}}
+{env}  plain:
+    {TRIGGERED}
+    command: [sh, -c, '{plain}']
+  opted:
+    {TRIGGERED}
+    read_all: true
+    command: [sh, -c, '{opted}']
+",
+        g = group.name,
+        source = try_root("source"),
+        hook = try_root("hook"),
+        notify = try_root("notify"),
+        plain = try_root("plain"),
+        opted = try_root("opted"),
+        data = data.display(),
+    ));
+    let bin = hand_to_dedicated_user(&scratch, &config, daemon_uid);
+    // Made after the tree was handed over: root's alone.
+    let secret_of_root = canary();
+    write_private(&dir.join("root-only"), secret_of_root.as_bytes());
+    chown_tree(&data, desktop, desktop);
+    chmod(&data, 0o700);
+    chmod(&data.join("private.txt"), 0o600);
+    let mut capable = creds(daemon_uid, group.gid, &[]);
+    capable
+        .extend(["--inh-caps=+dac_read_search".into(), "--ambient-caps=+dac_read_search".into()]);
+    let daemon = scratch.start_daemon_privs(&config, Some((daemon_uid, &capable)), |_| {});
+    let config_arg = config.to_str().unwrap();
+    for task in ["init", "backup", "plain", "opted"] {
+        let run = run_as(
+            &scratch,
+            &capable,
+            &bin.join("backupnizza"),
+            &["trigger", "--wait", task, "-c", config_arg],
+        );
+        assert!(run.status.success(), "{task}: {}", show(&run));
+    }
+    wait_until("the notify command", || dir.join("notify.err").exists());
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    for who in ["source", "hook", "notify", "plain"] {
+        assert!(!read(&format!("{who}.out")).contains(&secret_of_root), "the {who} read it");
+        assert!(
+            read(&format!("{who}.err")).contains("Permission denied"),
+            "{who}: {}",
+            read(&format!("{who}.err"))
+        );
+    }
+    assert_eq!(read("opted.out"), secret_of_root, "read_all: true: {}", read("opted.err"));
+    // The backup read the desktop user's private file.
+    let log = daemon.log_text();
+    let backup = history(&scratch)
+        .into_iter()
+        .rfind(|r| r["type"] == "end" && r["task"] == "backup")
+        .expect("the backup ended");
+    assert_eq!(backup["status"], "success", "{backup}\n{log}");
+    assert!(log.contains("stays with the daemon"), "{log}");
+}

@@ -624,3 +624,29 @@ fn members_are_all_none_or_users_of_this_machine() {
         );
     }
 }
+
+/// `read_all:` is a bool, on `command:` tasks or on each step; on a task with `steps:` it is
+/// an error that says where it goes.
+#[test]
+fn read_all_is_a_bool_on_a_command_or_on_each_step() {
+    let scratch = Scratch::new();
+    let ok = scratch.write("ok.yaml", format!("{MINIMAL_TASK}    read_all: false\n"));
+    scratch.backupnizza(["validate", "-c"]).run_with(&ok).expect_code(0);
+    let steps = scratch.write(
+        "steps.yaml",
+        "tasks:\n  dump:\n    schedule: '@daily'\n    steps:\n      - {pipeline: [[tar, c, /srv], [restic, backup, --stdin]], read_all: true}\n",
+    );
+    scratch.backupnizza(["validate", "-c"]).run_with(&steps).expect_code(0);
+    for (bad, said) in [
+        (format!("{MINIMAL_TASK}    read_all: maybe\n"), "tasks.docs.read_all"),
+        (
+            "tasks:\n  t:\n    schedule: '@daily'\n    read_all: true\n    steps:\n      - command: [restic, backup, /srv]\n".to_string(),
+            "give each step that needs it its own `read_all`",
+        ),
+    ] {
+        let file = scratch.write("bad.yaml", &bad);
+        let run = scratch.backupnizza(["validate", "-c"]).run_with(&file);
+        run.expect_code(2);
+        assert!(run.stderr().contains(said), "{run}");
+    }
+}

@@ -106,6 +106,7 @@ mod tests {
             env: Vec::new(),
             continue_on_error: false,
             sha256: None,
+            read_all: None,
         };
         (env, step)
     }

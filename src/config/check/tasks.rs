@@ -49,8 +49,10 @@ const TASK_KEYS: &[&str] = &[
     "blackout",
     "resume_settle",
     "members",
+    "read_all",
 ];
-const STEP_KEYS: &[&str] = &["command", "pipeline", "env", "continue_on_error", "sha256"];
+const STEP_KEYS: &[&str] =
+    &["command", "pipeline", "env", "continue_on_error", "sha256", "read_all"];
 /// Variables the daemon sets itself in every child.
 /// What every task's check needs from the rest of the file and from the environment.
 pub(super) struct TaskDefaults<'a> {
@@ -162,23 +164,28 @@ impl Checker {
             }
             (Some(_), None) => {
                 let sha256 = self.optional(&f, path, "sha256", Checker::sha256);
-                self.program(&f, path).zip(sha256).map(|((command, pipe_into), sha256)| {
-                    vec![Step {
-                        command,
-                        pipe_into,
-                        env: Vec::new(),
-                        continue_on_error: false,
-                        sha256,
-                    }]
-                })
+                let read_all = self.optional(&f, path, "read_all", Checker::boolean);
+                self.program(&f, path).zip(sha256.zip(read_all)).map(
+                    |((command, pipe_into), (sha256, read_all))| {
+                        vec![Step {
+                            command,
+                            pipe_into,
+                            env: Vec::new(),
+                            continue_on_error: false,
+                            sha256,
+                            read_all,
+                        }]
+                    },
+                )
             }
             (None, Some(s)) => {
-                if let Some(n) = f.get("sha256") {
-                    self.error(
-                        &join(path, "sha256"),
-                        n.pos,
-                        "with `steps:`, pin each step's program with its own `sha256`",
-                    );
+                for (key, what) in [
+                    ("sha256", "pin each step's program with its own `sha256`"),
+                    ("read_all", "give each step that needs it its own `read_all`"),
+                ] {
+                    if let Some(n) = f.get(key) {
+                        self.error(&join(path, key), n.pos, format!("with `steps:`, {what}"));
+                    }
                 }
                 self.steps(s, &join(path, "steps"))
             }
@@ -422,9 +429,15 @@ impl Checker {
             let continue_on_error =
                 self.with_default(&f, &p, "continue_on_error", false, Checker::boolean);
             let sha256 = self.optional(&f, &p, "sha256", Checker::sha256);
-            match (command, env, continue_on_error, sha256) {
-                (Some((command, pipe_into)), Some(env), Some(continue_on_error), Some(sha256)) => {
-                    out.push(Step { command, pipe_into, env, continue_on_error, sha256 });
+            let read_all = self.optional(&f, &p, "read_all", Checker::boolean);
+            match (command, env, continue_on_error, sha256.zip(read_all)) {
+                (
+                    Some((command, pipe_into)),
+                    Some(env),
+                    Some(continue_on_error),
+                    Some((sha256, read_all)),
+                ) => {
+                    out.push(Step { command, pipe_into, env, continue_on_error, sha256, read_all });
                 }
                 _ => ok = false,
             }

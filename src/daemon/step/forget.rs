@@ -39,6 +39,7 @@ pub(super) fn listing(call: &StepCall<'_>) -> Option<Step> {
         env: call.step.env.clone(),
         continue_on_error: false,
         sha256: None,
+        read_all: None,
     })
 }
 

@@ -90,7 +90,9 @@ impl Runner {
             if let Some(dir) = &call.task.working_dir {
                 cmd.current_dir(dir);
             }
-            set_up_child(cmd, call.procs, call.task);
+            // A hook (or a listing around a forget) never holds it.
+            let read_all = call.hook.is_none() && call.step.reads_all(stages[i]);
+            set_up_child(cmd, call.procs, call.task, read_all);
         }
         plumbing.connect(&mut commands).map_err(|e| StepEnd::NotStarted(StepError::Connect(e)))?;
         let programs = stages
@@ -325,15 +327,17 @@ impl Plumbing {
 }
 
 /// Makes the child part of the run before it execs: into the run's cgroup (if any), a
-/// parent-death signal on Linux, so it does not outlive a daemon that died, and the task's
+/// parent-death signal on Linux, so it does not outlive a daemon that died, the read-all
+/// capability of system mode where the step needs it (`read_all`), and the task's
 /// `nice:` and `io:` (set in the child, so the program itself is what runs: no `nice`
 /// wrapper in front of restic, so its pin and its exit codes stay its own).
-fn set_up_child(cmd: &mut Command, procs: &RunProcs, task: &Task) {
+fn set_up_child(cmd: &mut Command, procs: &RunProcs, task: &Task, read_all: bool) {
     let setup = crate::sys::exec::ChildSetup {
         join_cgroup: procs.join_file(),
         parent_death_signal: true,
         nice: task.nice,
         ioprio: task.io.map(crate::config::IoClass::ioprio),
+        read_all,
     };
     crate::sys::exec::set_up_before_exec(cmd, setup);
 }
