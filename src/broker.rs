@@ -194,8 +194,11 @@ impl Broker {
     /// Records that the token's process started as `pid`: from now on it may redeem, and it
     /// counts as a task process for the control routes.
     pub fn started(&self, handle: Handle, pid: u32) {
+        // Read before the lock; the process cannot be reaped (nor its pid reused) until the
+        // daemon waits for it, which it does after this.
+        let started = crate::sys::proc::start_time(pid);
         let mut tokens = self.lock();
-        tokens.vault.bind(handle, pid);
+        tokens.vault.bind(handle, pid, started);
         tokens.active.insert(pid);
     }
 

@@ -10,7 +10,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::sys::proc::{executable, parent_of, start_time};
+use crate::sys::proc::{executable, parent_and_start, start_time};
 
 /// The credentials of a connected peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,13 +109,23 @@ pub fn ancestry(pid: u32, ancestor: u32) -> Ancestry {
 /// may not look) or runs deeper than real trees do. A redemption asks for the chain up to
 /// the daemon only: above it nothing can be a task, and each step is a read of `/proc` on
 /// the hot path (walking on to init tripled its cost).
-fn extend_lineage(mut chain: Vec<u32>, stop: u32) -> Option<Vec<u32>> {
+///
+/// `started`, if known, is a start time no process of the chain from its last on may be
+/// younger than (the start of the last one's child, or of the last one itself). A parent
+/// never starts after its child: an ancestor that did is another process that got the pid
+/// of one that exited while the chain was read, and the chain is broken there.
+fn extend_lineage(mut chain: Vec<u32>, stop: u32, mut started: Option<u64>) -> Option<Vec<u32>> {
     let mut current = *chain.last()?;
     while current > 1 && current != stop {
         if chain.len() > MAX_DEPTH {
             return None;
         }
-        match parent_of(current)? {
+        let (parent, start) = parent_and_start(current)?;
+        if started.is_some_and(|child| start > child) {
+            return None;
+        }
+        started = Some(start);
+        match parent {
             0 => break,
             parent if parent == current => return None,
             parent => {
@@ -124,6 +134,7 @@ fn extend_lineage(mut chain: Vec<u32>, stop: u32) -> Option<Vec<u32>> {
             }
         }
     }
+    // The stop (the daemon) is not compared: its pid cannot be reused while it runs.
     Some(chain)
 }
 
@@ -163,11 +174,11 @@ pub fn peer_lineage(pid: u32, started: Option<u64>, stop: u32) -> Result<Vec<u32
         if parent == pid {
             return Err(UNREADABLE);
         }
-        extend_lineage(vec![pid, parent], stop).ok_or(UNREADABLE)
+        extend_lineage(vec![pid, parent], stop, Some(started)).ok_or(UNREADABLE)
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let chain = extend_lineage(vec![pid], stop).ok_or(UNREADABLE)?;
+        let chain = extend_lineage(vec![pid], stop, Some(started)).ok_or(UNREADABLE)?;
         if start_time(pid) == Some(started) { Ok(chain) } else { Err(EXITED) }
     }
 }
@@ -184,6 +195,7 @@ pub fn descends_from(pid: u32, ancestor: u32) -> bool {
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+    use crate::sys::proc::parent_of;
 
     #[cfg(target_os = "linux")]
     #[test]
@@ -210,15 +222,20 @@ mod tests {
     #[test]
     fn the_lineage_runs_from_the_process_to_init() {
         let me = std::process::id();
-        let chain = extend_lineage(vec![me], 1).unwrap();
+        let chain = extend_lineage(vec![me], 1, None).unwrap();
         assert_eq!(chain[0], me);
         assert_eq!(chain[1], parent_of(me).unwrap());
-        assert_eq!(extend_lineage(vec![u32::MAX - 1], 1), None);
+        assert_eq!(extend_lineage(vec![u32::MAX - 1], 1, None), None);
         // Cut at a process on the way, or run on to init when the chain does not meet it.
         let parent = parent_of(me).unwrap();
-        assert_eq!(extend_lineage(vec![me], parent).unwrap(), [me, parent]);
-        assert_eq!(extend_lineage(vec![me], me).unwrap(), [me]);
-        assert_eq!(extend_lineage(vec![me], u32::MAX - 1).unwrap(), chain);
+        assert_eq!(extend_lineage(vec![me], parent, None).unwrap(), [me, parent]);
+        assert_eq!(extend_lineage(vec![me], me, None).unwrap(), [me]);
+        assert_eq!(extend_lineage(vec![me], u32::MAX - 1, None).unwrap(), chain);
+        // Started as this process did: the same chain. Said to have started at boot (before
+        // any ancestor could have): an ancestor younger than its child is a reused pid, and
+        // the chain is broken there.
+        assert_eq!(extend_lineage(vec![me], 1, start_time(me)).unwrap(), chain);
+        assert_eq!(extend_lineage(vec![me], 1, Some(0)), None);
         assert!(start_time(me).is_some_and(|t| t > 0));
         // A peer's lineage holds only while its start time is the one seen at accept.
         assert_eq!(peer_lineage(me, start_time(me), parent).unwrap(), [me, parent]);

@@ -256,6 +256,16 @@ async fn attempt(
         broker.count_rejection(Rejection::Forbidden);
         return Err(Refusal::forbidden("a process that has exited"));
     }
+    // The token's process is in the lineage by pid; it must still be the process the token
+    // was handed to. A pipeline stage reaped with its group keeps its token until its own
+    // wait returns, and its pid may be another process's by then. Alive now with its start
+    // time, it was alive when the lineage was read, so that pid was it then too.
+    if let (Some(owner), Some(started)) = (pending.pid, pending.started)
+        && crate::sys::proc::start_time(owner) != Some(started)
+    {
+        broker.count_rejection(Rejection::Forbidden);
+        return Err(Refusal::forbidden("the token's process has exited; its pid is another's"));
+    }
     match broker.lock().vault.consume(&pending, name, Instant::now()) {
         Ok(()) => Ok(pending.task),
         Err(reason) => Err(Refusal { reason, task: Some(pending.task), why: "" }),

@@ -85,6 +85,9 @@ struct Entry {
     scope: Vec<(Arc<str>, u32)>,
     /// The process the token was handed to, once spawned.
     pid: Option<u32>,
+    /// When that process started (as `sys::proc::start_time`): with the pid, who it is. A
+    /// pid alone may name another process once its own was reaped.
+    started: Option<u64>,
     expires: Instant,
 }
 
@@ -95,6 +98,8 @@ pub struct Pending {
     pub task: Arc<str>,
     /// The token's process; `None` for the instant between spawning it and recording it.
     pub pid: Option<u32>,
+    /// When the token's process started, when that could be read at spawn.
+    pub started: Option<u64>,
 }
 
 /// Counters for `status` and metrics.
@@ -198,6 +203,7 @@ impl Vault {
                 task: task.clone(),
                 scope: scope.iter().map(|s| (s.clone(), limit)).collect(),
                 pid: None,
+                started: None,
                 expires,
             },
         );
@@ -206,10 +212,12 @@ impl Vault {
         Ok((Token(text), Handle(h)))
     }
 
-    /// Records the process a token was handed to. Until then the token cannot be redeemed.
-    pub fn bind(&mut self, handle: Handle, pid: u32) {
+    /// Records the process a token was handed to, and when it started. Until then the
+    /// token cannot be redeemed.
+    pub fn bind(&mut self, handle: Handle, pid: u32, started: Option<u64>) {
         if let Some(entry) = self.live.get_mut(&handle.0) {
             entry.pid = Some(pid);
+            entry.started = started;
         }
     }
 
@@ -261,7 +269,14 @@ impl Vault {
             });
         };
         match entry.pid {
-            None => return Ok(Pending { handle: Handle(h), task: entry.task.clone(), pid: None }),
+            None => {
+                return Ok(Pending {
+                    handle: Handle(h),
+                    task: entry.task.clone(),
+                    pid: None,
+                    started: None,
+                });
+            }
             Some(owner) if !lineage.contains(&owner) => return Err(Rejection::Forbidden),
             Some(_) => {}
         }
@@ -273,7 +288,12 @@ impl Vault {
             Some((_, 0)) => return Err(Rejection::Used),
             Some(_) => {}
         }
-        Ok(Pending { handle: Handle(h), task: entry.task.clone(), pid: entry.pid })
+        Ok(Pending {
+            handle: Handle(h),
+            task: entry.task.clone(),
+            pid: entry.pid,
+            started: entry.started,
+        })
     }
 
     /// The task of `token`, for the log of a refusal: only when the caller's `lineage`
@@ -405,7 +425,7 @@ mod tests {
     fn a_token_redeems_each_secret_in_scope_once() {
         let (mut v, now, task) = vault();
         let (t, h) = v.mint(&task, &scope(&["repo", "cloud"]), 1, now).unwrap();
-        v.bind(h, 42);
+        v.bind(h, 42, None);
         let p = v.check(t.expose(), "repo", now, MINE).unwrap();
         assert_eq!(p.pid, Some(42));
         v.consume(&p, "repo", now).unwrap();
@@ -423,7 +443,7 @@ mod tests {
     fn redeem_limit_allows_several_uses() {
         let (mut v, now, task) = vault();
         let (t, h) = v.mint(&task, &scope(&["repo"]), 3, now).unwrap();
-        v.bind(h, 1);
+        v.bind(h, 1, None);
         for _ in 0..3 {
             let p = v.check(t.expose(), "repo", now, MINE).unwrap();
             v.consume(&p, "repo", now).unwrap();
@@ -435,7 +455,7 @@ mod tests {
     fn consume_is_atomic_after_a_shared_check() {
         let (mut v, now, task) = vault();
         let (t, h) = v.mint(&task, &scope(&["repo"]), 1, now).unwrap();
-        v.bind(h, 1);
+        v.bind(h, 1, None);
         let p1 = v.check(t.expose(), "repo", now, MINE).unwrap();
         let p2 = v.check(t.expose(), "repo", now, MINE).unwrap();
         assert!(v.consume(&p1, "repo", now).is_ok());
@@ -446,12 +466,12 @@ mod tests {
     fn expiry_revocation_and_garbage_are_distinguished() {
         let (mut v, now, task) = vault();
         let (t, h) = v.mint(&task, &scope(&["repo"]), 1, now).unwrap();
-        v.bind(h, 1);
+        v.bind(h, 1, None);
         let later = now + Duration::from_secs(31);
         assert_eq!(v.check(t.expose(), "repo", later, MINE).unwrap_err(), Rejection::Expired);
         assert_eq!(v.live(), 0, "collected on the way");
         let (t2, h2) = v.mint(&task, &scope(&["repo"]), 1, later).unwrap();
-        v.bind(h2, 1);
+        v.bind(h2, 1, None);
         v.revoke(h2, later);
         // Its process is reaped, so its pid may be reused: nobody can show it was theirs.
         assert_eq!(v.check(t2.expose(), "repo", later, MINE).unwrap_err(), Rejection::Forbidden);
@@ -468,11 +488,11 @@ mod tests {
         let (mut v, now, task) = vault();
         let stranger: &[u32] = &[99, 1000];
         let (t, h) = v.mint(&task, &scope(&["repo", "cloud"]), 1, now).unwrap();
-        v.bind(h, 42);
+        v.bind(h, 42, None);
         let p = v.check(t.expose(), "cloud", now, MINE).unwrap();
         v.consume(&p, "cloud", now).unwrap();
         let (used, hu) = v.mint(&task, &scope(&["repo"]), 1, now).unwrap();
-        v.bind(hu, 42);
+        v.bind(hu, 42, None);
         let p = v.check(used.expose(), "repo", now, MINE).unwrap();
         v.consume(&p, "repo", now).unwrap();
         let nobodys = format!("{TOKEN_PREFIX}{}", "0".repeat(64));
@@ -504,8 +524,10 @@ mod tests {
         let (mut v, now, task) = vault();
         let (t, h) = v.mint(&task, &scope(&["repo"]), 1, now).unwrap();
         assert_eq!(v.check(t.expose(), "repo", now, MINE).unwrap().pid, None);
-        v.bind(h, 7);
-        assert_eq!(v.check(t.expose(), "repo", now, MINE).unwrap().pid, Some(7));
+        v.bind(h, 7, Some(123_456));
+        let bound = v.check(t.expose(), "repo", now, MINE).unwrap();
+        // The start time travels with the pid, for the redemption to compare.
+        assert_eq!((bound.pid, bound.started), (Some(7), Some(123_456)));
     }
 
     #[test]

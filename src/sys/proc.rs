@@ -103,6 +103,24 @@ pub(crate) fn start_time(_pid: u32) -> Option<u64> {
     None
 }
 
+/// The parent of a process and when the process started (as [`start_time`]), from one
+/// reading: a lineage compares them, since a parent never starts after its child.
+#[cfg(target_os = "linux")]
+pub(crate) fn parent_and_start(pid: u32) -> Option<(u32, u64)> {
+    stat(pid).map(|s| (s.ppid, s.start_time))
+}
+
+#[cfg(target_os = "macos")]
+pub(crate) fn parent_and_start(pid: u32) -> Option<(u32, u64)> {
+    let info = bsdinfo(pid)?;
+    Some((info.pbi_ppid, info.pbi_start_tvsec * 1_000_000 + info.pbi_start_tvusec))
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+pub(crate) fn parent_and_start(_pid: u32) -> Option<(u32, u64)> {
+    None
+}
+
 /// The parent of a process, if it exists and we may look.
 #[cfg(target_os = "linux")]
 pub(crate) fn parent_of(pid: u32) -> Option<u32> {
