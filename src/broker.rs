@@ -248,7 +248,7 @@ impl Broker {
     /// certain place in some task's process tree. As child subreaper (Linux) everything a
     /// task starts stays below the daemon; elsewhere the chain must reach a running task
     /// process. The daemon itself never redeems.
-    pub(crate) fn task_lineage(&self, peer: &Peer) -> Result<Vec<u32>, &'static str> {
+    pub(crate) fn task_lineage(&self, peer: &Peer) -> Result<peer::Lineage, &'static str> {
         let me = self.pid;
         let pid = match peer.pid {
             Some(pid) if peer.uid == self.uid && pid != me => pid,
@@ -261,10 +261,10 @@ impl Broker {
         let stop = if cfg!(target_os = "linux") { me } else { 1 };
         let lineage = peer::peer_lineage(pid, peer.started, stop)?;
         let in_a_task = if cfg!(target_os = "linux") {
-            lineage.contains(&me)
+            lineage.pids.contains(&me)
         } else {
             let active = self.active();
-            lineage.iter().any(|p| active.contains(p))
+            lineage.pids.iter().any(|p| active.contains(p))
         };
         if in_a_task { Ok(lineage) } else { Err("not a task process") }
     }

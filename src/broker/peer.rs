@@ -104,6 +104,23 @@ pub fn ancestry(pid: u32, ancestor: u32) -> Ancestry {
     Ancestry::Unknown
 }
 
+/// A process and its ancestors, nearest first, each with when it started as read with the
+/// chain (`None` for the one the walk stopped at, which it does not read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lineage {
+    pub pids: Vec<u32>,
+    starts: Vec<Option<u64>>,
+}
+
+impl Lineage {
+    /// When `pid` started, as read with the chain; `None` when it is not in it, or was not
+    /// read.
+    pub fn start_of(&self, pid: u32) -> Option<u64> {
+        let i = self.pids.iter().position(|p| *p == pid)?;
+        self.starts[i]
+    }
+}
+
 /// `chain` (nearest first, never empty) extended with the ancestors of its last pid, up to
 /// `stop` (included) or init; `None` when the chain breaks (a process exited under us, or we
 /// may not look) or runs deeper than real trees do. A redemption asks for the chain up to
@@ -113,11 +130,14 @@ pub fn ancestry(pid: u32, ancestor: u32) -> Ancestry {
 /// `started`, if known, is a start time no process of the chain from its last on may be
 /// younger than (the start of the last one's child, or of the last one itself). A parent
 /// never starts after its child: an ancestor that did is another process that got the pid
-/// of one that exited while the chain was read, and the chain is broken there.
-fn extend_lineage(mut chain: Vec<u32>, stop: u32, mut started: Option<u64>) -> Option<Vec<u32>> {
-    let mut current = *chain.last()?;
+/// of one that exited while the chain was read, and the chain is broken there. Each start
+/// time read is kept with its pid.
+fn extend_lineage(chain: Vec<u32>, stop: u32, mut started: Option<u64>) -> Option<Lineage> {
+    let mut starts = vec![None; chain.len()];
+    let mut pids = chain;
+    let mut current = *pids.last()?;
     while current > 1 && current != stop {
-        if chain.len() > MAX_DEPTH {
+        if pids.len() > MAX_DEPTH {
             return None;
         }
         let (parent, start) = parent_and_start(current)?;
@@ -125,17 +145,19 @@ fn extend_lineage(mut chain: Vec<u32>, stop: u32, mut started: Option<u64>) -> O
             return None;
         }
         started = Some(start);
+        *starts.last_mut()? = Some(start);
         match parent {
             0 => break,
             parent if parent == current => return None,
             parent => {
-                chain.push(parent);
+                pids.push(parent);
+                starts.push(None);
                 current = parent;
             }
         }
     }
     // The stop (the daemon) is not compared: its pid cannot be reused while it runs.
-    Some(chain)
+    Some(Lineage { pids, starts })
 }
 
 /// The lineage of a connected peer up to `stop` ([`extend_lineage`]), and proof that it is
@@ -143,7 +165,7 @@ fn extend_lineage(mut chain: Vec<u32>, stop: u32, mut started: Option<u64>) -> O
 /// one read at accept. On Linux the peer's parent and start time come from one read of its
 /// stat line (one `/proc` open fewer per redemption than reading them apart); elsewhere the
 /// start time is read after the chain.
-pub fn peer_lineage(pid: u32, started: Option<u64>, stop: u32) -> Result<Vec<u32>, &'static str> {
+pub fn peer_lineage(pid: u32, started: Option<u64>, stop: u32) -> Result<Lineage, &'static str> {
     const EXITED: &str = "a process that has exited";
     const UNREADABLE: &str = "a process whose ancestry cannot be read";
     let Some(started) = started else {
@@ -169,12 +191,15 @@ pub fn peer_lineage(pid: u32, started: Option<u64>, stop: u32) -> Result<Vec<u32
             return Err(EXITED);
         }
         if pid == stop || parent == 0 {
-            return Ok(vec![pid]);
+            return Ok(Lineage { pids: vec![pid], starts: vec![Some(started)] });
         }
         if parent == pid {
             return Err(UNREADABLE);
         }
-        extend_lineage(vec![pid, parent], stop, Some(started)).ok_or(UNREADABLE)
+        let mut lineage =
+            extend_lineage(vec![pid, parent], stop, Some(started)).ok_or(UNREADABLE)?;
+        lineage.starts[0] = Some(started);
+        Ok(lineage)
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -222,24 +247,30 @@ mod tests {
     #[test]
     fn the_lineage_runs_from_the_process_to_init() {
         let me = std::process::id();
-        let chain = extend_lineage(vec![me], 1, None).unwrap();
+        let chain = extend_lineage(vec![me], 1, None).unwrap().pids;
         assert_eq!(chain[0], me);
         assert_eq!(chain[1], parent_of(me).unwrap());
         assert_eq!(extend_lineage(vec![u32::MAX - 1], 1, None), None);
         // Cut at a process on the way, or run on to init when the chain does not meet it.
         let parent = parent_of(me).unwrap();
-        assert_eq!(extend_lineage(vec![me], parent, None).unwrap(), [me, parent]);
-        assert_eq!(extend_lineage(vec![me], me, None).unwrap(), [me]);
-        assert_eq!(extend_lineage(vec![me], u32::MAX - 1, None).unwrap(), chain);
+        assert_eq!(extend_lineage(vec![me], parent, None).unwrap().pids, [me, parent]);
+        assert_eq!(extend_lineage(vec![me], me, None).unwrap().pids, [me]);
+        assert_eq!(extend_lineage(vec![me], u32::MAX - 1, None).unwrap().pids, chain);
         // Started as this process did: the same chain. Said to have started at boot (before
         // any ancestor could have): an ancestor younger than its child is a reused pid, and
         // the chain is broken there.
-        assert_eq!(extend_lineage(vec![me], 1, start_time(me)).unwrap(), chain);
+        let timed = extend_lineage(vec![me], 1, start_time(me)).unwrap();
+        assert_eq!((&timed.pids, timed.start_of(me)), (&chain, start_time(me)));
+        assert_eq!(timed.start_of(parent), start_time(parent));
         assert_eq!(extend_lineage(vec![me], 1, Some(0)), None);
         assert!(start_time(me).is_some_and(|t| t > 0));
         // A peer's lineage holds only while its start time is the one seen at accept.
-        assert_eq!(peer_lineage(me, start_time(me), parent).unwrap(), [me, parent]);
-        assert_eq!(peer_lineage(me, start_time(me), 1).unwrap(), chain);
+        assert_eq!(peer_lineage(me, start_time(me), parent).unwrap().pids, [me, parent]);
+        let lineage = peer_lineage(me, start_time(me), 1).unwrap();
+        assert_eq!(lineage.pids, chain);
+        // Each process's start time comes with the chain, as read.
+        assert_eq!(lineage.start_of(me), start_time(me));
+        assert_eq!(lineage.start_of(parent), start_time(parent));
         assert!(peer_lineage(me, start_time(me).map(|t| t + 1), parent).is_err());
         assert!(peer_lineage(me, None, parent).is_err());
         assert!(peer_lineage(u32::MAX - 1, Some(1), 1).is_err());

@@ -212,17 +212,17 @@ async fn attempt(
     token: &str,
     broker: &Broker,
     peer: &Peer,
-    lineage: &[u32],
+    lineage: &super::peer::Lineage,
     (verified, mut waited): (Option<super::redeemers::Verified>, bool),
     now: Instant,
 ) -> Result<Arc<str>, Refusal> {
     let checked = |at: Instant| {
         let mut tokens = broker.lock();
-        tokens.vault.check(token, name, at, lineage).map_err(|reason| Refusal {
+        tokens.vault.check(token, name, at, &lineage.pids).map_err(|reason| Refusal {
             reason,
             // Forbidden tells nothing; the token's own process is told its task's name.
             task: (reason != Rejection::Forbidden)
-                .then(|| tokens.vault.task_for(token, lineage))
+                .then(|| tokens.vault.task_for(token, &lineage.pids))
                 .flatten(),
             why: if reason == Rejection::Forbidden {
                 "not the token's process tree, or no such token"
@@ -256,12 +256,12 @@ async fn attempt(
         broker.count_rejection(Rejection::Forbidden);
         return Err(Refusal::forbidden("a process that has exited"));
     }
-    // The token's process is in the lineage by pid; it must still be the process the token
-    // was handed to. A pipeline stage reaped with its group keeps its token until its own
-    // wait returns, and its pid may be another process's by then. Alive now with its start
-    // time, it was alive when the lineage was read, so that pid was it then too.
+    // The token's process is in the lineage by pid; it must also be the process the token
+    // was handed to: a pipeline stage reaped with its group keeps its token until its own
+    // wait returns, and its pid may be another process's by then. Its start time was read
+    // with the lineage, with its parent link (read again only where the walk did not).
     if let (Some(owner), Some(started)) = (pending.pid, pending.started)
-        && crate::sys::proc::start_time(owner) != Some(started)
+        && lineage.start_of(owner).or_else(|| crate::sys::proc::start_time(owner)) != Some(started)
     {
         broker.count_rejection(Rejection::Forbidden);
         return Err(Refusal::forbidden("the token's process has exited; its pid is another's"));
