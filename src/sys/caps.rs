@@ -54,15 +54,16 @@ pub(crate) fn holds_read_all() -> bool {
 
 /// Clears this thread's ambient capability set, which the threads it starts afterwards and
 /// every process they start inherit: call it before the daemon starts any thread.
+#[cfg(target_os = "linux")]
 pub(crate) fn keep_to_self() -> std::io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: a prctl on this thread's own capability sets, with integer arguments.
-        let r =
-            unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
+    // SAFETY: a prctl on this thread's own capability sets, with integer arguments.
+    let r = unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) };
+    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// Linux's alone: elsewhere there is no ambient set to clear.
+#[cfg(not(target_os = "linux"))]
+#[expect(clippy::unnecessary_wraps, reason = "Linux's has this signature, and can fail")]
+pub(crate) fn keep_to_self() -> std::io::Result<()> {
     Ok(())
 }
