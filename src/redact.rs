@@ -99,13 +99,16 @@ pub(crate) fn digest(chosen: &[u8]) -> String {
 pub(crate) fn redact(text: &str) -> Cow<'_, str> {
     let guard = SECRETS.read().unwrap_or_else(std::sync::PoisonError::into_inner);
     let Some(secrets) = guard.as_deref() else { return redact_needles(text, std::iter::empty()) };
-    let scopes = SCOPES.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     TASK.with(|task| {
-        let task = task.borrow();
-        match task.as_deref().zip(scopes.as_deref()).and_then(|(t, s)| s.get(t)) {
-            Some(names) => redact_needles(text, secrets.needles_of(names)),
-            None => redact_needles(text, secrets.needles()),
+        // The scopes are looked at only for a task's output: the daemon's own lines (one
+        // per redemption) take no second lock.
+        if let Some(task) = task.borrow().as_deref() {
+            let scopes = SCOPES.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(names) = scopes.as_deref().and_then(|s| s.get(task)) {
+                return redact_needles(text, secrets.needles_of(names));
+            }
         }
+        redact_needles(text, secrets.needles())
     })
 }
 
