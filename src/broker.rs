@@ -177,6 +177,12 @@ impl Broker {
         &self.secrets
     }
 
+    /// The uid of `peer` when it is not the daemon's own: a `control_group` member (the
+    /// only other uid that gets this far), served apart and capped apart.
+    pub(crate) fn member(&self, peer: &Peer) -> Option<u32> {
+        (peer.uid != self.uid).then_some(peer.uid)
+    }
+
     pub(crate) fn limits(&self) -> &Limits {
         &self.limits
     }

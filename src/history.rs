@@ -134,19 +134,11 @@ impl Record {
     pub(crate) fn redacted(&self) -> Record {
         let mut record = self.clone();
         // A run's record is made of its task's output: masked with that task's own secrets.
-        let task = match &record {
-            Record::End(end) => Some(end.task.clone()),
-            Record::Skip { task, .. } => Some(task.clone()),
-            Record::Start { .. } | Record::Daemon { .. } => None,
-        };
+        let task = record.task().map(str::to_string);
         let mask = |text: &mut String| {
-            let clean = match &task {
-                Some(task) => {
-                    crate::redact::as_task(task, || crate::redact::redact(text).into_owned())
-                }
-                None => crate::redact::redact(text).into_owned(),
-            };
-            *text = clean;
+            *text = crate::redact::as_task(task.as_deref(), || {
+                crate::redact::redact(text).into_owned()
+            });
         };
         match &mut record {
             Record::End(RunEnd { reason, stderr_tail, attempts, findings, .. }) => {
@@ -353,16 +345,25 @@ impl Loaded {
     }
 }
 
+/// Opens every history file there is, oldest generation first (a missing one is passed
+/// over): an error is known before anything is read.
+pub(crate) fn open_all(state_dir: &Path) -> std::io::Result<Vec<(PathBuf, File)>> {
+    let names = (1..=KEEP_GENERATIONS).rev().map(|g| generation_path(state_dir, g));
+    let mut files = Vec::new();
+    for path in names.chain(std::iter::once(state_dir.join(FILE_NAME))) {
+        match File::open(&path) {
+            Ok(file) => files.push((path, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(files)
+}
+
 /// Reads every record, oldest generation first, and notes the lines that do not parse.
 pub(crate) fn read_all(state_dir: &Path) -> std::io::Result<Loaded> {
     let mut out = Loaded::default();
-    let names = (1..=KEEP_GENERATIONS).rev().map(|g| generation_path(state_dir, g));
-    for path in names.chain(std::iter::once(state_dir.join(FILE_NAME))) {
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
+    for (path, file) in open_all(state_dir)? {
         let lines = read_lines::<Record>(file)?;
         out.records.extend(lines.parsed);
         out.bad_lines.extend(lines.bad.into_iter().map(|line| (path.clone(), line)));
@@ -370,38 +371,20 @@ pub(crate) fn read_all(state_dir: &Path) -> std::io::Result<Loaded> {
     Ok(out)
 }
 
-/// Whether every history file there is can be opened (a missing one is fine).
-pub(crate) fn check_readable(state_dir: &Path) -> std::io::Result<()> {
-    let names = (1..=KEEP_GENERATIONS).rev().map(|g| generation_path(state_dir, g));
-    for path in names.chain(std::iter::once(state_dir.join(FILE_NAME))) {
-        match File::open(&path) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 /// Writes what [`read_all`] and [`Loaded::for_task`] would give as JSON (the body of
-/// `GET /v1/history`), without the records of the `hidden` tasks, record by record as the files are read, so that only a line is in
-/// memory at a time and a reader that stops reading stops the writing (`out` blocks, or
-/// fails when the reader is gone: that error ends it).
+/// `GET /v1/history`) from the `files` [`open_all`] opened, without the records of the
+/// `hidden` tasks, record by record as the files are read, so that only a line is in memory
+/// at a time and a reader that stops reading stops the writing (`out` blocks, or fails when
+/// the reader is gone: that error ends it).
 pub(crate) fn write_json(
-    state_dir: &Path,
+    files: Vec<(PathBuf, File)>,
     (task, hidden): (Option<&str>, &[String]),
     out: &mut impl std::io::Write,
 ) -> std::io::Result<()> {
     let mut bad: Vec<(PathBuf, usize)> = Vec::new();
     let mut first = true;
     out.write_all(b"{\"records\":[")?;
-    let names = (1..=KEEP_GENERATIONS).rev().map(|g| generation_path(state_dir, g));
-    for path in names.chain(std::iter::once(state_dir.join(FILE_NAME))) {
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
+    for (path, file) in files {
         crate::journal::for_each_line::<Record>(file, |number, record| {
             let Some(record) = record else {
                 bad.push((path.clone(), number));
@@ -451,7 +434,7 @@ mod tests {
         .unwrap();
         for task in [None, Some("a"), Some("b"), Some("none")] {
             let mut streamed = Vec::new();
-            write_json(dir.path(), (task, &[]), &mut streamed).unwrap();
+            write_json(open_all(dir.path()).unwrap(), (task, &[]), &mut streamed).unwrap();
             let whole = serde_json::to_value(read_all(dir.path()).unwrap().for_task(task)).unwrap();
             let streamed: serde_json::Value = serde_json::from_slice(&streamed).unwrap();
             assert_eq!(streamed, whole, "{task:?}");

@@ -71,8 +71,10 @@ pub(crate) fn unregister() {
 /// Runs `f` with every [`redact`] on this thread masking `task`'s own secrets (and tokens
 /// and URL passwords) rather than all of them: for the task's output and what is made of it
 /// (its log lines, history record, notifications). `f` must not await: the scope is the
-/// thread's. A task the redactor was not told of is masked with every secret.
-pub(crate) fn as_task<R>(task: &str, f: impl FnOnce() -> R) -> R {
+/// thread's. No task (`None`), or one the redactor was not told of, is masked with every
+/// secret.
+pub(crate) fn as_task<R>(task: Option<&str>, f: impl FnOnce() -> R) -> R {
+    let Some(task) = task else { return f() };
     let before = TASK.with(|t| t.replace(Some(task.to_string())));
     // Restored however `f` ends.
     struct Restore(Option<String>);

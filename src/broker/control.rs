@@ -160,10 +160,9 @@ impl Control {
             .await
             .map_err(|_| HistoryError::Busy)?
             .map_err(|_| HistoryError::Busy)?;
-        // Every file must open: an error now is an answer; a later one cuts it short.
+        // Every file is opened first: an error then is an answer; a later one cuts it short.
         let dir = self.state_dir.clone();
-        let checked = dir.clone();
-        tokio::task::spawn_blocking(move || crate::history::check_readable(&checked))
+        let files = tokio::task::spawn_blocking(move || crate::history::open_all(&dir))
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)))
             .map_err(HistoryError::Unreadable)?;
@@ -171,7 +170,7 @@ impl Control {
         let (mut out, rx) = super::reply::ChunkWriter::channel();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            if let Err(e) = crate::history::write_json(&dir, (task.as_deref(), &hidden), &mut out)
+            if let Err(e) = crate::history::write_json(files, (task.as_deref(), &hidden), &mut out)
                 && e.kind() != std::io::ErrorKind::BrokenPipe
             {
                 tracing::warn!(error = %e, "the run history sent to a client was cut short");

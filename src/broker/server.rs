@@ -101,7 +101,6 @@ pub(crate) async fn serve_with(
     // owned by this loop alone.
     let mut per_process: HashMap<Option<u32>, usize> = HashMap::new();
     let mut per_member: HashMap<u32, usize> = HashMap::new();
-    let own_uid = nix::unistd::geteuid().as_raw();
     let mut refused: u64 = 0;
     // When each limit was last logged: each has its own rate, so a flood that runs into one
     // limit does not hide that another was reached too.
@@ -136,8 +135,8 @@ pub(crate) async fn serve_with(
         };
         let counted = shared.broker.limits().per_process;
         let mine = if counted { per_process.get(&peer.pid).copied().unwrap_or(0) } else { 0 };
-        let member = peer.uid != own_uid;
-        let members = member.then(|| per_member.get(&peer.uid).copied().unwrap_or(0));
+        let member = shared.broker.member(&peer);
+        let members = member.map(|uid| per_member.get(&uid).copied().unwrap_or(0));
         if let Some(limit) =
             over_limit(&shared.broker, connections.len(), (mine, members), peer.pid)
         {
@@ -157,8 +156,8 @@ pub(crate) async fn serve_with(
         if counted {
             *per_process.entry(peer.pid).or_default() += 1;
         }
-        if member {
-            *per_member.entry(peer.uid).or_default() += 1;
+        if let Some(uid) = member {
+            *per_member.entry(uid).or_default() += 1;
         }
         let (shared, shutdown) = (shared.clone(), shutdown.clone());
         connections.spawn(async move {
@@ -382,7 +381,8 @@ async fn route(
             "tasks may not control the daemon",
         );
     }
-    control_route(&path, &method, body.query.as_deref(), control, peer).await
+    let member = shared.broker.member(&peer);
+    control_route(&path, &method, body.query.as_deref(), control, (peer, member)).await
 }
 
 async fn control_route(
@@ -390,7 +390,7 @@ async fn control_route(
     method: &Method,
     query: Option<&str>,
     control: &Control,
-    peer: Peer,
+    (peer, member): (Peer, Option<u32>),
 ) -> Resp {
     if path == protocol::ROUTE_STATUS {
         if method != Method::GET {
@@ -405,7 +405,7 @@ async fn control_route(
         if method != Method::GET {
             return not_allowed("GET");
         }
-        return history_route(query, control, &peer).await;
+        return history_route(query, control, member).await;
     }
     if let Some(rest) = path.strip_prefix(protocol::ROUTE_TASKS) {
         let Some(task) = rest.strip_suffix("/trigger") else {
@@ -418,7 +418,7 @@ async fn control_route(
         if method != Method::POST {
             return not_allowed("POST");
         }
-        if let Some(refused) = not_for_member(control, task, &peer) {
+        if let Some(refused) = not_for_member(control, task, member) {
             return refused;
         }
         return match control.trigger(task).await {
@@ -441,9 +441,9 @@ async fn control_route(
         };
         let wait = number("wait=").min(protocol::MAX_WAIT_SECS);
         let run_id = id.strip_suffix(protocol::OUTPUT_SUFFIX).unwrap_or(id);
-        if peer.uid != nix::unistd::geteuid().as_raw()
+        if member.is_some()
             && let Ok(Some(run)) = control.run(run_id, Duration::ZERO).await
-            && let Some(refused) = not_for_member(control, &run.task, &peer)
+            && let Some(refused) = not_for_member(control, &run.task, member)
         {
             return refused;
         }
@@ -469,10 +469,9 @@ async fn control_route(
     error(StatusCode::NOT_FOUND, protocol::errors::NOT_FOUND, format!("no route {path:?}"))
 }
 
-/// `GET /v1/history`: the daemon's user and members (`peer`) are served apart.
-async fn history_route(query: Option<&str>, control: &Control, peer: &Peer) -> Resp {
+/// `GET /v1/history`: the daemon's user and members (`member`, their uid) are served apart.
+async fn history_route(query: Option<&str>, control: &Control, member: Option<u32>) -> Resp {
     let task = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("task=")));
-    let member = (peer.uid != nix::unistd::geteuid().as_raw()).then_some(peer.uid);
     match control.history(task, member).await {
         Ok(chunks) => super::reply::json_stream(chunks),
         Err(HistoryError::Busy) => error(
@@ -493,23 +492,18 @@ async fn history_route(query: Option<&str>, control: &Control, peer: &Peer) -> R
     }
 }
 
-/// `403` when `peer` is a member (a uid other than the daemon's) whom `task`'s `members:`
-/// leaves out.
-fn not_for_member(control: &Control, task: &str, peer: &Peer) -> Option<Resp> {
-    if peer.uid == nix::unistd::geteuid().as_raw() || control.member_may(task, peer.uid) {
+/// `403` when the peer is a member (`member`, its uid) whom `task`'s `members:` leaves out.
+fn not_for_member(control: &Control, task: &str, member: Option<u32>) -> Option<Resp> {
+    let uid = member?;
+    if control.member_may(task, uid) {
         return None;
     }
-    info!(
-        task,
-        peer_uid = peer.uid,
-        "a member was refused a task its `members:` leaves them out of"
-    );
+    info!(task, peer_uid = uid, "a member was refused a task its `members:` leaves them out of");
     Some(error(
         StatusCode::FORBIDDEN,
         Rejection::Forbidden.as_str(),
         format!(
-            "task {task:?} does not let you (uid {}) trigger it or read its output: its `members:` in the task file says who may",
-            peer.uid
+            "task {task:?} does not let you (uid {uid}) trigger it or read its output: its `members:` in the task file says who may"
         ),
     ))
 }

@@ -165,15 +165,8 @@ pub(crate) async fn load_one(
         ));
     }
     let len = loaded.value.as_bytes().len();
-    if len < MIN_SECRET_LEN && !spec.allow_short {
-        return Err(SecretError::new(
-            spec,
-            format!("the secret is {len} bytes long, shorter than {MIN_SECRET_LEN}"),
-            Some(format!(
-                "store a longer value, or add `allow_short: true` to secrets.{} if it must be short (a short value can be guessed through the masking of a task's output: see docs/security.md)",
-                spec.name
-            )),
-        ));
+    if let Some((problem, fix)) = too_short(spec, len) {
+        return Err(SecretError::new(spec, problem, Some(fix)));
     }
     if len > MAX_SECRET_LEN {
         return Err(SecretError::new(
@@ -183,6 +176,21 @@ pub(crate) async fn load_one(
         ));
     }
     Ok(loaded)
+}
+
+/// What is wrong with a value of `len` bytes for `spec`, and the fix, when it is shorter
+/// than [`MIN_SECRET_LEN`] and the secret does not say `allow_short: true`. Start-up,
+/// `secret check` and `secret set` all ask this.
+pub(crate) fn too_short(spec: &SecretSpec, len: usize) -> Option<(String, String)> {
+    (len < MIN_SECRET_LEN && !spec.allow_short).then(|| {
+        (
+            format!("the secret is {len} bytes long, shorter than {MIN_SECRET_LEN}"),
+            format!(
+                "store a longer value, or add `allow_short: true` to secrets.{} if it must be short (a short value can be guessed through the masking of a task's output: see docs/security.md)",
+                spec.name
+            ),
+        )
+    })
 }
 
 /// Strips one trailing newline (`\n` or `\r\n`), as restic does for its password file.

@@ -213,6 +213,11 @@ pub fn describe(run: &RunBody) -> String {
     }
 }
 
+/// `text` as written to a terminal (`terminal`: controls escaped) or elsewhere (as it is).
+fn shown(text: &str, terminal: bool) -> std::borrow::Cow<'_, str> {
+    if terminal { crate::redact::visible::for_terminal(text) } else { text.into() }
+}
+
 /// Prints a run's output as it comes (stdout lines on stdout, stderr lines on stderr; a
 /// hook's marked with its name) until the run has ended.
 fn follow(client: &Client, target: &Target, run_id: &str) -> anyhow::Result<()> {
@@ -220,13 +225,6 @@ fn follow(client: &Client, target: &Target, run_id: &str) -> anyhow::Result<()> 
     // A terminal obeys control characters (moving the cursor, hiding what follows): there
     // they are shown as escapes. The daemon already drops them from task output; this
     // holds against any line that reaches us anyway.
-    let shown = |text: &str, terminal: bool| -> String {
-        if terminal {
-            crate::redact::visible::for_terminal(text).into_owned()
-        } else {
-            text.to_string()
-        }
-    };
     let (out_tty, err_tty) = (std::io::stdout().is_terminal(), std::io::stderr().is_terminal());
     let mut after = 0;
     loop {

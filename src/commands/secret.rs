@@ -187,16 +187,12 @@ fn find_program(program: &str) -> Option<PathBuf> {
 /// trailing newline removed).
 /// A value shorter than the daemon accepts is not stored: it would only fail at start.
 fn refuse_short(spec: &config::SecretSpec, value: &[u8]) -> anyhow::Result<()> {
-    let min = sources::MIN_SECRET_LEN;
-    if value.len() < min && !spec.allow_short {
-        return Err(Exit::usage(format!(
-            "the value is {} bytes long, shorter than {min}: nothing stored. Store a longer one, or add `allow_short: true` to secrets.{} if it must be short (docs/security.md says what that costs)",
-            value.len(),
-            spec.name
-        ))
-        .into());
+    match sources::too_short(spec, value.len()) {
+        Some((problem, fix)) => {
+            Err(Exit::usage(format!("{problem}: nothing stored; {fix}")).into())
+        }
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn read_value(name: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {

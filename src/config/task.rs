@@ -85,8 +85,8 @@ pub enum Members {
     /// No member: for destructive manual tasks (`restore`, `unlock`, `forget --prune`) and
     /// tasks whose output names files members may not see.
     None,
-    /// These users, by name as written and uid as resolved when the file was checked.
-    Only(Vec<(String, u32)>),
+    /// These users' uids, resolved from their names when the file was checked.
+    Only(Vec<u32>),
 }
 
 impl Members {
@@ -95,7 +95,7 @@ impl Members {
         match self {
             Members::All => true,
             Members::None => false,
-            Members::Only(users) => users.iter().any(|(_, u)| *u == uid),
+            Members::Only(uids) => uids.contains(&uid),
         }
     }
 }

@@ -62,7 +62,8 @@ impl RunFacts {
         // Made of the task's output: masked with the task's own secrets, as that was.
         let task = self.task.clone();
         let mask = |text: &mut String| {
-            *text = crate::redact::as_task(&task, || crate::redact::redact(text).into_owned());
+            *text =
+                crate::redact::as_task(Some(&task), || crate::redact::redact(text).into_owned());
         };
         mask(&mut self.reason);
         for f in &mut self.audit_findings {

@@ -169,14 +169,6 @@ pub(crate) struct Sinks<'a> {
     pub(crate) task: Option<&'a str>,
 }
 
-/// Runs `f` masking `task`'s own secrets, or every secret when the task is not known.
-fn as_task<R>(task: Option<&str>, f: impl FnOnce() -> R) -> R {
-    match task {
-        Some(task) => crate::redact::as_task(task, f),
-        None => f(),
-    }
-}
-
 /// Copies a child's output into the log, one redacted line per event, and into the run's
 /// output file (as `label`) when it has one; stderr lines also go to the run's tail. A line
 /// is redacted whole (up to [`MAX_REDACTED_LINE`]) before it is cut to [`MAX_LINE`] for the
@@ -223,7 +215,7 @@ pub(crate) async fn pump<R: AsyncRead + Unpin>(
         // The file gets every line, blank ones too, redacted by the same call as the log's,
         // as a reader would see it and with the task's own secrets.
         let mut clean: std::borrow::Cow<'_, str> =
-            as_task(sinks.task, || crate::redact::output_line(line)).into();
+            crate::redact::as_task(sinks.task, || crate::redact::output_line(line)).into();
         if let Some(reader) = restic.as_deref_mut() {
             match reader.line(&clean) {
                 crate::restic::Line::Progress => continue,
@@ -244,7 +236,7 @@ pub(crate) async fn pump<R: AsyncRead + Unpin>(
         if let Some(feed) = sinks.feed {
             feed.push(label, &shown);
         }
-        as_task(sinks.task, || budget.line(which, &shown));
+        crate::redact::as_task(sinks.task, || budget.line(which, &shown));
         if let Some(tail) = tail.as_deref_mut() {
             keep_in_tail(tail, shown.into_owned());
         }

@@ -230,7 +230,7 @@ struct Budgets {
 impl Budgets {
     /// Logs what was held back, masked with `task`'s own secrets like the lines before it.
     fn finish(self, task: &str) {
-        crate::redact::as_task(task, || {
+        crate::redact::as_task(Some(task), || {
             self.stdout.finish();
             self.stderr.finish();
         });

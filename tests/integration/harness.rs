@@ -396,6 +396,20 @@ pub(crate) fn canary() -> String {
     format!("canary-{n:032x}")
 }
 
+/// A process's resident memory, from `/proc/PID/status`, in KiB.
+pub(crate) fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// Copies a program by running `cp`, so that this process never holds the copy open for
 /// writing: a test thread that forks meanwhile would hold that descriptor until its child
 /// execs, and executing the copy then fails with ETXTBSY ("Text file busy").

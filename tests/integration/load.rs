@@ -30,19 +30,6 @@ fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 /// A task file with `n` secrets s0..s{n-1} from 0600 files and a `load` task running loadgen.
 /// Tokens live an hour: these tests count descriptors and memory, and with the default 30 s
 /// a run of 10,000 redemptions on a busy machine (a release build beside the debug daemon)
@@ -107,7 +94,7 @@ fn a_hundred_thousand_redemptions_leave_fds_and_memory_at_baseline() {
         }
     };
     run_load();
-    let (fds, rss) = (open_fds(pid), rss_kib(pid));
+    let (fds, rss) = (open_fds(pid), crate::harness::rss_kib(pid));
     // 100,000 more, with a config whose tokens allow it: ten runs of 10,000.
     for _ in 0..10 {
         run_load();
@@ -126,7 +113,7 @@ fn a_hundred_thousand_redemptions_leave_fds_and_memory_at_baseline() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert!(open_fds(pid) <= fds, "descriptors leaked: {} now, {fds} at baseline", open_fds(pid));
-    let grown = rss_kib(pid).saturating_sub(rss);
+    let grown = crate::harness::rss_kib(pid).saturating_sub(rss);
     assert!(grown < 2048, "RSS grew by {grown} KiB over 100,000 redemptions (baseline {rss} KiB)");
 }
 

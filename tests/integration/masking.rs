@@ -14,6 +14,17 @@ use std::process::Command;
 
 use crate::harness::{BACKUPNIZZA, Scratch, TRIGGERED, canary, history, write_private};
 
+/// `trigger --follow TASK`, as a member runs it, its output captured (a pipe, not a
+/// terminal: lines as the daemon sends them).
+fn follow(scratch: &Scratch, config: &std::path::Path, task: &str) -> std::process::Output {
+    scratch
+        .command(BACKUPNIZZA)
+        .args(["trigger", "--follow", task, "-c"])
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
 /// A PIN-like secret is refused at start and by `secret check`, naming the secret and the
 /// fix; `allow_short: true` lets it load.
 #[test]
@@ -92,12 +103,7 @@ tasks:
         .status()
         .unwrap();
     assert!(plant.success());
-    let follower = scratch
-        .command(BACKUPNIZZA)
-        .args(["trigger", "--follow", "lister", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let follower = follow(&scratch, &config, "lister");
     let followed = String::from_utf8_lossy(&follower.stdout).into_owned();
     let followed_err = String::from_utf8_lossy(&follower.stderr).into_owned();
     assert!(follower.status.success(), "{followed}\n{followed_err}");
@@ -189,12 +195,7 @@ fn a_secret_split_by_an_invisible_character_is_masked_everywhere_it_goes() {
         script_file.display()
     ));
     let daemon = scratch.start_daemon(&config);
-    let follower = scratch
-        .command(BACKUPNIZZA)
-        .args(["trigger", "--follow", "t", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let follower = follow(&scratch, &config, "t");
     assert!(follower.status.success(), "{}", String::from_utf8_lossy(&follower.stderr));
     daemon.wait_for("the run's end", |l| l.contains("run ended"));
     crate::harness::wait_until("the end record", || {

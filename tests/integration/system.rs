@@ -580,17 +580,6 @@ fn status_without_a_daemon_names_the_user_and_the_system_socket_it_tried() {
     assert!(!run.stderr().contains(backupnizza::config::SYSTEM_SOCKET), "{run}");
 }
 
-/// The daemon's resident memory, from `/proc/PID/status`, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb * 1024
-}
-
 /// Members cannot exhaust the daemon (issue 28): with a 16 MB history, 60 history requests a
 /// member never read took the daemon from 7 MB to 1.78 GB, and a chatty run's kept output
 /// was 16 MB. Here a member holds 30 unread history requests over an 8 MB history: the
@@ -645,7 +634,7 @@ fn a_member_cannot_exhaust_the_daemon_with_unread_history_or_chatty_runs() {
     // on a slow machine it grows later, never more).
     let mut most = 0;
     for _ in 0..50 {
-        most = most.max(rss(daemon.pid()));
+        most = most.max(crate::harness::rss_kib(daemon.pid()) * 1024);
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     // The legitimate path meanwhile: the daemon's own user reads the whole history.
@@ -663,7 +652,7 @@ fn a_member_cannot_exhaust_the_daemon_with_unread_history_or_chatty_runs() {
     eprintln!("30 unread history requests: the daemon reached {} MiB", most / 1024 / 1024);
     assert!(most < 150 * 1024 * 1024, "the daemon reached {} MiB", most / 1024 / 1024);
 
-    let before = rss(daemon.pid());
+    let before = crate::harness::rss_kib(daemon.pid()) * 1024;
     for _ in 0..12 {
         let run = run_as(
             &scratch,
@@ -673,7 +662,7 @@ fn a_member_cannot_exhaust_the_daemon_with_unread_history_or_chatty_runs() {
         );
         assert!(run.status.success(), "{}", show(&run));
     }
-    let after = rss(daemon.pid());
+    let after = crate::harness::rss_kib(daemon.pid()) * 1024;
     eprintln!(
         "12 chatty runs: {} MiB before, {} MiB after",
         before / 1024 / 1024,

@@ -321,7 +321,7 @@ impl Checker {
                         );
                         return None;
                     };
-                    users.push((name, user.uid.as_raw()));
+                    users.push(user.uid.as_raw());
                 }
                 Some(Members::Only(users))
             }

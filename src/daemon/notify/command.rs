@@ -107,7 +107,7 @@ pub(crate) async fn run(
     let ended = tokio::time::timeout(timeout, work).await;
     let text = |bytes: &[u8]| {
         let text = String::from_utf8_lossy(bytes);
-        crate::redact::as_task(&facts.task, || crate::redact::output_line(text.trim_end()))
+        crate::redact::as_task(Some(&facts.task), || crate::redact::output_line(text.trim_end()))
     };
     let output: Vec<String> =
         [text(&out), text(&err)].into_iter().filter(|t| !t.trim().is_empty()).collect();

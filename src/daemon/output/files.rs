@@ -320,11 +320,10 @@ fn open_file(path: &Path) -> std::io::Result<Open> {
         // ELOOP, or (in a sticky directory, with protected_symlinks) EACCES.
         nix::errno::Errno::ELOOP | nix::errno::Errno::EACCES => {
             match nix::sys::stat::fstatat(&dir_fd, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
-                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFLNK => link_or(nix::errno::Errno::ELOOP, "it"),
-                Ok(st) if st.st_uid != uid => std::io::Error::other(format!(
-                    "it belongs to uid {}, not to the daemon's user (uid {uid}): not written; remove it",
-                    st.st_uid
-                )),
+                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFLNK => {
+                    link_or(nix::errno::Errno::ELOOP, "it")
+                }
+                Ok(st) if st.st_uid != uid => not_ours(st.st_uid, uid),
                 _ => link_or(e, "it"),
             }
         }
@@ -336,10 +335,7 @@ fn open_file(path: &Path) -> std::io::Result<Open> {
         return Err(std::io::Error::other("not a regular file"));
     }
     if meta.uid() != uid {
-        return Err(std::io::Error::other(format!(
-            "it belongs to uid {}, not to the daemon's user (uid {uid}): not written; remove it",
-            meta.uid()
-        )));
+        return Err(not_ours(meta.uid(), uid));
     }
     if meta.nlink() != 1 {
         return Err(std::io::Error::other(format!(
@@ -351,6 +347,13 @@ fn open_file(path: &Path) -> std::io::Result<Open> {
         file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     }
     Ok(Open { out: BufWriter::with_capacity(64 * 1024, file), size: meta.len() })
+}
+
+/// A file of another user (`owner`) in the output file's place.
+fn not_ours(owner: u32, uid: u32) -> std::io::Error {
+    std::io::Error::other(format!(
+        "it belongs to uid {owner}, not to the daemon's user (uid {uid}): not written; remove it"
+    ))
 }
 
 /// `O_NOFOLLOW` refuses a symbolic link with ELOOP (or ENOTDIR for a directory), whose
