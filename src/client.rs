@@ -87,11 +87,32 @@ pub struct Client {
     timeout: Duration,
     server: Option<ServerId>,
     max_response: usize,
+    /// A sealed `secretbox`'s proof, sent with every request ([`crate::protocol::image`]).
+    proof: Option<String>,
 }
 
 impl Client {
     pub fn new(socket: &Path, timeout: Duration) -> Client {
-        Client { socket: socket.to_path_buf(), timeout, server: None, max_response: MAX_RESPONSE }
+        Client {
+            socket: socket.to_path_buf(),
+            timeout,
+            server: None,
+            max_response: MAX_RESPONSE,
+            proof: None,
+        }
+    }
+
+    /// Sends the proof that this process runs the daemon's sealed `secretbox` image, when
+    /// it does (its key slot is filled): see [`crate::protocol::image`].
+    #[must_use]
+    pub fn with_image_proof(mut self) -> Client {
+        let key = crate::protocol::image::image_key();
+        self.proof = key.zip(ServerId::this_process()).map(|(key, me)| {
+            crate::protocol::image::proof_text(&crate::protocol::image::proof(
+                &key, me.pid, me.started,
+            ))
+        });
+        self
     }
 
     /// Reads response bodies of up to `bytes` (the run history is larger than any other
@@ -150,7 +171,7 @@ impl Client {
         self.check_server(&stream)?;
         // The whole request in one buffer (it holds the token): one write, wiped on drop.
         let capacity =
-            160 + method.as_str().len() + path.len() + token.map_or(0, str::len) + body.len();
+            256 + method.as_str().len() + path.len() + token.map_or(0, str::len) + body.len();
         let mut request = Zeroizing::new(Vec::with_capacity(capacity));
         let _ = write!(
             request,
@@ -161,6 +182,9 @@ impl Client {
             request.extend_from_slice(b"Authorization: Bearer ");
             request.extend_from_slice(token.as_bytes());
             request.extend_from_slice(b"\r\n");
+        }
+        if let Some(proof) = &self.proof {
+            let _ = write!(request, "{}: {proof}\r\n", crate::protocol::image::PROOF_HEADER);
         }
         request.extend_from_slice(b"\r\n");
         request.extend_from_slice(body);

@@ -27,6 +27,22 @@ pub(crate) fn sha256_file(file: &mut File) -> std::io::Result<Sha256Digest> {
     }
 }
 
+/// HMAC-SHA256 (RFC 2104) of `message` under a 32-byte `key`: what a sealed `secretbox`
+/// proves itself with (see [`crate::protocol::image`]).
+pub(crate) fn hmac_sha256(key: &[u8; 32], message: &[u8]) -> Sha256Digest {
+    // A key shorter than the block is zero-padded to it, then XORed with each pad.
+    let mut inner = Sha256::new();
+    let mut outer = Sha256::new();
+    let mut block = [0u8; 64];
+    block[..32].copy_from_slice(key);
+    inner.update(block.map(|b| b ^ 0x36));
+    outer.update(block.map(|b| b ^ 0x5c));
+    zeroize::Zeroize::zeroize(&mut block);
+    inner.update(message);
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
 /// Lower-case hex, two digits a byte.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
@@ -50,5 +66,15 @@ mod tests {
         assert_eq!(hex(&sha256_file(&mut file).unwrap()), expected);
         assert_eq!(hex(&sha256(b"abc")), expected);
         assert_eq!(hex(&[0, 0xff, 0x0a]), "00ff0a");
+    }
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        // RFC 4231 test case 2 has a 4-byte key; case 1's 20 bytes of 0x0b, zero-padded to
+        // 32, is the same key to HMAC (keys shorter than the block are padded with zeros).
+        let mut key = [0u8; 32];
+        key[..20].fill(0x0b);
+        let expected = "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7";
+        assert_eq!(hex(&hmac_sha256(&key, b"Hi There")), expected);
     }
 }

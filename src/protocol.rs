@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod image;
+
 /// Bumped on any incompatible change to routes or bodies.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Response header naming the protocol version.

@@ -21,6 +21,9 @@ use std::path::{Path, PathBuf};
 
 use crate::digest::{Sha256Digest, hex, sha256_file};
 
+#[cfg(target_os = "linux")]
+pub(crate) mod seal;
+
 /// A program whose digest is checked before every run.
 #[derive(Debug, Clone)]
 pub(crate) struct Pinned {
@@ -190,6 +193,40 @@ pub(crate) fn pin(program: &Path) -> Result<Sha256Digest, String> {
     sha256_file(&mut file).map_err(|e| format!("cannot read {}: {e}", program.display()))
 }
 
+/// The daemon's sealed `secretbox` (Linux, [`seal::secretbox`]): what the password commands
+/// of sealing tasks run. Elsewhere there is none (the type cannot be made).
+#[derive(Debug)]
+pub(crate) struct SecretboxImage {
+    #[cfg(target_os = "linux")]
+    image: seal::Image,
+    #[cfg(not(target_os = "linux"))]
+    never: std::convert::Infallible,
+}
+
+impl SecretboxImage {
+    /// Seals the `secretbox` at `path` with `key`.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn new(path: &Path, key: &[u8; 32]) -> Result<Self, String> {
+        seal::secretbox(path, key).map(|image| SecretboxImage { image })
+    }
+
+    /// `/proc/self/fd/N`: what runs it in a process that inherited it.
+    pub(crate) fn path(&self) -> String {
+        #[cfg(target_os = "linux")]
+        return self.image.path();
+        #[cfg(not(target_os = "linux"))]
+        match self.never {}
+    }
+
+    /// The descriptor number processes inherit it at.
+    pub(crate) fn raw_fd(&self) -> i32 {
+        #[cfg(target_os = "linux")]
+        return self.image.raw_fd();
+        #[cfg(not(target_os = "linux"))]
+        match self.never {}
+    }
+}
+
 /// Why a pinned program was refused before a run.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PinError {
@@ -202,14 +239,21 @@ pub(crate) enum PinError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("pinned program {} changed: its sha256 is now {}, expected {}; refusing to run it (no token was issued)", path.display(), hex(actual), hex(expected))]
     Changed { path: PathBuf, actual: Sha256Digest, expected: Sha256Digest },
+    #[cfg(not(target_os = "linux"))]
     #[error("cannot rewind pinned program {}: {source}", path.display())]
     Rewind { path: PathBuf, source: std::io::Error },
 }
 
-/// Checks a pinned program and returns the file to execute: on Linux a sealed in-memory copy
-/// whose digest was verified, elsewhere the program file itself. Blocking (it reads the whole
-/// program): call it from `spawn_blocking`.
-pub(crate) fn open_verified(pinned: &Pinned) -> Result<File, PinError> {
+/// What a pinned program runs from once checked: on Linux its execute-only sealed copy
+/// whose digest was verified ([`seal`]), elsewhere the program file itself.
+#[cfg(target_os = "linux")]
+pub(crate) type Verified = seal::Image;
+#[cfg(not(target_os = "linux"))]
+pub(crate) type Verified = File;
+
+/// Checks a pinned program and returns what to execute (see [`Verified`]). Blocking (it
+/// reads the whole program): call it from `spawn_blocking`.
+pub(crate) fn open_verified(pinned: &Pinned) -> Result<Verified, PinError> {
     let path = || pinned.path.clone();
     let original =
         File::open(&pinned.path).map_err(|source| PinError::Open { path: path(), source })?;
@@ -217,7 +261,7 @@ pub(crate) fn open_verified(pinned: &Pinned) -> Result<File, PinError> {
     let mut checked = {
         let mut original = original;
         let name = pinned.path.file_name().and_then(|n| n.to_str()).unwrap_or("pinned");
-        sealed_copy(&mut original, name)
+        seal::sealed_copy(&mut original, name)
             .map_err(|source| PinError::Copy { path: path(), source })?
     };
     #[cfg(not(target_os = "linux"))]
@@ -227,32 +271,14 @@ pub(crate) fn open_verified(pinned: &Pinned) -> Result<File, PinError> {
     if actual != pinned.digest {
         return Err(PinError::Changed { path: path(), actual, expected: pinned.digest });
     }
-    use std::io::Seek;
-    checked.rewind().map_err(|source| PinError::Rewind { path: path(), source })?;
-    Ok(checked)
-}
-
-/// Copies `source` into a memfd that can no longer be written, grown or shrunk.
-#[cfg(target_os = "linux")]
-fn sealed_copy(source: &mut File, name: &str) -> std::io::Result<File> {
-    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
-    use nix::sys::memfd::{MFdFlags, memfd_create};
-    let flags = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
-    // Kernels since 6.3 want executable memfds asked for explicitly; older ones reject the flag.
-    let fd = match memfd_create(name, flags | MFdFlags::from_bits_retain(libc::MFD_EXEC)) {
-        Err(nix::errno::Errno::EINVAL) => memfd_create(name, flags)?,
-        other => other?,
-    };
-    let mut copy = File::from(fd);
-    std::io::copy(source, &mut copy)?;
-    let seals = SealFlag::F_SEAL_WRITE
-        | SealFlag::F_SEAL_GROW
-        | SealFlag::F_SEAL_SHRINK
-        | SealFlag::F_SEAL_SEAL;
-    fcntl(&copy, FcntlArg::F_ADD_SEALS(seals))?;
-    use std::io::Seek;
-    copy.rewind()?;
-    Ok(copy)
+    #[cfg(target_os = "linux")]
+    return seal::execute_only(checked).map_err(|source| PinError::Copy { path: path(), source });
+    #[cfg(not(target_os = "linux"))]
+    {
+        use std::io::Seek;
+        checked.rewind().map_err(|source| PinError::Rewind { path: path(), source })?;
+        Ok(checked)
+    }
 }
 
 #[cfg(test)]

@@ -14,9 +14,10 @@ use backupnizza::protocol::{self, exit};
 
 fn main() {
     // The secret passes through this process too: no core dumps from the start, and no
-    // same-user ptrace or /proc reads once the answer is in (until then the daemon must be
-    // able to read our /proc/PID/exe to verify this program, which a non-dumpable process
-    // denies to all but root).
+    // same-user ptrace or /proc reads once the answer is in. Run from the daemon's sealed
+    // image, the kernel made this process non-dumpable at exec already, and it proves what
+    // it is with the image's key; run from disk, the daemon must read our /proc/PID/exe
+    // until the answer is in, which a non-dumpable process denies to all but root.
     let _ = backupnizza::sys::hardening::disable_core_dumps();
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let args = GetArgs::plain(&argv).unwrap_or_else(|| {
@@ -73,7 +74,7 @@ fn get(
             })?),
             _ => None,
         };
-    let client = Client::new(&socket, timeout).expect_server(server);
+    let client = Client::new(&socket, timeout).expect_server(server).with_image_proof();
     let path = format!("{}{name}", protocol::ROUTE_SECRETS);
     let response = client.request(&hyper::Method::POST, &path, Some(&token), &[]);
     // The answer is in: from here on nobody of our user may read this process.

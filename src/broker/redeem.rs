@@ -113,7 +113,7 @@ impl Refusal {
 /// redemption on the same connection, if any (set here after a grant).
 pub(super) async fn redeem(
     name: &str,
-    token: Option<&str>,
+    (token, proof): (Option<&str>, Option<&[u8; 32]>),
     broker: &Broker,
     peer: Peer,
     program: &OnceLock<Verified>,
@@ -134,7 +134,7 @@ pub(super) async fn redeem(
     let checked = match broker.task_lineage(&peer) {
         Ok(lineage) => match program.get() {
             Some(known) => Ok((lineage, (Some(*known), false))),
-            None => broker.verify_redeemer(&peer).await.map(|verified| (lineage, verified)),
+            None => broker.verify_redeemer(&peer, proof).await.map(|verified| (lineage, verified)),
         },
         Err(why) => Err(why),
     };

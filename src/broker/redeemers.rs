@@ -40,6 +40,9 @@ pub struct Redeemers {
     by_task: HashMap<Arc<str>, Vec<Digest>>,
     /// The digest of each program file seen, by identity.
     seen: Mutex<HashMap<Identity, Digest>>,
+    /// The key in the daemon's sealed `secretbox` image, when there is one: a peer that
+    /// proves it ([`crate::protocol::image`]) runs that image.
+    image_key: Option<zeroize::Zeroizing<[u8; 32]>>,
 }
 
 /// What identifies a file's content without reading it (see the module's paragraph).
@@ -123,7 +126,32 @@ impl Redeemers {
             let digests = paths.iter().map(|p| hash(p)).collect::<Result<Vec<_>, _>>()?;
             by_task.insert(Arc::from(task), digests);
         }
-        Ok(Redeemers { secretbox, by_task, seen: Mutex::default() })
+        Ok(Redeemers { secretbox, by_task, seen: Mutex::default(), image_key: None })
+    }
+
+    /// The pinned `secretbox`'s path.
+    pub(crate) fn pinned_secretbox(&self) -> Option<&Path> {
+        self.secretbox.as_ref().map(|(path, _)| path.as_path())
+    }
+
+    /// Makes a fresh key for the sealed `secretbox` image and remembers it; returns it for
+    /// the image (see [`crate::protocol::image`]).
+    pub(crate) fn new_image_key(&mut self) -> Result<zeroize::Zeroizing<[u8; 32]>, String> {
+        use rand::TryRngCore as _;
+        let mut key = zeroize::Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng
+            .try_fill_bytes(key.as_mut_slice())
+            .map_err(|e| format!("cannot read random bytes for the secretbox image: {e}"))?;
+        self.image_key = Some(key.clone());
+        Ok(key)
+    }
+
+    /// Whether `proof` shows that the peer `pid`, started at `started`, runs the sealed
+    /// `secretbox` image. Compared in constant time.
+    pub(crate) fn proves_image(&self, pid: u32, started: Option<u64>, proof: &[u8; 32]) -> bool {
+        let (Some(key), Some(started)) = (&self.image_key, started) else { return false };
+        let expected = crate::protocol::image::proof(key, pid, started);
+        expected.iter().zip(proof).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     }
 
     /// Checks the program of process `pid`, before any token is looked at: it must be the

@@ -333,7 +333,7 @@ async fn route(
         }
         return super::redeem::redeem(
             name,
-            body.auth.as_deref().map(String::as_str),
+            (body.auth.as_deref().map(String::as_str), body.proof.as_ref()),
             &shared.broker,
             peer,
             program,
@@ -521,6 +521,8 @@ fn fire_error(e: &FireError) -> Resp {
 /// The parts of a request the routes use, with the body read (and bounded).
 struct Parts {
     auth: Option<Zeroizing<String>>,
+    /// A sealed `secretbox`'s proof ([`protocol::image`]).
+    proof: Option<[u8; 32]>,
     query: Option<String>,
 }
 
@@ -532,6 +534,11 @@ async fn read_body(req: Request<Incoming>, timeout: Duration) -> Result<Parts, R
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| Zeroizing::new(t.trim().to_string()));
+    let proof = req
+        .headers()
+        .get(protocol::image::PROOF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(protocol::image::parse_proof);
     let query = req.uri().query().map(str::to_string);
     let too_large = || {
         error(StatusCode::PAYLOAD_TOO_LARGE, protocol::errors::TOO_LARGE, "request body too large")
@@ -547,7 +554,7 @@ async fn read_body(req: Request<Incoming>, timeout: Duration) -> Result<Parts, R
     }
     // Most requests have no body at all: skip the timer then (redemptions are the hot path).
     if req.body().is_end_stream() {
-        return Ok(Parts { auth, query });
+        return Ok(Parts { auth, proof, query });
     }
     match tokio::time::timeout(
         timeout,
@@ -555,7 +562,7 @@ async fn read_body(req: Request<Incoming>, timeout: Duration) -> Result<Parts, R
     )
     .await
     {
-        Ok(Ok(_)) => Ok(Parts { auth, query }),
+        Ok(Ok(_)) => Ok(Parts { auth, proof, query }),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Ok(Err(_)) => Err(error(
             StatusCode::BAD_REQUEST,

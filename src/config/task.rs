@@ -17,6 +17,10 @@ pub enum Overlap {
 }
 
 #[derive(Debug, Clone)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "each is a yes-or-no key of the task file, set on its own"
+)]
 pub struct Task {
     pub name: String,
     pub schedule: Schedule,
@@ -73,6 +77,10 @@ pub struct Task {
     pub resume_settle: Duration,
     /// Which `control_group` members may trigger the task and read its output.
     pub members: Members,
+    /// Linux: run the task's ELF programs, and the `secretbox` its password commands name,
+    /// from execute-only sealed images, so that no other process of the user can read them
+    /// while they run (see `crate::trust::seal`).
+    pub seal: bool,
 }
 
 /// A task's `members:`: which members of `control_group:` (uids other than the daemon's)

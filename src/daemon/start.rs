@@ -16,6 +16,7 @@ mod serve;
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -30,7 +31,7 @@ use crate::broker::sources::{self, EnvValues};
 use crate::config::{self, Config, Environment};
 use crate::exit::{Exit, FAILURE};
 use crate::sys::hardening::Weakness;
-use crate::trust::Pinned;
+use crate::trust::{Pinned, SecretboxImage};
 
 /// Everything `serve` starts from, prepared while the process was single-threaded.
 pub(super) struct Start {
@@ -38,11 +39,20 @@ pub(super) struct Start {
     pub(super) env: Environment,
     pub(super) env_values: EnvValues,
     pub(super) base_env: Vec<(OsString, OsString)>,
-    /// Where the `secretbox` beside this binary is, found once at start.
-    pub(super) secretbox_dir: Option<PathBuf>,
+    /// The `secretbox` beside this binary and its sealed image, found once at start.
+    pub(super) secretbox: Secretbox,
     pub(super) pins: Vec<Vec<Option<Pinned>>>,
     pub(super) redeemers: Redeemers,
     pub(super) guardian: Option<Guardian>,
+}
+
+/// Where the `secretbox` tasks find is, and the sealed image of it that sealing tasks run.
+#[derive(Default)]
+pub(super) struct Secretbox {
+    /// The directory of the one beside this binary, first on every task's `PATH`.
+    pub(super) dir: Option<PathBuf>,
+    /// Its execute-only sealed copy ([`crate::trust::seal`]).
+    pub(super) image: Option<Arc<SecretboxImage>>,
 }
 
 /// Runs the daemon in the foreground until SIGTERM or SIGINT. Must be called before any
@@ -76,7 +86,7 @@ pub fn main(config_path: PathBuf, mut env: Environment) -> anyhow::Result<()> {
         env,
         env_values,
         base_env: checked.base_env,
-        secretbox_dir: checked.secretbox_dir,
+        secretbox: Secretbox { dir: checked.secretbox_dir, image: checked.secretbox_image },
         pins: checked.pins,
         redeemers: checked.redeemers,
         guardian,
@@ -109,6 +119,7 @@ struct Checked {
     secretbox_dir: Option<PathBuf>,
     pins: Vec<Vec<Option<Pinned>>>,
     redeemers: Redeemers,
+    secretbox_image: Option<Arc<SecretboxImage>>,
 }
 
 /// Like OpenSSH's StrictModes: the task file and every program must be ours (or root's)
@@ -132,8 +143,35 @@ fn check_programs(
         uid,
     };
     let pins = prepare_programs(config, &cx)?;
-    let redeemers = pin_redeemers(config, secretbox_dir.as_deref(), &base_env, uid)?;
-    Ok(Checked { base_env, secretbox_dir, pins, redeemers })
+    let mut redeemers = pin_redeemers(config, secretbox_dir.as_deref(), &base_env, uid)?;
+    let secretbox_image = seal_secretbox(config, &mut redeemers);
+    Ok(Checked { base_env, secretbox_dir, pins, redeemers, secretbox_image })
+}
+
+/// The pinned `secretbox`, sealed with a fresh key for the tasks that seal (Linux). Without
+/// it (no `secretbox`, an old build without a key slot, or no memfd), those tasks run the
+/// one on disk, as tasks with `seal: false` do: said in the log, not fatal.
+fn seal_secretbox(config: &Config, redeemers: &mut Redeemers) -> Option<Arc<SecretboxImage>> {
+    if !cfg!(target_os = "linux") || !config.tasks.iter().any(|t| t.seal) {
+        return None;
+    }
+    let path = redeemers.pinned_secretbox()?.to_path_buf();
+    #[cfg(target_os = "linux")]
+    {
+        let made = redeemers.new_image_key().and_then(|key| SecretboxImage::new(&path, &key));
+        match made {
+            Ok(image) => {
+                info!(secretbox = %path.display(), image = %image.path(), "tasks run secretbox from a sealed, execute-only copy");
+                return Some(Arc::new(image));
+            }
+            Err(e) => warn!(
+                "cannot seal the secretbox ({e}): tasks run {} from disk, where other processes of this user can read it while it runs",
+                path.display()
+            ),
+        }
+    }
+    let _ = path;
+    None
 }
 
 /// Before any secret is read (but for `env` sources, in the process since it started): no

@@ -28,6 +28,7 @@ pub(crate) mod contain;
 mod env;
 mod forget;
 pub(crate) mod guardian;
+mod sealed;
 pub(crate) mod secret_files;
 mod spawn;
 mod tally;
@@ -193,6 +194,8 @@ pub(crate) struct Runner {
     pub(crate) guardian: Option<Guardian>,
     /// Where steps' `{secret_file:}` directories are made ([`secret_files`]).
     pub(crate) secret_files: PathBuf,
+    /// The sealed `secretbox` handed to the processes of sealing tasks ([`sealed`]).
+    pub(crate) secretbox_image: Option<Arc<crate::trust::SecretboxImage>>,
 }
 
 /// Snapshot lists and removals a run's steps printed.

@@ -22,6 +22,9 @@ pub(crate) struct ChildSetup {
     /// the program it executes holds it ([`super::caps`]); otherwise the child clears its
     /// inheritable set, so no program gains it.
     pub(crate) read_all: bool,
+    /// A descriptor the program must inherit (the sealed `secretbox` image): its
+    /// close-on-exec flag is cleared in the child only, so no other child gets it.
+    pub(crate) keep_open: Option<i32>,
 }
 
 /// Exit status of a child whose daemon died between its fork and its `prctl`: the signal
@@ -59,6 +62,13 @@ pub(crate) fn set_up_before_exec(cmd: &mut tokio::process::Command, setup: Child
                     libc::write(fd, b"0".as_ptr().cast(), 1);
                     libc::close(fd);
                 }
+            }
+        }
+        if let Some(fd) = setup.keep_open {
+            // SAFETY: fcntl is async-signal-safe; it changes a flag of this (forked)
+            // process's own descriptor table.
+            unsafe {
+                libc::fcntl(fd, libc::F_SETFD, 0);
             }
         }
         if let Some(nice) = setup.nice {

@@ -204,8 +204,18 @@ pub(crate) fn executable_metadata(pid: u32) -> std::io::Result<std::fs::Metadata
     open_executable(pid)?.metadata()
 }
 
-/// A process's command name (`comm`: its executable's file name, at most 15 bytes).
+/// A process's program name: the file name of its `argv[0]`, which is what `comm` holds
+/// for a program run by path, but not for one run from a sealed image (`comm` is then the
+/// descriptor number of `/proc/self/fd/N`, while the daemon sets `argv[0]` to the program's
+/// name). `/proc/PID/cmdline` is readable even for a non-dumpable process. Falls back to
+/// `comm` for a process that emptied its arguments.
 pub(crate) fn command_name(pid: i32) -> Option<String> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    let name = argv0.rsplit(|b| *b == b'/').next().unwrap_or_default();
+    if !name.is_empty() {
+        return Some(String::from_utf8_lossy(name).into_owned());
+    }
     let comm = std::fs::read(format!("/proc/{pid}/comm")).ok()?;
     Some(String::from_utf8_lossy(comm.strip_suffix(b"\n").unwrap_or(&comm)).into_owned())
 }

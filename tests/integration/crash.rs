@@ -70,10 +70,10 @@ fn records_of<'a>(records: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde
     records.iter().filter(|r| r["type"] == kind).collect()
 }
 
-/// The hourly task, two seconds before it fires; its step is a shell with a child in the
+/// The hourly task, five seconds before it fires (start-up reads and seals programs); its step is a shell with a child in the
 /// background and one in the foreground.
 fn hourly(scratch: &Scratch, sleep: &str) -> (PathBuf, PathBuf) {
-    let clock = clock_at(scratch, "2030-06-01T01:59:58Z");
+    let clock = clock_at(scratch, "2030-06-01T01:59:55Z");
     let config = scratch.config(&format!(
         "timezone: UTC
 resume_settle: 0s
@@ -94,7 +94,7 @@ fn after_sigkill_of_the_daemon_no_task_process_lives_on_and_the_restart_runs_it_
     let sleep = "313.25";
     let (config, clock) = hourly(&scratch, sleep);
     let daemon = scratch.start_daemon_faked(&config, &clock);
-    wait_until("the run's two sleeps", || running(&["sleep", sleep]).len() == 2);
+    daemon.wait_for("the run's two sleeps", |_| running(&["sleep", sleep]).len() == 2);
     let first_run = run_id_of(running(&["sleep", sleep])[0]).unwrap();
     sigkill(daemon);
     // The leader got SIGINT as its parent died; the guardian stops the rest of the group (a
@@ -160,7 +160,7 @@ fn leftovers_that_outlived_the_daemon_and_its_guardian_are_stopped_at_restart() 
             })
         };
         let daemon = start(&scratch);
-        wait_until("the run's two sleeps", || running(&["sleep", sleep]).len() == 2);
+        daemon.wait_for("the run's two sleeps", |_| running(&["sleep", sleep]).len() == 2);
         let first_run = run_id_of(running(&["sleep", sleep])[0]).unwrap();
         // Both die at once: nothing is left to stop the shell's children.
         let guardian = guardian_of(&daemon);
@@ -597,14 +597,17 @@ tasks:
     trigger(&scratch, &config, "prune", true).expect_code(0);
 }
 
-/// How many live processes run `program` (by their command name) with `marker` in their
+/// How many live processes run `program` (by their `argv[0]`) with `marker` in their
 /// arguments (this test's own: other tests run the same programs at the same time).
 fn running_program(program: &str, marker: &str) -> usize {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter(|e| {
-            std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim_end() == program)
+            e.file_name()
+                .to_str()
+                .and_then(|p| p.parse().ok())
+                .is_some_and(|pid| crate::harness::program_name(pid) == program)
                 && std::fs::read(e.path().join("cmdline"))
                     .is_ok_and(|c| c.windows(marker.len()).any(|w| w == marker.as_bytes()))
                 && std::fs::read_to_string(e.path().join("stat")).is_ok_and(|s| {

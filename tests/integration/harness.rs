@@ -390,6 +390,14 @@ impl Drop for Daemon {
 }
 
 /// A secret generated at run time, so finding it anywhere means something leaked.
+/// A process's program name: the file name of its `argv[0]` (as `ps -f` shows it). Not
+/// `comm`: a program the daemon runs from a sealed image has its descriptor number there.
+pub(crate) fn program_name(pid: u32) -> String {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    String::from_utf8_lossy(argv0.rsplit(|b| *b == b'/').next().unwrap_or_default()).into_owned()
+}
+
 pub(crate) fn canary() -> String {
     use rand::Rng;
     let n: u128 = rand::rng().random();

@@ -30,6 +30,7 @@ mod restic;
 mod restic_aware;
 mod runs;
 mod scopes;
+mod sealed;
 mod system;
 mod system_service;
 mod validate;

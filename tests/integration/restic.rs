@@ -113,10 +113,7 @@ impl ProcSampler {
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 for pid in pids() {
-                    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                        .unwrap_or_default()
-                        .trim()
-                        .to_string();
+                    let comm = crate::harness::program_name(pid);
                     for file in ["environ", "cmdline"] {
                         let Ok(bytes) = std::fs::read(format!("/proc/{pid}/{file}")) else {
                             continue;

@@ -52,7 +52,7 @@ impl Drop for TempGroup {
 }
 
 /// A uid from `from` up that no account and no running process has.
-fn free_uid(from: u32) -> u32 {
+pub(crate) fn free_uid(from: u32) -> u32 {
     let busy = |uid: u32| {
         nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().is_some()
             || std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
@@ -122,7 +122,7 @@ fn task_process(daemon: u32) -> (u32, Vec<(String, String)>) {
         std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
             let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
             if !backupnizza::broker::peer::descends_from(pid, daemon)
-                || std::fs::read_to_string(e.path().join("comm")).ok()?.trim_end() != "sh"
+                || crate::harness::program_name(pid) != "sh"
             {
                 return None;
             }
@@ -408,8 +408,7 @@ fn the_dedicated_uid_backs_up_another_users_private_directory_through_the_capabi
     let restic = || {
         std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
             let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-            (comm.trim_end() == "restic"
+            (crate::harness::program_name(pid) == "restic"
                 && backupnizza::broker::peer::descends_from(pid, daemon.pid()))
             .then_some(pid)
         })

@@ -50,6 +50,7 @@ const TASK_KEYS: &[&str] = &[
     "resume_settle",
     "members",
     "read_all",
+    "seal",
 ];
 const STEP_KEYS: &[&str] =
     &["command", "pipeline", "env", "continue_on_error", "sha256", "read_all"];
@@ -248,6 +249,7 @@ impl Checker {
         let resume_settle =
             self.with_default(&f, path, "resume_settle", resume_settle, Checker::duration);
         let members = self.with_default(&f, path, "members", Members::All, Checker::members);
+        let seal = self.with_default(&f, path, "seal", true, Checker::boolean);
         // restic exits 3 when some files could not be read: the snapshot exists.
         let runs_restic = matches!(&steps, Some(steps) if steps.iter().flat_map(Step::stages).any(|argv| program_name(&argv[0]) == "restic"));
         // A task that runs restic unlocks what a stopped run left, unless it says otherwise.
@@ -298,6 +300,7 @@ impl Checker {
             blackout: blackout?,
             resume_settle: resume_settle?,
             members: members?,
+            seal: seal?,
         })
     }
 

@@ -233,6 +233,7 @@ fn runner(config: &Config, dir: &Path) -> Runner {
         containment: Containment::default(),
         guardian: None,
         secret_files: dir.join("secret-files"),
+        secretbox_image: None,
     }
 }
 

@@ -49,8 +49,7 @@ pub(super) async fn serve(
     start: Start,
     mut stop: mpsc::Receiver<Stop>,
 ) -> anyhow::Result<Finished> {
-    let Start { config, env, env_values, base_env, secretbox_dir, pins, redeemers, guardian } =
-        start;
+    let Start { config, env, env_values, base_env, secretbox, pins, redeemers, guardian } = start;
     // A stop request during start-up ends it: a slow secret helper is killed, not awaited.
     let secrets = tokio::select! {
         loaded = load_secrets(&config, &env, env_values) => loaded?,
@@ -78,13 +77,14 @@ pub(super) async fn serve(
         socket: bound.path.clone(),
         server_id: crate::client::ServerId::this_process().map(|id| id.to_string()),
         base_env,
-        secretbox_dir,
+        secretbox_dir: secretbox.dir,
         home: env.var("HOME").map(PathBuf::from),
         kill_grace: config.kill_grace,
         shutdown_grace: config.shutdown_grace,
         containment,
         guardian,
         secret_files: secret_files.clone(),
+        secretbox_image: secretbox.image,
     };
     let outbox = Outbox::default();
     let ctx = Arc::new(RunContext {
@@ -334,7 +334,7 @@ mod tests {
             env,
             env_values: std::collections::HashMap::new(),
             base_env: crate::daemon::step::allowed_env(std::env::vars_os(), None),
-            secretbox_dir: None,
+            secretbox: crate::daemon::start::Secretbox::default(),
             pins: vec![vec![None]],
             redeemers: Redeemers::default(),
             guardian: None,

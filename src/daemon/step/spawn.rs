@@ -14,10 +14,10 @@ use std::sync::Arc;
 
 use nix::unistd::Pid;
 use tokio::process::{Child, ChildStdout, Command};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use super::contain::RunProcs;
-use super::{Runner, StepCall, StepEnd, StepEnv, StepError};
+use super::{Runner, StepCall, StepEnd, StepEnv, StepError, sealed};
 use crate::broker::Handle;
 use crate::config::Task;
 use crate::daemon::host::children::{self, Owned};
@@ -27,8 +27,8 @@ use crate::trust::expand_tilde;
 pub(super) struct Prepared {
     /// In stage order.
     pub(super) commands: Vec<Command>,
-    /// The verified copy a pinned first stage runs from; kept open until it has started.
-    pinned_file: Option<std::fs::File>,
+    /// The images the stages run from ([`sealed`]); kept open until they have started.
+    images: sealed::Images,
     plumbing: Plumbing,
     /// Each stage's program, as the log names it.
     pub(super) programs: Vec<String>,
@@ -64,12 +64,14 @@ impl Runner {
     ) -> Result<Prepared, StepEnd> {
         let stages = call.step.stages();
         let piped = stages.len() > 1;
-        let (first, pinned_file) = self.first_command(call).await?;
+        let images = self.images(call, env).await?;
         let home = self.home.as_deref();
-        let mut commands = vec![first];
-        for argv in &stages[1..] {
-            let mut cmd = Command::new(expand_tilde(&argv[0], home));
-            cmd.args(argv[1..].iter().map(|a| expand_tilde(a, home)));
+        let secretbox = self.secretbox_for(call);
+        let image_path = secretbox.map(crate::trust::SecretboxImage::path);
+        let mut commands = Vec::with_capacity(stages.len());
+        for (argv, image) in stages.iter().zip(&images) {
+            let mut cmd = sealed::command(argv, image.as_ref(), home);
+            cmd.args(sealed::args(argv, image_path.as_deref(), home));
             commands.push(cmd);
         }
         // The pipes between stages, and one stderr the stages share (a line written by one
@@ -79,7 +81,7 @@ impl Runner {
             plumbing.map_err(|e| StepEnd::NotStarted(StepError::Pipes { source: e }))?;
         for (i, cmd) in commands.iter_mut().enumerate() {
             cmd.env_clear()
-                .envs(env.iter().map(|(k, v)| (k, v)))
+                .envs(env.iter().map(|(k, v)| (k, sealed::env_value(k, v, image_path.as_deref()))))
                 .env("BACKUPNIZZA_TASK", &call.task.name)
                 .env("BACKUPNIZZA_RUN_ID", call.run_id)
                 .envs(call.facts.iter().map(|(k, v)| (k, v)))
@@ -92,51 +94,15 @@ impl Runner {
             }
             // A hook (or a listing around a forget) never holds it.
             let read_all = call.hook.is_none() && call.step.reads_all(stages[i]);
-            set_up_child(cmd, call.procs, call.task, read_all);
+            let keep_open = secretbox.map(crate::trust::SecretboxImage::raw_fd);
+            set_up_child(cmd, call.procs, call.task, (read_all, keep_open));
         }
         plumbing.connect(&mut commands).map_err(|e| StepEnd::NotStarted(StepError::Connect(e)))?;
         let programs = stages
             .iter()
             .map(|a| expand_tilde(&a[0], home).to_string_lossy().into_owned())
             .collect();
-        Ok(Prepared { commands, pinned_file, plumbing, programs })
-    }
-
-    /// The first stage's command: the pinned, verified copy when the step is pinned. A pinned
-    /// program is checked before anything else, and run from the checked file.
-    async fn first_command(
-        &self,
-        call: &StepCall<'_>,
-    ) -> Result<(Command, Option<std::fs::File>), StepEnd> {
-        let pinned_file = match call.pin.cloned() {
-            Some(pin) => {
-                match tokio::task::spawn_blocking(move || crate::trust::open_verified(&pin)).await {
-                    Ok(Ok(file)) => Some(file),
-                    Ok(Err(why)) => {
-                        error!("{why}");
-                        return Err(StepEnd::Refused(StepError::Pin(why)));
-                    }
-                    Err(e) => return Err(StepEnd::Refused(StepError::PinThread(e))),
-                }
-            }
-            None => None,
-        };
-        let home = self.home.as_deref();
-        let program = &call.step.command[0];
-        let mut cmd = match &pinned_file {
-            #[cfg(target_os = "linux")]
-            Some(file) => {
-                use std::os::fd::AsRawFd;
-                // The child inherits the descriptor across fork and execs it before
-                // close-on-exec closes it: the kernel runs the sealed copy we hashed.
-                let mut cmd = Command::new(format!("/proc/self/fd/{}", file.as_raw_fd()));
-                cmd.arg0(program);
-                cmd
-            }
-            _ => Command::new(expand_tilde(program, home)),
-        };
-        cmd.args(call.step.command[1..].iter().map(|a| expand_tilde(a, home)));
-        Ok((cmd, pinned_file))
+        Ok(Prepared { commands, images, plumbing, programs })
     }
 
     /// Starts the stages, last first, each with a token of its own (a process without a
@@ -148,7 +114,7 @@ impl Runner {
         call: &StepCall<'_>,
         commands: Prepared,
     ) -> Result<Started, StepError> {
-        let Prepared { mut commands, pinned_file, mut plumbing, programs } = commands;
+        let Prepared { mut commands, images, mut plumbing, programs } = commands;
         let oom_before = crate::sys::proc::oom_kills();
         let mut children: Vec<Option<Stage>> = (0..commands.len()).map(|_| None).collect();
         let mut pgid: Option<Pid> = None;
@@ -168,7 +134,7 @@ impl Runner {
                 }
             }
         }
-        drop(pinned_file);
+        drop(images);
         // Our copies of the pipes' ends: the stages hold their own now.
         let shared_stderr = plumbing.finish();
         let Some(pgid) = pgid else { return Err(failed.unwrap_or(StepError::NothingStarted)) };
@@ -331,8 +297,14 @@ impl Plumbing {
 /// capability of system mode where the step needs it (`read_all`), and the task's
 /// `nice:` and `io:` (set in the child, so the program itself is what runs: no `nice`
 /// wrapper in front of restic, so its pin and its exit codes stay its own).
-fn set_up_child(cmd: &mut Command, procs: &RunProcs, task: &Task, read_all: bool) {
+fn set_up_child(
+    cmd: &mut Command,
+    procs: &RunProcs,
+    task: &Task,
+    (read_all, keep_open): (bool, Option<i32>),
+) {
     let setup = crate::sys::exec::ChildSetup {
+        keep_open,
         join_cgroup: procs.join_file(),
         parent_death_signal: true,
         nice: task.nice,
