@@ -554,6 +554,35 @@ fn validate_advises_stdin_from_command_where_restic_has_it() {
     assert_eq!(advised, crate::audit::restic_version() >= (0, 17), "{}", run.stderr());
 }
 
+/// Issue 29: a sealing task's script runs from disk, readable by the user's other
+/// processes; `validate` says which step and why, and says nothing of an ELF program or of a
+/// task with `seal: false`.
+#[test]
+fn validate_names_the_programs_of_a_sealing_task_that_stay_readable() {
+    let scratch = Scratch::new();
+    let script = scratch.write("dump.sh", "#!/bin/sh\necho dump\n");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let body = |seal: &str| {
+        format!(
+            "tasks:\n  dump:\n    schedule: manual\n    seal: {seal}\n    pipeline:\n      - [{}]\n      - [restic, backup, --stdin]\n",
+            script.display()
+        )
+    };
+    let run =
+        scratch.backupnizza(["validate", "-c"]).run_with(&scratch.write("a.yaml", body("true")));
+    run.expect_code(0);
+    let err = run.stderr();
+    assert!(
+        err.contains("task \"dump\" pipeline stage 1:") && err.contains("is a script"),
+        "{err}"
+    );
+    assert!(!err.contains("pipeline stage 2:"), "restic is an ELF program: {err}");
+    let run =
+        scratch.backupnizza(["validate", "-c"]).run_with(&scratch.write("b.yaml", body("false")));
+    run.expect_code(0);
+    assert!(!run.stderr().contains("is a script"), "{}", run.stderr());
+}
+
 /// Loader variables (issue 28): `LD_PRELOAD` in `env:` ran a library inside restic and
 /// inside the genuine `secretbox`, and `validate` said nothing. Each is refused, naming the
 /// key and the way to say it is meant; `{loader: VALUE}` is accepted, for loader variables

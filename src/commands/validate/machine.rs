@@ -4,7 +4,8 @@
 //! warning, and every run fail), the directory of `metrics_textfile:` exists (the daemon
 //! would not start); and, as advice, a pipeline into `restic backup --stdin` where this
 //! machine's restic has `--stdin-from-command` (0.17 and later), which fails without saving
-//! a snapshot when the dump fails.
+//! a snapshot when the dump fails; and, as advice, each program of a sealing task
+//! (`seal:`) that will run from disk, readable by the user's other processes: a script.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -39,12 +40,16 @@ pub(super) fn check(config: &Config, env: &Environment) -> Machine {
                     label.clone()
                 };
                 let dir = task.working_dir.as_deref();
-                if resolve(&argv[0], Some(&path), home.as_deref(), dir).is_none() {
-                    found.errors.push(format!(
+                match resolve(&argv[0], Some(&path), home.as_deref(), dir) {
+                    None => found.errors.push(format!(
                         "{at}: program {:?} not found on the task's PATH ({}): install it, give its full path, or set PATH in the task's env:",
                         argv[0],
                         path.to_string_lossy()
-                    ));
+                    )),
+                    Some(program) if task.seal && cfg!(target_os = "linux") => {
+                        found.advice.extend(unsealed(&program, &at));
+                    }
+                    Some(_) => {}
                 }
             }
             if let Some(advice) = stdin_advice(step, &path, home.as_deref(), &label) {
@@ -59,6 +64,26 @@ pub(super) fn check(config: &Config, env: &Environment) -> Machine {
         ));
     }
     found
+}
+
+/// Advice when a sealing task's program will run from disk, readable by the user's other
+/// processes while it runs: a script (its interpreter opens it by path and must read it),
+/// or a file this user cannot read (`seal:`, docs/security.md).
+fn unsealed(program: &Path, at: &str) -> Option<String> {
+    use std::io::Read;
+    let mut head = [0u8; 4];
+    let why = match std::fs::File::open(program).and_then(|mut f| f.read_exact(&mut head)) {
+        Err(e) => format!("cannot be read ({e}), so it cannot be copied into sealed memory"),
+        Ok(()) if &head == b"\x7fELF" => return None,
+        Ok(()) if head.starts_with(b"#!") => {
+            "is a script, which its interpreter must read by path".to_string()
+        }
+        Ok(()) => "is not an ELF program".to_string(),
+    };
+    Some(format!(
+        "{at}: {} {why}: it runs from disk, and while it runs other processes of this user can read its environment (its token) and descriptors; start the real program in the step's argv (e.g. [restic, ...], not a wrapper script) to have it sealed",
+        program.display()
+    ))
 }
 
 /// The `PATH` the step will see: its task's or its own `env:` over the caller's, with the
