@@ -94,6 +94,16 @@ fn main() {
             "≤ 0.5×",
             Some(vs_tool <= 0.5),
         );
+        if let Some(ms) = e2e.sealed {
+            row("sealed `secretbox get` end to end (issue 29)", format!("{ms:.2} ms"), "-", None);
+            let ratio = ms / e2e.cat;
+            row(
+                "sealed `secretbox get` / `cat`",
+                format!("{ratio:.2}×"),
+                "≤ 1.5×",
+                Some(ratio <= 1.5),
+            );
+        }
         if let Some(ms) = e2e.static_secretbox {
             row("static `secretbox get` end to end", format!("{ms:.2} ms"), "-", None);
             let ratio = ms / e2e.cat;
@@ -444,6 +454,8 @@ struct EndToEnd {
     cat: f64,
     secret_tool: f64,
     static_secretbox: Option<f64>,
+    /// The daemon's sealed `secretbox` image, run as a password command runs it.
+    sealed: Option<f64>,
 }
 
 fn bench_secretbox(dir: &Path, static_secretbox: Option<&Path>) -> EndToEnd {
@@ -467,7 +479,7 @@ fn bench_secretbox(dir: &Path, static_secretbox: Option<&Path>) -> EndToEnd {
     let bus = std::env::var("DBUS_SESSION_BUS_ADDRESS")
         .expect("a D-Bus session (run the benchmarks with .ci/bench)");
     let extra = format!(
-        "  e2e:\n    schedule: '0 0 1 1 *'\n    command: [{}, --inside, e2e, {}, {}, '300'{}]\n    env: {{DBUS_SESSION_BUS_ADDRESS: '{bus}'}}\n    secrets: [s0]\n    redeem_limit: 1000\n",
+        "  e2e:\n    schedule: '0 0 1 1 *'\n    command: [{}, --inside, e2e, {}, {}, '300'{}]\n    env: {{DBUS_SESSION_BUS_ADDRESS: '{bus}', BENCH_SEALED_COMMAND: secretbox get s0}}\n    secrets: [s0]\n    redeem_limit: 1000\n",
         std::env::current_exe().unwrap().display(),
         dir.join("secret0").display(),
         results.display(),
@@ -479,7 +491,14 @@ fn bench_secretbox(dir: &Path, static_secretbox: Option<&Path>) -> EndToEnd {
     stop(child);
     let text = std::fs::read_to_string(results).unwrap();
     let v: Vec<f64> = text.split_whitespace().map(|x| x.parse().unwrap()).collect();
-    EndToEnd { secretbox: v[0], cat: v[1], secret_tool: v[2], static_secretbox: v.get(3).copied() }
+    let known = |x: f64| (!x.is_nan()).then_some(x);
+    EndToEnd {
+        secretbox: v[0],
+        cat: v[1],
+        secret_tool: v[2],
+        static_secretbox: known(v[3]),
+        sealed: known(v[4]),
+    }
 }
 
 /// The task's `redeemers:` line that lets the static `secretbox` redeem (the daemon pins the
@@ -737,13 +756,22 @@ fn inside(args: &[String]) {
                 );
                 took
             };
-            let (mut sb, mut cat, mut tool, mut st) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let (mut sb, mut cat, mut tool, mut st, mut sealed) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            // The daemon turned `secretbox get s0` into its sealed image's path (issue 29).
+            let sealed_command = std::env::var("BENCH_SEALED_COMMAND")
+                .ok()
+                .filter(|c| c.starts_with("/proc/self/fd/"));
             // Each round runs them in a random order, so whatever one leaves behind
             // (gnome-keyring keeps working after answering) does not always fall on the same.
             use rand::seq::SliceRandom;
-            let mut order: Vec<usize> =
-                (0..if static_secretbox.is_some() { 4 } else { 3 }).collect();
+            let mut order: Vec<usize> = vec![0, 1, 2];
+            if static_secretbox.is_some() {
+                order.push(3);
+            }
+            if sealed_command.is_some() {
+                order.push(4);
+            }
             for _ in 0..n {
                 order.shuffle(&mut rand::rng());
                 for &which in &order {
@@ -753,6 +781,11 @@ fn inside(args: &[String]) {
                         3 => st.push(time(
                             Command::new(static_secretbox.unwrap()).args(["get", "s0"]),
                         )),
+                        4 => {
+                            let words: Vec<&str> =
+                                sealed_command.as_deref().unwrap().split(' ').collect();
+                            sealed.push(time(Command::new(words[0]).args(&words[1..])));
+                        }
                         _ => tool.push(time(Command::new("secret-tool").args([
                             "lookup",
                             "service",
@@ -763,10 +796,15 @@ fn inside(args: &[String]) {
                     }
                 }
             }
-            let mut line = format!("{} {} {}", median(sb), median(cat), median(tool));
-            if !st.is_empty() {
-                line.push_str(&format!(" {}", median(st)));
-            }
+            let or_nan = |v: Vec<f64>| if v.is_empty() { f64::NAN } else { median(v) };
+            let line = format!(
+                "{} {} {} {} {}",
+                median(sb),
+                median(cat),
+                median(tool),
+                or_nan(st),
+                or_nan(sealed)
+            );
             std::fs::write(out, line).unwrap();
         }
         "loop" => inside_loop(args),

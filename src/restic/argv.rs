@@ -64,6 +64,31 @@ const FORGET_WITH_VALUE: &[&str] = &[
     "--repack-smaller-than",
 ];
 
+/// Whether a restic command line's repository (`-r`/`--repo`, else `repository_env`, the
+/// step's `RESTIC_REPOSITORY`) is on restic's `rclone:` backend, with the `rclone` restic
+/// starts left to its default (no `-o rclone.program=` given).
+pub(crate) fn starts_rclone(argv: &[String], repository_env: Option<&str>) -> bool {
+    let Some((program, args)) = argv.split_first() else { return false };
+    if program.rsplit('/').next() != Some("restic")
+        || args.iter().any(|a| a.contains("rclone.program="))
+    {
+        return false;
+    }
+    let mut repository = repository_env.map(str::to_string);
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        if arg == "--" {
+            break;
+        }
+        if arg == "-r" || arg == "--repo" {
+            repository = args.next().cloned();
+        } else if let Some(value) = arg.strip_prefix("--repo=") {
+            repository = Some(value.to_string());
+        }
+    }
+    repository.is_some_and(|r| r.starts_with("rclone:"))
+}
+
 /// Whether a command line is `restic ... backup ...`.
 pub(crate) fn is_backup(argv: &[String]) -> bool {
     subcommand(argv) == Some("backup")
@@ -119,6 +144,24 @@ pub(crate) fn listing_for_forget(argv: &[String]) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_rclone_backend_is_seen_in_the_arguments_or_the_environment() {
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(starts_rclone(&argv(&["restic", "backup", "."]), Some("rclone:b2:x")));
+        assert!(starts_rclone(&argv(&["restic", "-r", "rclone:b2:x", "backup"]), Some("/local")));
+        assert!(starts_rclone(&argv(&["/usr/bin/restic", "--repo=rclone:x:", "init"]), None));
+        assert!(!starts_rclone(
+            &argv(&["restic", "--repo", "/local", "backup"]),
+            Some("rclone:x:")
+        ));
+        assert!(!starts_rclone(
+            &argv(&["restic", "-o", "rclone.program=/opt/rclone", "init"]),
+            Some("rclone:x:")
+        ));
+        assert!(!starts_rclone(&argv(&["rclone", "serve", "restic"]), Some("rclone:x:")));
+        assert!(!starts_rclone(&argv(&["restic", "backup"]), None));
+    }
 
     fn argv(s: &str) -> Vec<String> {
         s.split_whitespace().map(String::from).collect()

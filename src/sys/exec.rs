@@ -22,9 +22,10 @@ pub(crate) struct ChildSetup {
     /// the program it executes holds it ([`super::caps`]); otherwise the child clears its
     /// inheritable set, so no program gains it.
     pub(crate) read_all: bool,
-    /// A descriptor the program must inherit (the sealed `secretbox` image): its
-    /// close-on-exec flag is cleared in the child only, so no other child gets it.
-    pub(crate) keep_open: Option<i32>,
+    /// Descriptors the program must inherit (the sealed `secretbox` image, the sealed
+    /// `rclone` restic starts): their close-on-exec flag is cleared in the child only, so no
+    /// other child gets them.
+    pub(crate) keep_open: [Option<i32>; 2],
 }
 
 /// Exit status of a child whose daemon died between its fork and its `prctl`: the signal
@@ -64,7 +65,7 @@ pub(crate) fn set_up_before_exec(cmd: &mut tokio::process::Command, setup: Child
                 }
             }
         }
-        if let Some(fd) = setup.keep_open {
+        for fd in setup.keep_open.into_iter().flatten() {
             // SAFETY: fcntl is async-signal-safe; it changes a flag of this (forked)
             // process's own descriptor table.
             unsafe {

@@ -35,6 +35,7 @@ impl User {
         let uid = crate::system::free_uid(62_700);
         let bin = scratch.bin_as_user(uid);
         crate::harness::copy_program(which("restic"), bin.join("restic"));
+        crate::harness::copy_program(which("rclone"), bin.join("rclone"));
         let dir = scratch.path().to_path_buf();
         let password = canary();
         let password_file = dir.join("repo-password");
@@ -49,8 +50,17 @@ impl User {
         // restic waits on its input for seconds after it read its password: long enough for
         // the attacker to try everything on it while it holds the password.
         let backup = "    pipeline:\n      - [sh, -c, 'sleep 3; echo data']\n      - [restic, backup, --host, testhost, --stdin, --stdin-filename, data.txt]\n";
+        // The same, on restic's rclone: backend (rclone serving a local directory).
+        let remote_env = env.replace(
+            &format!("RESTIC_REPOSITORY: {}", repo.display()),
+            &format!(
+                "RESTIC_REPOSITORY: 'rclone:{}/remote'\n      RCLONE_CONFIG: {}/rclone.conf",
+                dir.display(),
+                dir.display()
+            ),
+        );
         let config = scratch.config(&format!(
-            "secrets:\n  repo: {{file: {pw}}}\ntasks:\n  init:\n    {TRIGGERED}\n    command: [restic, init]\n{env}  backup:\n    {TRIGGERED}\n{backup}{env}  open:\n    {TRIGGERED}\n    seal: false\n{backup}{env}",
+            "secrets:\n  repo: {{file: {pw}}}\ntasks:\n  init:\n    {TRIGGERED}\n    command: [restic, init]\n{env}  backup:\n    {TRIGGERED}\n{backup}{env}  open:\n    {TRIGGERED}\n    seal: false\n{backup}{env}  remote-init:\n    {TRIGGERED}\n    command: [restic, init]\n{remote_env}  remote:\n    {TRIGGERED}\n{backup}{remote_env}",
             pw = password_file.display(),
         ));
         chown_tree(scratch.path(), uid, uid);
@@ -237,6 +247,32 @@ fn a_process_of_the_same_user_cannot_read_a_running_backup_or_its_password() {
     // The arguments are the kernel's to show to anyone: they hold no secret.
     assert!(outcomes(&report, "restic", "cmdline").iter().all(|o| o == "read"), "{report}");
     assert_eq!(user.snapshots(), 3);
+
+    // restic's rclone: backend runs sealed too: the attacker catches it among restic's
+    // children and is refused its environment (which holds the token) and the rest.
+    user.trigger("remote-init");
+    let end = user.end("remote-init", 1);
+    assert_eq!(end["status"], "success", "{end}");
+    // (A poller can miss a child that lives briefly: up to three runs, each attacked.)
+    for n in 1..=3 {
+        let attacker = user.attacker(daemon.pid(), &[&user.password, "SECRETBOX_TOKEN="]);
+        user.trigger("remote");
+        let end = user.end("remote", n);
+        assert_eq!(end["status"], "success", "{end}");
+        let report = attacker.finish();
+        eprintln!("what the attacker got of the rclone: backup: {report:#}");
+        assert_eq!(report["found"], serde_json::json!([]), "{report}");
+        let refused = |o: &String| o == "Permission denied" || o == "ended";
+        for what in ["environ", "fd", "maps", "mem"] {
+            let got = outcomes(&report, "/proc/self/fd/", what);
+            assert!(got.iter().all(refused), "{what}: {report}");
+        }
+        let caught = outcomes(&report, "rclone /proc/self/fd/", "environ");
+        if !caught.is_empty() {
+            break;
+        }
+        assert!(n < 3, "the attacker never caught restic's rclone: {report}");
+    }
 
     // The control: the same attacker against a task that does not seal gets its token and
     // attaches gdb (a poller can miss a process: up to three tries).

@@ -6,6 +6,9 @@
 //! fixed descriptor and named `/proc/self/fd/N` in those commands, which resolves in
 //! whichever descendant executes it (restic runs its password command itself).
 //!
+//! restic's `rclone:` backend (the `rclone` restic itself starts) is sealed too, when restic
+//! is not told another program: restic gets `-o rclone.program=/proc/self/fd/N`.
+//!
 //! Scripts, files the daemon cannot read, and programs of tasks with `seal: false` run from
 //! disk, as before; `validate` says which.
 
@@ -16,8 +19,17 @@ use tracing::{debug, error};
 use super::{Runner, StepCall, StepEnd, StepEnv, StepError};
 use crate::trust::{Verified, expand_tilde};
 
-/// The image each stage runs from, when it does not run from disk.
-pub(super) type Images = Vec<Option<Verified>>;
+/// What a stage runs from, when not from disk: its program's image, and the image of the
+/// `rclone` its restic starts for an `rclone:` repository (named to restic with
+/// `-o rclone.program=/proc/self/fd/N`, and inherited like the `secretbox` image).
+#[derive(Default)]
+pub(super) struct StageImages {
+    pub(super) program: Option<Verified>,
+    pub(super) backend: Option<Verified>,
+}
+
+/// Each stage's images, in stage order.
+pub(super) type Images = Vec<StageImages>;
 
 impl Runner {
     /// Each stage's image: the pinned first stage's checked copy (refusing the step if it
@@ -30,7 +42,7 @@ impl Runner {
         let stages = call.step.stages();
         let mut images: Images = Vec::with_capacity(stages.len());
         for (i, argv) in stages.iter().enumerate() {
-            let image = match call.pin.cloned().filter(|_| i == 0) {
+            let program = match call.pin.cloned().filter(|_| i == 0) {
                 Some(pin) => {
                     match tokio::task::spawn_blocking(move || crate::trust::open_verified(&pin))
                         .await
@@ -46,7 +58,14 @@ impl Runner {
                 None if call.task.seal => self.sealed(call, env, &argv[0]).await,
                 None => None,
             };
-            images.push(image);
+            let repository = env.iter().find(|(k, _)| k == "RESTIC_REPOSITORY");
+            let repository = repository.and_then(|(_, v)| v.to_str());
+            let backend =
+                match call.task.seal && crate::restic::argv::starts_rclone(argv, repository) {
+                    true => self.sealed(call, env, "rclone").await,
+                    false => None,
+                };
+            images.push(StageImages { program, backend });
         }
         Ok(images)
     }
@@ -75,14 +94,38 @@ impl Runner {
         None
     }
 
-    /// The sealed `secretbox` a stage's process gets, if it gets one: its task seals, it
-    /// holds a token, and the daemon has the image.
+    /// The sealed `secretbox` a stage's process gets, if it gets one: its task seals, its
+    /// token may fetch some secret, and the daemon has the image. (A process that may fetch
+    /// nothing keeps only its standard descriptors.)
     pub(super) fn secretbox_for(
         &self,
         call: &StepCall<'_>,
     ) -> Option<&crate::trust::SecretboxImage> {
-        self.secretbox_image.as_deref().filter(|_| call.task.seal && call.scope.is_some())
+        let fetches = call.scope.is_some_and(|s| !s.is_empty());
+        self.secretbox_image.as_deref().filter(|_| call.task.seal && fetches)
     }
+}
+
+/// `/proc/self/fd/N` of an image: what runs it in a process that inherited it.
+#[cfg(target_os = "linux")]
+pub(super) fn path(image: &Verified) -> String {
+    image.path()
+}
+
+#[cfg(target_os = "linux")]
+pub(super) fn raw_fd(image: &Verified) -> i32 {
+    image.raw_fd()
+}
+
+/// Elsewhere nothing is sealed, so no stage has a backend image.
+#[cfg(not(target_os = "linux"))]
+pub(super) fn path(_: &Verified) -> String {
+    String::new()
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(super) fn raw_fd(_: &Verified) -> i32 {
+    -1
 }
 
 /// The command of a stage: its sealed image under its own name (`argv[0]`), or its program
@@ -107,14 +150,18 @@ pub(super) fn command(
 
 /// A stage's arguments (a leading `~/` expanded), with the value of each
 /// `--password-command` and `--from-password-command` that runs `secretbox` made to run
-/// `image` instead (when the stage gets one).
+/// `image` instead (when the stage gets one), and restic told to start its `rclone:`
+/// backend from `backend` (when it gets one).
 pub(super) fn args(
     argv: &[String],
-    image: Option<&str>,
+    (image, backend): (Option<&str>, Option<&str>),
     home: Option<&std::path::Path>,
 ) -> Vec<OsString> {
     const FLAGS: [&str; 2] = ["--password-command", "--from-password-command"];
-    let mut out = Vec::with_capacity(argv.len());
+    let mut out = Vec::with_capacity(argv.len() + 2);
+    if let Some(backend) = backend {
+        out.extend(["-o".into(), format!("rclone.program={backend}").into()]);
+    }
     let mut after_flag = false;
     for arg in &argv[1..] {
         let rewritten = image.and_then(|image| {
@@ -177,7 +224,7 @@ mod tests {
         .map(String::from)
         .to_vec();
         let home = Some(std::path::Path::new("/home/u"));
-        let out = args(&argv, img, home);
+        let out = args(&argv, (img, None), home);
         let texts: Vec<&str> = out.iter().map(|a| a.to_str().unwrap()).collect();
         assert_eq!(
             texts,
@@ -192,7 +239,9 @@ mod tests {
             ]
         );
         // Without an image nothing changes but `~/`.
-        assert_eq!(args(&argv, None, home)[1], "secretbox get repo");
+        assert_eq!(args(&argv, (None, None), home)[1], "secretbox get repo");
+        let with_backend = args(&argv[..2], (None, Some("/proc/self/fd/8")), home);
+        assert_eq!(with_backend, ["-o", "rclone.program=/proc/self/fd/8", "--password-command"]);
 
         let value = OsStr::new("  secretbox get repo");
         assert_eq!(

@@ -70,8 +70,9 @@ impl Runner {
         let image_path = secretbox.map(crate::trust::SecretboxImage::path);
         let mut commands = Vec::with_capacity(stages.len());
         for (argv, image) in stages.iter().zip(&images) {
-            let mut cmd = sealed::command(argv, image.as_ref(), home);
-            cmd.args(sealed::args(argv, image_path.as_deref(), home));
+            let mut cmd = sealed::command(argv, image.program.as_ref(), home);
+            let backend = image.backend.as_ref().map(sealed::path);
+            cmd.args(sealed::args(argv, (image_path.as_deref(), backend.as_deref()), home));
             commands.push(cmd);
         }
         // The pipes between stages, and one stderr the stages share (a line written by one
@@ -94,7 +95,10 @@ impl Runner {
             }
             // A hook (or a listing around a forget) never holds it.
             let read_all = call.hook.is_none() && call.step.reads_all(stages[i]);
-            let keep_open = secretbox.map(crate::trust::SecretboxImage::raw_fd);
+            let keep_open = [
+                secretbox.map(crate::trust::SecretboxImage::raw_fd),
+                images[i].backend.as_ref().map(sealed::raw_fd),
+            ];
             set_up_child(cmd, call.procs, call.task, (read_all, keep_open));
         }
         plumbing.connect(&mut commands).map_err(|e| StepEnd::NotStarted(StepError::Connect(e)))?;
@@ -301,7 +305,7 @@ fn set_up_child(
     cmd: &mut Command,
     procs: &RunProcs,
     task: &Task,
-    (read_all, keep_open): (bool, Option<i32>),
+    (read_all, keep_open): (bool, [Option<i32>; 2]),
 ) {
     let setup = crate::sys::exec::ChildSetup {
         keep_open,

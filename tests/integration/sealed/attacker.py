@@ -1,8 +1,8 @@
 """A process of the daemon's user that is not part of any task, doing what an attacker of the
 same uid would to a running backup: read the environment, arguments, descriptors, maps and
 memory of every process of the user, stop restic and open the pipe its password came
-through, watch /proc for new secretbox processes and open their stdout, and ptrace restic
-with gdb. Writes what it got to a JSON report. Run by tests/integration/sealed.rs.
+through, watch /proc for new secretbox processes (and restic's rclone backend) and open
+their descriptors, and ptrace restic with gdb. Writes what it got to a JSON report. Run by tests/integration/sealed.rs.
 
 usage: attacker.py REPORT STOPFILE DAEMON_PID NEEDLE... (each NEEDLE is searched in
 everything read). The daemon's pid only tells it which new processes are task processes
@@ -85,11 +85,11 @@ def parent_of(pid):
 
 
 def catch_children(restic, seen):
-    """Watches for restic's children for up to a second: new pids in /proc whose parent (in
+    """Watches for restic's children for a second and a half: new pids in /proc whose parent (in
     their `stat`, readable to all) is restic. A new child is first a copy of restic (Go
     forks, then executes the password command): once it has executed, it is stopped at
     once, so the secretbox is caught while its stdout is still the pipe to restic."""
-    deadline = time.time() + 1
+    deadline = time.time() + 1.5
     known = set(os.listdir("/proc"))
     while time.time() < deadline and os.path.exists(f"/proc/{restic}"):
         now = os.listdir("/proc")
@@ -102,13 +102,14 @@ def catch_children(restic, seen):
                 name = executed(child, "restic", deadline)
                 os.kill(child, signal.SIGSTOP)
                 report["stopped"] += 1
+                # restic's rclone: backend, started by restic, named by its arguments.
+                if b"serve\0restic" in read(f"/proc/{child}/cmdline"):
+                    name = "rclone " + name
             except (OSError, ValueError, IndexError):
                 continue
             attack(child, name)
             os.kill(child, signal.SIGCONT)
             seen.add((child, name))
-            if name.startswith("/proc/self/fd/") or os.path.basename(name) == "secretbox":
-                return
 
 
 # Control: the same reads work on a process of ours that is not sealed.
