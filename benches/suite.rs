@@ -737,76 +737,74 @@ fn bench_precision(dir: &Path) -> (f64, f64) {
     (median(offsets), max)
 }
 
+/// Interleaved: secretbox, cat, secret-tool (and the static and the sealed `secretbox`
+/// when there are), N times each; medians in ms.
+fn inside_e2e(args: &[String]) {
+    let (file, out, n): (&str, &str, usize) = (&args[1], &args[2], args[3].parse().unwrap());
+    let static_secretbox = args.get(4);
+    let time = |cmd: &mut Command| {
+        let start = Instant::now();
+        let o = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap();
+        let took = start.elapsed().as_secs_f64() * 1000.0;
+        assert!(
+            o.status.success() && !o.stdout.is_empty(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        took
+    };
+    let (mut sb, mut cat, mut tool, mut st, mut sealed) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // The daemon turned `secretbox get s0` into its sealed image's path (issue 29).
+    let sealed_command =
+        std::env::var("BENCH_SEALED_COMMAND").ok().filter(|c| c.starts_with("/proc/self/fd/"));
+    // Each round runs them in a random order, so whatever one leaves behind
+    // (gnome-keyring keeps working after answering) does not always fall on the same.
+    use rand::seq::SliceRandom;
+    let mut order: Vec<usize> = vec![0, 1, 2];
+    if static_secretbox.is_some() {
+        order.push(3);
+    }
+    if sealed_command.is_some() {
+        order.push(4);
+    }
+    for _ in 0..n {
+        order.shuffle(&mut rand::rng());
+        for &which in &order {
+            match which {
+                0 => sb.push(time(Command::new(SECRETBOX).args(["get", "s0"]))),
+                1 => cat.push(time(Command::new("cat").arg(file))),
+                3 => st.push(time(Command::new(static_secretbox.unwrap()).args(["get", "s0"]))),
+                4 => {
+                    let words: Vec<&str> = sealed_command.as_deref().unwrap().split(' ').collect();
+                    sealed.push(time(Command::new(words[0]).args(&words[1..])));
+                }
+                _ => tool.push(time(Command::new("secret-tool").args([
+                    "lookup",
+                    "service",
+                    "backupnizza-bench",
+                    "username",
+                    "bench",
+                ]))),
+            }
+        }
+    }
+    let or_nan = |v: Vec<f64>| if v.is_empty() { f64::NAN } else { median(v) };
+    let line = format!(
+        "{} {} {} {} {}",
+        median(sb),
+        median(cat),
+        median(tool),
+        or_nan(st),
+        or_nan(sealed)
+    );
+    std::fs::write(out, line).unwrap();
+}
+
 /// The parts that run as a task of the daemon.
 fn inside(args: &[String]) {
     match args[0].as_str() {
-        // Interleaved: secretbox, cat, secret-tool, N times each; medians in ms.
-        "e2e" => {
-            let (file, out, n): (&str, &str, usize) =
-                (&args[1], &args[2], args[3].parse().unwrap());
-            let static_secretbox = args.get(4);
-            let time = |cmd: &mut Command| {
-                let start = Instant::now();
-                let o = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap();
-                let took = start.elapsed().as_secs_f64() * 1000.0;
-                assert!(
-                    o.status.success() && !o.stdout.is_empty(),
-                    "{cmd:?}: {}",
-                    String::from_utf8_lossy(&o.stderr)
-                );
-                took
-            };
-            let (mut sb, mut cat, mut tool, mut st, mut sealed) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            // The daemon turned `secretbox get s0` into its sealed image's path (issue 29).
-            let sealed_command = std::env::var("BENCH_SEALED_COMMAND")
-                .ok()
-                .filter(|c| c.starts_with("/proc/self/fd/"));
-            // Each round runs them in a random order, so whatever one leaves behind
-            // (gnome-keyring keeps working after answering) does not always fall on the same.
-            use rand::seq::SliceRandom;
-            let mut order: Vec<usize> = vec![0, 1, 2];
-            if static_secretbox.is_some() {
-                order.push(3);
-            }
-            if sealed_command.is_some() {
-                order.push(4);
-            }
-            for _ in 0..n {
-                order.shuffle(&mut rand::rng());
-                for &which in &order {
-                    match which {
-                        0 => sb.push(time(Command::new(SECRETBOX).args(["get", "s0"]))),
-                        1 => cat.push(time(Command::new("cat").arg(file))),
-                        3 => st.push(time(
-                            Command::new(static_secretbox.unwrap()).args(["get", "s0"]),
-                        )),
-                        4 => {
-                            let words: Vec<&str> =
-                                sealed_command.as_deref().unwrap().split(' ').collect();
-                            sealed.push(time(Command::new(words[0]).args(&words[1..])));
-                        }
-                        _ => tool.push(time(Command::new("secret-tool").args([
-                            "lookup",
-                            "service",
-                            "backupnizza-bench",
-                            "username",
-                            "bench",
-                        ]))),
-                    }
-                }
-            }
-            let or_nan = |v: Vec<f64>| if v.is_empty() { f64::NAN } else { median(v) };
-            let line = format!(
-                "{} {} {} {} {}",
-                median(sb),
-                median(cat),
-                median(tool),
-                or_nan(st),
-                or_nan(sealed)
-            );
-            std::fs::write(out, line).unwrap();
-        }
+        "e2e" => inside_e2e(args),
         "loop" => inside_loop(args),
         // `secretbox get` N times: median and max in ms.
         "timed" => {

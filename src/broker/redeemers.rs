@@ -136,6 +136,7 @@ impl Redeemers {
 
     /// Makes a fresh key for the sealed `secretbox` image and remembers it; returns it for
     /// the image (see [`crate::protocol::image`]).
+    #[cfg(target_os = "linux")]
     pub(crate) fn new_image_key(&mut self) -> Result<zeroize::Zeroizing<[u8; 32]>, String> {
         use rand::TryRngCore as _;
         let mut key = zeroize::Zeroizing::new([0u8; 32]);

@@ -36,6 +36,7 @@ static KEY_SLOT: [u8; 64] = {
 };
 
 /// The marker, the right way round, as the daemon looks for it in a `secretbox` binary.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code, reason = "only Linux seals"))]
 pub(crate) fn marker() -> [u8; 32] {
     let mut m = *MARKER_BACKWARDS;
     m.reverse();
@@ -80,6 +81,7 @@ pub fn parse_proof(text: &str) -> Option<[u8; 32]> {
 
 /// Writes `key` into the slot of a `secretbox` binary's bytes. Fails unless the binary has
 /// exactly one empty slot (an older or foreign build has none).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code, reason = "only Linux seals"))]
 pub(crate) fn fill_slot(binary: &mut [u8], key: &[u8; 32]) -> Result<(), &'static str> {
     let mut slot = marker().to_vec();
     slot.extend_from_slice(&[0u8; 32]);

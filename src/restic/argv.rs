@@ -147,7 +147,7 @@ mod tests {
 
     #[test]
     fn an_rclone_backend_is_seen_in_the_arguments_or_the_environment() {
-        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let argv = |a: &[&str]| a.iter().map(ToString::to_string).collect::<Vec<_>>();
         assert!(starts_rclone(&argv(&["restic", "backup", "."]), Some("rclone:b2:x")));
         assert!(starts_rclone(&argv(&["restic", "-r", "rclone:b2:x", "backup"]), Some("/local")));
         assert!(starts_rclone(&argv(&["/usr/bin/restic", "--repo=rclone:x:", "init"]), None));

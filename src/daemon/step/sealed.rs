@@ -14,7 +14,7 @@
 
 use std::ffi::{OsStr, OsString};
 
-use tracing::{debug, error};
+use tracing::error;
 
 use super::{Runner, StepCall, StepEnd, StepEnv, StepError};
 use crate::trust::{Verified, expand_tilde};
@@ -60,11 +60,12 @@ impl Runner {
             };
             let repository = env.iter().find(|(k, _)| k == "RESTIC_REPOSITORY");
             let repository = repository.and_then(|(_, v)| v.to_str());
-            let backend =
-                match call.task.seal && crate::restic::argv::starts_rclone(argv, repository) {
-                    true => self.sealed(call, env, "rclone").await,
-                    false => None,
-                };
+            let backend = if call.task.seal && crate::restic::argv::starts_rclone(argv, repository)
+            {
+                self.sealed(call, env, "rclone").await
+            } else {
+                None
+            };
             images.push(StageImages { program, backend });
         }
         Ok(images)
@@ -82,7 +83,7 @@ impl Runner {
         match tokio::task::spawn_blocking(move || crate::trust::seal::program(&found)).await {
             Ok(Ok(image)) => image,
             Ok(Err(e)) => {
-                debug!(program = %shown, "runs from disk: cannot make a sealed copy: {e}");
+                tracing::debug!(program = %shown, "runs from disk: cannot make a sealed copy: {e}");
                 None
             }
             Err(_) => None,
@@ -90,6 +91,7 @@ impl Runner {
     }
 
     #[cfg(not(target_os = "linux"))]
+    #[allow(clippy::unused_async, reason = "the Linux version awaits; the callers are the same")]
     async fn sealed(&self, _: &StepCall<'_>, _: &StepEnv, _: &str) -> Option<Verified> {
         None
     }
