@@ -103,12 +103,13 @@ def catch_children(restic, seen):
                 os.kill(child, signal.SIGSTOP)
                 report["stopped"] += 1
                 # restic's rclone: backend, started by restic, named by its arguments.
+                name = name_of(child) or name
                 if b"serve\0restic" in read(f"/proc/{child}/cmdline"):
                     name = "rclone " + name
             except (OSError, ValueError, IndexError):
                 continue
             attack(child, name)
-            os.kill(child, signal.SIGCONT)
+            cont(child)
             seen.add((child, name))
 
 
@@ -124,9 +125,18 @@ with open(report_path + ".ready", "w") as f:
 def executed(pid, old_name, deadline):
     """`pid`'s program name once it has executed something other than `old_name`."""
     name = name_of(pid)
-    while os.path.basename(name) == old_name and time.time() < deadline:
+    # (Mid-exec, the arguments read empty for a moment.)
+    while (not name or os.path.basename(name) == old_name) and time.time() < deadline:
         name = name_of(pid)
     return name
+
+
+def cont(pid):
+    """Lets a stopped process go on (it may have been killed meanwhile)."""
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except OSError:
+        pass
 
 
 def attack_restic(pid, name, seen):
@@ -134,18 +144,18 @@ def attack_restic(pid, name, seen):
     os.kill(pid, signal.SIGSTOP)
     report["stopped"] += 1
     attack(pid, name)
-    os.kill(pid, signal.SIGCONT)
+    cont(pid)
     catch_children(pid, seen)
     # restic waits on its input for seconds after it read its password: ptrace it now.
-    out = subprocess.run(
-        ["gdb", "-p", str(pid), "-batch", "-ex", "info proc mappings"],
-        capture_output=True, text=True, timeout=60,
-    )
-    report["gdb"].append(out.stdout[-400:] + out.stderr[-400:])
     try:
-        os.kill(pid, signal.SIGCONT)
-    except OSError:
-        pass
+        out = subprocess.run(
+            ["gdb", "-p", str(pid), "-batch", "-ex", "info proc mappings"],
+            capture_output=True, text=True, timeout=60,
+        )
+        report["gdb"].append(out.stdout[-400:] + out.stderr[-400:])
+    except subprocess.TimeoutExpired:
+        report["gdb"].append("gdb timed out")
+    cont(pid)
 
 
 seen = set()
