@@ -66,10 +66,17 @@ impl Runner {
         let piped = stages.len() > 1;
         let images = self.images(call, env).await?;
         let home = self.home.as_deref();
-        let secretbox = self.secretbox_for(call);
-        let image_path = secretbox.map(crate::trust::SecretboxImage::path);
+        // The sealed `secretbox` goes only to stages that run sealed themselves: a process
+        // run from disk is readable by the user's other processes, who could reach the
+        // image through its descriptors and make it readable (its owner is their uid).
+        let secretbox: Vec<_> = images
+            .iter()
+            .map(|image| self.secretbox_for(call).filter(|_| image.program.is_some()))
+            .collect();
+        let image_paths: Vec<Option<String>> =
+            secretbox.iter().map(|s| s.map(crate::trust::SecretboxImage::path)).collect();
         let mut commands = Vec::with_capacity(stages.len());
-        for (argv, image) in stages.iter().zip(&images) {
+        for ((argv, image), image_path) in stages.iter().zip(&images).zip(&image_paths) {
             let mut cmd = sealed::command(argv, image.program.as_ref(), home);
             let backend = image.backend.as_ref().map(sealed::path);
             cmd.args(sealed::args(argv, (image_path.as_deref(), backend.as_deref()), home));
@@ -82,7 +89,10 @@ impl Runner {
             plumbing.map_err(|e| StepEnd::NotStarted(StepError::Pipes { source: e }))?;
         for (i, cmd) in commands.iter_mut().enumerate() {
             cmd.env_clear()
-                .envs(env.iter().map(|(k, v)| (k, sealed::env_value(k, v, image_path.as_deref()))))
+                .envs(
+                    env.iter()
+                        .map(|(k, v)| (k, sealed::env_value(k, v, image_paths[i].as_deref()))),
+                )
                 .env("BACKUPNIZZA_TASK", &call.task.name)
                 .env("BACKUPNIZZA_RUN_ID", call.run_id)
                 .envs(call.facts.iter().map(|(k, v)| (k, v)))
@@ -96,7 +106,7 @@ impl Runner {
             // A hook (or a listing around a forget) never holds it.
             let read_all = call.hook.is_none() && call.step.reads_all(stages[i]);
             let keep_open = [
-                secretbox.map(crate::trust::SecretboxImage::raw_fd),
+                secretbox[i].map(crate::trust::SecretboxImage::raw_fd),
                 images[i].backend.as_ref().map(sealed::raw_fd),
             ];
             set_up_child(cmd, call.procs, call.task, (read_all, keep_open));
