@@ -160,6 +160,14 @@ impl Broker {
         verified.map(|v| (Some(v), waited)).map_err(redeemers::Refused::why)
     }
 
+    /// The sealed `secretbox` image was found changed: its proofs no longer count (a
+    /// `secretbox` run from disk is still checked by its program file).
+    pub(crate) fn revoke_image_key(&self) {
+        if let Some(redeemers) = &self.redeemers {
+            redeemers.revoke_image_key();
+        }
+    }
+
     /// Whether a verified program may redeem tokens of `task` (a task's `redeemers:` are its
     /// own).
     pub(crate) fn redeemer_allows(

@@ -218,6 +218,14 @@ impl SecretboxImage {
         match self.never {}
     }
 
+    /// Whether it is still execute-only (see [`seal::Image::intact`]).
+    pub(crate) fn intact(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        return self.image.intact();
+        #[cfg(not(target_os = "linux"))]
+        match self.never {}
+    }
+
     /// The descriptor number processes inherit it at.
     pub(crate) fn raw_fd(&self) -> i32 {
         #[cfg(target_os = "linux")]

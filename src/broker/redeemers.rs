@@ -43,6 +43,8 @@ pub struct Redeemers {
     /// The key in the daemon's sealed `secretbox` image, when there is one: a peer that
     /// proves it ([`crate::protocol::image`]) runs that image.
     image_key: Option<zeroize::Zeroizing<[u8; 32]>>,
+    /// Set once the image was found changed (its key may be known): proofs no longer count.
+    key_revoked: std::sync::atomic::AtomicBool,
 }
 
 /// What identifies a file's content without reading it (see the module's paragraph).
@@ -126,7 +128,13 @@ impl Redeemers {
             let digests = paths.iter().map(|p| hash(p)).collect::<Result<Vec<_>, _>>()?;
             by_task.insert(Arc::from(task), digests);
         }
-        Ok(Redeemers { secretbox, by_task, seen: Mutex::default(), image_key: None })
+        Ok(Redeemers {
+            secretbox,
+            by_task,
+            seen: Mutex::default(),
+            image_key: None,
+            key_revoked: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     /// The pinned `secretbox`'s path.
@@ -147,9 +155,17 @@ impl Redeemers {
         Ok(key)
     }
 
+    /// From now on no proof counts: the image's key may be known to someone else.
+    pub(crate) fn revoke_image_key(&self) {
+        self.key_revoked.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Whether `proof` shows that the peer `pid`, started at `started`, runs the sealed
     /// `secretbox` image. Compared in constant time.
     pub(crate) fn proves_image(&self, pid: u32, started: Option<u64>, proof: &[u8; 32]) -> bool {
+        if self.key_revoked.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
+        }
         let (Some(key), Some(started)) = (&self.image_key, started) else { return false };
         let expected = crate::protocol::image::proof(key, pid, started);
         expected.iter().zip(proof).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
@@ -281,5 +297,18 @@ mod tests {
         assert!(for_task.allows(verified, "t"));
         assert!(!for_task.allows(verified, "u"));
         assert_eq!(Redeemers::default().verify(u32::MAX), Err(Refused::Unreadable));
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_revoked_image_key_proves_nothing() {
+        let mut redeemers = Redeemers::default();
+        assert!(!redeemers.proves_image(7, Some(9), &[0u8; 32]));
+        let key = redeemers.new_image_key().unwrap();
+        let proof = crate::protocol::image::proof(&key, 7, 9);
+        assert!(redeemers.proves_image(7, Some(9), &proof));
+        assert!(!redeemers.proves_image(7, Some(10), &proof), "another start time");
+        redeemers.revoke_image_key();
+        assert!(!redeemers.proves_image(7, Some(9), &proof));
     }
 }

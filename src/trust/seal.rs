@@ -36,6 +36,13 @@ impl Image {
     pub(crate) fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
+
+    /// Whether the copy is still execute-only. Its owner is the daemon's uid, so another
+    /// process of that uid that reaches it (through `/proc/PID/fd/` of a dumpable process
+    /// that inherited it) may `chmod` it, and then read it.
+    pub(crate) fn intact(&self) -> bool {
+        nix::sys::stat::fstat(&self.fd).is_ok_and(|st| st.st_mode & 0o7777 == 0o100)
+    }
 }
 
 /// Copies `source` into a memfd that can no longer be written, grown or shrunk, and rewinds
@@ -127,6 +134,11 @@ mod tests {
         // ... and its mode lets nobody but root open it for reading.
         let meta = std::fs::metadata(image.path()).unwrap();
         assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o100);
+        // Its owner can change that through the descriptor's path: it is then not intact.
+        assert!(image.intact());
+        let readable = std::os::unix::fs::PermissionsExt::from_mode(0o700);
+        std::fs::set_permissions(image.path(), readable).unwrap();
+        assert!(!image.intact());
         let dir = tempfile::tempdir().unwrap();
         let script = dir.path().join("s");
         std::fs::write(&script, "#!/bin/sh\ntrue\n").unwrap();

@@ -60,7 +60,7 @@ impl User {
             ),
         );
         let config = scratch.config(&format!(
-            "secrets:\n  repo: {{file: {pw}}}\ntasks:\n  init:\n    {TRIGGERED}\n    command: [restic, init]\n{env}  backup:\n    {TRIGGERED}\n{backup}{env}  open:\n    {TRIGGERED}\n    seal: false\n{backup}{env}  remote-init:\n    {TRIGGERED}\n    command: [restic, init]\n{remote_env}  remote:\n    {TRIGGERED}\n{backup}{remote_env}",
+            "secrets:\n  repo: {{file: {pw}}}\ntasks:\n  init:\n    {TRIGGERED}\n    command: [restic, init]\n{env}  backup:\n    {TRIGGERED}\n{backup}{env}  open:\n    {TRIGGERED}\n    seal: false\n{backup}{env}  remote-init:\n    {TRIGGERED}\n    command: [restic, init]\n{remote_env}  remote:\n    {TRIGGERED}\n{backup}{remote_env}  holder:\n    {TRIGGERED}\n    command: [sh, -c, 'sleep 5.375']\n{env}",
             pw = password_file.display(),
         ));
         chown_tree(scratch.path(), uid, uid);
@@ -328,4 +328,53 @@ fn a_wrapper_swapped_in_for_secretbox_gets_nothing_and_the_backups_succeed() {
     assert!(!stolen.exists(), "the wrapper ran: {:?}", std::fs::read_to_string(&stolen));
     assert_eq!(user.snapshots(), 3);
     assert!(!user.password.is_empty());
+}
+
+/// The sealed copy's owner is the daemon's uid: a process of that uid that reaches its
+/// descriptor through a dumpable holder (here the `sleep` a sealed `sh` started, which
+/// inherited it) can make it readable and read it. The daemon notices at the next run, no
+/// longer counts the copy's key, runs `secretbox` from disk instead, and the backup still
+/// succeeds.
+#[test]
+fn a_sealed_copy_made_readable_is_noticed_and_no_longer_used() {
+    if skip_unless_root() {
+        return;
+    }
+    let user = User::new();
+    let daemon = user.scratch.start_daemon_full(&user.config, Some(user.uid), |_| {});
+    user.trigger("init");
+    assert_eq!(user.end("init", 1)["status"], "success");
+    user.trigger("holder");
+    // The holder: the `sleep` (from disk, dumpable) below the task's sealed `sh`.
+    let find = || {
+        std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            (cmdline == b"sleep\x005.375\x00").then_some(pid)
+        })
+    };
+    wait_until("the holder's sleep", || find().is_some());
+    let holder = find().unwrap();
+    let fd = std::fs::read_dir(format!("/proc/{holder}/fd"))
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|l| l.to_string_lossy().contains("memfd:secretbox"))
+        })
+        .map(|e| e.path())
+        .expect("the sleep inherited the sealed secretbox");
+    // The attack, as the daemon's user: chmod through the descriptor's path, then read.
+    let attack = format!("chmod 700 {p} && head -c 4 {p} | od -c | head -1", p = fd.display());
+    let out = user.run_as(Path::new("/bin/sh"), &["-c", &attack]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("177   E   L   F"), "{out:?}");
+    assert_eq!(user.end("holder", 1)["status"], "success");
+    // The next backup: the daemon says so, and the backup runs secretbox from disk.
+    user.trigger("backup");
+    let end = user.end("backup", 1);
+    assert_eq!(end["status"], "success", "{end}");
+    let log =
+        daemon.wait_for("the notice", |l| l.contains("sealed copy of secretbox was made readable"));
+    assert!(!log.contains(&user.password), "{log}");
+    assert_eq!(user.snapshots(), 1);
 }

@@ -104,7 +104,21 @@ impl Runner {
         call: &StepCall<'_>,
     ) -> Option<&crate::trust::SecretboxImage> {
         let fetches = call.scope.is_some_and(|s| !s.is_empty());
-        self.secretbox_image.as_deref().filter(|_| call.task.seal && fetches)
+        let image = self.secretbox_image.as_deref().filter(|_| call.task.seal && fetches)?;
+        if image.intact() {
+            return Some(image);
+        }
+        // Someone of this user made it readable: its key may be known, and what runs from
+        // it would be dumpable. From now on tasks run the `secretbox` on disk (checked by
+        // its program file), until the daemon restarts and makes a new copy.
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            error!(
+                "the sealed copy of secretbox was made readable by another process of this user; its key no longer counts and tasks run secretbox from disk until the daemon restarts"
+            );
+        });
+        self.broker.revoke_image_key();
+        None
     }
 }
 
