@@ -366,7 +366,8 @@ fn a_forget_the_append_only_server_refuses_removes_nothing_from_the_ledger_and_s
 #[test]
 fn a_task_whose_env_sets_path_still_finds_the_secretbox_beside_the_daemon() {
     let r = Fixture::new();
-    let restic_dir = which("restic");
+    let restic = crate::harness::on_path("restic");
+    let restic_dir = restic.parent().unwrap();
     let task = format!(
         "    steps:\n      - command: [restic, snapshots]\n        env: {{PATH: '{}:/usr/bin:/bin'}}\n",
         restic_dir.display()
@@ -378,13 +379,6 @@ fn a_task_whose_env_sets_path_still_finds_the_secretbox_beside_the_daemon() {
 }
 
 /// The directory of `program` on the test's PATH.
-fn which(program: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .find(|dir| dir.join(program).is_file())
-        .unwrap_or_else(|| panic!("{program} is not on PATH"))
-}
-
 /// Regression: a failed attempt's snapshot (a dump that broke, tried again by `retry:`) was
 /// left out of the ledger, and the next audit called it forged.
 #[test]

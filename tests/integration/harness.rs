@@ -308,7 +308,7 @@ impl Scratch {
 }
 
 /// `setpriv` credentials for a plain user: uid, a gid of the same number, no groups.
-fn plain_user(uid: u32) -> Vec<String> {
+pub(crate) fn plain_user(uid: u32) -> Vec<String> {
     vec![format!("--reuid={uid}"), format!("--regid={uid}"), "--clear-groups".into()]
 }
 
@@ -396,6 +396,15 @@ pub(crate) fn program_name(pid: u32) -> String {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
     String::from_utf8_lossy(argv0.rsplit(|b| *b == b'/').next().unwrap_or_default()).into_owned()
+}
+
+/// The file `program` names on the test's `PATH` (the first, as `execvp` finds it).
+pub(crate) fn on_path(program: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|file| file.is_file())
+        .unwrap_or_else(|| panic!("{program} is not on PATH"))
 }
 
 pub(crate) fn canary() -> String {

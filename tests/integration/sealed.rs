@@ -34,8 +34,8 @@ impl User {
         let scratch = Scratch::new();
         let uid = crate::system::free_uid(62_700);
         let bin = scratch.bin_as_user(uid);
-        crate::harness::copy_program(which("restic"), bin.join("restic"));
-        crate::harness::copy_program(which("rclone"), bin.join("rclone"));
+        crate::harness::copy_program(crate::harness::on_path("restic"), bin.join("restic"));
+        crate::harness::copy_program(crate::harness::on_path("rclone"), bin.join("rclone"));
         let dir = scratch.path().to_path_buf();
         let password = canary();
         let password_file = dir.join("repo-password");
@@ -67,19 +67,11 @@ impl User {
         User { scratch, uid, bin, repo, password_file, password, config }
     }
 
-    fn creds(&self) -> Vec<String> {
-        vec![
-            format!("--reuid={}", self.uid),
-            format!("--regid={}", self.uid),
-            "--clear-groups".into(),
-        ]
-    }
-
     /// PROGRAM ARGS... as the daemon's user.
     fn run_as(&self, program: &Path, args: &[&str]) -> Output {
         self.scratch
             .command("setpriv")
-            .args(self.creds())
+            .args(crate::harness::plain_user(self.uid))
             .arg("--")
             .arg(program)
             .args(args)
@@ -115,7 +107,7 @@ impl User {
         let child = self
             .scratch
             .command("setpriv")
-            .args(self.creds())
+            .args(crate::harness::plain_user(self.uid))
             .args(["--", "/usr/bin/python3"])
             .arg(&script)
             .arg(&report)
@@ -133,7 +125,7 @@ impl User {
 
     /// The snapshots in the repository, as restic lists them (read as root).
     fn snapshots(&self) -> usize {
-        let out = std::process::Command::new(which("restic"))
+        let out = std::process::Command::new(crate::harness::on_path("restic"))
             .args(["snapshots", "--json", "--no-cache", "-r"])
             .arg(&self.repo)
             .arg("--password-file")
@@ -159,23 +151,6 @@ impl Attacker {
     }
 }
 
-fn which(program: &str) -> PathBuf {
-    std::env::split_paths(&std::env::var_os("PATH").unwrap())
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{program} on PATH"))
-}
-
-fn skip_unless_root() -> bool {
-    if nix::unistd::getuid().is_root() {
-        return false;
-    }
-    eprintln!(
-        "SKIPPED: needs root to run the daemon and the attacker as another uid (CI runs as root)"
-    );
-    true
-}
-
 /// What the attacker got of each process whose name contains `name`: `what` → outcome.
 fn outcomes(report: &serde_json::Value, name: &str, what: &str) -> Vec<String> {
     report["processes"]
@@ -194,7 +169,7 @@ fn outcomes(report: &serde_json::Value, name: &str, what: &str) -> Vec<String> {
 /// environment, and the token from the environment of a `seal: false` task's restic.
 #[test]
 fn a_process_of_the_same_user_cannot_read_a_running_backup_or_its_password() {
-    if skip_unless_root() {
+    if crate::system::skip_unless_root() {
         return;
     }
     let user = User::new();
@@ -299,7 +274,7 @@ fn a_process_of_the_same_user_cannot_read_a_running_backup_or_its_password() {
 /// run the sealed image, not the file: the wrapper never runs, and the backups succeed.
 #[test]
 fn a_wrapper_swapped_in_for_secretbox_gets_nothing_and_the_backups_succeed() {
-    if skip_unless_root() {
+    if crate::system::skip_unless_root() {
         return;
     }
     let user = User::new();
@@ -337,7 +312,7 @@ fn a_wrapper_swapped_in_for_secretbox_gets_nothing_and_the_backups_succeed() {
 /// succeeds.
 #[test]
 fn a_sealed_copy_made_readable_is_noticed_and_no_longer_used() {
-    if skip_unless_root() {
+    if crate::system::skip_unless_root() {
         return;
     }
     let user = User::new();

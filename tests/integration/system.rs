@@ -134,7 +134,7 @@ fn task_process(daemon: u32) -> (u32, Vec<(String, String)>) {
     find().unwrap()
 }
 
-fn skip_unless_root() -> bool {
+pub(crate) fn skip_unless_root() -> bool {
     if nix::unistd::getuid().is_root() {
         return false;
     }

@@ -69,10 +69,9 @@ impl Runner {
         // The sealed `secretbox` goes only to stages that run sealed themselves: a process
         // run from disk is readable by the user's other processes, who could reach the
         // image through its descriptors and make it readable (its owner is their uid).
-        let secretbox: Vec<_> = images
-            .iter()
-            .map(|image| self.secretbox_for(call).filter(|_| image.program.is_some()))
-            .collect();
+        let handed = self.secretbox_for(call);
+        let secretbox: Vec<_> =
+            images.iter().map(|image| handed.filter(|_| image.program.is_some())).collect();
         let image_paths: Vec<Option<String>> =
             secretbox.iter().map(|s| s.map(crate::trust::SecretboxImage::path)).collect();
         let mut commands = Vec::with_capacity(stages.len());
