@@ -19,8 +19,8 @@ use jiff::tz::TimeZone;
 pub use environment::Environment;
 pub(crate) use task::program_name;
 pub use task::{
-    Audit, Blackout, EnvValue, EnvVar, Hook, Hooks, IoClass, Keep, Members, Notify, OutputFile,
-    Overlap, Retry, Step, Task, UrlValue, When, Within,
+    Audit, Blackout, DEFAULT_VERIFY_SAMPLE, EnvValue, EnvVar, Hook, Hooks, IoClass, Keep, Members,
+    Notify, OutputFile, Overlap, Retry, Step, Task, UrlValue, Verify, When, Within,
 };
 pub use tree::Pos;
 

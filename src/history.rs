@@ -35,6 +35,47 @@ pub(crate) struct Finding {
     pub detail: String,
 }
 
+/// What a verifier's run proved (`verify:`): the End record's `verify`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Verification {
+    /// The snapshots verified, as `TASK:ID`.
+    pub snapshots: Vec<String>,
+    /// The spot check's seed (`verify.seed` repeats its choice of files).
+    pub seed: u64,
+    /// Files chosen for the spot check.
+    pub sampled: u64,
+    /// Files whose restored content matched the source.
+    pub matched: u64,
+    pub mismatched: u64,
+    /// Chosen files not compared: changed or gone since the snapshot.
+    pub skipped: u64,
+    /// Canaries compared between the newest snapshot and the one before.
+    pub canaries: u64,
+    /// The data check's subset read this run, `n/K`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<String>,
+    /// When the last full cycle of subsets completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cycle_completed: Option<String>,
+    /// The restore drill's count of what it restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<Drill>,
+    /// What failed, one sentence each (paths redacted and cut).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+/// A restore drill's counts: what it restored, and what the snapshot holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Drill {
+    pub files: u64,
+    pub bytes: u64,
+    pub expected_files: u64,
+    pub expected_bytes: u64,
+    /// restic's own `restore --verify` read every file back (restic 0.17 and later).
+    pub restic_verified: bool,
+}
+
 /// How a run ended: the End record's fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct RunEnd {
@@ -58,6 +99,9 @@ pub(crate) struct RunEnd {
     /// What the task's audit found (snapshot ids and why).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) findings: Vec<Finding>,
+    /// What a verifier's run proved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) verify: Option<Verification>,
 }
 
 impl RunEnd {
@@ -82,6 +126,7 @@ impl RunEnd {
             backups: Vec::new(),
             attempts: Vec::new(),
             findings: Vec::new(),
+            verify: None,
         }
     }
 }
@@ -141,8 +186,11 @@ impl Record {
             });
         };
         match &mut record {
-            Record::End(RunEnd { reason, stderr_tail, attempts, findings, .. }) => {
+            Record::End(RunEnd { reason, stderr_tail, attempts, findings, verify, .. }) => {
                 mask(reason);
+                if let Some(v) = verify {
+                    v.problems.iter_mut().for_each(mask);
+                }
                 stderr_tail.iter_mut().for_each(mask);
                 for a in attempts.iter_mut() {
                     mask(&mut a.reason);

@@ -185,6 +185,20 @@ impl Ledger {
         }
     }
 
+    /// The whole snapshots `task` saved that no forget, prune or acknowledgement removed,
+    /// newest first (as recorded: full ids, or short ones from restic before 0.16), with
+    /// when each was recorded: what a verifier proves.
+    pub(crate) fn whole_snapshots(&self, task: &str) -> Vec<(String, String)> {
+        let removed =
+            |id: &str| self.gone.keys().any(|g| g.starts_with(id) || id.starts_with(g.as_str()));
+        self.saved
+            .iter()
+            .rev()
+            .filter(|s| s.task == task && !s.partial && !removed(&s.id))
+            .map(|s| (s.id.clone(), s.at.clone()))
+            .collect()
+    }
+
     /// "2 unreadable lines of the snapshot ledger skipped (ledger.jsonl lines 3, 7)", or
     /// `None` when every line was read.
     pub(crate) fn unreadable_summary(&self) -> Option<String> {
@@ -299,6 +313,28 @@ mod tests {
 
     const T1: &str = "2026-12-02T10:00:00Z";
     const T2: &str = "2026-12-02T11:00:00Z";
+
+    #[test]
+    fn a_verifier_gets_the_whole_snapshots_still_there_newest_first() {
+        let partial = Entry::Saved {
+            task: "backup".into(),
+            run_id: "r".into(),
+            at: T2.into(),
+            snapshot_id: "cccc".into(),
+            partial: true,
+            status: Some(RunStatus::Failed),
+        };
+        let forgot = Entry::Forgotten {
+            task: "backup".into(),
+            run_id: "r".into(),
+            at: T2.into(),
+            snapshot_id: "aaaa1111".into(),
+        };
+        let l = ledger(&[saved("aaaa", T1), saved("bbbb", T1), partial, saved("dddd", T2), forgot]);
+        let ids: Vec<String> = l.whole_snapshots("backup").into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, ["dddd", "bbbb"]);
+        assert!(l.whole_snapshots("other").is_empty());
+    }
 
     #[test]
     fn a_repository_that_matches_is_clean_and_gets_seen() {

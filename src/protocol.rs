@@ -158,6 +158,9 @@ pub struct TaskStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deferred: Option<String>,
     pub last: Option<RunBody>,
+    /// When a verifier last proved this task's newest snapshot restorable (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

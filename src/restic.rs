@@ -11,6 +11,7 @@
 
 pub(crate) mod argv;
 pub(crate) mod exit;
+pub(crate) mod ls;
 
 use serde::{Deserialize, Serialize};
 
@@ -116,6 +117,8 @@ pub(crate) enum Line {
     /// A snapshot list or a forget answer (one long line): kept, and said in a sentence
     /// instead of logged.
     Listing(String),
+    /// A line of `restic ls --json` read by a spot check's [`ls::Sampler`]: not logged.
+    Node,
     /// Anything else: logged as it is.
     Text,
 }
@@ -133,6 +136,18 @@ pub(crate) struct Reader {
     pub removed: Vec<Snapshot>,
     /// The longest stdout line read whole (the pump's own limit when smaller).
     pub line_limit: usize,
+    /// A spot check's sampler, when the step lists a snapshot's files.
+    pub nodes: Option<ls::Sampler>,
+    /// What `restic stats --json` printed last.
+    pub stats: Option<Stats>,
+}
+
+/// `restic stats --json`'s answer (with `--mode restore-size`: every node a restore makes,
+/// and the bytes of its files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub(crate) struct Stats {
+    pub total_size: u64,
+    pub total_file_count: u64,
 }
 
 impl Reader {
@@ -143,9 +158,21 @@ impl Reader {
     /// Classifies `line` (already redacted: a field that held a secret is masked, and then
     /// no longer parses as a figure) and keeps what it carries.
     pub(crate) fn line(&mut self, line: &str) -> Line {
+        if let Some(sampler) = &mut self.nodes
+            && sampler.line(line)
+        {
+            return Line::Node;
+        }
         let trimmed = line.trim();
         if trimmed.starts_with('[') {
             return self.listing(trimmed);
+        }
+        if trimmed.starts_with('{')
+            && trimmed.contains("\"total_file_count\"")
+            && let Ok(stats) = serde_json::from_str::<Stats>(trimmed)
+        {
+            self.stats = Some(stats);
+            return Line::Text;
         }
         // Cheap test first: restic's messages are objects that name their type.
         if !trimmed.starts_with('{') || !trimmed.contains("\"message_type\"") {

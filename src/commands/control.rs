@@ -192,6 +192,9 @@ pub fn status(args: &StatusArgs, env: &Environment) -> anyhow::Result<()> {
             let next =
                 task.next.as_deref().unwrap_or(if manual { "manual (trigger)" } else { "-" });
             writeln!(out, "{:width$}  {when:25}  {result:32}  {next}", task.name)?;
+            if let Some(at) = &task.verified {
+                writeln!(out, "{:width$}  verified restorable {at}", "")?;
+            }
         }
         Ok(())
     })

@@ -67,6 +67,7 @@ fn text_entries(records: &[&Record], args: &HistoryArgs) -> Vec<String> {
                 backups,
                 attempts,
                 findings,
+                verify,
             }) => {
                 let code = exit_code.map_or_else(|| "-".into(), |c| format!("exit {c}"));
                 let took = crate::time::Took(Duration::from_millis(*duration_ms));
@@ -92,6 +93,9 @@ fn text_entries(records: &[&Record], args: &HistoryArgs) -> Vec<String> {
                 for f in findings {
                     entry.push_str(&format!("\n    ! audit: {}", f.detail));
                 }
+                if let Some(v) = verify {
+                    entry.push_str(&verify_lines(v));
+                }
                 if !status.is_ok() && *status != RunStatus::Skipped {
                     let from = stderr_tail.len().saturating_sub(TAIL_SHOWN);
                     for line in &stderr_tail[from..] {
@@ -112,6 +116,41 @@ fn text_entries(records: &[&Record], args: &HistoryArgs) -> Vec<String> {
         entries.push(entry);
     }
     entries
+}
+
+/// A verifier's run, under its entry: what it compared, read and restored, and what failed.
+fn verify_lines(v: &crate::history::Verification) -> String {
+    let mut out = format!(
+        "\n    verified {}: sampled {}, matched {}, mismatched {}, skipped {} (changed since), canaries {} (seed {})",
+        v.snapshots.join(" "),
+        v.sampled,
+        v.matched,
+        v.mismatched,
+        v.skipped,
+        v.canaries,
+        v.seed
+    );
+    if let Some(subset) = &v.subset {
+        let cycle = v
+            .cycle_completed
+            .as_deref()
+            .map_or_else(|| "no full cycle yet".to_string(), |at| format!("last full cycle {at}"));
+        out.push_str(&format!("\n    data check: subset {subset} read ({cycle})"));
+    }
+    if let Some(d) = &v.drill {
+        out.push_str(&format!(
+            "\n    drill: restored {} files, {} bytes (snapshot: {} files, {} bytes){}",
+            d.files,
+            d.bytes,
+            d.expected_files,
+            d.expected_bytes,
+            if d.restic_verified { ", read back by restic --verify" } else { "" }
+        ));
+    }
+    for p in &v.problems {
+        out.push_str(&format!("\n    ! verify: {p}"));
+    }
+    out
 }
 
 /// restic's short form of a snapshot id.
@@ -151,6 +190,7 @@ fn json_entries(records: &[&Record]) -> Vec<String> {
                 backups,
                 attempts,
                 findings,
+                verify,
             }) => {
                 // A start rotated out of the kept generations: the end stands alone.
                 let idx = *by_run.entry(run_id).or_insert_with(|| {
@@ -171,6 +211,7 @@ fn json_entries(records: &[&Record]) -> Vec<String> {
                     ("backups", json!(backups)),
                     ("attempts", json!(attempts)),
                     ("findings", json!(findings)),
+                    ("verify", json!(verify)),
                 ] {
                     object.insert(key.into(), value);
                 }

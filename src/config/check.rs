@@ -22,6 +22,7 @@ mod redeem;
 mod retry;
 mod tasks;
 mod top;
+mod verify;
 mod walk;
 mod when;
 

@@ -81,6 +81,9 @@ pub struct Task {
     /// from execute-only sealed images, so that no other process of the user can read them
     /// while they run (see `crate::trust::seal`).
     pub seal: bool,
+    /// A verifier: instead of steps, the daemon proves that other tasks' snapshots restore
+    /// (see `docs/configuration.md`, `verify:`).
+    pub verify: Option<Verify>,
 }
 
 /// A task's `members:`: which members of `control_group:` (uids other than the daemon's)
@@ -185,6 +188,28 @@ pub struct Audit {
     /// pruned, not deleted.
     pub keep: Option<Keep>,
 }
+
+/// A task's `verify:`: which tasks' newest recorded snapshots to prove restorable, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verify {
+    /// The tasks whose newest whole snapshot in the ledger is verified.
+    pub tasks: Vec<String>,
+    /// How many files of each snapshot are restored and compared with the source (0: none).
+    pub sample: u32,
+    /// `restic check --read-data-subset=n/K`, `n` advancing by one each run.
+    pub check_subset: Option<u32>,
+    /// Files whose content must be the same in the newest snapshot as in the one before.
+    pub canaries: Vec<PathBuf>,
+    /// Restore the whole snapshot into a scratch directory.
+    pub drill: bool,
+    /// The sample's seed, to repeat a run's choice (a fresh one each run when absent).
+    pub seed: Option<u64>,
+    /// Where restores that do not fit in the runtime directory (and drills) are made.
+    pub scratch: Option<PathBuf>,
+}
+
+/// Default for `verify.sample`.
+pub const DEFAULT_VERIFY_SAMPLE: u32 = 20;
 
 /// An audit's `keep:`: restic's `forget --keep-*` options, with restic's meaning. A count
 /// of `None` is not given; `Some(u32::MAX)` is `unlimited`.

@@ -218,7 +218,7 @@ pub(crate) async fn pump<R: AsyncRead + Unpin>(
             crate::redact::as_task(sinks.task, || crate::redact::output_line(line)).into();
         if let Some(reader) = restic.as_deref_mut() {
             match reader.line(&clean) {
-                crate::restic::Line::Progress => continue,
+                crate::restic::Line::Progress | crate::restic::Line::Node => continue,
                 // The list itself is the record's (and the ledger's): the log, the file and
                 // followers get a sentence in its place.
                 crate::restic::Line::Listing(sentence) => clean = sentence.into(),

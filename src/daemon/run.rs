@@ -15,6 +15,7 @@ mod gate;
 mod hooks;
 pub(crate) mod locks;
 mod retry;
+pub(crate) mod verify;
 
 use std::sync::Arc;
 use std::time::Duration;

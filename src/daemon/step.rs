@@ -24,6 +24,7 @@
 //! processes in [`spawn`] (pinned programs, pipelines, tokens), and its end in [`wait`]
 //! (timeouts, shutdown, leftovers); [`tally`] turns the steps' ends into the run's outcome.
 
+pub(crate) mod call;
 pub(crate) mod contain;
 mod env;
 mod forget;
@@ -76,6 +77,8 @@ pub(crate) struct Outcome {
     pub(crate) removed: Vec<Snapshot>,
     /// What the task's audit found.
     pub(crate) findings: Vec<crate::history::Finding>,
+    /// What a verifier's run proved.
+    pub(crate) verification: Option<crate::history::Verification>,
 }
 
 impl Outcome {
@@ -97,6 +100,7 @@ impl Outcome {
             listed: None,
             removed: Vec::new(),
             findings: Vec::new(),
+            verification: None,
         }
     }
 
@@ -205,6 +209,10 @@ struct Listings {
     removed: Vec<Snapshot>,
     /// What the run's reason should say of them (a forget whose removals are not known).
     notes: Vec<String>,
+    /// A spot check's sample of the files a `restic ls --json` listed ([`call`]).
+    nodes: Option<crate::restic::ls::Sampler>,
+    /// What a `restic stats --json` printed.
+    stats: Option<crate::restic::Stats>,
 }
 
 /// Where a step's restic results go.
@@ -358,6 +366,7 @@ impl Runner {
             listed: results.listings.listed,
             removed: results.listings.removed,
             findings: Vec::new(),
+            verification: None,
         }
     }
 

@@ -230,7 +230,7 @@ fn hooks_get_the_run_facts_and_before_75_skips() {
     );
 }
 
-fn prometheus_parse(path: &Path) -> Vec<(String, String, f64)> {
+pub(crate) fn prometheus_parse(path: &Path) -> Vec<(String, String, f64)> {
     let python =
         if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
     let script = "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as parse\nfor f in parse(open(sys.argv[1]).read()):\n    for s in f.samples:\n        print(s.name, s.labels.get('task', s.labels.get('reason', '')), s.value)\n";

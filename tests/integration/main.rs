@@ -34,3 +34,4 @@ mod sealed;
 mod system;
 mod system_service;
 mod validate;
+mod verify;

@@ -173,24 +173,32 @@ impl Checker {
     /// the task's `secrets:` (a hook narrows its task's scope, never widens it, so the task's
     /// list stays the one place that says what the task can touch). A `secretbox get NAME`
     /// in a hook's command must be within the hook's own list: a plain hook gets no token.
-    /// An audit's `tasks` must name tasks of this file.
+    /// An audit's and a verifier's `tasks` must name other tasks of this file.
     fn cross_check_audit(&mut self, node: &Node, task: &str, names: &[String]) {
-        let Some((_, audit)) = lookup(node, "audit") else { return };
-        let Some((_, Node { value: Value::Seq(items), .. })) = lookup(audit, "tasks") else {
-            return;
-        };
-        let path = join(&join(&join("tasks", task), "audit"), "tasks");
-        for (i, item) in items.iter().enumerate() {
-            let Value::Str(name) = &item.value else { continue };
-            if !names.contains(name) {
-                self.error(
-                    &index(&path, i),
-                    item.pos,
-                    format!(
-                        "task {task:?} audits task {name:?}, which is not in this file{}",
-                        suggestion(name, names.iter().map(String::as_str))
-                    ),
-                );
+        for (key, verb) in [("audit", "audits"), ("verify", "verifies")] {
+            let Some((_, section)) = lookup(node, key) else { continue };
+            let Some((_, Node { value: Value::Seq(items), .. })) = lookup(section, "tasks") else {
+                continue;
+            };
+            let path = join(&join(&join("tasks", task), key), "tasks");
+            for (i, item) in items.iter().enumerate() {
+                let Value::Str(name) = &item.value else { continue };
+                if !names.contains(name) {
+                    self.error(
+                        &index(&path, i),
+                        item.pos,
+                        format!(
+                            "task {task:?} {verb} task {name:?}, which is not in this file{}",
+                            suggestion(name, names.iter().map(String::as_str))
+                        ),
+                    );
+                } else if key == "verify" && name == task {
+                    self.error(
+                        &index(&path, i),
+                        item.pos,
+                        format!("task {task:?} verifies itself: a verifier makes no snapshots; name the backup tasks whose snapshots it proves"),
+                    );
+                }
             }
         }
     }

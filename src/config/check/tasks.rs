@@ -51,6 +51,7 @@ const TASK_KEYS: &[&str] = &[
     "members",
     "read_all",
     "seal",
+    "verify",
 ];
 const STEP_KEYS: &[&str] =
     &["command", "pipeline", "env", "continue_on_error", "sha256", "read_all"];
@@ -150,7 +151,17 @@ impl Checker {
             }
         });
         let zone = self.with_default(&f, path, "timezone", default_zone.clone(), Checker::zone);
+        let verify = self.optional(&f, path, "verify", |c, n, p| c.verify(n, p, env));
         let steps = match (f.get("command").or(f.get("pipeline")), f.get("steps")) {
+            (Some(c), _) | (None, Some(c)) if f.get("verify").is_some() => {
+                self.error(
+                    path,
+                    c.pos.or(pos),
+                    "a task with `verify:` runs the daemon's checks, not commands: remove `command`/`steps` (or move `verify:` to a task of its own)",
+                );
+                None
+            }
+            (None, None) if f.get("verify").is_some() => Some(Vec::new()),
             (Some(_), Some(s)) => {
                 self.error(
                     path,
@@ -239,6 +250,9 @@ impl Checker {
         let retry = self.optional(&f, path, "retry", Checker::retry);
         let lock = self.optional(&f, path, "lock", Checker::lock_name);
         let audit = self.optional(&f, path, "audit", Checker::audit);
+        if let (Some(_), Some(n)) = (f.get("verify"), f.get("audit")) {
+            self.error(&join(path, "audit"), n.pos, "a verifier runs no `restic snapshots --json` for an audit: give the audit a task of its own");
+        }
         let parallel = self.with_default(&f, path, "parallel", false, Checker::boolean);
         let nice = self.optional(&f, path, "nice", Checker::nice);
         let io = self.optional(&f, path, "io", Checker::io_class);
@@ -301,6 +315,7 @@ impl Checker {
             resume_settle: resume_settle?,
             members: members?,
             seal: seal?,
+            verify: verify?,
         })
     }
 

@@ -693,3 +693,33 @@ fn nice_and_io_are_bounded_and_idle_has_no_priority() {
     );
     assert!(messages("    io: {class: realtime}\n")[0].contains("invalid value \"realtime\""));
 }
+
+#[test]
+fn a_verifier_has_no_command_names_other_tasks_and_verifies_something() {
+    let base = MINIMAL_TASK;
+    let ok = check(&format!(
+        "{base}  v:\n    schedule: manual\n    verify: {{tasks: [docs], canaries: [~/Documents/.canary]}}\n"
+    ));
+    let config = ok.config.expect("a valid verifier");
+    let v = config.tasks[1].verify.as_ref().unwrap();
+    assert!(config.tasks[1].steps.is_empty());
+    assert_eq!((v.sample, v.check_subset, v.drill), (20, None, false));
+    assert_eq!(v.canaries, [Path::new("/home/u/Documents/.canary")]);
+
+    let cases = [
+        (
+            "    command: [restic, check]\n    verify: {tasks: [docs]}\n",
+            "runs the daemon's checks, not commands",
+        ),
+        ("    verify: {tasks: [v]}\n", "verifies itself"),
+        ("    verify: {tasks: [doc]}\n", "which is not in this file"),
+        ("    verify: {tasks: [docs], sample: 0}\n", "verifies nothing"),
+        ("    verify: {tasks: [docs], check_subset: 0}\n", "out of range"),
+        ("    verify: {tasks: [docs], drill: yes}\n", "true or false"),
+    ];
+    for (text, want) in cases {
+        let p = only_error(&format!("{base}  v:\n    schedule: manual\n{text}"));
+        assert!(p.message.contains(want), "{text}: {p:?}");
+        assert!(p.path.starts_with("tasks.v"), "{p:?}");
+    }
+}

@@ -150,6 +150,10 @@ impl State {
         let ran = outcome.status != RunStatus::Skipped;
         self.tasks[idx]
             .ended_at(Stamp::before(&self.clock.read(), ended), ran && outcome.status.is_ok());
+        if let Some(v) = &outcome.verification {
+            let at = self.rfc3339(ended);
+            super::tables::verified(&mut self.tasks, &self.ctx, v, outcome.status, &at, ended);
+        }
         let m = &mut self.tasks[idx].metrics;
         m.ended(&metrics::Ended {
             exit_code: outcome.exit_code,
@@ -157,7 +161,9 @@ impl State {
             ok: outcome.status.is_ok(),
             backups: &outcome.backups,
             audit: self.ctx.config.tasks[idx].audit.as_ref().map(|_| outcome.findings.len()),
+            verify: outcome.verification.as_ref(),
         });
+
         match outcome.status {
             RunStatus::Skipped => m.skips += 1,
             status => {

@@ -25,6 +25,7 @@ impl State {
                     running: state.running,
                     deferred: state.deferred.clone(),
                     last: state.last.clone(),
+                    verified: state.verified.clone(),
                 })
                 .collect(),
             history_problem: self.history_health.borrow().clone(),

@@ -125,6 +125,33 @@ impl State {
             }
             Err(e) => error!(error = %e, "removing leftover secret files failed"),
         }
+        self.sweep_verifications().await;
+    }
+
+    /// Wipes what verifications of a daemon that died restored (see `run::verify::scratch`).
+    async fn sweep_verifications(&self) {
+        use crate::daemon::run::verify::scratch;
+        let config = &self.ctx.config;
+        let mut roots = vec![scratch::runtime_root(&self.ctx.runner.secret_files)];
+        for spec in config.tasks.iter().filter_map(|t| t.verify.as_ref()) {
+            let root = scratch::disk_root(&config.state_dir, spec.scratch.as_deref());
+            if !roots.contains(&root) {
+                roots.push(root);
+            }
+        }
+        for root in roots {
+            let shown = root.display().to_string();
+            match tokio::task::spawn_blocking(move || scratch::sweep(&root)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => {
+                    warn!(dir = %shown, "wiped {n} restore director{} left by verifications of a daemon that stopped without ending them", if n == 1 { "y" } else { "ies" });
+                }
+                Ok(Err(e)) => {
+                    error!(dir = %shown, error = %e, "cannot wipe what an earlier daemon's verification restored");
+                }
+                Err(e) => error!(error = %e, "wiping leftover restores failed"),
+            }
+        }
     }
 
     async fn settle_runs(&mut self, runs: Vec<Unended>) {

@@ -31,6 +31,8 @@ pub(super) struct TaskState {
     pub(super) last: Option<RunBody>,
     pub(super) next: Option<Timestamp>,
     pub(super) metrics: TaskMetrics,
+    /// When a verifier's run last proved this task's snapshot restorable (RFC 3339).
+    pub(super) verified: Option<String>,
     /// The metrics' `last_*` instants with the elapsed-time clock at each, so a clock change
     /// can re-read them on the new clock (see [`TaskState::reread`]).
     stamps: Stamps,
@@ -125,6 +127,9 @@ impl TaskState {
                 (None, None) => end.at.clone(),
             };
             tasks[i].remember(end, (start, started), (at, now), audited);
+            if let Some(v) = &end.verify {
+                verified(&mut tasks, ctx, v, end.status, &end.at, at);
+            }
         }
         tasks
     }
@@ -149,6 +154,7 @@ impl TaskState {
             ok: end.status.is_ok(),
             backups: &end.backups,
             audit: audited.then_some(end.findings.len()),
+            verify: end.verify.as_ref(),
         });
         self.last = Some(RunBody {
             run_id: end.run_id.clone(),
@@ -160,6 +166,27 @@ impl TaskState {
             duration_ms: Some(end.duration_ms),
             reason: end.reason.clone(),
         });
+    }
+}
+
+/// A verifier's run that succeeded: the tasks whose snapshots it verified were restorable
+/// at `at` (`TASK:ID` in its record).
+pub(super) fn verified(
+    tasks: &mut [TaskState],
+    ctx: &RunContext,
+    v: &crate::history::Verification,
+    status: crate::protocol::RunStatus,
+    at: &str,
+    when: Timestamp,
+) {
+    if !status.is_ok() {
+        return;
+    }
+    for name in v.snapshots.iter().filter_map(|s| s.split(':').next()) {
+        if let Some(j) = ctx.config.tasks.iter().position(|t| t.name == name) {
+            tasks[j].verified = Some(at.to_string());
+            tasks[j].metrics.last_verified = Some(when);
+        }
     }
 }
 

@@ -29,6 +29,12 @@ pub(crate) struct TaskMetrics {
     pub last_backup: Option<crate::restic::BackupSummary>,
     /// What the task's last audit found (audit tasks only).
     pub audit_findings: Option<usize>,
+    /// A verifier: files whose restored content differed in its last run that compared.
+    pub verify_mismatches: Option<u64>,
+    /// A verifier: when its last run succeeded.
+    pub verify_last_success: Option<Timestamp>,
+    /// A backup task: when a verifier last proved its newest snapshot restorable.
+    pub last_verified: Option<Timestamp>,
 }
 
 /// What one ended run (seen as it ends, or read back from its End record at start) tells
@@ -40,6 +46,8 @@ pub(crate) struct Ended<'a> {
     pub backups: &'a [crate::restic::BackupSummary],
     /// `Some(findings)` for an audit task's run.
     pub audit: Option<usize>,
+    /// What a verifier's run proved.
+    pub verify: Option<&'a crate::history::Verification>,
 }
 
 impl TaskMetrics {
@@ -52,6 +60,12 @@ impl TaskMetrics {
         // A failed audit without findings (restic could not list) measured nothing.
         if let Some(findings) = run.audit.filter(|n| run.ok || *n > 0) {
             self.audit_findings = Some(findings);
+        }
+        if let Some(v) = run.verify {
+            self.verify_mismatches = Some(v.mismatched);
+            if run.ok {
+                self.verify_last_success = self.last_end;
+            }
         }
     }
 }
@@ -163,6 +177,24 @@ const TASK_FAMILIES: &[TaskFamily] = &[
         "gauge",
         "Problems the task's last snapshot audit found (missing, replaced, changed, unrecorded or stale snapshots).",
         |m| m.audit_findings.map(|n| n as f64),
+    ),
+    (
+        "backupnizza_verify_last_success_timestamp_seconds",
+        "gauge",
+        "When the verifier's last successful run ended (its snapshots restored and matched).",
+        |m| m.verify_last_success.map(seconds),
+    ),
+    (
+        "backupnizza_verify_mismatches",
+        "gauge",
+        "Files whose restored content differed from the source in the verifier's last run.",
+        |m| m.verify_mismatches.map(|n| n as f64),
+    ),
+    (
+        "backupnizza_task_last_verified_timestamp_seconds",
+        "gauge",
+        "When a verifier last proved the task's newest snapshot restorable.",
+        |m| m.last_verified.map(seconds),
     ),
 ];
 

@@ -115,6 +115,7 @@ impl Run<'_> {
             backups: outcome.backups.clone(),
             attempts: outcome.attempts.clone(),
             findings: outcome.findings.clone(),
+            verify: outcome.verification.clone(),
         }
     }
 

@@ -98,6 +98,9 @@ impl Run<'_> {
         if let Some(n) = attempt {
             facts.push(("BACKUPNIZZA_ATTEMPT".to_string(), n.to_string()));
         }
+        if let Some(spec) = &self.task.verify {
+            return self.verify(spec, deadline).await;
+        }
         let pins = &self.ctx.pins[self.job.idx];
         let steps = Steps {
             task: self.task,

@@ -109,6 +109,17 @@ impl Runner {
         Ok((env, files))
     }
 
+    /// The `PATH` the task's processes get (the task's `env:` over the daemon's): where a
+    /// verifier's `restic` is found.
+    pub(crate) fn path_for(&self, task: &Task) -> OsString {
+        let set = task.env.iter().rev().find_map(|v| match (&v.value, v.name.as_str()) {
+            (EnvValue::Text(text), "PATH") => Some(OsString::from(text)),
+            _ => None,
+        });
+        set.or_else(|| self.base_env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone()))
+            .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into())
+    }
+
     /// Writes the step's secret files (on a blocking thread: file writes), straight from
     /// the locked store.
     pub(super) async fn write_secret_files(

@@ -68,6 +68,7 @@ impl Runner {
         found: Option<Found<'_>>,
     ) -> StepEnd {
         let Started { children, pgid, failed, stdout, stderr, oom_before } = started;
+        let mut found = found;
         let running =
             Running { stages: self.reap_each(children), pgid, programs, failed, oom_before };
         let stage_count = running.stages.len();
@@ -79,6 +80,7 @@ impl Runner {
         if lists || call.task.audit.is_some() {
             restic.line_limit = MAX_LISTING;
         }
+        restic.nodes = found.as_mut().and_then(|f| f.listings.nodes.take());
         let streams = (stdout, stderr);
         let pumps = pump(call, streams, (tail, budgets), &mut restic, ended_rx);
         let (end, ()) = tokio::join!(self.wait_processes(call, running, ended_tx), pumps);
@@ -279,6 +281,10 @@ fn collect(call: &StepCall<'_>, restic: &mut crate::restic::Reader, found: Found
         }
     }
     found.backups.append(&mut restic.summaries);
+    found.listings.nodes = restic.nodes.take();
+    if restic.stats.is_some() {
+        found.listings.stats = restic.stats.take();
+    }
     if restic.listed.is_some() {
         found.listings.listed = restic.listed.take();
     }
