@@ -243,6 +243,14 @@ impl Reader {
     }
 }
 
+/// The version `restic version` printed ("restic 0.18.0 compiled with go1.24 on
+/// linux/amd64"): the version as written, and its major and minor numbers.
+pub(crate) fn version(stdout: &str) -> Option<(&str, (u32, u32))> {
+    let version = stdout.split_whitespace().nth(1)?;
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    Some((version, (parts.next()?, parts.next()?)))
+}
+
 /// restic's snapshot ids are 64 hex digits, and restic before 0.16 reports the short form
 /// (the first 8) in its summary; anything else is not one of its summaries.
 fn is_snapshot_id(id: &str) -> bool {
@@ -311,6 +319,14 @@ pub(crate) fn strip_escapes(text: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restic_version_gives_the_version_and_its_numbers() {
+        let text = "restic 0.18.0 compiled with go1.24.4 on linux/amd64\n";
+        assert_eq!(version(text), Some(("0.18.0", (0, 18))));
+        assert_eq!(version("restic 0.14.0 compiled with go1.19.8").map(|v| v.1), Some((0, 14)));
+        assert_eq!(version(""), None);
+    }
 
     const ID: &str = "1b0c5b7b6a3e6f1e0c1a4b8c9d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e";
 

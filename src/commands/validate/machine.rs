@@ -115,10 +115,8 @@ fn stdin_advice(step: &Step, path: &OsString, home: Option<&Path>, label: &str) 
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let version = text.split_whitespace().nth(1)?;
-    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next()?, parts.next()?);
-    ((major, minor) >= (0, 17)).then(|| {
+    let (version, number) = crate::restic::version(&text)?;
+    (number >= (0, 17)).then(|| {
         format!(
             "{label}: a pipeline into `restic backup --stdin` saves a snapshot of what came even when the dump fails (recorded as partial); restic {version} ({}) has `backup --stdin-from-command`, which fails without saving one: command: [restic, backup, --stdin-from-command, --stdin-filename, NAME, --, DUMP, ARGS...] (docs/operations.md)",
             restic.display()

@@ -14,25 +14,30 @@ impl Checker {
     pub(super) fn audit(&mut self, node: &Node, path: &str) -> Option<Audit> {
         let f =
             self.fields(node, path, "a mapping {tasks: [NAME...], max_age: 2d}", Some(AUDIT_KEYS))?;
-        let tasks = self.required(&f, path, "tasks", node.pos).and_then(|n| {
-            let p = join(path, "tasks");
-            let Value::Seq(items) = &n.value else {
-                self.type_error(&p, n, "a list of the task names whose snapshots to audit");
-                return None;
-            };
-            if items.is_empty() {
-                self.error(&p, n.pos, "empty: name the tasks whose snapshots to audit");
-                return None;
-            }
-            let mut names = Vec::new();
-            for (i, item) in items.iter().enumerate() {
-                names.push(self.non_empty_string(item, &index(&p, i))?);
-            }
-            Some(names)
-        });
+        let tasks = self
+            .required(&f, path, "tasks", node.pos)
+            .and_then(|n| self.task_names(n, &join(path, "tasks"), "audit"));
         let max_age = self.optional(&f, path, "max_age", Checker::positive_duration);
         let keep = self.optional(&f, path, "keep", Checker::keep_policy);
         Some(Audit { tasks: tasks?, max_age: max_age?, keep: keep? })
+    }
+
+    /// An audit's or a verifier's `tasks`: a non-empty list of the names of the tasks whose
+    /// snapshots to `verb` (that they exist is `cross`'s to check).
+    pub(super) fn task_names(&mut self, n: &Node, p: &str, verb: &str) -> Option<Vec<String>> {
+        let Value::Seq(items) = &n.value else {
+            self.type_error(p, n, &format!("a list of the task names whose snapshots to {verb}"));
+            return None;
+        };
+        if items.is_empty() {
+            self.error(p, n.pos, format!("empty: name the tasks whose snapshots to {verb}"));
+            return None;
+        }
+        let mut names = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            names.push(self.non_empty_string(item, &index(p, i))?);
+        }
+        Some(names)
     }
 
     /// `keep: {last: 3, daily: 7, within: 1y}`: at least one option, as `restic forget`

@@ -3,7 +3,7 @@
 //! verification phase). That the named tasks exist is checked with the other references,
 //! in `cross`.
 
-use super::walk::{Checker, index, join};
+use super::walk::{Checker, join};
 use crate::config::tree::{Node, Value};
 use crate::config::{DEFAULT_VERIFY_SAMPLE, Environment, Verify};
 
@@ -24,22 +24,9 @@ impl Checker {
             "a mapping {tasks: [NAME...], sample: 20, check_subset: 12, canaries: [PATH...], drill: false}",
             Some(VERIFY_KEYS),
         )?;
-        let tasks = self.required(&f, path, "tasks", node.pos).and_then(|n| {
-            let p = join(path, "tasks");
-            let Value::Seq(items) = &n.value else {
-                self.type_error(&p, n, "a list of the task names whose snapshots to verify");
-                return None;
-            };
-            if items.is_empty() {
-                self.error(&p, n.pos, "empty: name the tasks whose snapshots to verify");
-                return None;
-            }
-            let mut names = Vec::new();
-            for (i, item) in items.iter().enumerate() {
-                names.push(self.non_empty_string(item, &index(&p, i))?);
-            }
-            Some(names)
-        });
+        let tasks = self
+            .required(&f, path, "tasks", node.pos)
+            .and_then(|n| self.task_names(n, &join(path, "tasks"), "verify"));
         let sample = self.with_default(&f, path, "sample", DEFAULT_VERIFY_SAMPLE, |c, n, p| {
             c.bounded(n, p, 0, MAX_SAMPLE, "a number of files from 0 (no spot check)")
         });

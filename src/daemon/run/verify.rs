@@ -52,6 +52,8 @@ pub(super) struct Verifier<'a> {
     call: Call<'a>,
     run_id: &'a str,
     state_dir: &'a Path,
+    /// The daemon's zone, for times in records.
+    zone: &'a jiff::tz::TimeZone,
     /// On tmpfs: where spot checks restore when they fit.
     runtime_root: PathBuf,
     /// On disk: drills, and spot checks too large for the runtime directory.
@@ -86,6 +88,7 @@ impl Run<'_> {
             call,
             run_id: &self.job.run_id,
             state_dir,
+            zone: &self.ctx.zone,
             runtime_root: scratch::runtime_root(&runner.secret_files),
             disk_root: scratch::disk_root(state_dir, spec.scratch.as_deref()),
             record: Verification {
@@ -187,9 +190,11 @@ impl Verifier<'_> {
         None
     }
 
-    /// Runs `restic ARGS...` and says a failure as a problem; `Some` only when it exited 0.
+    /// Runs `restic ARGS...` for `what` (a check, said in the problem when it fails);
+    /// `Some` only when it exited 0.
     async fn restic_ok(
         &mut self,
+        what: &str,
         label: &str,
         args: Vec<String>,
         nodes: Option<crate::restic::ls::Sampler>,
@@ -200,7 +205,7 @@ impl Verifier<'_> {
         }
         let CallEnd::Exited(_, how) = &called.end else { return None };
         let last = called.tail.last().map(|l| format!(": {l}")).unwrap_or_default();
-        self.problem(format!("restic ({label}) failed, {how}{last}"));
+        self.problem(format!("{what} failed: restic {how}{last}"));
         self.tail = called.tail;
         None
     }
@@ -208,7 +213,9 @@ impl Verifier<'_> {
     /// The repository's snapshots.
     async fn list(&mut self) -> Option<Vec<Snapshot>> {
         let args = vec!["snapshots".into(), "--json".into(), "--no-lock".into()];
-        let called = self.restic_ok("verify-snapshots", args, None).await?;
+        let called = self
+            .restic_ok("listing the repository's snapshots", "verify-snapshots", args, None)
+            .await?;
         if called.listed.is_none() {
             self.problem("restic printed no snapshot list".into());
         }
@@ -227,21 +234,17 @@ impl Verifier<'_> {
         let subset = place.subset();
         info!("data check: reading subset {subset} of the repository's data");
         let args = vec!["check".into(), format!("--read-data-subset={subset}")];
-        let before = self.record.problems.len() + self.dropped;
-        if self.restic_ok("verify-check", args, None).await.is_some() {
-            place.passed(&crate::time::rfc3339(
-                jiff::Timestamp::now(),
-                &jiff::tz::TimeZone::system(),
-            ));
-            if let Err(e) = place.save(&path) {
+        let what = format!("data check of subset {subset}");
+        if self.restic_ok(&what, "verify-check", args, None).await.is_some() {
+            place.passed(&crate::time::rfc3339(jiff::Timestamp::now(), self.zone));
+            let (kept, file) = (place.clone(), path.clone());
+            let saved = tokio::task::spawn_blocking(move || kept.save(&file)).await;
+            if let Ok(Err(e)) = saved {
                 self.problem(format!(
                     "cannot record the data check's place in {}: {e}",
                     path.display()
                 ));
             }
-        } else if self.stopped.is_none() && self.record.problems.len() + self.dropped > before {
-            let last = self.record.problems.pop().unwrap_or_default();
-            self.problem(format!("data check of subset {subset} failed: {last}"));
         }
         self.record.subset = Some(subset);
         self.record.cycle_completed = place.cycle_completed;
@@ -324,9 +327,5 @@ async fn restic_is_modern(runner: &Runner, task: &crate::config::Task) -> bool {
     let Ok(Ok(out)) = tokio::time::timeout(std::time::Duration::from_secs(10), probe).await else {
         return false;
     };
-    let text = String::from_utf8_lossy(&out.stdout);
-    let version = text.split_whitespace().nth(1).unwrap_or("");
-    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) >= (0, 17)
+    crate::restic::version(&String::from_utf8_lossy(&out.stdout)).is_some_and(|(_, n)| n >= (0, 17))
 }

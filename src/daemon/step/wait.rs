@@ -65,10 +65,9 @@ impl Runner {
         started: Started,
         programs: Vec<String>,
         (tail, budgets): (&mut Tail, &mut Budgets),
-        found: Option<Found<'_>>,
+        mut found: Option<Found<'_>>,
     ) -> StepEnd {
         let Started { children, pgid, failed, stdout, stderr, oom_before } = started;
-        let mut found = found;
         let running =
             Running { stages: self.reap_each(children), pgid, programs, failed, oom_before };
         let stage_count = running.stages.len();

@@ -21,7 +21,11 @@ impl Verifier<'_> {
             "restore-size".into(),
             id.clone(),
         ];
-        let Some(called) = self.restic_ok("verify-stats", args, None).await else { return };
+        let Some(called) =
+            self.restic_ok("drill: sizing the snapshot", "verify-stats", args, None).await
+        else {
+            return;
+        };
         let Some(stats) = called.stats else {
             self.problem(
                 "drill: restic printed no size for the snapshot (`restic stats --json`)".into(),
@@ -58,7 +62,8 @@ impl Verifier<'_> {
             args.push("--verify".into());
         }
         info!(task = %t.task, "drill: restoring snapshot {} ({} bytes)", short(&id), stats.total_size);
-        let restored = self.restic_ok("verify-drill", args, None).await.is_some();
+        let restored =
+            self.restic_ok("drill: the restore", "verify-drill", args, None).await.is_some();
         if restored {
             let counted = tokio::task::spawn_blocking(move || scratch::count(&target)).await;
             match counted {

@@ -93,7 +93,14 @@ impl Verifier<'_> {
                 .iter()
                 .fold(0u64, |acc, b| acc << 8 | u64::from(*b));
         let args = vec!["ls".into(), "--json".into(), "--no-lock".into(), t.newest.id.clone()];
-        let called = self.restic_ok("verify-ls", args, Some(Sampler::new(want, seed))).await?;
+        let called = self
+            .restic_ok(
+                "spot check: listing the snapshot's files",
+                "verify-ls",
+                args,
+                Some(Sampler::new(want, seed)),
+            )
+            .await?;
         let sampler = called.nodes?;
         info!(
             task = %t.task,
@@ -129,7 +136,16 @@ impl Verifier<'_> {
                 args.push("--include".into());
                 args.push(include_pattern(p));
             }
-            if self.restic_ok(&format!("verify-{label}"), args, None).await.is_none() {
+            if self
+                .restic_ok(
+                    &format!("restoring from snapshot {}", short(&snap.id)),
+                    &format!("verify-{label}"),
+                    args,
+                    None,
+                )
+                .await
+                .is_none()
+            {
                 scratch.wipe().await;
                 return None;
             }
@@ -286,20 +302,15 @@ fn canary(
     }
 }
 
-/// Whether `path` is `root` or under it, component by component.
-fn under(path: &Path, root: &Path) -> bool {
-    path.starts_with(root)
-}
-
 /// Whether `path` is under one of a snapshot's paths.
 pub(super) fn under_any(path: &Path, roots: &[String]) -> bool {
-    roots.iter().any(|r| under(path, Path::new(r)))
+    roots.iter().any(|r| path.starts_with(r))
 }
 
 /// The source file of the snapshot's node `internal` (see the module's documentation).
 fn live_path(internal: &str, roots: &[String]) -> Option<PathBuf> {
     let path = Path::new(internal);
-    if roots.iter().any(|r| under(path, Path::new(r))) {
+    if roots.iter().any(|r| path.starts_with(r)) {
         return Some(path.to_path_buf());
     }
     roots.iter().find_map(|r| {
@@ -314,7 +325,7 @@ fn live_path(internal: &str, roots: &[String]) -> Option<PathBuf> {
 /// component of the snapshot path it is under.
 fn internal_paths(live: &Path, roots: &[String]) -> Vec<String> {
     let mut out = Vec::new();
-    for r in roots.iter().map(Path::new).filter(|r| under(live, r)) {
+    for r in roots.iter().map(Path::new).filter(|r| live.starts_with(r)) {
         out.push(live.to_string_lossy().into_owned());
         if let (Some(name), Ok(rest)) = (r.file_name(), live.strip_prefix(r)) {
             out.push(Path::new("/").join(name).join(rest).to_string_lossy().into_owned());
