@@ -61,7 +61,7 @@ impl BoundSocket {
         self.watch().still_ours()
     }
 
-    /// What the state owner checks twice a second, apart from the socket itself.
+    /// What the state owner checks when its sentinel says, apart from the socket itself.
     pub(crate) fn watch(&self) -> SocketWatch {
         SocketWatch { path: self.path.clone(), identity: self.identity }
     }

@@ -1,13 +1,14 @@
 //! The machine around the daemon: the power and network conditions runs wait for
 //! ([`conditions`]), the change signals that wake them ([`changes`]), the sleep inhibitor a
-//! run holds ([`inhibit`]), systemd's notifications ([`systemd`]), and the daemon's children:
-//! those it waits for itself ([`children`]) and the orphans it adopts as child subreaper
-//! ([`reap_orphans`]).
+//! run holds ([`inhibit`]), systemd's notifications ([`systemd`]), what wakes the idle
+//! daemon ([`sentinel`]), and the daemon's children: those it waits for itself
+//! ([`children`]) and the orphans it adopts as child subreaper ([`reap_orphans`]).
 
 pub(crate) mod changes;
 pub(crate) mod children;
 pub(crate) mod conditions;
 pub(crate) mod inhibit;
+pub(crate) mod sentinel;
 pub(crate) mod systemd;
 
 use std::collections::HashMap;
@@ -18,7 +19,7 @@ use std::time::Instant;
 /// daemon's threads were scheduled (a daemon stopped and continued runs all its timers at
 /// once).
 #[cfg(target_os = "linux")]
-const ORPHAN_AGE: std::time::Duration = std::time::Duration::from_secs(2);
+pub(crate) const ORPHAN_AGE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Reaps orphaned task processes the daemon adopted as child subreaper: a zombie child that
 /// no part of the daemon waits for ([`children`]), a zombie for [`ORPHAN_AGE`] at least.

@@ -7,9 +7,12 @@
 //! - the timetable wakes the loop when an occurrence is due, and the stop channel when a
 //!   signal arrives.
 //!
-//! Whatever wakes the loop (at least every [`SOCKET_CHECK`]), it first reads the clocks, so a
-//! suspend or a change of the wall clock is seen within seconds and before anything else
-//! uses the time; a clock change rebuilds the timetable (see [`clock_change`]). What fires
+//! Besides these, only the [`Sentinel`] wakes it: a replaced socket, a change of the wall
+//! clock or a resume, a child's end (on Linux from the kernel as they happen, so an idle
+//! daemon with nothing due sleeps; elsewhere a poll twice a second). Whatever wakes the loop,
+//! it first reads the clocks, so a suspend or a change of the wall clock is seen before
+//! anything else uses the time; a clock change rebuilds the timetable (see
+//! [`clock_change`]). What fires
 //! when is decided in [`due`] and [`fire`]; the runs a dead daemon left are settled at start
 //! ([`settle`]); `status` and the metrics file are read off the tables ([`report`]).
 //!
@@ -42,6 +45,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use super::Stop;
+use super::host::sentinel::{Alarm, Sentinel};
 use super::host::systemd;
 use super::records::writers::MetricsWriter;
 use super::run::{self, Event, Job, RunContext};
@@ -53,10 +57,9 @@ use crate::schedule::clock::{Clock, ClockWatch, Reading, Stamp, SystemClock};
 use crate::schedule::timetable::{self, Timetable, Trigger};
 use tables::{Runs, TaskState};
 
-/// How often the daemon checks that its socket path still names its socket: within a
-/// second of a swap it stops (clients check the server too, see `SECRETBOX_DAEMON`). A
-/// `stat` twice a second costs nothing measurable (docs/benchmarks.md, idle CPU).
-const SOCKET_CHECK: Duration = Duration::from_millis(500);
+/// The longest the owner sleeps when the kernel tells it of clock changes and resumes: a
+/// day (a wake a day is nothing; it bounds the damage of a change the kernel did not report).
+const KERNEL_MAX_SLEEP: Duration = Duration::from_secs(24 * 3600);
 /// Time beyond `shutdown_grace` and the kill grace that shutdown waits for runs to end.
 const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
 
@@ -77,9 +80,11 @@ pub(crate) struct Surroundings {
     pub(crate) clock: Arc<dyn Clock>,
     /// Starts a run.
     pub(crate) launch: Launch,
-    /// The socket path, checked every [`SOCKET_CHECK`]: the daemon stops when it names
+    /// The socket path, checked when the [`Sentinel`] says: the daemon stops when it names
     /// another file.
     pub(crate) socket: SocketWatch,
+    /// What wakes the idle owner besides the timetable.
+    pub(crate) sentinel: Sentinel,
     /// The daemon's process-wide chores: systemd's notifications, reaping adopted orphans,
     /// giving back idle memory. Off in the in-process tests, which share their process with
     /// other tests (an orphan reaper there would reap other tests' children).
@@ -93,6 +98,7 @@ impl Surroundings {
             clock: Arc::new(SystemClock),
             launch: Box::new(move |job, feed| Box::pin(run::execute(ctx.clone(), job, feed))),
             socket: bound.watch(),
+            sentinel: Sentinel::for_socket(&bound.watch().path),
             process_chores: true,
         }
     }
@@ -104,6 +110,7 @@ pub(crate) struct State {
     clock: Arc<dyn Clock>,
     launch: Launch,
     socket: SocketWatch,
+    sentinel: Sentinel,
     process_chores: bool,
     /// When the daemon started, on the current wall clock; also the anchor of `@every`.
     started: Timestamp,
@@ -129,7 +136,7 @@ impl State {
         metrics: Option<MetricsWriter>,
         history_health: watch::Receiver<Option<String>>,
     ) -> State {
-        let Surroundings { clock, launch, socket, process_chores } = surroundings;
+        let Surroundings { clock, launch, socket, sentinel, process_chores } = surroundings;
         let reading = clock.read();
         let tasks = TaskState::from_history(&ctx, past, &reading);
         State {
@@ -139,6 +146,7 @@ impl State {
             clock,
             launch,
             socket,
+            sentinel,
             process_chores,
             tasks,
             runs: Runs::default(),
@@ -210,21 +218,23 @@ impl State {
     async fn serve(&mut self, inbox: &mut Inbox, first: Reading) -> Stop {
         let watchdog = systemd::watchdog_interval().filter(|_| self.process_chores);
         let mut watchdog = watchdog.map(|d| quiet_interval(d / 2));
-        let mut socket_check = quiet_interval(SOCKET_CHECK);
         let mut clock = ClockWatch::new(first);
         let mut zombies = HashMap::new();
         loop {
-            let pause = self.table.sleep_for(self.now());
+            let cap =
+                if self.sentinel.is_kernel() { KERNEL_MAX_SLEEP } else { timetable::MAX_SLEEP };
+            let pause = self.table.sleep_for(self.now(), cap);
             let wake = tokio::select! {
                 () = tokio::time::sleep(pause) => Wake::Timer,
                 stop = inbox.stop.recv() => return stop.unwrap_or(Stop::Signal("a closed stop channel")),
                 Some(request) = inbox.requests.recv() => Wake::Request(request),
                 Some(event) = inbox.events.recv() => Wake::Event(event),
-                _ = socket_check.tick() => Wake::SocketCheck,
+                alarm = self.sentinel.next() => Wake::Alarm(alarm),
                 () = async { match watchdog.as_mut() { Some(w) => { w.tick().await; } None => std::future::pending().await } } => Wake::Watchdog,
             };
-            // The clocks first, on every wake: a jump is seen within one socket check, and
-            // nothing below (a run's end, a trigger, the metrics) works on a stale timetable.
+            // The clocks first, on every wake: a jump is seen as soon as the kernel reports
+            // it, and nothing below (a run's end, a trigger, the metrics) works on a stale
+            // timetable.
             let reading = self.clock.read();
             if let Some(jump) = clock.observe(reading) {
                 self.on_clock_jump(jump, &reading);
@@ -233,13 +243,16 @@ impl State {
                 Wake::Timer => {}
                 Wake::Request(request) => self.answer(request),
                 Wake::Event(event) => self.on_event(event),
-                Wake::SocketCheck => {
-                    if !self.socket.still_ours() {
+                Wake::Alarm(alarm) => {
+                    if alarm.socket() && !self.socket.still_ours() {
                         error!(socket = %self.socket.path.display(), "the socket path no longer names this daemon's socket; stopping");
                         return Stop::SocketStolen;
                     }
-                    if self.process_chores {
+                    if alarm.children() && self.process_chores {
                         super::host::reap_orphans(&mut zombies);
+                        if !zombies.is_empty() {
+                            self.sentinel.recheck_children(super::host::ORPHAN_AGE);
+                        }
                         if let Some(guardian) = &self.ctx.runner.guardian {
                             guardian.check();
                         }
@@ -250,7 +263,7 @@ impl State {
             // The wall time the jump check saw, not a second reading: a clock set between
             // the two would reach the due occurrences on the old timetable and look like
             // downtime (a year forward was caught up as 52,560 missed runs). A jump after
-            // the reading is seen at the next wake, at most one socket check later.
+            // the reading is seen at the next wake, which the sentinel brings at once.
             self.fire_due(reading.wall);
         }
     }
@@ -352,15 +365,25 @@ enum Wake {
     Timer,
     Request(Request),
     Event(Event),
-    SocketCheck,
+    Alarm(Alarm),
     Watchdog,
 }
 
-/// Gives back what the idle daemon need not hold (see `footprint`), on a blocking thread:
-/// reading `/proc/self/smaps` and trimming the heap are not the event loop's to wait for.
+/// How long after the daemon goes idle it gives back memory: start-up's and a run's last
+/// work (the history writer's fsync, the notifications, the server's first accept) goes on
+/// for a moment on other threads, and would touch again what was given back too early.
+const SHED_AFTER: Duration = Duration::from_secs(2);
+
+/// Gives back what the idle daemon need not hold (see `footprint`), [`SHED_AFTER`] from now,
+/// on a blocking thread: reading `/proc/self/smaps` and trimming the heap are not the event
+/// loop's to wait for.
 fn shed_memory() {
-    tokio::task::spawn_blocking(|| {
-        let released = crate::sys::footprint::shed();
-        debug!(released_kib = released / 1024, "idle: released start-up pages and free heap");
+    tokio::spawn(async {
+        tokio::time::sleep(SHED_AFTER).await;
+        let released = tokio::task::spawn_blocking(crate::sys::footprint::shed).await;
+        debug!(
+            released_kib = released.unwrap_or(0) / 1024,
+            "idle: released start-up pages and free heap"
+        );
     });
 }

@@ -1,8 +1,10 @@
 //! The timetable: one timer over all tasks, and what to do with an occurrence that comes due.
 //!
-//! Next fire instants sit in one min-heap. The loop never sleeps longer than [`MAX_SLEEP`]:
-//! monotonic sleeps stop while a machine is suspended, so it wakes in bounded steps, re-reads
-//! the clocks (see [`super::clock`]), and notices a suspend or a clock change. [`decide`] is
+//! Next fire instants sit in one min-heap. Monotonic sleeps stop while a machine is
+//! suspended and ignore a change of the wall clock, so the loop sleeps at most a cap: where
+//! the kernel reports clock changes and resumes (the daemon's sentinel on Linux) that is a
+//! day, elsewhere [`MAX_SLEEP`], after which it re-reads the clocks (see [`super::clock`]) and
+//! notices a suspend or a clock change. [`decide`] is
 //! pure: given an occurrence and the current time it says whether to run it (on time, or
 //! caught up once after a suspend or downtime) or to skip it as too late, and when the task
 //! fires next. [`replan`] is pure too: after a change of the wall clock it says where each
@@ -28,7 +30,7 @@ use jiff::{SignedDuration, Timestamp};
 use super::Schedule;
 use super::clock::CORRECTION;
 
-/// Longest single sleep of the loop.
+/// Longest single sleep of the loop where nothing reports clock changes and resumes.
 pub(crate) const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// An occurrence handled within this long of its instant is on time, not "caught up".
 pub(crate) const ON_TIME: Duration = Duration::from_secs(30);
@@ -172,18 +174,18 @@ impl Timetable {
         }
     }
 
-    /// How long to sleep before the next entry is due, never more than [`MAX_SLEEP`].
-    pub(crate) fn sleep_for(&self, now: Timestamp) -> Duration {
+    /// How long to sleep before the next entry is due, never more than `cap`.
+    pub(crate) fn sleep_for(&self, now: Timestamp, cap: Duration) -> Duration {
         match self.peek() {
             Some((at, _)) => {
                 let d = at.duration_since(now);
                 if d.is_negative() {
                     Duration::ZERO
                 } else {
-                    Duration::try_from(d).unwrap_or(MAX_SLEEP).min(MAX_SLEEP)
+                    Duration::try_from(d).unwrap_or(cap).min(cap)
                 }
             }
-            None => MAX_SLEEP,
+            None => cap,
         }
     }
 }
@@ -329,13 +331,13 @@ mod tests {
     fn the_timetable_sleeps_in_bounded_steps() {
         let mut t = Timetable::default();
         let now = ts("2026-01-01T00:00:00Z");
-        assert_eq!(t.sleep_for(now), MAX_SLEEP);
+        assert_eq!(t.sleep_for(now, MAX_SLEEP), MAX_SLEEP);
         t.push(ts("2026-01-01T05:00:00Z"), 0);
         t.push(ts("2026-01-01T00:00:10Z"), 1);
-        assert_eq!(t.sleep_for(now), Duration::from_secs(10));
+        assert_eq!(t.sleep_for(now, MAX_SLEEP), Duration::from_secs(10));
         assert_eq!(t.pop_due(now), None);
         assert_eq!(t.pop_due(ts("2026-01-01T00:00:10Z")), Some((ts("2026-01-01T00:00:10Z"), 1)));
-        assert_eq!(t.sleep_for(now), MAX_SLEEP);
+        assert_eq!(t.sleep_for(now, MAX_SLEEP), MAX_SLEEP);
     }
 
     const HOUR: SignedDuration = SignedDuration::from_hours(1);

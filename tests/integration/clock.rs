@@ -43,7 +43,7 @@ tasks:
     // The wall clock jumps 1h25m while the boot and monotonic clocks barely move: to the
     // daemon a clock change of at most 3 h, caught up exactly like a suspend.
     std::fs::write(&clock, offset_to("2030-06-01T03:25:00Z".parse().unwrap())).unwrap();
-    // No nudge needed: the loop reads the clocks on every wake, at least every 5 s.
+    daemon.clock_moved();
 
     let log = daemon.wait_for("the catch-up run to end", |l| l.contains("run ended"));
     assert!(log.contains("the wall clock moved forward"), "{log}");
@@ -207,6 +207,7 @@ tasks:
     // Back a day, to 02:00:40 on the 1st. Before the fix, the next runs stayed on the 2nd and
     // the daemon said nothing until then.
     shift(&clock, -DAY);
+    daemon.clock_moved();
     let log = daemon.wait_for("the run at the new clock's 02:01", |l| l.contains("run ended"));
     assert_eq!(log.matches("the wall clock moved back").count(), 1, "logged once\n{log}");
     assert!(log.contains("a correction: tasks run at the new clock's times"), "{log}");
@@ -261,6 +262,7 @@ tasks:
 
     // A year forward (2031-06-01T02:00): a correction; nothing of the year is caught up.
     shift(&clock, 365 * DAY);
+    daemon.clock_moved();
     daemon.wait_for("the reschedule in 2031", |l| {
         l.contains(
             "rescheduled after the clock change task=every-ten next=2031-06-01T02:10:00+00:00",
@@ -275,6 +277,7 @@ tasks:
 
     // And back to 2030.
     shift(&clock, -365 * DAY);
+    daemon.clock_moved();
     let log = daemon.wait_for("the reschedule in 2030", |l| {
         l.contains(
             "rescheduled after the clock change task=every-ten next=2030-06-01T02:10:00+00:00",

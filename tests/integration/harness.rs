@@ -133,6 +133,23 @@ pub(crate) struct Daemon {
     pub socket: PathBuf,
 }
 
+impl Daemon {
+    /// Tells a daemon under libfaketime that its clock moved, as the kernel tells a real one
+    /// (a timerfd cancelled by the change): libfaketime moves only what the daemon reads, so
+    /// no notice comes, and an idle daemon would not look until its next timer. A status
+    /// request wakes it the same way: it reads its clocks at every wake.
+    pub(crate) fn clock_moved(&self) {
+        use std::io::{Read, Write};
+        let mut stream = std::os::unix::net::UnixStream::connect(&self.socket)
+            .expect("the daemon's socket accepts");
+        write!(stream, "GET /v1/status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut reply = String::new();
+        let _ = stream.read_to_string(&mut reply);
+        assert!(reply.starts_with("HTTP/1.1 200"), "status after moving the clock: {reply}");
+    }
+}
+
 /// A schedule that never fires during a test (1 January): tasks run by `trigger` only.
 pub(crate) const TRIGGERED: &str = "schedule: '0 0 1 1 *'";
 

@@ -339,6 +339,7 @@ fn after_a_resume_the_catch_up_run_waits_resume_settle() {
     let daemon = scratch.start_daemon_faked(&config, &clock);
     // The lid opens 1h25m later, as the daemon's clocks tell it (see clock.rs).
     std::fs::write(&clock, offset_to("2030-06-01T03:25:00Z".parse().unwrap())).unwrap();
+    daemon.clock_moved();
     let log = daemon.wait_for("the catch-up run", |l| l.contains("run started"));
     let stamp = |needle: &str| -> jiff::Timestamp {
         let line = log
@@ -370,6 +371,7 @@ fn a_run_the_machine_slept_through_says_so_in_its_record() {
     scratch.backupnizza(["trigger", "backup", "-c"]).run_with(&config).expect_code(0);
     daemon.wait_for("the run", |l| l.contains("run started"));
     std::fs::write(&clock, offset_to("2030-06-01T03:00:00Z".parse().unwrap())).unwrap();
+    daemon.clock_moved();
     daemon.wait_for("the jump", |l| l.contains("the wall clock moved forward"));
     std::fs::write(&go, "").unwrap();
     wait_until("the run's end", || {

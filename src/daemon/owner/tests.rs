@@ -168,6 +168,7 @@ impl Owner {
             clock: clock.clone(),
             launch,
             socket: SocketWatch::of(socket.path()).unwrap(),
+            sentinel: crate::daemon::host::sentinel::Sentinel::polling(),
             process_chores: false,
         };
         let state = State::new(ctx.clone(), surroundings, past, None, watch::channel(None).1);

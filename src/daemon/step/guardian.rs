@@ -26,9 +26,9 @@
 //! On macOS, the same guardian is the only protection (there is no parent-death signal and
 //! no cgroup): process groups and run ids are what it can find.
 //!
-//! The daemon watches its guardian ([`Guardian::check`], twice a second): one that died
-//! (killed, out of memory) is said at ERROR and replaced at once, and the new one is told
-//! every live group, with copies of their pipes the daemon keeps for that.
+//! The daemon watches its guardian ([`Guardian::check`], at each SIGCHLD; twice a second where
+//! it polls): one that died (killed, out of memory) is said at ERROR and replaced at once, and
+//! the new one is told every live group, with copies of their pipes the daemon keeps for that.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -115,7 +115,7 @@ impl Guardian {
     }
 
     /// Whether the guardian still runs; a dead one is said at ERROR and replaced by a new one,
-    /// which is told every live group. Called by the state owner twice a second.
+    /// which is told every live group. Called by the state owner when a child ended.
     pub(crate) fn check(&self) {
         let mut inner = self.lock();
         let ended = match inner.child.try_wait() {
@@ -178,6 +178,9 @@ fn send(socket: &OwnedFd, message: &str, fds: &[BorrowedFd<'_>]) {
 pub fn main() -> anyhow::Result<()> {
     crate::sys::signals::ignore_stop_signals();
     let mut live: HashMap<i32, Watched> = HashMap::new();
+    // It waits for most of its life: it weighs no more than it must meanwhile (what start-up
+    // touched of the daemon's binary is given back, as the idle daemon does).
+    crate::sys::footprint::shed();
     while let Some((message, fds)) = fd_passing::receive(std::io::stdin(), MAX_MESSAGE) {
         let mut words = message.split(' ');
         match (words.next(), words.next().and_then(|p| p.parse::<i32>().ok())) {
@@ -190,6 +193,9 @@ pub fn main() -> anyhow::Result<()> {
             }
             (Some("-"), Some(pgid)) => {
                 live.remove(&pgid);
+                if live.is_empty() {
+                    crate::sys::footprint::shed();
+                }
             }
             _ => {}
         }
