@@ -1,0 +1,144 @@
+//! The `notify:` shape both the top level and tasks use: `ping` and `webhook` (URLs that may
+//! be kept as secrets), `command`, `send_logs`, `timeout`, and the presets `ntfy` and
+//! `gotify`. Whether the secrets they name are declared is [`super::cross`]'s job, like
+//! every other reference.
+
+use super::walk::{Checker, join};
+use crate::config::tree::{Node, Value};
+use crate::config::{DEFAULT_NOTIFY_TIMEOUT, Gotify, Notify, Ntfy, UrlValue};
+
+const NOTIFY_KEYS: &[&str] =
+    &["ping", "webhook", "command", "send_logs", "timeout", "ntfy", "gotify"];
+const NTFY_KEYS: &[&str] = &["url", "topic", "token_secret"];
+const GOTIFY_KEYS: &[&str] = &["url", "token_secret"];
+
+impl Checker {
+    /// A task's `notify`, or the top-level one.
+    pub(super) fn notify(&mut self, node: &Node, path: &str) -> Option<Notify> {
+        let f = self.fields(
+            node,
+            path,
+            "a mapping {ping: URL, webhook: URL, command: [ARGV...], ntfy: {...}, ...}",
+            Some(NOTIFY_KEYS),
+        )?;
+        let ping = self.optional(&f, path, "ping", Checker::url);
+        let webhook = self.optional(&f, path, "webhook", Checker::url);
+        let send_logs = self.with_default(&f, path, "send_logs", false, Checker::boolean);
+        let timeout = self.with_default(
+            &f,
+            path,
+            "timeout",
+            DEFAULT_NOTIFY_TIMEOUT,
+            Checker::positive_duration,
+        );
+        let command = self.optional(&f, path, "command", Checker::argv);
+        let ntfy = self.optional(&f, path, "ntfy", Checker::ntfy);
+        let gotify = self.optional(&f, path, "gotify", Checker::gotify);
+        Some(Notify {
+            ping: ping?,
+            webhook: webhook?,
+            send_logs: send_logs?,
+            timeout: timeout?,
+            command: command?,
+            ntfy: ntfy?,
+            gotify: gotify?,
+        })
+    }
+
+    /// A notification URL: written out (http or https), or `{secret: NAME}`.
+    pub(super) fn url(&mut self, node: &Node, path: &str) -> Option<UrlValue> {
+        if let Value::Map(_) = &node.value {
+            let inner = self.fields(node, path, "{secret: NAME}", Some(&["secret"]))?;
+            if let Some(name) = inner.get("secret") {
+                self.non_empty_string(name, &join(path, "secret")).map(UrlValue::Secret)
+            } else {
+                self.error(path, node.pos, "expected a URL or {secret: NAME}");
+                None
+            }
+        } else {
+            let text = self.non_empty_string(node, path)?;
+            if !is_http(&text) {
+                self.error(
+                    path,
+                    node.pos,
+                    "expected an http:// or https:// URL (or {secret: NAME})",
+                );
+                return None;
+            }
+            Some(UrlValue::Text(text))
+        }
+    }
+
+    /// `ntfy: {url: URL, topic: NAME, token_secret: NAME}`.
+    fn ntfy(&mut self, node: &Node, path: &str) -> Option<Ntfy> {
+        let f = self.fields(
+            node,
+            path,
+            "a mapping {url: URL, topic: NAME, token_secret: NAME}",
+            Some(NTFY_KEYS),
+        )?;
+        let url = self.required(&f, path, "url", node.pos).and_then(|n| {
+            let path = join(path, "url");
+            self.server_url(n, &path)
+        });
+        let topic = self.required(&f, path, "topic", node.pos).and_then(|n| {
+            let path = join(path, "topic");
+            self.topic(n, &path)
+        });
+        let token_secret = self.optional(&f, path, "token_secret", Checker::non_empty_string);
+        Some(Ntfy { url: url?, topic: topic?, token_secret: token_secret? })
+    }
+
+    /// `gotify: {url: URL, token_secret: NAME}`.
+    fn gotify(&mut self, node: &Node, path: &str) -> Option<Gotify> {
+        let f =
+            self.fields(node, path, "a mapping {url: URL, token_secret: NAME}", Some(GOTIFY_KEYS))?;
+        let url = self.required(&f, path, "url", node.pos).and_then(|n| {
+            let path = join(path, "url");
+            self.server_url(n, &path)
+        });
+        let token_secret = self.required(&f, path, "token_secret", node.pos).and_then(|n| {
+            let path = join(path, "token_secret");
+            self.non_empty_string(n, &path)
+        });
+        Some(Gotify { url: url?, token_secret: token_secret? })
+    }
+
+    /// A push server's base URL (http or https), without the trailing `/` the request path
+    /// is joined with.
+    fn server_url(&mut self, node: &Node, path: &str) -> Option<String> {
+        let text = self.non_empty_string(node, path)?;
+        let host = text.split_once("://").map_or("", |(_, rest)| rest);
+        if !is_http(&text) || host.is_empty() || text.contains(['?', '#']) {
+            self.error(
+                path,
+                node.pos,
+                format!("invalid URL {text:?}: expected the server's http:// or https:// URL, such as https://ntfy.sh"),
+            );
+            return None;
+        }
+        Some(text.trim_end_matches('/').to_string())
+    }
+
+    /// An ntfy topic: what ntfy itself accepts, 1 to 64 of `A-Z a-z 0-9 _ -`.
+    fn topic(&mut self, node: &Node, path: &str) -> Option<String> {
+        let text = self.non_empty_string(node, path)?;
+        let fits = text.len() <= 64
+            && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !fits {
+            self.error(
+                path,
+                node.pos,
+                format!(
+                    "invalid topic {text:?}: ntfy topics are 1 to 64 letters, digits, `_` or `-`"
+                ),
+            );
+            return None;
+        }
+        Some(text)
+    }
+}
+
+fn is_http(text: &str) -> bool {
+    text.starts_with("https://") || text.starts_with("http://")
+}
