@@ -1,6 +1,6 @@
 //! Where a task's runs are reported (`notify:`): a ping URL, a webhook, a command, and the
-//! presets for the usual places (ntfy, Gotify), which say how a run ended and never how it
-//! started.
+//! presets for the usual places (the desktop, ntfy, Gotify), which say how a run ended and
+//! never how it started.
 
 use std::time::Duration;
 
@@ -18,6 +18,8 @@ pub struct Notify {
     pub timeout: Duration,
     /// Run at the end of each run with its facts in the environment.
     pub command: Option<Vec<String>>,
+    /// A notification on the desktop session (`desktop:`).
+    pub desktop: Desktop,
     pub ntfy: Option<Ntfy>,
     pub gotify: Option<Gotify>,
 }
@@ -27,6 +29,17 @@ pub struct Notify {
 pub enum UrlValue {
     Text(String),
     Secret(String),
+}
+
+/// Which ends of runs pop up on the desktop: `false` (the default), `true` or `failures`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Desktop {
+    #[default]
+    Off,
+    /// Every run's end.
+    Always,
+    /// Only the ends that are not a success, a warning or a deliberate skip.
+    Failures,
 }
 
 /// `ntfy: {url, topic, token_secret}`: ntfy's HTTP publish, `POST URL/TOPIC`.

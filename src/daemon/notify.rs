@@ -1,6 +1,6 @@
 //! Telling someone how runs went: a healthchecks.io-style ping URL and a generic webhook
-//! ([`http`]), a notify command ([`command`]), and the presets for ntfy and Gotify
-//! ([`push`]), delivered from the [`outbox`] so that no run ever waits for one.
+//! ([`http`]), a notify command ([`command`]), and the presets: a desktop notification
+//! ([`desktop`]) and ntfy and Gotify ([`push`]), delivered from the [`outbox`] so that no run ever waits for one.
 //!
 //! Pings: `URL/start` when a run starts, the bare `URL` on success, `URL/fail` (or
 //! `URL/<exit code>`) on failure, each with `?rid=<uuid>` so start and finish pair up; the
@@ -11,6 +11,7 @@
 //! retried once ([`retried`]); it never changes the result of a backup.
 
 mod command;
+mod desktop;
 mod http;
 mod outbox;
 mod push;
@@ -24,7 +25,7 @@ use serde::Serialize;
 use tracing::{debug, warn};
 
 use crate::broker::Secrets;
-use crate::config::Notify;
+use crate::config::{Desktop, Notify};
 pub(crate) use outbox::{Outbox, Sent};
 
 /// The facts of a run, as webhooks receive them.
@@ -89,6 +90,14 @@ impl RunFacts {
         !matches!(self.status.as_str(), "success" | "warning" | "skipped")
     }
 
+    /// The status, with the exit code of a failure: `failed (exit code 3)`.
+    fn result(&self) -> String {
+        match self.exit_code.filter(|_| self.failed()) {
+            Some(code) => format!("{} (exit code {code})", self.status),
+            None => self.status.clone(),
+        }
+    }
+
     /// `backupnizza: nightly failed`: a title or subject naming the task and the result.
     fn title(&self) -> String {
         format!("backupnizza: {} {}", self.task, self.status)
@@ -97,11 +106,7 @@ impl RunFacts {
     /// The facts as lines a person reads: task, result, reason, host and times, what the
     /// run saved or found, and the stderr tail when the facts still hold it (`send_logs`).
     fn text(&self) -> String {
-        let mut result = self.status.clone();
-        if let Some(code) = self.exit_code.filter(|_| self.failed()) {
-            result.push_str(&format!(" (exit code {code})"));
-        }
-        let mut lines = vec![format!("task: {}", self.task), format!("result: {result}")];
+        let mut lines = vec![format!("task: {}", self.task), format!("result: {}", self.result())];
         if !self.reason.is_empty() {
             lines.push(format!("reason: {}", self.reason));
         }
@@ -191,6 +196,14 @@ type Preset = Box<dyn FnOnce(&RunFacts) + Send>;
 fn presets(notify: &Notify, secrets: &Secrets, facts: &RunFacts) -> Vec<Preset> {
     let timeout = notify.timeout;
     let mut out: Vec<Preset> = Vec::new();
+    let desktop = match notify.desktop {
+        Desktop::Off => false,
+        Desktop::Always => true,
+        Desktop::Failures => facts.failed(),
+    };
+    if desktop {
+        out.push(Box::new(move |facts| desktop::deliver(facts, timeout)));
+    }
     if let Some(ntfy) = &notify.ntfy {
         let token = ntfy.token_secret.as_ref().map(|name| secret(secrets, name, facts));
         // A token named but not had: nothing is sent, rather than an anonymous publish.

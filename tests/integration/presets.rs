@@ -1,14 +1,82 @@
-//! The notification presets, received by real peers on loopback: ntfy and Gotify by a small
-//! HTTP server in the test that keeps each raw request. Each says how a run ended, names
-//! the task and the result, and carries none of the task's secrets, which the task printed
-//! on both streams before it failed.
+//! The notification presets, received by real peers: desktop notifications by
+//! python3-dbusmock's `notification_daemon` on a private session bus, ntfy and Gotify by a
+//! small HTTP server in the test that keeps each raw request. Each says how a run ended,
+//! names the task and the result, and carries none of the task's secrets, which the task
+//! printed on both streams before it failed.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::harness::{PATIENCE, Scratch, TRIGGERED, canary, trigger, write_private};
+use crate::harness::{PATIENCE, Scratch, TRIGGERED, canary, trigger, wait_until, write_private};
+
+/// The `Notify` calls a dbusmock notification daemon received, as JSON, through the mock's
+/// own `GetCalls` (the urgency hint with its D-Bus type, so a byte is told from an int).
+const NOTIFY_CALLS: &str = r"
+import json, os, dbus
+bus = dbus.bus.BusConnection(os.environ['DBUS_SESSION_BUS_ADDRESS'])
+mock = bus.get_object('org.freedesktop.Notifications', '/org/freedesktop/Notifications')
+calls = []
+for _, name, args in mock.GetCalls(dbus_interface='org.freedesktop.DBus.Mock'):
+    if name == 'Notify':
+        hints = {str(k): [type(v).__name__, int(v)] for k, v in args[6].items()}
+        calls.append(dict(app=str(args[0]), replaces=int(args[1]), icon=str(args[2]),
+                          summary=str(args[3]), body=str(args[4]),
+                          actions=[str(a) for a in args[5]], hints=hints, expire=int(args[7])))
+print(json.dumps(calls))
+";
+
+/// python3-dbusmock's `notification_daemon` on a private session bus; both stop when dropped.
+struct MockNotifications {
+    bus: Child,
+    mock: Child,
+    address: String,
+}
+
+impl MockNotifications {
+    fn start(scratch: &Scratch) -> MockNotifications {
+        let (bus, address) = crate::laptop::private_bus(scratch, "session");
+        let mock = Command::new("/usr/bin/python3")
+            .args(["-m", "dbusmock", "--template", "notification_daemon"])
+            .env("DBUS_SESSION_BUS_ADDRESS", &address)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3-dbusmock is installed (.ci/packages)");
+        let mock = MockNotifications { bus, mock, address };
+        wait_until("the notification daemon mock on the bus", || mock.calls().is_some());
+        mock
+    }
+
+    /// The `Notify` calls so far, or `None` before the mock is up.
+    fn calls(&self) -> Option<Vec<serde_json::Value>> {
+        let out = Command::new("/usr/bin/python3")
+            .args(["-c", NOTIFY_CALLS])
+            .env("DBUS_SESSION_BUS_ADDRESS", &self.address)
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    fn wait_for_calls(&self, count: usize) -> Vec<serde_json::Value> {
+        wait_until(&format!("{count} Notify calls"), || {
+            self.calls().is_some_and(|c| c.len() >= count)
+        });
+        self.calls().unwrap()
+    }
+}
+
+impl Drop for MockNotifications {
+    fn drop(&mut self) {
+        let _ = self.mock.kill();
+        let _ = self.mock.wait();
+        let _ = self.bus.kill();
+        let _ = self.bus.wait();
+    }
+}
 
 /// An HTTP server on loopback that answers every request `200 {}` and hands the raw
 /// request (head and body) to the test, one message per request.
@@ -90,6 +158,78 @@ fn canaries(scratch: &Scratch, tokens: &[&str]) -> (String, String, Vec<String>)
 const LEAKY: &str = "    secrets: [s]\n    env: {CANARY: {secret: s}}\n    command: [sh, -c, 'echo \"leak $CANARY\"; echo \"leak $CANARY\" >&2; exit 3']\n";
 
 #[test]
+fn a_failure_pops_up_critical_on_the_desktop_and_with_failures_a_success_does_not() {
+    let scratch = Scratch::new();
+    let desktop = MockNotifications::start(&scratch);
+    let (secrets, secret, _) = canaries(&scratch, &[]);
+    let task = |name: &str, body: &str, desktop: &str| {
+        format!("  {name}:\n    {TRIGGERED}\n{body}    notify: {{desktop: {desktop}}}\n")
+    };
+    let config = scratch.config(&format!(
+        "{secrets}tasks:\n{}{}{}",
+        task("fine", "    command: ['true']\n", "failures"),
+        task("nightly", LEAKY, "failures"),
+        task("always", "    command: ['true']\n", "true"),
+    ));
+    let daemon = scratch.start_daemon_with(&config, |cmd| {
+        cmd.env("DBUS_SESSION_BUS_ADDRESS", &desktop.address);
+    });
+    // A success, then a failure, then a success that asks for every end: the failure's
+    // notification and the last success's are the only ones, in that order.
+    trigger(&scratch, &config, "fine", true).expect_code(0);
+    trigger(&scratch, &config, "nightly", true).expect_code(1);
+    let calls = desktop.wait_for_calls(1);
+    trigger(&scratch, &config, "always", true).expect_code(0);
+    let calls = [calls, desktop.wait_for_calls(2)].concat();
+    let failure = &calls[0];
+    assert_eq!(failure["app"], "backupnizza", "{failure}");
+    assert_eq!(failure["replaces"], 0, "{failure}");
+    assert_eq!(failure["icon"], "", "{failure}");
+    assert_eq!(failure["summary"], "backup nightly failed", "{failure}");
+    let body = failure["body"].as_str().unwrap();
+    assert!(body.starts_with("nightly: failed (exit code 3)"), "{failure}");
+    assert_eq!(failure["actions"], serde_json::json!([]), "{failure}");
+    assert_eq!(failure["hints"]["urgency"], serde_json::json!(["Byte", 2]), "{failure}");
+    assert_eq!(failure["expire"], -1, "{failure}");
+
+    let calls = desktop.calls().unwrap();
+    assert_eq!(calls.len(), 2, "{calls:#?}");
+    assert_eq!(calls[1]["summary"], "backup always success", "{calls:#?}");
+    assert_eq!(calls[1]["hints"]["urgency"], serde_json::json!(["Byte", 1]), "{calls:#?}");
+    let log = daemon.log_text();
+    assert!(log.contains("leak "), "the task printed its secret: {log}");
+    for text in [serde_json::to_string(&calls).unwrap(), log] {
+        assert!(!text.contains(&secret), "the task's secret went out: {text}");
+    }
+}
+
+/// A daemon without a desktop session: the notification is a warning, the run unaffected.
+#[test]
+fn without_a_session_bus_a_desktop_notification_is_one_warning() {
+    let scratch = Scratch::new();
+    let config = scratch.config(&format!(
+        "tasks:\n  nightly:\n    {TRIGGERED}\n    command: ['false']\n    notify: {{desktop: true, timeout: 2s}}\n"
+    ));
+    let nowhere = format!("unix:path={}", scratch.path().join("no-bus").display());
+    let daemon = scratch.start_daemon_with(&config, |cmd| {
+        cmd.env("DBUS_SESSION_BUS_ADDRESS", &nowhere);
+    });
+    trigger(&scratch, &config, "nightly", true).expect_code(1);
+    let log = daemon.wait_for("the warning", |l| l.contains("desktop notification failed"));
+    let warning = log.lines().find(|l| l.contains("desktop notification failed")).unwrap();
+    assert!(
+        warning.contains("WARN")
+            && warning.contains("task=nightly")
+            && warning.contains("no session bus")
+            && warning.contains("the run's result is unaffected"),
+        "{log}"
+    );
+    assert_eq!(log.matches("desktop notification failed:").count(), 1, "{log}");
+    let records = crate::harness::history(&scratch);
+    assert!(records.iter().any(|r| r["type"] == "end" && r["status"] == "failed"), "{records:?}");
+}
+
+#[test]
 fn ntfy_and_gotify_get_a_failure_loud_and_without_the_tasks_secret() {
     let scratch = Scratch::new();
     let (ntfy, ntfy_requests) = recording_endpoint();
@@ -164,11 +304,12 @@ fn preset_mistakes_are_named_by_their_key() {
     let file = scratch.write(
         "b.yaml",
         format!(
-            "secrets:\n  tok: {{env: TOK}}\ntasks:\n{}{}{}{}",
+            "secrets:\n  tok: {{env: TOK}}\ntasks:\n{}{}{}{}{}",
             task("a", "ntfy: {url: 'https://ntfy.sh', topic: backups, token_secrt: tok}"),
             task("b", "ntfy: {url: 'https://ntfy.sh', token_secret: tok}"),
             task("c", "gotify: {url: 'https://gotify.example', token_secret: tokk}"),
             task("d", "ntfy: {url: 'ntfy.sh', topic: 'my backups'}"),
+            task("e", "desktop: maybe"),
         ),
     );
     let run = scratch.backupnizza(["validate", "-c"]).run_with(&file);
@@ -187,6 +328,10 @@ fn preset_mistakes_are_named_by_their_key() {
         ),
         (23, "tasks.d.notify.ntfy.url: invalid URL \"ntfy.sh\""),
         (23, "tasks.d.notify.ntfy.topic: invalid topic \"my backups\""),
+        (
+            28,
+            "tasks.e.notify.desktop: expected true (every run's end), false or failures, found a string (\"maybe\")",
+        ),
     ] {
         assert!(
             err.lines().any(|l| l.starts_with(&at(line)) && l.contains(expected)),

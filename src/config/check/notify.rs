@@ -1,14 +1,14 @@
 //! The `notify:` shape both the top level and tasks use: `ping` and `webhook` (URLs that may
-//! be kept as secrets), `command`, `send_logs`, `timeout`, and the presets `ntfy` and
-//! `gotify`. Whether the secrets they name are declared is [`super::cross`]'s job, like
+//! be kept as secrets), `command`, `send_logs`, `timeout`, and the presets `desktop`, `ntfy`
+//! and `gotify`. Whether the secrets they name are declared is [`super::cross`]'s job, like
 //! every other reference.
 
 use super::walk::{Checker, join};
 use crate::config::tree::{Node, Value};
-use crate::config::{DEFAULT_NOTIFY_TIMEOUT, Gotify, Notify, Ntfy, UrlValue};
+use crate::config::{DEFAULT_NOTIFY_TIMEOUT, Desktop, Gotify, Notify, Ntfy, UrlValue};
 
 const NOTIFY_KEYS: &[&str] =
-    &["ping", "webhook", "command", "send_logs", "timeout", "ntfy", "gotify"];
+    &["ping", "webhook", "command", "send_logs", "timeout", "desktop", "ntfy", "gotify"];
 const NTFY_KEYS: &[&str] = &["url", "topic", "token_secret"];
 const GOTIFY_KEYS: &[&str] = &["url", "token_secret"];
 
@@ -32,6 +32,7 @@ impl Checker {
             Checker::positive_duration,
         );
         let command = self.optional(&f, path, "command", Checker::argv);
+        let desktop = self.with_default(&f, path, "desktop", Desktop::Off, Checker::desktop);
         let ntfy = self.optional(&f, path, "ntfy", Checker::ntfy);
         let gotify = self.optional(&f, path, "gotify", Checker::gotify);
         Some(Notify {
@@ -40,6 +41,7 @@ impl Checker {
             send_logs: send_logs?,
             timeout: timeout?,
             command: command?,
+            desktop: desktop?,
             ntfy: ntfy?,
             gotify: gotify?,
         })
@@ -66,6 +68,19 @@ impl Checker {
                 return None;
             }
             Some(UrlValue::Text(text))
+        }
+    }
+
+    /// `desktop: true`, `false` or `failures`.
+    fn desktop(&mut self, node: &Node, path: &str) -> Option<Desktop> {
+        match &node.value {
+            Value::Bool(true) => Some(Desktop::Always),
+            Value::Bool(false) => Some(Desktop::Off),
+            Value::Str(text) if text == "failures" => Some(Desktop::Failures),
+            _ => {
+                self.type_error(path, node, "true (every run's end), false or failures");
+                None
+            }
         }
     }
 
