@@ -18,7 +18,7 @@ use std::time::Duration;
 use jiff::tz::TimeZone;
 
 pub use environment::Environment;
-pub use notify::{Desktop, Gotify, Notify, Ntfy, UrlValue};
+pub use notify::{Desktop, Email, Gotify, Notify, Ntfy, UrlValue};
 pub(crate) use task::program_name;
 pub use task::{
     Audit, Blackout, DEFAULT_VERIFY_SAMPLE, EnvValue, EnvVar, Hook, Hooks, IoClass, Keep, Members,

@@ -1,5 +1,5 @@
 //! Where a task's runs are reported (`notify:`): a ping URL, a webhook, a command, and the
-//! presets for the usual places (the desktop, ntfy, Gotify), which say how a run ended and
+//! presets for the usual places (the desktop, ntfy, Gotify, email), which say how a run ended and
 //! never how it started.
 
 use std::time::Duration;
@@ -22,6 +22,7 @@ pub struct Notify {
     pub desktop: Desktop,
     pub ntfy: Option<Ntfy>,
     pub gotify: Option<Gotify>,
+    pub email: Option<Email>,
 }
 
 /// A URL written in the file, or one kept as a secret (ping URLs are credentials).
@@ -58,4 +59,19 @@ pub struct Gotify {
     pub url: String,
     /// The secret holding the application token (`X-Gotify-Key`).
     pub token_secret: String,
+}
+
+/// `email: {smtp, from, to, starttls, username, password_secret}`: a mail through an SMTP
+/// server (addresses checked when the file is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email {
+    pub host: String,
+    pub port: u16,
+    pub from: String,
+    pub to: Vec<String>,
+    /// STARTTLS required (`true`, the default), or a plain connection (a local relay).
+    pub starttls: bool,
+    /// The SMTP login, with the password from `password_secret` (both or neither).
+    pub username: Option<String>,
+    pub password_secret: Option<String>,
 }

@@ -1,6 +1,6 @@
 //! Telling someone how runs went: a healthchecks.io-style ping URL and a generic webhook
 //! ([`http`]), a notify command ([`command`]), and the presets: a desktop notification
-//! ([`desktop`]) and ntfy and Gotify ([`push`]), delivered from the [`outbox`] so that no run ever waits for one.
+//! ([`desktop`]), ntfy and Gotify ([`push`]) and a mail ([`email`]), delivered from the [`outbox`] so that no run ever waits for one.
 //!
 //! Pings: `URL/start` when a run starts, the bare `URL` on success, `URL/fail` (or
 //! `URL/<exit code>`) on failure, each with `?rid=<uuid>` so start and finish pair up; the
@@ -12,6 +12,7 @@
 
 mod command;
 mod desktop;
+mod email;
 mod http;
 mod outbox;
 mod push;
@@ -217,6 +218,14 @@ fn presets(notify: &Notify, secrets: &Secrets, facts: &RunFacts) -> Vec<Preset> 
     {
         let target = push::Gotify::new(gotify, token, timeout);
         out.push(Box::new(move |facts| target.deliver(facts)));
+    }
+    if let Some(email) = &notify.email {
+        let password = email.password_secret.as_ref().map(|name| secret(secrets, name, facts));
+        // A login named but its password not had: the server would refuse the mail anyway.
+        if password.as_ref().is_none_or(Option::is_some) {
+            let target = email::Email::new(email, password.flatten(), timeout);
+            out.push(Box::new(move |facts| target.deliver(facts)));
+        }
     }
     out
 }

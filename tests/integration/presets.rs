@@ -294,6 +294,114 @@ fn ntfy_and_gotify_get_a_failure_loud_and_without_the_tasks_secret() {
     }
 }
 
+/// A minimal SMTP server on loopback (no TLS, `AUTH PLAIN` taken on trust) that hands the
+/// test each session's transcript, what the client said and what it answered, when the
+/// client quits.
+fn smtp_sink() -> (String, mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            if tx.send(smtp_session(stream)).is_err() {
+                break;
+            }
+        }
+    });
+    (address, rx)
+}
+
+fn smtp_session(stream: TcpStream) -> String {
+    use std::io::BufRead;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    let mut out = stream;
+    let mut transcript = String::new();
+    let say = |out: &mut TcpStream, transcript: &mut String, line: &str| {
+        transcript.push_str(&format!("S: {line}\n"));
+        let _ = out.write_all(format!("{line}\r\n").as_bytes());
+    };
+    say(&mut out, &mut transcript, "220 sink ESMTP");
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if !matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+            break;
+        }
+        transcript.push_str(&format!("C: {line}"));
+        let verb = line.split_whitespace().next().unwrap_or_default().to_ascii_uppercase();
+        match verb.as_str() {
+            "EHLO" => {
+                say(&mut out, &mut transcript, "250-sink");
+                say(&mut out, &mut transcript, "250 AUTH PLAIN");
+            }
+            "DATA" => {
+                say(&mut out, &mut transcript, "354 go on");
+                while !transcript.ends_with("\r\n.\r\n") {
+                    line.clear();
+                    if !matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+                        return transcript;
+                    }
+                    transcript.push_str(&line);
+                }
+                say(&mut out, &mut transcript, "250 queued");
+            }
+            "AUTH" => say(&mut out, &mut transcript, "235 welcome"),
+            "QUIT" => {
+                say(&mut out, &mut transcript, "221 bye");
+                break;
+            }
+            _ => say(&mut out, &mut transcript, "250 ok"),
+        }
+    }
+    transcript
+}
+
+/// Standard base64 with padding (RFC 4648), for what `AUTH PLAIN` sends.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            out.push(if i <= chunk.len() {
+                ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
+#[test]
+fn an_email_names_the_task_and_result_and_carries_no_secret() {
+    let scratch = Scratch::new();
+    let (smtp, sessions) = smtp_sink();
+    let (secrets, secret, passwords) = canaries(&scratch, &["smtp-password"]);
+    let config = scratch.config(&format!(
+        "{secrets}tasks:\n  nightly:\n    {TRIGGERED}\n{LEAKY}    notify:\n      email:\n        smtp: '{smtp}'\n        from: 'Backups <backups@example.org>'\n        to: [me@example.org, 'You <you@example.net>']\n        starttls: false\n        username: backups\n        password_secret: smtp-password\n"
+    ));
+    let daemon = scratch.start_daemon(&config);
+    trigger(&scratch, &config, "nightly", true).expect_code(1);
+    let session = sessions.recv_timeout(PATIENCE).expect("an SMTP session");
+    assert!(session.contains("C: MAIL FROM:<backups@example.org>"), "{session}");
+    assert!(session.contains("C: RCPT TO:<me@example.org>"), "{session}");
+    assert!(session.contains("C: RCPT TO:<you@example.net>"), "{session}");
+    assert!(session.contains("\nSubject: backupnizza: nightly failed\r\n"), "{session}");
+    assert!(session.contains("task: nightly\r\nresult: failed (exit code 3)\r\n"), "{session}");
+    assert!(session.contains("S: 221 bye"), "{session}");
+    // The login reached the server: AUTH PLAIN is "\0user\0password", in base64.
+    let login = base64(format!("\0backups\0{}", passwords[0]).as_bytes());
+    assert!(session.contains(&login), "{session}");
+    let log = daemon.log_text();
+    assert!(log.contains("leak "), "the task printed its secret: {log}");
+    for text in [&session, &log] {
+        assert!(!text.contains(&secret), "the task's secret went out: {text}");
+    }
+    assert!(!log.contains(&passwords[0]), "the SMTP password is in the log: {log}");
+}
+
 /// Each mistake in a preset is reported at once, by key path and line, with what to write.
 #[test]
 fn preset_mistakes_are_named_by_their_key() {
@@ -304,12 +412,13 @@ fn preset_mistakes_are_named_by_their_key() {
     let file = scratch.write(
         "b.yaml",
         format!(
-            "secrets:\n  tok: {{env: TOK}}\ntasks:\n{}{}{}{}{}",
+            "secrets:\n  tok: {{env: TOK}}\ntasks:\n{}{}{}{}{}{}",
             task("a", "ntfy: {url: 'https://ntfy.sh', topic: backups, token_secrt: tok}"),
             task("b", "ntfy: {url: 'https://ntfy.sh', token_secret: tok}"),
             task("c", "gotify: {url: 'https://gotify.example', token_secret: tokk}"),
             task("d", "ntfy: {url: 'ntfy.sh', topic: 'my backups'}"),
             task("e", "desktop: maybe"),
+            task("f", "email: {smtp: 'mail.example.org', from: me@example.org, to: ['me@@example'], password_secret: pw}"),
         ),
     );
     let run = scratch.backupnizza(["validate", "-c"]).run_with(&file);
@@ -331,6 +440,16 @@ fn preset_mistakes_are_named_by_their_key() {
         (
             28,
             "tasks.e.notify.desktop: expected true (every run's end), false or failures, found a string (\"maybe\")",
+        ),
+        (
+            33,
+            "tasks.f.notify.email.smtp: invalid SMTP server \"mail.example.org\": expected HOST:PORT",
+        ),
+        (33, "tasks.f.notify.email.to[0]: invalid mail address \"me@@example\""),
+        (33, "tasks.f.notify.email.password_secret: `password_secret` needs `username`"),
+        (
+            33,
+            "tasks.f.notify.email.password_secret: `password_secret: pw` names a secret that is not declared under `secrets:`",
         ),
     ] {
         assert!(

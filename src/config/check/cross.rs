@@ -12,7 +12,8 @@ use super::walk::{Checker, index, join, program_name, suggestion};
 use crate::config::tree::{Node, Pos, Value};
 
 /// The keys of notification presets that name a secret: (preset, key).
-const PRESET_SECRETS: [(&str, &str); 2] = [("ntfy", "token_secret"), ("gotify", "token_secret")];
+const PRESET_SECRETS: [(&str, &str); 3] =
+    [("ntfy", "token_secret"), ("gotify", "token_secret"), ("email", "password_secret")];
 
 impl Checker {
     /// References between sections: every secret a task names must be declared. This walks

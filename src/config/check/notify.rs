@@ -1,16 +1,17 @@
 //! The `notify:` shape both the top level and tasks use: `ping` and `webhook` (URLs that may
-//! be kept as secrets), `command`, `send_logs`, `timeout`, and the presets `desktop`, `ntfy`
-//! and `gotify`. Whether the secrets they name are declared is [`super::cross`]'s job, like
+//! be kept as secrets), `command`, `send_logs`, `timeout`, and the presets `desktop`, `ntfy`,
+//! `gotify` and `email` (whose addresses are parsed here as the mailer will). Whether the secrets they name are declared is [`super::cross`]'s job, like
 //! every other reference.
 
 use super::walk::{Checker, join};
 use crate::config::tree::{Node, Value};
-use crate::config::{DEFAULT_NOTIFY_TIMEOUT, Desktop, Gotify, Notify, Ntfy, UrlValue};
+use crate::config::{DEFAULT_NOTIFY_TIMEOUT, Desktop, Email, Gotify, Notify, Ntfy, UrlValue};
 
 const NOTIFY_KEYS: &[&str] =
-    &["ping", "webhook", "command", "send_logs", "timeout", "desktop", "ntfy", "gotify"];
+    &["ping", "webhook", "command", "send_logs", "timeout", "desktop", "ntfy", "gotify", "email"];
 const NTFY_KEYS: &[&str] = &["url", "topic", "token_secret"];
 const GOTIFY_KEYS: &[&str] = &["url", "token_secret"];
+const EMAIL_KEYS: &[&str] = &["smtp", "from", "to", "starttls", "username", "password_secret"];
 
 impl Checker {
     /// A task's `notify`, or the top-level one.
@@ -35,6 +36,7 @@ impl Checker {
         let desktop = self.with_default(&f, path, "desktop", Desktop::Off, Checker::desktop);
         let ntfy = self.optional(&f, path, "ntfy", Checker::ntfy);
         let gotify = self.optional(&f, path, "gotify", Checker::gotify);
+        let email = self.optional(&f, path, "email", Checker::email);
         Some(Notify {
             ping: ping?,
             webhook: webhook?,
@@ -44,6 +46,7 @@ impl Checker {
             desktop: desktop?,
             ntfy: ntfy?,
             gotify: gotify?,
+            email: email?,
         })
     }
 
@@ -117,6 +120,105 @@ impl Checker {
             self.non_empty_string(n, &path)
         });
         Some(Gotify { url: url?, token_secret: token_secret? })
+    }
+
+    /// `email: {smtp: HOST:PORT, from: ADDR, to: [ADDR...], starttls: BOOL, username: NAME,
+    /// password_secret: NAME}`.
+    fn email(&mut self, node: &Node, path: &str) -> Option<Email> {
+        let f = self.fields(
+            node,
+            path,
+            "a mapping {smtp: HOST:PORT, from: ADDRESS, to: [ADDRESS...], ...}",
+            Some(EMAIL_KEYS),
+        )?;
+        let smtp = self.required(&f, path, "smtp", node.pos).and_then(|n| {
+            let path = join(path, "smtp");
+            self.host_port(n, &path)
+        });
+        let from = self.required(&f, path, "from", node.pos).and_then(|n| {
+            let path = join(path, "from");
+            self.mailbox(n, &path)
+        });
+        let to = self.required(&f, path, "to", node.pos).and_then(|n| {
+            let path = join(path, "to");
+            self.mailboxes(n, &path)
+        });
+        let starttls = self.with_default(&f, path, "starttls", true, Checker::boolean);
+        let username = self.optional(&f, path, "username", Checker::non_empty_string);
+        let password_secret = self.optional(&f, path, "password_secret", Checker::non_empty_string);
+        if f.has("username") != f.has("password_secret") {
+            let (given, missing) = if f.has("username") {
+                ("username", "password_secret")
+            } else {
+                ("password_secret", "username")
+            };
+            self.error(
+                &join(path, given),
+                f.get(given).and_then(|n| n.pos),
+                format!("`{given}` needs `{missing}`: the SMTP login is both or neither"),
+            );
+            return None;
+        }
+        let (host, port) = smtp?;
+        Some(Email {
+            host,
+            port,
+            from: from?,
+            to: to?,
+            starttls: starttls?,
+            username: username?,
+            password_secret: password_secret?,
+        })
+    }
+
+    /// `HOST:PORT` (`[::1]:25` for an IPv6 address).
+    fn host_port(&mut self, node: &Node, path: &str) -> Option<(String, u16)> {
+        let text = self.non_empty_string(node, path)?;
+        let parsed = text.rsplit_once(':').and_then(|(host, port)| {
+            let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+            let port = port.parse::<u16>().ok().filter(|p| *p > 0)?;
+            let fits = !host.is_empty() && !host.contains(['/', ' ', '@']);
+            fits.then(|| (host.to_string(), port))
+        });
+        if parsed.is_none() {
+            self.error(
+                path,
+                node.pos,
+                format!("invalid SMTP server {text:?}: expected HOST:PORT, such as smtp.example.org:587 or 127.0.0.1:25"),
+            );
+        }
+        parsed
+    }
+
+    /// One mail address, `me@example.org` or `Backups <me@example.org>`.
+    fn mailbox(&mut self, node: &Node, path: &str) -> Option<String> {
+        let text = self.non_empty_string(node, path)?;
+        if let Err(e) = text.parse::<lettre::message::Mailbox>() {
+            self.error(
+                path,
+                node.pos,
+                format!("invalid mail address {text:?} ({e}): expected me@example.org or \"Name <me@example.org>\""),
+            );
+            return None;
+        }
+        Some(text)
+    }
+
+    /// A non-empty list of mail addresses (or one address).
+    fn mailboxes(&mut self, node: &Node, path: &str) -> Option<Vec<String>> {
+        let Value::Seq(items) = &node.value else {
+            return self.mailbox(node, path).map(|one| vec![one]);
+        };
+        if items.is_empty() {
+            self.error(path, node.pos, "must name at least one address");
+            return None;
+        }
+        let all: Vec<Option<String>> = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| self.mailbox(item, &super::walk::index(path, i)))
+            .collect();
+        all.into_iter().collect()
     }
 
     /// A push server's base URL (http or https), without the trailing `/` the request path
