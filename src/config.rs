@@ -7,6 +7,7 @@
 mod check;
 pub use check::{did_you_mean, valid_name};
 mod environment;
+mod notify;
 mod task;
 mod tree;
 
@@ -17,10 +18,11 @@ use std::time::Duration;
 use jiff::tz::TimeZone;
 
 pub use environment::Environment;
+pub use notify::{Desktop, Email, Gotify, Notify, Ntfy, UrlValue};
 pub(crate) use task::program_name;
 pub use task::{
     Audit, Blackout, DEFAULT_VERIFY_SAMPLE, EnvValue, EnvVar, Hook, Hooks, IoClass, Keep, Members,
-    Notify, OutputFile, Overlap, Retry, Step, Task, UrlValue, Verify, When, Within,
+    OutputFile, Overlap, Retry, Step, Task, Verify, When, Within,
 };
 pub use tree::Pos;
 

@@ -17,6 +17,7 @@ mod audit;
 mod cross;
 mod env;
 mod hooks;
+mod notify;
 mod output;
 mod redeem;
 mod retry;

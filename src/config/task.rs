@@ -42,7 +42,7 @@ pub struct Task {
     pub warning_exit_codes: Vec<i32>,
     pub hooks: Hooks,
     /// Overrides the top-level `notify`.
-    pub notify: Option<Notify>,
+    pub notify: Option<super::Notify>,
     /// Where the task's full output (redacted) is kept, beyond what the log shows.
     pub output_file: Option<OutputFile>,
     /// Programs besides `secretbox` that may redeem this task's tokens (tools that speak the
@@ -369,28 +369,6 @@ pub struct Hook {
     /// argv form) means no token at all: most hooks only ping or clean up, and a token in
     /// their environment would be one more copy of the task's keys to steal.
     pub secrets: Vec<String>,
-}
-
-/// Where to report runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Notify {
-    /// A healthchecks.io-style ping URL: `/start`, the bare URL on success, `/fail` or
-    /// `/<exit code>` on failure.
-    pub ping: Option<UrlValue>,
-    /// POSTed a JSON document with the run's facts at start and end.
-    pub webhook: Option<UrlValue>,
-    /// Include the last stderr lines (pings: as the request body; webhooks: in the JSON).
-    pub send_logs: bool,
-    pub timeout: Duration,
-    /// Run at the end of each run with its facts in the environment.
-    pub command: Option<Vec<String>>,
-}
-
-/// A URL written in the file, or one kept as a secret (ping URLs are credentials).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UrlValue {
-    Text(String),
-    Secret(String),
 }
 
 #[derive(Debug, Clone)]

@@ -1,24 +1,32 @@
 //! Telling someone how runs went: a healthchecks.io-style ping URL and a generic webhook
-//! ([`http`]), and a notify command ([`command`]), delivered from the [`outbox`] so that no
-//! run ever waits for one.
+//! ([`http`]), a notify command ([`command`]), and the presets: a desktop notification
+//! ([`desktop`]), ntfy and Gotify ([`push`]) and a mail ([`email`]), delivered from the [`outbox`] so that no run ever waits for one.
 //!
 //! Pings: `URL/start` when a run starts, the bare `URL` on success, `URL/fail` (or
 //! `URL/<exit code>`) on failure, each with `?rid=<uuid>` so start and finish pair up; the
 //! body is empty unless `send_logs: true` (then the last stderr lines). Webhooks: a JSON
-//! document with the run's facts, POSTed at start and end. A notification that fails is
-//! logged and retried once; it never changes the result of a backup.
+//! document with the run's facts, POSTed at start and end. The presets say how a run ended
+//! (never that it started), each on a delivery thread of its own, in words a person reads
+//! ([`RunFacts::title`], [`RunFacts::text`]). A notification that fails is logged and
+//! retried once ([`retried`]); it never changes the result of a backup.
 
 mod command;
+mod desktop;
+mod email;
 mod http;
 mod outbox;
+mod push;
 
 use std::ffi::OsString;
 use std::path::Path;
+use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
+use tracing::{debug, warn};
 
 use crate::broker::Secrets;
-use crate::config::Notify;
+use crate::config::{Desktop, Notify};
 pub(crate) use outbox::{Outbox, Sent};
 
 /// The facts of a run, as webhooks receive them.
@@ -76,6 +84,53 @@ impl RunFacts {
     }
 }
 
+impl RunFacts {
+    /// Whether the end is one to alert about: not a success, a warning or a deliberate
+    /// skip (the same line the ping draws between the bare URL and `/fail`).
+    fn failed(&self) -> bool {
+        !matches!(self.status.as_str(), "success" | "warning" | "skipped")
+    }
+
+    /// The status, with the exit code of a failure: `failed (exit code 3)`.
+    fn result(&self) -> String {
+        match self.exit_code.filter(|_| self.failed()) {
+            Some(code) => format!("{} (exit code {code})", self.status),
+            None => self.status.clone(),
+        }
+    }
+
+    /// `backupnizza: nightly failed`: a title or subject naming the task and the result.
+    fn title(&self) -> String {
+        format!("backupnizza: {} {}", self.task, self.status)
+    }
+
+    /// The facts as lines a person reads: task, result, reason, host and times, what the
+    /// run saved or found, and the stderr tail when the facts still hold it (`send_logs`).
+    fn text(&self) -> String {
+        let mut lines = vec![format!("task: {}", self.task), format!("result: {}", self.result())];
+        if !self.reason.is_empty() {
+            lines.push(format!("reason: {}", self.reason));
+        }
+        lines.push(format!("host: {}", self.host));
+        lines.push(format!("started: {}", self.started));
+        if let Some(ended) = &self.ended {
+            lines.push(format!("ended: {ended}"));
+        }
+        if let Some(id) = &self.snapshot_id {
+            lines.push(format!("snapshot: {id}"));
+        }
+        if !self.audit_findings.is_empty() {
+            lines.push("findings:".into());
+            lines.extend(self.audit_findings.iter().map(|f| format!("  {}", f.detail)));
+        }
+        if let Some(tail) = self.stderr_tail.as_ref().filter(|t| !t.is_empty()) {
+            lines.push("last lines of stderr:".into());
+            lines.extend(tail.iter().map(|l| format!("  {l}")));
+        }
+        lines.join("\n") + "\n"
+    }
+}
+
 /// A fresh UUIDv4 for pairing pings.
 pub(crate) fn new_rid() -> String {
     let mut b = [0u8; 16];
@@ -86,9 +141,14 @@ pub(crate) fn new_rid() -> String {
     format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
+/// One notification, ready to be sent from a delivery thread (blocking).
+type Delivery = Box<dyn FnOnce() + Send>;
+
 /// Posts the notifications for one event and returns at once. With `after`, they wait
 /// until that earlier event's notifications are out, so an end never overtakes its start
-/// (healthchecks would then wait for a completion that already came).
+/// (healthchecks would then wait for a completion that already came). The presets, which
+/// only an end has, go out each on a thread of its own, so a slow mail server delays no
+/// other notification.
 pub(crate) fn send(
     notify: &Notify,
     secrets: &Secrets,
@@ -98,26 +158,108 @@ pub(crate) fn send(
     (base_env, home): (&[(OsString, OsString)], Option<&Path>),
 ) -> Option<Sent> {
     let targets = http::Targets::of(notify, secrets);
-    // The notifier is for results: it runs at the end of a run only.
-    let command = notify.command.clone().filter(|_| facts.event == "end");
-    if targets.is_empty() && command.is_none() {
+    let end = facts.event == "end";
+    // The notifier and the presets are for results: they run at the end of a run only.
+    let command = notify.command.clone().filter(|_| end);
+    let presets = if end { presets(notify, secrets, &facts) } else { Vec::new() };
+    if targets.is_empty() && command.is_none() && presets.is_empty() {
         return None;
     }
     let facts = facts.redacted();
-    let notifier = command.map(|argv| {
-        let mut facts = facts.clone();
-        if !notify.send_logs {
-            facts.stderr_tail = None;
-        }
-        (argv, base_env.to_vec(), home.map(Path::to_path_buf), facts)
-    });
+    let mut shown = facts.clone();
+    if !notify.send_logs {
+        shown.stderr_tail = None;
+    }
+    for preset in presets {
+        let shown = shown.clone();
+        outbox.post(None, Some(Box::new(move || preset(&shown))), async {});
+    }
+    let notifier = command.map(|argv| (argv, base_env.to_vec(), home.map(Path::to_path_buf)));
+    if targets.is_empty() && notifier.is_none() {
+        return None;
+    }
     let timeout = notify.timeout;
-    let deliver: Option<Box<dyn FnOnce() + Send>> =
+    let deliver: Option<Delivery> =
         if targets.is_empty() { None } else { Some(Box::new(move || targets.deliver(&facts))) };
     let then = async move {
-        if let Some((argv, base_env, home, facts)) = notifier {
-            command::run(&argv, &base_env, home.as_deref(), &facts, timeout).await;
+        if let Some((argv, base_env, home)) = notifier {
+            command::run(&argv, &base_env, home.as_deref(), &shown, timeout).await;
         }
     };
     Some(outbox.post(after, deliver, then))
+}
+
+/// A preset's delivery, given the end's facts (redacted, the stderr tail only with
+/// `send_logs`).
+type Preset = Box<dyn FnOnce(&RunFacts) + Send>;
+
+/// The end-of-run presets `notify` asks for, their secrets resolved.
+fn presets(notify: &Notify, secrets: &Secrets, facts: &RunFacts) -> Vec<Preset> {
+    let timeout = notify.timeout;
+    let mut out: Vec<Preset> = Vec::new();
+    let desktop = match notify.desktop {
+        Desktop::Off => false,
+        Desktop::Always => true,
+        Desktop::Failures => facts.failed(),
+    };
+    if desktop {
+        out.push(Box::new(move |facts| desktop::deliver(facts, timeout)));
+    }
+    if let Some(ntfy) = &notify.ntfy {
+        let token = ntfy.token_secret.as_ref().map(|name| secret(secrets, name, facts));
+        // A token named but not had: nothing is sent, rather than an anonymous publish.
+        if token.as_ref().is_none_or(Option::is_some) {
+            let target = push::Ntfy::new(ntfy, token.flatten(), timeout);
+            out.push(Box::new(move |facts| target.deliver(facts)));
+        }
+    }
+    if let Some(gotify) = &notify.gotify
+        && let Some(token) = secret(secrets, &gotify.token_secret, facts)
+    {
+        let target = push::Gotify::new(gotify, token, timeout);
+        out.push(Box::new(move |facts| target.deliver(facts)));
+    }
+    if let Some(email) = &notify.email {
+        let password = email.password_secret.as_ref().map(|name| secret(secrets, name, facts));
+        // A login named but its password not had: the server would refuse the mail anyway.
+        if password.as_ref().is_none_or(Option::is_some) {
+            let target = email::Email::new(email, password.flatten(), timeout);
+            out.push(Box::new(move |facts| target.deliver(facts)));
+        }
+    }
+    out
+}
+
+/// A secret a preset names, as text (trimmed: a file's final newline is no part of a
+/// token). `None`, with a warning, when it was not loaded or is not UTF-8.
+fn secret(secrets: &Secrets, name: &str, facts: &RunFacts) -> Option<SecretString> {
+    let text = secrets
+        .get(name)
+        .and_then(|s| std::str::from_utf8(s.expose_secret().as_bytes()).ok())
+        .map(|s| SecretString::from(s.trim()));
+    if text.is_none() {
+        warn!(task = %facts.task, run_id = %facts.run_id, "secret {name:?} for a notification is not loaded or not UTF-8; that notification is not sent");
+    }
+    text
+}
+
+/// Sends with one retry after a second; logs the outcome. `to` is what logs may show of
+/// the destination (a URL's scheme and host, a mail server's host).
+fn retried(kind: &str, to: &str, facts: &RunFacts, attempt: impl Fn() -> Result<(), String>) {
+    for retry in 0..2 {
+        match attempt() {
+            Ok(()) => {
+                debug!(task = %facts.task, run_id = %facts.run_id, to, event = facts.event, "{kind} sent");
+                return;
+            }
+            Err(e) if retry == 0 => {
+                debug!(to, "{kind} failed ({e}); retrying once");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => warn!(
+                task = %facts.task, run_id = %facts.run_id, to, event = facts.event,
+                "{kind} failed: {e}; the run's result is unaffected"
+            ),
+        }
+    }
 }

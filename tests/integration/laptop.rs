@@ -16,6 +16,22 @@ struct MockLogind {
     log: std::path::PathBuf,
 }
 
+/// A private `dbus-daemon` whose socket is in `scratch` (named after `name`), serving the
+/// test as the system or the session bus: the daemon (to kill when done) and its address.
+pub(crate) fn private_bus(scratch: &Scratch, name: &str) -> (Child, String) {
+    let socket = scratch.path().join(format!("{name}_bus_socket"));
+    let mut bus = Command::new("dbus-daemon")
+        .args(["--session", "--nofork", "--print-address=1"])
+        .arg(format!("--address=unix:path={}", socket.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dbus-daemon is installed (.ci/packages)");
+    let mut line = String::new();
+    BufReader::new(bus.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    (bus, line.trim().to_string())
+}
+
 impl MockLogind {
     fn start(scratch: &Scratch) -> MockLogind {
         let logind = MockLogind::template(scratch, "logind", "{}");
@@ -24,17 +40,7 @@ impl MockLogind {
     }
 
     fn template(scratch: &Scratch, template: &str, parameters: &str) -> MockLogind {
-        let socket = scratch.path().join(format!("{template}_bus_socket"));
-        let mut bus = Command::new("dbus-daemon")
-            .args(["--session", "--nofork", "--print-address=1"])
-            .arg(format!("--address=unix:path={}", socket.display()))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dbus-daemon is installed (.ci/packages)");
-        let mut line = String::new();
-        BufReader::new(bus.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let address = line.trim().to_string();
+        let (bus, address) = private_bus(scratch, template);
         let log = scratch.path().join(format!("{template}-mock.log"));
         let mock = Command::new("/usr/bin/python3")
             .args(["-m", "dbusmock", "--system", "--template", template, "-p", parameters, "-l"])

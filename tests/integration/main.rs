@@ -24,6 +24,7 @@ mod next;
 mod notify;
 mod pinning;
 mod pipes;
+mod presets;
 mod records;
 mod redeemers;
 mod restic;

@@ -11,6 +11,10 @@ use std::collections::BTreeSet;
 use super::walk::{Checker, index, join, program_name, suggestion};
 use crate::config::tree::{Node, Pos, Value};
 
+/// The keys of notification presets that name a secret: (preset, key).
+const PRESET_SECRETS: [(&str, &str); 3] =
+    [("ntfy", "token_secret"), ("gotify", "token_secret"), ("email", "password_secret")];
+
 impl Checker {
     /// References between sections: every secret a task names must be declared. This walks
     /// the tree rather than the checked values, so it still runs when a task has other
@@ -124,7 +128,29 @@ impl Checker {
                 }
             }
         }
-        // `{secret: NAME}` URLs of notifications, top level and per task.
+        self.cross_check_notify(root, &declared, &mut used);
+        if let Some((_, secrets)) = lookup(root, "secrets") {
+            for (name, key, _) in string_keys(secrets) {
+                if !used.contains(&name) {
+                    self.warn(
+                        &join("secrets", &name),
+                        key.pos,
+                        format!("secret {name:?} is not used by any task (add it to a task's `secrets:`)"),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The secrets notifications name, top level and per task: `{secret: NAME}` URLs and
+    /// the presets' `token_secret` and `password_secret`. Each must be declared; none has to
+    /// be in a task's `secrets:`, since no process of the task gets it.
+    fn cross_check_notify(
+        &mut self,
+        root: &Node,
+        declared: &BTreeSet<&str>,
+        used: &mut BTreeSet<String>,
+    ) {
         let mut notify_nodes: Vec<(String, &Node)> = Vec::new();
         if let Some((_, n)) = lookup(root, "notify") {
             notify_nodes.push(("notify".into(), n));
@@ -137,32 +163,32 @@ impl Checker {
             }
         }
         for (path, node) in notify_nodes {
+            // (key path, how the file wrote it, the name, where)
+            let mut names: Vec<(String, String, &str, Option<Pos>)> = Vec::new();
             for key in ["ping", "webhook"] {
                 let Some((_, value)) = lookup(node, key) else { continue };
-                let Some((_, Node { value: Value::Str(name), pos })) = lookup(value, "secret")
-                else {
-                    continue;
-                };
-                used.insert(name.clone());
-                if !declared.contains(name.as_str()) {
-                    self.error(
-                        &join(&join(&path, key), "secret"),
-                        *pos,
-                        format!(
-                            "{{secret: {name}}} names a secret that is not declared under `secrets:`{}",
-                            suggestion(name, declared.iter().copied())
-                        ),
-                    );
+                if let Some((_, Node { value: Value::Str(name), pos })) = lookup(value, "secret") {
+                    let shown = format!("{{secret: {name}}}");
+                    names.push((join(&join(&path, key), "secret"), shown, name, *pos));
                 }
             }
-        }
-        if let Some((_, secrets)) = lookup(root, "secrets") {
-            for (name, key, _) in string_keys(secrets) {
-                if !used.contains(&name) {
-                    self.warn(
-                        &join("secrets", &name),
-                        key.pos,
-                        format!("secret {name:?} is not used by any task (add it to a task's `secrets:`)"),
+            for (preset, key) in PRESET_SECRETS {
+                let Some((_, section)) = lookup(node, preset) else { continue };
+                if let Some((_, Node { value: Value::Str(name), pos })) = lookup(section, key) {
+                    let shown = format!("`{key}: {name}`");
+                    names.push((join(&join(&path, preset), key), shown, name, *pos));
+                }
+            }
+            for (at, shown, name, pos) in names {
+                used.insert(name.to_string());
+                if !declared.contains(name) {
+                    self.error(
+                        &at,
+                        pos,
+                        format!(
+                            "{shown} names a secret that is not declared under `secrets:`{}",
+                            suggestion(name, declared.iter().copied())
+                        ),
                     );
                 }
             }

@@ -7,9 +7,8 @@
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
-use tracing::{debug, warn};
 
-use super::RunFacts;
+use super::{RunFacts, retried};
 use crate::broker::Secrets;
 use crate::config::UrlValue;
 
@@ -48,7 +47,7 @@ impl Targets {
                 body.extend(tail.iter().map(String::as_str));
             }
             let body = body.join("\n");
-            deliver("ping", base, facts, || {
+            retried("ping", &shown(base), facts, || {
                 agent
                     .post(&url)
                     .set("content-type", "text/plain")
@@ -62,7 +61,7 @@ impl Targets {
             if !self.send_logs {
                 facts.stderr_tail = None;
             }
-            deliver("webhook", url, &facts, || {
+            retried("webhook", &shown(url), &facts, || {
                 agent.post(url).send_json(&facts).map(drop).map_err(|e| describe(&e))
             });
         }
@@ -112,28 +111,8 @@ pub(crate) fn shown(url: &str) -> String {
     }
 }
 
-/// Sends with one retry after a second; logs the outcome with the URL reduced to its host.
-fn deliver(kind: &str, url: &str, facts: &RunFacts, attempt: impl Fn() -> Result<(), String>) {
-    for retry in 0..2 {
-        match attempt() {
-            Ok(()) => {
-                debug!(task = %facts.task, run_id = %facts.run_id, url = %shown(url), event = facts.event, "{kind} sent");
-                return;
-            }
-            Err(e) if retry == 0 => {
-                debug!(url = %shown(url), "{kind} failed ({e}); retrying once");
-                std::thread::sleep(Duration::from_secs(1));
-            }
-            Err(e) => warn!(
-                task = %facts.task, run_id = %facts.run_id, url = %shown(url), event = facts.event,
-                "{kind} failed: {e}; the run's result is unaffected"
-            ),
-        }
-    }
-}
-
 /// An error without the URL (ureq's messages include it).
-fn describe(e: &ureq::Error) -> String {
+pub(super) fn describe(e: &ureq::Error) -> String {
     match e {
         ureq::Error::Status(code, _) => format!("HTTP status {code}"),
         ureq::Error::Transport(t) => {
