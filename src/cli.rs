@@ -52,6 +52,12 @@ pub enum Command {
     Status(StatusArgs),
     /// Run a task now, through the running daemon (so its secrets are available).
     Trigger(TriggerArgs),
+    /// Hold tasks' scheduled runs (all tasks when none is named), for a while or until
+    /// `resume`; each occurrence meanwhile is recorded as skipped ("paused"), and `trigger`
+    /// still runs them.
+    Pause(PauseArgs),
+    /// Lift a pause (of all tasks when none is named).
+    Resume(ResumeArgs),
     /// List past runs from the run history (works without the daemon).
     History(HistoryArgs),
     /// Show the snapshot ledger, or acknowledge deletions (works without the daemon).
@@ -186,6 +192,35 @@ pub struct TriggerArgs {
     /// own exit code when it failed with one
     #[arg(long)]
     pub follow: bool,
+    /// The daemon's socket (default: the task file's `socket:`; without one, the user
+    /// daemon's, else the system daemon's /run/backupnizza/secretbox.sock)
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PauseArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The tasks to pause (default: every task)
+    #[arg(value_name = "TASK")]
+    pub tasks: Vec<String>,
+    /// How long (a duration such as 30m, 2h, 1d); without it, until `backupnizza resume`
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// The daemon's socket (default: the task file's `socket:`; without one, the user
+    /// daemon's, else the system daemon's /run/backupnizza/secretbox.sock)
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The tasks to resume (default: every paused task)
+    #[arg(value_name = "TASK")]
+    pub tasks: Vec<String>,
     /// The daemon's socket (default: the task file's `socket:`; without one, the user
     /// daemon's, else the system daemon's /run/backupnizza/secretbox.sock)
     #[arg(long, value_name = "PATH")]

@@ -249,6 +249,8 @@ pub(crate) enum SkipReason {
     Superseded,
     /// The wall clock was corrected forward (by more than 3 hours) past them.
     ClockChange,
+    /// `backupnizza pause` held the task.
+    Paused,
 }
 
 impl SkipReason {
@@ -258,6 +260,7 @@ impl SkipReason {
             SkipReason::TooLate => "too_late",
             SkipReason::Superseded => "superseded",
             SkipReason::ClockChange => "clock_change",
+            SkipReason::Paused => "paused",
         }
     }
 }

@@ -21,6 +21,12 @@ pub const ROUTE_SECRETS: &str = "/v1/secrets/";
 /// `GET` — the daemon's tasks, their last runs and next fire times ([`StatusBody`]).
 /// Control routes refuse callers inside a task's process tree.
 pub const ROUTE_STATUS: &str = "/v1/status";
+/// `POST /v1/pause?tasks=a,b&for=SECONDS` — hold the tasks' occurrences (no `tasks`: every
+/// task; no `for`: until resumed); 200 with a [`PausedBody`]. The daemon's own user only.
+pub const ROUTE_PAUSE: &str = "/v1/pause";
+/// `POST /v1/resume?tasks=a,b` — lift the pauses (no `tasks`: every task's); 200 with a
+/// [`PausedBody`] naming the tasks resumed. The daemon's own user only.
+pub const ROUTE_RESUME: &str = "/v1/resume";
 /// `POST /v1/tasks/{name}/trigger` — run a task now; 202 with a [`RunRef`].
 pub const ROUTE_TASKS: &str = "/v1/tasks/";
 /// `GET /v1/runs/{id}?wait=SECONDS` — a run's state, waiting up to SECONDS (max 30) for it to
@@ -161,6 +167,32 @@ pub struct TaskStatus {
     /// When a verifier last proved this task's newest snapshot restorable (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified: Option<String>,
+    /// Whether its last success is too old: two of its occurrences missed since the start
+    /// of its last successful run (or the daemon's start), or its audit's `max_age`.
+    #[serde(default)]
+    pub overdue: bool,
+    /// Since when it is overdue (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overdue_since: Option<String>,
+    /// `backupnizza pause` holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<PauseBody>,
+}
+
+/// A task's pause, as `status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PauseBody {
+    pub since: String,
+    /// RFC 3339; null: until resumed.
+    pub until: Option<String>,
+}
+
+/// The answer to `pause` and `resume`: the tasks it applied to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PausedBody {
+    pub tasks: Vec<String>,
+    /// When the pause ends (RFC 3339); null: until resumed, or an answer to `resume`.
+    pub until: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

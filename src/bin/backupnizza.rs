@@ -26,6 +26,8 @@ fn main() {
         }
         Command::Status(args) => commands::control::status(args, &env),
         Command::Trigger(args) => commands::control::trigger(args, &env),
+        Command::Pause(args) => commands::control::pause(args, &env),
+        Command::Resume(args) => commands::control::resume(args, &env),
         Command::History(args) => commands::history::run(args, &env),
         Command::Ledger(args) => commands::ledger::run(args, &env),
         Command::Secret(SecretCommand::Set(args)) => commands::secret::set(args, &env),

@@ -20,10 +20,28 @@ pub(crate) enum Request {
     Trigger { task: String, reply: oneshot::Sender<Result<RunRef, FireError>> },
     /// The `GET /v1/status` body.
     Status { reply: oneshot::Sender<StatusBody> },
+    /// Hold the named tasks' occurrences (every task's for none); answers their names.
+    Pause {
+        request: PauseRequest,
+        reply: oneshot::Sender<Result<crate::protocol::PausedBody, FireError>>,
+    },
+    /// Lift the named tasks' pauses (every task's for none); answers the names resumed.
+    Resume {
+        tasks: Vec<String>,
+        reply: oneshot::Sender<Result<crate::protocol::PausedBody, FireError>>,
+    },
     /// Follow a run: a receiver of its state, or `None` for an unknown run id.
     Subscribe { run_id: String, reply: oneshot::Sender<Option<watch::Receiver<RunBody>>> },
     /// A run's output feed, or `None` for an unknown run id.
     Follow { run_id: String, reply: oneshot::Sender<Option<std::sync::Arc<super::feed::Feed>>> },
+}
+
+/// `POST /v1/pause`: which tasks (none: all), and for how many seconds (none: until
+/// `resume`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PauseRequest {
+    pub(crate) tasks: Vec<String>,
+    pub(crate) seconds: Option<u64>,
 }
 
 /// Why a control request was not carried out. The server maps each to an HTTP status.
@@ -93,6 +111,20 @@ impl Control {
 
     pub(crate) async fn trigger(&self, task: &str) -> Result<RunRef, FireError> {
         self.ask(|reply| Request::Trigger { task: task.to_string(), reply }).await?
+    }
+
+    pub(crate) async fn pause(
+        &self,
+        request: PauseRequest,
+    ) -> Result<crate::protocol::PausedBody, FireError> {
+        self.ask(|reply| Request::Pause { request, reply }).await?
+    }
+
+    pub(crate) async fn resume(
+        &self,
+        tasks: Vec<String>,
+    ) -> Result<crate::protocol::PausedBody, FireError> {
+        self.ask(|reply| Request::Resume { tasks, reply }).await?
     }
 
     pub(crate) async fn status(&self) -> Result<StatusBody, FireError> {

@@ -342,6 +342,8 @@ async fn route(
     }
     let is_control = path == protocol::ROUTE_STATUS
         || path == protocol::ROUTE_HISTORY
+        || path == protocol::ROUTE_PAUSE
+        || path == protocol::ROUTE_RESUME
         || path.starts_with(protocol::ROUTE_TASKS)
         || path.starts_with(protocol::ROUTE_RUNS);
     if !is_control {
@@ -407,6 +409,9 @@ async fn control_route(
         }
         return history_route(query, control, member).await;
     }
+    if path == protocol::ROUTE_PAUSE || path == protocol::ROUTE_RESUME {
+        return pause_route(path, method, query, control, (peer, member)).await;
+    }
     if let Some(rest) = path.strip_prefix(protocol::ROUTE_TASKS) {
         let Some(task) = rest.strip_suffix("/trigger") else {
             return error(
@@ -467,6 +472,59 @@ async fn control_route(
         };
     }
     error(StatusCode::NOT_FOUND, protocol::errors::NOT_FOUND, format!("no route {path:?}"))
+}
+
+/// `POST /v1/pause` and `/v1/resume`: the daemon's own user's alone (a member's task may be
+/// another member's too; holding it is the owner's call).
+async fn pause_route(
+    path: &str,
+    method: &Method,
+    query: Option<&str>,
+    control: &Control,
+    (peer, member): (Peer, Option<u32>),
+) -> Resp {
+    if method != Method::POST {
+        return not_allowed("POST");
+    }
+    let pause = path == protocol::ROUTE_PAUSE;
+    if let Some(uid) = member {
+        return error(
+            StatusCode::FORBIDDEN,
+            Rejection::Forbidden.as_str(),
+            format!("only the daemon's own user may pause or resume tasks; you are uid {uid}"),
+        );
+    }
+    let value = |key: &str| {
+        query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix(key))).unwrap_or("")
+    };
+    let tasks: Vec<String> =
+        value("tasks=").split(',').filter(|t| !t.is_empty()).map(str::to_string).collect();
+    let seconds = match value("for=") {
+        "" => None,
+        text => match text.parse::<u64>() {
+            Ok(s) if s > 0 => Some(s),
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    protocol::errors::BAD_REQUEST,
+                    format!("`for` must be a number of seconds above 0, not {text:?}"),
+                );
+            }
+        },
+    };
+    let answer = if pause {
+        control.pause(crate::broker::control::PauseRequest { tasks, seconds }).await
+    } else {
+        control.resume(tasks).await
+    };
+    match answer {
+        Ok(body) => {
+            let what = if pause { "paused" } else { "resumed" };
+            info!(tasks = %body.tasks.join(","), seconds, peer_pid = peer.pid.unwrap_or_default(), exe = %peer.exe(), "{what} through the socket");
+            json(StatusCode::OK, &body)
+        }
+        Err(e) => fire_error(&e),
+    }
 }
 
 /// `GET /v1/history`: the daemon's user and members (`member`, their uid) are served apart.

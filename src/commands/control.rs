@@ -9,7 +9,7 @@ use anyhow::Context;
 use hyper::Method;
 
 use super::{load_config, print};
-use crate::cli::{StatusArgs, TriggerArgs};
+use crate::cli::{ConfigArg, PauseArgs, ResumeArgs, StatusArgs, TriggerArgs};
 use crate::client::{Client, ClientError, Response};
 use crate::config::{self, Config, Environment};
 use crate::exit::{Exit, USAGE};
@@ -195,6 +195,14 @@ pub fn status(args: &StatusArgs, env: &Environment) -> anyhow::Result<()> {
             if let Some(at) = &task.verified {
                 writeln!(out, "{:width$}  verified restorable {at}", "")?;
             }
+            if let Some(since) = &task.overdue_since {
+                writeln!(out, "{:width$}  OVERDUE since {since}: backups are not current", "")?;
+            }
+            if let Some(pause) = &task.paused {
+                let until =
+                    pause.until.as_deref().map_or("until resumed".into(), |u| format!("until {u}"));
+                writeln!(out, "{:width$}  paused since {} {until}", "", pause.since)?;
+            }
         }
         Ok(())
     })
@@ -320,4 +328,57 @@ pub fn trigger(args: &TriggerArgs, env: &Environment) -> anyhow::Result<()> {
             (false, _) => Err(Exit::silent(crate::exit::FAILURE).into()),
         };
     }
+}
+
+/// `backupnizza pause [--for DURATION] [TASK...]`.
+pub fn pause(args: &PauseArgs, env: &Environment) -> anyhow::Result<()> {
+    let mut query = tasks_query(&args.tasks)?;
+    if let Some(d) = args.duration {
+        // Whole seconds, at least one: `--for 0s` would be no pause at all.
+        query.push(format!("for={}", d.as_secs().max(1)));
+    }
+    let body =
+        pause_call(&args.config, args.socket.as_deref(), protocol::ROUTE_PAUSE, &query, env)?;
+    let until = body
+        .until
+        .map_or_else(|| "until `backupnizza resume`".to_string(), |u| format!("until {u}"));
+    print(|out| writeln!(out, "paused {until}: {}", body.tasks.join(", ")))
+}
+
+/// `backupnizza resume [TASK...]`.
+pub fn resume(args: &ResumeArgs, env: &Environment) -> anyhow::Result<()> {
+    let query = tasks_query(&args.tasks)?;
+    let body =
+        pause_call(&args.config, args.socket.as_deref(), protocol::ROUTE_RESUME, &query, env)?;
+    if body.tasks.is_empty() {
+        return print(|out| writeln!(out, "nothing was paused"));
+    }
+    print(|out| writeln!(out, "resumed: {}", body.tasks.join(", ")))
+}
+
+/// `tasks=a,b`, each name checked first so none becomes part of a request path unchecked.
+fn tasks_query(tasks: &[String]) -> anyhow::Result<Vec<String>> {
+    if let Some(bad) = tasks.iter().find(|t| !config::valid_name(t)) {
+        return Err(Exit::usage(format!(
+            "{bad:?} is not a valid task name (letters, digits, '.', '_' and '-', at most 64)"
+        ))
+        .into());
+    }
+    Ok(if tasks.is_empty() { Vec::new() } else { vec![format!("tasks={}", tasks.join(","))] })
+}
+
+fn pause_call(
+    config: &ConfigArg,
+    socket: Option<&std::path::Path>,
+    route: &str,
+    query: &[String],
+    env: &Environment,
+) -> anyhow::Result<protocol::PausedBody> {
+    let config = load_config(config, env)?;
+    let target = target(&config, env, socket);
+    let client = client_for(&target);
+    let path =
+        if query.is_empty() { route.to_string() } else { format!("{route}?{}", query.join("&")) };
+    let response = call(&client, &target, Method::POST, &path)?;
+    serde_json::from_slice(&response.body).context("unexpected pause answer")
 }

@@ -32,7 +32,8 @@ pub(crate) use outbox::{Outbox, Sent};
 /// The facts of a run, as webhooks receive them.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct RunFacts {
-    /// `start` or `end`.
+    /// `start` or `end` of a run; `overdue` or `recovered` for a task whose last success
+    /// became too old, or is recent again (then `run_id` is empty).
     pub event: &'static str,
     pub task: String,
     pub run_id: String,
@@ -88,7 +89,7 @@ impl RunFacts {
     /// Whether the end is one to alert about: not a success, a warning or a deliberate
     /// skip (the same line the ping draws between the bare URL and `/fail`).
     fn failed(&self) -> bool {
-        !matches!(self.status.as_str(), "success" | "warning" | "skipped")
+        !matches!(self.status.as_str(), "success" | "warning" | "skipped" | "recovered")
     }
 
     /// The status, with the exit code of a failure: `failed (exit code 3)`.
@@ -157,9 +158,15 @@ pub(crate) fn send(
     outbox: &Outbox,
     (base_env, home): (&[(OsString, OsString)], Option<&Path>),
 ) -> Option<Sent> {
-    let targets = http::Targets::of(notify, secrets);
-    let end = facts.event == "end";
-    // The notifier and the presets are for results: they run at the end of a run only.
+    let mut targets = http::Targets::of(notify, secrets);
+    // A ping says how a run went; a task becoming overdue or recovering is the webhook's,
+    // the notifier's and the presets' (healthchecks keeps its own time).
+    if !matches!(facts.event, "start" | "end") {
+        targets.ping = None;
+    }
+    let end = facts.event != "start";
+    // The notifier and the presets are for results: a run's end, a task overdue or
+    // recovered; never a start.
     let command = notify.command.clone().filter(|_| end);
     let presets = if end { presets(notify, secrets, &facts) } else { Vec::new() };
     if targets.is_empty() && command.is_none() && presets.is_empty() {

@@ -32,6 +32,7 @@ mod settle;
 mod tables;
 #[cfg(test)]
 mod tests;
+mod vigil;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -189,6 +190,7 @@ impl State {
         let first = self.clock.read();
         let now = first.wall;
         self.catch_up_downtime(past, now);
+        self.refresh_deadlines();
         for (i, task) in self.ctx.config.tasks.iter().enumerate() {
             if let Some(next) =
                 timetable::next_fire(&task.schedule, &task.zone.tz, self.started, now)
@@ -223,7 +225,12 @@ impl State {
         loop {
             let cap =
                 if self.sentinel.is_kernel() { KERNEL_MAX_SLEEP } else { timetable::MAX_SLEEP };
-            let pause = self.table.sleep_for(self.now(), cap);
+            let now = self.now();
+            let mut pause = self.table.sleep_for(now, cap);
+            if let Some(vigil) = self.next_vigil() {
+                let until = Duration::try_from(vigil.duration_since(now)).unwrap_or_default();
+                pause = pause.min(until);
+            }
             let wake = tokio::select! {
                 () = tokio::time::sleep(pause) => Wake::Timer,
                 stop = inbox.stop.recv() => return stop.unwrap_or(Stop::Signal("a closed stop channel")),
@@ -265,6 +272,7 @@ impl State {
             // downtime (a year forward was caught up as 52,560 missed runs). A jump after
             // the reading is seen at the next wake, which the sentinel brings at once.
             self.fire_due(reading.wall);
+            self.keep_vigil(reading.wall);
         }
     }
 
@@ -320,6 +328,12 @@ impl State {
             }
             Request::Status { reply } => {
                 let _ = reply.send(self.status());
+            }
+            Request::Pause { request, reply } => {
+                let _ = reply.send(self.pause(&request));
+            }
+            Request::Resume { tasks, reply } => {
+                let _ = reply.send(self.resume(&tasks));
             }
             Request::Subscribe { run_id, reply } => {
                 let _ = reply.send(self.runs.by_id.get(&run_id).map(|k| k.state.subscribe()));

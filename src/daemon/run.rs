@@ -75,7 +75,7 @@ impl RunContext {
     }
 
     /// Sends a run's notifications; `after` orders them behind an earlier event's.
-    fn notify(&self, task: &Task, facts: RunFacts, after: Option<Sent>) -> Option<Sent> {
+    pub(crate) fn notify(&self, task: &Task, facts: RunFacts, after: Option<Sent>) -> Option<Sent> {
         let notify = task.notify.as_ref().or(self.config.notify.as_ref())?;
         let local = (self.runner.base_env.as_slice(), self.runner.home.as_deref());
         notify::send(notify, self.runner.broker.secrets(), facts, after, &self.outbox, local)

@@ -36,3 +36,4 @@ mod system;
 mod system_service;
 mod validate;
 mod verify;
+mod vigil;

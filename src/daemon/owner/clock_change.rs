@@ -85,6 +85,8 @@ impl State {
                 }
             }
         }
+        // Where "overdue" counts from was re-read on the new clock.
+        self.refresh_deadlines();
         self.write_metrics();
     }
 }

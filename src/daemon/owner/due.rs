@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::State;
 use crate::history::{Record, SkipReason};
@@ -32,6 +32,15 @@ impl State {
         let task = &ctx.config.tasks[idx];
         let human = crate::time::Human;
         match timetable::decide(&task.schedule, &task.zone.tz, due, now, task.max_lateness) {
+            Decision::Run { occurrence, .. } if let Some(pause) = self.is_paused(idx, now) => {
+                let until = pause.until.map_or_else(
+                    || "until resumed".to_string(),
+                    |u| format!("until {}", self.rfc3339(u)),
+                );
+                info!(task = %task.name, "skipping the occurrence of {}: paused {until}", self.rfc3339(occurrence));
+                self.skip(idx, occurrence, 1, SkipReason::Paused, format!("paused {until}"));
+                self.write_metrics();
+            }
             Decision::Run { trigger, occurrence, superseded, first_missed } => {
                 if trigger == Trigger::CatchUp {
                     let late =

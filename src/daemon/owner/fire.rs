@@ -150,6 +150,7 @@ impl State {
         let ran = outcome.status != RunStatus::Skipped;
         self.tasks[idx]
             .ended_at(Stamp::before(&self.clock.read(), ended), ran && outcome.status.is_ok());
+        self.refresh_deadline(idx);
         if let Some(v) = &outcome.verification {
             let at = self.rfc3339(ended);
             super::tables::verified(&mut self.tasks, &self.ctx, v, outcome.status, &at, ended);

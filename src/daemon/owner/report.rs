@@ -2,11 +2,12 @@
 
 use super::State;
 use crate::daemon::records::metrics::{self, TaskMetrics, TokenMetrics};
-use crate::protocol::{StatusBody, TaskStatus, TokenCounts};
+use crate::protocol::{PauseBody, StatusBody, TaskStatus, TokenCounts};
 
 impl State {
     pub(super) fn status(&self) -> StatusBody {
         let tokens = self.ctx.runner.broker.token_stats();
+        let now = self.now();
         StatusBody {
             daemon: env!("CARGO_PKG_VERSION").into(),
             pid: std::process::id(),
@@ -26,6 +27,12 @@ impl State {
                     deferred: state.deferred.clone(),
                     last: state.last.clone(),
                     verified: state.verified.clone(),
+                    overdue: state.overdue.is_some(),
+                    overdue_since: state.overdue.map(|t| self.rfc3339(t)),
+                    paused: super::vigil::paused_at(state, now).map(|p| PauseBody {
+                        since: self.rfc3339(p.since),
+                        until: p.until.map(|u| self.rfc3339(u)),
+                    }),
                 })
                 .collect(),
             history_problem: self.history_health.borrow().clone(),

@@ -33,6 +33,12 @@ pub(super) struct TaskState {
     pub(super) metrics: TaskMetrics,
     /// When a verifier's run last proved this task's snapshot restorable (RFC 3339).
     pub(super) verified: Option<String>,
+    /// After this instant without a newer success the task is overdue (see `vigil`).
+    pub(super) deadline: Option<Timestamp>,
+    /// Since when the task is overdue, if it is.
+    pub(super) overdue: Option<Timestamp>,
+    /// `backupnizza pause`: its occurrences are skipped.
+    pub(super) paused: Option<super::vigil::Pause>,
     /// The metrics' `last_*` instants with the elapsed-time clock at each, so a clock change
     /// can re-read them on the new clock (see [`TaskState::reread`]).
     stamps: Stamps,
@@ -43,6 +49,8 @@ struct Stamps {
     start: Option<Stamp>,
     end: Option<Stamp>,
     success: Option<Stamp>,
+    /// The start of the run that last succeeded: where "overdue" counts from.
+    good_start: Option<Stamp>,
 }
 
 impl TaskState {
@@ -55,9 +63,15 @@ impl TaskState {
         self.stamps.end = Some(at);
         self.metrics.last_end = Some(at.wall());
         if success {
+            self.stamps.good_start = self.stamps.start.or(Some(at));
             self.stamps.success = Some(at);
             self.metrics.last_success = Some(at.wall());
         }
+    }
+
+    /// The start of the run that last succeeded, on the current wall clock.
+    pub(super) fn last_good_start(&self, now: &Reading) -> Option<Timestamp> {
+        self.stamps.good_start.map(|s| s.reread(now))
     }
 
     /// After a clock change: each instant becomes *now minus its age*, so none lies in the

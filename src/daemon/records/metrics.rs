@@ -33,6 +33,10 @@ pub(crate) struct TaskMetrics {
     pub verify_mismatches: Option<u64>,
     /// A backup task: when a verifier last proved its newest snapshot restorable.
     pub last_verified: Option<Timestamp>,
+    /// Its last success is too old (see the state owner's `vigil`).
+    pub overdue: bool,
+    /// `backupnizza pause` holds it.
+    pub paused: bool,
 }
 
 /// What one ended run (seen as it ends, or read back from its End record at start) tells
@@ -191,6 +195,18 @@ const TASK_FAMILIES: &[TaskFamily] = &[
         "gauge",
         "When a verifier last proved the task's newest snapshot restorable.",
         |m| m.last_verified.map(seconds),
+    ),
+    (
+        "backupnizza_task_overdue",
+        "gauge",
+        "1 when the task's last success is too old (two occurrences missed, or its audit's max_age), else 0; manual tasks have no sample.",
+        |m| m.next.map(|_| f64::from(u8::from(m.overdue))),
+    ),
+    (
+        "backupnizza_task_paused",
+        "gauge",
+        "1 while `backupnizza pause` holds the task, else 0.",
+        |m| Some(f64::from(u8::from(m.paused))),
     ),
 ];
 
