@@ -11,6 +11,7 @@ mod clock;
 mod crash;
 mod credentials;
 mod daemon;
+mod dashboard;
 mod docs;
 mod harness;
 mod home;
