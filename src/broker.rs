@@ -13,6 +13,7 @@ mod admission;
 pub(crate) mod control;
 pub(crate) mod feed;
 pub(crate) mod keyring;
+mod pausing;
 pub mod peer;
 mod redeem;
 pub mod redeemers;

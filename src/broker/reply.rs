@@ -135,3 +135,19 @@ pub(super) fn not_allowed(allow: &'static str) -> Resp {
     r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
     r
 }
+
+/// The HTTP answer for a control request the daemon could not carry out.
+pub(super) fn fire_error(e: &super::control::FireError) -> Resp {
+    let (status, code) = match e {
+        super::control::FireError::NoSuchTask { .. } => {
+            (StatusCode::NOT_FOUND, protocol::errors::NOT_FOUND)
+        }
+        super::control::FireError::Busy { .. } => {
+            (StatusCode::CONFLICT, protocol::errors::CONFLICT)
+        }
+        super::control::FireError::Stopping => {
+            (StatusCode::SERVICE_UNAVAILABLE, protocol::errors::UNAVAILABLE)
+        }
+    };
+    error(status, code, e.to_string())
+}

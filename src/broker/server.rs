@@ -28,10 +28,10 @@ use zeroize::Zeroizing;
 
 use super::Broker;
 use super::admission::{over_limit, release};
-use super::control::{Control, FireError, HISTORY_STREAMS, HistoryError};
+use super::control::{Control, HISTORY_STREAMS, HistoryError};
 use super::peer::{Ancestry, Peer};
 use super::redeemers::Verified;
-use super::reply::{Resp, error, json, not_allowed};
+use super::reply::{Resp, error, fire_error, json, not_allowed};
 use crate::protocol::Rejection;
 use crate::protocol::{self, ErrorBody, PROTOCOL_HEADER, PROTOCOL_VERSION};
 
@@ -410,7 +410,7 @@ async fn control_route(
         return history_route(query, control, member).await;
     }
     if path == protocol::ROUTE_PAUSE || path == protocol::ROUTE_RESUME {
-        return pause_route(path, method, query, control, (peer, member)).await;
+        return super::pausing::route(path, method, query, control, (peer, member)).await;
     }
     if let Some(rest) = path.strip_prefix(protocol::ROUTE_TASKS) {
         let Some(task) = rest.strip_suffix("/trigger") else {
@@ -474,59 +474,6 @@ async fn control_route(
     error(StatusCode::NOT_FOUND, protocol::errors::NOT_FOUND, format!("no route {path:?}"))
 }
 
-/// `POST /v1/pause` and `/v1/resume`: the daemon's own user's alone (a member's task may be
-/// another member's too; holding it is the owner's call).
-async fn pause_route(
-    path: &str,
-    method: &Method,
-    query: Option<&str>,
-    control: &Control,
-    (peer, member): (Peer, Option<u32>),
-) -> Resp {
-    if method != Method::POST {
-        return not_allowed("POST");
-    }
-    let pause = path == protocol::ROUTE_PAUSE;
-    if let Some(uid) = member {
-        return error(
-            StatusCode::FORBIDDEN,
-            Rejection::Forbidden.as_str(),
-            format!("only the daemon's own user may pause or resume tasks; you are uid {uid}"),
-        );
-    }
-    let value = |key: &str| {
-        query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix(key))).unwrap_or("")
-    };
-    let tasks: Vec<String> =
-        value("tasks=").split(',').filter(|t| !t.is_empty()).map(str::to_string).collect();
-    let seconds = match value("for=") {
-        "" => None,
-        text => match text.parse::<u64>() {
-            Ok(s) if s > 0 => Some(s),
-            _ => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    protocol::errors::BAD_REQUEST,
-                    format!("`for` must be a number of seconds above 0, not {text:?}"),
-                );
-            }
-        },
-    };
-    let answer = if pause {
-        control.pause(crate::broker::control::PauseRequest { tasks, seconds }).await
-    } else {
-        control.resume(tasks).await
-    };
-    match answer {
-        Ok(body) => {
-            let what = if pause { "paused" } else { "resumed" };
-            info!(tasks = %body.tasks.join(","), seconds, peer_pid = peer.pid.unwrap_or_default(), exe = %peer.exe(), "{what} through the socket");
-            json(StatusCode::OK, &body)
-        }
-        Err(e) => fire_error(&e),
-    }
-}
-
 /// `GET /v1/history`: the daemon's user and members (`member`, their uid) are served apart.
 async fn history_route(query: Option<&str>, control: &Control, member: Option<u32>) -> Resp {
     let task = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("task=")));
@@ -564,16 +511,6 @@ fn not_for_member(control: &Control, task: &str, member: Option<u32>) -> Option<
             "task {task:?} does not let you (uid {uid}) trigger it or read its output: its `members:` in the task file says who may"
         ),
     ))
-}
-
-/// The HTTP answer for a control request the daemon could not carry out.
-fn fire_error(e: &FireError) -> Resp {
-    let (status, code) = match e {
-        FireError::NoSuchTask { .. } => (StatusCode::NOT_FOUND, protocol::errors::NOT_FOUND),
-        FireError::Busy { .. } => (StatusCode::CONFLICT, protocol::errors::CONFLICT),
-        FireError::Stopping => (StatusCode::SERVICE_UNAVAILABLE, protocol::errors::UNAVAILABLE),
-    };
-    error(status, code, e.to_string())
 }
 
 /// The parts of a request the routes use, with the body read (and bounded).

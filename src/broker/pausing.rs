@@ -1,0 +1,63 @@
+//! `POST /v1/pause` and `POST /v1/resume`: holding tasks' scheduled runs, and lifting the
+//! hold, for the daemon's own user (the state owner keeps the pauses: `daemon::owner::vigil`).
+
+use hyper::{Method, StatusCode};
+use tracing::info;
+
+use super::control::{Control, PauseRequest};
+use super::peer::Peer;
+use super::reply::{Resp, error, fire_error, json, not_allowed};
+use crate::protocol::{self, Rejection};
+
+/// `POST /v1/pause` and `/v1/resume`: the daemon's own user's alone (a member's task may be
+/// another member's too; holding it is the owner's call).
+pub(super) async fn route(
+    path: &str,
+    method: &Method,
+    query: Option<&str>,
+    control: &Control,
+    (peer, member): (Peer, Option<u32>),
+) -> Resp {
+    if method != Method::POST {
+        return not_allowed("POST");
+    }
+    let pause = path == protocol::ROUTE_PAUSE;
+    if let Some(uid) = member {
+        return error(
+            StatusCode::FORBIDDEN,
+            Rejection::Forbidden.as_str(),
+            format!("only the daemon's own user may pause or resume tasks; you are uid {uid}"),
+        );
+    }
+    let value = |key: &str| {
+        query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix(key))).unwrap_or("")
+    };
+    let tasks: Vec<String> =
+        value("tasks=").split(',').filter(|t| !t.is_empty()).map(str::to_string).collect();
+    let seconds = match value("for=") {
+        "" => None,
+        text => match text.parse::<u64>() {
+            Ok(s) if s > 0 => Some(s),
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    protocol::errors::BAD_REQUEST,
+                    format!("`for` must be a number of seconds above 0, not {text:?}"),
+                );
+            }
+        },
+    };
+    let answer = if pause {
+        control.pause(PauseRequest { tasks, seconds }).await
+    } else {
+        control.resume(tasks).await
+    };
+    match answer {
+        Ok(body) => {
+            let what = if pause { "paused" } else { "resumed" };
+            info!(tasks = %body.tasks.join(","), seconds, peer_pid = peer.pid.unwrap_or_default(), exe = %peer.exe(), "{what} through the socket");
+            json(StatusCode::OK, &body)
+        }
+        Err(e) => fire_error(&e),
+    }
+}
