@@ -11,6 +11,7 @@
 
 mod admission;
 pub(crate) mod control;
+mod events;
 pub(crate) mod feed;
 pub(crate) mod keyring;
 mod pausing;

@@ -58,6 +58,12 @@ pub enum Command {
     Pause(PauseArgs),
     /// Lift a pause (of all tasks when none is named).
     Resume(ResumeArgs),
+    /// Follow what happens to the daemon's tasks (runs ended, tasks overdue or recovered),
+    /// one line each, and with --notify show each on this session's desktop.
+    ///
+    /// For a system daemon, which has no desktop session: run it in a member's session
+    /// (docs/operations.md gives an autostart entry and a user unit).
+    Watch(WatchArgs),
     /// List past runs from the run history (works without the daemon).
     History(HistoryArgs),
     /// Show the snapshot ledger, or acknowledge deletions (works without the daemon).
@@ -208,6 +214,23 @@ pub struct PauseArgs {
     /// How long (a duration such as 30m, 2h, 1d); without it, until `backupnizza resume`
     #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<std::time::Duration>,
+    /// The daemon's socket (default: the task file's `socket:`; without one, the user
+    /// daemon's, else the system daemon's /run/backupnizza/secretbox.sock)
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Show each event as a desktop notification too (`failures`: only failed runs and
+    /// overdue tasks)
+    #[arg(long, value_name = "WHICH", num_args = 0..=1, default_missing_value = "all", value_parser = ["all", "failures"])]
+    pub notify: Option<String>,
+    /// One JSON object per line, for scripts
+    #[arg(long)]
+    pub json: bool,
     /// The daemon's socket (default: the task file's `socket:`; without one, the user
     /// daemon's, else the system daemon's /run/backupnizza/secretbox.sock)
     #[arg(long, value_name = "PATH")]

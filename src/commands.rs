@@ -10,6 +10,7 @@ pub mod next;
 pub mod secret;
 pub mod service;
 pub mod validate;
+pub mod watch;
 
 use std::io::{self, Write};
 use std::path::PathBuf;

@@ -41,9 +41,9 @@
 //!
 //! 1. [`sys`]: the one home of `unsafe`: foreign calls, raw system calls, `/proc`.
 //! 2. [`protocol`], [`time`], [`digest`], [`exit`], [`restic`], [`redact`]: the vocabulary.
-//! 3. [`config`], [`schedule`], [`journal`], [`history`], [`ledger`], [`trust`], [`logging`], [`client`], [`service`], [`cli`]: files, records, trust.
+//! 3. [`config`], [`schedule`], [`journal`], [`history`], [`ledger`], [`trust`], [`logging`], [`client`], [`service`], [`cli`], [`desktop`]: files, records, trust.
 //!    The task file and its schedules, the records the daemon keeps, what it trusts, how it
-//!    logs, and the client side's pieces.
+//!    logs, the client side's pieces, and notifications on the desktop.
 //! 4. [`broker`]: the socket, the tokens and the secrets.
 //! 5. [`daemon`], [`commands`]: what the binaries run; neither uses the other.
 //!
@@ -69,6 +69,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub(crate) mod desktop;
 pub(crate) mod digest;
 pub mod exit;
 

@@ -21,6 +21,11 @@ pub const ROUTE_SECRETS: &str = "/v1/secrets/";
 /// `GET` — the daemon's tasks, their last runs and next fire times ([`StatusBody`]).
 /// Control routes refuse callers inside a task's process tree.
 pub const ROUTE_STATUS: &str = "/v1/status";
+/// `GET /v1/events?after=N&wait=SECONDS` — what happened to the tasks from event N on
+/// (runs ended, tasks overdue or recovered), waiting up to SECONDS (max 30) for one: an
+/// [`OutputBody`] whose lines' `stream` is the task and `text` an [`EventBody`] in JSON. A
+/// member gets the events of the tasks its `members:` lets it read.
+pub const ROUTE_EVENTS: &str = "/v1/events";
 /// `POST /v1/pause?tasks=a,b&for=SECONDS` — hold the tasks' occurrences (no `tasks`: every
 /// task; no `for`: until resumed); 200 with a [`PausedBody`]. The daemon's own user only.
 pub const ROUTE_PAUSE: &str = "/v1/pause";
@@ -177,6 +182,31 @@ pub struct TaskStatus {
     /// `backupnizza pause` holds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<PauseBody>,
+}
+
+/// One event of `GET /v1/events`: a run's end, or a task becoming overdue or recovering.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventBody {
+    /// `end`, `overdue` or `recovered`.
+    pub event: String,
+    pub task: String,
+    /// Empty for `overdue` and `recovered`.
+    pub run_id: String,
+    /// The run's status (`success`, `failed`, ...); `overdue` or `recovered`.
+    pub status: String,
+    pub exit_code: Option<i32>,
+    /// Redacted, as in the history.
+    pub reason: String,
+    /// When it happened (RFC 3339).
+    pub at: String,
+}
+
+impl EventBody {
+    /// Whether it is one to alert about: a run that did not succeed (not success, warning
+    /// or a deliberate skip), or a task overdue.
+    pub fn failed(&self) -> bool {
+        !matches!(self.status.as_str(), "success" | "warning" | "skipped" | "recovered")
+    }
 }
 
 /// A task's pause, as `status` shows it.

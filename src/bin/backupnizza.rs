@@ -28,6 +28,7 @@ fn main() {
         Command::Trigger(args) => commands::control::trigger(args, &env),
         Command::Pause(args) => commands::control::pause(args, &env),
         Command::Resume(args) => commands::control::resume(args, &env),
+        Command::Watch(args) => commands::watch::watch(args, &env),
         Command::History(args) => commands::history::run(args, &env),
         Command::Ledger(args) => commands::ledger::run(args, &env),
         Command::Secret(SecretCommand::Set(args)) => commands::secret::set(args, &env),

@@ -67,6 +67,8 @@ pub(crate) struct Control {
     history_streams: [Arc<tokio::sync::Semaphore>; 2],
     /// Each task's `members:`: which members may trigger it and read its output.
     members: Arc<HashMap<String, crate::config::Members>>,
+    /// What happened to the tasks, for `watch` (`GET /v1/events`): the state owner writes.
+    events: Arc<super::feed::Feed>,
 }
 
 /// History answers written at once for the daemon's user, and for members; more wait for
@@ -97,7 +99,35 @@ impl Control {
         let history_streams =
             [(); 2].map(|()| Arc::new(tokio::sync::Semaphore::new(HISTORY_STREAMS)));
         let members = Arc::new(members);
-        (Control { requests: tx, state_dir: state_dir.to_path_buf(), history_streams, members }, rx)
+        let events = Arc::new(super::feed::Feed::new());
+        let control = Control {
+            requests: tx,
+            state_dir: state_dir.to_path_buf(),
+            history_streams,
+            members,
+            events,
+        };
+        (control, rx)
+    }
+
+    /// The events feed, for the state owner to write.
+    pub(crate) fn events(&self) -> Arc<super::feed::Feed> {
+        self.events.clone()
+    }
+
+    /// Events from number `after` on, waiting up to `wait` for one; a member (`member`, its
+    /// uid) gets those of the tasks it may read, the numbering unchanged.
+    pub(crate) async fn read_events(
+        &self,
+        after: u64,
+        wait: Duration,
+        member: Option<u32>,
+    ) -> crate::protocol::OutputBody {
+        let mut body = self.events.read(after, wait).await;
+        if let Some(uid) = member {
+            body.lines.retain(|l| self.member_may(&l.stream, uid));
+        }
+        body
     }
 
     async fn ask<T>(

@@ -342,6 +342,7 @@ async fn route(
     }
     let is_control = path == protocol::ROUTE_STATUS
         || path == protocol::ROUTE_HISTORY
+        || path == protocol::ROUTE_EVENTS
         || path == protocol::ROUTE_PAUSE
         || path == protocol::ROUTE_RESUME
         || path.starts_with(protocol::ROUTE_TASKS)
@@ -409,30 +410,14 @@ async fn control_route(
         }
         return history_route(query, control, member).await;
     }
+    if path == protocol::ROUTE_EVENTS {
+        return super::events::route(method, query, control, member).await;
+    }
     if path == protocol::ROUTE_PAUSE || path == protocol::ROUTE_RESUME {
         return super::pausing::route(path, method, query, control, (peer, member)).await;
     }
     if let Some(rest) = path.strip_prefix(protocol::ROUTE_TASKS) {
-        let Some(task) = rest.strip_suffix("/trigger") else {
-            return error(
-                StatusCode::NOT_FOUND,
-                protocol::errors::NOT_FOUND,
-                format!("no route {path:?}"),
-            );
-        };
-        if method != Method::POST {
-            return not_allowed("POST");
-        }
-        if let Some(refused) = not_for_member(control, task, member) {
-            return refused;
-        }
-        return match control.trigger(task).await {
-            Ok(run) => {
-                info!(task, run_id = %run.run_id, peer_pid = peer.pid.unwrap_or_default(), peer_uid = peer.uid, exe = %peer.exe(), "run triggered through the socket");
-                json(StatusCode::ACCEPTED, &run)
-            }
-            Err(e) => fire_error(&e),
-        };
+        return trigger_route(path, rest, method, control, (peer, member)).await;
     }
     if let Some(id) = path.strip_prefix(protocol::ROUTE_RUNS) {
         if method != Method::GET {
@@ -472,6 +457,36 @@ async fn control_route(
         };
     }
     error(StatusCode::NOT_FOUND, protocol::errors::NOT_FOUND, format!("no route {path:?}"))
+}
+
+/// `POST /v1/tasks/{name}/trigger`.
+async fn trigger_route(
+    path: &str,
+    rest: &str,
+    method: &Method,
+    control: &Control,
+    (peer, member): (Peer, Option<u32>),
+) -> Resp {
+    let Some(task) = rest.strip_suffix("/trigger") else {
+        return error(
+            StatusCode::NOT_FOUND,
+            protocol::errors::NOT_FOUND,
+            format!("no route {path:?}"),
+        );
+    };
+    if method != Method::POST {
+        return not_allowed("POST");
+    }
+    if let Some(refused) = not_for_member(control, task, member) {
+        return refused;
+    }
+    match control.trigger(task).await {
+        Ok(run) => {
+            info!(task, run_id = %run.run_id, peer_pid = peer.pid.unwrap_or_default(), peer_uid = peer.uid, exe = %peer.exe(), "run triggered through the socket");
+            json(StatusCode::ACCEPTED, &run)
+        }
+        Err(e) => fire_error(&e),
+    }
 }
 
 /// `GET /v1/history`: the daemon's user and members (`member`, their uid) are served apart.

@@ -18,7 +18,7 @@ use crate::protocol::{self, RunBody, RunRef, StatusBody};
 
 /// The socket a client talks to, and the ones it looked at to choose it (for the error
 /// when nothing answers).
-struct Target {
+pub(super) struct Target {
     socket: std::path::PathBuf,
     tried: Vec<std::path::PathBuf>,
     /// Chosen because no user daemon's socket was there and the system daemon's was.
@@ -34,7 +34,11 @@ fn is_socket(path: &std::path::Path) -> bool {
 /// recorded in `state_dir` (its default directory was taken by another user); else the
 /// user default if a socket is there; else the system daemon's ([`config::SYSTEM_SOCKET`])
 /// if one is there. A `socket:` equal to the default counts as not given.
-fn target(config: &Config, env: &Environment, given: Option<&std::path::Path>) -> Target {
+pub(super) fn target(
+    config: &Config,
+    env: &Environment,
+    given: Option<&std::path::Path>,
+) -> Target {
     if let Some(socket) = given {
         return Target { socket: socket.to_path_buf(), tried: Vec::new(), system: false };
     }
@@ -55,11 +59,16 @@ fn target(config: &Config, env: &Environment, given: Option<&std::path::Path>) -
     }
 }
 
-fn client_for(target: &Target) -> Client {
+pub(super) fn client_for(target: &Target) -> Client {
     Client::new(&target.socket, Duration::from_secs(protocol::MAX_WAIT_SECS + 10))
 }
 
-fn call(client: &Client, target: &Target, method: Method, path: &str) -> anyhow::Result<Response> {
+pub(super) fn call(
+    client: &Client,
+    target: &Target,
+    method: Method,
+    path: &str,
+) -> anyhow::Result<Response> {
     let response = client.request(&method, path, None, &[]).map_err(|e| match e {
         ClientError::Unreachable { .. } => {
             let tried = if target.tried.len() > 1 {

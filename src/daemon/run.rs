@@ -67,6 +67,8 @@ pub(crate) struct RunContext {
     pub(crate) suspends: tokio::sync::watch::Sender<u64>,
     /// UPower's and NetworkManager's change signals, when some task's `when:` needs them.
     pub(crate) changes: Option<Changes>,
+    /// What happened to the tasks (`GET /v1/events`, for `backupnizza watch`).
+    pub(crate) announcements: Arc<crate::broker::feed::Feed>,
 }
 
 impl RunContext {

@@ -38,3 +38,4 @@ mod system_service;
 mod validate;
 mod verify;
 mod vigil;
+mod watch;

@@ -29,14 +29,14 @@ print(json.dumps(calls))
 ";
 
 /// python3-dbusmock's `notification_daemon` on a private session bus; both stop when dropped.
-struct MockNotifications {
+pub(crate) struct MockNotifications {
     bus: Child,
     mock: Child,
-    address: String,
+    pub(crate) address: String,
 }
 
 impl MockNotifications {
-    fn start(scratch: &Scratch) -> MockNotifications {
+    pub(crate) fn start(scratch: &Scratch) -> MockNotifications {
         let (bus, address) = crate::laptop::private_bus(scratch, "session");
         let mock = Command::new("/usr/bin/python3")
             .args(["-m", "dbusmock", "--template", "notification_daemon"])
@@ -51,7 +51,7 @@ impl MockNotifications {
     }
 
     /// The `Notify` calls so far, or `None` before the mock is up.
-    fn calls(&self) -> Option<Vec<serde_json::Value>> {
+    pub(crate) fn calls(&self) -> Option<Vec<serde_json::Value>> {
         let out = Command::new("/usr/bin/python3")
             .args(["-c", NOTIFY_CALLS])
             .env("DBUS_SESSION_BUS_ADDRESS", &self.address)
@@ -61,7 +61,7 @@ impl MockNotifications {
         out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
     }
 
-    fn wait_for_calls(&self, count: usize) -> Vec<serde_json::Value> {
+    pub(crate) fn wait_for_calls(&self, count: usize) -> Vec<serde_json::Value> {
         wait_until(&format!("{count} Notify calls"), || {
             self.calls().is_some_and(|c| c.len() >= count)
         });
@@ -140,7 +140,7 @@ fn body(request: &str) -> &str {
 
 /// The task file's `secrets:` with the task's secret `s` and the named tokens, each a canary
 /// in a 0600 file: (the YAML, the task's secret, the tokens in order).
-fn canaries(scratch: &Scratch, tokens: &[&str]) -> (String, String, Vec<String>) {
+pub(crate) fn canaries(scratch: &Scratch, tokens: &[&str]) -> (String, String, Vec<String>) {
     let mut yaml = String::from("secrets:\n");
     let mut values = Vec::new();
     for name in std::iter::once("s").chain(tokens.iter().copied()) {
@@ -155,7 +155,7 @@ fn canaries(scratch: &Scratch, tokens: &[&str]) -> (String, String, Vec<String>)
 }
 
 /// A task that prints its secret on stdout and stderr, then fails with exit code 3.
-const LEAKY: &str = "    secrets: [s]\n    env: {CANARY: {secret: s}}\n    command: [sh, -c, 'echo \"leak $CANARY\"; echo \"leak $CANARY\" >&2; exit 3']\n";
+pub(crate) const LEAKY: &str = "    secrets: [s]\n    env: {CANARY: {secret: s}}\n    command: [sh, -c, 'echo \"leak $CANARY\"; echo \"leak $CANARY\" >&2; exit 3']\n";
 
 #[test]
 fn a_failure_pops_up_critical_on_the_desktop_and_with_failures_a_success_does_not() {

@@ -1,150 +1,19 @@
 //! `desktop: true` or `desktop: failures`: a notification on the user's desktop when a run
-//! ends. On Linux, a freedesktop notification over the session bus
-//! (`org.freedesktop.Notifications.Notify`, urgency critical for a failure, so it stays
-//! until seen); on macOS, `osascript -e 'display notification ...'`, which is compile-checked
-//! in CI but has never run (there is no macOS machine here, docs/platforms.md).
+//! ends, or a task becomes overdue or recovers, shown by [`crate::desktop`].
 //!
 //! A daemon without a session (a system service, a headless server, a login without a
 //! desktop) has no bus to show it on: that is a warning per notification, as for an
-//! endpoint that does not answer, and never changes the run's result.
+//! endpoint that does not answer, and never changes the run's result. A system daemon's
+//! members see its notifications with `backupnizza watch --notify` in their own session.
 
-use std::sync::mpsc;
 use std::time::Duration;
 
 use super::{RunFacts, retried};
+use crate::desktop::{DESTINATION, Notice};
 
-/// freedesktop urgencies (the `urgency` hint, a byte): normal and critical.
-const NORMAL: u8 = 1;
-const CRITICAL: u8 = 2;
-
-/// Shows the end's facts (already redacted) on the desktop. Blocking.
+/// Shows the facts (already redacted) on the desktop. Blocking.
 pub(super) fn deliver(facts: &RunFacts, timeout: Duration) {
-    let summary = format!("backup {} {}", facts.task, facts.status);
-    let mut body = format!("{}: {}", facts.task, facts.result());
-    if !facts.reason.is_empty() {
-        body.push('\n');
-        body.push_str(&facts.reason);
-    }
-    let urgency = if facts.failed() { CRITICAL } else { NORMAL };
-    retried("desktop notification", DESTINATION, facts, || {
-        let (summary, body) = (summary.clone(), body.clone());
-        within(timeout, move || show(&summary, &body, urgency))
-    });
-}
-
-/// Runs `show` on a thread of its own and waits for it at most `timeout`: a bus that
-/// accepts the connection and never answers (zbus bounds neither its handshake nor, by
-/// default, a call) costs that thread, not the delivery.
-fn within(
-    timeout: Duration,
-    show: impl FnOnce() -> Result<(), String> + Send + 'static,
-) -> Result<(), String> {
-    let (done, shown) = mpsc::channel();
-    std::thread::Builder::new()
-        .name("notify-desktop".into())
-        .spawn(move || {
-            let _ = done.send(show());
-        })
-        .map_err(|e| format!("cannot start a thread: {e}"))?;
-    shown
-        .recv_timeout(timeout)
-        .unwrap_or_else(|_| Err(format!("no answer within {}", crate::time::Human(timeout))))
-}
-
-#[cfg(target_os = "linux")]
-const DESTINATION: &str = "the session bus";
-
-/// `Notify("backupnizza", 0, "", summary, body, [], {"urgency": <byte>}, -1)`.
-#[cfg(target_os = "linux")]
-fn show(summary: &str, body: &str, urgency: u8) -> Result<(), String> {
-    use std::collections::HashMap;
-    use zbus::zvariant::Value;
-    let conn = zbus::blocking::Connection::session().map_err(|e| format!("no session bus: {e}"))?;
-    let hints: HashMap<&str, Value<'_>> = HashMap::from([("urgency", Value::U8(urgency))]);
-    let actions: &[&str] = &[];
-    conn.call_method(
-        Some("org.freedesktop.Notifications"),
-        "/org/freedesktop/Notifications",
-        Some("org.freedesktop.Notifications"),
-        "Notify",
-        &("backupnizza", 0u32, "", summary, body, actions, hints, -1i32),
-    )
-    .map(drop)
-    .map_err(|e| format!("the notification server did not take it: {e}"))
-}
-
-#[cfg(target_os = "macos")]
-const DESTINATION: &str = "osascript";
-
-/// `osascript -e 'display notification BODY with title SUMMARY'` (untested: see the module
-/// comment). macOS has no urgency to give.
-#[cfg(target_os = "macos")]
-fn show(summary: &str, body: &str, _urgency: u8) -> Result<(), String> {
-    let script = format!(
-        "display notification {} with title {}",
-        applescript_string(body),
-        applescript_string(summary)
-    );
-    let out = std::process::Command::new("/usr/bin/osascript")
-        .args(["-e", &script])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run osascript: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("osascript failed: {}", String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "macos")))]
-const DESTINATION: &str = "the desktop";
-
-#[cfg(not(any(target_os = "linux", target_os = "macos")))]
-fn show(_summary: &str, _body: &str, _urgency: u8) -> Result<(), String> {
-    Err("no desktop notifications on this system".into())
-}
-
-/// `text` as an AppleScript string literal: in quotes, with `\` and `"` escaped and line
-/// breaks written as `\n` and `\r`, so no reason can end the string and add a statement.
-#[cfg(any(test, target_os = "macos"))]
-fn applescript_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn applescript_strings_cannot_be_closed_from_inside() {
-        assert_eq!(applescript_string("plain"), "\"plain\"");
-        assert_eq!(
-            applescript_string("a\" & (do shell script \"id\") & \"\\\nb"),
-            "\"a\\\" & (do shell script \\\"id\\\") & \\\"\\\\\\nb\""
-        );
-    }
-
-    #[test]
-    fn a_show_that_never_returns_is_given_up_after_the_timeout() {
-        let (_keep, hang) = mpsc::channel::<()>();
-        let started = std::time::Instant::now();
-        let result = within(Duration::from_millis(100), move || {
-            let _ = hang.recv();
-            Ok(())
-        });
-        assert!(result.is_err() && started.elapsed() < Duration::from_secs(5), "{result:?}");
-    }
+    let notice =
+        Notice::of(&facts.task, &facts.status, &facts.result(), &facts.reason, facts.failed());
+    retried("desktop notification", DESTINATION, facts, || crate::desktop::show(&notice, timeout));
 }

@@ -2,7 +2,7 @@
 
 use super::State;
 use crate::daemon::records::metrics::{self, TaskMetrics, TokenMetrics};
-use crate::protocol::{PauseBody, StatusBody, TaskStatus, TokenCounts};
+use crate::protocol::{EventBody, PauseBody, StatusBody, TaskStatus, TokenCounts};
 
 impl State {
     pub(super) fn status(&self) -> StatusBody {
@@ -79,6 +79,18 @@ impl State {
         };
         let refs: Vec<(&str, &TaskMetrics)> = named.iter().map(|(n, m)| (*n, m)).collect();
         Some(metrics::render(&refs, &tokens, self.started.min(now)))
+    }
+
+    /// Tells `watch` (`GET /v1/events`) what happened to a task; the reason masked with the
+    /// task's secrets, as the history's is.
+    pub(super) fn announce(&self, event: &EventBody) {
+        let mut event = event.clone();
+        event.reason = crate::redact::as_task(Some(&event.task), || {
+            crate::redact::redact(&event.reason).into_owned()
+        });
+        if let Ok(text) = serde_json::to_string(&event) {
+            self.ctx.announcements.push(&event.task, &text);
+        }
     }
 
     /// Hands the current metrics to the writer thread (the latest text wins).

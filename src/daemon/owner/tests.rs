@@ -159,6 +159,7 @@ impl Owner {
             events: events_tx.clone(),
             outbox: crate::daemon::notify::Outbox::default(),
             suspends: watch::channel(0).0,
+            announcements: Arc::new(crate::broker::feed::Feed::new()),
         });
         let clock = TestClock::starting_at(wall);
         let (launch, launched) =

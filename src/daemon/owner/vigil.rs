@@ -144,6 +144,15 @@ impl State {
             info!(task = %task.name, "no longer overdue: {reason}");
         }
         let now = self.now();
+        self.announce(&crate::protocol::EventBody {
+            event: if overdue { "overdue" } else { "recovered" }.into(),
+            task: task.name.clone(),
+            run_id: String::new(),
+            status: if overdue { "overdue" } else { "recovered" }.into(),
+            exit_code: None,
+            reason: reason.clone(),
+            at: self.rfc3339(now),
+        });
         let facts = RunFacts {
             event: if overdue { "overdue" } else { "recovered" },
             task: task.name.clone(),

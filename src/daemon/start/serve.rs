@@ -101,6 +101,7 @@ pub(super) async fn serve(
         events: events_tx,
         outbox: outbox.clone(),
         suspends: watch::channel(0).0,
+        announcements: control.events(),
     });
     let server = Server::start(&bound, broker.clone(), control)?;
     let surroundings = Surroundings::of_this_daemon(ctx.clone(), &bound);
