@@ -202,6 +202,19 @@ pub struct EventBody {
 }
 
 impl EventBody {
+    /// A run's end.
+    pub fn ended(run: &RunBody) -> EventBody {
+        EventBody {
+            event: "end".into(),
+            task: run.task.clone(),
+            run_id: run.run_id.clone(),
+            status: run.status.as_str().into(),
+            exit_code: run.exit_code,
+            reason: run.reason.clone(),
+            at: run.ended.clone().unwrap_or_default(),
+        }
+    }
+
     /// Whether it is one to alert about: a run that did not succeed (not success, warning
     /// or a deliberate skip), or a task overdue.
     pub fn failed(&self) -> bool {

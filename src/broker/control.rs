@@ -91,6 +91,12 @@ const QUEUE: usize = 64;
 impl Control {
     /// A handle and the receiving end for the state owner; `GET /v1/history` is served from
     /// the history files in `state_dir`.
+    /// [`Control::channel`] for the task file's `state_dir` and tasks' `members:`.
+    pub(crate) fn for_config(config: &crate::config::Config) -> (Control, mpsc::Receiver<Request>) {
+        let members = config.tasks.iter().map(|t| (t.name.clone(), t.members.clone())).collect();
+        Control::channel(&config.state_dir, members)
+    }
+
     pub(crate) fn channel(
         state_dir: &Path,
         members: HashMap<String, crate::config::Members>,

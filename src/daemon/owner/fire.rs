@@ -196,15 +196,7 @@ impl State {
         body.exit_code = outcome.exit_code;
         body.duration_ms = Some(outcome.duration.as_millis() as u64);
         body.reason.clone_from(&outcome.reason);
-        self.announce(&crate::protocol::EventBody {
-            event: "end".into(),
-            task: body.task.clone(),
-            run_id: body.run_id.clone(),
-            status: body.status.as_str().into(),
-            exit_code: body.exit_code,
-            reason: body.reason.clone(),
-            at: body.ended.clone().unwrap_or_default(),
-        });
+        self.announce(&crate::protocol::EventBody::ended(&body));
         self.tasks[idx].last = Some(body.clone());
         self.finish_run(run_id, body);
         match self.tasks[idx].queued.take() {

@@ -69,8 +69,7 @@ pub(super) async fn serve(
             .with_redeemers(redeemers)
             .with_control_group(config.control_group.as_ref().map(|g| g.gid)),
     );
-    let members = config.tasks.iter().map(|t| (t.name.clone(), t.members.clone())).collect();
-    let (control, requests) = Control::channel(&config.state_dir, members);
+    let (control, requests) = Control::for_config(&config);
     let (events_tx, events) = mpsc::unbounded_channel();
     let runner = Runner {
         broker: broker.clone(),
