@@ -71,6 +71,26 @@ fn show_now(summary: &str, body: &str, urgency: u8) -> Result<(), String> {
     use zbus::zvariant::Value;
     let conn = zbus::blocking::Connection::session().map_err(|e| format!("no session bus: {e}"))?;
     let hints: HashMap<&str, Value<'_>> = HashMap::from([("urgency", Value::U8(urgency))]);
+    // A server with the "body-markup" capability reads the body as a subset of HTML: there a
+    // reason with `<` or `&` in it is escaped, to be shown as written and not taken for a tag.
+    let markup = conn
+        .call_method(
+            Some("org.freedesktop.Notifications"),
+            "/org/freedesktop/Notifications",
+            Some("org.freedesktop.Notifications"),
+            "GetCapabilities",
+            &(),
+        )
+        .ok()
+        .and_then(|reply| reply.body().deserialize::<Vec<String>>().ok())
+        .is_some_and(|caps| caps.iter().any(|c| c == "body-markup"));
+    let escaped;
+    let body = if markup {
+        escaped = body.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+        escaped.as_str()
+    } else {
+        body
+    };
     let actions: &[&str] = &[];
     conn.call_method(
         Some("org.freedesktop.Notifications"),

@@ -122,13 +122,23 @@ impl Control {
     }
 
     /// Events from number `after` on, waiting up to `wait` for one; a member (`member`, its
-    /// uid) gets those of the tasks it may read, the numbering unchanged.
+    /// uid) gets those of the tasks it may read, the numbering unchanged. An `after` beyond
+    /// the last event is a number of an earlier daemon's: the answer is at once, empty, with
+    /// `next` 0, so the client reads this daemon's events from its first.
     pub(crate) async fn read_events(
         &self,
         after: u64,
         wait: Duration,
         member: Option<u32>,
     ) -> crate::protocol::OutputBody {
+        if after > self.events.next_number() {
+            return crate::protocol::OutputBody {
+                lines: Vec::new(),
+                next: 0,
+                ended: false,
+                missed: 0,
+            };
+        }
         let mut body = self.events.read(after, wait).await;
         if let Some(uid) = member {
             body.lines.retain(|l| self.member_may(&l.stream, uid));

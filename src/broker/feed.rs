@@ -84,6 +84,11 @@ impl Feed {
         lines.bytes = 0;
     }
 
+    /// The number the next line will have.
+    pub(crate) fn next_number(&self) -> u64 {
+        self.lock().next
+    }
+
     /// Lines from number `after` on, waiting up to `wait` for one when there is none yet.
     pub(crate) async fn read(&self, after: u64, wait: Duration) -> OutputBody {
         let mut changed = self.changed.subscribe();

@@ -11,6 +11,9 @@ use crate::protocol::{self, Rejection};
 
 /// `POST /v1/pause` and `/v1/resume`: the daemon's own user's alone (a member's task may be
 /// another member's too; holding it is the owner's call).
+/// The longest timed pause: a year. Longer is "until resumed", which says so.
+const MAX_PAUSE_SECS: u64 = 366 * 24 * 3600;
+
 pub(super) async fn route(
     path: &str,
     method: &Method,
@@ -37,12 +40,14 @@ pub(super) async fn route(
     let seconds = match value("for=") {
         "" => None,
         text => match text.parse::<u64>() {
-            Ok(s) if s > 0 => Some(s),
+            Ok(s) if (1..=MAX_PAUSE_SECS).contains(&s) => Some(s),
             _ => {
                 return error(
                     StatusCode::BAD_REQUEST,
                     protocol::errors::BAD_REQUEST,
-                    format!("`for` must be a number of seconds above 0, not {text:?}"),
+                    format!(
+                        "`for` must be a number of seconds from 1 to {MAX_PAUSE_SECS} (a year), not {text:?}; pause without it to pause until resumed"
+                    ),
                 );
             }
         },

@@ -36,6 +36,14 @@ struct Place {
     lost: bool,
 }
 
+/// Why a round ended early.
+enum Trouble {
+    /// The daemon did not answer as it should: try again later.
+    Away(anyhow::Error),
+    /// Our own output failed (a closed pipe): stop.
+    Fatal(anyhow::Error),
+}
+
 pub fn watch(args: &WatchArgs, env: &Environment) -> anyhow::Result<()> {
     let config = load_config(&args.config, env)?;
     let target = target(&config, env, args.socket.as_deref());
@@ -45,9 +53,10 @@ pub fn watch(args: &WatchArgs, env: &Environment) -> anyhow::Result<()> {
     loop {
         match follow(&client, &target, &mut place, args) {
             Ok(()) => away = false,
+            Err(Trouble::Fatal(e)) => return Err(e),
             // The first contact failed: a wrong socket or no daemon is the user's to fix.
-            Err(e) if place.daemon.is_none() => return Err(e),
-            Err(e) => {
+            Err(Trouble::Away(e)) if place.daemon.is_none() => return Err(e),
+            Err(Trouble::Away(e)) => {
                 if !away {
                     eprintln!("backupnizza watch: {e:#}; trying again every {}s", RETRY.as_secs());
                     away = true;
@@ -66,35 +75,40 @@ fn follow(
     target: &Target,
     place: &mut Place,
     args: &WatchArgs,
-) -> anyhow::Result<()> {
+) -> Result<(), Trouble> {
     if place.lost {
-        let answer = call(client, target, Method::GET, protocol::ROUTE_VERSION)?;
-        let version: VersionBody =
-            serde_json::from_slice(&answer.body).context("unexpected version answer")?;
+        let version: VersionBody = call(client, target, Method::GET, protocol::ROUTE_VERSION)
+            .and_then(|a| serde_json::from_slice(&a.body).context("unexpected version answer"))
+            .map_err(Trouble::Away)?;
         place.after = match place.daemon {
-            // A new daemon: everything it has said is news.
-            Some(pid) if pid != version.pid => 0,
-            // The first contact, or the same daemon after a failed request: from now on.
-            _ => present(client, target)?,
+            // The same daemon after a failed request: on from where we were (the feed keeps
+            // the last 2,000 events). A new daemon: everything it has said is news.
+            Some(pid) if pid == version.pid => place.after,
+            Some(_) => 0,
+            // The first contact: from now on.
+            None => present(client, target).map_err(Trouble::Away)?,
         };
         place.daemon = Some(version.pid);
         place.lost = false;
     }
-    let body = events(client, target, place.after, protocol::MAX_WAIT_SECS)?;
+    let body =
+        events(client, target, place.after, protocol::MAX_WAIT_SECS).map_err(Trouble::Away)?;
     for line in &body.lines {
         let Ok(event) = serde_json::from_str::<EventBody>(&line.text) else { continue };
-        show(&event, &line.text, args)?;
+        show(&event, &line.text, args).map_err(Trouble::Fatal)?;
     }
+    // Lower than asked: the daemon restarted between two requests; its events from the first.
     place.after = body.next;
     Ok(())
 }
 
-/// The number after the last event the daemon has now.
+/// The number after the last event the daemon has now (a member's answers skip the events
+/// it may not read, so the number, not the lines, tells the end).
 fn present(client: &Client, target: &Target) -> anyhow::Result<u64> {
     let mut after = 0;
     loop {
         let body = events(client, target, after, 0)?;
-        if body.lines.is_empty() {
+        if body.next <= after {
             return Ok(body.next);
         }
         after = body.next;

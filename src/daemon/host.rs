@@ -23,13 +23,15 @@ pub(crate) const ORPHAN_AGE: std::time::Duration = std::time::Duration::from_sec
 
 /// Reaps orphaned task processes the daemon adopted as child subreaper: a zombie child that
 /// no part of the daemon waits for ([`children`]), a zombie for [`ORPHAN_AGE`] at least.
-/// `zombies` holds when each was first seen, from one call to the next.
+/// `zombies` holds when each was first seen, from one call to the next. Returns whether to
+/// look again after [`ORPHAN_AGE`] without a new SIGCHLD: a zombie is waiting out its age,
+/// or a spawn in progress kept the reaper from looking at all.
 #[cfg(target_os = "linux")]
-pub(crate) fn reap_orphans(zombies: &mut HashMap<u32, Instant>) {
+pub(crate) fn reap_orphans(zombies: &mut HashMap<u32, Instant>) -> bool {
     use nix::sys::wait::{WaitPidFlag, waitpid};
     use nix::unistd::Pid;
     // A spawn in progress may have a child that already exited: reap nothing now.
-    let Some(owned) = children::owned() else { return };
+    let Some(owned) = children::owned() else { return true };
     let now = Instant::now();
     let seen: std::collections::HashSet<u32> = crate::sys::proc::own_children()
         .into_iter()
@@ -46,7 +48,10 @@ pub(crate) fn reap_orphans(zombies: &mut HashMap<u32, Instant>) {
             zombies.remove(pid);
         }
     }
+    !zombies.is_empty()
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn reap_orphans(_zombies: &mut HashMap<u32, Instant>) {}
+pub(crate) fn reap_orphans(_zombies: &mut HashMap<u32, Instant>) -> bool {
+    false
+}

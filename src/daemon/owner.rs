@@ -256,8 +256,7 @@ impl State {
                         return Stop::SocketStolen;
                     }
                     if alarm.children() && self.process_chores {
-                        super::host::reap_orphans(&mut zombies);
-                        if !zombies.is_empty() {
+                        if super::host::reap_orphans(&mut zombies) {
                             self.sentinel.recheck_children(super::host::ORPHAN_AGE);
                         }
                         if let Some(guardian) = &self.ctx.runner.guardian {

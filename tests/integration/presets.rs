@@ -458,3 +458,64 @@ fn preset_mistakes_are_named_by_their_key() {
         );
     }
 }
+
+#[test]
+fn no_token_or_password_goes_out_in_the_clear_and_a_redirect_is_not_followed() {
+    let scratch = Scratch::new();
+    // Over plain http:// or SMTP without STARTTLS to another machine: refused, naming the key.
+    let task = |name: &str, notify: &str| {
+        format!("  {name}:\n    {TRIGGERED}\n    command: ['true']\n    notify:\n      {notify}\n")
+    };
+    let file = scratch.write(
+        "clear.yaml",
+        format!(
+            "secrets:\n  tok: {{env: TOK}}\ntasks:\n{}{}{}{}",
+            task("a", "gotify: {url: 'http://gotify.example.org', token_secret: tok}"),
+            task("b", "ntfy: {url: 'http://ntfy.example.org:8080', topic: t, token_secret: tok}"),
+            task("c", "email: {smtp: 'mail.example.org:25', from: a@example.org, to: [b@example.org], starttls: false, username: a, password_secret: tok}"),
+            task("d", "ntfy: {url: 'http://[::1]:8080', topic: t, token_secret: tok}"),
+        ),
+    );
+    let run = scratch.backupnizza(["validate", "-c"]).run_with(&file);
+    run.expect_code(2);
+    let err = run.stderr();
+    for expected in [
+        "tasks.a.notify.gotify.token_secret: the token would go to gotify.example.org unencrypted",
+        "tasks.b.notify.ntfy.token_secret: the token would go to ntfy.example.org unencrypted",
+        "tasks.c.notify.email.starttls: `starttls: false` would send the SMTP password to mail.example.org unencrypted",
+    ] {
+        assert!(err.contains(expected), "no {expected:?}\n{run}");
+    }
+    assert!(!err.contains("tasks.d."), "a server on this machine may be plain\n{run}");
+
+    // A Gotify server that redirects: the key does not follow, and the log says where to.
+    let (elsewhere, taken) = recording_endpoint();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (asked, redirected) = mpsc::channel();
+    let location = format!("{elsewhere}/message");
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let request = read_request(&mut stream);
+            let answer = format!(
+                "HTTP/1.1 302 Found\r\nlocation: {location}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            let _ = stream.write_all(answer.as_bytes());
+            if asked.send(request).is_err() {
+                break;
+            }
+        }
+    });
+    let (secrets, _, tokens) = canaries(&scratch, &["gotify"]);
+    let config = scratch.config(&format!(
+        "{secrets}tasks:\n  nightly:\n    {TRIGGERED}\n    command: ['false']\n    notify: {{gotify: {{url: '{url}', token_secret: gotify}}}}\n"
+    ));
+    let daemon = scratch.start_daemon(&config);
+    trigger(&scratch, &config, "nightly", true).expect_code(1);
+    let first = redirected.recv_timeout(PATIENCE).expect("the Gotify server was asked");
+    assert_eq!(header(&first, "x-gotify-key"), Some(tokens[0].as_str()), "{first}");
+    let log = daemon.wait_for("the redirect's failure", |l| l.contains("not followed"));
+    assert!(log.contains("redirected to http://127.0.0.1"), "{log}");
+    assert!(taken.recv_timeout(Duration::from_secs(2)).is_err(), "the redirect was followed");
+    assert!(!log.contains(&tokens[0]), "the token is in the log");
+}

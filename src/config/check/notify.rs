@@ -104,6 +104,9 @@ impl Checker {
             self.topic(n, &path)
         });
         let token_secret = self.optional(&f, path, "token_secret", Checker::non_empty_string);
+        if let (Some(url), Some(Some(_))) = (&url, &token_secret) {
+            self.no_plain_credential(&f, path, url, "token_secret")?;
+        }
         Some(Ntfy { url: url?, topic: topic?, token_secret: token_secret? })
     }
 
@@ -119,7 +122,39 @@ impl Checker {
             let path = join(path, "token_secret");
             self.non_empty_string(n, &path)
         });
+        if let (Some(url), Some(_)) = (&url, &token_secret) {
+            self.no_plain_credential(&f, path, url, "token_secret")?;
+        }
         Some(Gotify { url: url?, token_secret: token_secret? })
+    }
+
+    /// A token sent in the clear (`http://`) to another machine is refused: anyone on the
+    /// path reads it. A server on this machine (`localhost`, `127.0.0.1`, `[::1]`) may be
+    /// plain.
+    fn no_plain_credential(
+        &mut self,
+        f: &super::walk::Fields<'_>,
+        path: &str,
+        url: &str,
+        key: &str,
+    ) -> Option<()> {
+        let Some(rest) = url.strip_prefix("http://") else { return Some(()) };
+        let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+        let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+        let host = if host.starts_with('[') {
+            host.split_once(']').map_or(host, |(h, _)| &h[1..])
+        } else {
+            host.split(':').next().unwrap_or(host)
+        };
+        if is_loopback(host) {
+            return Some(());
+        }
+        self.error(
+            &join(path, key),
+            f.get(key).and_then(|n| n.pos),
+            format!("the token would go to {host} unencrypted (http://): use the server's https:// URL, or a server on this machine"),
+        );
+        None
     }
 
     /// `email: {smtp: HOST:PORT, from: ADDR, to: [ADDR...], starttls: BOOL, username: NAME,
@@ -160,6 +195,14 @@ impl Checker {
             return None;
         }
         let (host, port) = smtp?;
+        if starttls == Some(false) && f.has("username") && !is_loopback(&host) {
+            self.error(
+                &join(path, "starttls"),
+                f.get("starttls").and_then(|n| n.pos),
+                format!("`starttls: false` would send the SMTP password to {host} unencrypted: keep STARTTLS, or use a relay on this machine (localhost, 127.0.0.1, ::1)"),
+            );
+            return None;
+        }
         Some(Email {
             host,
             port,
@@ -254,6 +297,12 @@ impl Checker {
         }
         Some(text)
     }
+}
+
+/// A name or address of this machine's loopback interface.
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn is_http(text: &str) -> bool {

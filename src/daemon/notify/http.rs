@@ -37,7 +37,7 @@ impl Targets {
 
     /// Sends the ping, then the webhook, each bounded by the timeout. Blocking.
     pub(super) fn deliver(&self, facts: &RunFacts) {
-        let agent = ureq::AgentBuilder::new().timeout(self.timeout).build();
+        let agent = agent(self.timeout);
         if let Some(base) = &self.ping {
             let url = ping_url(base, facts);
             // An audit's findings are the point of its failure ping: always in the body.
@@ -48,12 +48,7 @@ impl Targets {
             }
             let body = body.join("\n");
             retried("ping", &shown(base), facts, || {
-                agent
-                    .post(&url)
-                    .set("content-type", "text/plain")
-                    .send_string(&body)
-                    .map(drop)
-                    .map_err(|e| describe(&e))
+                answered(agent.post(&url).set("content-type", "text/plain").send_string(&body))
             });
         }
         if let Some(url) = &self.webhook {
@@ -61,9 +56,7 @@ impl Targets {
             if !self.send_logs {
                 facts.stderr_tail = None;
             }
-            retried("webhook", &shown(url), &facts, || {
-                agent.post(url).send_json(&facts).map(drop).map_err(|e| describe(&e))
-            });
+            retried("webhook", &shown(url), &facts, || answered(agent.post(url).send_json(&facts)));
         }
     }
 }
@@ -112,6 +105,28 @@ pub(crate) fn shown(url: &str) -> String {
 }
 
 /// An error without the URL (ureq's messages include it).
+/// The client every HTTP notification uses: bounded by `timeout`, and following no
+/// redirect. ureq would follow one with a GET that keeps the request's own headers (a
+/// Gotify key, an ntfy token) wherever it points, and a publish turned into a GET publishes
+/// nothing while it answers 200.
+pub(super) fn agent(timeout: std::time::Duration) -> ureq::Agent {
+    ureq::AgentBuilder::new().timeout(timeout).redirects(0).build()
+}
+
+/// A request's outcome: 2xx is delivered; a redirect is a failure that says where it
+/// pointed (scheme and host), so the task file can name that URL instead.
+pub(super) fn answered(result: Result<ureq::Response, ureq::Error>) -> Result<(), String> {
+    match result {
+        Ok(r) if (300..400).contains(&r.status()) => Err(format!(
+            "HTTP status {}: redirected to {}, not followed (put that URL in the task file)",
+            r.status(),
+            r.header("location").map_or_else(|| "nowhere".to_string(), shown)
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => Err(describe(&e)),
+    }
+}
+
 pub(super) fn describe(e: &ureq::Error) -> String {
     match e {
         ureq::Error::Status(code, _) => format!("HTTP status {code}"),

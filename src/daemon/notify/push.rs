@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::http::{describe, shown};
+use super::http::{answered, shown};
 use super::{RunFacts, retried};
 
 /// ntfy priorities: 3 is ntfy's default; 5 ("max") is a long vibration and a pop-over.
@@ -39,7 +39,7 @@ impl Ntfy {
 
     /// Publishes the end's facts (already redacted). Blocking.
     pub(super) fn deliver(&self, facts: &RunFacts) {
-        let agent = ureq::AgentBuilder::new().timeout(self.timeout).build();
+        let agent = super::http::agent(self.timeout);
         let failed = facts.failed();
         let (priority, tags) =
             if failed { (NTFY_FAILED, "warning") } else { (NTFY_OK, "white_check_mark") };
@@ -55,7 +55,7 @@ impl Ntfy {
                 request =
                     request.set("Authorization", &format!("Bearer {}", token.expose_secret()));
             }
-            request.send_string(&body).map(drop).map_err(|e| describe(&e))
+            answered(request.send_string(&body))
         });
     }
 }
@@ -79,7 +79,7 @@ impl Gotify {
 
     /// Posts the end's facts (already redacted). Blocking.
     pub(super) fn deliver(&self, facts: &RunFacts) {
-        let agent = ureq::AgentBuilder::new().timeout(self.timeout).build();
+        let agent = super::http::agent(self.timeout);
         let priority = if facts.failed() { GOTIFY_FAILED } else { GOTIFY_OK };
         let message = serde_json::json!({
             "title": facts.title(),
@@ -87,12 +87,12 @@ impl Gotify {
             "priority": priority,
         });
         retried("gotify", &shown(&self.url), facts, || {
-            agent
-                .post(&self.url)
-                .set("X-Gotify-Key", self.token.expose_secret())
-                .send_json(&message)
-                .map(drop)
-                .map_err(|e| describe(&e))
+            answered(
+                agent
+                    .post(&self.url)
+                    .set("X-Gotify-Key", self.token.expose_secret())
+                    .send_json(&message),
+            )
         });
     }
 }

@@ -85,7 +85,8 @@ impl State {
                 }
             }
         }
-        // Where "overdue" counts from was re-read on the new clock.
+        // Where "overdue" counts from was re-read on the new clock; pauses keep their length.
+        self.shift_pauses(jump.changed);
         self.refresh_deadlines();
         self.write_metrics();
     }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::State;
 use crate::history::{Record, SkipReason};
@@ -32,14 +32,10 @@ impl State {
         let task = &ctx.config.tasks[idx];
         let human = crate::time::Human;
         match timetable::decide(&task.schedule, &task.zone.tz, due, now, task.max_lateness) {
-            Decision::Run { occurrence, .. } if let Some(pause) = self.is_paused(idx, now) => {
-                let until = pause.until.map_or_else(
-                    || "until resumed".to_string(),
-                    |u| format!("until {}", self.rfc3339(u)),
-                );
-                info!(task = %task.name, "skipping the occurrence of {}: paused {until}", self.rfc3339(occurrence));
-                self.skip(idx, occurrence, 1, SkipReason::Paused, format!("paused {until}"));
-                self.write_metrics();
+            Decision::Run { superseded, first_missed, .. }
+                if self.is_paused(idx, now).is_some() =>
+            {
+                self.skip_paused(idx, first_missed, superseded + 1, now);
             }
             Decision::Run { trigger, occurrence, superseded, first_missed } => {
                 if trigger == Trigger::CatchUp {

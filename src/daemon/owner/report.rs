@@ -28,7 +28,7 @@ impl State {
                     last: state.last.clone(),
                     verified: state.verified.clone(),
                     overdue: state.overdue.is_some(),
-                    overdue_since: state.overdue.map(|t| self.rfc3339(t)),
+                    overdue_since: state.overdue.map(|(t, _)| self.rfc3339(t)),
                     paused: super::vigil::paused_at(state, now).map(|p| PauseBody {
                         since: self.rfc3339(p.since),
                         until: p.until.map(|u| self.rfc3339(u)),

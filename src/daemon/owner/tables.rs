@@ -35,8 +35,11 @@ pub(super) struct TaskState {
     pub(super) verified: Option<String>,
     /// After this instant without a newer success the task is overdue (see `vigil`).
     pub(super) deadline: Option<Timestamp>,
-    /// Since when the task is overdue, if it is.
-    pub(super) overdue: Option<Timestamp>,
+    /// Since when the task is overdue, if it is, and how many successes it had then (only a
+    /// new one clears it).
+    pub(super) overdue: Option<(Timestamp, u64)>,
+    /// Successful runs seen (from the history too).
+    pub(super) successes: u64,
     /// `backupnizza pause`: its occurrences are skipped.
     pub(super) paused: Option<super::vigil::Pause>,
     /// The metrics' `last_*` instants with the elapsed-time clock at each, so a clock change
@@ -49,8 +52,6 @@ struct Stamps {
     start: Option<Stamp>,
     end: Option<Stamp>,
     success: Option<Stamp>,
-    /// The start of the run that last succeeded: where "overdue" counts from.
-    good_start: Option<Stamp>,
 }
 
 impl TaskState {
@@ -63,15 +64,15 @@ impl TaskState {
         self.stamps.end = Some(at);
         self.metrics.last_end = Some(at.wall());
         if success {
-            self.stamps.good_start = self.stamps.start.or(Some(at));
+            self.successes += 1;
             self.stamps.success = Some(at);
             self.metrics.last_success = Some(at.wall());
         }
     }
 
-    /// The start of the run that last succeeded, on the current wall clock.
-    pub(super) fn last_good_start(&self, now: &Reading) -> Option<Timestamp> {
-        self.stamps.good_start.map(|s| s.reread(now))
+    /// When the task last succeeded, on the current wall clock.
+    pub(super) fn last_success_at(&self, now: &Reading) -> Option<Timestamp> {
+        self.stamps.success.map(|s| s.reread(now))
     }
 
     /// After a clock change: each instant becomes *now minus its age*, so none lies in the

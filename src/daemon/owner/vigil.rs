@@ -1,16 +1,18 @@
 //! Whether each task's backups are current, and which tasks are paused.
 //!
 //! **Overdue.** A task is overdue when its last success is too old: when the second of its
-//! occurrences after the start of its last successful run (with none, after the daemon's
-//! start) has passed, plus [`SLACK`], without a newer success. Two missed runs, in the
-//! schedule's own rhythm: an `@every 5s` task is overdue 20 s after its last good start, a
-//! daily one two days after, a weekdays-only one from Tuesday if Friday's was the last. A
-//! task that an audit watches with `max_age` is overdue when its last success is older than
-//! that (the smallest, if several audits do): the audit's own measure of "current". A manual
-//! task is never overdue. The deadline is kept per task, recomputed when a run ends, at start
-//! and after a clock change; the owner's loop wakes at the earliest one, so a task becomes
-//! overdue when it does, and says so once (a WARN line and a notification), and once more
-//! when a success clears it.
+//! occurrences after its last successful run ended (with none, after the daemon's start) has
+//! passed, plus [`SLACK`], without a newer success. Two missed runs, in the schedule's own
+//! rhythm: an `@every 5s` task is overdue 20 s after its last success, a daily one two days
+//! after, a weekdays-only one from Tuesday if Friday's was the last. A task that an audit
+//! watches with `max_age` is overdue when its last success is older than that (the smallest,
+//! if several audits do): the audit's own measure of "current". A manual task is never
+//! overdue, and a task with a run in progress is not declared overdue until the run ends (it
+//! may yet succeed; a run longer than the schedule's period would otherwise be overdue at
+//! every run). The deadline is kept per task, recomputed when a run ends, at start and after
+//! a clock change; the owner's loop wakes at the earliest one, so a task becomes overdue when
+//! it does, and says so once (a WARN line and a notification), and once more when a new
+//! success clears it (only a success does: a clock change that moves the deadline does not).
 //!
 //! **Paused.** `backupnizza pause` stops a task's (or every task's) occurrences from running,
 //! for a while or until `resume`: each occurrence during the pause is recorded as skipped
@@ -26,6 +28,7 @@ use tracing::{info, warn};
 use super::State;
 use crate::broker::control::{FireError, PauseRequest};
 use crate::daemon::notify::RunFacts;
+use crate::history::SkipReason;
 use crate::protocol::PausedBody;
 use crate::schedule::timetable;
 
@@ -48,7 +51,7 @@ impl State {
             return None;
         }
         let reading = self.clock.read();
-        let since = self.tasks[idx].last_good_start(&reading).unwrap_or(self.started);
+        let since = self.tasks[idx].last_success_at(&reading).unwrap_or(self.started);
         let max_age = self
             .ctx
             .config
@@ -90,15 +93,15 @@ impl State {
             }
             let state = &mut self.tasks[idx];
             let due = state.deadline.is_some_and(|d| d <= now);
-            match (state.overdue, due) {
-                (None, true) => {
+            match state.overdue {
+                None if due && !state.running => {
                     let since = state.deadline.unwrap_or(now);
-                    state.overdue = Some(since);
+                    state.overdue = Some((since, state.successes));
                     state.metrics.overdue = true;
                     changed = true;
                     self.overdue_changed(idx, true);
                 }
-                (Some(_), false) => {
+                Some((_, successes)) if state.successes > successes && !due => {
                     state.overdue = None;
                     state.metrics.overdue = false;
                     changed = true;
@@ -113,12 +116,13 @@ impl State {
     }
 
     /// The next instant [`keep_vigil`](Self::keep_vigil) has something to do: a deadline
-    /// not yet passed, or a pause's end.
+    /// of a task neither overdue nor running (a run's end wakes the loop anyway; its passed
+    /// deadline would otherwise wake it at once, again and again), or a pause's end.
     pub(super) fn next_vigil(&self) -> Option<Timestamp> {
         self.tasks
             .iter()
             .flat_map(|s| {
-                let deadline = s.deadline.filter(|_| s.overdue.is_none());
+                let deadline = s.deadline.filter(|_| s.overdue.is_none() && !s.running);
                 [deadline, s.paused.and_then(|p| p.until)]
             })
             .flatten()
@@ -160,7 +164,7 @@ impl State {
             status: if overdue { "overdue" } else { "recovered" }.into(),
             exit_code: None,
             duration_ms: None,
-            started: state.overdue.map_or_else(|| self.rfc3339(now), |t| self.rfc3339(t)),
+            started: state.overdue.map_or_else(|| self.rfc3339(now), |(t, _)| self.rfc3339(t)),
             ended: None,
             reason,
             stderr_tail: None,
@@ -209,6 +213,33 @@ impl State {
             self.write_metrics();
         }
         Ok(PausedBody { tasks: names, until: None })
+    }
+
+    /// Occurrences of a paused task came due: `count` from `first`, recorded as skipped.
+    pub(super) fn skip_paused(&mut self, idx: usize, first: Timestamp, count: u64, now: Timestamp) {
+        let until = self
+            .is_paused(idx, now)
+            .and_then(|p| p.until)
+            .map_or_else(|| "until resumed".to_string(), |u| format!("until {}", self.rfc3339(u)));
+        let name = &self.ctx.config.tasks[idx].name;
+        info!(task = %name, "skipping the occurrence of {}: paused {until}", self.rfc3339(first));
+        self.skip(idx, first, count, SkipReason::Paused, format!("paused {until}"));
+        self.write_metrics();
+    }
+
+    /// The wall clock was set by `by`: each pause keeps its real length (a pause for an hour
+    /// set back a day still ends in an hour), and "overdue since" moves with the clock.
+    pub(super) fn shift_pauses(&mut self, by: jiff::SignedDuration) {
+        let shift = |t: Timestamp| t.checked_add(by).unwrap_or(t);
+        for state in &mut self.tasks {
+            if let Some(pause) = state.paused.as_mut() {
+                pause.since = shift(pause.since);
+                pause.until = pause.until.map(shift);
+            }
+            if let Some((since, _)) = state.overdue.as_mut() {
+                *since = shift(*since);
+            }
+        }
     }
 
     /// Task indices by name (all for none); an unknown name is refused whole.
