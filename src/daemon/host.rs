@@ -17,8 +17,7 @@ use std::time::Instant;
 /// How long a zombie child must have been one before the reaper takes it for an orphan:
 /// longer than the moment between a child's exit and its spawner's wait, however the
 /// daemon's threads were scheduled (a daemon stopped and continued runs all its timers at
-/// once).
-#[cfg(target_os = "linux")]
+/// once). (Elsewhere there is no reaper; the state owner still names this wait.)
 pub(crate) const ORPHAN_AGE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Reaps orphaned task processes the daemon adopted as child subreaper: a zombie child that

@@ -24,6 +24,10 @@ pub(crate) const POLL: Duration = Duration::from_millis(500);
 
 /// What the sentinel saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    not(target_os = "linux"),
+    allow(dead_code, reason = "only the kernel sentinel (Linux) tells the alarms apart")
+)]
 pub(crate) enum Alarm {
     /// Something changed in the socket's directory: check the socket.
     Socket,
@@ -96,6 +100,10 @@ impl Sentinel {
 
     /// An orphan waits to be reaped: report [`Alarm::Children`] again in `after`, if no
     /// child ends before. (The polling sentinel checks anyway.)
+    #[cfg_attr(
+        not(target_os = "linux"),
+        allow(clippy::unused_self, reason = "only the kernel sentinel (Linux) rechecks")
+    )]
     pub(crate) fn recheck_children(&mut self, after: Duration) {
         #[cfg(target_os = "linux")]
         if let Sentinel::Kernel(kernel) = self {

@@ -8,6 +8,7 @@ usage: attacker.py REPORT STOPFILE DAEMON_PID NEEDLE... (each NEEDLE is searched
 everything read). The daemon's pid only tells it which new processes are task processes
 (their parent, in `/proc/PID/stat`, which anyone may read): nothing goes through the daemon.
 """
+import errno
 import json
 import os
 import signal
@@ -41,6 +42,12 @@ def name_of(pid):
     return argv0.decode(errors="replace")
 
 
+def failed(e):
+    # A process reaped between two reads is gone from /proc (ENOENT, ESRCH): there is nothing
+    # left of it to guard, as for one that ended ("ended" above).
+    return "ended" if e.errno in (errno.ENOENT, errno.ESRCH) else e.strerror
+
+
 def note(pid, name, what, outcome):
     entry = report["processes"].setdefault(f"{pid} {name}", {})
     entry.setdefault(what, outcome)
@@ -57,19 +64,19 @@ def attack(pid, name):
             # read its (empty) files. Only what held something counts as read.
             note(pid, name, what, "read" if data else "ended")
         except OSError as e:
-            note(pid, name, what, e.strerror)
+            note(pid, name, what, failed(e))
     try:
         with open(f"/proc/{pid}/mem", "rb") as mem:
             mem.seek(0x400000)
             mem.read(16)
         note(pid, name, "mem", "read")
     except OSError as e:
-        note(pid, name, "mem", e.strerror)
+        note(pid, name, "mem", failed(e))
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
         note(pid, name, "fd", "read" if fds else "ended")
     except OSError as e:
-        note(pid, name, "fd", e.strerror)
+        note(pid, name, "fd", failed(e))
         return
     for fd in fds:
         try:
