@@ -288,6 +288,7 @@ impl Story {
                 "too_late" => "too late",
                 "superseded" => "folded into a later catch-up run",
                 "clock_change" => "the clock was corrected forward past it",
+                "paused" => "`backupnizza pause` held the task",
                 other => other,
             };
             ("skipped", None, format!("skipped ({why}): {detail}"))

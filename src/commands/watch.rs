@@ -130,8 +130,9 @@ fn show(event: &EventBody, json: &str, args: &WatchArgs) -> anyhow::Result<()> {
     if args.json {
         print(|out| writeln!(out, "{json}"))?;
     } else {
-        let reason =
-            if event.reason.is_empty() { String::new() } else { format!(": {}", event.reason) };
+        // A reason that is only the exit code, already in the result, is not repeated.
+        let bare = event.reason.is_empty() || result.contains(&format!("({})", event.reason));
+        let reason = if bare { String::new() } else { format!(": {}", event.reason) };
         print(|out| writeln!(out, "{} {} {result}{reason}", event.at, event.task))?;
     }
     let wanted = match args.notify.as_deref() {

@@ -109,7 +109,9 @@ impl RunFacts {
     /// run saved or found, and the stderr tail when the facts still hold it (`send_logs`).
     fn text(&self) -> String {
         let mut lines = vec![format!("task: {}", self.task), format!("result: {}", self.result())];
-        if !self.reason.is_empty() {
+        // "exit code 3" alone says nothing the result line did not.
+        let bare_code = self.exit_code.map(|code| format!("exit code {code}"));
+        if !self.reason.is_empty() && Some(&self.reason) != bare_code.as_ref() {
             lines.push(format!("reason: {}", self.reason));
         }
         lines.push(format!("host: {}", self.host));

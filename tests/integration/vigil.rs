@@ -175,6 +175,12 @@ tasks:
     );
     assert!(starts(&scratch, "other").iter().any(|s| *s > at && *s < ended), "other kept running");
     assert_eq!(gauge(&metrics, "backupnizza_task_paused", "tick"), Some(0.0));
+    let explain = scratch.backupnizza(["explain", "tick", "--since", "2m", "-c"]).run_with(&config);
+    explain.expect_code(0);
+    assert!(
+        explain.stdout().contains("skipped (`backupnizza pause` held the task): paused until"),
+        "{explain}"
+    );
 
     // Every task, until resumed.
     let paused = scratch.backupnizza(["pause", "-c"]).run_with(&config);
