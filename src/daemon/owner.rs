@@ -266,6 +266,12 @@ impl State {
                 }
                 Wake::Watchdog => systemd::notify("WATCHDOG=1"),
             }
+            // Runs' ends already sent come first: a run whose End record is written is over,
+            // and an occurrence due now must not be skipped as an overlap with it (a daemon
+            // stopped and continued finds both ready at once).
+            while let Ok(event) = inbox.events.try_recv() {
+                self.on_event(event);
+            }
             // The wall time the jump check saw, not a second reading: a clock set between
             // the two would reach the due occurrences on the old timetable and look like
             // downtime (a year forward was caught up as 52,560 missed runs). A jump after
