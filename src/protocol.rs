@@ -215,10 +215,29 @@ impl EventBody {
         }
     }
 
-    /// Whether it is one to alert about: a run that did not succeed (not success, warning
-    /// or a deliberate skip), or a task overdue.
+    /// Whether it is one to alert about (see [`alarming`]).
     pub fn failed(&self) -> bool {
-        !matches!(self.status.as_str(), "success" | "warning" | "skipped" | "recovered")
+        alarming(&self.status)
+    }
+
+    /// The status, with the exit code of a failure (see [`result_text`]).
+    pub fn result(&self) -> String {
+        result_text(&self.status, self.exit_code)
+    }
+}
+
+/// Whether an end (or a task's state) with `status` is one to alert about: not a success, a
+/// warning, a deliberate skip or a recovery (the line the ping draws between the bare URL
+/// and `/fail`).
+pub fn alarming(status: &str) -> bool {
+    !matches!(status, "success" | "warning" | "skipped" | "recovered")
+}
+
+/// The status, with the exit code of an alarming one: `failed (exit code 3)`.
+pub fn result_text(status: &str, exit_code: Option<i32>) -> String {
+    match exit_code.filter(|_| alarming(status)) {
+        Some(code) => format!("{status} (exit code {code})"),
+        None => status.to_string(),
     }
 }
 

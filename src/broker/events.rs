@@ -10,7 +10,7 @@ use std::time::Duration;
 use hyper::{Method, StatusCode};
 
 use super::control::Control;
-use super::reply::{Resp, json, not_allowed};
+use super::reply::{Resp, json, not_allowed, query_number};
 use crate::protocol;
 
 pub(super) async fn route(
@@ -22,12 +22,6 @@ pub(super) async fn route(
     if method != Method::GET {
         return not_allowed("GET");
     }
-    let number = |key: &str| {
-        query
-            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix(key)))
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let wait = Duration::from_secs(number("wait=").min(protocol::MAX_WAIT_SECS));
-    json(StatusCode::OK, &control.read_events(number("after="), wait, member).await)
+    let wait = Duration::from_secs(query_number(query, "wait=").min(protocol::MAX_WAIT_SECS));
+    json(StatusCode::OK, &control.read_events(query_number(query, "after="), wait, member).await)
 }

@@ -6,7 +6,7 @@ use tracing::info;
 
 use super::control::{Control, PauseRequest};
 use super::peer::Peer;
-use super::reply::{Resp, error, fire_error, json, not_allowed};
+use super::reply::{Resp, error, fire_error, json, not_allowed, query_value};
 use crate::protocol::{self, Rejection};
 
 /// `POST /v1/pause` and `/v1/resume`: the daemon's own user's alone (a member's task may be
@@ -32,9 +32,7 @@ pub(super) async fn route(
             format!("only the daemon's own user may pause or resume tasks; you are uid {uid}"),
         );
     }
-    let value = |key: &str| {
-        query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix(key))).unwrap_or("")
-    };
+    let value = |key: &str| query_value(query, key).unwrap_or("");
     let tasks: Vec<String> =
         value("tasks=").split(',').filter(|t| !t.is_empty()).map(str::to_string).collect();
     let seconds = match value("for=") {

@@ -151,3 +151,13 @@ pub(super) fn fire_error(e: &super::control::FireError) -> Resp {
     };
     error(status, code, e.to_string())
 }
+
+/// The value of `key` (written with its `=`, as `"wait="`) in a request's query string.
+pub(super) fn query_value<'q>(query: Option<&'q str>, key: &str) -> Option<&'q str> {
+    query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix(key)))
+}
+
+/// The number `key` holds in the query string; 0 when absent or not a number.
+pub(super) fn query_number(query: Option<&str>, key: &str) -> u64 {
+    query_value(query, key).and_then(|s| s.parse().ok()).unwrap_or(0)
+}

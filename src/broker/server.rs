@@ -31,7 +31,7 @@ use super::admission::{over_limit, release};
 use super::control::{Control, HISTORY_STREAMS, HistoryError};
 use super::peer::{Ancestry, Peer};
 use super::redeemers::Verified;
-use super::reply::{Resp, error, fire_error, json, not_allowed};
+use super::reply::{Resp, error, fire_error, json, not_allowed, query_number, query_value};
 use crate::protocol::Rejection;
 use crate::protocol::{self, ErrorBody, PROTOCOL_HEADER, PROTOCOL_VERSION};
 
@@ -423,12 +423,7 @@ async fn control_route(
         if method != Method::GET {
             return not_allowed("GET");
         }
-        let number = |key: &str| {
-            query
-                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix(key)))
-                .and_then(|s| s.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
+        let number = |key: &str| query_number(query, key);
         let wait = number("wait=").min(protocol::MAX_WAIT_SECS);
         let run_id = id.strip_suffix(protocol::OUTPUT_SUFFIX).unwrap_or(id);
         if member.is_some()
@@ -491,7 +486,7 @@ async fn trigger_route(
 
 /// `GET /v1/history`: the daemon's user and members (`member`, their uid) are served apart.
 async fn history_route(query: Option<&str>, control: &Control, member: Option<u32>) -> Resp {
-    let task = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("task=")));
+    let task = query_value(query, "task=");
     match control.history(task, member).await {
         Ok(chunks) => super::reply::json_stream(chunks),
         Err(HistoryError::Busy) => error(

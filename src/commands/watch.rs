@@ -123,10 +123,7 @@ fn events(client: &Client, target: &Target, after: u64, wait: u64) -> anyhow::Re
 
 /// Prints one event, and shows it on the desktop when asked.
 fn show(event: &EventBody, json: &str, args: &WatchArgs) -> anyhow::Result<()> {
-    let result = match event.exit_code.filter(|_| event.failed()) {
-        Some(code) => format!("{} (exit code {code})", event.status),
-        None => event.status.clone(),
-    };
+    let result = event.result();
     if args.json {
         print(|out| writeln!(out, "{json}"))?;
     } else {

@@ -89,15 +89,12 @@ impl RunFacts {
     /// Whether the end is one to alert about: not a success, a warning or a deliberate
     /// skip (the same line the ping draws between the bare URL and `/fail`).
     fn failed(&self) -> bool {
-        !matches!(self.status.as_str(), "success" | "warning" | "skipped" | "recovered")
+        crate::protocol::alarming(&self.status)
     }
 
     /// The status, with the exit code of a failure: `failed (exit code 3)`.
     fn result(&self) -> String {
-        match self.exit_code.filter(|_| self.failed()) {
-            Some(code) => format!("{} (exit code {code})", self.status),
-            None => self.status.clone(),
-        }
+        crate::protocol::result_text(&self.status, self.exit_code)
     }
 
     /// `backupnizza: nightly failed`: a title or subject naming the task and the result.
