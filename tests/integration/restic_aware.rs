@@ -693,7 +693,23 @@ fn unlock_stale_clears_the_lock_a_timed_out_run_left_and_the_next_run_succeeds()
     let daemon = scratch.start_daemon(&config);
     scratch.backupnizza(["trigger", "db", "-c"]).run_with(&config).expect_code(0);
     let locks = || std::fs::read_dir(local.join("locks")).map_or(0, Iterator::count);
-    wait_until("restic's lock", || locks() == 1);
+    // The lock must be written whole before the server is frozen: rclone writes in place,
+    // and a lock frozen half-written is one `restic unlock` cannot load and rightly leaves.
+    let lock_whole = || {
+        let Some(Ok(entry)) =
+            std::fs::read_dir(local.join("locks")).ok().and_then(|mut d| d.next())
+        else {
+            return false;
+        };
+        let id = entry.file_name().to_string_lossy().into_owned();
+        let cat = restic(&scratch, &local.display().to_string(), &password_file)
+            .args(["--no-lock", "cat", "lock", &id])
+            .output()
+            .unwrap();
+        cat.status.success()
+    };
+    wait_until("restic's lock, written whole", lock_whole);
+    assert_eq!(locks(), 1);
     let rclone = nix::unistd::Pid::from_raw(server.pid() as i32);
     kill(rclone, Signal::SIGSTOP).unwrap();
     wait_until("the timeout", || {
