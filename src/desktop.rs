@@ -5,6 +5,7 @@
 //! compile-checked in CI but has never run (there is no macOS machine here,
 //! docs/platforms.md).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -40,23 +41,42 @@ pub(crate) const DESTINATION: &str = DESTINATION_HERE;
 pub(crate) fn show(notice: &Notice, timeout: Duration) -> Result<(), String> {
     let (summary, body) = (notice.summary.clone(), notice.body.clone());
     let urgency = if notice.critical { CRITICAL } else { NORMAL };
-    within(timeout, move || show_now(&summary, &body, urgency))
+    within(&WAITING, timeout, move || show_now(&summary, &body, urgency))
 }
+
+/// Deliveries still waiting on a thread of their own, given up or not.
+static WAITING: AtomicUsize = AtomicUsize::new(0);
+
+/// How many given-up deliveries may still hold a thread before new ones are refused
+/// outright: a bus that hangs for good then costs this many threads, not one per run.
+const MAX_WAITING: usize = 2;
 
 /// Runs `show_now` on a thread of its own and waits for it at most `timeout`: a bus that
 /// accepts the connection and never answers (zbus bounds neither its handshake nor, by
-/// default, a call) costs that thread, not the delivery.
+/// default, a call) costs that thread, not the delivery. While `MAX_WAITING` such threads
+/// are still stuck (counted in `waiting`), the notice is refused without starting another.
 fn within(
+    waiting: &'static AtomicUsize,
     timeout: Duration,
     show: impl FnOnce() -> Result<(), String> + Send + 'static,
 ) -> Result<(), String> {
+    if waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
+        waiting.fetch_sub(1, Ordering::AcqRel);
+        return Err(format!(
+            "not sent: {MAX_WAITING} earlier notifications are still waiting for {DESTINATION}"
+        ));
+    }
     let (done, shown) = mpsc::channel();
     std::thread::Builder::new()
         .name("notify-desktop".into())
         .spawn(move || {
             let _ = done.send(show());
+            waiting.fetch_sub(1, Ordering::AcqRel);
         })
-        .map_err(|e| format!("cannot start a thread: {e}"))?;
+        .map_err(|e| {
+            waiting.fetch_sub(1, Ordering::AcqRel);
+            format!("cannot start a thread: {e}")
+        })?;
     shown
         .recv_timeout(timeout)
         .unwrap_or_else(|_| Err(format!("no answer within {}", crate::time::Human(timeout))))
@@ -169,13 +189,35 @@ mod tests {
     }
 
     #[test]
-    fn a_show_that_never_returns_is_given_up_after_the_timeout() {
-        let (_keep, hang) = mpsc::channel::<()>();
-        let started = std::time::Instant::now();
-        let result = within(Duration::from_millis(100), move || {
-            let _ = hang.recv();
+    fn a_show_that_never_returns_is_given_up_and_a_few_such_refuse_the_next() {
+        static WAITING: AtomicUsize = AtomicUsize::new(0);
+        let (release, hang) = mpsc::channel::<()>();
+        let hang = std::sync::Arc::new(std::sync::Mutex::new(hang));
+        let stuck = || {
+            let hang = hang.clone();
+            move || {
+                let _ = hang.lock().unwrap().recv();
+                Ok(())
+            }
+        };
+        for _ in 0..MAX_WAITING {
+            let result = within(&WAITING, Duration::from_millis(100), stuck());
+            assert!(result.unwrap_err().starts_with("no answer within"));
+        }
+        let ran = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = ran.clone();
+        let refused = within(&WAITING, Duration::from_secs(60), move || {
+            counted.fetch_add(1, Ordering::SeqCst);
             Ok(())
         });
-        assert!(result.is_err() && started.elapsed() < Duration::from_secs(5), "{result:?}");
+        assert!(refused.unwrap_err().contains("still waiting"), "refused at once");
+        assert_eq!(ran.load(Ordering::SeqCst), 0, "and never started");
+
+        // Once the stuck ones return, notices go out again.
+        drop(release);
+        while WAITING.load(Ordering::SeqCst) > 0 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(within(&WAITING, Duration::from_secs(60), || Ok(())), Ok(()));
     }
 }

@@ -189,6 +189,7 @@ impl State {
         self.settle_unended(past).await;
         let first = self.clock.read();
         let now = first.wall;
+        self.restore_pauses(now);
         self.catch_up_downtime(past, now);
         self.refresh_deadlines();
         for (i, task) in self.ctx.config.tasks.iter().enumerate() {

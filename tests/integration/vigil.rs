@@ -210,3 +210,68 @@ tasks:
     let bad = scratch.backupnizza(["pause", "--for", "soon", "-c"]).run_with(&config);
     assert_eq!(bad.code(), Some(2), "{bad}");
 }
+
+/// Pauses outlive a restart: a timed one keeps its end, an open one stays until `resume`, one
+/// whose end came while the daemon was down is over; an unreadable pauses file is a WARN
+/// naming it, and then nothing is paused.
+#[test]
+fn pauses_hold_across_a_restart_and_one_that_ended_meanwhile_is_over() {
+    let scratch = Scratch::new();
+    let every_second =
+        |name: &str| format!("  {name}:\n    schedule: '@every 1s'\n    command: ['true']\n");
+    let config = scratch.config(&format!(
+        "tasks:\n{}{}{}",
+        every_second("long"),
+        every_second("open"),
+        every_second("short")
+    ));
+    let pauses = scratch.path().join("state/pauses.json");
+    let daemon = scratch.start_daemon(&config);
+    for args in [&["--for", "1h", "long"][..], &["open"], &["--for", "2s", "short"]] {
+        let paused = scratch
+            .backupnizza(["pause"].into_iter().chain(args.iter().copied()).chain(["-c"]))
+            .run_with(&config);
+        paused.expect_code(0);
+    }
+    let before = status_json(&scratch, &config);
+    let short_until: jiff::Timestamp =
+        task(&before, "short")["paused"]["until"].as_str().unwrap().parse().unwrap();
+    assert!(pauses.exists(), "the pauses are on disk once `pause` answered");
+    assert!(daemon.stop().success());
+
+    // Down until the short pause's end has passed.
+    while jiff::Timestamp::now() <= short_until {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (long_starts, open_starts) =
+        (scheduled_starts(&scratch, "long").len(), scheduled_starts(&scratch, "open").len());
+    let short_starts = scheduled_starts(&scratch, "short").len();
+    let (long_skips, open_skips) = (paused_skips(&scratch, "long"), paused_skips(&scratch, "open"));
+    let daemon = scratch.start_daemon(&config);
+    let after = status_json(&scratch, &config);
+    assert_eq!(task(&after, "long")["paused"], task(&before, "long")["paused"], "{after}");
+    assert_eq!(task(&after, "open")["paused"], task(&before, "open")["paused"], "{after}");
+    assert!(task(&after, "short")["paused"].is_null(), "{after}");
+    let log = daemon.log_text();
+    assert!(log.contains("still paused until") && log.contains("still paused until resumed"));
+    assert!(log.contains("the pause ended while the daemon was not running"), "{log}");
+    wait_until("paused skips after the restart, and short's runs", || {
+        paused_skips(&scratch, "long") >= long_skips + 2
+            && paused_skips(&scratch, "open") >= open_skips + 2
+            && scheduled_starts(&scratch, "short").len() > short_starts
+    });
+    assert_eq!(scheduled_starts(&scratch, "long").len(), long_starts, "long ran while paused");
+    assert_eq!(scheduled_starts(&scratch, "open").len(), open_starts, "open ran while paused");
+
+    scratch.backupnizza(["resume", "-c"]).run_with(&config).expect_code(0);
+    assert!(!pauses.exists(), "no pause left, no file");
+    assert!(daemon.stop().success());
+
+    // A torn file pauses nothing, and says which file.
+    std::fs::write(&pauses, "{\"pauses\": [{\"task\": \"lo").unwrap();
+    let daemon = scratch.start_daemon(&config);
+    let warning = daemon.wait_for("the warning", |l| l.contains("starting with no task paused"));
+    assert!(warning.contains("pauses.json is not a pauses file"), "{warning}");
+    let runs = scheduled_starts(&scratch, "long").len();
+    wait_until("long runs again", || scheduled_starts(&scratch, "long").len() > runs);
+}

@@ -18,7 +18,10 @@
 //! for a while or until `resume`: each occurrence during the pause is recorded as skipped
 //! with the reason `paused` (it is not made up afterwards: the next occurrence after the
 //! pause runs as usual). `trigger` still runs a paused task. A pause with an end lifts
-//! itself then; the loop wakes for it, to log it and rewrite the metrics.
+//! itself then; the loop wakes for it, to log it and rewrite the metrics. Pauses outlive a
+//! restart: each change is written to `state_dir/pauses.json` before the request is
+//! answered (in place, on the loop: a small file, rarely), and read back at start, before
+//! the downtime's catch-up, which a pause holds like any other occurrence.
 
 use std::time::Duration;
 
@@ -28,6 +31,7 @@ use tracing::{info, warn};
 use super::State;
 use crate::broker::control::{FireError, PauseRequest};
 use crate::daemon::notify::RunFacts;
+use crate::daemon::records::pauses::{self, SavedPause};
 use crate::history::SkipReason;
 use crate::protocol::PausedBody;
 use crate::schedule::timetable;
@@ -81,6 +85,7 @@ impl State {
     /// anything changed.
     pub(super) fn keep_vigil(&mut self, now: Timestamp) {
         let mut changed = false;
+        let mut lifted = false;
         for idx in 0..self.tasks.len() {
             let state = &mut self.tasks[idx];
             if let Some(pause) = state.paused
@@ -88,7 +93,7 @@ impl State {
             {
                 state.paused = None;
                 state.metrics.paused = false;
-                changed = true;
+                (changed, lifted) = (true, true);
                 info!(task = %self.ctx.config.tasks[idx].name, "the pause ended; occurrences run again");
             }
             let state = &mut self.tasks[idx];
@@ -109,6 +114,9 @@ impl State {
                 }
                 _ => {}
             }
+        }
+        if lifted {
+            self.save_pauses();
         }
         if changed {
             self.write_metrics();
@@ -194,6 +202,7 @@ impl State {
         let end = until
             .map_or_else(|| "until resumed".to_string(), |u| format!("until {}", self.rfc3339(u)));
         info!(tasks = %names.join(","), "paused {end}");
+        self.save_pauses();
         self.write_metrics();
         Ok(PausedBody { tasks: names, until: until.map(|u| self.rfc3339(u)) })
     }
@@ -210,6 +219,7 @@ impl State {
         let names = self.names(&chosen);
         if !names.is_empty() {
             info!(tasks = %names.join(","), "resumed");
+            self.save_pauses();
             self.write_metrics();
         }
         Ok(PausedBody { tasks: names, until: None })
@@ -239,6 +249,62 @@ impl State {
             if let Some((since, _)) = state.overdue.as_mut() {
                 *since = shift(*since);
             }
+        }
+        if self.tasks.iter().any(|s| s.paused.is_some()) {
+            self.save_pauses();
+        }
+    }
+
+    /// At start, before the downtime's catch-up: the pauses in effect when the daemon last
+    /// ran, for the tasks still in the file and not yet over. A file that cannot be read
+    /// pauses nothing (backups running is the safer way to be wrong) and is said in a WARN.
+    pub(super) fn restore_pauses(&mut self, now: Timestamp) {
+        let path = pauses::file(&self.ctx.config.state_dir);
+        let saved = match pauses::load(&path) {
+            Ok(saved) => saved,
+            Err(e) => {
+                warn!(error = %e, "starting with no task paused");
+                return;
+            }
+        };
+        let mut dropped = false;
+        for pause in saved {
+            let task = &pause.task;
+            let Some(idx) = self.ctx.config.tasks.iter().position(|t| &t.name == task) else {
+                info!(%task, "forgetting the pause of a task no longer in the task file");
+                dropped = true;
+                continue;
+            };
+            if pause.until.is_some_and(|until| until <= now) {
+                info!(%task, "the pause ended while the daemon was not running");
+                dropped = true;
+                continue;
+            }
+            self.tasks[idx].paused = Some(Pause { since: pause.since, until: pause.until });
+            self.tasks[idx].metrics.paused = true;
+            let end = pause.until.map_or_else(
+                || "until resumed".to_string(),
+                |u| format!("until {}", self.rfc3339(u)),
+            );
+            info!(%task, "still paused {end}, as before the restart");
+        }
+        if dropped {
+            self.save_pauses();
+        }
+    }
+
+    /// Writes the pauses in effect to `state_dir/pauses.json`, for the next start.
+    fn save_pauses(&self) {
+        let now = self.now();
+        let saved = (self.tasks.iter().zip(&self.ctx.config.tasks))
+            .filter_map(|(state, task)| {
+                let pause = paused_at(state, now)?;
+                Some(SavedPause { task: task.name.clone(), since: pause.since, until: pause.until })
+            })
+            .collect();
+        let path = pauses::file(&self.ctx.config.state_dir);
+        if let Err(e) = pauses::save(&path, saved) {
+            warn!(file = %path.display(), error = %e, "cannot record the pauses: a restart of the daemon will lift them");
         }
     }
 

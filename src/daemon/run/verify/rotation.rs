@@ -5,7 +5,6 @@
 //! the repository is repaired (and is not rotated out of sight). Changing K starts over at
 //! 1. Written as the other state files are: a temporary file, synced, renamed over.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -54,11 +53,7 @@ impl Rotation {
     }
 
     pub(crate) fn save(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        crate::daemon::records::state_file::save_json(path, self)
     }
 }
 
