@@ -90,17 +90,26 @@ pub(crate) struct Surroundings {
     /// giving back idle memory. Off in the in-process tests, which share their process with
     /// other tests (an orphan reaper there would reap other tests' children).
     pub(crate) process_chores: bool,
+    /// When the daemon's process started: an occurrence that fell while it was starting
+    /// (reading the task file, loading secrets from a slow keychain or password manager) is
+    /// caught up, not lost, even with no history to say it was alive.
+    pub(crate) launched: Timestamp,
 }
 
 impl Surroundings {
     /// The daemon's: the system's clocks, runs by [`run::execute`], its bound socket.
-    pub(crate) fn of_this_daemon(ctx: Arc<RunContext>, bound: &BoundSocket) -> Surroundings {
+    pub(crate) fn of_this_daemon(
+        ctx: Arc<RunContext>,
+        bound: &BoundSocket,
+        launched: Timestamp,
+    ) -> Surroundings {
         Surroundings {
             clock: Arc::new(SystemClock),
             launch: Box::new(move |job, feed| Box::pin(run::execute(ctx.clone(), job, feed))),
             socket: bound.watch(),
             sentinel: Sentinel::for_socket(&bound.watch().path),
             process_chores: true,
+            launched,
         }
     }
 }
@@ -115,6 +124,8 @@ pub(crate) struct State {
     process_chores: bool,
     /// When the daemon started, on the current wall clock; also the anchor of `@every`.
     started: Timestamp,
+    /// When its process started ([`Surroundings::launched`]).
+    launched: Timestamp,
     started_stamp: Stamp,
     tasks: Vec<TaskState>,
     runs: Runs,
@@ -137,11 +148,13 @@ impl State {
         metrics: Option<MetricsWriter>,
         history_health: watch::Receiver<Option<String>>,
     ) -> State {
-        let Surroundings { clock, launch, socket, sentinel, process_chores } = surroundings;
+        let Surroundings { clock, launch, socket, sentinel, process_chores, launched } =
+            surroundings;
         let reading = clock.read();
         let tasks = TaskState::from_history(&ctx, past, &reading);
         State {
             started: reading.wall,
+            launched: launched.min(reading.wall),
             started_stamp: Stamp::before(&reading, reading.wall),
             ctx,
             clock,

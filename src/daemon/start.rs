@@ -44,6 +44,8 @@ pub(super) struct Start {
     pub(super) pins: Vec<Vec<Option<Pinned>>>,
     pub(super) redeemers: Redeemers,
     pub(super) guardian: Option<Guardian>,
+    /// When this process started, before the task file was read and the secrets loaded.
+    pub(super) launched: jiff::Timestamp,
 }
 
 /// Where the `secretbox` tasks find is, and the sealed image of it that sealing tasks run.
@@ -59,6 +61,7 @@ pub(super) struct Secretbox {
 /// other thread exists: it takes `env` secret sources out of the environment, which it
 /// refuses to do (with an error) once another thread exists.
 pub fn main(config_path: PathBuf, mut env: Environment) -> anyhow::Result<()> {
+    let launched = jiff::Timestamp::now();
     close_inherited_fds(&env);
     let (config, problems) = check_task_file(&config_path, &env)?;
     // The `env` sources, as early as the task file names them: onto locked pages, out of
@@ -90,6 +93,7 @@ pub fn main(config_path: PathBuf, mut env: Environment) -> anyhow::Result<()> {
         pins: checked.pins,
         redeemers: checked.redeemers,
         guardian,
+        launched,
     };
     run_runtime(start)
 }

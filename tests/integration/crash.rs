@@ -487,7 +487,16 @@ fn a_daemon_stopped_for_minutes_records_each_catch_up_run_with_its_real_exit() {
     ));
     let daemon = scratch.start_daemon(&config);
     let ends = || records_of(&history(&scratch), "end").len();
-    for _ in 0..3 {
+    for _ in 0..2 {
+        // Stopped between two minutes' runs, with none in progress: a run the daemon had not
+        // yet seen end when it was stopped would make its task's catch-up an overlap, skipped
+        // as it should be, and the count below would be short for a reason it does not test.
+        wait_until("a quiet moment between two minutes' runs", || {
+            let second = jiff::Timestamp::now().as_second().rem_euclid(60);
+            let records = history(&scratch);
+            (10..40).contains(&second)
+                && records_of(&records, "start").len() == records_of(&records, "end").len()
+        });
         let before = ends();
         daemon.signal(Signal::SIGSTOP);
         std::thread::sleep(Duration::from_secs(120));
@@ -502,7 +511,7 @@ fn a_daemon_stopped_for_minutes_records_each_catch_up_run_with_its_real_exit() {
     assert!(wrong.is_empty(), "runs recorded without their real exit: {wrong:#?}");
     let catch_ups =
         records_of(&records, "start").iter().filter(|s| s["trigger"] == "catch_up").count();
-    assert!(catch_ups >= 12, "{catch_ups} catch-up runs\n{records:#?}");
+    assert!(catch_ups >= 8, "{catch_ups} catch-up runs\n{records:#?}");
     daemon.stop();
 }
 

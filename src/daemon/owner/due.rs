@@ -43,7 +43,7 @@ impl State {
                         Duration::try_from(now.duration_since(occurrence)).unwrap_or_default();
                     warn!(
                         task = %task.name,
-                        "missed {} occurrence{} from {} (machine asleep, daemon stopped or clock changed); running once now, {} late",
+                        "missed {} occurrence{} from {} (machine asleep, daemon stopped or starting, or clock changed); running once now, {} late",
                         superseded + 1,
                         if superseded == 0 { "" } else { "s" },
                         self.rfc3339(first_missed),
@@ -82,18 +82,17 @@ impl State {
     }
 
     /// Occurrences that fell while the daemon was not running (after the last history
-    /// record) are handled like those missed during a suspend. The last record means the
-    /// latest one not dated in the future: a record written before the clock was set back
-    /// would otherwise say the daemon was alive until then, and nothing would be caught up.
+    /// record) or was still starting (after its process started, when there is no history)
+    /// are handled like those missed during a suspend. The last record means the latest one
+    /// not dated in the future: a record written before the clock was set back would
+    /// otherwise say the daemon was alive until then, and nothing would be caught up.
     pub(super) fn catch_up_downtime(&mut self, past: &[Record], now: Timestamp) {
-        let Some(last_alive) = past
+        let last_alive = past
             .iter()
             .filter_map(|r| r.at().parse::<Timestamp>().ok())
             .filter(|at| *at <= now)
             .max()
-        else {
-            return;
-        };
+            .unwrap_or(self.launched);
         let ctx = self.ctx.clone();
         for (idx, task) in ctx.config.tasks.iter().enumerate() {
             if task.schedule.interval().is_some() {

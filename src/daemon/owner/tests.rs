@@ -133,10 +133,17 @@ fn config(dir: &Path, tasks: &str) -> Config {
 impl Owner {
     /// Starts the owner at wall time `wall` for `tasks`, with `past` in its history.
     fn start(wall: &str, tasks: &str, past: &[Record]) -> Owner {
-        Owner::start_with(wall, tasks, past, OnCancel::End)
+        Owner::start_with(wall, tasks, past, OnCancel::End, None)
     }
 
-    fn start_with(wall: &str, tasks: &str, past: &[Record], on_cancel: OnCancel) -> Owner {
+    /// `process_start`: when the daemon's process started, if before `wall`.
+    fn start_with(
+        wall: &str,
+        tasks: &str,
+        past: &[Record],
+        on_cancel: OnCancel,
+        process_start: Option<&str>,
+    ) -> Owner {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path(), tasks);
         std::fs::create_dir_all(&config.state_dir).unwrap();
@@ -171,6 +178,7 @@ impl Owner {
             socket: SocketWatch::of(socket.path()).unwrap(),
             sentinel: crate::daemon::host::sentinel::Sentinel::polling(),
             process_chores: false,
+            launched: process_start.map_or_else(|| clock.read().wall, ts),
         };
         let state = State::new(ctx.clone(), surroundings, past, None, watch::channel(None).1);
         let (requests, requests_rx) = mpsc::channel(8);
@@ -445,6 +453,25 @@ async fn downtime_is_caught_up_at_start() {
     owner.finish().await;
 }
 
+/// A first start (no history) whose secrets took 7 s to load, across 03:00: that occurrence
+/// fell while the daemon was starting, and runs, not waits a day.
+#[tokio::test(start_paused = true)]
+async fn an_occurrence_during_start_up_runs_and_one_before_it_does_not() {
+    let tasks = "  t:\n    schedule: '0 3 * * *'\n    command: [true]\n";
+    let launched = Some("2026-03-02T02:59:55Z");
+    let mut owner = Owner::start_with("2026-03-02T03:00:02Z", tasks, &[], OnCancel::End, launched);
+    let run = owner.next_run().await;
+    assert_eq!(run.job.occurrence, Some(ts("2026-03-02T03:00:00Z")));
+    let _ = run.end.send(RunStatus::Success);
+    owner.finish().await;
+
+    let launched = Some("2026-03-02T03:00:01Z");
+    let mut owner = Owner::start_with("2026-03-02T03:00:02Z", tasks, &[], OnCancel::End, launched);
+    owner.wait(Duration::from_secs(3600)).await;
+    assert!(owner.nothing_launched(), "03:00 was before the daemon's process started");
+    owner.finish().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_record_from_the_future_does_not_hide_the_downtime() {
     // Written before the clock was set back: taken at its word, it would say the daemon
@@ -550,7 +577,8 @@ async fn a_run_a_dead_daemon_left_is_settled_and_run_again_within_max_lateness()
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_cancels_the_running_run_and_refuses_new_triggers() {
-    let mut owner = Owner::start_with("2026-03-02T10:00:00Z", EVERY_10S, &[], OnCancel::Linger);
+    let mut owner =
+        Owner::start_with("2026-03-02T10:00:00Z", EVERY_10S, &[], OnCancel::Linger, None);
     let run = owner.next_run().await;
     owner.stop.send(Stop::Signal("test")).await.unwrap();
     run.cancelled.await.expect("the run was told the daemon is stopping");

@@ -49,7 +49,8 @@ pub(super) async fn serve(
     start: Start,
     mut stop: mpsc::Receiver<Stop>,
 ) -> anyhow::Result<Finished> {
-    let Start { config, env, env_values, base_env, secretbox, pins, redeemers, guardian } = start;
+    let Start { config, env, env_values, base_env, secretbox, pins, redeemers, guardian, launched } =
+        start;
     // A stop request during start-up ends it: a slow secret helper is killed, not awaited.
     let secrets = tokio::select! {
         loaded = load_secrets(&config, &env, env_values) => loaded?,
@@ -103,7 +104,7 @@ pub(super) async fn serve(
         announcements: control.events(),
     });
     let server = Server::start(&bound, broker.clone(), control)?;
-    let surroundings = Surroundings::of_this_daemon(ctx.clone(), &bound);
+    let surroundings = Surroundings::of_this_daemon(ctx.clone(), &bound, launched);
     let (metrics, health) = (records.metrics.take(), records.health.clone());
     let past = std::mem::take(&mut records.past);
     let state = owner::State::new(ctx.clone(), surroundings, &past, metrics, health);
@@ -338,6 +339,7 @@ mod tests {
             pins: vec![vec![None]],
             redeemers: Redeemers::default(),
             guardian: None,
+            launched: Timestamp::now(),
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
