@@ -49,8 +49,7 @@ pub(super) async fn serve(
     start: Start,
     mut stop: mpsc::Receiver<Stop>,
 ) -> anyhow::Result<Finished> {
-    let Start { config, env, env_values, base_env, secretbox, pins, redeemers, guardian, launched } =
-        start;
+    let Start { config, env, env_values, base_env, secretbox, pins, redeemers, .. } = start;
     // A stop request during start-up ends it: a slow secret helper is killed, not awaited.
     let secrets = tokio::select! {
         loaded = load_secrets(&config, &env, env_values) => loaded?,
@@ -82,7 +81,7 @@ pub(super) async fn serve(
         kill_grace: config.kill_grace,
         shutdown_grace: config.shutdown_grace,
         containment,
-        guardian,
+        guardian: start.guardian,
         secret_files: secret_files.clone(),
         secretbox_image: secretbox.image,
     };
@@ -104,7 +103,7 @@ pub(super) async fn serve(
         announcements: control.events(),
     });
     let server = Server::start(&bound, broker.clone(), control)?;
-    let surroundings = Surroundings::of_this_daemon(ctx.clone(), &bound, launched);
+    let surroundings = Surroundings::of_this_daemon(ctx.clone(), &bound, start.launched);
     let (metrics, health) = (records.metrics.take(), records.health.clone());
     let past = std::mem::take(&mut records.past);
     let state = owner::State::new(ctx.clone(), surroundings, &past, metrics, health);
