@@ -66,6 +66,8 @@ mod tests {
         ];
         save(&path, pauses.clone()).unwrap();
         assert_eq!(load(&path), Ok(pauses));
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         save(&path, Vec::new()).unwrap();
         assert!(!path.exists(), "no pause, no file");
         save(&path, Vec::new()).unwrap();
