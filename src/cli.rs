@@ -54,7 +54,7 @@ pub enum Command {
     Trigger(TriggerArgs),
     /// Hold tasks' scheduled runs (all tasks when none is named), for a while or until
     /// `resume`; each occurrence meanwhile is recorded as skipped ("paused"), and `trigger`
-    /// still runs them.
+    /// still runs them. A pause outlives a restart of the daemon.
     Pause(PauseArgs),
     /// Lift a pause (of all tasks when none is named).
     Resume(ResumeArgs),
