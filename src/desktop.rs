@@ -25,8 +25,7 @@ impl Notice {
     /// `backup TASK STATUS`, then `TASK: RESULT` and the reason (already redacted).
     pub(crate) fn of(task: &str, status: &str, result: &str, reason: &str, failed: bool) -> Notice {
         let mut body = format!("{task}: {result}");
-        // A reason that is only the exit code, already in the result, is not repeated.
-        if !reason.is_empty() && !result.contains(&format!("({reason})")) {
+        if let Some(reason) = crate::protocol::reason_beside(result, reason) {
             body.push('\n');
             body.push_str(reason);
         }

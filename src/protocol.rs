@@ -241,6 +241,12 @@ pub fn result_text(status: &str, exit_code: Option<i32>) -> String {
     }
 }
 
+/// The reason worth showing beside `result` (a [`result_text`]): none when it is empty, or
+/// when it is only the exit code the result already gives (`failed (exit code 3)`).
+pub fn reason_beside<'r>(result: &str, reason: &'r str) -> Option<&'r str> {
+    (!reason.is_empty() && !result.contains(&format!("({reason})"))).then_some(reason)
+}
+
 /// A task's pause, as `status` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PauseBody {
@@ -388,4 +394,24 @@ pub fn exit_code(rejection: Rejection) -> i32 {
 /// The rejection named by an error code on the wire.
 pub fn rejection_from_code(code: &str) -> Option<Rejection> {
     Rejection::ALL.into_iter().find(|r| r.as_str() == code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_that_only_repeats_the_exit_code_is_not_said_twice() {
+        let failed = result_text("failed", Some(3));
+        assert_eq!(failed, "failed (exit code 3)");
+        assert_eq!(reason_beside(&failed, "exit code 3"), None);
+        assert_eq!(reason_beside(&failed, ""), None);
+        assert_eq!(
+            reason_beside(&failed, "restic: wrong password"),
+            Some("restic: wrong password")
+        );
+        // A warning's result has no code in it: its reason says it.
+        let warning = result_text("warning", Some(3));
+        assert_eq!(reason_beside(&warning, "exit code 3"), Some("exit code 3"));
+    }
 }

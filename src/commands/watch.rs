@@ -127,9 +127,8 @@ fn show(event: &EventBody, json: &str, args: &WatchArgs) -> anyhow::Result<()> {
     if args.json {
         print(|out| writeln!(out, "{json}"))?;
     } else {
-        // A reason that is only the exit code, already in the result, is not repeated.
-        let bare = event.reason.is_empty() || result.contains(&format!("({})", event.reason));
-        let reason = if bare { String::new() } else { format!(": {}", event.reason) };
+        let reason = protocol::reason_beside(&result, &event.reason)
+            .map_or_else(String::new, |reason| format!(": {reason}"));
         print(|out| writeln!(out, "{} {} {result}{reason}", event.at, event.task))?;
     }
     let wanted = match args.notify.as_deref() {

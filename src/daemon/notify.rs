@@ -105,11 +105,10 @@ impl RunFacts {
     /// The facts as lines a person reads: task, result, reason, host and times, what the
     /// run saved or found, and the stderr tail when the facts still hold it (`send_logs`).
     fn text(&self) -> String {
-        let mut lines = vec![format!("task: {}", self.task), format!("result: {}", self.result())];
-        // "exit code 3" alone says nothing the result line did not.
-        let bare_code = self.exit_code.map(|code| format!("exit code {code}"));
-        if !self.reason.is_empty() && Some(&self.reason) != bare_code.as_ref() {
-            lines.push(format!("reason: {}", self.reason));
+        let result = self.result();
+        let mut lines = vec![format!("task: {}", self.task), format!("result: {result}")];
+        if let Some(reason) = crate::protocol::reason_beside(&result, &self.reason) {
+            lines.push(format!("reason: {reason}"));
         }
         lines.push(format!("host: {}", self.host));
         lines.push(format!("started: {}", self.started));

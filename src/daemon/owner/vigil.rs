@@ -199,9 +199,7 @@ impl State {
             self.tasks[idx].metrics.paused = true;
         }
         let names = self.names(&chosen);
-        let end = until
-            .map_or_else(|| "until resumed".to_string(), |u| format!("until {}", self.rfc3339(u)));
-        info!(tasks = %names.join(","), "paused {end}");
+        info!(tasks = %names.join(","), "paused {}", self.pause_end(until));
         self.save_pauses();
         self.write_metrics();
         Ok(PausedBody { tasks: names, until: until.map(|u| self.rfc3339(u)) })
@@ -227,10 +225,7 @@ impl State {
 
     /// Occurrences of a paused task came due: `count` from `first`, recorded as skipped.
     pub(super) fn skip_paused(&mut self, idx: usize, first: Timestamp, count: u64, now: Timestamp) {
-        let until = self
-            .is_paused(idx, now)
-            .and_then(|p| p.until)
-            .map_or_else(|| "until resumed".to_string(), |u| format!("until {}", self.rfc3339(u)));
+        let until = self.pause_end(self.is_paused(idx, now).and_then(|p| p.until));
         let name = &self.ctx.config.tasks[idx].name;
         info!(task = %name, "skipping the occurrence of {}: paused {until}", self.rfc3339(first));
         self.skip(idx, first, count, SkipReason::Paused, format!("paused {until}"));
@@ -282,11 +277,7 @@ impl State {
             }
             self.tasks[idx].paused = Some(Pause { since: pause.since, until: pause.until });
             self.tasks[idx].metrics.paused = true;
-            let end = pause.until.map_or_else(
-                || "until resumed".to_string(),
-                |u| format!("until {}", self.rfc3339(u)),
-            );
-            info!(%task, "still paused {end}, as before the restart");
+            info!(%task, "still paused {}, as before the restart", self.pause_end(pause.until));
         }
         if dropped {
             self.save_pauses();
@@ -306,6 +297,12 @@ impl State {
         if let Err(e) = pauses::save(&path, saved) {
             warn!(file = %path.display(), error = %e, "cannot record the pauses: a restart of the daemon will lift them");
         }
+    }
+
+    /// `until 2026-12-08T09:00:00+01:00`, or `until resumed`: a pause's end, for the log and
+    /// the skip records.
+    fn pause_end(&self, until: Option<Timestamp>) -> String {
+        until.map_or_else(|| "until resumed".to_string(), |u| format!("until {}", self.rfc3339(u)))
     }
 
     /// Task indices by name (all for none); an unknown name is refused whole.
